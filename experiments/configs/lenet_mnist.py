@@ -1,0 +1,29 @@
+"""LeNet-300-100 on MNIST with the LTH paper's recipe (Adam 1.2e-3, batch 60).
+
+Needs ``mnist/mnist.npz`` under ``$LTJAX_DATA_DIR`` (or tfds with a network).
+
+    python -m experiments.train --config=experiments/configs/lenet_mnist.py --workdir=runs/mnist
+"""
+
+import ml_collections
+
+from experiments.configs import lenet_digits
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The config; ``arg='quick'`` trains 200 iterations."""
+    config = lenet_digits.get_config()
+    config.dataset = "mnist"
+    config.validation_size = 5000  # as the LTH paper (Frankle & Carbin 2019)
+    config.training_steps = "24000it"  # LMC paper, Table 1 (Frankle et al. 2020)
+    config.eval_every = "1000it"
+    config.checkpoint_every = "4000it"
+    config.eval_train = False
+    config.num_replicates = 2
+    if arg == "quick":
+        config.training_steps = "200it"
+        config.eval_every = "100it"
+        config.checkpoint_every = "100it"
+    elif arg:
+        raise ValueError(f"unknown config variant {arg!r}; expected 'quick' or nothing")
+    return config

@@ -1,0 +1,702 @@
+"""Datasets as in-memory NumPy arrays, normalisation and CIFAR augmentation.
+
+``load(name)`` returns a :class:`Dataset` of host arrays (uint8 images as
+stored, int32 labels) with the train split's per-channel mean/std; the
+training code moves them to the device once and normalises/augments there.
+
+Sources are chosen by name and never silently substituted:
+
+- ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``: an ``.npz`` cache
+  ``<data dir>/<name>/<name>.npz`` (keys ``x_train, y_train, x_test, y_test``);
+  if it is missing, ``tensorflow_datasets.data_source`` (TF-free reading, tfds'
+  own data dir: ``TFDS_DATA_DIR`` or ``~/tensorflow_datasets``) and the cache
+  is written. The data dir is the ``data_dir`` argument, else the environment
+  variable ``LTJAX_DATA_DIR``, else ``~/.cache/ltjax``.
+- ``digits``: scikit-learn's 1797 real 8x8 digits (shipped with it, offline).
+- ``mnist1d``: generated offline by the ``mnist1d`` package (Greydanus 2020),
+  cached as ``<data dir>/mnist1d/mnist1d.npz``.
+- any path ending in ``.npz`` with the keys above (``test_size`` carves a test
+  split from a file that has none).
+
+Example:
+    >>> ds = load("mnist", validation_size=5000)
+    >>> ds.input_shape, len(ds.train), len(ds.validation), len(ds.test)
+    ((28, 28, 1), 55000, 5000, 10000)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import importlib.util
+import logging
+import operator
+import os
+import pathlib
+import random
+import tempfile
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NAMES: tuple[str, ...] = ("mnist", "fashion_mnist", "cifar10", "cifar100", "digits", "mnist1d")
+
+DATA_DIR_ENV = "LTJAX_DATA_DIR"
+DEFAULT_DATA_DIR = "~/.cache/ltjax"
+NPZ_KEYS: tuple[str, ...] = ("x_train", "y_train", "x_test", "y_test")
+
+# Named datasets read through tfds: (one example's shape, number of classes).
+_TFDS_SPECS: dict[str, tuple[tuple[int, ...], int]] = {
+    "mnist": ((28, 28, 1), 10),
+    "fashion_mnist": ((28, 28, 1), 10),
+    "cifar10": ((32, 32, 3), 10),
+    "cifar100": ((32, 32, 3), 100),
+}
+_CIFAR_SHAPE = (32, 32, 3)
+_DIGITS_TEST_SIZE = 360
+_STD_FLOOR = 1e-8
+_STATS_CHUNK = 4096
+
+_log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Split:
+    """One split of a dataset, as stored on the host.
+
+    Attributes:
+      x: examples ``[N, ...]``: uint8 images ``[N, H, W, C]`` or float32
+        features ``[N, D]``.
+      y: int32 labels ``[N]``.
+
+    Example:
+        >>> s = Split(np.zeros((3, 8, 8, 1), np.uint8), np.arange(3, dtype=np.int32))
+        >>> len(s)
+        3
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __post_init__(self):
+        if np.ndim(self.y) != 1:
+            raise ValueError(f"Split.y must be 1-D labels [N], got shape {np.shape(self.y)}")
+        if len(self.x) != len(self.y):
+            raise ValueError(
+                f"Split.x has {len(self.x)} examples but Split.y has {len(self.y)} labels"
+            )
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __repr__(self) -> str:
+        return f"Split(x={_describe(self.x)}, y={_describe(self.y)})"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """A dataset with its train statistics and augmentation recipe.
+
+    Attributes:
+      name: the name (or ``.npz`` path) it was loaded from.
+      train: the training split (without the validation examples).
+      validation: examples held out of the original train split, or None.
+      test: the test split.
+      num_classes: number of classes.
+      mean: float32 per-channel mean of ``train.x`` (shape ``[C]``), or a
+        single global value (shape ``[1]``) for feature vectors.
+      std: float32 standard deviation, same shape as ``mean``, floored at 1e-8.
+      augment: ``'cifar'`` (pad-4 random crop + horizontal flip, see
+        :func:`augment_cifar`) or None.
+
+    Example:
+        >>> ds = load("digits")
+        >>> ds.input_shape, ds.num_classes, ds.mean.shape
+        ((8, 8, 1), 10, (1,))
+    """
+
+    name: str
+    train: Split
+    validation: Split | None
+    test: Split
+    num_classes: int
+    mean: np.ndarray
+    std: np.ndarray
+    augment: str | None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one example, e.g. ``(28, 28, 1)`` or ``(40,)``."""
+        return tuple(self.train.x.shape[1:])
+
+
+# --------------------------------------------------------------------------- load
+
+
+def load(
+    name: str | os.PathLike,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    validation_size: int = 0,
+    validation_seed: int = 0,
+    test_size: int = 0,
+) -> Dataset:
+    """Loads a dataset by name, or from an ``.npz`` file.
+
+    Validation examples are carved from the train split: the first
+    ``validation_size`` indices of
+    ``np.random.default_rng(validation_seed).permutation(len(train))`` go to
+    validation (kept in their original relative order), the rest stay in
+    train in their original order. Mean and std are computed on what remains
+    in train.
+
+    Fixed splits: ``digits`` is shuffled with ``np.random.default_rng(0)`` and
+    its last 360 examples are the test split (1437 train); ``mnist1d`` uses
+    the package's own 4000/1000 split.
+
+    Args:
+      name: one of :data:`NAMES`, or a path ending in ``.npz`` holding
+        ``x_train, y_train`` and ``x_test, y_test`` (uint8 images
+        ``[N, H, W]`` or ``[N, H, W, C]``, or features ``[N, D]``; integer
+        labels ``[N]``).
+      data_dir: folder of the ``.npz`` caches ``<data_dir>/<name>/<name>.npz``;
+        default ``$LTJAX_DATA_DIR``, else ``~/.cache/ltjax``.
+      validation_size: how many train examples to hold out (0: none).
+      validation_seed: seed of the held-out choice.
+      test_size: only for an ``.npz`` file without a test split: its last
+        ``test_size`` train examples become the test split.
+
+    Returns:
+      The :class:`Dataset`.
+
+    Raises:
+      ValueError: unknown name or bad arguments or contents.
+      FileNotFoundError: the data is neither cached nor obtainable from tfds.
+
+    Example:
+        >>> ds = load("cifar10_train_first4000.npz", test_size=400)
+        >>> ds.augment, len(ds.train), len(ds.test)
+        ('cifar', 3600, 400)
+    """
+    validation_size = _as_int(validation_size, "validation_size")
+    validation_seed = _as_int(validation_seed, "validation_seed")
+    test_size = _as_int(test_size, "test_size")
+    if test_size < 0:
+        raise ValueError(f"test_size must be >= 0, got {test_size}")
+
+    if isinstance(name, os.PathLike) or str(name).endswith(".npz"):
+        path = pathlib.Path(name).expanduser()
+        train, test = _read_npz_file(path, test_size=test_size)
+        num_classes = int(max(train.y.max(initial=-1), test.y.max(initial=-1))) + 1
+        augment = "cifar" if train.x.shape[1:] == _CIFAR_SHAPE else None
+        label = str(name)
+    elif name in NAMES:
+        if test_size:
+            raise ValueError(
+                f"test_size applies only to an .npz file without a test split; {name!r} has a "
+                f"fixed test split, got test_size={test_size}"
+            )
+        root = _data_root(data_dir)
+        if name == "digits":
+            train, test = _digits()
+            num_classes, augment = 10, None
+        elif name == "mnist1d":
+            train, test = _mnist1d(root)
+            num_classes, augment = 10, None
+        else:
+            shape, num_classes = _TFDS_SPECS[name]
+            train, test = _named_npz(name, root)
+            _check_named(name, train, test, shape=shape, num_classes=num_classes)
+            augment = "cifar" if name.startswith("cifar") else None
+        label = name
+    else:
+        raise ValueError(
+            f"name must be one of {NAMES} or a path ending in '.npz', got {name!r}"
+        )
+
+    train, validation = split_validation(train, size=validation_size, seed=validation_seed)
+    for split_name, split in (("train", train), ("test", test)):
+        if len(split) == 0:
+            raise ValueError(f"the {split_name} split of {label!r} is empty")
+    mean, std = channel_stats(train.x)
+    return Dataset(
+        name=label,
+        train=train,
+        validation=validation,
+        test=test,
+        num_classes=num_classes,
+        mean=mean,
+        std=std,
+        augment=augment,
+    )
+
+
+def split_validation(split: Split, *, size: int, seed: int) -> tuple[Split, Split | None]:
+    """Holds ``size`` examples of ``split`` out, chosen by ``seed``.
+
+    The first ``size`` indices of ``np.random.default_rng(seed).permutation(N)``
+    (sorted) form the held-out split; the rest keep their original order.
+
+    Example:
+        >>> s = Split(np.arange(10)[:, None], np.arange(10, dtype=np.int32))
+        >>> train, val = split_validation(s, size=3, seed=0)
+        >>> len(train), len(val)
+        (7, 3)
+    """
+    n = len(split)
+    if size == 0:
+        return split, None
+    if not 0 < size < n:
+        raise ValueError(
+            f"validation_size must be in [0, {n}) (the train split has {n} examples), got {size}"
+        )
+    held = np.sort(np.random.default_rng(seed).permutation(n)[:size])
+    keep = np.ones(n, dtype=bool)
+    keep[held] = False
+    kept = np.flatnonzero(keep)
+    return Split(split.x[kept], split.y[kept]), Split(split.x[held], split.y[held])
+
+
+def channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Float32 mean and std of ``x``: per channel for images, global for features.
+
+    Images ``[N, H, W, C]`` give shape ``[C]``; features ``[N, D]`` give one
+    value of shape ``[1]`` (a per-feature std would blow up constant
+    features). Computed in float64, two passes in chunks, std floored at 1e-8.
+
+    Example:
+        >>> mean, std = channel_stats(np.full((2, 4, 4, 3), 7, np.uint8))
+        >>> mean.tolist(), std.dtype
+        ([7.0, 7.0, 7.0], dtype('float32'))
+    """
+    if x.ndim == 4:
+        axes, keep = (0, 1, 2), x.shape[-1]
+    elif x.ndim == 2:
+        axes, keep = (0, 1), 1
+    else:
+        raise ValueError(f"x must be images [N, H, W, C] or features [N, D], got {x.shape}")
+    count = x.size // keep
+    total = np.zeros(keep, np.float64)
+    for chunk in _chunks(x):
+        total += chunk.sum(axis=axes, dtype=np.float64).reshape(keep)
+    mean = total / max(count, 1)
+    sq = np.zeros(keep, np.float64)
+    for chunk in _chunks(x):
+        centred = chunk.astype(np.float64) - (mean if x.ndim == 4 else mean[0])
+        sq += np.square(centred).sum(axis=axes).reshape(keep)
+    std = np.maximum(np.sqrt(sq / max(count, 1)), _STD_FLOOR)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+# ------------------------------------------------------------------ on-device ops
+
+
+def normalize(x: jax.Array, mean: jax.Array | np.ndarray, std: jax.Array | np.ndarray) -> jax.Array:
+    """``(x - mean) / std`` in float32, with ``mean``/``std`` on the trailing axes.
+
+    Broadcasts explicitly, so it works under ``jax_numpy_rank_promotion='raise'``.
+    Jittable.
+
+    Example:
+        >>> ds = load("mnist")
+        >>> xb = normalize(ds.train.x[:128], ds.mean, ds.std)    # [128, 28, 28, 1]
+    """
+    x = jnp.asarray(x).astype(jnp.float32)
+    mean = jnp.asarray(mean, jnp.float32)
+    std = jnp.asarray(std, jnp.float32)
+    lead = (1,) * (x.ndim - mean.ndim)
+    return (x - mean.reshape(lead + mean.shape)) / std.reshape(lead + std.shape)
+
+
+def augment_cifar(key: jax.Array, images: jax.Array, *, pad: int = 4) -> jax.Array:
+    """Random crop of the zero-padded image and random horizontal flip.
+
+    The standard CIFAR augmentation of He et al. 2016 ("Deep Residual
+    Learning", Sec. 4.2: pad 4 pixels, random 32x32 crop, horizontal flip),
+    per example. Padding is with zeros of whatever is passed: pass
+    unnormalised images (then :func:`normalize`) to pad with black, as
+    torchvision's ``RandomCrop(32, padding=4)`` does. Deterministic in ``key``;
+    jittable and vmappable (e.g. over a seed axis of keys and images).
+
+    Args:
+      key: a PRNG key.
+      images: ``[B, H, W, C]``.
+      pad: pixels of zero padding on each side.
+
+    Returns:
+      Augmented images, same shape and dtype as ``images``.
+
+    Example:
+        >>> out = augment_cifar(jax.random.key(0), jnp.zeros((8, 32, 32, 3)))
+    """
+    images = jnp.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(f"images must be [B, H, W, C], got shape {images.shape}")
+    pad = _as_int(pad, "pad")
+    if pad < 0:
+        raise ValueError(f"pad must be >= 0, got {pad}")
+    b, h, w, c = images.shape
+    offsets, flips = _crop_offsets_and_flips(key, b, pad)
+    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+
+    def crop(image: jax.Array, offset: jax.Array) -> jax.Array:
+        zero = jnp.zeros((), offset.dtype)
+        return jax.lax.dynamic_slice(image, (offset[0], offset[1], zero), (h, w, c))
+
+    cropped = jax.vmap(crop)(padded, offsets)
+    return jnp.where(flips.reshape(b, 1, 1, 1), cropped[:, :, ::-1, :], cropped)
+
+
+def _crop_offsets_and_flips(key: jax.Array, batch: int, pad: int) -> tuple[jax.Array, jax.Array]:
+    """Crop corners ``[B, 2]`` (row, col in ``0..2*pad``) and flips ``[B]`` of a key."""
+    crop_key, flip_key = jax.random.split(key)
+    offsets = jax.random.randint(crop_key, (batch, 2), 0, 2 * pad + 1, dtype=jnp.int32)
+    flips = jax.random.bernoulli(flip_key, 0.5, (batch,))
+    return offsets, flips
+
+
+# ----------------------------------------------------------------------- sources
+
+
+def _data_root(data_dir: str | os.PathLike | None) -> pathlib.Path:
+    """``data_dir``, else ``$LTJAX_DATA_DIR``, else ``~/.cache/ltjax``."""
+    if data_dir is None:
+        data_dir = os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
+    return pathlib.Path(data_dir).expanduser()
+
+
+def _cache_path(root: pathlib.Path, name: str) -> pathlib.Path:
+    return root / name / f"{name}.npz"
+
+
+def _named_npz(name: str, root: pathlib.Path) -> tuple[Split, Split]:
+    """mnist / fashion_mnist / cifar10 / cifar100: the npz cache, else tfds (then cached)."""
+    path = _cache_path(root, name)
+    if path.is_file():
+        return _read_npz_file(path, test_size=0)
+    try:
+        arrays = _read_tfds(name)
+    except Exception as e:  # offline, DatasetNotFoundError, download errors, no TF...
+        raise FileNotFoundError(_missing_message(name, path, e)) from e
+    try:
+        _write_npz(path, arrays)
+    except OSError as e:
+        _log.warning("could not write the cache %s (%s); continuing without it", path, e)
+    return _splits_from_arrays(arrays, source=f"tfds {name!r}")
+
+
+def _missing_message(name: str, path: pathlib.Path, error: Exception) -> str:
+    return (
+        f"{name!r} is not cached at {path} and tensorflow_datasets could not provide it "
+        f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}).\n"
+        f"Put an .npz file with keys {', '.join(NPZ_KEYS)} (uint8 images, integer labels) at\n"
+        f"  {path}\n"
+        f"or point {DATA_DIR_ENV} (or data_dir=) at a folder laid out as "
+        f"<dir>/{name}/{name}.npz.\n"
+        f"On a machine with a network, load({name!r}) fetches it with tensorflow_datasets and "
+        f"writes that file; building it needs TensorFlow: pip install 'ltjax[prepare]'."
+    )
+
+
+def _read_tfds(name: str) -> dict[str, np.ndarray]:
+    """Reads the train and test splits with ``tfds.data_source`` (no TensorFlow needed).
+
+    Tries the prepared copy first; builds it (download + prepare, which needs
+    TensorFlow) only when TensorFlow is installed, since without it the build
+    fails anyway, after minutes of download retries when offline.
+    """
+    import tensorflow_datasets as tfds
+
+    try:
+        sources = {s: tfds.data_source(name, split=s, download=False) for s in ("train", "test")}
+    except Exception as first:
+        if not _tensorflow_installed():
+            raise RuntimeError(
+                f"tfds has no prepared array_record copy of {name!r} and TensorFlow, needed to "
+                f"build one, is not installed"
+            ) from first
+        sources = {s: tfds.data_source(name, split=s) for s in ("train", "test")}
+    arrays = {}
+    for split, source in sources.items():
+        # One index at a time: batched __getitems__ fails under tfds.testing.mock_data.
+        examples = [source[i] for i in range(len(source))]
+        arrays[f"x_{split}"] = np.stack([np.asarray(e["image"], np.uint8) for e in examples])
+        arrays[f"y_{split}"] = np.asarray([e["label"] for e in examples], np.int64)
+    return arrays
+
+
+def _tensorflow_installed() -> bool:
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+def _digits() -> tuple[Split, Split]:
+    """scikit-learn's 8x8 digits, shuffled with ``default_rng(0)``, last 360 are test."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = np.asarray(bunch.images).astype(np.uint8)[..., None]
+    y = np.asarray(bunch.target).astype(np.int32)
+    order = np.random.default_rng(0).permutation(len(y))
+    x, y = x[order], y[order]
+    cut = len(y) - _DIGITS_TEST_SIZE
+    return Split(x[:cut], y[:cut]), Split(x[cut:], y[cut:])
+
+
+def _mnist1d(root: pathlib.Path) -> tuple[Split, Split]:
+    """MNIST-1D (Greydanus 2020) with default args, generated offline and cached."""
+    path = _cache_path(root, "mnist1d")
+    if path.is_file():
+        return _read_npz_file(path, test_size=0)
+    # Imported lazily: the package imports matplotlib.pyplot.
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    # Never mnist1d's get_dataset: it downloads and writes ./mnist1d_data.pkl.
+    with _preserved_global_rng():  # make_dataset reseeds numpy and random with 42
+        raw = make_dataset(get_dataset_args())
+    arrays = {
+        "x_train": np.asarray(raw["x"], np.float32),
+        "y_train": np.asarray(raw["y"], np.int64),
+        "x_test": np.asarray(raw["x_test"], np.float32),
+        "y_test": np.asarray(raw["y_test"], np.int64),
+    }
+    try:
+        _write_npz(path, arrays)
+    except OSError as e:  # only a speed-up: regenerating gives the same arrays
+        _log.info("not caching mnist1d at %s: %s", path, e)
+    return _splits_from_arrays(arrays, source="mnist1d")
+
+
+@contextlib.contextmanager
+def _preserved_global_rng() -> Iterator[None]:
+    """Restores numpy's and ``random``'s global generator states on exit."""
+    np_state, py_state = np.random.get_state(), random.getstate()  # noqa: NPY002
+    try:
+        yield
+    finally:
+        np.random.set_state(np_state)  # noqa: NPY002
+        random.setstate(py_state)
+
+
+# -------------------------------------------------------------------- npz files
+
+
+def _read_npz_file(path: pathlib.Path, *, test_size: int) -> tuple[Split, Split]:
+    """Train and test splits of an npz file; ``test_size`` carves test from train."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no such .npz file: {path}")
+    with np.load(path, allow_pickle=False) as f:
+        keys = set(f.files)
+        missing = [k for k in ("x_train", "y_train") if k not in keys]
+        if missing:
+            raise ValueError(f"{path} lacks the keys {missing} (expected {list(NPZ_KEYS)})")
+        has_test = [k for k in ("x_test", "y_test") if k in keys]
+        if len(has_test) == 1:
+            raise ValueError(f"{path} has {has_test[0]!r} but not its pair; expected both")
+        if has_test and test_size:
+            raise ValueError(
+                f"test_size={test_size} carves a test split from train, but {path} already "
+                f"has x_test/y_test; use test_size=0"
+            )
+        if not has_test and not test_size:
+            raise ValueError(
+                f"{path} lacks the keys ['x_test', 'y_test']; pass test_size=K to use the last "
+                f"K train examples as the test split"
+            )
+        arrays = {k: f[k] for k in NPZ_KEYS if k in keys}
+    if not has_test:
+        n = len(arrays["y_train"])
+        _check_pair(arrays, "train", source=str(path))
+        if not 0 < test_size < n:
+            raise ValueError(
+                f"test_size must be in (0, {n}) ({path} has {n} train examples), got {test_size}"
+            )
+        cut = n - test_size
+        x, y = arrays.pop("x_train"), arrays.pop("y_train")
+        arrays.update(x_train=x[:cut], y_train=y[:cut], x_test=x[cut:], y_test=y[cut:])
+    return _splits_from_arrays(arrays, source=str(path))
+
+
+def _splits_from_arrays(arrays: dict[str, np.ndarray], *, source: str) -> tuple[Split, Split]:
+    """Checked train and test :class:`Split` s: channel axis added, labels int32."""
+    splits = []
+    for split in ("train", "test"):
+        _check_pair(arrays, split, source=source)
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim == 3:  # grayscale images [N, H, W] -> [N, H, W, 1]
+            x = x[..., None]
+        if x.ndim not in (2, 4):
+            raise ValueError(
+                f"x_{split} in {source} must be images [N, H, W(, C)] or features [N, D], "
+                f"got shape {x.shape}"
+            )
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(
+                f"y_{split} in {source} must be integer labels [N], got {y.dtype}{list(y.shape)}"
+            )
+        if y.size and y.min() < 0:
+            raise ValueError(f"y_{split} in {source} has negative labels (min {y.min()})")
+        splits.append(Split(x, y.astype(np.int32)))
+    train, test = splits
+    if train.x.shape[1:] != test.x.shape[1:]:
+        raise ValueError(
+            f"x_train and x_test in {source} differ in example shape: "
+            f"{train.x.shape[1:]} vs {test.x.shape[1:]}"
+        )
+    return train, test
+
+
+def _check_pair(arrays: dict[str, np.ndarray], split: str, *, source: str) -> None:
+    nx, ny = len(arrays[f"x_{split}"]), len(arrays[f"y_{split}"])
+    if nx != ny:
+        raise ValueError(
+            f"x_{split} has {nx} examples but y_{split} has {ny} labels in {source}"
+        )
+
+
+def _check_named(
+    name: str, train: Split, test: Split, *, shape: tuple[int, ...], num_classes: int
+) -> None:
+    """Guards against a wrong file in a named cache slot."""
+    for split_name, split in (("train", train), ("test", test)):
+        if split.x.shape[1:] != shape or split.x.dtype != np.uint8:
+            raise ValueError(
+                f"{name} {split_name} images must be uint8 [N, {', '.join(map(str, shape))}], "
+                f"got {split.x.dtype}{list(split.x.shape)}"
+            )
+        if len(split) and split.y.max() >= num_classes:
+            raise ValueError(
+                f"{name} {split_name} labels must be < {num_classes}, got {split.y.max()}"
+            )
+
+
+def _write_npz(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
+    """Writes ``arrays`` to ``path`` atomically (temporary file, then ``os.replace``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+# ----------------------------------------------------------------------- helpers
+
+
+def _chunks(x: np.ndarray) -> Iterator[np.ndarray]:
+    for start in range(0, len(x), _STATS_CHUNK):
+        yield x[start : start + _STATS_CHUNK]
+
+
+def _as_int(value: int, argument: str) -> int:
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{argument} must be an int, got {type(value).__name__}") from None
+
+
+def _describe(a: np.ndarray) -> str:
+    return f"{np.asarray(a).dtype}[{', '.join(map(str, np.shape(a)))}]"
+
+
+# --------------------------------------------------------------------------- on device
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["x", "y", "mean", "std"], meta_fields=["num_examples", "augment"],
+)
+@dataclasses.dataclass(frozen=True)
+class DeviceSplit:
+    """A split's arrays as the jitted code reads them (a pytree).
+
+    Attributes:
+      x: examples as stored, padded with zero rows to ``pad_to`` (see
+        :func:`device_split`).
+      y: int32 labels, padded likewise.
+      mean: per-channel mean for :func:`normalize`.
+      std: per-channel std for :func:`normalize`.
+      num_examples: the real (unpadded) number of examples (static).
+      augment: the dataset's augmentation name or None (static).
+    """
+
+    x: jax.Array
+    y: jax.Array
+    mean: jax.Array
+    std: jax.Array
+    num_examples: int
+    augment: str | None
+
+
+def device_split(split: Split, dataset: Dataset, *, pad_to: int = 1) -> DeviceSplit:
+    """``split`` of ``dataset`` as a :class:`DeviceSplit`, rows padded to a multiple of ``pad_to``.
+
+    The arrays are still host arrays; ``jax.device_put`` the result to place it.
+
+    Example:
+        >>> test = jax.device_put(device_split(ds.test, ds, pad_to=1000))
+    """
+    if len(split) == 0:
+        raise ValueError(f"the split of {dataset.name!r} is empty")
+    padded = -(-len(split) // pad_to) * pad_to
+    extra = padded - len(split)
+    x = np.concatenate([split.x, np.zeros((extra, *split.x.shape[1:]), split.x.dtype)])
+    y = np.concatenate([split.y, np.zeros((extra,), split.y.dtype)])
+    return DeviceSplit(
+        x=x, y=y.astype(np.int32), mean=np.asarray(dataset.mean, np.float32),
+        std=np.asarray(dataset.std, np.float32), num_examples=len(split),
+        augment=dataset.augment,
+    )
+
+
+def epoch_permutation(order_key: jax.Array, epoch: jax.Array | int, num_examples: int) -> jax.Array:
+    """The order in which epoch ``epoch`` visits the examples: a permutation of ``num_examples``.
+
+    Example:
+        >>> epoch_permutation(jax.random.key(0), 3, 10).shape
+        (10,)
+    """
+    return jax.random.permutation(jax.random.fold_in(order_key, epoch), num_examples)
+
+
+def batch_indices(
+    order_key: jax.Array, start_step: jax.Array | int, *, num_steps: int, num_examples: int,
+    batch_size: int,
+) -> jax.Array:
+    """Example indices of steps ``start_step .. start_step + num_steps - 1``, ``[T, B]`` int32.
+
+    Each epoch is a fresh permutation of the examples (from ``order_key`` and
+    the epoch number), cut into ``num_examples // batch_size`` batches; the
+    last ``num_examples % batch_size`` examples of each epoch's order are
+    dropped (as a loader with ``drop_last=True``). Step ``t`` always gets the
+    same batch, whatever chunk it is computed in, so training resumes at any
+    step. Jittable; ``start_step`` may be traced, the rest is static.
+
+    Example:
+        >>> idx = batch_indices(jax.random.key(0), 0, num_steps=5, num_examples=100,
+        ...                     batch_size=10)
+        >>> idx.shape
+        (5, 10)
+    """
+    if batch_size > num_examples:
+        raise ValueError(
+            f"batch_size={batch_size} is larger than the split ({num_examples} examples)"
+        )
+    steps_per_epoch = num_examples // batch_size
+    num_epochs = num_steps // steps_per_epoch + 2  # epochs a window of num_steps can touch
+    start_step = jnp.asarray(start_step, jnp.int32)
+    first_epoch = start_step // steps_per_epoch
+    perms = jax.vmap(lambda e: epoch_permutation(order_key, e, num_examples))(
+        first_epoch + jnp.arange(num_epochs, dtype=jnp.int32)
+    )
+    steps = start_step + jnp.arange(num_steps, dtype=jnp.int32)
+    epoch = steps // steps_per_epoch - first_epoch
+    offset = (steps % steps_per_epoch) * batch_size
+    columns = offset[:, None] + jnp.arange(batch_size, dtype=jnp.int32)[None, :]
+    return perms[epoch[:, None], columns].astype(jnp.int32)

@@ -1,0 +1,201 @@
+"""Bundled Flax Linen models and a registry by name.
+
+Every model is called as ``model.apply(variables, x, train=...)`` and returns
+logits ``[B, num_classes]``; inputs are float32 NHWC images ``[B, H, W, C]``
+(the MLP flattens any ``[B, ...]``). Kernels are He normal (fan-in) as in
+OpenLTH, biases zero, batch-norm scale one.
+
+========================  =============================================  ==========
+name                      architecture                                   module
+========================  =============================================  ==========
+``mlp``                   MLP, ``widths=`` required                      :mod:`.mlp`
+``lenet_300_100``         LeNet-300-100 (Frankle & Carbin 2019)          :mod:`.mlp`
+``conv2/4/6``             Conv-2/4/6 (Frankle & Carbin 2019, Fig. 2)     :mod:`.conv`
+``vgg11/13/16/19``        OpenLTH ``cifar_vgg`` (batch norm)             :mod:`.vgg`
+``resnet20/32/56``        OpenLTH ``cifar_resnet`` (He et al. 2016)      :mod:`.resnet`
+========================  =============================================  ==========
+
+The output layer is ``Dense_{len(widths)}`` (MLP), ``Dense_2`` (Conv-n),
+``Dense_0`` (VGG) or ``fc`` (ResNet): the last ``kernel`` leaf in ``jax.tree``
+order, except for MLPs with 10 or more hidden layers (``'Dense_10' < 'Dense_2'``).
+
+Example:
+    >>> from ltjax import models
+    >>> model = models.create("resnet20", num_classes=10, width=32)
+    >>> params, batch_stats = models.init(model, jax.random.key(0), (32, 32, 3))
+    >>> x = jnp.zeros((2, 32, 32, 3))
+    >>> logits, updates = model.apply(
+    ...     {"params": params, "batch_stats": batch_stats}, x, train=True,
+    ...     mutable=["batch_stats"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from ltjax.models import common, conv, mlp, resnet, vgg
+from ltjax.models.conv import ConvN
+from ltjax.models.mlp import MLP
+from ltjax.models.resnet import ResNet
+from ltjax.models.vgg import VGG
+
+__all__ = [
+    "NAMES", "MLP", "ConvN", "VGG", "ResNet", "create", "init", "has_batch_norm", "is_conv",
+    "common", "conv", "mlp", "resnet", "vgg",
+]
+
+# name -> (class, fields fixed by the name)
+_REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
+    "mlp": (MLP, {}),
+    "lenet_300_100": (MLP, {"widths": (300, 100)}),
+    "conv2": (ConvN, {"depth": 2}),
+    "conv4": (ConvN, {"depth": 4}),
+    "conv6": (ConvN, {"depth": 6}),
+    "vgg11": (VGG, {"depth": 11}),
+    "vgg13": (VGG, {"depth": 13}),
+    "vgg16": (VGG, {"depth": 16}),
+    "vgg19": (VGG, {"depth": 19}),
+    "resnet20": (ResNet, {"depth": 20}),
+    "resnet32": (ResNet, {"depth": 32}),
+    "resnet56": (ResNet, {"depth": 56}),
+}
+
+#: The registered model names, in a stable order.
+NAMES: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def _fields(cls: type[nn.Module]) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name"))
+
+
+def create(name: str, *, num_classes: int = 10, **kwargs: Any) -> nn.Module:
+    """The registered model ``name``, with ``kwargs`` forwarded to its module.
+
+    Args:
+        name: one of :data:`NAMES`.
+        num_classes: number of logits.
+        **kwargs: other fields of the module, e.g. ``widths=(512, 512, 512)`` for
+            ``'mlp'``, ``width=64`` for the ResNets, ``materialize_inputs=True``
+            for the conv models. Fields fixed by the name (``depth``, or
+            ``widths`` for ``'lenet_300_100'``) cannot be passed.
+
+    Returns:
+        An unbound ``flax.linen`` module.
+
+    Raises:
+        ValueError: unknown ``name``, or a bad value (the message names the field).
+        TypeError: a keyword the model does not take or one fixed by the name.
+
+    Example:
+        >>> model = create("mlp", widths=(512, 512, 512))
+        >>> model = create("resnet20", width=64, materialize_inputs=True)
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model name {name!r}; registered names: {', '.join(NAMES)}")
+    cls, fixed = _REGISTRY[name]
+    allowed = [f for f in _fields(cls) if f not in fixed and f != "num_classes"]
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        fixed_given = [k for k in unknown if k in fixed]
+        detail = f" ({', '.join(fixed_given)} fixed by the name)" if fixed_given else ""
+        raise TypeError(
+            f"model {name!r} got unexpected keyword argument(s) {', '.join(unknown)}{detail}; "
+            f"it accepts num_classes and {', '.join(allowed) or 'nothing else'}"
+        )
+    if cls is MLP and "widths" not in fixed and "widths" not in kwargs:
+        raise TypeError(f"model {name!r} needs widths=(hidden widths...), e.g. widths=(300, 100)")
+    return cls(**fixed, num_classes=num_classes, **kwargs)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _init(model: nn.Module, key: jax.Array, input_shape: tuple[int, ...]) -> Any:
+    return model.init(key, jnp.zeros((1, *input_shape), jnp.float32), train=False)
+
+
+def _plain(tree: Any) -> Any:
+    if isinstance(tree, Mapping):
+        return {k: _plain(v) for k, v in tree.items()}
+    return tree
+
+
+def init(model: nn.Module, key: jax.Array, input_shape: tuple[int, ...]) -> tuple[dict, dict]:
+    """Initial ``(params, batch_stats)`` of ``model`` for inputs of shape ``input_shape``.
+
+    Runs ``model.init`` (jitted) on a dummy batch of zeros ``[1, *input_shape]``
+    with ``train=False``. Works under ``jax.vmap`` over keys and ``jax.eval_shape``.
+
+    Args:
+        model: a module from :func:`create` (or any module called as
+            ``model(x, train=...)``).
+        key: a PRNG key (typed or raw).
+        input_shape: one example's shape, without the batch axis, e.g.
+            ``(28, 28, 1)`` or ``(32, 32, 3)``.
+
+    Returns:
+        ``(params, batch_stats)`` as plain nested dicts; ``batch_stats`` is ``{}``
+        for models without batch norm.
+
+    Example:
+        >>> params, batch_stats = init(create("lenet_300_100"), jax.random.key(0), (28, 28, 1))
+        >>> batch_stats
+        {}
+    """
+    variables = _plain(_init(model, key, tuple(int(d) for d in input_shape)))
+    extra = sorted(set(variables) - {"params", "batch_stats"})
+    if extra:
+        raise ValueError(f"model has variable collections {extra} besides params/batch_stats")
+    return variables.get("params", {}), variables.get("batch_stats", {})
+
+
+def has_batch_norm(model_or_batch_stats: nn.Module | Mapping) -> bool:
+    """Whether applying in train mode needs ``mutable=['batch_stats']``.
+
+    Args:
+        model_or_batch_stats: a module from :func:`create` (decided by its
+            class, no init needed), the ``batch_stats`` dict returned by
+            :func:`init`, or a whole ``variables`` dict (with a ``'params'`` key).
+
+    Example:
+        >>> has_batch_norm(create("vgg16")), has_batch_norm({})
+        (True, False)
+    """
+    if isinstance(model_or_batch_stats, nn.Module):
+        flag = getattr(type(model_or_batch_stats), "has_batch_norm", None)
+        if flag is None:
+            raise TypeError(
+                f"cannot tell whether {type(model_or_batch_stats).__name__} uses batch norm; "
+                "pass its batch_stats instead"
+            )
+        return bool(flag)
+    tree = model_or_batch_stats
+    if isinstance(tree, Mapping) and "params" in tree:
+        tree = tree.get("batch_stats", {})
+    return len(jax.tree.leaves(tree)) > 0
+
+
+def is_conv(params: Any, *, leading_axes: int = 0) -> bool:
+    """True when some leaf named ``kernel`` is 4-D (a conv kernel ``[kh, kw, in, out]``).
+
+    Args:
+        params: a params tree (arrays or ``jax.ShapeDtypeStruct``).
+        leading_axes: extra leading axes on every leaf (e.g. 1 for params
+            stacked over seeds ``[S, ...]``).
+
+    Example:
+        >>> is_conv({"Conv_0": {"kernel": jnp.zeros((3, 3, 3, 8))}})
+        True
+    """
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        last = path[-1] if path else None
+        key = getattr(last, "key", getattr(last, "name", None))
+        if key == "kernel" and len(getattr(leaf, "shape", np.shape(leaf))) - leading_axes == 4:
+            return True
+    return False

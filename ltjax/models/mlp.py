@@ -1,0 +1,58 @@
+"""Fully-connected networks: LeNet-300-100 and friends.
+
+LeNet-300-100 is the MNIST network of Frankle & Carbin (2019), "The Lottery
+Ticket Hypothesis", Figure 2, and OpenLTH's ``mnist_lenet_300_100``
+(``facebookresearch/open_lth``, ``models/mnist_lenet.py``).
+
+Parameter names are Flax auto names: ``Dense_0/kernel``, ``Dense_0/bias``, ...,
+the last, ``Dense_{len(widths)}``, being the output layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import jax
+from flax import linen as nn
+
+from ltjax.models import _validate, common
+
+
+class MLP(nn.Module):
+    """Dense + ReLU for each hidden width, then a linear output layer.
+
+    Any input is flattened to ``[B, D]`` first (``x.reshape(x.shape[0], -1)``),
+    so MNIST images ``[B, 28, 28, 1]`` and feature vectors ``[B, D]`` both work.
+    Kernels are He normal (fan-in) as in OpenLTH; biases start at zero.
+
+    Attributes:
+        widths: hidden layer widths, e.g. ``(300, 100)`` for LeNet-300-100
+            (stored as a tuple).
+        num_classes: number of logits.
+
+    Example:
+        >>> model = MLP(widths=(300, 100))
+        >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), train=False)
+        >>> model.apply(variables, jnp.zeros((4, 28, 28, 1)), train=False).shape
+        (4, 10)
+    """
+
+    widths: Sequence[int]
+    num_classes: int = 10
+
+    has_batch_norm: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "widths", _validate.positive_ints("widths", self.widths))
+        _validate.positive_int("num_classes", self.num_classes)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """Logits ``[B, num_classes]`` for inputs ``[B, ...]`` (``train`` is unused)."""
+        del train  # no dropout, no batch norm
+        x = x.reshape(x.shape[0], -1)
+        for width in self.widths:
+            x = nn.relu(nn.Dense(width, kernel_init=common.kernel_init)(x))
+        return nn.Dense(self.num_classes, kernel_init=common.kernel_init)(x)

@@ -1,0 +1,155 @@
+"""ResNet-20/32/56 for CIFAR-10 (He et al. 2016, section 4.2), as OpenLTH's ``cifar_resnet``.
+
+Follows ``facebookresearch/open_lth`` ``models/cifar_resnet.py``: a 3x3 conv
+(3 -> ``width``, no bias) + batch norm + ReLU; three stages of ``n`` basic blocks
+with ``width``, ``2 * width`` and ``4 * width`` channels, ``depth = 6 n + 2``; the
+first block of stages 2 and 3 has stride 2 and a projection shortcut (1x1 conv
+with stride 2, no bias, + batch norm; OpenLTH's choice, He et al.'s option B);
+global average pool; one linear output layer. All convs are bias-free and padded
+as in torch (3x3: 1 pixel on each side, also with stride 2; 1x1: none).
+ResNet-20 (``width=16``) has 270,896 prunable weights (conv kernels including the
+shortcuts + the output kernel).
+
+Parameter names (explicit, stable)::
+
+    conv_init/kernel            first 3x3 conv
+    bn_init/{scale,bias}        its batch norm
+    Block_{i}/conv1/kernel      block i = stage * n + index in stage (OpenLTH's blocks.{i})
+    Block_{i}/bn1/{scale,bias}
+    Block_{i}/conv2/kernel
+    Block_{i}/bn2/{scale,bias}
+    Block_{i}/shortcut_conv/kernel        only blocks with a projection shortcut
+    Block_{i}/shortcut_bn/{scale,bias}    (i = n and i = 2 n)
+    fc/{kernel,bias}            output layer
+
+``batch_stats`` mirror the batch-norm names (``mean``, ``var``).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from ltjax.models import _validate, common
+
+_PAD_1 = ((1, 1), (1, 1))  # torch's padding=1, also for stride 2 (Flax 'SAME' pads (0, 1))
+
+
+def _batch_norm(train: bool, name: str) -> nn.BatchNorm:
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+
+
+class Block(nn.Module):
+    """A basic residual block: conv3x3-BN-ReLU-conv3x3-BN, add the shortcut, ReLU.
+
+    The shortcut is the identity when shapes agree, else a projection (1x1 conv
+    with stride ``strides`` and no bias, then batch norm), as in OpenLTH.
+
+    Attributes:
+        features: output channels.
+        strides: stride of the first conv and of the projection shortcut (1 or 2).
+        materialize_inputs: see :class:`ResNet`.
+
+    Example:
+        >>> block = Block(features=32, strides=2)
+        >>> variables = block.init(jax.random.key(0), jnp.zeros((1, 8, 8, 16)), train=False)
+        >>> block.apply(variables, jnp.zeros((2, 8, 8, 16)), train=False).shape
+        (2, 4, 4, 32)
+    """
+
+    features: int
+    strides: int = 1
+    materialize_inputs: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """``[B, H, W, C_in]`` -> ``[B, H / strides, W / strides, features]``."""
+        if self.materialize_inputs:
+            x = common.materialize(x)  # the input of conv1 and of shortcut_conv
+        out = nn.Conv(self.features, (3, 3), strides=self.strides, padding=_PAD_1,
+                      use_bias=False, kernel_init=common.kernel_init, name="conv1")(x)
+        out = nn.relu(_batch_norm(train, "bn1")(out))
+        if self.materialize_inputs:
+            out = common.materialize(out)
+        out = nn.Conv(self.features, (3, 3), padding=_PAD_1, use_bias=False,
+                      kernel_init=common.kernel_init, name="conv2")(out)
+        out = _batch_norm(train, "bn2")(out)
+        if self.strides != 1 or x.shape[-1] != self.features:
+            shortcut = nn.Conv(self.features, (1, 1), strides=self.strides, padding="VALID",
+                               use_bias=False, kernel_init=common.kernel_init,
+                               name="shortcut_conv")(x)
+            shortcut = _batch_norm(train, "shortcut_bn")(shortcut)
+        else:
+            shortcut = x
+        return nn.relu(out + shortcut)
+
+
+class ResNet(nn.Module):
+    """CIFAR ResNet-``depth`` (``depth = 6 n + 2``: 20, 32, 56, ...), OpenLTH ``cifar_resnet``.
+
+    ``train=True`` normalises with batch statistics and needs
+    ``mutable=['batch_stats']``. Batch norm: ``momentum=0.9``, ``epsilon=1e-5``
+    (torch's defaults), scale ones, bias zeros.
+
+    Attributes:
+        depth: total number of conv + dense layers on the main path, ``6 n + 2``.
+        width: channels of the first stage (16 in He et al.; OpenLTH's
+            ``cifar_resnet_<depth>_<width>``); stages have ``width``,
+            ``2 * width``, ``4 * width`` channels.
+        num_classes: number of logits.
+        materialize_inputs: pass each conv input through
+            :func:`ltjax.models.common.materialize` (a CPU speed trick; identical
+            results).
+
+    Example:
+        >>> model = ResNet(depth=20, width=16)
+        >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+        >>> logits, updates = model.apply(
+        ...     variables, jnp.zeros((2, 32, 32, 3)), train=True, mutable=["batch_stats"])
+        >>> logits.shape
+        (2, 10)
+    """
+
+    depth: int = 20
+    width: int = 16
+    num_classes: int = 10
+    materialize_inputs: bool = False
+
+    has_batch_norm: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        _validate.positive_int("depth", self.depth)
+        if self.depth < 8 or (self.depth - 2) % 6 != 0:
+            raise ValueError(f"depth must be 6 n + 2 with n >= 1 (20, 32, 56...), got {self.depth}")
+        _validate.positive_int("width", self.width)
+        _validate.positive_int("num_classes", self.num_classes)
+        _validate.boolean("materialize_inputs", self.materialize_inputs)
+        super().__post_init__()
+
+    @property
+    def blocks_per_stage(self) -> int:
+        """``n`` in ``depth = 6 n + 2``."""
+        return (self.depth - 2) // 6
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """Logits ``[B, num_classes]`` for NHWC images ``[B, H, W, C]``."""
+        if self.materialize_inputs:
+            x = common.materialize(x)
+        x = nn.Conv(self.width, (3, 3), padding=_PAD_1, use_bias=False,
+                    kernel_init=common.kernel_init, name="conv_init")(x)
+        x = nn.relu(_batch_norm(train, "bn_init")(x))
+        n = self.blocks_per_stage
+        for stage in range(3):
+            for index in range(n):
+                x = Block(
+                    features=self.width * 2**stage,
+                    strides=2 if stage > 0 and index == 0 else 1,
+                    materialize_inputs=self.materialize_inputs,
+                    name=f"Block_{stage * n + index}",
+                )(x, train=train)
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(self.num_classes, kernel_init=common.kernel_init, name="fc")(x)

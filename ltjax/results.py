@@ -1,0 +1,106 @@
+"""Metrics files of a workdir: ``config.json``, ``metrics.jsonl`` and CSV tables.
+
+``metrics.jsonl`` holds one JSON record per evaluation (replicate, level,
+step, split, loss, accuracy, density, ...). A resumed run first drops the
+records written after its last checkpoint (:meth:`MetricsLog.keep_only`),
+so a killed-and-resumed run ends with the same file as an uninterrupted one.
+
+Example:
+    >>> log = MetricsLog(workdir / "metrics.jsonl")
+    >>> log.append([{"replicate": 0, "step": 0, "split": "test", "accuracy": 0.1}])
+    >>> log.read()[0]["accuracy"]
+    0.1
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import pathlib
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically (tmp file, then rename)."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file."""
+    return json.loads(pathlib.Path(path).read_text())
+
+
+class MetricsLog:
+    """An append-only JSON-lines file of metric records."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = pathlib.Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def read(self) -> list[dict]:
+        """All complete records (a torn last line from a crash is ignored)."""
+        if not self.path.exists():
+            return []
+        records = []
+        for line in self.path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return records
+
+    def append(self, records: Iterable[dict]) -> None:
+        """Append records and flush them to disk."""
+        lines = "".join(json.dumps(_jsonable(r), sort_keys=True) + "\n" for r in records)
+        with self.path.open("a") as f:
+            f.write(lines)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def keep_only(self, keep_fn: Callable[[dict], bool]) -> None:
+        """Rewrite the file with the records for which ``keep_fn`` is true."""
+        kept = [r for r in self.read() if keep_fn(r)]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+        os.replace(tmp, self.path)
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[dict]) -> None:
+    """Write dict rows as CSV; the columns are the union of the keys, in first-seen order."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _jsonable(v) for k, v in row.items()})
+    os.replace(tmp, path)
+
+
+def read_csv(path: str | os.PathLike) -> list[dict]:
+    """Read a CSV written by :func:`write_csv` (values as strings)."""
+    with pathlib.Path(path).open(newline="") as f:
+        return list(csv.DictReader(f))

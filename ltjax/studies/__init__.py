@@ -1,0 +1,6 @@
+"""Studies: the functions experiment modules call (``run_train(config, workdir)``).
+
+Each takes an ``ml_collections.ConfigDict`` and a workdir, writes its results
+there, and resumes from the workdir's checkpoints when run again. A Colab
+user calls them directly.
+"""

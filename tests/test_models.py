@@ -1,0 +1,375 @@
+"""Tests for ltjax.models: registry, parameter counts, names, shapes, materialize."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from ltjax import models, tree
+
+CIFAR = (32, 32, 3)
+MNIST = (28, 28, 1)
+BN_MODELS = ("vgg11", "vgg13", "vgg16", "vgg19", "resnet20", "resnet32", "resnet56")
+CONV_MODELS = ("conv2", "conv4", "conv6", *BN_MODELS)
+
+
+def _shape_for(name: str) -> tuple[int, ...]:
+    return MNIST if name in ("mlp", "lenet_300_100") else CIFAR
+
+
+def _create(name: str, **kwargs) -> nn.Module:
+    if name == "mlp":
+        kwargs.setdefault("widths", (32, 16))
+    return models.create(name, **kwargs)
+
+
+def _abstract_init(model: nn.Module, shape: tuple[int, ...]):
+    return jax.eval_shape(lambda k: models.init(model, k, shape), jax.random.key(0))
+
+
+def _random_variables(model: nn.Module, shape: tuple[int, ...], seed: int = 0) -> dict:
+    """Variables of ``model`` filled with NumPy random numbers (He-normal kernels).
+
+    Much cheaper than ``models.init`` here: on XLA:CPU every threefry draw in
+    the jitted init compiles separately (~0.3 s each, ~10 s for a ResNet-20).
+    """
+    params, stats = _abstract_init(model, shape)
+    rng = np.random.default_rng(seed)
+
+    def fill(name, leaf):
+        if name.endswith("kernel"):
+            scale = math.sqrt(2 / math.prod(leaf.shape[:-1]))
+            return jnp.asarray(rng.normal(0, scale, leaf.shape), jnp.float32)
+        if name.endswith("scale") or name.endswith("var"):
+            return jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape), jnp.float32)
+        return jnp.asarray(rng.normal(0, 0.1, leaf.shape), jnp.float32)
+
+    variables = {"params": tree.map_with_name(fill, params)}
+    if stats:
+        variables["batch_stats"] = tree.map_with_name(fill, stats)
+    return variables
+
+
+def _kernel_count(params) -> int:
+    return sum(
+        math.prod(leaf.shape)
+        for name, leaf in zip(tree.names(params), jax.tree.leaves(params), strict=True)
+        if name.endswith("kernel")
+    )
+
+
+def _resnet_kernels(depth: int, width: int, num_classes: int = 10, in_channels: int = 3) -> int:
+    """Independent count: conv kernels (incl. projection shortcuts) + output kernel."""
+    n = (depth - 2) // 6
+    total = 9 * in_channels * width
+    channels = width
+    for stage in range(3):
+        out = width * 2**stage
+        for index in range(n):
+            total += 9 * channels * out + 9 * out * out
+            if stage > 0 and index == 0:
+                total += channels * out
+            channels = out
+    return total + channels * num_classes
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def test_names():
+    assert models.NAMES == (
+        "mlp", "lenet_300_100", "conv2", "conv4", "conv6", "vgg11", "vgg13", "vgg16", "vgg19",
+        "resnet20", "resnet32", "resnet56",
+    )
+
+
+def test_unknown_name_raises_value_error_listing_names():
+    with pytest.raises(ValueError, match="resnet18") as info:
+        models.create("resnet18")
+    for name in models.NAMES:
+        assert name in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "words"),
+    [
+        ("resnet20", {"widht": 32}, ["widht", "width"]),
+        ("resnet20", {"depth": 32}, ["depth", "fixed"]),
+        ("lenet_300_100", {"widths": (10,)}, ["widths", "fixed"]),
+        ("lenet_300_100", {"materialize_inputs": True}, ["materialize_inputs"]),
+        ("vgg16", {"width": 2}, ["width"]),
+        ("mlp", {}, ["widths"]),
+    ],
+)
+def test_bad_kwargs_raise_type_error_naming_them(name, kwargs, words):
+    with pytest.raises(TypeError) as info:
+        models.create(name, **kwargs)
+    for word in words:
+        assert word in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "word"),
+    [
+        ("resnet20", {"width": 0}, "width"),
+        ("resnet20", {"num_classes": 0}, "num_classes"),
+        ("mlp", {"widths": (10, -1)}, "widths"),
+        ("mlp", {"widths": 10}, "widths"),
+        ("conv2", {"materialize_inputs": 1}, "materialize_inputs"),
+    ],
+)
+def test_bad_values_raise_value_error_naming_them(name, kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        models.create(name, **kwargs)
+
+
+def test_bad_depth_on_classes():
+    with pytest.raises(ValueError, match="depth"):
+        models.ResNet(depth=21)
+    with pytest.raises(ValueError, match="depth"):
+        models.VGG(depth=12)
+    with pytest.raises(ValueError, match="depth"):
+        models.ConvN(depth=3)
+
+
+def test_kwargs_are_forwarded():
+    model = models.create("resnet32", num_classes=100, width=64, materialize_inputs=True)
+    assert (model.depth, model.width, model.num_classes, model.materialize_inputs) == (
+        32, 64, 100, True)
+    assert models.create("mlp", widths=[512, 512, 512]).widths == (512, 512, 512)
+    assert models.create("lenet_300_100").widths == (300, 100)
+
+
+def test_is_conv_and_has_batch_norm():
+    for name in models.NAMES:
+        model = _create(name)
+        params, batch_stats = _abstract_init(model, _shape_for(name))
+        assert models.is_conv(params) == (name in CONV_MODELS), name
+        assert models.has_batch_norm(model) == (name in BN_MODELS), name
+        assert models.has_batch_norm(batch_stats) == (name in BN_MODELS), name
+        variables = {"params": params, "batch_stats": batch_stats}
+        assert models.has_batch_norm(variables) == (name in BN_MODELS), name
+    stacked = {"Dense_0": {"kernel": jnp.zeros((4, 3, 5, 7))}}  # 4 seeds of an MLP kernel
+    assert models.is_conv(stacked)
+    assert not models.is_conv(stacked, leading_axes=1)
+
+
+# ----------------------------------------------------------------------------- counts
+
+
+def test_pinned_prunable_counts():
+    lenet, _ = _abstract_init(models.create("lenet_300_100"), MNIST)
+    assert _kernel_count(lenet) == 266_200
+    resnet20, _ = _abstract_init(models.create("resnet20"), CIFAR)
+    assert _kernel_count(resnet20) == 270_896
+    vgg16, _ = _abstract_init(models.create("vgg16"), CIFAR)
+    assert _kernel_count(vgg16) == 14_715_584
+
+
+def test_conv_n_counts_match_lth_paper():
+    # Frankle & Carbin (2019), Figure 2: all weights / conv weights.
+    counts = {}
+    for name in ("conv2", "conv4", "conv6"):
+        params, _ = _abstract_init(models.create(name), CIFAR)
+        conv = sum(leaf.size for n, leaf in zip(tree.names(params), jax.tree.leaves(params),
+                                                strict=True) if n.startswith("Conv"))
+        counts[name] = (tree.count(params), conv)
+    assert counts == {
+        "conv2": (4_301_642, 38_720),
+        "conv4": (2_425_930, 260_160),
+        "conv6": (2_262_602, 1_145_408),
+    }
+    def sig2(x: float) -> float:
+        return float(f"{x:.2g}")
+    assert sig2(counts["conv2"][0]) == 4.3e6 and sig2(counts["conv2"][1]) == 3.9e4
+    assert sig2(counts["conv4"][0]) == 2.4e6 and sig2(counts["conv4"][1]) == 2.6e5
+    # The paper prints 1.7M for Conv-6, which its own architecture does not give
+    # (16 * 256 flattened features -> 256 alone is 1.05M); its conv count matches.
+    assert sig2(counts["conv6"][1]) == 1.1e6
+
+
+@pytest.mark.parametrize(("name", "width"),
+                         [("resnet20", 32), ("resnet20", 64), ("resnet32", 16), ("resnet56", 16)])
+def test_resnet_counts_scale(name, width):
+    params, _ = _abstract_init(models.create(name, width=width), CIFAR)
+    depth = int(name.removeprefix("resnet"))
+    assert _kernel_count(params) == _resnet_kernels(depth, width)
+    if width == 32:  # about 4x ResNet-20's 270,896
+        assert 3.9 < _kernel_count(params) / 270_896 < 4.0
+
+
+def test_mlp_count_and_num_classes():
+    params, _ = _abstract_init(models.create("mlp", widths=(512, 512, 512), num_classes=7),
+                               (40,))
+    assert _kernel_count(params) == 40 * 512 + 2 * 512 * 512 + 512 * 7
+    assert params["Dense_3"]["kernel"].shape == (512, 7)
+
+
+# ----------------------------------------------------------------------------- names, init
+
+_LENET_KEYS = jax.random.split(jax.random.key(0), 2)
+
+
+@pytest.fixture(scope="module")
+def lenet_init():
+    return models.init(models.create("lenet_300_100"), _LENET_KEYS[1], MNIST)
+
+
+def test_lenet_names_are_stable(lenet_init):
+    params, batch_stats = lenet_init
+    assert tree.names(params) == [
+        "Dense_0/bias", "Dense_0/kernel", "Dense_1/bias", "Dense_1/kernel",
+        "Dense_2/bias", "Dense_2/kernel",
+    ]
+    assert batch_stats == {}
+    assert type(params) is dict and type(params["Dense_0"]) is dict
+
+
+def test_vgg_and_resnet_names():
+    params, stats = _abstract_init(models.create("vgg11"), CIFAR)
+    expected = {f"Conv_{i}/{p}" for i in range(8) for p in ("kernel", "bias")}
+    expected |= {f"BatchNorm_{i}/{p}" for i in range(8) for p in ("scale", "bias")}
+    expected |= {"Dense_0/kernel", "Dense_0/bias"}
+    assert set(tree.names(params)) == expected
+    expected_stats = {f"BatchNorm_{i}/{s}" for i in range(8) for s in ("mean", "var")}
+    assert set(tree.names(stats)) == expected_stats
+
+    params, stats = _abstract_init(models.create("resnet20"), CIFAR)
+    names = tree.names(params)
+    top = {"conv_init/kernel", "bn_init/scale", "bn_init/bias", "fc/kernel", "fc/bias"}
+    assert top <= set(names)
+    for i in range(9):
+        for p in ("conv1/kernel", "conv2/kernel", "bn1/scale", "bn2/bias"):
+            assert f"Block_{i}/{p}" in names
+    assert sorted(n for n in names if "shortcut" in n) == [
+        "Block_3/shortcut_bn/bias", "Block_3/shortcut_bn/scale", "Block_3/shortcut_conv/kernel",
+        "Block_6/shortcut_bn/bias", "Block_6/shortcut_bn/scale", "Block_6/shortcut_conv/kernel",
+    ]
+    assert params["Block_3"]["shortcut_conv"]["kernel"].shape == (1, 1, 16, 32)
+    assert params["Block_3"]["conv1"]["kernel"].shape == (3, 3, 16, 32)
+    assert "bias" not in params["conv_init"] and "bias" not in params["Block_0"]["conv1"]
+    assert "Block_0/bn1/mean" in tree.names(stats)
+    # The output kernel is the last kernel leaf in tree order, in every model.
+    for name in models.NAMES:
+        p, _ = _abstract_init(_create(name), _shape_for(name))
+        kernels = [n for n in tree.names(p) if n.endswith("kernel")]
+        assert kernels[-1] in ("fc/kernel", "Dense_0/kernel", "Dense_2/kernel"), name
+
+
+def test_init_values_and_vmap(lenet_init):
+    params, _ = lenet_init
+    kernel = params["Dense_0"]["kernel"]
+    np.testing.assert_allclose(np.std(kernel), math.sqrt(2 / 784), rtol=0.02)  # He normal
+    assert np.all(params["Dense_0"]["bias"] == 0)
+    stacked, _ = jax.vmap(lambda k: models.init(models.create("lenet_300_100"), k, MNIST))(
+        _LENET_KEYS)
+    assert stacked["Dense_0"]["kernel"].shape == (2, 784, 300)
+    assert not np.array_equal(stacked["Dense_0"]["kernel"][0], kernel)
+    jax.tree.map(np.testing.assert_array_equal, tree.index(stacked, 1), params)
+
+
+def test_batch_norm_init_values():
+    # One ResNet block: a full ResNet init compiles ~20 threefry draws (slow on CPU).
+    block = models.resnet.Block(features=32, strides=2)
+    params, stats = models.init(block, jax.random.key(1), (8, 8, 16))
+    for bn in ("bn1", "bn2", "shortcut_bn"):
+        assert np.all(params[bn]["scale"] == 1) and np.all(params[bn]["bias"] == 0)
+        assert np.all(stats[bn]["mean"] == 0) and np.all(stats[bn]["var"] == 1)
+    assert set(params) == {"conv1", "bn1", "conv2", "bn2", "shortcut_conv", "shortcut_bn"}
+    np.testing.assert_allclose(np.std(params["conv1"]["kernel"]), math.sqrt(2 / (9 * 16)),
+                               rtol=0.05)
+
+
+# ----------------------------------------------------------------------------- forward
+
+_ABSTRACT_ONLY = ("vgg13", "vgg16", "vgg19", "resnet32", "resnet56")
+
+
+@pytest.mark.parametrize("name", models.NAMES)
+def test_forward_shapes(name):
+    model = _create(name, num_classes=7)
+    shape = _shape_for(name)
+    x = jnp.ones((3, *shape), jnp.float32)
+    if name in _ABSTRACT_ONLY:  # compile time: shapes only
+        params, stats = _abstract_init(model, shape)
+        variables = {"params": params, "batch_stats": stats}
+        logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+        assert logits.shape == (3, 7) and logits.dtype == jnp.float32
+        out, updates = jax.eval_shape(
+            lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]), variables, x)
+        assert out.shape == (3, 7)
+        assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(stats)
+        return
+    variables = _random_variables(model, shape)
+    logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+    assert logits.shape == (3, 7) and logits.dtype == jnp.float32
+    assert np.all(np.isfinite(logits))
+    if models.has_batch_norm(model):
+        out, updates = jax.jit(
+            lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(variables, x)
+        assert out.shape == (3, 7)
+        new_stats, old_stats = updates["batch_stats"], variables["batch_stats"]
+        assert jax.tree.structure(new_stats) == jax.tree.structure(old_stats)
+        differ = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), new_stats, old_stats)
+        assert all(jax.tree.leaves(differ))
+    else:
+        assert not models.has_batch_norm(variables)
+
+
+def test_mlp_accepts_feature_vectors():
+    model = models.create("mlp", widths=(8,), num_classes=3)
+    variables = _random_variables(model, (40,))
+    assert model.apply(variables, jnp.ones((5, 40)), train=True).shape == (5, 3)
+
+
+# ----------------------------------------------------------------------------- materialize
+
+
+def _loss_and_grads(model, variables, x, y):
+    def loss_fn(params):
+        logits, updates = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
+                                      x, train=True, mutable=["batch_stats"])
+        onehot = jax.nn.one_hot(y, logits.shape[-1])
+        return -jnp.mean(jnp.sum(onehot * jax.nn.log_softmax(logits), axis=-1)), (logits, updates)
+
+    return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables["params"])
+
+
+def test_materialize_inputs_is_bit_identical_resnet():
+    plain = models.create("resnet20", width=4)
+    fast = models.create("resnet20", width=4, materialize_inputs=True)
+    variables = _random_variables(plain, CIFAR)
+    assert jax.tree.structure(_abstract_init(fast, CIFAR)) == jax.tree.structure(
+        _abstract_init(plain, CIFAR))
+    x = jax.random.normal(jax.random.key(1), (2, *CIFAR))
+    y = jnp.array([3, 5])
+    (loss_a, (logits_a, upd_a)), grads_a = _loss_and_grads(plain, variables, x, y)
+    (loss_b, (logits_b, upd_b)), grads_b = _loss_and_grads(fast, variables, x, y)
+    np.testing.assert_array_equal(logits_a, logits_b)
+    np.testing.assert_array_equal(loss_a, loss_b)
+    jax.tree.map(np.testing.assert_array_equal, upd_a, upd_b)
+    jax.tree.map(np.testing.assert_array_equal, grads_a, grads_b)
+    assert float(jnp.abs(grads_a["Block_3"]["shortcut_conv"]["kernel"]).sum()) > 0
+    eval_a = jax.jit(lambda v: plain.apply(v, x, train=False))(variables)
+    eval_b = jax.jit(lambda v: fast.apply(v, x, train=False))(variables)
+    np.testing.assert_array_equal(eval_a, eval_b)
+
+
+def test_materialize_inputs_is_bit_identical_conv2():
+    plain = models.create("conv2")
+    fast = models.create("conv2", materialize_inputs=True)
+    params = _random_variables(plain, (16, 16, 3))["params"]
+    x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
+
+    def grads(model):
+        fn = lambda p: jnp.sum(model.apply({"params": p}, x, train=True) ** 2)
+        return jax.jit(jax.value_and_grad(fn))(params)
+
+    (loss_a, grads_a), (loss_b, grads_b) = grads(plain), grads(fast)
+    np.testing.assert_array_equal(loss_a, loss_b)
+    jax.tree.map(np.testing.assert_array_equal, grads_a, grads_b)

@@ -1,0 +1,274 @@
+"""The executor: vmap == per-seed, replicate independence, masks, strategies, sharding."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from ltjax import data, masking, models, rng, train, tree
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load("digits")
+
+
+def _recipe(**kw):
+    base = dict(optimizer="sgd", learning_rate=0.05, momentum=0.9, weight_decay=5e-4,
+                batch_size=32)
+    base.update(kw)
+    return train.Recipe(**base)
+
+
+def _keys(n, seed=0):
+    return rng.init_and_noise(rng.replicate_keys(seed, n))
+
+
+def _single_run(executor, init_key, noise_key, masks, num_steps):
+    """One replicate trained by train_steps directly, outside the executor (the oracle)."""
+    state = train.init_state(executor.model, executor.recipe, init_key,
+                             executor.dataset.input_shape)
+    if masks is not None:
+        state = state.replace(params=masking.apply(state.params, masks))
+    arrays = jax.device_put(data.device_split(executor.dataset.train, executor.dataset))
+    fn = jax.jit(functools.partial(train.train_steps, executor.model, executor.recipe,
+                                   num_steps=num_steps))
+    state, losses = fn(arrays, state, masks, noise_key)
+    return state, losses
+
+
+def test_vmapped_replicates_equal_single_runs(digits):
+    model = models.create("mlp", widths=(32, 16))
+    executor = train.Executor(model, digits, _recipe(), steps_per_call=7)
+    init_keys, noise_keys = _keys(4)
+    state = executor.init(init_keys)
+    state, _ = executor.train(state, None, noise_keys, num_steps=20)
+    assert executor.strategy == "scan_vmap"
+    for i in (0, 3):
+        single, _ = _single_run(executor, init_keys[i], noise_keys[i], None, 20)
+        chex.assert_trees_all_close(tree.index(state.params, i), single.params, rtol=1e-6,
+                                    atol=1e-7)
+        assert int(state.step[i]) == 20
+
+
+def test_replicate_does_not_depend_on_num_replicates(digits):
+    model = models.create("mlp", widths=(32,))
+    executor = train.Executor(model, digits, _recipe(optimizer="adam", learning_rate=1e-3))
+    out = {}
+    for num in (2, 8):
+        init_keys, noise_keys = _keys(num)
+        state = executor.init(init_keys)
+        state, _ = executor.train(state, None, noise_keys, num_steps=15)
+        out[num] = state
+    chex.assert_trees_all_close(tree.index(out[2].params, 1), tree.index(out[8].params, 1),
+                                rtol=1e-6, atol=1e-7)
+
+
+def test_pruned_weights_stay_zero_with_momentum_and_decay(digits):
+    model = models.create("mlp", widths=(32,))
+    executor = train.Executor(model, digits, _recipe(learning_rate=0.1, weight_decay=1e-2))
+    init_keys, noise_keys = _keys(2)
+    state = executor.init(init_keys)
+    # Train dense first so the momentum buffers are non-zero everywhere, then prune.
+    state, _ = executor.train(state, None, noise_keys, num_steps=5)
+    masks = jax.tree.map(lambda p: jax.random.bernoulli(jax.random.key(1), 0.5, p.shape),
+                         state.params)
+    state, _ = executor.train(state, masks, noise_keys, num_steps=10)
+    for p, m in zip(jax.tree.leaves(state.params), jax.tree.leaves(masks), strict=True):
+        assert np.all(np.asarray(p)[~np.asarray(m)] == 0.0)
+        assert np.any(np.asarray(p)[np.asarray(m)] != 0.0)
+
+
+def test_new_mask_does_not_retrace(digits, monkeypatch):
+    traces = []
+    original = train.train_steps
+
+    def counting(*args, **kwargs):
+        traces.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_steps", counting)
+    model = models.create("mlp", widths=(16,))
+    executor = train.Executor(model, digits, _recipe(), steps_per_call=5)
+    init_keys, noise_keys = _keys(2)
+    state = executor.init(init_keys)
+    for level in range(3):
+        masks = jax.tree.map(
+            lambda p, lv=level: jax.random.bernoulli(jax.random.key(lv), 0.8 ** (lv + 1),
+                                                     p.shape), state.params)
+        state, _ = executor.train(state, masks, noise_keys, num_steps=10)
+    assert len(traces) == 1
+
+    # The same property for the single-replicate function, with chex.
+    arrays = jax.device_put(data.device_split(digits.train, digits))
+    one = train.init_state(model, executor.recipe, init_keys[0], digits.input_shape)
+    def one_replicate(arrays, state, masks, key):
+        return original(model, executor.recipe, arrays, state, masks, key, num_steps=3)
+
+    fn = jax.jit(chex.assert_max_traces(one_replicate, n=1))
+    for level in range(3):
+        masks = jax.tree.map(lambda p, lv=level: jnp.arange(p.size).reshape(p.shape) % 3 != lv,
+                             one.params)
+        fn(arrays, one, masks, noise_keys[0])
+
+
+def test_strategies_give_the_same_numbers(digits):
+    model = models.create("conv2", num_classes=10)
+    init_keys, noise_keys = _keys(2)
+    finals = {}
+    for strategy in ("scan_vmap", "unrolled_loop"):
+        executor = train.Executor(model, digits, _recipe(batch_size=16), strategy=strategy,
+                                  steps_per_call=3, eval_batch_size=100)
+        state = executor.init(init_keys)
+        state, losses = executor.train(state, None, noise_keys, num_steps=6)
+        finals[strategy] = (state, losses, executor.evaluate(state, "test"))
+    chex.assert_trees_all_close(finals["scan_vmap"][0].params, finals["unrolled_loop"][0].params,
+                                rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(finals["scan_vmap"][2]["accuracy"],
+                               finals["unrolled_loop"][2]["accuracy"], atol=1e-6)
+
+
+def test_auto_strategy_picks_per_model_and_backend(digits):
+    dense = train.Executor(models.create("mlp", widths=(8,)), digits, _recipe())
+    conv = train.Executor(models.create("conv2"), digits, _recipe())
+    assert dense.strategy == "scan_vmap"
+    assert conv.strategy == ("unrolled_loop" if jax.default_backend() == "cpu" else "scan_vmap")
+    abstract_conv = jax.eval_shape(lambda: {"Conv_0": {"kernel": jnp.zeros((3, 3, 1, 4))}})
+    assert train.choose_strategy(abstract_conv, "gpu") == "scan_vmap"
+    assert train.choose_strategy(abstract_conv, "cpu") == "unrolled_loop"
+
+
+def test_sharded_over_four_devices_matches_one_device(digits):
+    assert len(jax.devices()) == 4
+    model = models.create("mlp", widths=(32,))
+    init_keys, noise_keys = _keys(4)
+    outs = []
+    for devices in (jax.devices(), jax.devices()[:1]):
+        executor = train.Executor(model, digits, _recipe(), devices=devices)
+        state = executor.init(init_keys)
+        assert len(state.params["Dense_0"]["kernel"].sharding.device_set) == len(devices)
+        state, _ = executor.train(state, None, noise_keys, num_steps=12)
+        outs.append((state, executor.evaluate(state, "test")))
+    chex.assert_trees_all_close(outs[0][0].params, outs[1][0].params, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(outs[0][1]["loss"], outs[1][1]["loss"], rtol=1e-6)
+
+
+def test_evaluate_matches_numpy(digits):
+    model = models.create("mlp", widths=(16,))
+    executor = train.Executor(model, digits, _recipe(), eval_batch_size=100)  # 360 rows: padded
+    state = executor.init(_keys(2)[0])
+    got = executor.evaluate(state, "test")
+    for r in range(2):
+        params = tree.index(state.params, r)
+        x = (digits.test.x.astype(np.float32) - digits.mean) / digits.std
+        logits = np.asarray(model.apply({"params": params}, jnp.asarray(x), train=False))
+        logp = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1,
+                                                                            keepdims=True))
+        logp -= logits.max(1, keepdims=True)
+        loss = -logp[np.arange(len(x)), digits.test.y].mean()
+        acc = (logits.argmax(1) == digits.test.y).mean()
+        np.testing.assert_allclose(got["loss"][r], loss, rtol=1e-4)
+        np.testing.assert_allclose(got["accuracy"][r], acc, atol=1e-6)
+
+
+def test_learning_rate_schedule():
+    recipe = train.Recipe(learning_rate=0.1, warmup_steps=10, lr_drop_steps=(20, 30))
+    got = [float(train.learning_rate_at(recipe, s)) for s in (0, 5, 10, 19, 20, 29, 30)]
+    np.testing.assert_allclose(got, [0.0, 0.05, 0.1, 0.1, 0.01, 0.01, 0.001], rtol=1e-6)
+
+
+def test_adam_step_matches_closed_form(digits):
+    """First Adam step moves each weight by lr * g / (|g| + eps) = ~lr * sign(g)."""
+    model = models.create("mlp", widths=(8,))
+    recipe = train.Recipe(optimizer="adam", learning_rate=1e-3, batch_size=16)
+    state = train.init_state(model, recipe, jax.random.key(0), digits.input_shape)
+    arrays = jax.device_put(data.device_split(digits.train, digits))
+    new, _ = train.train_steps(model, recipe, arrays, state, None, jax.random.key(1), num_steps=1)
+    idx = data.batch_indices(rng.stream(jax.random.key(1), "order"), 0, num_steps=1,
+                             num_examples=len(digits.train), batch_size=16)[0]
+    x = data.normalize(arrays.x[idx], arrays.mean, arrays.std)
+
+    def loss(p):
+        logits = model.apply({"params": p}, x, train=False)
+        return train.cross_entropy(logits, arrays.y[idx]).mean()
+
+    grads = jax.grad(loss)(state.params)
+    expected = jax.tree.map(lambda p, g: p - 1e-3 * g / (jnp.abs(g) + 1e-8), state.params, grads)
+    chex.assert_trees_all_close(new.params, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_recompute_batch_stats_is_mean_of_batch_statistics():
+    """Closed form: a BatchNorm on raw inputs gets the mean of the batch means/variances."""
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, *, train):
+            return nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+
+    images = jax.random.normal(jax.random.key(2), (3, 16, 4, 4, 5)) * 2.0 + 1.0
+    net = Net()
+    variables = net.init(jax.random.key(0), images[0], train=False)
+    stats = train.recompute_batch_stats(net, variables["params"], variables["batch_stats"], images)
+    flat = np.asarray(images).reshape(3, -1, images.shape[-1])
+    np.testing.assert_allclose(stats["BatchNorm_0"]["mean"], flat.mean(1).mean(0), rtol=1e-4,
+                               atol=1e-6)
+    np.testing.assert_allclose(stats["BatchNorm_0"]["var"], flat.var(1).mean(0), rtol=1e-4,
+                               atol=1e-6)
+
+
+def test_batchnorm_model_trains_under_executor(digits):
+    model = models.create("resnet20", width=4)
+    executor = train.Executor(model, digits, _recipe(batch_size=16), eval_batch_size=120)
+    init_keys, noise_keys = _keys(2)
+    state = executor.init(init_keys)
+    before = state.batch_stats
+    state, losses = executor.train(state, None, noise_keys, num_steps=2)
+    assert np.all(np.isfinite(losses))
+    changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), before, state.batch_stats)
+    assert all(jax.tree.leaves(changed))
+    reset = executor.recompute_batch_stats(state, num_batches=2)
+    assert jax.tree.structure(reset) == jax.tree.structure(state)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_bad_inputs_raise_clear_errors(digits):
+    model = models.create("mlp", widths=(8,))
+    with pytest.raises(ValueError, match="batch_size"):
+        train.Executor(model, digits, _recipe(batch_size=10_000))
+    with pytest.raises(ValueError, match="optimizer"):
+        train.Recipe(optimizer="lion")
+    with pytest.raises(ValueError, match="strategy"):
+        train.Executor(model, digits, _recipe(), strategy="fast")
+    with pytest.raises(ValueError, match="steps"):
+        train.parse_steps("12 epochs", steps_per_epoch=10)
+    assert train.parse_steps("3ep", steps_per_epoch=10) == 30
+    assert train.parse_steps("500it", steps_per_epoch=10) == 500
+
+    executor = train.Executor(model, digits, _recipe())
+    init_keys, noise_keys = _keys(2)
+    state = executor.init(init_keys)
+    bad_masks = {"Dense_0": {"kernel": jnp.ones((2, 64, 8), bool)}}
+    with pytest.raises(ValueError, match="masks"):
+        executor.train(state, bad_masks, noise_keys, num_steps=1)
+    wrong_shape = masking.ones_like(state.params)
+    wrong_shape["Dense_0"]["kernel"] = jnp.ones((2, 64, 9), bool)
+    with pytest.raises(ValueError, match=r"masks\['Dense_0/kernel'\]"):
+        executor.train(state, wrong_shape, noise_keys, num_steps=1)
+    with pytest.raises(ValueError, match="noise_keys"):
+        executor.train(state, None, noise_keys[:1], num_steps=1)
+
+
+def test_nan_loss_raises(digits):
+    model = models.create("mlp", widths=(8,))
+    executor = train.Executor(model, digits, _recipe(learning_rate=1e30, momentum=0.0),
+                              steps_per_call=5)
+    init_keys, noise_keys = _keys(2)
+    state = executor.init(init_keys)
+    with pytest.raises(FloatingPointError, match="NaN"):
+        executor.train(state, None, noise_keys, num_steps=50)
