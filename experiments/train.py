@@ -7,7 +7,7 @@
 Re-running the same command on the same workdir resumes from its checkpoints.
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ltjax.studies import dense
@@ -19,6 +19,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     summary = dense.run_train(_CONFIG.value, _WORKDIR.value)
     for split, metrics in summary["final"].items():
         accs = ", ".join(f"{a:.4f}" for a in metrics["accuracy"])

@@ -466,12 +466,18 @@ class Executor:
         return jax.device_put(stacked, self.seed_sharding(num))
 
     @functools.cache  # noqa: B019  (one executor per run; cache is tiny)
-    def device_split(self, split: str, num_devices: int) -> data.DeviceSplit:
-        """A split's arrays replicated on the first ``num_devices`` devices."""
-        host = self._host_splits[split]
+    def device_split(self, split: str, num_devices: int, for_eval: bool) -> data.DeviceSplit:
+        """A split's arrays replicated on the first ``num_devices`` devices.
+
+        For evaluation the rows are padded to a multiple of ``eval_batch_size``.
+        """
+        host = self._host_splits.get(split)
         if host is None:
-            raise ValueError(f"split {split!r} is empty or absent in dataset {self.dataset.name!r}")
-        pad_to = 1 if split == "train" else self.eval_batch_size
+            raise ValueError(
+                f"split must be one of 'train', 'validation', 'test' with data in "
+                f"{self.dataset.name!r}; got {split!r}"
+            )
+        pad_to = self.eval_batch_size if for_eval else 1
         mesh = _mesh(tuple(self.devices[:num_devices]))
         return jax.device_put(data.device_split(host, self.dataset, pad_to=pad_to),
                               NamedSharding(mesh, P()))
@@ -559,7 +565,8 @@ class Executor:
             return state
         batch_size = batch_size or self.recipe.batch_size
         state = jax.device_put(state, self.seed_sharding(_num_replicates(state)))
-        arrays = self.device_split("train", self.seed_sharding(_num_replicates(state)).num_devices)
+        num_devices = self.seed_sharding(_num_replicates(state)).num_devices
+        arrays = self.device_split("train", num_devices, for_eval=False)
         index = data.batch_indices(jax.random.key(seed), 0, num_steps=num_batches,
                                    num_examples=arrays.y.shape[0], batch_size=batch_size)
 
@@ -588,7 +595,7 @@ def _num_replicates(stacked: PyTree) -> int:
 @functools.lru_cache(maxsize=64)
 def _compiled_train(executor: Executor, num_replicates: int, num_steps: int, masked: bool):
     mesh = executor.mesh(num_replicates)
-    arrays = executor.device_split("train", mesh.size)
+    arrays = executor.device_split("train", mesh.size, for_eval=False)
     unroll = executor.strategy == "unrolled_loop"
 
     def one(state, masks, key, arrays):
@@ -607,7 +614,7 @@ def _compiled_train(executor: Executor, num_replicates: int, num_steps: int, mas
 @functools.lru_cache(maxsize=64)
 def _compiled_eval(executor: Executor, num_replicates: int, split: str):
     mesh = executor.mesh(num_replicates)
-    arrays = executor.device_split(split, mesh.size)
+    arrays = executor.device_split(split, mesh.size, for_eval=True)
     unroll = executor.strategy == "unrolled_loop"
 
     def one(params, batch_stats, arrays):

@@ -1,0 +1,97 @@
+"""Dense-training study end to end: outputs, resume after a kill, config guard."""
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments.configs import lenet_digits
+from ltjax import results, train
+from ltjax.studies import dense
+
+
+def _config(**overrides):
+    config = lenet_digits.get_config("quick")
+    config.model_kwargs = {"widths": (32,)}
+    config.model = "mlp"
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("checkpoint_every", ["1ep", "2ep"])
+def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch, checkpoint_every):
+    config = _config(checkpoint_every=checkpoint_every, training_steps="3ep")
+    straight = dense.run_train(config, tmp_path / "straight", progress=False)
+
+    calls = []
+    original = train.Executor.train
+
+    def dies_on_second_call(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise _Killed
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(train.Executor, "train", dies_on_second_call)
+    with pytest.raises(_Killed):
+        dense.run_train(config, tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(train.Executor, "train", original)
+    resumed = dense.run_train(config, tmp_path / "resumed", progress=False)
+
+    assert resumed == straight
+    log_a = results.MetricsLog(tmp_path / "straight" / "metrics.jsonl").read()
+    log_b = results.MetricsLog(tmp_path / "resumed" / "metrics.jsonl").read()
+    assert log_a == log_b
+    assert results.read_csv(tmp_path / "straight" / "results.csv") == results.read_csv(
+        tmp_path / "resumed" / "results.csv")
+
+
+def test_outputs_and_rerun_skips_finished_work(tmp_path, monkeypatch):
+    config = _config()
+    summary = dense.run_train(config, tmp_path, progress=False)
+    for name in ("config.json", "metrics.jsonl", "results.csv", "plots/learning_curve.png"):
+        assert (tmp_path / name).exists(), name
+    assert json.loads((tmp_path / "config.json").read_text())["num_replicates"] == 2
+    records = results.MetricsLog(tmp_path / "metrics.jsonl").read()
+    steps = sorted({r["step"] for r in records})
+    assert steps == [0, 23, 46]  # digits: 1437 // 60 = 23 steps per epoch
+    assert {r["replicate"] for r in records} == {0, 1}
+    rows = results.read_csv(tmp_path / "results.csv")
+    assert [r["replicate"] for r in rows] == ["0", "1", "mean", "std"]
+    mean = np.mean([float(r["test_accuracy"]) for r in rows[:2]])
+    np.testing.assert_allclose(float(rows[2]["test_accuracy"]), mean, rtol=1e-6)
+    assert min(summary["final"]["test"]["accuracy"]) > 0.3  # chance is 0.1
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("a finished run must not train again")
+
+    monkeypatch.setattr(train.Executor, "train", must_not_train)
+    again = dense.run_train(config, tmp_path, progress=False)
+    assert again == summary
+    assert results.MetricsLog(tmp_path / "metrics.jsonl").read() == records
+
+
+def test_adding_seeds_keeps_existing_ones(tmp_path):
+    two = dense.run_train(_config(num_replicates=2), tmp_path / "two", progress=False)
+    four = dense.run_train(_config(num_replicates=4), tmp_path / "four", progress=False)
+    np.testing.assert_allclose(four["final"]["test"]["loss"][:2], two["final"]["test"]["loss"],
+                               rtol=1e-6)
+
+
+def test_workdir_of_another_config_is_refused(tmp_path):
+    dense.run_train(_config(), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="different config.*seed"):
+        dense.run_train(_config(seed=1), tmp_path, progress=False)
+
+
+def test_unknown_dataset_and_model_are_named(tmp_path):
+    with pytest.raises(ValueError, match="name"):
+        dense.run_train(_config(dataset="imagenet"), tmp_path / "a", progress=False)
+    with pytest.raises(ValueError, match="resnet"):
+        dense.run_train(_config(model="resnet7", model_kwargs={}), tmp_path / "b",
+                        progress=False)
