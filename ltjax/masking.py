@@ -2,19 +2,29 @@
 
 Leaves that are never pruned are all-True (never ``None``, which breaks
 ``jax.tree.map`` and vmap axes; jaxpruner makes the same choice). The word
-"mask" means an element-wise mask only.
+"mask" means an element-wise mask only. Which leaves *may* be pruned is a
+separate static tree of Python bools, ``prunable`` (:func:`prunable`), bound
+by closure and never traced.
+
+Every function here takes plain pytrees of arrays and works on stacked
+(``[S, ...]``) trees under ``jax.vmap``; nothing imports flax.
 
 Example:
+    >>> selection = prunable(params)              # kernels of dense and conv layers
     >>> masks = ones_like(params)
     >>> params = apply(params, masks)
+    >>> density(masks, selection)
+    1.0
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ltjax import tree
 
@@ -29,9 +39,6 @@ def ones_like(params: PyTree) -> PyTree:
 def apply(params: PyTree, masks: PyTree) -> PyTree:
     """``params`` with masked-out entries set to exactly zero.
 
-    ``masks`` must have the structure of ``params``; leaves broadcast, so one
-    mask can serve stacked params only if it is stacked too.
-
     Example:
         >>> apply({"w": jnp.ones(3)}, {"w": jnp.array([True, False, True])})
         {'w': Array([1., 0., 1.], dtype=float32)}
@@ -44,10 +51,117 @@ def check(masks: PyTree, params: PyTree, *, leading_axes: int = 0) -> None:
 
     Args:
       masks: the masks to check (bool leaves).
-      params: the reference params.
+      params: the reference params (arrays or shape structs).
       leading_axes: how many leading (replicate) axes ``masks`` has beyond ``params``.
     """
     tree.check_same_structure(masks, params, name="masks", leading_axes=leading_axes)
     for name, leaf in zip(tree.names(masks), jax.tree.leaves(masks), strict=True):
         if jnp.result_type(leaf) != jnp.bool_:
             raise ValueError(f"masks['{name}'] must be bool, got {jnp.result_type(leaf)}")
+
+
+def prunable(
+    params: PyTree, *, include: str | None = None, exclude: str | None = None,
+    leading_axes: int = 0,
+) -> PyTree:
+    """The static tree of Python bools saying which leaves may be pruned.
+
+    By default the kernels of dense and conv layers (leaves named ``kernel``
+    with at least 2 dimensions); biases and normalisation parameters never.
+    ``include`` keeps only the kernels whose path (``'Dense_0/kernel'``)
+    matches the regex (``re.search``); ``exclude`` then drops matching ones
+    (OpenLTH's ``pruning_layers_to_ignore``).
+
+    Args:
+      params: a params tree (arrays or shape structs).
+      include: regex of kernel paths to keep in the selection.
+      exclude: regex of kernel paths to leave dense.
+      leading_axes: replicate axes in front of each param's own shape.
+
+    Returns:
+      A tree with the structure of ``params`` and ``bool`` leaves.
+
+    Raises:
+      ValueError: the selection is empty.
+
+    Example:
+        >>> prunable(params, exclude="Dense_2")   # LeNet: leave the output layer dense
+    """
+
+    def select(name: str, leaf) -> bool:
+        if not (name.split("/")[-1] == "kernel" and np.ndim(leaf) - leading_axes >= 2):
+            return False
+        if include is not None and not re.search(include, name):
+            return False
+        return not (exclude is not None and re.search(exclude, name))
+
+    selection = tree.map_with_name(select, params)
+    if not any(jax.tree.leaves(selection)):
+        raise ValueError(
+            f"no prunable leaves in params with include={include!r}, exclude={exclude!r}; "
+            f"kernels are {[n for n in tree.names(params) if n.endswith('kernel')]}"
+        )
+    return selection
+
+
+def _selected(masks: PyTree, selection: PyTree) -> list[tuple[str, jax.Array]]:
+    names = tree.names(masks)
+    leaves = jax.tree.leaves(masks)
+    flags = jax.tree.leaves(selection)
+    if len(flags) != len(leaves):
+        raise ValueError(
+            f"prunable has {len(flags)} leaves but masks have {len(leaves)}; build it with "
+            "masking.prunable(params)"
+        )
+    return [(n, m) for n, m, f in zip(names, leaves, flags, strict=True) if f]
+
+
+def counts(masks: PyTree, selection: PyTree) -> dict[str, tuple[int, int]]:
+    """``{path: (kept, total)}`` for each prunable leaf of one replicate's masks."""
+    return {n: (int(np.sum(np.asarray(m))), int(np.size(m)))
+            for n, m in _selected(masks, selection)}
+
+
+def layer_densities(masks: PyTree, selection: PyTree) -> dict[str, float]:
+    """``{path: kept / total}`` for each prunable leaf of one replicate's masks."""
+    return {n: kept / total for n, (kept, total) in counts(masks, selection).items()}
+
+
+def num_kept(masks: PyTree, selection: PyTree) -> jax.Array:
+    """Kept prunable weights (jittable; a scalar per replicate under vmap)."""
+    return sum(jnp.sum(m, dtype=jnp.int32) for _, m in _selected(masks, selection))
+
+
+def num_prunable(masks: PyTree, selection: PyTree) -> int:
+    """All prunable weights of one replicate (static)."""
+    return int(sum(np.size(m) for _, m in _selected(masks, selection)))
+
+
+def density(masks: PyTree, selection: PyTree) -> jax.Array:
+    """Kept fraction of the prunable weights (jittable)."""
+    return num_kept(masks, selection) / num_prunable(masks, selection)
+
+
+def overlap(masks_a: PyTree, masks_b: PyTree, selection: PyTree) -> jax.Array:
+    """Prunable weights kept by both masks: ``|a AND b|``."""
+    pairs = zip(_selected(masks_a, selection), _selected(masks_b, selection), strict=True)
+    return sum(jnp.sum(a & b, dtype=jnp.int32) for (_, a), (_, b) in pairs)
+
+
+def hamming(masks_a: PyTree, masks_b: PyTree, selection: PyTree) -> jax.Array:
+    """Prunable positions where the masks differ: ``|a XOR b|``."""
+    pairs = zip(_selected(masks_a, selection), _selected(masks_b, selection), strict=True)
+    return sum(jnp.sum(a ^ b, dtype=jnp.int32) for (_, a), (_, b) in pairs)
+
+
+def iou(masks_a: PyTree, masks_b: PyTree, selection: PyTree) -> jax.Array:
+    """Intersection over union of the kept prunable weights (1 when both are empty).
+
+    Example:
+        >>> iou(masks, masks, prunable(params))
+        Array(1., dtype=float32)
+    """
+    pairs = list(zip(_selected(masks_a, selection), _selected(masks_b, selection), strict=True))
+    inter = sum(jnp.sum(a & b, dtype=jnp.int32) for (_, a), (_, b) in pairs)
+    union = sum(jnp.sum(a | b, dtype=jnp.int32) for (_, a), (_, b) in pairs)
+    return jnp.where(union > 0, inter / jnp.maximum(union, 1), 1.0).astype(jnp.float32)

@@ -1,0 +1,238 @@
+"""Pruning: scores, and masks that remove the lowest-scoring weights.
+
+The semantics are the lottery-ticket papers' (Frankle & Carbin 2019;
+Frankle et al. 2020), checked against OpenLTH's ``sparse_global`` strategy:
+
+- :func:`prune` removes exactly ``ceil(fraction * remaining)`` of the
+  remaining (unmasked) prunable weights in scope, lowest scores first, ties
+  broken by position (earlier leaf in tree order, then lower flat index,
+  removed first). Scope ``'global'`` ranks all prunable weights together;
+  ``'layerwise'`` prunes each layer by its own count. ``layer_rates``
+  overrides the fraction for layers whose path matches a regex; those layers
+  are pruned on their own (the original LTH code pruned the output layer at
+  half the rate of the others).
+- :func:`prune_to_density`: one-shot pruning to a target density.
+- :func:`random_prune_like`: random pruning that keeps each layer's count
+  (``'layerwise'``, OpenLTH's ``randomly_prune`` branch) or only the total
+  count (``'global'``), the controls of Frankle et al. 2021 / Ma et al. 2021.
+
+Differences from OpenLTH's ``sparse_global``, on purpose: it computes the
+threshold as ``sorted(|w|)[k]`` and keeps only ``|w| > threshold``, which
+removes ``k + 1`` weights (more on ties), and it counts the remaining weights
+of ignored layers in ``k``. Here exactly ``k`` are removed and ``k`` counts
+only the weights in scope. ``ceil`` is exact (the fraction as a rational with
+denominator <= 10^4; OpenLTH's float product can round up one more).
+
+All functions are jittable and vmappable over a replicate axis (``prunable``
+is static, bound by closure) and take plain pytrees.
+
+Example:
+    >>> selection = masking.prunable(params)
+    >>> masks = prune(magnitude_scores(params), masking.ones_like(params), selection,
+    ...               fraction=0.2)
+"""
+
+from __future__ import annotations
+
+import fractions
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ltjax import masking, tree
+
+PyTree = Any
+SCOPES = ("global", "layerwise")
+
+
+def magnitude_scores(params: PyTree) -> PyTree:
+    """``|w|`` for every leaf: the score of magnitude pruning."""
+    return jax.tree.map(jnp.abs, params)
+
+
+def random_scores(key: jax.Array, params: PyTree) -> PyTree:
+    """Uniform random scores, one independent draw per leaf (from ``fold_in(key, i)``)."""
+    leaves, treedef = jax.tree.flatten(params)
+    return treedef.unflatten([
+        jax.random.uniform(jax.random.fold_in(key, i), jnp.shape(x)) for i, x in enumerate(leaves)
+    ])
+
+
+def _check_fraction(fraction: float, name: str = "fraction") -> fractions.Fraction:
+    if not (isinstance(fraction, (int, float)) and 0.0 <= fraction < 1.0):
+        raise ValueError(f"{name} must be a number in [0, 1), got {fraction!r}")
+    return fractions.Fraction(fraction).limit_denominator(10_000)
+
+
+def _ceil_fraction(count: jax.Array, rate: fractions.Fraction) -> jax.Array:
+    """Exact ``ceil(rate * count)`` in int32 (no overflow for counts < 2^31 / 10^4 * q)."""
+    p, q = rate.numerator, rate.denominator
+    return (count // q) * p + ((count % q) * p + q - 1) // q
+
+
+def _remove_lowest(scores: list, alive: list, num_remove: jax.Array) -> list:
+    """Remove the ``num_remove`` lowest-scoring alive entries of a group of leaves."""
+    if not scores:
+        return []
+    flat_scores = jnp.concatenate([s.reshape(-1).astype(jnp.float32) for s in scores])
+    flat_alive = jnp.concatenate([a.reshape(-1) for a in alive])
+    n = flat_scores.shape[0]
+    # Sort alive entries first, then by score, then by position (deterministic ties).
+    order = jnp.lexsort((jnp.arange(n), flat_scores, ~flat_alive))
+    rank = jnp.zeros(n, jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
+    new_alive = flat_alive & (rank >= num_remove)
+    out, start = [], 0
+    for a in alive:
+        out.append(new_alive[start:start + a.size].reshape(a.shape))
+        start += a.size
+    return out
+
+
+def _groups(
+    names: list[str], selected: list[bool], *, scope: str, fraction: fractions.Fraction,
+    layer_rates: Mapping[str, float] | None,
+) -> list[tuple[list[int], fractions.Fraction]]:
+    """Leaf indices pruned together, with their rate."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    rates: dict[int, fractions.Fraction] = {}
+    for pattern, rate in (layer_rates or {}).items():
+        matched = [i for i, n in enumerate(names) if selected[i] and re.search(pattern, n)]
+        if not matched:
+            raise ValueError(
+                f"layer_rates pattern {pattern!r} matches no prunable leaf; prunable are "
+                f"{[n for n, s in zip(names, selected, strict=True) if s]}"
+            )
+        for i in matched:
+            rates[i] = _check_fraction(rate, f"layer_rates[{pattern!r}]")
+    groups = [([i], rate) for i, rate in sorted(rates.items())]
+    rest = [i for i, s in enumerate(selected) if s and i not in rates]
+    if scope == "layerwise":
+        groups += [([i], fraction) for i in rest]
+    elif rest:
+        groups.append((rest, fraction))
+    return groups
+
+
+def prune(
+    scores: PyTree, masks: PyTree, prunable: PyTree, *, fraction: float, scope: str = "global",
+    layer_rates: Mapping[str, float] | None = None,
+) -> PyTree:
+    """One pruning level: remove ``ceil(fraction * remaining)`` lowest-scoring weights.
+
+    Args:
+      scores: per-weight scores (e.g. :func:`magnitude_scores` of the trained params).
+      masks: the current masks (bool, structure of ``scores``).
+      prunable: static bool tree from :func:`ltjax.masking.prunable`.
+      fraction: share of the *remaining* weights of each group to remove, in [0, 1).
+      scope: ``'global'`` (one ranking over all prunable layers) or ``'layerwise'``.
+      layer_rates: ``{regex: rate}``; matching layers are pruned on their own at
+        that rate (e.g. ``{'Dense_2': 0.1}`` for LeNet's output layer).
+
+    Returns:
+      New masks; leaves outside ``prunable`` are returned unchanged.
+
+    Example:
+        >>> masks = prune(magnitude_scores(params), masks, selection, fraction=0.2,
+        ...               scope="layerwise", layer_rates={"Dense_2": 0.1})
+    """
+    rate = _check_fraction(fraction)
+    tree.check_same_structure(masks, scores, name="masks", reference_name="scores")
+    names = tree.names(masks)
+    score_leaves = jax.tree.leaves(scores)
+    mask_leaves, treedef = jax.tree.flatten(masks)
+    selected = jax.tree.leaves(prunable)
+    if len(selected) != len(mask_leaves):
+        raise ValueError("prunable must have the structure of masks (masking.prunable(params))")
+    out = list(mask_leaves)
+    for indices, group_rate in _groups(names, selected, scope=scope, fraction=rate,
+                                       layer_rates=layer_rates):
+        alive = [mask_leaves[i] for i in indices]
+        remaining = sum(jnp.sum(a, dtype=jnp.int32) for a in alive)
+        new = _remove_lowest([score_leaves[i] for i in indices], alive,
+                             _ceil_fraction(remaining, group_rate))
+        for i, leaf in zip(indices, new, strict=True):
+            out[i] = leaf
+    return treedef.unflatten(out)
+
+
+def prune_to_density(
+    scores: PyTree, prunable: PyTree, *, density: float, scope: str = "global",
+    masks: PyTree | None = None,
+) -> PyTree:
+    """One-shot pruning: keep the ``round(density * total)`` highest scores.
+
+    With ``scope='global'`` the count is over all prunable weights; with
+    ``'layerwise'`` each layer keeps ``round(density * layer_size)``.
+    ``masks`` (default all-True) are the masks to prune further.
+
+    Raises:
+      ValueError: ``density`` outside (0, 1], or (with concrete masks) a target
+        that keeps more weights than ``masks`` still have.
+
+    Example:
+        >>> oneshot = prune_to_density(magnitude_scores(trained), selection, density=0.035)
+    """
+    if not (isinstance(density, (int, float)) and 0.0 < density <= 1.0):
+        raise ValueError(f"density must be a number in (0, 1], got {density!r}")
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    masks = masking.ones_like(scores) if masks is None else masks
+    tree.check_same_structure(masks, scores, name="masks", reference_name="scores")
+    mask_leaves, treedef = jax.tree.flatten(masks)
+    score_leaves = jax.tree.leaves(scores)
+    selected = jax.tree.leaves(prunable)
+    indices = [i for i, s in enumerate(selected) if s]
+    groups = [indices] if scope == "global" else [[i] for i in indices]
+    out = list(mask_leaves)
+    for group in groups:
+        total = int(sum(np.size(mask_leaves[i]) for i in group))
+        keep = int(round(density * total))
+        alive = [mask_leaves[i] for i in group]
+        remaining = sum(jnp.sum(a, dtype=jnp.int32) for a in alive)
+        if not isinstance(remaining, jax.core.Tracer) and keep > int(remaining):
+            raise ValueError(
+                f"density={density} keeps {keep} weights but the masks have only "
+                f"{int(remaining)} left: cannot prune to a higher density"
+            )
+        new = _remove_lowest([score_leaves[i] for i in group], alive, remaining - keep)
+        for i, leaf in zip(group, new, strict=True):
+            out[i] = leaf
+    return treedef.unflatten(out)
+
+
+def random_prune_like(
+    key: jax.Array, masks: PyTree, prunable: PyTree, *, scope: str = "layerwise",
+) -> PyTree:
+    """Random masks with the counts of ``masks``: per layer, or only in total.
+
+    ``'layerwise'`` shuffles the kept positions within each prunable layer
+    (each layer keeps its count: OpenLTH's ``randomly_prune``, layerwise);
+    ``'global'`` keeps the same total count spread uniformly over all
+    prunable weights.
+
+    Example:
+        >>> control = random_prune_like(key, ticket_masks, selection, scope="layerwise")
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    ones = masking.ones_like(masks)
+    scores = random_scores(key, masks)
+    mask_leaves, treedef = jax.tree.flatten(masks)
+    one_leaves = jax.tree.leaves(ones)
+    score_leaves = jax.tree.leaves(scores)
+    indices = [i for i, s in enumerate(jax.tree.leaves(prunable)) if s]
+    groups = [indices] if scope == "global" else [[i] for i in indices]
+    out = list(mask_leaves)
+    for group in groups:
+        total = int(sum(np.size(mask_leaves[i]) for i in group))
+        kept = sum(jnp.sum(mask_leaves[i], dtype=jnp.int32) for i in group)
+        new = _remove_lowest([score_leaves[i] for i in group], [one_leaves[i] for i in group],
+                             total - kept)
+        for i, leaf in zip(group, new, strict=True):
+            out[i] = leaf
+    return treedef.unflatten(out)
