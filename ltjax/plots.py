@@ -62,6 +62,68 @@ def plot_learning_curves(
     num = len({r["replicate"] for r in records}) if records else 0
     fig.suptitle(title or f"learning curves ({num} replicates; band: ±1 std, light: min-max)")
     fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_accuracy_vs_density(rows: Sequence[dict], path: str | os.PathLike, *,
+                             title: str = "") -> None:
+    """Test accuracy vs density, one line per branch (IMP and each control).
+
+    ``rows`` are the rows of an IMP ``results.csv`` (``level``, ``branch``,
+    ``replicate``, ``density``, ``test_accuracy``, optional
+    ``early_stop_test_accuracy``); mean over replicates with a +-1 std band.
+    The density axis is logarithmic and runs from dense (left) to sparse
+    (right), as in the LTH paper's figures.
+    """
+    per_replicate = [r for r in rows if isinstance(r["replicate"], int)]
+    metrics = [("test_accuracy", "final test accuracy")]
+    if any("early_stop_test_accuracy" in r for r in per_replicate):
+        metrics.append(("early_stop_test_accuracy", "test accuracy at early stop"))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.5), squeeze=False)
+    branches = list(dict.fromkeys(r["branch"] for r in per_replicate))
+    for ax, (metric, label) in zip(axes[0], metrics, strict=True):
+        for branch in branches:
+            mine = [r for r in per_replicate if r["branch"] == branch and metric in r]
+            if branch != "imp":  # controls start at level 1; draw them from the dense point
+                mine += [r for r in per_replicate if r["branch"] == "imp" and r["level"] == 0]
+            xs, mean, std, _, _ = mean_and_spread(mine, x="density", y=metric)
+            (line,) = ax.plot(100 * xs, 100 * mean, marker="o", ms=3, label=branch)
+            ax.fill_between(100 * xs, 100 * (mean - std), 100 * (mean + std), alpha=0.2,
+                            color=line.get_color())
+        ax.set_xscale("log")
+        ax.invert_xaxis()
+        ax.set_xlabel("percent of prunable weights remaining")
+        ax.set_ylabel(f"{label} (%)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_level_curves(records: Sequence[dict], path: str | os.PathLike, *, split: str = "test",
+                      title: str = "") -> None:
+    """Accuracy vs step for each pruning level (mean over replicates), one line per level."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    levels = sorted({r["level"] for r in records})
+    cmap = plt.get_cmap("viridis", max(len(levels), 2))
+    for i, level in enumerate(levels):
+        mine = [r for r in records if r["level"] == level and r["split"] == split]
+        if not mine:
+            continue
+        xs, mean, _, _, _ = mean_and_spread(mine, x="step", y="accuracy")
+        ax.plot(xs, 100 * mean, color=cmap(i),
+                label=f"level {level} ({100 * mine[0]['density']:.1f}%)")
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"{split} accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _save(fig, path: str | os.PathLike) -> None:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

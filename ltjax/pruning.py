@@ -205,6 +205,37 @@ def prune_to_density(
     return treedef.unflatten(out)
 
 
+def prune_to_match(
+    scores: PyTree, like_masks: PyTree, prunable: PyTree, *, scope: str = "layerwise",
+) -> PyTree:
+    """Keep the highest scores with the counts of ``like_masks``: per layer, or in total.
+
+    One-shot pruning to an IMP level's sparsity: with ``'layerwise'`` each
+    prunable layer keeps as many weights as it does in ``like_masks``; with
+    ``'global'`` only the total count is matched. Pruning starts from
+    all-True masks; leaves outside ``prunable`` come from ``like_masks``.
+
+    Example:
+        >>> oneshot = prune_to_match(magnitude_scores(trained), ticket, selection, scope="global")
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    tree.check_same_structure(like_masks, scores, name="like_masks", reference_name="scores")
+    mask_leaves, treedef = jax.tree.flatten(like_masks)
+    score_leaves = jax.tree.leaves(scores)
+    indices = [i for i, s in enumerate(jax.tree.leaves(prunable)) if s]
+    groups = [indices] if scope == "global" else [[i] for i in indices]
+    out = list(mask_leaves)
+    for group in groups:
+        total = int(sum(np.size(mask_leaves[i]) for i in group))
+        kept = sum(jnp.sum(mask_leaves[i], dtype=jnp.int32) for i in group)
+        ones = [jnp.ones(jnp.shape(mask_leaves[i]), bool) for i in group]
+        new = _remove_lowest([score_leaves[i] for i in group], ones, total - kept)
+        for i, leaf in zip(group, new, strict=True):
+            out[i] = leaf
+    return treedef.unflatten(out)
+
+
 def random_prune_like(
     key: jax.Array, masks: PyTree, prunable: PyTree, *, scope: str = "layerwise",
 ) -> PyTree:
@@ -218,21 +249,4 @@ def random_prune_like(
     Example:
         >>> control = random_prune_like(key, ticket_masks, selection, scope="layerwise")
     """
-    if scope not in SCOPES:
-        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
-    ones = masking.ones_like(masks)
-    scores = random_scores(key, masks)
-    mask_leaves, treedef = jax.tree.flatten(masks)
-    one_leaves = jax.tree.leaves(ones)
-    score_leaves = jax.tree.leaves(scores)
-    indices = [i for i, s in enumerate(jax.tree.leaves(prunable)) if s]
-    groups = [indices] if scope == "global" else [[i] for i in indices]
-    out = list(mask_leaves)
-    for group in groups:
-        total = int(sum(np.size(mask_leaves[i]) for i in group))
-        kept = sum(jnp.sum(mask_leaves[i], dtype=jnp.int32) for i in group)
-        new = _remove_lowest([score_leaves[i] for i in group], [one_leaves[i] for i in group],
-                             total - kept)
-        for i, leaf in zip(group, new, strict=True):
-            out[i] = leaf
-    return treedef.unflatten(out)
+    return prune_to_match(random_scores(key, masks), masks, prunable, scope=scope)

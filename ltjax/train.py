@@ -428,9 +428,9 @@ class Executor:
       model: a flax module from :mod:`ltjax.models`.
       dataset: a :class:`ltjax.data.Dataset`; its splits are put on the devices once.
       recipe: the training recipe.
-      strategy: ``'auto'``, ``'scan_vmap'`` or ``'unrolled_loop'`` (module doc). With
-        ``'unrolled_loop'``, a model with a ``materialize_inputs`` field gets it
-        switched on (identical numbers, faster on XLA:CPU).
+      strategy: ``'auto'``, ``'scan_vmap'`` or ``'unrolled_loop'`` (module doc). A model
+        whose ``materialize_inputs`` field is None (auto, the default) gets it
+        switched on for ``'unrolled_loop'`` (identical numbers, faster on XLA:CPU).
       steps_per_call: steps per jitted call; default 500 for ``'scan_vmap'``
         and 1 for ``'unrolled_loop'`` (several unrolled steps per call add
         nothing on CPU, FACTS.md).
@@ -457,14 +457,16 @@ class Executor:
         abstract = jax.eval_shape(lambda k: init_state(model, recipe, k, dataset.input_shape),
                                   jax.random.key(0))
         self.strategy = choose_strategy(abstract.params) if strategy == "auto" else strategy
-        if self.strategy == "unrolled_loop" and getattr(model, "materialize_inputs", True) is False:
-            # Same numbers bit for bit, 1.2x faster conv steps on XLA:CPU
-            # (ltjax.models.common.materialize; benchmarks/train_throughput.py).
-            self.model = model = model.clone(materialize_inputs=True)
+        if getattr(model, "materialize_inputs", False) is None:
+            # "Auto": on for the unrolled CPU path (same numbers bit for bit, faster
+            # conv steps on XLA:CPU: ltjax.models.common.materialize), off under vmap.
+            self.model = model = model.clone(
+                materialize_inputs=self.strategy == "unrolled_loop")
         self.steps_per_call = steps_per_call or (500 if self.strategy == "scan_vmap" else 1)
         self.eval_batch_size = eval_batch_size
         self.steps_per_epoch = len(dataset.train) // recipe.batch_size
-        self._abstract_state = abstract
+        #: Shapes and dtypes of one replicate's state (no replicate axis).
+        self.abstract_state = abstract
         self._host_splits = {"train": dataset.train, "validation": dataset.validation,
                              "test": dataset.test}
 
@@ -509,7 +511,7 @@ class Executor:
                                                    self.dataset.input_shape)))
         state = fn(init_keys)
         if masks is not None:
-            masking.check(masks, self._abstract_state.params, leading_axes=1)
+            masking.check(masks, self.abstract_state.params, leading_axes=1)
             state = state.replace(params=masking.apply(state.params, masks))
         return self.shard(state)
 
@@ -539,7 +541,7 @@ class Executor:
         if noise_keys.shape != (num,):
             raise ValueError(f"noise_keys must have shape ({num},), got {noise_keys.shape}")
         if masks is not None:
-            masking.check(masks, self._abstract_state.params, leading_axes=1)
+            masking.check(masks, self.abstract_state.params, leading_axes=1)
         if num_steps < 0:
             raise ValueError(f"num_steps must be >= 0, got {num_steps}")
         sharding = self.seed_sharding(num)

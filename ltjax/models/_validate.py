@@ -29,3 +29,10 @@ def boolean(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be a bool, got {value!r}")
     return value
+
+
+def optional_boolean(name: str, value: Any) -> bool | None:
+    """Return ``value`` if it is a bool or None, else raise ``ValueError`` naming ``name``."""
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool or None, got {value!r}")
+    return value

@@ -41,7 +41,8 @@ class ConvN(nn.Module):
         num_classes: number of logits.
         materialize_inputs: pass each conv input through
             :func:`ltjax.models.common.materialize` (a CPU speed trick; identical
-            results).
+            results). None (default): the training executor decides (on for
+            its unrolled CPU strategy).
 
     Example:
         >>> model = ConvN(depth=4)
@@ -52,7 +53,7 @@ class ConvN(nn.Module):
 
     depth: int = 2
     num_classes: int = 10
-    materialize_inputs: bool = False
+    materialize_inputs: bool | None = None
 
     has_batch_norm: ClassVar[bool] = False
 
@@ -60,7 +61,7 @@ class ConvN(nn.Module):
         if self.depth not in (2, 4, 6) or isinstance(self.depth, bool):
             raise ValueError(f"depth must be 2, 4 or 6 (Conv-2/4/6), got {self.depth!r}")
         _validate.positive_int("num_classes", self.num_classes)
-        _validate.boolean("materialize_inputs", self.materialize_inputs)
+        _validate.optional_boolean("materialize_inputs", self.materialize_inputs)
         super().__post_init__()
 
     @nn.compact

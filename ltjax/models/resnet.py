@@ -62,7 +62,7 @@ class Block(nn.Module):
 
     features: int
     strides: int = 1
-    materialize_inputs: bool = False
+    materialize_inputs: bool | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -102,7 +102,8 @@ class ResNet(nn.Module):
         num_classes: number of logits.
         materialize_inputs: pass each conv input through
             :func:`ltjax.models.common.materialize` (a CPU speed trick; identical
-            results).
+            results). None (default): the training executor decides (on for
+            its unrolled CPU strategy).
 
     Example:
         >>> model = ResNet(depth=20, width=16)
@@ -116,7 +117,7 @@ class ResNet(nn.Module):
     depth: int = 20
     width: int = 16
     num_classes: int = 10
-    materialize_inputs: bool = False
+    materialize_inputs: bool | None = None
 
     has_batch_norm: ClassVar[bool] = True
 
@@ -126,7 +127,7 @@ class ResNet(nn.Module):
             raise ValueError(f"depth must be 6 n + 2 with n >= 1 (20, 32, 56...), got {self.depth}")
         _validate.positive_int("width", self.width)
         _validate.positive_int("num_classes", self.num_classes)
-        _validate.boolean("materialize_inputs", self.materialize_inputs)
+        _validate.optional_boolean("materialize_inputs", self.materialize_inputs)
         super().__post_init__()
 
     @property

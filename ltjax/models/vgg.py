@@ -44,7 +44,8 @@ class VGG(nn.Module):
         num_classes: number of logits.
         materialize_inputs: pass each conv input through
             :func:`ltjax.models.common.materialize` (a CPU speed trick; identical
-            results).
+            results). None (default): the training executor decides (on for
+            its unrolled CPU strategy).
 
     Example:
         >>> model = VGG(depth=11)
@@ -57,7 +58,7 @@ class VGG(nn.Module):
 
     depth: int = 16
     num_classes: int = 10
-    materialize_inputs: bool = False
+    materialize_inputs: bool | None = None
 
     has_batch_norm: ClassVar[bool] = True
 
@@ -65,7 +66,7 @@ class VGG(nn.Module):
         if isinstance(self.depth, bool) or self.depth not in PLANS:
             raise ValueError(f"depth must be one of {sorted(PLANS)}, got {self.depth!r}")
         _validate.positive_int("num_classes", self.num_classes)
-        _validate.boolean("materialize_inputs", self.materialize_inputs)
+        _validate.optional_boolean("materialize_inputs", self.materialize_inputs)
         super().__post_init__()
 
     @nn.compact

@@ -6,9 +6,12 @@ import json
 import pathlib
 from typing import Any
 
+import jax
 import ml_collections
+import numpy as np
+import tqdm
 
-from ltjax import data, models, results, train
+from ltjax import checkpoint, data, models, results, train
 
 
 def to_dict(config: ml_collections.ConfigDict | dict) -> dict:
@@ -89,3 +92,113 @@ def build_executor(config: Any, model: Any, dataset: data.Dataset,
         steps_per_call=config.get("steps_per_call") or None,
         eval_batch_size=config.get("eval_batch_size", 1000),
     )
+
+
+def parse_layer_rates(spec: str | None) -> dict[str, float]:
+    """``'Dense_2:0.1,Conv_.*:0.15'`` -> ``{'Dense_2': 0.1, 'Conv_.*': 0.15}``.
+
+    Raises:
+      ValueError: an entry is not ``regex:rate`` with a numeric rate.
+    """
+    rates: dict[str, float] = {}
+    for entry in (spec or "").split(","):
+        if not entry.strip():
+            continue
+        pattern, sep, rate = entry.rpartition(":")
+        try:
+            if not sep or not pattern:
+                raise ValueError
+            rates[pattern.strip()] = float(rate)
+        except ValueError:
+            raise ValueError(
+                f"layer_rates must look like 'Dense_2:0.1,Conv_.*:0.15', got entry {entry!r}"
+            ) from None
+    return rates
+
+
+def train_segment(
+    executor: train.Executor, *, state: train.TrainState, masks: Any, noise_keys: Any,
+    end: int, eval_every: int, checkpoint_every: int, ckpt_dir: str | pathlib.Path,
+    log: results.MetricsLog, tags: dict, splits: list[str], densities: Any,
+    progress: bool = True, desc: str = "train", max_checkpoints: int = 2,
+) -> train.TrainState:
+    """Train from ``state`` (at its step) to ``end``, evaluating and checkpointing; resumable.
+
+    The segment owns ``ckpt_dir`` and the records of ``log`` whose fields
+    equal ``tags``. Run again after a kill, it restores its newest good
+    checkpoint, drops its records written after that step, and continues;
+    run after it finished, it only restores the final state. Each eval step
+    (multiples of ``eval_every``, the start and ``end``) appends one record
+    per replicate and split: ``{**tags, replicate, step, split, loss,
+    accuracy, density}``, plus a ``train_running`` record with the mean
+    training loss since the previous eval.
+
+    Args:
+      executor: the executor.
+      state: stacked start state ``[S]`` (its step is the segment's start).
+      masks: stacked masks ``[S]`` or None (dense).
+      noise_keys: ``noise`` keys ``[S]``.
+      end: the step to train to.
+      eval_every: eval interval in steps.
+      checkpoint_every: checkpoint interval in steps (the end is always saved).
+      ckpt_dir: this segment's checkpoint folder.
+      log: the workdir's metrics log.
+      tags: fields that identify this segment's records (e.g. level, branch).
+      splits: splits to evaluate.
+      densities: per-replicate density ``[S]`` written into the records.
+      progress: show a progress bar.
+      desc: the progress bar's label.
+      max_checkpoints: checkpoints kept in ``ckpt_dir``.
+
+    Returns:
+      The state at ``end``.
+    """
+    num = int(np.shape(noise_keys)[0])
+    start = int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
+    if end < start:
+        raise ValueError(f"end={end} is before the segment's start step {start}")
+
+    def mine(record: dict) -> bool:
+        return all(record.get(k) == v for k, v in tags.items())
+
+    def evaluate(step: int, train_loss: np.ndarray | None) -> None:
+        rows = []
+        for split in splits:
+            metrics = executor.evaluate(state, split)
+            rows += [{**tags, "replicate": r, "step": step, "split": split,
+                      "loss": metrics["loss"][r], "accuracy": metrics["accuracy"][r],
+                      "density": float(densities[r])} for r in range(num)]
+        if train_loss is not None:
+            rows += [{**tags, "replicate": r, "step": step, "split": "train_running",
+                      "loss": train_loss[r], "accuracy": None, "density": float(densities[r])}
+                     for r in range(num)]
+        log.append(rows)
+
+    with checkpoint.Checkpointer(ckpt_dir, max_to_keep=max_checkpoints) as ckpt:
+        found = ckpt.restore_latest(like_state=state, like_masks=masks)
+        step = start
+        if found is not None:
+            step, state, _, _ = found
+        log.keep_only(lambda r, s=step, f=found: not mine(r) or (f is not None and r["step"] <= s))
+        if found is None:
+            evaluate(start, None)
+        bar = tqdm.tqdm(total=end - start, initial=step - start, disable=not progress,
+                        unit="step", desc=desc, leave=False)
+        while step < end:
+            target = min(end, (step // eval_every + 1) * eval_every)
+            state, train_loss = executor.train(state, masks, noise_keys, num_steps=target - step)
+            bar.update(target - step)
+            step = target
+            evaluate(step, train_loss)
+            if step % checkpoint_every == 0 or step == end:
+                ckpt.save(step, state=state, masks=masks, meta={**tags, "step": step})
+        bar.close()
+        if start == end and found is None:
+            ckpt.save(step, state=state, masks=masks, meta={**tags, "step": step})
+    return state
+
+
+def final_records(log: results.MetricsLog, tags: dict, step: int) -> list[dict]:
+    """The segment's records (fields equal to ``tags``) at ``step``."""
+    return [r for r in log.read()
+            if r["step"] == step and all(r.get(k) == v for k, v in tags.items())]

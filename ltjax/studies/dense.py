@@ -11,9 +11,8 @@ import pathlib
 from typing import Any
 
 import numpy as np
-import tqdm
 
-from ltjax import checkpoint, plots, results, rng
+from ltjax import plots, results, rng
 from ltjax.studies import common
 
 
@@ -54,58 +53,28 @@ def run_train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
     executor = common.build_executor(config, model, dataset, recipe)
     per_epoch = executor.steps_per_epoch
     total = common.steps(config.training_steps, per_epoch)
-    eval_every = max(1, common.steps(config.eval_every, per_epoch))
-    ckpt_every = max(1, common.steps(config.checkpoint_every, per_epoch))
     splits = eval_splits(config, dataset)
+    num = config.num_replicates
 
-    keys = rng.replicate_keys(config.seed, config.num_replicates)
-    init_keys, noise_keys = rng.init_and_noise(keys)
-    state = executor.init(init_keys)
+    init_keys, noise_keys = rng.init_and_noise(rng.replicate_keys(config.seed, num))
     log = results.MetricsLog(workdir / "metrics.jsonl")
-
-    with checkpoint.Checkpointer(workdir / "checkpoints",
-                                 max_to_keep=config.get("max_checkpoints", 2)) as ckpt:
-        found = ckpt.restore_latest(like_state=state)
-        step = 0
-        if found is not None:
-            step, state, _, _ = found
-        log.keep_only(lambda r: r["step"] <= step if found else False)
-
-        def record(step: int, train_loss: np.ndarray | None) -> dict:
-            rows, out = [], {}
-            for split in splits:
-                metrics = executor.evaluate(state, split)
-                out[split] = metrics
-                for r in range(config.num_replicates):
-                    rows.append({"replicate": r, "level": 0, "step": step, "split": split,
-                                 "loss": metrics["loss"][r], "accuracy": metrics["accuracy"][r],
-                                 "density": 1.0})
-            if train_loss is not None:
-                rows += [{"replicate": r, "level": 0, "step": step, "split": "train_running",
-                          "loss": train_loss[r], "accuracy": None, "density": 1.0}
-                         for r in range(config.num_replicates)]
-            log.append(rows)
-            return out
-
-        if found is None:
-            record(0, None)
-        bar = tqdm.tqdm(total=total, initial=step, disable=not progress, unit="step",
-                        desc=f"train {config.model} x{config.num_replicates}")
-        final = None
-        while step < total:
-            target = min(total, (step // eval_every + 1) * eval_every)
-            state, train_loss = executor.train(state, None, noise_keys, num_steps=target - step)
-            bar.update(target - step)
-            step = target
-            final = record(step, train_loss)
-            if step % ckpt_every == 0 or step == total:
-                ckpt.save(step, state=state, meta={"step": step})
-        bar.close()
-        if final is None:  # resumed after the end: evaluate the restored state
-            final = {split: executor.evaluate(state, split) for split in splits}
+    tags = {"level": 0, "branch": "dense"}
+    common.train_segment(
+        executor, state=executor.init(init_keys), masks=None, noise_keys=noise_keys, end=total,
+        eval_every=max(1, common.steps(config.eval_every, per_epoch)),
+        checkpoint_every=max(1, common.steps(config.checkpoint_every, per_epoch)),
+        ckpt_dir=workdir / "checkpoints", log=log, tags=tags, splits=splits,
+        densities=np.ones(num), progress=progress, desc=f"train {config.model} x{num}",
+        max_checkpoints=config.get("max_checkpoints", 2),
+    )
+    final = {split: {"accuracy": [None] * num, "loss": [None] * num} for split in splits}
+    for r in common.final_records(log, tags, total):
+        if r["split"] in final:
+            final[r["split"]]["accuracy"][r["replicate"]] = r["accuracy"]
+            final[r["split"]]["loss"][r["replicate"]] = r["loss"]
 
     rows = []
-    for r in range(config.num_replicates):
+    for r in range(num):
         row = {"replicate": r, "step": total}
         for split in splits:
             row[f"{split}_accuracy"] = final[split]["accuracy"][r]
@@ -113,12 +82,11 @@ def run_train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
         rows.append(row)
     for name, fn in (("mean", np.mean), ("std", np.std)):
         rows.append({"replicate": name, "step": total, **{
-            k: fn([row[k] for row in rows[: config.num_replicates]])
-            for k in rows[0] if k not in ("replicate", "step")}})
+            k: fn([row[k] for row in rows[:num]]) for k in rows[0] if k not in ("replicate", "step")
+        }})
     results.write_csv(workdir / "results.csv", rows)
     plots.plot_learning_curves(
         log.read(), workdir / "plots" / "learning_curve.png", splits=splits,
-        title=f"{config.model} on {config.dataset}: {config.num_replicates} seeds",
+        title=f"{config.model} on {config.dataset}: {num} seeds",
     )
-    return {"final": {s: {k: v.tolist() for k, v in m.items()} for s, m in final.items()},
-            "steps": total}
+    return {"final": final, "steps": total}

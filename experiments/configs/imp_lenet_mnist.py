@@ -1,0 +1,40 @@
+"""IMP on LeNet-300-100 / MNIST with the lottery ticket paper's recipe.
+
+Frankle & Carbin 2019: Adam 1.2e-3, batch 60, hidden layers pruned 20 % per
+level and the output layer 10 % (layerwise), reset to the original init
+(rewind step 0); 24K iterations per level as in Frankle et al. 2020 (Table 1);
+5000 validation images carved from train for early stopping. 15 levels reach
+0.8^15 = 3.5 % of the hidden weights.
+
+    python -m experiments.imp --config=experiments/configs/imp_lenet_mnist.py --workdir=runs/lth
+    python -m experiments.imp --config=experiments/configs/imp_lenet_mnist.py:quick --workdir=runs/q
+"""
+
+import ml_collections
+
+from experiments.configs import lenet_mnist
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The config; ``'quick'``: 2 levels of 300 iterations."""
+    config = lenet_mnist.get_config()
+    config.num_replicates = 2
+    config.training_steps = "24000it"
+    config.eval_every = "1000it"
+    config.checkpoint_every = "4000it"
+    config.levels = 15
+    config.rewind_step = "0it"
+    config.rewind_optimizer = False
+    config.pruning = ml_collections.ConfigDict(dict(
+        fraction=0.2, scope="layerwise", layer_rates="Dense_2:0.1", include="", exclude="",
+    ))
+    config.controls = ("reinit",)
+    config.max_checkpoints = 1
+    if arg == "quick":
+        config.training_steps = "300it"
+        config.eval_every = "100it"
+        config.checkpoint_every = "100it"
+        config.levels = 2
+    elif arg:
+        raise ValueError(f"unknown config variant {arg!r}; expected 'quick' or nothing")
+    return config

@@ -1,0 +1,115 @@
+"""The IMP study end to end on digits: levels, controls, outputs, resume after a kill."""
+
+import math
+
+import numpy as np
+import pytest
+
+from experiments.configs import imp_lenet_digits
+from ltjax import results, train
+from ltjax.studies import imp
+
+
+def _config(**overrides):
+    config = imp_lenet_digits.get_config("quick")
+    config.model = "mlp"
+    config.model_kwargs = {"widths": (64, 32)}
+    config.controls = ("reinit", "oneshot")
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_imp_levels_controls_and_outputs(tmp_path):
+    config = _config(controls=imp.CONTROLS, rewind_step="1ep")
+    summary = imp.run_imp(config, tmp_path, progress=False)
+    rows = results.read_csv(tmp_path / "results.csv")
+    per_rep = [r for r in rows if r["replicate"] not in ("mean", "std")]
+    branches = {(int(r["level"]), r["branch"]) for r in per_rep}
+    assert branches == {(0, "imp")} | {(lv, b) for lv in (1, 2)
+                                       for b in ("imp",) + imp.CONTROLS}
+    assert {r["replicate"] for r in per_rep} == {"0", "1"}
+    # Layerwise 20 % per level, output layer 10 %: exact kept counts.
+    sizes = {"Dense_0": 64 * 64, "Dense_1": 64 * 32, "Dense_2": 32 * 10}
+    kept = dict(sizes)
+    for level in (1, 2):
+        for name in kept:
+            rate = 0.1 if name == "Dense_2" else 0.2
+            kept[name] -= math.ceil(rate * kept[name])
+        expected = sum(kept.values()) / sum(sizes.values())
+        for branch in ("imp", "reinit", "random_layerwise", "random_global", "oneshot"):
+            dens = {float(r["density"]) for r in per_rep
+                    if int(r["level"]) == level and r["branch"] == branch}
+            assert len(dens) == 1, (level, branch)
+            assert dens.pop() == pytest.approx(expected, abs=1e-6), (level, branch)
+        small = [float(r["density"]) for r in per_rep
+                 if int(r["level"]) == level and r["branch"] == "small_dense"]
+        assert small[0] == pytest.approx(expected, rel=0.1)
+    for row in per_rep:
+        assert row["early_stop_step"] != ""
+        assert 0.0 <= float(row["test_accuracy"]) <= 1.0
+    for name in ("accuracy_vs_density.png", "learning_curves_imp.png"):
+        assert (tmp_path / "plots" / name).exists()
+    assert len(summary["rows"]) == len(branches)
+    # Pretraining to the rewind step was recorded once.
+    records = results.MetricsLog(tmp_path / "metrics.jsonl").read()
+    assert {r["step"] for r in records if r["branch"] == "pretrain"} == {0, 18}  # 1137 // 60
+    assert min(r["step"] for r in records if r["branch"] == "imp") == 18
+
+
+def test_killed_imp_resumes_to_the_same_results(tmp_path, monkeypatch):
+    config = _config()
+    imp.run_imp(config, tmp_path / "straight", progress=False)
+
+    calls = []
+    original = train.Executor.train
+
+    def dies(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:  # inside level 1
+            raise _Killed
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(train.Executor, "train", dies)
+    with pytest.raises(_Killed):
+        imp.run_imp(config, tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(train.Executor, "train", original)
+    resumed_calls = []
+
+    def counts(self, *args, **kwargs):
+        resumed_calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(train.Executor, "train", counts)
+    imp.run_imp(config, tmp_path / "resumed", progress=False)
+    straight_rows = results.read_csv(tmp_path / "straight" / "results.csv")
+    assert results.read_csv(tmp_path / "resumed" / "results.csv") == straight_rows
+    assert (results.MetricsLog(tmp_path / "resumed" / "metrics.jsonl").read()
+            == results.MetricsLog(tmp_path / "straight" / "metrics.jsonl").read())
+    # Finished levels were not trained again: 2 calls per segment, 7 segments, 4 done before.
+    assert len(resumed_calls) == 2 * 7 - 4
+
+
+def test_imp_bad_inputs(tmp_path):
+    with pytest.raises(ValueError, match="controls"):
+        imp.run_imp(_config(controls=("lottery",)), tmp_path / "a", progress=False)
+    with pytest.raises(ValueError, match="rewind_step"):
+        imp.run_imp(_config(rewind_step="10ep"), tmp_path / "b", progress=False)
+    bad = _config()
+    bad.pruning.fraction = 1.0
+    with pytest.raises(ValueError, match="fraction"):
+        imp.run_imp(bad, tmp_path / "c", progress=False)
+    with pytest.raises(ValueError, match="small_dense"):
+        imp.run_imp(_config(model="conv2", model_kwargs={}, controls=("small_dense",)),
+                    tmp_path / "d", progress=False)
+
+
+def test_small_dense_widths_match_target():
+    widths = imp.small_dense_widths((300, 100), input_size=784, num_classes=10, target=53240)
+    count = 784 * widths[0] + widths[0] * widths[1] + widths[1] * 10
+    assert abs(count - 53240) / 53240 < 0.01
+    np.testing.assert_allclose(widths[0] / widths[1], 3.0, rtol=0.1)
