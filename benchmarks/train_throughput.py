@@ -50,6 +50,8 @@ def matmul_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:
 
 def _child(args: argparse.Namespace) -> None:
     """Measure one configuration in this process; print one JSON line."""
+    if args.pin_core >= 0:
+        os.sched_setaffinity(0, {args.pin_core})
     import jax
 
     jax.config.update("jax_num_cpu_devices", args.devices)
@@ -94,7 +96,8 @@ def _child(args: argparse.Namespace) -> None:
     print(json.dumps({
         "model": args.model, "seeds": args.seeds, "devices": args.devices,
         "strategy": executor.strategy, "steps_per_call": executor.steps_per_call,
-        "materialize": args.materialize, "malloc_env": args.malloc_env, "steps": args.steps,
+        "materialize": bool(executor.model.materialize_inputs) if args.model == "resnet" else None,
+        "malloc_env": args.malloc_env, "pinned_core": args.pin_core, "steps": args.steps,
         "seconds": best, "first_call_seconds": compile_s,
         "examples_per_s_per_seed": per_seed, "examples_per_s_total": per_seed * args.seeds,
     }))
@@ -105,7 +108,7 @@ def _run_child(**kw) -> dict:
     for key, value in kw.items():
         cmd += [f"--{key.replace('_', '-')}", str(value)]
     env = dict(os.environ)
-    if kw.get("malloc_env"):
+    if kw.get("malloc_env", 1):
         env.update(MALLOC_ENV)
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode:
@@ -127,11 +130,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--strategy", default="auto")
     parser.add_argument("--steps-per-call", type=int, default=0)
-    parser.add_argument("--materialize", type=int, default=1)
+    parser.add_argument("--materialize", type=int, default=-1, help="-1: executor decides")
+    parser.add_argument("--pin-core", type=int, default=-1, help="run the child on one core")
     parser.add_argument("--malloc-env", type=int, default=1)
     args = parser.parse_args()
     if args.child:
-        args.materialize = bool(args.materialize)
+        args.materialize = None if args.materialize < 0 else bool(args.materialize)
         args.malloc_env = bool(args.malloc_env)
         _child(args)
         return
@@ -145,6 +149,11 @@ def main() -> None:
     }
     lenet_steps = 200 if args.quick else 1000
     resnet_steps = 2 if args.quick else 8
+    if args.only in (None, "lenet"):  # the 1-core baseline for the 2-device ratio
+        run = _run_child(model="lenet", seeds=1, devices=1, steps=lenet_steps,
+                         warmup=lenet_steps, repeats=3, pin_core=0)
+        report["runs"].append(run)
+        print(json.dumps(run), flush=True)
     for devices in (1, 2):
         for s in seeds:
             if args.only in (None, "lenet"):
@@ -156,14 +165,14 @@ def main() -> None:
         for s in seeds:
             if args.only in (None, "resnet") and not (s > 4 and args.quick):
                 run = _run_child(model="resnet", seeds=s, devices=devices,
-                                 steps=resnet_steps, warmup=2, repeats=2)
+                                 steps=resnet_steps, warmup=2, repeats=3)
                 report["runs"].append(run)
                 print(json.dumps(run), flush=True)
     if args.only in (None, "resnet"):
         # What each CPU trick buys on one seed (same run, ratios).
-        for materialize, malloc in ((0, 1), (1, 0), (0, 0)):
+        for materialize, malloc in ((1, 1), (0, 1), (1, 0), (0, 0)):
             run = _run_child(model="resnet", seeds=1, devices=1, steps=resnet_steps, warmup=2,
-                             repeats=2, materialize=materialize, malloc_env=malloc)
+                             repeats=3, materialize=materialize, malloc_env=malloc)
             report["runs"].append(run)
             print(json.dumps(run), flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -88,27 +88,28 @@ class Checkpointer:
             self._manager.wait_until_finished()
 
     def restore(
-        self, step: int, *, like_state: PyTree, like_masks: PyTree | None = None,
-    ) -> tuple[PyTree, PyTree | None, dict]:
+        self, step: int, *, like_state: PyTree | None, like_masks: PyTree | None = None,
+    ) -> tuple[PyTree | None, PyTree | None, dict]:
         """Restore ``step`` onto the structure, shapes and shardings of ``like_*``.
 
         Args:
           step: a step in :meth:`steps`.
-          like_state: arrays (or ``jax.ShapeDtypeStruct``) shaped like the saved state.
+          like_state: arrays (or ``jax.ShapeDtypeStruct``) shaped like the saved state;
+            None to skip it.
           like_masks: likewise for the masks; None to skip them.
 
         Returns:
-          ``(state, masks, meta)``; masks is None when not asked for.
+          ``(state, masks, meta)``; state or masks is None when not asked for.
         """
-        items = {
-            "state": ocp.args.StandardRestore(abstract_like(like_state)),
-            "meta": ocp.args.JsonRestore(),
-        }
+        items = {"meta": ocp.args.JsonRestore()}
+        if like_state is not None:
+            items["state"] = ocp.args.StandardRestore(abstract_like(like_state))
         if like_masks is not None:
             items["masks"] = ocp.args.StandardRestore(abstract_like(like_masks))
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        state = restored["state"] if like_state is not None else None
         masks = restored["masks"] if like_masks is not None else None
-        return restored["state"], masks, dict(restored["meta"] or {})
+        return state, masks, dict(restored["meta"] or {})
 
     def restore_latest(
         self, *, like_state: PyTree, like_masks: PyTree | None = None,

@@ -128,3 +128,54 @@ def _save(fig, path: str | os.PathLike) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_error_vs_alpha(records: Sequence[dict], path: str | os.PathLike, *,
+                        title: str = "") -> None:
+    """Error along the interpolation path, one line per rewind step k, one panel per split.
+
+    ``records`` are ``path`` records (``k``, ``split``, ``alpha``, ``accuracy``);
+    mean over replicates and pairs with a +-1 std band.
+    """
+    splits = list(dict.fromkeys(r["split"] for r in records))
+    fig, axes = plt.subplots(1, max(len(splits), 1), figsize=(6 * max(len(splits), 1), 4.5),
+                             squeeze=False)
+    ks = sorted({r["k"] for r in records})
+    cmap = plt.get_cmap("viridis", max(len(ks), 2))
+    for ax, split in zip(axes[0], splits, strict=False):
+        for i, k in enumerate(ks):
+            mine = [{**r, "error": 100 * (1 - r["accuracy"])} for r in records
+                    if r["k"] == k and r["split"] == split]
+            xs, mean, std, _, _ = mean_and_spread(mine, x="alpha", y="error")
+            (line,) = ax.plot(xs, mean, color=cmap(i), label=f"k = {k}")
+            ax.fill_between(xs, mean - std, mean + std, alpha=0.2, color=line.get_color())
+        ax.set_xlabel("interpolation alpha")
+        ax.set_ylabel(f"{split} error (%)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_instability_vs_k(rows: Sequence[dict], path: str | os.PathLike, *,
+                          title: str = "", threshold: float = 0.02) -> None:
+    """Instability (error barrier) vs rewind step k per split: mean and spread over pairs."""
+    rows = [r for r in rows if isinstance(r.get("replicate"), int)]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for split in dict.fromkeys(r["split"] for r in rows):
+        mine = [{**r, "pct": 100 * r["instability"]} for r in rows if r["split"] == split]
+        xs, mean, std, lo, hi = mean_and_spread(mine, x="k", y="pct")
+        positions = np.arange(len(xs))
+        (line,) = ax.plot(positions, mean, marker="o", label=split)
+        ax.fill_between(positions, mean - std, mean + std, alpha=0.2, color=line.get_color())
+        ax.fill_between(positions, lo, hi, alpha=0.08, color=line.get_color())
+        ax.set_xticks(positions, [str(int(x)) for x in xs])
+    ax.axhline(100 * threshold, color="grey", ls="--", lw=1, label="stable below 2 %")
+    ax.set_xlabel("rewind step k (iterations)")
+    ax.set_ylabel("instability: error barrier (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)

@@ -477,6 +477,16 @@ class Executor:
         num_devices = math.gcd(num_replicates, len(self.devices))
         return _mesh(tuple(self.devices[:num_devices]))
 
+    def padded_size(self, num_replicates: int) -> int:
+        """S rounded up so every device of the mesh gets as many replicates.
+
+        ``train`` and ``evaluate`` run ``padded_size(S)`` replicates (copies of
+        the last one fill the gap) so that, e.g., 3 seeds use 2 devices rather
+        than the ``gcd(3, 2) = 1`` the state is stored on; the copies are dropped.
+        """
+        used = min(num_replicates, len(self.devices))
+        return -(-num_replicates // used) * used
+
     def seed_sharding(self, num_replicates: int) -> NamedSharding:
         """``NamedSharding(mesh, P('seed'))`` for arrays with a leading seed axis."""
         return NamedSharding(self.mesh(num_replicates), P("seed"))
@@ -505,20 +515,20 @@ class Executor:
 
     # -- init
 
+    @functools.cached_property
+    def _init_fn(self) -> Callable:
+        return jax.jit(jax.vmap(lambda k: init_state(self.model, self.recipe, k,
+                                                     self.dataset.input_shape)))
+
     def init(self, init_keys: jax.Array, masks: PyTree | None = None) -> TrainState:
         """Fresh states ``[S]`` from ``init`` keys ``[S]`` (masked if masks ``[S]`` given)."""
-        fn = jax.jit(jax.vmap(lambda k: init_state(self.model, self.recipe, k,
-                                                   self.dataset.input_shape)))
-        state = fn(init_keys)
+        state = self._init_fn(init_keys)
         if masks is not None:
             masking.check(masks, self.abstract_state.params, leading_axes=1)
             state = state.replace(params=masking.apply(state.params, masks))
         return self.shard(state)
 
     # -- train
-
-    def _train_fn(self, num_replicates: int, num_steps: int, masked: bool):
-        return _compiled_train(self, num_replicates, num_steps, masked)
 
     def train(
         self, state: TrainState, masks: PyTree | None, noise_keys: jax.Array, *, num_steps: int,
@@ -544,16 +554,17 @@ class Executor:
             masking.check(masks, self.abstract_state.params, leading_axes=1)
         if num_steps < 0:
             raise ValueError(f"num_steps must be >= 0, got {num_steps}")
-        sharding = self.seed_sharding(num)
-        state, masks, noise_keys = jax.device_put((state, masks, noise_keys), sharding)
+        padded = self.padded_size(num)
+        state, masks, noise_keys = jax.device_put(
+            _pad((state, masks, noise_keys), num, padded), self.seed_sharding(padded))
         first_step = int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
         loss_sums = np.zeros(num, np.float64)
         done = 0
         while done < num_steps:
             chunk = min(self.steps_per_call, num_steps - done)
-            fn = self._train_fn(num, chunk, masks is not None)
+            fn = _compiled_train(self, padded, chunk, masks is not None)
             state, losses = fn(state, masks, noise_keys)
-            losses = np.asarray(losses, np.float64)
+            losses = np.asarray(losses, np.float64)[:num]
             if not np.all(np.isfinite(losses)):
                 bad = sorted(set(np.nonzero(~np.isfinite(losses))[0].tolist()))
                 raise FloatingPointError(
@@ -563,17 +574,28 @@ class Executor:
                 )
             loss_sums += losses.sum(axis=1)
             done += chunk
+        if padded != num:
+            state = self.shard(jax.tree.map(lambda x: x[:num], state))
         return state, loss_sums / max(num_steps, 1)
 
     # -- evaluate
 
     def evaluate(self, state: TrainState, split: str) -> dict[str, np.ndarray]:
         """Loss and accuracy ``[S]`` of every replicate on ``split``."""
-        num = _num_replicates(state)
-        state = jax.device_put(state, self.seed_sharding(num))
-        fn = _compiled_eval(self, num, split)
-        out = fn(state.params, state.batch_stats)
-        return {k: np.asarray(v) for k, v in out.items()}
+        return self.evaluate_params(state.params, state.batch_stats, split)
+
+    def evaluate_params(self, params: PyTree, batch_stats: PyTree,
+                        split: str) -> dict[str, np.ndarray]:
+        """Loss and accuracy ``[S]`` of stacked ``params`` / ``batch_stats`` ``[S, ...]``.
+
+        Any stack works: replicates, or the points of an interpolation path.
+        """
+        num = _num_replicates(params)
+        padded = self.padded_size(num)
+        params, batch_stats = jax.device_put(_pad((params, batch_stats), num, padded),
+                                             self.seed_sharding(padded))
+        out = _compiled_eval(self, padded, split)(params, batch_stats)
+        return {k: np.asarray(v)[:num] for k, v in out.items()}
 
     def recompute_batch_stats(self, state: TrainState, *, num_batches: int = 20,
                               batch_size: int | None = None, seed: int = 0) -> TrainState:
@@ -582,28 +604,46 @@ class Executor:
         The same ``num_batches`` batches (no augmentation; order from ``seed``)
         serve every replicate. See :func:`recompute_batch_stats`.
         """
-        if not jax.tree.leaves(state.batch_stats):
-            return state
+        stats = self.recomputed_batch_stats(state.params, state.batch_stats,
+                                            num_batches=num_batches, batch_size=batch_size,
+                                            seed=seed)
+        return self.shard(state.replace(batch_stats=stats))
+
+    def recomputed_batch_stats(self, params: PyTree, batch_stats: PyTree, *,
+                               num_batches: int = 20, batch_size: int | None = None,
+                               seed: int = 0) -> PyTree:
+        """BatchNorm statistics ``[S, ...]`` of stacked ``params`` recomputed on training data."""
+        if not jax.tree.leaves(batch_stats):
+            return batch_stats
         batch_size = batch_size or self.recipe.batch_size
-        state = jax.device_put(state, self.seed_sharding(_num_replicates(state)))
-        num_devices = self.seed_sharding(_num_replicates(state)).num_devices
-        arrays = self.device_split("train", num_devices, for_eval=False)
+        sharding = self.seed_sharding(_num_replicates(params))
+        params, batch_stats = jax.device_put((params, batch_stats), sharding)
+        arrays = self.device_split("train", sharding.num_devices, for_eval=False)
         index = data.batch_indices(jax.random.key(seed), 0, num_steps=num_batches,
                                    num_examples=arrays.y.shape[0], batch_size=batch_size)
+        return self._recompute_fn(params, batch_stats, arrays, index)
 
-        @jax.jit
+    @functools.cached_property
+    def _recompute_fn(self) -> Callable:
         def recompute(params, batch_stats, arrays, index):
             images = data.normalize(arrays.x[index], arrays.mean, arrays.std)
             return jax.vmap(lambda p, b: recompute_batch_stats(self.model, p, b, images))(
                 params, batch_stats)
 
-        stats = recompute(state.params, state.batch_stats, arrays, index)
-        return self.shard(state.replace(batch_stats=stats))
+        return jax.jit(recompute)
 
 
 @functools.cache
 def _mesh(devices: tuple) -> Mesh:
     return Mesh(np.array(devices), ("seed",))
+
+
+def _pad(stacked: PyTree, num: int, padded: int) -> PyTree:
+    """Leaves ``[num, ...]`` -> ``[padded, ...]`` by repeating the last replicate."""
+    if padded == num:
+        return stacked
+    index = np.concatenate([np.arange(num), np.full(padded - num, num - 1)])
+    return jax.tree.map(lambda x: x[index], stacked)
 
 
 def _num_replicates(stacked: PyTree) -> int:

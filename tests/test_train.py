@@ -272,3 +272,25 @@ def test_nan_loss_raises(digits):
     state = executor.init(init_keys)
     with pytest.raises(FloatingPointError, match="NaN"):
         executor.train(state, None, noise_keys, num_steps=50)
+
+
+def test_uneven_replicate_count_is_padded_over_devices(digits):
+    """3 seeds on 4 devices run over 3 devices; 5 seeds as 8 (3 dummies) over 4."""
+    model = models.create("mlp", widths=(16,))
+    outs = {}
+    for num in (3, 5):
+        init_keys, noise_keys = _keys(num)
+        for devices in (jax.devices(), jax.devices()[:1]):
+            executor = train.Executor(model, digits, _recipe(), devices=devices)
+            expected = num if len(devices) == 1 else {3: 3, 5: 8}[num]
+            assert executor.padded_size(num) == expected
+            state = executor.init(init_keys)
+            state, losses = executor.train(state, None, noise_keys, num_steps=6)
+            assert losses.shape == (num,) and state.step.shape == (num,)
+            outs[num, len(devices)] = (state, executor.evaluate(state, "test"))
+        chex.assert_trees_all_close(outs[num, 4][0].params, outs[num, 1][0].params, rtol=1e-6,
+                                    atol=1e-7)
+        np.testing.assert_allclose(outs[num, 4][1]["loss"], outs[num, 1][1]["loss"], rtol=1e-6)
+    # Replicate 2 is the same whether 3 or 5 run.
+    chex.assert_trees_all_close(tree.index(outs[3, 4][0].params, 2),
+                                tree.index(outs[5, 4][0].params, 2), rtol=1e-6, atol=1e-7)

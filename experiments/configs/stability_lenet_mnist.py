@@ -1,0 +1,40 @@
+"""Instability of LeNet-300-100 on MNIST (Frankle et al. 2020, Figure 3/5 setting).
+
+3 initialisations x 3 data orders at rewind step k = 0, interpolated at 30
+alphas on train and test. For the IMP ticket, point it at an IMP workdir of the
+same seed and replicate count (``imp_lenet_mnist.py`` with
+``--config.num_replicates=3``), level 15 = 3.5 %:
+
+    python -m experiments.stability --config=experiments/configs/stability_lenet_mnist.py \
+        --workdir=runs/lmc_dense
+    python -m experiments.stability --config=experiments/configs/stability_lenet_mnist.py \
+        --workdir=runs/lmc_ticket --config.imp_workdir=runs/lth3 --config.imp_level=15
+"""
+
+import ml_collections
+
+from experiments.configs import lenet_mnist
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The config; ``'quick'``: 300 iterations, k in (0, 100)."""
+    config = lenet_mnist.get_config()
+    config.num_replicates = 3
+    config.num_copies = 3
+    config.rewind_steps = ("0it",)
+    config.num_alphas = 30
+    config.path_splits = ("train", "test")
+    config.alpha_chunk = 30
+    config.recompute_batch_stats = True
+    config.imp_workdir = ""
+    config.imp_level = 0
+    config.checkpoint_every = "8000it"
+    config.eval_every = "2000it"
+    if arg == "quick":
+        config.training_steps = "300it"
+        config.eval_every = "100it"
+        config.checkpoint_every = "100it"
+        config.rewind_steps = ("0it", "100it")
+    elif arg:
+        raise ValueError(f"unknown config variant {arg!r}; expected 'quick' or nothing")
+    return config

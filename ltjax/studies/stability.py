@@ -1,0 +1,239 @@
+"""Instability analysis (Frankle, Dziugaite, Roy & Carbin, ICML 2020), many seeds at once.
+
+For each rewind step k: train each of S initialisations to step k (its own
+SGD noise), spawn C copies that differ only in SGD noise (data order and
+augmentation: the copies' ``noise`` streams), train all S x C copies to the
+end as one program, then evaluate every pair of copies of an initialisation
+along the linear path between them at ``num_alphas`` evenly spaced alphas on
+the train and test sets. A pair's *instability* is its error barrier
+(:func:`ltjax.averaging.error_barrier`: max error along the path minus the
+mean of the endpoint errors); the network is *stable* at k when it is below
+2 %.
+
+The study runs on dense networks, or on IMP subnetworks: with
+``config.imp_workdir`` and ``config.imp_level`` it loads that level's masks
+(replicate r's mask for initialisation r, so ``seed``, ``num_replicates``,
+model and dataset must equal the IMP run's) and trains the copies masked,
+from the dense network's step-k weights under the mask (the LMC paper's
+Figures 5-7 ask this of IMP subnetworks rewound to k).
+
+Example (Colab):
+    >>> from experiments.configs import stability_lenet_digits
+    >>> summary = run_stability(stability_lenet_digits.get_config("quick"), "/tmp/lmc")
+"""
+
+from __future__ import annotations
+
+import itertools
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ltjax import averaging, checkpoint, masking, plots, results, rng, tree
+from ltjax.studies import common
+
+STABLE_BELOW = 0.02  # Frankle et al. 2020: stable when the error barrier is under 2 %
+
+
+def copy_noise_keys(keys: jax.Array, num_copies: int) -> jax.Array:
+    """Noise keys ``[S * C]`` of the copies: copy c of replicate r is ``fold_in(stream(r), c)``.
+
+    Ordered replicate-major (``r * C + c``); copy c of replicate r does not
+    depend on S or C.
+    """
+    copies = rng.stream(keys, "copies")
+    per = jax.vmap(lambda k: jax.vmap(lambda c: jax.random.fold_in(k, c))(
+        jnp.arange(num_copies, dtype=jnp.uint32)))(copies)
+    return per.reshape(-1)
+
+
+def _repeat(stacked: Any, times: int) -> Any:
+    """Each replicate's leaves repeated ``times`` times, replicate-major: ``[S * C, ...]``."""
+    return jax.tree.map(lambda x: jnp.repeat(x, times, axis=0), stacked)
+
+
+def load_imp_masks(imp_workdir: str | pathlib.Path, level: int, like_masks: Any) -> Any:
+    """The masks ``[S, ...]`` of an IMP workdir's level (the ``imp`` branch).
+
+    Raises:
+      ValueError: the level does not exist in the workdir, or has no finished checkpoint.
+    """
+    root = pathlib.Path(imp_workdir) / "checkpoints"
+    folder = root / f"level_{level:02d}" / "imp"
+    if not folder.is_dir():
+        levels = sorted(p.name for p in root.glob("level_*")) if root.is_dir() else []
+        raise ValueError(
+            f"imp_level={level} does not exist in imp_workdir={str(imp_workdir)!r} "
+            f"(found {levels or 'no levels'})"
+        )
+    with checkpoint.Checkpointer(folder) as ckpt:
+        steps = ckpt.steps()
+        if not steps:
+            raise ValueError(f"imp_level={level} of {str(imp_workdir)!r} has no checkpoint yet")
+        _, masks, _ = ckpt.restore(steps[-1], like_state=None, like_masks=like_masks)
+    return masks
+
+
+_MUST_MATCH = ("dataset", "validation_size", "validation_seed", "test_size", "model",
+               "model_kwargs", "seed", "num_replicates")
+
+
+def check_imp_compatible(config: Any, imp_workdir: str | pathlib.Path) -> None:
+    """Raise ``ValueError`` unless the IMP run in ``imp_workdir`` has this study's inits.
+
+    Replicate r's mask only fits initialisation r when dataset, model, seed
+    and replicate count are the same.
+    """
+    path = pathlib.Path(imp_workdir) / "config.json"
+    if not path.exists():
+        raise ValueError(f"imp_workdir={str(imp_workdir)!r} holds no IMP run (no config.json)")
+    theirs = results.read_json(path)
+    ours = common.to_dict(config)
+    differ = [key for key in _MUST_MATCH if theirs.get(key) != ours.get(key)]
+    if differ:
+        raise ValueError(
+            f"the IMP run in imp_workdir={str(imp_workdir)!r} differs in {differ}: "
+            + ", ".join(f"{k}={theirs.get(k)!r} there vs {ours.get(k)!r} here" for k in differ)
+        )
+
+
+def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
+    """Run the instability study; resumable. See the module docstring.
+
+    Writes into ``workdir``: ``config.json``; ``metrics.jsonl`` (training
+    records tagged ``k``/``branch``, and one ``path`` record per k,
+    replicate, pair, split and alpha); ``results.csv`` (one row per k,
+    replicate, pair and split: instability, the alpha of the peak, endpoint
+    accuracies, stable; plus mean/std rows per k and split);
+    ``plots/error_vs_alpha.png`` and ``plots/instability_vs_k.png``.
+
+    Returns:
+      ``{'rows': [...]}``: the mean rows of ``results.csv``.
+    """
+    workdir = common.prepare_workdir(workdir, config)
+    dataset = common.build_dataset(config)
+    model = common.build_model(config, dataset)
+    recipe = common.build_recipe(config, dataset)
+    executor = common.build_executor(config, model, dataset, recipe)
+    per_epoch = executor.steps_per_epoch
+    end = common.steps(config.training_steps, per_epoch)
+    ks = sorted({common.steps(k, per_epoch) for k in config.rewind_steps})
+    if not ks or ks[-1] >= end or ks[0] < 0:
+        raise ValueError(
+            f"rewind_steps {list(config.rewind_steps)} must be steps in [0, training_steps = "
+            f"{end}) (as steps: {ks})"
+        )
+    num, copies = config.num_replicates, config.num_copies
+    if copies < 2:
+        raise ValueError(f"num_copies must be >= 2 to form pairs, got {copies}")
+    alphas = np.linspace(0.0, 1.0, config.num_alphas)
+    keys = rng.replicate_keys(config.seed, num)
+    init_keys, noise_keys = rng.init_and_noise(keys)
+    copy_keys = copy_noise_keys(keys, copies)
+    log = results.MetricsLog(workdir / "metrics.jsonl")
+    ckpt_root = workdir / "checkpoints"
+    eval_every = max(1, common.steps(config.eval_every, per_epoch))
+    ckpt_every = max(1, common.steps(config.checkpoint_every, per_epoch))
+
+    state = executor.init(init_keys)
+    masks = None
+    if config.get("imp_workdir"):
+        check_imp_compatible(config, config.imp_workdir)
+        like = executor.shard(masking.ones_like(state.params))
+        masks = load_imp_masks(config.imp_workdir, config.imp_level, like)
+    selection = masking.prunable(executor.abstract_state.params)
+    density = (np.asarray(jax.vmap(lambda m: masking.density(m, selection))(masks))
+               if masks is not None else np.ones(num))
+
+    splits = list(config.path_splits)
+    rows: list[dict] = []
+    for k in ks:
+        # The parent of every copy: the dense run (own noise) to step k.
+        state = common.train_segment(
+            executor, state=state, masks=None, noise_keys=noise_keys, end=k,
+            eval_every=eval_every, checkpoint_every=ckpt_every,
+            ckpt_dir=ckpt_root / f"parent_{k}", log=log, tags={"k": k, "branch": "parent"},
+            splits=["test"], densities=np.ones(num), progress=progress,
+            desc=f"parent to step {k}")
+        start = state
+        if masks is not None:
+            start = start.replace(params=masking.apply(start.params, masks))
+        start = executor.shard(_repeat(start, copies))
+        copy_masks = executor.shard(_repeat(masks, copies)) if masks is not None else None
+        final = common.train_segment(
+            executor, state=start, masks=copy_masks, noise_keys=copy_keys, end=end,
+            eval_every=eval_every, checkpoint_every=ckpt_every,
+            ckpt_dir=ckpt_root / f"copies_{k}", log=log, tags={"k": k, "branch": "copies"},
+            splits=["test"], densities=np.repeat(density, copies), progress=progress,
+            desc=f"{num}x{copies} copies from step {k}")
+        rows += _pair_rows(executor, final, k=k, num=num, copies=copies, alphas=alphas,
+                           splits=splits, log=log, config=config)
+
+    summary = _summaries(rows)
+    results.write_csv(workdir / "results.csv", rows + summary)
+    records = [r for r in log.read() if r.get("branch") == "path"]
+    plots.plot_error_vs_alpha(records, workdir / "plots" / "error_vs_alpha.png",
+                              title=f"{config.model}: error along the path between copies")
+    plots.plot_instability_vs_k(rows, workdir / "plots" / "instability_vs_k.png",
+                                title=f"{config.model}: instability vs rewind step")
+    return {"rows": [r for r in summary if r["replicate"] == "mean"]}
+
+
+def _pair_rows(executor, final, *, k, num, copies, alphas, splits, log, config) -> list[dict]:
+    """Evaluate (or read back) every pair's path; one row per replicate, pair and split."""
+    done = {(r["replicate"], r["pair"], r["split"], round(r["alpha"], 6))
+            for r in log.read() if r.get("branch") == "path" and r.get("k") == k}
+    recompute = None
+    if jax.tree.leaves(final.batch_stats) and config.get("recompute_batch_stats", True):
+        def recompute(t):
+            return (t[0], executor.recomputed_batch_stats(t[0], t[1]))
+    rows = []
+    for rep in range(num):
+        for i, j in itertools.combinations(range(copies), 2):
+            a = (tree.index(final.params, rep * copies + i),
+                 tree.index(final.batch_stats, rep * copies + i))
+            b = (tree.index(final.params, rep * copies + j),
+                 tree.index(final.batch_stats, rep * copies + j))
+            pair = f"{i}-{j}"
+            for split in splits:
+                if not all((rep, pair, split, round(float(x), 6)) in done for x in alphas):
+                    curve = averaging.evaluate_path(
+                        lambda t, s=split: executor.evaluate_params(t[0], t[1], s), a, b,
+                        alphas, chunk_size=config.get("alpha_chunk", len(alphas)),
+                        recompute_fn=recompute)
+                    log.append([{"k": k, "branch": "path", "replicate": rep, "pair": pair,
+                                 "split": split, "alpha": float(x), "step": None,
+                                 "loss": curve["loss"][n], "accuracy": curve["accuracy"][n]}
+                                for n, x in enumerate(alphas)])
+                rows.append(_row_from_log(log, k=k, rep=rep, pair=pair, split=split))
+    return rows
+
+
+def _row_from_log(log, *, k, rep, pair, split) -> dict:
+    path = sorted((r for r in log.read() if r.get("branch") == "path" and r["k"] == k
+                   and r["replicate"] == rep and r["pair"] == pair and r["split"] == split),
+                  key=lambda r: r["alpha"])
+    alphas = np.array([r["alpha"] for r in path])
+    errors = 1.0 - np.array([r["accuracy"] for r in path])
+    losses = np.array([r["loss"] for r in path])
+    barrier, peak = averaging.error_barrier(alphas, errors)
+    loss_gap, loss_peak = averaging.loss_barrier(alphas, losses)
+    return {"k": k, "replicate": rep, "pair": pair, "split": split,
+            "instability": float(barrier), "alpha_at_max": float(peak),
+            "loss_barrier": float(loss_gap), "loss_barrier_alpha": float(loss_peak),
+            "accuracy_a": 1.0 - errors[0], "accuracy_b": 1.0 - errors[-1],
+            "stable": bool(barrier < STABLE_BELOW)}
+
+
+def _summaries(rows: list[dict]) -> list[dict]:
+    out = []
+    for k, split in sorted({(r["k"], r["split"]) for r in rows}):
+        group = [r for r in rows if (r["k"], r["split"]) == (k, split)]
+        for name, fn in (("mean", np.mean), ("std", np.std)):
+            out.append({"k": k, "replicate": name, "pair": "all", "split": split, **{
+                key: float(fn([g[key] for g in group]))
+                for key in ("instability", "loss_barrier", "accuracy_a", "accuracy_b", "stable")}})
+    return out
