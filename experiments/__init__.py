@@ -6,9 +6,10 @@ MALLOC_TRIM_THRESHOLD_=1e11`` would: XLA:CPU then stops page-faulting a fresh
 scratch buffer at every conv step (1.15x on ResNet-20, FACTS.md); freed
 memory is kept by the process rather than returned to the OS.
 
-It also gives XLA one CPU device per core (unless ``XLA_FLAGS`` already sets
-a count), so the executor can run one seed per core: 2 LeNet seeds on 2
-devices train ~1.35x faster than vmapped on one (benchmarks/).
+:func:`use_cpu_devices` (called by each entry point once its config is read)
+gives XLA one CPU device per core, up to the number of replicates, so the
+executor runs one seed per core; a single seed keeps one device, whose
+intra-op threads then use every core (benchmarks/train_throughput.py).
 """
 
 import ctypes
@@ -29,12 +30,21 @@ def _tune_malloc() -> None:
     libc.mallopt(m_trim_threshold, 2**31 - 1)
 
 
-def _one_cpu_device_per_core() -> None:
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" not in flags:
-        count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+def use_cpu_devices(num_replicates: int) -> None:
+    """One CPU device per core, at most ``num_replicates``; call before JAX computes anything.
+
+    Does nothing when ``XLA_FLAGS`` already sets a device count or the
+    backend is up. On GPU/TPU hosts it only affects the (unused) CPU platform.
+    """
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return
+    import jax
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        jax.config.update("jax_num_cpu_devices", max(1, min(cores or 1, num_replicates)))
+    except RuntimeError:  # the backend is already initialised: keep what it has
+        pass
 
 
 _tune_malloc()
-_one_cpu_device_per_core()

@@ -11,6 +11,7 @@ Re-running the same command on the same workdir resumes where it stopped.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+import experiments
 from ltjax.studies import stability
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file (experiments/configs).")
@@ -21,6 +22,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    experiments.use_cpu_devices(_CONFIG.value.num_replicates * _CONFIG.value.num_copies)
     summary = stability.run_stability(_CONFIG.value, _WORKDIR.value)
     print("{:>7} {:>6} {:>15} {:>9} {:>12}".format("k", "split", "instability %", "stable %",
                                                    "accuracy %"))
