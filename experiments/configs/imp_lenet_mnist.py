@@ -16,7 +16,7 @@ from experiments.configs import lenet_mnist
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """The config; ``'quick'``: 2 levels of 300 iterations."""
+    """The config; ``'quick'``: 2 levels of 300 iterations; ``'imp_only'``: no controls."""
     config = lenet_mnist.get_config()
     config.num_replicates = 2
     config.training_steps = "24000it"
@@ -35,6 +35,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.eval_every = "100it"
         config.checkpoint_every = "100it"
         config.levels = 2
+    elif arg == "imp_only":  # the tickets alone, e.g. for the stability study
+        config.controls = ()
     elif arg:
-        raise ValueError(f"unknown config variant {arg!r}; expected 'quick' or nothing")
+        raise ValueError(f"unknown config variant {arg!r}; expected 'quick', 'imp_only' or nothing")
     return config
