@@ -94,6 +94,16 @@ def build_executor(config: Any, model: Any, dataset: data.Dataset,
     )
 
 
+def setup(config: Any, workdir: str | pathlib.Path) -> tuple[
+        pathlib.Path, data.Dataset, train.Recipe, train.Executor]:
+    """A study's start: the checked workdir, the dataset, the recipe and the executor."""
+    workdir = prepare_workdir(workdir, config)
+    dataset = build_dataset(config)
+    recipe = build_recipe(config, dataset)
+    executor = build_executor(config, build_model(config, dataset), dataset, recipe)
+    return workdir, dataset, recipe, executor
+
+
 def parse_layer_rates(spec: str | None) -> dict[str, float]:
     """``'Dense_2:0.1,Conv_.*:0.15'`` -> ``{'Dense_2': 0.1, 'Conv_.*': 0.15}``.
 

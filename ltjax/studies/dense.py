@@ -46,11 +46,7 @@ def run_train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
     Returns:
       ``{'final': {split: {'accuracy': [S], 'loss': [S]}}, 'steps': total}``.
     """
-    workdir = common.prepare_workdir(workdir, config)
-    dataset = common.build_dataset(config)
-    model = common.build_model(config, dataset)
-    recipe = common.build_recipe(config, dataset)
-    executor = common.build_executor(config, model, dataset, recipe)
+    workdir, dataset, recipe, executor = common.setup(config, workdir)
     per_epoch = executor.steps_per_epoch
     total = common.steps(config.training_steps, per_epoch)
     splits = eval_splits(config, dataset)

@@ -145,11 +145,7 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
         raise ValueError(f"controls must be among {CONTROLS}; unknown: {unknown}")
     if config.levels < 0:
         raise ValueError(f"levels must be >= 0, got {config.levels}")
-    workdir = common.prepare_workdir(workdir, config)
-    dataset = common.build_dataset(config)
-    model = common.build_model(config, dataset)
-    recipe = common.build_recipe(config, dataset)
-    executor = common.build_executor(config, model, dataset, recipe)
+    workdir, dataset, recipe, executor = common.setup(config, workdir)
     per_epoch = executor.steps_per_epoch
     end = common.steps(config.training_steps, per_epoch)
     rewind_step = common.steps(config.rewind_step, per_epoch)

@@ -113,11 +113,7 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     Returns:
       ``{'rows': [...]}``: the mean rows of ``results.csv``.
     """
-    workdir = common.prepare_workdir(workdir, config)
-    dataset = common.build_dataset(config)
-    model = common.build_model(config, dataset)
-    recipe = common.build_recipe(config, dataset)
-    executor = common.build_executor(config, model, dataset, recipe)
+    workdir, dataset, recipe, executor = common.setup(config, workdir)
     per_epoch = executor.steps_per_epoch
     end = common.steps(config.training_steps, per_epoch)
     ks = sorted({common.steps(k, per_epoch) for k in config.rewind_steps})
