@@ -2,7 +2,7 @@
 
 Every random number in ltjax comes from ``key(seed)`` by folding in integers:
 the replicate index, then a *stream* named by a string (hashed with a stable
-CRC32, never Python's salted ``hash()``), then the step. So replicate ``r``
+CRC32, never Python's salted built-in string hash), then the step. So replicate ``r``
 does not depend on how many replicates run, and training can resume at any
 step (``fold_in(noise, step)``), as in big_vision.
 

@@ -28,7 +28,7 @@ def test_streams_differ_and_are_stable_across_processes():
     keys = rng.replicate_keys(0, 2)
     init, noise = rng.init_and_noise(keys)
     assert not np.array_equal(jax.random.key_data(init), jax.random.key_data(noise))
-    # The same name gives the same salt in a fresh interpreter (Python's hash() would not).
+    # The same name gives the same salt in a fresh interpreter (Python's string hash would not).
     code = "from ltjax import rng; print(rng.stable_hash('noise'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={"PYTHONHASHSEED": "random", "PATH": ""})
