@@ -107,6 +107,7 @@ def plot_level_curves(records: Sequence[dict], path: str | os.PathLike, *, split
     fig, ax = plt.subplots(figsize=(7, 4.5))
     levels = sorted({r["level"] for r in records})
     cmap = plt.get_cmap("viridis", max(len(levels), 2))
+    trained = []  # values after the first eval: the y-range that shows the differences
     for i, level in enumerate(levels):
         mine = [r for r in records if r["level"] == level and r["split"] == split]
         if not mine:
@@ -114,6 +115,9 @@ def plot_level_curves(records: Sequence[dict], path: str | os.PathLike, *, split
         xs, mean, _, _, _ = mean_and_spread(mine, x="step", y="accuracy")
         ax.plot(xs, 100 * mean, color=cmap(i),
                 label=f"level {level} ({100 * mine[0]['density']:.1f}%)")
+        trained += list(100 * mean[1:])
+    if trained:
+        ax.set_ylim(max(0.0, min(trained) - 0.5), min(100.0, max(trained) + 0.3))
     ax.set_xlabel("step")
     ax.set_ylabel(f"{split} accuracy (%)")
     ax.grid(alpha=0.3)
