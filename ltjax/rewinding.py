@@ -9,8 +9,8 @@
   step k on request.
 - :func:`reinitialize`: the random re-initialisation control: a new init,
   the same mask.
-- :func:`shuffle_masks`: the random-pruning control that keeps each layer's
-  count (see also :func:`ltjax.pruning.random_prune_like`).
+- mask shuffling within layers (the random-pruning control that keeps each
+  layer's count) is :func:`ltjax.pruning.random_prune_like` with ``scope='layerwise'``.
 
 All take plain pytrees and work under ``vmap`` over replicates.
 
@@ -22,9 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
-
-from ltjax import masking, pruning, tree
+from ltjax import masking, tree
 
 PyTree = Any
 
@@ -66,7 +64,3 @@ def reinitialize(new_params: PyTree, masks: PyTree) -> PyTree:
     tree.check_same_structure(masks, new_params, name="masks", reference_name="new_params")
     return masking.apply(new_params, masks)
 
-
-def shuffle_masks(key: jax.Array, masks: PyTree, prunable: PyTree) -> PyTree:
-    """Shuffle the kept positions within each prunable layer (per-layer counts kept)."""
-    return pruning.random_prune_like(key, masks, prunable, scope="layerwise")

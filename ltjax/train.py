@@ -218,11 +218,6 @@ def init_state(
     )
 
 
-def fresh_optimizer_state(state: TrainState, recipe: Recipe) -> TrainState:
-    """``state`` with a new optimiser state (the step, hence the schedule, is kept)."""
-    return state.replace(opt_state=make_optimizer(recipe).init(state.params))
-
-
 # --------------------------------------------------------------------------- one replicate
 
 

@@ -72,13 +72,6 @@ def stack(trees: list[PyTree]) -> PyTree:
     return jax.tree.map(lambda *xs: jax.numpy.stack(xs), *trees)
 
 
-def unstack(tree: PyTree) -> list[PyTree]:
-    """The inverse of :func:`stack`: a list over the leading axis."""
-    leaves, treedef = jax.tree.flatten(tree)
-    n = leaves[0].shape[0]
-    return [treedef.unflatten([leaf[i] for leaf in leaves]) for i in range(n)]
-
-
 def index(tree: PyTree, i: int) -> PyTree:
     """Leaf-wise ``x[i]``: replicate ``i`` of a stacked tree."""
     return jax.tree.map(lambda x: x[i], tree)
