@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from ltjax import matching
 from ltjax.models import common, conv, mlp, resnet, vgg
 from ltjax.models.conv import ConvN
 from ltjax.models.mlp import MLP
@@ -49,6 +50,7 @@ from ltjax.models.vgg import VGG
 
 __all__ = [
     "NAMES", "MLP", "ConvN", "VGG", "ResNet", "create", "init", "has_batch_norm", "is_conv",
+    "permutation_spec", "activations",
     "common", "conv", "mlp", "resnet", "vgg",
 ]
 
@@ -199,3 +201,73 @@ def is_conv(params: Any, *, leading_axes: int = 0) -> bool:
         if key == "kernel" and len(getattr(leaf, "shape", np.shape(leaf))) - leading_axes == 4:
             return True
     return False
+
+
+_SPECS = {MLP: mlp.permutation_spec, ConvN: conv.permutation_spec, VGG: vgg.permutation_spec,
+          ResNet: resnet.permutation_spec}
+
+
+def permutation_spec(model: nn.Module, params: Any, batch_stats: Any = None,
+                     ) -> matching.PermutationSpec:
+    """The :class:`ltjax.matching.PermutationSpec` of a bundled model, checked.
+
+    Defined next to each model (``mlp.permutation_spec``, ...); this picks it
+    by class and checks it against ``params`` (and ``batch_stats`` if given)
+    with :func:`ltjax.matching.check_spec`.
+
+    Args:
+      model: a module from :func:`create`.
+      params: its params (arrays or ``jax.ShapeDtypeStruct``; unstacked).
+      batch_stats: its batch statistics, to check them too.
+
+    Raises:
+      TypeError: a model class without a spec.
+      ValueError: the spec does not fit ``params`` / ``batch_stats``.
+
+    Example:
+        >>> model = create("mlp", widths=(512, 512, 512))
+        >>> params, _ = init(model, jax.random.key(0), (28, 28, 1))
+        >>> spec = permutation_spec(model, params)
+        >>> spec.names
+        ('Dense_0', 'Dense_1', 'Dense_2')
+    """
+    builder = _SPECS.get(type(model))
+    if builder is None:
+        raise TypeError(f"no permutation spec for {type(model).__name__}; "
+                        f"bundled: {', '.join(c.__name__ for c in _SPECS)}")
+    spec = builder(model, params)
+    matching.check_spec(spec, params, batch_stats)
+    return spec
+
+
+def activations(model: nn.Module, spec: matching.PermutationSpec, variables: Mapping,
+                x: jax.Array) -> dict[str, list[jax.Array]]:
+    """The outputs of the modules named in ``spec.activations``, per permutation.
+
+    Runs ``model.apply(variables, x, train=False)`` capturing those modules'
+    outputs (``[B, ..., n]``, units last), for
+    :func:`ltjax.matching.activation_matching`.
+
+    Example:
+        >>> acts = activations(model, spec, {"params": params, "batch_stats": stats}, x)
+        >>> sorted(acts) == sorted(spec.names)
+        True
+    """
+    if not spec.activations:
+        raise ValueError("spec has no activations entry (which module outputs carry each "
+                         "permutation)")
+    wanted = {module for modules in spec.activations.values() for module in modules}
+    _, state = model.apply(
+        dict(variables), x, train=False, mutable=["intermediates"],
+        capture_intermediates=lambda mdl, method: (
+            method == "__call__" and "/".join(mdl.path) in wanted))
+    captured = {}
+    for module in wanted:
+        node = state["intermediates"]
+        for part in module.split("/"):
+            if part not in node:
+                raise ValueError(f"spec activations name module {module!r}, which the model "
+                                 "does not call")
+            node = node[part]
+        captured[module] = node["__call__"][0]
+    return {perm: [captured[m] for m in modules] for perm, modules in spec.activations.items()}

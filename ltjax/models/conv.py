@@ -20,11 +20,12 @@ Parameter names are Flax auto names: ``Conv_0`` ... ``Conv_{depth-1}``, then
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import jax
 from flax import linen as nn
 
+from ltjax import matching
 from ltjax.models import _validate, common
 
 #: Conv channels per stage pair; stage ``i`` has two convolutions then a max-pool.
@@ -79,3 +80,41 @@ class ConvN(nn.Module):
         for width in DENSE_WIDTHS:
             x = nn.relu(nn.Dense(width, kernel_init=common.kernel_init)(x))
         return nn.Dense(self.num_classes, kernel_init=common.kernel_init)(x)
+
+
+def permutation_spec(model: ConvN, params: Any) -> matching.PermutationSpec:
+    """Channels of each ``Conv_i`` and units of ``Dense_0``/``Dense_1`` are permutations.
+
+    The flattened last feature map enters ``Dense_0`` as ``[H * W * C]``
+    (channels fastest), so the last conv's permutation acts on that axis with
+    ``H * W`` repeats, read from ``params``.
+
+    Args:
+      model: the :class:`ConvN`.
+      params: its params (arrays or shapes), for the flattened size.
+
+    Example:
+        >>> spec = permutation_spec(model, params)
+        >>> spec.params["Dense_0/kernel"]
+        (('Conv_3', 64), 'Dense_0')
+    """
+    widths = [w for w in STAGE_WIDTHS[: model.depth // 2] for _ in range(2)]
+    axes: dict[str, tuple] = {}
+    for i in range(model.depth):
+        into = f"Conv_{i - 1}" if i > 0 else None
+        axes[f"Conv_{i}/kernel"] = (None, None, into, f"Conv_{i}")
+        axes[f"Conv_{i}/bias"] = (f"Conv_{i}",)
+    last = f"Conv_{model.depth - 1}"
+    repeats = _shape(params["Dense_0"]["kernel"])[0] // widths[-1]
+    axes["Dense_0/kernel"] = ((last, repeats), "Dense_0")
+    axes["Dense_1/kernel"] = ("Dense_0", "Dense_1")
+    axes["Dense_2/kernel"] = ("Dense_1", None)
+    for i, out in enumerate(("Dense_0", "Dense_1", None)):
+        axes[f"Dense_{i}/bias"] = (out,)
+    activations = {f"Conv_{i}": (f"Conv_{i}",) for i in range(model.depth)}
+    activations.update({f"Dense_{i}": (f"Dense_{i}",) for i in range(2)})
+    return matching.PermutationSpec(params=axes, activations=activations)
+
+
+def _shape(leaf: Any) -> tuple[int, ...]:
+    return tuple(getattr(leaf, "shape", ()))

@@ -11,11 +11,12 @@ the last, ``Dense_{len(widths)}``, being the output layer.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import jax
 from flax import linen as nn
 
+from ltjax import matching
 from ltjax.models import _validate, common
 
 
@@ -56,3 +57,28 @@ class MLP(nn.Module):
         for width in self.widths:
             x = nn.relu(nn.Dense(width, kernel_init=common.kernel_init)(x))
         return nn.Dense(self.num_classes, kernel_init=common.kernel_init)(x)
+
+
+def permutation_spec(model: MLP, params: Any = None) -> matching.PermutationSpec:
+    """The hidden units of each ``Dense_i`` (``i < len(widths)``) form permutation ``'Dense_i'``.
+
+    Args:
+      model: the :class:`MLP`.
+      params: unused (the spec follows from ``model.widths``); accepted for
+        the uniform signature of :func:`ltjax.models.permutation_spec`.
+
+    Example:
+        >>> spec = permutation_spec(MLP(widths=(300, 100)))
+        >>> spec.params["Dense_1/kernel"]
+        ('Dense_0', 'Dense_1')
+    """
+    del params
+    depth = len(model.widths)
+    axes: dict[str, tuple] = {}
+    for i in range(depth + 1):
+        into = f"Dense_{i - 1}" if i > 0 else None
+        out = f"Dense_{i}" if i < depth else None
+        axes[f"Dense_{i}/kernel"] = (into, out)
+        axes[f"Dense_{i}/bias"] = (out,)
+    return matching.PermutationSpec(
+        params=axes, activations={f"Dense_{i}": (f"Dense_{i}",) for i in range(depth)})

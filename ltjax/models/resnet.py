@@ -27,12 +27,13 @@ Parameter names (explicit, stable)::
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from ltjax import matching
 from ltjax.models import _validate, common
 
 _PAD_1 = ((1, 1), (1, 1))  # torch's padding=1, also for stride 2 (Flax 'SAME' pads (0, 1))
@@ -154,3 +155,57 @@ class ResNet(nn.Module):
                 )(x, train=train)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, kernel_init=common.kernel_init, name="fc")(x)
+
+
+def permutation_spec(model: ResNet, params: Any) -> matching.PermutationSpec:
+    """Permutations of a CIFAR ResNet: one per residual stream, one inside each block.
+
+    The identity shortcuts tie every block of a stage to one permutation of
+    the stream, ``'residual_s'`` (``s`` = 0, 1, 2; stage 0's also permutes
+    ``conv_init``); the projection shortcuts map ``residual_{s-1}`` to
+    ``residual_s``. The channels between ``conv1`` and ``conv2`` of block
+    ``i`` are ``'Block_i/conv1'``.
+
+    Args:
+      model: the :class:`ResNet`.
+      params: its params (arrays or shapes): which blocks have a projection
+        shortcut.
+
+    Example:
+        >>> spec = permutation_spec(ResNet(depth=20), params)
+        >>> spec.params["Block_3/shortcut_conv/kernel"]
+        (None, None, 'residual_0', 'residual_1')
+    """
+    n = model.blocks_per_stage
+    params_axes: dict[str, tuple] = {}
+    stats_axes: dict[str, tuple] = {}
+
+    def batch_norm(name: str, perm: str) -> None:
+        for leaf in ("scale", "bias"):
+            params_axes[f"{name}/{leaf}"] = (perm,)
+        for leaf in ("mean", "var"):
+            stats_axes[f"{name}/{leaf}"] = (perm,)
+
+    params_axes["conv_init/kernel"] = (None, None, None, "residual_0")
+    batch_norm("bn_init", "residual_0")
+    activations: dict[str, tuple[str, ...]] = {"residual_0": ("bn_init",)}
+    stream = "residual_0"
+    for i in range(3 * n):
+        block, out = f"Block_{i}", f"residual_{i // n}"
+        inner = f"{block}/conv1"
+        params_axes[f"{block}/conv1/kernel"] = (None, None, stream, inner)
+        batch_norm(f"{block}/bn1", inner)
+        params_axes[f"{block}/conv2/kernel"] = (None, None, inner, out)
+        batch_norm(f"{block}/bn2", out)
+        if "shortcut_conv" in params[block]:
+            params_axes[f"{block}/shortcut_conv/kernel"] = (None, None, stream, out)
+            batch_norm(f"{block}/shortcut_bn", out)
+        elif stream != out:
+            raise ValueError(f"{block} changes the residual stream but has no projection")
+        activations[inner] = (f"{block}/bn1",)
+        activations[out] = (*activations.get(out, ()), block)
+        stream = out
+    params_axes["fc/kernel"] = (stream, None)
+    params_axes["fc/bias"] = (None,)
+    return matching.PermutationSpec(params=params_axes, batch_stats=stats_axes,
+                                    activations=activations)

@@ -15,11 +15,12 @@ output layer is ``Dense_0``.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import jax
 from flax import linen as nn
 
+from ltjax import matching
 from ltjax.models import _validate, common
 
 #: OpenLTH's plans: ints are conv widths, ``'M'`` a 2x2 max-pool.
@@ -84,3 +85,37 @@ class VGG(nn.Module):
         x = nn.avg_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)
         return nn.Dense(self.num_classes, kernel_init=common.kernel_init)(x)
+
+
+def permutation_spec(model: VGG, params: Any) -> matching.PermutationSpec:
+    """The channels of each ``Conv_i`` (and its ``BatchNorm_i``) form permutation ``'Conv_i'``.
+
+    Args:
+      model: the :class:`VGG`.
+      params: its params (arrays or shapes): the output layer's input size
+        gives the spatial repeats of the last permutation (1 on 32x32 inputs).
+
+    Example:
+        >>> spec = permutation_spec(VGG(depth=11), params)
+        >>> spec.batch_stats["BatchNorm_0/mean"]
+        ('Conv_0',)
+    """
+    widths = [w for w in PLANS[model.depth] if w != "M"]
+    params_axes: dict[str, tuple] = {}
+    stats_axes: dict[str, tuple] = {}
+    for i in range(len(widths)):
+        into = f"Conv_{i - 1}" if i > 0 else None
+        out = f"Conv_{i}"
+        params_axes[f"Conv_{i}/kernel"] = (None, None, into, out)
+        params_axes[f"Conv_{i}/bias"] = (out,)
+        for leaf in ("scale", "bias"):
+            params_axes[f"BatchNorm_{i}/{leaf}"] = (out,)
+        for leaf in ("mean", "var"):
+            stats_axes[f"BatchNorm_{i}/{leaf}"] = (out,)
+    last = f"Conv_{len(widths) - 1}"
+    repeats = tuple(getattr(params["Dense_0"]["kernel"], "shape", ()))[0] // widths[-1]
+    params_axes["Dense_0/kernel"] = ((last, repeats) if repeats > 1 else last, None)
+    params_axes["Dense_0/bias"] = (None,)
+    return matching.PermutationSpec(
+        params=params_axes, batch_stats=stats_axes,
+        activations={f"Conv_{i}": (f"BatchNorm_{i}",) for i in range(len(widths))})

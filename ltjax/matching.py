@@ -1,0 +1,743 @@
+"""Permutation symmetries of networks and Git Re-Basin matching.
+
+Ainsworth, Hayase & Srinivasa, "Git Re-Basin: Merging Models modulo
+Permutation Symmetries" (ICLR 2023). Hidden units of a network can be
+permuted without changing its function; matching finds the permutation of
+model B that brings it closest to model A, after which the two can be
+interpolated or averaged.
+
+- :class:`PermutationSpec`: which axis of which leaf each permutation acts
+  on, keyed on path names (``'Dense_0/kernel'``); the bundled models build
+  theirs next to their definition (:func:`ltjax.models.permutation_spec`).
+- :func:`check_spec`: the spec against a params (and batch-stats) tree.
+- :func:`apply_permutation`: permute params, batch statistics or masks alike.
+- :func:`weight_matching`: the paper's Algorithm 1 (coordinate descent over
+  permutations in random order, each step a linear assignment), with
+  restarts that keep the best objective.
+- :func:`activation_matching`: one assignment per permutation from the
+  correlation of the two models' activations on the same data (section 3.1).
+- :func:`ste_matching`: the straight-through estimator (Algorithm 3).
+- :func:`merge_many`: MergeMany (Algorithm 2): match each model to the mean
+  of the others until no permutation changes.
+
+Permutations are dicts ``{name: int array [n]}``; ``perm[i] = j`` means unit
+``j`` of model B moves to position ``i`` (``jnp.take(w, perm, axis)``), so
+unit ``i`` of the permuted B faces unit ``i`` of A.
+
+Plain pytrees in, no flax. Examples use the bundled MLP:
+
+    >>> spec = models.permutation_spec(model, params_a)
+    >>> result = weight_matching(spec, params_a, params_b, seed=0)
+    >>> params_b_aligned = apply_permutation(spec, result.perms, params_b)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import scipy.optimize
+
+from ltjax import tree
+
+PyTree = Any
+Perms = dict[str, jax.Array]
+#: What an axis of a leaf carries: no permutation (None), a permutation name,
+#: or ``(name, repeats)`` for an axis of ``repeats * n`` entries read as
+#: ``[repeats, n]`` (channels fastest), e.g. the input axis of a dense layer
+#: after flattening NHWC feature maps.
+Axis = str | tuple[str, int] | None
+
+SOLVERS = ("scipy", "optax")
+
+
+# ----------------------------------------------------------------------------
+# The spec
+# ----------------------------------------------------------------------------
+
+
+def _parse_axis(entry: Axis, where: str) -> tuple[str | None, int]:
+    if entry is None:
+        return None, 1
+    if isinstance(entry, str):
+        return entry, 1
+    if (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str)
+            and isinstance(entry[1], int) and not isinstance(entry[1], bool) and entry[1] >= 1):
+        return entry[0], entry[1]
+    raise ValueError(
+        f"{where}: an axis must be None, a permutation name or (name, repeats >= 1), got {entry!r}"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class PermutationSpec:
+    """Which permutation acts on which axis of which leaf.
+
+    Attributes:
+      params: ``{path: (axis_0, axis_1, ...)}``, one entry per axis of the
+        params leaf at ``path`` (``'Dense_0/kernel'``): ``None`` (not
+        permuted), a permutation name, or ``(name, repeats)``. Every leaf of
+        the params has an entry.
+      batch_stats: the same for the batch statistics (``'BatchNorm_0/mean'``).
+      activations: optional ``{permutation: (module path, ...)}``: modules
+        whose output's last axis carries the permutation, for
+        :func:`activation_matching` and REPAIR.
+
+    Example:
+        >>> spec = PermutationSpec(params={
+        ...     "Dense_0/kernel": (None, "h"), "Dense_0/bias": ("h",),
+        ...     "Dense_1/kernel": ("h", None), "Dense_1/bias": (None,)})
+        >>> spec.perm_to_axes["h"]
+        (('Dense_0/bias', 0), ('Dense_0/kernel', 1), ('Dense_1/kernel', 0))
+    """
+
+    params: Mapping[str, tuple[Axis, ...]]
+    batch_stats: Mapping[str, tuple[Axis, ...]] = dataclasses.field(default_factory=dict)
+    activations: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for field in ("params", "batch_stats"):
+            axes = {}
+            for path, entries in getattr(self, field).items():
+                if not isinstance(path, str) or not isinstance(entries, tuple | list):
+                    raise ValueError(f"spec {field} must map path strings to tuples of axes, "
+                                     f"got {path!r}: {entries!r}")
+                for entry in entries:
+                    _parse_axis(entry, f"spec {field}[{path!r}]")
+                axes[path] = tuple(entries)
+            object.__setattr__(self, field, dict(sorted(axes.items())))
+        both = sorted(set(self.params) & set(self.batch_stats))
+        if both:
+            raise ValueError(f"spec paths {both} are in both params and batch_stats")
+        names = set(self.perm_to_axes)
+        activations = {}
+        for perm, modules in self.activations.items():
+            if perm not in names:
+                raise ValueError(
+                    f"spec activations name permutation {perm!r}, which no axis carries "
+                    f"(permutations: {sorted(names)})"
+                )
+            activations[perm] = tuple(modules)
+        object.__setattr__(self, "activations", dict(sorted(activations.items())))
+
+    @functools.cached_property
+    def axes(self) -> dict[str, tuple[Axis, ...]]:
+        """Params and batch-stats entries in one map (their paths never collide)."""
+        return {**self.params, **self.batch_stats}
+
+    @functools.cached_property
+    def perm_to_axes(self) -> dict[str, tuple[tuple[str, int], ...]]:
+        """``{permutation: ((params path, axis), ...)}``, names and paths sorted."""
+        out: dict[str, list[tuple[str, int]]] = {}
+        for path, entries in self.params.items():
+            for axis, entry in enumerate(entries):
+                name, _ = _parse_axis(entry, path)
+                if name is not None:
+                    out.setdefault(name, []).append((path, axis))
+        for path, entries in self.batch_stats.items():
+            for entry in entries:
+                name, _ = _parse_axis(entry, path)
+                if name is not None and name not in out:
+                    raise ValueError(f"permutation {name!r} of batch_stats[{path!r}] acts on "
+                                     "no params axis")
+        return {name: tuple(out[name]) for name in sorted(out)}
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The permutation names, sorted."""
+        return tuple(self.perm_to_axes)
+
+
+def check_spec(spec: PermutationSpec, params: PyTree, batch_stats: PyTree | None = None,
+               ) -> dict[str, int]:
+    """Check ``spec`` against a params tree (and, if given, its batch statistics).
+
+    Every leaf must have a spec entry and every spec entry a leaf, with one
+    axis entry per dimension, and all the axes one permutation acts on must
+    have the same size.
+
+    Returns:
+      ``{permutation: size}``.
+
+    Raises:
+      ValueError: naming the paths missing from the spec or from the trees,
+        a leaf whose number of axes differs, or a permutation with
+        inconsistent axis sizes (listing them).
+
+    Example:
+        >>> check_spec(spec, params)
+        {'Dense_0': 512, 'Dense_1': 512, 'Dense_2': 512}
+    """
+    if not isinstance(spec, PermutationSpec):
+        raise TypeError(f"spec must be a PermutationSpec, got {type(spec).__name__}")
+    sizes: dict[str, dict[int, list[str]]] = {}
+    for tree_name, sub in (("params", params), ("batch_stats", batch_stats)):
+        if sub is None:
+            continue
+        entries_of = getattr(spec, tree_name)
+        shapes = {path: tuple(np.shape(leaf))
+                  for path, leaf in zip(tree.names(sub), jax.tree.leaves(sub), strict=True)}
+        missing = sorted(set(shapes) - set(entries_of))
+        if missing:
+            raise ValueError(
+                f"{tree_name} leaves {missing} have no entry in the permutation spec "
+                "(give unpermuted leaves an entry of None axes)"
+            )
+        unknown = sorted(set(entries_of) - set(shapes))
+        if unknown:
+            raise ValueError(f"spec {tree_name} paths {unknown} are not leaves of the {tree_name}")
+        for path, shape in shapes.items():
+            entries = entries_of[path]
+            if len(entries) != len(shape):
+                raise ValueError(
+                    f"spec {tree_name}[{path!r}] has {len(entries)} axis entries but "
+                    f"{tree_name}['{path}'] has shape {shape}"
+                )
+            for axis, entry in enumerate(entries):
+                name, repeats = _parse_axis(entry, path)
+                if name is None:
+                    continue
+                if shape[axis] % repeats:
+                    raise ValueError(
+                        f"spec {tree_name}[{path!r}][{axis}] = {entry!r}: size {shape[axis]} "
+                        f"is not a multiple of {repeats}"
+                    )
+                sizes.setdefault(name, {}).setdefault(shape[axis] // repeats, []).append(
+                    f"{path}[{axis}]")
+    for name, by_size in sizes.items():
+        if len(by_size) > 1:
+            detail = "; ".join(f"size {n}: {', '.join(w)}" for n, w in sorted(by_size.items()))
+            raise ValueError(f"permutation {name!r} acts on axes of inconsistent sizes ({detail})")
+    return {name: next(iter(sizes[name])) for name in sorted(sizes)}
+
+
+def _check_perms(spec: PermutationSpec, perms: Mapping[str, Any], sizes: Mapping[str, int] | None,
+                 name: str = "perms") -> None:
+    missing = sorted(set(spec.names) - set(perms))
+    unknown = sorted(set(perms) - set(spec.names))
+    if missing or unknown:
+        raise ValueError(
+            f"{name} must have one entry per permutation of the spec {list(spec.names)}; "
+            f"missing {missing}, unknown {unknown}"
+        )
+    if sizes is not None:
+        for perm, size in sizes.items():
+            shape = np.shape(perms[perm])
+            if shape != (size,):
+                raise ValueError(f"{name}[{perm!r}] has shape {shape}, expected ({size},)")
+
+
+def _permute_leaf(leaf: jax.Array, entries: Sequence[Axis], perms: Mapping[str, jax.Array],
+                  skip_axis: int | None = None) -> jax.Array:
+    for axis, entry in enumerate(entries):
+        name, repeats = _parse_axis(entry, "")
+        if name is None or axis == skip_axis:
+            continue
+        perm = perms[name]
+        if repeats == 1:
+            leaf = jnp.take(leaf, perm, axis=axis)
+        else:
+            shape = leaf.shape
+            split = leaf.reshape(*shape[:axis], repeats, shape[axis] // repeats, *shape[axis + 1:])
+            leaf = jnp.take(split, perm, axis=axis + 1).reshape(shape)
+    return leaf
+
+
+def apply_permutation(spec: PermutationSpec, perms: Mapping[str, jax.Array], tree_: PyTree,
+                      ) -> PyTree:
+    """Permute ``tree_`` (params, batch statistics or masks) by ``perms``.
+
+    Leaf ``path`` becomes ``take(leaf, perms[p], axis)`` along each axis the
+    spec gives a permutation ``p``. Masks have the params' paths, so
+    ``apply_permutation(spec, perms, masks)`` keeps them aligned with the
+    permuted params. For trees stacked over seeds ``[S, ...]``, ``jax.vmap``
+    it (perms stacked ``[S, n]`` or broadcast).
+
+    Raises:
+      ValueError: a leaf of ``tree_`` has no spec entry or a different number
+        of axes; ``perms`` lacks a permutation.
+
+    Example:
+        >>> params_b_aligned = apply_permutation(spec, perms, params_b)
+        >>> stats_b_aligned = apply_permutation(spec, perms, batch_stats_b)
+    """
+    _check_perms(spec, perms, None)
+
+    def one(path: str, leaf: Any) -> Any:
+        if path not in spec.axes:
+            raise ValueError(f"leaf {path!r} of the tree has no entry in the permutation spec")
+        entries = spec.axes[path]
+        if len(entries) != np.ndim(leaf):
+            raise ValueError(
+                f"spec axes[{path!r}] has {len(entries)} entries but the leaf has shape "
+                f"{np.shape(leaf)} (for stacked trees, jax.vmap apply_permutation)"
+            )
+        return _permute_leaf(jnp.asarray(leaf), entries, perms)
+
+    return tree.map_with_name(one, tree_)
+
+
+def identity_perms(sizes: Mapping[str, int]) -> Perms:
+    """``{name: arange(n)}`` for ``sizes`` as returned by :func:`check_spec`."""
+    return {name: jnp.arange(n, dtype=jnp.int32) for name, n in sizes.items()}
+
+
+def random_perms(sizes: Mapping[str, int], key: jax.Array) -> Perms:
+    """Uniformly random permutations, one stream per name (sorted order).
+
+    Example:
+        >>> perms = random_perms(check_spec(spec, params), jax.random.key(0))
+    """
+    names = sorted(sizes)
+    keys = jax.random.split(key, len(names))
+    return {name: jax.random.permutation(k, sizes[name]).astype(jnp.int32)
+            for name, k in zip(names, keys, strict=True)}
+
+
+def inverse(perms: Mapping[str, jax.Array]) -> Perms:
+    """The inverse permutations: ``apply(inverse(p), apply(p, t)) == t``."""
+    return {name: jnp.argsort(p).astype(jnp.int32) for name, p in perms.items()}
+
+
+# ----------------------------------------------------------------------------
+# Linear assignment
+# ----------------------------------------------------------------------------
+
+
+@jax.jit
+def _optax_assignment(similarity: jax.Array) -> jax.Array:
+    rows, cols = optax.assignment.hungarian_algorithm(-similarity)
+    # optax returns the pairs ordered by column (scipy: by row).
+    return jnp.full((similarity.shape[0],), -1, jnp.int32).at[rows].set(cols.astype(jnp.int32))
+
+
+def solve_assignment(similarity: jax.Array, solver: str = "scipy") -> jax.Array:
+    """The permutation ``perm`` maximising ``sum_i similarity[i, perm[i]]``.
+
+    Args:
+      similarity: ``[n, n]``.
+      solver: ``'scipy'`` (``scipy.optimize.linear_sum_assignment``, on the
+        host) or ``'optax'`` (``optax.assignment.hungarian_algorithm``,
+        jitted, on the array's device).
+
+    Example:
+        >>> solve_assignment(jnp.array([[0.0, 1.0], [1.0, 0.0]]))
+        Array([1, 0], dtype=int32)
+    """
+    if solver == "scipy":
+        rows, cols = scipy.optimize.linear_sum_assignment(
+            np.asarray(similarity, np.float64), maximize=True)
+        assert np.array_equal(rows, np.arange(len(rows)))
+        return jnp.asarray(cols, jnp.int32)
+    if solver == "optax":
+        return _optax_assignment(jnp.asarray(similarity))
+    raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+
+
+# ----------------------------------------------------------------------------
+# Weight matching
+# ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class MatchResult:
+    """What a matching returns.
+
+    Attributes:
+      perms: ``{name: int32 [n]}``, to apply to model B.
+      objective: ``sum over leaves <params_a, permuted params_b>`` (weight
+        matching) or the summed activation inner products (activation
+        matching), for the returned ``perms``.
+      iterations: sweeps over all permutations of the best restart.
+      objectives: the final objective of every restart.
+      history: extra per-method trace (e.g. the STE losses).
+    """
+
+    perms: Perms
+    objective: float
+    iterations: int = 0
+    objectives: tuple[float, ...] = ()
+    history: tuple[float, ...] = ()
+
+
+@functools.partial(jax.jit, static_argnames=("entries", "axis"))
+def _contribution(w_a: jax.Array, w_b: jax.Array, perms: dict[str, jax.Array],
+                  entries: tuple[Axis, ...], axis: int) -> jax.Array:
+    """``[n, n]``: unit i of A against unit j of B along ``axis``, the other axes permuted."""
+    w_b = _permute_leaf(w_b, entries, perms, skip_axis=axis)
+    _, repeats = _parse_axis(entries[axis], "")
+    if repeats > 1:
+        shape = w_a.shape
+        split = (*shape[:axis], repeats, shape[axis] // repeats, *shape[axis + 1:])
+        w_a, w_b, axis = w_a.reshape(split), w_b.reshape(split), axis + 1
+    others = tuple(i for i in range(w_a.ndim) if i != axis)
+    return jnp.tensordot(w_a, w_b, axes=(others, others), precision=jax.lax.Precision.HIGHEST)
+
+
+@functools.partial(jax.jit, static_argnames=("spec_items",))
+def _objective(params_a: dict, params_b: dict, perms: Perms, spec_items: tuple) -> jax.Array:
+    total = jnp.zeros((), jnp.float32)
+    for path, entries in spec_items:
+        w_b = _permute_leaf(params_b[path], entries, perms)
+        total = total + jnp.vdot(params_a[path], w_b, precision=jax.lax.Precision.HIGHEST)
+    return total
+
+
+def _flat(params: PyTree) -> dict[str, jax.Array]:
+    return {path: jnp.asarray(leaf) for path, leaf in
+            zip(tree.names(params), jax.tree.leaves(params), strict=True)}
+
+
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    return int(seed)
+
+
+def _check_pair(spec: PermutationSpec, params_a: PyTree, params_b: PyTree) -> dict[str, int]:
+    tree.check_same_structure(params_b, params_a, name="params_b", reference_name="params_a")
+    return check_spec(spec, params_a)
+
+
+def _match_objective(spec: PermutationSpec, flat_a: dict, flat_b: dict, perms: Perms) -> float:
+    items = tuple((p, spec.params[p]) for p in flat_a)
+    return float(_objective(flat_a, flat_b, perms, items))
+
+
+def _descend(spec: PermutationSpec, flat_a: dict, flat_b: dict, perms: Perms, *,
+             order_seed: Sequence[int], max_iter: int, tolerance: float, solver: str,
+             ) -> tuple[Perms, int]:
+    """Algorithm 1 of Git Re-Basin from ``perms``; returns ``(perms, sweeps)``.
+
+    Each layer's contribution to a permutation's similarity matrix is cached
+    and recomputed only when a permutation it depends on has changed, and a
+    permutation whose matrix has not changed since it was last solved is not
+    solved again: the same permutations as recomputing everything, at a
+    fraction of the cost once few permutations still move.
+    """
+    names = list(spec.names)
+    perms = dict(perms)
+    version = dict.fromkeys(names, 0)
+    cache: dict[tuple[str, int], tuple[tuple, jax.Array]] = {}
+    solved_at: dict[str, tuple] = {}
+    order_rng = np.random.default_rng(list(order_seed))
+    objective = _match_objective(spec, flat_a, flat_b, perms) if tolerance > 0 else 0.0
+    sweeps = 0
+    for sweep in range(max_iter):
+        sweeps = sweep + 1
+        changed = False
+        for index in order_rng.permutation(len(names)):
+            name = names[index]
+            state = []
+            total = None
+            for path, axis in spec.perm_to_axes[name]:
+                entries = spec.params[path]
+                deps = tuple(sorted({_parse_axis(e, path)[0] for i, e in enumerate(entries)
+                                     if i != axis} - {None}))
+                key = tuple(version[d] for d in deps)
+                state.append(key)
+                hit = cache.get((path, axis))
+                if hit is None or hit[0] != key:
+                    hit = (key, _contribution(flat_a[path], flat_b[path],
+                                              {d: perms[d] for d in deps}, entries, axis))
+                    cache[(path, axis)] = hit
+                total = hit[1] if total is None else total + hit[1]
+            state = tuple(state)
+            if solved_at.get(name) == state:
+                continue  # same matrix as when last solved: same answer, no change
+            solved_at[name] = state
+            new = solve_assignment(total, solver)
+            rows = jnp.arange(total.shape[0])
+            old_value = float(jnp.sum(total[rows, perms[name]]))
+            new_value = float(jnp.sum(total[rows, new]))
+            if new_value > old_value + 1e-12:
+                perms[name] = new
+                version[name] += 1
+                changed = True
+        if not changed:
+            break
+        if tolerance > 0:
+            current = _match_objective(spec, flat_a, flat_b, perms)
+            if current - objective <= tolerance * abs(objective):
+                break
+            objective = current
+    return perms, sweeps
+
+
+def weight_matching(
+    spec: PermutationSpec, params_a: PyTree, params_b: PyTree, *, seed: int = 0,
+    max_iter: int = 100, tolerance: float = 0.0, restarts: int = 1, solver: str = "scipy",
+    init_perms: Mapping[str, jax.Array] | None = None,
+) -> MatchResult:
+    """Permutations of ``params_b`` maximising ``sum_leaves <params_a, P(params_b)>``.
+
+    Git Re-Basin's Algorithm 1 (Ainsworth et al. 2023, section 3.2): starting
+    from the identity (or ``init_perms``), sweep over the permutations in a
+    random order; for each, hold the others fixed and solve the linear
+    assignment on ``sum_layers W_a W_b^T`` (the other axes of each layer
+    permuted by their current permutations); accept it if it improves that
+    permutation's objective; stop when a sweep changes nothing. The
+    similarity matrices are computed by jitted code on the params' device,
+    and only those whose inputs changed are recomputed.
+
+    Each restart ``r`` uses its own random sweep orders, drawn from
+    ``numpy.random.default_rng([seed, r])`` (restart 0 is the paper's single
+    descent); the restart with the highest objective is returned. Coordinate
+    descent can get stuck in poor local optima for some orders (e.g. on
+    ResNets); restarts escape them.
+
+    Args:
+      spec: the models' :class:`PermutationSpec`.
+      params_a: the reference model (kept fixed).
+      params_b: the model to permute; same structure and shapes.
+      seed: a non-negative int; the same seed gives the same permutations.
+      max_iter: most sweeps per restart.
+      tolerance: also stop when a sweep raises the whole objective by no
+        more than ``tolerance * |objective|`` (0: only when nothing changes).
+      restarts: number of descents with different orders.
+      solver: ``'scipy'`` (default) or ``'optax'`` (see :func:`solve_assignment`).
+      init_perms: starting permutations (default identity), e.g. the previous
+        answer when matching again after a small change.
+
+    Returns:
+      A :class:`MatchResult`.
+
+    Raises:
+      ValueError: params of different structure, a spec that does not fit
+        them, a bad ``seed``/``max_iter``/``restarts``/``tolerance``/``solver``.
+
+    Example:
+        >>> spec = models.permutation_spec(model, params_a)
+        >>> result = weight_matching(spec, params_a, params_b, seed=0, restarts=4)
+        >>> params_b = apply_permutation(spec, result.perms, params_b)
+    """
+    seed = _check_seed(seed)
+    for name, value in (("max_iter", max_iter), ("restarts", restarts)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not (np.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    sizes = _check_pair(spec, params_a, params_b)
+    start = identity_perms(sizes) if init_perms is None else {
+        k: jnp.asarray(v, jnp.int32) for k, v in init_perms.items()}
+    _check_perms(spec, start, sizes, name="init_perms")
+    flat_a, flat_b = _flat(params_a), _flat(params_b)
+    best = None
+    objectives = []
+    for restart in range(restarts):
+        perms, sweeps = _descend(spec, flat_a, flat_b, start, order_seed=(seed, restart),
+                                 max_iter=max_iter, tolerance=tolerance, solver=solver)
+        value = _match_objective(spec, flat_a, flat_b, perms)
+        objectives.append(value)
+        if best is None or value > best[1]:
+            best = (perms, value, sweeps)
+    perms, value, sweeps = best
+    return MatchResult(perms=dict(sorted(perms.items())), objective=value, iterations=sweeps,
+                       objectives=tuple(objectives))
+
+
+# ----------------------------------------------------------------------------
+# Activation matching
+# ----------------------------------------------------------------------------
+
+
+def activation_matching(
+    spec: PermutationSpec, activations_a: Mapping[str, Any], activations_b: Mapping[str, Any], *,
+    solver: str = "scipy",
+) -> MatchResult:
+    """Match units by the inner products of their activations on the same data.
+
+    Git Re-Basin section 3.1: with ``Z_A, Z_B`` the activations ``[N, n]`` of
+    a permutation's units on the same inputs, ``P`` maximises
+    ``<P, Z_A^T Z_B>`` (equivalently minimises ``||Z_A - Z_B P^T||^2``). Each
+    permutation is solved once, on its own.
+
+    Args:
+      spec: the :class:`PermutationSpec` (for the names; sizes are checked).
+      activations_a: ``{permutation: array [..., n] or a sequence of such}``
+        from model A; all axes but the last are examples/positions. Several
+        arrays per permutation (e.g. every block output of a residual
+        stream) are summed over. :func:`ltjax.models.activations` collects
+        them for the bundled models.
+      activations_b: the same from model B on the same inputs.
+      solver: ``'scipy'`` or ``'optax'``.
+
+    Returns:
+      A :class:`MatchResult` (``objective``: the summed matched inner products).
+
+    Example:
+        >>> acts_a = models.activations(model, spec, variables_a, x)
+        >>> acts_b = models.activations(model, spec, variables_b, x)
+        >>> result = activation_matching(spec, acts_a, acts_b)
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    for name, acts in (("activations_a", activations_a), ("activations_b", activations_b)):
+        _check_perms(spec, acts, None, name=name)
+    perms, total = {}, 0.0
+    for name in spec.names:
+        group_a, group_b = _as_list(activations_a[name]), _as_list(activations_b[name])
+        if len(group_a) != len(group_b):
+            raise ValueError(
+                f"activations_a[{name!r}] has {len(group_a)} arrays, activations_b {len(group_b)}")
+        similarity = None
+        for z_a, z_b in zip(group_a, group_b, strict=True):
+            if z_a.shape != z_b.shape:
+                raise ValueError(
+                    f"activations for {name!r} differ in shape: {z_a.shape} vs {z_b.shape}")
+            term = _gram(z_a, z_b)
+            similarity = term if similarity is None else similarity + term
+        perms[name] = solve_assignment(similarity, solver)
+        total += float(jnp.sum(similarity[jnp.arange(similarity.shape[0]), perms[name]]))
+    return MatchResult(perms=perms, objective=total)
+
+
+def _as_list(value: Any) -> list[jax.Array]:
+    if isinstance(value, list | tuple):
+        return [jnp.asarray(v) for v in value]
+    return [jnp.asarray(value)]
+
+
+@jax.jit
+def _gram(z_a: jax.Array, z_b: jax.Array) -> jax.Array:
+    n = z_a.shape[-1]
+    return jnp.matmul(z_a.reshape(-1, n).T, z_b.reshape(-1, n),
+                      precision=jax.lax.Precision.HIGHEST)
+
+
+# ----------------------------------------------------------------------------
+# Straight-through estimator
+# ----------------------------------------------------------------------------
+
+
+def ste_matching(
+    spec: PermutationSpec, params_a: PyTree, params_b: PyTree,
+    loss_fn: Callable[[PyTree, Any], jax.Array], batches: Iterable[Any], *,
+    learning_rate: float = 1e-3, seed: int = 0, max_iter: int = 100,
+    solver: str = "scipy",
+) -> MatchResult:
+    """Straight-through-estimator matching, Git Re-Basin Algorithm 3.
+
+    Learns a proxy ``theta`` (initialised to ``params_a``) whose projection
+    onto the permutations of ``params_b``, ``P = weight_matching(theta,
+    params_b)``, minimises the loss of the midpoint ``(params_a + P(params_b)) / 2``.
+    The forward pass uses ``P(params_b)``; the gradient flows straight through
+    to ``theta`` (``theta + stop_gradient(P(params_b) - theta)``). ``theta``
+    is updated by Adam, and each projection starts from the previous ``P``.
+
+    Args:
+      spec, params_a, params_b: as for :func:`weight_matching`.
+      loss_fn: ``fn(params, batch) -> scalar`` (e.g. cross-entropy of the
+        model applied to the batch); it is jitted.
+      batches: an iterable of batches; one Adam step per batch.
+      learning_rate: Adam's learning rate (the paper's 1e-3).
+      seed, max_iter, solver: for the projections.
+
+    Returns:
+      The :class:`MatchResult` of the last projection, with the midpoint loss
+      of every step as ``history``.
+
+    Example:
+        >>> loss = lambda p, batch: train.cross_entropy(model.apply({"params": p}, batch[0],
+        ...                                             train=False), batch[1])
+        >>> result = ste_matching(spec, params_a, params_b, loss, batches)
+    """
+    sizes = _check_pair(spec, params_a, params_b)
+    optimizer = optax.adam(learning_rate)
+    proxy = jax.tree.map(jnp.asarray, params_a)
+    opt_state = optimizer.init(proxy)
+
+    @jax.jit
+    def step(proxy, opt_state, projected, batch):
+        def midpoint_loss(proxy):
+            straight = jax.tree.map(lambda t, p: t + jax.lax.stop_gradient(p - t),
+                                    proxy, projected)
+            midpoint = jax.tree.map(lambda a, b: (a + b) / 2, params_a, straight)
+            return loss_fn(midpoint, batch)
+
+        loss, grads = jax.value_and_grad(midpoint_loss)(proxy)
+        updates, opt_state = optimizer.update(grads, opt_state, proxy)
+        return optax.apply_updates(proxy, updates), opt_state, loss
+
+    perms = identity_perms(sizes)
+    losses = []
+    for batch in batches:
+        result = weight_matching(spec, proxy, params_b, seed=seed, max_iter=max_iter,
+                                 solver=solver, init_perms=perms)
+        perms = result.perms
+        projected = apply_permutation(spec, perms, params_b)
+        proxy, opt_state, loss = step(proxy, opt_state, projected, batch)
+        if not np.isfinite(float(loss)):
+            raise FloatingPointError(f"ste_matching: loss is {float(loss)} at step {len(losses)}")
+        losses.append(float(loss))
+    if not losses:
+        raise ValueError("batches must hold at least one batch")
+    result = weight_matching(spec, proxy, params_b, seed=seed, max_iter=max_iter, solver=solver,
+                             init_perms=perms)
+    return MatchResult(perms=result.perms, objective=result.objective,
+                       iterations=len(losses), history=tuple(losses))
+
+
+# ----------------------------------------------------------------------------
+# Merging many models
+# ----------------------------------------------------------------------------
+
+
+def merge_many(
+    spec: PermutationSpec, params_list: Sequence[PyTree], *, seed: int = 0, max_iter: int = 100,
+    solver: str = "scipy",
+) -> tuple[PyTree, list[Perms]]:
+    """MergeMany (Git Re-Basin Algorithm 2): align many models to one another.
+
+    Repeatedly, for each model ``i`` in a random order, weight-match it to
+    the mean of the other (already permuted) models; stop when a round
+    changes no permutation.
+
+    Args:
+      spec: the models' :class:`PermutationSpec`.
+      params_list: two or more params trees of the same structure.
+      seed: orders of the rounds and of each matching.
+      max_iter: most rounds (and sweeps per matching).
+      solver: ``'scipy'`` or ``'optax'``.
+
+    Returns:
+      ``(merged, perms)``: the mean of the permuted models and, per model,
+      the permutations that align it (``perms[i]`` applies to ``params_list[i]``).
+
+    Example:
+        >>> merged, perms = merge_many(spec, [params_0, params_1, params_2])
+    """
+    seed = _check_seed(seed)
+    if len(params_list) < 2:
+        raise ValueError(f"params_list must hold at least 2 models, got {len(params_list)}")
+    sizes = check_spec(spec, params_list[0])
+    for i, params in enumerate(params_list[1:], start=1):
+        tree.check_same_structure(params, params_list[0], name=f"params_list[{i}]",
+                                  reference_name="params_list[0]")
+    count = len(params_list)
+    perms = [identity_perms(sizes) for _ in range(count)]
+    aligned = list(params_list)
+    order_rng = np.random.default_rng([seed, 1 << 20])
+    for round_ in range(max_iter):
+        changed = False
+        for i in order_rng.permutation(count):
+            others = [aligned[j] for j in range(count) if j != i]
+            mean = jax.tree.map(lambda *xs: sum(xs) / len(xs), *others)
+            result = weight_matching(spec, mean, params_list[i], seed=seed + round_,
+                                     max_iter=max_iter, solver=solver, init_perms=perms[i])
+            if any(not np.array_equal(result.perms[k], perms[i][k]) for k in sizes):
+                changed = True
+                perms[i] = result.perms
+                aligned[i] = apply_permutation(spec, perms[i], params_list[i])
+        if not changed:
+            break
+    merged = jax.tree.map(lambda *xs: sum(xs) / len(xs), *aligned)
+    return merged, perms
