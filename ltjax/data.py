@@ -291,6 +291,99 @@ def channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), std.astype(np.float32)
 
 
+# ------------------------------------------------------------- shifted copies
+
+
+_SHIFT_CHUNK = 4096
+
+
+def rotate(split: Split, *, degrees: float | tuple[float, float], seed: int = 0) -> Split:
+    """A copy of ``split`` with every image rotated about its centre (a distribution shift).
+
+    Counter-clockwise as displayed (``degrees=90`` is ``np.rot90`` over the
+    height and width axes), bilinear, same size, zeros where the rotated image
+    has no source pixel; uint8 images are rounded back to uint8. A pure
+    function of its arguments: the same call gives the same arrays.
+
+    Args:
+      split: images ``[N, H, W, C]``.
+      degrees: one angle for every image, or a range ``(low, high)``: image
+        ``n`` gets the n-th draw of ``np.random.default_rng(seed).uniform(low, high, N)``.
+      seed: seed of the per-image angles (unused for a single angle).
+
+    Returns:
+      The rotated :class:`Split` (labels unchanged).
+
+    Example:
+        >>> shifted = rotate(ds.test, degrees=30.0)           # rotated MNIST test set
+        >>> varied = rotate(ds.train, degrees=(-45, 45), seed=0)
+    """
+    if split.x.ndim != 4:
+        raise ValueError(f"rotate needs images [N, H, W, C], got shape {split.x.shape}")
+    n, h, w, _ = split.x.shape
+    if np.ndim(degrees) == 0:
+        angles = np.full(n, float(degrees))
+    else:
+        low, high = (float(d) for d in degrees)
+        if not low <= high:
+            raise ValueError(f"degrees must be an angle or a range (low, high) with low <= high, "
+                             f"got {degrees}")
+        angles = np.random.default_rng(seed).uniform(low, high, n)
+    if not np.all(np.isfinite(angles)):
+        raise ValueError(f"degrees must be finite, got {degrees}")
+    rows, cols = np.meshgrid(np.arange(h) - (h - 1) / 2, np.arange(w) - (w - 1) / 2,
+                             indexing="ij")
+    out = np.empty(split.x.shape, np.float32)
+    for start in range(0, n, _SHIFT_CHUNK):
+        stop = min(n, start + _SHIFT_CHUNK)
+        theta = np.deg2rad(angles[start:stop])[:, None, None]
+        cos, sin = np.cos(theta), np.sin(theta)
+        # Output pixel (r, c) reads the source at the inverse rotation of its offset.
+        src_r = (h - 1) / 2 + rows * cos + cols * sin
+        src_c = (w - 1) / 2 + cols * cos - rows * sin
+        out[start:stop] = _bilinear(split.x[start:stop].astype(np.float32), src_r, src_c)
+    return Split(_like(out, split.x), split.y.copy())
+
+
+def _bilinear(images: np.ndarray, src_r: np.ndarray, src_c: np.ndarray) -> np.ndarray:
+    """``images[n, src_r, src_c, :]`` ``[N, H, W, C]`` by bilinear interpolation, 0 outside."""
+    n, h, w, _ = images.shape
+    r0, c0 = np.floor(src_r), np.floor(src_c)
+    fr, fc = (src_r - r0)[..., None], (src_c - c0)[..., None]
+    r0, c0 = r0.astype(np.int64), c0.astype(np.int64)
+    batch = np.arange(n)[:, None, None]
+    out = np.zeros(images.shape, np.float32)
+    for dr, dc, weight in ((0, 0, (1 - fr) * (1 - fc)), (0, 1, (1 - fr) * fc),
+                           (1, 0, fr * (1 - fc)), (1, 1, fr * fc)):
+        r, c = r0 + dr, c0 + dc
+        inside = ((r >= 0) & (r < h) & (c >= 0) & (c < w))[..., None]
+        pixels = images[batch, np.clip(r, 0, h - 1), np.clip(c, 0, w - 1)]
+        out += np.where(inside, weight * pixels, 0.0).astype(np.float32)
+    return out
+
+
+def add_noise(split: Split, *, std: float, seed: int = 0) -> Split:
+    """A copy of ``split`` plus Gaussian noise of ``std`` (in the stored units), seeded.
+
+    uint8 images are rounded and clipped to [0, 255]; float features are not clipped.
+
+    Example:
+        >>> noisy = add_noise(ds.test, std=64.0, seed=0)  # MNIST pixels are 0..255
+    """
+    if not (np.isfinite(std) and std >= 0):
+        raise ValueError(f"std must be finite and >= 0, got {std}")
+    noise = np.random.default_rng(seed).normal(0.0, std, split.x.shape)
+    return Split(_like(split.x.astype(np.float64) + noise, split.x), split.y.copy())
+
+
+def _like(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``values`` in ``reference``'s dtype (integers: rounded and clipped to its range)."""
+    if np.issubdtype(reference.dtype, np.integer):
+        info = np.iinfo(reference.dtype)
+        return np.clip(np.rint(values), info.min, info.max).astype(reference.dtype)
+    return values.astype(reference.dtype)
+
+
 # ------------------------------------------------------------------ on-device ops
 
 

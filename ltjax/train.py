@@ -359,6 +359,45 @@ def evaluate(
     return {"loss": loss_sum / num_examples, "accuracy": correct / num_examples}
 
 
+def logits(model: Any, params: PyTree, batch_stats: PyTree, x: jax.Array, *,
+           train: bool = False) -> jax.Array:
+    """The model's logits on normalised inputs ``x`` ``[B, ...]``.
+
+    With ``train=True`` BatchNorm layers use the batch's statistics (the
+    updated running statistics are dropped). Jittable and differentiable.
+
+    Example:
+        >>> out = logits(model, params, {}, data.normalize(x, ds.mean, ds.std))  # [B, C]
+    """
+    return _forward(model, params, batch_stats, x, train=train)[0]
+
+
+def predict(
+    model: Any, params: PyTree, batch_stats: PyTree, arrays: data.DeviceSplit, *,
+    batch_size: int, unroll: bool = False,
+) -> jax.Array:
+    """Logits ``[padded N, C]`` of one replicate on every row of a (padded) split.
+
+    Read in batches like :func:`evaluate`; the rows past ``arrays.num_examples``
+    are padding. Used for output-space ensembles.
+    """
+    padded = arrays.y.shape[0]
+    if padded % batch_size:
+        raise ValueError(f"split of {padded} rows is not padded to batch_size={batch_size}")
+
+    def body(carry, i):
+        x = jax.lax.dynamic_slice_in_dim(arrays.x, i * batch_size, batch_size)
+        return carry, logits(model, params, batch_stats,
+                             data.normalize(x, arrays.mean, arrays.std))
+
+    num_batches = padded // batch_size
+    if unroll:  # no while loop around convs on XLA:CPU (see train_steps)
+        out = jnp.stack([body(None, i)[1] for i in range(num_batches)])
+    else:
+        _, out = jax.lax.scan(body, None, jnp.arange(num_batches))
+    return out.reshape(padded, -1)
+
+
 def recompute_batch_stats(
     model: Any, params: PyTree, batch_stats: PyTree, images: jax.Array, *, momentum: float = 0.9,
 ) -> PyTree:
@@ -592,6 +631,20 @@ class Executor:
         out = _compiled_eval(self, padded, split)(params, batch_stats)
         return {k: np.asarray(v)[:num] for k, v in out.items()}
 
+    def predict_params(self, params: PyTree, batch_stats: PyTree, split: str) -> np.ndarray:
+        """Logits ``[S, N, C]`` of stacked ``params`` / ``batch_stats`` ``[S, ...]`` on ``split``.
+
+        Example:
+            >>> probs = jax.nn.softmax(executor.predict_params(params, stats, "test")).mean(0)
+        """
+        num = _num_replicates(params)
+        padded = self.padded_size(num)
+        params, batch_stats = jax.device_put(_pad((params, batch_stats), num, padded),
+                                             self.seed_sharding(padded))
+        out = _compiled_predict(self, padded, split)(params, batch_stats)
+        rows = self._host_splits[split].y.shape[0]
+        return np.asarray(out)[:num, :rows]
+
     def recompute_batch_stats(self, state: TrainState, *, num_batches: int = 20,
                               batch_size: int | None = None, seed: int = 0) -> TrainState:
         """``state`` with BatchNorm statistics recomputed on training batches.
@@ -676,6 +729,23 @@ def _compiled_eval(executor: Executor, num_replicates: int, split: str):
     def one(params, batch_stats, arrays):
         return evaluate(executor.model, params, batch_stats, arrays,
                         batch_size=executor.eval_batch_size, unroll=unroll)
+
+    local = _map_local_seeds(one, executor.strategy, in_axes=(0, 0, None))
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P("seed"), P("seed"), P()),
+                            out_specs=P("seed"), check_vma=False)
+    jitted = jax.jit(sharded)
+    return lambda params, batch_stats: jitted(params, batch_stats, arrays)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_predict(executor: Executor, num_replicates: int, split: str):
+    mesh = executor.mesh(num_replicates)
+    arrays = executor.device_split(split, mesh.size, for_eval=True)
+    unroll = executor.strategy == "unrolled_loop"
+
+    def one(params, batch_stats, arrays):
+        return predict(executor.model, params, batch_stats, arrays,
+                       batch_size=executor.eval_batch_size, unroll=unroll)
 
     local = _map_local_seeds(one, executor.strategy, in_axes=(0, 0, None))
     sharded = jax.shard_map(local, mesh=mesh, in_specs=(P("seed"), P("seed"), P()),

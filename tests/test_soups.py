@@ -1,0 +1,336 @@
+"""Soups and WiSE-FT: NumPy oracles, a greedy oracle over set accuracies, the study end to end."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ltjax import averaging, data, models, train, tree
+
+
+def _tree(seed, scale=1.0):
+    gen = np.random.default_rng(seed)
+    return {"Dense_0": {"kernel": jnp.asarray(scale * gen.normal(size=(4, 3)), jnp.float32),
+                        "bias": jnp.asarray(gen.normal(size=(3,)), jnp.float32)},
+            "Dense_1": {"kernel": jnp.asarray(gen.normal(size=(3, 2)), jnp.float32),
+                        "bias": jnp.asarray(gen.normal(size=(2,)), jnp.float32)},
+            "step": jnp.asarray(seed, jnp.int32)}
+
+
+def _assert_equal(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+# ------------------------------------------------------------------------ uniform
+
+
+def test_uniform_soup_of_identical_models_is_that_model():
+    one = _tree(3)
+    _assert_equal(averaging.uniform_soup([one] * 7), one)
+    _assert_equal(averaging.uniform_soup(tree.stack([one] * 5), stacked=True), one)
+    _assert_equal(averaging.uniform_soup([one] * 3, weights=[0.2, 5.0, 1.3]), one)
+
+
+def test_uniform_soup_matches_numpy_mean():
+    trees = [_tree(s) for s in range(5)]
+    soup = averaging.uniform_soup(trees)
+    stacked = averaging.uniform_soup(tree.stack(trees), stacked=True)
+    weights = np.array([1.0, 0.0, 2.0, 0.5, 3.0])
+    weighted = averaging.uniform_soup(trees, weights=weights)
+    for path in (("Dense_0", "kernel"), ("Dense_1", "bias")):
+        leaves = np.stack([np.asarray(t[path[0]][path[1]], np.float64) for t in trees])
+        np.testing.assert_allclose(soup[path[0]][path[1]], leaves.mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(stacked[path[0]][path[1]], leaves.mean(0), rtol=1e-5,
+                                   atol=1e-6)
+        np.testing.assert_allclose(weighted[path[0]][path[1]],
+                                   np.average(leaves, axis=0, weights=weights), rtol=1e-5,
+                                   atol=1e-6)
+    assert int(soup["step"]) == 0  # non-float leaves: the first ingredient's
+    assert int(weighted["step"]) == 0
+    assert int(averaging.uniform_soup(trees, weights=[0, 1, 1, 1, 1])["step"]) == 1
+
+
+# ------------------------------------------------------------------------ greedy
+
+
+def _one_hot_ingredients(num):
+    """Ingredient i is e_i: a soup's nonzero entries name its members."""
+    return [{"id": jnp.zeros(num, jnp.float32).at[i].set(1.0)} for i in range(num)]
+
+
+def _members_of(soup):
+    return frozenset(np.flatnonzero(np.asarray(soup["id"]) > 0).tolist())
+
+
+def _greedy_oracle(accuracy_of, num, strict):
+    """Wortsman et al.'s Recipe 1 over sets, written independently of ltjax."""
+    singles = [accuracy_of(frozenset([i])) for i in range(num)]
+    order = sorted(range(num), key=lambda i: (-singles[i], i))
+    members, best = [order[0]], singles[order[0]]
+    for i in order[1:]:
+        acc = accuracy_of(frozenset(members + [i]))
+        if acc > best or (not strict and acc == best):
+            members.append(i)
+            best = acc
+    return members, best, order
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("strict", [False, True])
+def test_greedy_soup_matches_oracle_and_never_loses_to_best(seed, strict):
+    num = 6
+    gen = np.random.default_rng(seed)
+    table = {}
+
+    def accuracy_of(members):  # a controlled held-out accuracy for every subset
+        if members not in table:  # coarse values make ties frequent
+            table[members] = float(gen.integers(5, 10)) / 10
+        return table[members]
+
+    calls = []
+
+    def evaluate_fn(soup):
+        calls.append(1)
+        return accuracy_of(_members_of(soup))
+
+    ingredients = _one_hot_ingredients(num)
+    result = averaging.greedy_soup(ingredients, evaluate_fn, strict=strict)
+    members, best, order = _greedy_oracle(accuracy_of, num, strict)
+    assert list(result.members) == members
+    assert result.accuracy == best
+    assert list(result.order) == order
+    assert result.accuracy >= accuracy_of(frozenset([order[0]]))
+    assert result.members[0] == order[0]
+    assert _members_of(result.soup) == frozenset(members)
+    assert len(calls) == num + (num - 1)
+    # History: every candidate once, accepted exactly the members.
+    assert [h["ingredient"] for h in result.history] == order
+    assert [h["ingredient"] for h in result.history if h["accepted"]] == members
+    # The soup is bit for bit the uniform soup of its members, in order.
+    _assert_equal(result.soup, averaging.uniform_soup([ingredients[i] for i in members]))
+    # Known accuracies skip the K single evaluations and change nothing.
+    calls.clear()
+    singles = [accuracy_of(frozenset([i])) for i in range(num)]
+    again = averaging.greedy_soup(tree.stack(ingredients), evaluate_fn, stacked=True,
+                                  strict=strict, accuracies=singles)
+    assert again.members == result.members and len(calls) == num - 1
+
+
+def test_greedy_strict_and_non_strict_differ_on_ties():
+    acc = {frozenset([0]): 0.9, frozenset([1]): 0.8, frozenset([0, 1]): 0.9,
+           frozenset([0, 1, 2]): 0.95, frozenset([2]): 0.7, frozenset([0, 2]): 0.85}
+    ingredients = _one_hot_ingredients(3)
+    loose = averaging.greedy_soup(ingredients, lambda s: acc[_members_of(s)])
+    strict = averaging.greedy_soup(ingredients, lambda s: acc[_members_of(s)], strict=True)
+    assert loose.members == (0, 1, 2) and loose.accuracy == 0.95  # paper: >= keeps the tie
+    assert strict.members == (0,) and strict.accuracy == 0.9  # code: > drops it
+
+
+def test_greedy_applies_recompute_fn_to_candidates():
+    ingredients = [_tree(s) for s in range(3)]
+    seen = []
+
+    def recompute(t):
+        return {**t, "step": jnp.asarray(-1, jnp.int32)}
+
+    def evaluate_fn(t):
+        seen.append(int(t["step"]))
+        return 0.5
+
+    result = averaging.greedy_soup(ingredients, evaluate_fn, accuracies=[0.5, 0.5, 0.5],
+                                   recompute_fn=recompute)
+    assert seen == [-1, -1] and result.members == (0, 1, 2)
+    assert int(result.soup["step"]) == -1
+
+
+# ------------------------------------------------------------------------ learned
+
+
+def _linear_problem():
+    """Softmax regression; ingredient 0 solves it, the others are noise."""
+    gen = np.random.default_rng(0)
+    x = gen.normal(size=(256, 5)).astype(np.float32)
+    true = gen.normal(size=(5, 3)).astype(np.float32) * 3
+    y = np.argmax(x @ true, axis=1).astype(np.int32)
+    good = {"Dense_0": {"kernel": jnp.asarray(true), "bias": jnp.zeros(3)},
+            "Dense_1": {"scale": jnp.ones(3)}}
+    bad = [jax.tree.map(lambda v, s=s: v + jnp.asarray(
+        np.random.default_rng(s).normal(size=v.shape) * 4, jnp.float32), good)
+        for s in (1, 2, 3)]
+
+    def loss_fn(params, batch):
+        bx, by = batch
+        logits = bx @ params["Dense_0"]["kernel"] + params["Dense_0"]["bias"][None]
+        logits = logits * params["Dense_1"]["scale"][None]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, by).mean()
+
+    return [good] + bad, loss_fn, (jnp.asarray(x), jnp.asarray(y))
+
+
+def test_learned_soup_weights_are_normalised_per_layer_and_mix_like_numpy():
+    ingredients, loss_fn, heldout = _linear_problem()
+    result = averaging.learned_soup(ingredients, loss_fn, heldout, num_steps=60,
+                                    learning_rate=0.1)
+    assert sorted(result.weights) == ["Dense_0", "Dense_1"]
+    for weights in result.weights.values():
+        assert weights.shape == (4,)
+        assert np.all(weights >= 0)
+        assert weights.sum() == pytest.approx(1.0, abs=1e-6)
+    assert result.weights["Dense_0"][0] > 0.5  # it found the good ingredient
+    assert result.losses[-1] < 0.5 * result.losses[0]
+    for layer, leaf in (("Dense_0", "kernel"), ("Dense_0", "bias"), ("Dense_1", "scale")):
+        stacked = np.stack([np.asarray(t[layer][leaf], np.float64) for t in ingredients])
+        expected = np.tensordot(result.weights[layer].astype(np.float64), stacked, axes=1)
+        np.testing.assert_allclose(result.soup[layer][leaf], expected, rtol=1e-5, atol=1e-5)
+    # One weight vector for the whole model; minibatches; stacked input.
+    whole = averaging.learned_soup(tree.stack(ingredients), loss_fn, heldout, stacked=True,
+                                   per_layer=False, num_steps=5, batch_size=32)
+    assert list(whole.weights) == ["all"] and whole.losses.shape == (5,)
+    assert whole.weights["all"].sum() == pytest.approx(1.0, abs=1e-6)
+
+
+# ------------------------------------------------------------------------ WiSE-FT
+
+
+def test_wise_ft_endpoints_are_exact_and_head_is_kept():
+    theta_0, theta_1 = _tree(0), _tree(1)
+    assert int(averaging.wise_ft(1.0, theta_0, theta_1)["step"]) == 0  # non-floats: theta_0's
+    del theta_0["step"], theta_1["step"]
+    _assert_equal(averaging.wise_ft(0.0, theta_0, theta_1), theta_0)
+    _assert_equal(averaging.wise_ft(1.0, theta_0, theta_1), theta_1)
+    mid = averaging.wise_ft(0.25, theta_0, theta_1)
+    np.testing.assert_allclose(mid["Dense_0"]["kernel"],
+                               0.75 * np.asarray(theta_0["Dense_0"]["kernel"])
+                               + 0.25 * np.asarray(theta_1["Dense_0"]["kernel"]), rtol=1e-6)
+    for alpha in (0.0, 0.4, 1.0):
+        kept = averaging.wise_ft(alpha, theta_0, theta_1, keep_head="Dense_1")
+        _assert_equal(kept["Dense_1"], theta_1["Dense_1"])
+        _assert_equal(kept["Dense_0"], averaging.lerp(alpha, theta_0, theta_1)["Dense_0"])
+
+    # The sweep is evaluate_path over wise_ft (a small tree: few shapes to compile).
+    theta_0 = {"body": theta_0["Dense_0"]["kernel"], "head": theta_0["Dense_1"]["bias"]}
+    theta_1 = {"body": theta_1["Dense_0"]["kernel"], "head": theta_1["Dense_1"]["bias"]}
+
+    def evaluate(stacked):  # any function of the weights, per stacked tree
+        return {"value": jnp.sum(stacked["body"], axis=(1, 2)) + jnp.sum(stacked["head"] ** 2,
+                                                                         axis=1)}
+
+    alphas = np.linspace(0, 1, 5)
+    for head in (None, "head"):
+        curve = averaging.wise_ft_sweep(evaluate, theta_0, theta_1, alphas, keep_head=head)
+        expected = evaluate(tree.stack([averaging.wise_ft(a, theta_0, theta_1, keep_head=head)
+                                        for a in alphas]))["value"]
+        np.testing.assert_array_equal(curve["value"], expected)
+    assert curve["value"][0] != float(evaluate(tree.stack([theta_0]))["value"][0])
+    assert curve["value"][-1] == float(evaluate(tree.stack([theta_1]))["value"][0])
+
+
+# ------------------------------------------------------------------------ bad input
+
+
+def test_bad_inputs_name_the_argument():
+    a, b = _tree(0), _tree(1)
+    other = {"Dense_0": a["Dense_0"]}
+    with pytest.raises(ValueError, match=r"ingredients\[1\]"):
+        averaging.uniform_soup([a, other])
+    wrong = jax.tree.map(lambda x: x, b)
+    wrong["Dense_1"]["kernel"] = jnp.zeros((3, 5))
+    with pytest.raises(ValueError, match=r"ingredients\[2\]\['Dense_1/kernel'\]"):
+        averaging.greedy_soup([a, b, wrong], lambda t: 0.5)
+    with pytest.raises(ValueError, match="ingredients is empty"):
+        averaging.uniform_soup([])
+    with pytest.raises(ValueError, match="ingredients is empty"):
+        averaging.greedy_soup([], lambda t: 0.5)
+    with pytest.raises(ValueError, match="ingredients is empty"):
+        averaging.uniform_soup({"w": jnp.zeros((0, 3))}, stacked=True)
+    with pytest.raises(TypeError, match="stacked=True"):
+        averaging.uniform_soup(a)
+    with pytest.raises(ValueError, match="weights"):
+        averaging.uniform_soup([a, b], weights=[1.0, -1.0])
+    with pytest.raises(ValueError, match="weights"):
+        averaging.uniform_soup([a, b], weights=[1.0])
+    with pytest.raises(ValueError, match="alpha must lie in"):
+        averaging.wise_ft(1.5, a, b)
+    with pytest.raises(ValueError, match="alpha must lie in"):
+        averaging.wise_ft(-0.1, a, b)
+    with pytest.raises(ValueError, match="alphas must lie in"):
+        averaging.wise_ft_sweep(lambda t: {}, a, b, [0.0, 1.2])
+    with pytest.raises(ValueError, match="keep_head"):
+        averaging.wise_ft(0.5, a, b, keep_head="Conv_")
+    with pytest.raises(ValueError, match="tree_b"):
+        averaging.wise_ft(0.5, a, other)
+    # An empty held-out split: NaN accuracy (0/0) or no rows.
+    with pytest.raises(ValueError, match="held-out"):
+        averaging.greedy_soup([a, b], lambda t: float("nan"))
+    with pytest.raises(ValueError, match="accuracies"):
+        averaging.greedy_soup([a, b], lambda t: 0.5, accuracies=[0.5])
+    ingredients, loss_fn, (x, y) = _linear_problem()
+    with pytest.raises(ValueError, match="heldout is empty"):
+        averaging.learned_soup(ingredients, loss_fn, (x[:0], y[:0]))
+    with pytest.raises(ValueError, match="heldout"):
+        averaging.learned_soup(ingredients, loss_fn, (x, y[:10]))
+    with pytest.raises(ValueError, match="batch_size"):
+        averaging.learned_soup(ingredients, loss_fn, (x, y), batch_size=1000)
+
+
+# ------------------------------------------------------------------------ shifted data
+
+
+def test_rotation_matches_rot90_and_a_scipy_oracle():
+    from scipy import ndimage
+
+    gen = np.random.default_rng(0)
+    images = gen.integers(0, 256, size=(6, 9, 9, 2)).astype(np.uint8)
+    split = data.Split(images, np.arange(6, dtype=np.int32))
+    np.testing.assert_array_equal(data.rotate(split, degrees=0.0).x, images)
+    np.testing.assert_array_equal(data.rotate(split, degrees=90.0).x,
+                                  np.rot90(images, k=1, axes=(1, 2)))
+    floats = data.Split(images.astype(np.float32), split.y)
+    varied = data.rotate(floats, degrees=(-40, 40), seed=3)
+    angles = np.deg2rad(np.random.default_rng(3).uniform(-40, 40, 6))
+    centre = np.arange(9) - 4.0
+    rows, cols = np.meshgrid(centre, centre, indexing="ij")
+    for n, theta in enumerate(angles):  # scipy's bilinear map with zero padding
+        src = [4 + rows * np.cos(theta) + cols * np.sin(theta),
+               4 + cols * np.cos(theta) - rows * np.sin(theta)]
+        for ch in range(2):
+            expected = ndimage.map_coordinates(images[n, ..., ch].astype(np.float64), src,
+                                               order=1, mode="grid-constant", cval=0.0)
+            np.testing.assert_allclose(varied.x[n, ..., ch], expected, atol=1e-3)
+    again = data.rotate(floats, degrees=(-40, 40), seed=3)
+    np.testing.assert_array_equal(again.x, varied.x)
+    np.testing.assert_array_equal(varied.y, split.y)
+    noisy = data.add_noise(split, std=300.0, seed=1)
+    assert noisy.x.dtype == np.uint8 and set(np.unique(noisy.x)) <= set(range(256))
+    np.testing.assert_array_equal(noisy.x, data.add_noise(split, std=300.0, seed=1).x)
+    assert not np.array_equal(noisy.x, data.add_noise(split, std=300.0, seed=2).x)
+    with pytest.raises(ValueError, match="images"):
+        data.rotate(data.Split(np.zeros((2, 5), np.float32), np.zeros(2, np.int32)), degrees=1.0)
+    with pytest.raises(ValueError, match="std"):
+        data.add_noise(split, std=-1.0)
+
+
+# ------------------------------------------------------------------------ ensemble logits
+
+
+def test_predict_params_agrees_with_evaluate():
+    dataset = data.load("digits", validation_size=100)
+    model = models.create("mlp", widths=(16,))
+    executor = train.Executor(model, dataset, train.Recipe(optimizer="adam", learning_rate=1e-3,
+                                                           batch_size=32), eval_batch_size=64)
+    gen = np.random.default_rng(0)  # 3 random replicates (no init or training to compile)
+    params = {"Dense_0": {"kernel": gen.normal(size=(3, 64, 16)) / 8, "bias": gen.normal(
+        size=(3, 16))}, "Dense_1": {"kernel": gen.normal(size=(3, 16, 10)) / 4,
+                                   "bias": np.zeros((3, 10))}}
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+    logits = executor.predict_params(params, {}, "validation")
+    assert logits.shape == (3, 100, 10)
+    metrics = executor.evaluate_params(params, {}, "validation")
+    labels = dataset.validation.y
+    accuracy = (logits.argmax(-1) == labels).mean(-1)
+    np.testing.assert_allclose(accuracy, metrics["accuracy"], atol=1e-6)
+    loss = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), labels[None, :, None],
+                               axis=-1).mean((1, 2))
+    np.testing.assert_allclose(loss, metrics["loss"], rtol=1e-4)
