@@ -19,6 +19,11 @@ The output layer is ``Dense_{len(widths)}`` (MLP), ``Dense_2`` (Conv-n),
 ``Dense_0`` (VGG) or ``fc`` (ResNet): the last ``kernel`` leaf in ``jax.tree``
 order, except for MLPs with 10 or more hidden layers (``'Dense_10' < 'Dense_2'``).
 
+Each model also defines its permutation spec (:func:`permutation_spec`, for
+:mod:`ltjax.matching`) and the layers REPAIR renormalises
+(:func:`repair_layers`; :func:`output_stats` and :func:`repair` run the
+forward passes, :mod:`ltjax.repair` holds the math).
+
 Example:
     >>> from ltjax import models
     >>> model = models.create("resnet20", num_classes=10, width=32)
@@ -33,7 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -42,6 +47,7 @@ import numpy as np
 from flax import linen as nn
 
 from ltjax import matching
+from ltjax import repair as repair_math
 from ltjax.models import common, conv, mlp, resnet, vgg
 from ltjax.models.conv import ConvN
 from ltjax.models.mlp import MLP
@@ -50,7 +56,7 @@ from ltjax.models.vgg import VGG
 
 __all__ = [
     "NAMES", "MLP", "ConvN", "VGG", "ResNet", "create", "init", "has_batch_norm", "is_conv",
-    "permutation_spec", "activations",
+    "permutation_spec", "activations", "repair_layers", "output_stats", "repair", "repair_fn",
     "common", "conv", "mlp", "resnet", "vgg",
 ]
 
@@ -271,3 +277,195 @@ def activations(model: nn.Module, spec: matching.PermutationSpec, variables: Map
             node = node[part]
         captured[module] = node["__call__"][0]
     return {perm: [captured[m] for m in modules] for perm, modules in spec.activations.items()}
+
+
+# ----------------------------------------------------------------------------- REPAIR
+
+_REPAIR_LAYERS = {MLP: mlp.repair_layers, ConvN: conv.repair_layers, VGG: vgg.repair_layers,
+                  ResNet: resnet.repair_layers}
+
+
+def repair_layers(model: nn.Module, params: Any) -> tuple[str, ...]:
+    """The layers whose output channels REPAIR renormalises, in forward order.
+
+    Defined next to each model: hidden ``Dense_i`` of the MLP; ``Conv_i`` and
+    the hidden dense layers of Conv-n; every ``BatchNorm_i`` of VGG; every
+    batch norm of the ResNets (Jordan et al. 2023, "REPAIR", ICLR).
+
+    Raises:
+      TypeError: a model class without REPAIR layers.
+
+    Example:
+        >>> repair_layers(create("mlp", widths=(512, 512, 512)), params)
+        ('Dense_0', 'Dense_1', 'Dense_2')
+    """
+    builder = _REPAIR_LAYERS.get(type(model))
+    if builder is None:
+        raise TypeError(f"no REPAIR layers for {type(model).__name__}; "
+                        f"bundled: {', '.join(c.__name__ for c in _REPAIR_LAYERS)}")
+    return builder(model, params)
+
+
+def _module_path(context: Any) -> str | None:
+    if context.method_name != "__call__":
+        return None
+    return "/".join(context.module.path)
+
+
+def _check_layers(layers: Any, found: Mapping, what: str) -> None:
+    missing = sorted(set(layers) - set(found))
+    if missing:
+        raise ValueError(f"{what} names layers {missing}, which the model does not call "
+                         f"(it called {sorted(found) or 'none of them'})")
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _output_stats(model: nn.Module, variables: Mapping, x: jax.Array,
+                  layers: tuple[str, ...]) -> dict[str, dict[str, jax.Array]]:
+    found: dict[str, dict[str, jax.Array]] = {}
+
+    def interceptor(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        path = _module_path(context)
+        if path in layers:
+            if path in found:
+                raise ValueError(f"layer {path!r} is called twice; REPAIR needs one call")
+            found[path] = repair_math.channel_stats(out)
+        return out
+
+    with nn.intercept_methods(interceptor):
+        model.apply(dict(variables), x, train=False)
+    _check_layers(layers, found, "layers")
+    return found
+
+
+def output_stats(model: nn.Module, variables: Mapping, x: jax.Array, *,
+                 layers: tuple[str, ...] | None = None) -> dict[str, dict[str, jax.Array]]:
+    """Per-channel mean and std of each REPAIR layer's output on ``x`` (eval mode).
+
+    One jitted forward pass ``model.apply(variables, x, train=False)`` that
+    reduces each listed layer's output with :func:`ltjax.repair.channel_stats`.
+    Run on the endpoints of a path, these are REPAIR's statistics to
+    interpolate.
+
+    Args:
+      model: a bundled module (or any whose ``__call__`` takes ``train=``).
+      variables: ``{'params': ..., 'batch_stats': ...}`` of one network.
+      x: normalised training inputs ``[N, ...]`` (one batch: every layer is
+        measured on all of it).
+      layers: module paths (default :func:`repair_layers`).
+
+    Returns:
+      ``{layer: {'mean': [n], 'std': [n]}}``.
+
+    Example:
+        >>> stats_a = output_stats(model, {"params": params_a}, x)
+        >>> stats_a["Dense_0"]["std"].shape
+        (512,)
+    """
+    layers = tuple(layers) if layers is not None else repair_layers(model, variables["params"])
+    return _output_stats(model, _plain(variables), jnp.asarray(x), layers)
+
+
+@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("eps",))
+def _repair(model: nn.Module, variables: Mapping, x: jax.Array, targets: Mapping, *,
+            eps: float) -> tuple[dict, dict]:
+    corrections: dict[str, tuple[jax.Array, jax.Array]] = {}
+
+    def interceptor(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        path = _module_path(context)
+        if path in targets:
+            if path in corrections:
+                raise ValueError(f"layer {path!r} is called twice; REPAIR needs one call")
+            scale, shift = repair_math.affine_correction(
+                repair_math.channel_stats(out), targets[path], eps=eps)
+            corrections[path] = (scale, shift)
+            # Downstream layers see the corrected output: each layer is measured
+            # after every layer before it was corrected.
+            out = repair_math.apply_affine(out, scale, shift)
+        return out
+
+    with nn.intercept_methods(interceptor):
+        model.apply(dict(variables), x, train=False)
+    _check_layers(targets, corrections, "targets")
+    return repair_math.fold(variables["params"], corrections), corrections
+
+
+def repair(model: nn.Module, variables: Mapping, x: jax.Array, targets: Mapping, *,
+           eps: float = repair_math.DEFAULT_EPS) -> dict:
+    """REPAIR (Jordan et al. 2023): params whose layer outputs on ``x`` have the target stats.
+
+    One jitted forward pass in eval mode on ``x``: at each layer of
+    ``targets``, in forward order, the output's per-channel mean and std are
+    measured (after the corrections of the layers before it), the affine map
+    onto ``targets[layer]`` is applied to the output the rest of the pass
+    sees, and it is folded into the layer's params
+    (:func:`ltjax.repair.fold`). On ``x``, the returned network's layer
+    outputs then have the target means and (up to ``eps``) stds.
+
+    Args:
+      model: a bundled module.
+      variables: ``{'params': ..., 'batch_stats': ...}`` of one network
+        (typically a point on an interpolation path).
+      x: normalised training inputs ``[N, ...]``.
+      targets: ``{layer: {'mean': [n], 'std': [n]}}``, e.g.
+        ``ltjax.repair.target_stats(alpha, output_stats(a), output_stats(b))``.
+      eps: added to the measured variance.
+
+    Returns:
+      The corrected params (batch statistics are unchanged).
+
+    Raises:
+      ValueError: a target layer that the model does not call, or one that
+        cannot absorb the correction (no bias).
+
+    Example:
+        >>> stats_a = output_stats(model, variables_a, x)
+        >>> stats_b = output_stats(model, variables_b, x)
+        >>> mid = {"params": averaging.lerp(0.5, variables_a["params"], variables_b["params"])}
+        >>> params = repair(model, mid, x, ltjax.repair.target_stats(0.5, stats_a, stats_b))
+    """
+    params, _ = _repair(model, _plain(variables), jnp.asarray(x), _plain(targets), eps=eps)
+    return params
+
+
+def repair_fn(model: nn.Module, x: jax.Array, *, eps: float = repair_math.DEFAULT_EPS,
+              ) -> Callable[[tuple], tuple]:
+    """A ``recompute_fn`` for :func:`ltjax.averaging.evaluate_path` that applies REPAIR.
+
+    The path's trees are ``(params, batch_stats, stats)`` with ``stats`` the
+    endpoint's :func:`output_stats`: interpolating them gives each point of
+    the path its REPAIR target, ``(1 - alpha) * stats_a + alpha * stats_b``.
+    The returned function REPAIRs every point of a stacked chunk (one
+    network at a time, no vmap: conv nets on CPU) and returns
+    ``(params, batch_stats)`` for the evaluation.
+
+    Args:
+      model: a bundled module.
+      x: normalised training inputs ``[N, ...]``.
+      eps: see :func:`repair`.
+
+    Example:
+        >>> a = (params_a, stats_bn_a, output_stats(model, {"params": params_a}, x))
+        >>> b = (params_b, stats_bn_b, output_stats(model, {"params": params_b}, x))
+        >>> curve = averaging.evaluate_path(lambda t: executor.evaluate_params(*t, "test"),
+        ...                                 a, b, alphas, recompute_fn=repair_fn(model, x))
+    """
+    x = jnp.asarray(x)
+
+    def fn(stacked: tuple) -> tuple:
+        if not (isinstance(stacked, tuple | list) and len(stacked) == 3):
+            raise ValueError("repair_fn expects path trees (params, batch_stats, stats)")
+        params, batch_stats, targets = stacked
+        count = int(jax.tree.leaves(params)[0].shape[0])
+        pick = lambda t, i: jax.tree.map(lambda leaf: leaf[i], t)  # noqa: E731
+        repaired = []
+        for i in range(count):
+            variables = {"params": pick(params, i)}
+            if jax.tree.leaves(batch_stats):
+                variables["batch_stats"] = pick(batch_stats, i)
+            repaired.append(repair(model, variables, x, pick(targets, i), eps=eps))
+        return jax.tree.map(lambda *leaves: jnp.stack(leaves), *repaired), batch_stats
+
+    return fn

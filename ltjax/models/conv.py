@@ -118,3 +118,17 @@ def permutation_spec(model: ConvN, params: Any) -> matching.PermutationSpec:
 
 def _shape(leaf: Any) -> tuple[int, ...]:
     return tuple(getattr(leaf, "shape", ()))
+
+
+def repair_layers(model: ConvN, params: Any = None) -> tuple[str, ...]:
+    """The layers REPAIR renormalises: every ``Conv_i`` and the hidden ``Dense_0``/``Dense_1``.
+
+    Their outputs (before ReLU and pooling) are corrected channel by channel
+    (Jordan et al. 2023); the output layer is left alone.
+
+    Example:
+        >>> repair_layers(ConvN(depth=2))
+        ('Conv_0', 'Conv_1', 'Dense_0', 'Dense_1')
+    """
+    del params
+    return (*(f"Conv_{i}" for i in range(model.depth)), "Dense_0", "Dense_1")

@@ -82,3 +82,17 @@ def permutation_spec(model: MLP, params: Any = None) -> matching.PermutationSpec
         axes[f"Dense_{i}/bias"] = (out,)
     return matching.PermutationSpec(
         params=axes, activations={f"Dense_{i}": (f"Dense_{i}",) for i in range(depth)})
+
+
+def repair_layers(model: MLP, params: Any = None) -> tuple[str, ...]:
+    """The layers REPAIR renormalises: every hidden ``Dense_i`` (its pre-ReLU output).
+
+    Jordan et al. 2023 correct each hidden layer's pre-activations; the
+    output layer is left alone.
+
+    Example:
+        >>> repair_layers(MLP(widths=(300, 100)))
+        ('Dense_0', 'Dense_1')
+    """
+    del params
+    return tuple(f"Dense_{i}" for i in range(len(model.widths)))

@@ -209,3 +209,28 @@ def permutation_spec(model: ResNet, params: Any) -> matching.PermutationSpec:
     params_axes["fc/bias"] = (None,)
     return matching.PermutationSpec(params=params_axes, batch_stats=stats_axes,
                                     activations=activations)
+
+
+def repair_layers(model: ResNet, params: Any) -> tuple[str, ...]:
+    """The layers REPAIR renormalises: every batch norm, in forward order.
+
+    The convs have no bias, so each correction folds into the scale and bias
+    of the batch norm after the conv: ``bn_init``, then per block ``bn1``,
+    ``bn2`` and, with a projection shortcut, ``shortcut_bn`` (Jordan et al.
+    2023).
+
+    Args:
+      model: the :class:`ResNet`.
+      params: its params (arrays or shapes): which blocks have a shortcut.
+
+    Example:
+        >>> repair_layers(ResNet(depth=20), params)[:3]
+        ('bn_init', 'Block_0/bn1', 'Block_0/bn2')
+    """
+    layers = ["bn_init"]
+    for i in range(3 * model.blocks_per_stage):
+        block = f"Block_{i}"
+        layers += [f"{block}/bn1", f"{block}/bn2"]
+        if "shortcut_conv" in params[block]:
+            layers.append(f"{block}/shortcut_bn")
+    return tuple(layers)

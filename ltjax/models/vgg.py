@@ -119,3 +119,17 @@ def permutation_spec(model: VGG, params: Any) -> matching.PermutationSpec:
     return matching.PermutationSpec(
         params=params_axes, batch_stats=stats_axes,
         activations={f"Conv_{i}": (f"BatchNorm_{i}",) for i in range(len(widths))})
+
+
+def repair_layers(model: VGG, params: Any = None) -> tuple[str, ...]:
+    """The layers REPAIR renormalises: every ``BatchNorm_i`` (its output, before ReLU).
+
+    The correction folds into the batch norm's scale and bias (Jordan et
+    al. 2023); the bias-carrying convs before them need no change.
+
+    Example:
+        >>> repair_layers(VGG(depth=11))[:2]
+        ('BatchNorm_0', 'BatchNorm_1')
+    """
+    del params
+    return tuple(f"BatchNorm_{i}" for i in range(len([w for w in PLANS[model.depth] if w != "M"])))
