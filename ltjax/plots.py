@@ -162,6 +162,72 @@ def plot_error_vs_alpha(records: Sequence[dict], path: str | os.PathLike, *,
     _save(fig, path)
 
 
+_CURVE_COLORS = {("naive", "none"): "tab:grey", ("matched", "none"): "tab:green",
+                 ("naive", "reset"): "tab:olive", ("matched", "reset"): "tab:blue",
+                 ("naive", "repair"): "tab:brown", ("matched", "repair"): "tab:red"}
+
+
+def plot_interpolation(records: Sequence[dict], path: str | os.PathLike, *,
+                       title: str = "") -> None:
+    """Loss and accuracy along naive and matched paths, train solid and test dashed.
+
+    The style of Git Re-Basin's figures (Ainsworth et al. 2023, Figures 2 and
+    4): one line per path kind (``variant`` naive/matched x ``correction``
+    none/reset/repair) and split, mean over pairs of models.
+
+    Args:
+      records: ``path`` records (``variant``, ``correction``, ``split``,
+        ``alpha``, ``loss``, ``accuracy``).
+      path: the PNG to write.
+      title: the figure title.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    kinds = list(dict.fromkeys((r["variant"], r["correction"]) for r in records))
+    for kind in kinds:
+        for split in dict.fromkeys(r["split"] for r in records):
+            mine = [r for r in records if (r["variant"], r["correction"]) == kind
+                    and r["split"] == split]
+            label = kind[0] + ("" if kind[1] == "none" else f" + {kind[1]}") + f", {split}"
+            style = "-" if split == "train" else "--"
+            for ax, metric, scale in ((axes[0], "loss", 1.0), (axes[1], "accuracy", 100.0)):
+                xs, mean, _, _, _ = mean_and_spread(mine, x="alpha", y=metric)
+                ax.plot(xs, scale * mean, style, color=_CURVE_COLORS.get(kind), label=label,
+                        marker="." if split == "train" else None)
+    for ax, name in zip(axes, ("loss", "accuracy (%)"), strict=True):
+        ax.set_xlabel("interpolation alpha (model 0 -> model j)")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_branch_curves(records: Sequence[dict], path: str | os.PathLike, *, key: str,
+                       split: str = "test", title: str = "") -> None:
+    """Accuracy vs step, one line per value of ``records[key]`` (mean over replicates).
+
+    Example:
+        >>> plot_branch_curves(records, "plots/sparse.png", key="member")
+    """
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    trained = []
+    for value in dict.fromkeys(r[key] for r in records if r["split"] == split):
+        mine = [r for r in records if r[key] == value and r["split"] == split]
+        xs, mean, _, lo, hi = mean_and_spread(mine, x="step", y="accuracy")
+        (line,) = ax.plot(xs, 100 * mean, label=str(value))
+        ax.fill_between(xs, 100 * lo, 100 * hi, alpha=0.15, color=line.get_color())
+        trained += list(100 * lo[1:] if len(lo) > 2 else 100 * lo)
+    if trained:
+        ax.set_ylim(max(0.0, min(trained) - 1.0), 100.0)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"{split} accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+
 def plot_instability_vs_k(rows: Sequence[dict], path: str | os.PathLike, *,
                           title: str = "", threshold: float = 0.02) -> None:
     """Instability (error barrier) vs rewind step k per split: mean and spread over pairs."""
@@ -180,6 +246,106 @@ def plot_instability_vs_k(rows: Sequence[dict], path: str | os.PathLike, *,
     ax.set_ylabel("instability: error barrier (%)")
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+_SOUP_STYLE = {  # model -> (marker, color, size, label)
+    "pretrained": ("X", "black", 80, "pretrained (theta_0)"),
+    "uniform": ("*", "tab:blue", 220, "uniform soup"),
+    "greedy": ("*", "tab:red", 220, "greedy soup"),
+    "learned": ("*", "tab:green", 220, "learned soup"),
+    "ensemble": ("D", "tab:purple", 70, "output ensemble"),
+}
+
+
+def plot_soups(rows: Sequence[dict], path: str | os.PathLike, *, title: str = "") -> None:
+    """Ingredients vs soups: validation vs test accuracy, and test vs shifted-test accuracy.
+
+    ``rows`` are the per-model rows of a soups ``results.csv`` (``model`` =
+    ``'ingredient'``, ``'pretrained'``, ``'uniform'``, ``'greedy'``,
+    ``'learned'``, ``'ensemble'``; ``validation_accuracy``, ``test_accuracy``,
+    ``shifted_accuracy``).
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    panels = (("validation_accuracy", "test_accuracy"), ("test_accuracy", "shifted_accuracy"))
+    for ax, (x, y) in zip(axes, panels, strict=True):
+        mine = [r for r in rows if r["model"] == "ingredient"]
+        ax.scatter([100 * float(r[x]) for r in mine], [100 * float(r[y]) for r in mine],
+                   s=18, color="grey", alpha=0.7, label=f"fine-tuned ingredients ({len(mine)})")
+        for model, (marker, color, size, label) in _SOUP_STYLE.items():
+            for r in rows:
+                if r["model"] == model and r.get(x) not in (None, ""):
+                    ax.scatter([100 * float(r[x])], [100 * float(r[y])], marker=marker,
+                               color=color, s=size, label=label, edgecolors="white",
+                               linewidths=0.5, zorder=3)
+        ax.set_xlabel(x.replace("_", " ") + " (%)")
+        ax.set_ylabel(y.replace("_", " ") + " (%)")
+        ax.grid(alpha=0.3)
+    # Zoom the left panel on the fine-tuned models (the pretrained one may lie far off).
+    tuned = [r for r in rows if r["model"] != "pretrained"]
+    for ax, (x, y) in zip(axes[:1], panels[:1], strict=True):
+        xs = [100 * float(r[x]) for r in tuned]
+        ys = [100 * float(r[y]) for r in tuned]
+        ax.set_xlim(min(xs) - 0.2, max(xs) + 0.2)
+        ax.set_ylim(min(ys) - 0.2, max(ys) + 0.2)
+    axes[1].legend(fontsize=8, loc="best")
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_wise_ft(records: Sequence[dict], path: str | os.PathLike, *, title: str = "") -> None:
+    """WiSE-FT curves, one column per head mode.
+
+    Top: test (in-distribution) vs shifted-test accuracy along the path from
+    the pretrained model (alpha = 0) to each fine-tune (alpha = 1): one thin
+    line per fine-tune, the mean in bold. Bottom: mean accuracy (+-1 std over
+    fine-tunes) vs alpha on validation, test and shifted test. ``records``
+    are ``wise_ft`` records (``ingredient``, ``head``, ``split``, ``alpha``,
+    ``accuracy``).
+    """
+    modes = list(dict.fromkeys(r["head"] for r in records))
+    fig, axes = plt.subplots(2, max(len(modes), 1), figsize=(6.5 * max(len(modes), 1), 9),
+                             squeeze=False)
+    for col, mode in enumerate(modes):
+        mine = [r for r in records if r["head"] == mode]
+        curves: dict = defaultdict(dict)
+        for r in mine:
+            curves[(r["ingredient"], r["split"])][r["alpha"]] = 100 * r["accuracy"]
+        ax = axes[0][col]
+        for ingredient in sorted({r["ingredient"] for r in mine}):
+            test, shifted = curves[(ingredient, "test")], curves[(ingredient, "shifted")]
+            alphas = sorted(test)
+            ax.plot([test[a] for a in alphas], [shifted[a] for a in alphas], color="grey",
+                    lw=0.6, alpha=0.5)
+        _, test_mean, _, _, _ = mean_and_spread([r for r in mine if r["split"] == "test"],
+                                                x="alpha", y="accuracy")
+        alphas, shifted_mean, _, _, _ = mean_and_spread(
+            [r for r in mine if r["split"] == "shifted"], x="alpha", y="accuracy")
+        ax.plot(100 * test_mean, 100 * shifted_mean, color="tab:red", lw=2, marker="o", ms=4,
+                label="mean over fine-tunes")
+        for a, tx, sy in zip(alphas, test_mean, shifted_mean, strict=True):
+            if np.isclose(a, 0) or np.isclose(a, 1) or np.isclose(a, 0.5):
+                ax.annotate(f"alpha={a:g}", (100 * tx, 100 * sy), textcoords="offset points",
+                            xytext=(4, -10), fontsize=8)
+        ax.set_xlabel("test accuracy (%)")
+        ax.set_ylabel("shifted test accuracy (%)")
+        ax.set_title(f"head: {mode}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax = axes[1][col]
+        for split in ("validation", "test", "shifted"):
+            xs, mean, std, _, _ = mean_and_spread([r for r in mine if r["split"] == split],
+                                                  x="alpha", y="accuracy")
+            (line,) = ax.plot(xs, 100 * mean, marker="o", ms=3, label=split)
+            ax.fill_between(xs, 100 * (mean - std), 100 * (mean + std), alpha=0.2,
+                            color=line.get_color())
+        ax.set_xlabel("alpha (0: pretrained, 1: fine-tuned)")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     _save(fig, path)

@@ -334,3 +334,179 @@ def test_predict_params_agrees_with_evaluate():
     loss = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), labels[None, :, None],
                                axis=-1).mean((1, 2))
     np.testing.assert_allclose(loss, metrics["loss"], rtol=1e-4)
+
+
+# ------------------------------------------------------------------------ the study
+
+
+def _study_config(**overrides):
+    from experiments.configs import soups_lenet_digits
+
+    config = soups_lenet_digits.get_config("quick")
+    config.model = "mlp"
+    config.model_kwargs = {"widths": (16,)}
+    config.wise_ft.head = "Dense_1"
+    # One group with the pretraining recipe on clean data: pretraining and fine-tuning share
+    # one compiled training program (compiling it is most of this test's time).
+    config.pretrain.rotation = 0.0
+    config.recipe.augment = False
+    config.finetune.learning_rate = (config.recipe.learning_rate,)
+    config.finetune.label_smoothing = (0.0,)
+    config.wise_ft.num_alphas = 4  # = the 4 ingredients: one evaluation program for both
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+def test_finetune_grid_groups_static_recipes_and_orders_ingredients():
+    from experiments.configs import soups_lenet_mnist
+    from ltjax.studies import soups
+
+    config = soups_lenet_mnist.get_config()
+    dataset = data.load("digits")  # only its augmentation and size matter here
+    base = train.Recipe(optimizer="adam", learning_rate=1.2e-3, batch_size=60)
+    groups, ingredients = soups.finetune_grid(config, base, 100, dataset)
+    assert len(groups) == 3 * 2 * 2 and len(ingredients) == 3 * 2 * 2 * 2 * 2
+    assert [g.ends for g in groups] == [(100, 300)] * 12
+    first = ingredients[:4]
+    assert [(i["epochs"], i["data_order"]) for i in first] == [
+        ("1ep", 0), ("1ep", 1), ("3ep", 0), ("3ep", 1)]
+    assert groups[1].recipe.label_smoothing == 0.1 and groups[2].recipe.weight_decay == 5e-4
+    assert groups[4].recipe.learning_rate == 3e-4 and groups[4].recipe.optimizer == "adam"
+    assert {(i["group"], i["learning_rate"]) for i in ingredients} == {
+        (g.index, g.recipe.learning_rate) for g in groups}
+    config.finetune.augment = (False, True)
+    with pytest.raises(ValueError, match="finetune.augment"):
+        soups.finetune_grid(config, base, 100, dataset)
+    config.finetune.augment = (False,)
+    config.finetune.epochs = ("1ep", "100it")
+    with pytest.raises(ValueError, match="finetune.epochs"):
+        soups.finetune_grid(config, base, 100, dataset)
+
+
+def test_soups_study_end_to_end_and_resume(tmp_path, monkeypatch):
+    import shutil
+
+    from ltjax import results
+    from ltjax.studies import soups
+
+    config = _study_config()
+    summary = soups.run_soups(config, tmp_path / "a", progress=False)
+    rows = results.read_csv(tmp_path / "a" / "results.csv")
+    models_ = [r["model"] for r in rows]
+    assert models_.count("ingredient") == 4  # 1 group x 2 epochs x 2 data orders
+    for name in ("pretrained", "uniform", "greedy", "learned", "ensemble", "ingredients_best"):
+        assert name in models_
+    by = {r["model"]: r for r in summary["rows"]}
+    ingredients = [r for r in rows if r["model"] == "ingredient"]
+    best_val = max(float(r["validation_accuracy"]) for r in ingredients)
+    assert by["ingredients_best"]["validation_accuracy"] == pytest.approx(best_val)
+    # The greedy soup is never below its first (best) ingredient on held-out data.
+    assert by["greedy"]["validation_accuracy"] >= best_val - 1e-6
+    records = results.MetricsLog(tmp_path / "a" / "metrics.jsonl").read()
+    steps = [r for r in records if r.get("branch") == "greedy_step"]
+    assert len(steps) == 4 and steps[0]["accepted"]
+    assert [s["ingredient"] for s in steps if s["accepted"]] == [
+        int(m) for m in by["greedy"]["members"].split()]
+    weights = [r for r in records if r.get("branch") == "learned_weights"]
+    assert {w["layer"] for w in weights} == {"Dense_0", "Dense_1"}
+    assert all(sum(w["weights"]) == pytest.approx(1.0, abs=1e-5) for w in weights)
+    # WiSE-FT endpoints are exactly the pretrained model and the fine-tune.
+    evals = {(r["model"], r["ingredient"], r["split"]): r["accuracy"] for r in records
+             if r.get("branch") == "eval"}
+    wise = [r for r in records if r.get("branch") == "wise_ft" and r["head"] == "interpolate"]
+    assert len(wise) == 4 * 3 * 4  # ingredients x splits x alphas
+    for r in wise:
+        if r["alpha"] == 0.0:
+            assert r["accuracy"] == evals[("pretrained", None, r["split"])]
+        if r["alpha"] == 1.0:
+            assert r["accuracy"] == evals[("ingredient", r["ingredient"], r["split"])]
+    wise_rows = results.read_csv(tmp_path / "a" / "wise_ft.csv")
+    assert len(wise_rows) == 4 * 2 + 2
+    for name in ("soups.png", "wise_ft.png"):
+        assert (tmp_path / "a" / "plots" / name).exists()
+
+    # A finished workdir: nothing is trained again, the same summary comes back.
+    def no_training(*args, **kwargs):
+        raise AssertionError("finished work was redone")
+
+    original = train.Executor.train
+    monkeypatch.setattr(train.Executor, "train", no_training)
+    assert soups.run_soups(config, tmp_path / "a", progress=False) == summary
+    monkeypatch.setattr(train.Executor, "train", original)
+
+    # Killed late in fine-tuning and in the evaluations: the last fine-tune segment has
+    # no checkpoint and no records, the greedy soup and half the WiSE-FT curves are
+    # missing. The same call resumes to the same files.
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    last = max((tmp_path / "b" / "checkpoints" / "finetune_00").iterdir())
+    shutil.rmtree(last)
+    end = int(last.name.split("_")[1])
+    log = results.MetricsLog(tmp_path / "b" / "metrics.jsonl")
+    log.keep_only(lambda r: not (
+        (r.get("branch") == "finetune" and r["end"] == end)
+        or r.get("branch") == "greedy_step" or r.get("model") == "greedy"
+        or (r.get("branch") == "wise_ft" and r["ingredient"] >= 2)))
+    resumed = soups.run_soups(config, tmp_path / "b", progress=False)
+    assert resumed == summary
+    for name in ("results.csv", "wise_ft.csv"):
+        assert results.read_csv(tmp_path / "a" / name) == results.read_csv(tmp_path / "b" / name)
+
+    def key(r):
+        return sorted((k, str(v)) for k, v in r.items())
+
+    assert sorted(map(key, log.read())) == sorted(map(key, records))
+
+
+def test_study_bad_inputs(tmp_path):
+    from ltjax.studies import soups
+
+    with pytest.raises(ValueError, match="validation_size"):
+        soups.run_soups(_study_config(validation_size=0), tmp_path / "a", progress=False)
+    config = _study_config()
+    config.wise_ft.head = "Dense_7"
+    with pytest.raises(ValueError, match="wise_ft.head"):
+        soups.run_soups(config, tmp_path / "b", progress=False)
+    config = _study_config()
+    config.shift.kind = "blur"
+    with pytest.raises(ValueError, match="shift.kind"):
+        soups.run_soups(config, tmp_path / "c", progress=False)
+    config = _study_config()
+    config.pretrain.rotation = -10.0
+    with pytest.raises(ValueError, match="pretrain.rotation"):
+        soups.run_soups(config, tmp_path / "d", progress=False)
+
+
+def test_pretrained_model_loads_from_a_dense_workdir(tmp_path):
+    from experiments.configs import lenet_digits
+    from ltjax import checkpoint, results
+    from ltjax.studies import common, soups
+
+    # A dense-training workdir as experiments.train leaves it: config.json and a stacked
+    # TrainState [S] at its last step (random weights stand in for trained ones).
+    dense_config = lenet_digits.get_config("quick")
+    dense_config.model, dense_config.model_kwargs = "mlp", {"widths": (16,)}
+    dense_config.validation_size = 300
+    results.write_json(tmp_path / "config.json", common.to_dict(dense_config))
+    gen = np.random.default_rng(0)
+    params = {"Dense_0": {"kernel": gen.normal(size=(2, 64, 16)), "bias": gen.normal(size=(2, 16))},
+              "Dense_1": {"kernel": gen.normal(size=(2, 16, 10)), "bias": gen.normal(size=(2, 10))}}
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+    recipe = train.Recipe(optimizer="adam", learning_rate=1.2e-3, batch_size=60)
+    state = train.TrainState(step=jnp.full((2,), 36, jnp.int32), params=params, batch_stats={},
+                             opt_state=jax.vmap(train.make_optimizer(recipe).init)(params))
+    with checkpoint.Checkpointer(tmp_path / "checkpoints") as ckpt:
+        ckpt.save(18, state=jax.tree.map(jnp.zeros_like, state))
+        ckpt.save(36, state=state)
+    dataset = data.load("digits", validation_size=300)
+    config = _study_config()
+    loaded, batch_stats = soups.load_pretrained(config, dataset, tmp_path, 1)
+    _assert_equal(loaded, tree.index(params, 1))
+    assert batch_stats == {}
+    config.model_kwargs = {"widths": (8,)}
+    with pytest.raises(ValueError, match="model_kwargs"):
+        soups.load_pretrained(config, dataset, tmp_path, 0)
+    with pytest.raises(ValueError, match="pretrain.replicate"):
+        soups.load_pretrained(_study_config(), dataset, tmp_path, 2)
+    with pytest.raises(ValueError, match="no run"):
+        soups.load_pretrained(_study_config(), dataset, tmp_path / "nothing", 0)

@@ -1,0 +1,558 @@
+"""Model soups and WiSE-FT over a fine-tuning sweep (Wortsman et al. 2022, ICML and CVPR).
+
+1. **Pretrain** one model with ``config.recipe`` for ``config.pretrain.steps``
+   on the training images, each rotated by its own angle drawn from
+   ``+-config.pretrain.rotation`` degrees (0: the clean images): a broader
+   pre-training distribution than the fine-tuning one, as CLIP's is for
+   ImageNet. Or load it from a dense-training workdir
+   (``config.pretrain.workdir``, replicate ``config.pretrain.replicate``).
+2. **Fine-tune** K variants from it on the clean training images over the
+   grid ``config.finetune``: learning rate x weight decay x label smoothing x
+   augmentation x epochs x data order. Each (learning rate, weight decay,
+   label smoothing, augmentation) is a :class:`ltjax.train.Recipe`, and the
+   executor takes one recipe per program, so these *groups* train one after
+   another; inside a group the data orders are the seed axis of one program
+   (vmapped / sharded over devices). Epochs are snapshots of the group's run
+   (the schedule depends on the step, not on the run's length, so the
+   state after e epochs of a longer run is the e-epoch run).
+3. **Evaluate** on validation (the held-out split that greedy and learned
+   soups select on), test, and a shifted test set (``config.shift``: the
+   test images rotated by a fixed angle, or Gaussian-noised; deterministic):
+   the pretrained model, every ingredient, the uniform, greedy and learned
+   soups (:mod:`ltjax.averaging`) and the output-space ensemble (mean of the
+   ingredients' softmax outputs).
+4. **WiSE-FT**: the path ``(1 - alpha) theta_0 + alpha theta_k`` from the
+   pretrained model to each fine-tune, at ``config.wise_ft.num_alphas``
+   alphas, interpolating everything (``'interpolate'``) and/or keeping the
+   fine-tuned head (``'fine_tuned'``, head = ``config.wise_ft.head``).
+
+Nets with BatchNorm get their statistics recomputed on training data for
+every averaged model (``config.recompute_batch_stats``, default on).
+Resumable: training segments restore from their checkpoints, and each
+evaluation phase is written to ``metrics.jsonl`` in one append and skipped
+when found there, so a killed run resumes to the same files.
+
+Example (Colab):
+    >>> from experiments.configs import soups_lenet_digits
+    >>> summary = run_soups(soups_lenet_digits.get_config("quick"), "/tmp/soups")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+
+from ltjax import averaging, checkpoint, data, models, plots, results, rng, train, tree
+from ltjax.studies import common
+
+SPLITS = ("validation", "test", "shifted")
+HEAD_MODES = ("interpolate", "fine_tuned")
+SHIFTS = ("rotate", "noise")
+SOUPS = ("uniform", "greedy", "learned", "ensemble")
+
+
+# --------------------------------------------------------------------------- config pieces
+
+
+def shifted_split(split: data.Split, shift: Any) -> data.Split:
+    """The distribution-shifted copy of ``split`` that ``config.shift`` names.
+
+    ``kind='rotate'``: every image rotated by ``amount`` degrees
+    (:func:`ltjax.data.rotate`); ``kind='noise'``: Gaussian noise of std
+    ``amount`` in pixel units, seeded by ``seed`` (:func:`ltjax.data.add_noise`).
+    """
+    if shift.kind == "rotate":
+        return data.rotate(split, degrees=float(shift.amount))
+    if shift.kind == "noise":
+        return data.add_noise(split, std=float(shift.amount), seed=int(shift.get("seed", 0)))
+    raise ValueError(f"shift.kind must be one of {SHIFTS}, got {shift.kind!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """Fine-tunes that share a recipe: one program, data orders on the seed axis."""
+
+    index: int
+    recipe: train.Recipe
+    ends: tuple[int, ...]  # the epochs' step counts, increasing
+    epochs: tuple[str, ...]  # the same, as written in the config
+
+
+def finetune_grid(config: Any, base: train.Recipe, steps_per_epoch: int,
+                  dataset: data.Dataset) -> tuple[list[Group], list[dict]]:
+    """The fine-tuning groups and the ingredients (one dict of hyperparameters each).
+
+    Ingredient ``i`` enumerates groups (learning rate, weight decay, label
+    smoothing, augmentation, in ``itertools.product`` order), then epochs,
+    then data orders.
+
+    Raises:
+      ValueError: an empty grid axis, repeated or non-positive epochs, fewer
+        than one data order, augmentation on a dataset without one.
+    """
+    ft = config.finetune
+    axes = {name: tuple(ft[name]) for name in
+            ("learning_rate", "weight_decay", "label_smoothing", "augment", "epochs")}
+    for name, values in axes.items():
+        if not values:
+            raise ValueError(f"finetune.{name} must list at least one value")
+    if ft.data_orders < 1:
+        raise ValueError(f"finetune.data_orders must be >= 1, got {ft.data_orders}")
+    if any(axes["augment"]) and dataset.augment is None:
+        raise ValueError(f"finetune.augment=True has no effect on {dataset.name!r}: ltjax has "
+                         "no augmentation for it (only CIFAR's crop + flip); use (False,)")
+    ends = [common.steps(e, steps_per_epoch) for e in axes["epochs"]]
+    if min(ends) < 1 or len(set(ends)) != len(ends):
+        raise ValueError(f"finetune.epochs must be distinct positive lengths, got "
+                         f"{list(axes['epochs'])} = {ends} steps")
+    order = np.argsort(ends)
+    ends_sorted = tuple(int(ends[i]) for i in order)
+    epochs_sorted = tuple(axes["epochs"][i] for i in order)
+    groups, ingredients = [], []
+    for g, (lr, wd, ls, aug) in enumerate(itertools.product(
+            axes["learning_rate"], axes["weight_decay"], axes["label_smoothing"],
+            axes["augment"])):
+        recipe = dataclasses.replace(base, learning_rate=float(lr), weight_decay=float(wd),
+                                     label_smoothing=float(ls), augment=bool(aug))
+        groups.append(Group(index=g, recipe=recipe, ends=ends_sorted, epochs=epochs_sorted))
+        for epochs, end in zip(epochs_sorted, ends_sorted, strict=True):
+            for o in range(ft.data_orders):
+                ingredients.append({
+                    "ingredient": len(ingredients), "group": g, "learning_rate": float(lr),
+                    "weight_decay": float(wd), "label_smoothing": float(ls),
+                    "augment": bool(aug), "epochs": epochs, "steps": end, "data_order": o})
+    return groups, ingredients
+
+
+_MUST_MATCH = ("dataset", "validation_size", "validation_seed", "test_size", "model",
+               "model_kwargs")
+
+
+def load_pretrained(config: Any, dataset: data.Dataset, workdir: str | pathlib.Path,
+                    replicate: int) -> tuple[Any, Any]:
+    """``(params, batch_stats)`` of one replicate of a dense-training workdir's newest checkpoint.
+
+    The workdir is one of :func:`ltjax.studies.dense.run_train`
+    (``python -m experiments.train``); its dataset, validation carve and
+    model must equal this study's.
+
+    Raises:
+      ValueError: no run there, a different dataset or model, no checkpoint,
+        a replicate out of range.
+    """
+    workdir = pathlib.Path(workdir)
+    path = workdir / "config.json"
+    if not path.exists():
+        raise ValueError(f"pretrain.workdir={str(workdir)!r} holds no run (no config.json)")
+    theirs = results.read_json(path)
+    ours = common.to_dict(config)
+    differ = [k for k in _MUST_MATCH if theirs.get(k) != ours.get(k)]
+    if differ:
+        raise ValueError(
+            f"the run in pretrain.workdir={str(workdir)!r} differs in {differ}: "
+            + ", ".join(f"{k}={theirs.get(k)!r} there vs {ours.get(k)!r} here" for k in differ))
+    num = int(theirs["num_replicates"])
+    if not 0 <= replicate < num:
+        raise ValueError(f"pretrain.replicate must be in [0, {num}) for that run, got {replicate}")
+    their_config = ml_collections.ConfigDict(theirs)
+    their_recipe = common.build_recipe(their_config, dataset)
+    executor = common.build_executor(their_config, common.build_model(their_config, dataset),
+                                     dataset, their_recipe)
+    like = executor.shard(_start_state(jax.device_get(models.init(
+        executor.model, jax.random.key(0), dataset.input_shape)), their_recipe, num))
+    with checkpoint.Checkpointer(workdir / "checkpoints") as ckpt:
+        found = ckpt.restore_latest(like_state=like)
+    if found is None:
+        raise ValueError(f"pretrain.workdir={str(workdir)!r} has no finished checkpoint")
+    state = found[1]
+    return jax.device_get((tree.index(state.params, replicate),
+                           tree.index(state.batch_stats, replicate)))
+
+
+def _check_config(config: Any, dataset: data.Dataset, abstract_params: Any) -> None:
+    if dataset.validation is None or len(dataset.validation) == 0:
+        raise ValueError("validation_size must be > 0: the held-out split that greedy and "
+                         "learned soups select on is empty")
+    if config.shift.kind not in SHIFTS:
+        raise ValueError(f"shift.kind must be one of {SHIFTS}, got {config.shift.kind!r}")
+    wise = config.wise_ft
+    if wise.num_alphas < 2:
+        raise ValueError(f"wise_ft.num_alphas must be >= 2, got {wise.num_alphas}")
+    unknown = sorted(set(wise.head_modes) - set(HEAD_MODES))
+    if unknown or not wise.head_modes:
+        raise ValueError(f"wise_ft.head_modes must be among {HEAD_MODES}, got "
+                         f"{list(wise.head_modes)}")
+    if "fine_tuned" in wise.head_modes:
+        try:
+            jax.eval_shape(lambda p: averaging.wise_ft(0.5, p, p, keep_head=wise.head),
+                           abstract_params)
+        except ValueError as err:
+            raise ValueError(f"wise_ft.head: {err}") from None
+
+
+# --------------------------------------------------------------------------- the study
+
+
+def run_soups(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
+    """Run the soups / WiSE-FT study; resumable. See the module docstring.
+
+    Writes into ``workdir``: ``config.json``; ``metrics.jsonl`` (training
+    records tagged ``branch`` = ``pretrain`` / ``finetune``; ``eval`` records
+    per model and split; ``greedy_step``, ``learned_weights`` and
+    ``wise_ft`` records); ``results.csv`` (one row per model: pretrained,
+    each ingredient with its hyperparameters, the soups, the ensemble; plus
+    ``ingredients_best`` (by validation), ``ingredients_worst`` and
+    ``ingredients_mean`` rows); ``wise_ft.csv`` (per fine-tune and head mode:
+    the curve's endpoints, its best alpha on the shifted set and the alpha
+    that validation picks; plus mean rows); ``plots/soups.png``,
+    ``plots/wise_ft.png``; ``checkpoints/``.
+
+    Returns:
+      ``{'rows': [...], 'wise_ft': [...]}``: the summary rows of ``results.csv``
+      and the mean rows of ``wise_ft.csv``.
+
+    Raises:
+      ValueError: no validation split, a bad grid, shift or WiSE-FT setting.
+    """
+    workdir, dataset, recipe, executor = common.setup(config, workdir)
+    per_epoch = executor.steps_per_epoch
+    groups, ingredients = finetune_grid(config, recipe, per_epoch, dataset)
+    _check_config(config, dataset, executor.abstract_state.params)
+    model = executor.model
+    shifted = shifted_split(dataset.test, config.shift)
+    shifted_executor = common.build_executor(
+        config, common.build_model(config, dataset), dataclasses.replace(dataset, test=shifted),
+        recipe)
+    log = results.MetricsLog(workdir / "metrics.jsonl")
+    ckpt_root = workdir / "checkpoints"
+    segment = dict(eval_every=max(1, common.steps(config.eval_every, per_epoch)),
+                   checkpoint_every=max(1, common.steps(config.checkpoint_every, per_epoch)),
+                   log=log, progress=progress, max_checkpoints=config.get("max_checkpoints", 1))
+
+    executors = {recipe: executor}  # one per recipe on the clean data: compiled programs shared
+
+    def executor_for(r: train.Recipe) -> train.Executor:
+        if r not in executors:
+            executors[r] = common.build_executor(config, model, dataset, r)
+        return executors[r]
+
+    # 1. pretrain (or load)
+    theta_0 = _pretrain(config, dataset, executor_for, ckpt_root, segment)
+
+    # 2. fine-tune every group from theta_0
+    orders = config.finetune.data_orders
+    order_keys = rng.stream(rng.replicate_keys(config.seed, orders), "finetune")
+    found: dict[int, Any] = {}
+    for group in groups:
+        group_executor = executor_for(group.recipe)
+        state = group_executor.shard(_start_state(theta_0, group.recipe, orders))
+        for epochs, end in zip(group.epochs, group.ends, strict=True):
+            state = common.train_segment(
+                group_executor, state=state, masks=None, noise_keys=order_keys, end=end,
+                ckpt_dir=ckpt_root / f"finetune_{group.index:02d}" / f"to_{end}",
+                tags={"branch": "finetune", "group": group.index, "end": end},
+                splits=[], densities=np.ones(orders),  # evaluated once trained (step 3)
+                desc=f"fine-tune {group.index + 1}/{len(groups)} to {epochs}", **segment)
+            for ing in ingredients:
+                if ing["group"] == group.index and ing["steps"] == end:
+                    # On the host: ingredients come from meshes of different sizes.
+                    found[ing["ingredient"]] = jax.device_get(
+                        (tree.index(state.params, ing["data_order"]),
+                         tree.index(state.batch_stats, ing["data_order"])))
+    trees = [found[i] for i in range(len(ingredients))]
+    stacked = tree.stack(trees)
+
+    # 3. evaluate ingredients, soups, ensemble
+    evaluator = _Evaluator(config, executor, shifted_executor)
+    _once(log, lambda r: r.get("branch") == "eval" and r["model"] == "ingredient", lambda: (
+        _eval_records("pretrained", evaluator.all_splits(tree.stack([theta_0])), 0)
+        + _eval_records("ingredient", evaluator.all_splits(stacked), len(trees))))
+    val_acc = _ingredient_metric(log, len(trees), "validation")
+    _once(log, _is_soup("ensemble"), lambda: _eval_records(
+        "ensemble", evaluator.ensemble(stacked, dataset, shifted), 0))
+    _once(log, _is_soup("uniform"), lambda: _eval_records(
+        "uniform", evaluator.all_splits(evaluator.recompute(
+            tree.stack([averaging.uniform_soup(stacked, stacked=True)]))), 0))
+    _once(log, _is_soup("greedy"), lambda: _greedy(config, evaluator, trees, val_acc))
+    _once(log, _is_soup("learned"), lambda: _learned(config, evaluator, model, dataset, stacked))
+
+    # 4. WiSE-FT curves
+    alphas = np.linspace(0.0, 1.0, config.wise_ft.num_alphas)
+    done = {(r["ingredient"], r["head"]) for r in log.read() if r.get("branch") == "wise_ft"}
+    todo = [(i, mode) for i in range(len(trees)) for mode in config.wise_ft.head_modes
+            if (i, mode) not in done]
+    for i, mode in tqdm.tqdm(todo, disable=not progress, desc="WiSE-FT curves", leave=False):
+        curve = averaging.wise_ft_sweep(
+            evaluator.flat_all_splits, theta_0, trees[i], alphas,
+            keep_head=config.wise_ft.head if mode == "fine_tuned" else None,
+            recompute_fn=evaluator.recompute)
+        log.append([{"branch": "wise_ft", "ingredient": i, "head": mode, "split": split,
+                     "alpha": float(a), "step": None, "accuracy": curve[f"{split}/accuracy"][n],
+                     "loss": curve[f"{split}/loss"][n]}
+                    for split in SPLITS for n, a in enumerate(alphas)])
+
+    # Tables and figures, from the log only (a resumed run writes the same files).
+    records = log.read()
+    rows, summary = _model_rows(records, ingredients)
+    results.write_csv(workdir / "results.csv",
+                      rows + [r for r in summary if r["model"].startswith("ingredients_")])
+    wise_rows, wise_means = _wise_rows(records, ingredients, config.wise_ft.head_modes)
+    results.write_csv(workdir / "wise_ft.csv", wise_rows + wise_means)
+    title = f"{config.model} on {config.dataset}, shifted: {_shift_name(config.shift)}"
+    plots.plot_soups(rows, workdir / "plots" / "soups.png",
+                     title=f"{len(trees)} fine-tunes and their soups ({title})")
+    plots.plot_wise_ft([r for r in records if r.get("branch") == "wise_ft"],
+                       workdir / "plots" / "wise_ft.png", title=f"WiSE-FT ({title})")
+    return {"rows": summary, "wise_ft": wise_means}
+
+
+def _shift_name(shift: Any) -> str:
+    if shift.kind == "rotate":
+        return f"test rotated {float(shift.amount):g} deg"
+    return f"test + N(0, {float(shift.amount):g}^2) noise"
+
+
+def _pretrain(config, dataset, executor_for, ckpt_root, segment) -> tuple[Any, Any]:
+    """theta_0 = ``(params, batch_stats)`` of the pretrained model (trained or loaded)."""
+    pre = config.pretrain
+    if pre.get("workdir"):
+        return load_pretrained(config, dataset, pre.workdir, int(pre.get("replicate", 0)))
+    rotation = float(pre.get("rotation", 0.0))
+    if rotation < 0:
+        raise ValueError(f"pretrain.rotation must be >= 0 degrees, got {rotation}")
+    recipe = common.build_recipe(config, dataset)
+    executor = executor_for(recipe)
+    if rotation:
+        rotated = dataclasses.replace(dataset, train=data.rotate(
+            dataset.train, degrees=(-rotation, rotation), seed=int(pre.get("rotation_seed", 0))))
+        executor = common.build_executor(config, executor.model, rotated, recipe)
+    end = common.steps(pre.steps, executor.steps_per_epoch)
+    if end < 1:
+        raise ValueError(f"pretrain.steps must be > 0, got {pre.steps!r}")
+    init_keys, noise_keys = rng.init_and_noise(rng.replicate_keys(config.seed, 1))
+    # executor.init(init_keys) without its vmapped init program (the same numbers; models.init
+    # is compiled once per model and process, which saves seconds on every resume).
+    start = _start_state(models.init(executor.model, init_keys[0], dataset.input_shape),
+                         recipe, 1)
+    state = common.train_segment(
+        executor, state=executor.shard(start), masks=None, noise_keys=noise_keys, end=end,
+        ckpt_dir=ckpt_root / "pretrain", tags={"branch": "pretrain"},
+        splits=["validation", "test"], densities=np.ones(1), desc="pretrain", **segment)
+    return jax.device_get((tree.index(state.params, 0), tree.index(state.batch_stats, 0)))
+
+
+def _start_state(theta_0, recipe: train.Recipe, num: int) -> train.TrainState:
+    """``num`` copies of theta_0 at step 0 with a fresh optimiser state of ``recipe``."""
+    params, batch_stats = jax.tree.map(lambda x: jnp.repeat(x[None], num, axis=0), theta_0)
+    return train.TrainState(step=jnp.zeros((num,), jnp.int32), params=params,
+                            batch_stats=batch_stats,
+                            opt_state=jax.vmap(train.make_optimizer(recipe).init)(params))
+
+
+def _once(log: results.MetricsLog, mine: Callable[[dict], bool],
+          compute: Callable[[], list[dict]]) -> None:
+    """Append ``compute()`` unless the log already has records for which ``mine`` holds."""
+    if not any(mine(r) for r in log.read()):
+        log.append(compute())
+
+
+def _is_soup(name: str) -> Callable[[dict], bool]:
+    return lambda r: r.get("branch") == "eval" and r["model"] == name
+
+
+def _eval_records(name: str, metrics: dict, num: int, **extra) -> list[dict]:
+    """``eval`` records of ``metrics`` ``{split: {'accuracy': [N], 'loss': [N]}}``."""
+    count = num or 1
+    return [{"branch": "eval", "model": name, "ingredient": i if num else None, "split": split,
+             "step": None, "accuracy": metrics[split]["accuracy"][i],
+             "loss": metrics[split]["loss"][i], **extra}
+            for split in SPLITS for i in range(count)]
+
+
+def _ingredient_metric(log, num, split, key="accuracy") -> np.ndarray:
+    values = np.full(num, np.nan)
+    for r in log.read():
+        if r.get("branch") == "eval" and r["model"] == "ingredient" and r["split"] == split:
+            values[r["ingredient"]] = r[key]
+    return values
+
+
+class _Evaluator:
+    """Evaluation of stacked ``(params, batch_stats)`` on validation, test and shifted test."""
+
+    def __init__(self, config, executor, shifted_executor):
+        self.executor = executor
+        self.shifted_executor = shifted_executor
+        self.bn = bool(jax.tree.leaves(executor.abstract_state.batch_stats))
+        self.recompute_stats = self.bn and config.get("recompute_batch_stats", True)
+
+    def all_splits(self, stacked) -> dict[str, dict[str, np.ndarray]]:
+        params, batch_stats = stacked
+        return {"validation": self.executor.evaluate_params(params, batch_stats, "validation"),
+                "test": self.executor.evaluate_params(params, batch_stats, "test"),
+                "shifted": self.shifted_executor.evaluate_params(params, batch_stats, "test")}
+
+    def flat_all_splits(self, stacked) -> dict[str, np.ndarray]:
+        """:meth:`all_splits` as ``{'split/metric': [C]}`` (for :func:`averaging.evaluate_path`)."""
+        return {f"{split}/{k}": v for split, metrics in self.all_splits(stacked).items()
+                for k, v in metrics.items()}
+
+    def validation_accuracy(self, one) -> float:
+        params, batch_stats = tree.stack([one])
+        return float(self.executor.evaluate_params(params, batch_stats,
+                                                   "validation")["accuracy"][0])
+
+    def recompute(self, stacked):
+        """BatchNorm statistics of averaged models recomputed on training data (if any)."""
+        if not self.recompute_stats:
+            return stacked
+        return stacked[0], self.executor.recomputed_batch_stats(*stacked)
+
+    def recompute_one(self, one):
+        return tree.index(self.recompute(tree.stack([one])), 0) if self.recompute_stats else one
+
+    def ensemble(self, stacked, dataset, shifted) -> dict[str, dict[str, np.ndarray]]:
+        """The output-space ensemble: mean of the ingredients' softmax outputs."""
+        out = {}
+        for split, executor, name, labels in (
+                ("validation", self.executor, "validation", dataset.validation.y),
+                ("test", self.executor, "test", dataset.test.y),
+                ("shifted", self.shifted_executor, "test", shifted.y)):
+            logits = executor.predict_params(*stacked, name).astype(np.float64)
+            logp = logits - logits.max(-1, keepdims=True)
+            logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+            m = logp.max(0)  # log of the mean probability over ingredients
+            mean_logp = m + np.log(np.exp(logp - m).mean(0))
+            out[split] = {
+                "accuracy": np.array([np.mean(mean_logp.argmax(-1) == labels)]),
+                "loss": np.array([-np.mean(mean_logp[np.arange(len(labels)), labels])])}
+        return out
+
+
+def _greedy(config, evaluator: _Evaluator, trees, val_acc) -> list[dict]:
+    result = averaging.greedy_soup(
+        trees, evaluator.validation_accuracy, accuracies=val_acc,
+        strict=bool(config.get("greedy_strict", False)),
+        recompute_fn=evaluator.recompute_one)
+    members = list(result.members)
+    records = _eval_records("greedy", evaluator.all_splits(tree.stack([result.soup])), 0,
+                            members=members)
+    records += [{"branch": "greedy_step", "rank": n, "step": None, **h}
+                for n, h in enumerate(result.history)]
+    return records
+
+
+def _learned(config, evaluator: _Evaluator, model, dataset, stacked) -> list[dict]:
+    """The learned soup: per-layer weights over the params, fitted on the validation split."""
+    cfg = config.learned_soup
+    params, batch_stats = stacked
+    mean, std = jnp.asarray(dataset.mean), jnp.asarray(dataset.std)
+    stats_0 = tree.index(batch_stats, 0)
+
+    def loss_fn(soup_params, batch):
+        x, y = batch
+        logits = train.logits(model, soup_params, stats_0, data.normalize(x, mean, std),
+                              train=evaluator.bn)  # BatchNorm: the batch's statistics
+        return train.cross_entropy(logits, y).mean()
+
+    heldout = (jnp.asarray(dataset.validation.x), jnp.asarray(dataset.validation.y))
+    result = averaging.learned_soup(
+        params, loss_fn, heldout, stacked=True, per_layer=bool(cfg.get("per_layer", True)),
+        num_steps=int(cfg.num_steps), learning_rate=float(cfg.learning_rate),
+        batch_size=int(cfg.get("batch_size", 0)) or None, seed=int(cfg.get("seed", 0)))
+    soup_stats = averaging.uniform_soup(batch_stats, stacked=True) if evaluator.bn else {}
+    soup = evaluator.recompute_one((result.soup, soup_stats))
+    records = _eval_records("learned", evaluator.all_splits(tree.stack([soup])), 0,
+                            final_heldout_loss=float(result.losses[-1]),
+                            first_heldout_loss=float(result.losses[0]))
+    records += [{"branch": "learned_weights", "layer": layer, "step": None,
+                 "weights": [float(w) for w in weights]}
+                for layer, weights in result.weights.items()]
+    return records
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _metrics_of(records, model, ingredient=None) -> dict:
+    out = {}
+    for r in records:
+        if r.get("branch") == "eval" and r["model"] == model and r.get("ingredient") == ingredient:
+            out[f"{r['split']}_accuracy"] = r["accuracy"]
+            out[f"{r['split']}_loss"] = r["loss"]
+            if "members" in r:
+                out["members"] = " ".join(str(m) for m in r["members"])
+                out["num_members"] = len(r["members"])
+    return out
+
+
+def _model_rows(records, ingredients) -> tuple[list[dict], list[dict]]:
+    """Per-model rows, and the summary rows (pretrained, best/worst/mean ingredient, soups)."""
+    hyper = ("learning_rate", "weight_decay", "label_smoothing", "augment", "epochs",
+             "data_order")
+    rows = [{"model": "pretrained", **_metrics_of(records, "pretrained")}]
+    rows += [{"model": "ingredient", "ingredient": ing["ingredient"],
+              **{k: ing[k] for k in hyper}, **_metrics_of(records, "ingredient",
+                                                          ing["ingredient"])}
+             for ing in ingredients]
+    rows += [{"model": name, **_metrics_of(records, name)} for name in SOUPS]
+    cells = [f"{s}_{m}" for s in SPLITS for m in ("accuracy", "loss")]
+    per = rows[1:1 + len(ingredients)]
+    val = np.array([r["validation_accuracy"] for r in per])
+    best = per[int(np.argmax(val))]  # first of the best on validation
+    worst = per[int(np.argmin(val))]
+    summary = [rows[0],
+               {**{k: best[k] for k in ["ingredient", *hyper, *cells]},
+                "model": "ingredients_best"},
+               {**{k: worst[k] for k in ["ingredient", *hyper, *cells]},
+                "model": "ingredients_worst"},
+               {"model": "ingredients_mean", **{k: float(np.mean([r[k] for r in per]))
+                                                for k in cells}}]
+    summary += rows[1 + len(ingredients):]
+    return rows, summary
+
+
+def _wise_rows(records, ingredients, head_modes) -> tuple[list[dict], list[dict]]:
+    """Per fine-tune and head mode: endpoints, best alpha on shifted, alpha picked on validation."""
+    curves: dict = {}
+    for r in records:
+        if r.get("branch") == "wise_ft":
+            curves.setdefault((r["ingredient"], r["head"]), {}).setdefault(
+                r["split"], {})[round(r["alpha"], 9)] = r["accuracy"]
+    rows = []
+    for ing in ingredients:
+        for mode in head_modes:
+            curve = curves[(ing["ingredient"], mode)]
+            alphas = sorted(curve["shifted"])
+            acc = {s: np.array([curve[s][a] for a in alphas]) for s in SPLITS}
+            best = int(np.argmax(acc["shifted"]))  # first of the best
+            picked = int(np.argmax(acc["validation"]))
+            row = {"ingredient": ing["ingredient"], "head": mode,
+                   "learning_rate": ing["learning_rate"], "epochs": ing["epochs"]}
+            for s in SPLITS:
+                row[f"{s}_alpha0"] = acc[s][0]
+                row[f"{s}_alpha1"] = acc[s][-1]
+            row.update(best_shifted_alpha=alphas[best], best_shifted_accuracy=acc["shifted"][best],
+                       test_at_best_shifted=acc["test"][best],
+                       validation_alpha=alphas[picked],
+                       test_at_validation_alpha=acc["test"][picked],
+                       shifted_at_validation_alpha=acc["shifted"][picked],
+                       shifted_gain=acc["shifted"][best] - acc["shifted"][-1],
+                       interior_best=bool(0 < best < len(alphas) - 1))
+            rows.append(row)
+    means = []
+    for mode in head_modes:
+        mine = [r for r in rows if r["head"] == mode]
+        means.append({"ingredient": "mean", "head": mode, **{
+            k: float(np.mean([r[k] for r in mine])) for k in mine[0]
+            if k not in ("ingredient", "head", "learning_rate", "epochs")}})
+    return rows, means
