@@ -126,6 +126,10 @@ class PermutationSpec:
             activations[perm] = tuple(modules)
         object.__setattr__(self, "activations", dict(sorted(activations.items())))
 
+    def __hash__(self) -> int:  # a static argument of jitted functions
+        return hash((tuple(self.params.items()), tuple(self.batch_stats.items()),
+                     tuple(self.activations.items())))
+
     @functools.cached_property
     def axes(self) -> dict[str, tuple[Axis, ...]]:
         """Params and batch-stats entries in one map (their paths never collide)."""
@@ -234,19 +238,9 @@ def _check_perms(spec: PermutationSpec, perms: Mapping[str, Any], sizes: Mapping
 
 
 def _permute_leaf(leaf: jax.Array, entries: Sequence[Axis], perms: Mapping[str, jax.Array],
-                  skip_axis: int | None = None) -> jax.Array:
-    for axis, entry in enumerate(entries):
-        name, repeats = _parse_axis(entry, "")
-        if name is None or axis == skip_axis:
-            continue
-        perm = perms[name]
-        if repeats == 1:
-            leaf = jnp.take(leaf, perm, axis=axis)
-        else:
-            shape = leaf.shape
-            split = leaf.reshape(*shape[:axis], repeats, shape[axis] // repeats, *shape[axis + 1:])
-            leaf = jnp.take(split, perm, axis=axis + 1).reshape(shape)
-    return leaf
+                  ) -> jax.Array:
+    split, where = _split(leaf, _signature(entries))
+    return _permuted(split, _axis_perms(entries, perms), where).reshape(leaf.shape)
 
 
 def apply_permutation(spec: PermutationSpec, perms: Mapping[str, jax.Array], tree_: PyTree,
@@ -268,7 +262,11 @@ def apply_permutation(spec: PermutationSpec, perms: Mapping[str, jax.Array], tre
         >>> stats_b_aligned = apply_permutation(spec, perms, batch_stats_b)
     """
     _check_perms(spec, perms, None)
+    return _apply_permutation(spec, dict(perms), tree_)
 
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply_permutation(spec: PermutationSpec, perms: Perms, tree_: PyTree) -> PyTree:
     def one(path: str, leaf: Any) -> Any:
         if path not in spec.axes:
             raise ValueError(f"leaf {path!r} of the tree has no entry in the permutation spec")
@@ -331,12 +329,11 @@ def solve_assignment(similarity: jax.Array, solver: str = "scipy") -> jax.Array:
         Array([1, 0], dtype=int32)
     """
     if solver == "scipy":
-        rows, cols = scipy.optimize.linear_sum_assignment(
-            np.asarray(similarity, np.float64), maximize=True)
+        rows, cols = scipy.optimize.linear_sum_assignment(np.asarray(similarity), maximize=True)
         assert np.array_equal(rows, np.arange(len(rows)))
         return jnp.asarray(cols, jnp.int32)
     if solver == "optax":
-        return _optax_assignment(jnp.asarray(similarity))
+        return _optax_assignment(jnp.asarray(similarity, jnp.float32))
     raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
 
 
@@ -366,27 +363,74 @@ class MatchResult:
     history: tuple[float, ...] = ()
 
 
-@functools.partial(jax.jit, static_argnames=("entries", "axis"))
-def _contribution(w_a: jax.Array, w_b: jax.Array, perms: dict[str, jax.Array],
-                  entries: tuple[Axis, ...], axis: int) -> jax.Array:
-    """``[n, n]``: unit i of A against unit j of B along ``axis``, the other axes permuted."""
-    w_b = _permute_leaf(w_b, entries, perms, skip_axis=axis)
-    _, repeats = _parse_axis(entries[axis], "")
-    if repeats > 1:
-        shape = w_a.shape
-        split = (*shape[:axis], repeats, shape[axis] // repeats, *shape[axis + 1:])
-        w_a, w_b, axis = w_a.reshape(split), w_b.reshape(split), axis + 1
+def _split(leaf: jax.Array, signature: tuple) -> tuple[jax.Array, list[int]]:
+    """``leaf`` with each repeated axis split into ``[repeats, n]``; where each axis went."""
+    shape, where = [], []
+    for size, repeats in zip(leaf.shape, signature, strict=True):
+        if repeats is not None and repeats > 1:
+            shape += [repeats, size // repeats]
+        else:
+            shape.append(size)
+        where.append(len(shape) - 1)
+    return leaf.reshape(shape), where
+
+
+def _permuted(w: jax.Array, perms: tuple, where: list[int]) -> jax.Array:
+    for k, perm in enumerate(perms):
+        if perm is not None:
+            w = jnp.take(w, perm, axis=where[k])
+    return w
+
+
+def _gram_along(w_a: jax.Array, w_b: jax.Array, axis: int) -> jax.Array:
+    """``[n, n]``: contract every axis but ``axis``."""
     others = tuple(i for i in range(w_a.ndim) if i != axis)
     return jnp.tensordot(w_a, w_b, axes=(others, others), precision=jax.lax.Precision.HIGHEST)
 
 
-@functools.partial(jax.jit, static_argnames=("spec_items",))
-def _objective(params_a: dict, params_b: dict, perms: Perms, spec_items: tuple) -> jax.Array:
-    total = jnp.zeros((), jnp.float32)
-    for path, entries in spec_items:
-        w_b = _permute_leaf(params_b[path], entries, perms)
-        total = total + jnp.vdot(params_a[path], w_b, precision=jax.lax.Precision.HIGHEST)
-    return total
+# The jitted kernels below take a shape-only signature -- ``repeats`` per axis,
+# None where no permutation acts -- so layers of the same shape share one compile.
+# ``perms[k]`` permutes axis ``k`` of ``w_b`` (None: no permutation there).
+
+
+@functools.partial(jax.jit, static_argnames=("signature", "axis"))
+def _contribution(w_a: jax.Array, w_b: jax.Array, perms: tuple, signature: tuple,
+                  axis: int) -> jax.Array:
+    """One leaf's term of a similarity matrix: ``[n, n]``, unit i of A vs unit j of B."""
+    w_a, where = _split(w_a, signature)
+    w_b, _ = _split(w_b, signature)
+    return _gram_along(w_a, _permuted(w_b, perms, where), where[axis])
+
+
+@functools.partial(jax.jit, static_argnames=("signature", "axis", "dep_axis"))
+def _contribution_update(w_a: jax.Array, w_b: jax.Array, perms: tuple, rows: jax.Array,
+                         new_rows: jax.Array, old_rows: jax.Array, valid: jax.Array,
+                         signature: tuple, axis: int, dep_axis: int) -> jax.Array:
+    """The change of :func:`_contribution` when axis ``dep_axis``'s permutation changed.
+
+    Only positions ``rows`` of that axis moved (from units ``old_rows`` of B
+    to ``new_rows``; ``valid`` zeroes the padding), so only they are contracted.
+    ``perms`` holds the other axes' (unchanged) permutations.
+    """
+    w_a, where = _split(w_a, signature)
+    w_b, _ = _split(w_b, signature)
+    w_b = _permuted(w_b, perms, where)
+    dep = where[dep_axis]
+    a = jnp.take(w_a, rows, axis=dep)
+    diff = jnp.take(w_b, new_rows, axis=dep) - jnp.take(w_b, old_rows, axis=dep)
+    shape = [1] * diff.ndim
+    shape[dep] = valid.shape[0]
+    return _gram_along(a, diff * valid.reshape(shape), where[axis])
+
+
+def _signature(entries: Sequence[Axis]) -> tuple:
+    return tuple(None if e is None else _parse_axis(e, "")[1] for e in entries)
+
+
+def _axis_perms(entries: Sequence[Axis], perms: Mapping[str, jax.Array],
+                skip_axis: int | None = None) -> tuple:
+    return tuple(None if e is None or k == skip_axis else perms[_parse_axis(e, "")[0]]
+                 for k, e in enumerate(entries))
 
 
 def _flat(params: PyTree) -> dict[str, jax.Array]:
@@ -406,8 +450,74 @@ def _check_pair(spec: PermutationSpec, params_a: PyTree, params_b: PyTree) -> di
 
 
 def _match_objective(spec: PermutationSpec, flat_a: dict, flat_b: dict, perms: Perms) -> float:
-    items = tuple((p, spec.params[p]) for p in flat_a)
-    return float(_objective(flat_a, flat_b, perms, items))
+    """``sum over params leaves <w_a, P(w_b)>``, in float64 on the host."""
+    host = {name: np.asarray(p) for name, p in perms.items()}
+    total = 0.0
+    for path, entries in spec.params.items():
+        w_a, w_b = np.asarray(flat_a[path], np.float64), np.asarray(flat_b[path], np.float64)
+        for axis, entry in enumerate(entries):
+            if entry is None:
+                continue
+            name, repeats = _parse_axis(entry, path)
+            split = w_b.reshape(*w_b.shape[:axis], repeats, -1, *w_b.shape[axis + 1:])
+            w_b = np.take(split, host[name], axis=axis + 1).reshape(w_a.shape)
+        total += float(np.vdot(w_a, w_b))
+    return total
+
+
+#: Incremental updates of a cached similarity term: only when at most this
+#: share of a permutation's entries moved, and at most this many times in a
+#: row before a full recomputation (bounding the accumulated rounding).
+_UPDATE_SHARE = 0.25
+_MAX_UPDATES = 8
+
+
+class _Term:
+    """A cached similarity term: one params leaf's contribution to one permutation."""
+
+    def __init__(self, axis: int, entries: tuple, w_a: jax.Array, w_b: jax.Array):
+        self.axis, self.w_a, self.w_b = axis, w_a, w_b
+        self.signature = _signature(entries)
+        self.deps = {k: _parse_axis(e, "")[0] for k, e in enumerate(entries)
+                     if e is not None and k != axis}
+        self.value: jax.Array | None = None
+        self.used: dict[int, tuple[int, jax.Array]] = {}  # axis -> (version, perm)
+        self.updates = 0
+
+    def inputs(self, versions: Mapping[str, int]) -> tuple:
+        return tuple(versions[name] for name in self.deps.values())
+
+    def current(self, perms: Perms, versions: Mapping[str, int]) -> jax.Array:
+        now = {k: (versions[name], perms[name]) for k, name in self.deps.items()}
+        if self.value is not None:
+            moved = [k for k in now if now[k][0] != self.used[k][0]]
+            if not moved:
+                return self.value
+            if len(moved) == 1 and self.updates < _MAX_UPDATES:
+                k = moved[0]
+                new, old = np.asarray(now[k][1]), np.asarray(self.used[k][1])
+                rows = np.flatnonzero(new != old)
+                if len(rows) <= _UPDATE_SHARE * len(new):
+                    self.value = self.value + self._update(now, k, rows, new, old)
+                    self.used, self.updates = now, self.updates + 1
+                    return self.value
+        axis_perms = tuple(now[k][1] if k in now else None for k in range(len(self.signature)))
+        self.value = _contribution(self.w_a, self.w_b, axis_perms, self.signature, self.axis)
+        self.used, self.updates = now, 0
+        return self.value
+
+    def _update(self, now: dict, dep_axis: int, rows: np.ndarray, new: np.ndarray,
+                old: np.ndarray) -> jax.Array:
+        bucket = max(16, 1 << int(np.ceil(np.log2(max(len(rows), 1)))))
+        padded = np.zeros(bucket, np.int32)
+        padded[:len(rows)] = rows
+        valid = np.zeros(bucket, np.float32)
+        valid[:len(rows)] = 1.0
+        others = tuple(now[k][1] if k in now and k != dep_axis else None
+                       for k in range(len(self.signature)))
+        return _contribution_update(
+            self.w_a, self.w_b, others, jnp.asarray(padded), jnp.asarray(new[padded]),
+            jnp.asarray(old[padded]), jnp.asarray(valid), self.signature, self.axis, dep_axis)
 
 
 def _descend(spec: PermutationSpec, flat_a: dict, flat_b: dict, perms: Perms, *,
@@ -415,17 +525,19 @@ def _descend(spec: PermutationSpec, flat_a: dict, flat_b: dict, perms: Perms, *,
              ) -> tuple[Perms, int]:
     """Algorithm 1 of Git Re-Basin from ``perms``; returns ``(perms, sweeps)``.
 
-    Each layer's contribution to a permutation's similarity matrix is cached
-    and recomputed only when a permutation it depends on has changed, and a
-    permutation whose matrix has not changed since it was last solved is not
-    solved again: the same permutations as recomputing everything, at a
-    fraction of the cost once few permutations still move.
+    Each leaf's term of a permutation's similarity matrix is cached: when the
+    permutation of its other axis moved only a few units, the term is updated
+    by contracting just those rows; a permutation whose terms did not change
+    since it was last solved is not solved again (the solver would return the
+    same answer). Late sweeps, where few units still move, cost a fraction
+    of a full recomputation.
     """
     names = list(spec.names)
     perms = dict(perms)
-    version = dict.fromkeys(names, 0)
-    cache: dict[tuple[str, int], tuple[tuple, jax.Array]] = {}
-    solved_at: dict[str, tuple] = {}
+    versions = dict.fromkeys(names, 0)
+    terms = {name: [_Term(axis, spec.params[path], flat_a[path], flat_b[path])
+                     for path, axis in spec.perm_to_axes[name]] for name in names}
+    solved_with: dict[str, tuple] = {}
     order_rng = np.random.default_rng(list(order_seed))
     objective = _match_objective(spec, flat_a, flat_b, perms) if tolerance > 0 else 0.0
     sweeps = 0
@@ -434,31 +546,19 @@ def _descend(spec: PermutationSpec, flat_a: dict, flat_b: dict, perms: Perms, *,
         changed = False
         for index in order_rng.permutation(len(names)):
             name = names[index]
-            state = []
-            total = None
-            for path, axis in spec.perm_to_axes[name]:
-                entries = spec.params[path]
-                deps = tuple(sorted({_parse_axis(e, path)[0] for i, e in enumerate(entries)
-                                     if i != axis} - {None}))
-                key = tuple(version[d] for d in deps)
-                state.append(key)
-                hit = cache.get((path, axis))
-                if hit is None or hit[0] != key:
-                    hit = (key, _contribution(flat_a[path], flat_b[path],
-                                              {d: perms[d] for d in deps}, entries, axis))
-                    cache[(path, axis)] = hit
-                total = hit[1] if total is None else total + hit[1]
-            state = tuple(state)
-            if solved_at.get(name) == state:
+            inputs = tuple(term.inputs(versions) for term in terms[name])
+            if solved_with.get(name) == inputs:
                 continue  # same matrix as when last solved: same answer, no change
-            solved_at[name] = state
+            solved_with[name] = inputs
+            total = sum(np.asarray(term.current(perms, versions), np.float64)
+                        for term in terms[name])
             new = solve_assignment(total, solver)
-            rows = jnp.arange(total.shape[0])
-            old_value = float(jnp.sum(total[rows, perms[name]]))
-            new_value = float(jnp.sum(total[rows, new]))
+            rows = np.arange(total.shape[0])
+            old_value = total[rows, np.asarray(perms[name])].sum()
+            new_value = total[rows, np.asarray(new)].sum()
             if new_value > old_value + 1e-12:
                 perms[name] = new
-                version[name] += 1
+                versions[name] += 1
                 changed = True
         if not changed:
             break

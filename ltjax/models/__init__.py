@@ -209,6 +209,15 @@ def is_conv(params: Any, *, leading_axes: int = 0) -> bool:
     return False
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _capture(model: nn.Module, wanted: frozenset, variables: dict, x: jax.Array) -> dict:
+    _, state = model.apply(
+        variables, x, train=False, mutable=["intermediates"],
+        capture_intermediates=lambda mdl, method: (
+            method == "__call__" and "/".join(mdl.path) in wanted))
+    return state["intermediates"]
+
+
 _SPECS = {MLP: mlp.permutation_spec, ConvN: conv.permutation_spec, VGG: vgg.permutation_spec,
           ResNet: resnet.permutation_spec}
 
@@ -262,14 +271,11 @@ def activations(model: nn.Module, spec: matching.PermutationSpec, variables: Map
     if not spec.activations:
         raise ValueError("spec has no activations entry (which module outputs carry each "
                          "permutation)")
-    wanted = {module for modules in spec.activations.values() for module in modules}
-    _, state = model.apply(
-        dict(variables), x, train=False, mutable=["intermediates"],
-        capture_intermediates=lambda mdl, method: (
-            method == "__call__" and "/".join(mdl.path) in wanted))
+    wanted = frozenset(module for modules in spec.activations.values() for module in modules)
+    intermediates = _capture(model, wanted, dict(variables), x)
     captured = {}
     for module in wanted:
-        node = state["intermediates"]
+        node = intermediates
         for part in module.split("/"):
             if part not in node:
                 raise ValueError(f"spec activations name module {module!r}, which the model "

@@ -1,0 +1,309 @@
+"""Permutation specs and Git Re-Basin matching: invariance, planted permutations, a NumPy oracle."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.optimize
+from flax import linen as nn
+
+from ltjax import masking, matching, models, pruning, tree
+
+# name, create kwargs, input shape: one of each bundled architecture, small where free
+# (ResNet-8 is the ResNet-20 code with one block per stage; specs of every registered
+# name are checked below without running them).
+MODELS = [
+    ("mlp", {"widths": (32, 16, 8)}, (8,)),
+    ("conv4", {}, (16, 16, 3)),
+    ("vgg11", {}, (32, 32, 3)),
+    ("resnet8", {"width": 4}, (16, 16, 3)),
+]
+
+
+def _create(name, **kwargs):
+    if name == "resnet8":
+        return models.ResNet(depth=8, **kwargs)
+    return models.create(name, **kwargs)
+
+
+@jax.jit
+def _randomized(tree, key, scale=1.0):
+    """Every leaf replaced by noise (so BN scales, biases and statistics all carry signal)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(treedef, [
+        scale * jax.random.uniform(k, x.shape, minval=0.5, maxval=1.5) if x.ndim == 1
+        else x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)])
+
+
+def _setup(name, kwargs, shape, seed=0):
+    model = _create(name, **kwargs)
+    params, stats = models.init(model, jax.random.key(seed), shape)
+    params = _randomized(params, jax.random.key(seed + 100))
+    stats = _randomized(stats, jax.random.key(seed + 200))
+    spec = models.permutation_spec(model, params, stats)
+    return model, params, stats, spec
+
+
+@jax.jit
+def _noisy(tree, level, key):
+    """``leaf + level * std(leaf) * N(0, 1)``: the noise level is relative to each leaf's spread."""
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(treedef, [
+        x + level * jnp.std(x) * jax.random.normal(k, x.shape)
+        for x, k in zip(leaves, keys, strict=True)])
+
+
+@pytest.mark.parametrize("name,kwargs,shape", MODELS, ids=[m[0] for m in MODELS])
+def test_permuted_model_computes_the_same_function(name, kwargs, shape):
+    model, params, stats, spec = _setup(name, kwargs, shape)
+    perms = matching.random_perms(matching.check_spec(spec, params, stats), jax.random.key(7))
+    assert any(not np.array_equal(p, np.arange(p.size)) for p in perms.values())
+    params_p = matching.apply_permutation(spec, perms, params)
+    stats_p = matching.apply_permutation(spec, perms, stats)
+    x = jax.random.normal(jax.random.key(3), (4, *shape))
+
+    def run(params, stats, train):
+        variables = {"params": params, **({"batch_stats": stats} if stats else {})}
+        if train and stats:
+            return model.apply(variables, x, train=True, mutable=["batch_stats"])
+        return model.apply(variables, x, train=train), {}
+
+    run = jax.jit(run, static_argnums=2)
+    for train in (False, True):
+        logits, updates = run(params, stats, train)
+        logits_p, updates_p = run(params_p, stats_p, train)
+        assert float(jnp.std(logits)) > 1e-3  # a live network, not all-dead units
+        np.testing.assert_allclose(logits_p, logits, rtol=2e-4, atol=2e-4 * float(
+            jnp.max(jnp.abs(logits))))
+        if updates:  # the running statistics are updated as permuted statistics
+            chex.assert_trees_all_close(
+                updates_p["batch_stats"],
+                matching.apply_permutation(spec, perms, updates["batch_stats"]),
+                rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", models.NAMES)
+def test_every_registered_model_has_a_spec_that_fits(name):
+    kwargs = {"widths": (20, 10)} if name == "mlp" else {}
+    kwargs.update({"width": 4} if name.startswith("resnet") else {})
+    model = models.create(name, **kwargs)
+    shape = (28, 28, 1) if name in ("mlp", "lenet_300_100") else (32, 32, 3)
+    params, stats = jax.eval_shape(lambda k: models.init(model, k, shape), jax.random.key(0))
+    spec = models.permutation_spec(model, params, stats)
+    sizes = matching.check_spec(spec, params, stats)
+    assert sizes and set(spec.activations) == set(sizes)
+
+
+@pytest.mark.parametrize("solver", matching.SOLVERS)
+@pytest.mark.parametrize("name,kwargs,shape", MODELS, ids=[m[0] for m in MODELS])
+def test_weight_matching_recovers_a_planted_permutation(name, kwargs, shape, solver):
+    _, params, _, spec = _setup(name, kwargs, shape, seed=1)
+    sizes = matching.check_spec(spec, params)
+    planted = matching.random_perms(sizes, jax.random.key(11))
+    params_b = _noisy(matching.apply_permutation(spec, planted, params), 0.1, jax.random.key(12))
+    result = matching.weight_matching(spec, params, params_b, seed=0, solver=solver)
+    expected = matching.inverse(planted)
+    for perm in sizes:
+        np.testing.assert_array_equal(result.perms[perm], expected[perm], err_msg=perm)
+    aligned = matching.apply_permutation(spec, result.perms, params_b)
+    value = sum(float(jnp.vdot(a, b)) for a, b in zip(
+        jax.tree.leaves(params), jax.tree.leaves(aligned), strict=True))
+    assert result.objective == pytest.approx(value, rel=1e-5)
+
+
+def _oracle_weight_matching(spec, params_a, params_b, seed, max_iter=100):
+    """Algorithm 1 of Git Re-Basin in float64 NumPy, every similarity recomputed each time."""
+    flat_a = {p: np.asarray(x, np.float64) for p, x in zip(
+        tree.names(params_a), jax.tree.leaves(params_a), strict=True)}
+    flat_b = {p: np.asarray(x, np.float64) for p, x in zip(
+        tree.names(params_b), jax.tree.leaves(params_b), strict=True)}
+    sizes = matching.check_spec(spec, params_a)
+    perms = {k: np.arange(n) for k, n in sizes.items()}
+    names = list(spec.names)
+    rng = np.random.default_rng([seed, 0])
+    for _ in range(max_iter):
+        progress = False
+        for index in rng.permutation(len(names)):
+            name = names[index]
+            n = sizes[name]
+            similarity = np.zeros((n, n))
+            for path, axis in spec.perm_to_axes[name]:
+                w_a, w_b = flat_a[path], flat_b[path]
+                for other, entry in enumerate(spec.params[path]):
+                    if entry is not None and other != axis:
+                        assert isinstance(entry, str)  # no repeated axes in the oracle's models
+                        w_b = np.take(w_b, perms[entry], axis=other)
+                w_a = np.moveaxis(w_a, axis, 0).reshape(n, -1)
+                w_b = np.moveaxis(w_b, axis, 0).reshape(n, -1)
+                similarity += w_a @ w_b.T
+            _, cols = scipy.optimize.linear_sum_assignment(similarity, maximize=True)
+            old = similarity[np.arange(n), perms[name]].sum()
+            new = similarity[np.arange(n), cols].sum()
+            if new > old + 1e-12:
+                perms[name] = cols
+                progress = True
+        if not progress:
+            break
+    return perms
+
+
+@pytest.mark.parametrize("name,kwargs,shape", [
+    ("mlp", {"widths": (48, 48, 48)}, (20,)), ("resnet8", {"width": 8}, (16, 16, 3))])
+def test_weight_matching_equals_a_numpy_oracle_of_algorithm_1(name, kwargs, shape):
+    # Independent random models: many sweeps, so the cached / incremental
+    # similarity terms are exercised and must give the oracle's answer.
+    model = _create(name, **kwargs)
+    params_a, _ = models.init(model, jax.random.key(0), shape)
+    params_b, _ = models.init(model, jax.random.key(1), shape)
+    params_a = _randomized(params_a, jax.random.key(2))
+    params_b = _randomized(params_b, jax.random.key(3))
+    spec = models.permutation_spec(model, params_a)
+    result = matching.weight_matching(spec, params_a, params_b, seed=5)
+    assert result.iterations > 2
+    expected = _oracle_weight_matching(spec, params_a, params_b, seed=5)
+    for perm in spec.names:
+        np.testing.assert_array_equal(result.perms[perm], expected[perm], err_msg=perm)
+
+
+def test_restarts_escape_a_bad_optimum_on_resnet20_width_4():
+    # At noise 2.5x each leaf's std, the single descent with seed 1 gets stuck
+    # (no permutation recovered); other sweep orders recover all of them.
+    model = models.create("resnet20", width=64)  # width 4x the standard 16
+    params, _ = models.init(model, jax.random.key(0), (32, 32, 3))
+    spec = models.permutation_spec(model, params)
+    sizes = matching.check_spec(spec, params)
+    planted = matching.random_perms(sizes, jax.random.key(101))
+    params_b = _noisy(matching.apply_permutation(spec, planted, params), 2.5, jax.random.key(201))
+    expected = matching.inverse(planted)
+
+    def recovered(result):
+        return sum(np.array_equal(result.perms[k], expected[k]) for k in sizes)
+
+    single = matching.weight_matching(spec, params, params_b, seed=1)
+    best = matching.weight_matching(spec, params, params_b, seed=1, restarts=3)
+    assert recovered(single) == 0
+    assert recovered(best) == len(sizes)
+    assert best.objective > single.objective
+    assert best.objectives[0] == pytest.approx(single.objective)
+
+
+def test_matching_is_deterministic_and_masks_stay_aligned():
+    _, params, _, spec = _setup("mlp", {"widths": (24, 24)}, (10,))
+    _, params_b, _, _ = _setup("mlp", {"widths": (24, 24)}, (10,), seed=3)
+    first = matching.weight_matching(spec, params, params_b, seed=4, restarts=2)
+    again = matching.weight_matching(spec, params, params_b, seed=4, restarts=2)
+    chex.assert_trees_all_equal(first.perms, again.perms)
+    assert first.objective == again.objective
+
+    masks = pruning.prune(params_b, masking.ones_like(params_b), fraction=0.5,
+                          prunable=masking.prunable(params_b))
+    params_p = matching.apply_permutation(spec, first.perms, params_b)
+    masks_p = matching.apply_permutation(spec, first.perms, masks)
+    chex.assert_trees_all_equal(masking.apply(params_p, masks_p),
+                                matching.apply_permutation(spec, first.perms,
+                                                           masking.apply(params_b, masks)))
+    selection = masking.prunable(params_b)
+    assert float(masking.density(masks_p, selection)) == float(masking.density(masks, selection))
+
+
+def test_tolerance_stops_earlier_with_a_close_objective():
+    model = models.create("mlp", widths=(64, 64, 64))
+    params_a, _ = models.init(model, jax.random.key(0), (32,))
+    params_b, _ = models.init(model, jax.random.key(1), (32,))
+    spec = models.permutation_spec(model, params_a)
+    exact = matching.weight_matching(spec, params_a, params_b, seed=0)
+    loose = matching.weight_matching(spec, params_a, params_b, seed=0, tolerance=1e-2)
+    assert loose.iterations < exact.iterations
+    assert loose.objective >= 0.95 * exact.objective
+
+
+def test_activation_matching_recovers_a_permuted_copy():
+    model, params, _, spec = _setup("conv2", {}, (8, 8, 3))
+    perms = matching.random_perms(matching.check_spec(spec, params), jax.random.key(5))
+    params_b = matching.apply_permutation(spec, perms, params)
+    x = jax.random.normal(jax.random.key(6), (16, 8, 8, 3))
+    acts_a = models.activations(model, spec, {"params": params}, x)
+    acts_b = models.activations(model, spec, {"params": params_b}, x)
+    result = matching.activation_matching(spec, acts_a, acts_b)
+    chex.assert_trees_all_equal(result.perms, matching.inverse(perms))
+
+
+def test_activations_of_a_resnet_cover_the_residual_streams():
+    model, params, stats, spec = _setup("resnet8", {"width": 2}, (8, 8, 3))
+    acts = models.activations(model, spec, {"params": params, "batch_stats": stats},
+                              jnp.ones((2, 8, 8, 3)))
+    assert len(acts["residual_0"]) == 1 + 1  # bn_init and the block of stage 0
+    assert acts["residual_2"][0].shape == (2, 2, 2, 8)
+
+
+def test_merge_many_aligns_permuted_copies():
+    _, params, _, spec = _setup("mlp", {"widths": (16, 16)}, (6,))
+    sizes = matching.check_spec(spec, params)
+    copies = [params] + [
+        _noisy(matching.apply_permutation(spec, matching.random_perms(sizes, jax.random.key(i)),
+                                          params), 0.05, jax.random.key(50 + i))
+        for i in (1, 2)]
+    merged, perms = matching.merge_many(spec, copies, seed=0)
+    # All copies end in one common frame (model 0 may move too): they agree up to
+    # the noise, and the merge is their mean.
+    aligned = [matching.apply_permutation(spec, p, c) for p, c in zip(perms, copies, strict=True)]
+    for other in aligned[1:]:
+        chex.assert_trees_all_close(other, aligned[0], atol=0.25)
+    chex.assert_trees_all_close(merged, jax.tree.map(lambda *xs: sum(xs) / 3, *aligned),
+                                atol=1e-6)
+    chex.assert_trees_all_close(merged, aligned[0], atol=0.15)
+
+
+def test_ste_matching_keeps_a_planted_permutation():
+    _, params, _, spec = _setup("mlp", {"widths": (16, 16)}, (6,))
+    sizes = matching.check_spec(spec, params)
+    planted = matching.random_perms(sizes, jax.random.key(9))
+    params_b = _noisy(matching.apply_permutation(spec, planted, params), 0.05, jax.random.key(8))
+    x = jax.random.normal(jax.random.key(1), (5, 32, 6))
+    y = jax.random.randint(jax.random.key(2), (5, 32), 0, 10)
+    model = models.create("mlp", widths=(16, 16))
+
+    def loss_fn(p, batch):
+        logits = model.apply({"params": p}, batch[0], train=False)
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), batch[1][:, None], 1))
+
+    result = matching.ste_matching(spec, params, params_b, loss_fn, list(zip(x, y, strict=True)),
+                                   learning_rate=1e-3)
+    assert len(result.history) == 5 and np.all(np.isfinite(result.history))
+    chex.assert_trees_all_equal(result.perms, matching.inverse(planted))
+
+
+def test_solvers_agree_on_a_random_matrix():
+    similarity = jax.random.normal(jax.random.key(0), (40, 40))
+    np.testing.assert_array_equal(matching.solve_assignment(similarity, "scipy"),
+                                  matching.solve_assignment(similarity, "optax"))
+
+
+def test_bad_input_gives_clear_errors():
+    model, params, stats, spec = _setup("vgg11", {}, (32, 32, 3))
+    bad = dict(spec.params)
+    del bad["Conv_3/bias"]
+    with pytest.raises(ValueError, match=r"Conv_3/bias.*no entry"):
+        matching.check_spec(matching.PermutationSpec(params=bad), params)
+    extra = {**spec.params, "Conv_99/kernel": (None, "Conv_0")}
+    with pytest.raises(ValueError, match=r"Conv_99/kernel.*not leaves of the params"):
+        matching.check_spec(matching.PermutationSpec(params=extra), params)
+    wrong = {**spec.params, "Conv_1/bias": ("Conv_2",)}  # 64 entries under a 128-unit permutation
+    with pytest.raises(ValueError, match=r"'Conv_2' acts on axes of inconsistent sizes"):
+        matching.check_spec(matching.PermutationSpec(params=wrong), params)
+    with pytest.raises(ValueError, match=r"spec batch_stats paths"):
+        matching.check_spec(spec, params, {})
+    with pytest.raises(ValueError, match="params_b must have the pytree structure"):
+        matching.weight_matching(spec, params, {"Dense_0": params["Dense_0"]})
+    mlp, mlp_params, _, mlp_spec = _setup("mlp", {"widths": (8,)}, (4,))
+    with pytest.raises(ValueError, match="solver must be one of"):
+        matching.weight_matching(mlp_spec, mlp_params, mlp_params, solver="lapjv")
+    with pytest.raises(ValueError, match="seed must be a non-negative int"):
+        matching.weight_matching(mlp_spec, mlp_params, mlp_params, seed=-1)
+    with pytest.raises(ValueError, match="perms must have one entry per permutation"):
+        matching.apply_permutation(mlp_spec, {}, mlp_params)
+    with pytest.raises(TypeError, match="no permutation spec for"):
+        models.permutation_spec(nn.Dense(3), mlp_params)
