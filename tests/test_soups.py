@@ -426,18 +426,9 @@ def test_soups_study_end_to_end_and_resume(tmp_path, monkeypatch):
     for name in ("soups.png", "wise_ft.png"):
         assert (tmp_path / "a" / "plots" / name).exists()
 
-    # A finished workdir: nothing is trained again, the same summary comes back.
-    def no_training(*args, **kwargs):
-        raise AssertionError("finished work was redone")
-
-    original = train.Executor.train
-    monkeypatch.setattr(train.Executor, "train", no_training)
-    assert soups.run_soups(config, tmp_path / "a", progress=False) == summary
-    monkeypatch.setattr(train.Executor, "train", original)
-
     # Killed late in fine-tuning and in the evaluations: the last fine-tune segment has
     # no checkpoint and no records, the greedy soup and half the WiSE-FT curves are
-    # missing. The same call resumes to the same files.
+    # missing. The same call resumes, training only that segment, to the same files.
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     last = max((tmp_path / "b" / "checkpoints" / "finetune_00").iterdir())
     shutil.rmtree(last)
@@ -447,7 +438,15 @@ def test_soups_study_end_to_end_and_resume(tmp_path, monkeypatch):
         (r.get("branch") == "finetune" and r["end"] == end)
         or r.get("branch") == "greedy_step" or r.get("model") == "greedy"
         or (r.get("branch") == "wise_ft" and r["ingredient"] >= 2)))
+    original, calls = train.Executor.train, []
+
+    def counted(self, state, masks, noise_keys, *, num_steps):
+        calls.append((int(np.asarray(state.step)[0]), num_steps))
+        return original(self, state, masks, noise_keys, num_steps=num_steps)
+
+    monkeypatch.setattr(train.Executor, "train", counted)
     resumed = soups.run_soups(config, tmp_path / "b", progress=False)
+    assert calls == [(end // 2, end // 2)]  # only the killed segment: 1 epoch from its start
     assert resumed == summary
     for name in ("results.csv", "wise_ft.csv"):
         assert results.read_csv(tmp_path / "a" / name) == results.read_csv(tmp_path / "b" / name)

@@ -9,9 +9,11 @@ decay (0, 5e-4) x label smoothing (0, 0.1), each for 1 and 3 epochs (the
 ingredients in 12 programs of 2 seeds. Validation: 5000 held-out training
 images. Shifted test: the 10K test images rotated by 30 degrees. WiSE-FT at
 11 alphas, interpolating everything and keeping the fine-tuned head.
-Sized for a few minutes on 2 CPU cores (about 3 1/2 min of training: 4.6K
-pretraining and 12 x 2 x 2.75K fine-tuning steps; the 48 x 2 WiSE-FT
-curves, ~26M evaluated examples, take about as long).
+Sized for the 2-core CPU machine: 4.6K pretraining steps and 12 programs x
+2 seeds x 2.75K fine-tuning steps, then 48 x 2 WiSE-FT curves (~26M evaluated
+examples). Measured: 16 min wall, 647 s of CPU, with the machine shared by
+another job (the run got 0.68 of a core on average); the WiSE-FT curves are
+7 1/2 min of it: ``--config.wise_ft.head_modes=interpolate`` halves them.
 
     LTJAX_DATA_DIR=../shared/data python -m experiments.soups \
         --config=experiments/configs/soups_lenet_mnist.py --workdir=runs/soups
