@@ -228,6 +228,72 @@ def plot_branch_curves(records: Sequence[dict], path: str | os.PathLike, *, key:
     fig.tight_layout()
     _save(fig, path)
 
+_CURVE_COLORS = {("naive", "none"): "tab:grey", ("matched", "none"): "tab:green",
+                 ("naive", "reset"): "tab:olive", ("matched", "reset"): "tab:blue",
+                 ("naive", "repair"): "tab:brown", ("matched", "repair"): "tab:red"}
+
+
+def plot_interpolation(records: Sequence[dict], path: str | os.PathLike, *,
+                       title: str = "") -> None:
+    """Loss and accuracy along naive and matched paths, train solid and test dashed.
+
+    The style of Git Re-Basin's figures (Ainsworth et al. 2023, Figures 2 and
+    4): one line per path kind (``variant`` naive/matched x ``correction``
+    none/reset/repair) and split, mean over pairs of models.
+
+    Args:
+      records: ``path`` records (``variant``, ``correction``, ``split``,
+        ``alpha``, ``loss``, ``accuracy``).
+      path: the PNG to write.
+      title: the figure title.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    kinds = list(dict.fromkeys((r["variant"], r["correction"]) for r in records))
+    for kind in kinds:
+        for split in dict.fromkeys(r["split"] for r in records):
+            mine = [r for r in records if (r["variant"], r["correction"]) == kind
+                    and r["split"] == split]
+            label = kind[0] + ("" if kind[1] == "none" else f" + {kind[1]}") + f", {split}"
+            style = "-" if split == "train" else "--"
+            for ax, metric, scale in ((axes[0], "loss", 1.0), (axes[1], "accuracy", 100.0)):
+                xs, mean, _, _, _ = mean_and_spread(mine, x="alpha", y=metric)
+                ax.plot(xs, scale * mean, style, color=_CURVE_COLORS.get(kind), label=label,
+                        marker="." if split == "train" else None)
+    for ax, name in zip(axes, ("loss", "accuracy (%)"), strict=True):
+        ax.set_xlabel("interpolation alpha (model 0 -> model j)")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_branch_curves(records: Sequence[dict], path: str | os.PathLike, *, key: str,
+                       split: str = "test", title: str = "") -> None:
+    """Accuracy vs step, one line per value of ``records[key]`` (mean over replicates).
+
+    Example:
+        >>> plot_branch_curves(records, "plots/sparse.png", key="member")
+    """
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    trained = []
+    for value in dict.fromkeys(r[key] for r in records if r["split"] == split):
+        mine = [r for r in records if r[key] == value and r["split"] == split]
+        xs, mean, _, lo, hi = mean_and_spread(mine, x="step", y="accuracy")
+        (line,) = ax.plot(xs, 100 * mean, label=str(value))
+        ax.fill_between(xs, 100 * lo, 100 * hi, alpha=0.15, color=line.get_color())
+        trained += list(100 * lo[1:] if len(lo) > 2 else 100 * lo)
+    if trained:
+        ax.set_ylim(max(0.0, min(trained) - 1.0), 100.0)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"{split} accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+
 def plot_instability_vs_k(rows: Sequence[dict], path: str | os.PathLike, *,
                           title: str = "", threshold: float = 0.02) -> None:
     """Instability (error barrier) vs rewind step k per split: mean and spread over pairs."""

@@ -1,0 +1,71 @@
+"""Git Re-Basin on MNIST: MLP 784-512-512-512-10, the paper's Figure 2 setting.
+
+Ainsworth, Hayase & Srinivasa, "Git Re-Basin" (ICLR 2023): two MLPs with
+three hidden layers of 512 units from different initialisations, trained
+with Adam at 1e-3 in batches of 500 (samuela/git-re-basin
+``src/mnist_mlp_train.py``; they train 100 epochs, we train 20 to fit a
+15-minute run on a shared 2-core CPU), matched by weight matching (best of 8
+orders), interpolated at 25 alphas on the full train (60K) and test (10K)
+sets, with and without REPAIR (Jordan et al. 2023). Plus sparse re-basin at
+2 % density (Adnan et al.): model 1's init trained 10 epochs with model 0's
+one-shot magnitude mask, permuted vs unpermuted (the ticket of model 0 is
+off to save time: ``--config.sparse.ticket=True``). Needs
+``mnist/mnist.npz`` under ``$LTJAX_DATA_DIR``.
+
+    LTJAX_DATA_DIR=../shared/data python -m experiments.rebasin \\
+        --config=experiments/configs/rebasin_mlp_mnist.py --workdir=runs/rebasin
+    python -m experiments.rebasin --config=experiments/configs/rebasin_mlp_mnist.py \\
+        --workdir=runs/rebasin_act --config.method=activation
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The config; ``'quick'``: 1 epoch, 5 alphas, no sparse part."""
+    config = ml_collections.ConfigDict()
+    config.dataset = "mnist"
+    config.data_dir = ""
+    config.validation_size = 0
+    config.model = "mlp"
+    config.model_kwargs = ml_collections.ConfigDict({"widths": (512, 512, 512)})
+    config.num_replicates = 2  # model 0 is matched to each of models 1..S-1
+    config.seed = 0
+    config.training_steps = "20ep"
+    config.eval_every = "2ep"
+    config.checkpoint_every = "10ep"
+    config.max_checkpoints = 1
+    config.strategy = "auto"
+    config.steps_per_call = 0
+    config.recipe = ml_collections.ConfigDict(dict(
+        optimizer="adam", learning_rate=1e-3, batch_size=500, weight_decay=0.0, momentum=0.0,
+        warmup=0, lr_drops=(), lr_drop_factor=0.1, label_smoothing=0.0, augment=False,
+    ))
+    # Matching: 'weight', 'activation' or 'ste'.
+    config.method = "weight"
+    config.matching = ml_collections.ConfigDict(dict(
+        max_iter=100, restarts=8,          # weight matching (and STE's projections)
+        num_examples=5000,                 # activation matching: training inputs
+        ste_steps=200, ste_batch_size=500, ste_learning_rate=1e-3,  # STE (Algorithm 3)
+    ))
+    # Paths: every correction listed is evaluated on the naive and matched path.
+    config.corrections = ("none", "repair")  # among 'none', 'reset' (BatchNorm), 'repair'
+    config.repair = ml_collections.ConfigDict(dict(num_examples=5000, eps=1e-5))
+    config.reset_batches = 20
+    config.num_alphas = 25
+    config.path_splits = ("train", "test")
+    config.alpha_chunk = 25
+    # Sparse re-basin: density 0 turns it off.
+    config.sparse = ml_collections.ConfigDict(dict(
+        density=0.02, scope="global", training_steps="10ep",  # "": as long as the dense nets
+        ticket=False))  # also train model 0's init with its own mask (the LTH reference)
+    if arg == "quick":
+        config.training_steps = "1ep"
+        config.eval_every = "1ep"
+        config.checkpoint_every = "1ep"
+        config.num_alphas = 5
+        config.alpha_chunk = 5
+        config.sparse.density = 0.0
+    elif arg:
+        raise ValueError(f"unknown config variant {arg!r}; expected 'quick' or nothing")
+    return config

@@ -1,0 +1,40 @@
+"""Git Re-Basin: train S models, match models 1..S-1 to model 0, interpolate; sparse re-basin.
+
+    LTJAX_DATA_DIR=../shared/data python -m experiments.rebasin \
+        --config=experiments/configs/rebasin_mlp_mnist.py --workdir=runs/rebasin
+    python -m experiments.rebasin --config=experiments/configs/rebasin_mlp_digits.py:quick \
+        --workdir=runs/rebasin_q --config.method=activation
+
+Re-running the same command on the same workdir resumes where it stopped.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+import experiments
+from ltjax.studies import rebasin
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "A config file (experiments/configs).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where results and checkpoints go.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    experiments.use_cpu_devices(_CONFIG.value.num_replicates)
+    summary = rebasin.run_rebasin(_CONFIG.value, _WORKDIR.value)
+    print("{:>5} {:>8} {:>11} {:>6} {:>13} {:>16} {:>13}".format(
+        "pair", "variant", "correction", "split", "loss barrier", "error barrier %",
+        "midpoint acc %"))
+    for row in summary["rows"]:
+        print(f"{row['pair']:>5} {row['variant']:>8} {row['correction']:>11} {row['split']:>6} "
+              f"{row['loss_barrier']:13.4f} {100 * row['error_barrier']:16.2f} "
+              f"{100 * row['midpoint_accuracy']:13.2f}")
+    for row in summary["sparse"]:
+        print(f"sparse {row['branch']:>9} pair {row['pair']:>4} ({row['init']}): density "
+              f"{100 * row['density']:.1f} %, test accuracy {100 * row['test_accuracy']:.2f} %")
+
+
+if __name__ == "__main__":
+    app.run(main)

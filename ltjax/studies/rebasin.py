@@ -1,0 +1,388 @@
+"""Git Re-Basin: match independently trained networks, then interpolate them.
+
+Ainsworth, Hayase & Srinivasa, "Git Re-Basin: Merging Models modulo
+Permutation Symmetries" (ICLR 2023). S networks are trained from different
+initialisations (and data orders) as one program; model 0 is the reference
+and every other model ``j`` is permuted onto it by ``config.method``
+(:mod:`ltjax.matching`):
+
+- ``'weight'``: weight matching (Algorithm 1, coordinate descent over the
+  permutations, each a linear assignment);
+- ``'activation'``: activation matching on training inputs (section 3.1);
+- ``'ste'``: the straight-through estimator (Algorithm 3), learning the
+  permutation that minimises the midpoint's training loss.
+
+Each pair is then evaluated along the linear path between model 0 and model
+``j``, unpermuted (``naive``) and permuted (``matched``), at
+``config.num_alphas`` alphas on the train and test sets, with the loss
+barrier of Git Re-Basin and the error barrier of Frankle et al. (2020)
+(:mod:`ltjax.averaging`). ``config.corrections`` lists how every point of a
+path is evaluated: as interpolated (``'none'``); with its BatchNorm
+statistics recomputed on training data (``'reset'``); or REPAIRed
+(``'repair'``: Jordan et al., "REPAIR: REnormalizing Permuted Activations for
+Interpolation Repair", ICLR 2023; :mod:`ltjax.repair`, :func:`ltjax.models.repair`).
+
+Sparse re-basin (the question of Adnan et al., "Sparse Training from Random
+Initialization: Aligning Lottery Ticket Masks using Weight Symmetry",
+calgaryml/sparse-rebasin), when ``config.sparse.density > 0``: model 0 is
+pruned one-shot by magnitude to that density; its mask, moved into model
+``j``'s basin by the inverse of the matching permutations, trains model
+``j``'s initialisation (``permuted``), against the same mask unpermuted
+(``naive``) and, if ``config.sparse.ticket``, model 0's own initialisation
+with its mask (``ticket``, the lottery-ticket reference); all of them as one
+masked program.
+
+Example (Colab):
+    >>> from experiments.configs import rebasin_mlp_digits
+    >>> summary = run_rebasin(rebasin_mlp_digits.get_config("quick"), "/tmp/rebasin")
+    >>> summary["rows"][0]["error_barrier"]
+"""
+
+from __future__ import annotations
+
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ltjax import averaging, data, masking, matching, models, plots, pruning, results, rng, train
+from ltjax import tree as tree_lib
+from ltjax.studies import common
+
+METHODS = ("weight", "activation", "ste")
+CORRECTIONS = ("none", "reset", "repair")
+VARIANTS = ("naive", "matched")
+SPARSE_BRANCHES = ("ticket", "permuted", "naive")
+
+
+def corrections_of(config: Any) -> tuple[str, ...]:
+    """``config.corrections`` as a tuple (a comma-separated string works too), checked.
+
+    Raises:
+      ValueError: an empty list or an unknown correction (naming it).
+    """
+    value = config.get("corrections", ("none",))
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    value = tuple(value)
+    unknown = [v for v in value if v not in CORRECTIONS]
+    if not value or unknown:
+        raise ValueError(f"config.corrections must be a non-empty list among {CORRECTIONS}, "
+                         f"got {value!r}")
+    return tuple(dict.fromkeys(value))
+
+
+def check_config(config: Any) -> None:
+    """Check the study's own fields before anything is written.
+
+    Raises:
+      ValueError: an unknown ``config.method`` or correction, fewer than 2
+        replicates or alphas, or a sparse density outside [0, 1).
+    """
+    if config.method not in METHODS:
+        raise ValueError(f"config.method must be one of {METHODS}, got {config.method!r}")
+    corrections_of(config)
+    if config.num_replicates < 2:
+        raise ValueError(f"config.num_replicates must be >= 2 (model 0 and one to match), "
+                         f"got {config.num_replicates}")
+    if config.num_alphas < 2:
+        raise ValueError(f"config.num_alphas must be >= 2, got {config.num_alphas}")
+    density = config.sparse.density
+    if not 0.0 <= density < 1.0:
+        raise ValueError(f"config.sparse.density must be in [0, 1) (0: off), got {density}")
+
+
+def train_sample(dataset: data.Dataset, num_examples: int, *, seed: int) -> jax.Array:
+    """``num_examples`` normalised training inputs (all if fewer), in an order drawn from ``seed``.
+
+    Example:
+        >>> x = train_sample(data.load("digits"), 500, seed=0)   # [500, 8, 8, 1]
+    """
+    count = min(int(num_examples), len(dataset.train))
+    order = np.asarray(jax.random.permutation(rng.stream(jax.random.key(seed), "sample"),
+                                              len(dataset.train)))[:count]
+    return data.normalize(jnp.asarray(dataset.train.x[np.sort(order)]), dataset.mean,
+                          dataset.std)
+
+
+def _variables(params: Any, batch_stats: Any) -> dict:
+    return {"params": params, **({"batch_stats": batch_stats} if jax.tree.leaves(batch_stats)
+                                 else {})}
+
+
+def match(config: Any, executor: train.Executor, spec: matching.PermutationSpec,
+          a: tuple, b: tuple, *, x: jax.Array) -> matching.MatchResult:
+    """Permutations of network ``b = (params, batch_stats)`` onto ``a`` by ``config.method``.
+
+    Raises:
+      ValueError: an unknown ``config.method``.
+    """
+    m = config.matching
+    if config.method == "weight":
+        return matching.weight_matching(spec, a[0], b[0], seed=config.seed,
+                                        max_iter=m.max_iter, restarts=m.restarts)
+    if config.method == "activation":
+        acts_a = models.activations(executor.model, spec, _variables(*a), x)
+        acts_b = models.activations(executor.model, spec, _variables(*b), x)
+        return matching.activation_matching(spec, acts_a, acts_b)
+    if config.method == "ste":
+        dataset = executor.dataset
+        has_bn = bool(jax.tree.leaves(a[1]))
+        model = executor.model
+
+        def loss_fn(params, batch):
+            logits = train.logits(model, params, a[1], batch[0], train=has_bn)
+            return train.cross_entropy(logits, batch[1]).mean()
+
+        index = data.batch_indices(rng.stream(jax.random.key(config.seed), "ste"), 0,
+                                   num_steps=m.ste_steps, num_examples=len(dataset.train),
+                                   batch_size=m.ste_batch_size)
+        batches = ((data.normalize(jnp.asarray(dataset.train.x[np.asarray(i)]), dataset.mean,
+                                   dataset.std), jnp.asarray(dataset.train.y[np.asarray(i)]))
+                   for i in index)
+        return matching.ste_matching(spec, a[0], b[0], loss_fn, batches,
+                                     learning_rate=m.ste_learning_rate, seed=config.seed,
+                                     max_iter=m.max_iter)
+    raise ValueError(f"config.method must be one of {METHODS}, got {config.method!r}")
+
+
+def _load_or_match(config, executor, spec, a, b, *, x, path: pathlib.Path) -> dict:
+    """The pair's permutations, from ``path`` if a previous run matched it already."""
+    if path.exists():
+        saved = results.read_json(path)
+        return {"perms": {k: jnp.asarray(v, jnp.int32) for k, v in saved["perms"].items()},
+                "objective": saved["objective"], "seconds": saved["seconds"]}
+    start = time.perf_counter()
+    result = match(config, executor, spec, a, b, x=x)
+    seconds = time.perf_counter() - start
+    perms = {k: np.asarray(v).tolist() for k, v in result.perms.items()}
+    results.write_json(path, {"method": config.method, "objective": result.objective,
+                              "iterations": result.iterations, "seconds": seconds,
+                              "perms": perms})
+    return {"perms": result.perms, "objective": result.objective, "seconds": seconds}
+
+
+def run_rebasin(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
+    """Train, match, interpolate (and sparse re-basin); resumable. See the module docstring.
+
+    Writes into ``workdir``: ``config.json``; ``metrics.jsonl`` (training
+    records of the ``dense`` and ``sparse`` branches, and one ``path`` record
+    per pair, variant, correction, split and alpha); ``perms/pair_0-j.json``
+    (the permutations of model j, with the matching objective and time);
+    ``results.csv`` (per pair, variant, correction and split: loss and error
+    barriers with the alphas of their peaks, endpoint and midpoint loss and
+    accuracy); ``sparse_results.csv`` (final test accuracy per sparse branch,
+    if on); ``plots/interpolation.png`` (loss and accuracy vs alpha, naive vs
+    matched, train and test, as in the paper's figures),
+    ``plots/learning_curves.png`` and ``plots/sparse_rebasin.png``; and
+    ``checkpoints/``. Re-running resumes: finished training, matchings and
+    paths are read back, not recomputed.
+
+    Args:
+      config: a ConfigDict as in ``experiments/configs/rebasin_mlp_digits.py``.
+      workdir: the output folder.
+      progress: show progress bars.
+
+    Returns:
+      ``{'rows': [...], 'sparse': [...]}``: the rows of ``results.csv`` (means
+      over pairs when there are several) and of ``sparse_results.csv``.
+
+    Raises:
+      ValueError: see :func:`check_config`; ``'reset'`` for a model without BatchNorm.
+    """
+    check_config(config)
+    corrections = corrections_of(config)
+    workdir, dataset, recipe, executor = common.setup(config, workdir)
+    del recipe
+    model = executor.model
+    if "reset" in corrections and not models.has_batch_norm(executor.abstract_state.batch_stats):
+        raise ValueError(f"config.corrections has 'reset' but {config.model} has no BatchNorm "
+                         "statistics to recompute")
+    per_epoch = executor.steps_per_epoch
+    end = common.steps(config.training_steps, per_epoch)
+    num = config.num_replicates
+    init_keys, noise_keys = rng.init_and_noise(rng.replicate_keys(config.seed, num))
+    log = results.MetricsLog(workdir / "metrics.jsonl")
+    ckpt_root = workdir / "checkpoints"
+    eval_every = max(1, common.steps(config.eval_every, per_epoch))
+    ckpt_every = max(1, common.steps(config.checkpoint_every, per_epoch))
+    max_ckpts = config.get("max_checkpoints", 2)
+
+    # 1. S networks from S initialisations, as one program.
+    final = common.train_segment(
+        executor, state=executor.init(init_keys), masks=None, noise_keys=noise_keys, end=end,
+        eval_every=eval_every, checkpoint_every=ckpt_every, ckpt_dir=ckpt_root / "dense",
+        log=log, tags={"branch": "dense"}, splits=["test"], densities=np.ones(num),
+        progress=progress, desc=f"train {config.model} x{num}", max_checkpoints=max_ckpts)
+    nets = [(tree_lib.index(final.params, r), tree_lib.index(final.batch_stats, r))
+            for r in range(num)]
+    spec = models.permutation_spec(model, nets[0][0], nets[0][1] or None)
+
+    # 2. Match every model j to model 0.
+    x_match = train_sample(dataset, config.matching.num_examples, seed=config.seed)
+    matched = {}
+    for j in range(1, num):
+        found = _load_or_match(config, executor, spec, nets[0], nets[j], x=x_match,
+                               path=workdir / "perms" / f"pair_0-{j}.json")
+        perms = found["perms"]
+        matched[j] = {**found, "net": (matching.apply_permutation(spec, perms, nets[j][0]),
+                                       matching.apply_permutation(spec, perms, nets[j][1]))}
+
+    # 3. Naive and matched paths, with each correction.
+    x_repair = train_sample(dataset, config.repair.num_examples, seed=config.seed + 1)
+    alphas = np.linspace(0.0, 1.0, config.num_alphas)
+    splits = list(config.path_splits)
+    rows = []
+    for j in range(1, num):
+        for variant in VARIANTS:
+            b = nets[j] if variant == "naive" else matched[j]["net"]
+            for correction in corrections:
+                tags = {"branch": "path", "pair": f"0-{j}", "variant": variant,
+                        "correction": correction}
+                _evaluate_path(executor, config, log, tags, nets[0], b, alphas=alphas,
+                               splits=splits, correction=correction, x_repair=x_repair)
+                rows += [_path_row(log, tags, split, method=config.method) for split in splits]
+    summary = _mean_rows(rows) if num > 2 else rows
+    results.write_csv(workdir / "results.csv", rows + (summary if num > 2 else []))
+
+    # 4. Sparse re-basin.
+    sparse_rows = []
+    if config.sparse.density > 0:
+        sparse_rows = _sparse_rebasin(config, executor, spec, nets, matched, init_keys,
+                                      noise_keys, log=log, ckpt_dir=ckpt_root / "sparse",
+                                      eval_every=eval_every, ckpt_every=ckpt_every,
+                                      max_ckpts=max_ckpts, progress=progress)
+        results.write_csv(workdir / "sparse_results.csv", sparse_rows)
+
+    records = log.read()
+    name = f"{config.model} on {config.dataset}"
+    plots.plot_interpolation(
+        [r for r in records if r.get("branch") == "path"], workdir / "plots" / "interpolation.png",
+        title=f"{name}: model 0 to model j, {config.method} matching")
+    plots.plot_branch_curves(
+        [r for r in records if r.get("branch") == "dense"],
+        workdir / "plots" / "learning_curves.png", key="branch",
+        title=f"{name}: {num} initialisations")
+    if sparse_rows:
+        plots.plot_branch_curves(
+            [{**r, "member": _member_names(num, config.sparse.get("ticket", True))[
+                r["replicate"]]} for r in records
+             if r.get("branch") == "sparse" and r["split"] == "test"],
+            workdir / "plots" / "sparse_rebasin.png", key="member",
+            title=f"{name}: sparse re-basin at density {config.sparse.density:g}")
+    return {"rows": summary, "sparse": sparse_rows}
+
+
+def _evaluate_path(executor, config, log, tags, a, b, *, alphas, splits, correction,
+                   x_repair) -> None:
+    """Evaluate one path on ``splits`` unless the log holds it already."""
+    done = {(r["split"], round(r["alpha"], 6)) for r in log.read()
+            if all(r.get(k) == v for k, v in tags.items())}
+    if all((s, round(float(x), 6)) in done for s in splits for x in alphas):
+        return
+    log.keep_only(lambda r: not all(r.get(k) == v for k, v in tags.items()))
+
+    def evaluate(t):
+        out = {}
+        for split in splits:
+            for key, value in executor.evaluate_params(t[0], t[1], split).items():
+                out[f"{split}/{key}"] = value
+        return out
+
+    recompute = None
+    tree_a, tree_b = a, b
+    if correction == "reset":
+        reset = config.get("reset_batches", 20)
+
+        def recompute(t):
+            return (t[0], executor.recomputed_batch_stats(t[0], t[1], num_batches=reset))
+    elif correction == "repair":
+        model, eps = executor.model, config.repair.eps
+        tree_a = (*a, models.output_stats(model, _variables(*a), x_repair))
+        tree_b = (*b, models.output_stats(model, _variables(*b), x_repair))
+        recompute = models.repair_fn(model, x_repair, eps=eps)
+    curve = averaging.evaluate_path(evaluate, tree_a, tree_b, alphas,
+                                    chunk_size=config.get("alpha_chunk") or len(alphas),
+                                    recompute_fn=recompute)
+    log.append([{**tags, "split": split, "alpha": float(x), "step": None,
+                 "loss": curve[f"{split}/loss"][n], "accuracy": curve[f"{split}/accuracy"][n]}
+                for split in splits for n, x in enumerate(alphas)])
+
+
+def _path_row(log, tags, split, *, method) -> dict:
+    path = sorted((r for r in log.read() if r["split"] == split
+                   and all(r.get(k) == v for k, v in tags.items())), key=lambda r: r["alpha"])
+    alphas = np.array([r["alpha"] for r in path])
+    acc = np.array([r["accuracy"] for r in path])
+    loss = np.array([r["loss"] for r in path])
+    error_barrier, error_at = averaging.error_barrier(alphas, 1.0 - acc)
+    loss_barrier, loss_at = averaging.loss_barrier(alphas, loss)
+    mid = int(np.argmin(np.abs(alphas - 0.5)))
+    return {"pair": tags["pair"], "method": method, "variant": tags["variant"],
+            "correction": tags["correction"], "split": split,
+            "loss_barrier": float(loss_barrier), "loss_barrier_alpha": float(loss_at),
+            "error_barrier": float(error_barrier), "error_barrier_alpha": float(error_at),
+            "loss_a": loss[0], "loss_b": loss[-1], "accuracy_a": acc[0], "accuracy_b": acc[-1],
+            "midpoint_alpha": alphas[mid], "midpoint_loss": loss[mid],
+            "midpoint_accuracy": acc[mid]}
+
+
+def _mean_rows(rows: list[dict]) -> list[dict]:
+    out = []
+    keys = [k for k in rows[0] if isinstance(rows[0][k], float | np.floating)]
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["variant"], r["correction"], r["split"]), []).append(r)
+    for (variant, correction, split), group in groups.items():
+        out.append({"pair": "mean", "method": group[0]["method"], "variant": variant,
+                    "correction": correction, "split": split,
+                    **{k: float(np.mean([g[k] for g in group])) for k in keys}})
+    return out
+
+
+def _member_names(num: int, ticket: bool) -> list[str]:
+    """Sparse members: the ticket of model 0 (if on), then (permuted, naive) for each model j."""
+    names = ["ticket (model 0)"] if ticket else []
+    for j in range(1, num):
+        names += [f"permuted mask, model {j}", f"naive mask, model {j}"]
+    return names
+
+
+def _sparse_rebasin(config, executor, spec, nets, matched, init_keys, noise_keys, *, log,
+                    ckpt_dir, eval_every, ckpt_every, max_ckpts, progress) -> list[dict]:
+    """Train the ticket, permuted-mask and naive-mask networks as one masked program."""
+    num = len(nets)
+    sparse = config.sparse
+    per_epoch = executor.steps_per_epoch
+    end = common.steps(sparse.get("training_steps") or config.training_steps, per_epoch)
+    selection = masking.prunable(executor.abstract_state.params)
+    mask_0 = pruning.prune_to_density(pruning.magnitude_scores(nets[0][0]), selection,
+                                      density=float(sparse.density), scope=sparse.scope)
+    members = [("ticket", "0", 0, mask_0)] if sparse.get("ticket", True) else []
+    for j in range(1, num):
+        # perms map model j onto model 0 (unit perm[i] of j faces unit i of 0), so
+        # model 0's mask lands in model j's basin by the inverse permutation.
+        moved = matching.apply_permutation(spec, matching.inverse(matched[j]["perms"]), mask_0)
+        members += [("permuted", f"0-{j}", j, moved), ("naive", f"0-{j}", j, mask_0)]
+    index = np.array([m[2] for m in members])
+    masks = executor.shard(tree_lib.stack([m[3] for m in members]))
+    densities = np.asarray(jax.vmap(lambda m: masking.density(m, selection))(masks))
+    state = executor.init(init_keys[index], masks)
+    tags = {"branch": "sparse"}
+    common.train_segment(
+        executor, state=state, masks=masks, noise_keys=noise_keys[index], end=end,
+        eval_every=eval_every, checkpoint_every=ckpt_every, ckpt_dir=ckpt_dir, log=log,
+        tags=tags, splits=["test"], densities=densities, progress=progress,
+        desc=f"sparse re-basin x{len(members)}", max_checkpoints=max_ckpts)
+    rows = []
+    for r in common.final_records(log, tags, end):
+        if r["split"] != "test":
+            continue
+        branch, pair, model_index, _ = members[r["replicate"]]
+        rows.append({"branch": branch, "pair": pair, "init": f"model {model_index}",
+                     "replicate": r["replicate"], "density": r["density"], "step": end,
+                     "test_accuracy": r["accuracy"], "test_loss": r["loss"]})
+    return sorted(rows, key=lambda row: row["replicate"])
