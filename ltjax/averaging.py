@@ -509,25 +509,25 @@ def learned_soup(
 
     tx = optimizer if optimizer is not None else optax.adam(learning_rate)
 
+    # One jitted step per Python iteration, not a rolled scan: XLA:CPU runs convs inside
+    # loops many times slower (FACTS.md). The stack and the data are arguments, not constants.
     @jax.jit
-    def fit(logits, stack, heldout, key):
-        def step(carry, t):
-            logits, opt_state = carry
-            batch = heldout
-            if batch_size is not None:
-                rows = jax.random.permutation(jax.random.fold_in(key, t), num_examples)
-                batch = jax.tree.map(lambda x: x[rows[:batch_size]], heldout)
-            loss, grad = jax.value_and_grad(lambda lg: loss_fn(mix(lg, stack), batch))(logits)
-            updates, opt_state = tx.update(grad, opt_state, logits)
-            return (optax.apply_updates(logits, updates), opt_state), loss
+    def step(logits, opt_state, stack, heldout, key, t):
+        batch = heldout
+        if batch_size is not None:
+            rows = jax.random.permutation(jax.random.fold_in(key, t), num_examples)
+            batch = jax.tree.map(lambda x: x[rows[:batch_size]], heldout)
+        loss, grad = jax.value_and_grad(lambda lg: loss_fn(mix(lg, stack), batch))(logits)
+        updates, opt_state = tx.update(grad, opt_state, logits)
+        return optax.apply_updates(logits, updates), opt_state, loss
 
-        carry = (logits, tx.init(logits))
-        (logits, _), losses = jax.lax.scan(step, carry, jnp.arange(num_steps))
-        return logits, losses, mix(logits, stack)
-
-    logits, losses, soup = fit(jnp.zeros((len(layers), num), jnp.float32), stack, heldout,
-                               jax.random.key(seed))
-    losses = np.asarray(losses)
+    logits = jnp.zeros((len(layers), num), jnp.float32)
+    opt_state, key, losses = tx.init(logits), jax.random.key(seed), []
+    for t in range(num_steps):
+        logits, opt_state, loss = step(logits, opt_state, stack, heldout, key, t)
+        losses.append(loss)
+    soup = jax.jit(mix)(logits, stack)
+    losses = np.asarray(jnp.stack(losses))
     if not np.all(np.isfinite(losses)):
         bad = int(np.argmin(np.isfinite(losses)))
         raise FloatingPointError(f"the held-out loss of the learned soup is {losses[bad]} at "

@@ -1,4 +1,4 @@
-"""Model soups and WiSE-FT on scikit-learn's digits: offline, seconds long.
+"""Model soups and WiSE-FT on scikit-learn's digits: offline, under a minute on 2 CPU cores.
 
     python -m experiments.soups --config=experiments/configs/soups_lenet_digits.py \
         --workdir=runs/soups_digits
@@ -12,7 +12,7 @@ from experiments.configs import soups_lenet_mnist
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """The config (16 ingredients); ``'quick'``: 2 x 2 x 2 = 8 ingredients, 1 and 2 epochs."""
+    """The config (16 ingredients); ``'quick'``: 2 recipes x 2 epochs x 2 orders, 8 ingredients."""
     config = soups_lenet_mnist.get_config()
     config.dataset = "digits"
     config.validation_size = 300
@@ -27,6 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.shift.amount = 20.0
     config.learned_soup.num_steps = 100
     if arg == "quick":
+        config.finetune.learning_rate = (1e-3,)
         config.pretrain.steps = "2ep"
         config.finetune.epochs = ("1ep", "2ep")
         config.eval_every = "1ep"
