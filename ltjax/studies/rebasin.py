@@ -59,15 +59,15 @@ SPARSE_BRANCHES = ("ticket", "permuted", "naive")
 
 
 def corrections_of(config: Any) -> tuple[str, ...]:
-    """``config.corrections`` as a tuple (a comma-separated string works too), checked.
+    """``config.corrections`` as a tuple (comma-separated strings are split), checked.
 
     Raises:
       ValueError: an empty list or an unknown correction (naming it).
     """
     value = config.get("corrections", ("none",))
-    if isinstance(value, str):
-        value = [v.strip() for v in value.split(",") if v.strip()]
-    value = tuple(value)
+    # ``--config.corrections=none,repair`` arrives as the 1-tuple ('none,repair',).
+    items = [value] if isinstance(value, str) else list(value)
+    value = tuple(v.strip() for item in items for v in str(item).split(",") if v.strip())
     unknown = [v for v in value if v not in CORRECTIONS]
     if not value or unknown:
         raise ValueError(f"config.corrections must be a non-empty list among {CORRECTIONS}, "
@@ -212,8 +212,9 @@ def run_rebasin(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
     max_ckpts = config.get("max_checkpoints", 2)
 
     # 1. S networks from S initialisations, as one program.
+    initial = executor.init(init_keys)
     final = common.train_segment(
-        executor, state=executor.init(init_keys), masks=None, noise_keys=noise_keys, end=end,
+        executor, state=initial, masks=None, noise_keys=noise_keys, end=end,
         eval_every=eval_every, checkpoint_every=ckpt_every, ckpt_dir=ckpt_root / "dense",
         log=log, tags={"branch": "dense"}, splits=["test"], densities=np.ones(num),
         progress=progress, desc=f"train {config.model} x{num}", max_checkpoints=max_ckpts)
@@ -251,7 +252,7 @@ def run_rebasin(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
     # 4. Sparse re-basin.
     sparse_rows = []
     if config.sparse.density > 0:
-        sparse_rows = _sparse_rebasin(config, executor, spec, nets, matched, init_keys,
+        sparse_rows = _sparse_rebasin(config, executor, spec, nets, matched, initial,
                                       noise_keys, log=log, ckpt_dir=ckpt_root / "sparse",
                                       eval_every=eval_every, ckpt_every=ckpt_every,
                                       max_ckpts=max_ckpts, progress=progress)
@@ -351,7 +352,7 @@ def _member_names(num: int, ticket: bool) -> list[str]:
     return names
 
 
-def _sparse_rebasin(config, executor, spec, nets, matched, init_keys, noise_keys, *, log,
+def _sparse_rebasin(config, executor, spec, nets, matched, initial, noise_keys, *, log,
                     ckpt_dir, eval_every, ckpt_every, max_ckpts, progress) -> list[dict]:
     """Train the ticket, permuted-mask and naive-mask networks as one masked program."""
     num = len(nets)
@@ -370,7 +371,9 @@ def _sparse_rebasin(config, executor, spec, nets, matched, init_keys, noise_keys
     index = np.array([m[2] for m in members])
     masks = executor.shard(tree_lib.stack([m[3] for m in members]))
     densities = np.asarray(jax.vmap(lambda m: masking.density(m, selection))(masks))
-    state = executor.init(init_keys[index], masks)
+    # The members' initialisations: rows of the dense run's initial states.
+    state = executor.shard(jax.tree.map(lambda leaf: leaf[index], initial))
+    state = state.replace(params=masking.apply(state.params, masks))
     tags = {"branch": "sparse"}
     common.train_segment(
         executor, state=state, masks=masks, noise_keys=noise_keys[index], end=end,

@@ -1,0 +1,118 @@
+"""Git Re-Basin study: matching methods, naive vs matched paths, REPAIR, sparse re-basin."""
+
+import chex
+import jax
+import pytest
+
+from experiments.configs import rebasin_mlp_digits
+from ltjax import matching, models, results, train
+from ltjax.studies import common, rebasin
+
+
+def _config(**overrides):
+    config = rebasin_mlp_digits.get_config("quick")
+    config.model_kwargs = {"widths": (32,)}
+    config.num_replicates = 2
+    config.training_steps = "4ep"
+    config.eval_every = "2ep"
+    config.checkpoint_every = "2ep"
+    config.num_alphas = 4
+    config.alpha_chunk = 2  # chunks of as many nets as the 2 replicates: shared compiles
+    config.sparse.density = 0.3
+    config.sparse.training_steps = "2ep"
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+@pytest.mark.parametrize("method", rebasin.METHODS)
+def test_every_method_recovers_a_planted_permutation(method):
+    config = _config(method=method)
+    config.matching.ste_steps = 2
+    dataset = common.build_dataset(config)
+    model = common.build_model(config, dataset)
+    executor = common.build_executor(config, model, dataset, common.build_recipe(config, dataset))
+    params, _ = models.init(model, jax.random.key(0), dataset.input_shape)
+    spec = models.permutation_spec(model, params)
+    planted = matching.random_perms(matching.check_spec(spec, params), jax.random.key(1))
+    shuffled = matching.apply_permutation(spec, planted, params)
+    x = rebasin.train_sample(dataset, 200, seed=0)
+    result = rebasin.match(config, executor, spec, (params, {}), (shuffled, {}), x=x)
+    chex.assert_trees_all_close(matching.apply_permutation(spec, result.perms, shuffled), params)
+
+
+def test_rebasin_end_to_end_and_resume(tmp_path, monkeypatch):
+    config = _config()
+    summary = rebasin.run_rebasin(config, tmp_path, progress=False)
+    rows = results.read_csv(tmp_path / "results.csv")
+    assert len(rows) == 2 * 2 * 2  # variants x corrections x splits, one pair
+    assert {(r["variant"], r["correction"], r["split"]) for r in rows} == {
+        (v, c, s) for v in ("naive", "matched") for c in ("none", "repair")
+        for s in ("train", "test")}
+    by = {(r["variant"], r["correction"], r["split"]): r for r in summary["rows"]}
+    for split in ("train", "test"):
+        naive, matched = by["naive", "none", split], by["matched", "none", split]
+        # Permuting model 1 changes no endpoint, and brings it closer to model 0.
+        assert matched["accuracy_b"] == pytest.approx(naive["accuracy_b"], abs=1e-6)
+        assert matched["loss_barrier"] <= naive["loss_barrier"]
+        assert matched["error_barrier"] <= naive["error_barrier"]
+        # REPAIR lowers the barrier of the naive path and leaves the endpoints alone.
+        repaired = by["naive", "repair", split]
+        assert repaired["loss_barrier"] < naive["loss_barrier"]
+        assert repaired["loss_a"] == pytest.approx(naive["loss_a"], rel=1e-3)
+    records = results.MetricsLog(tmp_path / "metrics.jsonl").read()
+    path = [r for r in records if r["branch"] == "path"]
+    assert len(path) == 2 * 2 * 2 * 4
+    saved = results.read_json(tmp_path / "perms" / "pair_0-1.json")
+    assert sorted(saved["perms"]) == ["Dense_0"]
+    assert sorted(saved["perms"]["Dense_0"]) == list(range(32))
+    # Sparse re-basin: the ticket, then model 1 with the permuted and the naive mask.
+    sparse = results.read_csv(tmp_path / "sparse_results.csv")
+    assert [r["branch"] for r in sparse] == ["ticket", "permuted", "naive"]
+    assert len({r["density"] for r in sparse}) == 1
+    assert float(sparse[0]["density"]) == pytest.approx(0.3, abs=1e-3)
+    assert {r["step"] for r in sparse} == {str(2 * (1437 // 60))}
+    for name in ("interpolation.png", "learning_curves.png", "sparse_rebasin.png"):
+        assert (tmp_path / "plots" / name).exists()
+
+    # Re-running trains and matches nothing: it reads everything back.
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run must not train or match again")
+
+    monkeypatch.setattr(train.Executor, "train", refuse)
+    monkeypatch.setattr(matching, "weight_matching", refuse)
+    again = rebasin.run_rebasin(config, tmp_path, progress=False)
+    assert again == summary
+    assert results.MetricsLog(tmp_path / "metrics.jsonl").read() == records
+
+
+def test_permuted_mask_is_model_0_mask_in_model_1_basin():
+    config = _config()
+    dataset = common.build_dataset(config)
+    model = common.build_model(config, dataset)
+    params, _ = models.init(model, jax.random.key(0), dataset.input_shape)
+    spec = models.permutation_spec(model, params)
+    perms = matching.random_perms(matching.check_spec(spec, params), jax.random.key(2))
+    mask = jax.tree.map(lambda p: p > 0, params)
+    moved = matching.apply_permutation(spec, matching.inverse(perms), mask)
+    # Aligning model 1 by perms puts the moved mask back onto model 0's units.
+    chex.assert_trees_all_equal(matching.apply_permutation(spec, perms, moved), mask)
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(ValueError, match=r"config.method must be one of .* got 'sinkhorn'"):
+        rebasin.run_rebasin(_config(method="sinkhorn"), tmp_path / "a", progress=False)
+    assert not (tmp_path / "a").exists()  # checked before anything is written
+    with pytest.raises(ValueError, match="config.corrections"):
+        rebasin.run_rebasin(_config(corrections=("none", "bn")), tmp_path / "b", progress=False)
+    with pytest.raises(ValueError, match="'reset' but mlp has no BatchNorm"):
+        rebasin.run_rebasin(_config(corrections=("none,reset",)), tmp_path / "c",
+                            progress=False)
+    with pytest.raises(ValueError, match="num_replicates must be >= 2"):
+        rebasin.run_rebasin(_config(num_replicates=1), tmp_path / "d", progress=False)
+    with pytest.raises(ValueError, match="sparse.density"):
+        config = _config()
+        config.sparse.density = 1.0
+        rebasin.run_rebasin(config, tmp_path / "e", progress=False)
+    # A flag --config.corrections=none,repair arrives as ('none,repair',).
+    assert rebasin.corrections_of(_config(corrections=("none, repair",))) == ("none", "repair")
