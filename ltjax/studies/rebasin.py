@@ -63,6 +63,10 @@ def corrections_of(config: Any) -> tuple[str, ...]:
 
     Raises:
       ValueError: an empty list or an unknown correction (naming it).
+
+    Example:
+        >>> corrections_of(ml_collections.ConfigDict({"corrections": ("none,repair",)}))
+        ('none', 'repair')
     """
     value = config.get("corrections", ("none",))
     # ``--config.corrections=none,repair`` arrives as the 1-tuple ('none,repair',).
@@ -81,6 +85,9 @@ def check_config(config: Any) -> None:
     Raises:
       ValueError: an unknown ``config.method`` or correction, fewer than 2
         replicates or alphas, or a sparse density outside [0, 1).
+
+    Example:
+        >>> check_config(rebasin_mlp_digits.get_config("quick"))  # passes silently
     """
     if config.method not in METHODS:
         raise ValueError(f"config.method must be one of {METHODS}, got {config.method!r}")
@@ -90,9 +97,15 @@ def check_config(config: Any) -> None:
                          f"got {config.num_replicates}")
     if config.num_alphas < 2:
         raise ValueError(f"config.num_alphas must be >= 2, got {config.num_alphas}")
-    density = config.sparse.density
+    density = sparse_density(config)
     if not 0.0 <= density < 1.0:
         raise ValueError(f"config.sparse.density must be in [0, 1) (0: off), got {density}")
+
+
+def sparse_density(config: Any) -> float:
+    """``config.sparse.density`` (0, sparse re-basin off, when the config has no ``sparse``)."""
+    sparse = config.get("sparse")
+    return float(sparse.get("density", 0.0)) if sparse is not None else 0.0
 
 
 def train_sample(dataset: data.Dataset, num_examples: int, *, seed: int) -> jax.Array:
@@ -117,8 +130,27 @@ def match(config: Any, executor: train.Executor, spec: matching.PermutationSpec,
           a: tuple, b: tuple, *, x: jax.Array) -> matching.MatchResult:
     """Permutations of network ``b = (params, batch_stats)`` onto ``a`` by ``config.method``.
 
+    ``'weight'``: :func:`ltjax.matching.weight_matching` (``config.matching``
+    ``max_iter``, ``restarts``); ``'activation'``:
+    :func:`ltjax.matching.activation_matching` on the activations of ``x``;
+    ``'ste'``: :func:`ltjax.matching.ste_matching` on ``ste_steps`` training
+    batches of ``ste_batch_size`` (Git Re-Basin, Ainsworth et al. 2023,
+    sections 3.1-3.3).
+
+    Args:
+      config: the study's config (``method``, ``seed``, ``matching``).
+      executor: the executor (its model and dataset).
+      spec: the model's :class:`ltjax.matching.PermutationSpec`.
+      a: the reference ``(params, batch_stats)``.
+      b: the network to permute.
+      x: normalised training inputs for activation matching.
+
     Raises:
       ValueError: an unknown ``config.method``.
+
+    Example:
+        >>> result = match(config, executor, spec, (params_0, {}), (params_1, {}), x=x)
+        >>> aligned = matching.apply_permutation(spec, result.perms, params_1)
     """
     m = config.matching
     if config.method == "weight":
@@ -192,6 +224,10 @@ def run_rebasin(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
 
     Raises:
       ValueError: see :func:`check_config`; ``'reset'`` for a model without BatchNorm.
+
+    Example:
+        >>> summary = run_rebasin(rebasin_mlp_digits.get_config("quick"), "/tmp/rebasin")
+        >>> [(r["variant"], r["error_barrier"]) for r in summary["rows"]][:2]
     """
     check_config(config)
     corrections = corrections_of(config)
@@ -251,7 +287,7 @@ def run_rebasin(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
 
     # 4. Sparse re-basin.
     sparse_rows = []
-    if config.sparse.density > 0:
+    if sparse_density(config) > 0:
         sparse_rows = _sparse_rebasin(config, executor, spec, nets, matched, initial,
                                       noise_keys, log=log, ckpt_dir=ckpt_root / "sparse",
                                       eval_every=eval_every, ckpt_every=ckpt_every,
