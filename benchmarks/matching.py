@@ -97,7 +97,7 @@ def baseline_weight_matching(spec: matching.PermutationSpec, params_a, params_b,
         if not progress:
             break
     flat = {k: np.asarray(v) for k, v in perms.items()}
-    objective = matching._match_objective(spec, flat_a, flat_b, flat)
+    objective = matching.objective(spec, params_a, params_b, flat)
     return {"perms": flat, "objective": objective, "sweeps": sweeps, **timing}
 
 
