@@ -18,3 +18,5 @@ def test_colab_snippet_runs():
     barrier = namespace["barrier"]
     assert 0.0 <= float(barrier) <= 1.0
     assert namespace["curve"]["accuracy"].shape == (30,)
+    assert namespace["matched"]["accuracy"].shape == (30,)
+    assert len(namespace["result"].objectives) == 4

@@ -7,7 +7,7 @@ import pytest
 
 from experiments.configs import lenet_digits
 from ltjax import results, train
-from ltjax.studies import dense
+from ltjax.studies import common, dense
 
 
 def _config(**overrides):
@@ -95,3 +95,15 @@ def test_unknown_dataset_and_model_are_named(tmp_path):
     with pytest.raises(ValueError, match="resnet"):
         dense.run_train(_config(model="resnet7", model_kwargs={}), tmp_path / "b",
                         progress=False)
+
+
+def test_config_name_lists_from_flags_are_split_and_checked():
+    # --config.controls=reinit,oneshot reaches a tuple field as ('reinit,oneshot',).
+    allowed = ("reinit", "oneshot", "small_dense")
+    assert common.names_of(("reinit,oneshot",), field="controls", allowed=allowed) == (
+        "reinit", "oneshot")
+    assert common.names_of(("reinit", "oneshot", "reinit"), field="controls",
+                           allowed=allowed) == ("reinit", "oneshot")
+    assert common.names_of((), field="controls", allowed=allowed) == ()
+    with pytest.raises(ValueError, match=r"config.controls must be among .*'prune'"):
+        common.names_of("reinit,prune", field="controls", allowed=allowed)

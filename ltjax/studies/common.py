@@ -104,6 +104,29 @@ def setup(config: Any, workdir: str | pathlib.Path) -> tuple[
     return workdir, dataset, recipe, executor
 
 
+def names_of(value: Any, *, field: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    """A config list of names as a tuple, checked; comma-separated strings are split.
+
+    ``--config.controls=reinit,oneshot`` reaches a tuple field as the 1-tuple
+    ``('reinit,oneshot',)``; this gives ``('reinit', 'oneshot')``. Duplicates
+    are dropped, the order kept.
+
+    Raises:
+      ValueError: a name not in ``allowed`` (the message names ``field``).
+
+    Example:
+        >>> names_of(("none,repair",), field="corrections", allowed=("none", "repair"))
+        ('none', 'repair')
+    """
+    items = [value] if isinstance(value, str) else list(value or ())
+    names = tuple(dict.fromkeys(
+        v.strip() for item in items for v in str(item).split(",") if v.strip()))
+    unknown = [v for v in names if v not in allowed]
+    if unknown:
+        raise ValueError(f"config.{field} must be among {allowed}; unknown: {unknown}")
+    return names
+
+
 def parse_layer_rates(spec: str | None) -> dict[str, float]:
     """``'Dense_2:0.1,Conv_.*:0.15'`` -> ``{'Dense_2': 0.1, 'Conv_.*': 0.15}``.
 

@@ -140,9 +140,7 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
       ValueError: an unknown control, a rewind step at or past the end, a
         negative level count, bad pruning settings.
     """
-    unknown = sorted(set(config.controls) - set(CONTROLS))
-    if unknown:
-        raise ValueError(f"controls must be among {CONTROLS}; unknown: {unknown}")
+    controls = common.names_of(config.controls, field="controls", allowed=CONTROLS)
     if config.levels < 0:
         raise ValueError(f"levels must be >= 0, got {config.levels}")
     workdir, dataset, recipe, executor = common.setup(config, workdir)
@@ -154,7 +152,7 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
             f"rewind_step ({config.rewind_step} = {rewind_step} steps) must be before "
             f"training_steps ({config.training_steps} = {end} steps)"
         )
-    if "small_dense" in config.controls and not hasattr(executor.model, "widths"):
+    if "small_dense" in controls and not hasattr(executor.model, "widths"):
         raise ValueError(f"the small_dense control needs an MLP model, got {config.model!r}")
 
     p = config.pruning
@@ -210,7 +208,7 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
                         densities=density, desc=f"level {level} imp ({100 * density[0]:.1f}%)")
         if level == 0:
             dense_final = final
-        for control in config.controls if level > 0 else ():
+        for control in controls if level > 0 else ():
             ctags = {"level": level, "branch": control}
             cdir = ckpt_root / f"level_{level:02d}" / control
             desc = f"level {level} {control}"

@@ -68,15 +68,11 @@ def corrections_of(config: Any) -> tuple[str, ...]:
         >>> corrections_of(ml_collections.ConfigDict({"corrections": ("none,repair",)}))
         ('none', 'repair')
     """
-    value = config.get("corrections", ("none",))
-    # ``--config.corrections=none,repair`` arrives as the 1-tuple ('none,repair',).
-    items = [value] if isinstance(value, str) else list(value)
-    value = tuple(v.strip() for item in items for v in str(item).split(",") if v.strip())
-    unknown = [v for v in value if v not in CORRECTIONS]
-    if not value or unknown:
-        raise ValueError(f"config.corrections must be a non-empty list among {CORRECTIONS}, "
-                         f"got {value!r}")
-    return tuple(dict.fromkeys(value))
+    value = common.names_of(config.get("corrections", ("none",)), field="corrections",
+                            allowed=CORRECTIONS)
+    if not value:
+        raise ValueError(f"config.corrections must be a non-empty list among {CORRECTIONS}")
+    return value
 
 
 def check_config(config: Any) -> None:
