@@ -187,11 +187,10 @@ def _check_config(config: Any, dataset: data.Dataset, abstract_params: Any) -> N
     wise = config.wise_ft
     if wise.num_alphas < 2:
         raise ValueError(f"wise_ft.num_alphas must be >= 2, got {wise.num_alphas}")
-    unknown = sorted(set(wise.head_modes) - set(HEAD_MODES))
-    if unknown or not wise.head_modes:
-        raise ValueError(f"wise_ft.head_modes must be among {HEAD_MODES}, got "
-                         f"{list(wise.head_modes)}")
-    if "fine_tuned" in wise.head_modes:
+    head_modes = common.names_of(wise.head_modes, field="wise_ft.head_modes", allowed=HEAD_MODES)
+    if not head_modes:
+        raise ValueError(f"wise_ft.head_modes must list at least one of {HEAD_MODES}")
+    if "fine_tuned" in head_modes:
         try:
             jax.eval_shape(lambda p: averaging.wise_ft(0.5, p, p, keep_head=wise.head),
                            abstract_params)
@@ -288,7 +287,9 @@ def run_soups(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
     # 4. WiSE-FT curves
     alphas = np.linspace(0.0, 1.0, config.wise_ft.num_alphas)
     done = {(r["ingredient"], r["head"]) for r in log.read() if r.get("branch") == "wise_ft"}
-    todo = [(i, mode) for i in range(len(trees)) for mode in config.wise_ft.head_modes
+    head_modes = common.names_of(config.wise_ft.head_modes, field="wise_ft.head_modes",
+                                 allowed=HEAD_MODES)
+    todo = [(i, mode) for i in range(len(trees)) for mode in head_modes
             if (i, mode) not in done]
     for i, mode in tqdm.tqdm(todo, disable=not progress, desc="WiSE-FT curves", leave=False):
         curve = averaging.wise_ft_sweep(
@@ -305,7 +306,7 @@ def run_soups(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
     rows, summary = _model_rows(records, ingredients)
     results.write_csv(workdir / "results.csv",
                       rows + [r for r in summary if r["model"].startswith("ingredients_")])
-    wise_rows, wise_means = _wise_rows(records, ingredients, config.wise_ft.head_modes)
+    wise_rows, wise_means = _wise_rows(records, ingredients, head_modes)
     results.write_csv(workdir / "wise_ft.csv", wise_rows + wise_means)
     title = f"{config.model} on {config.dataset}, shifted: {_shift_name(config.shift)}"
     plots.plot_soups(rows, workdir / "plots" / "soups.png",
