@@ -127,8 +127,9 @@ class PermutationSpec:
         object.__setattr__(self, "activations", dict(sorted(activations.items())))
 
     def __hash__(self) -> int:  # a static argument of jitted functions
-        return hash((tuple(self.params.items()), tuple(self.batch_stats.items()),
-                     tuple(self.activations.items())))
+        key = (tuple(self.params.items()), tuple(self.batch_stats.items()),
+               tuple(self.activations.items()))
+        return key.__hash__()
 
     @functools.cached_property
     def axes(self) -> dict[str, tuple[Axis, ...]]:
