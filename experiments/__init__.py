@@ -6,7 +6,9 @@ MALLOC_TRIM_THRESHOLD_=1e11`` would: XLA:CPU then stops page-faulting a fresh
 scratch buffer at every conv step (1.15x on ResNet-20, FACTS.md); freed
 memory is kept by the process rather than returned to the OS.
 
-:func:`use_cpu_devices` (called by each entry point once its config is read)
+:func:`run_main` is every entry point's ``main``: the ``--config`` and
+``--workdir`` flags, quiet logging, the CPU device count, the study, its
+printed summary. :func:`use_cpu_devices` (called there once the config is read)
 gives XLA one CPU device per core, up to the number of replicates, so the
 executor runs one seed per core; a single seed keeps one device, whose
 intra-op threads then use every core (benchmarks/train_throughput.py).
@@ -45,6 +47,35 @@ def use_cpu_devices(num_replicates: int) -> None:
         jax.config.update("jax_num_cpu_devices", max(1, min(cores or 1, num_replicates)))
     except RuntimeError:  # the backend is already initialised: keep what it has
         pass
+
+
+def run_main(run_fn, report_fn, *, replicates_fn=lambda config: config.num_replicates) -> None:
+    """Parse ``--config`` and ``--workdir``, run ``run_fn(config, workdir)``, then ``report_fn``.
+
+    Args:
+      run_fn: the study, e.g. ``ltjax.studies.imp.run_imp``.
+      report_fn: ``fn(summary)`` printing the study's summary.
+      replicates_fn: ``fn(config)``: how many seeds train at once (sets
+        :func:`use_cpu_devices`).
+
+    Example:
+        >>> if __name__ == "__main__":
+        ...     experiments.run_main(dense.run_train, report)
+    """
+    from absl import app, flags, logging
+    from ml_collections import config_flags
+
+    config = config_flags.DEFINE_config_file("config", None, "A config file (experiments/configs).")
+    workdir = flags.DEFINE_string("workdir", None, "Where results and checkpoints go.")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+    def main(argv):
+        del argv
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+        use_cpu_devices(replicates_fn(config.value))
+        report_fn(run_fn(config.value, workdir.value))
+
+    app.run(main)
 
 
 _tune_malloc()

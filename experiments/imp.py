@@ -7,22 +7,12 @@
 Re-running the same command on the same workdir resumes without redoing finished levels.
 """
 
-from absl import app, flags, logging
-from ml_collections import config_flags
-
 import experiments
 from ltjax.studies import imp
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "A config file (experiments/configs).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where results and checkpoints go.")
-flags.mark_flags_as_required(["config", "workdir"])
 
-
-def main(argv):
-    del argv
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    experiments.use_cpu_devices(_CONFIG.value.num_replicates)
-    summary = imp.run_imp(_CONFIG.value, _WORKDIR.value)
+def report(summary: dict) -> None:
+    """Print the study's summary table."""
     header = ("level", "branch", "density %", "test acc %", "early-stop acc %")
     print("{:>5} {:>17} {:>9} {:>10} {:>16}".format(*header))
     for row in summary["rows"]:
@@ -33,4 +23,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    experiments.run_main(imp.run_imp, report)

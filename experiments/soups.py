@@ -8,22 +8,12 @@
 Re-running the same command on the same workdir resumes where it stopped.
 """
 
-from absl import app, flags, logging
-from ml_collections import config_flags
-
 import experiments
 from ltjax.studies import soups
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "A config file (experiments/configs).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where results and checkpoints go.")
-flags.mark_flags_as_required(["config", "workdir"])
 
-
-def main(argv):
-    del argv
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    experiments.use_cpu_devices(_CONFIG.value.finetune.data_orders)
-    summary = soups.run_soups(_CONFIG.value, _WORKDIR.value)
+def report(summary: dict) -> None:
+    """Print the study's summary table."""
     print("{:>18} {:>12} {:>7} {:>9}   members".format("model", "validation %", "test %",
                                                       "shifted %"))
     for row in summary["rows"]:
@@ -38,4 +28,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    experiments.run_main(soups.run_soups, report,
+                         replicates_fn=lambda config: config.finetune.data_orders)

@@ -624,12 +624,8 @@ class Executor:
 
         Any stack works: replicates, or the points of an interpolation path.
         """
-        num = _num_replicates(params)
-        padded = self.padded_size(num)
-        params, batch_stats = jax.device_put(_pad((params, batch_stats), num, padded),
-                                             self.seed_sharding(padded))
-        out = _compiled_eval(self, padded, split)(params, batch_stats)
-        return {k: np.asarray(v)[:num] for k, v in out.items()}
+        out = self._evaluate_stacked(params, batch_stats, split, "metrics")
+        return {k: np.asarray(v) for k, v in out.items()}
 
     def predict_params(self, params: PyTree, batch_stats: PyTree, split: str) -> np.ndarray:
         """Logits ``[S, N, C]`` of stacked ``params`` / ``batch_stats`` ``[S, ...]`` on ``split``.
@@ -637,13 +633,18 @@ class Executor:
         Example:
             >>> probs = jax.nn.softmax(executor.predict_params(params, stats, "test")).mean(0)
         """
+        out = self._evaluate_stacked(params, batch_stats, split, "logits")
+        return np.asarray(out)[:, :self._host_splits[split].y.shape[0]]
+
+    def _evaluate_stacked(self, params: PyTree, batch_stats: PyTree, split: str,
+                          output: str) -> Any:
+        """``_compiled_eval`` on stacked trees padded over the devices, unpadded after."""
         num = _num_replicates(params)
         padded = self.padded_size(num)
         params, batch_stats = jax.device_put(_pad((params, batch_stats), num, padded),
                                              self.seed_sharding(padded))
-        out = _compiled_predict(self, padded, split)(params, batch_stats)
-        rows = self._host_splits[split].y.shape[0]
-        return np.asarray(out)[:num, :rows]
+        out = _compiled_eval(self, padded, split, output)(params, batch_stats)
+        return jax.tree.map(lambda v: v[:num], out)
 
     def recompute_batch_stats(self, state: TrainState, *, num_batches: int = 20,
                               batch_size: int | None = None, seed: int = 0) -> TrainState:
@@ -721,31 +722,16 @@ def _compiled_train(executor: Executor, num_replicates: int, num_steps: int, mas
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_eval(executor: Executor, num_replicates: int, split: str):
+def _compiled_eval(executor: Executor, num_replicates: int, split: str, output: str):
+    """Per-replicate :func:`evaluate` (``output='metrics'``) or :func:`predict` (``'logits'``)."""
     mesh = executor.mesh(num_replicates)
     arrays = executor.device_split(split, mesh.size, for_eval=True)
     unroll = executor.strategy == "unrolled_loop"
+    per_replicate = {"metrics": evaluate, "logits": predict}[output]
 
     def one(params, batch_stats, arrays):
-        return evaluate(executor.model, params, batch_stats, arrays,
-                        batch_size=executor.eval_batch_size, unroll=unroll)
-
-    local = _map_local_seeds(one, executor.strategy, in_axes=(0, 0, None))
-    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P("seed"), P("seed"), P()),
-                            out_specs=P("seed"), check_vma=False)
-    jitted = jax.jit(sharded)
-    return lambda params, batch_stats: jitted(params, batch_stats, arrays)
-
-
-@functools.lru_cache(maxsize=64)
-def _compiled_predict(executor: Executor, num_replicates: int, split: str):
-    mesh = executor.mesh(num_replicates)
-    arrays = executor.device_split(split, mesh.size, for_eval=True)
-    unroll = executor.strategy == "unrolled_loop"
-
-    def one(params, batch_stats, arrays):
-        return predict(executor.model, params, batch_stats, arrays,
-                       batch_size=executor.eval_batch_size, unroll=unroll)
+        return per_replicate(executor.model, params, batch_stats, arrays,
+                             batch_size=executor.eval_batch_size, unroll=unroll)
 
     local = _map_local_seeds(one, executor.strategy, in_axes=(0, 0, None))
     sharded = jax.shard_map(local, mesh=mesh, in_specs=(P("seed"), P("seed"), P()),
