@@ -57,17 +57,18 @@ def _child(args: argparse.Namespace) -> None:
     jax.config.update("jax_num_cpu_devices", args.devices)
     import numpy as np
 
-    from ltjax import data, models, rng, train
+    from ltjax import data, models, optim, rng
+    from ltjax import executor as executor_lib
 
     if args.model == "lenet":
         shape, n = (28, 28, 1), 60000
         model = models.create("lenet_300_100")
-        recipe = train.Recipe(optimizer="adam", learning_rate=1.2e-3, batch_size=60)
+        recipe = optim.Recipe(optimizer="adam", learning_rate=1.2e-3, batch_size=60)
         augment = None
     else:
         shape, n = (32, 32, 3), 50000
         model = models.create("resnet20", materialize_inputs=args.materialize)
-        recipe = train.Recipe(optimizer="sgd", learning_rate=0.1, momentum=0.9,
+        recipe = optim.Recipe(optimizer="sgd", learning_rate=0.1, momentum=0.9,
                               weight_decay=1e-4, batch_size=128)
         augment = "cifar"
     gen = np.random.default_rng(0)
@@ -77,9 +78,9 @@ def _child(args: argparse.Namespace) -> None:
     dataset = data.Dataset(name="synthetic", train=split, validation=None, test=test,
                            num_classes=10, mean=np.full(shape[-1], 128.0, np.float32),
                            std=np.full(shape[-1], 64.0, np.float32), augment=augment)
-    executor = train.Executor(model, dataset, recipe, strategy=args.strategy,
-                              steps_per_call=args.steps_per_call or None,
-                              devices=jax.devices()[: args.devices])
+    executor = executor_lib.Executor(model, dataset, recipe, strategy=args.strategy,
+                                     steps_per_call=args.steps_per_call or None,
+                                     devices=jax.devices()[: args.devices])
     init_keys, noise_keys = rng.init_and_noise(rng.replicate_keys(0, args.seeds))
     state = executor.init(init_keys)
     t0 = time.perf_counter()

@@ -1,55 +1,33 @@
-"""Masked training and evaluation of many replicates as one jitted program.
+"""One member's training: the pure step, evaluation and prediction.
 
-The pieces, from the inside out:
-
-- :class:`Recipe`: the optimiser and schedule of the LTH and LMC papers
-  (SGD, momentum, Adam, coupled weight decay, linear warm-up, step drops).
-- :func:`init_state` and :func:`train_steps`: one replicate. ``train_steps``
-  runs ``num_steps`` masked SGD steps as one ``lax.scan``; the masks are a
-  traced argument (a new pruning level does not re-trace), gradients are
-  masked before the optimiser and params re-masked after it, so momentum and
-  weight decay cannot revive a pruned weight. Batches come from the
-  device-resident data by indices drawn from the noise key and the step
+- :func:`init_state` and :func:`train_steps`: one member. ``train_steps``
+  runs ``num_steps`` steps as one ``lax.scan`` (or an unrolled loop). What is
+  differentiated is the member's *trainable* tree, mapped to the model's
+  params by a reparameterisation (:mod:`ltjax.reparam`; identity by
+  default). The IMP masks are a traced argument (a new pruning level does not
+  re-trace); gradients are masked before the optimiser and params re-masked
+  after it (:func:`ltjax.optim.masked`), so momentum and weight decay cannot
+  revive a pruned weight. Batches come from the device-resident data by
+  indices drawn from the noise key and the step
   (:func:`ltjax.data.batch_indices`), so training resumes at any step.
-- :class:`Executor`: S replicates. The seed axis is sharded over the local
-  devices with ``NamedSharding(Mesh(devices, ('seed',)), P('seed'))`` through
-  ``shard_map``; inside a device the local seeds are either ``vmap``-ed or
-  run one after another.
+- :func:`evaluate`, :func:`predict`, :func:`logits`,
+  :func:`recompute_batch_stats`: one member's evaluation.
 
-Executor strategies (measured on a 2-core CPU, FACTS.md, and
-``benchmarks/train_throughput.py``):
-
-=================  ===========================  ==================================
-strategy            per-seed step loop           seeds on one device
-=================  ===========================  ==================================
-``'scan_vmap'``     rolled ``lax.scan``          ``vmap``
-``'unrolled_loop'`` unrolled ``scan`` (few        Python-unrolled loop, one program
-                    steps per call)
-=================  ===========================  ==================================
-
-``'auto'`` picks ``'unrolled_loop'`` for conv nets on CPU, where a conv in a
-rolled scan is ~28x slower and vmapping conv seeds gives 0.25x, and
-``'scan_vmap'`` otherwise (dense nets everywhere; convs on GPU/TPU). Every
-strategy computes the same numbers (tests compare them).
+Many members as one program: :class:`ltjax.executor.Executor` (also importable
+as ``train.Executor``). The recipe, schedules and optimisers live in
+:mod:`ltjax.optim` (``train.Recipe`` and ``train.learning_rate_at`` are the
+same objects).
 
 Example:
-    >>> dataset = data.load("digits")
-    >>> model = models.create("lenet_300_100")
-    >>> recipe = Recipe(optimizer="adam", learning_rate=1.2e-3, batch_size=60)
-    >>> executor = Executor(model, dataset, recipe)
-    >>> init_keys, noise_keys = rng.init_and_noise(rng.replicate_keys(0, 4))
-    >>> state = executor.init(init_keys)
-    >>> state, losses = executor.train(state, None, noise_keys, num_steps=100)
-    >>> executor.evaluate(state, "test")["accuracy"]   # [4]
+    >>> state = init_state(model, recipe, jax.random.key(0), dataset.input_shape)
+    >>> arrays = jax.device_put(data.device_split(dataset.train, dataset))
+    >>> state, losses = jax.jit(functools.partial(train_steps, model, recipe, num_steps=100))(
+    ...     arrays, state, None, jax.random.key(1))
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import math
 import re
-from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -57,110 +35,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from ltjax import data, masking, models, rng, tree
+from ltjax import data, masking, models, optim, rng
+from ltjax import reparam as reparam_lib
+from ltjax.optim import Hyperparams, Recipe, learning_rate_at, make_optimizer
 
 PyTree = Any
 
-STRATEGIES = ("auto", "scan_vmap", "unrolled_loop")
-OPTIMIZERS = ("sgd", "adam")
-
-
-# --------------------------------------------------------------------------- recipe
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Recipe:
-    """Hyperparameters of one training run (shared by all replicates).
-
-    The learning rate is applied outside the optimiser state, as a function of
-    the train state's step, so a run rewound to step k with a fresh optimiser
-    resumes the schedule at k (Frankle et al. 2020).
-
-    Attributes:
-      optimizer: ``'sgd'`` (with ``momentum`` > 0: heavy-ball, torch's
-        convention ``v = mu v + g``) or ``'adam'``.
-      learning_rate: the peak learning rate.
-      momentum: SGD momentum (ignored by Adam).
-      nesterov: Nesterov momentum for SGD.
-      weight_decay: coupled L2 decay added to the gradient (torch's
-        ``weight_decay``, as OpenLTH uses).
-      warmup_steps: linear warm-up ``lr * min(1, step / warmup_steps)``
-        (OpenLTH's warm-up; step 0 has learning rate 0).
-      lr_drop_steps: steps at which the learning rate is multiplied by
-        ``lr_drop_factor`` (e.g. ResNet-20: ``(32000, 48000)``).
-      lr_drop_factor: the drop factor (0.1 in the LTH/LMC recipes).
-      batch_size: examples per step.
-      label_smoothing: label smoothing of the cross-entropy (0 = none).
-      augment: use the dataset's augmentation (CIFAR: crop + flip) if it has one.
-
-    Example:
-        >>> Recipe(optimizer="sgd", learning_rate=0.1, momentum=0.9,
-        ...        weight_decay=1e-4, lr_drop_steps=(32000, 48000), batch_size=128)
-    """
-
-    optimizer: str = "sgd"
-    learning_rate: float = 0.1
-    momentum: float = 0.0
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    lr_drop_steps: tuple[int, ...] = ()
-    lr_drop_factor: float = 0.1
-    batch_size: int = 128
-    label_smoothing: float = 0.0
-    augment: bool = True
-
-    def __post_init__(self):
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        object.__setattr__(self, "lr_drop_steps", tuple(int(s) for s in self.lr_drop_steps))
-
-
-def learning_rate_at(recipe: Recipe, step: jax.Array | int) -> jax.Array:
-    """The learning rate of ``recipe`` at ``step`` (warm-up times step drops).
-
-    Example:
-        >>> learning_rate_at(Recipe(learning_rate=0.1, lr_drop_steps=(10,)), 10)
-        Array(0.01, dtype=float32)
-    """
-    step = jnp.asarray(step)
-    drops = sum((step >= s).astype(jnp.int32) for s in recipe.lr_drop_steps)
-    lr = recipe.learning_rate * jnp.power(jnp.float32(recipe.lr_drop_factor), drops)
-    if recipe.warmup_steps:
-        lr = lr * jnp.minimum(1.0, step / recipe.warmup_steps)
-    return jnp.asarray(lr, jnp.float32)
-
-
-def make_optimizer(recipe: Recipe) -> optax.GradientTransformation:
-    """The optax transform of ``recipe`` *without* the learning rate.
-
-    Its updates point along the gradient; the step subtracts
-    ``learning_rate_at(step) * update``.
-    """
-    parts = []
-    if recipe.weight_decay:
-        parts.append(optax.add_decayed_weights(recipe.weight_decay))
-    if recipe.optimizer == "adam":
-        parts.append(optax.scale_by_adam())
-    elif recipe.momentum:
-        parts.append(optax.trace(decay=recipe.momentum, nesterov=recipe.nesterov))
-    return optax.chain(*parts)
-
+__all__ = ["Hyperparams", "Recipe", "TrainState", "cross_entropy", "evaluate",
+           "fresh_opt_state", "init_state", "learning_rate_at", "logits", "make_optimizer",
+           "parse_steps", "predict", "recompute_batch_stats", "train_steps"]
 
 _STEPS_RE = re.compile(r"^\s*(\d+)\s*(it|ep)\s*$")
 
@@ -190,35 +74,80 @@ def parse_steps(steps: str | int, *, steps_per_epoch: int) -> int:
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything a replicate's training carries; leaves get a ``[S]`` axis when stacked.
+    """Everything a member's training carries; leaves get a ``[S]`` axis when stacked.
 
     Attributes:
       step: int32 steps taken (drives the schedule and the batch order).
-      params: the model's params (masked entries exactly zero).
+      params: the trained tree. Under the identity reparameterisation (the
+        default) these are the model's params (masked entries exactly zero);
+        otherwise the reparameterisation's trainable tree (scores,
+        thresholds, endpoints...).
       batch_stats: BatchNorm running statistics (``{}`` without BatchNorm).
-      opt_state: the optax state of :func:`make_optimizer`.
+      opt_state: the optax state of :func:`ltjax.optim.make_optimizer`.
+      frozen: the reparameterisation's frozen tree (``{}`` for the identity).
     """
 
     step: jax.Array
     params: PyTree
     batch_stats: PyTree
     opt_state: PyTree
+    frozen: PyTree = flax.struct.field(default_factory=dict)
+
+
+def _reparam(reparam: reparam_lib.Reparam | None) -> reparam_lib.Reparam:
+    return reparam_lib.identity() if reparam is None else reparam
+
+
+def fresh_opt_state(recipe: Recipe, trainable: PyTree, *,
+                    reparam: reparam_lib.Reparam | None = None) -> PyTree:
+    """A fresh optimiser state of one member for its trainable tree.
+
+    Example:
+        >>> opt_state = fresh_opt_state(recipe, state.params)   # e.g. after rewinding
+    """
+    r = _reparam(reparam)
+    labels = r.labels(trainable) if r.labels is not None else None
+    return make_optimizer(recipe, labels=labels, group_decay=r.group_decay).init(trainable)
 
 
 def init_state(
-    model: Any, recipe: Recipe, key: jax.Array, input_shape: tuple[int, ...],
+    model: Any, recipe: Recipe, key: jax.Array, input_shape: tuple[int, ...], *,
+    reparam: reparam_lib.Reparam | None = None,
 ) -> TrainState:
-    """A fresh train state of one replicate from its ``init`` key."""
+    """A fresh train state of one member from its ``init`` key.
+
+    The model is initialised from ``key``; the reparameterisation's
+    ``init`` gets ``rng.stream(key, 'reparam')``.
+    """
+    r = _reparam(reparam)
     params, batch_stats = models.init(model, key, input_shape)
+    if r.is_identity:
+        trainable, frozen = params, {}
+    else:
+        trainable, frozen = r.init(params, rng.stream(key, "reparam"))
     return TrainState(
         step=jnp.zeros((), jnp.int32),
-        params=params,
+        params=trainable,
         batch_stats=batch_stats,
-        opt_state=make_optimizer(recipe).init(params),
+        opt_state=fresh_opt_state(recipe, trainable, reparam=r),
+        frozen=frozen,
     )
 
 
-# --------------------------------------------------------------------------- one replicate
+def model_params(state: TrainState, masks: PyTree | None = None, *,
+                 reparam: reparam_lib.Reparam | None = None,
+                 key: jax.Array | None = None, train: bool = False) -> PyTree:
+    """The model's params of one member's state (its reparameterisation applied, masked).
+
+    Example:
+        >>> params = model_params(state, masks, reparam=edge_popup)
+    """
+    r = _reparam(reparam)
+    params = r.apply(state.params, state.frozen, key, train=train)
+    return params if masks is None else masking.apply(params, masks)
+
+
+# --------------------------------------------------------------------------- one member
 
 
 def _forward(model, params, batch_stats, x, *, train: bool):
@@ -232,13 +161,17 @@ def _forward(model, params, batch_stats, x, *, train: bool):
 
 
 def cross_entropy(
-    logits: jax.Array, labels: jax.Array, *, label_smoothing: float = 0.0,
+    logits: jax.Array, labels: jax.Array, *, label_smoothing: float | jax.Array = 0.0,
 ) -> jax.Array:
-    """Per-example softmax cross-entropy with integer labels (optional smoothing)."""
-    if label_smoothing:
-        targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
-        return optax.softmax_cross_entropy(logits, targets)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    """Per-example softmax cross-entropy with integer labels (optional smoothing).
+
+    ``label_smoothing`` may be traced (a member's value); the Python float 0
+    takes the integer-label path.
+    """
+    if isinstance(label_smoothing, (int, float)) and not label_smoothing:
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+    return optax.softmax_cross_entropy(logits, targets)
 
 
 def train_steps(
@@ -251,40 +184,66 @@ def train_steps(
     *,
     num_steps: int,
     unroll: bool = False,
+    hparams: Hyperparams | None = None,
+    reparam: reparam_lib.Reparam | None = None,
 ) -> tuple[TrainState, jax.Array]:
-    """``num_steps`` masked training steps of one replicate, as one ``lax.scan``.
+    """``num_steps`` training steps of one member, as one ``lax.scan``.
 
     Step ``t`` trains on the batch :func:`ltjax.data.batch_indices` assigns to
-    ``(noise_key, t)``, augmented with ``fold_in(stream(noise_key, 'augment'), t)``.
+    ``(noise_key, t)``, augmented with ``fold_in(stream(noise_key, 'augment'), t)``;
+    the reparameterisation's key is ``fold_in(stream(noise_key, 'reparam'), t)``.
+    The loss differentiated is the cross-entropy plus the
+    reparameterisation's penalty; the returned losses are the cross-entropy.
 
     Args:
       model: a flax module (``apply(variables, x, train=...)``).
       recipe: the optimiser and schedule.
       arrays: the device-resident training split (:func:`ltjax.data.device_split`).
-      state: the replicate's state.
-      masks: bool masks with the params' structure, or None for dense training.
-      noise_key: the replicate's ``noise`` stream key.
+      state: the member's state.
+      masks: bool masks with the model params' structure, or None (dense).
+      noise_key: the member's ``noise`` stream key.
       num_steps: static number of steps.
       unroll: unroll the scan (conv nets on XLA:CPU; same numbers).
+      hparams: this member's peak learning rate, weight decay and label
+        smoothing (scalars, may be traced); a field that is None, or
+        ``hparams=None``, takes the recipe's value.
+      reparam: the reparameterisation (default identity).
 
     Returns:
       The new state and the training loss of each step, ``[num_steps]``.
     """
-    tx = make_optimizer(recipe)
+    r = _reparam(reparam)
+    peak = None if hparams is None else hparams.learning_rate
+    decay = None if hparams is None else hparams.weight_decay
+    smoothing = recipe.label_smoothing if hparams is None or hparams.label_smoothing is None \
+        else hparams.label_smoothing
+    labels = r.labels(state.params) if r.labels is not None else None
+    trainable_masks = None
+    if masks is not None:
+        trainable_masks = masks if r.is_identity else (
+            r.trainable_masks(masks, state.params) if r.trainable_masks else None)
     order_key = rng.stream(noise_key, "order")
     augment_key = rng.stream(noise_key, "augment")
+    reparam_key = rng.stream(noise_key, "reparam")
     indices = data.batch_indices(
         order_key, state.step, num_steps=num_steps, num_examples=arrays.y.shape[0],
         batch_size=recipe.batch_size,
     )
     augment = recipe.augment and arrays.augment == "cifar"
-    if masks is not None:
-        state = state.replace(params=masking.apply(state.params, masks))
+    if trainable_masks is not None:
+        state = state.replace(params=masking.apply(state.params, trainable_masks))
 
-    def loss_fn(params, batch_stats, x, y):
+    def loss_fn(trainable, batch_stats, x, y, key):
+        if r.is_identity:
+            params = trainable  # already masked (the invariant above)
+        else:
+            params = r.apply(trainable, state.frozen, key, train=True)
+            if masks is not None:
+                params = masking.apply(params, masks)
         logits, new_stats = _forward(model, params, batch_stats, x, train=True)
-        loss = cross_entropy(logits, y, label_smoothing=recipe.label_smoothing).mean()
-        return loss, new_stats
+        loss = cross_entropy(logits, y, label_smoothing=smoothing).mean()
+        objective = loss if r.penalty is None else loss + r.penalty(trainable)
+        return objective, (loss, new_stats)
 
     def step_fn(state: TrainState, batch_index: jax.Array):
         x = arrays.x[batch_index]
@@ -292,19 +251,16 @@ def train_steps(
             x = data.augment_cifar(rng.step_key(augment_key, state.step), x.astype(jnp.float32))
         x = data.normalize(x, arrays.mean, arrays.std)
         y = arrays.y[batch_index]
-        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, state.batch_stats, x, y
-        )
-        if masks is not None:
-            grads = masking.apply(grads, masks)
+        key = None if r.is_identity else rng.step_key(reparam_key, state.step)
+        grads, (loss, batch_stats) = jax.grad(loss_fn, has_aux=True)(
+            state.params, state.batch_stats, x, y, key)
+        tx = make_optimizer(recipe, learning_rate=learning_rate_at(recipe, state.step, peak),
+                            weight_decay=decay, labels=labels, group_decay=r.group_decay,
+                            masks=trainable_masks)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        lr = learning_rate_at(recipe, state.step)
-        params = jax.tree.map(lambda p, u: p - (lr * u).astype(p.dtype), state.params, updates)
-        if masks is not None:
-            params = masking.apply(params, masks)
-        new_state = TrainState(
-            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
-        )
+        new_state = state.replace(step=state.step + 1,
+                                  params=optax.apply_updates(state.params, updates),
+                                  batch_stats=batch_stats, opt_state=opt_state)
         return new_state, loss
 
     if not unroll:
@@ -426,315 +382,12 @@ def recompute_batch_stats(
     return jax.tree.map(lambda t: t * scale, total)
 
 
-# --------------------------------------------------------------------------- many replicates
+def __getattr__(name: str) -> Any:
+    # The executor moved to ltjax.executor; these names stay importable from here.
+    if name in ("Executor", "choose_strategy", "STRATEGIES"):
+        from ltjax import executor
 
-
-def choose_strategy(params: PyTree, backend: str | None = None) -> str:
-    """``'unrolled_loop'`` for conv nets on CPU, else ``'scan_vmap'`` (see module doc)."""
-    backend = backend or jax.default_backend()
-    return "unrolled_loop" if (models.is_conv(params) and backend == "cpu") else "scan_vmap"
-
-
-def _map_local_seeds(fn: Callable, strategy: str, in_axes: tuple) -> Callable:
-    """Map ``fn`` over the local seed block: vmap, or an unrolled Python loop."""
-    if strategy == "scan_vmap":
-        return jax.vmap(fn, in_axes=in_axes)
-
-    def looped(*args):
-        mapped = [a for a, ax in zip(args, in_axes, strict=True) if ax == 0]
-        num_local = jax.tree.leaves(mapped)[0].shape[0]
-        outs = []
-        for i in range(num_local):
-            outs.append(fn(*[tree.index(a, i) if ax == 0 else a
-                             for a, ax in zip(args, in_axes, strict=True)]))
-        return tree.stack(outs)
-
-    return looped
-
-
-class Executor:
-    """Trains and evaluates S replicates of one model on one dataset as one program.
-
-    The replicate (seed) axis is the leading axis of every state, mask and key
-    argument; it is sharded over ``gcd(S, len(devices))`` devices.
-
-    Args:
-      model: a flax module from :mod:`ltjax.models`.
-      dataset: a :class:`ltjax.data.Dataset`; its splits are put on the devices once.
-      recipe: the training recipe.
-      strategy: ``'auto'``, ``'scan_vmap'`` or ``'unrolled_loop'`` (module doc). A model
-        whose ``materialize_inputs`` field is None (auto, the default) gets it
-        switched on for ``'unrolled_loop'`` (identical numbers, faster on XLA:CPU).
-      steps_per_call: steps per jitted call; default 500 for ``'scan_vmap'``
-        and 1 for ``'unrolled_loop'`` (several unrolled steps per call add
-        nothing on CPU, FACTS.md).
-      eval_batch_size: rows per evaluation batch.
-      devices: the devices of the seed mesh (default: all local devices).
-    """
-
-    def __init__(
-        self, model: Any, dataset: data.Dataset, recipe: Recipe, *, strategy: str = "auto",
-        steps_per_call: int | None = None, eval_batch_size: int = 1000,
-        devices: list[jax.Device] | None = None,
-    ):
-        if strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-        if recipe.batch_size > len(dataset.train):
-            raise ValueError(
-                f"batch_size={recipe.batch_size} is larger than the train split "
-                f"({len(dataset.train)} examples) of {dataset.name!r}"
-            )
-        self.model = model
-        self.dataset = dataset
-        self.recipe = recipe
-        self.devices = list(devices or jax.local_devices())
-        abstract = jax.eval_shape(lambda k: init_state(model, recipe, k, dataset.input_shape),
-                                  jax.random.key(0))
-        self.strategy = choose_strategy(abstract.params) if strategy == "auto" else strategy
-        if getattr(model, "materialize_inputs", False) is None:
-            # "Auto": on for the unrolled CPU path (same numbers bit for bit, faster
-            # conv steps on XLA:CPU: ltjax.models.common.materialize), off under vmap.
-            self.model = model = model.clone(
-                materialize_inputs=self.strategy == "unrolled_loop")
-        self.steps_per_call = steps_per_call or (500 if self.strategy == "scan_vmap" else 1)
-        self.eval_batch_size = eval_batch_size
-        self.steps_per_epoch = len(dataset.train) // recipe.batch_size
-        #: Shapes and dtypes of one replicate's state (no replicate axis).
-        self.abstract_state = abstract
-        self._host_splits = {"train": dataset.train, "validation": dataset.validation,
-                             "test": dataset.test}
-
-    # -- placement
-
-    def mesh(self, num_replicates: int) -> Mesh:
-        """The seed mesh for S replicates: ``gcd(S, len(devices))`` devices."""
-        num_devices = math.gcd(num_replicates, len(self.devices))
-        return _mesh(tuple(self.devices[:num_devices]))
-
-    def padded_size(self, num_replicates: int) -> int:
-        """S rounded up so every device of the mesh gets as many replicates.
-
-        ``train`` and ``evaluate`` run ``padded_size(S)`` replicates (copies of
-        the last one fill the gap) so that, e.g., 3 seeds use 2 devices rather
-        than the ``gcd(3, 2) = 1`` the state is stored on; the copies are dropped.
-        """
-        used = min(num_replicates, len(self.devices))
-        return -(-num_replicates // used) * used
-
-    def seed_sharding(self, num_replicates: int) -> NamedSharding:
-        """``NamedSharding(mesh, P('seed'))`` for arrays with a leading seed axis."""
-        return NamedSharding(self.mesh(num_replicates), P("seed"))
-
-    def shard(self, stacked: PyTree) -> PyTree:
-        """Put a stacked tree (leading axis S) onto the seed mesh."""
-        num = _num_replicates(stacked)
-        return jax.device_put(stacked, self.seed_sharding(num))
-
-    @functools.cache  # noqa: B019  (one executor per run; cache is tiny)
-    def device_split(self, split: str, num_devices: int, for_eval: bool) -> data.DeviceSplit:
-        """A split's arrays replicated on the first ``num_devices`` devices.
-
-        For evaluation the rows are padded to a multiple of ``eval_batch_size``.
-        """
-        host = self._host_splits.get(split)
-        if host is None:
-            raise ValueError(
-                f"split must be one of 'train', 'validation', 'test' with data in "
-                f"{self.dataset.name!r}; got {split!r}"
-            )
-        pad_to = self.eval_batch_size if for_eval else 1
-        mesh = _mesh(tuple(self.devices[:num_devices]))
-        return jax.device_put(data.device_split(host, self.dataset, pad_to=pad_to),
-                              NamedSharding(mesh, P()))
-
-    # -- init
-
-    @functools.cached_property
-    def _init_fn(self) -> Callable:
-        return jax.jit(jax.vmap(lambda k: init_state(self.model, self.recipe, k,
-                                                     self.dataset.input_shape)))
-
-    def init(self, init_keys: jax.Array, masks: PyTree | None = None) -> TrainState:
-        """Fresh states ``[S]`` from ``init`` keys ``[S]`` (masked if masks ``[S]`` given)."""
-        state = self._init_fn(init_keys)
-        if masks is not None:
-            masking.check(masks, self.abstract_state.params, leading_axes=1)
-            state = state.replace(params=masking.apply(state.params, masks))
-        return self.shard(state)
-
-    # -- train
-
-    def train(
-        self, state: TrainState, masks: PyTree | None, noise_keys: jax.Array, *, num_steps: int,
-    ) -> tuple[TrainState, np.ndarray]:
-        """Advance every replicate by ``num_steps`` steps.
-
-        Args:
-          state: stacked states ``[S]`` (all at the same step).
-          masks: stacked bool masks ``[S]`` or None (dense).
-          noise_keys: ``noise`` keys ``[S]``.
-          num_steps: steps to take.
-
-        Returns:
-          The new state and the mean training loss of each replicate, ``[S]``.
-
-        Raises:
-          FloatingPointError: a replicate's training loss became NaN or inf.
-        """
-        num = _num_replicates(state)
-        if noise_keys.shape != (num,):
-            raise ValueError(f"noise_keys must have shape ({num},), got {noise_keys.shape}")
-        if masks is not None:
-            masking.check(masks, self.abstract_state.params, leading_axes=1)
-        if num_steps < 0:
-            raise ValueError(f"num_steps must be >= 0, got {num_steps}")
-        padded = self.padded_size(num)
-        state, masks, noise_keys = jax.device_put(
-            _pad((state, masks, noise_keys), num, padded), self.seed_sharding(padded))
-        first_step = int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
-        loss_sums = np.zeros(num, np.float64)
-        done = 0
-        while done < num_steps:
-            chunk = min(self.steps_per_call, num_steps - done)
-            fn = _compiled_train(self, padded, chunk, masks is not None)
-            state, losses = fn(state, masks, noise_keys)
-            losses = np.asarray(losses, np.float64)[:num]
-            if not np.all(np.isfinite(losses)):
-                bad = sorted(set(np.nonzero(~np.isfinite(losses))[0].tolist()))
-                raise FloatingPointError(
-                    f"training loss is NaN/inf for replicate(s) {bad} between steps "
-                    f"{first_step + done} and {first_step + done + chunk} "
-                    f"(learning_rate={self.recipe.learning_rate}); lower the learning rate"
-                )
-            loss_sums += losses.sum(axis=1)
-            done += chunk
-        if padded != num:
-            state = self.shard(jax.tree.map(lambda x: x[:num], state))
-        return state, loss_sums / max(num_steps, 1)
-
-    # -- evaluate
-
-    def evaluate(self, state: TrainState, split: str) -> dict[str, np.ndarray]:
-        """Loss and accuracy ``[S]`` of every replicate on ``split``."""
-        return self.evaluate_params(state.params, state.batch_stats, split)
-
-    def evaluate_params(self, params: PyTree, batch_stats: PyTree,
-                        split: str) -> dict[str, np.ndarray]:
-        """Loss and accuracy ``[S]`` of stacked ``params`` / ``batch_stats`` ``[S, ...]``.
-
-        Any stack works: replicates, or the points of an interpolation path.
-        """
-        out = self._evaluate_stacked(params, batch_stats, split, "metrics")
-        return {k: np.asarray(v) for k, v in out.items()}
-
-    def predict_params(self, params: PyTree, batch_stats: PyTree, split: str) -> np.ndarray:
-        """Logits ``[S, N, C]`` of stacked ``params`` / ``batch_stats`` ``[S, ...]`` on ``split``.
-
-        Example:
-            >>> probs = jax.nn.softmax(executor.predict_params(params, stats, "test")).mean(0)
-        """
-        out = self._evaluate_stacked(params, batch_stats, split, "logits")
-        return np.asarray(out)[:, :self._host_splits[split].y.shape[0]]
-
-    def _evaluate_stacked(self, params: PyTree, batch_stats: PyTree, split: str,
-                          output: str) -> Any:
-        """``_compiled_eval`` on stacked trees padded over the devices, unpadded after."""
-        num = _num_replicates(params)
-        padded = self.padded_size(num)
-        params, batch_stats = jax.device_put(_pad((params, batch_stats), num, padded),
-                                             self.seed_sharding(padded))
-        out = _compiled_eval(self, padded, split, output)(params, batch_stats)
-        return jax.tree.map(lambda v: v[:num], out)
-
-    def recompute_batch_stats(self, state: TrainState, *, num_batches: int = 20,
-                              batch_size: int | None = None, seed: int = 0) -> TrainState:
-        """``state`` with BatchNorm statistics recomputed on training batches.
-
-        The same ``num_batches`` batches (no augmentation; order from ``seed``)
-        serve every replicate. See :func:`recompute_batch_stats`.
-        """
-        stats = self.recomputed_batch_stats(state.params, state.batch_stats,
-                                            num_batches=num_batches, batch_size=batch_size,
-                                            seed=seed)
-        return self.shard(state.replace(batch_stats=stats))
-
-    def recomputed_batch_stats(self, params: PyTree, batch_stats: PyTree, *,
-                               num_batches: int = 20, batch_size: int | None = None,
-                               seed: int = 0) -> PyTree:
-        """BatchNorm statistics ``[S, ...]`` of stacked ``params`` recomputed on training data."""
-        if not jax.tree.leaves(batch_stats):
-            return batch_stats
-        batch_size = batch_size or self.recipe.batch_size
-        sharding = self.seed_sharding(_num_replicates(params))
-        params, batch_stats = jax.device_put((params, batch_stats), sharding)
-        arrays = self.device_split("train", sharding.num_devices, for_eval=False)
-        index = data.batch_indices(jax.random.key(seed), 0, num_steps=num_batches,
-                                   num_examples=arrays.y.shape[0], batch_size=batch_size)
-        return self._recompute_fn(params, batch_stats, arrays, index)
-
-    @functools.cached_property
-    def _recompute_fn(self) -> Callable:
-        def recompute(params, batch_stats, arrays, index):
-            images = data.normalize(arrays.x[index], arrays.mean, arrays.std)
-            return jax.vmap(lambda p, b: recompute_batch_stats(self.model, p, b, images))(
-                params, batch_stats)
-
-        return jax.jit(recompute)
-
-
-@functools.cache
-def _mesh(devices: tuple) -> Mesh:
-    return Mesh(np.array(devices), ("seed",))
-
-
-def _pad(stacked: PyTree, num: int, padded: int) -> PyTree:
-    """Leaves ``[num, ...]`` -> ``[padded, ...]`` by repeating the last replicate."""
-    if padded == num:
-        return stacked
-    index = np.concatenate([np.arange(num), np.full(padded - num, num - 1)])
-    return jax.tree.map(lambda x: x[index], stacked)
-
-
-def _num_replicates(stacked: PyTree) -> int:
-    leaves = jax.tree.leaves(stacked)
-    if not leaves or jnp.ndim(leaves[0]) == 0:
-        raise ValueError("expected a stacked tree with a leading replicate axis [S, ...]")
-    return int(leaves[0].shape[0])
-
-
-@functools.lru_cache(maxsize=64)
-def _compiled_train(executor: Executor, num_replicates: int, num_steps: int, masked: bool):
-    mesh = executor.mesh(num_replicates)
-    arrays = executor.device_split("train", mesh.size, for_eval=False)
-    unroll = executor.strategy == "unrolled_loop"
-
-    def one(state, masks, key, arrays):
-        return train_steps(executor.model, executor.recipe, arrays, state, masks, key,
-                           num_steps=num_steps, unroll=unroll)
-
-    local = _map_local_seeds(one, executor.strategy, in_axes=(0, 0 if masked else None, 0, None))
-    sharded = jax.shard_map(
-        local, mesh=mesh, in_specs=(P("seed"), P("seed"), P("seed"), P()),
-        out_specs=(P("seed"), P("seed")), check_vma=False,
-    )
-    jitted = jax.jit(sharded)
-    return lambda state, masks, keys: jitted(state, masks, keys, arrays)
-
-
-@functools.lru_cache(maxsize=64)
-def _compiled_eval(executor: Executor, num_replicates: int, split: str, output: str):
-    """Per-replicate :func:`evaluate` (``output='metrics'``) or :func:`predict` (``'logits'``)."""
-    mesh = executor.mesh(num_replicates)
-    arrays = executor.device_split(split, mesh.size, for_eval=True)
-    unroll = executor.strategy == "unrolled_loop"
-    per_replicate = {"metrics": evaluate, "logits": predict}[output]
-
-    def one(params, batch_stats, arrays):
-        return per_replicate(executor.model, params, batch_stats, arrays,
-                             batch_size=executor.eval_batch_size, unroll=unroll)
-
-    local = _map_local_seeds(one, executor.strategy, in_axes=(0, 0, None))
-    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P("seed"), P("seed"), P()),
-                            out_specs=P("seed"), check_vma=False)
-    jitted = jax.jit(sharded)
-    return lambda params, batch_stats: jitted(params, batch_stats, arrays)
+        return getattr(executor, name)
+    if name == "OPTIMIZERS":
+        return optim.OPTIMIZERS
+    raise AttributeError(f"module 'ltjax.train' has no attribute {name!r}")

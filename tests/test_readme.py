@@ -20,3 +20,4 @@ def test_colab_snippet_runs():
     assert namespace["curve"]["accuracy"].shape == (30,)
     assert namespace["matched"]["accuracy"].shape == (30,)
     assert len(namespace["result"].objectives) == 4
+    assert namespace["grid_accuracy"].shape == (3, 2)

@@ -430,7 +430,7 @@ def test_soups_study_end_to_end_and_resume(tmp_path, monkeypatch):
     # no checkpoint and no records, the greedy soup and half the WiSE-FT curves are
     # missing. The same call resumes, training only that segment, to the same files.
     shutil.copytree(tmp_path / "a", tmp_path / "b")
-    last = max((tmp_path / "b" / "checkpoints" / "finetune_00").iterdir())
+    last = max((tmp_path / "b" / "checkpoints" / "finetune_augment_0").iterdir())
     shutil.rmtree(last)
     end = int(last.name.split("_")[1])
     log = results.MetricsLog(tmp_path / "b" / "metrics.jsonl")
@@ -440,9 +440,9 @@ def test_soups_study_end_to_end_and_resume(tmp_path, monkeypatch):
         or (r.get("branch") == "wise_ft" and r["ingredient"] >= 2)))
     original, calls = train.Executor.train, []
 
-    def counted(self, state, masks, noise_keys, *, num_steps):
+    def counted(self, state, masks, noise_keys, *, num_steps, hparams=None):
         calls.append((int(np.asarray(state.step)[0]), num_steps))
-        return original(self, state, masks, noise_keys, num_steps=num_steps)
+        return original(self, state, masks, noise_keys, num_steps=num_steps, hparams=hparams)
 
     monkeypatch.setattr(train.Executor, "train", counted)
     resumed = soups.run_soups(config, tmp_path / "b", progress=False)

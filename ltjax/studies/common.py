@@ -11,7 +11,8 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from ltjax import checkpoint, data, models, results, train
+from ltjax import checkpoint, data, models, optim, results, train
+from ltjax import executor as executor_lib
 
 
 def to_dict(config: ml_collections.ConfigDict | dict) -> dict:
@@ -65,8 +66,8 @@ def steps(value: str | int, steps_per_epoch: int) -> int:
     return train.parse_steps(value, steps_per_epoch=steps_per_epoch)
 
 
-def build_recipe(config: Any, dataset: data.Dataset) -> train.Recipe:
-    """The :class:`ltjax.train.Recipe` of ``config.recipe`` (step strings resolved)."""
+def build_recipe(config: Any, dataset: data.Dataset) -> optim.Recipe:
+    """The :class:`ltjax.optim.Recipe` of ``config.recipe`` (step strings resolved)."""
     r = config.recipe
     if r.batch_size > len(dataset.train):
         raise ValueError(
@@ -74,9 +75,12 @@ def build_recipe(config: Any, dataset: data.Dataset) -> train.Recipe:
             f"{dataset.name!r} ({len(dataset.train)} examples)"
         )
     per_epoch = len(dataset.train) // r.batch_size
-    return train.Recipe(
+    return optim.Recipe(
         optimizer=r.optimizer, learning_rate=r.learning_rate, momentum=r.get("momentum", 0.0),
         nesterov=r.get("nesterov", False), weight_decay=r.get("weight_decay", 0.0),
+        weight_decay_mode=r.get("weight_decay_mode") or None,
+        schedule=r.get("schedule", "step"),
+        total_steps=steps(r.get("total_steps", 0), per_epoch),
         warmup_steps=steps(r.get("warmup", 0), per_epoch),
         lr_drop_steps=tuple(steps(s, per_epoch) for s in r.get("lr_drops", ())),
         lr_drop_factor=r.get("lr_drop_factor", 0.1), batch_size=r.batch_size,
@@ -85,9 +89,9 @@ def build_recipe(config: Any, dataset: data.Dataset) -> train.Recipe:
 
 
 def build_executor(config: Any, model: Any, dataset: data.Dataset,
-                   recipe: train.Recipe) -> train.Executor:
-    """The :class:`ltjax.train.Executor` with ``config.strategy`` / ``steps_per_call``."""
-    return train.Executor(
+                   recipe: optim.Recipe) -> executor_lib.Executor:
+    """The :class:`ltjax.executor.Executor` with ``config.strategy`` / ``steps_per_call``."""
+    return executor_lib.Executor(
         model, dataset, recipe, strategy=config.get("strategy", "auto"),
         steps_per_call=config.get("steps_per_call") or None,
         eval_batch_size=config.get("eval_batch_size", 1000),
@@ -95,7 +99,7 @@ def build_executor(config: Any, model: Any, dataset: data.Dataset,
 
 
 def setup(config: Any, workdir: str | pathlib.Path) -> tuple[
-        pathlib.Path, data.Dataset, train.Recipe, train.Executor]:
+        pathlib.Path, data.Dataset, optim.Recipe, executor_lib.Executor]:
     """A study's start: the checked workdir, the dataset, the recipe and the executor."""
     workdir = prepare_workdir(workdir, config)
     dataset = build_dataset(config)
@@ -150,21 +154,22 @@ def parse_layer_rates(spec: str | None) -> dict[str, float]:
 
 
 def train_segment(
-    executor: train.Executor, *, state: train.TrainState, masks: Any, noise_keys: Any,
+    executor: executor_lib.Executor, *, state: train.TrainState, masks: Any, noise_keys: Any,
     end: int, eval_every: int, checkpoint_every: int, ckpt_dir: str | pathlib.Path,
     log: results.MetricsLog, tags: dict, splits: list[str], densities: Any,
     progress: bool = True, desc: str = "train", max_checkpoints: int = 2,
+    hparams: optim.Hyperparams | None = None, member_tags: list[dict] | None = None,
 ) -> train.TrainState:
     """Train from ``state`` (at its step) to ``end``, evaluating and checkpointing; resumable.
 
     The segment owns ``ckpt_dir`` and the records of ``log`` whose fields
-    equal ``tags``. Run again after a kill, it restores its newest good
-    checkpoint, drops its records written after that step, and continues;
-    run after it finished, it only restores the final state. Each eval step
-    (multiples of ``eval_every``, the start and ``end``) appends one record
-    per replicate and split: ``{**tags, replicate, step, split, loss,
-    accuracy, density}``, plus a ``train_running`` record with the mean
-    training loss since the previous eval.
+    equal ``tags`` and those of one of its members. Run again after a kill,
+    it restores its newest good checkpoint, drops its records written after
+    that step, and continues; run after it finished, it only restores the
+    final state. Each eval step (multiples of ``eval_every``, the start and
+    ``end``) appends one record per member and split: ``{**tags,
+    **member_tags[m], step, split, loss, accuracy, density}``, plus a
+    ``train_running`` record with the mean training loss since the previous eval.
 
     Args:
       executor: the executor.
@@ -182,6 +187,9 @@ def train_segment(
       progress: show a progress bar.
       desc: the progress bar's label.
       max_checkpoints: checkpoints kept in ``ckpt_dir``.
+      hparams: per-member hyperparameters ``[S]`` (None: the recipe's).
+      member_tags: one dict of fields per member (default ``{'replicate': m}``),
+        e.g. ``{'branch': 'reinit', 'replicate': 1}`` for the members of an IMP level.
 
     Returns:
       The state at ``end``.
@@ -190,22 +198,30 @@ def train_segment(
     start = int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
     if end < start:
         raise ValueError(f"end={end} is before the segment's start step {start}")
+    member_tags = member_tags or [{"replicate": r} for r in range(num)]
+    if len(member_tags) != num:
+        raise ValueError(f"member_tags must have one dict per member ({num}), got "
+                         f"{len(member_tags)}")
 
     def mine(record: dict) -> bool:
-        return all(record.get(k) == v for k, v in tags.items())
+        return all(record.get(k) == v for k, v in tags.items()) and any(
+            all(record.get(k) == v for k, v in m.items()) for m in member_tags)
 
     def evaluate(step: int, train_loss: np.ndarray | None) -> None:
         rows = []
         for split in splits:
             metrics = executor.evaluate(state, split)
-            rows += [{**tags, "replicate": r, "step": step, "split": split,
+            rows += [{**tags, **member_tags[r], "step": step, "split": split,
                       "loss": metrics["loss"][r], "accuracy": metrics["accuracy"][r],
                       "density": float(densities[r])} for r in range(num)]
         if train_loss is not None:
-            rows += [{**tags, "replicate": r, "step": step, "split": "train_running",
+            rows += [{**tags, **member_tags[r], "step": step, "split": "train_running",
                       "loss": train_loss[r], "accuracy": None, "density": float(densities[r])}
                      for r in range(num)]
         log.append(rows)
+
+    def meta(step: int) -> dict:
+        return {**tags, "step": step, "members": member_tags}
 
     with checkpoint.Checkpointer(ckpt_dir, max_to_keep=max_checkpoints) as ckpt:
         found = ckpt.restore_latest(like_state=state, like_masks=masks)
@@ -219,15 +235,16 @@ def train_segment(
                         unit="step", desc=desc, leave=False)
         while step < end:
             target = min(end, (step // eval_every + 1) * eval_every)
-            state, train_loss = executor.train(state, masks, noise_keys, num_steps=target - step)
+            state, train_loss = executor.train(state, masks, noise_keys, num_steps=target - step,
+                                               hparams=hparams)
             bar.update(target - step)
             step = target
             evaluate(step, train_loss)
             if step % checkpoint_every == 0 or step == end:
-                ckpt.save(step, state=state, masks=masks, meta={**tags, "step": step})
+                ckpt.save(step, state=state, masks=masks, meta=meta(step))
         bar.close()
         if start == end and found is None:
-            ckpt.save(step, state=state, masks=masks, meta={**tags, "step": step})
+            ckpt.save(step, state=state, masks=masks, meta=meta(step))
     return state
 
 

@@ -40,9 +40,11 @@ import pathlib
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from ltjax import masking, models, plots, pruning, results, rewinding, rng, train
+from ltjax import executor as executor_lib
+from ltjax import masking, models, plots, pruning, results, rewinding, rng
 from ltjax.studies import common
 
 CONTROLS = ("reinit", "random_layerwise", "random_global", "oneshot", "small_dense")
@@ -168,7 +170,7 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
     log = results.MetricsLog(workdir / "metrics.jsonl")
     ckpt_root = workdir / "checkpoints"
     segment = functools.partial(
-        common.train_segment, noise_keys=noise_keys, end=end,
+        common.train_segment, end=end,
         eval_every=max(1, common.steps(config.eval_every, per_epoch)),
         checkpoint_every=max(1, common.steps(config.checkpoint_every, per_epoch)),
         log=log, splits=splits, progress=progress,
@@ -183,17 +185,16 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
     def densities(masks) -> np.ndarray:
         return np.asarray(jax.vmap(lambda m: masking.density(m, selection))(masks))
 
-    fresh_opt = jax.jit(jax.vmap(train.make_optimizer(recipe).init))
 
     def rewound(state_k, masks):
-        opt = None if config.get("rewind_optimizer", False) else fresh_opt(
+        opt = None if config.get("rewind_optimizer", False) else executor.fresh_opt_state(
             masking.apply(state_k.params, masks))
         return executor.shard(rewinding.rewind_state(state_k, masks, fresh_opt_state=opt))
 
     state = executor.init(init_keys)
     masks = executor.shard(masking.ones_like(state.params))
     if rewind_step > 0:
-        state = segment(executor, state=state, masks=None, end=rewind_step,
+        state = segment(executor, state=state, masks=None, noise_keys=noise_keys, end=rewind_step,
                         ckpt_dir=ckpt_root / "pretrain", tags={"level": 0, "branch": "pretrain"},
                         densities=np.ones(num), desc="pretrain to the rewind step")
     state_k = state
@@ -201,41 +202,46 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
     for level in range(config.levels + 1):
         if level > 0:
             masks = executor.shard(prune_level(previous.params, masks))
-        density = densities(masks)
-        tags = {"level": level, "branch": "imp"}
-        final = segment(executor, state=rewound(state_k, masks), masks=masks,
-                        ckpt_dir=ckpt_root / f"level_{level:02d}" / "imp", tags=tags,
-                        densities=density, desc=f"level {level} imp ({100 * density[0]:.1f}%)")
-        if level == 0:
-            dense_final = final
+        # The level's IMP ticket and its controls train as the members of one program.
+        branches = [("imp", rewound(state_k, masks), masks)]
         for control in controls if level > 0 else ():
-            ctags = {"level": level, "branch": control}
-            cdir = ckpt_root / f"level_{level:02d}" / control
-            desc = f"level {level} {control}"
             if control == "reinit":
                 fresh = executor.init(rng.stream(keys, "reinit"), masks)
-                start = fresh.replace(step=state_k.step)  # schedule resumes at k, as OpenLTH
-                segment(executor, state=executor.shard(start), masks=masks, ckpt_dir=cdir,
-                        tags=ctags, densities=density, desc=desc)
+                # schedule resumes at k, as OpenLTH's randomly_reinitialize
+                branches.append((control, fresh.replace(step=state_k.step), masks))
             elif control in ("random_layerwise", "random_global"):
                 scope = control.split("_")[1]
                 level_keys = jax.vmap(lambda k, lv=level: jax.random.fold_in(k, lv))(
                     rng.stream(keys, "random_prune"))
-                cmasks = executor.shard(jax.vmap(
+                cmasks = jax.vmap(
                     lambda k, m, s=scope: pruning.random_prune_like(k, m, selection, scope=s))(
-                        level_keys, masks))
-                segment(executor, state=rewound(state_k, cmasks), masks=cmasks, ckpt_dir=cdir,
-                        tags=ctags, densities=densities(cmasks), desc=desc)
+                        level_keys, masks)
+                branches.append((control, rewound(state_k, cmasks), cmasks))
             elif control == "oneshot":
-                cmasks = executor.shard(jax.vmap(
+                cmasks = jax.vmap(
                     lambda p_, m: pruning.prune_to_match(pruning.magnitude_scores(p_), m,
                                                          selection, scope=p.scope))(
-                        dense_final.params, masks))
-                segment(executor, state=rewound(state_k, cmasks), masks=cmasks, ckpt_dir=cdir,
-                        tags=ctags, densities=densities(cmasks), desc=desc)
-            elif control == "small_dense":
-                _run_small_dense(config, executor, dataset, recipe, segment, keys, masks,
-                                 selection, cdir, ctags, desc)
+                        dense_final.params, masks)
+                branches.append((control, rewound(state_k, cmasks), cmasks))
+        names = [name for name, _, _ in branches]
+        members = executor.shard(_concat([b[1] for b in branches]))
+        member_masks = executor.shard(_concat([b[2] for b in branches]))
+        density = densities(masks)
+        final = segment(
+            executor, state=members, masks=member_masks,
+            noise_keys=jnp.concatenate([noise_keys] * len(branches)),
+            ckpt_dir=ckpt_root / f"level_{level:02d}", tags={"level": level},
+            member_tags=[{"branch": n, "replicate": r} for n in names for r in range(num)],
+            densities=densities(member_masks),
+            desc=f"level {level} ({100 * density[0]:.1f}%): {', '.join(names)}")
+        final = executor.shard(jax.tree.map(lambda x: x[:num], final))  # the IMP members
+        if level == 0:
+            dense_final = final
+        if "small_dense" in controls and level > 0:
+            _run_small_dense(config, executor, dataset, recipe, segment, keys, masks,
+                             selection, ckpt_root / f"level_{level:02d}" / "small_dense",
+                             {"level": level, "branch": "small_dense"},
+                             f"level {level} small_dense")
         previous = final
 
     rows = _summary_rows(log, num, end)
@@ -253,6 +259,11 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
     return {"rows": [r for r in rows if r["replicate"] == "mean"]}
 
 
+def _concat(trees: list[Any]) -> Any:
+    """Stacked trees ``[S, ...]`` joined along the member axis."""
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *trees)
+
+
 def _run_small_dense(config, executor, dataset, recipe, segment, keys, masks, selection, cdir,
                      ctags, desc) -> None:
     """Train an MLP whose kernel count matches the level's kept weights, from scratch."""
@@ -262,12 +273,13 @@ def _run_small_dense(config, executor, dataset, recipe, segment, keys, masks, se
                                 input_size=int(np.prod(dataset.input_shape)),
                                 num_classes=dataset.num_classes, target=kept)
     small = models.create("mlp", num_classes=dataset.num_classes, widths=widths)
-    small_executor = train.Executor(small, dataset, recipe, strategy=executor.strategy,
+    small_executor = executor_lib.Executor(small, dataset, recipe, strategy=executor.strategy,
                                     steps_per_call=executor.steps_per_call,
                                     eval_batch_size=executor.eval_batch_size)
     state = small_executor.init(rng.stream(keys, "small_dense"))
     count = masking.num_prunable(jax.tree.map(lambda x: x[0], state.params),
                                  masking.prunable(jax.tree.map(lambda x: x[0], state.params)))
     num = int(keys.shape[0])
-    segment(small_executor, state=state, masks=None, ckpt_dir=cdir, tags=ctags,
+    segment(small_executor, state=state, masks=None, noise_keys=rng.init_and_noise(keys)[1],
+            ckpt_dir=cdir, tags=ctags,
             densities=np.full(num, count / total), desc=f"{desc} {widths}")

@@ -269,15 +269,18 @@ def run_rebasin(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
     alphas = np.linspace(0.0, 1.0, config.num_alphas)
     splits = list(config.path_splits)
     rows = []
+    stored = [r for r in log.read() if r.get("branch") == "path"]  # finished by an earlier run
     for j in range(1, num):
         for variant in VARIANTS:
             b = nets[j] if variant == "naive" else matched[j]["net"]
             for correction in corrections:
                 tags = {"branch": "path", "pair": f"0-{j}", "variant": variant,
                         "correction": correction}
-                _evaluate_path(executor, config, log, tags, nets[0], b, alphas=alphas,
-                               splits=splits, correction=correction, x_repair=x_repair)
-                rows += [_path_row(log, tags, split, method=config.method) for split in splits]
+                curves = _evaluate_path(executor, config, log, stored, tags, nets[0], b,
+                                        alphas=alphas, splits=splits, correction=correction,
+                                        x_repair=x_repair)
+                rows += [_path_row(*curves[split], tags, split, method=config.method)
+                         for split in splits]
     summary = _mean_rows(rows) if num > 2 else rows
     results.write_csv(workdir / "results.csv", rows + (summary if num > 2 else []))
 
@@ -309,13 +312,23 @@ def run_rebasin(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
     return {"rows": summary, "sparse": sparse_rows}
 
 
-def _evaluate_path(executor, config, log, tags, a, b, *, alphas, splits, correction,
-                   x_repair) -> None:
-    """Evaluate one path on ``splits`` unless the log holds it already."""
-    done = {(r["split"], round(r["alpha"], 6)) for r in log.read()
-            if all(r.get(k) == v for k, v in tags.items())}
+def _evaluate_path(executor, config, log, stored, tags, a, b, *, alphas, splits, correction,
+                   x_repair) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """One path on ``splits``: evaluated, or read from ``stored`` (the log's path records).
+
+    Returns:
+      ``{split: (alphas, accuracy, loss)}`` as float64 arrays (the values the
+      log holds, so a resumed run builds the same table).
+    """
+    mine = [r for r in stored if all(r.get(k) == v for k, v in tags.items())]
+    done = {(r["split"], round(r["alpha"], 6)) for r in mine}
     if all((s, round(float(x), 6)) in done for s in splits for x in alphas):
-        return
+        out = {}
+        for split in splits:
+            path = sorted((r for r in mine if r["split"] == split), key=lambda r: r["alpha"])
+            out[split] = tuple(np.array([r[f] for r in path], np.float64)
+                               for f in ("alpha", "accuracy", "loss"))
+        return out
     log.keep_only(lambda r: not all(r.get(k) == v for k, v in tags.items()))
 
     def evaluate(t):
@@ -340,17 +353,16 @@ def _evaluate_path(executor, config, log, tags, a, b, *, alphas, splits, correct
     curve = averaging.evaluate_path(evaluate, tree_a, tree_b, alphas,
                                     chunk_size=config.get("alpha_chunk") or len(alphas),
                                     recompute_fn=recompute)
+    out = {split: (np.array([float(x) for x in alphas]),
+                   np.asarray(curve[f"{split}/accuracy"], np.float64),
+                   np.asarray(curve[f"{split}/loss"], np.float64)) for split in splits}
     log.append([{**tags, "split": split, "alpha": float(x), "step": None,
-                 "loss": curve[f"{split}/loss"][n], "accuracy": curve[f"{split}/accuracy"][n]}
+                 "loss": float(out[split][2][n]), "accuracy": float(out[split][1][n])}
                 for split in splits for n, x in enumerate(alphas)])
+    return out
 
 
-def _path_row(log, tags, split, *, method) -> dict:
-    path = sorted((r for r in log.read() if r["split"] == split
-                   and all(r.get(k) == v for k, v in tags.items())), key=lambda r: r["alpha"])
-    alphas = np.array([r["alpha"] for r in path])
-    acc = np.array([r["accuracy"] for r in path])
-    loss = np.array([r["loss"] for r in path])
+def _path_row(alphas, acc, loss, tags, split, *, method) -> dict:
     error_barrier, error_at = averaging.error_barrier(alphas, 1.0 - acc)
     loss_barrier, loss_at = averaging.loss_barrier(alphas, loss)
     mid = int(np.argmin(np.abs(alphas - 0.5)))

@@ -8,13 +8,14 @@
    (``config.pretrain.workdir``, replicate ``config.pretrain.replicate``).
 2. **Fine-tune** K variants from it on the clean training images over the
    grid ``config.finetune``: learning rate x weight decay x label smoothing x
-   augmentation x epochs x data order. Each (learning rate, weight decay,
-   label smoothing, augmentation) is a :class:`ltjax.train.Recipe`, and the
-   executor takes one recipe per program, so these *groups* train one after
-   another; inside a group the data orders are the seed axis of one program
-   (vmapped / sharded over devices). Epochs are snapshots of the group's run
-   (the schedule depends on the step, not on the run's length, so the
-   state after e epochs of a longer run is the e-epoch run).
+   augmentation x epochs x data order. Learning rate, weight decay and label
+   smoothing are per-member hyperparameters of the executor
+   (:class:`ltjax.optim.Hyperparams`), so every (learning rate, weight
+   decay, label smoothing, data order) of one augmentation setting trains
+   as one program (members vmapped / sharded over devices); augmentation on
+   and off are two programs. Epochs are snapshots of the run (the schedule
+   depends on the step, not on the run's length, so the state after e
+   epochs of a longer run is the e-epoch run).
 3. **Evaluate** on validation (the held-out split that greedy and learned
    soups select on), test, and a shifted test set (``config.shift``: the
    test images rotated by a fixed angle, or Gaussian-noised; deterministic):
@@ -51,7 +52,8 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from ltjax import averaging, checkpoint, data, models, plots, results, rng, train, tree
+from ltjax import averaging, checkpoint, data, models, optim, plots, results, rng, train, tree
+from ltjax import executor as executor_lib
 from ltjax.studies import common
 
 SPLITS = ("validation", "test", "shifted")
@@ -82,12 +84,12 @@ class Group:
     """Fine-tunes that share a recipe: one program, data orders on the seed axis."""
 
     index: int
-    recipe: train.Recipe
+    recipe: optim.Recipe
     ends: tuple[int, ...]  # the epochs' step counts, increasing
     epochs: tuple[str, ...]  # the same, as written in the config
 
 
-def finetune_grid(config: Any, base: train.Recipe, steps_per_epoch: int,
+def finetune_grid(config: Any, base: optim.Recipe, steps_per_epoch: int,
                   dataset: data.Dataset) -> tuple[list[Group], list[dict]]:
     """The fine-tuning groups and the ingredients (one dict of hyperparameters each).
 
@@ -168,7 +170,7 @@ def load_pretrained(config: Any, dataset: data.Dataset, workdir: str | pathlib.P
     executor = common.build_executor(their_config, common.build_model(their_config, dataset),
                                      dataset, their_recipe)
     like = executor.shard(_start_state(jax.device_get(models.init(
-        executor.model, jax.random.key(0), dataset.input_shape)), their_recipe, num))
+        executor.model, jax.random.key(0), dataset.input_shape)), executor, num))
     with checkpoint.Checkpointer(workdir / "checkpoints") as ckpt:
         found = ckpt.restore_latest(like_state=like)
     if found is None:
@@ -239,7 +241,7 @@ def run_soups(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
 
     executors = {recipe: executor}  # one per recipe on the clean data: compiled programs shared
 
-    def executor_for(r: train.Recipe) -> train.Executor:
+    def executor_for(r: optim.Recipe) -> executor_lib.Executor:
         if r not in executors:
             executors[r] = common.build_executor(config, model, dataset, r)
         return executors[r]
@@ -247,26 +249,34 @@ def run_soups(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
     # 1. pretrain (or load)
     theta_0 = _pretrain(config, dataset, executor_for, ckpt_root, segment)
 
-    # 2. fine-tune every group from theta_0
+    # 2. fine-tune every group from theta_0: one program per augmentation setting, whose
+    # members are every (learning rate, weight decay, label smoothing) x data order.
     orders = config.finetune.data_orders
     order_keys = rng.stream(rng.replicate_keys(config.seed, orders), "finetune")
     found: dict[int, Any] = {}
-    for group in groups:
-        group_executor = executor_for(group.recipe)
-        state = group_executor.shard(_start_state(theta_0, group.recipe, orders))
-        for epochs, end in zip(group.epochs, group.ends, strict=True):
+    for augment in dict.fromkeys(g.recipe.augment for g in groups):
+        members = [(g, o) for g in groups if g.recipe.augment == augment for o in range(orders)]
+        program_executor = executor_for(dataclasses.replace(recipe, augment=augment))
+        hparams = optim.member_hparams(
+            program_executor.recipe, len(members),
+            learning_rate=[g.recipe.learning_rate for g, _ in members],
+            weight_decay=[g.recipe.weight_decay for g, _ in members],
+            label_smoothing=[g.recipe.label_smoothing for g, _ in members])
+        noise_keys = order_keys[np.array([o for _, o in members])]
+        state = program_executor.shard(_start_state(theta_0, program_executor, len(members)))
+        for epochs, end in zip(groups[0].epochs, groups[0].ends, strict=True):
             state = common.train_segment(
-                group_executor, state=state, masks=None, noise_keys=order_keys, end=end,
-                ckpt_dir=ckpt_root / f"finetune_{group.index:02d}" / f"to_{end}",
-                tags={"branch": "finetune", "group": group.index, "end": end},
-                splits=[], densities=np.ones(orders),  # evaluated once trained (step 3)
-                desc=f"fine-tune {group.index + 1}/{len(groups)} to {epochs}", **segment)
-            for ing in ingredients:
-                if ing["group"] == group.index and ing["steps"] == end:
-                    # On the host: ingredients come from meshes of different sizes.
-                    found[ing["ingredient"]] = jax.device_get(
-                        (tree.index(state.params, ing["data_order"]),
-                         tree.index(state.batch_stats, ing["data_order"])))
+                program_executor, state=state, masks=None, noise_keys=noise_keys, end=end,
+                hparams=hparams,
+                ckpt_dir=ckpt_root / f"finetune_augment_{int(augment)}" / f"to_{end}",
+                tags={"branch": "finetune", "augment": bool(augment), "end": end},
+                splits=[], densities=np.ones(len(members)),  # evaluated once trained (step 3)
+                desc=f"fine-tune {len(members)} members to {epochs}", **segment)
+            for m, (group, order) in enumerate(members):
+                for ing in ingredients:
+                    if (ing["group"], ing["steps"], ing["data_order"]) == (group.index, end, order):
+                        found[ing["ingredient"]] = jax.device_get(
+                            (tree.index(state.params, m), tree.index(state.batch_stats, m)))
     trees = [found[i] for i in range(len(ingredients))]
     stacked = tree.stack(trees)
 
@@ -343,7 +353,7 @@ def _pretrain(config, dataset, executor_for, ckpt_root, segment) -> tuple[Any, A
     # executor.init(init_keys) without its vmapped init program (the same numbers; models.init
     # is compiled once per model and process, which saves seconds on every resume).
     start = _start_state(models.init(executor.model, init_keys[0], dataset.input_shape),
-                         recipe, 1)
+                         executor, 1)
     state = common.train_segment(
         executor, state=executor.shard(start), masks=None, noise_keys=noise_keys, end=end,
         ckpt_dir=ckpt_root / "pretrain", tags={"branch": "pretrain"},
@@ -351,12 +361,11 @@ def _pretrain(config, dataset, executor_for, ckpt_root, segment) -> tuple[Any, A
     return jax.device_get((tree.index(state.params, 0), tree.index(state.batch_stats, 0)))
 
 
-def _start_state(theta_0, recipe: train.Recipe, num: int) -> train.TrainState:
-    """``num`` copies of theta_0 at step 0 with a fresh optimiser state of ``recipe``."""
+def _start_state(theta_0, executor: executor_lib.Executor, num: int) -> train.TrainState:
+    """``num`` copies of theta_0 at step 0 with a fresh optimiser state of the executor's."""
     params, batch_stats = jax.tree.map(lambda x: jnp.repeat(x[None], num, axis=0), theta_0)
     return train.TrainState(step=jnp.zeros((num,), jnp.int32), params=params,
-                            batch_stats=batch_stats,
-                            opt_state=jax.vmap(train.make_optimizer(recipe).init)(params))
+                            batch_stats=batch_stats, opt_state=executor.fresh_opt_state(params))
 
 
 def _once(log: results.MetricsLog, mine: Callable[[dict], bool],

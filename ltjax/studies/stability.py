@@ -56,13 +56,17 @@ def _repeat(stacked: Any, times: int) -> Any:
 
 
 def load_imp_masks(imp_workdir: str | pathlib.Path, level: int, like_masks: Any) -> Any:
-    """The masks ``[S, ...]`` of an IMP workdir's level (the ``imp`` branch).
+    """The masks ``[S, ...]`` (host arrays) of an IMP workdir's level (the ``imp`` members).
+
+    A level's checkpoint holds every member of that level's program (the
+    ticket and its controls); its metadata lists them, and the ``imp``
+    members are returned in replicate order.
 
     Raises:
       ValueError: the level does not exist in the workdir, or has no finished checkpoint.
     """
     root = pathlib.Path(imp_workdir) / "checkpoints"
-    folder = root / f"level_{level:02d}" / "imp"
+    folder = root / f"level_{level:02d}"
     if not folder.is_dir():
         levels = sorted(p.name for p in root.glob("level_*")) if root.is_dir() else []
         raise ValueError(
@@ -73,8 +77,16 @@ def load_imp_masks(imp_workdir: str | pathlib.Path, level: int, like_masks: Any)
         steps = ckpt.steps()
         if not steps:
             raise ValueError(f"imp_level={level} of {str(imp_workdir)!r} has no checkpoint yet")
-        _, masks, _ = ckpt.restore(steps[-1], like_state=None, like_masks=like_masks)
-    return masks
+        _, _, meta = ckpt.restore(steps[-1], like_state=None)
+        members = meta.get("members") or []
+        imp = sorted((m["replicate"], i) for i, m in enumerate(members) if m["branch"] == "imp")
+        if not imp:
+            raise ValueError(f"imp_level={level} of {str(imp_workdir)!r} lists no IMP members")
+        like_all = jax.tree.map(lambda x: jnp.ones((len(members), *x.shape[1:]), x.dtype),
+                                like_masks)
+        _, masks, _ = ckpt.restore(steps[-1], like_state=None, like_masks=like_all)
+    index = np.array([i for _, i in imp])
+    return jax.tree.map(lambda x: np.asarray(jax.device_get(x))[index], masks)
 
 
 _MUST_MATCH = ("dataset", "validation_size", "validation_seed", "test_size", "model",
@@ -179,9 +191,17 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
 
 
 def _pair_rows(executor, final, *, k, num, copies, alphas, splits, log, config) -> list[dict]:
-    """Evaluate (or read back) every pair's path; one row per replicate, pair and split."""
-    done = {(r["replicate"], r["pair"], r["split"], round(r["alpha"], 6))
-            for r in log.read() if r.get("branch") == "path" and r.get("k") == k}
+    """Evaluate (or read back) every pair's path; one row per replicate, pair and split.
+
+    The log is read once, for the paths a previous run finished; rows come
+    from the curves' arrays (as float64, the values the log holds, so a
+    resumed run writes the same table).
+    """
+    stored: dict[tuple, list[dict]] = {}
+    for r in log.read():
+        if r.get("branch") == "path" and r.get("k") == k:
+            stored.setdefault((r["replicate"], r["pair"], r["split"]), []).append(r)
+    wanted = {round(float(x), 6) for x in alphas}
     recompute = None
     if jax.tree.leaves(final.batch_stats) and config.get("recompute_batch_stats", True):
         def recompute(t):
@@ -195,28 +215,33 @@ def _pair_rows(executor, final, *, k, num, copies, alphas, splits, log, config) 
                  tree.index(final.batch_stats, rep * copies + j))
             pair = f"{i}-{j}"
             for split in splits:
-                if not all((rep, pair, split, round(float(x), 6)) in done for x in alphas):
+                found = stored.get((rep, pair, split), [])
+                if wanted <= {round(r["alpha"], 6) for r in found}:
+                    path = sorted(found, key=lambda r: r["alpha"])
+                    xs = np.array([r["alpha"] for r in path])
+                    accuracy = np.array([r["accuracy"] for r in path])
+                    loss = np.array([r["loss"] for r in path])
+                else:
                     curve = averaging.evaluate_path(
                         lambda t, s=split: executor.evaluate_params(t[0], t[1], s), a, b,
                         alphas, chunk_size=config.get("alpha_chunk", len(alphas)),
                         recompute_fn=recompute)
+                    xs = np.array([float(x) for x in alphas])
+                    accuracy = np.asarray(curve["accuracy"], np.float64)
+                    loss = np.asarray(curve["loss"], np.float64)
                     log.append([{"k": k, "branch": "path", "replicate": rep, "pair": pair,
                                  "split": split, "alpha": float(x), "step": None,
-                                 "loss": curve["loss"][n], "accuracy": curve["accuracy"][n]}
-                                for n, x in enumerate(alphas)])
-                rows.append(_row_from_log(log, k=k, rep=rep, pair=pair, split=split))
+                                 "loss": float(loss[n]), "accuracy": float(accuracy[n])}
+                                for n, x in enumerate(xs)])
+                rows.append(_path_row(xs, accuracy, loss, k=k, rep=rep, pair=pair,
+                                      split=split))
     return rows
 
 
-def _row_from_log(log, *, k, rep, pair, split) -> dict:
-    path = sorted((r for r in log.read() if r.get("branch") == "path" and r["k"] == k
-                   and r["replicate"] == rep and r["pair"] == pair and r["split"] == split),
-                  key=lambda r: r["alpha"])
-    alphas = np.array([r["alpha"] for r in path])
-    errors = 1.0 - np.array([r["accuracy"] for r in path])
-    losses = np.array([r["loss"] for r in path])
+def _path_row(alphas, accuracy, loss, *, k, rep, pair, split) -> dict:
+    errors = 1.0 - accuracy
     barrier, peak = averaging.error_barrier(alphas, errors)
-    loss_gap, loss_peak = averaging.loss_barrier(alphas, losses)
+    loss_gap, loss_peak = averaging.loss_barrier(alphas, loss)
     return {"k": k, "replicate": rep, "pair": pair, "split": split,
             "instability": float(barrier), "alpha_at_max": float(peak),
             "loss_barrier": float(loss_gap), "loss_barrier_alpha": float(loss_peak),

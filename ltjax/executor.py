@@ -1,0 +1,455 @@
+"""Many members trained and evaluated as one jitted program.
+
+A run is S **members** (seeds, IMP branches, grid points). Each member has
+its own init key, noise key and masks, and its own peak learning rate, weight
+decay and label smoothing (:class:`ltjax.optim.Hyperparams`, traced arrays
+``[S]``); the optimiser kind, schedule shape, batch size, model and
+reparameterisation (:mod:`ltjax.reparam`) are shared by the program. Member
+r gives the same numbers whatever trains beside it.
+
+The member axis is the leading axis of every state, mask, key and
+hyperparameter argument. It is sharded over the local devices with
+``NamedSharding(Mesh(devices, ('seed',)), P('seed'))`` through
+``shard_map``; inside a device the local members are either ``vmap``-ed or
+run one after another.
+
+Strategies (measured on a 2-core CPU, FACTS.md, and
+``benchmarks/train_throughput.py``):
+
+=================  ===========================  ==================================
+strategy            per-member step loop         members on one device
+=================  ===========================  ==================================
+``'scan_vmap'``     rolled ``lax.scan``          ``vmap``
+``'unrolled_loop'`` unrolled (few steps per      Python-unrolled loop, one program
+                    call)
+=================  ===========================  ==================================
+
+``'auto'`` picks ``'unrolled_loop'`` for conv nets on CPU, where a conv in a
+rolled scan is ~28x slower and vmapping conv seeds gives 0.25x, and
+``'scan_vmap'`` otherwise (dense nets everywhere; convs on GPU/TPU). Every
+strategy computes the same numbers (tests compare them).
+
+The executor owns its compiled programs (a dict on the instance: a deleted
+executor frees them and its device-resident data), dense and masked training
+share one program (dense = all-True masks), and training losses stay on the
+device until :meth:`Executor.train` returns (one host transfer per call, which
+is once per evaluation interval in the studies).
+
+Example:
+    >>> dataset = data.load("digits")
+    >>> model = models.create("lenet_300_100")
+    >>> recipe = optim.Recipe(optimizer="sgd", learning_rate=0.1, momentum=0.9, batch_size=60)
+    >>> executor = Executor(model, dataset, recipe)
+    >>> init_keys, noise_keys = rng.init_and_noise(rng.replicate_keys(0, 6))
+    >>> hparams = optim.member_hparams(recipe, 6, learning_rate=[0.1, 0.1, 0.03, 0.03, 0.01, 0.01],
+    ...                                weight_decay=[0.0, 5e-4] * 3)
+    >>> state = executor.init(init_keys)
+    >>> state, losses = executor.train(state, None, noise_keys, num_steps=100, hparams=hparams)
+    >>> executor.evaluate(state, "test")["accuracy"]   # [6]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ltjax import data, masking, models, optim, train, tree
+from ltjax import reparam as reparam_lib
+
+PyTree = Any
+
+STRATEGIES = ("auto", "scan_vmap", "unrolled_loop")
+
+
+def choose_strategy(params: PyTree, backend: str | None = None) -> str:
+    """``'unrolled_loop'`` for conv nets on CPU, else ``'scan_vmap'`` (see module doc)."""
+    backend = backend or jax.default_backend()
+    return "unrolled_loop" if (models.is_conv(params) and backend == "cpu") else "scan_vmap"
+
+
+def _map_local_members(fn: Callable, strategy: str, in_axes: tuple) -> Callable:
+    """Map ``fn`` over the local member block: vmap, or an unrolled Python loop."""
+    if strategy == "scan_vmap":
+        return jax.vmap(fn, in_axes=in_axes)
+
+    def looped(*args):
+        mapped = [a for a, ax in zip(args, in_axes, strict=True) if ax == 0]
+        num_local = jax.tree.leaves(mapped)[0].shape[0]
+        outs = []
+        for i in range(num_local):
+            outs.append(fn(*[tree.index(a, i) if ax == 0 else a
+                             for a, ax in zip(args, in_axes, strict=True)]))
+        return tree.stack(outs)
+
+    return looped
+
+
+class Executor:
+    """Trains and evaluates S members of one model on one dataset as one program.
+
+    Args:
+      model: a flax module from :mod:`ltjax.models`.
+      dataset: a :class:`ltjax.data.Dataset`; its splits are put on the devices once.
+      recipe: the program's recipe (:class:`ltjax.optim.Recipe`).
+      reparam: what is trained (:mod:`ltjax.reparam`; default the identity).
+      strategy: ``'auto'``, ``'scan_vmap'`` or ``'unrolled_loop'`` (module doc).
+      steps_per_call: steps per jitted call; default 500 for ``'scan_vmap'``
+        and 1 for ``'unrolled_loop'`` (several unrolled steps per call add
+        nothing on CPU, FACTS.md).
+      eval_batch_size: rows per evaluation batch.
+      devices: the devices of the member mesh (default: all local devices).
+      materialize_inputs: force each conv input into memory in the training
+        and evaluation programs (:func:`ltjax.models.common.materialize`:
+        identical numbers, faster conv steps on XLA:CPU). None (default):
+        on for ``'unrolled_loop'`` when the model has the option unset.
+        ``executor.model`` stays the model given.
+
+    Raises:
+      ValueError: an unknown strategy, a batch larger than the train split,
+        a reparameterisation that does not fit the model.
+    """
+
+    def __init__(
+        self, model: Any, dataset: data.Dataset, recipe: optim.Recipe, *,
+        reparam: reparam_lib.Reparam | None = None, strategy: str = "auto",
+        steps_per_call: int | None = None, eval_batch_size: int = 1000,
+        devices: list[jax.Device] | None = None, materialize_inputs: bool | None = None,
+    ):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        if recipe.batch_size > len(dataset.train):
+            raise ValueError(
+                f"batch_size={recipe.batch_size} is larger than the train split "
+                f"({len(dataset.train)} examples) of {dataset.name!r}"
+            )
+        self.model = model
+        self.dataset = dataset
+        self.recipe = recipe
+        self.reparam = reparam or reparam_lib.identity()
+        self.devices = list(devices or jax.local_devices())
+        abstract_params = jax.eval_shape(
+            lambda k: models.init(model, k, dataset.input_shape)[0], jax.random.key(0))
+        reparam_lib.check(self.reparam, abstract_params)
+        #: Shapes and dtypes of the model's params of one member.
+        self.abstract_params = abstract_params
+        self.strategy = choose_strategy(abstract_params) if strategy == "auto" else strategy
+        has_option = hasattr(model, "materialize_inputs")
+        if materialize_inputs is not None and not has_option:
+            raise ValueError(f"materialize_inputs={materialize_inputs}: the model "
+                             f"{type(model).__name__} has no such option")
+        if materialize_inputs is None and has_option and model.materialize_inputs is None:
+            materialize_inputs = self.strategy == "unrolled_loop"
+        self._program_model = model if materialize_inputs is None else model.clone(
+            materialize_inputs=materialize_inputs)
+        self.steps_per_call = steps_per_call or (500 if self.strategy == "scan_vmap" else 1)
+        self.eval_batch_size = eval_batch_size
+        self.steps_per_epoch = len(dataset.train) // recipe.batch_size
+        #: Shapes and dtypes of one member's state (no member axis).
+        self.abstract_state = jax.eval_shape(self._init_one, jax.random.key(0))
+        self._host_splits = {"train": dataset.train, "validation": dataset.validation,
+                             "test": dataset.test}
+        self._programs: dict[tuple, Callable] = {}
+        self._device_splits: dict[tuple, data.DeviceSplit] = {}
+
+    def _init_one(self, key: jax.Array) -> train.TrainState:
+        return train.init_state(self.model, self.recipe, key, self.dataset.input_shape,
+                                reparam=self.reparam)
+
+    def _program(self, key: tuple, build: Callable[[], Callable]) -> Callable:
+        if key not in self._programs:
+            self._programs[key] = build()
+        return self._programs[key]
+
+    # -- placement
+
+    def mesh(self, num_members: int) -> Mesh:
+        """The member mesh for S members: ``gcd(S, len(devices))`` devices."""
+        num_devices = math.gcd(num_members, len(self.devices))
+        return Mesh(np.array(self.devices[:num_devices]), ("seed",))
+
+    def padded_size(self, num_members: int) -> int:
+        """S rounded up so every device of the mesh gets as many members.
+
+        ``train`` and ``evaluate`` run ``padded_size(S)`` members (copies of
+        the last one fill the gap) so that, e.g., 3 seeds use 2 devices rather
+        than the ``gcd(3, 2) = 1`` the state is stored on; the copies are dropped.
+        """
+        used = min(num_members, len(self.devices))
+        return -(-num_members // used) * used
+
+    def seed_sharding(self, num_members: int) -> NamedSharding:
+        """``NamedSharding(mesh, P('seed'))`` for arrays with a leading member axis."""
+        return NamedSharding(self.mesh(num_members), P("seed"))
+
+    def shard(self, stacked: PyTree) -> PyTree:
+        """Put a stacked tree (leading axis S) onto the member mesh."""
+        num = _num_members(stacked)
+        return jax.device_put(stacked, self.seed_sharding(num))
+
+    def device_split(self, split: str, num_devices: int, for_eval: bool) -> data.DeviceSplit:
+        """A split's arrays replicated on the first ``num_devices`` devices (kept by the executor).
+
+        For evaluation the rows are padded to a multiple of ``eval_batch_size``.
+        """
+        host = self._host_splits.get(split)
+        if host is None:
+            raise ValueError(
+                f"split must be one of 'train', 'validation', 'test' with data in "
+                f"{self.dataset.name!r}; got {split!r}"
+            )
+        key = (split, num_devices, for_eval)
+        if key not in self._device_splits:
+            pad_to = self.eval_batch_size if for_eval else 1
+            mesh = Mesh(np.array(self.devices[:num_devices]), ("seed",))
+            self._device_splits[key] = jax.device_put(
+                data.device_split(host, self.dataset, pad_to=pad_to), NamedSharding(mesh, P()))
+        return self._device_splits[key]
+
+    # -- init
+
+    def init(self, init_keys: jax.Array, masks: PyTree | None = None) -> train.TrainState:
+        """Fresh states ``[S]`` from ``init`` keys ``[S]`` (masked if masks ``[S]`` given)."""
+        fn = self._program(("init",), lambda: jax.jit(jax.vmap(self._init_one)))
+        state = fn(init_keys)
+        if masks is not None:
+            masking.check(masks, self.abstract_params, leading_axes=1)
+            if self.reparam.is_identity:
+                state = state.replace(params=masking.apply(state.params, masks))
+        return self.shard(state)
+
+    def fresh_opt_state(self, trainable: PyTree) -> PyTree:
+        """A fresh optimiser state ``[S]`` for stacked trainable trees ``[S, ...]``.
+
+        Example:
+            >>> state = state.replace(opt_state=executor.fresh_opt_state(state.params))
+        """
+        fn = self._program(("fresh_opt",), lambda: jax.jit(jax.vmap(
+            lambda t: train.fresh_opt_state(self.recipe, t, reparam=self.reparam))))
+        return fn(trainable)
+
+    def hparams(self, num_members: int, **values: Any) -> optim.Hyperparams:
+        """Per-member hyperparameters ``[S]`` (:func:`ltjax.optim.member_hparams`)."""
+        return optim.member_hparams(self.recipe, num_members, **values)
+
+    # -- train
+
+    def train(
+        self, state: train.TrainState, masks: PyTree | None, noise_keys: jax.Array, *,
+        num_steps: int, hparams: optim.Hyperparams | None = None,
+    ) -> tuple[train.TrainState, np.ndarray]:
+        """Advance every member by ``num_steps`` steps.
+
+        Args:
+          state: stacked states ``[S]`` (all at the same step).
+          masks: stacked bool masks ``[S]`` of the model's params, or None (dense).
+          noise_keys: ``noise`` keys ``[S]``.
+          num_steps: steps to take.
+          hparams: per-member hyperparameters ``[S]``
+            (:func:`ltjax.optim.member_hparams`); None: the recipe's for all.
+
+        Returns:
+          The new state and the mean training loss of each member, ``[S]``.
+
+        Raises:
+          FloatingPointError: a member's training loss became NaN or inf
+            (checked once per call; the message names the members and the
+            steps of the first chunk where it happened).
+        """
+        num = _num_members(state)
+        if noise_keys.shape != (num,):
+            raise ValueError(f"noise_keys must have shape ({num},), got {noise_keys.shape}")
+        if masks is not None:
+            masking.check(masks, self.abstract_params, leading_axes=1)
+        if num_steps < 0:
+            raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+        if hparams is None:
+            hparams = self.hparams(num)
+        else:
+            optim.check_hparams(hparams, num)
+        smoothings, peaks = jax.device_get((hparams.label_smoothing, hparams.learning_rate))
+        smoothing = bool(np.any(np.asarray(smoothings) > 0))
+        if not smoothing:  # the integer-label loss, a static zero
+            hparams = hparams.replace(label_smoothing=None)
+        if masks is None:
+            masks = self._all_true(num)
+        padded = self.padded_size(num)
+        state, masks, noise_keys, hparams = jax.device_put(
+            _pad((state, masks, noise_keys, hparams), num, padded), self.seed_sharding(padded))
+        first_step = int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
+        loss_sums, finite, done = [], [], 0
+        while done < num_steps:
+            chunk = min(self.steps_per_call, num_steps - done)
+            fn = self._program(("train", padded, chunk, smoothing),
+                               lambda c=chunk: self._build_train(padded, c))
+            state, losses = fn(state, masks, noise_keys, hparams)
+            loss_sums.append(losses.sum(axis=1))
+            finite.append(jnp.all(jnp.isfinite(losses), axis=1))
+            done += chunk
+        if finite:
+            finite_host, sums = jax.device_get((jnp.stack(finite), jnp.stack(loss_sums)))
+            finite_host = np.asarray(finite_host)[:, :num]
+            if not finite_host.all():
+                chunk_index = int(np.nonzero(~finite_host.all(axis=1))[0][0])
+                bad = np.nonzero(~finite_host[chunk_index])[0].tolist()
+                lo = first_step + chunk_index * self.steps_per_call
+                hi = min(lo + self.steps_per_call, first_step + num_steps)
+                raise FloatingPointError(
+                    f"training loss is NaN/inf for member(s) {bad} between steps {lo} and {hi} "
+                    f"(learning_rate={[float(np.asarray(peaks)[b]) for b in bad]}); "
+                    "lower the learning rate")
+            mean_loss = np.asarray(sums, np.float64)[:, :num].sum(axis=0) / num_steps
+        else:
+            mean_loss = np.zeros(num, np.float64)
+        if padded != num:
+            state = self.shard(jax.tree.map(lambda x: x[:num], state))
+        return state, mean_loss
+
+    def _all_true(self, num: int) -> PyTree:
+        return jax.tree.map(lambda p: jnp.ones((num, *p.shape), bool), self.abstract_params)
+
+    def _build_train(self, num_members: int, num_steps: int) -> Callable:
+        mesh = self.mesh(num_members)
+        arrays = self.device_split("train", mesh.size, for_eval=False)
+        unroll = self.strategy == "unrolled_loop"
+        model, recipe, reparam = self._program_model, self.recipe, self.reparam
+
+        def one(state, masks, key, hparams, arrays):
+            return train.train_steps(model, recipe, arrays, state, masks, key,
+                                     num_steps=num_steps, unroll=unroll, hparams=hparams,
+                                     reparam=reparam)
+
+        local = _map_local_members(one, self.strategy, in_axes=(0, 0, 0, 0, None))
+        sharded = jax.shard_map(
+            local, mesh=mesh, in_specs=(P("seed"), P("seed"), P("seed"), P("seed"), P()),
+            out_specs=(P("seed"), P("seed")), check_vma=False,
+        )
+        jitted = jax.jit(sharded)
+        return lambda state, masks, keys, hparams: jitted(state, masks, keys, hparams, arrays)
+
+    # -- evaluate
+
+    def model_params(self, state: train.TrainState, masks: PyTree | None = None) -> PyTree:
+        """The model's params ``[S, ...]`` of stacked states (reparameterisation applied).
+
+        Under the identity this is ``state.params`` itself.
+        """
+        if self.reparam.is_identity and masks is None:
+            return state.params
+        fn = self._program(("model_params", masks is None), lambda: jax.jit(jax.vmap(
+            lambda s, m: train.model_params(s, m, reparam=self.reparam))))
+        return fn(state, masks)
+
+    def evaluate(self, state: train.TrainState, split: str,
+                 masks: PyTree | None = None) -> dict[str, np.ndarray]:
+        """Loss and accuracy ``[S]`` of every member on ``split``.
+
+        ``masks`` matter only for non-identity reparameterisations (the
+        identity's params are kept masked).
+        """
+        return self.evaluate_params(self.model_params(state, masks), state.batch_stats, split)
+
+    def evaluate_params(self, params: PyTree, batch_stats: PyTree,
+                        split: str) -> dict[str, np.ndarray]:
+        """Loss and accuracy ``[S]`` of stacked ``params`` / ``batch_stats`` ``[S, ...]``.
+
+        Any stack works: members, or the points of an interpolation path.
+        """
+        out = self._evaluate_stacked(params, batch_stats, split, "metrics")
+        return {k: np.asarray(v) for k, v in out.items()}
+
+    def predict_params(self, params: PyTree, batch_stats: PyTree, split: str) -> np.ndarray:
+        """Logits ``[S, N, C]`` of stacked ``params`` / ``batch_stats`` ``[S, ...]`` on ``split``.
+
+        Example:
+            >>> probs = jax.nn.softmax(executor.predict_params(params, stats, "test")).mean(0)
+        """
+        out = self._evaluate_stacked(params, batch_stats, split, "logits")
+        return np.asarray(out)[:, :self._host_splits[split].y.shape[0]]
+
+    def _evaluate_stacked(self, params: PyTree, batch_stats: PyTree, split: str,
+                          output: str) -> Any:
+        """The eval program on stacked trees padded over the devices, unpadded after."""
+        num = _num_members(params)
+        padded = self.padded_size(num)
+        params, batch_stats = jax.device_put(_pad((params, batch_stats), num, padded),
+                                             self.seed_sharding(padded))
+        fn = self._program(("eval", padded, split, output),
+                           lambda: self._build_eval(padded, split, output))
+        out = fn(params, batch_stats)
+        return jax.tree.map(lambda v: v[:num], out)
+
+    def _build_eval(self, num_members: int, split: str, output: str) -> Callable:
+        """Per-member :func:`ltjax.train.evaluate` (``'metrics'``) or ``predict`` (``'logits'``)."""
+        mesh = self.mesh(num_members)
+        arrays = self.device_split(split, mesh.size, for_eval=True)
+        unroll = self.strategy == "unrolled_loop"
+        per_member = {"metrics": train.evaluate, "logits": train.predict}[output]
+        model, batch_size = self._program_model, self.eval_batch_size
+
+        def one(params, batch_stats, arrays):
+            return per_member(model, params, batch_stats, arrays, batch_size=batch_size,
+                              unroll=unroll)
+
+        local = _map_local_members(one, self.strategy, in_axes=(0, 0, None))
+        sharded = jax.shard_map(local, mesh=mesh, in_specs=(P("seed"), P("seed"), P()),
+                                out_specs=P("seed"), check_vma=False)
+        jitted = jax.jit(sharded)
+        return lambda params, batch_stats: jitted(params, batch_stats, arrays)
+
+    def recompute_batch_stats(self, state: train.TrainState, *, num_batches: int = 20,
+                              batch_size: int | None = None, seed: int = 0) -> train.TrainState:
+        """``state`` with BatchNorm statistics recomputed on training batches.
+
+        The same ``num_batches`` batches (no augmentation; order from ``seed``)
+        serve every member. See :func:`ltjax.train.recompute_batch_stats`.
+        """
+        stats = self.recomputed_batch_stats(self.model_params(state), state.batch_stats,
+                                            num_batches=num_batches, batch_size=batch_size,
+                                            seed=seed)
+        return self.shard(state.replace(batch_stats=stats))
+
+    def recomputed_batch_stats(self, params: PyTree, batch_stats: PyTree, *,
+                               num_batches: int = 20, batch_size: int | None = None,
+                               seed: int = 0) -> PyTree:
+        """BatchNorm statistics ``[S, ...]`` of stacked ``params`` recomputed on training data."""
+        if not jax.tree.leaves(batch_stats):
+            return batch_stats
+        batch_size = batch_size or self.recipe.batch_size
+        sharding = self.seed_sharding(_num_members(params))
+        params, batch_stats = jax.device_put((params, batch_stats), sharding)
+        arrays = self.device_split("train", sharding.num_devices, for_eval=False)
+        index = data.batch_indices(jax.random.key(seed), 0, num_steps=num_batches,
+                                   num_examples=arrays.y.shape[0], batch_size=batch_size)
+        model = self._program_model
+
+        def build():
+            def recompute(params, batch_stats, arrays, index):
+                images = data.normalize(arrays.x[index], arrays.mean, arrays.std)
+                return jax.vmap(lambda p, b: train.recompute_batch_stats(model, p, b, images))(
+                    params, batch_stats)
+            return jax.jit(recompute)
+
+        return self._program(("recompute",), build)(params, batch_stats, arrays, index)
+
+
+def _pad(stacked: PyTree, num: int, padded: int) -> PyTree:
+    """Leaves ``[num, ...]`` -> ``[padded, ...]`` by repeating the last member."""
+    if padded == num:
+        return stacked
+    index = np.concatenate([np.arange(num), np.full(padded - num, num - 1)])
+    return jax.tree.map(lambda x: x[index], stacked)
+
+
+def _num_members(stacked: PyTree) -> int:
+    leaves = jax.tree.leaves(stacked)
+    if not leaves or jnp.ndim(leaves[0]) == 0:
+        raise ValueError("expected a stacked tree with a leading member axis [S, ...]")
+    return int(leaves[0].shape[0])
+

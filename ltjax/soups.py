@@ -1,0 +1,458 @@
+"""Averaging many fine-tuned models: soups and WiSE-FT.
+
+Wortsman et al. 2022 ("Model soups", ICML; and "Robust fine-tuning of
+zero-shot models", CVPR 2022):
+
+- :func:`uniform_soup`: the (optionally weighted) mean of K ingredients.
+- :func:`greedy_soup`: add ingredients in order of held-out accuracy while
+  the soup's held-out accuracy does not drop.
+- :func:`learned_soup`: per-layer softmax mixing weights fitted on held-out
+  data with optax.
+- :func:`wise_ft` and :func:`wise_ft_sweep`: ``(1 - alpha) theta_0 + alpha
+  theta_1`` between a pre-trained and a fine-tuned model, optionally keeping
+  the fine-tuned head.
+
+Plain pytrees in, no flax. Held-out evaluation is a callable passed in; nets
+with BatchNorm pass ``recompute_fn`` (running statistics are never averaged
+silently).
+
+Example:
+    >>> soup = uniform_soup([params_a, params_b, params_c])
+    >>> result = greedy_soup(ingredients, heldout_accuracies, evaluate_fn)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ltjax import interpolation, tree
+
+PyTree = Any
+
+
+# --------------------------------------------------------------------------- soups
+
+
+def _num_ingredients(ingredients: Any, *, stacked: bool) -> int:
+    """K, after checking that ``ingredients`` is a non-empty list or stack of equal trees."""
+    if stacked:
+        leaves = jax.tree.leaves(ingredients)
+        if not leaves:
+            raise ValueError("ingredients (stacked=True) has no array leaves")
+        sizes = sorted({int(np.shape(x)[0]) if np.ndim(x) else -1 for x in leaves})
+        if len(sizes) != 1 or sizes[0] < 0:
+            raise ValueError(
+                "ingredients (stacked=True) must carry one leading ingredient axis [K, ...] on "
+                f"every leaf; got leading sizes {sizes} (-1: a scalar leaf)"
+            )
+        if sizes[0] == 0:
+            raise ValueError("ingredients is empty: its leading ingredient axis has size 0")
+        return sizes[0]
+    if not isinstance(ingredients, (list, tuple)):
+        raise TypeError(
+            "ingredients must be a list of trees, or a tree stacked along a leading axis "
+            f"[K, ...] with stacked=True; got {type(ingredients).__name__}"
+        )
+    if not ingredients:
+        raise ValueError("ingredients is empty: a soup needs at least one tree")
+    for i, other in enumerate(ingredients[1:], start=1):
+        tree.check_same_structure(other, ingredients[0], name=f"ingredients[{i}]",
+                                  reference_name="ingredients[0]")
+    return len(ingredients)
+
+
+def _as_list(ingredients: Any, *, stacked: bool) -> list[PyTree]:
+    num = _num_ingredients(ingredients, stacked=stacked)
+    return [tree.index(ingredients, i) for i in range(num)] if stacked else list(ingredients)
+
+
+def _soup_weights(weights: Any, num: int) -> np.ndarray:
+    if weights is None:
+        return np.ones(num)
+    w = np.asarray(weights, np.float64)
+    if w.shape != (num,):
+        raise ValueError(f"weights must have one entry per ingredient, shape ({num},), "
+                         f"got shape {w.shape}")
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError(f"weights must be finite, >= 0 and not all 0, got {w.tolist()}")
+    return w
+
+
+def uniform_soup(ingredients: Sequence[PyTree] | PyTree, *, weights: Any = None,
+                 stacked: bool = False) -> PyTree:
+    """The uniform soup: the mean of the ingredients' weights (Wortsman et al. 2022).
+
+    ``sum_i w_i theta_i / sum_i w_i`` (``w_i = 1`` by default), computed as the
+    running mean ``soup_i = lerp(w_i / (w_1 + ... + w_i), soup_{i-1},
+    theta_i)``, so the soup of identical ingredients is exactly that
+    ingredient. Non-float leaves (step counters) come from the first ingredient
+    of nonzero weight. Nets with BatchNorm: recompute the running statistics
+    of the result (:meth:`ltjax.train.Executor.recomputed_batch_stats`) rather
+    than using the averaged ones.
+
+    Args:
+      ingredients: a list of trees of equal structure, or (``stacked=True``)
+        one tree whose leaves carry a leading ingredient axis ``[K, ...]``.
+      weights: optional non-negative weights ``[K]`` (normalised here).
+      stacked: whether ``ingredients`` is a stacked tree.
+
+    Returns:
+      The soup, one tree of the ingredients' structure.
+
+    Raises:
+      ValueError: no ingredients, ingredients of different structure or
+        shapes, bad weights.
+
+    Example:
+        >>> uniform_soup([{"w": jnp.zeros(2)}, {"w": jnp.ones(2)}])
+        {'w': Array([0.5, 0.5], dtype=float32)}
+    """
+    trees = _as_list(ingredients, stacked=stacked)
+    weights = _soup_weights(weights, len(trees))
+    soup, total = None, 0.0
+    for ingredient, weight in zip(trees, weights, strict=True):
+        if weight == 0:
+            continue
+        total += float(weight)
+        if soup is None:
+            soup = jax.tree.map(jnp.asarray, ingredient)
+        else:
+            soup = interpolation.lerp(float(weight) / total, soup, ingredient)
+    return soup
+
+
+def _accuracy(value: Any, what: str) -> float:
+    try:
+        accuracy = float(np.asarray(value, np.float64))
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number (held-out accuracy), got {value!r}") from None
+    if not np.isfinite(accuracy):
+        raise ValueError(
+            f"{what} returned a held-out accuracy of {accuracy}: it must be finite "
+            "(is the held-out split empty?)"
+        )
+    return accuracy
+
+
+class GreedySoup(NamedTuple):
+    """The result of :func:`greedy_soup`.
+
+    Attributes:
+      soup: the soup (after ``recompute_fn``, if given and more than one member).
+      members: indices of the ingredients in the soup, in the order they were added.
+      accuracy: the soup's held-out accuracy.
+      order: all ingredient indices by decreasing held-out accuracy (ties: lower index first).
+      history: one record per candidate in ``order``: ``{'ingredient', 'accuracy'`` (of
+        the soup with it), ``'accepted'}``; the first is the best ingredient alone.
+    """
+
+    soup: PyTree
+    members: tuple[int, ...]
+    accuracy: float
+    order: tuple[int, ...]
+    history: tuple[dict, ...]
+
+
+def greedy_soup(
+    ingredients: Sequence[PyTree] | PyTree, evaluate_fn: Callable[[PyTree], Any], *,
+    stacked: bool = False, strict: bool = False, accuracies: Any = None,
+    recompute_fn: Callable[[PyTree], PyTree] | None = None,
+) -> GreedySoup:
+    """The greedy soup of Wortsman et al. 2022 ("Model soups", ICML, Recipe 1).
+
+    Sort the ingredients by held-out accuracy (best first); start the soup
+    with the best; try each next one and keep it if the uniform soup with it
+    is at least as accurate on held-out data as the soup without it. The
+    paper's Recipe 1 keeps ties (``>=``, ``strict=False``, the default); the
+    reference code (mlfoundations/model-soups) keeps only strict improvements
+    (``>``, ``strict=True``). The held-out accuracy never ends below the best
+    ingredient's.
+
+    Args:
+      ingredients: a list of trees of equal structure, or a stacked tree ``[K, ...]``
+        with ``stacked=True``.
+      evaluate_fn: ``fn(tree) -> float``: held-out accuracy of one (unstacked) tree.
+      stacked: whether ``ingredients`` is a stacked tree.
+      strict: keep an ingredient only if it strictly improves the accuracy.
+      accuracies: the ingredients' held-out accuracies ``[K]`` if already
+        known (saves K calls of ``evaluate_fn``).
+      recompute_fn: optional ``fn(tree) -> tree`` applied to every candidate
+        soup before ``evaluate_fn``, e.g. recomputing BatchNorm statistics.
+
+    Returns:
+      A :class:`GreedySoup`: the soup, its members, accuracy, the candidate
+      order and the accept/reject history.
+
+    Raises:
+      ValueError: no ingredients, different structures, ``accuracies`` of the
+        wrong length, or a non-finite held-out accuracy (e.g. an empty split).
+
+    Example:
+        >>> result = greedy_soup(finetuned, lambda t: accuracy(t, val_x, val_y))
+        >>> result.members, result.accuracy
+        ((3, 0, 7), 0.9842)
+    """
+    trees = _as_list(ingredients, stacked=stacked)
+    num = len(trees)
+    if accuracies is None:
+        accs = np.array([_accuracy(evaluate_fn(t), f"evaluate_fn(ingredients[{i}])")
+                         for i, t in enumerate(trees)])
+    else:
+        accs = np.asarray(accuracies, np.float64)
+        if accs.shape != (num,):
+            raise ValueError(f"accuracies must hold one held-out accuracy per ingredient, "
+                             f"shape ({num},), got shape {accs.shape}")
+        if not np.all(np.isfinite(accs)):
+            raise ValueError(f"accuracies must be finite, got {accs.tolist()}")
+    order = tuple(sorted(range(num), key=lambda i: -accs[i]))  # stable: ties by index
+    members = [order[0]]
+    mean = soup = jax.tree.map(jnp.asarray, trees[order[0]])
+    current = float(accs[order[0]])
+    history = [{"ingredient": order[0], "accuracy": current, "accepted": True}]
+    for i in order[1:]:
+        # The running mean: bit for bit uniform_soup([members..., i]).
+        candidate_mean = interpolation.lerp(1.0 / (len(members) + 1), mean, trees[i])
+        candidate = recompute_fn(candidate_mean) if recompute_fn is not None else candidate_mean
+        acc = _accuracy(evaluate_fn(candidate), f"evaluate_fn(soup + ingredients[{i}])")
+        accepted = acc > current if strict else acc >= current
+        history.append({"ingredient": i, "accuracy": acc, "accepted": bool(accepted)})
+        if accepted:
+            members.append(i)
+            mean, soup, current = candidate_mean, candidate, acc
+    return GreedySoup(soup=soup, members=tuple(members), accuracy=current, order=order,
+                      history=tuple(history))
+
+
+class LearnedSoup(NamedTuple):
+    """The result of :func:`learned_soup`.
+
+    Attributes:
+      soup: the mixed tree.
+      weights: ``{layer: [K]}``: each layer's mixing weights (a softmax: >= 0, sum 1).
+      losses: the held-out loss before each optimiser step, ``[num_steps]``.
+      logits: the learned pre-softmax parameters ``[L, K]`` (layers in ``weights`` order).
+    """
+
+    soup: PyTree
+    weights: dict[str, np.ndarray]
+    losses: np.ndarray
+    logits: np.ndarray
+
+
+def layer_name(leaf_name: str) -> str:
+    """A leaf's layer: its path without the last part (``'Dense_0/kernel'`` -> ``'Dense_0'``)."""
+    return leaf_name.rsplit("/", 1)[0] if "/" in leaf_name else leaf_name
+
+
+def learned_soup(
+    ingredients: Sequence[PyTree] | PyTree,
+    loss_fn: Callable[[PyTree, PyTree], jax.Array],
+    heldout: PyTree,
+    *,
+    stacked: bool = False,
+    per_layer: bool = True,
+    num_steps: int = 100,
+    learning_rate: float = 0.05,
+    batch_size: int | None = None,
+    optimizer: optax.GradientTransformation | None = None,
+    seed: int = 0,
+) -> LearnedSoup:
+    """A learned soup (Wortsman et al. 2022, "Model soups", Section 3 / Appendix).
+
+    Each layer ``l`` mixes the ingredients with its own weights
+    ``softmax(logits[l])`` (``theta_l = sum_i w_{l,i} theta_{i,l}``; a layer is
+    a leaf's path without its last part, so a kernel and its bias share
+    weights); the logits start at 0 (the uniform soup) and are fitted by
+    ``num_steps`` optax steps (Adam by default) on the held-out loss. With
+    ``per_layer=False`` one weight vector mixes the whole model. Non-float
+    leaves come from the first ingredient. Nets with BatchNorm: let ``loss_fn``
+    use batch statistics, then recompute the result's running statistics.
+
+    Args:
+      ingredients: a list of trees of equal structure, or a stacked tree
+        ``[K, ...]`` with ``stacked=True``.
+      loss_fn: ``fn(soup, batch) -> scalar``, jittable and differentiable in
+        ``soup``: the held-out loss of a mixed tree on a batch of ``heldout``.
+      heldout: the held-out data: a tree of arrays sharing a leading example
+        axis ``[N, ...]`` (e.g. ``(images, labels)``).
+      stacked: whether ``ingredients`` is a stacked tree.
+      per_layer: one weight vector per layer (else one for the whole model).
+      num_steps: optimiser steps.
+      learning_rate: Adam's learning rate (ignored when ``optimizer`` is given).
+      batch_size: examples per step, drawn without replacement from
+        ``seed`` and the step; None: the whole held-out set every step.
+      optimizer: an optax transformation to use instead of Adam.
+      seed: seed of the batch draws.
+
+    Returns:
+      A :class:`LearnedSoup` (the soup, per-layer weights, losses, logits).
+
+    Raises:
+      ValueError: no ingredients, different structures, an empty or ragged
+        ``heldout``, bad ``batch_size`` / ``num_steps`` / ``learning_rate``.
+      FloatingPointError: the held-out loss became NaN or inf.
+
+    Example:
+        >>> def loss_fn(params, batch):
+        ...     x, y = batch
+        ...     return optax.softmax_cross_entropy_with_integer_labels(apply(params, x), y).mean()
+        >>> result = learned_soup(finetuned, loss_fn, (val_x, val_y), num_steps=200)
+        >>> result.weights["Dense_0"].sum()
+        1.0
+    """
+    num = _num_ingredients(ingredients, stacked=stacked)
+    stack = ingredients if stacked else tree.stack(list(ingredients))
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if not learning_rate > 0:
+        raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+    held_leaves = jax.tree.leaves(heldout)
+    sizes = sorted({int(np.shape(x)[0]) if np.ndim(x) else -1 for x in held_leaves})
+    if not held_leaves or len(sizes) != 1 or sizes[0] < 0:
+        raise ValueError("heldout must be a tree of arrays sharing a leading example axis "
+                         f"[N, ...]; got leading sizes {sizes}")
+    num_examples = sizes[0]
+    if num_examples == 0:
+        raise ValueError("heldout is empty (0 examples): the learned soup is fitted on "
+                         "held-out data")
+    if batch_size is not None and not 1 <= batch_size <= num_examples:
+        raise ValueError(f"batch_size must be in [1, {num_examples}] (the held-out size) or "
+                         f"None, got {batch_size}")
+
+    leaves, treedef = jax.tree.flatten(stack)
+    names = tree.names(stack)
+    floats = [jnp.issubdtype(jnp.result_type(x), jnp.floating) for x in leaves]
+    leaf_layers = [(layer_name(n) if per_layer else "all") if f else None
+                   for n, f in zip(names, floats, strict=True)]
+    layers = list(dict.fromkeys(name for name in leaf_layers if name is not None))
+    if not layers:
+        raise ValueError("ingredients have no float leaves to mix")
+    index = [None if name is None else layers.index(name) for name in leaf_layers]
+
+    def mix(logits, stack):
+        w = jax.nn.softmax(logits, axis=-1)
+        out = [x[0] if i is None else jnp.tensordot(w[i].astype(x.dtype), x, axes=1)
+               for x, i in zip(jax.tree.leaves(stack), index, strict=True)]
+        return jax.tree.unflatten(treedef, out)
+
+    tx = optimizer if optimizer is not None else optax.adam(learning_rate)
+
+    # One jitted step per Python iteration, not a rolled scan: XLA:CPU runs convs inside
+    # loops many times slower (FACTS.md). The stack and the data are arguments, not constants.
+    @jax.jit
+    def step(logits, opt_state, stack, heldout, key, t):
+        batch = heldout
+        if batch_size is not None:
+            rows = jax.random.permutation(jax.random.fold_in(key, t), num_examples)
+            batch = jax.tree.map(lambda x: x[rows[:batch_size]], heldout)
+        loss, grad = jax.value_and_grad(lambda lg: loss_fn(mix(lg, stack), batch))(logits)
+        updates, opt_state = tx.update(grad, opt_state, logits)
+        return optax.apply_updates(logits, updates), opt_state, loss
+
+    logits = jnp.zeros((len(layers), num), jnp.float32)
+    opt_state, key, losses = tx.init(logits), jax.random.key(seed), []
+    for t in range(num_steps):
+        logits, opt_state, loss = step(logits, opt_state, stack, heldout, key, t)
+        losses.append(loss)
+    soup = jax.jit(mix)(logits, stack)
+    losses = np.asarray(jnp.stack(losses))
+    if not np.all(np.isfinite(losses)):
+        bad = int(np.argmin(np.isfinite(losses)))
+        raise FloatingPointError(f"the held-out loss of the learned soup is {losses[bad]} at "
+                                 f"step {bad}; lower learning_rate")
+    weights = np.asarray(jax.nn.softmax(logits, axis=-1))
+    return LearnedSoup(soup=soup, weights={name: weights[i] for i, name in enumerate(layers)},
+                       losses=losses, logits=np.asarray(logits))
+
+
+# --------------------------------------------------------------------------- WiSE-FT
+
+
+def _head_leaves(theta_1: PyTree, keep_head: str) -> list[bool]:
+    """Which leaves of ``theta_1`` the regex ``keep_head`` selects (``re.search`` on the path)."""
+    try:
+        pattern = re.compile(keep_head)
+    except (re.error, TypeError) as err:
+        raise ValueError(f"keep_head must be a regex of leaf names, got {keep_head!r} "
+                         f"({err})") from None
+    names = tree.names(theta_1)
+    selected = [bool(pattern.search(n)) for n in names]
+    if not any(selected):
+        raise ValueError(f"keep_head={keep_head!r} matches no leaf of theta_1 (leaves: "
+                         f"{names[:8]}{' ...' if len(names) > 8 else ''})")
+    return selected
+
+
+def wise_ft(alpha: float | jax.Array, theta_0: PyTree, theta_1: PyTree, *,
+            keep_head: str | None = None) -> PyTree:
+    """WiSE-FT (Wortsman et al., CVPR 2022): ``(1 - alpha) * theta_0 + alpha * theta_1``.
+
+    ``theta_0`` is the pre-trained (zero-shot) model, ``theta_1`` the
+    fine-tuned one; this is :func:`lerp`, so ``alpha = 0`` gives exactly
+    ``theta_0`` and ``alpha = 1`` exactly ``theta_1`` (non-float leaves, such as
+    step counters, come from ``theta_0``). ``keep_head`` (a regex
+    of leaf names, ``re.search``, e.g. ``'Dense_2'``) selects the head: those
+    leaves keep the fine-tuned values at every alpha (the paper's variant for
+    a head that only the fine-tuned model has); None interpolates everything.
+
+    Raises:
+      ValueError: ``alpha`` outside [0, 1], different structures, a
+        ``keep_head`` that matches nothing.
+
+    Example:
+        >>> robust = wise_ft(0.5, pretrained, finetuned)
+        >>> robust = wise_ft(0.5, pretrained, finetuned, keep_head="Dense_2")
+    """
+    mixed = interpolation.lerp(alpha, theta_0, theta_1)
+    if keep_head is None:
+        return mixed
+    head = _head_leaves(theta_1, keep_head)
+    leaves = [jnp.asarray(b) if h else m for m, b, h in
+              zip(jax.tree.leaves(mixed), jax.tree.leaves(theta_1), head, strict=True)]
+    return jax.tree.unflatten(jax.tree.structure(mixed), leaves)
+
+
+def wise_ft_sweep(
+    evaluate_fn: Callable[[PyTree], dict], theta_0: PyTree, theta_1: PyTree, alphas: Any, *,
+    keep_head: str | None = None, chunk_size: int | None = None,
+    recompute_fn: Callable[[PyTree], PyTree] | None = None,
+) -> dict[str, np.ndarray]:
+    """Evaluate :func:`wise_ft` at many alphas (:func:`evaluate_path` with the head kept).
+
+    Args:
+      evaluate_fn: ``fn(stacked_tree [C, ...]) -> {metric: [C]}``, as for :func:`evaluate_path`.
+      theta_0: the pre-trained model (alpha = 0).
+      theta_1: the fine-tuned model (alpha = 1).
+      alphas: ``[A]`` values in [0, 1].
+      keep_head: regex of the head's leaves, kept fine-tuned at every alpha (None: none).
+      chunk_size: alphas per ``evaluate_fn`` call (default: all).
+      recompute_fn: optional ``fn(stacked_tree) -> stacked_tree`` applied after the
+        head is set (e.g. recomputing BatchNorm statistics).
+
+    Returns:
+      ``{metric: [A]}`` as NumPy arrays.
+
+    Example:
+        >>> curve = wise_ft_sweep(lambda t: executor.evaluate_params(*t, "test"),
+        ...                       (params_0, stats_0), (params_1, stats_1), np.linspace(0, 1, 11))
+    """
+    transform = recompute_fn
+    if keep_head is not None:
+        head = _head_leaves(theta_1, keep_head)
+        kept = jax.tree.leaves(theta_1)
+
+        def transform(stacked):
+            leaves = [jnp.broadcast_to(b, s.shape) if h else s
+                      for s, b, h in zip(jax.tree.leaves(stacked), kept, head, strict=True)]
+            out = jax.tree.unflatten(jax.tree.structure(stacked), leaves)
+            return recompute_fn(out) if recompute_fn is not None else out
+
+    return interpolation.evaluate_path(evaluate_fn, theta_0, theta_1, alphas,
+                                       chunk_size=chunk_size, recompute_fn=transform)
