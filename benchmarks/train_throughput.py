@@ -97,7 +97,7 @@ def _child(args: argparse.Namespace) -> None:
     print(json.dumps({
         "model": args.model, "seeds": args.seeds, "devices": args.devices,
         "strategy": executor.strategy, "steps_per_call": executor.steps_per_call,
-        "materialize": bool(executor.model.materialize_inputs) if args.model == "resnet" else None,
+        "materialize": executor.materialize_inputs,
         "malloc_env": args.malloc_env, "pinned_core": args.pin_core, "steps": args.steps,
         "seconds": best, "first_call_seconds": compile_s,
         "examples_per_s_per_seed": per_seed, "examples_per_s_total": per_seed * args.seeds,

@@ -146,6 +146,8 @@ class Executor:
                              f"{type(model).__name__} has no such option")
         if materialize_inputs is None and has_option and model.materialize_inputs is None:
             materialize_inputs = self.strategy == "unrolled_loop"
+        #: Whether the programs force conv inputs into memory (None: the model has no option).
+        self.materialize_inputs = materialize_inputs
         self._program_model = model if materialize_inputs is None else model.clone(
             materialize_inputs=materialize_inputs)
         self.steps_per_call = steps_per_call or (500 if self.strategy == "scan_vmap" else 1)

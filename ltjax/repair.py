@@ -20,8 +20,8 @@ corrected (:func:`ltjax.models.repair` runs the forward passes).
 Statistics are plain trees ``{layer: {'mean': [n], 'std': [n]}}``, so the
 target of an interpolation is the interpolation of the endpoints' statistics
 trees: carry them beside the params through
-:func:`ltjax.averaging.interpolate` and every point of the path holds its own
-target. This module is plain math over pytrees (no flax).
+:func:`ltjax.interpolation.interpolate` and every point of the path holds its
+own target. This module is plain math over pytrees (no flax).
 
 Example:
     >>> stats = channel_stats(z)                       # z: [N, ..., n] outputs of Dense_0

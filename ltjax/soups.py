@@ -94,7 +94,7 @@ def uniform_soup(ingredients: Sequence[PyTree] | PyTree, *, weights: Any = None,
     theta_i)``, so the soup of identical ingredients is exactly that
     ingredient. Non-float leaves (step counters) come from the first ingredient
     of nonzero weight. Nets with BatchNorm: recompute the running statistics
-    of the result (:meth:`ltjax.train.Executor.recomputed_batch_stats`) rather
+    of the result (:meth:`ltjax.executor.Executor.recomputed_batch_stats`) rather
     than using the averaged ones.
 
     Args:

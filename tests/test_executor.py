@@ -283,7 +283,7 @@ def test_batchnorm_only_freezes_everything_else_bitwise(digits):
 def test_masks_compose_with_a_reparameterisation_and_resume_is_exact(digits):
     model = models.create("mlp", widths=(16,))
     recipe = optim.Recipe(optimizer="sgd", learning_rate=LR, momentum=0.9, batch_size=32)
-    executor = executor_lib.Executor(model, digits, recipe, reparam=line_toy(), steps_per_call=3)
+    executor = executor_lib.Executor(model, digits, recipe, reparam=line_toy(), steps_per_call=2)
     init_keys, noise_keys = _keys(2)
     masks = jax.vmap(lambda k: jax.tree.map(
         lambda p: jax.random.bernoulli(k, 0.5, p.shape), executor.abstract_params))(

@@ -26,6 +26,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.recipe = ml_collections.ConfigDict(dict(
         optimizer="adam", learning_rate=1.2e-3, batch_size=60, weight_decay=0.0, momentum=0.0,
         warmup=0, lr_drops=(), lr_drop_factor=0.1, label_smoothing=0.0, augment=True,
+        # optim.Recipe: nesterov SGD; weight_decay_mode 'coupled' | 'decoupled' ('' = the
+        # optimizer's default); schedule 'step' | 'cosine' (cosine decays to 0 at total_steps).
+        nesterov=False, weight_decay_mode="", schedule="step", total_steps="",
     ))
     if arg == "quick":
         config.num_replicates = 2

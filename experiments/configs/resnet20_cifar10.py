@@ -29,6 +29,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         optimizer="sgd", learning_rate=0.1, momentum=0.9, batch_size=128, weight_decay=1e-4,
         warmup=0, lr_drops=("32000it", "48000it"), lr_drop_factor=0.1, label_smoothing=0.0,
         augment=True,
+        # optim.Recipe: nesterov SGD; weight_decay_mode 'coupled' | 'decoupled' ('' = the
+        # optimizer's default); schedule 'step' | 'cosine' (cosine decays to 0 at total_steps).
+        nesterov=False, weight_decay_mode="", schedule="step", total_steps="",
     ))
     variants = (arg or "").split(",") if arg else []
     if "sample" in variants:

@@ -80,7 +80,7 @@ def build_recipe(config: Any, dataset: data.Dataset) -> optim.Recipe:
         nesterov=r.get("nesterov", False), weight_decay=r.get("weight_decay", 0.0),
         weight_decay_mode=r.get("weight_decay_mode") or None,
         schedule=r.get("schedule", "step"),
-        total_steps=steps(r.get("total_steps", 0), per_epoch),
+        total_steps=steps(r.get("total_steps") or 0, per_epoch),
         warmup_steps=steps(r.get("warmup", 0), per_epoch),
         lr_drop_steps=tuple(steps(s, per_epoch) for s in r.get("lr_drops", ())),
         lr_drop_factor=r.get("lr_drop_factor", 0.1), batch_size=r.batch_size,

@@ -16,7 +16,7 @@ Each pair is then evaluated along the linear path between model 0 and model
 ``j``, unpermuted (``naive``) and permuted (``matched``), at
 ``config.num_alphas`` alphas on the train and test sets, with the loss
 barrier of Git Re-Basin and the error barrier of Frankle et al. (2020)
-(:mod:`ltjax.averaging`). ``config.corrections`` lists how every point of a
+(:mod:`ltjax.soups`). ``config.corrections`` lists how every point of a
 path is evaluated: as interpolated (``'none'``); with its BatchNorm
 statistics recomputed on training data (``'reset'``); or REPAIRed
 (``'repair'``: Jordan et al., "REPAIR: REnormalizing Permuted Activations for
@@ -48,7 +48,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ltjax import averaging, data, masking, matching, models, plots, pruning, results, rng, train
+from ltjax import (
+    data,
+    interpolation,
+    masking,
+    matching,
+    models,
+    plots,
+    pruning,
+    results,
+    rng,
+    train,
+)
+from ltjax import executor as executor_lib
 from ltjax import tree as tree_lib
 from ltjax.studies import common
 
@@ -122,7 +134,7 @@ def _variables(params: Any, batch_stats: Any) -> dict:
                                  else {})}
 
 
-def match(config: Any, executor: train.Executor, spec: matching.PermutationSpec,
+def match(config: Any, executor: executor_lib.Executor, spec: matching.PermutationSpec,
           a: tuple, b: tuple, *, x: jax.Array) -> matching.MatchResult:
     """Permutations of network ``b = (params, batch_stats)`` onto ``a`` by ``config.method``.
 
@@ -350,7 +362,7 @@ def _evaluate_path(executor, config, log, stored, tags, a, b, *, alphas, splits,
         tree_a = (*a, models.output_stats(model, _variables(*a), x_repair))
         tree_b = (*b, models.output_stats(model, _variables(*b), x_repair))
         recompute = models.repair_fn(model, x_repair, eps=eps)
-    curve = averaging.evaluate_path(evaluate, tree_a, tree_b, alphas,
+    curve = interpolation.evaluate_path(evaluate, tree_a, tree_b, alphas,
                                     chunk_size=config.get("alpha_chunk") or len(alphas),
                                     recompute_fn=recompute)
     out = {split: (np.array([float(x) for x in alphas]),
@@ -363,8 +375,8 @@ def _evaluate_path(executor, config, log, stored, tags, a, b, *, alphas, splits,
 
 
 def _path_row(alphas, acc, loss, tags, split, *, method) -> dict:
-    error_barrier, error_at = averaging.error_barrier(alphas, 1.0 - acc)
-    loss_barrier, loss_at = averaging.loss_barrier(alphas, loss)
+    error_barrier, error_at = interpolation.error_barrier(alphas, 1.0 - acc)
+    loss_barrier, loss_at = interpolation.loss_barrier(alphas, loss)
     mid = int(np.argmin(np.abs(alphas - 0.5)))
     return {"pair": tags["pair"], "method": method, "variant": tags["variant"],
             "correction": tags["correction"], "split": split,

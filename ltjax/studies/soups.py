@@ -20,7 +20,7 @@
    soups select on), test, and a shifted test set (``config.shift``: the
    test images rotated by a fixed angle, or Gaussian-noised; deterministic):
    the pretrained model, every ingredient, the uniform, greedy and learned
-   soups (:mod:`ltjax.averaging`) and the output-space ensemble (mean of the
+   soups (:mod:`ltjax.soups`) and the output-space ensemble (mean of the
    ingredients' softmax outputs).
 4. **WiSE-FT**: the path ``(1 - alpha) theta_0 + alpha theta_k`` from the
    pretrained model to each fine-tune, at ``config.wise_ft.num_alphas``
@@ -52,8 +52,9 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from ltjax import averaging, checkpoint, data, models, optim, plots, results, rng, train, tree
+from ltjax import checkpoint, data, models, optim, plots, results, rng, train, tree
 from ltjax import executor as executor_lib
+from ltjax import soups as soups_lib
 from ltjax.studies import common
 
 SPLITS = ("validation", "test", "shifted")
@@ -194,7 +195,7 @@ def _check_config(config: Any, dataset: data.Dataset, abstract_params: Any) -> N
         raise ValueError(f"wise_ft.head_modes must list at least one of {HEAD_MODES}")
     if "fine_tuned" in head_modes:
         try:
-            jax.eval_shape(lambda p: averaging.wise_ft(0.5, p, p, keep_head=wise.head),
+            jax.eval_shape(lambda p: soups_lib.wise_ft(0.5, p, p, keep_head=wise.head),
                            abstract_params)
         except ValueError as err:
             raise ValueError(f"wise_ft.head: {err}") from None
@@ -290,7 +291,7 @@ def run_soups(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
         "ensemble", evaluator.ensemble(stacked, dataset, shifted), 0))
     _once(log, _is_soup("uniform"), lambda: _eval_records(
         "uniform", evaluator.all_splits(evaluator.recompute(
-            tree.stack([averaging.uniform_soup(stacked, stacked=True)]))), 0))
+            tree.stack([soups_lib.uniform_soup(stacked, stacked=True)]))), 0))
     _once(log, _is_soup("greedy"), lambda: _greedy(config, evaluator, trees, val_acc))
     _once(log, _is_soup("learned"), lambda: _learned(config, evaluator, model, dataset, stacked))
 
@@ -302,7 +303,7 @@ def run_soups(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
     todo = [(i, mode) for i in range(len(trees)) for mode in head_modes
             if (i, mode) not in done]
     for i, mode in tqdm.tqdm(todo, disable=not progress, desc="WiSE-FT curves", leave=False):
-        curve = averaging.wise_ft_sweep(
+        curve = soups_lib.wise_ft_sweep(
             evaluator.flat_all_splits, theta_0, trees[i], alphas,
             keep_head=config.wise_ft.head if mode == "fine_tuned" else None,
             recompute_fn=evaluator.recompute)
@@ -412,7 +413,7 @@ class _Evaluator:
                 "shifted": self.shifted_executor.evaluate_params(params, batch_stats, "test")}
 
     def flat_all_splits(self, stacked) -> dict[str, np.ndarray]:
-        """:meth:`all_splits` as ``{'split/metric': [C]}`` (for :func:`averaging.evaluate_path`)."""
+        """:meth:`all_splits` as ``{'split/metric': [C]}`` (for ``evaluate_path``)."""
         return {f"{split}/{k}": v for split, metrics in self.all_splits(stacked).items()
                 for k, v in metrics.items()}
 
@@ -449,7 +450,7 @@ class _Evaluator:
 
 
 def _greedy(config, evaluator: _Evaluator, trees, val_acc) -> list[dict]:
-    result = averaging.greedy_soup(
+    result = soups_lib.greedy_soup(
         trees, evaluator.validation_accuracy, accuracies=val_acc,
         strict=bool(config.get("greedy_strict", False)),
         recompute_fn=evaluator.recompute_one)
@@ -475,11 +476,11 @@ def _learned(config, evaluator: _Evaluator, model, dataset, stacked) -> list[dic
         return train.cross_entropy(logits, y).mean()
 
     heldout = (jnp.asarray(dataset.validation.x), jnp.asarray(dataset.validation.y))
-    result = averaging.learned_soup(
+    result = soups_lib.learned_soup(
         params, loss_fn, heldout, stacked=True, per_layer=bool(cfg.get("per_layer", True)),
         num_steps=int(cfg.num_steps), learning_rate=float(cfg.learning_rate),
         batch_size=int(cfg.get("batch_size", 0)) or None, seed=int(cfg.get("seed", 0)))
-    soup_stats = averaging.uniform_soup(batch_stats, stacked=True) if evaluator.bn else {}
+    soup_stats = soups_lib.uniform_soup(batch_stats, stacked=True) if evaluator.bn else {}
     soup = evaluator.recompute_one((result.soup, soup_stats))
     records = _eval_records("learned", evaluator.all_splits(tree.stack([soup])), 0,
                             final_heldout_loss=float(result.losses[-1]),

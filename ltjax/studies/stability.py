@@ -6,7 +6,7 @@ augmentation: the copies' ``noise`` streams), train all S x C copies to the
 end as one program, then evaluate every pair of copies of an initialisation
 along the linear path between them at ``num_alphas`` evenly spaced alphas on
 the train and test sets. A pair's *instability* is its error barrier
-(:func:`ltjax.averaging.error_barrier`: max error along the path minus the
+(:func:`ltjax.interpolation.error_barrier`: max error along the path minus the
 mean of the endpoint errors); the network is *stable* at k when it is below
 2 %.
 
@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ltjax import averaging, checkpoint, masking, plots, results, rng, tree
+from ltjax import checkpoint, interpolation, masking, plots, results, rng, tree
 from ltjax.studies import common
 
 STABLE_BELOW = 0.02  # Frankle et al. 2020: stable when the error barrier is under 2 %
@@ -222,7 +222,7 @@ def _pair_rows(executor, final, *, k, num, copies, alphas, splits, log, config) 
                     accuracy = np.array([r["accuracy"] for r in path])
                     loss = np.array([r["loss"] for r in path])
                 else:
-                    curve = averaging.evaluate_path(
+                    curve = interpolation.evaluate_path(
                         lambda t, s=split: executor.evaluate_params(t[0], t[1], s), a, b,
                         alphas, chunk_size=config.get("alpha_chunk", len(alphas)),
                         recompute_fn=recompute)
@@ -240,8 +240,8 @@ def _pair_rows(executor, final, *, k, num, copies, alphas, splits, log, config) 
 
 def _path_row(alphas, accuracy, loss, *, k, rep, pair, split) -> dict:
     errors = 1.0 - accuracy
-    barrier, peak = averaging.error_barrier(alphas, errors)
-    loss_gap, loss_peak = averaging.loss_barrier(alphas, loss)
+    barrier, peak = interpolation.error_barrier(alphas, errors)
+    loss_gap, loss_peak = interpolation.loss_barrier(alphas, loss)
     return {"k": k, "replicate": rep, "pair": pair, "split": split,
             "instability": float(barrier), "alpha_at_max": float(peak),
             "loss_barrier": float(loss_gap), "loss_barrier_alpha": float(loss_peak),
