@@ -50,6 +50,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -320,7 +321,9 @@ class Executor:
         mesh = self.mesh(num_members)
         arrays = self.device_split("train", mesh.size, for_eval=False)
         unroll = self.strategy == "unrolled_loop"
-        model, recipe, reparam = self._program_model, self.recipe, self.reparam
+        # Smoothing comes from the members' hparams (None: every member has 0), never the recipe.
+        recipe = dataclasses.replace(self.recipe, label_smoothing=0.0)
+        model, reparam = self._program_model, self.reparam
 
         def one(state, masks, key, hparams, arrays):
             return train.train_steps(model, recipe, arrays, state, masks, key,
@@ -338,11 +341,11 @@ class Executor:
     # -- evaluate
 
     def model_params(self, state: train.TrainState, masks: PyTree | None = None) -> PyTree:
-        """The model's params ``[S, ...]`` of stacked states (reparameterisation applied).
+        """The model's params ``[S, ...]`` of stacked states (reparameterisation applied, masked).
 
-        Under the identity this is ``state.params`` itself.
+        Under the identity this is ``state.params`` itself (already masked).
         """
-        if self.reparam.is_identity and masks is None:
+        if self.reparam.is_identity:  # kept masked by the masked update
             return state.params
         fn = self._program(("model_params", masks is None), lambda: jax.jit(jax.vmap(
             lambda s, m: train.model_params(s, m, reparam=self.reparam))))

@@ -333,6 +333,22 @@ def test_members_equal_their_solo_runs(digits):
             learning_rate=np.array([0.1, -0.1, 0.1, 0.1, 0.1, 0.1], np.float32)))
 
 
+def test_zero_smoothing_members_ignore_the_recipe_smoothing(digits):
+    """Members with label smoothing 0 train without smoothing even if the recipe has some."""
+    model = models.create("mlp", widths=(16,))
+    smoothed = optim.Recipe(optimizer="sgd", learning_rate=0.1, batch_size=32, label_smoothing=0.2)
+    plain = optim.Recipe(optimizer="sgd", learning_rate=0.1, batch_size=32)
+    init_keys, noise_keys = _keys(2)
+    outs = []
+    for recipe, hp in ((smoothed, optim.member_hparams(smoothed, 2, label_smoothing=[0.0, 0.0])),
+                       (plain, None), (smoothed, None)):
+        executor = executor_lib.Executor(model, digits, recipe)
+        outs.append(executor.train(executor.init(init_keys), None, noise_keys, num_steps=3,
+                                   hparams=hp)[0].params)
+    chex.assert_trees_all_close(outs[0], outs[1], rtol=1e-6, atol=1e-7)
+    assert not np.allclose(outs[0]["Dense_0"]["kernel"], outs[2]["Dense_0"]["kernel"])
+
+
 def test_reparam_that_does_not_fit_is_refused(digits):
     model = models.create("mlp", widths=(16,))
     recipe = optim.Recipe(batch_size=32)

@@ -168,3 +168,29 @@ def test_recipe_rejects_bad_settings():
         optim.Recipe(optimizer="adam", nesterov=True)
     with pytest.raises(ValueError, match="lr_drop_steps"):
         optim.Recipe(lr_drop_steps=(10, 10))
+
+
+def test_momentum_from_dense_training_does_not_revive_pruned_weights():
+    """Dense steps fill the momentum buffer; after pruning, the carried buffer must not move a
+    pruned weight, and kept weights follow the heavy-ball recursion (NumPy oracle)."""
+    recipe = optim.Recipe(optimizer="sgd", learning_rate=0.1, momentum=0.9, weight_decay=0.01)
+    rs = np.random.default_rng(1)
+    p = rs.normal(size=(6,)).astype(np.float32)
+    grads = [rs.normal(size=(6,)).astype(np.float32) for _ in range(4)]
+    masks = np.array([True, False, True, True, False, True])
+    params, state = {"w": jnp.asarray(p)}, optim.make_optimizer(recipe).init({"w": p})
+    ref_p, ref_v = p.astype(np.float64), np.zeros(6)
+    for t, g in enumerate(grads):
+        pruned = t >= 2
+        if pruned and t == 2:  # prune: pruned weights set to zero, the optimiser state kept
+            params = {"w": jnp.where(masks, params["w"], 0.0)}
+            ref_p = np.where(masks, ref_p, 0.0)
+        tx = optim.make_optimizer(recipe, masks={"w": jnp.asarray(masks)} if pruned else None)
+        updates, state = tx.update({"w": jnp.asarray(g)}, state, params)
+        params = optax.apply_updates(params, updates)
+        g64 = np.where(masks, g, 0.0) if pruned else g.astype(np.float64)
+        ref_v = 0.9 * ref_v + g64 + 0.01 * ref_p
+        step = np.where(masks, ref_v, 0.0) if pruned else ref_v
+        ref_p = ref_p - 0.1 * step
+        np.testing.assert_allclose(params["w"], ref_p, rtol=1e-5, atol=1e-7)
+    assert np.all(np.asarray(params["w"])[~masks] == 0.0)

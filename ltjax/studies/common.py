@@ -210,7 +210,7 @@ def train_segment(
     def evaluate(step: int, train_loss: np.ndarray | None) -> None:
         rows = []
         for split in splits:
-            metrics = executor.evaluate(state, split)
+            metrics = executor.evaluate(state, split, masks)
             rows += [{**tags, **member_tags[r], "step": step, "split": split,
                       "loss": metrics["loss"][r], "accuracy": metrics["accuracy"][r],
                       "density": float(densities[r])} for r in range(num)]
@@ -225,9 +225,18 @@ def train_segment(
 
     with checkpoint.Checkpointer(ckpt_dir, max_to_keep=max_checkpoints) as ckpt:
         found = ckpt.restore_latest(like_state=state, like_masks=masks)
+        if found is None and ckpt.steps():
+            raise ValueError(
+                f"{ckpt.directory} holds checkpoints {ckpt.steps()} of which none restores "
+                "onto this run's state (damaged, or written by another ltjax version or "
+                "config); move the folder aside or use a new workdir")
         step = start
         if found is not None:
-            step, state, _, _ = found
+            step, state, _, saved = found
+            if saved.get("members", member_tags) != member_tags:
+                raise ValueError(
+                    f"{ckpt.directory} holds members {saved.get('members')}, this run trains "
+                    f"{member_tags}; use a new workdir")
         log.keep_only(lambda r, s=step, f=found: not mine(r) or (f is not None and r["step"] <= s))
         if found is None:
             evaluate(start, None)

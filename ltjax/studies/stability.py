@@ -222,6 +222,10 @@ def _pair_rows(executor, final, *, k, num, copies, alphas, splits, log, config) 
                     accuracy = np.array([r["accuracy"] for r in path])
                     loss = np.array([r["loss"] for r in path])
                 else:
+                    if found:  # a partial path of a killed run: evaluated again from scratch
+                        log.keep_only(lambda r, rep=rep, pair=pair, split=split: not (
+                            r.get("branch") == "path" and r.get("k") == k
+                            and (r["replicate"], r["pair"], r["split"]) == (rep, pair, split)))
                     curve = interpolation.evaluate_path(
                         lambda t, s=split: executor.evaluate_params(t[0], t[1], s), a, b,
                         alphas, chunk_size=config.get("alpha_chunk", len(alphas)),
