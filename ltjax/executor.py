@@ -50,7 +50,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -237,10 +236,6 @@ class Executor:
             lambda t: train.fresh_opt_state(self.recipe, t, reparam=self.reparam))))
         return fn(trainable)
 
-    def hparams(self, num_members: int, **values: Any) -> optim.Hyperparams:
-        """Per-member hyperparameters ``[S]`` (:func:`ltjax.optim.member_hparams`)."""
-        return optim.member_hparams(self.recipe, num_members, **values)
-
     # -- train
 
     def train(
@@ -272,42 +267,44 @@ class Executor:
             masking.check(masks, self.abstract_params, leading_axes=1)
         if num_steps < 0:
             raise ValueError(f"num_steps must be >= 0, got {num_steps}")
-        if hparams is None:
-            hparams = self.hparams(num)
-        else:
-            optim.check_hparams(hparams, num)
-        smoothings, peaks = jax.device_get((hparams.label_smoothing, hparams.learning_rate))
-        smoothing = bool(np.any(np.asarray(smoothings) > 0))
+        host = jax.device_get(hparams) if hparams is not None else None
+        hparams = optim.member_hparams(  # validated on the host, once
+            self.recipe, num, **({} if host is None else {
+                "learning_rate": host.learning_rate, "weight_decay": host.weight_decay,
+                "label_smoothing": (np.zeros(num) if host.label_smoothing is None
+                                    else host.label_smoothing)}))
+        smoothing = bool(np.any(hparams.label_smoothing > 0))
         if not smoothing:  # the integer-label loss, a static zero
             hparams = hparams.replace(label_smoothing=None)
         if masks is None:
             masks = self._all_true(num)
         padded = self.padded_size(num)
-        state, masks, noise_keys, hparams = jax.device_put(
+        start_step = state.step  # read back only to name the steps of a NaN
+        state, masks, noise_keys, hparams_dev = jax.device_put(
             _pad((state, masks, noise_keys, hparams), num, padded), self.seed_sharding(padded))
-        first_step = int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
         loss_sums, finite, done = [], [], 0
         while done < num_steps:
             chunk = min(self.steps_per_call, num_steps - done)
             fn = self._program(("train", padded, chunk, smoothing),
                                lambda c=chunk: self._build_train(padded, c))
-            state, losses = fn(state, masks, noise_keys, hparams)
-            loss_sums.append(losses.sum(axis=1))
-            finite.append(jnp.all(jnp.isfinite(losses), axis=1))
+            state, chunk_sum, chunk_finite = fn(state, masks, noise_keys, hparams_dev)
+            loss_sums.append(chunk_sum)
+            finite.append(chunk_finite)
             done += chunk
         if finite:
-            finite_host, sums = jax.device_get((jnp.stack(finite), jnp.stack(loss_sums)))
-            finite_host = np.asarray(finite_host)[:, :num]
+            finite_host, sums = jax.device_get((finite, loss_sums))
+            finite_host = np.stack(finite_host)[:, :num]
             if not finite_host.all():
                 chunk_index = int(np.nonzero(~finite_host.all(axis=1))[0][0])
                 bad = np.nonzero(~finite_host[chunk_index])[0].tolist()
+                first_step = int(np.asarray(jax.device_get(start_step)).reshape(-1)[0])
                 lo = first_step + chunk_index * self.steps_per_call
                 hi = min(lo + self.steps_per_call, first_step + num_steps)
                 raise FloatingPointError(
                     f"training loss is NaN/inf for member(s) {bad} between steps {lo} and {hi} "
-                    f"(learning_rate={[float(np.asarray(peaks)[b]) for b in bad]}); "
+                    f"(learning_rate={[float(hparams.learning_rate[b]) for b in bad]}); "
                     "lower the learning rate")
-            mean_loss = np.asarray(sums, np.float64)[:, :num].sum(axis=0) / num_steps
+            mean_loss = np.stack(sums).astype(np.float64)[:, :num].sum(axis=0) / num_steps
         else:
             mean_loss = np.zeros(num, np.float64)
         if padded != num:
@@ -321,9 +318,7 @@ class Executor:
         mesh = self.mesh(num_members)
         arrays = self.device_split("train", mesh.size, for_eval=False)
         unroll = self.strategy == "unrolled_loop"
-        # Smoothing comes from the members' hparams (None: every member has 0), never the recipe.
-        recipe = dataclasses.replace(self.recipe, label_smoothing=0.0)
-        model, reparam = self._program_model, self.reparam
+        model, recipe, reparam = self._program_model, self.recipe, self.reparam
 
         def one(state, masks, key, hparams, arrays):
             return train.train_steps(model, recipe, arrays, state, masks, key,
@@ -335,7 +330,12 @@ class Executor:
             local, mesh=mesh, in_specs=(P("seed"), P("seed"), P("seed"), P("seed"), P()),
             out_specs=(P("seed"), P("seed")), check_vma=False,
         )
-        jitted = jax.jit(sharded)
+
+        @jax.jit
+        def jitted(state, masks, keys, hparams, arrays):
+            state, losses = sharded(state, masks, keys, hparams, arrays)
+            return state, losses.sum(axis=1), jnp.all(jnp.isfinite(losses), axis=1)
+
         return lambda state, masks, keys, hparams: jitted(state, masks, keys, hparams, arrays)
 
     # -- evaluate

@@ -210,12 +210,14 @@ class Hyperparams:
     Attributes:
       learning_rate: peak learning rates ``[S]``.
       weight_decay: weight decays ``[S]`` (of the recipe's ``weight_decay_mode``).
-      label_smoothing: label smoothings ``[S]``.
+      label_smoothing: label smoothings ``[S]``, or None: no smoothing for any
+        member (a static zero: the integer-label loss, what the executor
+        passes when every member's smoothing is 0).
     """
 
     learning_rate: jax.Array
     weight_decay: jax.Array
-    label_smoothing: jax.Array
+    label_smoothing: jax.Array | None
 
 
 def member_hparams(
@@ -258,18 +260,6 @@ def member_hparams(
         label_smoothing=field("label_smoothing", label_smoothing, recipe.label_smoothing,
                               lambda v: 0 <= v < 1, "in [0, 1)"),
     )
-
-
-def check_hparams(hparams: Hyperparams, num_members: int) -> None:
-    """Raise a ValueError unless ``hparams`` holds valid arrays of shape ``[num_members]``."""
-    for name in ("learning_rate", "weight_decay", "label_smoothing"):
-        value = np.asarray(jax.device_get(getattr(hparams, name)))
-        if value.shape != (num_members,):
-            raise ValueError(f"hparams.{name} must have shape ({num_members},), one value per "
-                             f"member; got {value.shape}")
-    member_hparams(Recipe(), num_members, **{
-        n: np.asarray(jax.device_get(getattr(hparams, n)))
-        for n in ("learning_rate", "weight_decay", "label_smoothing")})
 
 
 # --------------------------------------------------------------------------- transforms

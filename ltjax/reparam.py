@@ -158,4 +158,13 @@ def check(reparam: Reparam, abstract_params: PyTree) -> tuple[PyTree, PyTree]:
         if unknown:
             raise ValueError(f"reparam {reparam.name!r}: labels {unknown} have no group_decay "
                              "entry")
+    if reparam.trainable_masks is not None:
+        masks = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, bool), abstract_params)
+        on_trainable = jax.eval_shape(reparam.trainable_masks, masks, trainable)
+        fits = jax.tree.structure(on_trainable) == jax.tree.structure(trainable) and all(
+            m.shape == t.shape for m, t in zip(jax.tree.leaves(on_trainable),
+                                               jax.tree.leaves(trainable), strict=True))
+        if not fits:
+            raise ValueError(f"reparam {reparam.name!r}: trainable_masks(masks, trainable) must "
+                             "return masks with the trainable tree's structure and shapes")
     return trainable, frozen

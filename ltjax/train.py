@@ -205,8 +205,8 @@ def train_steps(
       num_steps: static number of steps.
       unroll: unroll the scan (conv nets on XLA:CPU; same numbers).
       hparams: this member's peak learning rate, weight decay and label
-        smoothing (scalars, may be traced); a field that is None, or
-        ``hparams=None``, takes the recipe's value.
+        smoothing (scalars, may be traced; ``label_smoothing=None`` means
+        none); ``hparams=None`` takes the recipe's values.
       reparam: the reparameterisation (default identity).
 
     Returns:
@@ -215,8 +215,10 @@ def train_steps(
     r = _reparam(reparam)
     peak = None if hparams is None else hparams.learning_rate
     decay = None if hparams is None else hparams.weight_decay
-    smoothing = recipe.label_smoothing if hparams is None or hparams.label_smoothing is None \
-        else hparams.label_smoothing
+    if hparams is None:
+        smoothing = recipe.label_smoothing
+    else:  # None: no member smooths (a static zero, the integer-label loss)
+        smoothing = 0.0 if hparams.label_smoothing is None else hparams.label_smoothing
     labels = r.labels(state.params) if r.labels is not None else None
     trainable_masks = None
     if masks is not None:
@@ -234,12 +236,8 @@ def train_steps(
         state = state.replace(params=masking.apply(state.params, trainable_masks))
 
     def loss_fn(trainable, batch_stats, x, y, key):
-        if r.is_identity:
-            params = trainable  # already masked (the invariant above)
-        else:
-            params = r.apply(trainable, state.frozen, key, train=True)
-            if masks is not None:
-                params = masking.apply(params, masks)
+        params = trainable if r.is_identity else model_params(  # identity: already masked
+            state.replace(params=trainable), masks, reparam=r, key=key, train=True)
         logits, new_stats = _forward(model, params, batch_stats, x, train=True)
         loss = cross_entropy(logits, y, label_smoothing=smoothing).mean()
         objective = loss if r.penalty is None else loss + r.penalty(trainable)

@@ -72,6 +72,17 @@ def stack(trees: list[PyTree]) -> PyTree:
     return jax.tree.map(lambda *xs: jax.numpy.stack(xs), *trees)
 
 
+def concat(trees: list[PyTree]) -> PyTree:
+    """Join stacked trees ``[S_i, ...]`` of equal structure along their leading axis.
+
+    Example:
+        >>> concat([imp_states, reinit_states])   # [S + S, ...]: the members of one program
+    """
+    if not trees:
+        raise ValueError("trees must be a non-empty list")
+    return jax.tree.map(lambda *xs: jax.numpy.concatenate(xs), *trees)
+
+
 def index(tree: PyTree, i: int) -> PyTree:
     """Leaf-wise ``x[i]``: replicate ``i`` of a stacked tree."""
     return jax.tree.map(lambda x: x[i], tree)

@@ -325,7 +325,8 @@ def test_members_equal_their_solo_runs(digits):
                                       noise_keys[r:r + 1], num_steps=8)
         chex.assert_trees_all_close(tree.index(grid.params, r), tree.index(solo.params, 0),
                                     rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match=r"hparams.learning_rate must have shape \(6,\)"):
+    with pytest.raises(ValueError, match=r"learning_rate must have one value per member, "
+                                         r"shape \(6,\)"):
         executor.train(grid, None, noise_keys, num_steps=1,
                        hparams=optim.member_hparams(recipe, 5))
     with pytest.raises(ValueError, match="learning_rate must be > 0"):
@@ -364,6 +365,11 @@ def test_reparam_that_does_not_fit_is_refused(digits):
         labels=lambda t: jax.tree.map(lambda _: "scores", t))
     with pytest.raises(ValueError, match=r"labels \['scores'\] have no group_decay"):
         executor_lib.Executor(model, digits, recipe, reparam=unlabelled)
+    misplaced = reparam_lib.Reparam(
+        name="masks", init=lambda p, k: (p, {}), apply=lambda t, f, k, *, train: t,
+        trainable_masks=lambda masks, t: {"Dense_0": masks["Dense_0"]})
+    with pytest.raises(ValueError, match=r"reparam 'masks': trainable_masks"):
+        executor_lib.Executor(model, digits, recipe, reparam=misplaced)
 
 
 # --------------------------------------------------------------------------- runtime
@@ -409,7 +415,7 @@ def test_losses_stay_on_device_between_chunks(digits, monkeypatch):
         for num_steps in (2, 7):
             calls.clear()
             _, losses = executor.train(state, None, noise_keys, num_steps=num_steps)
-            assert len(calls) == 3 and losses.shape == (2,)  # smoothing flag, start step, end
+            assert len(calls) == 1 and losses.shape == (2,)  # the losses, once per call
 
 
 def test_model_is_not_replaced(digits):

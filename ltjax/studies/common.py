@@ -261,3 +261,20 @@ def final_records(log: results.MetricsLog, tags: dict, step: int) -> list[dict]:
     """The segment's records (fields equal to ``tags``) at ``step``."""
     return [r for r in log.read()
             if r["step"] == step and all(r.get(k) == v for k, v in tags.items())]
+
+
+def stored_curve(records: list[dict], alphas: Any) -> tuple[np.ndarray, ...] | None:
+    """A path's ``(alphas, accuracy, loss)`` from its log records, if every alpha is there.
+
+    Float64 arrays sorted by alpha: the values a freshly evaluated curve has
+    once converted with ``np.asarray(..., np.float64)``, so a resumed run
+    builds the same table.
+
+    Example:
+        >>> stored_curve([r for r in log.read() if is_mine(r)], np.linspace(0, 1, 30))
+    """
+    wanted = {round(float(x), 6) for x in alphas}
+    if not records or not wanted <= {round(r["alpha"], 6) for r in records}:
+        return None
+    path = sorted(records, key=lambda r: r["alpha"])
+    return tuple(np.array([r[f] for r in path], np.float64) for f in ("alpha", "accuracy", "loss"))

@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ltjax import executor as executor_lib
-from ltjax import masking, models, plots, pruning, results, rewinding, rng
+from ltjax import masking, models, plots, pruning, results, rewinding, rng, tree
 from ltjax.studies import common
 
 CONTROLS = ("reinit", "random_layerwise", "random_global", "oneshot", "small_dense")
@@ -230,8 +230,8 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
                         dense_final.params, masks)
                 branches.append((control, rewound(state_k, cmasks), cmasks))
         names = [name for name, _, _ in branches]
-        members = executor.shard(_concat([b[1] for b in branches]))
-        member_masks = executor.shard(_concat([b[2] for b in branches]))
+        members = executor.shard(tree.concat([b[1] for b in branches]))
+        member_masks = executor.shard(tree.concat([b[2] for b in branches]))
         density = densities(masks)
         final = segment(
             executor, state=members, masks=member_masks,
@@ -244,7 +244,7 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
         if level == 0:
             dense_final = final
         if "small_dense" in controls and level > 0:
-            _run_small_dense(config, executor, dataset, recipe, segment, keys, masks,
+            _run_small_dense(config, executor, dataset, recipe, segment, keys, noise_keys, masks,
                              selection, ckpt_root / f"level_{level:02d}" / "small_dense",
                              {"level": level, "branch": "small_dense"},
                              f"level {level} small_dense")
@@ -265,13 +265,8 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
     return {"rows": [r for r in rows if r["replicate"] == "mean"]}
 
 
-def _concat(trees: list[Any]) -> Any:
-    """Stacked trees ``[S, ...]`` joined along the member axis."""
-    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *trees)
-
-
-def _run_small_dense(config, executor, dataset, recipe, segment, keys, masks, selection, cdir,
-                     ctags, desc) -> None:
+def _run_small_dense(config, executor, dataset, recipe, segment, keys, noise_keys, masks,
+                     selection, cdir, ctags, desc) -> None:
     """Train an MLP whose kernel count matches the level's kept weights, from scratch."""
     kept = int(np.asarray(jax.vmap(lambda m: masking.num_kept(m, selection))(masks))[0])
     total = masking.num_prunable(jax.tree.map(lambda x: x[0], masks), selection)
@@ -286,6 +281,6 @@ def _run_small_dense(config, executor, dataset, recipe, segment, keys, masks, se
     count = masking.num_prunable(jax.tree.map(lambda x: x[0], state.params),
                                  masking.prunable(jax.tree.map(lambda x: x[0], state.params)))
     num = int(keys.shape[0])
-    segment(small_executor, state=state, masks=None, noise_keys=rng.init_and_noise(keys)[1],
+    segment(small_executor, state=state, masks=None, noise_keys=noise_keys,
             ckpt_dir=cdir, tags=ctags,
             densities=np.full(num, count / total), desc=f"{desc} {widths}")

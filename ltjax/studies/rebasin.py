@@ -333,13 +333,9 @@ def _evaluate_path(executor, config, log, stored, tags, a, b, *, alphas, splits,
       log holds, so a resumed run builds the same table).
     """
     mine = [r for r in stored if all(r.get(k) == v for k, v in tags.items())]
-    done = {(r["split"], round(r["alpha"], 6)) for r in mine}
-    if all((s, round(float(x), 6)) in done for s in splits for x in alphas):
-        out = {}
-        for split in splits:
-            path = sorted((r for r in mine if r["split"] == split), key=lambda r: r["alpha"])
-            out[split] = tuple(np.array([r[f] for r in path], np.float64)
-                               for f in ("alpha", "accuracy", "loss"))
+    out = {split: common.stored_curve([r for r in mine if r["split"] == split], alphas)
+           for split in splits}
+    if all(curve is not None for curve in out.values()):
         return out
     log.keep_only(lambda r: not all(r.get(k) == v for k, v in tags.items()))
 

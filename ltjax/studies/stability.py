@@ -201,7 +201,6 @@ def _pair_rows(executor, final, *, k, num, copies, alphas, splits, log, config) 
     for r in log.read():
         if r.get("branch") == "path" and r.get("k") == k:
             stored.setdefault((r["replicate"], r["pair"], r["split"]), []).append(r)
-    wanted = {round(float(x), 6) for x in alphas}
     recompute = None
     if jax.tree.leaves(final.batch_stats) and config.get("recompute_batch_stats", True):
         def recompute(t):
@@ -216,11 +215,9 @@ def _pair_rows(executor, final, *, k, num, copies, alphas, splits, log, config) 
             pair = f"{i}-{j}"
             for split in splits:
                 found = stored.get((rep, pair, split), [])
-                if wanted <= {round(r["alpha"], 6) for r in found}:
-                    path = sorted(found, key=lambda r: r["alpha"])
-                    xs = np.array([r["alpha"] for r in path])
-                    accuracy = np.array([r["accuracy"] for r in path])
-                    loss = np.array([r["loss"] for r in path])
+                curve = common.stored_curve(found, alphas)
+                if curve is not None:
+                    xs, accuracy, loss = curve
                 else:
                     if found:  # a partial path of a killed run: evaluated again from scratch
                         log.keep_only(lambda r, rep=rep, pair=pair, split=split: not (
