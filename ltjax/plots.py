@@ -349,3 +349,43 @@ def plot_wise_ft(records: Sequence[dict], path: str | os.PathLike, *, title: str
     fig.suptitle(title)
     fig.tight_layout()
     _save(fig, path)
+
+
+_ABLATION_STYLES = {"none": "-", "shuffle": "--", "reinit": ":", "invert": "-."}
+
+
+def plot_prune_at_init(rows: Sequence[dict], path: str | os.PathLike, *,
+                       title: str = "") -> None:
+    """Test accuracy vs density per pruning method, one line style per ablation.
+
+    ``rows`` are the rows of a pruning-at-init ``results.csv`` (``method``,
+    ``density``, ``ablation``, ``replicate``, ``test_accuracy``); mean over
+    replicates. The dense net (method ``dense``) is a horizontal line. The
+    density axis is logarithmic, dense on the left.
+    """
+    per_replicate = [r for r in rows if isinstance(r["replicate"], int)]
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    methods = [m for m in dict.fromkeys(r["method"] for r in per_replicate) if m != "dense"]
+    colors = dict(zip(methods, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3,
+                      strict=False))
+    for method in methods:
+        for ablation, style in _ABLATION_STYLES.items():
+            mine = [r for r in per_replicate
+                    if r["method"] == method and r["ablation"] == ablation]
+            if not mine:
+                continue
+            xs, mean, _, _, _ = mean_and_spread(mine, x="density", y="test_accuracy")
+            ax.plot(100 * xs, 100 * mean, style, marker="o", ms=3, color=colors[method],
+                    label=method if ablation == "none" else f"{method} ({ablation})")
+    dense = [float(r["test_accuracy"]) for r in per_replicate if r["method"] == "dense"]
+    if dense:
+        ax.axhline(100 * np.mean(dense), color="k", lw=0.8, label="dense")
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("percent of prunable weights remaining")
+    ax.set_ylabel("final test accuracy (%)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(title)
+    fig.tight_layout()
+    _save(fig, path)

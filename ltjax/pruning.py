@@ -15,6 +15,8 @@ Frankle et al. 2020), checked against OpenLTH's ``sparse_global`` strategy:
 - :func:`random_prune_like`: random pruning that keeps each layer's count
   (``'layerwise'``, OpenLTH's ``randomly_prune`` branch) or only the total
   count (``'global'``), the controls of Frankle et al. 2021 / Ma et al. 2021.
+- :func:`inverted_scores`: negated scores, so pruning keeps the lowest (the
+  inversion ablation of Frankle et al. 2021).
 
 Differences from OpenLTH's ``sparse_global``, on purpose: it computes the
 threshold as ``sorted(|w|)[k]`` and keeps only ``|w| > threshold``, which
@@ -62,6 +64,24 @@ def random_scores(key: jax.Array, params: PyTree) -> PyTree:
     ])
 
 
+def inverted_scores(scores: PyTree) -> PyTree:
+    """Negated scores: pruning them keeps the *lowest* original scores.
+
+    The inversion ablation of Frankle, Dziugaite, Roy & Carbin 2021 ("Pruning
+    Neural Networks at Initialization: Why Are We Missing the Mark?", ICLR
+    2021). Their reference (ganguli-lab/Synaptic-Flow, ``Pruner.invert``)
+    computes ``v / v**2 = 1 / v`` instead, which reverses the ranking only
+    when all scores are positive: for signed scores such as GraSP's it keeps
+    the negative scores nearest zero, not the lowest. Negation is exact in
+    floating point, so equal scores stay equal (ties are still broken by
+    position), and ``-inf`` (a zero SynFlow log score) becomes the highest.
+
+    Example:
+        >>> inverted = prune_to_density(inverted_scores(scores), selection, density=0.1)
+    """
+    return jax.tree.map(jnp.negative, scores)
+
+
 def _check_fraction(fraction: float, name: str = "fraction") -> fractions.Fraction:
     if not (isinstance(fraction, (int, float)) and 0.0 <= fraction < 1.0):
         raise ValueError(f"{name} must be a number in [0, 1), got {fraction!r}")
@@ -74,8 +94,13 @@ def _ceil_fraction(count: jax.Array, rate: fractions.Fraction) -> jax.Array:
     return (count // q) * p + ((count % q) * p + q - 1) // q
 
 
+@jax.jit
 def _remove_lowest(scores: list, alive: list, num_remove: jax.Array) -> list:
-    """Remove the ``num_remove`` lowest-scoring alive entries of a group of leaves."""
+    """Remove the ``num_remove`` lowest-scoring alive entries of a group of leaves.
+
+    Jitted: called eagerly (one-shot pruning, SynFlow's rounds) it is one
+    compiled program per shape instead of a dozen eager ones.
+    """
     if not scores:
         return []
     flat_scores = jnp.concatenate([s.reshape(-1).astype(jnp.float32) for s in scores])

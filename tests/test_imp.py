@@ -114,3 +114,56 @@ def test_small_dense_widths_match_target():
     count = 784 * widths[0] + widths[0] * widths[1] + widths[1] * 10
     assert abs(count - 53240) / 53240 < 0.01
     np.testing.assert_allclose(widths[0] / widths[1], 3.0, rtol=0.1)
+
+
+def test_learning_rate_sweep_members_classes_and_weight_correlation(tmp_path):
+    from ltjax import sanity
+
+    base = dict(levels=1, controls=("reinit", "small_dense"))
+    imp.run_imp(_config(**base), tmp_path / "plain", progress=False)
+    config = _config(**base, ticket_learning_rates=(1.2e-2, 1.2e-3))
+    imp.run_imp(config, tmp_path / "sweep", progress=False)
+    rows = [r for r in results.read_csv(tmp_path / "sweep" / "results.csv")
+            if r["replicate"] not in ("mean", "std")]
+    plain = [r for r in results.read_csv(tmp_path / "plain" / "results.csv")
+             if r["replicate"] not in ("mean", "std")]
+    groups = {(r["level"], r["branch"], r["learning_rate"]) for r in rows}
+    assert groups == {("0", "imp", "0.0012"), ("0", "imp", "0.012"), ("1", "imp", "0.0012"),
+                      ("1", "imp", "0.012"), ("1", "reinit", "0.0012"), ("1", "reinit", "0.012"),
+                      ("1", "small_dense", "")}
+    # The recipe's learning-rate members are the plain run's members (masks from them).
+    for r in plain:
+        twin = [s for s in rows if (s["level"], s["branch"], s["replicate"]) ==
+                (r["level"], r["branch"], r["replicate"])
+                and s["learning_rate"] in ("0.0012", "")]
+        assert len(twin) == 1
+        assert float(twin[0]["density"]) == float(r["density"])
+        assert float(twin[0]["test_loss"]) == pytest.approx(float(r["test_loss"]), rel=1e-4)
+    for r in rows:
+        if r["branch"] != "small_dense":
+            assert 0.0 < float(r["weight_correlation"]) <= 1.0
+    # Training moves weights less at the smaller learning rate (Liu et al. 2021's finding).
+    dense = {lr: np.mean([float(r["weight_correlation"]) for r in rows if r["level"] == "0"
+                          and r["learning_rate"] == lr]) for lr in ("0.0012", "0.012")}
+    assert dense["0.0012"] > dense["0.012"]
+
+    # The verdict is Ma et al.'s classification of exactly these accuracies.
+    def acc(level, branch, lr):
+        return np.array([float(r["test_accuracy"]) for r in rows if (
+            r["level"], r["branch"], r["learning_rate"]) == (level, branch, lr)])
+
+    sweep = {float(lr): {"dense": acc("0", "imp", lr), "ticket": acc("1", "imp", lr),
+                         "reinit": acc("1", "reinit", lr)} for lr in ("0.0012", "0.012")}
+    density = float(next(r["density"] for r in rows if r["level"] == "1"))
+    expected = sanity.classify_ticket(sweep, small_dense=acc("1", "small_dense", ""),
+                                      sparsity=1 - density)
+    (verdict,) = results.read_csv(tmp_path / "sweep" / "ticket_classes.csv")
+    assert verdict["label"] == expected.label
+    assert {k: verdict[k] == "True" for k in sanity.CONDITIONS} == expected.conditions
+
+    with pytest.raises(ValueError, match="must include the recipe"):
+        imp.run_imp(_config(**base, ticket_learning_rates=(0.1,)), tmp_path / "a",
+                    progress=False)
+    with pytest.raises(ValueError, match="small_dense"):
+        imp.run_imp(_config(levels=1, controls=("reinit",), ticket_learning_rates=(1.2e-3,)),
+                    tmp_path / "b", progress=False)

@@ -30,6 +30,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     ))
     config.controls = ("reinit",)
     config.max_checkpoints = 1
+    # Ma et al. 2021's sanity check: train every member at each of these learning rates
+    # (must include recipe.learning_rate; needs the reinit and small_dense controls) and
+    # write ticket_classes.csv. Empty: no sweep.
+    config.ticket_learning_rates = ()
+    config.ticket_similar = 0.005
+    config.correlation_p = 0.1  # weight correlation R_p (Liu et al. 2021) in results.csv
     if arg == "quick":
         config.training_steps = "300it"
         config.eval_every = "100it"

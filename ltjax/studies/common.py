@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -98,13 +99,20 @@ def build_executor(config: Any, model: Any, dataset: data.Dataset,
     )
 
 
-def setup(config: Any, workdir: str | pathlib.Path) -> tuple[
+def setup(config: Any, workdir: str | pathlib.Path, *,
+          check: Callable[[data.Dataset], None] | None = None) -> tuple[
         pathlib.Path, data.Dataset, optim.Recipe, executor_lib.Executor]:
-    """A study's start: the checked workdir, the dataset, the recipe and the executor."""
-    workdir = prepare_workdir(workdir, config)
+    """A study's start: the checked workdir, the dataset, the recipe and the executor.
+
+    The dataset, recipe and executor are built (and ``check(dataset)`` run)
+    before the workdir is written, so a config that fails leaves no workdir.
+    """
     dataset = build_dataset(config)
     recipe = build_recipe(config, dataset)
+    if check is not None:
+        check(dataset)
     executor = build_executor(config, build_model(config, dataset), dataset, recipe)
+    workdir = prepare_workdir(workdir, config)
     return workdir, dataset, recipe, executor
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
+import jax
 import numpy as np
 
-from ltjax import plots, results, rng
+from ltjax import masking, plots, results, rng, sanity
 from ltjax.studies import common
 
 
@@ -35,8 +36,10 @@ def run_train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
 
     Writes into ``workdir``: ``config.json``, ``metrics.jsonl`` (one record per
     replicate, split and eval step), ``results.csv`` (final metrics per
-    replicate plus mean and std rows), ``plots/learning_curve.png`` and
-    ``checkpoints/``.
+    replicate plus mean and std rows; ``weight_correlation`` is
+    :func:`ltjax.sanity.weight_correlation` ``R_p`` between the replicate's
+    init and trained weights, ``p = config.correlation_p``, default 0.1),
+    ``plots/learning_curve.png`` and ``checkpoints/``.
 
     Args:
       config: a ConfigDict as in ``experiments/configs/lenet_digits.py``.
@@ -55,8 +58,9 @@ def run_train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
     init_keys, noise_keys = rng.init_and_noise(rng.replicate_keys(config.seed, num))
     log = results.MetricsLog(workdir / "metrics.jsonl")
     tags = {"level": 0, "branch": "dense"}
-    common.train_segment(
-        executor, state=executor.init(init_keys), masks=None, noise_keys=noise_keys, end=total,
+    start = executor.init(init_keys)
+    final_state = common.train_segment(
+        executor, state=start, masks=None, noise_keys=noise_keys, end=total,
         eval_every=max(1, common.steps(config.eval_every, per_epoch)),
         checkpoint_every=max(1, common.steps(config.checkpoint_every, per_epoch)),
         ckpt_dir=workdir / "checkpoints", log=log, tags=tags, splits=splits,
@@ -69,12 +73,17 @@ def run_train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
             final[r["split"]]["accuracy"][r["replicate"]] = r["accuracy"]
             final[r["split"]]["loss"][r["replicate"]] = r["loss"]
 
+    selection = masking.prunable(executor.abstract_state.params)
+    correlation_p = config.get("correlation_p", 0.1)
+    correlation = np.asarray(jax.jit(jax.vmap(lambda a, b: sanity.weight_correlation(
+        a, b, selection, p=correlation_p)))(start.params, final_state.params))
     rows = []
     for r in range(num):
         row = {"replicate": r, "step": total}
         for split in splits:
             row[f"{split}_accuracy"] = final[split]["accuracy"][r]
             row[f"{split}_loss"] = final[split]["loss"][r]
+        row["weight_correlation"] = float(correlation[r])
         rows.append(row)
     for name, fn in (("mean", np.mean), ("std", np.std)):
         rows.append({"replicate": name, "step": total, **{

@@ -34,6 +34,23 @@ randomness comes from named streams of it (``reinit``, ``random_prune``,
 of a branch gives the same numbers whatever trains beside it, to ~1e-6
 relative: XLA picks kernels by batch shape).
 
+Sanity checks (Ma et al. 2021; Liu et al. 2021):
+
+- ``config.ticket_learning_rates`` (e.g. ``(1.2e-4, 1.2e-3, 1.2e-2)``, must
+  include the recipe's): every member of every level (the dense net at level
+  0, the ticket and its controls after) trains at each of these learning
+  rates, as members of the level's program with their own peak learning
+  rate; the masks come from the recipe's learning rate. ``results.csv`` gets
+  a ``learning_rate`` column and ``ticket_classes.csv`` the verdict per
+  level of :func:`ltjax.sanity.classify_ticket` (jackpot / secondary prize /
+  none, from the final test accuracies; ``config.ticket_similar`` is the
+  paper's "similar" margin, 0.005). Needs the ``reinit`` and ``small_dense``
+  controls (``small_dense`` trains at the recipe's learning rate only).
+- ``weight_correlation`` in ``results.csv``:
+  :func:`ltjax.sanity.weight_correlation` ``R_p`` between each member's start
+  weights (theta_k under its mask) and its trained weights, among its kept
+  weights, ``p = config.correlation_p`` (default 0.1).
+
 Example (Colab):
     >>> from experiments.configs import imp_lenet_digits
     >>> summary = run_imp(imp_lenet_digits.get_config("quick"), "/tmp/imp")
@@ -50,7 +67,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ltjax import executor as executor_lib
-from ltjax import masking, models, plots, pruning, results, rewinding, rng, tree
+from ltjax import masking, models, optim, plots, pruning, results, rewinding, rng, sanity, tree
 from ltjax.studies import common
 
 CONTROLS = ("reinit", "random_layerwise", "random_global", "oneshot", "small_dense")
@@ -95,34 +112,99 @@ def _early_stop(records: list[dict]) -> dict:
     }
 
 
-def _summary_rows(log: results.MetricsLog, num: int, end: int) -> list[dict]:
-    """One row per (level, branch, replicate) plus mean/std rows per (level, branch)."""
+def _summary_rows(log: results.MetricsLog, num: int, end: int,
+                  correlations: dict | None = None) -> list[dict]:
+    """One row per (level, branch[, learning rate], replicate) plus mean/std rows per group.
+
+    ``correlations`` maps ``(level, branch, learning_rate, replicate)`` to the
+    member's weight correlation (start vs trained weights); ``learning_rate``
+    is None without a sweep, and the column only appears with a sweep.
+    """
+    correlations = correlations or {}
     records = [r for r in log.read() if r.get("branch") not in (None, "pretrain")]
-    keys = sorted({(r["level"], r["branch"]) for r in records},
-                  key=lambda lb: (lb[0], (("imp",) + CONTROLS).index(lb[1])))
+    order = ("imp",) + CONTROLS
+    keys = sorted({(r["level"], r["branch"], r.get("learning_rate")) for r in records},
+                  key=lambda k: (k[0], order.index(k[1]), k[2] or 0.0))
     rows = []
-    for level, branch in keys:
+    for level, branch, lr in keys:
         group = []
         for rep in range(num):
-            mine = [r for r in records
-                    if (r["level"], r["branch"], r["replicate"]) == (level, branch, rep)]
+            mine = [r for r in records if (r["level"], r["branch"], r.get("learning_rate"),
+                                           r["replicate"]) == (level, branch, lr, rep)]
             final = {r["split"]: r for r in mine if r["step"] == end}
             if "test" not in final:
                 continue
-            row = {"level": level, "branch": branch, "replicate": rep,
-                   "density": final["test"]["density"],
-                   "test_accuracy": final["test"]["accuracy"], "test_loss": final["test"]["loss"]}
+            row = {"level": level, "branch": branch}
+            if lr is not None:
+                row["learning_rate"] = lr
+            row.update({"replicate": rep, "density": final["test"]["density"],
+                        "test_accuracy": final["test"]["accuracy"],
+                        "test_loss": final["test"]["loss"]})
             if "validation" in final:
                 row["validation_accuracy"] = final["validation"]["accuracy"]
             row.update(_early_stop(mine))
+            if (level, branch, lr, rep) in correlations:
+                row["weight_correlation"] = correlations[level, branch, lr, rep]
             group.append(row)
         rows += group
         for name, fn in (("mean", np.mean), ("std", np.std)):
             if group:
-                rows.append({"level": level, "branch": branch, "replicate": name, **{
-                    k: fn([g[k] for g in group]) for k in group[0]
-                    if k not in ("level", "branch", "replicate")}})
+                fields = [k for k in group[0] if k not in ("level", "branch", "replicate",
+                                                           "learning_rate")]
+                rows.append({**{k: group[0][k] for k in ("level", "branch", "learning_rate")
+                                if k in group[0]}, "replicate": name,
+                             **{k: fn([g[k] for g in group if k in g]) for k in fields}})
     return rows
+
+
+def _ticket_classes(rows: list[dict], num: int, *, similar: float) -> list[dict]:
+    """Ma et al. 2021's verdict per level from the sweep's per-replicate test accuracies."""
+    def accuracies(level: int, branch: str, lr: float) -> np.ndarray:
+        return np.array([r["test_accuracy"] for r in rows if isinstance(r["replicate"], int)
+                         and (r["level"], r["branch"], r.get("learning_rate"))
+                         == (level, branch, lr)])
+
+    lrs = sorted({r["learning_rate"] for r in rows if "learning_rate" in r})
+    out = []
+    for level in sorted({r["level"] for r in rows if r["level"] > 0}):
+        small = [r["test_accuracy"] for r in rows if isinstance(r["replicate"], int)
+                 and (r["level"], r["branch"]) == (level, "small_dense")]
+        sweep = {lr: {"dense": accuracies(0, "imp", lr), "ticket": accuracies(level, "imp", lr),
+                      "reinit": accuracies(level, "reinit", lr)} for lr in lrs}
+        if not small or any(len(v) != num for e in sweep.values() for v in e.values()):
+            continue  # an unfinished level
+        density = float(np.mean([r["density"] for r in rows if isinstance(r["replicate"], int)
+                                 and (r["level"], r["branch"]) == (level, "imp")]))
+        verdict = sanity.classify_ticket(sweep, small_dense=np.array(small),
+                                         sparsity=1.0 - density, similar=similar)
+        out.append({"level": level, "density": density, "label": verdict.label,
+                    **verdict.conditions,
+                    **{f"why_{k}": v for k, v in verdict.reasons.items()}})
+    return out
+
+
+def _check_sweep(config: Any, controls: tuple[str, ...]) -> tuple[float, ...] | None:
+    """The ticket learning-rate sweep (sorted floats), or None; checked before any work."""
+    lrs = config.get("ticket_learning_rates") or ()
+    if isinstance(lrs, str):
+        lrs = [v for v in lrs.split(",") if v.strip()]
+    try:
+        lrs = tuple(sorted({float(v) for v in lrs}))
+    except (TypeError, ValueError):
+        raise ValueError(f"config.ticket_learning_rates must be numbers, got "
+                         f"{config.ticket_learning_rates!r}") from None
+    if not lrs:
+        return None
+    if any(v <= 0 for v in lrs):
+        raise ValueError(f"config.ticket_learning_rates must be > 0, got {lrs}")
+    if float(config.recipe.learning_rate) not in lrs:
+        raise ValueError(f"config.ticket_learning_rates {lrs} must include the recipe's "
+                         f"learning_rate {config.recipe.learning_rate} (it finds the masks)")
+    missing = [c for c in ("reinit", "small_dense") if c not in controls]
+    if missing:
+        raise ValueError(f"config.ticket_learning_rates needs the controls {missing} "
+                         "(Ma et al. 2021's conditions compare the ticket with both)")
+    return lrs
 
 
 def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
@@ -151,6 +233,10 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
     controls = common.names_of(config.controls, field="controls", allowed=CONTROLS)
     if config.levels < 0:
         raise ValueError(f"levels must be >= 0, got {config.levels}")
+    sweep = _check_sweep(config, controls)
+    correlation_p = config.get("correlation_p", 0.1)
+    if not (isinstance(correlation_p, (int, float)) and 0.0 < correlation_p <= 1.0):
+        raise ValueError(f"config.correlation_p must be a number in (0, 1], got {correlation_p!r}")
     workdir, dataset, recipe, executor = common.setup(config, workdir)
     per_epoch = executor.steps_per_epoch
     end = common.steps(config.training_steps, per_epoch)
@@ -197,6 +283,12 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
             masking.apply(state_k.params, masks))
         return executor.shard(rewinding.rewind_state(state_k, masks, fresh_opt_state=opt))
 
+    @jax.jit
+    def correlation(start, trained, masks):
+        return jax.vmap(lambda a, b, m: sanity.weight_correlation(
+            a, b, selection, p=correlation_p, masks=m))(start, trained, masks)
+
+    correlations: dict = {}
     state = executor.init(init_keys)
     masks = executor.shard(masking.ones_like(state.params))
     if rewind_step > 0:
@@ -230,17 +322,25 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
                         dense_final.params, masks)
                 branches.append((control, rewound(state_k, cmasks), cmasks))
         names = [name for name, _, _ in branches]
-        members = executor.shard(tree.concat([b[1] for b in branches]))
-        member_masks = executor.shard(tree.concat([b[2] for b in branches]))
+        lrs = sweep or (None,)
+        member_tags = [{"branch": n, **({} if lr is None else {"learning_rate": lr}),
+                        "replicate": r} for n in names for lr in lrs for r in range(num)]
+        members = executor.shard(tree.concat([b[1] for b in branches for _ in lrs]))
+        member_masks = executor.shard(tree.concat([b[2] for b in branches for _ in lrs]))
+        hparams = None if sweep is None else optim.member_hparams(
+            recipe, len(member_tags), learning_rate=[t["learning_rate"] for t in member_tags])
         density = densities(masks)
-        final = segment(
+        final_all = segment(
             executor, state=members, masks=member_masks,
-            noise_keys=jnp.concatenate([noise_keys] * len(branches)),
+            noise_keys=jnp.concatenate([noise_keys] * len(branches) * len(lrs)),
             ckpt_dir=ckpt_root / f"level_{level:02d}", tags={"level": level},
-            member_tags=[{"branch": n, "replicate": r} for n in names for r in range(num)],
-            densities=densities(member_masks),
+            member_tags=member_tags, densities=densities(member_masks), hparams=hparams,
             desc=f"level {level} ({100 * density[0]:.1f}%): {', '.join(names)}")
-        final = executor.shard(jax.tree.map(lambda x: x[:num], final))  # the IMP members
+        corr = np.asarray(correlation(members.params, final_all.params, member_masks))
+        correlations.update({(level, t["branch"], t.get("learning_rate"), t["replicate"]):
+                             float(corr[m]) for m, t in enumerate(member_tags)})
+        first = 0 if sweep is None else sweep.index(float(recipe.learning_rate)) * num
+        final = executor.shard(jax.tree.map(lambda x, i=first: x[i:i + num], final_all))
         if level == 0:
             dense_final = final
         if "small_dense" in controls and level > 0:
@@ -250,8 +350,11 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
                              f"level {level} small_dense")
         previous = final
 
-    rows = _summary_rows(log, num, end)
+    rows = _summary_rows(log, num, end, correlations)
     results.write_csv(workdir / "results.csv", rows)
+    if sweep is not None:
+        results.write_csv(workdir / "ticket_classes.csv", _ticket_classes(
+            rows, num, similar=config.get("ticket_similar", sanity.SIMILAR_DROP["cifar10"])))
     records = log.read()
     plots.plot_accuracy_vs_density(
         rows, workdir / "plots" / "accuracy_vs_density.png",

@@ -1,0 +1,26 @@
+"""Pruning at initialisation (magnitude, SNIP, GraSP, SynFlow, random, one-shot ticket) and
+the ablations of Frankle et al. 2021 (shuffle, reinit, invert), S replicates at once.
+
+    python -m experiments.prune_at_init \
+        --config=experiments/configs/prune_at_init_lenet_mnist.py --workdir=runs/pai
+    python -m experiments.prune_at_init \
+        --config=experiments/configs/prune_at_init_lenet_digits.py:quick --workdir=runs/pai_q
+
+Re-running the same command on the same workdir resumes from the newest checkpoint.
+"""
+
+import experiments
+from ltjax.studies import prune_at_init
+
+
+def report(summary: dict) -> None:
+    """Print the mean test accuracy per density, method and ablation."""
+    print("{:>9} {:>10} {:>8} {:>10} {:>10}".format(
+        "density %", "method", "ablation", "kept %", "test acc %"))
+    for row in summary["rows"]:
+        print(f"{100 * row['density']:9.2f} {row['method']:>10} {row['ablation']:>8} "
+              f"{100 * row['kept_density']:10.2f} {100 * row['test_accuracy']:10.2f}")
+
+
+if __name__ == "__main__":
+    experiments.run_main(prune_at_init.run_prune_at_init, report)

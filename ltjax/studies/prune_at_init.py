@@ -1,0 +1,337 @@
+"""Pruning at initialisation and its ablations, S replicates, every mask a member of one program.
+
+Frankle, Dziugaite, Roy & Carbin 2021 ("Pruning Neural Networks at
+Initialization: Why Are We Missing the Mark?", ICLR 2021) ask whether the
+masks found at initialisation carry more than their per-layer densities. For
+each method, density and ablation, replicate r's mask is computed from its
+initialisation theta_0 and the masked net is trained from theta_0:
+
+============== ==============================================================
+``magnitude``  ``|theta_0|`` (magnitude at init)
+``snip``       ``|theta_0 * dL/dtheta|`` on ``score_examples`` training examples
+``grasp``      ``theta_0 * Hg`` (logits / ``grasp_temperature``), prunable ``g``
+``synflow``    iterative SynFlow, ``synflow_rounds`` rounds, data-free
+``random``     uniform random scores, global (each layer about ``density``)
+``oneshot``    magnitude of the dense net trained to the end, reset to theta_0
+               (the one-shot ticket of Frankle et al. 2021, "magnitude after
+               training")
+``imp``        the IMP ticket of ``imp_workdir`` at the level nearest each density
+============== ==============================================================
+
+All scores are taken in eval mode, in global scope (``config.scope``), with
+exact counts and deterministic ties (:func:`ltjax.pruning.prune_to_density`;
+the reference's ``kthvalue`` with ``<=`` prunes every tied weight). The
+ablations (``config.ablations``):
+
+============ ==================================================================
+``none``     the mask as pruned, theta_0
+``shuffle``  the mask shuffled within each layer (same per-layer counts), theta_0
+``reinit``   the mask with a new initialisation (named stream ``reinit``)
+``invert``   the lowest scores kept (score negation; magnitude, SNIP, GraSP)
+============ ==================================================================
+
+``random`` has only ``none``; ``invert`` is defined for the score-at-init
+methods except SynFlow (whose iterative rounds rescore the kept net: the
+paper's inversion of SynFlow is not an ordering of one score). The scoring
+batch of replicate r is ``score_examples`` training examples drawn by its
+named stream ``score_batch`` (the reference draws a random, not class-balanced,
+subset of ``10 * classes`` examples).
+
+Every member of replicate r reads replicate r's data order (its ``noise``
+key), so the methods differ only in their masks and initial weights. All
+members of one density grid are one program (``config.densities`` x methods x
+ablations x replicates), one checkpoint folder; the dense run that the
+one-shot ticket prunes is its own program.
+
+Example (Colab):
+    >>> from experiments.configs import prune_at_init_lenet_digits
+    >>> summary = run_prune_at_init(prune_at_init_lenet_digits.get_config("quick"), "/tmp/pai")
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ltjax import data, masking, plots, pruning, results, rng, saliency, train, tree
+from ltjax.studies import common, stability
+
+METHODS = ("magnitude", "snip", "grasp", "synflow", "random", "oneshot", "imp")
+ABLATIONS = ("none", "shuffle", "reinit", "invert")
+_INVERTIBLE = ("magnitude", "snip", "grasp")
+
+
+def ablations_of(method: str, ablations: tuple[str, ...]) -> tuple[str, ...]:
+    """The ablations of ``ablations`` that are defined for ``method`` (see the module docstring).
+
+    Example:
+        >>> ablations_of("random", ("none", "shuffle"))
+        ('none',)
+    """
+    if method == "random":
+        return tuple(a for a in ablations if a == "none")
+    return tuple(a for a in ablations if a != "invert" or method in _INVERTIBLE)
+
+
+def _check_config(config: Any) -> tuple[tuple[str, ...], tuple[str, ...], tuple[float, ...]]:
+    methods = common.names_of(config.methods, field="methods", allowed=METHODS)
+    ablations = common.names_of(config.ablations, field="ablations", allowed=ABLATIONS)
+    if not methods:
+        raise ValueError("config.methods must name at least one method")
+    if "none" not in ablations:
+        raise ValueError(f"config.ablations must include 'none', got {ablations}")
+    densities = tuple(float(d) for d in (config.densities or ()))
+    if not densities or any(not 0.0 < d <= 1.0 for d in densities):
+        raise ValueError(f"config.densities must be numbers in (0, 1], got {config.densities!r}")
+    if len(set(densities)) != len(densities):
+        raise ValueError(f"config.densities has duplicates: {densities}")
+    if not isinstance(config.score_examples, int) or config.score_examples < 1:
+        raise ValueError(f"config.score_examples must be an int >= 1, got "
+                         f"{config.score_examples!r}")
+    if (not isinstance(config.synflow_rounds, int) or isinstance(config.synflow_rounds, bool)
+            or config.synflow_rounds < 1):
+        raise ValueError(f"config.synflow_rounds must be an int >= 1, got "
+                         f"{config.synflow_rounds!r}")
+    if not config.grasp_temperature > 0:
+        raise ValueError(f"config.grasp_temperature must be > 0, got {config.grasp_temperature}")
+    if config.scope not in pruning.SCOPES:
+        raise ValueError(f"config.scope must be one of {pruning.SCOPES}, got {config.scope!r}")
+    if ("imp" in methods) != bool(config.get("imp_workdir")):
+        raise ValueError("method 'imp' needs config.imp_workdir (an IMP run of the same seed, "
+                         "model and dataset), and imp_workdir needs method 'imp'")
+    return methods, ablations, densities
+
+
+def _loss(model: Any, params: Any, batch_stats: Any, x: jax.Array, y: jax.Array,
+          temperature: float) -> jax.Array:
+    """Mean cross-entropy of the eval-mode logits divided by ``temperature``."""
+    logits = train.logits(model, params, batch_stats, x, train=False)
+    return jnp.mean(train.cross_entropy(logits / temperature, y))
+
+
+def _imp_level_masks(config: Any, densities: tuple[float, ...], like_masks: Any,
+                     selection: Any) -> dict[float, tuple[Any, float]]:
+    """Per target density: the IMP level's masks ``[S]`` nearest to it, and their density."""
+    stability.check_imp_compatible(config, config.imp_workdir)
+    root = pathlib.Path(config.imp_workdir) / "checkpoints"
+    levels = sorted(int(p.name.split("_")[1]) for p in root.glob("level_*"))
+    found = []
+    for level in levels:
+        try:
+            masks = stability.load_imp_masks(config.imp_workdir, level, like_masks)
+        except ValueError:
+            continue  # an unfinished level
+        found.append((float(masking.density(jax.tree.map(lambda x: x[0], masks), selection)),
+                      masks))
+    if not found:
+        raise ValueError(f"imp_workdir={config.imp_workdir!r} has no finished IMP level")
+    out = {}
+    for d in densities:
+        density, masks = min(found, key=lambda f: abs(np.log(f[0]) - np.log(d)))
+        out[d] = (masks, density)
+    return out
+
+
+def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
+                      progress: bool = True) -> dict:
+    """Prune at initialisation by every method, ablate the masks, train them; resumable.
+
+    Writes into ``workdir``: ``config.json``, ``metrics.jsonl``,
+    ``results.csv`` (per method, density, ablation and replicate: the final
+    test accuracy and loss and the mask's actual density; mean and std rows;
+    the dense net as method ``dense``), ``layer_densities.csv`` (per method,
+    density, ablation, replicate and prunable layer), ``plots/prune_at_init.png``
+    and ``checkpoints/`` (``dense/`` and ``pruned/``).
+
+    Args:
+      config: a ConfigDict as in ``experiments/configs/prune_at_init_lenet_mnist.py``.
+      workdir: the output folder.
+      progress: show progress bars.
+
+    Returns:
+      ``{'rows': [...]}``: the mean rows of ``results.csv``.
+
+    Raises:
+      ValueError: unknown methods or ablations, densities outside (0, 1],
+        ``score_examples`` or ``synflow_rounds`` below 1, method ``imp``
+        without a compatible ``imp_workdir`` (all before any work).
+    """
+    methods, ablations, densities = _check_config(config)
+
+    def check(dataset) -> None:
+        if config.score_examples > len(dataset.train):
+            raise ValueError(f"config.score_examples={config.score_examples} is more than the "
+                             f"{len(dataset.train)} training examples")
+
+    workdir, dataset, _, executor = common.setup(config, workdir, check=check)
+    per_epoch = executor.steps_per_epoch
+    end = common.steps(config.training_steps, per_epoch)
+    num = config.num_replicates
+    keys = rng.replicate_keys(config.seed, num)
+    init_keys, noise_keys = rng.init_and_noise(keys)
+    selection = masking.prunable(executor.abstract_state.params)
+    model = executor.model
+    log = results.MetricsLog(workdir / "metrics.jsonl")
+    segment = functools.partial(
+        common.train_segment, end=end,
+        eval_every=max(1, common.steps(config.eval_every, per_epoch)),
+        checkpoint_every=max(1, common.steps(config.checkpoint_every, per_epoch)),
+        log=log, splits=["test"], progress=progress,
+        max_checkpoints=config.get("max_checkpoints", 1))
+    imp_masks = (_imp_level_masks(config, densities, masking.ones_like(
+        executor.abstract_state.params), selection) if "imp" in methods else {})
+
+    state0 = executor.init(init_keys)
+    params0 = state0.params
+    batch_stats0 = state0.batch_stats
+    rows: list[dict] = []
+
+    # The dense net: the one-shot ticket's source, and the reference accuracy.
+    dense = segment(executor, state=state0, masks=None, noise_keys=noise_keys,
+                    ckpt_dir=workdir / "checkpoints" / "dense",
+                    tags={"method": "dense", "density": 1.0, "ablation": "none"},
+                    densities=np.ones(num), desc=f"dense x{num}")
+    dense_eval = executor.evaluate(dense, "test")
+    rows += [{"method": "dense", "density": 1.0, "ablation": "none", "replicate": r,
+              "kept_density": 1.0, "test_accuracy": float(dense_eval["accuracy"][r]),
+              "test_loss": float(dense_eval["loss"][r])} for r in range(num)]
+
+    # Scores at initialisation, per replicate (eval mode).
+    batch_index = np.asarray(jax.vmap(lambda k: jax.random.choice(
+        k, len(dataset.train), (config.score_examples,), replace=False))(
+            rng.stream(keys, "score_batch")))
+    score_x, score_y = dataset.train.x[batch_index], dataset.train.y[batch_index]
+
+    @jax.jit
+    def scores_at_init(params, batch_stats, x, y):
+        def one(p, b, xb, yb):
+            xb = data.normalize(xb, dataset.mean, dataset.std)
+            snip = saliency.snip_scores(lambda q: _loss(model, q, b, xb, yb, 1.0), p)
+            grasp = saliency.grasp_scores(
+                lambda q: _loss(model, q, b, xb, yb, config.grasp_temperature), p,
+                prunable=selection)
+            return {"magnitude": pruning.magnitude_scores(p), "snip": snip, "grasp": grasp}
+        return jax.vmap(one)(params, batch_stats, x, y)
+
+    scores = scores_at_init(params0, batch_stats0, score_x, score_y)
+    scores["oneshot"] = jax.vmap(pruning.magnitude_scores)(dense.params)
+
+    @functools.partial(jax.jit, static_argnames=("density",))
+    def prune_all(stacked_scores, density):
+        return jax.vmap(lambda s: pruning.prune_to_density(
+            s, selection, density=density, scope=config.scope))(stacked_scores)
+
+    @jax.jit
+    def shuffled(key, masks):
+        return jax.vmap(lambda k, m: pruning.random_prune_like(k, m, selection,
+                                                               scope="layerwise"))(key, masks)
+
+    ones = jnp.ones((1, *dataset.input_shape), jnp.float32)
+    synflow_forward = [_synflow_forward(model, jax.tree.map(lambda x, r=r: jnp.abs(x[r]),
+                                                            batch_stats0), ones)
+                       for r in range(num)]
+
+    def base_masks(method: str, d_index: int, density: float) -> tuple[Any, float | None]:
+        """Replicate-stacked masks of one method at one density (and an IMP level's density)."""
+        if method in ("magnitude", "snip", "grasp", "oneshot"):
+            return prune_all(scores[method], density), None
+        if method == "random":
+            level_keys = jax.vmap(lambda k: jax.random.fold_in(k, d_index))(
+                rng.stream(keys, "random_prune"))
+            return prune_all(jax.vmap(pruning.random_scores)(level_keys, params0), density), None
+        if method == "synflow":
+            return tree.stack([
+                saliency.synflow_prune(synflow_forward[r], jax.tree.map(lambda x, r=r: x[r],
+                                                                        params0),
+                                       selection, density=density, rounds=config.synflow_rounds,
+                                       scope=config.scope)
+                for r in range(num)]), None
+        masks, imp_density = imp_masks[density]
+        return jax.tree.map(jnp.asarray, masks), imp_density
+
+    # Every (density, method, ablation) x replicate is a member: masks and start params.
+    member_tags, member_masks, member_sources = [], [], []
+    reinit_params = executor.init(rng.stream(keys, "reinit")).params
+    layer_rows = []
+    for d_index, density in enumerate(densities):
+        for method in methods:
+            masks, imp_density = base_masks(method, d_index, density)
+            for ablation in ablations_of(method, ablations):
+                if ablation == "shuffle":
+                    salt = 1000 * METHODS.index(method) + d_index
+                    amasks = shuffled(jax.vmap(lambda k, s=salt: jax.random.fold_in(k, s))(
+                        rng.stream(keys, "shuffle")), masks)
+                elif ablation == "invert":
+                    amasks = prune_all(pruning.inverted_scores(scores[method]), density)
+                else:
+                    amasks = masks
+                member_masks.append(amasks)
+                member_sources.append("reinit" if ablation == "reinit" else "init")
+                member_tags += [{"method": method, "density": density, "ablation": ablation,
+                                 "replicate": r} for r in range(num)]
+                layer_rows += _layer_densities(amasks, selection, method, density, ablation)
+    del imp_density
+
+    stacked_masks = executor.shard(tree.concat(member_masks))
+    start = tree.concat([params0 if s == "init" else reinit_params for s in member_sources])
+    start = masking.apply(start, stacked_masks)
+    replicate_of = np.array([t["replicate"] for t in member_tags])
+    members = state0.replace(
+        step=jnp.zeros(len(member_tags), jnp.int32), params=start,
+        batch_stats=jax.tree.map(lambda x: x[replicate_of], batch_stats0),
+        opt_state=executor.fresh_opt_state(start))
+    kept = np.asarray(jax.vmap(lambda m: masking.density(m, selection))(stacked_masks))
+    final = segment(executor, state=executor.shard(members), masks=stacked_masks,
+                    noise_keys=noise_keys[replicate_of], ckpt_dir=workdir / "checkpoints" /
+                    "pruned", tags={}, member_tags=member_tags, densities=kept,
+                    desc=f"{len(member_tags)} pruned members")
+    metrics = executor.evaluate(final, "test", stacked_masks)
+    rows += [{**tag, "kept_density": float(kept[m]),
+              "test_accuracy": float(metrics["accuracy"][m]),
+              "test_loss": float(metrics["loss"][m])} for m, tag in enumerate(member_tags)]
+    rows = _with_means(rows)
+    results.write_csv(workdir / "results.csv", rows)
+    results.write_csv(workdir / "layer_densities.csv", layer_rows)
+    plots.plot_prune_at_init(
+        rows, workdir / "plots" / "prune_at_init.png",
+        title=f"Pruning at init, {config.model} on {config.dataset}: {num} replicates")
+    return {"rows": [r for r in rows if r["replicate"] == "mean"]}
+
+
+def _synflow_forward(model: Any, abs_batch_stats: Any, ones: jax.Array):
+    """``params -> logits`` on an all-ones input in eval mode, BN statistics abs'ed (reference)."""
+    def forward(params):
+        stats = jax.tree.map(lambda s, p=params: s.astype(jax.tree.leaves(p)[0].dtype),
+                             abs_batch_stats)
+        return train.logits(model, params, stats, ones.astype(jax.tree.leaves(params)[0].dtype),
+                            train=False)
+    return forward
+
+
+def _layer_densities(masks: Any, selection: Any, method: str, density: float,
+                     ablation: str) -> list[dict]:
+    names = [n for n, s in zip(tree.names(selection), jax.tree.leaves(selection), strict=True)
+             if s]
+    leaves = [np.asarray(m) for m, s in zip(jax.tree.leaves(masks), jax.tree.leaves(selection),
+                                            strict=True) if s]
+    return [{"method": method, "density": density, "ablation": ablation, "replicate": r,
+             "layer": name, "layer_density": float(leaf[r].mean())}
+            for r in range(leaves[0].shape[0]) for name, leaf in zip(names, leaves, strict=True)]
+
+
+def _with_means(rows: list[dict]) -> list[dict]:
+    """Rows plus mean and std rows per (method, density, ablation)."""
+    out = list(rows)
+    groups = list(dict.fromkeys((r["method"], r["density"], r["ablation"]) for r in rows))
+    for group in groups:
+        mine = [r for r in rows if (r["method"], r["density"], r["ablation"]) == group]
+        for name, fn in (("mean", np.mean), ("std", np.std)):
+            out.append({"method": group[0], "density": group[1], "ablation": group[2],
+                        "replicate": name, **{k: float(fn([r[k] for r in mine])) for k in
+                                              ("kept_density", "test_accuracy", "test_loss")}})
+    return out

@@ -1,0 +1,153 @@
+"""The pruning-at-init study: members, masks against NumPy oracles, ablations, resume, bad input."""
+
+import jax
+import numpy as np
+import pytest
+
+from experiments.configs import prune_at_init_lenet_digits
+from ltjax import checkpoint, masking, results, rng, tree
+from ltjax.studies import common, prune_at_init
+
+
+def _config(**overrides):
+    config = prune_at_init_lenet_digits.get_config("quick")
+    config.model = "mlp"
+    config.model_kwargs = {"widths": (32, 16)}
+    config.training_steps = "2ep"
+    config.eval_every = "1ep"
+    config.checkpoint_every = "1ep"
+    config.densities = (0.25,)
+    config.synflow_rounds = 3
+    config.score_examples = 50
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    config = _config()
+    workdir = tmp_path_factory.mktemp("pai")
+    summary = prune_at_init.run_prune_at_init(config, workdir, progress=False)
+    return config, workdir, summary
+
+
+def _member_masks(workdir, like_params, num_members):
+    with checkpoint.Checkpointer(workdir / "checkpoints" / "pruned") as ckpt:
+        like = jax.tree.map(lambda x: np.ones((num_members, *x.shape), bool), like_params)
+        _, masks, meta = ckpt.restore(ckpt.steps()[-1], like_state=None, like_masks=like)
+    return masks, meta["members"]
+
+
+def _top_k(scores_by_layer, keep):
+    """NumPy oracle: global top-``keep`` (ties by position, later kept), as flat index sets."""
+    flat = np.concatenate([s.ravel() for s in scores_by_layer])
+    order = np.lexsort((np.arange(flat.size), flat))  # ascending score, then position
+    kept = np.zeros(flat.size, bool)
+    kept[order[flat.size - keep:]] = True
+    return kept
+
+
+def test_members_masks_and_ablations_match_oracles(study):
+    config, workdir, summary = study
+    rows = results.read_csv(workdir / "results.csv")
+    per_rep = [r for r in rows if r["replicate"] not in ("mean", "std")]
+    expected = {(m, a) for m in config.methods
+                for a in prune_at_init.ablations_of(m, config.ablations)}
+    assert {(r["method"], r["ablation"]) for r in per_rep if r["method"] != "dense"} == expected
+    assert ("random", "shuffle") not in expected and ("synflow", "invert") not in expected
+
+    _, dataset, recipe, executor = common.setup(config, workdir)
+    keys = rng.replicate_keys(config.seed, config.num_replicates)
+    params0 = executor.init(rng.init_and_noise(keys)[0]).params
+    selection = masking.prunable(jax.tree.map(lambda x: x[0], params0))
+    total = masking.num_prunable(jax.tree.map(lambda x: x[0], params0), selection)
+    keep = round(0.25 * total)
+    for r in per_rep:
+        if r["method"] != "dense":  # exact counts
+            assert float(r["kept_density"]) == pytest.approx(keep / total, abs=1e-7)
+
+    masks, members = _member_masks(workdir, jax.tree.map(lambda x: x[0], params0),
+                                   len(per_rep) - config.num_replicates)
+    index = {(m["method"], m["ablation"], m["replicate"]): i for i, m in enumerate(members)}
+    prunable_leaves = [i for i, s in enumerate(jax.tree.leaves(selection)) if s]
+
+    def flat(tree_, member):
+        leaves = jax.tree.leaves(tree_)
+        return np.concatenate([np.asarray(leaves[i][member]).ravel() for i in prunable_leaves])
+
+    def layer_counts(member):
+        leaves = jax.tree.leaves(masks)
+        return [int(np.asarray(leaves[i][member]).sum()) for i in prunable_leaves]
+
+    for rep in range(config.num_replicates):
+        magnitude = np.abs(flat(params0, rep))
+        np.testing.assert_array_equal(flat(masks, index["magnitude", "none", rep]),
+                                      _top_k([magnitude], keep))
+        np.testing.assert_array_equal(flat(masks, index["magnitude", "invert", rep]),
+                                      _top_k([-magnitude], keep))
+        for method in ("magnitude", "snip", "grasp", "synflow", "oneshot"):
+            base = layer_counts(index[method, "none", rep])
+            assert layer_counts(index[method, "shuffle", rep]) == base, method
+            np.testing.assert_array_equal(flat(masks, index[method, "reinit", rep]),
+                                          flat(masks, index[method, "none", rep]))
+            assert not np.array_equal(flat(masks, index[method, "shuffle", rep]),
+                                      flat(masks, index[method, "none", rep]))
+
+    # The one-shot ticket: magnitude of the trained dense net (its checkpoint), kept at theta_0.
+    with checkpoint.Checkpointer(workdir / "checkpoints" / "dense") as ckpt:
+        dense, _, _ = ckpt.restore(ckpt.steps()[-1], like_state=executor.init(
+            rng.init_and_noise(keys)[0]))
+    for rep in range(config.num_replicates):
+        np.testing.assert_array_equal(flat(masks, index["oneshot", "none", rep]),
+                                      _top_k([np.abs(flat(dense.params, rep))], keep))
+
+    layers = results.read_csv(workdir / "layer_densities.csv")
+    assert {r["layer"] for r in layers} == {n for n, s in zip(
+        tree.names(selection), jax.tree.leaves(selection), strict=True) if s}
+    assert (workdir / "plots" / "prune_at_init.png").exists()
+    assert {r["method"] for r in summary["rows"]} == set(config.methods) | {"dense"}
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_killed_run_resumes_to_identical_results(study, tmp_path, monkeypatch):
+    config, straight, _ = study
+    from ltjax import executor as executor_lib
+
+    original = executor_lib.Executor.train
+    calls = []
+
+    def dies(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:  # the pruned members' second epoch (the first is checkpointed)
+            raise _Killed
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(executor_lib.Executor, "train", dies)
+    with pytest.raises(_Killed):
+        prune_at_init.run_prune_at_init(config, tmp_path, progress=False)
+    monkeypatch.setattr(executor_lib.Executor, "train", original)
+    prune_at_init.run_prune_at_init(config, tmp_path, progress=False)
+    for name in ("results.csv", "layer_densities.csv"):
+        assert (tmp_path / name).read_text() == (straight / name).read_text(), name
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"methods": ("snip", "obd")}, "config.methods"),
+    ({"ablations": ("shuffle",)}, "include 'none'"),
+    ({"densities": (0.1, 0.0)}, "config.densities"),
+    ({"densities": (1.5,)}, "config.densities"),
+    ({"synflow_rounds": 0}, "config.synflow_rounds"),
+    ({"score_examples": 0}, "config.score_examples"),
+    ({"score_examples": 10**6}, "config.score_examples"),
+    ({"methods": ("imp",)}, "imp_workdir"),
+    ({"scope": "blockwise"}, "config.scope"),
+])
+def test_bad_config_is_refused_before_any_work(tmp_path, overrides, match):
+    workdir = tmp_path / "run"
+    with pytest.raises(ValueError, match=match):
+        prune_at_init.run_prune_at_init(_config(**overrides), workdir, progress=False)
+    assert not workdir.exists()
