@@ -13,13 +13,16 @@ from ltjax.studies import imp
 
 def report(summary: dict) -> None:
     """Print the study's summary table."""
-    header = ("level", "branch", "density %", "test acc %", "early-stop acc %")
-    print("{:>5} {:>17} {:>9} {:>10} {:>16}".format(*header))
+    header = ("level", "branch", "lr", "density %", "test acc %", "early-stop acc %", "R_p")
+    print("{:>5} {:>17} {:>9} {:>9} {:>10} {:>16} {:>6}".format(*header))
     for row in summary["rows"]:
         early = row.get("early_stop_test_accuracy")
         early = f"{100 * early:16.2f}" if early is not None else f"{'-':>16}"
-        print(f"{row['level']:>5} {row['branch']:>17} {100 * row['density']:9.2f} "
-              f"{100 * row['test_accuracy']:10.2f} {early}")
+        lr = f"{row['learning_rate']:9.3g}" if "learning_rate" in row else f"{'-':>9}"
+        corr = row.get("weight_correlation")
+        corr = f"{corr:6.3f}" if corr is not None else f"{'-':>6}"
+        print(f"{row['level']:>5} {row['branch']:>17} {lr} {100 * row['density']:9.2f} "
+              f"{100 * row['test_accuracy']:10.2f} {early} {corr}")
 
 
 if __name__ == "__main__":

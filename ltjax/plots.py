@@ -351,41 +351,48 @@ def plot_wise_ft(records: Sequence[dict], path: str | os.PathLike, *, title: str
     _save(fig, path)
 
 
-_ABLATION_STYLES = {"none": "-", "shuffle": "--", "reinit": ":", "invert": "-."}
-
-
 def plot_prune_at_init(rows: Sequence[dict], path: str | os.PathLike, *,
                        title: str = "") -> None:
-    """Test accuracy vs density per pruning method, one line style per ablation.
+    """Test accuracy vs density, one panel per ablation, one line per pruning method.
 
     ``rows`` are the rows of a pruning-at-init ``results.csv`` (``method``,
     ``density``, ``ablation``, ``replicate``, ``test_accuracy``); mean over
-    replicates. The dense net (method ``dense``) is a horizontal line. The
-    density axis is logarithmic, dense on the left.
+    replicates with a +-1 std band. Each panel repeats the unablated masks
+    (thin grey lines) for comparison; the dense net (method ``dense``) is a
+    horizontal line. The density axis is logarithmic, dense on the left.
     """
     per_replicate = [r for r in rows if isinstance(r["replicate"], int)]
-    fig, ax = plt.subplots(figsize=(8, 5.5))
     methods = [m for m in dict.fromkeys(r["method"] for r in per_replicate) if m != "dense"]
+    ablations = list(dict.fromkeys(r["ablation"] for r in per_replicate if r["method"] != "dense"))
     colors = dict(zip(methods, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3,
                       strict=False))
-    for method in methods:
-        for ablation, style in _ABLATION_STYLES.items():
-            mine = [r for r in per_replicate
-                    if r["method"] == method and r["ablation"] == ablation]
-            if not mine:
-                continue
-            xs, mean, _, _, _ = mean_and_spread(mine, x="density", y="test_accuracy")
-            ax.plot(100 * xs, 100 * mean, style, marker="o", ms=3, color=colors[method],
-                    label=method if ablation == "none" else f"{method} ({ablation})")
     dense = [float(r["test_accuracy"]) for r in per_replicate if r["method"] == "dense"]
-    if dense:
-        ax.axhline(100 * np.mean(dense), color="k", lw=0.8, label="dense")
-    ax.set_xscale("log")
-    ax.invert_xaxis()
-    ax.set_xlabel("percent of prunable weights remaining")
-    ax.set_ylabel("final test accuracy (%)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, ncol=2)
-    ax.set_title(title)
+    fig, axes = plt.subplots(1, len(ablations), figsize=(4.5 * len(ablations), 4.5),
+                             squeeze=False)
+    for ax, ablation in zip(axes[0], ablations, strict=True):
+        for method in methods:
+            for abl, style in ((ablation, "-"), ("none", ":")):
+                mine = [r for r in per_replicate
+                        if r["method"] == method and r["ablation"] == abl]
+                if not mine or (abl == "none" and ablation == "none" and style == ":"):
+                    continue
+                xs, mean, std, _, _ = mean_and_spread(mine, x="density", y="test_accuracy")
+                if style == "-":
+                    ax.plot(100 * xs, 100 * mean, "-", marker="o", ms=3, color=colors[method],
+                            label=method)
+                    ax.fill_between(100 * xs, 100 * (mean - std), 100 * (mean + std),
+                                    alpha=0.15, color=colors[method])
+                else:
+                    ax.plot(100 * xs, 100 * mean, ":", lw=0.8, color=colors[method])
+        if dense:
+            ax.axhline(100 * np.mean(dense), color="k", lw=0.8, label="dense")
+        ax.set_xscale("log")
+        ax.invert_xaxis()
+        ax.set_xlabel("percent of prunable weights remaining")
+        ax.set_ylabel("final test accuracy (%)")
+        ax.set_title("as pruned" if ablation == "none" else ablation)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.suptitle(title + " (dotted: as pruned)")
     fig.tight_layout()
     _save(fig, path)

@@ -151,3 +151,54 @@ def test_bad_config_is_refused_before_any_work(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):
         prune_at_init.run_prune_at_init(_config(**overrides), workdir, progress=False)
     assert not workdir.exists()
+
+
+def test_imp_tickets_come_from_the_imp_workdir_level_nearest_each_density(study, tmp_path):
+    from experiments.configs import imp_lenet_digits
+    from ltjax.studies import imp
+
+    config, _, _ = study
+    imp_config = imp_lenet_digits.get_config("quick")
+    for key in ("model", "model_kwargs", "validation_size", "seed", "num_replicates"):
+        setattr(imp_config, key, config[key])
+    imp_config.controls = ()
+    imp_config.training_steps = imp_config.eval_every = imp_config.checkpoint_every = "1ep"
+    imp.run_imp(imp_config, tmp_path / "imp", progress=False)
+    imp_rows = [r for r in results.read_csv(tmp_path / "imp" / "results.csv")
+                if r["replicate"] == "0"]
+    level_density = {int(r["level"]): float(r["density"]) for r in imp_rows}
+
+    pai = _config(methods=("imp",), ablations=("none", "reinit"), densities=(0.8, 0.5),
+                  imp_workdir=str(tmp_path / "imp"))
+    prune_at_init.run_prune_at_init(pai, tmp_path / "pai", progress=False)
+    rows = [r for r in results.read_csv(tmp_path / "pai" / "results.csv")
+            if r["method"] == "imp" and r["replicate"] not in ("mean", "std")]
+    for r in rows:  # 0.8 -> level 1 (80 %), 0.5 -> level 2 (64 %, nearer in log scale)
+        level = 1 if float(r["density"]) == 0.8 else 2
+        assert float(r["kept_density"]) == pytest.approx(level_density[level], abs=1e-7)
+
+    like = jax.tree.map(lambda x: np.ones((2, *x.shape), bool), _member_params(pai))
+    with checkpoint.Checkpointer(tmp_path / "imp" / "checkpoints" / "level_02") as ckpt:
+        _, imp_masks, _ = ckpt.restore(ckpt.steps()[-1], like_state=None, like_masks=like)
+    masks, members = _member_masks(tmp_path / "pai", _member_params(pai), len(members_of(pai)))
+    for m, tag in enumerate(members):
+        if tag["density"] == 0.5:
+            for a, b in zip(jax.tree.leaves(masks), jax.tree.leaves(imp_masks), strict=True):
+                np.testing.assert_array_equal(np.asarray(a[m]), np.asarray(b[tag["replicate"]]))
+
+    other = _config(methods=("imp",), imp_workdir=str(tmp_path / "imp"), seed=5)
+    with pytest.raises(ValueError, match="differs in"):
+        prune_at_init.run_prune_at_init(other, tmp_path / "other", progress=False)
+
+
+def _member_params(config):
+    dataset = common.build_dataset(config)
+    executor = common.build_executor(config, common.build_model(config, dataset), dataset,
+                                     common.build_recipe(config, dataset))
+    return executor.abstract_params
+
+
+def members_of(config):
+    return [(m, a, r) for _ in config.densities for m in config.methods
+            for a in prune_at_init.ablations_of(m, config.ablations)
+            for r in range(config.num_replicates)]

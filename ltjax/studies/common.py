@@ -186,7 +186,8 @@ def train_segment(
       noise_keys: ``noise`` keys ``[S]``.
       end: the step to train to.
       eval_every: eval interval in steps.
-      checkpoint_every: checkpoint interval in steps (the end is always saved).
+      checkpoint_every: checkpoint interval in steps (training calls stop there too, so a
+        kill loses at most this many steps; the end is always saved).
       ckpt_dir: this segment's checkpoint folder.
       log: the workdir's metrics log.
       tags: fields that identify this segment's records (e.g. level, branch).
@@ -250,19 +251,37 @@ def train_segment(
             evaluate(start, None)
         bar = tqdm.tqdm(total=end - start, initial=step - start, disable=not progress,
                         unit="step", desc=desc, leave=False)
+        # Training losses since the last eval: (mean loss [S], steps) per train call; a
+        # checkpoint between evals stores them, so a resumed run logs the same means.
+        pending = [] if found is None else [(np.asarray(m, np.float64), n)
+                                            for m, n in saved.get("pending_losses", [])]
         while step < end:
-            target = min(end, (step // eval_every + 1) * eval_every)
+            target = min(end, (step // eval_every + 1) * eval_every,
+                         (step // checkpoint_every + 1) * checkpoint_every)
             state, train_loss = executor.train(state, masks, noise_keys, num_steps=target - step,
                                                hparams=hparams)
+            pending.append((train_loss, target - step))
             bar.update(target - step)
             step = target
-            evaluate(step, train_loss)
+            if step % eval_every == 0 or step == end:
+                evaluate(step, _mean_loss(pending))
+                pending = []
             if step % checkpoint_every == 0 or step == end:
-                ckpt.save(step, state=state, masks=masks, meta=meta(step))
+                ckpt.save(step, state=state, masks=masks, meta={
+                    **meta(step), "pending_losses": [([float(v) for v in m], n)
+                                                     for m, n in pending]})
         bar.close()
         if start == end and found is None:
             ckpt.save(step, state=state, masks=masks, meta=meta(step))
     return state
+
+
+def _mean_loss(pending: list[tuple[np.ndarray, int]]) -> np.ndarray:
+    """The step-weighted mean of per-call mean losses (one call: its mean, unchanged)."""
+    if len(pending) == 1:
+        return pending[0][0]
+    total = sum(n for _, n in pending)
+    return sum(np.asarray(m, np.float64) * n for m, n in pending) / total
 
 
 def final_records(log: results.MetricsLog, tags: dict, step: int) -> list[dict]:

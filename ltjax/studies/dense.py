@@ -67,11 +67,11 @@ def run_train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
         densities=np.ones(num), progress=progress, desc=f"train {config.model} x{num}",
         max_checkpoints=config.get("max_checkpoints", 2),
     )
-    final = {split: {"accuracy": [None] * num, "loss": [None] * num} for split in splits}
-    for r in common.final_records(log, tags, total):
-        if r["split"] in final:
-            final[r["split"]]["accuracy"][r["replicate"]] = r["accuracy"]
-            final[r["split"]]["loss"][r["replicate"]] = r["loss"]
+    final = {}  # from the final state's arrays (the log is output only)
+    for split in splits:
+        metrics = executor.evaluate(final_state, split)
+        final[split] = {k: [float(v) for v in np.asarray(metrics[k])]
+                        for k in ("accuracy", "loss")}
 
     selection = masking.prunable(executor.abstract_state.params)
     correlation_p = config.get("correlation_p", 0.1)

@@ -45,7 +45,9 @@ Sanity checks (Ma et al. 2021; Liu et al. 2021):
   level of :func:`ltjax.sanity.classify_ticket` (jackpot / secondary prize /
   none, from the final test accuracies; ``config.ticket_similar`` is the
   paper's "similar" margin, 0.005). Needs the ``reinit`` and ``small_dense``
-  controls (``small_dense`` trains at the recipe's learning rate only).
+  controls (``small_dense`` trains at the recipe's learning rate only) unless
+  ``levels=0``: then it is a dense learning-rate comparison (e.g. Liu et
+  al.'s weight correlation at SGD 0.01 vs 0.1).
 - ``weight_correlation`` in ``results.csv``:
   :func:`ltjax.sanity.weight_correlation` ``R_p`` between each member's start
   weights (theta_k under its mask) and its trained weights, among its kept
@@ -186,8 +188,9 @@ def _ticket_classes(rows: list[dict], num: int, *, similar: float) -> list[dict]
 def _check_sweep(config: Any, controls: tuple[str, ...]) -> tuple[float, ...] | None:
     """The ticket learning-rate sweep (sorted floats), or None; checked before any work."""
     lrs = config.get("ticket_learning_rates") or ()
-    if isinstance(lrs, str):
-        lrs = [v for v in lrs.split(",") if v.strip()]
+    lrs = [lrs] if isinstance(lrs, str) else list(lrs)  # '0.01,0.1' or ('0.01,0.1',) from flags
+    lrs = [v for item in lrs for v in (item.split(",") if isinstance(item, str) else [item])
+           if not isinstance(v, str) or v.strip()]
     try:
         lrs = tuple(sorted({float(v) for v in lrs}))
     except (TypeError, ValueError):
@@ -201,7 +204,7 @@ def _check_sweep(config: Any, controls: tuple[str, ...]) -> tuple[float, ...] | 
         raise ValueError(f"config.ticket_learning_rates {lrs} must include the recipe's "
                          f"learning_rate {config.recipe.learning_rate} (it finds the masks)")
     missing = [c for c in ("reinit", "small_dense") if c not in controls]
-    if missing:
+    if missing and config.levels > 0:
         raise ValueError(f"config.ticket_learning_rates needs the controls {missing} "
                          "(Ma et al. 2021's conditions compare the ticket with both)")
     return lrs
@@ -352,7 +355,7 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
 
     rows = _summary_rows(log, num, end, correlations)
     results.write_csv(workdir / "results.csv", rows)
-    if sweep is not None:
+    if sweep is not None and config.levels > 0:
         results.write_csv(workdir / "ticket_classes.csv", _ticket_classes(
             rows, num, similar=config.get("ticket_similar", sanity.SIMILAR_DROP["cifar10"])))
     records = log.read()

@@ -124,8 +124,10 @@ def _imp_level_masks(config: Any, densities: tuple[float, ...], like_masks: Any,
     for level in levels:
         try:
             masks = stability.load_imp_masks(config.imp_workdir, level, like_masks)
-        except ValueError:
-            continue  # an unfinished level
+        except ValueError as err:
+            if "no checkpoint" in str(err):
+                continue  # an unfinished level
+            raise
         found.append((float(masking.density(jax.tree.map(lambda x: x[0], masks), selection)),
                       masks))
     if not found:
@@ -183,8 +185,9 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
         checkpoint_every=max(1, common.steps(config.checkpoint_every, per_epoch)),
         log=log, splits=["test"], progress=progress,
         max_checkpoints=config.get("max_checkpoints", 1))
-    imp_masks = (_imp_level_masks(config, densities, masking.ones_like(
-        executor.abstract_state.params), selection) if "imp" in methods else {})
+    imp_masks = (_imp_level_masks(config, densities, jax.tree.map(
+        lambda x: jnp.ones((num, *x.shape), bool), executor.abstract_state.params), selection)
+        if "imp" in methods else {})
 
     state0 = executor.init(init_keys)
     params0 = state0.params
@@ -278,7 +281,8 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
     del imp_density
 
     stacked_masks = executor.shard(tree.concat(member_masks))
-    start = tree.concat([params0 if s == "init" else reinit_params for s in member_sources])
+    start = executor.shard(tree.concat([params0 if s == "init" else reinit_params
+                                        for s in member_sources]))
     start = masking.apply(start, stacked_masks)
     replicate_of = np.array([t["replicate"] for t in member_tags])
     members = state0.replace(
