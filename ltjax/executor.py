@@ -50,6 +50,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -308,11 +309,13 @@ class Executor:
         else:
             mean_loss = np.zeros(num, np.float64)
         if padded != num:
-            state = self.shard(jax.tree.map(lambda x: x[:num], state))
+            state = self.shard(_first(state, num))
         return state, mean_loss
 
     def _all_true(self, num: int) -> PyTree:
-        return jax.tree.map(lambda p: jnp.ones((num, *p.shape), bool), self.abstract_params)
+        fn = self._program(("all_true", num), lambda: jax.jit(lambda: jax.tree.map(
+            lambda p: jnp.ones((num, *p.shape), bool), self.abstract_params)))
+        return fn()
 
     def _build_train(self, num_members: int, num_steps: int) -> Callable:
         mesh = self.mesh(num_members)
@@ -388,7 +391,7 @@ class Executor:
         fn = self._program(("eval", padded, split, output),
                            lambda: self._build_eval(padded, split, output))
         out = fn(params, batch_stats)
-        return jax.tree.map(lambda v: v[:num], out)
+        return _first(out, num)
 
     def _build_eval(self, num_members: int, split: str, output: str) -> Callable:
         """Per-member :func:`ltjax.train.evaluate` (``'metrics'``) or ``predict`` (``'logits'``)."""
@@ -445,11 +448,25 @@ class Executor:
 
 
 def _pad(stacked: PyTree, num: int, padded: int) -> PyTree:
-    """Leaves ``[num, ...]`` -> ``[padded, ...]`` by repeating the last member."""
+    """Leaves ``[num, ...]`` -> ``[padded, ...]`` by repeating the last member.
+
+    One jitted program per tree (eager, each leaf shape compiled its own gather).
+    """
     if padded == num:
         return stacked
     index = np.concatenate([np.arange(num), np.full(padded - num, num - 1)])
+    return _gather(stacked, index)
+
+
+@jax.jit
+def _gather(stacked: PyTree, index: jax.Array) -> PyTree:
     return jax.tree.map(lambda x: x[index], stacked)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _first(stacked: PyTree, num: int) -> PyTree:
+    """The first ``num`` members of every leaf (one program per tree, not per leaf)."""
+    return jax.tree.map(lambda x: x[:num], stacked)
 
 
 def _num_members(stacked: PyTree) -> int:

@@ -396,3 +396,33 @@ def plot_prune_at_init(rows: Sequence[dict], path: str | os.PathLike, *,
     fig.suptitle(title + " (dotted: as pruned)")
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_str(rows: Sequence[dict], path: str | os.PathLike, *, title: str = "") -> None:
+    """STR's test accuracy vs learned sparsity, one line per ``s_init`` over the weight decays.
+
+    ``rows`` are the rows of an STR ``results.csv``; mean over replicates. The
+    one-shot magnitude baseline at matched sparsities is drawn as crosses and the
+    dense net as a horizontal line.
+    """
+    means = [r for r in rows if r["replicate"] == "mean"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for s_init in dict.fromkeys(r["s_init"] for r in means if r["method"] == "str"):
+        mine = sorted((r for r in means if r["method"] == "str" and r["s_init"] == s_init),
+                      key=lambda r: r["sparsity"])
+        ax.plot([100 * r["sparsity"] for r in mine], [100 * r["test_accuracy"] for r in mine],
+                "-o", ms=4, label=f"STR, s_init={s_init:g}")
+    oneshot = [r for r in means if r["method"] == "oneshot"]
+    if oneshot:
+        ax.plot([100 * r["sparsity"] for r in oneshot], [100 * r["test_accuracy"] for r in oneshot],
+                "x", color="k", label="one-shot magnitude + retrain")
+    dense = [r for r in means if r["method"] == "dense"]
+    if dense:
+        ax.axhline(100 * dense[0]["test_accuracy"], color="k", lw=0.8, label="dense")
+    ax.set_xlabel("sparsity (% of prunable weights exactly zero)")
+    ax.set_ylabel("final test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    _save(fig, path)

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -324,3 +325,61 @@ def learned_sparsity(trainable: PyTree, prunable: PyTree, *, masks: PyTree | Non
     """
     ticket = sparse_masks(trainable, prunable, masks=masks)
     return 1.0 - float(masking.density(ticket, prunable))
+
+
+def calibrate_weight_decay(
+    sparsities_at: Callable[[np.ndarray], np.ndarray], target: float, *, low: float,
+    high: float, points: int = 4, rounds: int = 3,
+) -> tuple[float, list[tuple[float, float]]]:
+    """The weight decay whose STR run reaches ``target`` sparsity, by bracketed grid search.
+
+    STR's sparsity rises with the threshold's weight decay (Kusupati et al. 2020,
+    Sec. 4; users of the reference ask for this search). Each round evaluates
+    ``points`` log-spaced decays in the current bracket *at once* (as the
+    members of one program: ``sparsities_at`` receives an array of decays and
+    returns their sparsities), keeps the two neighbours around ``target`` and
+    refines; a bisection in log space with ``points`` probes per round.
+    Assumes sparsity is non-decreasing in the decay.
+
+    Args:
+      sparsities_at: ``decays [K] -> sparsities [K]`` (e.g. trains K members).
+      target: the sparsity wanted, in (0, 1).
+      low: the smallest decay of the bracket (> 0).
+      high: the largest (> low).
+      points: decays per round (>= 2).
+      rounds: rounds (>= 1).
+
+    Returns:
+      ``(decay, history)``: the evaluated decay whose sparsity is nearest
+      ``target`` (in log-sparsity-gap), and every ``(decay, sparsity)`` evaluated.
+
+    Raises:
+      ValueError: bad arguments (naming them), or ``sparsities_at`` returning
+        the wrong shape.
+
+    Example:
+        >>> decay, history = calibrate_weight_decay(
+        ...     lambda wds: train_str_members(weight_decay=wds), 0.9, low=1e-5, high=1e-2)
+    """
+    if not 0.0 < target < 1.0:
+        raise ValueError(f"target must be a sparsity in (0, 1), got {target!r}")
+    if not 0.0 < low < high:
+        raise ValueError(f"low and high must satisfy 0 < low < high, got {low!r}, {high!r}")
+    if isinstance(points, bool) or not isinstance(points, int) or points < 2:
+        raise ValueError(f"points must be an int >= 2, got {points!r}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
+    history: list[tuple[float, float]] = []
+    lo, hi = float(low), float(high)
+    for _ in range(rounds):
+        decays = np.geomspace(lo, hi, points)
+        sparsities = np.asarray(sparsities_at(decays), np.float64)
+        if sparsities.shape != decays.shape:
+            raise ValueError(f"sparsities_at must return one sparsity per decay, shape "
+                             f"{decays.shape}; got {sparsities.shape}")
+        history += list(zip(decays.tolist(), sparsities.tolist(), strict=True))
+        above = np.nonzero(sparsities >= target)[0]
+        i = int(above[0]) if above.size else points - 1  # first decay reaching the target
+        lo, hi = float(decays[max(i - 1, 0)]), float(decays[max(i, 1)])
+    best = min(history, key=lambda h: (abs(h[1] - target), h[0]))
+    return best[0], history

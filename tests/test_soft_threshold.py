@@ -15,6 +15,7 @@ from ltjax import masking, models, optim, tree
 from ltjax import reparam as reparam_lib
 from ltjax.soft_threshold import (
     THRESHOLD_LABEL,
+    calibrate_weight_decay,
     learned_densities,
     learned_sparsity,
     soft_threshold,
@@ -305,3 +306,23 @@ def test_bad_input_raises_naming_the_argument():
         soft_threshold(jnp.ones((2, 2)), jnp.zeros(2))
     with pytest.raises(ValueError, match="trainable"):
         sparse_weights(params, prunable)
+
+
+def test_calibrate_weight_decay_finds_a_planted_decay():
+    # A planted monotone response: sparsity = 1 - exp(-wd / 1e-3); 0.9 at wd = 2.3026e-3.
+    calls = []
+
+    def sparsities_at(wds):
+        calls.append(len(wds))
+        return 1.0 - np.exp(-np.asarray(wds) / 1e-3)
+
+    decay, history = calibrate_weight_decay(
+        sparsities_at, 0.9, low=1e-5, high=1e-1, points=5, rounds=6)
+    assert calls == [5] * 6 and len(history) == 30
+    assert decay == pytest.approx(1e-3 * np.log(10.0), rel=0.02)
+    with pytest.raises(ValueError, match="target"):
+        calibrate_weight_decay(sparsities_at, 1.0, low=1e-5, high=1e-1)
+    with pytest.raises(ValueError, match="low and high"):
+        calibrate_weight_decay(sparsities_at, 0.5, low=1e-1, high=1e-5)
+    with pytest.raises(ValueError, match="one sparsity per decay"):
+        calibrate_weight_decay(lambda w: [0.5], 0.5, low=1e-5, high=1e-1)

@@ -374,8 +374,10 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
 def _run_small_dense(config, executor, dataset, recipe, segment, keys, noise_keys, masks,
                      selection, cdir, ctags, desc) -> None:
     """Train an MLP whose kernel count matches the level's kept weights, from scratch."""
-    kept = int(np.asarray(jax.vmap(lambda m: masking.num_kept(m, selection))(masks))[0])
-    total = masking.num_prunable(jax.tree.map(lambda x: x[0], masks), selection)
+    first = jax.tree.map(lambda x: np.asarray(x[0]), jax.device_get(masks))  # host: no compiles
+    kept = sum(int(np.sum(m)) for m, s in zip(jax.tree.leaves(first), jax.tree.leaves(selection),
+                                              strict=True) if s)
+    total = masking.num_prunable(first, selection)
     widths = small_dense_widths(tuple(executor.model.widths),
                                 input_size=int(np.prod(dataset.input_shape)),
                                 num_classes=dataset.num_classes, target=kept)
@@ -384,8 +386,8 @@ def _run_small_dense(config, executor, dataset, recipe, segment, keys, noise_key
                                     steps_per_call=executor.steps_per_call,
                                     eval_batch_size=executor.eval_batch_size)
     state = small_executor.init(rng.stream(keys, "small_dense"))
-    count = masking.num_prunable(jax.tree.map(lambda x: x[0], state.params),
-                                 masking.prunable(jax.tree.map(lambda x: x[0], state.params)))
+    count = masking.num_prunable(small_executor.abstract_params,
+                                 masking.prunable(small_executor.abstract_params))
     num = int(keys.shape[0])
     segment(small_executor, state=state, masks=None, noise_keys=noise_keys,
             ckpt_dir=cdir, tags=ctags,

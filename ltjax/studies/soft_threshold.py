@@ -1,0 +1,169 @@
+"""STR (soft threshold reparameterisation) over a grid of s_init x weight decay, with baselines.
+
+Kusupati et al. 2020 ("Soft Threshold Weight Reparameterization for Learnable
+Sparsity", ICML 2020): every prunable layer trains ``W`` and one threshold
+``s_l``; the net runs on ``sign(W) * relu(|W| - sigmoid(s_l))``
+(:mod:`ltjax.soft_threshold`), and the weight decay on ``s`` drives the
+sparsity. For each ``s_init`` (its own program: the reparameterisation is the
+program's) the weight decays x replicates are members with their own decay
+(the thresholds decay with the member's, as the reference's ``st_decay``
+defaulting to ``wd``). Baselines, from the same initialisations and data
+orders: the dense net (``recipe.weight_decay``), and one-shot global magnitude
+pruning of the trained dense net to each STR member's learned sparsity,
+retrained with the recipe (fine-tuning from the pruned trained weights, the
+paper's "prune + retrain" comparison), all as members of one program.
+
+Example (Colab):
+    >>> from experiments.configs import str_lenet_digits
+    >>> summary = run_str(str_lenet_digits.get_config("quick"), "/tmp/str")
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ltjax import executor as executor_lib
+from ltjax import masking, optim, plots, pruning, results, rng, soft_threshold, tree
+from ltjax.studies import common
+
+
+def _check_config(config: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    try:
+        s_inits = tuple(float(s) for s in config.s_inits)
+        decays = tuple(float(w) for w in config.weight_decays)
+    except (TypeError, ValueError):
+        raise ValueError(f"config.s_inits and config.weight_decays must be numbers, got "
+                         f"{config.s_inits!r} and {config.weight_decays!r}") from None
+    if not s_inits or any(not math.isfinite(s) for s in s_inits):
+        raise ValueError(f"config.s_inits must be finite numbers, got {config.s_inits!r}")
+    if not decays or any(not (math.isfinite(w) and w >= 0) for w in decays):
+        raise ValueError(f"config.weight_decays must be numbers >= 0, got "
+                         f"{config.weight_decays!r}")
+    if len(set(s_inits)) != len(s_inits) or len(set(decays)) != len(decays):
+        raise ValueError("config.s_inits and config.weight_decays must not repeat values")
+    return s_inits, decays
+
+
+def run_str(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
+    """Train STR on the grid and the baselines; write tables and a plot; resumable.
+
+    Writes into ``workdir``: ``config.json``, ``metrics.jsonl``, ``results.csv``
+    (``method`` in str / oneshot / dense, ``s_init``, ``weight_decay``,
+    ``replicate``, ``sparsity``, ``test_accuracy``, ``test_loss``; mean and std
+    rows), ``layer_densities.csv`` (STR's learned per-layer densities),
+    ``plots/str.png`` and ``checkpoints/``.
+
+    Raises:
+      ValueError: empty or non-finite ``s_inits``, negative ``weight_decays``
+        (before any work).
+    """
+    s_inits, decays = _check_config(config)
+    workdir, dataset, recipe, executor = common.setup(config, workdir)
+    per_epoch = executor.steps_per_epoch
+    end = common.steps(config.training_steps, per_epoch)
+    num = config.num_replicates
+    keys = rng.replicate_keys(config.seed, num)
+    init_keys, noise_keys = rng.init_and_noise(keys)
+    selection = masking.prunable(executor.abstract_params)
+    log = results.MetricsLog(workdir / "metrics.jsonl")
+    ckpt_root = workdir / "checkpoints"
+    segment = functools.partial(
+        common.train_segment, end=end,
+        eval_every=max(1, common.steps(config.eval_every, per_epoch)),
+        checkpoint_every=max(1, common.steps(config.checkpoint_every, per_epoch)),
+        log=log, splits=["test"], progress=progress,
+        max_checkpoints=config.get("max_checkpoints", 1))
+    rows: list[dict] = []
+
+    dense = segment(executor, state=executor.init(init_keys), masks=None,
+                    noise_keys=noise_keys, ckpt_dir=ckpt_root / "dense",
+                    tags={"method": "dense"}, densities=np.ones(num), desc=f"dense x{num}")
+    metrics = executor.evaluate(dense, "test")
+    rows += [{"method": "dense", "s_init": None, "weight_decay": recipe.weight_decay,
+              "replicate": r, "sparsity": 0.0, "test_accuracy": float(metrics["accuracy"][r]),
+              "test_loss": float(metrics["loss"][r])} for r in range(num)]
+
+    grid = [(w, r) for w in decays for r in range(num)]
+    replicate_of = np.array([r for _, r in grid])
+    layer_rows, str_members = [], []
+    for i, s_init in enumerate(s_inits):
+        str_executor = executor_lib.Executor(
+            executor.model, dataset, recipe,
+            reparam=soft_threshold.str_reparam(selection, s_init=s_init),
+            strategy=executor.strategy, steps_per_call=executor.steps_per_call,
+            eval_batch_size=executor.eval_batch_size)
+        tags = [{"s_init": s_init, "weight_decay": w, "replicate": r} for w, r in grid]
+        final = segment(
+            str_executor, state=str_executor.init(init_keys[replicate_of]), masks=None,
+            noise_keys=noise_keys[replicate_of], ckpt_dir=ckpt_root / f"str_{i:02d}",
+            tags={"method": "str"}, member_tags=tags, densities=np.ones(len(grid)),
+            hparams=optim.member_hparams(recipe, len(grid), weight_decay=[w for w, _ in grid]),
+            desc=f"STR s_init={s_init:g}: {len(grid)} members")
+        metrics = str_executor.evaluate(final, "test")
+        trainable = jax.device_get(final.params)
+        for m, tag in enumerate(tags):
+            one = tree.index(trainable, m)
+            sparsity = soft_threshold.learned_sparsity(one, selection)
+            rows.append({"method": "str", **tag, "sparsity": sparsity,
+                         "test_accuracy": float(metrics["accuracy"][m]),
+                         "test_loss": float(metrics["loss"][m])})
+            str_members.append((tag, sparsity))
+            layer_rows += [{**tag, "layer": name, "layer_density": density} for name, density
+                           in soft_threshold.learned_densities(one, selection).items()]
+
+    if config.get("oneshot_baseline", True):
+        rows += _oneshot_baseline(executor, dense, str_members, selection, noise_keys,
+                                  segment, ckpt_root / "oneshot", config.scope)
+    rows = _with_means(rows)
+    results.write_csv(workdir / "results.csv", rows)
+    results.write_csv(workdir / "layer_densities.csv", layer_rows)
+    plots.plot_str(rows, workdir / "plots" / "str.png",
+                   title=f"STR, {config.model} on {config.dataset}: {num} replicates")
+    return {"rows": [r for r in rows if r["replicate"] == "mean"]}
+
+
+def _oneshot_baseline(executor, dense, str_members, selection, noise_keys, segment, ckpt_dir,
+                      scope) -> list[dict]:
+    """Magnitude-prune the trained dense net to each STR member's sparsity; retrain; rows."""
+    dense_params = jax.device_get(dense.params)
+    member_masks, tags = [], []
+    for tag, sparsity in str_members:
+        one = tree.index(dense_params, tag["replicate"])
+        density = max(1.0 - sparsity, 1e-6)
+        member_masks.append(pruning.prune_to_density(pruning.magnitude_scores(one), selection,
+                                                     density=density, scope=scope))
+        tags.append(tag)
+    masks = executor.shard(tree.stack(member_masks))
+    replicate_of = np.array([t["replicate"] for t in tags])
+    start = jax.tree.map(lambda x: x[replicate_of], dense)
+    params = masking.apply(executor.shard(start.params), masks)
+    state = executor.shard(start.replace(step=jnp.zeros(len(tags), jnp.int32), params=params,
+                                         opt_state=executor.fresh_opt_state(params)))
+    kept = np.asarray(jax.vmap(lambda m: masking.density(m, selection))(masks))
+    final = segment(executor, state=state, masks=masks, noise_keys=noise_keys[replicate_of],
+                    ckpt_dir=ckpt_dir, tags={"method": "oneshot"}, member_tags=tags,
+                    densities=kept, desc=f"one-shot + retrain: {len(tags)} members")
+    metrics = executor.evaluate(final, "test", masks)
+    return [{"method": "oneshot", **tag, "sparsity": float(1.0 - kept[m]),
+             "test_accuracy": float(metrics["accuracy"][m]),
+             "test_loss": float(metrics["loss"][m])} for m, tag in enumerate(tags)]
+
+
+def _with_means(rows: list[dict]) -> list[dict]:
+    out = list(rows)
+    groups = list(dict.fromkeys((r["method"], r["s_init"], r["weight_decay"]) for r in rows))
+    for group in groups:
+        mine = [r for r in rows if (r["method"], r["s_init"], r["weight_decay"]) == group]
+        for name, fn in (("mean", np.mean), ("std", np.std)):
+            out.append({"method": group[0], "s_init": group[1], "weight_decay": group[2],
+                        "replicate": name, **{k: float(fn([r[k] for r in mine]))
+                                              for k in ("sparsity", "test_accuracy",
+                                                        "test_loss")}})
+    return out
