@@ -426,3 +426,19 @@ def plot_str(rows: Sequence[dict], path: str | os.PathLike, *, title: str = "") 
     ax.set_title(title)
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_gamma_histograms(gammas: dict, path: str | os.PathLike, *, title: str = "") -> None:
+    """Histograms of ``|gamma|`` (all BatchNorm scales, all replicates) per arm, log-spaced bins."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    bins = np.logspace(-5, 1, 61)
+    for arm, values in gammas.items():
+        ax.hist(np.clip(values, 1e-5, 10), bins=bins, histtype="step", label=arm)
+    ax.set_xscale("log")
+    ax.set_xlabel("|gamma|")
+    ax.set_ylabel("count")
+    ax.axvline(0.01, color="k", lw=0.6, ls=":")
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    _save(fig, path)

@@ -15,6 +15,7 @@ from ltjax import masking, matching, models, pruning, tree
 # name are checked below without running them).
 MODELS = [
     ("mlp", {"widths": (32, 16, 8)}, (8,)),
+    ("mlp_bn", {"widths": (16, 8)}, (8,)),
     ("conv4", {}, (16, 16, 3)),
     ("vgg11", {}, (32, 32, 3)),
     ("resnet8", {"width": 4}, (16, 16, 3)),
@@ -87,10 +88,10 @@ def test_permuted_model_computes_the_same_function(name, kwargs, shape):
 
 @pytest.mark.parametrize("name", models.NAMES)
 def test_every_registered_model_has_a_spec_that_fits(name):
-    kwargs = {"widths": (20, 10)} if name == "mlp" else {}
+    kwargs = {"widths": (20, 10)} if name in ("mlp", "mlp_bn") else {}
     kwargs.update({"width": 4} if name.startswith("resnet") else {})
     model = models.create(name, **kwargs)
-    shape = (28, 28, 1) if name in ("mlp", "lenet_300_100") else (32, 32, 3)
+    shape = (28, 28, 1) if name in ("mlp", "lenet_300_100", "mlp_bn") else (32, 32, 3)
     params, stats = jax.eval_shape(lambda k: models.init(model, k, shape), jax.random.key(0))
     spec = models.permutation_spec(model, params, stats)
     sizes = matching.check_spec(spec, params, stats)

@@ -14,16 +14,16 @@ from ltjax import models, tree
 
 CIFAR = (32, 32, 3)
 MNIST = (28, 28, 1)
-BN_MODELS = ("vgg11", "vgg13", "vgg16", "vgg19", "resnet20", "resnet32", "resnet56")
-CONV_MODELS = ("conv2", "conv4", "conv6", *BN_MODELS)
+BN_MODELS = ("mlp_bn", "vgg11", "vgg13", "vgg16", "vgg19", "resnet20", "resnet32", "resnet56")
+CONV_MODELS = ("conv2", "conv4", "conv6", *BN_MODELS[1:])
 
 
 def _shape_for(name: str) -> tuple[int, ...]:
-    return MNIST if name in ("mlp", "lenet_300_100") else CIFAR
+    return MNIST if name in ("mlp", "lenet_300_100", "mlp_bn") else CIFAR
 
 
 def _create(name: str, **kwargs) -> nn.Module:
-    if name == "mlp":
+    if name in ("mlp", "mlp_bn"):
         kwargs.setdefault("widths", (32, 16))
     return models.create(name, **kwargs)
 
@@ -83,8 +83,8 @@ def _resnet_kernels(depth: int, width: int, num_classes: int = 10, in_channels: 
 
 def test_names():
     assert models.NAMES == (
-        "mlp", "lenet_300_100", "conv2", "conv4", "conv6", "vgg11", "vgg13", "vgg16", "vgg19",
-        "resnet20", "resnet32", "resnet56",
+        "mlp", "lenet_300_100", "mlp_bn", "conv2", "conv4", "conv6", "vgg11", "vgg13", "vgg16",
+        "vgg19", "resnet20", "resnet32", "resnet56",
     )
 
 
@@ -373,3 +373,17 @@ def test_materialize_inputs_is_bit_identical_conv2():
     (loss_a, grads_a), (loss_b, grads_b) = grads(plain), grads(fast)
     np.testing.assert_array_equal(loss_a, loss_b)
     jax.tree.map(np.testing.assert_array_equal, grads_a, grads_b)
+
+
+def test_batch_norm_mlp_init_options():
+    uniform = models.create("mlp_bn", widths=(2048,), bn_init="uniform")
+    params, stats = models.init(uniform, jax.random.key(0), (8,))
+    gamma = np.asarray(params["BatchNorm_0"]["scale"])
+    # U[0, 1]: mean 1/2 within 4 standard errors (std 1/sqrt(12) per draw), all in [0, 1).
+    assert abs(gamma.mean() - 0.5) < 4 / math.sqrt(12 * gamma.size)
+    assert gamma.min() >= 0.0 and gamma.max() < 1.0
+    assert np.all(params["BatchNorm_0"]["bias"] == 0) and np.all(stats["BatchNorm_0"]["var"] == 1)
+    ones, _ = models.init(models.create("mlp_bn", widths=(4,)), jax.random.key(0), (8,))
+    assert np.all(ones["BatchNorm_0"]["scale"] == 1)
+    with pytest.raises(ValueError, match="bn_init"):
+        models.create("mlp_bn", widths=(4,), bn_init="zeros")

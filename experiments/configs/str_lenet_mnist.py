@@ -2,7 +2,7 @@
 
 SGD with momentum 0.9, learning rate 0.1 with a cosine decay over 20 epochs,
 batch 128, 2 replicates; s_init in {-10, -5} x weight decay in
-{1e-4, 2e-4, 5e-4, 1e-3} (the thresholds decay with the member's weight
+{1e-4, 2e-4, 5e-4, 1e-3, 2e-3} (the thresholds decay with the member's weight
 decay). Baselines: the dense net (weight decay 1e-4) and one-shot global
 magnitude pruning of it to each STR member's sparsity, retrained 20 epochs.
 
@@ -32,7 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint_every = "5ep"
     config.max_checkpoints = 1
     config.s_inits = (-10.0, -5.0)
-    config.weight_decays = (1e-4, 2e-4, 5e-4, 1e-3)
+    config.weight_decays = (1e-4, 2e-4, 5e-4, 1e-3, 2e-3)
     config.oneshot_baseline = True
     config.scope = "global"
     if arg == "quick":

@@ -10,6 +10,7 @@ name                      architecture                                   module
 ========================  =============================================  ==========
 ``mlp``                   MLP, ``widths=`` required                      :mod:`.mlp`
 ``lenet_300_100``         LeNet-300-100 (Frankle & Carbin 2019)          :mod:`.mlp`
+``mlp_bn``                MLP with Dense -> BatchNorm -> ReLU            :mod:`.mlp`
 ``conv2/4/6``             Conv-2/4/6 (Frankle & Carbin 2019, Fig. 2)     :mod:`.conv`
 ``vgg11/13/16/19``        OpenLTH ``cifar_vgg`` (batch norm)             :mod:`.vgg`
 ``resnet20/32/56``        OpenLTH ``cifar_resnet`` (He et al. 2016)      :mod:`.resnet`
@@ -50,12 +51,13 @@ from ltjax import matching
 from ltjax import repair as repair_math
 from ltjax.models import common, conv, mlp, resnet, vgg
 from ltjax.models.conv import ConvN
-from ltjax.models.mlp import MLP
+from ltjax.models.mlp import MLP, BatchNormMLP
 from ltjax.models.resnet import ResNet
 from ltjax.models.vgg import VGG
 
 __all__ = [
-    "NAMES", "MLP", "ConvN", "VGG", "ResNet", "create", "init", "has_batch_norm", "is_conv",
+    "NAMES", "MLP", "BatchNormMLP", "ConvN", "VGG", "ResNet", "create", "init",
+    "has_batch_norm", "is_conv",
     "permutation_spec", "activations", "repair_layers", "output_stats", "repair", "repair_fn",
     "common", "conv", "mlp", "resnet", "vgg",
 ]
@@ -64,6 +66,7 @@ __all__ = [
 _REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
     "mlp": (MLP, {}),
     "lenet_300_100": (MLP, {"widths": (300, 100)}),
+    "mlp_bn": (BatchNormMLP, {}),
     "conv2": (ConvN, {"depth": 2}),
     "conv4": (ConvN, {"depth": 4}),
     "conv6": (ConvN, {"depth": 6}),
@@ -218,7 +221,8 @@ def _capture(model: nn.Module, wanted: frozenset, variables: dict, x: jax.Array)
     return state["intermediates"]
 
 
-_SPECS = {MLP: mlp.permutation_spec, ConvN: conv.permutation_spec, VGG: vgg.permutation_spec,
+_SPECS = {MLP: mlp.permutation_spec, BatchNormMLP: mlp.batch_norm_permutation_spec,
+          ConvN: conv.permutation_spec, VGG: vgg.permutation_spec,
           ResNet: resnet.permutation_spec}
 
 
@@ -287,7 +291,8 @@ def activations(model: nn.Module, spec: matching.PermutationSpec, variables: Map
 
 # ----------------------------------------------------------------------------- REPAIR
 
-_REPAIR_LAYERS = {MLP: mlp.repair_layers, ConvN: conv.repair_layers, VGG: vgg.repair_layers,
+_REPAIR_LAYERS = {MLP: mlp.repair_layers, BatchNormMLP: mlp.batch_norm_repair_layers,
+                  ConvN: conv.repair_layers, VGG: vgg.repair_layers,
                   ResNet: resnet.repair_layers}
 
 

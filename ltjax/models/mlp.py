@@ -96,3 +96,86 @@ def repair_layers(model: MLP, params: Any = None) -> tuple[str, ...]:
     """
     del params
     return tuple(f"Dense_{i}" for i in range(len(model.widths)))
+
+
+BN_INITS = ("ones", "uniform")
+
+
+class BatchNormMLP(nn.Module):
+    """``Dense -> BatchNorm -> ReLU`` for each hidden width, then a linear output layer.
+
+    The fast MNIST proxy for the BatchNorm studies (Frankle, Schwab & Morcos
+    2021, "Training BatchNorm and Only BatchNorm"; You et al. 2020's
+    Early-Bird channel masks): ``Dense_i`` feeds ``BatchNorm_i`` (momentum 0.9,
+    epsilon 1e-5, as the VGG/ResNet here and OpenLTH). Hidden ``Dense_i`` keep
+    their bias (a no-op before BatchNorm in train mode, kept for a uniform
+    layout). ``bn_init='uniform'`` draws gamma ~ U[0, 1] (beta 0), OpenLTH's
+    ``uniform`` BatchNorm initialiser of its CIFAR ResNets; ``'ones'`` is
+    Flax's default (gamma 1).
+
+    Example:
+        >>> model = BatchNormMLP(widths=(1024, 1024))
+        >>> params, stats = models.init(model, jax.random.key(0), (28, 28, 1))
+        >>> sorted(stats)
+        ['BatchNorm_0', 'BatchNorm_1']
+    """
+
+    widths: Sequence[int]
+    num_classes: int = 10
+    bn_init: str = "ones"
+
+    has_batch_norm: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "widths", _validate.positive_ints("widths", self.widths))
+        _validate.positive_int("num_classes", self.num_classes)
+        if self.bn_init not in BN_INITS:
+            raise ValueError(f"bn_init must be one of {BN_INITS}, got {self.bn_init!r}")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """Logits ``[B, num_classes]`` (``train``: batch statistics, updated running ones)."""
+        scale_init = (nn.initializers.ones if self.bn_init == "ones"
+                      else nn.initializers.uniform(scale=1.0))
+        x = x.reshape(x.shape[0], -1)
+        for width in self.widths:
+            x = nn.Dense(width, kernel_init=common.kernel_init)(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                             scale_init=scale_init)(x)
+            x = nn.relu(x)
+        return nn.Dense(self.num_classes, kernel_init=common.kernel_init)(x)
+
+
+def batch_norm_permutation_spec(model: BatchNormMLP,
+                                params: Any = None) -> matching.PermutationSpec:
+    """Hidden units of ``Dense_i`` and ``BatchNorm_i`` (params and statistics) form ``'Dense_i'``.
+
+    Example:
+        >>> spec = batch_norm_permutation_spec(BatchNormMLP(widths=(64, 32)))
+        >>> spec.batch_stats["BatchNorm_1/mean"]
+        ('Dense_1',)
+    """
+    del params
+    depth = len(model.widths)
+    axes: dict[str, tuple] = {}
+    stats: dict[str, tuple] = {}
+    for i in range(depth + 1):
+        into = f"Dense_{i - 1}" if i > 0 else None
+        out = f"Dense_{i}" if i < depth else None
+        axes[f"Dense_{i}/kernel"] = (into, out)
+        axes[f"Dense_{i}/bias"] = (out,)
+        if i < depth:
+            for leaf in ("scale", "bias"):
+                axes[f"BatchNorm_{i}/{leaf}"] = (out,)
+            for leaf in ("mean", "var"):
+                stats[f"BatchNorm_{i}/{leaf}"] = (out,)
+    return matching.PermutationSpec(
+        params=axes, batch_stats=stats,
+        activations={f"Dense_{i}": (f"BatchNorm_{i}",) for i in range(depth)})
+
+
+def batch_norm_repair_layers(model: BatchNormMLP, params: Any = None) -> tuple[str, ...]:
+    """The layers REPAIR renormalises: every ``BatchNorm_i`` (its output, before ReLU)."""
+    del params
+    return tuple(f"BatchNorm_{i}" for i in range(len(model.widths)))

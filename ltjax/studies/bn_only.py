@@ -1,0 +1,113 @@
+"""Training BatchNorm and only BatchNorm, against its controls, S replicates per arm.
+
+Frankle, Schwab & Morcos 2021 ("Training BatchNorm and Only BatchNorm", ICLR
+2021). Arms (``config.arms``), each one program (its reparameterisation is the
+program's) with the replicates as members, all from the same initialisations
+and data orders:
+
+================== ============================================================
+``full``           every parameter trains
+``batchnorm``      only BatchNorm's gamma and beta (:func:`ltjax.batchnorm_only.batchnorm_only`)
+``batchnorm_output`` gamma, beta and the output layer
+``output``         only the output layer
+``random``         as many random non-BatchNorm entries as ``batchnorm`` trains
+                   (:func:`ltjax.batchnorm_only.random_subset`), BatchNorm frozen
+================== ============================================================
+
+Example (Colab):
+    >>> from experiments.configs import bn_only_mlp_digits
+    >>> summary = run_bn_only(bn_only_mlp_digits.get_config("quick"), "/tmp/bn")
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+
+from ltjax import batchnorm_only, models, plots, results, rng, tree
+from ltjax import executor as executor_lib
+from ltjax import reparam as reparam_lib
+from ltjax.studies import common
+
+ARMS = ("full", "batchnorm", "batchnorm_output", "output", "random")
+THRESHOLDS = (0.01, 0.05)
+
+
+def run_bn_only(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
+    """Train every arm; write ``results.csv`` and ``plots/gamma.png``; resumable.
+
+    ``results.csv``: ``arm, replicate, trainable_params, test_accuracy, test_loss,
+    share_gamma_below_0.01, share_gamma_below_0.05`` (mean and std rows too).
+
+    Raises:
+      ValueError: unknown arms, or a model without BatchNorm (before any work).
+    """
+    arms = common.names_of(config.arms, field="arms", allowed=ARMS)
+    if not arms:
+        raise ValueError("config.arms must name at least one arm")
+
+    def check(dataset) -> None:
+        model = common.build_model(config, dataset)
+        if not models.has_batch_norm(model):
+            raise ValueError(f"config.model={config.model!r} has no BatchNorm; use e.g. 'mlp_bn'")
+
+    workdir, dataset, recipe, executor = common.setup(config, workdir, check=check)
+    per_epoch = executor.steps_per_epoch
+    end = common.steps(config.training_steps, per_epoch)
+    num = config.num_replicates
+    init_keys, noise_keys = rng.init_and_noise(rng.replicate_keys(config.seed, num))
+    params = executor.abstract_params
+    output = batchnorm_only.output_layer(params)
+    count = batchnorm_only.trainable_count(batchnorm_only.batchnorm_only(), params)
+    reparams = {
+        "full": reparam_lib.identity(),
+        "batchnorm": batchnorm_only.batchnorm_only(),
+        "batchnorm_output": batchnorm_only.batchnorm_only(output=output),
+        "output": batchnorm_only.output_only(output),
+        "random": batchnorm_only.random_subset(count),
+    }
+    log = results.MetricsLog(workdir / "metrics.jsonl")
+    segment = functools.partial(
+        common.train_segment, end=end,
+        eval_every=max(1, common.steps(config.eval_every, per_epoch)),
+        checkpoint_every=max(1, common.steps(config.checkpoint_every, per_epoch)),
+        log=log, splits=["test"], progress=progress,
+        max_checkpoints=config.get("max_checkpoints", 1))
+    rows, gammas = [], {}
+    for arm in arms:
+        arm_executor = executor_lib.Executor(
+            executor.model, dataset, recipe, reparam=reparams[arm], strategy=executor.strategy,
+            steps_per_call=executor.steps_per_call, eval_batch_size=executor.eval_batch_size)
+        final = segment(arm_executor, state=arm_executor.init(init_keys), masks=None,
+                        noise_keys=noise_keys, ckpt_dir=workdir / "checkpoints" / arm,
+                        tags={"arm": arm}, densities=np.ones(num), desc=f"{arm} x{num}")
+        metrics = arm_executor.evaluate(final, "test")
+        trained = arm_executor.model_params(final)
+        shares = {t: np.asarray(jax.vmap(
+            lambda p, t=t: batchnorm_only.gamma_share_below(p, t))(trained)) for t in THRESHOLDS}
+        gammas[arm] = np.concatenate([np.abs(np.asarray(x)).reshape(-1) for name, x in zip(
+            tree.names(trained), jax.tree.leaves(trained), strict=True)
+            if name.endswith("scale")])
+        trainable = count if arm == "random" else batchnorm_only.trainable_count(
+            reparams[arm], params)
+        rows += [{"arm": arm, "replicate": r, "trainable_params": trainable,
+                  "test_accuracy": float(metrics["accuracy"][r]),
+                  "test_loss": float(metrics["loss"][r]),
+                  **{f"share_gamma_below_{t}": float(shares[t][r]) for t in THRESHOLDS}}
+                 for r in range(num)]
+    out = list(rows)
+    for arm in arms:
+        mine = [r for r in rows if r["arm"] == arm]
+        for name, fn in (("mean", np.mean), ("std", np.std)):
+            out.append({"arm": arm, "replicate": name, **{
+                k: float(fn([r[k] for r in mine])) for k in mine[0] if k not in ("arm",
+                                                                                 "replicate")}})
+    results.write_csv(workdir / "results.csv", out)
+    plots.plot_gamma_histograms(gammas, workdir / "plots" / "gamma.png",
+                                title=f"|gamma| after training, {config.model} on "
+                                      f"{config.dataset}")
+    return {"rows": [r for r in out if r["replicate"] == "mean"]}
