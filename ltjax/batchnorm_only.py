@@ -171,6 +171,19 @@ def trainable_count(reparam_: reparam.Reparam, params: PyTree) -> int:
                    if label != optim.FROZEN))
 
 
+def gammas(params: PyTree) -> list[jax.Array]:
+    """The BatchNorm ``scale`` leaves (gamma) of ``params``, in tree order.
+
+    Raises:
+      ValueError: ``params`` have none.
+    """
+    found = [x for name, x in zip(tree.names(params), jax.tree.leaves(params), strict=True)
+             if name.endswith("scale") and re.search(r"BatchNorm|bn", name)]
+    if not found:
+        raise ValueError("params have no BatchNorm 'scale' leaf")
+    return found
+
+
 def gamma_share_below(params: PyTree, threshold: float) -> jax.Array:
     """The share of BatchNorm ``scale`` entries (gamma) with ``|gamma| < threshold``.
 
@@ -181,9 +194,6 @@ def gamma_share_below(params: PyTree, threshold: float) -> jax.Array:
     Example:
         >>> gamma_share_below(trained_params, 0.01)
     """
-    gammas = [x for name, x in zip(tree.names(params), jax.tree.leaves(params), strict=True)
-              if name.endswith("scale") and re.search(r"BatchNorm|bn", name)]
-    if not gammas:
-        raise ValueError("params have no BatchNorm 'scale' leaf")
-    below = sum(jnp.sum(jnp.abs(g) < threshold) for g in gammas)
-    return below / sum(g.size for g in gammas)
+    scales = gammas(params)
+    below = sum(jnp.sum(jnp.abs(g) < threshold) for g in scales)
+    return below / sum(g.size for g in scales)

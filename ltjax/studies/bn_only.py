@@ -21,14 +21,13 @@ Example (Colab):
 
 from __future__ import annotations
 
-import functools
 import pathlib
 from typing import Any
 
 import jax
 import numpy as np
 
-from ltjax import batchnorm_only, models, plots, results, rng, tree
+from ltjax import batchnorm_only, models, plots, results, rng
 from ltjax import executor as executor_lib
 from ltjax import reparam as reparam_lib
 from ltjax.studies import common
@@ -71,12 +70,8 @@ def run_bn_only(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
         "random": batchnorm_only.random_subset(count),
     }
     log = results.MetricsLog(workdir / "metrics.jsonl")
-    segment = functools.partial(
-        common.train_segment, end=end,
-        eval_every=max(1, common.steps(config.eval_every, per_epoch)),
-        checkpoint_every=max(1, common.steps(config.checkpoint_every, per_epoch)),
-        log=log, splits=["test"], progress=progress,
-        max_checkpoints=config.get("max_checkpoints", 1))
+    segment = common.segment_runner(config, executor, end=end, log=log, splits=["test"],
+                                    progress=progress)
     rows, gammas = [], {}
     for arm in arms:
         arm_executor = executor_lib.Executor(
@@ -89,9 +84,8 @@ def run_bn_only(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
         trained = arm_executor.model_params(final)
         shares = {t: np.asarray(jax.vmap(
             lambda p, t=t: batchnorm_only.gamma_share_below(p, t))(trained)) for t in THRESHOLDS}
-        gammas[arm] = np.concatenate([np.abs(np.asarray(x)).reshape(-1) for name, x in zip(
-            tree.names(trained), jax.tree.leaves(trained), strict=True)
-            if name.endswith("scale")])
+        gammas[arm] = np.concatenate([np.abs(np.asarray(g)).reshape(-1)
+                                      for g in batchnorm_only.gammas(trained)])
         trainable = count if arm == "random" else batchnorm_only.trainable_count(
             reparams[arm], params)
         rows += [{"arm": arm, "replicate": r, "trainable_params": trainable,
@@ -99,13 +93,9 @@ def run_bn_only(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
                   "test_loss": float(metrics["loss"][r]),
                   **{f"share_gamma_below_{t}": float(shares[t][r]) for t in THRESHOLDS}}
                  for r in range(num)]
-    out = list(rows)
-    for arm in arms:
-        mine = [r for r in rows if r["arm"] == arm]
-        for name, fn in (("mean", np.mean), ("std", np.std)):
-            out.append({"arm": arm, "replicate": name, **{
-                k: float(fn([r[k] for r in mine])) for k in mine[0] if k not in ("arm",
-                                                                                 "replicate")}})
+    out = common.with_mean_rows(rows, by=("arm",), fields=(
+        "trainable_params", "test_accuracy", "test_loss",
+        *(f"share_gamma_below_{t}" for t in THRESHOLDS)))
     results.write_csv(workdir / "results.csv", out)
     plots.plot_gamma_histograms(gammas, workdir / "plots" / "gamma.png",
                                 title=f"|gamma| after training, {config.model} on "

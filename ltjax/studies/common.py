@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 from collections.abc import Callable
@@ -282,6 +283,40 @@ def _mean_loss(pending: list[tuple[np.ndarray, int]]) -> np.ndarray:
         return pending[0][0]
     total = sum(n for _, n in pending)
     return sum(np.asarray(m, np.float64) * n for m, n in pending) / total
+
+
+def segment_runner(config: Any, executor: executor_lib.Executor, *, end: int,
+                   log: results.MetricsLog, splits: list[str], progress: bool) -> Callable:
+    """:func:`train_segment` bound to ``end`` and the config's eval / checkpoint intervals.
+
+    Example:
+        >>> segment = segment_runner(config, executor, end=end, log=log, splits=["test"],
+        ...                          progress=True)
+        >>> final = segment(executor, state=state, masks=None, noise_keys=keys, ...)
+    """
+    per_epoch = executor.steps_per_epoch
+    return functools.partial(
+        train_segment, end=end,
+        eval_every=max(1, steps(config.eval_every, per_epoch)),
+        checkpoint_every=max(1, steps(config.checkpoint_every, per_epoch)),
+        log=log, splits=splits, progress=progress,
+        max_checkpoints=config.get("max_checkpoints", 1))
+
+
+def with_mean_rows(rows: list[dict], *, by: tuple[str, ...], fields: tuple[str, ...]
+                   ) -> list[dict]:
+    """``rows`` plus a ``mean`` and a ``std`` row (``replicate``) per group of ``by`` values.
+
+    Example:
+        >>> with_mean_rows(rows, by=("arm",), fields=("test_accuracy",))
+    """
+    out = list(rows)
+    for group in dict.fromkeys(tuple(r[k] for k in by) for r in rows):
+        mine = [r for r in rows if tuple(r[k] for k in by) == group]
+        for name, fn in (("mean", np.mean), ("std", np.std)):
+            out.append({**dict(zip(by, group, strict=True)), "replicate": name,
+                        **{k: float(fn([r[k] for r in mine])) for k in fields}})
+    return out
 
 
 def final_records(log: results.MetricsLog, tags: dict, step: int) -> list[dict]:

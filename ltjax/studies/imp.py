@@ -60,7 +60,6 @@ Example (Colab):
 
 from __future__ import annotations
 
-import functools
 import pathlib
 from typing import Any
 
@@ -264,13 +263,8 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
     splits = ["test"] + (["validation"] if dataset.validation is not None else [])
     log = results.MetricsLog(workdir / "metrics.jsonl")
     ckpt_root = workdir / "checkpoints"
-    segment = functools.partial(
-        common.train_segment, end=end,
-        eval_every=max(1, common.steps(config.eval_every, per_epoch)),
-        checkpoint_every=max(1, common.steps(config.checkpoint_every, per_epoch)),
-        log=log, splits=splits, progress=progress,
-        max_checkpoints=config.get("max_checkpoints", 1),
-    )
+    segment = common.segment_runner(config, executor, end=end, log=log, splits=splits,
+                                    progress=progress)
 
     @jax.jit
     def prune_level(params, masks):

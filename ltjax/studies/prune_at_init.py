@@ -115,8 +115,8 @@ def _loss(model: Any, params: Any, batch_stats: Any, x: jax.Array, y: jax.Array,
 
 
 def _imp_level_masks(config: Any, densities: tuple[float, ...], like_masks: Any,
-                     selection: Any) -> dict[float, tuple[Any, float]]:
-    """Per target density: the IMP level's masks ``[S]`` nearest to it, and their density."""
+                     selection: Any) -> dict[float, Any]:
+    """Per target density: the masks ``[S]`` of the IMP level nearest to it (log scale)."""
     stability.check_imp_compatible(config, config.imp_workdir)
     root = pathlib.Path(config.imp_workdir) / "checkpoints"
     levels = sorted(int(p.name.split("_")[1]) for p in root.glob("level_*"))
@@ -134,8 +134,7 @@ def _imp_level_masks(config: Any, densities: tuple[float, ...], like_masks: Any,
         raise ValueError(f"imp_workdir={config.imp_workdir!r} has no finished IMP level")
     out = {}
     for d in densities:
-        density, masks = min(found, key=lambda f: abs(np.log(f[0]) - np.log(d)))
-        out[d] = (masks, density)
+        out[d] = min(found, key=lambda f: abs(np.log(f[0]) - np.log(d)))[1]
     return out
 
 
@@ -179,12 +178,8 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
     selection = masking.prunable(executor.abstract_state.params)
     model = executor.model
     log = results.MetricsLog(workdir / "metrics.jsonl")
-    segment = functools.partial(
-        common.train_segment, end=end,
-        eval_every=max(1, common.steps(config.eval_every, per_epoch)),
-        checkpoint_every=max(1, common.steps(config.checkpoint_every, per_epoch)),
-        log=log, splits=["test"], progress=progress,
-        max_checkpoints=config.get("max_checkpoints", 1))
+    segment = common.segment_runner(config, executor, end=end, log=log, splits=["test"],
+                                    progress=progress)
     imp_masks = (_imp_level_masks(config, densities, jax.tree.map(
         lambda x: jnp.ones((num, *x.shape), bool), executor.abstract_state.params), selection)
         if "imp" in methods else {})
@@ -239,23 +234,22 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
                                                             batch_stats0), ones)
                        for r in range(num)]
 
-    def base_masks(method: str, d_index: int, density: float) -> tuple[Any, float | None]:
-        """Replicate-stacked masks of one method at one density (and an IMP level's density)."""
+    def base_masks(method: str, d_index: int, density: float) -> Any:
+        """Replicate-stacked masks of one method at one density."""
         if method in ("magnitude", "snip", "grasp", "oneshot"):
-            return prune_all(scores[method], density), None
+            return prune_all(scores[method], density)
         if method == "random":
             level_keys = jax.vmap(lambda k: jax.random.fold_in(k, d_index))(
                 rng.stream(keys, "random_prune"))
-            return prune_all(jax.vmap(pruning.random_scores)(level_keys, params0), density), None
+            return prune_all(jax.vmap(pruning.random_scores)(level_keys, params0), density)
         if method == "synflow":
             return tree.stack([
                 saliency.synflow_prune(synflow_forward[r], jax.tree.map(lambda x, r=r: x[r],
                                                                         params0),
                                        selection, density=density, rounds=config.synflow_rounds,
                                        scope=config.scope)
-                for r in range(num)]), None
-        masks, imp_density = imp_masks[density]
-        return jax.tree.map(jnp.asarray, masks), imp_density
+                for r in range(num)])
+        return jax.tree.map(jnp.asarray, imp_masks[density])
 
     # Every (density, method, ablation) x replicate is a member: masks and start params.
     member_tags, member_masks, member_sources = [], [], []
@@ -263,7 +257,7 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
     layer_rows = []
     for d_index, density in enumerate(densities):
         for method in methods:
-            masks, imp_density = base_masks(method, d_index, density)
+            masks = base_masks(method, d_index, density)
             for ablation in ablations_of(method, ablations):
                 if ablation == "shuffle":
                     salt = 1000 * METHODS.index(method) + d_index
@@ -278,7 +272,6 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
                 member_tags += [{"method": method, "density": density, "ablation": ablation,
                                  "replicate": r} for r in range(num)]
                 layer_rows += _layer_densities(amasks, selection, method, density, ablation)
-    del imp_density
 
     stacked_masks = executor.shard(tree.concat(member_masks))
     start = executor.shard(tree.concat([params0 if s == "init" else reinit_params
@@ -298,7 +291,8 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
     rows += [{**tag, "kept_density": float(kept[m]),
               "test_accuracy": float(metrics["accuracy"][m]),
               "test_loss": float(metrics["loss"][m])} for m, tag in enumerate(member_tags)]
-    rows = _with_means(rows)
+    rows = common.with_mean_rows(rows, by=("method", "density", "ablation"),
+                                 fields=("kept_density", "test_accuracy", "test_loss"))
     results.write_csv(workdir / "results.csv", rows)
     results.write_csv(workdir / "layer_densities.csv", layer_rows)
     plots.plot_prune_at_init(
@@ -326,16 +320,3 @@ def _layer_densities(masks: Any, selection: Any, method: str, density: float,
     return [{"method": method, "density": density, "ablation": ablation, "replicate": r,
              "layer": name, "layer_density": float(leaf[r].mean())}
             for r in range(leaves[0].shape[0]) for name, leaf in zip(names, leaves, strict=True)]
-
-
-def _with_means(rows: list[dict]) -> list[dict]:
-    """Rows plus mean and std rows per (method, density, ablation)."""
-    out = list(rows)
-    groups = list(dict.fromkeys((r["method"], r["density"], r["ablation"]) for r in rows))
-    for group in groups:
-        mine = [r for r in rows if (r["method"], r["density"], r["ablation"]) == group]
-        for name, fn in (("mean", np.mean), ("std", np.std)):
-            out.append({"method": group[0], "density": group[1], "ablation": group[2],
-                        "replicate": name, **{k: float(fn([r[k] for r in mine])) for k in
-                                              ("kept_density", "test_accuracy", "test_loss")}})
-    return out

@@ -20,7 +20,6 @@ Example (Colab):
 
 from __future__ import annotations
 
-import functools
 import math
 import pathlib
 from typing import Any
@@ -74,12 +73,8 @@ def run_str(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
     selection = masking.prunable(executor.abstract_params)
     log = results.MetricsLog(workdir / "metrics.jsonl")
     ckpt_root = workdir / "checkpoints"
-    segment = functools.partial(
-        common.train_segment, end=end,
-        eval_every=max(1, common.steps(config.eval_every, per_epoch)),
-        checkpoint_every=max(1, common.steps(config.checkpoint_every, per_epoch)),
-        log=log, splits=["test"], progress=progress,
-        max_checkpoints=config.get("max_checkpoints", 1))
+    segment = common.segment_runner(config, executor, end=end, log=log, splits=["test"],
+                                    progress=progress)
     rows: list[dict] = []
 
     dense = segment(executor, state=executor.init(init_keys), masks=None,
@@ -121,7 +116,8 @@ def run_str(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
     if config.get("oneshot_baseline", True):
         rows += _oneshot_baseline(executor, dense, str_members, selection, noise_keys,
                                   segment, ckpt_root / "oneshot", config.scope)
-    rows = _with_means(rows)
+    rows = common.with_mean_rows(rows, by=("method", "s_init", "weight_decay"),
+                                 fields=("sparsity", "test_accuracy", "test_loss"))
     results.write_csv(workdir / "results.csv", rows)
     results.write_csv(workdir / "layer_densities.csv", layer_rows)
     plots.plot_str(rows, workdir / "plots" / "str.png",
@@ -154,16 +150,3 @@ def _oneshot_baseline(executor, dense, str_members, selection, noise_keys, segme
     return [{"method": "oneshot", **tag, "sparsity": float(1.0 - kept[m]),
              "test_accuracy": float(metrics["accuracy"][m]),
              "test_loss": float(metrics["loss"][m])} for m, tag in enumerate(tags)]
-
-
-def _with_means(rows: list[dict]) -> list[dict]:
-    out = list(rows)
-    groups = list(dict.fromkeys((r["method"], r["s_init"], r["weight_decay"]) for r in rows))
-    for group in groups:
-        mine = [r for r in rows if (r["method"], r["s_init"], r["weight_decay"]) == group]
-        for name, fn in (("mean", np.mean), ("std", np.std)):
-            out.append({"method": group[0], "s_init": group[1], "weight_decay": group[2],
-                        "replicate": name, **{k: float(fn([r[k] for r in mine]))
-                                              for k in ("sparsity", "test_accuracy",
-                                                        "test_loss")}})
-    return out
