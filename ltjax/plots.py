@@ -442,3 +442,33 @@ def plot_gamma_histograms(gammas: dict, path: str | os.PathLike, *, title: str =
     ax.set_title(title)
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_subspaces(rows: Sequence[dict], path: str | os.PathLike, *, title: str = "") -> None:
+    """Test accuracy along each learned subspace (``point_0`` to ``point_1``), mean over replicates.
+
+    ``rows`` are the rows of a subspaces ``results.csv``. The path between
+    independently trained standard nets is dashed, the standard nets' mean
+    accuracy a horizontal line.
+    """
+    means = [r for r in rows if r["replicate"] == "mean"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for arm in dict.fromkeys((r["variant"], r["beta"]) for r in means if r["alpha"] is not None):
+        mine = sorted((r for r in means if (r["variant"], r["beta"]) == arm),
+                      key=lambda r: r["alpha"])
+        independent = arm[0] == "independent"
+        label = "independent nets" if independent else f"{arm[0]}, beta={arm[1]:g}"
+        ax.plot([r["alpha"] for r in mine], [100 * r["test_accuracy"] for r in mine],
+                "--" if independent else "-o", ms=3, color="k" if independent else None,
+                label=label)
+    standard = [r for r in means if r["variant"] == "standard"]
+    if standard:
+        ax.axhline(100 * standard[0]["test_accuracy"], color="k", lw=0.8, ls=":",
+                   label="standard training")
+    ax.set_xlabel("alpha (point_0 -> point_1)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    _save(fig, path)

@@ -19,7 +19,9 @@ Kusupati et al. 2020) and subspace endpoints mixed by a random weight
   (:mod:`ltjax.optim`): ``'frozen'`` leaves never move and get no decay,
   ``'default'`` leaves get the member's decay, any other label the decay in
   ``group_decay``;
-- ``penalty(trainable) -> scalar`` (optional): added to the loss;
+- ``penalty(trainable, key) -> scalar`` (optional): added to the loss in
+  training (``key`` is the step's key given to ``apply``, so a penalty may
+  draw, e.g. the subspaces' random pair of points);
 - ``trainable_masks(masks, trainable) -> masks of trainable`` (optional):
   where IMP masks land on the trainable tree (gradients masked before the
   optimiser, entries held at zero after). Whatever it returns, the model's
@@ -54,7 +56,7 @@ class Reparam:
       apply: ``(trainable, frozen, key, *, train) -> params``.
       labels: ``trainable -> tree of str`` optimiser groups, or None (all default).
       group_decay: the weight decay of each label other than frozen / default.
-      penalty: ``trainable -> scalar`` added to the loss, or None.
+      penalty: ``(trainable, key) -> scalar`` added to the training loss, or None.
       trainable_masks: ``(masks, trainable) -> masks`` of the trainable tree,
         or None (masks act in the forward pass only).
     """
@@ -64,7 +66,7 @@ class Reparam:
     apply: Callable[..., PyTree]
     labels: Callable[[PyTree], PyTree] | None = None
     group_decay: Mapping[str, float] = dataclasses.field(default_factory=dict)
-    penalty: Callable[[PyTree], jax.Array] | None = None
+    penalty: Callable[[PyTree, jax.Array | None], jax.Array] | None = None
     trainable_masks: Callable[[PyTree, PyTree], PyTree] | None = None
 
     @property

@@ -240,7 +240,7 @@ def train_steps(
             state.replace(params=trainable), masks, reparam=r, key=key, train=True)
         logits, new_stats = _forward(model, params, batch_stats, x, train=True)
         loss = cross_entropy(logits, y, label_smoothing=smoothing).mean()
-        objective = loss if r.penalty is None else loss + r.penalty(trainable)
+        objective = loss if r.penalty is None else loss + r.penalty(trainable, key)
         return objective, (loss, new_stats)
 
     def step_fn(state: TrainState, batch_index: jax.Array):

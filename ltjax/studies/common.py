@@ -307,6 +307,9 @@ def with_mean_rows(rows: list[dict], *, by: tuple[str, ...], fields: tuple[str, 
                    ) -> list[dict]:
     """``rows`` plus a ``mean`` and a ``std`` row (``replicate``) per group of ``by`` values.
 
+    A field that is None in some rows of a group is averaged over the others
+    (None when it is None in all).
+
     Example:
         >>> with_mean_rows(rows, by=("arm",), fields=("test_accuracy",))
     """
@@ -315,8 +318,13 @@ def with_mean_rows(rows: list[dict], *, by: tuple[str, ...], fields: tuple[str, 
         mine = [r for r in rows if tuple(r[k] for k in by) == group]
         for name, fn in (("mean", np.mean), ("std", np.std)):
             out.append({**dict(zip(by, group, strict=True)), "replicate": name,
-                        **{k: float(fn([r[k] for r in mine])) for k in fields}})
+                        **{k: _summary(fn, [r[k] for r in mine if r[k] is not None])
+                           for k in fields}})
     return out
+
+
+def _summary(fn: Callable, values: list) -> float | None:
+    return float(fn(values)) if values else None
 
 
 def final_records(log: results.MetricsLog, tags: dict, step: int) -> list[dict]:

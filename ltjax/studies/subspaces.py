@@ -1,0 +1,262 @@
+"""Learning neural network subspaces: lines, curves and simplexes against standard training.
+
+Wortsman, Horton, Guestrin, Farhadi & Rastegari 2021 ("Learning Neural
+Network Subspaces", ICML 2021; :mod:`ltjax.subspaces`). Arms
+(``config.arms``), each one program (the reparameterisation is the
+program's) with the replicates as members, all from the same
+initialisations (a subspace's ``point_0`` is the standard net's init) and
+data orders:
+
+- ``standard``: ordinary training, and the linear path between independently
+  trained replicates ``r`` and ``r + 1`` (the "naive" barrier);
+- ``<kind>[_layerwise]@<beta>``: a learned ``line``, ``curve`` or ``simplex``
+  (``config.simplex_points`` vertices), one draw for the network or one per
+  module, with the cos^2 regulariser's weight ``beta``; e.g. ``line@1``,
+  ``line_layerwise@1``, ``curve@0``.
+
+Each learned subspace is evaluated at ``config.num_alphas`` evenly spaced
+alphas from ``point_0`` to ``point_1`` (a simplex along that edge), with
+BatchNorm statistics recomputed at every point for nets with BatchNorm; plus
+the endpoint ensemble (summed logits, as the reference), the error barrier
+along the path (:func:`ltjax.interpolation.error_barrier`) and the endpoints'
+cos^2.
+
+Example (Colab):
+    >>> from experiments.configs import subspaces_mlp_digits
+    >>> summary = run_subspaces(subspaces_mlp_digits.get_config("quick"), "/tmp/sub")
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ltjax import executor as executor_lib
+from ltjax import interpolation, models, plots, results, rng, subspaces, tree
+from ltjax.studies import common
+
+VARIANTS = ("line", "line_layerwise", "curve", "curve_layerwise", "simplex",
+            "simplex_layerwise")
+
+
+def parse_arms(value: Any) -> tuple[tuple[str, float | None], ...]:
+    """``('standard', 'line@1', ...)`` -> ``(('standard', None), ('line', 1.0), ...)``.
+
+    Comma-separated strings are split (``--config.arms=standard,line@1``).
+
+    Raises:
+      ValueError: an unknown variant, a beta that is not a number >= 0, a
+        repeated arm, or no arm (naming ``config.arms``).
+
+    Example:
+        >>> parse_arms(("standard", "line_layerwise@1"))
+        (('standard', None), ('line_layerwise', 1.0))
+    """
+    items = [value] if isinstance(value, str) else list(value or ())
+    names = [v.strip() for item in items for v in str(item).split(",") if v.strip()]
+    if not names:
+        raise ValueError("config.arms must name at least one arm")
+    arms = []
+    for name in names:
+        if name == "standard":
+            arms.append(("standard", None))
+            continue
+        variant, _, beta = name.partition("@")
+        if variant not in VARIANTS or not beta:
+            raise ValueError(f"config.arms: {name!r} is not 'standard' or '<variant>@<beta>' with "
+                             f"a variant among {VARIANTS} (e.g. 'line@1')")
+        try:
+            value_beta = float(beta)
+        except ValueError:
+            value_beta = float("nan")
+        if not (math.isfinite(value_beta) and value_beta >= 0):
+            raise ValueError(f"config.arms: {name!r} needs a beta that is a number >= 0")
+        arms.append((variant, value_beta))
+    if len(set(arms)) != len(arms):
+        raise ValueError(f"config.arms repeats an arm: {names}")
+    return tuple(arms)
+
+
+def _check_config(config: Any) -> tuple[tuple[str, float | None], ...]:
+    arms = parse_arms(config.arms)
+    num_alphas = config.num_alphas
+    if isinstance(num_alphas, bool) or not isinstance(num_alphas, int) or num_alphas < 3 or (
+            num_alphas % 2 == 0):
+        raise ValueError(f"config.num_alphas must be an odd integer >= 3 (so alpha = 0.5 is on "
+                         f"the grid), got {num_alphas!r}")
+    if any(v.startswith("simplex") for v, _ in arms):
+        subspaces.point_names("simplex", config.simplex_points)  # validates
+    return arms
+
+
+def _slug(variant: str, beta: float | None) -> str:
+    return variant if beta is None else f"{variant}_beta{beta:g}"
+
+
+def run_subspaces(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
+    """Train every arm; write tables and a plot; resumable.
+
+    Writes into ``workdir``: ``config.json``, ``metrics.jsonl``,
+    ``results.csv`` (``variant, beta, alpha, replicate, test_accuracy,
+    test_loss``: every arm along its path, ``independent`` for the pair of
+    standard replicates ``r, r + 1``, ``standard`` with no alpha; mean and std
+    rows), ``summary.csv`` (per arm and replicate: the endpoints', midpoint's
+    and endpoint ensemble's test accuracy, the error barrier and the endpoints'
+    cos^2), ``plots/subspaces.png`` and ``checkpoints/``.
+
+    Raises:
+      ValueError: a bad ``config.arms``, ``num_alphas`` or ``simplex_points``
+        (before any work).
+    """
+    arms = _check_config(config)
+    workdir, dataset, recipe, executor = common.setup(config, workdir)
+    per_epoch = executor.steps_per_epoch
+    end = common.steps(config.training_steps, per_epoch)
+    num = config.num_replicates
+    init_keys, noise_keys = rng.init_and_noise(rng.replicate_keys(config.seed, num))
+    alphas = np.linspace(0.0, 1.0, config.num_alphas).astype(np.float32)
+    log = results.MetricsLog(workdir / "metrics.jsonl")
+    segment = common.segment_runner(config, executor, end=end, log=log, splits=["test"],
+                                    progress=progress)
+    has_bn = models.has_batch_norm(executor.model)
+    evaluate = _PathEvaluator(executor, config.get("reset_batches", 20) if has_bn else 0)
+
+    def init_fn(key):
+        return models.init(executor.model, key, dataset.input_shape)[0]
+
+    rows, summary = [], []
+    for variant, beta in arms:
+        if variant == "standard":
+            final = segment(executor, state=executor.init(init_keys), masks=None,
+                            noise_keys=noise_keys, ckpt_dir=workdir / "checkpoints" / "standard",
+                            tags={"variant": "standard"}, densities=np.ones(num),
+                            desc=f"standard x{num}")
+            r_rows, r_summary = evaluate.standard(final, alphas)
+        else:
+            kind, layerwise = variant.removesuffix("_layerwise"), variant.endswith("_layerwise")
+            arm_executor = executor_lib.Executor(
+                executor.model, dataset, recipe,
+                reparam=subspaces.subspace_reparam(
+                    init_fn, kind=kind, layerwise=layerwise, beta=beta,
+                    num_points=config.simplex_points if kind == "simplex" else None),
+                strategy=executor.strategy, steps_per_call=executor.steps_per_call,
+                eval_batch_size=executor.eval_batch_size)
+            final = segment(arm_executor, state=arm_executor.init(init_keys), masks=None,
+                            noise_keys=noise_keys,
+                            ckpt_dir=workdir / "checkpoints" / _slug(variant, beta),
+                            tags={"variant": variant, "beta": beta}, densities=np.ones(num),
+                            desc=f"{variant} beta={beta:g} x{num}")
+            r_rows, r_summary = evaluate.subspace(final, kind, alphas)
+            r_rows = [{"variant": variant, "beta": beta, **r} for r in r_rows]
+            r_summary = [{"variant": variant, "beta": beta, **r} for r in r_summary]
+        rows += r_rows
+        summary += r_summary
+    fields = ("test_accuracy", "test_loss")
+    rows = common.with_mean_rows([{"variant": r["variant"], "beta": r.get("beta"),
+                                   "alpha": r.get("alpha"), "replicate": r["replicate"],
+                                   **{f: r[f] for f in fields}} for r in rows],
+                                 by=("variant", "beta", "alpha"), fields=fields)
+    summary_fields = ("endpoint_0_accuracy", "midpoint_accuracy", "endpoint_1_accuracy",
+                      "ensemble_accuracy", "error_barrier", "cos_squared")
+    summary = common.with_mean_rows(
+        [{"variant": r["variant"], "beta": r.get("beta"), "replicate": r["replicate"],
+          **{f: r.get(f) for f in summary_fields}} for r in summary],
+        by=("variant", "beta"), fields=summary_fields)
+    results.write_csv(workdir / "results.csv", rows)
+    results.write_csv(workdir / "summary.csv", summary)
+    plots.plot_subspaces(rows, workdir / "plots" / "subspaces.png",
+                         title=f"Subspaces, {config.model} on {config.dataset}: {num} replicates")
+    return {"rows": [r for r in summary if r["replicate"] == "mean"]}
+
+
+class _PathEvaluator:
+    """Test metrics along paths of stacked nets (BatchNorm statistics recomputed if any)."""
+
+    def __init__(self, executor: executor_lib.Executor, reset_batches: int):
+        self.executor = executor
+        self.reset_batches = reset_batches
+        self.labels = np.asarray(executor.dataset.test.y)
+
+    def _stats(self, params: Any, like_stats: Any) -> Any:
+        if not self.reset_batches:
+            return like_stats
+        return self.executor.recomputed_batch_stats(params, like_stats,
+                                                    num_batches=self.reset_batches)
+
+    def _stack_stats(self, batch_stats: Any, count: int) -> Any:
+        one = tree.index(jax.device_get(batch_stats), 0)
+        return tree.stack([one] * count)
+
+    def metrics(self, params: Any, batch_stats: Any) -> dict[str, np.ndarray]:
+        """Test loss and accuracy of stacked ``params`` (stats recomputed when there is BN)."""
+        return self.executor.evaluate_params(params, self._stats(params, batch_stats), "test")
+
+    def ensemble_accuracy(self, params_a: Any, params_b: Any, batch_stats: Any) -> np.ndarray:
+        """Accuracy ``[S]`` of the summed logits of ``params_a[s]`` and ``params_b[s]``."""
+        count = jax.tree.leaves(params_a)[0].shape[0]
+        both = tree.concat([params_a, params_b])
+        stats = self._stats(both, tree.concat([batch_stats, batch_stats]))
+        logits = self.executor.predict_params(both, stats, "test")
+        summed = logits[:count] + logits[count:]
+        return (summed.argmax(-1) == self.labels[None]).mean(axis=1)
+
+    def standard(self, final: Any, alphas: np.ndarray) -> tuple[list[dict], list[dict]]:
+        """The standard nets' rows, and the independent pairs' paths."""
+        metrics = self.executor.evaluate(final, "test")
+        num = metrics["accuracy"].shape[0]
+        rows = [{"variant": "standard", "beta": None, "alpha": None, "replicate": r,
+                 "test_accuracy": float(metrics["accuracy"][r]),
+                 "test_loss": float(metrics["loss"][r])} for r in range(num)]
+        summary = [{"variant": "standard", "beta": None, "replicate": r,
+                    "midpoint_accuracy": float(metrics["accuracy"][r])} for r in range(num)]
+        params = jax.device_get(final.params)
+        for r in range(num - 1):
+            a, b = tree.index(params, r), tree.index(params, r + 1)
+            stats = self._stack_stats(final.batch_stats, len(alphas))
+            path = self.metrics(interpolation.interpolate(jnp.asarray(alphas), a, b), stats)
+            rows += [{"variant": "independent", "beta": None, "alpha": float(alpha),
+                      "replicate": r, "test_accuracy": float(path["accuracy"][i]),
+                      "test_loss": float(path["loss"][i])} for i, alpha in enumerate(alphas)]
+            ensemble = self.ensemble_accuracy(tree.stack([a]), tree.stack([b]),
+                                              self._stack_stats(final.batch_stats, 1))
+            summary.append({"variant": "independent", "beta": None, "replicate": r,
+                            **_path_summary(alphas, path["accuracy"]),
+                            "ensemble_accuracy": float(ensemble[0]),
+                            "cos_squared": float(subspaces.cos_squared(a, b))})
+        return rows, summary
+
+    def subspace(self, final: Any, kind: str, alphas: np.ndarray) -> tuple[list[dict], list[dict]]:
+        """Rows along each member's path from ``point_0`` to ``point_1``, and its summary."""
+        trainable = jax.device_get(final.params)
+        num = jax.tree.leaves(trainable)[0].shape[0]
+        names = sorted(trainable)
+        path_alphas = alphas if kind != "simplex" else np.stack(
+            [1.0 - alphas, alphas, *[np.zeros_like(alphas)] * (len(names) - 2)], axis=1)
+        rows, summary = [], []
+        stats = self._stack_stats(final.batch_stats, len(alphas))
+        for r in range(num):
+            one = tree.index(trainable, r)
+            path = self.metrics(subspaces.point_params(one, path_alphas, kind=kind), stats)
+            rows += [{"alpha": float(alpha), "replicate": r,
+                      "test_accuracy": float(path["accuracy"][i]),
+                      "test_loss": float(path["loss"][i])} for i, alpha in enumerate(alphas)]
+            summary.append({"replicate": r, **_path_summary(alphas, path["accuracy"]),
+                            "cos_squared": float(subspaces.cos_squared(one["point_0"],
+                                                                       one["point_1"]))})
+        ensemble = self.ensemble_accuracy(trainable["point_0"], trainable["point_1"],
+                                          jax.device_get(final.batch_stats))
+        for r in range(num):
+            summary[r]["ensemble_accuracy"] = float(ensemble[r])
+        return rows, summary
+
+
+def _path_summary(alphas: np.ndarray, accuracy: np.ndarray) -> dict:
+    mid = int(np.argmin(np.abs(alphas - 0.5)))
+    barrier, _ = interpolation.error_barrier(alphas, 1.0 - np.asarray(accuracy, np.float64))
+    return {"endpoint_0_accuracy": float(accuracy[0]), "midpoint_accuracy": float(accuracy[mid]),
+            "endpoint_1_accuracy": float(accuracy[-1]), "error_barrier": float(barrier)}
