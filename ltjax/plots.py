@@ -472,3 +472,33 @@ def plot_subspaces(rows: Sequence[dict], path: str | os.PathLike, *, title: str 
     ax.set_title(title)
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_perturbations(rows: Sequence[dict], path: str | os.PathLike, *, title: str = "") -> None:
+    """Test accuracy drop vs effective std of each perturbation, one panel per rewind step k.
+
+    ``rows`` are the rows of an early-phase ``results.csv``; each point is a
+    perturbation's mean over replicates, with the replicates as small dots.
+    """
+    ks = sorted({r["k"] for r in rows})
+    fig, axes = plt.subplots(1, len(ks), figsize=(5.5 * len(ks), 4.5), squeeze=False)
+    for ax, k in zip(axes[0], ks, strict=True):
+        mine = [r for r in rows if r["k"] == k]
+        for name in dict.fromkeys(r["perturbation"] for r in mine):
+            reps = [r for r in mine if r["perturbation"] == name
+                    and r["replicate"] not in ("mean", "std")]
+            (mean,) = [r for r in mine if r["perturbation"] == name and r["replicate"] == "mean"]
+            points = ax.plot(mean["effective_std"], 100 * mean["test_accuracy_drop"], "o",
+                             label=name)
+            ax.plot([r["effective_std"] for r in reps],
+                    [100 * r["test_accuracy_drop"] for r in reps], ".", ms=3,
+                    color=points[0].get_color(), alpha=0.6)
+        ax.axhline(0.0, color="k", lw=0.8)
+        ax.set_xlabel("effective std of W' - W_k (kept weights)")
+        ax.set_ylabel("test accuracy drop vs the ticket (pp)")
+        ax.set_title(f"k = {k}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)

@@ -84,5 +84,5 @@ def concat(trees: list[PyTree]) -> PyTree:
 
 
 def index(tree: PyTree, i: int) -> PyTree:
-    """Leaf-wise ``x[i]``: replicate ``i`` of a stacked tree."""
+    """Leaf-wise ``x[i]``: replicate ``i`` of a stacked tree (or the rows of an index array)."""
     return jax.tree.map(lambda x: x[i], tree)

@@ -1,0 +1,41 @@
+"""Perturbations at the rewind point (Frankle, Schwab & Morcos 2020) on LeNet-300-100 / MNIST.
+
+The LTH recipe (Adam 1.2e-3, batch 60, 24K iterations; 5000 validation images),
+the masks of IMP level 15 (3.6 % of the hidden weights; layerwise, output layer
+at half rate) of an IMP run of the same seed and replicates (``imp_workdir``,
+e.g. ``experiments/configs/imp_lenet_mnist.py:imp_only``, whose validation
+split must match: set ``--config.validation_size`` to the IMP run's), k in
+{0, 500} iterations, 2 replicates, 10 perturbations.
+
+    LTJAX_DATA_DIR=../shared/data python -m experiments.early_phase \\
+        --config=experiments/configs/early_phase_lenet_mnist.py --workdir=runs/early_phase \\
+        --config.imp_workdir=runs/lth_imp
+"""
+
+import ml_collections
+
+from experiments.configs import imp_lenet_mnist
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The config; ``'quick'``: 300 iterations, IMP level 2 run by the study itself."""
+    config = imp_lenet_mnist.get_config("imp_only")
+    config.eval_every = "4000it"
+    config.checkpoint_every = "4000it"
+    config.imp_workdir = ""  # empty: the study runs IMP to imp_level into <workdir>/imp
+    config.imp_level = 15
+    config.rewind_steps = ("0it", "500it")
+    config.perturbations = (
+        "none", "reinit", "shuffle_layer", "shuffle_layer_same_sign",
+        "signs_k_magnitudes_fresh", "signs_fresh_magnitudes_k", "signs_init_magnitudes_k",
+        "flip_signs@0.5", "gaussian@1", "gaussian@2",
+    )
+    if arg == "quick":
+        config.training_steps = "300it"
+        config.eval_every = "300it"
+        config.checkpoint_every = "100it"
+        config.imp_level = 2
+        config.rewind_steps = ("0it", "50it")
+    elif arg:
+        raise ValueError(f"unknown config variant {arg!r}; expected 'quick' or nothing")
+    return config

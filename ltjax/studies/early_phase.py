@@ -1,0 +1,264 @@
+"""The early phase of training: perturb the rewound subnetwork at k, train, and compare.
+
+Frankle, Schwab & Morcos 2020 ("The Early Phase of Neural Network Training",
+ICLR 2020), Section 4: take IMP's masks at a level (``config.imp_level`` of
+``config.imp_workdir``; without a workdir the study runs IMP itself into
+``workdir/imp`` with this config's model, data, recipe and ``pruning``), the
+dense network's weights at each rewind step k (each replicate trained to k
+with its own SGD noise, as the stability study), apply every perturbation of
+``config.perturbations`` to the kept weights (:mod:`ltjax.perturbations`), and
+train all perturbations x replicates of a k as one program under the masks
+from step k to the end, with a fresh optimiser state (IMP's default) and the
+replicate's own data order (so ``none``, the unperturbed ticket, is IMP's
+rewound ticket and every perturbation is compared on the same batches).
+
+Perturbation names:
+
+================================= =============================================
+``none``                          the rewound ticket ``m * W_k``
+``reinit``                        a fresh init under the mask (all leaves)
+``signs_<a>_magnitudes_<b>``      ``sign(a) * |b|``, a, b in k / init / fresh
+``flip_signs@<q>``                flip ``round(q * kept)`` signs per layer
+``shuffle_<layer|channel>``       permute kept values within a layer / channel
+``shuffle_<...>_same_sign``       ... among same-sign values only
+``gaussian@<n>``                  ``W_k + n * sigma_l * eps``, sigma_l the init std
+================================= =============================================
+
+``k`` / ``init`` / ``fresh`` signs and magnitudes: ``signs_k_magnitudes_fresh``
+is the paper's sign-preserving magnitude randomisation; ``signs_fresh_
+magnitudes_k`` random signs with the learned magnitudes. A member's
+perturbation key is ``fold_in(stream(stream(replicate_key, 'perturb'),
+name), k)``, so adding perturbations or replicates changes no other member.
+
+Example (Colab):
+    >>> from experiments.configs import early_phase_lenet_digits
+    >>> summary = run_early_phase(early_phase_lenet_digits.get_config("quick"), "/tmp/early")
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import pathlib
+import re
+from typing import Any
+
+import jax
+import numpy as np
+
+from ltjax import masking, models, perturbations, plots, results, rewinding, rng, tree
+from ltjax.studies import common, imp, stability
+
+SOURCES = ("k", "init", "fresh")
+_RECOMBINE = re.compile(r"^signs_(k|init|fresh)_magnitudes_(k|init|fresh)$")
+_SHUFFLE = re.compile(r"^shuffle_(layer|channel)(_same_sign)?$")
+
+
+def parse_perturbation(name: str) -> tuple[str, dict]:
+    """A perturbation name -> ``(kind, options)``; see the module doc for the names.
+
+    Raises:
+      ValueError: an unknown name, or a share / scale out of range (naming
+        ``config.perturbations``).
+
+    Example:
+        >>> parse_perturbation("gaussian@0.5")
+        ('gaussian', {'scale': 0.5})
+    """
+    if name in ("none", "reinit"):
+        return name, {}
+    if match := _RECOMBINE.match(name):
+        return "recombine", {"signs": match[1], "magnitudes": match[2]}
+    if match := _SHUFFLE.match(name):
+        return "shuffle", {"within": match[1], "same_sign": bool(match[2])}
+    kind, _, value = name.partition("@")
+    if kind in ("flip_signs", "gaussian") and value:
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if kind == "flip_signs" and not 0.0 <= number <= 1.0:
+            raise ValueError(f"config.perturbations: {name!r} needs a share in [0, 1]")
+        if kind == "gaussian" and not (math.isfinite(number) and number >= 0):
+            raise ValueError(f"config.perturbations: {name!r} needs a scale >= 0")
+        return kind, {"share": number} if kind == "flip_signs" else {"scale": number}
+    raise ValueError(
+        f"config.perturbations: unknown perturbation {name!r}; expected none, reinit, "
+        "signs_<k|init|fresh>_magnitudes_<k|init|fresh>, flip_signs@<q>, "
+        "shuffle_<layer|channel>[_same_sign] or gaussian@<n>")
+
+
+def perturb(name: str, key: jax.Array, params_k: Any, masks: Any, *, params_0: Any, fresh: Any,
+            prunable: Any) -> Any:
+    """One member's start: ``params_k`` perturbed by ``name`` (pure; jittable per name).
+
+    Args:
+      name: a perturbation name (module doc).
+      key: the member's perturbation key.
+      params_k: the dense weights at step k.
+      masks: the subnetwork's masks.
+      params_0: the weights at init (``init`` signs or magnitudes).
+      fresh: a fresh init (``reinit``, ``fresh`` signs or magnitudes).
+      prunable: static bools of the perturbed leaves.
+
+    Returns:
+      The perturbed params, masked.
+    """
+    kind, options = parse_perturbation(name)
+    rewound = masking.apply(params_k, masks)
+    if kind == "none":
+        return rewound
+    if kind == "reinit":
+        return rewinding.reinitialize(fresh, masks)
+    if kind == "recombine":
+        source = {"k": rewound, "init": params_0, "fresh": fresh}
+        return perturbations.recombine(rewound, masks, signs=source[options["signs"]],
+                                       magnitudes=source[options["magnitudes"]],
+                                       prunable=prunable)
+    if kind == "shuffle":
+        return perturbations.shuffle_weights(key, rewound, masks, prunable=prunable, **options)
+    if kind == "flip_signs":
+        return perturbations.flip_signs(key, rewound, masks, prunable=prunable, **options)
+    return perturbations.gaussian_noise(key, rewound, masks, prunable=prunable,
+                                        stds=perturbations.he_normal_stds(rewound, prunable),
+                                        **options)
+
+
+def _check_config(config: Any) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(
+        v.strip() for item in ([config.perturbations] if isinstance(config.perturbations, str)
+                               else list(config.perturbations or ()))
+        for v in str(item).split(",") if v.strip()))
+    if "none" not in names:
+        raise ValueError("config.perturbations must include 'none' (the unperturbed ticket the "
+                         f"drops are measured from), got {list(names)}")
+    for name in names:
+        parse_perturbation(name)
+    if isinstance(config.imp_level, bool) or not isinstance(config.imp_level, int) or (
+            config.imp_level < 1):
+        raise ValueError(f"config.imp_level must be an integer >= 1, got {config.imp_level!r}")
+    return names
+
+
+def _imp_config(config: Any) -> Any:
+    """The IMP run this study makes for itself: its model, data, recipe; ``imp_level`` levels."""
+    imp_config = copy.deepcopy(config)
+    with imp_config.unlocked():
+        for field in ("perturbations", "rewind_steps", "imp_workdir", "imp_level"):
+            if field in imp_config:
+                del imp_config[field]
+        imp_config.levels = config.imp_level
+        imp_config.rewind_step = "0it"
+        imp_config.controls = ()
+        imp_config.ticket_learning_rates = ()
+    return imp_config
+
+
+def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
+    """Train every perturbation at every k; write tables and a plot; resumable.
+
+    Writes into ``workdir``: ``config.json``, ``metrics.jsonl``, ``results.csv``
+    (``k, perturbation, replicate, density, effective_std, test_accuracy,
+    test_accuracy_drop``; mean and std rows), ``plots/perturbations.png``,
+    ``checkpoints/`` and, without ``config.imp_workdir``, the IMP run in ``imp/``.
+
+    Raises:
+      ValueError: an unknown perturbation or one out of range, no ``none``, a
+        rewind step outside ``[0, training_steps)``, an IMP workdir of other
+        inits or without ``imp_level`` (before any work).
+    """
+    names = _check_config(config)
+    imp_workdir = config.get("imp_workdir") or ""
+
+    def check(dataset) -> None:
+        per_epoch = len(dataset.train) // config.recipe.batch_size
+        end = common.steps(config.training_steps, per_epoch)
+        ks = [common.steps(k, per_epoch) for k in config.rewind_steps]
+        if not ks or min(ks) < 0 or max(ks) >= end:
+            raise ValueError(f"config.rewind_steps {list(config.rewind_steps)} must be steps in "
+                             f"[0, training_steps = {end}) (as steps: {ks})")
+        if imp_workdir:
+            stability.check_imp_compatible(config, imp_workdir)
+            folder = pathlib.Path(imp_workdir) / "checkpoints" / f"level_{config.imp_level:02d}"
+            if not folder.is_dir():
+                raise ValueError(f"config.imp_level={config.imp_level} does not exist in "
+                                 f"config.imp_workdir={imp_workdir!r}")
+
+    workdir, dataset, recipe, executor = common.setup(config, workdir, check=check)
+    if not imp_workdir:
+        imp_workdir = workdir / "imp"
+        imp.run_imp(_imp_config(config), imp_workdir, progress=progress)
+    per_epoch = executor.steps_per_epoch
+    end = common.steps(config.training_steps, per_epoch)
+    ks = sorted({common.steps(k, per_epoch) for k in config.rewind_steps})
+    num = config.num_replicates
+    keys = rng.replicate_keys(config.seed, num)
+    init_keys, noise_keys = rng.init_and_noise(keys)
+    perturb_keys = rng.stream(keys, "perturb")
+    log = results.MetricsLog(workdir / "metrics.jsonl")
+    segment = common.segment_runner(config, executor, end=end, log=log, splits=["test"],
+                                    progress=progress)
+    state = executor.init(init_keys)
+    params_0 = state.params
+    like = executor.shard(masking.ones_like(state.params))
+    masks = stability.load_imp_masks(imp_workdir, config.imp_level, like)
+    selection = masking.prunable(executor.abstract_params)
+    density = np.asarray(jax.vmap(lambda m: masking.density(m, selection))(masks))
+    starts = {name: _starter(name, executor, dataset, selection) for name in names}
+
+    rows = []
+    for k in ks:
+        state = segment(executor, state=state, masks=None, noise_keys=noise_keys, end=k,
+                        ckpt_dir=workdir / "checkpoints" / f"parent_{k}",
+                        tags={"k": k, "branch": "parent"}, densities=np.ones(num),
+                        desc=f"dense to step {k}")
+        member_params, stds, tags = [], [], []
+        for name in names:
+            name_keys = jax.vmap(lambda key, n=name, k=k: jax.random.fold_in(
+                rng.stream(key, n), k))(perturb_keys)
+            started, eff = starts[name](name_keys, state.params, masks, params_0)
+            member_params.append(started)
+            stds.append(np.asarray(eff))
+            tags += [{"perturbation": name, "replicate": r} for r in range(num)]
+        params = tree.concat(member_params)
+        replicate_of = np.array([t["replicate"] for t in tags])
+        member_masks = executor.shard(tree.index(masks, replicate_of))
+        start = tree.index(state, replicate_of)
+        start = executor.shard(start.replace(
+            params=params, opt_state=executor.fresh_opt_state(params)))
+        final = segment(executor, state=start, masks=member_masks,
+                        noise_keys=noise_keys[replicate_of],
+                        ckpt_dir=workdir / "checkpoints" / f"perturbed_{k}",
+                        tags={"k": k, "branch": "perturbed"}, member_tags=tags,
+                        densities=density[replicate_of],
+                        desc=f"k={k}: {len(names)} perturbations x{num}")
+        metrics = executor.evaluate(final, "test", member_masks)
+        effective = np.concatenate(stds)
+        accuracy = {(t["perturbation"], t["replicate"]): float(metrics["accuracy"][m])
+                    for m, t in enumerate(tags)}
+        rows += [{"k": k, **t, "density": float(density[t["replicate"]]),
+                  "effective_std": float(effective[m]),
+                  "test_accuracy": accuracy[(t["perturbation"], t["replicate"])],
+                  "test_accuracy_drop": accuracy[("none", t["replicate"])]
+                  - accuracy[(t["perturbation"], t["replicate"])]}
+                 for m, t in enumerate(tags)]
+    out = common.with_mean_rows(rows, by=("k", "perturbation"), fields=(
+        "density", "effective_std", "test_accuracy", "test_accuracy_drop"))
+    results.write_csv(workdir / "results.csv", out)
+    plots.plot_perturbations(out, workdir / "plots" / "perturbations.png",
+                             title=f"Perturbations at k, {config.model} on {config.dataset} "
+                                   f"at {100 * float(np.mean(density)):.1f} % density")
+    return {"rows": [r for r in out if r["replicate"] == "mean"]}
+
+
+def _starter(name: str, executor: Any, dataset: Any, selection: Any):
+    """A jitted ``(keys [S], params_k [S], masks [S], params_0 [S]) -> (params [S], std [S])``."""
+
+    def one(key, params_k, masks, params_0):
+        fresh = models.init(executor.model, rng.stream(key, "fresh"), dataset.input_shape)[0]
+        started = perturb(name, key, params_k, masks, params_0=params_0, fresh=fresh,
+                          prunable=selection)
+        return started, perturbations.effective_std(started, masking.apply(params_k, masks),
+                                                    masks, selection)
+
+    return jax.jit(jax.vmap(one))

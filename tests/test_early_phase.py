@@ -1,0 +1,92 @@
+"""The early-phase perturbation study: the unperturbed ticket is IMP's, closed-form noise, rerun."""
+
+import jax
+import numpy as np
+import pytest
+
+from experiments.configs import early_phase_lenet_digits
+from ltjax import masking, results
+from ltjax.studies import common, early_phase, stability
+
+
+def _rows(path):
+    """The replicate rows of a results CSV with numbers parsed."""
+    out = []
+    for row in results.read_csv(path):
+        if row["replicate"] in ("mean", "std"):
+            continue
+        out.append({key: (value if key in ("perturbation", "branch") else float(value))
+                    for key, value in row.items()})
+    return out
+
+
+def _config(**overrides):
+    config = early_phase_lenet_digits.get_config("quick")
+    config.model = "mlp"
+    config.model_kwargs = {"widths": (32, 16)}
+    config.training_steps = "2ep"
+    config.eval_every = "2ep"
+    config.checkpoint_every = "1ep"
+    config.imp_level = 1
+    config.perturbations = ("none", "reinit", "shuffle_layer_same_sign", "gaussian@1")
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+def test_early_phase_study_against_imp_and_closed_forms(tmp_path):
+    config = _config()
+    early_phase.run_early_phase(config, tmp_path, progress=False)
+    first = (tmp_path / "results.csv").read_text()
+    rows = _rows(tmp_path / "results.csv")
+    assert {(r["k"], r["perturbation"]) for r in rows} == {
+        (k, p) for k in (0, 10) for p in config.perturbations}
+
+    # The unperturbed ticket at k = 0 is IMP's ticket of that level, trained the same way.
+    imp_rows = [r for r in _rows(tmp_path / "imp" / "results.csv")
+                if r["level"] == 1 and r["branch"] == "imp"]
+    assert len(imp_rows) == 2
+    for r in imp_rows:
+        (mine,) = [x for x in rows if x["k"] == 0 and x["perturbation"] == "none"
+                   and x["replicate"] == r["replicate"]]
+        assert mine["test_accuracy"] == r["test_accuracy"]
+        assert mine["density"] == pytest.approx(r["density"], abs=1e-6)
+
+    # Gaussian noise at n = 1: the pooled std of sigma_l * eps over the kept weights.
+    _, _, _, executor = common.setup(config, tmp_path)
+    like = executor.shard(masking.ones_like(executor.init(
+        jax.random.split(jax.random.key(0), 2)).params))
+    masks = jax.device_get(stability.load_imp_masks(tmp_path / "imp", 1, like))
+    for rep in range(2):
+        kept = {n: int(np.asarray(masks[n]["kernel"][rep]).sum()) for n in masks}
+        fan_in = {n: masks[n]["kernel"].shape[1] for n in masks}
+        expected = np.sqrt(sum(kept[n] * 2.0 / fan_in[n] for n in masks) / sum(kept.values()))
+        total = sum(kept.values())
+        for k in (0, 10):
+            (row,) = [x for x in rows if x["k"] == k and x["perturbation"] == "gaussian@1"
+                      and x["replicate"] == rep]
+            assert row["effective_std"] == pytest.approx(expected, rel=6 / np.sqrt(total))
+            (ticket,) = [x for x in rows if x["k"] == k and x["perturbation"] == "none"
+                         and x["replicate"] == rep]
+            assert ticket["effective_std"] == 0.0 and ticket["test_accuracy_drop"] == 0.0
+            assert row["test_accuracy_drop"] == pytest.approx(
+                ticket["test_accuracy"] - row["test_accuracy"], abs=1e-12)
+    assert (tmp_path / "plots" / "perturbations.png").exists()
+
+    early_phase.run_early_phase(config, tmp_path, progress=False)  # finished: same files
+    assert (tmp_path / "results.csv").read_text() == first
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"perturbations": ("none", "melt")}, "unknown perturbation"),
+    ({"perturbations": ("reinit",)}, "'none'"),
+    ({"perturbations": ("none", "flip_signs@1.5")}, "share"),
+    ({"perturbations": ("none", "gaussian@-1")}, "scale"),
+    ({"rewind_steps": ("0it", "2ep")}, "rewind_steps"),
+    ({"imp_level": 0}, "imp_level"),
+    ({"imp_workdir": "/nonexistent/imp"}, "imp_workdir"),
+])
+def test_bad_config_is_refused_before_any_work(tmp_path, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        early_phase.run_early_phase(_config(**overrides), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
