@@ -502,3 +502,24 @@ def plot_perturbations(rows: Sequence[dict], path: str | os.PathLike, *, title: 
     fig.suptitle(title)
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_supermask(rows: Sequence[dict], path: str | os.PathLike, *, title: str = "") -> None:
+    """Edge-popup's test accuracy vs density, one line per weight init (mean, replicates dotted)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for weight_init in dict.fromkeys(r["weight_init"] for r in rows):
+        means = sorted((r for r in rows if r["weight_init"] == weight_init
+                        and r["replicate"] == "mean"), key=lambda r: r["density"])
+        line = ax.plot([100 * r["density"] for r in means],
+                       [100 * r["test_accuracy"] for r in means], "-o", ms=4, label=weight_init)
+        reps = [r for r in rows if r["weight_init"] == weight_init
+                and r["replicate"] not in ("mean", "std")]
+        ax.plot([100 * r["density"] for r in reps], [100 * r["test_accuracy"] for r in reps], ".",
+                ms=3, color=line[0].get_color(), alpha=0.6)
+    ax.set_xlabel("density (% of each layer's weights kept)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    _save(fig, path)

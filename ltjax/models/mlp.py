@@ -31,6 +31,8 @@ class MLP(nn.Module):
         widths: hidden layer widths, e.g. ``(300, 100)`` for LeNet-300-100
             (stored as a tuple).
         num_classes: number of logits.
+        use_bias: biases in every layer (False: bias-free, as edge-popup's
+            reference LeNet, Ramanujan et al. 2020).
 
     Example:
         >>> model = MLP(widths=(300, 100))
@@ -41,6 +43,7 @@ class MLP(nn.Module):
 
     widths: Sequence[int]
     num_classes: int = 10
+    use_bias: bool = True
 
     has_batch_norm: ClassVar[bool] = False
 
@@ -55,8 +58,9 @@ class MLP(nn.Module):
         del train  # no dropout, no batch norm
         x = x.reshape(x.shape[0], -1)
         for width in self.widths:
-            x = nn.relu(nn.Dense(width, kernel_init=common.kernel_init)(x))
-        return nn.Dense(self.num_classes, kernel_init=common.kernel_init)(x)
+            x = nn.relu(nn.Dense(width, use_bias=self.use_bias, kernel_init=common.kernel_init)(x))
+        return nn.Dense(self.num_classes, use_bias=self.use_bias,
+                        kernel_init=common.kernel_init)(x)
 
 
 def permutation_spec(model: MLP, params: Any = None) -> matching.PermutationSpec:
@@ -79,7 +83,8 @@ def permutation_spec(model: MLP, params: Any = None) -> matching.PermutationSpec
         into = f"Dense_{i - 1}" if i > 0 else None
         out = f"Dense_{i}" if i < depth else None
         axes[f"Dense_{i}/kernel"] = (into, out)
-        axes[f"Dense_{i}/bias"] = (out,)
+        if model.use_bias:
+            axes[f"Dense_{i}/bias"] = (out,)
     return matching.PermutationSpec(
         params=axes, activations={f"Dense_{i}": (f"Dense_{i}",) for i in range(depth)})
 

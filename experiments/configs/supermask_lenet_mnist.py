@@ -1,0 +1,44 @@
+"""Edge-popup on a bias-free LeNet-300-100 / MNIST (Ramanujan et al. 2020's FC network).
+
+The reference recipe (allenai/hidden-networks: SGD 0.1, momentum 0.9, cosine,
+weight decay 1e-4 on the scores, batch 128) for 5 epochs instead of 100;
+densities {0.1, 0.3, 0.5, 0.7, 0.9} x {signed constant, Kaiming normal}, 2
+replicates, all 20 members in one program.
+
+    LTJAX_DATA_DIR=../shared/data python -m experiments.supermask \\
+        --config=experiments/configs/supermask_lenet_mnist.py --workdir=runs/supermask
+"""
+
+import ml_collections
+
+from experiments.configs import lenet_mnist
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The config; ``'quick'``: 300 iterations."""
+    config = lenet_mnist.get_config()
+    config.model_kwargs = ml_collections.ConfigDict(dict(use_bias=False))
+    config.validation_size = 0
+    config.num_replicates = 2
+    config.recipe.optimizer = "sgd"
+    config.recipe.learning_rate = 0.1
+    config.recipe.momentum = 0.9
+    config.recipe.weight_decay = 1e-4
+    config.recipe.batch_size = 128
+    config.recipe.augment = False
+    config.recipe.schedule = "cosine"
+    config.recipe.total_steps = "5ep"
+    config.training_steps = "5ep"
+    config.eval_every = "1ep"
+    config.checkpoint_every = "1ep"
+    config.max_checkpoints = 1
+    config.densities = (0.1, 0.3, 0.5, 0.7, 0.9)
+    config.weight_inits = ("signed_constant", "kaiming_normal")
+    if arg == "quick":
+        config.recipe.total_steps = "300it"
+        config.training_steps = "300it"
+        config.eval_every = "300it"
+        config.checkpoint_every = "100it"
+    elif arg:
+        raise ValueError(f"unknown config variant {arg!r}; expected 'quick' or nothing")
+    return config

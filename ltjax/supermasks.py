@@ -1,0 +1,230 @@
+"""Supermasks: subnetworks of random, never-trained weights (edge-popup).
+
+Ramanujan, Wortsman, Kembhavi, Farhadi & Rastegari 2020, "What's Hidden in a
+Randomly Weighted Neural Network?" (CVPR 2020). The weights ``W`` stay at
+their random init; every prunable layer trains a score per weight, and the
+forward pass uses ``W * M`` where ``M`` keeps the ``kept_l`` entries of the
+highest ``|S|`` in the layer. The scores learn through the straight-through
+estimator of the reference's ``GetSubnet`` (its backward passes the gradient
+unchanged to ``|S|``):
+
+    dL/dS = sign(S) * W * dL/dW_eff.
+
+Facts of the reference (allenai/hidden-networks@dddf2d0,
+``utils/conv_type.py``, ``utils/builder.py``, ``main.py``) kept here:
+
+- the kept count of a layer of ``n`` weights at ``density`` is
+  ``ceil(density * n)`` (the reference zeroes the ``int((1 - k) n)``
+  smallest; ``density`` is taken as the decimal the user wrote,
+  ``Fraction(repr(density))``, so 0.3 of 100 keeps 30, not 31 as float
+  arithmetic would); ties are broken by flat position (lower index kept);
+- ``density`` names the kept share: the reference's ``prune_rate`` is the kept
+  share in ``GetSubnet`` but the removed one in ``scale_fan`` (its issue #9);
+- scores start at ``kaiming_uniform(a=sqrt(5))``, i.e. ``U(-1/sqrt(fan_in),
+  1/sqrt(fan_in))``, and get the member's weight decay (the reference decays
+  every trained parameter, and the scores are the only ones);
+- weights: the model's init (He normal, the reference's "Kaiming normal"; the
+  model's own initialiser, a truncated normal in flax) or the signed Kaiming
+  constant ``sign(w) * sqrt(2 / fan_in)`` (:func:`signed_constant`, without the
+  optional ``scale_fan``);
+- every prunable leaf (default: every kernel) is a supermask layer; other
+  leaves (biases, BatchNorm) are frozen at init (the reference's LeNet has
+  none: bias-free layers, ``models.create('lenet_300_100', use_bias=False)``).
+
+The top-k runs every step, so it is a selection, not a sort:
+:func:`top_k_mask` finds the ``kept``-th largest value by a 31-pass bisection on
+the int32 bit patterns of the non-negative scores (exact, ``O(31 n)``).
+
+Example:
+    >>> selection = masking.prunable(abstract_params)
+    >>> executor = Executor(model, dataset, recipe,
+    ...                     reparam=edge_popup(selection, density=0.5))
+    >>> state, _ = executor.train(executor.init(init_keys), None, noise_keys, num_steps=2000)
+    >>> executor.evaluate(state, "test")      # the random net under its learned supermask
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from fractions import Fraction
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ltjax import optim, reparam, tree
+
+PyTree = Any
+
+#: The weight inits of :func:`edge_popup`.
+WEIGHT_INITS = ("signed_constant", "kaiming_normal")
+
+
+def _check_density(density: Any) -> Fraction:
+    if isinstance(density, bool) or not isinstance(density, numbers.Real) or not (
+            0.0 < float(density) <= 1.0):
+        raise ValueError(f"density must be a number in (0, 1] (the kept share), got {density!r}")
+    return Fraction(repr(float(density)))
+
+
+def kept_count(num: int, density: float) -> int:
+    """``ceil(density * num)`` in exact decimal arithmetic: the kept entries of a layer.
+
+    Example:
+        >>> kept_count(100, 0.3), kept_count(10, 0.25)
+        (30, 3)
+    """
+    return min(num, math.ceil(_check_density(density) * num))
+
+
+def top_k_mask(values: jax.Array, kept: int | jax.Array) -> jax.Array:
+    """The mask of the ``kept`` largest entries of non-negative ``values`` (ties: lower index).
+
+    Exactly ``kept`` entries are True. The ``kept``-th largest value is found
+    by bisection over the bits of its int32 pattern (order-preserving for
+    non-negative floats): 31 compare-and-count passes, no sort. ``kept`` may be
+    traced (a per-member count). Jittable and vmappable.
+
+    Args:
+      values: non-negative float32 values of any shape (e.g. ``|scores|``).
+      kept: how many to keep, in ``[0, values.size]``.
+
+    Example:
+        >>> top_k_mask(jnp.array([0.3, 0.1, 0.3, 0.5]), 2)
+        Array([ True, False, False,  True], dtype=bool)
+    """
+    flat = values.reshape(-1).astype(jnp.float32)
+    bits = jax.lax.bitcast_convert_type(flat, jnp.int32)
+    kept = jnp.asarray(kept, jnp.int32)
+    threshold = jnp.int32(0)
+    for bit in range(30, -1, -1):
+        candidate = threshold | jnp.int32(1 << bit)
+        enough = jnp.sum(bits >= candidate, dtype=jnp.int32) >= kept
+        threshold = jnp.where(enough, candidate, threshold)
+    above = bits > threshold
+    ties = bits == threshold
+    room = kept - jnp.sum(above, dtype=jnp.int32)
+    mask = above | (ties & (jnp.cumsum(ties, dtype=jnp.int32) <= room))
+    return mask.reshape(values.shape)
+
+
+def _fan_in(w: Any) -> int:
+    return math.prod(np.shape(w)[:-1])
+
+
+def signed_constant(params: PyTree, prunable: PyTree) -> PyTree:
+    """``sign(w) * sqrt(2 / fan_in)`` on prunable leaves (fan in: all axes but the last).
+
+    The signed Kaiming constant of Ramanujan et al. 2020 (Section 4.2); other
+    leaves unchanged.
+
+    Example:
+        >>> signed_constant({"Dense_0": {"kernel": jnp.array([[-0.3], [0.1]])}}, selection)
+        {'Dense_0': {'kernel': Array([[-1.], [ 1.]], dtype=float32)}}
+    """
+    return jax.tree.map(lambda w, f: (jnp.sign(w) * math.sqrt(2.0 / _fan_in(w))).astype(w.dtype)
+                        if f else w, params, prunable)
+
+
+def kept_counts(params: PyTree, prunable: PyTree, density: float) -> PyTree:
+    """The frozen per-layer kept counts (int32; 0 on non-prunable leaves) at ``density``.
+
+    Example:
+        >>> kept_counts(params, selection, 0.5)["Dense_0"]["kernel"]
+        Array(117600, dtype=int32)
+    """
+    _check_density(density)
+    return jax.tree.map(lambda w, f: jnp.asarray(
+        kept_count(int(np.prod(np.shape(w))), density) if f else 0, jnp.int32), params, prunable)
+
+
+def _flags(prunable: PyTree, params: PyTree) -> list[bool]:
+    if jax.tree.structure(prunable) != jax.tree.structure(params):
+        raise ValueError(f"prunable must have the structure of the model's params; prunable has "
+                         f"leaves {tree.names(prunable)[:6]}, params {tree.names(params)[:6]}")
+    return [bool(f) for f in jax.tree.leaves(prunable)]
+
+
+def supermask(scores: PyTree, frozen: PyTree, prunable: PyTree) -> PyTree:
+    """The learned masks (params' structure, bool; all-True off the prunable leaves).
+
+    Example:
+        >>> masks = supermask(state_of_one.params, state_of_one.frozen, selection)
+        >>> masking.layer_densities(masks, selection)
+    """
+    flags = _flags(prunable, scores)
+    leaves = [top_k_mask(jnp.abs(s), k) if f else jnp.ones(jnp.shape(s), bool)
+              for s, k, f in zip(jax.tree.leaves(scores), jax.tree.leaves(frozen["kept"]), flags,
+                                 strict=True)]
+    return jax.tree.unflatten(jax.tree.structure(scores), leaves)
+
+
+def edge_popup(prunable: PyTree, *, density: float = 0.5,
+               weight_init: str = "signed_constant") -> reparam.Reparam:
+    """Edge-popup as a :class:`ltjax.reparam.Reparam`: scores trained, weights frozen.
+
+    The trainable tree has the params' structure: the scores of prunable
+    leaves (``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, drawn from the member's
+    reparam key, leaf ``i`` from ``fold_in(key, i)``) and zeros, labelled
+    frozen, elsewhere. The frozen tree is ``{'weights': W, 'kept': counts}``:
+    per-member arrays, so a study may set each member's weights
+    (:func:`signed_constant` of the init or the init itself) and density
+    (:func:`kept_counts`) after ``executor.init``, and train several densities
+    and weight inits as members of one program. ``apply`` gives
+    ``W * (M + |S| - stop_gradient(|S|))`` on prunable leaves (value ``W * M``
+    exactly, gradient ``sign(S) * W * g`` to the scores) and ``W`` elsewhere.
+
+    Args:
+      prunable: static bools of the supermask layers (default choice: every
+        kernel, :func:`ltjax.masking.prunable`).
+      density: the kept share of each layer at init (``kept_counts``).
+      weight_init: ``'signed_constant'`` or ``'kaiming_normal'`` (the model's init).
+
+    Raises:
+      ValueError: ``density`` outside (0, 1], an unknown ``weight_init``.
+
+    Example:
+        >>> r = edge_popup(selection, density=0.3, weight_init="kaiming_normal")
+    """
+    _check_density(density)
+    if weight_init not in WEIGHT_INITS:
+        raise ValueError(f"weight_init must be one of {WEIGHT_INITS}, got {weight_init!r}")
+
+    def init(params: PyTree, key: jax.Array) -> tuple[PyTree, PyTree]:
+        flags = _flags(prunable, params)
+        leaves = jax.tree.leaves(params)
+        scores = []
+        for i, (w, f) in enumerate(zip(leaves, flags, strict=True)):
+            if f:
+                bound = 1.0 / math.sqrt(_fan_in(w))
+                scores.append(jax.random.uniform(jax.random.fold_in(key, i), np.shape(w),
+                                                 jnp.float32, -bound, bound))
+            else:
+                scores.append(jnp.zeros(np.shape(w), jnp.float32))
+        weights = signed_constant(params, prunable) if weight_init == "signed_constant" else params
+        frozen = {"weights": weights, "kept": kept_counts(params, prunable, density)}
+        return jax.tree.unflatten(jax.tree.structure(params), scores), frozen
+
+    def apply(trainable: PyTree, frozen: PyTree, key: jax.Array | None, *,
+              train: bool) -> PyTree:
+        del key, train
+        flags = _flags(prunable, trainable)
+        out = []
+        for s, w, k, f in zip(jax.tree.leaves(trainable), jax.tree.leaves(frozen["weights"]),
+                              jax.tree.leaves(frozen["kept"]), flags, strict=True):
+            if f:
+                magnitude = jnp.abs(s)
+                mask = top_k_mask(jax.lax.stop_gradient(magnitude), k).astype(w.dtype)
+                out.append(w * (mask + (magnitude - jax.lax.stop_gradient(magnitude))))
+            else:
+                out.append(w)
+        return jax.tree.unflatten(jax.tree.structure(trainable), out)
+
+    def labels(trainable: PyTree) -> PyTree:
+        return jax.tree.map(lambda _, f: optim.DEFAULT if f else optim.FROZEN, trainable,
+                            prunable)
+
+    return reparam.Reparam(name=f"edge_popup(density={density!r}, weight_init={weight_init!r})",
+                           init=init, apply=apply, labels=labels)
