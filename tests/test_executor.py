@@ -116,7 +116,8 @@ def line_toy(penalty=0.3):
         alpha = jax.random.uniform(key) if train else 0.5
         return jax.tree.map(lambda e: (1 - alpha) * e[0] + alpha * e[1], ends)
 
-    def pen(ends):
+    def pen(ends, key):
+        del key  # the step's key: this toy penalty does not draw
         return 0.5 * penalty * sum(jnp.sum((e[1] - e[0]) ** 2) for e in jax.tree.leaves(ends))
 
     return reparam_lib.Reparam(
