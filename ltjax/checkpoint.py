@@ -16,6 +16,17 @@ Two orbax traps (FACTS.md) are handled here: saves are asynchronous, so
 still listed by ``latest_step()``, so :meth:`Checkpointer.restore_latest`
 falls back to the newest step that restores.
 
+Nothing restores silently wrong: each step's metadata carries the layout
+(paths, shapes, dtypes) and a checksum (BLAKE2b of every array's bytes) of its
+state and masks. :meth:`Checkpointer.restore` verifies the checksums of what it
+restores (:class:`DamagedCheckpointError` on a mismatch: flipped bytes).
+:meth:`Checkpointer.restore_latest` tells damage from a different run: a step
+whose layout differs from the caller's raises a clear error (another config
+wrote it); a step of the same layout that does not restore or fails its
+checksum (a deleted or truncated file, a missing manifest, flipped bytes) is
+moved aside to ``<directory>.damaged/`` (never deleted) and the previous step
+is tried, so a rerun retrains what was lost and saves that step again.
+
 Example:
     >>> with Checkpointer(workdir / "checkpoints") as ckpt:
     ...     ckpt.save(100, state=state, masks=masks, meta={"level": 0})
@@ -25,15 +36,50 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import time
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 PyTree = Any
 _ITEMS = ("state", "masks", "meta")
+_INFO = "_ltjax"  # the metadata key of the layouts and checksums (removed from returned meta)
+
+
+class DamagedCheckpointError(ValueError):
+    """A checkpoint step's arrays do not match the checksum saved with them."""
+
+
+def _leaves(tree: PyTree) -> list[tuple[str, Any]]:
+    return [(jax.tree_util.keystr(path), leaf)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def layout(tree: PyTree | None) -> str:
+    """A digest of ``tree``'s paths, shapes and dtypes (not its values); ``'none'`` for None."""
+    if tree is None:
+        return "none"
+    digest = hashlib.blake2b(digest_size=16)
+    for name, leaf in _leaves(tree):
+        digest.update(f"{name}|{tuple(np.shape(leaf))}|{np.dtype(leaf.dtype).str};".encode())
+    return digest.hexdigest()
+
+
+def checksum(tree: PyTree | None) -> str:
+    """A BLAKE2b digest of ``tree``'s paths and array bytes (fetched to the host)."""
+    if tree is None:
+        return "none"
+    digest = hashlib.blake2b(digest_size=16)
+    for name, leaf in _leaves(tree):
+        array = np.ascontiguousarray(jax.device_get(leaf))
+        digest.update(f"{name}|{array.shape}|{array.dtype.str};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def abstract_like(tree: PyTree) -> PyTree:
@@ -80,7 +126,10 @@ class Checkpointer:
         """
         if step in self._manager.all_steps():
             raise ValueError(f"checkpoint step {step} already exists in {self.directory}")
-        items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta or {})}
+        info = {"layout": {"state": layout(state), "masks": layout(masks)},
+                "checksum": {"state": checksum(state), "masks": checksum(masks)}}
+        items = {"state": ocp.args.StandardSave(state),
+                 "meta": ocp.args.JsonSave({**(meta or {}), _INFO: info})}
         if masks is not None:
             items["masks"] = ocp.args.StandardSave(masks)
         self._manager.save(step, args=ocp.args.Composite(**items))
@@ -100,6 +149,9 @@ class Checkpointer:
 
         Returns:
           ``(state, masks, meta)``; state or masks is None when not asked for.
+
+        Raises:
+          DamagedCheckpointError: a restored item does not match its saved checksum.
         """
         items = {"meta": ocp.args.JsonRestore()}
         if like_state is not None:
@@ -109,23 +161,67 @@ class Checkpointer:
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         state = restored["state"] if like_state is not None else None
         masks = restored["masks"] if like_masks is not None else None
-        return state, masks, dict(restored["meta"] or {})
+        meta = dict(restored["meta"] or {})
+        info = meta.pop(_INFO, None)
+        if info is not None:
+            for name, tree in (("state", state), ("masks", masks)):
+                if tree is not None and checksum(tree) != info["checksum"][name]:
+                    raise DamagedCheckpointError(
+                        f"checkpoint step {step} in {self.directory}: the {name} does not match "
+                        "the checksum saved with it (damaged bytes)")
+        return state, masks, meta
+
+    def _read_info(self, step: int) -> dict | None:
+        """The step's layouts and checksums (None if its metadata does not read)."""
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(
+                meta=ocp.args.JsonRestore()))
+        except (ValueError, FileNotFoundError, KeyError, OSError):
+            return None
+        return dict(restored["meta"] or {}).get(_INFO, {})
+
+    def _move_aside(self, step: int, why: str) -> None:
+        """Move a damaged step to ``<directory>.damaged/<step>-<time>`` and forget it."""
+        target_dir = self.directory + ".damaged"
+        os.makedirs(target_dir, exist_ok=True)
+        target = os.path.join(target_dir, f"{step}-{time.time_ns()}")
+        os.replace(os.path.join(self.directory, str(step)), target)
+        self._manager.reload()
+        logging.warning("checkpoint step %d in %s is damaged (%s); moved to %s", step,
+                        self.directory, why, target)
 
     def restore_latest(
         self, *, like_state: PyTree, like_masks: PyTree | None = None,
     ) -> tuple[int, PyTree, PyTree | None, dict] | None:
         """The newest step that restores, as ``(step, state, masks, meta)``; None if none.
 
-        A damaged step (a crash after the rename, a deleted file) is logged
-        and skipped in favour of the one before it.
+        A damaged step (a deleted or truncated file, a missing manifest,
+        bytes that fail the checksum) of this run's layout is moved aside to
+        ``<directory>.damaged/`` and the one before it is tried; a step
+        without layout information (older ltjax) is only skipped.
+
+        Raises:
+          ValueError: a step was written with another layout of state or
+            masks (another config or ltjax version), naming the step.
         """
+        want = {"state": layout(like_state), "masks": layout(like_masks)}
         for step in reversed(self.steps()):
+            info = self._read_info(step)
+            if info and info.get("layout") != want:
+                raise ValueError(
+                    f"checkpoint step {step} in {self.directory} was written with another layout "
+                    "of state or masks (another config or ltjax version); use a new workdir or "
+                    "move the folder aside")
             try:
                 state, masks, meta = self.restore(step, like_state=like_state,
                                                   like_masks=like_masks)
-            except (ValueError, FileNotFoundError, KeyError, OSError) as err:
-                logging.warning("checkpoint step %d in %s does not restore (%s); trying the "
-                                "previous one", step, self.directory, err)
+            except Exception as err:  # noqa: BLE001 (tensorstore raises bare Exception)
+                if info is None or info:  # unreadable metadata, or this run's layout: damage
+                    self._move_aside(step, str(err).splitlines()[0][:200] if str(err) else
+                                     type(err).__name__)
+                else:
+                    logging.warning("checkpoint step %d in %s does not restore (%s); trying the "
+                                    "previous one", step, self.directory, err)
                 continue
             return step, state, masks, meta
         return None

@@ -107,3 +107,22 @@ def test_config_name_lists_from_flags_are_split_and_checked():
     assert common.names_of((), field="controls", allowed=allowed) == ()
     with pytest.raises(ValueError, match=r"config.controls must be among .*'prune'"):
         common.names_of("reinit,prune", field="controls", allowed=allowed)
+
+
+@pytest.mark.parametrize("damage", ["flipped_bytes", "missing_manifest"])
+def test_damaged_checkpoints_resume_to_identical_files(tmp_path, damage):
+    """A damaged newest step (or every step) is moved aside and retrained: same files."""
+    import os
+
+    from test_checkpoint import DAMAGE
+
+    config = _config(checkpoint_every="1ep", training_steps="3ep", max_checkpoints=2)
+    dense.run_train(config, tmp_path / "run", progress=False)
+    files = {n: (tmp_path / "run" / n).read_bytes() for n in ("results.csv", "metrics.jsonl")}
+    folder = tmp_path / "run" / "checkpoints"
+    ckpt_dirs = sorted({root for root, dirs, _ in os.walk(folder) if "state" in dirs})
+    for step_dir in ckpt_dirs[-1:] if damage == "flipped_bytes" else ckpt_dirs:
+        DAMAGE[damage](step_dir)
+    dense.run_train(config, tmp_path / "run", progress=False)
+    assert {n: (tmp_path / "run" / n).read_bytes() for n in files} == files
+    assert any(p.name.endswith(".damaged") for p in (tmp_path / "run").rglob("*"))
