@@ -523,3 +523,29 @@ def plot_supermask(rows: Sequence[dict], path: str | os.PathLike, *, title: str 
     ax.set_title(title)
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_early_bird(rows: Sequence[dict], path: str | os.PathLike, *, threshold: float,
+                    title: str = "") -> None:
+    """The largest distance of each epoch's channel mask to the masks before it in the window.
+
+    One line per pruning ratio and replicate (``rows`` of ``mask_distance.csv``);
+    the ticket emerges where a line first stays under ``threshold`` over a full window.
+    """
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fields = [k for k in rows[0] if k.startswith("distance_to_previous_")] if rows else []
+    for p in dict.fromkeys(r["p"] for r in rows):
+        for rep in dict.fromkeys(r["replicate"] for r in rows if r["p"] == p):
+            mine = [r for r in rows if r["p"] == p and r["replicate"] == rep]
+            xs = [r["epoch"] for r in mine if r[fields[0]] is not None]
+            ys = [max(r[f] for f in fields if r[f] is not None) for r in mine
+                  if r[fields[0]] is not None]
+            ax.plot(xs, ys, "-o", ms=3, label=f"p={p:g}, replicate {rep}")
+    ax.axhline(threshold, color="k", lw=0.8, ls=":", label=f"threshold {threshold:g}")
+    ax.set_xlabel("epoch (mask drawn at its start)")
+    ax.set_ylabel("max distance to the previous masks in the window")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title)
+    fig.tight_layout()
+    _save(fig, path)

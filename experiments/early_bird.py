@@ -1,0 +1,28 @@
+"""Early-Bird tickets (You et al. 2020): search with network slimming's L1 on the BatchNorm
+scales, detect when the channel mask stops changing, retrain the ticket.
+
+    LTJAX_DATA_DIR=../shared/data python -m experiments.early_bird \
+        --config=experiments/configs/early_bird_mlp_mnist.py --workdir=runs/early_bird
+    python -m experiments.early_bird \
+        --config=experiments/configs/early_bird_mlp_digits.py:quick --workdir=runs/early_bird_q
+
+Re-running the same command on the same workdir resumes from the newest checkpoint.
+"""
+
+import experiments
+from ltjax.studies import early_bird
+
+
+def report(summary: dict) -> None:
+    """Print the mean emergence epoch, accuracies and overlap per pruning ratio."""
+    print("{:>6} {:>9} {:>10} {:>10} {:>10} {:>9}".format(
+        "p", "EB epoch", "kept %", "EB acc %", "full acc %", "overlap"))
+    for row in summary["rows"]:
+        epoch = "never" if row["eb_epoch"] is None else f"{row['eb_epoch']:.1f}"
+        print(f"{row['p']:6.2f} {epoch:>9} {100 * row['kept_channels']:10.1f} "
+              f"{100 * row['eb_test_accuracy']:10.2f} {100 * row['full_test_accuracy']:10.2f} "
+              f"{row['overlap_with_final_mask']:9.3f}")
+
+
+if __name__ == "__main__":
+    experiments.run_main(early_bird.run_early_bird, report)

@@ -1,0 +1,157 @@
+"""Early-Bird tickets: search with network slimming, detect emergence, retrain the ticket.
+
+You et al. 2020 ("Drawing Early-Bird Tickets", ICLR 2020; :mod:`ltjax.early_bird`).
+The search trains the replicates (members of one program) with the slimming
+L1 penalty on the BatchNorm scales for ``config.training_steps``; at the start
+of every epoch (epoch 0: the init) each replicate's |gamma| vector is
+recorded in ``metrics.jsonl`` (so a resumed run has every epoch's masks) and
+a global channel mask is drawn for every pruning ratio ``p``. The ticket of a
+ratio emerges at the first epoch whose mask is within distance
+``config.threshold`` of each of the ``config.window - 1`` masks before it.
+Each ticket (every ratio x replicate, members of one program) is retrained
+from a fresh init under its channel masks with the same recipe and penalty
+for the full length (the reference's ``main_scratch.py``); a ticket that
+never emerges is reported without an epoch and retrained from the final
+epoch's mask.
+
+Example (Colab):
+    >>> from experiments.configs import early_bird_mlp_digits
+    >>> summary = run_early_bird(early_bird_mlp_digits.get_config("quick"), "/tmp/eb")
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+
+from ltjax import early_bird, models, plots, results, rng, tree
+from ltjax import executor as executor_lib
+from ltjax.studies import common
+
+
+def _check_config(config: Any) -> tuple[float, ...]:
+    try:
+        ratios = tuple(float(p) for p in config.ratios)
+    except (TypeError, ValueError):
+        raise ValueError(f"config.ratios must be numbers, got {config.ratios!r}") from None
+    if not ratios or any(not 0.0 < p < 1.0 for p in ratios) or len(set(ratios)) != len(ratios):
+        raise ValueError(f"config.ratios must be distinct shares of channels pruned in (0, 1), "
+                         f"got {config.ratios!r}")
+    if not (isinstance(config.window, int) and config.window >= 2):
+        raise ValueError(f"config.window must be an integer >= 2, got {config.window!r}")
+    if not 0.0 < config.threshold <= 1.0:
+        raise ValueError(f"config.threshold must be in (0, 1], got {config.threshold!r}")
+    early_bird.slimming(config.slimming)  # validates the strength
+    return ratios
+
+
+def run_early_bird(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
+    """Search, detect and retrain Early-Bird tickets; write tables and a plot; resumable.
+
+    Writes into ``workdir``: ``config.json``, ``metrics.jsonl`` (training records
+    and one ``gammas`` record per epoch and replicate), ``mask_distance.csv``
+    (``p, epoch, replicate, distance_to_previous_1 ... _{window-1}``),
+    ``results.csv`` (``p, replicate, eb_epoch, kept_channels, eb_test_accuracy,
+    full_test_accuracy, overlap_with_final_mask``; mean and std rows),
+    ``plots/early_bird.png`` and ``checkpoints/``.
+
+    Raises:
+      ValueError: ratios outside (0, 1), a bad window or threshold, a
+        negative slimming strength, a model without BatchNorm (before any work).
+    """
+    ratios = _check_config(config)
+
+    def check(dataset) -> None:
+        model = common.build_model(config, dataset)
+        if not models.has_batch_norm(model):
+            raise ValueError(f"config.model={config.model!r} has no BatchNorm; use e.g. 'mlp_bn'")
+
+    workdir, dataset, recipe, base = common.setup(config, workdir, check=check)
+    executor = executor_lib.Executor(
+        base.model, dataset, recipe, reparam=early_bird.slimming(config.slimming),
+        strategy=base.strategy, steps_per_call=base.steps_per_call,
+        eval_batch_size=base.eval_batch_size)
+    per_epoch = executor.steps_per_epoch
+    end = common.steps(config.training_steps, per_epoch)
+    epochs = end // per_epoch
+    num = config.num_replicates
+    keys = rng.replicate_keys(config.seed, num)
+    init_keys, noise_keys = rng.init_and_noise(keys)
+    log = results.MetricsLog(workdir / "metrics.jsonl")
+    segment = common.segment_runner(config, executor, end=end, log=log, splits=["test"],
+                                    progress=progress)
+
+    # 1. The search: |gamma| at the start of every epoch, recorded once per epoch.
+    stored = {(r["epoch"], r["replicate"]): np.asarray(r["gammas"], np.float32)
+              for r in log.read() if r.get("branch") == "gammas"}
+    state = executor.init(init_keys)
+    for epoch in range(epochs + 1):
+        if all((epoch, rep) in stored for rep in range(num)):
+            continue
+        if epoch > 0:
+            state = segment(executor, state=state, masks=None, noise_keys=noise_keys,
+                            end=min(epoch * per_epoch, end),
+                            ckpt_dir=workdir / "checkpoints" / "search",
+                            tags={"branch": "search"}, densities=np.ones(num),
+                            desc=f"search to epoch {epoch}")
+        params = jax.device_get(state.params)
+        records = [{"branch": "gammas", "epoch": epoch, "replicate": rep,
+                    "gammas": [float(g) for g in early_bird.mask_vector(tree.index(params, rep))]}
+                   for rep in range(num)]
+        log.append(records)
+        stored.update({(r["epoch"], r["replicate"]): np.asarray(r["gammas"], np.float32)
+                       for r in records})
+    # To the end (a partial last epoch), or restored when the loop already got there.
+    search = segment(executor, state=state, masks=None, noise_keys=noise_keys, end=end,
+                     ckpt_dir=workdir / "checkpoints" / "search", tags={"branch": "search"},
+                     densities=np.ones(num), desc="search")
+    full = executor.evaluate(search, "test")
+
+    # 2. Masks, distances and the emergence epoch per ratio and replicate.
+    distance_rows, tickets = [], []
+    for p in ratios:
+        for rep in range(num):
+            history = [early_bird.channel_keep(stored[(e, rep)], p) for e in range(epochs + 1)]
+            for e in range(epochs + 1):
+                distances = early_bird.window_distances(history[: e + 1], config.window)
+                distance_rows.append({"p": p, "epoch": e, "replicate": rep, **{
+                    f"distance_to_previous_{i + 1}": (distances[::-1][i] if i < len(distances)
+                                                      else None)
+                    for i in range(config.window - 1)}})
+            eb = early_bird.emergence_epoch(history, window=config.window,
+                                            threshold=config.threshold)
+            chosen = history[eb if eb is not None else epochs]
+            tickets.append({"p": p, "replicate": rep, "eb_epoch": eb, "keep": chosen,
+                            "overlap": 1.0 - early_bird.mask_distance(chosen, history[-1])})
+
+    # 3. Retrain every ticket from a fresh init under its channel masks.
+    like = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), executor.abstract_params)
+    member_masks = [early_bird.masks_from_channels(like, t["keep"]) for t in tickets]
+    masks = executor.shard(tree.stack(member_masks))
+    replicate_of = np.array([t["replicate"] for t in tickets])
+    retrain_keys = rng.stream(init_keys, "early_bird_retrain")
+    start = executor.init(retrain_keys[replicate_of], masks)
+    tags = [{"p": t["p"], "replicate": t["replicate"]} for t in tickets]
+    kept = np.array([float(np.mean(t["keep"])) for t in tickets])
+    final = segment(executor, state=start, masks=masks, noise_keys=noise_keys[replicate_of],
+                    ckpt_dir=workdir / "checkpoints" / "retrain", tags={"branch": "retrain"},
+                    member_tags=tags, densities=kept,
+                    desc=f"retrain {len(tickets)} tickets")
+    metrics = executor.evaluate(final, "test", masks)
+    rows = [{"p": t["p"], "replicate": t["replicate"], "eb_epoch": t["eb_epoch"],
+             "kept_channels": float(kept[m]), "eb_test_accuracy": float(metrics["accuracy"][m]),
+             "full_test_accuracy": float(full["accuracy"][t["replicate"]]),
+             "overlap_with_final_mask": t["overlap"]} for m, t in enumerate(tickets)]
+    rows = common.with_mean_rows(rows, by=("p",), fields=(
+        "eb_epoch", "kept_channels", "eb_test_accuracy", "full_test_accuracy",
+        "overlap_with_final_mask"))
+    results.write_csv(workdir / "mask_distance.csv", distance_rows)
+    results.write_csv(workdir / "results.csv", rows)
+    plots.plot_early_bird(distance_rows, workdir / "plots" / "early_bird.png",
+                          threshold=config.threshold,
+                          title=f"Early-Bird mask distance, {config.model} on {config.dataset}")
+    return {"rows": [r for r in rows if r["replicate"] == "mean"]}
+
