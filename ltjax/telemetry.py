@@ -1,0 +1,158 @@
+"""Telemetry of the early phase of training: how far and how the weights move.
+
+Frankle, Schwab & Morcos 2020 ("The Early Phase of Neural Network Training",
+ICLR 2020), Section 3 and Figure 3, follow each layer's weights from the init
+``W_0`` through training: the share of signs that changed, the L2 distance and
+the cosine similarity to ``W_0`` (and to the final weights ``W_T``), the mean
+magnitude, the gradient norm, a few tracked weights, and the sharpness of the
+loss (the top Hessian eigenvalue). These are pure, jittable functions of
+parameter trees; each returns ``{layer: value}`` for the selected leaves plus
+``'global'`` over all of them concatenated.
+
+Example:
+    >>> selection = masking.prunable(params_0)
+    >>> sign_change_share(params_t, params_0, selection)["global"]
+    >>> l2_distance(params_t, params_0, selection)["Dense_0/kernel"]
+    >>> hessian_top_eigenvalue(lambda p: loss(p, batch), params_t, jax.random.key(0))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ltjax import masking, tree
+
+PyTree = Any
+GLOBAL = "global"
+
+
+def _pairs(tree_a: PyTree, tree_b: PyTree, selection: PyTree | None) -> list[tuple[str, Any, Any]]:
+    tree.check_same_structure(tree_b, tree_a, name="tree_b", reference_name="tree_a")
+    if selection is None:
+        selection = masking.prunable(tree_a)
+    flags = [bool(f) for f in jax.tree.leaves(selection)]
+    out = [(name, a.astype(jnp.float32), b.astype(jnp.float32)) for name, a, b, f in zip(
+        tree.names(tree_a), jax.tree.leaves(tree_a), jax.tree.leaves(tree_b), flags, strict=True)
+        if f]
+    if not out:
+        raise ValueError("selection has no True leaf")
+    return out
+
+
+def sign_change_share(params: PyTree, reference: PyTree,
+                      selection: PyTree | None = None) -> dict[str, jax.Array]:
+    """The share of weights whose sign differs from ``reference`` (0 vs itself, 1 vs ``-W``).
+
+    A weight that is zero in one tree and not in the other counts as changed.
+    """
+    pairs = _pairs(params, reference, selection)
+    out = {name: jnp.mean(jnp.sign(a) != jnp.sign(b)) for name, a, b in pairs}
+    changed = sum(jnp.sum(jnp.sign(a) != jnp.sign(b)) for _, a, b in pairs)
+    out[GLOBAL] = changed / sum(a.size for _, a, _ in pairs)
+    return out
+
+
+def l2_distance(params: PyTree, reference: PyTree,
+                selection: PyTree | None = None) -> dict[str, jax.Array]:
+    """``||W - W_ref||_2`` per layer and over all selected layers."""
+    pairs = _pairs(params, reference, selection)
+    squares = {name: jnp.sum((a - b) ** 2) for name, a, b in pairs}
+    out = {name: jnp.sqrt(v) for name, v in squares.items()}
+    out[GLOBAL] = jnp.sqrt(sum(squares.values()))
+    return out
+
+
+def cosine_similarity(params: PyTree, reference: PyTree,
+                      selection: PyTree | None = None) -> dict[str, jax.Array]:
+    """``<W, W_ref> / (||W|| ||W_ref||)`` per layer and over all selected layers."""
+    pairs = _pairs(params, reference, selection)
+    dots = {name: (jnp.vdot(a, b), jnp.vdot(a, a), jnp.vdot(b, b)) for name, a, b in pairs}
+    out = {name: d / jnp.sqrt(na * nb) for name, (d, na, nb) in dots.items()}
+    total = [sum(v[i] for v in dots.values()) for i in range(3)]
+    out[GLOBAL] = total[0] / jnp.sqrt(total[1] * total[2])
+    return out
+
+
+def mean_magnitude(params: PyTree, selection: PyTree | None = None) -> dict[str, jax.Array]:
+    """Mean ``|w|`` per layer and over all selected weights."""
+    pairs = _pairs(params, params, selection)
+    out = {name: jnp.mean(jnp.abs(a)) for name, a, _ in pairs}
+    out[GLOBAL] = sum(jnp.sum(jnp.abs(a)) for _, a, _ in pairs) / sum(
+        a.size for _, a, _ in pairs)
+    return out
+
+
+def tracked_indices(params: PyTree, key: jax.Array, count: int = 10,
+                    selection: PyTree | None = None) -> list[tuple[str, int]]:
+    """``count`` fixed random weights to follow: ``(layer, flat index)``, drawn once from ``key``.
+
+    Drawn uniformly over all selected weights (without replacement).
+    """
+    pairs = _pairs(params, params, selection)
+    sizes = [a.size for _, a, _ in pairs]
+    total = sum(sizes)
+    if not 0 < count <= total:
+        raise ValueError(f"count must be in [1, {total}] (the selected weights), got {count}")
+    picks = sorted(int(i) for i in jax.random.choice(key, total, (count,), replace=False))
+    out, start = [], 0
+    bounds = []
+    for (name, _, _), size in zip(pairs, sizes, strict=True):
+        bounds.append((name, start, start + size))
+        start += size
+    for flat in picks:
+        for name, lo, hi in bounds:
+            if lo <= flat < hi:
+                out.append((name, flat - lo))
+    return out
+
+
+def tracked_values(params: PyTree, indices: list[tuple[str, int]]) -> list[jax.Array]:
+    """The values of the :func:`tracked_indices` weights in ``params``."""
+    found = dict(zip(tree.names(params), jax.tree.leaves(params), strict=True))
+    return [found[name].reshape(-1)[i] for name, i in indices]
+
+
+def global_norm(grads: PyTree, selection: PyTree | None = None) -> dict[str, jax.Array]:
+    """``||g||_2`` per selected leaf and over all of them (e.g. the loss gradient)."""
+    return l2_distance(grads, jax.tree.map(jnp.zeros_like, grads), selection)
+
+
+def hessian_vector_product(loss_fn: Callable[[PyTree], jax.Array], params: PyTree,
+                           vector: PyTree) -> PyTree:
+    """``H v`` of ``loss_fn`` at ``params``: ``jax.jvp`` of ``jax.grad`` (forward over reverse)."""
+    return jax.jvp(jax.grad(loss_fn), (params,), (vector,))[1]
+
+
+def hessian_top_eigenvalue(loss_fn: Callable[[PyTree], jax.Array], params: PyTree,
+                           key: jax.Array, *, iterations: int = 20) -> jax.Array:
+    """The largest-magnitude Hessian eigenvalue of ``loss_fn`` at ``params``, by power iteration.
+
+    Starts from a Gaussian vector drawn from ``key``; each iteration is one
+    Hessian-vector product (:func:`hessian_vector_product`). Returns the
+    Rayleigh quotient ``v^T H v`` of the last normalised vector: for a loss
+    on a fixed batch, the sharpness the paper tracks. Converges at the rate
+    of ``|lambda_2 / lambda_1|``; raise ``iterations`` for nearly tied tops.
+
+    Example:
+        >>> hessian_top_eigenvalue(lambda w: 0.5 * w @ A @ w, jnp.zeros(3), key)  # max eig of A
+    """
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    vector = jax.tree.unflatten(treedef, [jax.random.normal(k, jnp.shape(x), jnp.float32)
+                                          for k, x in zip(keys, leaves, strict=True)])
+
+    def normalised(v):
+        norm = jnp.sqrt(sum(jnp.vdot(x, x) for x in jax.tree.leaves(v)))
+        return jax.tree.map(lambda x: x / norm, v)
+
+    def body(_, v):
+        return normalised(hessian_vector_product(loss_fn, params, v))
+
+    vector = jax.lax.fori_loop(0, iterations, body, normalised(vector))
+    hv = hessian_vector_product(loss_fn, params, vector)
+    return sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(vector), jax.tree.leaves(hv),
+                                                 strict=True))
