@@ -39,10 +39,19 @@ def ones_like(params: PyTree) -> PyTree:
 def apply(params: PyTree, masks: PyTree) -> PyTree:
     """``params`` with masked-out entries set to exactly zero.
 
+    Raises:
+      ValueError: a mask leaf that is not bool or not of its param's shape
+        (no broadcasting: a ``(300,)`` mask never spreads over a ``(64, 300)``
+        kernel), naming the leaf.
+
     Example:
         >>> apply({"w": jnp.ones(3)}, {"w": jnp.array([True, False, True])})
         {'w': Array([1., 0., 1.], dtype=float32)}
     """
+    tree.check_same_structure(masks, params, name="masks")
+    for name, leaf in zip(tree.names(masks), jax.tree.leaves(masks), strict=True):
+        if jnp.result_type(leaf) != jnp.bool_:
+            raise ValueError(f"masks['{name}'] must be bool, got {jnp.result_type(leaf)}")
     return jax.tree.map(lambda x, m: jnp.where(m, x, jnp.zeros((), x.dtype)), params, masks)
 
 

@@ -83,9 +83,16 @@ def inverted_scores(scores: PyTree) -> PyTree:
 
 
 def _check_fraction(fraction: float, name: str = "fraction") -> fractions.Fraction:
-    if not (isinstance(fraction, (int, float)) and 0.0 <= fraction < 1.0):
+    """A share in [0, 1) as an exact fraction; Python, NumPy and concrete JAX scalars accepted."""
+    value = None
+    if not isinstance(fraction, bool | np.bool_) and np.ndim(fraction) == 0:
+        try:
+            value = float(fraction)
+        except (TypeError, ValueError, jax.errors.ConcretizationTypeError):
+            value = None
+    if value is None or not 0.0 <= value < 1.0:
         raise ValueError(f"{name} must be a number in [0, 1), got {fraction!r}")
-    return fractions.Fraction(fraction).limit_denominator(10_000)
+    return fractions.Fraction(value).limit_denominator(10_000)
 
 
 def _ceil_fraction(count: jax.Array, rate: fractions.Fraction) -> jax.Array:
@@ -166,7 +173,7 @@ def prune(
         ...               scope="layerwise", layer_rates={"Dense_2": 0.1})
     """
     rate = _check_fraction(fraction)
-    tree.check_same_structure(masks, scores, name="masks", reference_name="scores")
+    masking.check(masks, scores)  # same structure and shapes, bool leaves
     names = tree.names(masks)
     score_leaves = jax.tree.leaves(scores)
     mask_leaves, treedef = jax.tree.flatten(masks)

@@ -251,3 +251,20 @@ def test_bad_inputs():
         pruning.prune(scores, ones, selection, fraction=0.2, layer_rates={"Dense_9": 0.1})
     with pytest.raises(ValueError, match="masks"):
         rewinding.rewind(params, {"x": jnp.ones(3, bool)})
+
+
+def test_masks_of_the_wrong_shape_or_dtype_are_refused_naming_the_leaf():
+    params = {"Dense_0": {"kernel": jnp.ones((64, 300))}}
+    with pytest.raises(ValueError, match="Dense_0/kernel"):
+        masking.apply(params, {"Dense_0": {"kernel": jnp.ones((300,), bool)}})  # no broadcast
+    with pytest.raises(ValueError, match="must be bool"):
+        masking.apply(params, {"Dense_0": {"kernel": jnp.full((64, 300), 0.5)}})
+    selection = masking.prunable(params)
+    with pytest.raises(ValueError, match="must be bool"):
+        pruning.prune(params, {"Dense_0": {"kernel": jnp.ones((64, 300), jnp.int32)}},
+                      selection, fraction=0.2)
+    # NumPy and JAX scalars are numbers too.
+    masks = masking.ones_like(params)
+    a = pruning.prune(params, masks, selection, fraction=np.float32(0.25))
+    b = pruning.prune(params, masks, selection, fraction=jnp.float32(0.25))
+    assert int(masking.num_kept(a, selection)) == int(masking.num_kept(b, selection)) == 14400
