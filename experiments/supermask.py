@@ -1,10 +1,13 @@
-"""Edge-popup (Ramanujan et al. 2020): supermasks of random, never-trained weights over a grid
-of density x weight init (signed Kaiming constant, Kaiming normal).
+"""Supermasks: edge-popup (Ramanujan et al. 2020) over a grid of density x weight init (signed
+Kaiming constant, Kaiming normal), or Zhou et al. 2019's untrained supermasks from an IMP run.
 
     LTJAX_DATA_DIR=../shared/data python -m experiments.supermask \
         --config=experiments/configs/supermask_lenet_mnist.py --workdir=runs/supermask
     python -m experiments.supermask \
         --config=experiments/configs/supermask_lenet_digits.py:quick --workdir=runs/supermask_q
+    LTJAX_DATA_DIR=../shared/data python -m experiments.supermask \
+        --config=experiments/configs/supermask_zhou_lenet_mnist.py --workdir=runs/zhou \
+        --config.imp_workdir=runs/lth_imp
 
 Re-running the same command on the same workdir resumes from the newest checkpoint.
 """
@@ -14,12 +17,13 @@ from ltjax.studies import supermask
 
 
 def report(summary: dict) -> None:
-    """Print the mean test accuracy per weight init and density."""
-    print("{:>16} {:>8} {:>10}".format("weight init", "density", "test acc %"))
+    """Print the mean test accuracy per method, weight init (or criterion) and density."""
+    print("{:>30} {:>8} {:>10}".format("weight init / criterion", "density", "test acc %"))
     for row in summary["rows"]:
-        print(f"{row['weight_init']:>16} {row['density']:8.2f} "
-              f"{100 * row['test_accuracy']:10.2f}")
+        name = (f"{row['criterion']}, {row['weight_init']}" if row.get("criterion")
+                else row["weight_init"])
+        print(f"{name:>30} {row['density']:8.3f} {100 * row['test_accuracy']:10.2f}")
 
 
 if __name__ == "__main__":
-    experiments.run_main(supermask.run_supermask, report)
+    experiments.run_main(supermask.run, report)

@@ -1,4 +1,4 @@
-"""Supermasks: subnetworks of random, never-trained weights (edge-popup).
+"""Supermasks: subnetworks of random, never-trained weights (edge-popup, Zhou et al.'s masks).
 
 Ramanujan, Wortsman, Kembhavi, Farhadi & Rastegari 2020, "What's Hidden in a
 Randomly Weighted Neural Network?" (CVPR 2020). The weights ``W`` stay at
@@ -54,7 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ltjax import optim, reparam, tree
+from ltjax import optim, pruning, reparam, tree
 
 PyTree = Any
 
@@ -228,3 +228,58 @@ def edge_popup(prunable: PyTree, *, density: float = 0.5,
 
     return reparam.Reparam(name=f"edge_popup(density={density!r}, weight_init={weight_init!r})",
                            init=init, apply=apply, labels=labels)
+
+
+# --------------------------------------------------------------------------- Zhou et al. 2019
+
+def _same_sign(params_init: PyTree, params_final: PyTree) -> PyTree:
+    return jax.tree.map(lambda a, b: jnp.sign(a) == jnp.sign(b), params_init, params_final)
+
+
+#: Zhou et al. 2019's mask criteria: ``(W_i, W_f) -> scores``, the highest kept.
+MASK_CRITERIA = {
+    "large_final": lambda wi, wf: jax.tree.map(jnp.abs, wf),
+    "small_final": lambda wi, wf: jax.tree.map(lambda f: -jnp.abs(f), wf),
+    "large_init": lambda wi, wf: jax.tree.map(jnp.abs, wi),
+    "small_init": lambda wi, wf: jax.tree.map(lambda i: -jnp.abs(i), wi),
+    "magnitude_increase": lambda wi, wf: jax.tree.map(lambda i, f: jnp.abs(f) - jnp.abs(i),
+                                                      wi, wf),
+    "movement": lambda wi, wf: jax.tree.map(lambda i, f: jnp.abs(f - i), wi, wf),
+    "large_final_same_sign": lambda wi, wf: jax.tree.map(
+        lambda f, s: jnp.where(s, jnp.abs(f), 0.0), wf, _same_sign(wi, wf)),
+    "large_final_diff_sign": lambda wi, wf: jax.tree.map(
+        lambda f, s: jnp.where(s, 0.0, jnp.abs(f)), wf, _same_sign(wi, wf)),
+    "magnitude_increase_same_sign": lambda wi, wf: jax.tree.map(
+        lambda i, f, s: jnp.where(s, jnp.abs(f) - jnp.abs(i), 0.0), wi, wf, _same_sign(wi, wf)),
+    "magnitude_increase_diff_sign": lambda wi, wf: jax.tree.map(
+        lambda i, f, s: jnp.where(s, 0.0, jnp.abs(f) - jnp.abs(i)), wi, wf, _same_sign(wi, wf)),
+}
+
+
+def criterion_masks(criterion: str, params_init: PyTree, params_final: PyTree, prunable: PyTree,
+                    *, density: float) -> PyTree:
+    """Zhou et al. 2019's masks: each layer keeps ``round(density * n)`` of the highest scores.
+
+    Zhou, Lan, Liu & Yosinski 2019, "Deconstructing Lottery Tickets: Zeros,
+    Signs, and the Supermask" (NeurIPS 2019), Section 2 and
+    uber-research/deconstructing-lottery-tickets ``get_weight_init.py``: a
+    criterion scores each weight from its initial and final values
+    (:data:`MASK_CRITERIA`; ``*_same_sign`` / ``*_diff_sign`` score 0 the
+    weights whose sign changed / did not, so they go first), and each layer
+    keeps its top share (layerwise, as the reference's per-layer
+    percentiles). Ties: by position (the reference breaks them at random).
+
+    Raises:
+      ValueError: an unknown criterion, ``density`` outside (0, 1].
+
+    Example:
+        >>> masks = criterion_masks("large_final_same_sign", params_0, params_T, selection,
+        ...                         density=0.25)
+        >>> supermask_net = masking.apply(params_0, masks)   # untrained, and well above chance
+    """
+    if criterion not in MASK_CRITERIA:
+        raise ValueError(f"criterion must be one of {sorted(MASK_CRITERIA)}, got {criterion!r}")
+    tree.check_same_structure(params_final, params_init, name="params_final",
+                              reference_name="params_init")
+    scores = MASK_CRITERIA[criterion](params_init, params_final)
+    return pruning.prune_to_density(scores, prunable, density=density, scope="layerwise")

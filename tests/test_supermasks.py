@@ -150,3 +150,79 @@ def test_bad_config_is_refused_before_any_work(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):
         supermask.run_supermask(_config(**overrides), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+_NP_CRITERIA = {
+    "large_final": lambda i, f: np.abs(f),
+    "small_final": lambda i, f: -np.abs(f),
+    "large_init": lambda i, f: np.abs(i),
+    "small_init": lambda i, f: -np.abs(i),
+    "magnitude_increase": lambda i, f: np.abs(f) - np.abs(i),
+    "movement": lambda i, f: np.abs(f - i),
+    "large_final_same_sign": lambda i, f: np.where(np.sign(i) == np.sign(f), np.abs(f), 0),
+    "large_final_diff_sign": lambda i, f: np.where(np.sign(i) != np.sign(f), np.abs(f), 0),
+    "magnitude_increase_same_sign": lambda i, f: np.where(np.sign(i) == np.sign(f),
+                                                          np.abs(f) - np.abs(i), 0),
+    "magnitude_increase_diff_sign": lambda i, f: np.where(np.sign(i) != np.sign(f),
+                                                          np.abs(f) - np.abs(i), 0),
+}
+
+
+@pytest.mark.parametrize("criterion", sorted(supermasks.MASK_CRITERIA))
+def test_zhou_criteria_keep_each_layers_top_scores(criterion):
+    init, final = _params(jax.random.key(0)), _params(jax.random.key(1))
+    selection = masking.prunable(init)
+    masks = supermasks.criterion_masks(criterion, init, final, selection, density=0.25)
+    for name in ("Dense_0", "Dense_1"):
+        i, f = (np.asarray(t[name]["kernel"], np.float64) for t in (init, final))
+        scores = _NP_CRITERIA[criterion](i, f)
+        kept = round(0.25 * scores.size)
+        mask = np.asarray(masks[name]["kernel"])
+        assert mask.sum() == kept
+        assert scores[mask].min() >= scores[~mask].max()
+    assert np.asarray(masks["Dense_1"]["bias"]).all()
+
+
+def test_zhou_study_evaluates_the_masked_untrained_init(tmp_path):
+    from experiments.configs import imp_lenet_digits
+    from ltjax.studies import imp
+
+    imp_config = imp_lenet_digits.get_config("quick")
+    imp_config.model, imp_config.model_kwargs = "mlp", {"widths": (16,)}
+    imp_config.levels, imp_config.controls = 0, ()
+    imp.run_imp(imp_config, tmp_path / "imp", progress=False)
+    config = imp_lenet_digits.get_config("quick")
+    config.model, config.model_kwargs = "mlp", {"widths": (16,)}
+    config.imp_workdir = str(tmp_path / "imp")
+    config.criteria = ("large_final_same_sign",)
+    config.densities = (0.3,)
+    config.weight_inits = ("init", "signed_constant")
+    supermask.run_zhou(config, tmp_path / "zhou", progress=False)
+    rows = [r for r in results.read_csv(tmp_path / "zhou" / "results.csv")
+            if r["replicate"] not in ("mean", "std")]
+    _, dataset, _, executor = common.setup(config, tmp_path / "zhou")
+    init_keys = rng.init_and_noise(rng.replicate_keys(config.seed, 2))[0]
+    start = executor.init(init_keys)
+    with checkpoint.Checkpointer(tmp_path / "imp" / "checkpoints" / "level_00") as ckpt:
+        final, _, _ = ckpt.restore(ckpt.steps()[-1], like_state=start)
+    x = np.asarray(dataset.test.x, np.float64).reshape(len(dataset.test.y), -1)
+    x = (x - np.asarray(dataset.mean, np.float64).reshape(-1)) / np.asarray(
+        dataset.std, np.float64).reshape(-1)
+    for rep in range(2):
+        init = jax.tree.map(lambda t, r=rep: np.asarray(t[r], np.float64), start.params)
+        trained = jax.tree.map(lambda t, r=rep: np.asarray(t[r], np.float64), final.params)
+        for weight_init in ("init", "signed_constant"):
+            h = x
+            for layer in ("Dense_0", "Dense_1"):
+                i, f = init[layer]["kernel"], trained[layer]["kernel"]
+                score = np.where(np.sign(i) == np.sign(f), np.abs(f), 0.0).ravel()
+                keep = np.zeros(score.size, bool)
+                keep[np.argsort(-score, kind="stable")[: round(0.3 * score.size)]] = True
+                w = i if weight_init == "init" else np.sign(i) * np.sqrt(2 / i.shape[0])
+                h = h @ np.where(keep.reshape(i.shape), w, 0.0) + init[layer]["bias"]
+                if layer == "Dense_0":
+                    h = np.maximum(h, 0)
+            (row,) = [r for r in rows if r["method"] == "zhou" and int(r["replicate"]) == rep
+                      and r["weight_init"] == weight_init]
+            accuracy = np.mean(h.argmax(1) == np.asarray(dataset.test.y))
+            assert float(row["test_accuracy"]) == pytest.approx(accuracy, abs=1.5 / len(h))

@@ -32,6 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval_every = "1ep"
     config.checkpoint_every = "1ep"
     config.max_checkpoints = 1
+    config.method = "edge_popup"  # or 'zhou' (supermask_zhou_lenet_mnist.py)
     config.densities = (0.1, 0.3, 0.5, 0.7, 0.9)
     config.weight_inits = ("signed_constant", "kaiming_normal")
     if arg == "quick":

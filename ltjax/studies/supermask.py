@@ -1,4 +1,4 @@
-"""Edge-popup supermasks of random networks over a grid of density x weight init.
+"""Supermasks: edge-popup over a grid of density x weight init, and Zhou et al.'s masks.
 
 Ramanujan et al. 2020 ("What's Hidden in a Randomly Weighted Neural
 Network?", :mod:`ltjax.supermasks`): the weights stay at their random init,
@@ -8,6 +8,9 @@ replicate is a member of one program: the members' frozen trees carry their
 own weights and kept counts, both inits of a replicate come from the same
 random init (the signed constant takes its signs) and the same scores, and
 train on the same data order.
+
+:func:`run_zhou` evaluates Zhou et al. 2019's untrained supermasks (mask
+criteria from an IMP run's init and trained weights, applied to the init).
 
 Example (Colab):
     >>> from experiments.configs import supermask_lenet_digits
@@ -22,12 +25,12 @@ from typing import Any
 import jax
 import numpy as np
 
+from ltjax import checkpoint, masking, plots, results, rng, supermasks, tree
 from ltjax import executor as executor_lib
-from ltjax import masking, plots, results, rng, supermasks, tree
-from ltjax.studies import common
+from ltjax.studies import common, stability
 
 
-def _check_config(config: Any) -> tuple[tuple[float, ...], tuple[str, ...]]:
+def _check_densities(config: Any) -> tuple[float, ...]:
     try:
         densities = tuple(float(d) for d in config.densities)
     except (TypeError, ValueError):
@@ -37,6 +40,11 @@ def _check_config(config: Any) -> tuple[tuple[float, ...], tuple[str, ...]]:
                          f"{config.densities!r}")
     if len(set(densities)) != len(densities):
         raise ValueError(f"config.densities repeats a value: {config.densities!r}")
+    return densities
+
+
+def _check_config(config: Any) -> tuple[tuple[float, ...], tuple[str, ...]]:
+    densities = _check_densities(config)
     inits = common.names_of(config.weight_inits, field="weight_inits",
                             allowed=supermasks.WEIGHT_INITS)
     if not inits:
@@ -94,3 +102,98 @@ def run_supermask(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     plots.plot_supermask(rows, workdir / "plots" / "supermask.png",
                          title=f"Edge-popup, {config.model} on {config.dataset}: {num} replicates")
     return {"rows": [r for r in rows if r["replicate"] == "mean"]}
+
+
+def run_zhou(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
+    """Zhou et al. 2019's untrained supermasks from an IMP run's init and trained weights.
+
+    For each criterion of ``config.criteria`` (:data:`ltjax.supermasks.MASK_CRITERIA`)
+    and density of ``config.densities``, the masks of
+    :func:`ltjax.supermasks.criterion_masks` from replicate r's init and its
+    trained dense weights (level 0 of ``config.imp_workdir``, an IMP run of the
+    same seed, model and data) are applied to the *init*, and the network is
+    evaluated without any training. Also evaluated: the untrained dense init
+    and the trained dense net. ``results.csv``: ``method, criterion, density,
+    weight_init, replicate, test_accuracy, test_loss`` (mean and std rows);
+    ``plots/supermask.png``.
+
+    Raises:
+      ValueError: unknown criteria, densities outside (0, 1], no or an
+        incompatible ``imp_workdir`` (before any work).
+    """
+    densities = _check_densities(config)
+    criteria = common.names_of(config.criteria, field="criteria",
+                               allowed=tuple(supermasks.MASK_CRITERIA))
+    if not criteria:
+        raise ValueError("config.criteria must name at least one criterion")
+    imp_workdir = config.get("imp_workdir") or ""
+    level_dir = pathlib.Path(imp_workdir) / "checkpoints" / "level_00"
+
+    def check(dataset) -> None:
+        if not imp_workdir:
+            raise ValueError("config.imp_workdir must name an IMP run (its level 0 gives the "
+                             "trained weights)")
+        stability.check_imp_compatible(config, imp_workdir)
+        if not level_dir.is_dir():
+            raise ValueError(f"config.imp_workdir={imp_workdir!r} has no finished level 0")
+
+    workdir, dataset, recipe, executor = common.setup(config, workdir, check=check)
+    num = config.num_replicates
+    init_keys, _ = rng.init_and_noise(rng.replicate_keys(config.seed, num))
+    start = executor.init(init_keys)
+    with checkpoint.Checkpointer(level_dir) as ckpt:
+        final, _, meta = ckpt.restore(ckpt.steps()[-1], like_state=start)
+    order = [m["replicate"] for m in meta["members"]]
+    if order != list(range(num)):
+        raise ValueError(f"level 0 of {imp_workdir!r} holds members {meta['members']}, "
+                         f"expected the replicates 0..{num - 1}")
+    init, trained = jax.device_get(start.params), jax.device_get(final.params)
+    selection = masking.prunable(executor.abstract_params)
+    kept_values = common.names_of(config.get("weight_inits", ("init",)), field="weight_inits",
+                                  allowed=("init", "signed_constant"))
+    grid = [(c, d, w, r) for c in criteria for d in densities for w in kept_values
+            for r in range(num)]
+    nets = []
+    for c, d, w, r in grid:
+        start_r = tree.index(init, r)
+        values = supermasks.signed_constant(start_r, selection) if w == "signed_constant" else (
+            start_r)
+        nets.append(masking.apply(values, supermasks.criterion_masks(
+            c, start_r, tree.index(trained, r), selection, density=d)))
+    stats = jax.device_get(start.batch_stats)
+    metrics = executor.evaluate_params(tree.stack(nets), tree.index(stats, np.array(
+        [r for *_, r in grid])), "test")
+    baseline = {name: executor.evaluate_params(params, stats, "test")
+                for name, params in (("init", init), ("trained", trained))}
+    rows = [{"method": "zhou", "criterion": c, "density": d, "weight_init": w,
+             "replicate": r, "test_accuracy": float(metrics["accuracy"][m]),
+             "test_loss": float(metrics["loss"][m])} for m, (c, d, w, r) in enumerate(grid)]
+    rows += [{"method": f"dense_{name}", "criterion": None, "density": 1.0,
+              "weight_init": name, "replicate": r,
+              "test_accuracy": float(baseline[name]["accuracy"][r]),
+              "test_loss": float(baseline[name]["loss"][r])}
+             for name in ("init", "trained") for r in range(num)]
+    rows = common.with_mean_rows(rows, by=("method", "criterion", "density", "weight_init"),
+                                 fields=("test_accuracy", "test_loss"))
+    results.write_csv(workdir / "results.csv", rows)
+    plots.plot_supermask([{**r, "weight_init": f"{r['criterion']}, {r['weight_init']}"}
+                          for r in rows if r["method"] == "zhou"],
+                         workdir / "plots" / "supermask.png",
+                         title=f"Zhou et al. supermasks (untrained), {config.model} on "
+                               f"{config.dataset}: {num} replicates")
+    return {"rows": [r for r in rows if r["replicate"] == "mean"]}
+
+
+METHODS = {"edge_popup": run_supermask, "zhou": run_zhou}
+
+
+def run(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
+    """:func:`run_supermask` or :func:`run_zhou` as ``config.method`` says (default edge-popup).
+
+    Raises:
+      ValueError: an unknown ``config.method``.
+    """
+    method = config.get("method", "edge_popup")
+    if method not in METHODS:
+        raise ValueError(f"config.method must be one of {sorted(METHODS)}, got {method!r}")
+    return METHODS[method](config, workdir, progress=progress)
