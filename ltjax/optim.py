@@ -36,6 +36,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -127,14 +128,14 @@ class Recipe:
             raise ValueError("optimizer='adamw' is Adam with decoupled decay: use "
                              "weight_decay_mode='decoupled' (or optimizer='adam' for coupled)")
         object.__setattr__(self, "weight_decay_mode", mode)
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be finite and > 0, got {self.learning_rate}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.nesterov and not (self.optimizer == "sgd" and self.momentum > 0):
             raise ValueError("nesterov=True needs optimizer='sgd' with momentum > 0")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be finite and >= 0, got {self.weight_decay}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.warmup_steps < 0:
@@ -142,8 +143,8 @@ class Recipe:
         drops = tuple(int(s) for s in self.lr_drop_steps)
         if any(s <= 0 for s in drops) or len(set(drops)) != len(drops):
             raise ValueError(f"lr_drop_steps must be distinct positive steps, got {drops}")
-        if not self.lr_drop_factor > 0:
-            raise ValueError(f"lr_drop_factor must be > 0, got {self.lr_drop_factor}")
+        if not (math.isfinite(self.lr_drop_factor) and self.lr_drop_factor > 0):
+            raise ValueError(f"lr_drop_factor must be finite and > 0, got {self.lr_drop_factor}")
         if self.schedule == "cosine":
             if drops:
                 raise ValueError("lr_drop_steps apply to schedule='step' only")

@@ -168,6 +168,12 @@ def test_recipe_rejects_bad_settings():
         optim.Recipe(optimizer="adam", nesterov=True)
     with pytest.raises(ValueError, match="lr_drop_steps"):
         optim.Recipe(lr_drop_steps=(10, 10))
+    with pytest.raises(ValueError, match="weight_decay"):
+        optim.Recipe(weight_decay=float("nan"))
+    with pytest.raises(ValueError, match="lr_drop_factor"):
+        optim.Recipe(lr_drop_factor=-1.0)
+    with pytest.raises(ValueError, match="learning_rate"):
+        optim.Recipe(learning_rate=float("inf"))
 
 
 def test_momentum_from_dense_training_does_not_revive_pruned_weights():
