@@ -31,6 +31,7 @@ import dataclasses
 import functools
 import importlib.util
 import logging
+import math
 import operator
 import os
 import pathlib
@@ -374,6 +375,83 @@ def add_noise(split: Split, *, std: float, seed: int = 0) -> Split:
         raise ValueError(f"std must be finite and >= 0, got {std}")
     noise = np.random.default_rng(seed).normal(0.0, std, split.x.shape)
     return Split(_like(split.x.astype(np.float64) + noise, split.x), split.y.copy())
+
+
+def random_labels(split: Split, *, share: float, num_classes: int, seed: int = 0,
+                  exclude_true: bool = False) -> Split:
+    """A copy of ``split`` with ``ceil(share * N)`` labels redrawn (pretraining on altered data).
+
+    Frankle, Schwab & Morcos 2020, Section 5 (open_lth's random-labels
+    transform): the positions are ``ceil(N * share)`` distinct examples drawn
+    with ``np.random.default_rng(seed)``; each gets a label drawn uniformly from
+    all ``num_classes`` classes (so about ``1 / C`` keep their true label, as the
+    reference) or, with ``exclude_true``, from the ``C - 1`` other classes.
+
+    Example:
+        >>> shuffled = random_labels(ds.train, share=1.0, num_classes=10, seed=0)
+    """
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share must be in [0, 1], got {share}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    n = len(split.y)
+    gen = np.random.default_rng(seed)
+    positions = gen.choice(n, math.ceil(n * share), replace=False)
+    labels = split.y.copy()
+    if exclude_true:
+        offsets = gen.integers(1, num_classes, positions.size)
+        labels[positions] = (split.y[positions] + offsets) % num_classes
+    else:
+        labels[positions] = gen.integers(0, num_classes, positions.size)
+    return Split(split.x.copy(), labels.astype(split.y.dtype))
+
+
+def rotation_task(split: Split) -> Split:
+    """The 4-way rotation-prediction task: every image at 0, 90, 180 and 270 degrees.
+
+    Self-supervised pretraining (Gidaris et al. 2018; Frankle, Schwab & Morcos
+    2020, Section 5): the label is the rotation's index ``k`` (4 classes), the
+    image is ``np.rot90(x, k)`` over the height and width axes, exactly (open_lth's
+    ``RandomRotation(label * 90)`` samples an angle instead). The output is
+    ordered rotation-major: ``[x rot 0, x rot 90, x rot 180, x rot 270]``.
+
+    Example:
+        >>> pretext = rotation_task(ds.train)   # 4N images, labels 0..3; a 4-class head
+    """
+    if split.x.ndim != 4 or split.x.shape[1] != split.x.shape[2]:
+        raise ValueError(f"rotation_task needs square images [N, H, H, C], got {split.x.shape}")
+    images = np.concatenate([np.rot90(split.x, k, axes=(1, 2)) for k in range(4)])
+    labels = np.repeat(np.arange(4, dtype=split.y.dtype), len(split.y))
+    return Split(np.ascontiguousarray(images), labels)
+
+
+def blur(split: Split, *, factor: int) -> Split:
+    """A copy of ``split`` downsampled by ``factor`` (area mean) and upsampled back (bilinear).
+
+    Frankle, Schwab & Morcos 2020, Section 5's blurred pretraining data (x4).
+    Height and width must be multiples of ``factor``; ``factor=1`` is the
+    identity. Uses ``jax.image.resize`` (PIL's resize, as the reference, also
+    antialiases: the down step here is an exact block mean).
+
+    Example:
+        >>> blurred = blur(ds.train, factor=4)
+    """
+    if split.x.ndim != 4:
+        raise ValueError(f"blur needs images [N, H, W, C], got shape {split.x.shape}")
+    n, h, w, c = split.x.shape
+    if not (isinstance(factor, int) and factor >= 1 and h % factor == 0 and w % factor == 0):
+        raise ValueError(f"factor must be a positive integer dividing the image size {h}x{w}, "
+                         f"got {factor!r}")
+    if factor == 1:
+        return Split(split.x.copy(), split.y.copy())
+    x = split.x.astype(np.float32)
+    small = x.reshape(n, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
+    out = np.empty(x.shape, np.float32)
+    for start in range(0, n, _SHIFT_CHUNK):
+        chunk = small[start:start + _SHIFT_CHUNK]
+        out[start:start + len(chunk)] = np.asarray(jax.image.resize(
+            chunk, (len(chunk), h, w, c), method="bilinear"))
+    return Split(_like(out, split.x), split.y.copy())
 
 
 def _like(values: np.ndarray, reference: np.ndarray) -> np.ndarray:

@@ -348,3 +348,34 @@ def test_augment_deterministic_and_transform_invariant(patterns):
 def test_augment_rejects_bad_shape():
     with pytest.raises(ValueError, match="images must be"):
         data.augment_cifar(jax.random.key(0), jnp.zeros((32, 32, 3)))
+
+
+def test_altered_data_random_labels_rotations_and_blur():
+    gen = np.random.default_rng(0)
+    split = data.Split(gen.integers(0, 256, (50, 8, 8, 1), dtype=np.uint8),
+                       gen.integers(0, 10, 50).astype(np.int32))
+    # Random labels: exactly ceil(share * N) positions redrawn; exclude_true changes them all.
+    moved = data.random_labels(split, share=0.3, num_classes=10, seed=1, exclude_true=True)
+    assert int(np.sum(moved.y != split.y)) == 15
+    again = data.random_labels(split, share=0.3, num_classes=10, seed=1, exclude_true=True)
+    np.testing.assert_array_equal(moved.y, again.y)
+    every = data.random_labels(split, share=1.0, num_classes=10, seed=2)
+    assert every.y.min() >= 0 and every.y.max() < 10 and int(np.sum(every.y != split.y)) < 50
+    # Rotations are np.rot90 exactly; four of them are the identity.
+    task = data.rotation_task(split)
+    assert task.x.shape == (200, 8, 8, 1)
+    np.testing.assert_array_equal(task.y, np.repeat(np.arange(4), 50))
+    np.testing.assert_array_equal(task.x[50:100], np.rot90(split.x, 1, axes=(1, 2)))
+    four = split.x
+    for _ in range(4):
+        four = np.rot90(four, 1, axes=(1, 2))
+    np.testing.assert_array_equal(four, split.x)
+    # Blur: x1 is the identity, a constant image stays constant, block means are kept.
+    np.testing.assert_array_equal(data.blur(split, factor=1).x, split.x)
+    flat = data.Split(np.full((2, 8, 8, 1), 77, np.uint8), np.zeros(2, np.int32))
+    np.testing.assert_array_equal(data.blur(flat, factor=4).x, flat.x)
+    blurred = data.blur(split, factor=4)
+    assert blurred.x.shape == split.x.shape and blurred.x.dtype == np.uint8
+    assert abs(float(blurred.x.mean()) - float(split.x.mean())) < 2.0
+    with pytest.raises(ValueError, match="factor"):
+        data.blur(split, factor=3)
