@@ -15,6 +15,35 @@ import ml_collections
 from experiments.configs import lenet_digits
 
 
+def use_sample(config: ml_collections.ConfigDict) -> None:
+    """Point ``config`` at the 4000-image CIFAR-10 sample (3600 train / 400 test)."""
+    root = os.environ.get("LTJAX_DATA_DIR", "../shared/data")
+    config.dataset = os.path.join(root, "cifar10_first4000", "cifar10_train_first4000.npz")
+    config.test_size = 400
+
+
+def sample_resnet(config: ml_collections.ConfigDict, *, epochs: int, **model_kwargs) -> None:
+    """ResNet-20 on the CIFAR sample, the LMC recipe scaled to ``epochs`` (drops at 50 and 75 %).
+
+    For the ``:sample`` smoke runs of the studies' digits configs.
+    """
+    use_sample(config)
+    config.model = "resnet20"
+    config.model_kwargs = ml_collections.ConfigDict(model_kwargs)
+    config.recipe.optimizer = "sgd"
+    config.recipe.learning_rate = 0.1
+    config.recipe.momentum = 0.9
+    config.recipe.weight_decay = 1e-4
+    config.recipe.batch_size = 128
+    config.recipe.augment = True
+    config.recipe.schedule = "step"
+    config.recipe.total_steps = ""
+    config.recipe.lr_drops = (f"{epochs // 2}ep", f"{3 * epochs // 4}ep") if epochs >= 4 else ()
+    config.training_steps = f"{epochs}ep"
+    config.eval_every = f"{max(1, epochs // 3)}ep"
+    config.checkpoint_every = f"{max(1, epochs // 3)}ep"
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config; ``'quick'``: 20 iterations; ``'sample'``: the 4000-image CIFAR sample."""
     config = lenet_digits.get_config()
@@ -35,9 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     ))
     variants = (arg or "").split(",") if arg else []
     if "sample" in variants:
-        root = os.environ.get("LTJAX_DATA_DIR", "../shared/data")
-        config.dataset = os.path.join(root, "cifar10_first4000", "cifar10_train_first4000.npz")
-        config.test_size = 400
+        use_sample(config)
         config.training_steps = "20ep"
         config.eval_every = "2ep"
         config.checkpoint_every = "2ep"

@@ -1,16 +1,20 @@
 """STR on LeNet-300-100 / scikit-learn digits: offline, about a minute.
 
+``:sample``: ResNet-20 on the 4000-image CIFAR-10 sample in ``$LTJAX_DATA_DIR``,
+15 epochs with a cosine decay, ``s_init=-5`` x weight decay {1e-4, 5e-4}, 1
+replicate (``:sample,quick``: 1 epoch).
+
     python -m experiments.str --config=experiments/configs/str_lenet_digits.py:quick \
         --workdir=runs/str_q
 """
 
 import ml_collections
 
-from experiments.configs import str_lenet_mnist
+from experiments.configs import resnet20_cifar10, str_lenet_mnist
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """The config; ``'quick'``: 4 epochs, one s_init, two decays."""
+    """The config; ``'quick'``: 4 epochs, one s_init, two decays; ``'sample'``: ResNet-20."""
     config = str_lenet_mnist.get_config()
     config.dataset = "digits"
     config.recipe.batch_size = 60
@@ -19,13 +23,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval_every = "40ep"
     config.checkpoint_every = "10ep"
     config.weight_decays = (1e-4, 1e-3, 5e-3)
-    if arg == "quick":
+    variants = set((arg or "").split(",")) - {""}
+    if variants - {"quick", "sample"}:
+        raise ValueError(f"unknown config variant(s) {sorted(variants - {'quick', 'sample'})}; "
+                         "expected quick, sample")
+    if "sample" in variants:
+        epochs = 1 if "quick" in variants else 15
+        resnet20_cifar10.sample_resnet(config, epochs=epochs)
+        config.recipe.schedule = "cosine"
+        config.recipe.lr_drops = ()
+        config.recipe.total_steps = f"{epochs}ep"
+        config.s_inits = (-5.0,)
+        config.weight_decays = (1e-4, 5e-4)
+        config.num_replicates = 1
+    elif "quick" in variants:
         config.recipe.total_steps = "4ep"
         config.training_steps = "4ep"
         config.eval_every = "4ep"
         config.checkpoint_every = "2ep"
         config.s_inits = (-5.0,)
         config.weight_decays = (1e-4, 5e-3)
-    elif arg:
-        raise ValueError(f"unknown config variant {arg!r}; expected 'quick' or nothing")
     return config

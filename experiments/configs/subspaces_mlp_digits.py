@@ -1,16 +1,21 @@
 """Learning subspaces with an MLP on scikit-learn digits: offline, seconds long.
 
+``:sample``: ResNet-20 on the 4000-image CIFAR-10 sample in ``$LTJAX_DATA_DIR``
+(the paper's network), 15 epochs, standard training and a line with beta = 1,
+1 replicate, BatchNorm statistics recomputed at each alpha (``:sample,quick``:
+1 epoch).
+
     python -m experiments.subspaces --config=experiments/configs/subspaces_mlp_digits.py:quick \
         --workdir=runs/subspaces_q
 """
 
 import ml_collections
 
-from experiments.configs import subspaces_mlp_mnist
+from experiments.configs import resnet20_cifar10, subspaces_mlp_mnist
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """The config; ``'quick'``: 4 epochs of a 64-64 MLP, 5 alphas."""
+    """The config; ``'quick'``: 4 epochs of a 64-64 MLP, 5 alphas; ``'sample'``: ResNet-20."""
     config = subspaces_mlp_mnist.get_config()
     config.dataset = "digits"
     config.model_kwargs.widths = (256, 256)
@@ -18,12 +23,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.training_steps = "30ep"
     config.eval_every = "10ep"
     config.checkpoint_every = "10ep"
-    if arg == "quick":
+    variants = set((arg or "").split(",")) - {""}
+    if variants - {"quick", "sample"}:
+        raise ValueError(f"unknown config variant(s) {sorted(variants - {'quick', 'sample'})}; "
+                         "expected quick, sample")
+    if "sample" in variants:
+        resnet20_cifar10.sample_resnet(config, epochs=1 if "quick" in variants else 15)
+        config.arms = ("standard", "line@1")
+        config.num_replicates = 1
+        config.num_alphas = 5
+    elif "quick" in variants:
         config.model_kwargs.widths = (64, 64)
         config.training_steps = "4ep"
         config.eval_every = "2ep"
         config.checkpoint_every = "2ep"
         config.num_alphas = 5
-    elif arg:
-        raise ValueError(f"unknown config variant {arg!r}; expected 'quick' or nothing")
     return config

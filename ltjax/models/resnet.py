@@ -39,8 +39,13 @@ from ltjax.models import _validate, common
 _PAD_1 = ((1, 1), (1, 1))  # torch's padding=1, also for stride 2 (Flax 'SAME' pads (0, 1))
 
 
-def _batch_norm(train: bool, name: str) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+BN_INITS = ("ones", "uniform")
+
+
+def _batch_norm(train: bool, name: str, bn_init: str = "ones") -> nn.BatchNorm:
+    scale_init = nn.initializers.ones if bn_init == "ones" else nn.initializers.uniform(1.0)
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                        scale_init=scale_init, name=name)
 
 
 class Block(nn.Module):
@@ -53,6 +58,7 @@ class Block(nn.Module):
         features: output channels.
         strides: stride of the first conv and of the projection shortcut (1 or 2).
         materialize_inputs: see :class:`ResNet`.
+        bn_init: see :class:`ResNet`.
 
     Example:
         >>> block = Block(features=32, strides=2)
@@ -64,6 +70,7 @@ class Block(nn.Module):
     features: int
     strides: int = 1
     materialize_inputs: bool | None = None
+    bn_init: str = "ones"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -72,17 +79,17 @@ class Block(nn.Module):
             x = common.materialize(x)  # the input of conv1 and of shortcut_conv
         out = nn.Conv(self.features, (3, 3), strides=self.strides, padding=_PAD_1,
                       use_bias=False, kernel_init=common.kernel_init, name="conv1")(x)
-        out = nn.relu(_batch_norm(train, "bn1")(out))
+        out = nn.relu(_batch_norm(train, "bn1", self.bn_init)(out))
         if self.materialize_inputs:
             out = common.materialize(out)
         out = nn.Conv(self.features, (3, 3), padding=_PAD_1, use_bias=False,
                       kernel_init=common.kernel_init, name="conv2")(out)
-        out = _batch_norm(train, "bn2")(out)
+        out = _batch_norm(train, "bn2", self.bn_init)(out)
         if self.strides != 1 or x.shape[-1] != self.features:
             shortcut = nn.Conv(self.features, (1, 1), strides=self.strides, padding="VALID",
                                use_bias=False, kernel_init=common.kernel_init,
                                name="shortcut_conv")(x)
-            shortcut = _batch_norm(train, "shortcut_bn")(shortcut)
+            shortcut = _batch_norm(train, "shortcut_bn", self.bn_init)(shortcut)
         else:
             shortcut = x
         return nn.relu(out + shortcut)
@@ -105,6 +112,9 @@ class ResNet(nn.Module):
             :func:`ltjax.models.common.materialize` (a CPU speed trick; identical
             results). None (default): the training executor decides (on for
             its unrolled CPU strategy).
+        bn_init: BatchNorm scales at init: ``'ones'`` (torch's default) or
+            ``'uniform'`` (U[0, 1], OpenLTH's CIFAR ResNets, whose BatchNorm-only
+            study depends on it; Frankle, Schwab & Morcos 2021).
 
     Example:
         >>> model = ResNet(depth=20, width=16)
@@ -119,6 +129,7 @@ class ResNet(nn.Module):
     width: int = 16
     num_classes: int = 10
     materialize_inputs: bool | None = None
+    bn_init: str = "ones"
 
     has_batch_norm: ClassVar[bool] = True
 
@@ -129,6 +140,8 @@ class ResNet(nn.Module):
         _validate.positive_int("width", self.width)
         _validate.positive_int("num_classes", self.num_classes)
         _validate.optional_boolean("materialize_inputs", self.materialize_inputs)
+        if self.bn_init not in BN_INITS:
+            raise ValueError(f"bn_init must be one of {BN_INITS}, got {self.bn_init!r}")
         super().__post_init__()
 
     @property
@@ -143,7 +156,7 @@ class ResNet(nn.Module):
             x = common.materialize(x)
         x = nn.Conv(self.width, (3, 3), padding=_PAD_1, use_bias=False,
                     kernel_init=common.kernel_init, name="conv_init")(x)
-        x = nn.relu(_batch_norm(train, "bn_init")(x))
+        x = nn.relu(_batch_norm(train, "bn_init", self.bn_init)(x))
         n = self.blocks_per_stage
         for stage in range(3):
             for index in range(n):
@@ -151,6 +164,7 @@ class ResNet(nn.Module):
                     features=self.width * 2**stage,
                     strides=2 if stage > 0 and index == 0 else 1,
                     materialize_inputs=self.materialize_inputs,
+                    bn_init=self.bn_init,
                     name=f"Block_{stage * n + index}",
                 )(x, train=train)
         x = jnp.mean(x, axis=(1, 2))
