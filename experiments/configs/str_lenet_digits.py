@@ -1,8 +1,8 @@
 """STR on LeNet-300-100 / scikit-learn digits: offline, about a minute.
 
 ``:sample``: ResNet-20 on the 4000-image CIFAR-10 sample in ``$LTJAX_DATA_DIR``,
-15 epochs with a cosine decay, ``s_init=-5`` x weight decay {1e-4, 5e-4}, 1
-replicate (``:sample,quick``: 1 epoch).
+15 epochs with a cosine decay, ``s_init=-5``, weight decay 5e-4, 1 replicate
+(``:sample,quick``: 1 epoch).
 
     python -m experiments.str --config=experiments/configs/str_lenet_digits.py:quick \
         --workdir=runs/str_q
@@ -34,7 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.recipe.lr_drops = ()
         config.recipe.total_steps = f"{epochs}ep"
         config.s_inits = (-5.0,)
-        config.weight_decays = (1e-4, 5e-4)
+        config.weight_decays = (5e-4,)
         config.num_replicates = 1
     elif "quick" in variants:
         config.recipe.total_steps = "4ep"
