@@ -126,3 +126,10 @@ def test_damaged_checkpoints_resume_to_identical_files(tmp_path, damage):
     dense.run_train(config, tmp_path / "run", progress=False)
     assert {n: (tmp_path / "run" / n).read_bytes() for n in files} == files
     assert any(p.name.endswith(".damaged") for p in (tmp_path / "run").rglob("*"))
+
+
+def test_checkpoints_of_another_config_are_refused_after_config_json_is_deleted(tmp_path):
+    dense.run_train(_config(), tmp_path, progress=False)
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(ValueError, match="another config"):
+        dense.run_train(_config(seed=1), tmp_path, progress=False)

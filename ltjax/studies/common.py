@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import pathlib
 from collections.abc import Callable
@@ -230,8 +231,10 @@ def train_segment(
                      for r in range(num)]
         log.append(rows)
 
+    fingerprint = config_fingerprint(log.path.parent)
+
     def meta(step: int) -> dict:
-        return {**tags, "step": step, "members": member_tags}
+        return {**tags, "step": step, "members": member_tags, "config": fingerprint}
 
     with checkpoint.Checkpointer(ckpt_dir, max_to_keep=max_checkpoints) as ckpt:
         found = ckpt.restore_latest(like_state=state, like_masks=masks)
@@ -243,6 +246,10 @@ def train_segment(
         step = start
         if found is not None:
             step, state, _, saved = found
+            if fingerprint and saved.get("config") and saved["config"] != fingerprint:
+                raise ValueError(
+                    f"{ckpt.directory} holds checkpoints of a run with another config than this "
+                    "workdir's config.json (was config.json replaced?); use a new workdir")
             if saved.get("members", member_tags) != member_tags:
                 raise ValueError(
                     f"{ckpt.directory} holds members {saved.get('members')}, this run trains "
@@ -275,6 +282,20 @@ def train_segment(
         if start == end and found is None:
             ckpt.save(step, state=state, masks=masks, meta=meta(step))
     return state
+
+
+def config_fingerprint(workdir: str | pathlib.Path) -> str | None:
+    """A digest of ``workdir/config.json`` (canonical JSON), or None when there is none.
+
+    Stored in every checkpoint a study writes, so a run whose ``config.json``
+    was deleted and rewritten by another config cannot resume the old
+    checkpoints silently.
+    """
+    path = pathlib.Path(workdir) / "config.json"
+    if not path.exists():
+        return None
+    canonical = json.dumps(results.read_json(path), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def _mean_loss(pending: list[tuple[np.ndarray, int]]) -> np.ndarray:
