@@ -709,6 +709,11 @@ def _splits_from_arrays(arrays: dict[str, np.ndarray], *, source: str) -> tuple[
             )
         if y.size and y.min() < 0:
             raise ValueError(f"y_{split} in {source} has negative labels (min {y.min()})")
+        if np.issubdtype(x.dtype, np.floating):
+            bad = int(np.sum(~np.all(np.isfinite(x.reshape(len(x), -1)), axis=1)))
+            if bad:
+                raise ValueError(f"x_{split} in {source} has {bad} examples with NaN or inf "
+                                 "values; clean the file")
         splits.append(Split(x, y.astype(np.int32)))
     train, test = splits
     if train.x.shape[1:] != test.x.shape[1:]:

@@ -266,6 +266,15 @@ def test_mismatched_lengths(tmp_path):
         data.load(path)
 
 
+def test_non_finite_features_are_refused_at_load(tmp_path):
+    x, y = _toy_arrays(10)
+    x = x.astype(np.float32)
+    x[3, 0] = np.nan
+    path = _write(tmp_path / "nan.npz", x_train=x, y_train=y, x_test=x, y_test=y)
+    with pytest.raises(ValueError, match=r"x_train in .*nan\.npz has 1 examples with NaN"):
+        data.load(path)
+
+
 def test_missing_npz_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.npz"):
         data.load(tmp_path / "nope.npz")
