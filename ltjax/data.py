@@ -192,6 +192,12 @@ def load(
         path = pathlib.Path(name).expanduser()
         train, test = _read_npz_file(path, test_size=test_size)
         num_classes = int(max(train.y.max(initial=-1), test.y.max(initial=-1))) + 1
+        missing = sorted(set(range(num_classes)) - set(np.unique(train.y).tolist()))
+        if missing:  # e.g. one label 255 among 0..9 would make a 256-class model
+            raise ValueError(
+                f"labels in {path} must be dense in [0, C): the largest is {num_classes - 1} but "
+                f"the train split has no example of class(es) {missing[:8]}"
+                f"{' ...' if len(missing) > 8 else ''} ({len(missing)} missing)")
         augment = "cifar" if train.x.shape[1:] == _CIFAR_SHAPE else None
         label = str(name)
     elif name in NAMES:

@@ -275,6 +275,15 @@ def test_non_finite_features_are_refused_at_load(tmp_path):
         data.load(path)
 
 
+def test_sparse_labels_are_refused_not_turned_into_extra_classes(tmp_path):
+    x, y = _toy_arrays(10)
+    y = y.copy()
+    y[4] = 255
+    path = _write(tmp_path / "labels.npz", x_train=x, y_train=y, x_test=x, y_test=y)
+    with pytest.raises(ValueError, match=r"dense in \[0, C\).*largest is 255"):
+        data.load(path)
+
+
 def test_missing_npz_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.npz"):
         data.load(tmp_path / "nope.npz")
