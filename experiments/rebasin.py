@@ -14,12 +14,13 @@ from ltjax.studies import rebasin
 
 def report(summary: dict) -> None:
     """Print the study's summary table."""
-    print("{:>5} {:>8} {:>11} {:>6} {:>13} {:>16} {:>13}".format(
-        "pair", "variant", "correction", "split", "loss barrier", "error barrier %",
-        "midpoint acc %"))
+    print("{:>5} {:>8} {:>11} {:>6} {:>13} {:>13} {:>16} {:>13}".format(
+        "pair", "variant", "correction", "split", "loss (chord)", "loss (ends)",
+        "error barrier %", "midpoint acc %"))
     for row in summary["rows"]:
         print(f"{row['pair']:>5} {row['variant']:>8} {row['correction']:>11} {row['split']:>6} "
-              f"{row['loss_barrier']:13.4f} {100 * row['error_barrier']:16.2f} "
+              f"{row['loss_barrier_chord']:13.4f} {row['loss_barrier_mean_ends']:13.4f} "
+              f"{100 * row['error_barrier']:16.2f} "
               f"{100 * row['midpoint_accuracy']:13.2f}")
     for row in summary["sparse"]:
         print(f"sparse {row['branch']:>9} pair {row['pair']:>4} ({row['init']}): density "

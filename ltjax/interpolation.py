@@ -6,12 +6,18 @@
 - :func:`error_barrier`: Frankle et al. 2020 ("Linear Mode Connectivity and
   the Lottery Ticket Hypothesis", ICML): the maximum error along the path
   minus the mean of the two endpoint errors ("instability"; stable if < 2 %).
-- :func:`loss_barrier`: Ainsworth et al. 2023 ("Git Re-Basin", ICLR):
-  ``max_alpha L(alpha) - ((1 - alpha) L(0) + alpha L(1))``.
+- :func:`loss_barrier`: Ainsworth et al. 2023 ("Git Re-Basin", ICLR, Eq. 1):
+  ``max_alpha L(alpha) - ((1 - alpha) L(0) + alpha L(1))`` against the chord
+  (``baseline='chord'``, the paper's definition); ``baseline='mean_ends'``
+  gives ``max_alpha L(alpha) - (L(0) + L(1)) / 2``, the form the
+  samuela/git-re-basin plotting code uses. The two differ when the endpoint
+  losses differ; the studies report both, named ``loss_barrier_chord`` and
+  ``loss_barrier_mean_ends``.
+- :func:`barrier`: either form for any metric.
 - :func:`evaluate_path`: metrics along a path, with BatchNorm statistics
   recomputed (or REPAIR) at every point when asked.
 
-Both barriers come with the alpha where they peak. They take the curve
+Barriers come with the alpha where they peak. They take the curve
 (alphas and values), so they work on any metric evaluated along any path.
 Plain pytrees in, no flax.
 
@@ -98,11 +104,51 @@ def _curve(alphas: Any, values: Any) -> tuple[np.ndarray, np.ndarray]:
     return alphas, values
 
 
+BASELINES = ("chord", "mean_ends")
+
+
+def barrier(alphas: Any, values: Any, *, baseline: str) -> tuple[np.ndarray, np.ndarray]:
+    """The height of a curve above a baseline drawn from its endpoints.
+
+    ``baseline='chord'``: ``max_alpha [v(alpha) - ((1 - alpha) v(0) + alpha v(1))]``
+    (Ainsworth et al. 2023, Eq. 1); ``baseline='mean_ends'``:
+    ``max_alpha v(alpha) - (v(0) + v(1)) / 2`` (Frankle et al. 2020's error
+    barrier; the samuela/git-re-basin plots' loss barrier). Both are >= 0; the
+    mean-ends form is at least ``|v(1) - v(0)| / 2``, even on a straight path.
+
+    Args:
+      alphas: increasing alphas from 0 to 1, ``[A]``.
+      values: the metric along the path, ``[..., A]`` (leading axes are
+        batched: replicates, pairs...).
+      baseline: ``'chord'`` or ``'mean_ends'``.
+
+    Returns:
+      ``(barrier [...], alpha_at_max [...])``: the height and the alpha where it peaks.
+
+    Example:
+        >>> barrier([0, 0.5, 1], [1.0, 3.0, 2.0], baseline="chord")
+        (array(1.5), array(0.5))
+        >>> barrier([0, 0.5, 1], [1.0, 3.0, 2.0], baseline="mean_ends")
+        (array(1.5), array(0.5))
+        >>> barrier([0, 0.5, 1], [1.0, 1.5, 2.0], baseline="mean_ends")
+        (array(0.5), array(1.))
+    """
+    if baseline not in BASELINES:
+        raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+    alphas, values = _curve(alphas, values)
+    if baseline == "chord":
+        gap = values - ((1 - alphas) * values[..., :1] + alphas * values[..., -1:])
+    else:
+        gap = values - (values[..., :1] + values[..., -1:]) / 2
+    return np.max(gap, axis=-1), alphas[np.argmax(gap, axis=-1)]
+
+
 def error_barrier(alphas: Any, errors: Any) -> tuple[np.ndarray, np.ndarray]:
     """Frankle et al. 2020's error barrier (instability) of a curve.
 
     ``max_alpha err(alpha) - (err(0) + err(1)) / 2``: 0 when the path is no
-    worse than its ends; "stable" when below 0.02.
+    worse than its ends; "stable" when below 0.02. :func:`barrier` with
+    ``baseline='mean_ends'``.
 
     Args:
       alphas: increasing alphas from 0 to 1, ``[A]``.
@@ -116,27 +162,26 @@ def error_barrier(alphas: Any, errors: Any) -> tuple[np.ndarray, np.ndarray]:
         >>> error_barrier([0, 0.5, 1], [0.02, 0.10, 0.04])
         (array(0.07), array(0.5))
     """
-    alphas, errors = _curve(alphas, errors)
-    peak = np.argmax(errors, axis=-1)
-    ends = (errors[..., 0] + errors[..., -1]) / 2
-    return np.max(errors, axis=-1) - ends, alphas[peak]
+    return barrier(alphas, errors, baseline="mean_ends")
 
 
-def loss_barrier(alphas: Any, losses: Any) -> tuple[np.ndarray, np.ndarray]:
+def loss_barrier(alphas: Any, losses: Any, *,
+                 baseline: str = "chord") -> tuple[np.ndarray, np.ndarray]:
     """Ainsworth et al. 2023's loss barrier of a curve.
 
-    ``max_alpha L(alpha) - ((1 - alpha) L(0) + alpha L(1))``, with the alpha
-    where it peaks. Batched over leading axes of ``losses`` like
-    :func:`error_barrier`.
+    ``max_alpha L(alpha) - ((1 - alpha) L(0) + alpha L(1))`` (the paper's
+    Eq. 1, ``baseline='chord'``), with the alpha where it peaks;
+    ``baseline='mean_ends'`` gives ``max_alpha L(alpha) - (L(0) + L(1)) / 2``,
+    what the samuela/git-re-basin repository's plots show. Batched over
+    leading axes of ``losses`` like :func:`error_barrier`.
 
     Example:
         >>> loss_barrier([0, 0.5, 1], [1.0, 3.0, 2.0])
         (array(1.5), array(0.5))
+        >>> loss_barrier([0, 0.25, 0.5, 1], [0.0, 0.1, 0.2, 0.4], baseline="mean_ends")
+        (array(0.2), array(1.))
     """
-    alphas, losses = _curve(alphas, losses)
-    chord = (1 - alphas) * losses[..., :1] + alphas * losses[..., -1:]
-    gap = losses - chord
-    return np.max(gap, axis=-1), alphas[np.argmax(gap, axis=-1)]
+    return barrier(alphas, losses, baseline=baseline)
 
 
 def evaluate_path(

@@ -168,36 +168,53 @@ _CURVE_COLORS = {("naive", "none"): "tab:grey", ("matched", "none"): "tab:green"
 
 
 def plot_interpolation(records: Sequence[dict], path: str | os.PathLike, *,
-                       title: str = "") -> None:
+                       title: str = "", rows: Sequence[dict] = ()) -> None:
     """Loss and accuracy along naive and matched paths, train solid and test dashed.
 
     The style of Git Re-Basin's figures (Ainsworth et al. 2023, Figures 2 and
     4): one line per path kind (``variant`` naive/matched x ``correction``
-    none/reset/repair) and split, mean over pairs of models.
+    none/reset/repair) and split, mean over pairs of models. With ``rows``
+    (the study's results rows), the loss panel's legend names both loss
+    barriers, against the chord (the paper's Eq. 1) and against the ends'
+    mean (the reference plots), and the accuracy panel's the error barrier.
 
     Args:
       records: ``path`` records (``variant``, ``correction``, ``split``,
         ``alpha``, ``loss``, ``accuracy``).
       path: the PNG to write.
       title: the figure title.
+      rows: optional results rows with ``loss_barrier_chord``,
+        ``loss_barrier_mean_ends`` and ``error_barrier`` per
+        ``(variant, correction, split)``, averaged over pairs here.
     """
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     kinds = list(dict.fromkeys((r["variant"], r["correction"]) for r in records))
     for kind in kinds:
         for split in dict.fromkeys(r["split"] for r in records):
             mine = [r for r in records if (r["variant"], r["correction"]) == kind
                     and r["split"] == split]
             label = kind[0] + ("" if kind[1] == "none" else f" + {kind[1]}") + f", {split}"
+            found = [r for r in rows if (r["variant"], r["correction"], r["split"])
+                     == (*kind, split) and r.get("pair") != "mean"]
+            extra = {"loss": "", "accuracy": ""}
+            if found:
+                mean = {key: float(np.mean([float(r[key]) for r in found]))
+                        for key in ("loss_barrier_chord", "loss_barrier_mean_ends",
+                                    "error_barrier")}
+                extra = {"loss": f" (barrier: chord {mean['loss_barrier_chord']:.3f}, "
+                                 f"ends' mean {mean['loss_barrier_mean_ends']:.3f})",
+                         "accuracy": f" (error barrier {100 * mean['error_barrier']:.2f} %)"}
             style = "-" if split == "train" else "--"
             for ax, metric, scale in ((axes[0], "loss", 1.0), (axes[1], "accuracy", 100.0)):
-                xs, mean, _, _, _ = mean_and_spread(mine, x="alpha", y=metric)
-                ax.plot(xs, scale * mean, style, color=_CURVE_COLORS.get(kind), label=label,
+                xs, mean_curve, _, _, _ = mean_and_spread(mine, x="alpha", y=metric)
+                ax.plot(xs, scale * mean_curve, style, color=_CURVE_COLORS.get(kind),
+                        label=label + extra[metric],
                         marker="." if split == "train" else None)
     for ax, name in zip(axes, ("loss", "accuracy (%)"), strict=True):
         ax.set_xlabel("interpolation alpha (model 0 -> model j)")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7)
+        ax.legend(fontsize=6 if rows else 7)
     fig.suptitle(title)
     fig.tight_layout()
     _save(fig, path)

@@ -51,6 +51,29 @@ def test_barriers_match_hand_computed_curves():
     assert at == 0.25
     batched, _ = averaging.error_barrier(alphas, np.stack([errors, errors * 2]))
     np.testing.assert_allclose(batched, [0.09, 0.18])
+    # The repository's form: max loss 3.0 at alpha 1 minus the ends' mean 2.0.
+    height, at = averaging.loss_barrier(alphas, losses, baseline="mean_ends")
+    assert height == pytest.approx(1.0)
+    assert at == 1.0
+
+
+def test_two_loss_barriers_agree_on_equal_ends_and_differ_by_the_planted_gap():
+    from ltjax import interpolation
+
+    alphas = np.linspace(0, 1, 11)
+    bump = 0.7 * np.sin(np.pi * alphas)  # peaks 0.7 at alpha 0.5
+    equal_ends = 1.0 + bump
+    chord, _ = interpolation.barrier(alphas, equal_ends, baseline="chord")
+    mean_ends, _ = interpolation.barrier(alphas, equal_ends, baseline="mean_ends")
+    assert chord == pytest.approx(0.7) and mean_ends == pytest.approx(0.7)
+    # A straight path between losses 0.2 and 1.0: no barrier against the chord,
+    # half the endpoints' gap (0.4, at alpha 1) against their mean.
+    line = 0.2 + 0.8 * alphas
+    assert interpolation.barrier(alphas, line, baseline="chord")[0] == pytest.approx(0.0)
+    height, at = interpolation.barrier(alphas, line, baseline="mean_ends")
+    assert (height, at) == (pytest.approx(0.4), 1.0)
+    with pytest.raises(ValueError, match="baseline must be one of"):
+        interpolation.barrier(alphas, line, baseline="mean")
 
 
 def test_identical_endpoints_have_zero_barrier():

@@ -309,7 +309,7 @@ def run_rebasin(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
     name = f"{config.model} on {config.dataset}"
     plots.plot_interpolation(
         [r for r in records if r.get("branch") == "path"], workdir / "plots" / "interpolation.png",
-        title=f"{name}: model 0 to model j, {config.method} matching")
+        title=f"{name}: model 0 to model j, {config.method} matching", rows=rows)
     plots.plot_branch_curves(
         [r for r in records if r.get("branch") == "dense"],
         workdir / "plots" / "learning_curves.png", key="branch",
@@ -372,11 +372,14 @@ def _evaluate_path(executor, config, log, stored, tags, a, b, *, alphas, splits,
 
 def _path_row(alphas, acc, loss, tags, split, *, method) -> dict:
     error_barrier, error_at = interpolation.error_barrier(alphas, 1.0 - acc)
-    loss_barrier, loss_at = interpolation.loss_barrier(alphas, loss)
+    chord, chord_at = interpolation.loss_barrier(alphas, loss, baseline="chord")
+    mean_ends, mean_ends_at = interpolation.loss_barrier(alphas, loss, baseline="mean_ends")
     mid = int(np.argmin(np.abs(alphas - 0.5)))
     return {"pair": tags["pair"], "method": method, "variant": tags["variant"],
             "correction": tags["correction"], "split": split,
-            "loss_barrier": float(loss_barrier), "loss_barrier_alpha": float(loss_at),
+            "loss_barrier_chord": float(chord), "loss_barrier_chord_alpha": float(chord_at),
+            "loss_barrier_mean_ends": float(mean_ends),
+            "loss_barrier_mean_ends_alpha": float(mean_ends_at),
             "error_barrier": float(error_barrier), "error_barrier_alpha": float(error_at),
             "loss_a": loss[0], "loss_b": loss[-1], "accuracy_a": acc[0], "accuracy_b": acc[-1],
             "midpoint_alpha": alphas[mid], "midpoint_loss": loss[mid],

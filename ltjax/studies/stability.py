@@ -242,10 +242,13 @@ def _pair_rows(executor, final, *, k, num, copies, alphas, splits, log, config) 
 def _path_row(alphas, accuracy, loss, *, k, rep, pair, split) -> dict:
     errors = 1.0 - accuracy
     barrier, peak = interpolation.error_barrier(alphas, errors)
-    loss_gap, loss_peak = interpolation.loss_barrier(alphas, loss)
+    chord, chord_at = interpolation.loss_barrier(alphas, loss, baseline="chord")
+    mean_ends, mean_ends_at = interpolation.loss_barrier(alphas, loss, baseline="mean_ends")
     return {"k": k, "replicate": rep, "pair": pair, "split": split,
             "instability": float(barrier), "alpha_at_max": float(peak),
-            "loss_barrier": float(loss_gap), "loss_barrier_alpha": float(loss_peak),
+            "loss_barrier_chord": float(chord), "loss_barrier_chord_alpha": float(chord_at),
+            "loss_barrier_mean_ends": float(mean_ends),
+            "loss_barrier_mean_ends_alpha": float(mean_ends_at),
             "accuracy_a": 1.0 - errors[0], "accuracy_b": 1.0 - errors[-1],
             "stable": bool(barrier < STABLE_BELOW)}
 
@@ -257,5 +260,6 @@ def _summaries(rows: list[dict]) -> list[dict]:
         for name, fn in (("mean", np.mean), ("std", np.std)):
             out.append({"k": k, "replicate": name, "pair": "all", "split": split, **{
                 key: float(fn([g[key] for g in group]))
-                for key in ("instability", "loss_barrier", "accuracy_a", "accuracy_b", "stable")}})
+                for key in ("instability", "loss_barrier_chord", "loss_barrier_mean_ends",
+                            "accuracy_a", "accuracy_b", "stable")}})
     return out
