@@ -24,6 +24,8 @@ if os.environ.get("LTJAX_TEST_XLA_OPT", "0") != "default":  # before XLA starts
         f"--xla_backend_optimization_level={os.environ.get('LTJAX_TEST_XLA_OPT', '0')}"]))
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 from experiments import tune_allocator, use_compilation_cache  # noqa: E402
 
@@ -40,3 +42,27 @@ _CACHE = use_compilation_cache(os.environ["LTJAX_TEST_CACHE_DIR"])
 _SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
 if "LTJAX_DATA_DIR" not in os.environ and _SHARED.is_dir():
     os.environ["LTJAX_DATA_DIR"] = str(_SHARED)
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The curves each plot draws, by file name: ``{name: {(axis, label): (xs, ys)}}``.
+
+    The PNG is still written; tests compare the drawn lines with the data the
+    plot should show (a check that fails on a wrong or empty plot, unlike
+    ``path.exists()``).
+    """
+    from ltjax import plots
+
+    out: dict = {}
+    original = plots._save
+
+    def spy(fig, path):
+        out[pathlib.Path(path).name] = {
+            (i, line.get_label()): (np.asarray(line.get_xdata(), float),
+                                    np.asarray(line.get_ydata(), float))
+            for i, ax in enumerate(fig.axes) for line in ax.get_lines()}
+        original(fig, path)
+
+    monkeypatch.setattr(plots, "_save", spy)
+    return out

@@ -2,8 +2,9 @@
 
 3 initialisations x 3 data orders at rewind step k = 0, interpolated at 30
 alphas on train and test. For the IMP ticket, point it at an IMP workdir of the
-same seed and replicate count (``imp_lenet_mnist.py`` with
-``--config.num_replicates=3``), level 15 = 3.5 %:
+same seed, replicate count, recipe and length, rewound to the same k
+(``imp_lenet_mnist.py`` with ``--config.num_replicates=3``), level 15 = 3.5 %;
+for several k, one IMP run per k: ``--config.imp_workdir=0it=runs/a,500it=runs/b``:
 
     python -m experiments.stability --config=experiments/configs/stability_lenet_mnist.py \
         --workdir=runs/lmc_dense
@@ -28,6 +29,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.recompute_batch_stats = True
     config.imp_workdir = ""
     config.imp_level = 0
+    # One IMP run's mask at every k (not the paper's protocol: there, the run rewound to k).
+    config.imp_mask_at_any_k = False
     config.checkpoint_every = "8000it"
     config.eval_every = "2000it"
     if arg == "quick":

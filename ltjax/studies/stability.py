@@ -12,10 +12,17 @@ mean of the endpoint errors); the network is *stable* at k when it is below
 
 The study runs on dense networks, or on IMP subnetworks: with
 ``config.imp_workdir`` and ``config.imp_level`` it loads that level's masks
-(replicate r's mask for initialisation r, so ``seed``, ``num_replicates``,
-model and dataset must equal the IMP run's) and trains the copies masked,
-from the dense network's step-k weights under the mask (the LMC paper's
-Figures 5-7 ask this of IMP subnetworks rewound to k).
+(replicate r's mask for initialisation r) and trains the copies masked, from
+the dense network's step-k weights under the mask and the optimiser state the
+IMP ticket trained from (fresh, or the step-k state when the IMP run set
+``rewind_optimizer``); densities count the IMP run's ``pruning.include`` /
+``exclude`` selection. The IMP run must share the dataset, model, seed,
+replicate count, recipe and training length, and must have rewound to the
+study's k (checked before any work). Frankle et al. 2020's protocol (Section
+4, Figures 5-7) studies at each k the subnetwork IMP found rewinding to that
+k: ``imp_workdir='0it=runs/imp_k0,500it=runs/imp_k500'`` gives one IMP run per
+rewind step. ``imp_mask_at_any_k=True`` allows one IMP run's mask at every k
+(another experiment than the paper's).
 
 Example (Colab):
     >>> from experiments.configs import stability_lenet_digits
@@ -24,15 +31,17 @@ Example (Colab):
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import pathlib
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from ltjax import checkpoint, interpolation, masking, plots, results, rng, tree
+from ltjax import checkpoint, interpolation, masking, plots, results, rewinding, rng, tree
 from ltjax.studies import common
 
 STABLE_BELOW = 0.02  # Frankle et al. 2020: stable when the error barrier is under 2 %
@@ -55,6 +64,19 @@ def _repeat(stacked: Any, times: int) -> Any:
     return jax.tree.map(lambda x: jnp.repeat(x, times, axis=0), stacked)
 
 
+def check_imp_level(imp_workdir: str | pathlib.Path, level: int) -> pathlib.Path:
+    """The checkpoint folder of an IMP workdir's level; ``ValueError`` if it does not exist."""
+    root = pathlib.Path(imp_workdir) / "checkpoints"
+    folder = root / f"level_{level:02d}"
+    if not folder.is_dir():
+        levels = sorted(p.name for p in root.glob("level_*")) if root.is_dir() else []
+        raise ValueError(
+            f"imp_level={level} does not exist in imp_workdir={str(imp_workdir)!r} "
+            f"(found {levels or 'no levels'})"
+        )
+    return folder
+
+
 def load_imp_masks(imp_workdir: str | pathlib.Path, level: int, like_masks: Any) -> Any:
     """The masks ``[S, ...]`` (host arrays) of an IMP workdir's level (the ``imp`` members).
 
@@ -65,14 +87,7 @@ def load_imp_masks(imp_workdir: str | pathlib.Path, level: int, like_masks: Any)
     Raises:
       ValueError: the level does not exist in the workdir, or has no finished checkpoint.
     """
-    root = pathlib.Path(imp_workdir) / "checkpoints"
-    folder = root / f"level_{level:02d}"
-    if not folder.is_dir():
-        levels = sorted(p.name for p in root.glob("level_*")) if root.is_dir() else []
-        raise ValueError(
-            f"imp_level={level} does not exist in imp_workdir={str(imp_workdir)!r} "
-            f"(found {levels or 'no levels'})"
-        )
+    folder = check_imp_level(imp_workdir, level)
     with checkpoint.Checkpointer(folder) as ckpt:
         steps = ckpt.steps()
         if not steps:
@@ -93,11 +108,21 @@ _MUST_MATCH = ("dataset", "validation_size", "validation_seed", "test_size", "mo
                "model_kwargs", "seed", "num_replicates")
 
 
-def check_imp_compatible(config: Any, imp_workdir: str | pathlib.Path) -> None:
-    """Raise ``ValueError`` unless the IMP run in ``imp_workdir`` has this study's inits.
+def check_imp_compatible(config: Any, imp_workdir: str | pathlib.Path, *,
+                         dataset: Any = None, rewind_step: int | None = None) -> dict:
+    """Raise ``ValueError`` unless the IMP run in ``imp_workdir`` fits this study.
 
     Replicate r's mask only fits initialisation r when dataset, model, seed
-    and replicate count are the same.
+    and replicate count are the same. With ``dataset`` (this study's), the
+    recipe (as built: optimiser, learning rate, schedule, batch size,
+    augmentation...) and the training length must be the IMP run's too; with
+    ``rewind_step`` (steps), the IMP run must have rewound to that step, unless
+    ``config.imp_mask_at_any_k`` (a mask found by rewinding to r used at
+    another k is a different experiment from the paper's).
+
+    Returns:
+      The IMP run's config (a dict), e.g. for its ``pruning`` selection and
+      ``rewind_optimizer``.
     """
     path = pathlib.Path(imp_workdir) / "config.json"
     if not path.exists():
@@ -110,6 +135,77 @@ def check_imp_compatible(config: Any, imp_workdir: str | pathlib.Path) -> None:
             f"the IMP run in imp_workdir={str(imp_workdir)!r} differs in {differ}: "
             + ", ".join(f"{k}={theirs.get(k)!r} there vs {ours.get(k)!r} here" for k in differ)
         )
+    if dataset is None:
+        return theirs
+    per_epoch = len(dataset.train) // config.recipe.batch_size
+    their_config = ml_collections.ConfigDict(theirs)
+    recipe_ours = common.build_recipe(config, dataset)
+    recipe_theirs = common.build_recipe(their_config, dataset)
+    if recipe_ours != recipe_theirs:
+        fields = [f.name for f in dataclasses.fields(recipe_ours)
+                  if getattr(recipe_ours, f.name) != getattr(recipe_theirs, f.name)]
+        raise ValueError(
+            f"the IMP run in imp_workdir={str(imp_workdir)!r} trained with another recipe: "
+            + ", ".join(f"{k}={getattr(recipe_theirs, k)!r} there vs "
+                        f"{getattr(recipe_ours, k)!r} here" for k in fields))
+    end_theirs = common.steps(theirs["training_steps"], per_epoch)
+    end_ours = common.steps(config.training_steps, per_epoch)
+    if end_theirs != end_ours:
+        raise ValueError(
+            f"the IMP run in imp_workdir={str(imp_workdir)!r} trained {end_theirs} steps "
+            f"(training_steps={theirs['training_steps']!r}), this study {end_ours} "
+            f"(training_steps={config.training_steps!r})")
+    if rewind_step is not None and not config.get("imp_mask_at_any_k", False):
+        theirs_k = common.steps(theirs.get("rewind_step", 0), per_epoch)
+        if theirs_k != rewind_step:
+            raise ValueError(
+                f"the IMP run in imp_workdir={str(imp_workdir)!r} rewound to step {theirs_k} "
+                f"(rewind_step={theirs.get('rewind_step')!r}) but is used at k = {rewind_step}: "
+                "give one IMP run per k (imp_workdir='<k>=<workdir>,...', Frankle et al. "
+                "2020's protocol) or set imp_mask_at_any_k=True")
+    return theirs
+
+
+def imp_workdirs(config: Any, ks: list[int], per_epoch: int) -> dict[int, str]:
+    """The IMP run whose masks each rewind step uses: ``{k: imp_workdir}`` (empty: dense).
+
+    ``config.imp_workdir`` is one IMP workdir, used at every k, or
+    comma-separated ``<k>=<workdir>`` entries, exactly one per rewind step:
+    Frankle et al. 2020's protocol (Section 4), where the subnetwork studied
+    at k is the one IMP found when rewinding to k.
+
+    Raises:
+      ValueError: a malformed entry, a k given twice, or entries that do not
+        cover exactly ``config.rewind_steps``.
+
+    Example:
+        >>> config.imp_workdir = "0it=runs/imp_k0,500it=runs/imp_k500"
+        >>> imp_workdirs(config, [0, 500], per_epoch=916)
+        {0: 'runs/imp_k0', 500: 'runs/imp_k500'}
+    """
+    spec = str(config.get("imp_workdir") or "").strip()
+    if not spec:
+        return {}
+    if "=" not in spec:
+        return {k: spec for k in ks}
+    out: dict[int, str] = {}
+    for entry in (e.strip() for e in spec.split(",")):
+        if not entry:
+            continue
+        k_text, _, path = (x.strip() for x in entry.partition("="))
+        try:
+            k = common.steps(k_text, per_epoch)
+        except ValueError as error:
+            raise ValueError(f"config.imp_workdir entry {entry!r} must be '<k>=<workdir>' with "
+                             f"a step k such as '500it' or '2ep': {error}") from None
+        if not path or k in out:
+            raise ValueError(f"config.imp_workdir entry {entry!r}: "
+                             + ("no workdir" if not path else f"k = {k} is given twice"))
+        out[k] = path
+    if sorted(out) != ks:
+        raise ValueError(f"config.imp_workdir gives IMP runs for k = {sorted(out)} (steps) but "
+                         f"config.rewind_steps are {ks}: one IMP run per rewind step")
+    return out
 
 
 def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
@@ -125,18 +221,31 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     Returns:
       ``{'rows': [...]}``: the mean rows of ``results.csv``.
     """
-    workdir, dataset, recipe, executor = common.setup(config, workdir)
+    ks_and_runs: dict[int, str] = {}
+    imp_configs: dict[int, dict] = {}
+
+    def check(dataset) -> None:  # before the workdir is written
+        per_epoch = len(dataset.train) // config.recipe.batch_size
+        end = common.steps(config.training_steps, per_epoch)
+        ks = sorted({common.steps(k, per_epoch) for k in config.rewind_steps})
+        if not ks or ks[-1] >= end or ks[0] < 0:
+            raise ValueError(
+                f"rewind_steps {list(config.rewind_steps)} must be steps in [0, training_steps "
+                f"= {end}) (as steps: {ks})"
+            )
+        if config.num_copies < 2:
+            raise ValueError(f"num_copies must be >= 2 to form pairs, got {config.num_copies}")
+        ks_and_runs.update({k: "" for k in ks})
+        for k, run in imp_workdirs(config, ks, per_epoch).items():
+            imp_configs[k] = check_imp_compatible(config, run, dataset=dataset, rewind_step=k)
+            check_imp_level(run, config.imp_level)
+            ks_and_runs[k] = run
+
+    workdir, dataset, recipe, executor = common.setup(config, workdir, check=check)
     per_epoch = executor.steps_per_epoch
     end = common.steps(config.training_steps, per_epoch)
-    ks = sorted({common.steps(k, per_epoch) for k in config.rewind_steps})
-    if not ks or ks[-1] >= end or ks[0] < 0:
-        raise ValueError(
-            f"rewind_steps {list(config.rewind_steps)} must be steps in [0, training_steps = "
-            f"{end}) (as steps: {ks})"
-        )
+    ks = sorted(ks_and_runs)
     num, copies = config.num_replicates, config.num_copies
-    if copies < 2:
-        raise ValueError(f"num_copies must be >= 2 to form pairs, got {copies}")
     alphas = np.linspace(0.0, 1.0, config.num_alphas)
     keys = rng.replicate_keys(config.seed, num)
     init_keys, noise_keys = rng.init_and_noise(keys)
@@ -147,14 +256,7 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     ckpt_every = max(1, common.steps(config.checkpoint_every, per_epoch))
 
     state = executor.init(init_keys)
-    masks = None
-    if config.get("imp_workdir"):
-        check_imp_compatible(config, config.imp_workdir)
-        like = executor.shard(masking.ones_like(state.params))
-        masks = load_imp_masks(config.imp_workdir, config.imp_level, like)
-    selection = masking.prunable(executor.abstract_state.params)
-    density = (np.asarray(jax.vmap(lambda m: masking.density(m, selection))(masks))
-               if masks is not None else np.ones(num))
+    like = executor.shard(masking.ones_like(state.params))
 
     splits = list(config.path_splits)
     rows: list[dict] = []
@@ -166,9 +268,21 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
             ckpt_dir=ckpt_root / f"parent_{k}", log=log, tags={"k": k, "branch": "parent"},
             splits=["test"], densities=np.ones(num), progress=progress,
             desc=f"parent to step {k}")
-        start = state
-        if masks is not None:
-            start = start.replace(params=masking.apply(start.params, masks))
+        masks, start = None, state
+        density = np.ones(num)
+        if ks_and_runs[k]:
+            # The ticket as IMP trained it: step-k weights under the mask, and the
+            # optimiser state IMP started from (fresh, or rewound with rewind_optimizer).
+            imp_config = imp_configs[k]
+            masks = executor.shard(load_imp_masks(ks_and_runs[k], config.imp_level, like))
+            pruning_config = imp_config.get("pruning") or {}
+            selection = masking.prunable(executor.abstract_state.params,
+                                         include=pruning_config.get("include") or None,
+                                         exclude=pruning_config.get("exclude") or None)
+            density = np.asarray(jax.vmap(lambda m, s=selection: masking.density(m, s))(masks))
+            opt = None if imp_config.get("rewind_optimizer", False) else (
+                executor.fresh_opt_state(masking.apply(state.params, masks)))
+            start = rewinding.rewind_state(state, masks, fresh_opt_state=opt)
         start = executor.shard(_repeat(start, copies))
         copy_masks = executor.shard(_repeat(masks, copies)) if masks is not None else None
         final = common.train_segment(
