@@ -61,7 +61,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ltjax import data, masking, models, optim, train, tree
+from ltjax import data, masking, models, optim, rng, train, tree
 from ltjax import reparam as reparam_lib
 
 PyTree = Any
@@ -411,40 +411,84 @@ class Executor:
         jitted = jax.jit(sharded)
         return lambda params, batch_stats: jitted(params, batch_stats, arrays)
 
-    def recompute_batch_stats(self, state: train.TrainState, *, num_batches: int = 20,
-                              batch_size: int | None = None, seed: int = 0) -> train.TrainState:
+    def recompute_batch_stats(self, state: train.TrainState, *, num_batches: int | None = 20,
+                              batch_size: int | None = None, seed: int = 0,
+                              augment: bool = False) -> train.TrainState:
         """``state`` with BatchNorm statistics recomputed on training batches.
 
-        The same ``num_batches`` batches (no augmentation; order from ``seed``)
-        serve every member. See :func:`ltjax.train.recompute_batch_stats`.
+        The same batches (order and augmentation from ``seed``) serve every
+        member. See :meth:`recomputed_batch_stats`.
         """
         stats = self.recomputed_batch_stats(self.model_params(state), state.batch_stats,
                                             num_batches=num_batches, batch_size=batch_size,
-                                            seed=seed)
+                                            seed=seed, augment=augment)
         return self.shard(state.replace(batch_stats=stats))
 
     def recomputed_batch_stats(self, params: PyTree, batch_stats: PyTree, *,
-                               num_batches: int = 20, batch_size: int | None = None,
-                               seed: int = 0) -> PyTree:
-        """BatchNorm statistics ``[S, ...]`` of stacked ``params`` recomputed on training data."""
+                               num_batches: int | None = 20, batch_size: int | None = None,
+                               seed: int = 0, augment: bool = False) -> PyTree:
+        """BatchNorm statistics ``[S, ...]`` of stacked ``params`` recomputed on training data.
+
+        The cumulative average of the statistics of ``num_batches`` training
+        batches (:func:`ltjax.train.recompute_batch_stats`), the same batches
+        for every member.
+
+        Args:
+          params: stacked model params ``[S, ...]``.
+          batch_stats: their BatchNorm statistics ``[S, ...]`` (the structure).
+          num_batches: batches to average over; None: one full epoch (every
+            training example once, ``len(train) // batch_size`` batches).
+          batch_size: examples per batch (default: the recipe's).
+          seed: the batches' order (``data.batch_indices`` of
+            ``jax.random.key(seed)``) and, with ``augment``, their augmentation
+            (``fold_in(stream(key, 'augment'), i)`` for batch i).
+          augment: apply the dataset's training augmentation (CIFAR's crop and
+            flip; nothing for datasets without one). ``num_batches=None,
+            augment=True`` is the REPAIR notebooks' reset (Jordan et al. 2023):
+            a cumulative average over one augmented pass of the training set.
+            The default, 20 unaugmented batches, is cheaper.
+
+        Example:
+            >>> stats = executor.recomputed_batch_stats(params, stats, num_batches=None,
+            ...                                         augment=True)
+        """
         if not jax.tree.leaves(batch_stats):
             return batch_stats
         batch_size = batch_size or self.recipe.batch_size
+        num_examples = len(self.dataset.train)
+        if not isinstance(batch_size, int) or not 1 <= batch_size <= num_examples:
+            raise ValueError(f"batch_size must be an int in [1, {num_examples}], "
+                             f"got {batch_size!r}")
+        if num_batches is None:
+            num_batches = num_examples // batch_size
+        if not isinstance(num_batches, int) or num_batches < 1:
+            raise ValueError(f"num_batches must be an int >= 1 or None (one epoch), "
+                             f"got {num_batches!r}")
         sharding = self.seed_sharding(_num_members(params))
         params, batch_stats = jax.device_put((params, batch_stats), sharding)
         arrays = self.device_split("train", sharding.num_devices, for_eval=False)
-        index = data.batch_indices(jax.random.key(seed), 0, num_steps=num_batches,
+        key = jax.random.key(seed)
+        index = data.batch_indices(key, 0, num_steps=num_batches,
                                    num_examples=arrays.y.shape[0], batch_size=batch_size)
         model = self._program_model
+        augmented = bool(augment) and arrays.augment == "cifar"
 
         def build():
-            def recompute(params, batch_stats, arrays, index):
-                images = data.normalize(arrays.x[index], arrays.mean, arrays.std)
-                return jax.vmap(lambda p, b: train.recompute_batch_stats(model, p, b, images))(
-                    params, batch_stats)
+            def recompute(params, batch_stats, arrays, index, augment_key):
+                def batch(i):
+                    x = arrays.x[index[i]]
+                    if augmented:  # on raw pixels, as training does
+                        x = data.augment_cifar(jax.random.fold_in(augment_key, i),
+                                               x.astype(jnp.float32))
+                    return data.normalize(x, arrays.mean, arrays.std)
+
+                return jax.vmap(lambda p, b: train.recompute_batch_stats(
+                    model, p, b, batch_fn=batch, num_batches=index.shape[0]))(
+                        params, batch_stats)
             return jax.jit(recompute)
 
-        return self._program(("recompute",), build)(params, batch_stats, arrays, index)
+        return self._program(("recompute", augmented), build)(
+            params, batch_stats, arrays, index, rng.stream(key, "augment"))
 
 
 def _pad(stacked: PyTree, num: int, padded: int) -> PyTree:

@@ -353,7 +353,8 @@ def predict(
 
 
 def recompute_batch_stats(
-    model: Any, params: PyTree, batch_stats: PyTree, images: jax.Array, *, momentum: float = 0.9,
+    model: Any, params: PyTree, batch_stats: PyTree, images: jax.Array | None = None, *,
+    momentum: float = 0.9, batch_fn: Any = None, num_batches: int | None = None,
 ) -> PyTree:
     """BatchNorm statistics recomputed from scratch on ``images`` ``[K, B, ...]``.
 
@@ -361,22 +362,34 @@ def recompute_batch_stats(
     gives ``(1 - momentum) * batch_statistic``; the result is the plain mean of
     the K batch statistics (torch's ``momentum=None`` cumulative average, as
     used to reset statistics after interpolation; biased batch variance, as
-    flax computes it). ``momentum`` must be the BatchNorm layers' momentum
-    (0.9 in every bundled model).
+    flax computes it, where torch's running variance averages unbiased ones).
+    ``momentum`` must be the BatchNorm layers' momentum (0.9 in every bundled
+    model). Instead of ``images``, ``batch_fn(i) -> [B, ...]`` with
+    ``num_batches`` builds batch i inside the loop (an epoch of batches is
+    never held in memory at once).
 
     Example:
         >>> stats = recompute_batch_stats(model, params, batch_stats, images)
+        >>> stats = recompute_batch_stats(model, params, batch_stats,
+        ...                               batch_fn=lambda i: x[i * 100:(i + 1) * 100],
+        ...                               num_batches=len(x) // 100)
     """
     if not batch_stats:
         return batch_stats
+    if (images is None) == (batch_fn is None):
+        raise ValueError("give either images [K, B, ...] or batch_fn with num_batches")
+    if images is not None:
+        num_batches, batch_fn = images.shape[0], images.__getitem__
+    if not isinstance(num_batches, int) or num_batches < 1:
+        raise ValueError(f"num_batches must be an int >= 1, got {num_batches!r}")
     zeros = jax.tree.map(jnp.zeros_like, batch_stats)
 
-    def body(total, x):
-        _, new_stats = _forward(model, params, zeros, x, train=True)
+    def body(total, i):
+        _, new_stats = _forward(model, params, zeros, batch_fn(i), train=True)
         return jax.tree.map(jnp.add, total, new_stats), None
 
-    total, _ = jax.lax.scan(body, zeros, images)
-    scale = 1.0 / ((1.0 - momentum) * images.shape[0])
+    total, _ = jax.lax.scan(body, zeros, jnp.arange(num_batches))
+    scale = 1.0 / ((1.0 - momentum) * num_batches)
     return jax.tree.map(lambda t: t * scale, total)
 
 

@@ -2,6 +2,7 @@
 
 import chex
 import jax
+import ml_collections
 import pytest
 
 from experiments.configs import rebasin_mlp_digits
@@ -115,5 +116,18 @@ def test_bad_inputs(tmp_path):
         config = _config()
         config.sparse.density = 1.0
         rebasin.run_rebasin(config, tmp_path / "e", progress=False)
+    for value in ("many", "0", "-3"):
+        with pytest.raises(ValueError, match="reset_batches must be an int >= 1 or 'epoch'"):
+            rebasin.run_rebasin(_config(reset_batches=value), tmp_path / "f", progress=False)
+    for value in (0, 2.5, True):
+        with pytest.raises(ValueError, match="reset_batches must be an int >= 1 or 'epoch'"):
+            common.batch_stats_reset(ml_collections.ConfigDict({"reset_batches": value}))
+    with pytest.raises(ValueError, match="reset_augment must be True or False"):
+        common.batch_stats_reset(ml_collections.ConfigDict({"reset_augment": "yes"}))
+    assert not (tmp_path / "f").exists()
+    assert common.batch_stats_reset(_config(reset_batches="epoch", reset_augment=True)) == {
+        "num_batches": None, "augment": True}
+    assert common.batch_stats_reset(_config(reset_batches="7")) == {"num_batches": 7,
+                                                                    "augment": False}
     # A flag --config.corrections=none,repair arrives as ('none,repair',).
     assert rebasin.corrections_of(_config(corrections=("none, repair",))) == ("none", "repair")

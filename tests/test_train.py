@@ -231,7 +231,72 @@ def test_batchnorm_model_trains_under_executor(digits):
     changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), before, state.batch_stats)
     assert all(jax.tree.leaves(changed))
     reset = executor.recompute_batch_stats(state, num_batches=2)
-    assert jax.tree.structure(reset) == jax.tree.structure(state)
+    chex.assert_trees_all_equal(reset.params, state.params)
+    # Member 1's statistics, as train.recompute_batch_stats computes them (closed form
+    # above) on the documented batches: data.batch_indices of key(0), normalised in NumPy.
+    index = data.batch_indices(jax.random.key(0), 0, num_steps=2,
+                               num_examples=len(digits.train), batch_size=16)
+    images = (digits.train.x[np.asarray(index)].astype(np.float32) - digits.mean) / digits.std
+    member = tree.index(state.params, 1)
+    expected = train.recompute_batch_stats(model, member, tree.index(state.batch_stats, 1),
+                                           jnp.asarray(images))
+    chex.assert_trees_all_close(tree.index(reset.batch_stats, 1), expected, rtol=1e-4,
+                                atol=1e-5)
+    moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state.batch_stats,
+                         reset.batch_stats)
+    assert all(jax.tree.leaves(moved))
+
+
+class _InputNorm(nn.Module):
+    """BatchNorm over the raw (normalised) input channels, then a linear head."""
+
+    @nn.compact
+    def __call__(self, x, *, train):
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+        return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+
+def _toy_cifar(num: int = 64) -> data.Dataset:
+    rand = np.random.default_rng(0)
+    x = rand.integers(0, 256, (num, 32, 32, 3), dtype=np.uint8)
+    y = (np.arange(num) % 10).astype(np.int32)
+    flat = x.reshape(-1, 3).astype(np.float64)
+    return data.Dataset(name="toy", train=data.Split(x, y), validation=None,
+                        test=data.Split(x[:16], y[:16]), num_classes=10,
+                        mean=flat.mean(0).astype(np.float32), std=flat.std(0).astype(np.float32),
+                        augment="cifar")
+
+
+def test_batch_stats_reset_over_an_augmented_epoch_matches_numpy():
+    """REPAIR's reset: the cumulative average over one augmented pass of the training set."""
+    dataset = _toy_cifar()
+    model = _InputNorm()
+    executor = train.Executor(model, dataset, _recipe(batch_size=16), eval_batch_size=16)
+    state = executor.init(_keys(1)[0])
+    params, stats = state.params, state.batch_stats
+
+    def numpy_stats(batches):  # per-channel mean and biased variance, averaged over batches
+        flat = [((b - dataset.mean) / dataset.std).reshape(-1, 3) for b in batches]
+        return (np.mean([f.mean(0) for f in flat], 0), np.mean([f.var(0) for f in flat], 0))
+
+    key = jax.random.key(3)
+    index = np.asarray(data.batch_indices(key, 0, num_steps=4, num_examples=64, batch_size=16))
+    assert sorted(index.ravel().tolist()) == list(range(64))  # an epoch: every example once
+    plain = [dataset.train.x[i].astype(np.float32) for i in index]
+    augmented = [np.asarray(data.augment_cifar(jax.random.fold_in(rng.stream(key, "augment"), i),
+                                               jnp.asarray(b))) for i, b in enumerate(plain)]
+    for augment, batches in ((False, plain), (True, augmented)):
+        got = executor.recomputed_batch_stats(params, stats, num_batches=None, seed=3,
+                                              augment=augment)["BatchNorm_0"]
+        mean, var = numpy_stats(batches)
+        np.testing.assert_allclose(np.asarray(got["mean"][0]), mean, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(got["var"][0]), var, rtol=1e-4, atol=1e-5)
+    # Unaugmented, one epoch is the whole training set: its mean is exactly 0 after
+    # normalising by the train statistics.
+    np.testing.assert_allclose(numpy_stats(plain)[0], 0.0, atol=1e-5)
+    assert not np.allclose(numpy_stats(augmented)[0], 0.0, atol=1e-3)
+    with pytest.raises(ValueError, match="num_batches"):
+        executor.recomputed_batch_stats(params, stats, num_batches=0)
 
 
 # ---------------------------------------------------------------- bad input

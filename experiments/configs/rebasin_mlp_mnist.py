@@ -53,7 +53,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Paths: every correction listed is evaluated on the naive and matched path.
     config.corrections = ("none", "repair")  # among 'none', 'reset' (BatchNorm), 'repair'
     config.repair = ml_collections.ConfigDict(dict(num_examples=5000, eps=1e-5))
-    config.reset_batches = 20
+    # BatchNorm reset ('reset' correction): 20 unaugmented batches, or 'epoch' with
+    # reset_augment=True for the REPAIR notebooks' pass over one augmented epoch.
+    config.reset_batches = "20"  # a number of batches, or 'epoch'
+    config.reset_augment = False
     config.num_alphas = 25
     config.path_splits = ("train", "test")
     config.alpha_chunk = 25

@@ -44,6 +44,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.wise_ft = ml_collections.ConfigDict(dict(
         num_alphas=11, head="Dense_2", head_modes=("interpolate", "fine_tuned")))
     config.recompute_batch_stats = True
+    config.reset_batches = "20"  # BatchNorm statistics: a number of batches, or 'epoch'
+    config.reset_augment = False  # with 'epoch': the REPAIR notebooks' augmented pass
     if arg == "quick":
         config.pretrain.steps = "200it"
         config.finetune.learning_rate = (3e-4, 1e-3)

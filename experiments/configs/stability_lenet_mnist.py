@@ -27,6 +27,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.path_splits = ("train", "test")
     config.alpha_chunk = 30
     config.recompute_batch_stats = True
+    config.reset_batches = "20"  # BatchNorm statistics: a number of batches, or 'epoch'
+    config.reset_augment = False  # with 'epoch': the REPAIR notebooks' augmented pass
     config.imp_workdir = ""
     config.imp_level = 0
     # One IMP run's mask at every k (not the paper's protocol: there, the run rewound to k).

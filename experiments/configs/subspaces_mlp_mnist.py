@@ -33,7 +33,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.arms = ("standard", "line@1", "line@0", "line_layerwise@1")
     config.simplex_points = 3
     config.num_alphas = 11
-    config.reset_batches = 20  # BatchNorm statistics recomputed at each point (nets with BN)
+    # BatchNorm statistics recomputed at each point (nets with BN): a number of batches or
+    # 'epoch'; reset_augment applies the training augmentation (the REPAIR notebooks').
+    config.reset_batches = "20"
+    config.reset_augment = False
     if arg == "quick":
         config.model_kwargs.widths = (128, 128)
         config.training_steps = "300it"

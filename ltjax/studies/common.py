@@ -141,6 +141,38 @@ def names_of(value: Any, *, field: str, allowed: tuple[str, ...]) -> tuple[str, 
     return names
 
 
+def batch_stats_reset(config: Any) -> dict:
+    """How a study recomputes BatchNorm statistics: ``recomputed_batch_stats`` kwargs.
+
+    ``config.reset_batches``: a number (that many training batches; 20 by
+    default; an int or a string of digits, so a flag can also give
+    ``'epoch'``) or ``'epoch'`` (one pass over the training set);
+    ``config.reset_augment``: apply the training augmentation. ``'epoch'``
+    with ``reset_augment=True`` is the REPAIR notebooks' reset (Jordan et al.
+    2023): the cumulative average over one augmented training epoch.
+
+    Raises:
+      ValueError: ``reset_batches`` is neither an int >= 1 nor ``'epoch'``.
+
+    Example:
+        >>> batch_stats_reset(ml_collections.ConfigDict({"reset_batches": "epoch"}))
+        {'num_batches': None, 'augment': False}
+    """
+    value = config.get("reset_batches", 20)
+    if value == "epoch":
+        num_batches = None
+    elif isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        num_batches = value
+    elif isinstance(value, str) and value.isdigit() and int(value) >= 1:
+        num_batches = int(value)
+    else:
+        raise ValueError(f"config.reset_batches must be an int >= 1 or 'epoch', got {value!r}")
+    augment = config.get("reset_augment", False)
+    if not isinstance(augment, bool):
+        raise ValueError(f"config.reset_augment must be True or False, got {augment!r}")
+    return {"num_batches": num_batches, "augment": augment}
+
+
 def parse_layer_rates(spec: str | None) -> dict[str, float]:
     """``'Dense_2:0.1,Conv_.*:0.15'`` -> ``{'Dense_2': 0.1, 'Conv_.*': 0.15}``.
 

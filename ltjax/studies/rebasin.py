@@ -92,7 +92,8 @@ def check_config(config: Any) -> None:
 
     Raises:
       ValueError: an unknown ``config.method`` or correction, fewer than 2
-        replicates or alphas, or a sparse density outside [0, 1).
+        replicates or alphas, a sparse density outside [0, 1), or a bad
+        ``reset_batches`` / ``reset_augment``.
 
     Example:
         >>> check_config(rebasin_mlp_digits.get_config("quick"))  # passes silently
@@ -100,6 +101,7 @@ def check_config(config: Any) -> None:
     if config.method not in METHODS:
         raise ValueError(f"config.method must be one of {METHODS}, got {config.method!r}")
     corrections_of(config)
+    common.batch_stats_reset(config)
     if config.num_replicates < 2:
         raise ValueError(f"config.num_replicates must be >= 2 (model 0 and one to match), "
                          f"got {config.num_replicates}")
@@ -349,10 +351,10 @@ def _evaluate_path(executor, config, log, stored, tags, a, b, *, alphas, splits,
     recompute = None
     tree_a, tree_b = a, b
     if correction == "reset":
-        reset = config.get("reset_batches", 20)
+        reset = common.batch_stats_reset(config)
 
         def recompute(t):
-            return (t[0], executor.recomputed_batch_stats(t[0], t[1], num_batches=reset))
+            return (t[0], executor.recomputed_batch_stats(t[0], t[1], **reset))
     elif correction == "repair":
         model, eps = executor.model, config.repair.eps
         tree_a = (*a, models.output_stats(model, _variables(*a), x_repair))

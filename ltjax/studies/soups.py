@@ -225,6 +225,7 @@ def run_soups(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
     Raises:
       ValueError: no validation split, a bad grid, shift or WiSE-FT setting.
     """
+    common.batch_stats_reset(config)  # checked before anything is written
     workdir, dataset, recipe, executor = common.setup(config, workdir)
     per_epoch = executor.steps_per_epoch
     groups, ingredients = finetune_grid(config, recipe, per_epoch, dataset)
@@ -405,6 +406,7 @@ class _Evaluator:
         self.shifted_executor = shifted_executor
         self.bn = bool(jax.tree.leaves(executor.abstract_state.batch_stats))
         self.recompute_stats = self.bn and config.get("recompute_batch_stats", True)
+        self.reset = common.batch_stats_reset(config)
 
     def all_splits(self, stacked) -> dict[str, dict[str, np.ndarray]]:
         params, batch_stats = stacked
@@ -426,7 +428,7 @@ class _Evaluator:
         """BatchNorm statistics of averaged models recomputed on training data (if any)."""
         if not self.recompute_stats:
             return stacked
-        return stacked[0], self.executor.recomputed_batch_stats(*stacked)
+        return stacked[0], self.executor.recomputed_batch_stats(*stacked, **self.reset)
 
     def recompute_one(self, one):
         return tree.index(self.recompute(tree.stack([one])), 0) if self.recompute_stats else one

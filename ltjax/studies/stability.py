@@ -221,6 +221,7 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     Returns:
       ``{'rows': [...]}``: the mean rows of ``results.csv``.
     """
+    reset = common.batch_stats_reset(config)
     ks_and_runs: dict[int, str] = {}
     imp_configs: dict[int, dict] = {}
 
@@ -292,7 +293,7 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
             splits=["test"], densities=np.repeat(density, copies), progress=progress,
             desc=f"{num}x{copies} copies from step {k}")
         rows += _pair_rows(executor, final, k=k, num=num, copies=copies, alphas=alphas,
-                           splits=splits, log=log, config=config)
+                           splits=splits, log=log, config=config, reset=reset)
 
     summary = _summaries(rows)
     results.write_csv(workdir / "results.csv", rows + summary)
@@ -304,7 +305,8 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     return {"rows": [r for r in summary if r["replicate"] == "mean"]}
 
 
-def _pair_rows(executor, final, *, k, num, copies, alphas, splits, log, config) -> list[dict]:
+def _pair_rows(executor, final, *, k, num, copies, alphas, splits, log, config,
+               reset) -> list[dict]:
     """Evaluate (or read back) every pair's path; one row per replicate, pair and split.
 
     The log is read once, for the paths a previous run finished; rows come
@@ -318,7 +320,7 @@ def _pair_rows(executor, final, *, k, num, copies, alphas, splits, log, config) 
     recompute = None
     if jax.tree.leaves(final.batch_stats) and config.get("recompute_batch_stats", True):
         def recompute(t):
-            return (t[0], executor.recomputed_batch_stats(t[0], t[1]))
+            return (t[0], executor.recomputed_batch_stats(t[0], t[1], **reset))
     rows = []
     for rep in range(num):
         for i, j in itertools.combinations(range(copies), 2):

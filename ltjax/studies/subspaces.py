@@ -114,6 +114,7 @@ def run_subspaces(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
         (before any work).
     """
     arms = _check_config(config)
+    reset = common.batch_stats_reset(config)
     workdir, dataset, recipe, executor = common.setup(config, workdir)
     per_epoch = executor.steps_per_epoch
     end = common.steps(config.training_steps, per_epoch)
@@ -124,7 +125,7 @@ def run_subspaces(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     segment = common.segment_runner(config, executor, end=end, log=log, splits=["test"],
                                     progress=progress)
     has_bn = models.has_batch_norm(executor.model)
-    evaluate = _PathEvaluator(executor, config.get("reset_batches", 20) if has_bn else 0)
+    evaluate = _PathEvaluator(executor, reset if has_bn else None)
 
     def init_fn(key):
         return models.init(executor.model, key, dataset.input_shape)[0]
@@ -177,16 +178,15 @@ def run_subspaces(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
 class _PathEvaluator:
     """Test metrics along paths of stacked nets (BatchNorm statistics recomputed if any)."""
 
-    def __init__(self, executor: executor_lib.Executor, reset_batches: int):
+    def __init__(self, executor: executor_lib.Executor, reset: dict | None):
         self.executor = executor
-        self.reset_batches = reset_batches
+        self.reset = reset  # recomputed_batch_stats kwargs, or None: no BatchNorm
         self.labels = np.asarray(executor.dataset.test.y)
 
     def _stats(self, params: Any, like_stats: Any) -> Any:
-        if not self.reset_batches:
+        if self.reset is None:
             return like_stats
-        return self.executor.recomputed_batch_stats(params, like_stats,
-                                                    num_batches=self.reset_batches)
+        return self.executor.recomputed_batch_stats(params, like_stats, **self.reset)
 
     def _stack_stats(self, batch_stats: Any, count: int) -> Any:
         one = tree.index(jax.device_get(batch_stats), 0)
