@@ -2,12 +2,13 @@
 
 import math
 
+import jax
 import numpy as np
 import pytest
 
 from experiments.configs import imp_lenet_digits
-from ltjax import results, train
-from ltjax.studies import imp
+from ltjax import data, results, rng, train
+from ltjax.studies import common, imp
 
 
 def _config(**overrides):
@@ -24,7 +25,7 @@ class _Killed(Exception):
     pass
 
 
-def test_imp_levels_controls_and_outputs(tmp_path):
+def test_imp_levels_controls_and_outputs(tmp_path, drawn):
     config = _config(controls=imp.CONTROLS, rewind_step="1ep")
     summary = imp.run_imp(config, tmp_path, progress=False)
     rows = results.read_csv(tmp_path / "results.csv")
@@ -49,11 +50,26 @@ def test_imp_levels_controls_and_outputs(tmp_path):
         small = [float(r["density"]) for r in per_rep
                  if int(r["level"]) == level and r["branch"] == "small_dense"]
         assert small[0] == pytest.approx(expected, rel=0.1)
+    num_test = 360  # digits' test split
     for row in per_rep:
         assert row["early_stop_step"] != ""
-        assert 0.0 <= float(row["test_accuracy"]) <= 1.0
-    for name in ("accuracy_vs_density.png", "learning_curves_imp.png"):
-        assert (tmp_path / "plots" / name).exists()
+        # An accuracy is a count of the test examples: no padding or batch averaging.
+        correct = float(row["test_accuracy"]) * num_test
+        assert correct == pytest.approx(round(correct), abs=1e-3)
+    dense = [float(r["test_accuracy"]) for r in per_rep if r["level"] == "0"]
+    assert min(dense) > 0.5  # 4 epochs of digits learn well above chance (0.1)
+    # The plot draws each branch's mean accuracy at its density, controls from the dense point.
+    for branch in ("imp", "reinit"):
+        xs, ys = drawn["accuracy_vs_density.png"][0, branch]
+        mine = [r for r in per_rep if r["branch"] == branch or r["level"] == "0"]
+        expected = {float(r["density"]): [] for r in mine}
+        for r in mine:
+            expected[float(r["density"])].append(float(r["test_accuracy"]))
+        order = sorted(expected)
+        np.testing.assert_allclose(sorted(xs), [100 * d for d in order], rtol=1e-6)
+        by_x = dict(zip(xs, ys, strict=True))
+        np.testing.assert_allclose([by_x[x] for x in sorted(xs)],
+                                   [100 * np.mean(expected[d]) for d in order], rtol=1e-5)
     assert len(summary["rows"]) == len(branches)
     # Pretraining to the rewind step was recorded once.
     records = results.MetricsLog(tmp_path / "metrics.jsonl").read()
@@ -104,9 +120,58 @@ def test_imp_bad_inputs(tmp_path):
     bad.pruning.fraction = 1.0
     with pytest.raises(ValueError, match="fraction"):
         imp.run_imp(bad, tmp_path / "c", progress=False)
+    # A layer_rates pattern that matches no layer fails before any training.
+    with pytest.raises(ValueError, match="layer_rates pattern 'Dense_2' matches no prunable"):
+        imp.run_imp(_config(model_kwargs={"widths": (16,)}), tmp_path / "e", progress=False)
+    assert not (tmp_path / "e").exists()
     with pytest.raises(ValueError, match="small_dense"):
         imp.run_imp(_config(model="conv2", model_kwargs={}, controls=("small_dense",)),
                     tmp_path / "d", progress=False)
+
+
+def test_fresh_sgd_noise_draws_a_data_order_per_level_and_branch(tmp_path, monkeypatch):
+    seen = []
+    original = common.train_segment
+
+    def spy(executor, *, noise_keys, tags, member_tags=None, **kwargs):
+        seen.append((tags, member_tags, np.asarray(jax.random.key_data(noise_keys))))
+        return original(executor, noise_keys=noise_keys, tags=tags, member_tags=member_tags,
+                        **kwargs)
+
+    monkeypatch.setattr(common, "train_segment", spy)
+    config = _config(controls=("reinit",), sgd_noise="fresh", model_kwargs={"widths": (16,)},
+                     levels=1, training_steps="2ep", eval_every="1ep", checkpoint_every="1ep")
+    config.pruning.layer_rates = ""
+    imp.run_imp(config, tmp_path, progress=False)
+    base = rng.init_and_noise(rng.replicate_keys(config.seed, 2))[1]
+    keys = {}  # (level, branch) -> [S, 2] raw keys
+    for tags, member_tags, raw in seen:
+        for m, t in enumerate(member_tags or ()):
+            keys.setdefault((tags["level"], t["branch"]), []).append(raw[m])
+    keys = {k: np.stack(v) for k, v in keys.items()}
+    assert sorted(keys) == [(0, "imp"), (1, "imp"), (1, "reinit")]
+    # Level 0 continues the dense run's own noise; every other (level, branch) has its own.
+    np.testing.assert_array_equal(keys[0, "imp"], np.asarray(jax.random.key_data(base)))
+    raws = [tuple(v.ravel()) for v in keys.values()]
+    assert len(set(raws)) == len(raws)
+
+    def order(raw_key):  # the first epoch's batches of a member's noise key
+        key = jax.random.wrap_key_data(np.asarray(raw_key, np.uint32))
+        return np.asarray(data.batch_indices(rng.stream(key, "order"), 0, num_steps=18,
+                                             num_examples=1137, batch_size=60))
+
+    for (level, branch), raw in keys.items():
+        if level:
+            assert not np.array_equal(order(raw[0]), order(keys[0, "imp"][0])), (level, branch)
+    # Replicate 0's keys do not depend on S.
+    one = imp.level_noise_keys(rng.init_and_noise(rng.replicate_keys(config.seed, 1))[1], 1,
+                               "reinit", "fresh")
+    np.testing.assert_array_equal(np.asarray(jax.random.key_data(one))[0], keys[1, "reinit"][0])
+    # 'paired' (the default) hands every level its replicates' own keys.
+    assert imp.level_noise_keys(base, 2, "reinit", "paired") is base
+    with pytest.raises(ValueError, match="sgd_noise must be one of"):
+        imp.run_imp(_config(sgd_noise="random"), tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_small_dense_widths_match_target():
@@ -164,6 +229,10 @@ def test_learning_rate_sweep_members_classes_and_weight_correlation(tmp_path):
     with pytest.raises(ValueError, match="must include the recipe"):
         imp.run_imp(_config(**base, ticket_learning_rates=(0.1,)), tmp_path / "a",
                     progress=False)
+    # A layer_rates pattern that matches no layer fails before any training.
+    with pytest.raises(ValueError, match="layer_rates pattern 'Dense_2' matches no prunable"):
+        imp.run_imp(_config(model_kwargs={"widths": (16,)}), tmp_path / "e", progress=False)
+    assert not (tmp_path / "e").exists()
     with pytest.raises(ValueError, match="small_dense"):
         imp.run_imp(_config(levels=1, controls=("reinit",), ticket_learning_rates=(1.2e-3,)),
                     tmp_path / "b", progress=False)

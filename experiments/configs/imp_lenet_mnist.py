@@ -25,6 +25,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.levels = 15
     config.rewind_step = "0it"
     config.rewind_optimizer = False
+    # 'paired': every level and branch sees the same batches from step k on; 'fresh': a
+    # new data order and augmentation per level and branch (OpenLTH's default).
+    config.sgd_noise = "paired"
     config.pruning = ml_collections.ConfigDict(dict(
         fraction=0.2, scope="layerwise", layer_rates="Dense_2:0.1", include="", exclude="",
     ))

@@ -28,8 +28,12 @@ At each level the ticket and its ``reinit``, ``random_*`` and ``oneshot``
 controls are the members of one program (S x (1 + C) members, each with its
 own masks and start state; one checkpoint folder per level whose metadata
 lists the members); ``small_dense`` has its own model and program.
-Replicate r's keys are ``rng.replicate_keys(seed, S)[r]``; the controls'
-randomness comes from named streams of it (``reinit``, ``random_prune``,
+SGD noise (``config.sgd_noise``, :func:`level_noise_keys`): ``'paired'``
+(the default) gives every level and branch the same data order and
+augmentation from step k on; ``'fresh'`` draws a new one per level and
+branch, as OpenLTH does. Replicate r's keys are
+``rng.replicate_keys(seed, S)[r]``; the controls' randomness comes from
+named streams of it (``reinit``, ``random_prune``,
 ``small_dense``), so nothing depends on S or on which controls run (member r
 of a branch gives the same numbers whatever trains beside it, to ~1e-6
 relative: XLA picks kernels by batch shape).
@@ -72,6 +76,27 @@ from ltjax import masking, models, optim, plots, pruning, results, rewinding, rn
 from ltjax.studies import common
 
 CONTROLS = ("reinit", "random_layerwise", "random_global", "oneshot", "small_dense")
+SGD_NOISE = ("paired", "fresh")
+
+
+def level_noise_keys(noise_keys: jax.Array, level: int, branch: str, sgd_noise: str) -> jax.Array:
+    """The noise keys ``[S]`` (data order, augmentation) of a level's branch.
+
+    ``'paired'``: every level and branch reuses the replicates' own noise
+    keys, so each sees the same batches from step k on (the SGD noise is
+    held fixed and the subnetworks differ only in their masks).
+    ``'fresh'`` (OpenLTH's default: an unseeded data order per run): level 0
+    continues the dense run's noise, and every other (level, branch) draws
+    its own, ``fold_in(stream(noise_key, 'imp/<branch>'), level)``; it does
+    not depend on S or on which other branches run.
+
+    Example:
+        >>> keys = level_noise_keys(noise_keys, 3, "reinit", "fresh")  # [S]
+    """
+    if sgd_noise == "paired" or level == 0:
+        return noise_keys
+    streams = rng.stream(noise_keys, f"imp/{branch}")
+    return jax.vmap(lambda k: jax.random.fold_in(k, level))(streams)
 
 
 def small_dense_widths(
@@ -209,6 +234,25 @@ def _check_sweep(config: Any, controls: tuple[str, ...]) -> tuple[float, ...] | 
     return lrs
 
 
+def check_pruning(config: Any, dataset: Any) -> None:
+    """Trace one pruning step on the model's abstract params: bad settings fail before work.
+
+    A ``layer_rates`` pattern that matches no prunable leaf, an ``include`` /
+    ``exclude`` that selects nothing, or a bad fraction or scope raise here,
+    not after the first level's training.
+    """
+    p = config.pruning
+    model = common.build_model(config, dataset)
+    abstract, _ = jax.eval_shape(lambda k: models.init(model, k, dataset.input_shape),
+                                 jax.random.key(0))
+    selection = masking.prunable(abstract, include=p.get("include") or None,
+                                 exclude=p.get("exclude") or None)
+    layer_rates = common.parse_layer_rates(p.get("layer_rates"))
+    jax.eval_shape(lambda params: pruning.prune(
+        pruning.magnitude_scores(params), masking.ones_like(params), selection,
+        fraction=p.fraction, scope=p.scope, layer_rates=layer_rates), abstract)
+
+
 def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Run IMP and its controls for ``config.num_replicates`` replicates; resumable.
 
@@ -233,13 +277,17 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
         negative level count, bad pruning settings.
     """
     controls = common.names_of(config.controls, field="controls", allowed=CONTROLS)
+    sgd_noise = config.get("sgd_noise", "paired")
+    if sgd_noise not in SGD_NOISE:
+        raise ValueError(f"config.sgd_noise must be one of {SGD_NOISE}, got {sgd_noise!r}")
     if config.levels < 0:
         raise ValueError(f"levels must be >= 0, got {config.levels}")
     sweep = _check_sweep(config, controls)
     correlation_p = config.get("correlation_p", 0.1)
     if not (isinstance(correlation_p, (int, float)) and 0.0 < correlation_p <= 1.0):
         raise ValueError(f"config.correlation_p must be a number in (0, 1], got {correlation_p!r}")
-    workdir, dataset, recipe, executor = common.setup(config, workdir)
+    workdir, dataset, recipe, executor = common.setup(
+        config, workdir, check=lambda dataset: check_pruning(config, dataset))
     per_epoch = executor.steps_per_epoch
     end = common.steps(config.training_steps, per_epoch)
     rewind_step = common.steps(config.rewind_step, per_epoch)
@@ -329,7 +377,8 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
         density = densities(masks)
         final_all = segment(
             executor, state=members, masks=member_masks,
-            noise_keys=jnp.concatenate([noise_keys] * len(branches) * len(lrs)),
+            noise_keys=jnp.concatenate([level_noise_keys(noise_keys, level, name, sgd_noise)
+                                        for name in names for _ in lrs]),
             ckpt_dir=ckpt_root / f"level_{level:02d}", tags={"level": level},
             member_tags=member_tags, densities=densities(member_masks), hparams=hparams,
             desc=f"level {level} ({100 * density[0]:.1f}%): {', '.join(names)}")
