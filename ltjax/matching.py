@@ -677,29 +677,115 @@ def weight_matching(
 # ----------------------------------------------------------------------------
 
 
+SIMILARITIES = ("inner", "pearson")
+
+
+def activation_moments(activations_a: Mapping[str, Any],
+                       activations_b: Mapping[str, Any]) -> dict[str, dict[str, jax.Array]]:
+    """Sums of the activations' first and cross moments, per permutation.
+
+    For ``Z_A, Z_B`` ``[N, n]`` (every axis but the last flattened into rows;
+    several arrays of one permutation stacked as more rows): ``count`` N,
+    ``sum_a``, ``sum_b`` ``[n]``, ``sum_aa``, ``sum_bb`` ``[n]`` (squares) and
+    ``sum_ab = Z_A^T Z_B`` ``[n, n]``. Moments of batches add up
+    (:func:`add_moments`), so a whole training set is matched batch by batch.
+
+    Example:
+        >>> m = activation_moments(acts_a, acts_b)
+        >>> m = add_moments(m, activation_moments(more_a, more_b))
+    """
+    out = {}
+    for name in activations_a:
+        group_a, group_b = _as_list(activations_a[name]), _as_list(activations_b[name])
+        if len(group_a) != len(group_b):
+            raise ValueError(
+                f"activations_a[{name!r}] has {len(group_a)} arrays, activations_b {len(group_b)}")
+        total = None
+        for z_a, z_b in zip(group_a, group_b, strict=True):
+            if z_a.shape != z_b.shape:
+                raise ValueError(
+                    f"activations for {name!r} differ in shape: {z_a.shape} vs {z_b.shape}")
+            term = _moments(z_a, z_b)
+            total = term if total is None else add_moments({"x": total}, {"x": term})["x"]
+        out[name] = total
+    return out
+
+
+def add_moments(moments_a: Mapping[str, Mapping[str, jax.Array]],
+                moments_b: Mapping[str, Mapping[str, jax.Array]]) -> dict:
+    """The moments of two batches together (:func:`activation_moments`)."""
+    return {name: {k: moments_a[name][k] + moments_b[name][k] for k in moments_a[name]}
+            for name in moments_a}
+
+
+@jax.jit
+def _moments(z_a: jax.Array, z_b: jax.Array) -> dict[str, jax.Array]:
+    n = z_a.shape[-1]
+    a = z_a.reshape(-1, n).astype(jnp.float32)
+    b = z_b.reshape(-1, n).astype(jnp.float32)
+    return {"count": jnp.asarray(a.shape[0], jnp.float32),
+            "sum_a": a.sum(0), "sum_b": b.sum(0),
+            "sum_aa": (a * a).sum(0), "sum_bb": (b * b).sum(0),
+            "sum_ab": jnp.matmul(a.T, b, precision=jax.lax.Precision.HIGHEST)}
+
+
+def similarity_of(moments: Mapping[str, jax.Array], kind: str = "inner") -> jax.Array:
+    """The ``[n, n]`` unit similarity of accumulated moments.
+
+    ``'inner'``: ``E[Z_A^T Z_B]``, the mean inner product of unit i of A and
+    unit j of B over the rows (Git Re-Basin section 3.1; the reference's MLP
+    and ResNet scripts). ``'pearson'``: their Pearson correlation
+    ``cov_ij / (std_i std_j)`` (the reference's VGG script); a unit that
+    never varies (a dead ReLU) has correlation 0 with every unit (the
+    reference divides by zero there).
+
+    Example:
+        >>> similarity_of(activation_moments(acts_a, acts_b)["Dense_0"], "pearson")
+    """
+    if kind not in SIMILARITIES:
+        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {kind!r}")
+    count = moments["count"]
+    e_ab = moments["sum_ab"] / count
+    if kind == "inner":
+        return e_ab
+    mean_a, mean_b = moments["sum_a"] / count, moments["sum_b"] / count
+    var_a = jnp.maximum(moments["sum_aa"] / count - mean_a ** 2, 0.0)
+    var_b = jnp.maximum(moments["sum_bb"] / count - mean_b ** 2, 0.0)
+    cov = e_ab - mean_a[:, None] * mean_b[None, :]
+    std = jnp.sqrt(var_a)[:, None] * jnp.sqrt(var_b)[None, :]
+    return jnp.where(std > 0, cov / jnp.where(std > 0, std, 1.0), 0.0)
+
+
 def activation_matching(
-    spec: PermutationSpec, activations_a: Mapping[str, Any], activations_b: Mapping[str, Any], *,
-    solver: str = "scipy",
+    spec: PermutationSpec, activations_a: Mapping[str, Any] | None = None,
+    activations_b: Mapping[str, Any] | None = None, *, solver: str = "scipy",
+    similarity: str = "inner", moments: Mapping[str, Mapping[str, jax.Array]] | None = None,
 ) -> MatchResult:
-    """Match units by the inner products of their activations on the same data.
+    """Match units by the similarity of their activations on the same data.
 
     Git Re-Basin section 3.1: with ``Z_A, Z_B`` the activations ``[N, n]`` of
     a permutation's units on the same inputs, ``P`` maximises
-    ``<P, Z_A^T Z_B>`` (equivalently minimises ``||Z_A - Z_B P^T||^2``). Each
-    permutation is solved once, on its own.
+    ``<P, E[Z_A^T Z_B]>`` (equivalently minimises ``||Z_A - Z_B P^T||^2``);
+    ``similarity='pearson'`` maximises the summed Pearson correlations
+    instead (:func:`similarity_of`). Each permutation is solved once, on its
+    own. The reference scripts match post-ReLU activations over the whole
+    training set: :func:`ltjax.models.activations` captures post-ReLU values,
+    and ``moments`` accumulated batch by batch (:func:`activation_moments`,
+    :func:`add_moments`) cover any number of examples.
 
     Args:
       spec: the :class:`PermutationSpec` (for the names; sizes are checked).
       activations_a: ``{permutation: array [..., n] or a sequence of such}``
         from model A; all axes but the last are examples/positions. Several
         arrays per permutation (e.g. every block output of a residual
-        stream) are summed over. :func:`ltjax.models.activations` collects
-        them for the bundled models.
+        stream) count as more rows.
       activations_b: the same from model B on the same inputs.
       solver: ``'scipy'`` or ``'optax'``.
+      similarity: ``'inner'`` (the paper) or ``'pearson'``.
+      moments: accumulated moments instead of ``activations_a/b``.
 
     Returns:
-      A :class:`MatchResult` (``objective``: the summed matched inner products).
+      A :class:`MatchResult` (``objective``: the summed matched similarities).
 
     Example:
         >>> acts_a = models.activations(model, spec, variables_a, x)
@@ -708,23 +794,21 @@ def activation_matching(
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-    for name, acts in (("activations_a", activations_a), ("activations_b", activations_b)):
-        _check_perms(spec, acts, None, name=name)
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+    if moments is None:
+        if activations_a is None or activations_b is None:
+            raise ValueError("give activations_a and activations_b, or moments")
+        for name, acts in (("activations_a", activations_a), ("activations_b", activations_b)):
+            _check_perms(spec, acts, None, name=name)
+        moments = activation_moments(activations_a, activations_b)
+    else:
+        _check_perms(spec, moments, None, name="moments")
     perms, total = {}, 0.0
     for name in spec.names:
-        group_a, group_b = _as_list(activations_a[name]), _as_list(activations_b[name])
-        if len(group_a) != len(group_b):
-            raise ValueError(
-                f"activations_a[{name!r}] has {len(group_a)} arrays, activations_b {len(group_b)}")
-        similarity = None
-        for z_a, z_b in zip(group_a, group_b, strict=True):
-            if z_a.shape != z_b.shape:
-                raise ValueError(
-                    f"activations for {name!r} differ in shape: {z_a.shape} vs {z_b.shape}")
-            term = _gram(z_a, z_b)
-            similarity = term if similarity is None else similarity + term
-        perms[name] = solve_assignment(similarity, solver)
-        total += float(jnp.sum(similarity[jnp.arange(similarity.shape[0]), perms[name]]))
+        matrix = similarity_of(moments[name], similarity)
+        perms[name] = solve_assignment(matrix, solver)
+        total += float(jnp.sum(matrix[jnp.arange(matrix.shape[0]), perms[name]]))
     return MatchResult(perms=perms, objective=total)
 
 
@@ -732,13 +816,6 @@ def _as_list(value: Any) -> list[jax.Array]:
     if isinstance(value, list | tuple):
         return [jnp.asarray(v) for v in value]
     return [jnp.asarray(value)]
-
-
-@jax.jit
-def _gram(z_a: jax.Array, z_b: jax.Array) -> jax.Array:
-    n = z_a.shape[-1]
-    return jnp.matmul(z_a.reshape(-1, n).T, z_b.reshape(-1, n),
-                      precision=jax.lax.Precision.HIGHEST)
 
 
 # ----------------------------------------------------------------------------
@@ -750,7 +827,8 @@ def ste_matching(
     spec: PermutationSpec, params_a: PyTree, params_b: PyTree,
     loss_fn: Callable[[PyTree, Any], jax.Array], batches: Iterable[Any], *,
     learning_rate: float = 1e-3, seed: int = 0, max_iter: int = 100,
-    solver: str = "scipy",
+    solver: str = "scipy", optimizer: str = "adam", momentum: float = 0.9,
+    keep: str = "best",
 ) -> MatchResult:
     """Straight-through-estimator matching, Git Re-Basin Algorithm 3.
 
@@ -758,20 +836,29 @@ def ste_matching(
     onto the permutations of ``params_b``, ``P = weight_matching(theta,
     params_b)``, minimises the loss of the midpoint ``(params_a + P(params_b)) / 2``.
     The forward pass uses ``P(params_b)``; the gradient flows straight through
-    to ``theta`` (``theta + stop_gradient(P(params_b) - theta)``). ``theta``
-    is updated by Adam, and each projection starts from the previous ``P``.
+    to ``theta`` (``theta + stop_gradient(P(params_b) - theta)``), and each
+    projection starts from the previous ``P``. The reference
+    (samuela/git-re-basin ``src/mnist_mlp_ste2.py``) updates ``theta`` by SGD
+    with momentum 0.9 at 1e-2 on batches of 1000 for 250 epochs, and keeps
+    the projection whose batch loss was the lowest seen (``keep='best'``,
+    the default here); the paper's text mentions Adam.
 
     Args:
       spec, params_a, params_b: as for :func:`weight_matching`.
       loss_fn: ``fn(params, batch) -> scalar`` (e.g. cross-entropy of the
         model applied to the batch); it is jitted.
-      batches: an iterable of batches; one Adam step per batch.
-      learning_rate: Adam's learning rate (the paper's 1e-3).
+      batches: an iterable of batches; one step per batch.
+      learning_rate: the optimiser's learning rate.
       seed, max_iter, solver: for the projections.
+      optimizer: ``'adam'`` or ``'sgd'`` (heavy-ball ``momentum``, the reference's).
+      momentum: SGD's momentum.
+      keep: ``'best'``: the projection of the step with the lowest midpoint
+        loss (the reference's rule); ``'last'``: the projection of the final
+        proxy.
 
     Returns:
-      The :class:`MatchResult` of the last projection, with the midpoint loss
-      of every step as ``history``.
+      The kept :class:`MatchResult` (``objective``: its weight-matching
+      objective), with the midpoint loss of every step as ``history``.
 
     Example:
         >>> loss = lambda p, batch: train.cross_entropy(model.apply({"params": p}, batch[0],
@@ -779,9 +866,14 @@ def ste_matching(
         >>> result = ste_matching(spec, params_a, params_b, loss, batches)
     """
     sizes = _check_pair(spec, params_a, params_b)
-    optimizer = optax.adam(learning_rate)
+    if optimizer not in ("adam", "sgd"):
+        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+    if keep not in ("best", "last"):
+        raise ValueError(f"keep must be 'best' or 'last', got {keep!r}")
+    tx = (optax.adam(learning_rate) if optimizer == "adam"
+          else optax.sgd(learning_rate, momentum=momentum or None))
     proxy = jax.tree.map(jnp.asarray, params_a)
-    opt_state = optimizer.init(proxy)
+    opt_state = tx.init(proxy)
 
     @jax.jit
     def step(proxy, opt_state, projected, batch):
@@ -792,11 +884,12 @@ def ste_matching(
             return loss_fn(midpoint, batch)
 
         loss, grads = jax.value_and_grad(midpoint_loss)(proxy)
-        updates, opt_state = optimizer.update(grads, opt_state, proxy)
+        updates, opt_state = tx.update(grads, opt_state, proxy)
         return optax.apply_updates(proxy, updates), opt_state, loss
 
     perms = identity_perms(sizes)
     losses = []
+    best = None  # (loss, MatchResult of the projection that step used)
     for batch in batches:
         result = weight_matching(spec, proxy, params_b, seed=seed, max_iter=max_iter,
                                  solver=solver, init_perms=perms)
@@ -806,10 +899,15 @@ def ste_matching(
         if not np.isfinite(float(loss)):
             raise FloatingPointError(f"ste_matching: loss is {float(loss)} at step {len(losses)}")
         losses.append(float(loss))
+        if best is None or losses[-1] < best[0]:
+            best = (losses[-1], result)
     if not losses:
         raise ValueError("batches must hold at least one batch")
-    result = weight_matching(spec, proxy, params_b, seed=seed, max_iter=max_iter, solver=solver,
-                             init_perms=perms)
+    if keep == "best":
+        result = best[1]
+    else:
+        result = weight_matching(spec, proxy, params_b, seed=seed, max_iter=max_iter,
+                                 solver=solver, init_perms=perms)
     return MatchResult(perms=result.perms, objective=result.objective,
                        iterations=len(losses), history=tuple(losses))
 

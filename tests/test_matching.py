@@ -1,5 +1,8 @@
 """Permutation specs and Git Re-Basin matching: invariance, planted permutations, a NumPy oracle."""
 
+import dataclasses
+from unittest import mock
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -228,10 +231,59 @@ def test_activation_matching_recovers_a_permuted_copy():
     model, params, _, spec = _setup("conv2", {}, (8, 8, 3))
     perms = matching.random_perms(matching.check_spec(spec, params), jax.random.key(5))
     params_b = matching.apply_permutation(spec, perms, params)
-    x = jax.random.normal(jax.random.key(6), (16, 8, 8, 3))
+    x = jax.random.normal(jax.random.key(6), (128, 8, 8, 3))
+    raw_a = models.activations(model, spec, {"params": params}, x, post_relu=False)
+    raw_b = models.activations(model, spec, {"params": params_b}, x, post_relu=False)
+    result = matching.activation_matching(spec, raw_a, raw_b)
+    chex.assert_trees_all_equal(result.perms, matching.inverse(perms))
+    # Post-ReLU (the default): a unit dead on every input (a fifth of the dense units
+    # here) is indistinguishable from another, and every live unit is matched.
     acts_a = models.activations(model, spec, {"params": params}, x)
     acts_b = models.activations(model, spec, {"params": params_b}, x)
     result = matching.activation_matching(spec, acts_a, acts_b)
+    for name, expected in matching.inverse(perms).items():
+        z = np.asarray(acts_a[name][0]).reshape(-1, acts_a[name][0].shape[-1])
+        live = z.max(0) > 0
+        assert live.sum() > 0.7 * live.size
+        np.testing.assert_array_equal(np.asarray(result.perms[name])[live],
+                                      np.asarray(expected)[live])
+
+
+def test_activations_are_post_relu_and_similarities_match_numpy():
+    model, params, _, spec = _setup("mlp", {"widths": (6, 5)}, (4,))
+    x = jax.random.normal(jax.random.key(3), (40, 4))
+    acts = models.activations(model, spec, {"params": params}, x)
+    w0, b0 = np.asarray(params["Dense_0"]["kernel"]), np.asarray(params["Dense_0"]["bias"])
+    hidden = np.maximum(np.asarray(x) @ w0 + b0, 0.0)  # NumPy forward pass, post-ReLU
+    np.testing.assert_allclose(np.asarray(acts["Dense_0"][0]), hidden, rtol=1e-5, atol=1e-6)
+    raw = models.activations(model, spec, {"params": params}, x, post_relu=False)
+    assert np.any(np.asarray(raw["Dense_0"][0]) < 0)
+    # Similarities of A's and B's units: E[A^T B] and Pearson's r, with a dead unit.
+    a = np.abs(np.asarray(jax.random.normal(jax.random.key(4), (50, 3))))
+    b = np.abs(np.asarray(jax.random.normal(jax.random.key(5), (50, 3))))
+    b[:, 2] = 0.0  # a dead ReLU
+    moments = matching.activation_moments({"u": a[:20]}, {"u": b[:20]})
+    moments = matching.add_moments(moments, matching.activation_moments({"u": a[20:]},
+                                                                        {"u": b[20:]}))["u"]
+    np.testing.assert_allclose(matching.similarity_of(moments, "inner"), a.T @ b / 50,
+                               rtol=1e-5)
+    with np.errstate(invalid="ignore", divide="ignore"):  # the dead unit's column is nan
+        expected = np.corrcoef(a.T, b.T)[:3, 3:]
+    expected[:, 2] = 0.0  # defined as 0 where a unit never varies
+    np.testing.assert_allclose(matching.similarity_of(moments, "pearson"), expected,
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="similarity must be one of"):
+        matching.similarity_of(moments, "cosine")
+
+
+def test_pearson_activation_matching_recovers_a_permuted_copy():
+    model, params, _, spec = _setup("mlp", {"widths": (12, 10)}, (5,))
+    perms = matching.random_perms(matching.check_spec(spec, params), jax.random.key(7))
+    params_b = matching.apply_permutation(spec, perms, params)
+    x = jax.random.normal(jax.random.key(6), (200, 5))
+    acts_a = models.activations(model, spec, {"params": params}, x)
+    acts_b = models.activations(model, spec, {"params": params_b}, x)
+    result = matching.activation_matching(spec, acts_a, acts_b, similarity="pearson")
     chex.assert_trees_all_equal(result.perms, matching.inverse(perms))
 
 
@@ -266,10 +318,37 @@ def test_ste_matching_keeps_a_planted_permutation():
         logits = model.apply({"params": p}, batch[0], train=False)
         return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), batch[1][:, None], 1))
 
-    result = matching.ste_matching(spec, params, params_b, loss_fn, list(zip(x, y, strict=True)),
-                                   learning_rate=1e-3)
+    batches = list(zip(x, y, strict=True))
+    result = matching.ste_matching(spec, params, params_b, loss_fn, batches, learning_rate=1e-3)
     assert len(result.history) == 5 and np.all(np.isfinite(result.history))
     chex.assert_trees_all_equal(result.perms, matching.inverse(planted))
+    # The reference's rule keeps the projection of the lowest loss. Planted: the
+    # projections come in a known order and batch t's loss is planted[t].
+    projections = [matching.random_perms(sizes, jax.random.key(20 + t)) for t in range(6)]
+    calls = iter(range(6))
+    original = matching.weight_matching
+
+    def planted_projection(*args, **kwargs):
+        result = original(*args, **kwargs)
+        return dataclasses.replace(result, perms=projections[next(calls)])
+
+    losses = jnp.array([5.0, 1.0, 3.0, 0.5, 2.0])
+
+    def planted_loss(p, batch):
+        return batch + 0.0 * sum(jnp.sum(leaf) for leaf in jax.tree.leaves(p))
+
+    with mock.patch.object(matching, "weight_matching", planted_projection):
+        best = matching.ste_matching(spec, params, params_b, planted_loss, list(losses),
+                                     optimizer="sgd", learning_rate=1e-2)
+    chex.assert_trees_all_equal(best.perms, projections[3])  # the step of loss 0.5
+    np.testing.assert_allclose(best.history, losses)
+    calls = iter(range(6))
+    with mock.patch.object(matching, "weight_matching", planted_projection):
+        last = matching.ste_matching(spec, params, params_b, planted_loss, list(losses),
+                                     optimizer="sgd", learning_rate=1e-2, keep="last")
+    chex.assert_trees_all_equal(last.perms, projections[5])  # the final proxy's projection
+    with pytest.raises(ValueError, match="optimizer must be"):
+        matching.ste_matching(spec, params, params_b, loss_fn, batches, optimizer="lion")
 
 
 def test_solvers_agree_on_a_random_matrix():

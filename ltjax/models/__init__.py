@@ -260,12 +260,21 @@ def permutation_spec(model: nn.Module, params: Any, batch_stats: Any = None,
 
 
 def activations(model: nn.Module, spec: matching.PermutationSpec, variables: Mapping,
-                x: jax.Array) -> dict[str, list[jax.Array]]:
-    """The outputs of the modules named in ``spec.activations``, per permutation.
+                x: jax.Array, *, post_relu: bool = True) -> dict[str, list[jax.Array]]:
+    """The post-ReLU activations of each permutation's units.
 
-    Runs ``model.apply(variables, x, train=False)`` capturing those modules'
-    outputs (``[B, ..., n]``, units last), for
-    :func:`ltjax.matching.activation_matching`.
+    Runs ``model.apply(variables, x, train=False)`` capturing the outputs
+    (``[B, ..., n]``, units last) of the modules named in
+    ``spec.activations``, for :func:`ltjax.matching.activation_matching`.
+    One convention for every bundled model: each named module's output feeds
+    a ReLU (a hidden ``Dense_i`` of the MLP and Conv-n, a ``Conv_i`` of
+    Conv-n, the ``BatchNorm_i`` after each VGG conv and of the BatchNorm MLP,
+    a ResNet's ``bn_init`` and each block's ``bn1``) or already ends in one
+    (a ResNet block's output, the residual stream), and the ReLU is applied
+    here (``post_relu``, on by default), so units are compared by what the
+    next layer sees, as both Git Re-Basin reference scripts do (``nn.relu``
+    of the captured Dense outputs in ``mnist_mlp_activation_matching.py``).
+    ``post_relu=False`` returns the captured outputs as they are.
 
     Example:
         >>> acts = activations(model, spec, {"params": params, "batch_stats": stats}, x)
@@ -286,6 +295,8 @@ def activations(model: nn.Module, spec: matching.PermutationSpec, variables: Map
                                  "does not call")
             node = node[part]
         captured[module] = node["__call__"][0]
+        if post_relu:
+            captured[module] = jax.nn.relu(captured[module])
     return {perm: [captured[m] for m in modules] for perm, modules in spec.activations.items()}
 
 

@@ -102,6 +102,16 @@ def check_config(config: Any) -> None:
         raise ValueError(f"config.method must be one of {METHODS}, got {config.method!r}")
     corrections_of(config)
     common.batch_stats_reset(config)
+    m = config.matching
+    if m.get("similarity", "inner") not in matching.SIMILARITIES:
+        raise ValueError(f"config.matching.similarity must be one of {matching.SIMILARITIES}, "
+                         f"got {m.similarity!r}")
+    if m.get("ste_optimizer", "adam") not in ("adam", "sgd"):
+        raise ValueError(f"config.matching.ste_optimizer must be 'adam' or 'sgd', "
+                         f"got {m.ste_optimizer!r}")
+    if not isinstance(m.get("num_examples", 0), int) or m.get("num_examples", 0) < 0:
+        raise ValueError(f"config.matching.num_examples must be an int >= 0 (0: the whole "
+                         f"training set), got {m.num_examples!r}")
     if config.num_replicates < 2:
         raise ValueError(f"config.num_replicates must be >= 2 (model 0 and one to match), "
                          f"got {config.num_replicates}")
@@ -136,16 +146,51 @@ def _variables(params: Any, batch_stats: Any) -> dict:
                                  else {})}
 
 
+def activation_moments(executor: executor_lib.Executor, spec: matching.PermutationSpec,
+                       a: tuple, b: tuple, *, num_examples: int, seed: int,
+                       chunk_size: int = 1000) -> dict:
+    """Activation moments of nets ``a`` and ``b`` on training inputs, accumulated in chunks.
+
+    ``num_examples=0``: the whole training set (the Git Re-Basin reference
+    scripts' default); otherwise that many examples drawn by
+    :func:`train_sample`'s rule. Post-ReLU activations
+    (:func:`ltjax.models.activations`), ``chunk_size`` examples at a time.
+    """
+    dataset, model = executor.dataset, executor.model
+    total = len(dataset.train)
+    count = total if not num_examples else min(int(num_examples), total)
+    order = np.sort(np.asarray(jax.random.permutation(
+        rng.stream(jax.random.key(seed), "sample"), total))[:count])
+    variables_a, variables_b = _variables(*a), _variables(*b)
+
+    @jax.jit
+    def moments_of(x):
+        return matching.activation_moments(models.activations(model, spec, variables_a, x),
+                                           models.activations(model, spec, variables_b, x))
+
+    moments = None
+    for start in range(0, count, chunk_size):
+        x = data.normalize(jnp.asarray(dataset.train.x[order[start:start + chunk_size]]),
+                           dataset.mean, dataset.std)
+        part = moments_of(x)
+        moments = part if moments is None else matching.add_moments(moments, part)
+    return moments
+
+
 def match(config: Any, executor: executor_lib.Executor, spec: matching.PermutationSpec,
-          a: tuple, b: tuple, *, x: jax.Array) -> matching.MatchResult:
+          a: tuple, b: tuple) -> matching.MatchResult:
     """Permutations of network ``b = (params, batch_stats)`` onto ``a`` by ``config.method``.
 
     ``'weight'``: :func:`ltjax.matching.weight_matching` (``config.matching``
     ``max_iter``, ``restarts``); ``'activation'``:
-    :func:`ltjax.matching.activation_matching` on the activations of ``x``;
-    ``'ste'``: :func:`ltjax.matching.ste_matching` on ``ste_steps`` training
-    batches of ``ste_batch_size`` (Git Re-Basin, Ainsworth et al. 2023,
-    sections 3.1-3.3).
+    :func:`ltjax.matching.activation_matching` on post-ReLU activations over
+    ``matching.num_examples`` training inputs (0: all, the reference's
+    default), by ``matching.similarity`` (``'inner'``: ``E[A^T B]``;
+    ``'pearson'``); ``'ste'``: :func:`ltjax.matching.ste_matching` on
+    ``ste_steps`` training batches of ``ste_batch_size`` with
+    ``ste_optimizer`` (``'sgd'``, momentum 0.9, the reference's; or
+    ``'adam'``), keeping the projection of the lowest batch loss (Git
+    Re-Basin, Ainsworth et al. 2023, sections 3.1-3.3).
 
     Args:
       config: the study's config (``method``, ``seed``, ``matching``).
@@ -153,13 +198,12 @@ def match(config: Any, executor: executor_lib.Executor, spec: matching.Permutati
       spec: the model's :class:`ltjax.matching.PermutationSpec`.
       a: the reference ``(params, batch_stats)``.
       b: the network to permute.
-      x: normalised training inputs for activation matching.
 
     Raises:
       ValueError: an unknown ``config.method``.
 
     Example:
-        >>> result = match(config, executor, spec, (params_0, {}), (params_1, {}), x=x)
+        >>> result = match(config, executor, spec, (params_0, {}), (params_1, {}))
         >>> aligned = matching.apply_permutation(spec, result.perms, params_1)
     """
     m = config.matching
@@ -167,9 +211,10 @@ def match(config: Any, executor: executor_lib.Executor, spec: matching.Permutati
         return matching.weight_matching(spec, a[0], b[0], seed=config.seed,
                                         max_iter=m.max_iter, restarts=m.restarts)
     if config.method == "activation":
-        acts_a = models.activations(executor.model, spec, _variables(*a), x)
-        acts_b = models.activations(executor.model, spec, _variables(*b), x)
-        return matching.activation_matching(spec, acts_a, acts_b)
+        moments = activation_moments(executor, spec, a, b, num_examples=m.num_examples,
+                                     seed=config.seed)
+        return matching.activation_matching(spec, moments=moments,
+                                            similarity=m.get("similarity", "inner"))
     if config.method == "ste":
         dataset = executor.dataset
         has_bn = bool(jax.tree.leaves(a[1]))
@@ -187,18 +232,19 @@ def match(config: Any, executor: executor_lib.Executor, spec: matching.Permutati
                    for i in index)
         return matching.ste_matching(spec, a[0], b[0], loss_fn, batches,
                                      learning_rate=m.ste_learning_rate, seed=config.seed,
-                                     max_iter=m.max_iter)
+                                     max_iter=m.max_iter,
+                                     optimizer=m.get("ste_optimizer", "adam"))
     raise ValueError(f"config.method must be one of {METHODS}, got {config.method!r}")
 
 
-def _load_or_match(config, executor, spec, a, b, *, x, path: pathlib.Path) -> dict:
+def _load_or_match(config, executor, spec, a, b, *, path: pathlib.Path) -> dict:
     """The pair's permutations, from ``path`` if a previous run matched it already."""
     if path.exists():
         saved = results.read_json(path)
         return {"perms": {k: jnp.asarray(v, jnp.int32) for k, v in saved["perms"].items()},
                 "objective": saved["objective"], "seconds": saved["seconds"]}
     start = time.perf_counter()
-    result = match(config, executor, spec, a, b, x=x)
+    result = match(config, executor, spec, a, b)
     seconds = time.perf_counter() - start
     perms = {k: np.asarray(v).tolist() for k, v in result.perms.items()}
     results.write_json(path, {"method": config.method, "objective": result.objective,
@@ -269,10 +315,9 @@ def run_rebasin(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
     spec = models.permutation_spec(model, nets[0][0], nets[0][1] or None)
 
     # 2. Match every model j to model 0.
-    x_match = train_sample(dataset, config.matching.num_examples, seed=config.seed)
     matched = {}
     for j in range(1, num):
-        found = _load_or_match(config, executor, spec, nets[0], nets[j], x=x_match,
+        found = _load_or_match(config, executor, spec, nets[0], nets[j],
                                path=workdir / "perms" / f"pair_0-{j}.json")
         perms = found["perms"]
         matched[j] = {**found, "net": (matching.apply_permutation(spec, perms, nets[j][0]),
