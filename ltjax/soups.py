@@ -235,15 +235,22 @@ class LearnedSoup(NamedTuple):
 
     Attributes:
       soup: the mixed tree.
-      weights: ``{layer: [K]}``: each layer's mixing weights (a softmax: >= 0, sum 1).
+      weights: ``{group: [K]}``: each group's mixing weights (a softmax: >= 0,
+        sum 1); a group is a parameter tensor (``'Dense_0/kernel'``), a layer
+        (``'Dense_0'``) or ``'all'``.
       losses: the held-out loss before each optimiser step, ``[num_steps]``.
-      logits: the learned pre-softmax parameters ``[L, K]`` (layers in ``weights`` order).
+      logits: the learned pre-softmax parameters ``[G, K]`` (groups in ``weights`` order).
+      temperature: the learned logit scale (1.0 when not learned).
     """
 
     soup: PyTree
     weights: dict[str, np.ndarray]
     losses: np.ndarray
     logits: np.ndarray
+    temperature: float
+
+
+GRANULARITIES = ("tensor", "layer", "model")
 
 
 def layer_name(leaf_name: str) -> str:
@@ -253,62 +260,74 @@ def layer_name(leaf_name: str) -> str:
 
 def learned_soup(
     ingredients: Sequence[PyTree] | PyTree,
-    loss_fn: Callable[[PyTree, PyTree], jax.Array],
+    loss_fn: Callable[[PyTree, PyTree, jax.Array], jax.Array],
     heldout: PyTree,
     *,
     stacked: bool = False,
-    per_layer: bool = True,
+    granularity: str = "tensor",
+    temperature: bool = True,
     num_steps: int = 100,
     learning_rate: float = 0.05,
     batch_size: int | None = None,
     optimizer: optax.GradientTransformation | None = None,
     seed: int = 0,
 ) -> LearnedSoup:
-    """A learned soup (Wortsman et al. 2022, "Model soups", Section 3 / Appendix).
+    """A learned soup (Wortsman et al. 2022, "Model soups", Appendix I).
 
-    Each layer ``l`` mixes the ingredients with its own weights
-    ``softmax(logits[l])`` (``theta_l = sum_i w_{l,i} theta_{i,l}``; a layer is
-    a leaf's path without its last part, so a kernel and its bias share
-    weights); the logits start at 0 (the uniform soup) and are fitted by
-    ``num_steps`` optax steps (Adam by default) on the held-out loss. With
-    ``per_layer=False`` one weight vector mixes the whole model. Non-float
-    leaves come from the first ingredient. Nets with BatchNorm: let ``loss_fn``
-    use batch statistics, then recompute the result's running statistics.
+    Each parameter tensor ``t`` mixes the ingredients with its own weights
+    ``softmax(logits[t])`` (``theta_t = sum_i w_{t,i} theta_{i,t}``), and a
+    temperature ``beta`` scales the model's logits; the logits start at 0
+    (the uniform soup), ``beta`` at 1, and both are fitted by ``num_steps``
+    AdamW steps (weight decay 0, learning rate 0.05: the reference's
+    ``learned_bylayer.py``, ``AlphaWrapper``) on the held-out loss.
+    ``granularity='layer'`` shares one weight vector per layer (a leaf's path
+    without its last part: a kernel and its bias), ``'model'`` one for the
+    whole model. Non-float leaves come from the first ingredient. Nets with
+    BatchNorm: let ``loss_fn`` use batch statistics, then recompute the
+    result's running statistics.
 
     Args:
       ingredients: a list of trees of equal structure, or a stacked tree
         ``[K, ...]`` with ``stacked=True``.
-      loss_fn: ``fn(soup, batch) -> scalar``, jittable and differentiable in
-        ``soup``: the held-out loss of a mixed tree on a batch of ``heldout``.
+      loss_fn: ``fn(soup, batch, logit_scale) -> scalar``, jittable and
+        differentiable in ``soup`` and ``logit_scale``: the held-out loss of a
+        mixed tree on a batch of ``heldout``, its logits multiplied by
+        ``logit_scale`` (the learned temperature; 1.0 when not learned).
       heldout: the held-out data: a tree of arrays sharing a leading example
         axis ``[N, ...]`` (e.g. ``(images, labels)``).
       stacked: whether ``ingredients`` is a stacked tree.
-      per_layer: one weight vector per layer (else one for the whole model).
+      granularity: ``'tensor'`` (the reference's), ``'layer'`` or ``'model'``.
+      temperature: learn the logit scale ``beta`` (the reference does).
       num_steps: optimiser steps.
-      learning_rate: Adam's learning rate (ignored when ``optimizer`` is given).
+      learning_rate: AdamW's learning rate (ignored when ``optimizer`` is given).
       batch_size: examples per step, drawn without replacement from
         ``seed`` and the step; None: the whole held-out set every step.
-      optimizer: an optax transformation to use instead of Adam.
+      optimizer: an optax transformation to use instead of AdamW.
       seed: seed of the batch draws.
 
     Returns:
-      A :class:`LearnedSoup` (the soup, per-layer weights, losses, logits).
+      A :class:`LearnedSoup` (the soup, the weights per group, the losses,
+      the logits and the temperature).
 
     Raises:
       ValueError: no ingredients, different structures, an empty or ragged
-        ``heldout``, bad ``batch_size`` / ``num_steps`` / ``learning_rate``.
+        ``heldout``, bad ``batch_size`` / ``num_steps`` / ``learning_rate`` /
+        ``granularity``.
       FloatingPointError: the held-out loss became NaN or inf.
 
     Example:
-        >>> def loss_fn(params, batch):
+        >>> def loss_fn(params, batch, scale):
         ...     x, y = batch
-        ...     return optax.softmax_cross_entropy_with_integer_labels(apply(params, x), y).mean()
+        ...     logits = scale * apply(params, x)
+        ...     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         >>> result = learned_soup(finetuned, loss_fn, (val_x, val_y), num_steps=200)
-        >>> result.weights["Dense_0"].sum()
+        >>> result.weights["Dense_0/kernel"].sum()
         1.0
     """
     num = _num_ingredients(ingredients, stacked=stacked)
     stack = ingredients if stacked else tree.stack(list(ingredients))
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     if not learning_rate > 0:
@@ -329,12 +348,12 @@ def learned_soup(
     leaves, treedef = jax.tree.flatten(stack)
     names = tree.names(stack)
     floats = [jnp.issubdtype(jnp.result_type(x), jnp.floating) for x in leaves]
-    leaf_layers = [(layer_name(n) if per_layer else "all") if f else None
-                   for n, f in zip(names, floats, strict=True)]
-    layers = list(dict.fromkeys(name for name in leaf_layers if name is not None))
-    if not layers:
+    group_of = {"tensor": lambda n: n, "layer": layer_name, "model": lambda n: "all"}[granularity]
+    leaf_groups = [group_of(n) if f else None for n, f in zip(names, floats, strict=True)]
+    groups = list(dict.fromkeys(name for name in leaf_groups if name is not None))
+    if not groups:
         raise ValueError("ingredients have no float leaves to mix")
-    index = [None if name is None else layers.index(name) for name in leaf_layers]
+    index = [None if name is None else groups.index(name) for name in leaf_groups]
 
     def mix(logits, stack):
         w = jax.nn.softmax(logits, axis=-1)
@@ -342,34 +361,42 @@ def learned_soup(
                for x, i in zip(jax.tree.leaves(stack), index, strict=True)]
         return jax.tree.unflatten(treedef, out)
 
-    tx = optimizer if optimizer is not None else optax.adam(learning_rate)
+    tx = optimizer if optimizer is not None else optax.adamw(learning_rate, weight_decay=0.0)
+
+    def objective(learned, stack, batch):
+        scale = learned["temperature"] if temperature else jnp.float32(1.0)
+        return loss_fn(mix(learned["logits"], stack), batch, scale)
 
     # One jitted step per Python iteration, not a rolled scan: XLA:CPU runs convs inside
     # loops many times slower (FACTS.md). The stack and the data are arguments, not constants.
     @jax.jit
-    def step(logits, opt_state, stack, heldout, key, t):
+    def step(learned, opt_state, stack, heldout, key, t):
         batch = heldout
         if batch_size is not None:
             rows = jax.random.permutation(jax.random.fold_in(key, t), num_examples)
             batch = jax.tree.map(lambda x: x[rows[:batch_size]], heldout)
-        loss, grad = jax.value_and_grad(lambda lg: loss_fn(mix(lg, stack), batch))(logits)
-        updates, opt_state = tx.update(grad, opt_state, logits)
-        return optax.apply_updates(logits, updates), opt_state, loss
+        loss, grad = jax.value_and_grad(objective)(learned, stack, batch)
+        if not temperature:
+            grad = {**grad, "temperature": jnp.zeros_like(grad["temperature"])}
+        updates, opt_state = tx.update(grad, opt_state, learned)
+        return optax.apply_updates(learned, updates), opt_state, loss
 
-    logits = jnp.zeros((len(layers), num), jnp.float32)
-    opt_state, key, losses = tx.init(logits), jax.random.key(seed), []
+    learned = {"logits": jnp.zeros((len(groups), num), jnp.float32),
+               "temperature": jnp.ones((), jnp.float32)}
+    opt_state, key, losses = tx.init(learned), jax.random.key(seed), []
     for t in range(num_steps):
-        logits, opt_state, loss = step(logits, opt_state, stack, heldout, key, t)
+        learned, opt_state, loss = step(learned, opt_state, stack, heldout, key, t)
         losses.append(loss)
-    soup = jax.jit(mix)(logits, stack)
+    soup = jax.jit(mix)(learned["logits"], stack)
     losses = np.asarray(jnp.stack(losses))
     if not np.all(np.isfinite(losses)):
         bad = int(np.argmin(np.isfinite(losses)))
         raise FloatingPointError(f"the held-out loss of the learned soup is {losses[bad]} at "
                                  f"step {bad}; lower learning_rate")
-    weights = np.asarray(jax.nn.softmax(logits, axis=-1))
-    return LearnedSoup(soup=soup, weights={name: weights[i] for i, name in enumerate(layers)},
-                       losses=losses, logits=np.asarray(logits))
+    weights = np.asarray(jax.nn.softmax(learned["logits"], axis=-1))
+    return LearnedSoup(soup=soup, weights={name: weights[i] for i, name in enumerate(groups)},
+                       losses=losses, logits=np.asarray(learned["logits"]),
+                       temperature=float(learned["temperature"]) if temperature else 1.0)
 
 
 # --------------------------------------------------------------------------- WiSE-FT

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from ltjax import averaging, data, models, train, tree
+from ltjax import averaging, data, models, optim, train, tree
 
 
 def _tree(seed, scale=1.0):
@@ -160,35 +160,57 @@ def _linear_problem():
         np.random.default_rng(s).normal(size=v.shape) * 4, jnp.float32), good)
         for s in (1, 2, 3)]
 
-    def loss_fn(params, batch):
+    def loss_fn(params, batch, scale):
         bx, by = batch
         logits = bx @ params["Dense_0"]["kernel"] + params["Dense_0"]["bias"][None]
         logits = logits * params["Dense_1"]["scale"][None]
-        return optax.softmax_cross_entropy_with_integer_labels(logits, by).mean()
+        return optax.softmax_cross_entropy_with_integer_labels(scale * logits, by).mean()
 
     return [good] + bad, loss_fn, (jnp.asarray(x), jnp.asarray(y))
 
 
-def test_learned_soup_weights_are_normalised_per_layer_and_mix_like_numpy():
+def test_learned_soup_weights_are_normalised_per_tensor_and_mix_like_numpy():
     ingredients, loss_fn, heldout = _linear_problem()
     result = averaging.learned_soup(ingredients, loss_fn, heldout, num_steps=60,
                                     learning_rate=0.1)
-    assert sorted(result.weights) == ["Dense_0", "Dense_1"]
+    names = ["Dense_0/bias", "Dense_0/kernel", "Dense_1/scale"]
+    assert sorted(result.weights) == names  # one weight vector per tensor (the reference's)
     for weights in result.weights.values():
         assert weights.shape == (4,)
         assert np.all(weights >= 0)
         assert weights.sum() == pytest.approx(1.0, abs=1e-6)
-    assert result.weights["Dense_0"][0] > 0.5  # it found the good ingredient
+    assert result.weights["Dense_0/kernel"][0] > 0.5  # it found the good ingredient
     assert result.losses[-1] < 0.5 * result.losses[0]
-    for layer, leaf in (("Dense_0", "kernel"), ("Dense_0", "bias"), ("Dense_1", "scale")):
+    for name in names:
+        layer, leaf = name.split("/")
         stacked = np.stack([np.asarray(t[layer][leaf], np.float64) for t in ingredients])
-        expected = np.tensordot(result.weights[layer].astype(np.float64), stacked, axes=1)
+        expected = np.tensordot(result.weights[name].astype(np.float64), stacked, axes=1)
         np.testing.assert_allclose(result.soup[layer][leaf], expected, rtol=1e-5, atol=1e-5)
-    # One weight vector for the whole model; minibatches; stacked input.
+    # The temperature was learned: the held-out loss at the final weights and scale
+    # (NumPy) is the loss the fit reached, and below the same soup's at scale 1.
+    def numpy_loss(scale):
+        x, y = (np.asarray(v) for v in heldout)
+        soup = result.soup
+        logits = (x @ np.asarray(soup["Dense_0"]["kernel"]) + np.asarray(soup["Dense_0"]["bias"])
+                  ) * np.asarray(soup["Dense_1"]["scale"]) * scale
+        logits = logits - logits.max(1, keepdims=True)
+        log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+        return -log_p[np.arange(len(y)), y].mean()
+
+    assert result.temperature != 1.0
+    assert numpy_loss(result.temperature) < numpy_loss(1.0)
+    fixed = averaging.learned_soup(ingredients, loss_fn, heldout, num_steps=5, temperature=False)
+    assert fixed.temperature == 1.0
+    # One weight vector per layer, or for the whole model; minibatches; stacked input.
+    per_layer = averaging.learned_soup(ingredients, loss_fn, heldout, granularity="layer",
+                                       num_steps=5)
+    assert sorted(per_layer.weights) == ["Dense_0", "Dense_1"]
     whole = averaging.learned_soup(tree.stack(ingredients), loss_fn, heldout, stacked=True,
-                                   per_layer=False, num_steps=5, batch_size=32)
+                                   granularity="model", num_steps=5, batch_size=32)
     assert list(whole.weights) == ["all"] and whole.losses.shape == (5,)
     assert whole.weights["all"].sum() == pytest.approx(1.0, abs=1e-6)
+    with pytest.raises(ValueError, match="granularity must be one of"):
+        averaging.learned_soup(ingredients, loss_fn, heldout, granularity="unit")
 
 
 # ------------------------------------------------------------------------ WiSE-FT
@@ -371,8 +393,19 @@ def test_finetune_grid_groups_static_recipes_and_orders_ingredients():
     first = ingredients[:4]
     assert [(i["epochs"], i["data_order"]) for i in first] == [
         ("1ep", 0), ("1ep", 1), ("3ep", 0), ("3ep", 1)]
-    assert groups[1].recipe.label_smoothing == 0.1 and groups[2].recipe.weight_decay == 5e-4
-    assert groups[4].recipe.learning_rate == 3e-4 and groups[4].recipe.optimizer == "adam"
+    assert groups[1].recipe.label_smoothing == 0.1 and groups[2].recipe.weight_decay == 0.1
+    assert groups[4].recipe.learning_rate == 3e-4 and groups[4].recipe.optimizer == "adamw"
+    # The paper's schedule: linear warm-up to the peak, cosine decay to 0 at the end of
+    # each run (its own length: 100 or 300 steps).
+    recipe = groups[4].recipe
+    assert (recipe.schedule, recipe.warmup_steps) == ("cosine", 50)
+    for end in (100, 300):
+        run = soups.run_recipe(recipe, end)
+        assert run.total_steps == end
+        lr = [float(optim.learning_rate_at(run, t)) for t in (25, 50, (50 + end) // 2, end)]
+        assert lr == pytest.approx([1.5e-4, 3e-4, 1.5e-4, 0.0], abs=2e-6)
+    with pytest.raises(ValueError, match="longer than its warm-up"):
+        soups.run_recipe(recipe, 50)
     assert {(i["group"], i["learning_rate"]) for i in ingredients} == {
         (g.index, g.recipe.learning_rate) for g in groups}
     config.finetune.augment = (False, True)
@@ -409,7 +442,15 @@ def test_soups_study_end_to_end_and_resume(tmp_path, monkeypatch):
     assert [s["ingredient"] for s in steps if s["accepted"]] == [
         int(m) for m in by["greedy"]["members"].split()]
     weights = [r for r in records if r.get("branch") == "learned_weights"]
-    assert {w["layer"] for w in weights} == {"Dense_0", "Dense_1"}
+    assert {w["layer"] for w in weights} == {"Dense_0/kernel", "Dense_0/bias",
+                                             "Dense_1/kernel", "Dense_1/bias"}
+    # Each length is its own run from theta_0: the 2-epoch run logs its first epoch too
+    # (a continuation of the 1-epoch run would start logging at step 36).
+    starts = {}
+    for r in records:
+        if r.get("branch") == "finetune":
+            starts[r["end"]] = min(starts.get(r["end"], r["step"]), r["step"])
+    assert starts == {18: 18, 36: 18}
     assert all(sum(w["weights"]) == pytest.approx(1.0, abs=1e-5) for w in weights)
     # WiSE-FT endpoints are exactly the pretrained model and the fine-tune.
     evals = {(r["model"], r["ingredient"], r["split"]): r["accuracy"] for r in records
@@ -446,7 +487,8 @@ def test_soups_study_end_to_end_and_resume(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train.Executor, "train", counted)
     resumed = soups.run_soups(config, tmp_path / "b", progress=False)
-    assert calls == [(end // 2, end // 2)]  # only the killed segment: 1 epoch from its start
+    # Only the killed run, the 2-epoch one, trains again: from theta_0, an epoch per call.
+    assert calls == [(0, end // 2), (end // 2, end // 2)]
     assert resumed == summary
     for name in ("results.csv", "wise_ft.csv"):
         assert results.read_csv(tmp_path / "a" / name) == results.read_csv(tmp_path / "b" / name)

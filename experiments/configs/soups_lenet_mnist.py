@@ -34,13 +34,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.max_checkpoints = 1
     config.pretrain = ml_collections.ConfigDict(dict(
         steps="3ep", rotation=45.0, rotation_seed=0, workdir="", replicate=0))
+    # Fine-tuning as the paper (Wortsman et al. 2022; model-soups finetune.py): AdamW
+    # (decoupled weight decay), cosine decay after a linear warm-up over each run's own length.
     config.finetune = ml_collections.ConfigDict(dict(
-        learning_rate=(1e-4, 3e-4, 1e-3), weight_decay=(0.0, 5e-4),
+        optimizer="adamw", schedule="cosine", warmup="50it", weight_decay_mode="",
+        learning_rate=(1e-4, 3e-4, 1e-3), weight_decay=(1e-4, 0.1),
         label_smoothing=(0.0, 0.1), augment=(False,), epochs=("1ep", "3ep"), data_orders=2))
     config.shift = ml_collections.ConfigDict(dict(kind="rotate", amount=30.0, seed=0))
     config.greedy_strict = False  # the paper's >= (the reference code uses >)
+    # The reference's learned soup: a weight per parameter tensor ('tensor'; or 'layer',
+    # 'model') and a logit temperature, AdamW at 0.05 without decay.
     config.learned_soup = ml_collections.ConfigDict(dict(
-        per_layer=True, num_steps=200, learning_rate=0.05, batch_size=0, seed=0))
+        granularity="tensor", temperature=True, num_steps=200, learning_rate=0.05,
+        batch_size=0, seed=0))
     config.wise_ft = ml_collections.ConfigDict(dict(
         num_alphas=11, head="Dense_2", head_modes=("interpolate", "fine_tuned")))
     config.recompute_batch_stats = True
@@ -49,7 +55,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg == "quick":
         config.pretrain.steps = "200it"
         config.finetune.learning_rate = (3e-4, 1e-3)
-        config.finetune.weight_decay = (0.0,)
+        config.finetune.weight_decay = (1e-4,)
+        config.finetune.warmup = "10it"
         config.finetune.label_smoothing = (0.0,)
         config.finetune.epochs = ("100it", "200it")
         config.eval_every = "100it"

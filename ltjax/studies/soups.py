@@ -12,15 +12,19 @@
    smoothing are per-member hyperparameters of the executor
    (:class:`ltjax.optim.Hyperparams`), so every (learning rate, weight
    decay, label smoothing, data order) of one augmentation setting trains
-   as one program (members vmapped / sharded over devices); augmentation on
-   and off are two programs. Epochs are snapshots of the run (the schedule
-   depends on the step, not on the run's length, so the state after e
-   epochs of a longer run is the e-epoch run).
+   as one program (members vmapped / sharded over devices), one program per
+   augmentation setting and length. The optimiser is the paper's (AdamW,
+   cosine decay after a linear warm-up: ``config.finetune.optimizer``,
+   ``schedule``, ``warmup``), and each length is its own run from theta_0,
+   its schedule decaying over that run (the reference's ``finetune.py``),
+   not a snapshot of a longer run.
 3. **Evaluate** on validation (the held-out split that greedy and learned
    soups select on), test, and a shifted test set (``config.shift``: the
    test images rotated by a fixed angle, or Gaussian-noised; deterministic):
    the pretrained model, every ingredient, the uniform, greedy and learned
-   soups (:mod:`ltjax.soups`) and the output-space ensemble (mean of the
+   soups (:mod:`ltjax.soups`; the learned soup fits a weight per parameter
+   tensor and a logit temperature with AdamW, as the reference's
+   ``learned_bylayer.py``) and the output-space ensemble (mean of the
    ingredients' softmax outputs).
 4. **WiSE-FT**: the path ``(1 - alpha) theta_0 + alpha theta_k`` from the
    pretrained model to each fine-tune, at ``config.wise_ft.num_alphas``
@@ -96,7 +100,11 @@ def finetune_grid(config: Any, base: optim.Recipe, steps_per_epoch: int,
 
     Ingredient ``i`` enumerates groups (learning rate, weight decay, label
     smoothing, augmentation, in ``itertools.product`` order), then epochs,
-    then data orders.
+    then data orders. The groups' recipe is ``base`` with the fine-tuning
+    optimiser, schedule and warm-up of ``config.finetune`` (the paper's:
+    AdamW, cosine decay after a linear warm-up, Wortsman et al. 2022 and the
+    model-soups ``finetune.py``); a cosine schedule decays over each run's
+    own length (:func:`run_recipe`).
 
     Raises:
       ValueError: an empty grid axis, repeated or non-positive epochs, fewer
@@ -120,6 +128,13 @@ def finetune_grid(config: Any, base: optim.Recipe, steps_per_epoch: int,
     order = np.argsort(ends)
     ends_sorted = tuple(int(ends[i]) for i in order)
     epochs_sorted = tuple(axes["epochs"][i] for i in order)
+    base = dataclasses.replace(
+        base, optimizer=ft.get("optimizer", base.optimizer),
+        schedule=ft.get("schedule", base.schedule),
+        warmup_steps=common.steps(ft.get("warmup", 0) or 0, steps_per_epoch),
+        weight_decay_mode=ft.get("weight_decay_mode") or None,
+        total_steps=max(ends) if ft.get("schedule", base.schedule) == "cosine" else 0,
+        lr_drop_steps=())  # checks the recipe at the longest run, before any training
     groups, ingredients = [], []
     for g, (lr, wd, ls, aug) in enumerate(itertools.product(
             axes["learning_rate"], axes["weight_decay"], axes["label_smoothing"],
@@ -134,6 +149,21 @@ def finetune_grid(config: Any, base: optim.Recipe, steps_per_epoch: int,
                     "weight_decay": float(wd), "label_smoothing": float(ls),
                     "augment": bool(aug), "epochs": epochs, "steps": end, "data_order": o})
     return groups, ingredients
+
+
+def run_recipe(recipe: optim.Recipe, end: int) -> optim.Recipe:
+    """The recipe of a fine-tuning run of ``end`` steps: a cosine schedule decays over it.
+
+    Example:
+        >>> run_recipe(recipe, 916).total_steps   # a 1-epoch MNIST run
+        916
+    """
+    if recipe.schedule != "cosine":
+        return recipe
+    if end <= recipe.warmup_steps:
+        raise ValueError(f"a fine-tuning run of {end} steps must be longer than its warm-up "
+                         f"({recipe.warmup_steps} steps)")
+    return dataclasses.replace(recipe, total_steps=end)
 
 
 _MUST_MATCH = ("dataset", "validation_size", "validation_seed", "test_size", "model",
@@ -193,6 +223,10 @@ def _check_config(config: Any, dataset: data.Dataset, abstract_params: Any) -> N
     head_modes = common.names_of(wise.head_modes, field="wise_ft.head_modes", allowed=HEAD_MODES)
     if not head_modes:
         raise ValueError(f"wise_ft.head_modes must list at least one of {HEAD_MODES}")
+    granularity = config.learned_soup.get("granularity", "tensor")
+    if granularity not in soups_lib.GRANULARITIES:
+        raise ValueError(f"learned_soup.granularity must be one of {soups_lib.GRANULARITIES}, "
+                         f"got {granularity!r}")
     if "fine_tuned" in head_modes:
         try:
             jax.eval_shape(lambda p: soups_lib.wise_ft(0.5, p, p, keep_head=wise.head),
@@ -258,22 +292,23 @@ def run_soups(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
     found: dict[int, Any] = {}
     for augment in dict.fromkeys(g.recipe.augment for g in groups):
         members = [(g, o) for g in groups if g.recipe.augment == augment for o in range(orders)]
-        program_executor = executor_for(dataclasses.replace(recipe, augment=augment))
-        hparams = optim.member_hparams(
-            program_executor.recipe, len(members),
-            learning_rate=[g.recipe.learning_rate for g, _ in members],
-            weight_decay=[g.recipe.weight_decay for g, _ in members],
-            label_smoothing=[g.recipe.label_smoothing for g, _ in members])
         noise_keys = order_keys[np.array([o for _, o in members])]
-        state = program_executor.shard(_start_state(theta_0, program_executor, len(members)))
         for epochs, end in zip(groups[0].epochs, groups[0].ends, strict=True):
+            # Each length is its own run from theta_0 (its schedule spans the run).
+            program_executor = executor_for(run_recipe(members[0][0].recipe, end))
+            hparams = optim.member_hparams(
+                program_executor.recipe, len(members),
+                learning_rate=[g.recipe.learning_rate for g, _ in members],
+                weight_decay=[g.recipe.weight_decay for g, _ in members],
+                label_smoothing=[g.recipe.label_smoothing for g, _ in members])
+            state = program_executor.shard(_start_state(theta_0, program_executor, len(members)))
             state = common.train_segment(
                 program_executor, state=state, masks=None, noise_keys=noise_keys, end=end,
                 hparams=hparams,
-                ckpt_dir=ckpt_root / f"finetune_augment_{int(augment)}" / f"to_{end}",
+                ckpt_dir=ckpt_root / f"finetune_augment_{int(augment)}" / f"run_{end}",
                 tags={"branch": "finetune", "augment": bool(augment), "end": end},
                 splits=[], densities=np.ones(len(members)),  # evaluated once trained (step 3)
-                desc=f"fine-tune {len(members)} members to {epochs}", **segment)
+                desc=f"fine-tune {len(members)} members for {epochs}", **segment)
             for m, (group, order) in enumerate(members):
                 for ing in ingredients:
                     if (ing["group"], ing["steps"], ing["data_order"]) == (group.index, end, order):
@@ -465,31 +500,33 @@ def _greedy(config, evaluator: _Evaluator, trees, val_acc) -> list[dict]:
 
 
 def _learned(config, evaluator: _Evaluator, model, dataset, stacked) -> list[dict]:
-    """The learned soup: per-layer weights over the params, fitted on the validation split."""
+    """The learned soup: a weight per parameter tensor and a temperature, fitted on validation."""
     cfg = config.learned_soup
     params, batch_stats = stacked
     mean, std = jnp.asarray(dataset.mean), jnp.asarray(dataset.std)
     stats_0 = tree.index(batch_stats, 0)
 
-    def loss_fn(soup_params, batch):
+    def loss_fn(soup_params, batch, scale):
         x, y = batch
         logits = train.logits(model, soup_params, stats_0, data.normalize(x, mean, std),
                               train=evaluator.bn)  # BatchNorm: the batch's statistics
-        return train.cross_entropy(logits, y).mean()
+        return train.cross_entropy(scale * logits, y).mean()
 
     heldout = (jnp.asarray(dataset.validation.x), jnp.asarray(dataset.validation.y))
     result = soups_lib.learned_soup(
-        params, loss_fn, heldout, stacked=True, per_layer=bool(cfg.get("per_layer", True)),
+        params, loss_fn, heldout, stacked=True, granularity=cfg.get("granularity", "tensor"),
+        temperature=bool(cfg.get("temperature", True)),
         num_steps=int(cfg.num_steps), learning_rate=float(cfg.learning_rate),
         batch_size=int(cfg.get("batch_size", 0)) or None, seed=int(cfg.get("seed", 0)))
     soup_stats = soups_lib.uniform_soup(batch_stats, stacked=True) if evaluator.bn else {}
     soup = evaluator.recompute_one((result.soup, soup_stats))
     records = _eval_records("learned", evaluator.all_splits(tree.stack([soup])), 0,
                             final_heldout_loss=float(result.losses[-1]),
-                            first_heldout_loss=float(result.losses[0]))
-    records += [{"branch": "learned_weights", "layer": layer, "step": None,
+                            first_heldout_loss=float(result.losses[0]),
+                            temperature=result.temperature)
+    records += [{"branch": "learned_weights", "layer": group, "step": None,
                  "weights": [float(w) for w in weights]}
-                for layer, weights in result.weights.items()]
+                for group, weights in result.weights.items()]
     return records
 
 
