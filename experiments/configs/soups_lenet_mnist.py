@@ -3,17 +3,14 @@
 Pretrain 3 epochs (LTH recipe: Adam 1.2e-3, batch 60) on the 55K training
 images, each rotated by its own angle in [-45, 45] degrees (a broader
 pre-training distribution, as CLIP's is for ImageNet); fine-tune from it on
-the clean images over learning rate (1e-4, 3e-4, 1e-3) x coupled weight
-decay (0, 5e-4) x label smoothing (0, 0.1), each for 1 and 3 epochs (the
-1-epoch ingredient is the 3-epoch run's snapshot), 2 data orders: 48
-ingredients in 12 programs of 2 seeds. Validation: 5000 held-out training
-images. Shifted test: the 10K test images rotated by 30 degrees. WiSE-FT at
-11 alphas, interpolating everything and keeping the fine-tuned head.
-Sized for the 2-core CPU machine: 4.6K pretraining steps and 12 programs x
-2 seeds x 2.75K fine-tuning steps, then 48 x 2 WiSE-FT curves (~26M evaluated
-examples). Measured: 16 min wall, 647 s of CPU, with the machine shared by
-another job (the run got 0.68 of a core on average); the WiSE-FT curves are
-7 1/2 min of it: ``--config.wise_ft.head_modes=interpolate`` halves them.
+the clean images with the paper's recipe (AdamW, cosine decay after 50
+warm-up steps over each run's own length) over learning rate (1e-4, 3e-4,
+1e-3) x decoupled weight decay (1e-4, 0.1) x label smoothing (0, 0.1), each
+for 1 and 3 epochs (separate runs), 2 data orders: 48 ingredients in two
+programs of 24 members. Validation: 5000 held-out training images. Shifted
+test: the 10K test images rotated by 30 degrees. WiSE-FT at 11 alphas,
+interpolating everything and keeping the fine-tuned head. Measured: 8 min 57 s
+on the 2-core CPU machine (README).
 
     LTJAX_DATA_DIR=../shared/data python -m experiments.soups \
         --config=experiments/configs/soups_lenet_mnist.py --workdir=runs/soups
