@@ -21,13 +21,53 @@ def _config(**overrides):
     return config
 
 
+def _check_fresh_noise(config, seen) -> None:
+    """Level 0 continues the dense run's noise; every (level >= 1, branch) has its own."""
+    base = rng.init_and_noise(rng.replicate_keys(config.seed, 2))[1]
+    keys = {}  # (level, branch) -> [S, 2] raw keys
+    for tags, member_tags, raw in seen:
+        for m, t in enumerate(member_tags or ()):
+            keys.setdefault((tags["level"], t["branch"]), []).append(raw[m])
+    keys = {k: np.stack(v) for k, v in keys.items()}
+    assert sorted(keys) == sorted([(0, "imp")] + [(lv, b) for lv in (1, 2) for b in (
+        "imp", "reinit", "random_layerwise", "random_global", "oneshot")])
+    np.testing.assert_array_equal(keys[0, "imp"], np.asarray(jax.random.key_data(base)))
+    raws = [tuple(v.ravel()) for v in keys.values()]
+    assert len(set(raws)) == len(raws)
+
+    def order(raw_key):  # the first epoch's batches of a member's noise key
+        key = jax.random.wrap_key_data(np.asarray(raw_key, np.uint32))
+        return np.asarray(data.batch_indices(rng.stream(key, "order"), 0, num_steps=18,
+                                             num_examples=1137, batch_size=60))
+
+    for (level, branch), raw in keys.items():
+        if level:
+            assert not np.array_equal(order(raw[0]), order(keys[0, "imp"][0])), (level, branch)
+    # Replicate 0's keys do not depend on S; 'paired' hands every level the replicates' own.
+    one = imp.level_noise_keys(rng.init_and_noise(rng.replicate_keys(config.seed, 1))[1], 2,
+                               "reinit", "fresh")
+    np.testing.assert_array_equal(np.asarray(jax.random.key_data(one))[0], keys[2, "reinit"][0])
+    assert imp.level_noise_keys(base, 2, "reinit", "paired") is base
+
+
 class _Killed(Exception):
     pass
 
 
-def test_imp_levels_controls_and_outputs(tmp_path, drawn):
-    config = _config(controls=imp.CONTROLS, rewind_step="1ep")
+def test_imp_levels_controls_and_outputs(tmp_path, drawn, monkeypatch):
+    seen = []
+    original = common.train_segment
+
+    def spy(executor, *, noise_keys, tags, member_tags=None, **kwargs):
+        seen.append((tags, member_tags, np.asarray(jax.random.key_data(noise_keys))))
+        return original(executor, noise_keys=noise_keys, tags=tags, member_tags=member_tags,
+                        **kwargs)
+
+    monkeypatch.setattr(common, "train_segment", spy)
+    # sgd_noise='fresh' here ('paired', the default, runs in the other IMP tests).
+    config = _config(controls=imp.CONTROLS, rewind_step="1ep", sgd_noise="fresh")
     summary = imp.run_imp(config, tmp_path, progress=False)
+    _check_fresh_noise(config, seen)
     rows = results.read_csv(tmp_path / "results.csv")
     per_rep = [r for r in rows if r["replicate"] not in ("mean", "std")]
     branches = {(int(r["level"]), r["branch"]) for r in per_rep}
@@ -120,6 +160,9 @@ def test_imp_bad_inputs(tmp_path):
     bad.pruning.fraction = 1.0
     with pytest.raises(ValueError, match="fraction"):
         imp.run_imp(bad, tmp_path / "c", progress=False)
+    with pytest.raises(ValueError, match="sgd_noise must be one of"):
+        imp.run_imp(_config(sgd_noise="random"), tmp_path / "f", progress=False)
+    assert not (tmp_path / "f").exists()
     # A layer_rates pattern that matches no layer fails before any training.
     with pytest.raises(ValueError, match="layer_rates pattern 'Dense_2' matches no prunable"):
         imp.run_imp(_config(model_kwargs={"widths": (16,)}), tmp_path / "e", progress=False)
@@ -127,51 +170,6 @@ def test_imp_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match="small_dense"):
         imp.run_imp(_config(model="conv2", model_kwargs={}, controls=("small_dense",)),
                     tmp_path / "d", progress=False)
-
-
-def test_fresh_sgd_noise_draws_a_data_order_per_level_and_branch(tmp_path, monkeypatch):
-    seen = []
-    original = common.train_segment
-
-    def spy(executor, *, noise_keys, tags, member_tags=None, **kwargs):
-        seen.append((tags, member_tags, np.asarray(jax.random.key_data(noise_keys))))
-        return original(executor, noise_keys=noise_keys, tags=tags, member_tags=member_tags,
-                        **kwargs)
-
-    monkeypatch.setattr(common, "train_segment", spy)
-    config = _config(controls=("reinit",), sgd_noise="fresh", model_kwargs={"widths": (16,)},
-                     levels=1, training_steps="2ep", eval_every="1ep", checkpoint_every="1ep")
-    config.pruning.layer_rates = ""
-    imp.run_imp(config, tmp_path, progress=False)
-    base = rng.init_and_noise(rng.replicate_keys(config.seed, 2))[1]
-    keys = {}  # (level, branch) -> [S, 2] raw keys
-    for tags, member_tags, raw in seen:
-        for m, t in enumerate(member_tags or ()):
-            keys.setdefault((tags["level"], t["branch"]), []).append(raw[m])
-    keys = {k: np.stack(v) for k, v in keys.items()}
-    assert sorted(keys) == [(0, "imp"), (1, "imp"), (1, "reinit")]
-    # Level 0 continues the dense run's own noise; every other (level, branch) has its own.
-    np.testing.assert_array_equal(keys[0, "imp"], np.asarray(jax.random.key_data(base)))
-    raws = [tuple(v.ravel()) for v in keys.values()]
-    assert len(set(raws)) == len(raws)
-
-    def order(raw_key):  # the first epoch's batches of a member's noise key
-        key = jax.random.wrap_key_data(np.asarray(raw_key, np.uint32))
-        return np.asarray(data.batch_indices(rng.stream(key, "order"), 0, num_steps=18,
-                                             num_examples=1137, batch_size=60))
-
-    for (level, branch), raw in keys.items():
-        if level:
-            assert not np.array_equal(order(raw[0]), order(keys[0, "imp"][0])), (level, branch)
-    # Replicate 0's keys do not depend on S.
-    one = imp.level_noise_keys(rng.init_and_noise(rng.replicate_keys(config.seed, 1))[1], 1,
-                               "reinit", "fresh")
-    np.testing.assert_array_equal(np.asarray(jax.random.key_data(one))[0], keys[1, "reinit"][0])
-    # 'paired' (the default) hands every level its replicates' own keys.
-    assert imp.level_noise_keys(base, 2, "reinit", "paired") is base
-    with pytest.raises(ValueError, match="sgd_noise must be one of"):
-        imp.run_imp(_config(sgd_noise="random"), tmp_path / "bad", progress=False)
-    assert not (tmp_path / "bad").exists()
 
 
 def test_small_dense_widths_match_target():
@@ -229,6 +227,9 @@ def test_learning_rate_sweep_members_classes_and_weight_correlation(tmp_path):
     with pytest.raises(ValueError, match="must include the recipe"):
         imp.run_imp(_config(**base, ticket_learning_rates=(0.1,)), tmp_path / "a",
                     progress=False)
+    with pytest.raises(ValueError, match="sgd_noise must be one of"):
+        imp.run_imp(_config(sgd_noise="random"), tmp_path / "f", progress=False)
+    assert not (tmp_path / "f").exists()
     # A layer_rates pattern that matches no layer fails before any training.
     with pytest.raises(ValueError, match="layer_rates pattern 'Dense_2' matches no prunable"):
         imp.run_imp(_config(model_kwargs={"widths": (16,)}), tmp_path / "e", progress=False)

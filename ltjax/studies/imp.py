@@ -287,7 +287,8 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
     if not (isinstance(correlation_p, (int, float)) and 0.0 < correlation_p <= 1.0):
         raise ValueError(f"config.correlation_p must be a number in (0, 1], got {correlation_p!r}")
     workdir, dataset, recipe, executor = common.setup(
-        config, workdir, check=lambda dataset: check_pruning(config, dataset))
+        config, workdir,
+        check=lambda dataset: check_pruning(config, dataset) if config.levels > 0 else None)
     per_epoch = executor.steps_per_epoch
     end = common.steps(config.training_steps, per_epoch)
     rewind_step = common.steps(config.rewind_step, per_epoch)
