@@ -3,6 +3,8 @@
 import pathlib
 import re
 
+import numpy as np
+
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -12,20 +14,14 @@ def test_colab_snippet_runs():
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert 'data.load("mnist", validation_size=5000)' in code
     code = code.replace('data.load("mnist", validation_size=5000)', 'data.load("digits")')
-    code = code.replace("num_steps=1000", "num_steps=20")
+    code = code.replace("num_steps=1000", "num_steps=40")
     namespace: dict = {}
     exec(compile(code, str(README), "exec"), namespace)  # noqa: S102
-    # The path's ends are replicates 0 and 1 as the executor evaluates them (another
-    # program), and the barrier is the hand formula on the curve.
-    import numpy as np
-
-    ends = namespace["executor"].evaluate(namespace["state"], "test")["accuracy"]
-    accuracy = np.asarray(namespace["curve"]["accuracy"])
-    np.testing.assert_allclose(accuracy[[0, -1]], np.asarray(ends)[:2], atol=1e-6)
-    errors = 1.0 - accuracy
-    assert float(namespace["barrier"]) == np.float64(
-        errors.max() - (errors[0] + errors[-1]) / 2).item()
-    assert namespace["curve"]["accuracy"].shape == (30,)
-    assert namespace["matched"]["accuracy"].shape == (30,)
-    assert len(namespace["result"].objectives) == 4
-    assert namespace["grid_accuracy"].shape == (3, 2)
+    accuracy = np.asarray(namespace["accuracy"])
+    loss = np.asarray(namespace["train_loss"])
+    assert accuracy.shape == (8,) and loss.shape == (8,)
+    # 40 steps of Adam on digits: every seed learns (chance: accuracy 0.1, loss ln 10).
+    assert accuracy.min() > 0.5
+    assert np.all((loss > 0) & (loss < 0.8 * np.log(10)))
+    # An accuracy is a count of the 360 test examples (no padding or batch averaging).
+    np.testing.assert_allclose(accuracy * 360, np.round(accuracy * 360), atol=1e-3)

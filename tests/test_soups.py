@@ -417,7 +417,7 @@ def test_finetune_grid_groups_static_recipes_and_orders_ingredients():
         soups.finetune_grid(config, base, 100, dataset)
 
 
-def test_soups_study_end_to_end_and_resume(tmp_path, monkeypatch):
+def test_soups_study_end_to_end_and_resume(tmp_path, monkeypatch, drawn):
     import shutil
 
     from ltjax import results
@@ -464,8 +464,17 @@ def test_soups_study_end_to_end_and_resume(tmp_path, monkeypatch):
             assert r["accuracy"] == evals[("ingredient", r["ingredient"], r["split"])]
     wise_rows = results.read_csv(tmp_path / "a" / "wise_ft.csv")
     assert len(wise_rows) == 4 * 2 + 2
-    for name in ("soups.png", "wise_ft.png"):
-        assert (tmp_path / "a" / "plots" / name).exists()
+    assert (tmp_path / "a" / "plots" / "soups.png").exists()  # a scatter plot
+    # The WiSE-FT plot's bold line is the mean over fine-tunes of (test, shifted) per alpha.
+    xs, ys = drawn["wise_ft.png"][0, "mean over fine-tunes"]
+    first = [r for r in records if r.get("branch") == "wise_ft" and r["head"] == wise[0]["head"]]
+    for values, split in ((xs, "test"), (ys, "shifted")):
+        by_alpha = {}
+        for r in first:
+            if r["split"] == split:
+                by_alpha.setdefault(r["alpha"], []).append(r["accuracy"])
+        np.testing.assert_allclose(values, [100 * np.mean(by_alpha[a]) for a in sorted(by_alpha)],
+                                   rtol=1e-6)
 
     # Killed late in fine-tuning and in the evaluations: the last fine-tune segment has
     # no checkpoint and no records, the greedy soup and half the WiSE-FT curves are

@@ -55,19 +55,6 @@ def test_vmapped_replicates_equal_single_runs(digits):
         assert int(state.step[i]) == 20
 
 
-def test_replicate_does_not_depend_on_num_replicates(digits):
-    model = models.create("mlp", widths=(32,))
-    executor = train.Executor(model, digits, _recipe(optimizer="adam", learning_rate=1e-3))
-    out = {}
-    for num in (2, 8):
-        init_keys, noise_keys = _keys(num)
-        state = executor.init(init_keys)
-        state, _ = executor.train(state, None, noise_keys, num_steps=15)
-        out[num] = state
-    chex.assert_trees_all_close(tree.index(out[2].params, 1), tree.index(out[8].params, 1),
-                                rtol=1e-6, atol=1e-7)
-
-
 def test_pruned_weights_stay_zero_with_momentum_and_decay(digits):
     model = models.create("mlp", widths=(32,))
     executor = train.Executor(model, digits, _recipe(learning_rate=0.1, weight_decay=1e-2))
