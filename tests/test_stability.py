@@ -158,17 +158,6 @@ def test_stability_of_imp_subnetworks(tmp_path, monkeypatch):
     assert moments and all(np.all(x == 0) for x in moments)
     assert any(np.any(x != 0) for x in _adam_moments(parent.opt_state))
 
-    # An IMP run that rewound its optimiser: the copies start from the step-k state.
-    imp_json = tmp_path / "imp" / "config.json"
-    saved = results.read_json(imp_json)
-    results.write_json(imp_json, {**saved, "rewind_optimizer": True})
-    stability.run_stability(config, tmp_path / "lmc_opt", progress=False)
-    start = seen["copies"][0]
-    for x, x_k in zip(_adam_moments(start.opt_state), _adam_moments(parent.opt_state),
-                      strict=True):
-        np.testing.assert_array_equal(x, np.repeat(x_k, copies, axis=0))
-    results.write_json(imp_json, saved)
-
     # A mask found rewinding to 18 is refused at k = 0, before anything is written.
     with pytest.raises(ValueError, match="rewound to step 18 .* used at k = 0"):
         stability.run_stability(_config(imp_workdir=str(tmp_path / "imp"), imp_level=1,
