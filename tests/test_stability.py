@@ -175,6 +175,19 @@ def test_stability_of_imp_subnetworks(tmp_path, monkeypatch):
         assert not (tmp_path / "bad").exists()
 
 
+def test_ticket_start_keeps_the_step_k_optimiser_when_imp_rewound_it():
+    from ltjax import train
+
+    w = np.arange(6.0, dtype=np.float32).reshape(2, 3) - 2.5
+    masks = {"w": np.array([[True, False, True], [False, True, True]])}
+    state_k = train.TrainState(step=np.int32(18), params={"w": w}, batch_stats={},
+                               opt_state=({"mu": {"w": np.full((2, 3), 0.25, np.float32)}},))
+    start = stability.ticket_start(None, state_k, masks, {"rewind_optimizer": True})
+    np.testing.assert_array_equal(start.params["w"], np.where(masks["w"], w, 0.0))
+    np.testing.assert_array_equal(start.opt_state[0]["mu"]["w"], np.full((2, 3), 0.25))
+    assert int(start.step) == 18
+
+
 def test_imp_workdirs_map_each_rewind_step_to_its_run():
     config = _config(imp_workdir="0it=runs/a, 1ep=runs/b")
     assert stability.imp_workdirs(config, [0, 18], 18) == {0: "runs/a", 18: "runs/b"}

@@ -166,6 +166,18 @@ def check_imp_compatible(config: Any, imp_workdir: str | pathlib.Path, *,
     return theirs
 
 
+def ticket_start(executor: Any, state_k: Any, masks: Any, imp_config: dict) -> Any:
+    """The state an IMP ticket trained from: step-k weights under ``masks``, and a fresh
+    optimiser state, or the step-k one when the IMP run set ``rewind_optimizer``.
+
+    Example:
+        >>> start = ticket_start(executor, parent_at_k, masks, results.read_json(imp_json))
+    """
+    opt = None if imp_config.get("rewind_optimizer", False) else (
+        executor.fresh_opt_state(masking.apply(state_k.params, masks)))
+    return rewinding.rewind_state(state_k, masks, fresh_opt_state=opt)
+
+
 def imp_workdirs(config: Any, ks: list[int], per_epoch: int) -> dict[int, str]:
     """The IMP run whose masks each rewind step uses: ``{k: imp_workdir}`` (empty: dense).
 
@@ -281,9 +293,7 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
                                          include=pruning_config.get("include") or None,
                                          exclude=pruning_config.get("exclude") or None)
             density = np.asarray(jax.vmap(lambda m, s=selection: masking.density(m, s))(masks))
-            opt = None if imp_config.get("rewind_optimizer", False) else (
-                executor.fresh_opt_state(masking.apply(state.params, masks)))
-            start = rewinding.rewind_state(state, masks, fresh_opt_state=opt)
+            start = ticket_start(executor, state, masks, imp_config)
         start = executor.shard(_repeat(start, copies))
         copy_masks = executor.shard(_repeat(masks, copies)) if masks is not None else None
         final = common.train_segment(
