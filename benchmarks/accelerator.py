@@ -25,7 +25,6 @@ import platform
 import time
 
 import jax
-import numpy as np
 
 from ltjax import data, models, optim, rng
 from ltjax import executor as executor_lib
@@ -62,15 +61,7 @@ def _dataset(name: str, quick: bool) -> tuple[data.Dataset, optim.Recipe]:
         recipe = optim.Recipe(optimizer="sgd", learning_rate=0.1, momentum=0.9,
                               weight_decay=1e-4, batch_size=128)
         augment = "cifar"
-    num = 2000 if quick else num
-    gen = np.random.default_rng(0)
-    train = data.Split(x=gen.integers(0, 256, (num, *shape), dtype=np.uint8),
-                       y=gen.integers(0, 10, num).astype(np.int32))
-    test = data.Split(x=train.x[:1000], y=train.y[:1000])
-    dataset = data.Dataset(name="synthetic", train=train, validation=None, test=test,
-                           num_classes=10, mean=np.full(shape[-1], 128.0, np.float32),
-                           std=np.full(shape[-1], 64.0, np.float32), augment=augment)
-    return dataset, recipe
+    return data.synthetic(shape, 2000 if quick else num, augment=augment), recipe
 
 
 def measure(name: str, seeds: int, *, steps: int, repeats: int, quick: bool = False) -> dict:

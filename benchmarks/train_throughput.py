@@ -55,7 +55,6 @@ def _child(args: argparse.Namespace) -> None:
     import jax
 
     jax.config.update("jax_num_cpu_devices", args.devices)
-    import numpy as np
 
     from ltjax import data, models, optim, rng
     from ltjax import executor as executor_lib
@@ -71,13 +70,7 @@ def _child(args: argparse.Namespace) -> None:
         recipe = optim.Recipe(optimizer="sgd", learning_rate=0.1, momentum=0.9,
                               weight_decay=1e-4, batch_size=128)
         augment = "cifar"
-    gen = np.random.default_rng(0)
-    split = data.Split(x=gen.integers(0, 256, (n, *shape), dtype=np.uint8),
-                       y=gen.integers(0, 10, n).astype(np.int32))
-    test = data.Split(x=split.x[:1000], y=split.y[:1000])
-    dataset = data.Dataset(name="synthetic", train=split, validation=None, test=test,
-                           num_classes=10, mean=np.full(shape[-1], 128.0, np.float32),
-                           std=np.full(shape[-1], 64.0, np.float32), augment=augment)
+    dataset = data.synthetic(shape, n, augment=augment)
     executor = executor_lib.Executor(model, dataset, recipe, strategy=args.strategy,
                                      steps_per_call=args.steps_per_call or None,
                                      devices=jax.devices()[: args.devices])

@@ -397,3 +397,12 @@ def test_altered_data_random_labels_rotations_and_blur():
     assert abs(float(blurred.x.mean()) - float(split.x.mean())) < 2.0
     with pytest.raises(ValueError, match="factor"):
         data.blur(split, factor=3)
+
+
+def test_synthetic_dataset_has_the_asked_shapes_and_stats():
+    ds = data.synthetic((4, 4, 3), 50, augment="cifar", seed=1)
+    assert ds.train.x.shape == (50, 4, 4, 3) and ds.train.x.dtype == np.uint8
+    assert len(ds.test) == 50 and ds.augment == "cifar" and ds.input_shape == (4, 4, 3)
+    assert ds.train.y.min() >= 0 and ds.train.y.max() < 10
+    np.testing.assert_array_equal(ds.mean, [128.0] * 3)
+    np.testing.assert_array_equal(data.synthetic((4, 4, 3), 50, seed=1).train.x, ds.train.x)
