@@ -71,9 +71,10 @@ def _child(args: argparse.Namespace) -> None:
                               weight_decay=1e-4, batch_size=128)
         augment = "cifar"
     dataset = data.synthetic(shape, n, augment=augment)
-    executor = executor_lib.Executor(model, dataset, recipe, strategy=args.strategy,
-                                     steps_per_call=args.steps_per_call or None,
-                                     devices=jax.devices()[: args.devices])
+    executor = executor_lib.Executor(
+        model, dataset, recipe, strategy=args.strategy,
+        steps_per_call=args.steps_per_call or None, devices=jax.devices()[: args.devices],
+        member_block={-1: "auto", 0: None}.get(args.member_block, args.member_block))
     init_keys, noise_keys = rng.init_and_noise(rng.replicate_keys(0, args.seeds))
     state = executor.init(init_keys)
     t0 = time.perf_counter()
@@ -90,6 +91,7 @@ def _child(args: argparse.Namespace) -> None:
     print(json.dumps({
         "model": args.model, "seeds": args.seeds, "devices": args.devices,
         "strategy": executor.strategy, "steps_per_call": executor.steps_per_call,
+        "member_block": executor.member_block,
         "materialize": executor.materialize_inputs,
         "malloc_env": args.malloc_env, "pinned_core": args.pin_core, "steps": args.steps,
         "seconds": best, "first_call_seconds": compile_s,
@@ -127,6 +129,8 @@ def main() -> None:
     parser.add_argument("--materialize", type=int, default=-1, help="-1: executor decides")
     parser.add_argument("--pin-core", type=int, default=-1, help="run the child on one core")
     parser.add_argument("--malloc-env", type=int, default=1)
+    parser.add_argument("--member-block", type=int, default=-1,
+                        help="-1: the executor's default, 0: one vmap of all local members")
     args = parser.parse_args()
     if args.child:
         args.materialize = None if args.materialize < 0 else bool(args.materialize)
@@ -155,6 +159,14 @@ def main() -> None:
                                  warmup=lenet_steps, repeats=3)
                 report["runs"].append(run)
                 print(json.dumps(run), flush=True)
+    if args.only in (None, "lenet"):
+        # What exactness across S costs: blocks of 1 (the CPU default) vs one vmap of all
+        # local members (same run, ratios).
+        for s in ((2,) if args.quick else (4, 8)):
+            run = _run_child(model="lenet", seeds=s, devices=2, steps=lenet_steps,
+                             warmup=lenet_steps, repeats=3, member_block=0)
+            report["runs"].append(run)
+            print(json.dumps(run), flush=True)
     for devices in (1, 2):
         for s in seeds:
             if args.only in (None, "resnet") and not (s > 4 and args.quick):

@@ -14,12 +14,15 @@ from ltjax.studies import bn_only
 
 
 def report(summary: dict) -> None:
-    """Print the mean test accuracy and near-zero gamma shares per arm."""
-    print("{:>17} {:>10} {:>10} {:>12} {:>12}".format(
+    """Print the test accuracy (mean ± std over replicates) and near-zero gamma shares per arm."""
+    print(f"test accuracy: mean ± std over {summary['num_replicates']} replicates; "
+          "gamma shares: mean")
+    print("{:>17} {:>10} {:>15} {:>12} {:>12}".format(
         "arm", "trainable", "test acc %", "|g|<0.01 %", "|g|<0.05 %"))
-    for row in summary["rows"]:
+    for row, std in zip(summary["rows"], summary["std"], strict=True):
         print(f"{row['arm']:>17} {int(row['trainable_params']):10d} "
-              f"{100 * row['test_accuracy']:10.2f} {100 * row['share_gamma_below_0.01']:12.2f} "
+              f"{100 * row['test_accuracy']:7.2f} ± {100 * std['test_accuracy']:5.2f} "
+              f"{100 * row['share_gamma_below_0.01']:12.2f} "
               f"{100 * row['share_gamma_below_0.05']:12.2f}")
 
 

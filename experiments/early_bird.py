@@ -14,14 +14,21 @@ from ltjax.studies import early_bird
 
 
 def report(summary: dict) -> None:
-    """Print the mean emergence epoch, accuracies and overlap per pruning ratio."""
-    print("{:>6} {:>9} {:>10} {:>10} {:>10} {:>9}".format(
+    """Print the emergence epoch, accuracies and overlap per pruning ratio (mean ± std)."""
+    print(f"accuracies: mean ± std over {summary['num_replicates']} replicates; others: mean")
+    print("{:>6} {:>9} {:>10} {:>15} {:>15} {:>9}".format(
         "p", "EB epoch", "kept %", "EB acc %", "full acc %", "overlap"))
-    for row in summary["rows"]:
+    for row, std in zip(summary["rows"], summary["std"], strict=True):
         epoch = "never" if row["eb_epoch"] is None else f"{row['eb_epoch']:.1f}"
         print(f"{row['p']:6.2f} {epoch:>9} {100 * row['kept_channels']:10.1f} "
-              f"{100 * row['eb_test_accuracy']:10.2f} {100 * row['full_test_accuracy']:10.2f} "
+              f"{_cell(row['eb_test_accuracy'], std['eb_test_accuracy'])} "
+              f"{_cell(row['full_test_accuracy'], std['full_test_accuracy'])} "
               f"{row['overlap_with_final_mask']:9.3f}")
+
+
+def _cell(mean: float | None, std: float | None) -> str:
+    """``mean ± std`` in percent, or ``-`` where no replicate has the value."""
+    return f"{'-':>15}" if mean is None else f"{100 * mean:7.2f} ± {100 * std:5.2f}"
 
 
 if __name__ == "__main__":

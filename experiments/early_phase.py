@@ -17,12 +17,16 @@ from ltjax.studies import early_phase
 
 
 def report(summary: dict) -> None:
-    """Print the mean test accuracy, drop and effective std per k and perturbation."""
-    print("{:>6} {:>34} {:>10} {:>10} {:>10}".format(
+    """Print the test accuracy and drop (mean ± std over replicates) per k and perturbation."""
+    print(f"accuracy and drop: mean ± std over {summary['num_replicates']} replicates; "
+          "effective std: mean")
+    print("{:>6} {:>34} {:>15} {:>15} {:>10}".format(
         "k", "perturbation", "test acc %", "drop pp", "eff. std"))
-    for row in summary["rows"]:
-        print(f"{row['k']:>6} {row['perturbation']:>34} {100 * row['test_accuracy']:10.2f} "
-              f"{100 * row['test_accuracy_drop']:10.2f} {row['effective_std']:10.4f}")
+    for row, std in zip(summary["rows"], summary["std"], strict=True):
+        print(f"{row['k']:>6} {row['perturbation']:>34} "
+              f"{100 * row['test_accuracy']:7.2f} ± {100 * std['test_accuracy']:5.2f} "
+              f"{100 * row['test_accuracy_drop']:7.2f} ± {100 * std['test_accuracy_drop']:5.2f} "
+              f"{row['effective_std']:10.4f}")
 
 
 if __name__ == "__main__":

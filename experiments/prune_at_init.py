@@ -14,12 +14,14 @@ from ltjax.studies import prune_at_init
 
 
 def report(summary: dict) -> None:
-    """Print the mean test accuracy per density, method and ablation."""
-    print("{:>9} {:>10} {:>8} {:>10} {:>10}".format(
+    """Print the test accuracy (mean ± std over replicates) per density, method and ablation."""
+    print(f"test accuracy: mean ± std over {summary['num_replicates']} replicates")
+    print("{:>9} {:>10} {:>8} {:>10} {:>15}".format(
         "density %", "method", "ablation", "kept %", "test acc %"))
-    for row in summary["rows"]:
+    for row, std in zip(summary["rows"], summary["std"], strict=True):
         print(f"{100 * row['density']:9.2f} {row['method']:>10} {row['ablation']:>8} "
-              f"{100 * row['kept_density']:10.2f} {100 * row['test_accuracy']:10.2f}")
+              f"{100 * row['kept_density']:10.2f} "
+              f"{100 * row['test_accuracy']:7.2f} ± {100 * std['test_accuracy']:5.2f}")
 
 
 if __name__ == "__main__":

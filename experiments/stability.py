@@ -13,12 +13,15 @@ from ltjax.studies import stability
 
 
 def report(summary: dict) -> None:
-    """Print the study's summary table."""
-    print("{:>7} {:>6} {:>15} {:>9} {:>12}".format("k", "split", "instability %", "stable %",
+    """Print the study's summary table: mean ± std over the pairs of copies per k and split."""
+    print(f"mean ± std over {summary['num_pairs']} pairs of copies")
+    print("{:>7} {:>6} {:>15} {:>9} {:>15}".format("k", "split", "instability %", "stable %",
                                                    "accuracy %"))
-    for row in summary["rows"]:
-        print(f"{row['k']:>7} {row['split']:>6} {100 * row['instability']:15.2f} "
-              f"{100 * row['stable']:9.0f} {100 * row['accuracy_a']:12.2f}")
+    for row, std in zip(summary["rows"], summary["std"], strict=True):
+        print(f"{row['k']:>7} {row['split']:>6} "
+              f"{100 * row['instability']:7.2f} ± {100 * std['instability']:5.2f} "
+              f"{100 * row['stable']:9.0f} "
+              f"{100 * row['accuracy_a']:7.2f} ± {100 * std['accuracy_a']:5.2f}")
 
 
 if __name__ == "__main__":

@@ -13,13 +13,15 @@ from ltjax.studies import soft_threshold
 
 
 def report(summary: dict) -> None:
-    """Print the mean sparsity and test accuracy per method, s_init and weight decay."""
-    print("{:>8} {:>7} {:>12} {:>10} {:>10}".format(
+    """Print sparsity and test accuracy (mean ± std) per method, s_init and weight decay."""
+    print(f"mean ± std over {summary['num_replicates']} replicates")
+    print("{:>8} {:>7} {:>12} {:>15} {:>15}".format(
         "method", "s_init", "weight decay", "sparsity %", "test acc %"))
-    for row in summary["rows"]:
+    for row, std in zip(summary["rows"], summary["std"], strict=True):
         s_init = "-" if row["s_init"] is None else f"{row['s_init']:g}"
         print(f"{row['method']:>8} {s_init:>7} {row['weight_decay']:12.2g} "
-              f"{100 * row['sparsity']:10.2f} {100 * row['test_accuracy']:10.2f}")
+              f"{100 * row['sparsity']:7.2f} ± {100 * std['sparsity']:5.2f} "
+              f"{100 * row['test_accuracy']:7.2f} ± {100 * std['test_accuracy']:5.2f}")
 
 
 if __name__ == "__main__":

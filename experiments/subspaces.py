@@ -14,19 +14,20 @@ from ltjax.studies import subspaces
 
 
 def report(summary: dict) -> None:
-    """Print the mean accuracies, error barrier and cos^2 of each arm."""
-    print("{:>22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}".format(
-        "arm", "end 0 %", "mid %", "end 1 %", "ens %", "barrier", "cos^2"))
+    """Print the accuracies, error barrier (mean ± std over replicates) and cos^2 of each arm."""
+    print(f"mean ± std over {summary['num_replicates']} replicates; cos^2: mean")
+    print("{:>22} {:>15} {:>15} {:>15} {:>15} {:>15} {:>9}".format(
+        "arm", "end 0 %", "mid %", "end 1 %", "ens %", "barrier %", "cos^2"))
 
-    def cell(value, scale=100.0):
-        return f"{'-':>9}" if value is None else f"{scale * value:9.2f}"
+    def cell(mean, std):
+        return f" {'-':>15}" if mean is None else f" {100 * mean:7.2f} ± {100 * std:5.2f}"
 
     def cos2(value):
-        return f"{'-':>9}" if value is None else f"{value:9.1e}"
+        return f" {'-':>9}" if value is None else f" {value:9.1e}"
 
-    for row in summary["rows"]:
+    for row, std in zip(summary["rows"], summary["std"], strict=True):
         arm = row["variant"] if row["beta"] is None else f"{row['variant']}@{row['beta']:g}"
-        print(f"{arm:>22}" + "".join(cell(row[k]) for k in (
+        print(f"{arm:>22}" + "".join(cell(row[k], std[k]) for k in (
             "endpoint_0_accuracy", "midpoint_accuracy", "endpoint_1_accuracy",
             "ensemble_accuracy", "error_barrier")) + cos2(row["cos_squared"]))
 

@@ -17,12 +17,14 @@ from ltjax.studies import supermask
 
 
 def report(summary: dict) -> None:
-    """Print the mean test accuracy per method, weight init (or criterion) and density."""
-    print("{:>30} {:>8} {:>10}".format("weight init / criterion", "density", "test acc %"))
-    for row in summary["rows"]:
+    """Print the test accuracy (mean ± std) per method, weight init (or criterion) and density."""
+    print(f"test accuracy: mean ± std over {summary['num_replicates']} replicates")
+    print("{:>30} {:>8} {:>15}".format("weight init / criterion", "density", "test acc %"))
+    for row, std in zip(summary["rows"], summary["std"], strict=True):
         name = (f"{row['criterion']}, {row['weight_init']}" if row.get("criterion")
                 else row["weight_init"])
-        print(f"{name:>30} {row['density']:8.3f} {100 * row['test_accuracy']:10.2f}")
+        print(f"{name:>30} {row['density']:8.3f} "
+              f"{100 * row['test_accuracy']:7.2f} ± {100 * std['test_accuracy']:5.2f}")
 
 
 if __name__ == "__main__":

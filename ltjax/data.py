@@ -594,7 +594,9 @@ def _missing_message(name: str, path: pathlib.Path, error: Exception) -> str:
         f"or point {DATA_DIR_ENV} (or data_dir=) at a folder laid out as "
         f"<dir>/{name}/{name}.npz.\n"
         f"On a machine with a network, load({name!r}) fetches it with tensorflow_datasets and "
-        f"writes that file; building it needs TensorFlow: pip install 'ltjax[prepare]'."
+        f"writes that file; building it needs TensorFlow, which ltjax's 'prepare' extra "
+        f"installs (ltjax is not on PyPI): pip install -e '.[prepare]' in a clone of the "
+        f"ltjax repository."
     )
 
 

@@ -13,6 +13,23 @@ hyperparameter argument. It is sharded over the local devices with
 ``shard_map``; inside a device the local members are either ``vmap``-ed or
 run one after another.
 
+**Adding members changes no member's numbers.** A ``vmap`` over S members
+gives XLA a batch of S to pick kernels for, and member 0 differs in the last
+float bits between S = 2 and S = 4 (~2e-5 relative after 200 steps on CPU).
+So under ``'scan_vmap'`` the local members run in **blocks** of
+``member_block`` (vmapped inside a block, a rolled loop over blocks, the last
+block padded with copies): every member goes through the same block program
+whatever S is, and its numbers are bit for bit those of its solo run on the
+same machine (tested for S = 1, 2, 3, 4, 5, 8). The default block is 1 on CPU,
+where it is also faster than one vmap (LeNet-300-100 at S = 4 and 8 on 2
+devices: 78k vs 58k and 72k vs 51k examples/s, ``benchmarks/train_throughput.py``),
+and None on GPU/TPU: one vmap over all local members, fastest there, with
+numbers that may move in the last bits when S changes. Pass ``member_block=8`` (say) on an
+accelerator to get exactness for the price of padding S up to a multiple of 8
+per device (and use XLA's deterministic-ops flag: GPU autotuning may pick
+other kernels per compilation). ``'unrolled_loop'`` runs each member as its
+own sub-program and is exact already.
+
 Strategies (measured on a 2-core CPU, FACTS.md, and
 ``benchmarks/train_throughput.py``):
 
@@ -75,10 +92,40 @@ def choose_strategy(params: PyTree, backend: str | None = None) -> str:
     return "unrolled_loop" if (models.is_conv(params) and backend == "cpu") else "scan_vmap"
 
 
-def _map_local_members(fn: Callable, strategy: str, in_axes: tuple) -> Callable:
-    """Map ``fn`` over the local member block: vmap, or an unrolled Python loop."""
+def default_member_block(backend: str | None = None) -> int | None:
+    """1 on CPU (exact whatever S, and faster there), None on GPU/TPU (module doc)."""
+    return 1 if (backend or jax.default_backend()) == "cpu" else None
+
+
+def _map_local_members(fn: Callable, strategy: str, in_axes: tuple,
+                       block: int | None = None) -> Callable:
+    """Map ``fn`` over the local members: vmap (in blocks of ``block``), or an unrolled loop.
+
+    With ``block``, the mapped arguments' leading axis (a multiple of
+    ``block``) is split into ``[num_blocks, block]``; ``lax.map`` runs the
+    vmapped ``fn`` over the blocks, so one block program serves every member.
+    """
     if strategy == "scan_vmap":
-        return jax.vmap(fn, in_axes=in_axes)
+        vmapped = jax.vmap(fn, in_axes=in_axes)
+        if block is None:
+            return vmapped
+
+        def blocked(*args):
+            mapped = [a for a, ax in zip(args, in_axes, strict=True) if ax == 0]
+            num_local = jax.tree.leaves(mapped)[0].shape[0]
+            split = [jax.tree.map(lambda x: x.reshape(num_local // block, block, *x.shape[1:]),
+                                  a) for a in mapped]
+            shared = [a for a, ax in zip(args, in_axes, strict=True) if ax != 0]
+
+            def one_block(block_args):
+                it_mapped, it_shared = iter(block_args), iter(shared)
+                return vmapped(*[next(it_mapped) if ax == 0 else next(it_shared)
+                                 for ax in in_axes])
+
+            out = jax.lax.map(one_block, split)
+            return jax.tree.map(lambda x: x.reshape(num_local, *x.shape[2:]), out)
+
+        return blocked
 
     def looped(*args):
         mapped = [a for a, ax in zip(args, in_axes, strict=True) if ax == 0]
@@ -111,10 +158,14 @@ class Executor:
         identical numbers, faster conv steps on XLA:CPU). None (default):
         on for ``'unrolled_loop'`` when the model has the option unset.
         ``executor.model`` stays the model given.
+      member_block: under ``'scan_vmap'``, members vmapped together on a
+        device (a block); None vmaps all local members at once. ``'auto'``
+        (default): :func:`default_member_block`. See the module doc: with a
+        block, adding members changes no member's numbers.
 
     Raises:
       ValueError: an unknown strategy, a batch larger than the train split,
-        a reparameterisation that does not fit the model.
+        a reparameterisation that does not fit the model, a bad member_block.
     """
 
     def __init__(
@@ -122,9 +173,16 @@ class Executor:
         reparam: reparam_lib.Reparam | None = None, strategy: str = "auto",
         steps_per_call: int | None = None, eval_batch_size: int = 1000,
         devices: list[jax.Device] | None = None, materialize_inputs: bool | None = None,
+        member_block: int | str | None = "auto",
     ):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        if member_block == "auto":
+            member_block = default_member_block()
+        if member_block is not None and (isinstance(member_block, bool) or not isinstance(
+                member_block, int | np.integer) or member_block < 1):
+            raise ValueError(f"member_block must be an int >= 1, None or 'auto', "
+                             f"got {member_block!r}")
         if recipe.batch_size > len(dataset.train):
             raise ValueError(
                 f"batch_size={recipe.batch_size} is larger than the train split "
@@ -152,6 +210,9 @@ class Executor:
         self._program_model = model if materialize_inputs is None else model.clone(
             materialize_inputs=materialize_inputs)
         self.steps_per_call = steps_per_call or (500 if self.strategy == "scan_vmap" else 1)
+        #: Members vmapped together per device (None: all); 1 under ``'unrolled_loop'``.
+        self.member_block = (None if member_block is None else int(member_block)) if (
+            self.strategy == "scan_vmap") else 1
         self.eval_batch_size = eval_batch_size
         self.steps_per_epoch = len(dataset.train) // recipe.batch_size
         #: Shapes and dtypes of one member's state (no member axis).
@@ -160,6 +221,22 @@ class Executor:
                              "test": dataset.test}
         self._programs: dict[tuple, Callable] = {}
         self._device_splits: dict[tuple, data.DeviceSplit] = {}
+
+    def like(self, *, model: Any = None, recipe: optim.Recipe | None = None,
+             reparam: reparam_lib.Reparam | None = None) -> Executor:
+        """An executor on the same dataset and devices, with this one's placement.
+
+        The strategy, steps per call, evaluation batch and member block are
+        kept; ``model``, ``recipe`` and ``reparam`` replace this one's when given
+        (the reparameterisation is not inherited: None is the identity).
+
+        Example:
+            >>> str_executor = executor.like(reparam=soft_threshold.str_reparam(selection))
+        """
+        return Executor(model if model is not None else self.model, self.dataset,
+                        recipe or self.recipe, reparam=reparam, strategy=self.strategy,
+                        steps_per_call=self.steps_per_call, eval_batch_size=self.eval_batch_size,
+                        devices=self.devices, member_block=self.member_block)
 
     def _init_one(self, key: jax.Array) -> train.TrainState:
         return train.init_state(self.model, self.recipe, key, self.dataset.input_shape,
@@ -178,14 +255,21 @@ class Executor:
         return Mesh(np.array(self.devices[:num_devices]), ("seed",))
 
     def padded_size(self, num_members: int) -> int:
-        """S rounded up so every device of the mesh gets as many members.
+        """S rounded up so every device of the mesh gets as many members, in whole blocks.
 
         ``train`` and ``evaluate`` run ``padded_size(S)`` members (copies of
         the last one fill the gap) so that, e.g., 3 seeds use 2 devices rather
         than the ``gcd(3, 2) = 1`` the state is stored on; the copies are dropped.
         """
+        return self._placement(num_members)[1]
+
+    def _placement(self, num_members: int) -> tuple[Mesh, int]:
+        """The programs' mesh for S members (min(S, devices) devices) and padded S."""
         used = min(num_members, len(self.devices))
-        return -(-num_members // used) * used
+        per_device = -(-num_members // used)
+        block = self.member_block or 1
+        padded = -(-per_device // block) * block * used
+        return Mesh(np.array(self.devices[:used]), ("seed",)), padded
 
     def seed_sharding(self, num_members: int) -> NamedSharding:
         """``NamedSharding(mesh, P('seed'))`` for arrays with a leading member axis."""
@@ -279,15 +363,16 @@ class Executor:
             hparams = hparams.replace(label_smoothing=None)
         if masks is None:
             masks = self._all_true(num)
-        padded = self.padded_size(num)
+        mesh, padded = self._placement(num)
         start_step = state.step  # read back only to name the steps of a NaN
         state, masks, noise_keys, hparams_dev = jax.device_put(
-            _pad((state, masks, noise_keys, hparams), num, padded), self.seed_sharding(padded))
+            _pad((state, masks, noise_keys, hparams), num, padded),
+            NamedSharding(mesh, P("seed")))
         loss_sums, finite, done = [], [], 0
         while done < num_steps:
             chunk = min(self.steps_per_call, num_steps - done)
-            fn = self._program(("train", padded, chunk, smoothing),
-                               lambda c=chunk: self._build_train(padded, c))
+            fn = self._program(("train", padded, mesh.size, chunk, smoothing),
+                               lambda c=chunk: self._build_train(mesh, c))
             state, chunk_sum, chunk_finite = fn(state, masks, noise_keys, hparams_dev)
             loss_sums.append(chunk_sum)
             finite.append(chunk_finite)
@@ -308,7 +393,7 @@ class Executor:
             mean_loss = np.stack(sums).astype(np.float64)[:, :num].sum(axis=0) / num_steps
         else:
             mean_loss = np.zeros(num, np.float64)
-        if padded != num:
+        if padded != num or mesh.size != self.mesh(num).size:
             state = self.shard(_first(state, num))
         return state, mean_loss
 
@@ -317,8 +402,7 @@ class Executor:
             lambda p: jnp.ones((num, *p.shape), bool), self.abstract_params)))
         return fn()
 
-    def _build_train(self, num_members: int, num_steps: int) -> Callable:
-        mesh = self.mesh(num_members)
+    def _build_train(self, mesh: Mesh, num_steps: int) -> Callable:
         arrays = self.device_split("train", mesh.size, for_eval=False)
         unroll = self.strategy == "unrolled_loop"
         model, recipe, reparam = self._program_model, self.recipe, self.reparam
@@ -328,7 +412,8 @@ class Executor:
                                      num_steps=num_steps, unroll=unroll, hparams=hparams,
                                      reparam=reparam)
 
-        local = _map_local_members(one, self.strategy, in_axes=(0, 0, 0, 0, None))
+        local = _map_local_members(one, self.strategy, in_axes=(0, 0, 0, 0, None),
+                                   block=self.member_block)
         sharded = jax.shard_map(
             local, mesh=mesh, in_specs=(P("seed"), P("seed"), P("seed"), P("seed"), P()),
             out_specs=(P("seed"), P("seed")), check_vma=False,
@@ -385,17 +470,16 @@ class Executor:
                           output: str) -> Any:
         """The eval program on stacked trees padded over the devices, unpadded after."""
         num = _num_members(params)
-        padded = self.padded_size(num)
+        mesh, padded = self._placement(num)
         params, batch_stats = jax.device_put(_pad((params, batch_stats), num, padded),
-                                             self.seed_sharding(padded))
-        fn = self._program(("eval", padded, split, output),
-                           lambda: self._build_eval(padded, split, output))
+                                             NamedSharding(mesh, P("seed")))
+        fn = self._program(("eval", padded, mesh.size, split, output),
+                           lambda: self._build_eval(mesh, split, output))
         out = fn(params, batch_stats)
         return _first(out, num)
 
-    def _build_eval(self, num_members: int, split: str, output: str) -> Callable:
+    def _build_eval(self, mesh: Mesh, split: str, output: str) -> Callable:
         """Per-member :func:`ltjax.train.evaluate` (``'metrics'``) or ``predict`` (``'logits'``)."""
-        mesh = self.mesh(num_members)
         arrays = self.device_split(split, mesh.size, for_eval=True)
         unroll = self.strategy == "unrolled_loop"
         per_member = {"metrics": train.evaluate, "logits": train.predict}[output]
@@ -405,7 +489,8 @@ class Executor:
             return per_member(model, params, batch_stats, arrays, batch_size=batch_size,
                               unroll=unroll)
 
-        local = _map_local_members(one, self.strategy, in_axes=(0, 0, None))
+        local = _map_local_members(one, self.strategy, in_axes=(0, 0, None),
+                                   block=self.member_block)
         sharded = jax.shard_map(local, mesh=mesh, in_specs=(P("seed"), P("seed"), P()),
                                 out_specs=P("seed"), check_vma=False)
         jitted = jax.jit(sharded)
@@ -464,8 +549,11 @@ class Executor:
         if not isinstance(num_batches, int) or num_batches < 1:
             raise ValueError(f"num_batches must be an int >= 1 or None (one epoch), "
                              f"got {num_batches!r}")
-        sharding = self.seed_sharding(_num_members(params))
-        params, batch_stats = jax.device_put((params, batch_stats), sharding)
+        num = _num_members(params)
+        block = self.member_block if self.strategy == "scan_vmap" else 1
+        padded = num if block is None else -(-num // block) * block
+        sharding = self.seed_sharding(padded)
+        params, batch_stats = jax.device_put(_pad((params, batch_stats), num, padded), sharding)
         arrays = self.device_split("train", sharding.num_devices, for_eval=False)
         key = jax.random.key(seed)
         index = data.batch_indices(key, 0, num_steps=num_batches,
@@ -482,13 +570,14 @@ class Executor:
                                                x.astype(jnp.float32))
                     return data.normalize(x, arrays.mean, arrays.std)
 
-                return jax.vmap(lambda p, b: train.recompute_batch_stats(
-                    model, p, b, batch_fn=batch, num_batches=index.shape[0]))(
-                        params, batch_stats)
+                return _map_local_members(lambda p, b: train.recompute_batch_stats(
+                    model, p, b, batch_fn=batch, num_batches=index.shape[0]),
+                    "scan_vmap", in_axes=(0, 0), block=block)(params, batch_stats)
             return jax.jit(recompute)
 
-        return self._program(("recompute", augmented), build)(
+        stats = self._program(("recompute", augmented), build)(
             params, batch_stats, arrays, index, rng.stream(key, "augment"))
+        return stats if padded == num else _first(stats, num)
 
 
 def _pad(stacked: PyTree, num: int, padded: int) -> PyTree:

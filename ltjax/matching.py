@@ -10,7 +10,8 @@ interpolated or averaged.
   on, keyed on path names (``'Dense_0/kernel'``); the bundled models build
   theirs next to their definition (:func:`ltjax.models.permutation_spec`).
 - :func:`check_spec`: the spec against a params (and batch-stats) tree.
-- :func:`apply_permutation`: permute params, batch statistics or masks alike.
+- :func:`apply_permutation`: permute params, batch statistics or masks alike
+  (:func:`check_perms`: the perms are permutations of the right lengths).
 - :func:`weight_matching`: the paper's Algorithm 1 (coordinate descent over
   permutations in random order, each step a linear assignment), with
   restarts that keep the best objective.
@@ -222,20 +223,143 @@ def check_spec(spec: PermutationSpec, params: PyTree, batch_stats: PyTree | None
     return {name: next(iter(sizes[name])) for name in sorted(sizes)}
 
 
-def _check_perms(spec: PermutationSpec, perms: Mapping[str, Any], sizes: Mapping[str, int] | None,
-                 name: str = "perms") -> None:
-    missing = sorted(set(spec.names) - set(perms))
-    unknown = sorted(set(perms) - set(spec.names))
+def _check_names(spec: PermutationSpec, mapping: Mapping[str, Any], name: str) -> None:
+    missing = sorted(set(spec.names) - set(mapping))
+    unknown = sorted(set(mapping) - set(spec.names))
     if missing or unknown:
         raise ValueError(
             f"{name} must have one entry per permutation of the spec {list(spec.names)}; "
             f"missing {missing}, unknown {unknown}"
         )
-    if sizes is not None:
-        for perm, size in sizes.items():
-            shape = np.shape(perms[perm])
-            if shape != (size,):
-                raise ValueError(f"{name}[{perm!r}] has shape {shape}, expected ({size},)")
+
+
+#: Where a permutation acts: ``(path, axis, n, repeats)`` per leaf axis.
+_Where = list[tuple[str, int, int, int]]
+
+
+def _spec_where(spec: PermutationSpec, sizes: Mapping[str, int]) -> dict[str, _Where]:
+    """The params axes of each permutation, of the sizes :func:`check_spec` found."""
+    return {name: [(path, axis, sizes[name], _parse_axis(spec.params[path][axis], path)[1])
+                   for path, axis in spec.perm_to_axes[name]] for name in sizes}
+
+
+def _tree_where(spec: PermutationSpec, tree_: PyTree, leading_axes: int = 0,
+                ) -> dict[str, _Where]:
+    """The axes of ``tree_``'s leaves each permutation acts on; checks the leaves fit the spec."""
+    out: dict[str, _Where] = {}
+    for path, leaf in zip(tree.names(tree_), jax.tree.leaves(tree_), strict=True):
+        if path not in spec.axes:
+            raise ValueError(f"leaf {path!r} of the tree has no entry in the permutation spec")
+        entries = spec.axes[path]
+        shape = tuple(np.shape(leaf))[leading_axes:]
+        if len(entries) != len(shape):
+            raise ValueError(
+                f"spec axes[{path!r}] has {len(entries)} entries but the leaf has shape "
+                f"{np.shape(leaf)} (for stacked trees, jax.vmap apply_permutation)"
+            )
+        for axis, entry in enumerate(entries):
+            name, repeats = _parse_axis(entry, path)
+            if name is None:
+                continue
+            if shape[axis] % repeats:
+                raise ValueError(f"spec axes[{path!r}][{axis}] = {entry!r}: size {shape[axis]} "
+                                 f"is not a multiple of {repeats}")
+            out.setdefault(name, []).append((path, axis, shape[axis] // repeats, repeats))
+    return out
+
+
+def _brief(values: Sequence[Any], limit: int = 5) -> str:
+    shown = ", ".join(str(v) for v in values[:limit])
+    return f"[{shown}{', ...' if len(values) > limit else ''}]"
+
+
+def _check_perm(label: str, perm: Any, where: _Where, *, leading_axes: int = 0) -> None:
+    """One permutation ``[*leading, n]``: integer dtype, rank, length, and values when concrete."""
+    acts = f" (it permutes axis {where[0][1]} of {where[0][0]!r})" if where else ""
+    dtype = np.dtype(perm.dtype) if hasattr(perm, "dtype") else np.asarray(perm).dtype
+    if not np.issubdtype(dtype, np.integer):
+        raise ValueError(f"{label} must have an integer dtype, got {dtype}{acts}")
+    shape = tuple(np.shape(perm))
+    if len(shape) != 1 + leading_axes:
+        hint = " (for stacked perms, jax.vmap the call)" if len(shape) > 1 + leading_axes else ""
+        raise ValueError(
+            f"{label} must have shape [{', '.join(['S'] * leading_axes + ['n'])}], "
+            f"got {shape}{acts}{hint}")
+    n = shape[-1]
+    for path, axis, size, repeats in where:
+        if n != size:
+            read = f", read as [{repeats}, {size}]" if repeats > 1 else ""
+            raise ValueError(f"{label} has length {n}, expected {size}: it permutes axis {axis} "
+                             f"of {path!r}{read}")
+    if isinstance(perm, jax.core.Tracer):
+        return  # traced (inside jit or vmap): only the shape and dtype are known
+    rows = np.asarray(perm).reshape(-1, n)
+    for index, row in enumerate(rows):
+        if np.array_equal(np.sort(row), np.arange(n)):
+            continue
+        inside = row[(row >= 0) & (row < n)]
+        counts = np.bincount(inside, minlength=n)
+        problems = []
+        outside = sorted({int(v) for v in row if not 0 <= v < n})
+        if outside:
+            problems.append(f"out of range {_brief(outside)}")
+        repeated = np.flatnonzero(counts > 1).tolist()
+        if repeated:
+            problems.append("repeated " + _brief([f"{v} ({counts[v]}x)" for v in repeated]))
+        missing = np.flatnonzero(counts == 0).tolist()
+        if missing:
+            problems.append(f"missing {_brief(missing)}")
+        at = (f"[{', '.join(str(int(i)) for i in np.unravel_index(index, shape[:-1]))}]"
+              if leading_axes else "")
+        raise ValueError(f"{label}{at} is not a permutation of range({n}){acts}: "
+                         f"{'; '.join(problems)}")
+
+
+def _check_perms(spec: PermutationSpec, perms: Mapping[str, Any], where: Mapping[str, _Where],
+                 name: str = "perms", *, leading_axes: int = 0) -> None:
+    """Names of ``perms`` against ``spec``; then each one's dtype, rank, length and values.
+
+    ``where``: the leaf axes each permutation acts on (its length is checked
+    against them; a permutation absent from it gets no length check).
+    """
+    _check_names(spec, perms, name)
+    for perm in spec.names:
+        _check_perm(f"{name}[{perm!r}]", perms[perm], where.get(perm, []),
+                    leading_axes=leading_axes)
+
+
+def check_perms(spec: PermutationSpec, perms: Mapping[str, Any], tree_: PyTree = None, *,
+                leading_axes: int = 0) -> None:
+    """Raise ``ValueError`` unless ``perms`` are permutations for ``spec`` (and ``tree_``).
+
+    One entry per permutation of the spec, each an integer array ``[n]``
+    that holds every ``0..n-1`` once; with ``tree_`` (params, batch
+    statistics or masks), ``n`` must be the size of every axis it permutes.
+    :func:`apply_permutation` runs this check itself, but inside ``jax.jit``
+    or ``jax.vmap`` the perms are traced and only their shape and dtype can be
+    checked: check stacked perms ``[S, n]`` with ``leading_axes=1`` before
+    vmapping over them.
+
+    Args:
+      spec: the :class:`PermutationSpec`.
+      perms: ``{name: int array [*leading, n]}``.
+      tree_: optional tree the perms will permute (its leaves with the same
+        ``leading_axes``).
+      leading_axes: stacked axes in front of each permutation (and leaf).
+
+    Raises:
+      ValueError: naming the permutation and the leaf axis it acts on: a
+        missing or unknown name, a non-integer dtype, a wrong length, or
+        values that are not a permutation (listing the repeated, missing or
+        out-of-range ones).
+
+    Example:
+        >>> check_perms(spec, {"Dense_0": jnp.zeros(512, jnp.int32), ...}, params)
+        ValueError: perms['Dense_0'] is not a permutation of range(512) (it permutes axis 0 of
+        'Dense_0/bias'): repeated [0 (512x)]; missing [1, 2, 3, 4, 5, ...]
+    """
+    where = {} if tree_ is None else _tree_where(spec, tree_, leading_axes)
+    _check_perms(spec, perms, where, leading_axes=leading_axes)
 
 
 def _permute_leaf(leaf: jax.Array, entries: Sequence[Axis], perms: Mapping[str, jax.Array],
@@ -254,30 +378,32 @@ def apply_permutation(spec: PermutationSpec, perms: Mapping[str, jax.Array], tre
     permuted params. For trees stacked over seeds ``[S, ...]``, ``jax.vmap``
     it (perms stacked ``[S, n]`` or broadcast).
 
+    ``perms`` are checked before any work (:func:`check_perms`): each must be
+    an integer array whose length is the size of every axis of ``tree_`` it
+    permutes and, when concrete, hold every ``0..n-1`` once. Inside
+    ``jax.jit`` or ``jax.vmap`` (stacked perms ``[S, n]``) the perms are
+    traced and only their shape and dtype are checked: check stacked perms
+    with ``check_perms(spec, perms, leading_axes=1)`` before the vmap.
+
     Raises:
       ValueError: a leaf of ``tree_`` has no spec entry or a different number
-        of axes; ``perms`` lacks a permutation.
+        of axes; ``perms`` lacks a permutation, has one of a non-integer
+        dtype or of the wrong length (naming the leaf axis it permutes), or
+        one that is not a permutation (e.g. all zeros: naming the repeated
+        and missing values).
 
     Example:
         >>> params_b_aligned = apply_permutation(spec, perms, params_b)
         >>> stats_b_aligned = apply_permutation(spec, perms, batch_stats_b)
     """
-    _check_perms(spec, perms, None)
-    return _apply_permutation(spec, dict(perms), tree_)
+    _check_perms(spec, perms, _tree_where(spec, tree_))
+    return _apply_permutation(spec, {name: jnp.asarray(p) for name, p in perms.items()}, tree_)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _apply_permutation(spec: PermutationSpec, perms: Perms, tree_: PyTree) -> PyTree:
-    def one(path: str, leaf: Any) -> Any:
-        if path not in spec.axes:
-            raise ValueError(f"leaf {path!r} of the tree has no entry in the permutation spec")
-        entries = spec.axes[path]
-        if len(entries) != np.ndim(leaf):
-            raise ValueError(
-                f"spec axes[{path!r}] has {len(entries)} entries but the leaf has shape "
-                f"{np.shape(leaf)} (for stacked trees, jax.vmap apply_permutation)"
-            )
-        return _permute_leaf(jnp.asarray(leaf), entries, perms)
+    def one(path: str, leaf: Any) -> Any:  # leaves checked by _tree_where
+        return _permute_leaf(jnp.asarray(leaf), spec.axes[path], perms)
 
     return tree.map_with_name(one, tree_)
 
@@ -300,8 +426,15 @@ def random_perms(sizes: Mapping[str, int], key: jax.Array) -> Perms:
 
 
 def inverse(perms: Mapping[str, jax.Array]) -> Perms:
-    """The inverse permutations: ``apply(inverse(p), apply(p, t)) == t``."""
-    return {name: jnp.argsort(p).astype(jnp.int32) for name, p in perms.items()}
+    """The inverse permutations: ``apply(inverse(p), apply(p, t)) == t``.
+
+    Raises:
+      ValueError: a permutation of a non-integer dtype or not 1-D, or (when
+        concrete) not a permutation of ``range(n)``, named by its key.
+    """
+    for name, p in perms.items():
+        _check_perm(f"perms[{name!r}]", p, [])
+    return {name: jnp.argsort(jnp.asarray(p)).astype(jnp.int32) for name, p in perms.items()}
 
 
 # ----------------------------------------------------------------------------
@@ -462,7 +595,7 @@ def objective(spec: PermutationSpec, params_a: PyTree, params_b: PyTree,
         4676.53
     """
     sizes = _check_pair(spec, params_a, params_b)
-    _check_perms(spec, perms, sizes)
+    _check_perms(spec, perms, _spec_where(spec, sizes))
     host = {name: np.asarray(p) for name, p in perms.items()}
     total = 0.0
     for path, w_a, w_b in zip(tree.names(params_a), jax.tree.leaves(params_a),
@@ -655,9 +788,10 @@ def weight_matching(
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     sizes = _check_pair(spec, params_a, params_b)
+    if init_perms is not None:
+        _check_perms(spec, init_perms, _spec_where(spec, sizes), name="init_perms")
     start = identity_perms(sizes) if init_perms is None else {
         k: jnp.asarray(v, jnp.int32) for k, v in init_perms.items()}
-    _check_perms(spec, start, sizes, name="init_perms")
     flat_a, flat_b = _flat(params_a), _flat(params_b)
     best = None
     objectives = []
@@ -800,10 +934,10 @@ def activation_matching(
         if activations_a is None or activations_b is None:
             raise ValueError("give activations_a and activations_b, or moments")
         for name, acts in (("activations_a", activations_a), ("activations_b", activations_b)):
-            _check_perms(spec, acts, None, name=name)
+            _check_names(spec, acts, name)
         moments = activation_moments(activations_a, activations_b)
     else:
-        _check_perms(spec, moments, None, name="moments")
+        _check_names(spec, moments, "moments")
     perms, total = {}, 0.0
     for name in spec.names:
         matrix = similarity_of(moments[name], similarity)

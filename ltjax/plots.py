@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 import matplotlib
@@ -16,6 +16,54 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib import ticker  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+MAX_DENSITY_TICKS = 16
+"""The most ticks a density axis labels; more densities get an evenly spread subset."""
+
+
+def dataset_label(name: str | os.PathLike) -> str:
+    """The name of a dataset for a figure's title: a path's file name without ``.npz``.
+
+    Args:
+      name: a dataset name (``'mnist'``) or a path to an ``.npz`` file or a folder.
+
+    Returns:
+      ``name`` itself for a bare name, else the last component of the path
+      without its ``.npz`` suffix.
+
+    Example:
+        >>> dataset_label("/data/cifar10_first4000/cifar10_train_first4000.npz")
+        'cifar10_train_first4000'
+    """
+    text = os.fspath(name)
+    if "/" not in text and os.sep not in text and not text.endswith(".npz"):
+        return text
+    path = pathlib.PurePath(text.rstrip("/" + os.sep))
+    return path.name.removesuffix(".npz")
+
+
+def percent_label(percent: float) -> str:
+    """A density in percent as a tick label: 3 significant digits from 10 up, else 2.
+
+    Example:
+        >>> [percent_label(100 * 0.8**n) for n in (0, 1, 3, 4, 15)]
+        ['100', '80', '51.2', '41', '3.5']
+    """
+    return f"{percent:.3g}" if percent >= 10 else f"{percent:.2g}"
+
+
+def band_label(kind: str, count: int, unit: str = "replicates") -> str:
+    """The legend text of a shaded band: ``kind`` is ``'std'`` (+-1 std) or ``'range'`` (min-max).
+
+    Example:
+        >>> band_label("std", 4)
+        '±1 std over 4 replicates'
+    """
+    what = {"std": "±1 std", "range": "min-max"}[kind]
+    return f"{what} over {count} {unit}"
 
 
 def mean_and_spread(records: Sequence[dict], *, x: str, y: str) -> tuple[np.ndarray, ...]:
@@ -28,6 +76,73 @@ def mean_and_spread(records: Sequence[dict], *, x: str, y: str) -> tuple[np.ndar
     values = [np.array(groups[k]) for k in xs]
     stats = [np.array([f(v) for v in values]) for f in (np.mean, np.std, np.min, np.max)]
     return (xs, *stats)
+
+
+def _group_size(records: Sequence[dict], *, x: str) -> int:
+    """The most records sharing one value of ``x``: the S of a band over S samples."""
+    return max(Counter(r[x] for r in records).values(), default=0)
+
+
+def _density_axis(ax, densities: Sequence[float]) -> None:
+    """A log density axis in percent, dense on the left, ticks at the densities drawn.
+
+    At most :data:`MAX_DENSITY_TICKS` ticks (evenly spread over the densities,
+    both ends kept), labelled by :func:`percent_label`; no minor ticks.
+    """
+    percents = sorted({float(100 * d) for d in densities}, reverse=True)
+    ax.set_xscale("log")
+    if percents:
+        if len(percents) > MAX_DENSITY_TICKS:
+            keep = np.unique(np.round(np.linspace(0, len(percents) - 1, MAX_DENSITY_TICKS)))
+            percents = [percents[int(i)] for i in keep]
+        ax.set_xticks(percents, [percent_label(p) for p in percents], fontsize=8)
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
+    if not ax.xaxis_inverted():
+        ax.invert_xaxis()
+    ax.set_xlabel("percent of prunable weights remaining")
+
+
+def _error_ylim(ax, tops: Sequence[float]) -> None:
+    """Errors in percent from 0 to the largest drawn value, at least 1 (never a zoom on noise)."""
+    ax.set_ylim(0.0, max([1.0, *(1.05 * float(t) for t in tops)]))
+
+
+def _style(ax, *, xlabel: str | None = None, ylabel: str | None = None,
+           bands: Sequence[tuple[str, float]] = (), legend: bool = True,
+           fontsize: float = 8, title: str | None = None, **legend_kw) -> None:
+    """Label an axis, draw its grid and its legend.
+
+    Args:
+      ax: the axis.
+      xlabel: its x label (None: keep it).
+      ylabel: its y label (None: keep it).
+      bands: ``(text, alpha)`` per kind of shaded band on the axis: one grey
+        legend entry each, after the lines'.
+      legend: whether to draw a legend.
+      fontsize: the legend's font size.
+      title: the axis title (None: none).
+      **legend_kw: more ``ax.legend`` arguments.
+    """
+    if xlabel is not None:
+        ax.set_xlabel(xlabel)
+    if ylabel is not None:
+        ax.set_ylabel(ylabel)
+    if title is not None:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if legend:
+        handles, _ = ax.get_legend_handles_labels()
+        handles += [Patch(facecolor="grey", alpha=alpha, label=text) for text, alpha in bands]
+        if handles:
+            ax.legend(handles=handles, fontsize=fontsize, **legend_kw)
+
+
+def _finish(fig, path: str | os.PathLike, title: str) -> None:
+    """Give ``fig`` its title, lay it out and write it to ``path``."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
 
 
 def plot_learning_curves(
@@ -43,6 +158,7 @@ def plot_learning_curves(
       title: the figure title.
     """
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    num = len({r["replicate"] for r in records}) if records else 0
     for split in splits:
         rows = [r for r in records if r["split"] == split]
         if not rows:
@@ -55,14 +171,9 @@ def plot_learning_curves(
             ax.fill_between(xs, mean - std, mean + std, alpha=0.3, color=line.get_color())
             ax.fill_between(xs, lo, hi, alpha=0.1, color=line.get_color())
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
-        ax.set_xlabel("step")
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    num = len({r["replicate"] for r in records}) if records else 0
-    fig.suptitle(title or f"learning curves ({num} replicates; band: ±1 std, light: min-max)")
-    fig.tight_layout()
-    _save(fig, path)
+        _style(ax, xlabel="step", ylabel=metric, fontsize=10,
+               bands=((band_label("std", num), 0.3), (band_label("range", num), 0.1)))
+    _finish(fig, path, title or f"learning curves ({num} replicates)")
 
 
 def plot_accuracy_vs_density(rows: Sequence[dict], path: str | os.PathLike, *,
@@ -73,14 +184,18 @@ def plot_accuracy_vs_density(rows: Sequence[dict], path: str | os.PathLike, *,
     ``replicate``, ``density``, ``test_accuracy``, optional
     ``early_stop_test_accuracy``); mean over replicates with a +-1 std band.
     The density axis is logarithmic and runs from dense (left) to sparse
-    (right), as in the LTH paper's figures.
+    (right), as in the LTH paper's figures, its ticks at the densities drawn.
+    A second panel shows the accuracy at the early-stop step, unless it
+    would repeat the first (every early stop at the final step).
     """
     per_replicate = [r for r in rows if isinstance(r["replicate"], int)]
     metrics = [("test_accuracy", "final test accuracy")]
-    if any("early_stop_test_accuracy" in r for r in per_replicate):
+    if any("early_stop_test_accuracy" in r and r["early_stop_test_accuracy"]
+           != r["test_accuracy"] for r in per_replicate):
         metrics.append(("early_stop_test_accuracy", "test accuracy at early stop"))
     fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.5), squeeze=False)
     branches = list(dict.fromkeys(r["branch"] for r in per_replicate))
+    num = len({r["replicate"] for r in per_replicate})
     for ax, (metric, label) in zip(axes[0], metrics, strict=True):
         for branch in branches:
             mine = [r for r in per_replicate if r["branch"] == branch and metric in r]
@@ -90,15 +205,10 @@ def plot_accuracy_vs_density(rows: Sequence[dict], path: str | os.PathLike, *,
             (line,) = ax.plot(100 * xs, 100 * mean, marker="o", ms=3, label=branch)
             ax.fill_between(100 * xs, 100 * (mean - std), 100 * (mean + std), alpha=0.2,
                             color=line.get_color())
-        ax.set_xscale("log")
-        ax.invert_xaxis()
-        ax.set_xlabel("percent of prunable weights remaining")
-        ax.set_ylabel(f"{label} (%)")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    _save(fig, path)
+        _density_axis(ax, [r["density"] for r in per_replicate])
+        _style(ax, ylabel=f"{label} (%)", fontsize=10,
+               bands=((band_label("std", num), 0.2),))
+    _finish(fig, path, title)
 
 
 def plot_level_curves(records: Sequence[dict], path: str | os.PathLike, *, split: str = "test",
@@ -118,13 +228,8 @@ def plot_level_curves(records: Sequence[dict], path: str | os.PathLike, *, split
         trained += list(100 * mean[1:])
     if trained:
         ax.set_ylim(max(0.0, min(trained) - 0.5), min(100.0, max(trained) + 0.3))
-    ax.set_xlabel("step")
-    ax.set_ylabel(f"{split} accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.suptitle(title)
-    fig.tight_layout()
-    _save(fig, path)
+    _style(ax, xlabel="step", ylabel=f"{split} accuracy (%)", fontsize=7, ncol=2)
+    _finish(fig, path, title)
 
 
 def _save(fig, path: str | os.PathLike) -> None:
@@ -139,7 +244,9 @@ def plot_error_vs_alpha(records: Sequence[dict], path: str | os.PathLike, *,
     """Error along the interpolation path, one line per rewind step k, one panel per split.
 
     ``records`` are ``path`` records (``k``, ``split``, ``alpha``, ``accuracy``);
-    mean over replicates and pairs with a +-1 std band.
+    mean over replicates and pairs with a +-1 std band. The error axis runs
+    from 0 to the largest value drawn (at least 1 %), so a split that is
+    all but error-free shows flat lines rather than magnified noise.
     """
     splits = list(dict.fromkeys(r["split"] for r in records))
     fig, axes = plt.subplots(1, max(len(splits), 1), figsize=(6 * max(len(splits), 1), 4.5),
@@ -147,19 +254,20 @@ def plot_error_vs_alpha(records: Sequence[dict], path: str | os.PathLike, *,
     ks = sorted({r["k"] for r in records})
     cmap = plt.get_cmap("viridis", max(len(ks), 2))
     for ax, split in zip(axes[0], splits, strict=False):
+        tops, num = [], 0
         for i, k in enumerate(ks):
             mine = [{**r, "error": 100 * (1 - r["accuracy"])} for r in records
                     if r["k"] == k and r["split"] == split]
             xs, mean, std, _, _ = mean_and_spread(mine, x="alpha", y="error")
             (line,) = ax.plot(xs, mean, color=cmap(i), label=f"k = {k}")
-            ax.fill_between(xs, mean - std, mean + std, alpha=0.2, color=line.get_color())
-        ax.set_xlabel("interpolation alpha")
-        ax.set_ylabel(f"{split} error (%)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    _save(fig, path)
+            ax.fill_between(xs, np.maximum(mean - std, 0.0), mean + std, alpha=0.2,
+                            color=line.get_color())
+            tops += list(mean + std)
+            num = max(num, _group_size(mine, x="alpha"))
+        _error_ylim(ax, tops)
+        _style(ax, xlabel="interpolation alpha", ylabel=f"{split} error (%)", fontsize=10,
+               bands=((band_label("std", num, "pairs of copies"), 0.2),))
+    _finish(fig, path, title)
 
 
 _CURVE_COLORS = {("naive", "none"): "tab:grey", ("matched", "none"): "tab:green",
@@ -211,45 +319,40 @@ def plot_interpolation(records: Sequence[dict], path: str | os.PathLike, *,
                         label=label + extra[metric],
                         marker="." if split == "train" else None)
     for ax, name in zip(axes, ("loss", "accuracy (%)"), strict=True):
-        ax.set_xlabel("interpolation alpha (model 0 -> model j)")
-        ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6 if rows else 7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    _save(fig, path)
+        _style(ax, xlabel="interpolation alpha (model 0 -> model j)", ylabel=name,
+               fontsize=6 if rows else 7)
+    _finish(fig, path, title)
 
 
 def plot_branch_curves(records: Sequence[dict], path: str | os.PathLike, *, key: str,
                        split: str = "test", title: str = "") -> None:
-    """Accuracy vs step, one line per value of ``records[key]`` (mean over replicates).
+    """Accuracy vs step, one line per value of ``records[key]``: mean and min-max over replicates.
 
     Example:
         >>> plot_branch_curves(records, "plots/sparse.png", key="member")
     """
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    trained = []
+    trained, num = [], 0
     for value in dict.fromkeys(r[key] for r in records if r["split"] == split):
         mine = [r for r in records if r[key] == value and r["split"] == split]
         xs, mean, _, lo, hi = mean_and_spread(mine, x="step", y="accuracy")
         (line,) = ax.plot(xs, 100 * mean, label=str(value))
         ax.fill_between(xs, 100 * lo, 100 * hi, alpha=0.15, color=line.get_color())
         trained += list(100 * lo[1:] if len(lo) > 2 else 100 * lo)
+        num = max(num, _group_size(mine, x="step"))
     if trained:
         ax.set_ylim(max(0.0, min(trained) - 1.0), 100.0)
-    ax.set_xlabel("step")
-    ax.set_ylabel(f"{split} accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    _save(fig, path)
+    _style(ax, xlabel="step", ylabel=f"{split} accuracy (%)",
+           bands=((band_label("range", num), 0.15),))
+    _finish(fig, path, title)
+
 
 def plot_instability_vs_k(rows: Sequence[dict], path: str | os.PathLike, *,
                           title: str = "", threshold: float = 0.02) -> None:
     """Instability (error barrier) vs rewind step k per split: mean and spread over pairs."""
     rows = [r for r in rows if isinstance(r.get("replicate"), int)]
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    num = 0
     for split in dict.fromkeys(r["split"] for r in rows):
         mine = [{**r, "pct": 100 * r["instability"]} for r in rows if r["split"] == split]
         xs, mean, std, lo, hi = mean_and_spread(mine, x="k", y="pct")
@@ -258,14 +361,13 @@ def plot_instability_vs_k(rows: Sequence[dict], path: str | os.PathLike, *,
         ax.fill_between(positions, mean - std, mean + std, alpha=0.2, color=line.get_color())
         ax.fill_between(positions, lo, hi, alpha=0.08, color=line.get_color())
         ax.set_xticks(positions, [str(int(x)) for x in xs])
-    ax.axhline(100 * threshold, color="grey", ls="--", lw=1, label="stable below 2 %")
-    ax.set_xlabel("rewind step k (iterations)")
-    ax.set_ylabel("instability: error barrier (%)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    _save(fig, path)
+        num = max(num, _group_size(mine, x="k"))
+    ax.axhline(100 * threshold, color="grey", ls="--", lw=1,
+               label=f"stable below {100 * threshold:g} %")
+    _style(ax, xlabel="rewind step k (iterations)", ylabel="instability: error barrier (%)",
+           fontsize=10, bands=((band_label("std", num, "pairs of copies"), 0.2),
+                               (band_label("range", num, "pairs of copies"), 0.08)))
+    _finish(fig, path, title)
 
 
 _SOUP_STYLE = {  # model -> (marker, color, size, label)
@@ -297,9 +399,8 @@ def plot_soups(rows: Sequence[dict], path: str | os.PathLike, *, title: str = ""
                     ax.scatter([100 * float(r[x])], [100 * float(r[y])], marker=marker,
                                color=color, s=size, label=label, edgecolors="white",
                                linewidths=0.5, zorder=3)
-        ax.set_xlabel(x.replace("_", " ") + " (%)")
-        ax.set_ylabel(y.replace("_", " ") + " (%)")
-        ax.grid(alpha=0.3)
+        _style(ax, xlabel=x.replace("_", " ") + " (%)", ylabel=y.replace("_", " ") + " (%)",
+               legend=ax is axes[1], loc="best")
     # Zoom the left panel on the fine-tuned models (the pretrained one may lie far off).
     tuned = [r for r in rows if r["model"] != "pretrained"]
     for ax, (x, y) in zip(axes[:1], panels[:1], strict=True):
@@ -307,22 +408,49 @@ def plot_soups(rows: Sequence[dict], path: str | os.PathLike, *, title: str = ""
         ys = [100 * float(r[y]) for r in tuned]
         ax.set_xlim(min(xs) - 0.2, max(xs) + 0.2)
         ax.set_ylim(min(ys) - 0.2, max(ys) + 0.2)
-    axes[1].legend(fontsize=8, loc="best")
-    fig.suptitle(title)
-    fig.tight_layout()
-    _save(fig, path)
+    _finish(fig, path, title)
 
 
-def plot_wise_ft(records: Sequence[dict], path: str | os.PathLike, *, title: str = "") -> None:
+_HYPERPARAMETERS = ("learning_rate", "weight_decay", "label_smoothing", "epochs", "augment",
+                    "data_order")
+"""The fine-tuning hyperparameters :func:`plot_wise_ft` may colour by, in order of preference."""
+
+
+def _value_label(value: object) -> str:
+    """A hyperparameter value in a legend: floats in ``%g`` form, anything else as ``str``."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def plot_wise_ft(records: Sequence[dict], path: str | os.PathLike, *, title: str = "",
+                 ingredients: Sequence[dict] = (), color_by: str | None = None) -> None:
     """WiSE-FT curves, one column per head mode.
 
     Top: test (in-distribution) vs shifted-test accuracy along the path from
     the pretrained model (alpha = 0) to each fine-tune (alpha = 1): one thin
-    line per fine-tune, the mean in bold. Bottom: mean accuracy (+-1 std over
-    fine-tunes) vs alpha on validation, test and shifted test. ``records``
-    are ``wise_ft`` records (``ingredient``, ``head``, ``split``, ``alpha``,
-    ``accuracy``).
+    line per fine-tune, coloured by a hyperparameter, the mean in bold.
+    Bottom: mean accuracy (+-1 std over fine-tunes) vs alpha on validation,
+    test and shifted test.
+
+    Args:
+      records: ``wise_ft`` records (``ingredient``, ``head``, ``split``,
+        ``alpha``, ``accuracy``).
+      path: the PNG to write.
+      title: the figure title.
+      ingredients: one dict of hyperparameters per fine-tune (``ingredient``
+        and e.g. ``learning_rate``, as the soups study's ``finetune_grid``);
+        without them every fine-tune is grey.
+      color_by: the hyperparameter that colours the fine-tunes (one colour
+        per value, named in the legend); default: the first of
+        ``learning_rate, weight_decay, label_smoothing, epochs, augment,
+        data_order`` that varies.
     """
+    hyper = {ing["ingredient"]: ing for ing in ingredients}
+    if color_by is None:
+        color_by = next((k for k in _HYPERPARAMETERS
+                         if len({ing.get(k) for ing in ingredients}) > 1), None)
+    values = sorted({hyper[i][color_by] for i in hyper}) if color_by else []
+    cmap = plt.get_cmap("plasma")
+    colors = {v: cmap(0.85 * n / max(len(values) - 1, 1)) for n, v in enumerate(values)}
     modes = list(dict.fromkeys(r["head"] for r in records))
     fig, axes = plt.subplots(2, max(len(modes), 1), figsize=(6.5 * max(len(modes), 1), 9),
                              squeeze=False)
@@ -332,40 +460,39 @@ def plot_wise_ft(records: Sequence[dict], path: str | os.PathLike, *, title: str
         for r in mine:
             curves[(r["ingredient"], r["split"])][r["alpha"]] = 100 * r["accuracy"]
         ax = axes[0][col]
-        for ingredient in sorted({r["ingredient"] for r in mine}):
+        tuned = sorted({r["ingredient"] for r in mine})
+        for ingredient in tuned:
             test, shifted = curves[(ingredient, "test")], curves[(ingredient, "shifted")]
             alphas = sorted(test)
-            ax.plot([test[a] for a in alphas], [shifted[a] for a in alphas], color="grey",
-                    lw=0.6, alpha=0.5)
+            color = colors[hyper[ingredient][color_by]] if color_by else "grey"
+            ax.plot([test[a] for a in alphas], [shifted[a] for a in alphas], color=color,
+                    lw=0.8, alpha=0.7, label=f"_fine-tune {ingredient}")
         _, test_mean, _, _, _ = mean_and_spread([r for r in mine if r["split"] == "test"],
                                                 x="alpha", y="accuracy")
         alphas, shifted_mean, _, _, _ = mean_and_spread(
             [r for r in mine if r["split"] == "shifted"], x="alpha", y="accuracy")
-        ax.plot(100 * test_mean, 100 * shifted_mean, color="tab:red", lw=2, marker="o", ms=4,
-                label="mean over fine-tunes")
+        ax.plot(100 * test_mean, 100 * shifted_mean, color="black", lw=2.5, marker="o", ms=4,
+                label="mean over fine-tunes", zorder=3)
         for a, tx, sy in zip(alphas, test_mean, shifted_mean, strict=True):
             if np.isclose(a, 0) or np.isclose(a, 1) or np.isclose(a, 0.5):
                 ax.annotate(f"alpha={a:g}", (100 * tx, 100 * sy), textcoords="offset points",
                             xytext=(4, -10), fontsize=8)
-        ax.set_xlabel("test accuracy (%)")
-        ax.set_ylabel("shifted test accuracy (%)")
-        ax.set_title(f"head: {mode}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _style(ax, xlabel="test accuracy (%)", ylabel="shifted test accuracy (%)",
+               title=f"head: {mode}", legend=False)
+        handles = [Line2D([], [], color=colors[v], lw=1.5, label=f"{color_by} = {_value_label(v)}")
+                   for v in values] if color_by else [
+            Line2D([], [], color="grey", lw=0.8, label=f"one fine-tune ({len(tuned)})")]
+        ax.legend(handles=[*handles, *ax.get_legend_handles_labels()[0]], fontsize=8)
         ax = axes[1][col]
         for split in ("validation", "test", "shifted"):
-            xs, mean, std, _, _ = mean_and_spread([r for r in mine if r["split"] == split],
-                                                  x="alpha", y="accuracy")
+            split_records = [r for r in mine if r["split"] == split]
+            xs, mean, std, _, _ = mean_and_spread(split_records, x="alpha", y="accuracy")
             (line,) = ax.plot(xs, 100 * mean, marker="o", ms=3, label=split)
             ax.fill_between(xs, 100 * (mean - std), 100 * (mean + std), alpha=0.2,
                             color=line.get_color())
-        ax.set_xlabel("alpha (0: pretrained, 1: fine-tuned)")
-        ax.set_ylabel("accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    _save(fig, path)
+        _style(ax, xlabel="alpha (0: pretrained, 1: fine-tuned)", ylabel="accuracy (%)",
+               bands=((band_label("std", len(tuned), "fine-tunes"), 0.2),))
+    _finish(fig, path, title)
 
 
 def plot_prune_at_init(rows: Sequence[dict], path: str | os.PathLike, *,
@@ -375,8 +502,9 @@ def plot_prune_at_init(rows: Sequence[dict], path: str | os.PathLike, *,
     ``rows`` are the rows of a pruning-at-init ``results.csv`` (``method``,
     ``density``, ``ablation``, ``replicate``, ``test_accuracy``); mean over
     replicates with a +-1 std band. Each panel repeats the unablated masks
-    (thin grey lines) for comparison; the dense net (method ``dense``) is a
-    horizontal line. The density axis is logarithmic, dense on the left.
+    (thin dotted lines) for comparison; the dense net (method ``dense``) is a
+    horizontal line. The density axis is logarithmic, dense on the left, its
+    ticks at the densities drawn.
     """
     per_replicate = [r for r in rows if isinstance(r["replicate"], int)]
     methods = [m for m in dict.fromkeys(r["method"] for r in per_replicate) if m != "dense"]
@@ -384,6 +512,7 @@ def plot_prune_at_init(rows: Sequence[dict], path: str | os.PathLike, *,
     colors = dict(zip(methods, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3,
                       strict=False))
     dense = [float(r["test_accuracy"]) for r in per_replicate if r["method"] == "dense"]
+    num = len({r["replicate"] for r in per_replicate})
     fig, axes = plt.subplots(1, len(ablations), figsize=(4.5 * len(ablations), 4.5),
                              squeeze=False)
     for ax, ablation in zip(axes[0], ablations, strict=True):
@@ -403,16 +532,11 @@ def plot_prune_at_init(rows: Sequence[dict], path: str | os.PathLike, *,
                     ax.plot(100 * xs, 100 * mean, ":", lw=0.8, color=colors[method])
         if dense:
             ax.axhline(100 * np.mean(dense), color="k", lw=0.8, label="dense")
-        ax.set_xscale("log")
-        ax.invert_xaxis()
-        ax.set_xlabel("percent of prunable weights remaining")
-        ax.set_ylabel("final test accuracy (%)")
-        ax.set_title("as pruned" if ablation == "none" else ablation)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-    fig.suptitle(title + " (dotted: as pruned)")
-    fig.tight_layout()
-    _save(fig, path)
+        _density_axis(ax, [r["density"] for r in per_replicate if r["method"] != "dense"])
+        _style(ax, ylabel="final test accuracy (%)",
+               title="as pruned" if ablation == "none" else ablation, fontsize=7,
+               bands=((band_label("std", num), 0.15),))
+    _finish(fig, path, title + " (dotted: as pruned)")
 
 
 def plot_str(rows: Sequence[dict], path: str | os.PathLike, *, title: str = "") -> None:
@@ -436,13 +560,9 @@ def plot_str(rows: Sequence[dict], path: str | os.PathLike, *, title: str = "") 
     dense = [r for r in means if r["method"] == "dense"]
     if dense:
         ax.axhline(100 * dense[0]["test_accuracy"], color="k", lw=0.8, label="dense")
-    ax.set_xlabel("sparsity (% of prunable weights exactly zero)")
-    ax.set_ylabel("final test accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(title)
-    fig.tight_layout()
-    _save(fig, path)
+    _style(ax, xlabel="sparsity (% of prunable weights exactly zero)",
+           ylabel="final test accuracy (%)")
+    _finish(fig, path, title)
 
 
 def plot_gamma_histograms(gammas: dict, path: str | os.PathLike, *, title: str = "") -> None:
@@ -452,13 +572,9 @@ def plot_gamma_histograms(gammas: dict, path: str | os.PathLike, *, title: str =
     for arm, values in gammas.items():
         ax.hist(np.clip(values, 1e-5, 10), bins=bins, histtype="step", label=arm)
     ax.set_xscale("log")
-    ax.set_xlabel("|gamma|")
-    ax.set_ylabel("count")
     ax.axvline(0.01, color="k", lw=0.6, ls=":")
-    ax.legend(fontsize=8)
-    ax.set_title(title)
-    fig.tight_layout()
-    _save(fig, path)
+    _style(ax, xlabel="|gamma|", ylabel="count")
+    _finish(fig, path, title)
 
 
 def plot_subspaces(rows: Sequence[dict], path: str | os.PathLike, *, title: str = "") -> None:
@@ -482,13 +598,8 @@ def plot_subspaces(rows: Sequence[dict], path: str | os.PathLike, *, title: str 
     if standard:
         ax.axhline(100 * standard[0]["test_accuracy"], color="k", lw=0.8, ls=":",
                    label="standard training")
-    ax.set_xlabel("alpha (point_0 -> point_1)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(title)
-    fig.tight_layout()
-    _save(fig, path)
+    _style(ax, xlabel="alpha (point_0 -> point_1)", ylabel="test accuracy (%)")
+    _finish(fig, path, title)
 
 
 def plot_perturbations(rows: Sequence[dict], path: str | os.PathLike, *, title: str = "") -> None:
@@ -511,14 +622,9 @@ def plot_perturbations(rows: Sequence[dict], path: str | os.PathLike, *, title: 
                     [100 * r["test_accuracy_drop"] for r in reps], ".", ms=3,
                     color=points[0].get_color(), alpha=0.6)
         ax.axhline(0.0, color="k", lw=0.8)
-        ax.set_xlabel("effective std of W' - W_k (kept weights)")
-        ax.set_ylabel("test accuracy drop vs the ticket (pp)")
-        ax.set_title(f"k = {k}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    _save(fig, path)
+        _style(ax, xlabel="effective std of W' - W_k (kept weights)",
+               ylabel="test accuracy drop vs the ticket (pp)", title=f"k = {k}", fontsize=7)
+    _finish(fig, path, title)
 
 
 def plot_supermask(rows: Sequence[dict], path: str | os.PathLike, *, title: str = "") -> None:
@@ -533,13 +639,8 @@ def plot_supermask(rows: Sequence[dict], path: str | os.PathLike, *, title: str 
                 and r["replicate"] not in ("mean", "std")]
         ax.plot([100 * r["density"] for r in reps], [100 * r["test_accuracy"] for r in reps], ".",
                 ms=3, color=line[0].get_color(), alpha=0.6)
-    ax.set_xlabel("density (% of each layer's weights kept)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(title)
-    fig.tight_layout()
-    _save(fig, path)
+    _style(ax, xlabel="density (% of each layer's weights kept)", ylabel="test accuracy (%)")
+    _finish(fig, path, title)
 
 
 def plot_early_bird(rows: Sequence[dict], path: str | os.PathLike, *, threshold: float,
@@ -559,10 +660,6 @@ def plot_early_bird(rows: Sequence[dict], path: str | os.PathLike, *, threshold:
                   if r[fields[0]] is not None]
             ax.plot(xs, ys, "-o", ms=3, label=f"p={p:g}, replicate {rep}")
     ax.axhline(threshold, color="k", lw=0.8, ls=":", label=f"threshold {threshold:g}")
-    ax.set_xlabel("epoch (mask drawn at its start)")
-    ax.set_ylabel("max distance to the previous masks in the window")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title(title)
-    fig.tight_layout()
-    _save(fig, path)
+    _style(ax, xlabel="epoch (mask drawn at its start)",
+           ylabel="max distance to the previous masks in the window", fontsize=7)
+    _finish(fig, path, title)

@@ -340,6 +340,7 @@ def test_kill_between_metrics_append_and_checkpoint_save_resumes_identically(
 NUM_UNROLLED_STEPS = 3
 
 
+@pytest.mark.default_emitters
 def test_unrolled_loop_member_does_not_depend_on_what_trains_beside_it(executors):
     unrolled = executors["adam"]
     assert unrolled.strategy == "unrolled_loop" and unrolled.mesh(2).size == 1

@@ -361,3 +361,136 @@ def test_bad_input_gives_clear_errors():
         matching.apply_permutation(mlp_spec, {}, mlp_params)
     with pytest.raises(TypeError, match="no permutation spec for"):
         models.permutation_spec(nn.Dense(3), mlp_params)
+
+
+# --- Permutations are checked before they are applied (issue #12, item 5) ---------------------
+
+
+def _small_mlp():
+    """A 4 -> 8 -> 6 -> 10 MLP: permutations 'Dense_0' (8 units) and 'Dense_1' (6 units)."""
+    model = models.create("mlp", widths=(8, 6))
+    params, _ = models.init(model, jax.random.key(0), (4,))
+    params = _randomized(params, jax.random.key(1))
+    return params, models.permutation_spec(model, params)
+
+
+_GOOD = {"Dense_0": np.array([3, 0, 7, 1, 6, 2, 5, 4], np.int32),
+         "Dense_1": np.array([5, 3, 1, 0, 2, 4], np.int32)}
+
+# (perm name, planted bad value, the message it must give)
+_BAD_PERMS = {
+    "all-zero": ("Dense_0", np.zeros(8, np.int32),
+                 r"perms\['Dense_0'\] is not a permutation of range\(8\) \(it permutes axis \d "
+                 r"of 'Dense_0/(bias|kernel)'\): repeated \[0 \(8x\)\]; missing \[1, 2, 3, 4, 5, "
+                 r"\.\.\.\]"),
+    "duplicate": ("Dense_1", np.array([5, 3, 1, 1, 2, 4], np.int32),
+                  r"perms\['Dense_1'\] is not a permutation of range\(6\) .*'Dense_1/.*"
+                  r"repeated \[1 \(2x\)\]; missing \[0\]"),
+    "out-of-range": ("Dense_1", np.array([5, 3, 1, 0, 2, 6], np.int32),
+                     r"perms\['Dense_1'\] is not a permutation of range\(6\) .*"
+                     r"out of range \[6\]; missing \[4\]"),
+    "negative": ("Dense_0", np.array([3, 0, 7, 1, 6, 2, 5, -1], np.int32),
+                 r"perms\['Dense_0'\] .*out of range \[-1\]; missing \[4\]"),
+    "too-short": ("Dense_0", np.arange(7, dtype=np.int32),
+                  r"perms\['Dense_0'\] has length 7, expected 8: it permutes axis \d of "
+                  r"'Dense_0/(bias|kernel)'"),
+    "too-long": ("Dense_1", np.arange(8, dtype=np.int32),
+                 r"perms\['Dense_1'\] has length 8, expected 6: it permutes axis \d of 'Dense_1/"),
+    "float": ("Dense_0", np.arange(8, dtype=np.float32),
+              r"perms\['Dense_0'\] must have an integer dtype, got float32 \(it permutes axis "
+              r"\d of 'Dense_0/"),
+    "bool": ("Dense_1", np.ones(6, bool),
+             r"perms\['Dense_1'\] must have an integer dtype, got bool"),
+    "stacked": ("Dense_0", np.stack([_GOOD["Dense_0"]] * 2),
+                r"perms\['Dense_0'\] must have shape \[n\], got \(2, 8\)"),
+}
+
+
+@pytest.mark.parametrize("case", list(_BAD_PERMS))
+def test_apply_permutation_refuses_a_bad_permutation_and_names_it(case):
+    params, spec = _small_mlp()
+    name, bad, message = _BAD_PERMS[case]
+    perms = {**_GOOD, name: bad}
+    with mock.patch.object(matching, "_apply_permutation") as work:
+        with pytest.raises(ValueError, match=message):
+            matching.apply_permutation(spec, perms, params)
+        with pytest.raises(ValueError, match=message):  # the same for masks
+            matching.apply_permutation(spec, perms, masking.ones_like(params))
+        work.assert_not_called()  # refused before any work
+    # The other entry points that take perms give the same message.
+    with pytest.raises(ValueError, match=message):
+        matching.objective(spec, params, params, perms)
+    with pytest.raises(ValueError, match=message.replace("perms", "init_perms", 1)):
+        matching.weight_matching(spec, params, params, init_perms=perms)
+    with pytest.raises(ValueError, match=message):
+        matching.check_perms(spec, perms, params)
+
+
+@pytest.mark.parametrize("case", ["all-zero", "duplicate", "out-of-range", "float", "stacked"])
+def test_inverse_refuses_a_bad_permutation(case):
+    name, bad, _ = _BAD_PERMS[case]
+    with pytest.raises(ValueError, match=rf"perms\['{name}'\] (is not a permutation|must have)"):
+        matching.inverse({**_GOOD, name: bad})
+
+
+def test_stacked_perms_are_checked_row_by_row_before_a_vmap():
+    params, spec = _small_mlp()
+    stacked = {k: np.stack([v, v, v]) for k, v in _GOOD.items()}
+    stacked_params = jax.tree.map(lambda x: jnp.stack([x] * 3), params)
+    matching.check_perms(spec, stacked, stacked_params, leading_axes=1)  # valid: no error
+    stacked["Dense_1"] = stacked["Dense_1"].copy()
+    stacked["Dense_1"][2, :2] = 0  # row 2: [0, 0, 1, 0, 2, 4]
+    with pytest.raises(ValueError, match=r"perms\['Dense_1'\]\[2\] is not a permutation of "
+                                         r"range\(6\) .*repeated \[0 \(3x\)\]; missing \[3, 5\]"):
+        matching.check_perms(spec, stacked, stacked_params, leading_axes=1)
+
+
+def test_a_valid_permutation_applies_eagerly_under_jit_and_under_vmap():
+    params, spec = _small_mlp()
+    p0, p1 = _GOOD["Dense_0"], _GOOD["Dense_1"]
+    w = {k: {n: np.asarray(v) for n, v in layer.items()} for k, layer in params.items()}
+    expected = {  # perm[i] = j: unit j of the original moves to position i
+        "Dense_0": {"kernel": w["Dense_0"]["kernel"][:, p0], "bias": w["Dense_0"]["bias"][p0]},
+        "Dense_1": {"kernel": w["Dense_1"]["kernel"][p0][:, p1], "bias": w["Dense_1"]["bias"][p1]},
+        "Dense_2": {"kernel": w["Dense_2"]["kernel"][p1], "bias": w["Dense_2"]["bias"]},
+    }
+    as_lists = {k: v.tolist() for k, v in _GOOD.items()}  # Python ints are integers too
+    for perms in (_GOOD, {k: jnp.asarray(v) for k, v in _GOOD.items()}, as_lists):
+        chex.assert_trees_all_equal(matching.apply_permutation(spec, perms, params), expected)
+    jitted = jax.jit(lambda perms, t: matching.apply_permutation(spec, perms, t))
+    chex.assert_trees_all_equal(jitted(_GOOD, params), expected)
+    # Under jit the perms are traced: the shape is still checked, the values cannot be.
+    with pytest.raises(ValueError, match=r"perms\['Dense_0'\] has length 7, expected 8"):
+        jitted({**_GOOD, "Dense_0": np.arange(7, dtype=np.int32)}, params)
+    # vmap over stacked perms [S, n] and trees [S, ...]: member s gets its own permutation.
+    second = matching.random_perms(matching.check_spec(spec, params), jax.random.key(3))
+    stacked_perms = {k: jnp.stack([_GOOD[k], second[k]]) for k in _GOOD}
+    stacked = jax.vmap(lambda perms, t: matching.apply_permutation(spec, perms, t))(
+        stacked_perms, jax.tree.map(lambda x: jnp.stack([x, x]), params))
+    chex.assert_trees_all_equal(jax.tree.map(lambda x: x[0], stacked), expected)
+    chex.assert_trees_all_equal(jax.tree.map(lambda x: x[1], stacked),
+                                matching.apply_permutation(spec, second, params))
+    # inverse undoes it.
+    chex.assert_trees_all_close(
+        matching.apply_permutation(spec, matching.inverse(_GOOD), expected), params)
+
+
+def test_permutation_spec_of_your_own_module_points_to_a_hand_written_spec():
+    class TwoLayer(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            x = nn.relu(nn.Dense(5)(x))
+            return nn.Dense(3)(x)
+
+    module = TwoLayer()
+    params = module.init(jax.random.key(0), jnp.zeros((1, 4)))["params"]
+    with pytest.raises(TypeError) as info:
+        models.permutation_spec(module, params)
+    message = str(info.value)
+    assert "no permutation spec for TwoLayer" in message
+    assert "ltjax.matching.PermutationSpec" in message
+    assert "Your own model, dataset or permutation spec" in message
+    # The spec the message shows is the one this module needs.
+    shown = message.split("e.g. ", 1)[1].split(", and check it", 1)[0]
+    spec = eval(shown, {"PermutationSpec": matching.PermutationSpec})  # noqa: S307
+    assert matching.check_spec(spec, params) == {"h": 5}

@@ -340,6 +340,7 @@ def _loss_and_grads(model, variables, x, y):
     return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables["params"])
 
 
+@pytest.mark.default_emitters
 def test_materialize_inputs_is_bit_identical_resnet():
     plain = models.create("resnet20", width=4, materialize_inputs=False)
     fast = models.create("resnet20", width=4, materialize_inputs=True)
@@ -360,6 +361,7 @@ def test_materialize_inputs_is_bit_identical_resnet():
     np.testing.assert_array_equal(eval_a, eval_b)
 
 
+@pytest.mark.default_emitters
 def test_materialize_inputs_is_bit_identical_conv2():
     plain = models.create("conv2", materialize_inputs=False)
     fast = models.create("conv2", materialize_inputs=True)

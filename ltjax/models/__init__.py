@@ -240,7 +240,9 @@ def permutation_spec(model: nn.Module, params: Any, batch_stats: Any = None,
       batch_stats: its batch statistics, to check them too.
 
     Raises:
-      TypeError: a model class without a spec.
+      TypeError: a model class without a spec (your own module): write its
+        :class:`ltjax.matching.PermutationSpec` by hand (the error shows one;
+        README section "Your own model, dataset or permutation spec").
       ValueError: the spec does not fit ``params`` / ``batch_stats``.
 
     Example:
@@ -252,8 +254,15 @@ def permutation_spec(model: nn.Module, params: Any, batch_stats: Any = None,
     """
     builder = _SPECS.get(type(model))
     if builder is None:
-        raise TypeError(f"no permutation spec for {type(model).__name__}; "
-                        f"bundled: {', '.join(c.__name__ for c in _SPECS)}")
+        raise TypeError(
+            f"no permutation spec for {type(model).__name__}: only the bundled models have one "
+            f"({', '.join(c.__name__ for c in _SPECS)}). For your own module, write a "
+            f"ltjax.matching.PermutationSpec naming which axis of which params leaf each "
+            f"permutation acts on, e.g. PermutationSpec(params={{'Dense_0/kernel': (None, 'h'), "
+            f"'Dense_0/bias': ('h',), 'Dense_1/kernel': ('h', None), 'Dense_1/bias': (None,)}}), "
+            f"and check it with matching.check_spec(spec, params); see the README section "
+            f"'Your own model, dataset or permutation spec'."
+        )
     spec = builder(model, params)
     matching.check_spec(spec, params, batch_stats)
     return spec

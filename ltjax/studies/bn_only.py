@@ -28,7 +28,6 @@ import jax
 import numpy as np
 
 from ltjax import batchnorm_only, models, plots, results, rng
-from ltjax import executor as executor_lib
 from ltjax import reparam as reparam_lib
 from ltjax.studies import common
 
@@ -74,9 +73,7 @@ def run_bn_only(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
                                     progress=progress)
     rows, gammas = [], {}
     for arm in arms:
-        arm_executor = executor_lib.Executor(
-            executor.model, dataset, recipe, reparam=reparams[arm], strategy=executor.strategy,
-            steps_per_call=executor.steps_per_call, eval_batch_size=executor.eval_batch_size)
+        arm_executor = executor.like(recipe=recipe, reparam=reparams[arm])
         final = segment(arm_executor, state=arm_executor.init(init_keys), masks=None,
                         noise_keys=noise_keys, ckpt_dir=workdir / "checkpoints" / arm,
                         tags={"arm": arm}, densities=np.ones(num), desc=f"{arm} x{num}")
@@ -99,5 +96,6 @@ def run_bn_only(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
     results.write_csv(workdir / "results.csv", out)
     plots.plot_gamma_histograms(gammas, workdir / "plots" / "gamma.png",
                                 title=f"|gamma| after training, {config.model} on "
-                                      f"{config.dataset}")
-    return {"rows": [r for r in out if r["replicate"] == "mean"]}
+                                      f"{plots.dataset_label(config.dataset)}")
+    return {"rows": [r for r in out if r["replicate"] == "mean"],
+            "std": [r for r in out if r["replicate"] == "std"], "num_replicates": num}

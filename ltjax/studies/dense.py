@@ -92,6 +92,6 @@ def run_train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
     results.write_csv(workdir / "results.csv", rows)
     plots.plot_learning_curves(
         log.read(), workdir / "plots" / "learning_curve.png", splits=splits,
-        title=f"{config.model} on {config.dataset}: {num} seeds",
+        title=f"{config.model} on {plots.dataset_label(config.dataset)}: {num} seeds",
     )
     return {"final": final, "steps": total}

@@ -28,7 +28,6 @@ import jax
 import numpy as np
 
 from ltjax import early_bird, models, plots, results, rng, tree
-from ltjax import executor as executor_lib
 from ltjax.studies import common
 
 
@@ -70,10 +69,7 @@ def run_early_bird(config: Any, workdir: str | pathlib.Path, *, progress: bool =
             raise ValueError(f"config.model={config.model!r} has no BatchNorm; use e.g. 'mlp_bn'")
 
     workdir, dataset, recipe, base = common.setup(config, workdir, check=check)
-    executor = executor_lib.Executor(
-        base.model, dataset, recipe, reparam=early_bird.slimming(config.slimming),
-        strategy=base.strategy, steps_per_call=base.steps_per_call,
-        eval_batch_size=base.eval_batch_size)
+    executor = base.like(reparam=early_bird.slimming(config.slimming))
     per_epoch = executor.steps_per_epoch
     end = common.steps(config.training_steps, per_epoch)
     epochs = end // per_epoch
@@ -152,6 +148,8 @@ def run_early_bird(config: Any, workdir: str | pathlib.Path, *, progress: bool =
     results.write_csv(workdir / "results.csv", rows)
     plots.plot_early_bird(distance_rows, workdir / "plots" / "early_bird.png",
                           threshold=config.threshold,
-                          title=f"Early-Bird mask distance, {config.model} on {config.dataset}")
-    return {"rows": [r for r in rows if r["replicate"] == "mean"]}
+                          title=f"Early-Bird mask distance, {config.model} on "
+                                f"{plots.dataset_label(config.dataset)}")
+    return {"rows": [r for r in rows if r["replicate"] == "mean"],
+            "std": [r for r in rows if r["replicate"] == "std"], "num_replicates": num}
 

@@ -246,9 +246,11 @@ def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool 
         "density", "effective_std", "test_accuracy", "test_accuracy_drop"))
     results.write_csv(workdir / "results.csv", out)
     plots.plot_perturbations(out, workdir / "plots" / "perturbations.png",
-                             title=f"Perturbations at k, {config.model} on {config.dataset} "
+                             title=f"Perturbations at k, {config.model} on "
+                                   f"{plots.dataset_label(config.dataset)} "
                                    f"at {100 * float(np.mean(density)):.1f} % density")
-    return {"rows": [r for r in out if r["replicate"] == "mean"]}
+    return {"rows": [r for r in out if r["replicate"] == "mean"],
+            "std": [r for r in out if r["replicate"] == "std"], "num_replicates": num}
 
 
 def _starter(name: str, executor: Any, dataset: Any, selection: Any):

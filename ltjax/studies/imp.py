@@ -71,7 +71,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ltjax import executor as executor_lib
 from ltjax import masking, models, optim, plots, pruning, results, rewinding, rng, sanity, tree
 from ltjax.studies import common
 
@@ -270,7 +269,8 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
       progress: show progress bars.
 
     Returns:
-      ``{'rows': [...]}``: the mean rows of ``results.csv``.
+      ``{'rows', 'std', 'num_replicates'}``: the mean rows of ``results.csv``,
+      the std rows in the same order, and the number of replicates.
 
     Raises:
       ValueError: an unknown control, a rewind step at or past the end, a
@@ -405,14 +405,15 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
     records = log.read()
     plots.plot_accuracy_vs_density(
         rows, workdir / "plots" / "accuracy_vs_density.png",
-        title=f"IMP on {config.model} / {config.dataset}: {num} replicates (mean, ±1 std)",
+        title=f"IMP on {config.model} / {plots.dataset_label(config.dataset)}: {num} replicates",
     )
     plots.plot_level_curves(
         [r for r in records if r.get("branch") == "imp"],
         workdir / "plots" / "learning_curves_imp.png",
         title=f"IMP learning curves ({config.model}, test accuracy, mean over replicates)",
     )
-    return {"rows": [r for r in rows if r["replicate"] == "mean"]}
+    return {"rows": [r for r in rows if r["replicate"] == "mean"],
+            "std": [r for r in rows if r["replicate"] == "std"], "num_replicates": num}
 
 
 def _run_small_dense(config, executor, dataset, recipe, segment, keys, noise_keys, masks,
@@ -426,9 +427,7 @@ def _run_small_dense(config, executor, dataset, recipe, segment, keys, noise_key
                                 input_size=int(np.prod(dataset.input_shape)),
                                 num_classes=dataset.num_classes, target=kept)
     small = models.create("mlp", num_classes=dataset.num_classes, widths=widths)
-    small_executor = executor_lib.Executor(small, dataset, recipe, strategy=executor.strategy,
-                                    steps_per_call=executor.steps_per_call,
-                                    eval_batch_size=executor.eval_batch_size)
+    small_executor = executor.like(model=small, recipe=recipe)
     state = small_executor.init(rng.stream(keys, "small_dense"))
     count = masking.num_prunable(small_executor.abstract_params,
                                  masking.prunable(small_executor.abstract_params))

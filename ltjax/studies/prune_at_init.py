@@ -155,7 +155,8 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
       progress: show progress bars.
 
     Returns:
-      ``{'rows': [...]}``: the mean rows of ``results.csv``.
+      ``{'rows', 'std', 'num_replicates'}``: the mean rows of ``results.csv``,
+      the std rows in the same order, and the number of replicates.
 
     Raises:
       ValueError: unknown methods or ablations, densities outside (0, 1],
@@ -297,8 +298,10 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
     results.write_csv(workdir / "layer_densities.csv", layer_rows)
     plots.plot_prune_at_init(
         rows, workdir / "plots" / "prune_at_init.png",
-        title=f"Pruning at init, {config.model} on {config.dataset}: {num} replicates")
-    return {"rows": [r for r in rows if r["replicate"] == "mean"]}
+        title=f"Pruning at init, {config.model} on {plots.dataset_label(config.dataset)}: "
+              f"{num} replicates")
+    return {"rows": [r for r in rows if r["replicate"] == "mean"],
+            "std": [r for r in rows if r["replicate"] == "std"], "num_replicates": num}
 
 
 def _synflow_forward(model: Any, abs_batch_stats: Any, ones: jax.Array):

@@ -353,7 +353,7 @@ def run_rebasin(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
         results.write_csv(workdir / "sparse_results.csv", sparse_rows)
 
     records = log.read()
-    name = f"{config.model} on {config.dataset}"
+    name = f"{config.model} on {plots.dataset_label(config.dataset)}"
     plots.plot_interpolation(
         [r for r in records if r.get("branch") == "path"], workdir / "plots" / "interpolation.png",
         title=f"{name}: model 0 to model j, {config.method} matching", rows=rows)

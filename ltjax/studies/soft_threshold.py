@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ltjax import executor as executor_lib
 from ltjax import masking, optim, plots, pruning, results, rng, soft_threshold, tree
 from ltjax.studies import common
 
@@ -89,11 +88,8 @@ def run_str(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
     replicate_of = np.array([r for _, r in grid])
     layer_rows, str_members = [], []
     for i, s_init in enumerate(s_inits):
-        str_executor = executor_lib.Executor(
-            executor.model, dataset, recipe,
-            reparam=soft_threshold.str_reparam(selection, s_init=s_init),
-            strategy=executor.strategy, steps_per_call=executor.steps_per_call,
-            eval_batch_size=executor.eval_batch_size)
+        str_executor = executor.like(
+            recipe=recipe, reparam=soft_threshold.str_reparam(selection, s_init=s_init))
         tags = [{"s_init": s_init, "weight_decay": w, "replicate": r} for w, r in grid]
         final = segment(
             str_executor, state=str_executor.init(init_keys[replicate_of]), masks=None,
@@ -121,8 +117,10 @@ def run_str(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
     results.write_csv(workdir / "results.csv", rows)
     results.write_csv(workdir / "layer_densities.csv", layer_rows)
     plots.plot_str(rows, workdir / "plots" / "str.png",
-                   title=f"STR, {config.model} on {config.dataset}: {num} replicates")
-    return {"rows": [r for r in rows if r["replicate"] == "mean"]}
+                   title=f"STR, {config.model} on {plots.dataset_label(config.dataset)}: "
+                         f"{num} replicates")
+    return {"rows": [r for r in rows if r["replicate"] == "mean"],
+            "std": [r for r in rows if r["replicate"] == "std"], "num_replicates": num}
 
 
 def _oneshot_baseline(executor, dense, str_members, selection, noise_keys, segment, ckpt_dir,

@@ -355,11 +355,13 @@ def run_soups(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
                       rows + [r for r in summary if r["model"].startswith("ingredients_")])
     wise_rows, wise_means = _wise_rows(records, ingredients, head_modes)
     results.write_csv(workdir / "wise_ft.csv", wise_rows + wise_means)
-    title = f"{config.model} on {config.dataset}, shifted: {_shift_name(config.shift)}"
+    title = (f"{config.model} on {plots.dataset_label(config.dataset)}, "
+             f"shifted: {_shift_name(config.shift)}")
     plots.plot_soups(rows, workdir / "plots" / "soups.png",
                      title=f"{len(trees)} fine-tunes and their soups ({title})")
     plots.plot_wise_ft([r for r in records if r.get("branch") == "wise_ft"],
-                       workdir / "plots" / "wise_ft.png", title=f"WiSE-FT ({title})")
+                       workdir / "plots" / "wise_ft.png", title=f"WiSE-FT ({title})",
+                       ingredients=ingredients)
     return {"rows": summary, "wise_ft": wise_means}
 
 

@@ -231,7 +231,8 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     ``plots/error_vs_alpha.png`` and ``plots/instability_vs_k.png``.
 
     Returns:
-      ``{'rows': [...]}``: the mean rows of ``results.csv``.
+      ``{'rows', 'std', 'num_pairs'}``: the mean rows of ``results.csv``, the
+      std rows in the same order, and how many pairs of copies each has.
     """
     reset = common.batch_stats_reset(config)
     ks_and_runs: dict[int, str] = {}
@@ -308,11 +309,15 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     summary = _summaries(rows)
     results.write_csv(workdir / "results.csv", rows + summary)
     records = [r for r in log.read() if r.get("branch") == "path"]
+    name = f"{config.model} on {plots.dataset_label(config.dataset)}"
     plots.plot_error_vs_alpha(records, workdir / "plots" / "error_vs_alpha.png",
-                              title=f"{config.model}: error along the path between copies")
+                              title=f"{name}: error along the path between copies")
     plots.plot_instability_vs_k(rows, workdir / "plots" / "instability_vs_k.png",
-                                title=f"{config.model}: instability vs rewind step")
-    return {"rows": [r for r in summary if r["replicate"] == "mean"]}
+                                title=f"{name}: instability vs rewind step")
+    first = (rows[0]["k"], rows[0]["split"]) if rows else None
+    return {"rows": [r for r in summary if r["replicate"] == "mean"],
+            "std": [r for r in summary if r["replicate"] == "std"],
+            "num_pairs": sum((r["k"], r["split"]) == first for r in rows)}
 
 
 def _pair_rows(executor, final, *, k, num, copies, alphas, splits, log, config,

@@ -140,13 +140,9 @@ def run_subspaces(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
             r_rows, r_summary = evaluate.standard(final, alphas)
         else:
             kind, layerwise = variant.removesuffix("_layerwise"), variant.endswith("_layerwise")
-            arm_executor = executor_lib.Executor(
-                executor.model, dataset, recipe,
-                reparam=subspaces.subspace_reparam(
-                    init_fn, kind=kind, layerwise=layerwise, beta=beta,
-                    num_points=config.simplex_points if kind == "simplex" else None),
-                strategy=executor.strategy, steps_per_call=executor.steps_per_call,
-                eval_batch_size=executor.eval_batch_size)
+            arm_executor = executor.like(recipe=recipe, reparam=subspaces.subspace_reparam(
+                init_fn, kind=kind, layerwise=layerwise, beta=beta,
+                num_points=config.simplex_points if kind == "simplex" else None))
             final = segment(arm_executor, state=arm_executor.init(init_keys), masks=None,
                             noise_keys=noise_keys,
                             ckpt_dir=workdir / "checkpoints" / _slug(variant, beta),
@@ -171,8 +167,10 @@ def run_subspaces(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     results.write_csv(workdir / "results.csv", rows)
     results.write_csv(workdir / "summary.csv", summary)
     plots.plot_subspaces(rows, workdir / "plots" / "subspaces.png",
-                         title=f"Subspaces, {config.model} on {config.dataset}: {num} replicates")
-    return {"rows": [r for r in summary if r["replicate"] == "mean"]}
+                         title=f"Subspaces, {config.model} on "
+                               f"{plots.dataset_label(config.dataset)}: {num} replicates")
+    return {"rows": [r for r in summary if r["replicate"] == "mean"],
+            "std": [r for r in summary if r["replicate"] == "std"], "num_replicates": num}
 
 
 class _PathEvaluator:

@@ -26,7 +26,6 @@ import jax
 import numpy as np
 
 from ltjax import checkpoint, masking, plots, results, rng, supermasks, tree
-from ltjax import executor as executor_lib
 from ltjax.studies import common, stability
 
 
@@ -65,11 +64,7 @@ def run_supermask(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     densities, inits = _check_config(config)
     workdir, dataset, recipe, base = common.setup(config, workdir)
     selection = masking.prunable(base.abstract_params)
-    executor = executor_lib.Executor(
-        base.model, dataset, recipe,
-        reparam=supermasks.edge_popup(selection, weight_init="kaiming_normal"),
-        strategy=base.strategy, steps_per_call=base.steps_per_call,
-        eval_batch_size=base.eval_batch_size)
+    executor = base.like(reparam=supermasks.edge_popup(selection, weight_init="kaiming_normal"))
     end = common.steps(config.training_steps, executor.steps_per_epoch)
     num = config.num_replicates
     init_keys, noise_keys = rng.init_and_noise(rng.replicate_keys(config.seed, num))
@@ -100,8 +95,10 @@ def run_supermask(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
                                  fields=("test_accuracy", "test_loss"))
     results.write_csv(workdir / "results.csv", rows)
     plots.plot_supermask(rows, workdir / "plots" / "supermask.png",
-                         title=f"Edge-popup, {config.model} on {config.dataset}: {num} replicates")
-    return {"rows": [r for r in rows if r["replicate"] == "mean"]}
+                         title=f"Edge-popup, {config.model} on "
+                               f"{plots.dataset_label(config.dataset)}: {num} replicates")
+    return {"rows": [r for r in rows if r["replicate"] == "mean"],
+            "std": [r for r in rows if r["replicate"] == "std"], "num_replicates": num}
 
 
 def run_zhou(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
@@ -180,8 +177,9 @@ def run_zhou(config: Any, workdir: str | pathlib.Path, *, progress: bool = True)
                           for r in rows if r["method"] == "zhou"],
                          workdir / "plots" / "supermask.png",
                          title=f"Zhou et al. supermasks (untrained), {config.model} on "
-                               f"{config.dataset}: {num} replicates")
-    return {"rows": [r for r in rows if r["replicate"] == "mean"]}
+                               f"{plots.dataset_label(config.dataset)}: {num} replicates")
+    return {"rows": [r for r in rows if r["replicate"] == "mean"],
+            "std": [r for r in rows if r["replicate"] == "std"], "num_replicates": num}
 
 
 METHODS = {"edge_popup": run_supermask, "zhou": run_zhou}

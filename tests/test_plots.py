@@ -1,0 +1,194 @@
+"""Figures and printed summaries read right: ticks, band legends, panels, titles, ranges.
+
+Each test plants rows or records (no training) and inspects the matplotlib
+Figure a plot function built (captured at ``plots._save``), or the text a
+study's ``report`` prints.
+"""
+
+import pathlib
+
+import matplotlib.colors
+import numpy as np
+import pytest
+
+from experiments import imp as imp_experiment
+from experiments import prune_at_init as prune_at_init_experiment
+from experiments import stability as stability_experiment
+from experiments import supermask as supermask_experiment
+from ltjax import plots
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The Figure each plot writes, by file name (the PNG is still written)."""
+    out: dict = {}
+    original = plots._save
+
+    def spy(fig, path):
+        out[pathlib.Path(path).name] = fig
+        original(fig, path)
+
+    monkeypatch.setattr(plots, "_save", spy)
+    return out
+
+
+def _imp_rows(levels: int, *, early_stop_differs: bool, num: int = 3) -> list[dict]:
+    rows = []
+    for level in range(levels):
+        for branch in ("imp", "reinit") if level else ("imp",):
+            for rep in range(num):
+                acc = 0.9 - 0.01 * level + 0.001 * rep
+                rows.append({"level": level, "branch": branch, "replicate": rep,
+                             "density": 0.8**level, "test_accuracy": acc,
+                             "early_stop_step": 50 if early_stop_differs else 100,
+                             "early_stop_test_accuracy": acc - 0.02 if early_stop_differs
+                             else acc})
+    return rows
+
+
+def _labels(texts) -> list[str]:
+    return [t.get_text() for t in texts]
+
+
+def _legend_texts(ax) -> list[str]:
+    legend = ax.get_legend()
+    return [] if legend is None else _labels(legend.get_texts())
+
+
+def test_density_axis_ticks_are_the_plotted_densities_in_percent(tmp_path, figures):
+    plots.plot_accuracy_vs_density(_imp_rows(7, early_stop_differs=False), tmp_path / "a.png")
+    (ax,) = figures["a.png"].axes
+    assert _labels(ax.get_xticklabels()) == ["100", "80", "64", "51.2", "41", "32.8", "26.2"]
+    np.testing.assert_allclose(ax.get_xticks(), 100 * 0.8 ** np.arange(7))
+    assert not [t for t in _labels(ax.get_xticklabels(minor=True)) if t]
+    left, right = ax.get_xlim()
+    assert left > right  # dense on the left
+
+
+def test_prune_at_init_density_ticks_and_a_long_sweep_keeps_both_ends(tmp_path, figures):
+    densities = [1.0, 0.5, 0.1, 0.036]
+    rows = [{"method": m, "density": d, "ablation": a, "replicate": r,
+             "test_accuracy": 0.9 - 0.1 * (1 - d)}
+            for m in ("snip", "random") for d in densities for a in ("none", "shuffle")
+            for r in range(2)]
+    plots.plot_prune_at_init(rows, tmp_path / "p.png", title="t")
+    for ax in figures["p.png"].axes:
+        assert _labels(ax.get_xticklabels()) == ["100", "50", "10", "3.6"]
+    many = _imp_rows(plots.MAX_DENSITY_TICKS + 9, early_stop_differs=False, num=1)
+    plots.plot_accuracy_vs_density(many, tmp_path / "m.png")
+    labels = _labels(figures["m.png"].axes[0].get_xticklabels())
+    assert len(labels) == plots.MAX_DENSITY_TICKS
+    assert labels[0] == "100"
+    assert labels[-1] == plots.percent_label(100 * 0.8 ** (plots.MAX_DENSITY_TICKS + 8))
+
+
+def test_shaded_bands_have_one_legend_entry_saying_what_they_are(tmp_path, figures):
+    plots.plot_accuracy_vs_density(_imp_rows(4, early_stop_differs=False), tmp_path / "a.png")
+    texts = _legend_texts(figures["a.png"].axes[0])
+    assert texts == ["imp", "reinit", "±1 std over 3 replicates"]
+    records = [{"replicate": r, "step": s, "split": "test", "loss": 1.0 / (s + 1 + r),
+                "accuracy": 0.5 + 0.01 * r, "member": m}
+               for r in range(5) for s in (0, 10, 20) for m in ("a", "b")]
+    plots.plot_learning_curves(records, tmp_path / "l.png")
+    for ax in figures["l.png"].axes:
+        assert _legend_texts(ax)[-2:] == ["±1 std over 5 replicates",
+                                          "min-max over 5 replicates"]
+    plots.plot_branch_curves(records, tmp_path / "b.png", key="member")
+    assert _legend_texts(figures["b.png"].axes[0]) == ["a", "b", "min-max over 5 replicates"]
+
+
+def test_early_stop_panel_only_when_early_stopping_changes_something(tmp_path, figures):
+    plots.plot_accuracy_vs_density(_imp_rows(3, early_stop_differs=False), tmp_path / "same.png")
+    plots.plot_accuracy_vs_density(_imp_rows(3, early_stop_differs=True), tmp_path / "diff.png")
+    (ax,) = figures["same.png"].axes
+    assert ax.get_ylabel() == "final test accuracy (%)"
+    final, early = figures["diff.png"].axes
+    assert early.get_ylabel() == "test accuracy at early stop (%)"
+    imp_line = {line.get_label(): line for line in early.get_lines()}["imp"]
+    np.testing.assert_allclose(imp_line.get_ydata(), [88.1 - 1.0 * lv for lv in (2, 1, 0)])
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("mnist", "mnist"),
+    ("/data/cifar10_first4000/cifar10_train_first4000.npz", "cifar10_train_first4000"),
+    ("cifar10_train_first4000.npz", "cifar10_train_first4000"),
+    ("/data/some_dataset/", "some_dataset"),
+    (pathlib.Path("/x/y/digits.npz"), "digits"),
+])
+def test_dataset_label_shows_the_name_not_the_path(name, expected):
+    assert plots.dataset_label(name) == expected
+
+
+def _path_records(train_error: float) -> list[dict]:
+    """Train error 0 except one alpha at ``train_error``; test error 5-10 %."""
+    out = []
+    for k in (0, 10):
+        for rep in range(2):
+            for a in np.linspace(0, 1, 5):
+                out.append({"k": k, "replicate": rep, "pair": 0, "split": "train",
+                            "alpha": float(a), "accuracy": 1 - (train_error if a == 0.5 else 0)})
+                out.append({"k": k, "replicate": rep, "pair": 0, "split": "test",
+                            "alpha": float(a), "accuracy": 0.95 - 0.05 * np.sin(np.pi * a)})
+    return out
+
+
+@pytest.mark.parametrize("train_error", [0.0, 1 / 3000, 0.3])
+def test_error_panels_start_at_zero_and_hide_no_data(tmp_path, figures, train_error):
+    plots.plot_error_vs_alpha(_path_records(train_error), tmp_path / "e.png")
+    for ax in figures["e.png"].axes:
+        bottom, top = ax.get_ylim()
+        assert bottom == 0.0
+        assert top >= 1.0  # at least one percentage point: no zoom on noise around zero
+        for line in ax.get_lines():
+            assert bottom <= np.min(line.get_ydata()) and np.max(line.get_ydata()) <= top
+    assert figures["e.png"].axes[0].get_ylim()[1] >= 100 * train_error
+
+
+def test_wise_ft_lines_are_thin_and_coloured_by_a_hyperparameter(tmp_path, figures):
+    rates = (1e-4, 1e-3, 1e-2)
+    ingredients = [{"ingredient": i, "learning_rate": rates[i // 2], "weight_decay": 0.0,
+                    "data_order": i % 2} for i in range(6)]
+    records = [{"ingredient": i, "head": "interpolate", "split": split, "alpha": float(a),
+                "accuracy": 0.5 + 0.1 * a * (1 + i) / 6 + (0.1 if split == "test" else 0)}
+               for i in range(6) for split in ("validation", "test", "shifted")
+               for a in np.linspace(0, 1, 5)]
+    plots.plot_wise_ft(records, tmp_path / "w.png", ingredients=ingredients)
+    ax = figures["w.png"].axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    mean = lines.pop("mean over fine-tunes")
+    tuned = [lines[f"_fine-tune {i}"] for i in range(6)]
+    assert all(line.get_linewidth() < mean.get_linewidth() for line in tuned)
+    colors = [matplotlib.colors.to_hex(line.get_color()) for line in tuned]
+    assert colors[0] == colors[1] and colors[2] == colors[3] and colors[4] == colors[5]
+    assert len({colors[0], colors[2], colors[4]}) == 3
+    assert _legend_texts(ax)[:3] == [f"learning_rate = {r:g}" for r in rates]
+
+
+def test_imp_report_shows_mean_and_std_over_the_replicates(capsys):
+    mean = {"level": 1, "branch": "imp", "replicate": "mean", "density": 0.8,
+            "test_accuracy": 0.975, "early_stop_test_accuracy": 0.9712}
+    std = {**mean, "replicate": "std", "test_accuracy": 0.002, "early_stop_test_accuracy": 0.0031}
+    imp_experiment.report({"rows": [mean], "std": [std], "num_replicates": 3})
+    out = capsys.readouterr().out
+    assert "mean ± std over 3 replicates" in out
+    assert "97.50 ±  0.20" in out and "97.12 ±  0.31" in out
+
+
+def test_stability_prune_at_init_and_supermask_reports_show_the_std(capsys):
+    row = {"k": 18, "split": "test", "instability": 0.031, "stable": 0.5, "accuracy_a": 0.93}
+    std = {**row, "instability": 0.004, "accuracy_a": 0.01}
+    stability_experiment.report({"rows": [row], "std": [std], "num_pairs": 6})
+    out = capsys.readouterr().out
+    assert "mean ± std over 6 pairs of copies" in out
+    assert "3.10 ±  0.40" in out and "93.00 ±  1.00" in out
+    row = {"density": 0.1, "method": "snip", "ablation": "none", "kept_density": 0.1,
+           "test_accuracy": 0.8}
+    prune_at_init_experiment.report({"rows": [row], "std": [{**row, "test_accuracy": 0.05}],
+                                     "num_replicates": 2})
+    out = capsys.readouterr().out
+    assert "mean ± std over 2 replicates" in out and "80.00 ±  5.00" in out
+    row = {"weight_init": "signed_constant", "density": 0.5, "test_accuracy": 0.6}
+    supermask_experiment.report({"rows": [row], "std": [{**row, "test_accuracy": 0.015}],
+                                 "num_replicates": 4})
+    out = capsys.readouterr().out
+    assert "mean ± std over 4 replicates" in out and "60.00 ±  1.50" in out
