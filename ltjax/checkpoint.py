@@ -66,7 +66,8 @@ def layout(tree: PyTree | None) -> str:
         return "none"
     digest = hashlib.blake2b(digest_size=16)
     for name, leaf in _leaves(tree):
-        digest.update(f"{name}|{tuple(np.shape(leaf))}|{np.dtype(leaf.dtype).str};".encode())
+        shape = tuple(leaf.shape) if hasattr(leaf, "shape") else np.shape(leaf)
+        digest.update(f"{name}|{shape}|{np.dtype(leaf.dtype).str};".encode())
     return digest.hexdigest()
 
 

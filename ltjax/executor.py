@@ -238,6 +238,24 @@ class Executor:
                         steps_per_call=self.steps_per_call, eval_batch_size=self.eval_batch_size,
                         devices=self.devices, member_block=self.member_block)
 
+    def abstract_members(self, num_members: int) -> tuple[train.TrainState, PyTree]:
+        """Shape/dtype/sharding structs of stacked states and masks ``[S]``.
+
+        The target to restore a checkpoint onto without computing a state
+        (no program runs or compiles).
+
+        Example:
+            >>> like_state, like_masks = executor.abstract_members(4)
+        """
+        sharding = self.seed_sharding(num_members)
+
+        def stacked(x, dtype=None):
+            return jax.ShapeDtypeStruct((num_members, *x.shape), dtype or x.dtype,
+                                        sharding=sharding)
+
+        return (jax.tree.map(stacked, self.abstract_state),
+                jax.tree.map(lambda x: stacked(x, jnp.bool_), self.abstract_params))
+
     def _init_one(self, key: jax.Array) -> train.TrainState:
         return train.init_state(self.model, self.recipe, key, self.dataset.input_shape,
                                 reparam=self.reparam)

@@ -148,6 +148,15 @@ def test_killed_imp_resumes_to_the_same_results(tmp_path, monkeypatch):
     # controls are the members of one program), 2 calls each, 3 of 6 done before the kill.
     assert len(resumed_calls) == 2 * 3 - 3
 
+    # Re-running a finished workdir builds no executor program (it restores each level's
+    # final checkpoint onto abstract shapes) and rewrites the same results.
+    def no_programs(self, key, build):
+        raise AssertionError(f"a finished run built the program {key}")
+
+    monkeypatch.setattr(train.Executor, "_program", no_programs)
+    imp.run_imp(config, tmp_path / "straight", progress=False)
+    assert results.read_csv(tmp_path / "straight" / "results.csv") == straight_rows
+
 
 def test_imp_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match="controls"):

@@ -278,14 +278,7 @@ def train_segment(
         step = start
         if found is not None:
             step, state, _, saved = found
-            if fingerprint and saved.get("config") and saved["config"] != fingerprint:
-                raise ValueError(
-                    f"{ckpt.directory} holds checkpoints of a run with another config than this "
-                    "workdir's config.json (was config.json replaced?); use a new workdir")
-            if saved.get("members", member_tags) != member_tags:
-                raise ValueError(
-                    f"{ckpt.directory} holds members {saved.get('members')}, this run trains "
-                    f"{member_tags}; use a new workdir")
+            _check_saved(ckpt, saved, fingerprint, member_tags)
         log.keep_only(lambda r, s=step, f=found: not mine(r) or (f is not None and r["step"] <= s))
         if found is None:
             evaluate(start, None)
@@ -314,6 +307,62 @@ def train_segment(
         if start == end and found is None:
             ckpt.save(step, state=state, masks=masks, meta=meta(step))
     return state
+
+
+def _check_saved(ckpt: checkpoint.Checkpointer, saved: dict, fingerprint: str | None,
+                 member_tags: list[dict]) -> None:
+    """A restored checkpoint's meta against this run: its config and its members."""
+    if fingerprint and saved.get("config") and saved["config"] != fingerprint:
+        raise ValueError(
+            f"{ckpt.directory} holds checkpoints of a run with another config than this "
+            "workdir's config.json (was config.json replaced?); use a new workdir")
+    if saved.get("members", member_tags) != member_tags:
+        raise ValueError(
+            f"{ckpt.directory} holds members {saved.get('members')}, this run trains "
+            f"{member_tags}; use a new workdir")
+
+
+def finished_segment(
+    executor: executor_lib.Executor, ckpt_dir: str | pathlib.Path, *, end: int,
+    log: results.MetricsLog, member_tags: list[dict], masks: bool = True,
+) -> tuple[train.TrainState, Any] | None:
+    """The final state (and masks) of a :func:`train_segment` that reached ``end``, else None.
+
+    Restores onto :meth:`ltjax.executor.Executor.abstract_members`: nothing is
+    computed or compiled, so a study re-run over finished work can skip
+    building each segment's start state (and its programs). The checkpoint is
+    checked as :func:`train_segment` would (checksums, config, members).
+
+    Args:
+      executor: the segment's executor.
+      ckpt_dir: the segment's checkpoint folder.
+      end: the step the segment trains to.
+      log: the workdir's metrics log (for the config fingerprint).
+      member_tags: the segment's members, as passed to :func:`train_segment`.
+      masks: whether the segment saved masks (False: a dense segment, masks=None).
+
+    Returns:
+      ``(state, masks)`` at ``end`` (masks None when ``masks=False``), or None
+      when the segment has not finished (then call :func:`train_segment`).
+
+    Example:
+        >>> done = finished_segment(executor, ckpt_dir, end=end, log=log, member_tags=tags)
+        >>> state = done[0] if done else segment(executor, state=start_state(), ...)
+    """
+    ckpt_dir = pathlib.Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return None
+    like_state, like_masks = executor.abstract_members(len(member_tags))
+    with checkpoint.Checkpointer(ckpt_dir) as ckpt:
+        if not ckpt.steps() or ckpt.steps()[-1] != end:
+            return None
+        found = ckpt.restore_latest(like_state=like_state,
+                                    like_masks=like_masks if masks else None)
+        if found is None or found[0] != end:
+            return None
+        _, state, saved_masks, saved = found
+        _check_saved(ckpt, saved, config_fingerprint(log.path.parent), member_tags)
+    return state, saved_masks
 
 
 def config_fingerprint(workdir: str | pathlib.Path) -> str | None:

@@ -335,64 +335,84 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
             a, b, selection, p=correlation_p, masks=m))(start, trained, masks)
 
     correlations: dict = {}
-    state = executor.init(init_keys)
-    masks = executor.shard(masking.ones_like(state.params))
-    if rewind_step > 0:
-        state = segment(executor, state=state, masks=None, noise_keys=noise_keys, end=rewind_step,
-                        ckpt_dir=ckpt_root / "pretrain", tags={"level": 0, "branch": "pretrain"},
-                        densities=np.ones(num), desc="pretrain to the rewind step")
-    state_k = state
-    dense_final = previous = None
+    memo: dict = {}
+
+    def pretrained():  # the step-k state, computed only when a level must train
+        if "state_k" not in memo:
+            state = executor.init(init_keys)
+            if rewind_step > 0:
+                state = segment(executor, state=state, masks=None, noise_keys=noise_keys,
+                                end=rewind_step, ckpt_dir=ckpt_root / "pretrain",
+                                tags={"level": 0, "branch": "pretrain"}, densities=np.ones(num),
+                                desc="pretrain to the rewind step")
+            memo["state_k"] = state
+        return memo["state_k"]
+
+    lrs = sweep or (None,)
+    first = 0 if sweep is None else sweep.index(float(recipe.learning_rate)) * num
+    dense_final = previous = masks = None
     for level in range(config.levels + 1):
-        if level > 0:
-            masks = executor.shard(prune_level(previous.params, masks))
-        # The level's IMP ticket and its controls train as the members of one program.
-        branches = [("imp", rewound(state_k, masks), masks)]
-        for control in controls if level > 0 else ():
-            if control == "reinit":
-                fresh = executor.init(rng.stream(keys, "reinit"), masks)
-                # schedule resumes at k, as OpenLTH's randomly_reinitialize
-                branches.append((control, fresh.replace(step=state_k.step), masks))
-            elif control in ("random_layerwise", "random_global"):
-                scope = control.split("_")[1]
-                level_keys = jax.vmap(lambda k, lv=level: jax.random.fold_in(k, lv))(
-                    rng.stream(keys, "random_prune"))
-                cmasks = jax.vmap(
-                    lambda k, m, s=scope: pruning.random_prune_like(k, m, selection, scope=s))(
-                        level_keys, masks)
-                branches.append((control, rewound(state_k, cmasks), cmasks))
-            elif control == "oneshot":
-                cmasks = jax.vmap(
-                    lambda p_, m: pruning.prune_to_match(pruning.magnitude_scores(p_), m,
-                                                         selection, scope=p.scope))(
-                        dense_final.params, masks)
-                branches.append((control, rewound(state_k, cmasks), cmasks))
-        names = [name for name, _, _ in branches]
-        lrs = sweep or (None,)
+        names = ["imp"] + [c for c in controls if c != "small_dense"] * (level > 0)
         member_tags = [{"branch": n, **({} if lr is None else {"learning_rate": lr}),
                         "replicate": r} for n in names for lr in lrs for r in range(num)]
-        members = executor.shard(tree.concat([b[1] for b in branches for _ in lrs]))
-        member_masks = executor.shard(tree.concat([b[2] for b in branches for _ in lrs]))
-        hparams = None if sweep is None else optim.member_hparams(
-            recipe, len(member_tags), learning_rate=[t["learning_rate"] for t in member_tags])
-        density = densities(masks)
-        final_all = segment(
-            executor, state=members, masks=member_masks,
-            noise_keys=jnp.concatenate([level_noise_keys(noise_keys, level, name, sgd_noise)
-                                        for name in names for _ in lrs]),
-            ckpt_dir=ckpt_root / f"level_{level:02d}", tags={"level": level},
-            member_tags=member_tags, densities=densities(member_masks), hparams=hparams,
-            desc=f"level {level} ({100 * density[0]:.1f}%): {', '.join(names)}")
-        corr = np.asarray(correlation(members.params, final_all.params, member_masks))
+        level_dir = ckpt_root / f"level_{level:02d}"
+        # A finished level is restored without computing its start (no programs built).
+        done = common.finished_segment(executor, level_dir, end=end, log=log,
+                                       member_tags=member_tags)
+        stored = _read_correlations(level_dir / "weight_correlation.json", member_tags)
+        if done is not None and stored is not None:
+            final_all, member_masks = done
+            masks = executor.shard(jax.tree.map(lambda x: x[:num], member_masks))
+            corr = stored
+        else:
+            state_k = pretrained()
+            if level == 0:
+                masks = executor.shard(masking.ones_like(state_k.params))
+            else:
+                masks = executor.shard(prune_level(previous.params, masks))
+            # The level's IMP ticket and its controls train as the members of one program.
+            branches = [("imp", rewound(state_k, masks), masks)]
+            for control in names[1:]:
+                if control == "reinit":
+                    fresh = executor.init(rng.stream(keys, "reinit"), masks)
+                    # schedule resumes at k, as OpenLTH's randomly_reinitialize
+                    branches.append((control, fresh.replace(step=state_k.step), masks))
+                elif control in ("random_layerwise", "random_global"):
+                    scope = control.split("_")[1]
+                    level_keys = jax.vmap(lambda k, lv=level: jax.random.fold_in(k, lv))(
+                        rng.stream(keys, "random_prune"))
+                    cmasks = jax.vmap(
+                        lambda k, m, s=scope: pruning.random_prune_like(k, m, selection, scope=s))(
+                            level_keys, masks)
+                    branches.append((control, rewound(state_k, cmasks), cmasks))
+                elif control == "oneshot":
+                    cmasks = jax.vmap(
+                        lambda p_, m: pruning.prune_to_match(pruning.magnitude_scores(p_), m,
+                                                             selection, scope=p.scope))(
+                            dense_final.params, masks)
+                    branches.append((control, rewound(state_k, cmasks), cmasks))
+            members = executor.shard(tree.concat([b[1] for b in branches for _ in lrs]))
+            member_masks = executor.shard(tree.concat([b[2] for b in branches for _ in lrs]))
+            hparams = None if sweep is None else optim.member_hparams(
+                recipe, len(member_tags), learning_rate=[t["learning_rate"] for t in member_tags])
+            density = densities(masks)
+            final_all = segment(
+                executor, state=members, masks=member_masks,
+                noise_keys=jnp.concatenate([level_noise_keys(noise_keys, level, name, sgd_noise)
+                                            for name in names for _ in lrs]),
+                ckpt_dir=level_dir, tags={"level": level},
+                member_tags=member_tags, densities=densities(member_masks), hparams=hparams,
+                desc=f"level {level} ({100 * density[0]:.1f}%): {', '.join(names)}")
+            corr = np.asarray(correlation(members.params, final_all.params, member_masks))
+            _write_correlations(level_dir / "weight_correlation.json", member_tags, corr)
         correlations.update({(level, t["branch"], t.get("learning_rate"), t["replicate"]):
                              float(corr[m]) for m, t in enumerate(member_tags)})
-        first = 0 if sweep is None else sweep.index(float(recipe.learning_rate)) * num
         final = executor.shard(jax.tree.map(lambda x, i=first: x[i:i + num], final_all))
         if level == 0:
             dense_final = final
         if "small_dense" in controls and level > 0:
             _run_small_dense(config, executor, dataset, recipe, segment, keys, noise_keys, masks,
-                             selection, ckpt_root / f"level_{level:02d}" / "small_dense",
+                             selection, level_dir / "small_dense",
                              {"level": level, "branch": "small_dense"},
                              f"level {level} small_dense")
         previous = final
@@ -416,6 +436,23 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
             "std": [r for r in rows if r["replicate"] == "std"], "num_replicates": num}
 
 
+def _write_correlations(path: pathlib.Path, member_tags: list[dict], corr: np.ndarray) -> None:
+    """A level's weight correlations, so a re-run of a finished level need not recompute them."""
+    results.write_json(path, {"members": member_tags, "correlation": [float(c) for c in corr]})
+
+
+def _read_correlations(path: pathlib.Path, member_tags: list[dict]) -> np.ndarray | None:
+    """The stored correlations of exactly these members, else None (recomputed)."""
+    try:
+        stored = results.read_json(path)
+    except (OSError, ValueError):
+        return None
+    if stored.get("members") != member_tags or len(stored.get("correlation", ())) != len(
+            member_tags):
+        return None
+    return np.asarray(stored["correlation"], np.float64)
+
+
 def _run_small_dense(config, executor, dataset, recipe, segment, keys, noise_keys, masks,
                      selection, cdir, ctags, desc) -> None:
     """Train an MLP whose kernel count matches the level's kept weights, from scratch."""
@@ -428,10 +465,14 @@ def _run_small_dense(config, executor, dataset, recipe, segment, keys, noise_key
                                 num_classes=dataset.num_classes, target=kept)
     small = models.create("mlp", num_classes=dataset.num_classes, widths=widths)
     small_executor = executor.like(model=small, recipe=recipe)
+    num = int(keys.shape[0])
+    if common.finished_segment(small_executor, cdir, end=segment.keywords["end"],
+                               log=segment.keywords["log"],
+                               member_tags=[{"replicate": r} for r in range(num)], masks=False):
+        return  # its records are in the log
     state = small_executor.init(rng.stream(keys, "small_dense"))
     count = masking.num_prunable(small_executor.abstract_params,
                                  masking.prunable(small_executor.abstract_params))
-    num = int(keys.shape[0])
     segment(small_executor, state=state, masks=None, noise_keys=noise_keys,
             ckpt_dir=cdir, tags=ctags,
             densities=np.full(num, count / total), desc=f"{desc} {widths}")
