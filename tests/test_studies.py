@@ -137,3 +137,33 @@ def test_checkpoints_of_another_config_are_refused_after_config_json_is_deleted(
     (tmp_path / "config.json").unlink()
     with pytest.raises(ValueError, match="another config"):
         dense.run_train(_config(seed=1), tmp_path, progress=False)
+
+
+def test_divergence_is_flagged_once_in_the_log_and_warnings(tmp_path, caplog):
+    """Adam at a learning rate of 1e6 ends at chance with a huge loss: flagged, not silent."""
+    np.testing.assert_array_equal(common.diverged([2.3, 2.3, 0.01, 2.3], [229.0, 231.0, 99.0,
+                                                                          np.nan]),
+                                  [False, True, False, True])  # floor of 1 for the third
+    config = _config()
+    config.recipe.learning_rate = 1e6
+    with caplog.at_level("WARNING"):
+        dense.run_train(config, tmp_path / "bad", progress=False)
+    records = results.MetricsLog(tmp_path / "bad" / "metrics.jsonl").read()
+    warned = common.read_warnings(tmp_path / "bad")
+    first = warned[0]["split"]  # the segment's first split
+    assert first == next(r["split"] for r in records)
+    start = {r["replicate"]: r["loss"] for r in records if r["step"] == 0 and r["split"] == first}
+    # The oracle: the first logged evaluation whose loss is over 100x max(start, 1).
+    expected = {}
+    for r in sorted(records, key=lambda r: r["step"]):
+        if r["split"] == first and r["step"] > 0 and r["replicate"] not in expected and (
+                r["loss"] > 100 * max(start[r["replicate"]], 1.0)):
+            expected[r["replicate"]] = r["step"]
+    assert expected  # the run did diverge
+    assert {w["replicate"]: w["step"] for w in warned} == expected
+    assert all(w["kind"] == "divergence" for w in warned)
+    assert sum("diverged" in m for m in caplog.messages) == len(expected)
+    dense.run_train(config, tmp_path / "bad", progress=False)  # a re-run adds nothing
+    assert common.read_warnings(tmp_path / "bad") == warned
+    dense.run_train(_config(), tmp_path / "good", progress=False)
+    assert common.read_warnings(tmp_path / "good") == []

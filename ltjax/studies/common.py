@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import pathlib
 from collections.abc import Callable
 from typing import Any
@@ -195,6 +196,51 @@ def parse_layer_rates(spec: str | None) -> dict[str, float]:
     return rates
 
 
+#: A member's evaluation loss above this factor times its loss at the segment's start (or
+#: times 1, whichever is larger) is flagged as divergence (:func:`diverged`).
+DIVERGENCE_FACTOR = 100.0
+
+
+def diverged(start_loss: Any, loss: Any, *, factor: float = DIVERGENCE_FACTOR) -> np.ndarray:
+    """Which members diverged: ``loss > factor * max(start_loss, 1)`` (or is not finite).
+
+    The floor of 1 keeps a segment that starts from a well-trained state (a
+    loss of 0.01) from being flagged for an ordinary rise to 1; a run whose
+    loss went from ln(10) to 1e18 (Adam at a learning rate of 1e6) is.
+
+    Example:
+        >>> diverged([2.3, 2.3], [0.1, 1e18])
+        array([False,  True])
+    """
+    start = np.maximum(np.asarray(start_loss, np.float64), 1.0)
+    loss = np.asarray(loss, np.float64)
+    return ~np.isfinite(loss) | (loss > factor * start)
+
+
+def warn(workdir: str | pathlib.Path, message: str, *, once: dict | None = None,
+         **fields: Any) -> None:
+    """Log a warning and keep it in ``<workdir>/warnings.jsonl``, once.
+
+    Once per distinct message, or, with ``once``, per warning holding all of
+    ``once``'s fields (e.g. one divergence warning per member, at its first
+    step). :func:`read_warnings` gives them back, e.g. for a study's summary.
+    """
+    path = pathlib.Path(workdir) / "warnings.jsonl"
+    log = results.MetricsLog(path)
+    for w in log.read() if path.exists() else ():
+        if w.get("message") == message or (once is not None and all(
+                w.get(k) == v for k, v in once.items())):
+            return
+    logging.warning("%s", message)
+    log.append([{**(once or {}), **fields, "message": message}])
+
+
+def read_warnings(workdir: str | pathlib.Path) -> list[dict]:
+    """The warnings :func:`warn` kept for ``workdir`` (empty when none)."""
+    path = pathlib.Path(workdir) / "warnings.jsonl"
+    return results.MetricsLog(path).read() if path.exists() else []
+
+
 def train_segment(
     executor: executor_lib.Executor, *, state: train.TrainState, masks: Any, noise_keys: Any,
     end: int, eval_every: int, checkpoint_every: int, ckpt_dir: str | pathlib.Path,
@@ -212,6 +258,9 @@ def train_segment(
     ``end``) appends one record per member and split: ``{**tags,
     **member_tags[m], step, split, loss, accuracy, density}``, plus a
     ``train_running`` record with the mean training loss since the previous eval.
+    A member whose loss on the first split rises above :data:`DIVERGENCE_FACTOR`
+    times its loss at the start is flagged once with :func:`warn` (in the log
+    and ``warnings.jsonl``; training goes on).
 
     Args:
       executor: the executor.
@@ -250,10 +299,29 @@ def train_segment(
         return all(record.get(k) == v for k, v in tags.items()) and any(
             all(record.get(k) == v for k, v in m.items()) for m in member_tags)
 
+    workdir = log.path.parent
+    start_losses: dict[int, float] = {}
+
+    def check_divergence(step: int, losses: np.ndarray) -> None:
+        if step == start:
+            start_losses.update(enumerate(np.asarray(losses, np.float64).tolist()))
+            return
+        known = sorted(start_losses)
+        flagged = diverged([start_losses[r] for r in known], np.asarray(losses)[known])
+        for r in np.asarray(known)[flagged].tolist():
+            member = {**tags, **member_tags[r]}
+            warn(workdir, f"diverged: {member} has {splits[0]} loss {float(losses[r]):.3g} at "
+                 f"step {step}, over {DIVERGENCE_FACTOR:g}x its {start_losses[r]:.3g} at step "
+                 f"{start} (lower the learning rate?)",
+                 once={"kind": "divergence", "segment_start": start, **member},
+                 step=step, split=splits[0], loss=float(losses[r]))
+
     def evaluate(step: int, train_loss: np.ndarray | None) -> None:
         rows = []
         for split in splits:
             metrics = executor.evaluate(state, split, masks)
+            if split == splits[0]:
+                check_divergence(step, metrics["loss"])
             rows += [{**tags, **member_tags[r], "step": step, "split": split,
                       "loss": metrics["loss"][r], "accuracy": metrics["accuracy"][r],
                       "density": float(densities[r])} for r in range(num)]
@@ -280,6 +348,12 @@ def train_segment(
             step, state, _, saved = found
             _check_saved(ckpt, saved, fingerprint, member_tags)
         log.keep_only(lambda r, s=step, f=found: not mine(r) or (f is not None and r["step"] <= s))
+        if found is not None:  # the start losses, as the first evaluation logged them
+            first = [r for r in log.read() if r["step"] == start and r["split"] == splits[0]]
+            for r_index, m in enumerate(member_tags):
+                for record in first:
+                    if all(record.get(k) == v for k, v in {**tags, **m}.items()):
+                        start_losses[r_index] = float(record["loss"])
         if found is None:
             evaluate(start, None)
         bar = tqdm.tqdm(total=end - start, initial=step - start, disable=not progress,
