@@ -24,9 +24,11 @@ class _Killed(Exception):
 
 
 @pytest.mark.parametrize("checkpoint_every", ["1ep", "2ep"])
-def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch, checkpoint_every):
+def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch, capsys,
+                                                    checkpoint_every):
     config = _config(checkpoint_every=checkpoint_every, training_steps="3ep")
     straight = dense.run_train(config, tmp_path / "straight", progress=False)
+    assert capsys.readouterr().out == ""  # progress=False is silent
 
     calls = []
     original = train.Executor.train
@@ -41,7 +43,14 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch, chec
     with pytest.raises(_Killed):
         dense.run_train(config, tmp_path / "resumed", progress=False)
     monkeypatch.setattr(train.Executor, "train", original)
-    resumed = dense.run_train(config, tmp_path / "resumed", progress=False)
+    capsys.readouterr()
+    resumed = dense.run_train(config, tmp_path / "resumed", progress=True)
+    said = capsys.readouterr().out
+    assert said.startswith("loading digits\n") and "2 replicate(s)" in said
+    # 1ep: the kill came after step 23's checkpoint; 2ep: before the first one (step 46).
+    assert ("resuming at step 23 of 69" in said) == (checkpoint_every == "1ep")
+    dense.run_train(config, tmp_path / "resumed", progress=True)
+    assert "finished (step 69), restored" in capsys.readouterr().out
 
     assert resumed == straight
     log_a = results.MetricsLog(tmp_path / "straight" / "metrics.jsonl").read()

@@ -53,7 +53,8 @@ def run_bn_only(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
         if not models.has_batch_norm(model):
             raise ValueError(f"config.model={config.model!r} has no BatchNorm; use e.g. 'mlp_bn'")
 
-    workdir, dataset, recipe, executor = common.setup(config, workdir, check=check)
+    workdir, dataset, recipe, executor = common.setup(
+        config, workdir, check=check, progress=progress)
     per_epoch = executor.steps_per_epoch
     end = common.steps(config.training_steps, per_epoch)
     num = config.num_replicates

@@ -103,19 +103,26 @@ def build_executor(config: Any, model: Any, dataset: data.Dataset,
 
 
 def setup(config: Any, workdir: str | pathlib.Path, *,
-          check: Callable[[data.Dataset], None] | None = None) -> tuple[
+          check: Callable[[data.Dataset], None] | None = None, progress: bool = True) -> tuple[
         pathlib.Path, data.Dataset, optim.Recipe, executor_lib.Executor]:
     """A study's start: the checked workdir, the dataset, the recipe and the executor.
 
     The dataset, recipe and executor are built (and ``check(dataset)`` run)
     before the workdir is written, so a config that fails leaves no workdir.
+    With ``progress``, says what it loaded and built (:func:`say`).
     """
+    say(f"loading {config.dataset}", progress)
     dataset = build_dataset(config)
     recipe = build_recipe(config, dataset)
     if check is not None:
         check(dataset)
     executor = build_executor(config, build_model(config, dataset), dataset, recipe)
     workdir = prepare_workdir(workdir, config)
+    devices = min(config.num_replicates, len(executor.devices))
+    say(f"{config.model} on {dataset.name} ({len(dataset.train)} training examples), "
+        f"{config.num_replicates} replicate(s) on {devices} "
+        f"{executor.devices[0].platform.upper()} device(s), strategy {executor.strategy}; "
+        f"workdir {workdir} (the first steps compile the programs)", progress)
     return workdir, dataset, recipe, executor
 
 
@@ -194,6 +201,16 @@ def parse_layer_rates(spec: str | None) -> dict[str, float]:
                 f"layer_rates must look like 'Dense_2:0.1,Conv_.*:0.15', got entry {entry!r}"
             ) from None
     return rates
+
+
+def say(message: str, progress: bool = True) -> None:
+    """One line about what a study is doing (beside its progress bars); silent without progress.
+
+    Example:
+        >>> say("matching 2 pairs of models (weight matching)", progress)
+    """
+    if progress:
+        tqdm.tqdm.write(message)
 
 
 #: A member's evaluation loss above this factor times its loss at the segment's start (or
@@ -356,8 +373,12 @@ def train_segment(
                         start_losses[r_index] = float(record["loss"])
         if found is None:
             evaluate(start, None)
-        bar = tqdm.tqdm(total=end - start, initial=step - start, disable=not progress,
-                        unit="step", desc=desc, leave=False)
+        elif step == end:
+            say(f"{desc}: finished (step {end}), restored", progress)
+        else:
+            say(f"{desc}: resuming at step {step} of {end}", progress)
+        bar = tqdm.tqdm(total=end - start, initial=step - start,
+                        disable=not progress or step == end, unit="step", desc=desc)
         # Training losses since the last eval: (mean loss [S], steps) per train call; a
         # checkpoint between evals stores them, so a resumed run logs the same means.
         pending = [] if found is None else [(np.asarray(m, np.float64), n)

@@ -49,7 +49,7 @@ def run_train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
     Returns:
       ``{'final': {split: {'accuracy': [S], 'loss': [S]}}, 'steps': total}``.
     """
-    workdir, dataset, recipe, executor = common.setup(config, workdir)
+    workdir, dataset, recipe, executor = common.setup(config, workdir, progress=progress)
     per_epoch = executor.steps_per_epoch
     total = common.steps(config.training_steps, per_epoch)
     splits = eval_splits(config, dataset)

@@ -68,7 +68,7 @@ def run_early_bird(config: Any, workdir: str | pathlib.Path, *, progress: bool =
         if not models.has_batch_norm(model):
             raise ValueError(f"config.model={config.model!r} has no BatchNorm; use e.g. 'mlp_bn'")
 
-    workdir, dataset, recipe, base = common.setup(config, workdir, check=check)
+    workdir, dataset, recipe, base = common.setup(config, workdir, check=check, progress=progress)
     executor = base.like(reparam=early_bird.slimming(config.slimming))
     per_epoch = executor.steps_per_epoch
     end = common.steps(config.training_steps, per_epoch)

@@ -184,7 +184,8 @@ def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool 
                 raise ValueError(f"config.imp_level={config.imp_level} does not exist in "
                                  f"config.imp_workdir={imp_workdir!r}")
 
-    workdir, dataset, recipe, executor = common.setup(config, workdir, check=check)
+    workdir, dataset, recipe, executor = common.setup(
+        config, workdir, check=check, progress=progress)
     if not imp_workdir:
         imp_workdir = workdir / "imp"
         imp.run_imp(_imp_config(config), imp_workdir, progress=progress)

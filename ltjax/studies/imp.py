@@ -288,7 +288,8 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
         raise ValueError(f"config.correlation_p must be a number in (0, 1], got {correlation_p!r}")
     workdir, dataset, recipe, executor = common.setup(
         config, workdir,
-        check=lambda dataset: check_pruning(config, dataset) if config.levels > 0 else None)
+        check=lambda dataset: check_pruning(config, dataset) if config.levels > 0 else None,
+        progress=progress)
     per_epoch = executor.steps_per_epoch
     end = common.steps(config.training_steps, per_epoch)
     rewind_step = common.steps(config.rewind_step, per_epoch)
@@ -361,6 +362,7 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
                                        member_tags=member_tags)
         stored = _read_correlations(level_dir / "weight_correlation.json", member_tags)
         if done is not None and stored is not None:
+            common.say(f"level {level}: finished, restored", progress)
             final_all, member_masks = done
             masks = executor.shard(jax.tree.map(lambda x: x[:num], member_masks))
             corr = stored

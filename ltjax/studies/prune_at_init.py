@@ -170,7 +170,7 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
             raise ValueError(f"config.score_examples={config.score_examples} is more than the "
                              f"{len(dataset.train)} training examples")
 
-    workdir, dataset, _, executor = common.setup(config, workdir, check=check)
+    workdir, dataset, _, executor = common.setup(config, workdir, check=check, progress=progress)
     per_epoch = executor.steps_per_epoch
     end = common.steps(config.training_steps, per_epoch)
     num = config.num_replicates

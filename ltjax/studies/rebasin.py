@@ -47,6 +47,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 
 from ltjax import (
     data,
@@ -287,7 +288,7 @@ def run_rebasin(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
     """
     check_config(config)
     corrections = corrections_of(config)
-    workdir, dataset, recipe, executor = common.setup(config, workdir)
+    workdir, dataset, recipe, executor = common.setup(config, workdir, progress=progress)
     del recipe
     model = executor.model
     if "reset" in corrections and not models.has_batch_norm(executor.abstract_state.batch_stats):
@@ -317,6 +318,7 @@ def run_rebasin(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
     # 2. Match every model j to model 0.
     matched = {}
     for j in range(1, num):
+        common.say(f"matching model {j} to model 0 ({config.method} matching)", progress)
         found = _load_or_match(config, executor, spec, nets[0], nets[j],
                                path=workdir / "perms" / f"pair_0-{j}.json")
         perms = found["perms"]
@@ -329,17 +331,17 @@ def run_rebasin(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
     splits = list(config.path_splits)
     rows = []
     stored = [r for r in log.read() if r.get("branch") == "path"]  # finished by an earlier run
-    for j in range(1, num):
-        for variant in VARIANTS:
-            b = nets[j] if variant == "naive" else matched[j]["net"]
-            for correction in corrections:
-                tags = {"branch": "path", "pair": f"0-{j}", "variant": variant,
-                        "correction": correction}
-                curves = _evaluate_path(executor, config, log, stored, tags, nets[0], b,
-                                        alphas=alphas, splits=splits, correction=correction,
-                                        x_repair=x_repair)
-                rows += [_path_row(*curves[split], tags, split, method=config.method)
-                         for split in splits]
+    paths = [(j, variant, correction) for j in range(1, num) for variant in VARIANTS
+             for correction in corrections]
+    for j, variant, correction in tqdm.tqdm(
+            paths, desc=f"interpolation paths ({len(alphas)} points each)", unit="path",
+            disable=not progress):
+        b = nets[j] if variant == "naive" else matched[j]["net"]
+        tags = {"branch": "path", "pair": f"0-{j}", "variant": variant, "correction": correction}
+        curves = _evaluate_path(executor, config, log, stored, tags, nets[0], b, alphas=alphas,
+                                splits=splits, correction=correction, x_repair=x_repair)
+        rows += [_path_row(*curves[split], tags, split, method=config.method)
+                 for split in splits]
     summary = _mean_rows(rows) if num > 2 else rows
     results.write_csv(workdir / "results.csv", rows + (summary if num > 2 else []))
 

@@ -63,7 +63,7 @@ def run_str(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
         (before any work).
     """
     s_inits, decays = _check_config(config)
-    workdir, dataset, recipe, executor = common.setup(config, workdir)
+    workdir, dataset, recipe, executor = common.setup(config, workdir, progress=progress)
     per_epoch = executor.steps_per_epoch
     end = common.steps(config.training_steps, per_epoch)
     num = config.num_replicates

@@ -260,7 +260,7 @@ def run_soups(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
       ValueError: no validation split, a bad grid, shift or WiSE-FT setting.
     """
     common.batch_stats_reset(config)  # checked before anything is written
-    workdir, dataset, recipe, executor = common.setup(config, workdir)
+    workdir, dataset, recipe, executor = common.setup(config, workdir, progress=progress)
     per_epoch = executor.steps_per_epoch
     groups, ingredients = finetune_grid(config, recipe, per_epoch, dataset)
     _check_config(config, dataset, executor.abstract_state.params)

@@ -255,7 +255,8 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
             check_imp_level(run, config.imp_level)
             ks_and_runs[k] = run
 
-    workdir, dataset, recipe, executor = common.setup(config, workdir, check=check)
+    workdir, dataset, recipe, executor = common.setup(
+        config, workdir, check=check, progress=progress)
     per_epoch = executor.steps_per_epoch
     end = common.steps(config.training_steps, per_epoch)
     ks = sorted(ks_and_runs)

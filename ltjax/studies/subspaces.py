@@ -115,7 +115,7 @@ def run_subspaces(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     """
     arms = _check_config(config)
     reset = common.batch_stats_reset(config)
-    workdir, dataset, recipe, executor = common.setup(config, workdir)
+    workdir, dataset, recipe, executor = common.setup(config, workdir, progress=progress)
     per_epoch = executor.steps_per_epoch
     end = common.steps(config.training_steps, per_epoch)
     num = config.num_replicates

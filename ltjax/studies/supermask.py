@@ -62,7 +62,7 @@ def run_supermask(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
       ValueError: densities outside (0, 1], unknown weight inits (before any work).
     """
     densities, inits = _check_config(config)
-    workdir, dataset, recipe, base = common.setup(config, workdir)
+    workdir, dataset, recipe, base = common.setup(config, workdir, progress=progress)
     selection = masking.prunable(base.abstract_params)
     executor = base.like(reparam=supermasks.edge_popup(selection, weight_init="kaiming_normal"))
     end = common.steps(config.training_steps, executor.steps_per_epoch)
@@ -134,7 +134,8 @@ def run_zhou(config: Any, workdir: str | pathlib.Path, *, progress: bool = True)
         if not level_dir.is_dir():
             raise ValueError(f"config.imp_workdir={imp_workdir!r} has no finished level 0")
 
-    workdir, dataset, recipe, executor = common.setup(config, workdir, check=check)
+    workdir, dataset, recipe, executor = common.setup(
+        config, workdir, check=check, progress=progress)
     num = config.num_replicates
     init_keys, _ = rng.init_and_noise(rng.replicate_keys(config.seed, num))
     start = executor.init(init_keys)
