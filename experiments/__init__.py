@@ -1,7 +1,8 @@
 """Experiment entry points (``python -m experiments.<name>``).
 
-:func:`run_main` is every entry point's ``main``: the ``--config`` and
-``--workdir`` flags, quiet logging, the allocator tuning
+:func:`run_main` is every entry point's ``main``: the ``--config``,
+``--workdir`` and ``--print_config`` flags (:func:`parse_flags`: an unknown
+field is refused with the valid ones, list fields take ``a,b``), quiet logging, the allocator tuning
 (:func:`tune_allocator`), JAX's persistent compilation cache
 (:func:`use_compilation_cache`), the CPU device count, the study, its
 printed summary. :func:`use_cpu_devices` (called there once the config is read)
@@ -10,9 +11,19 @@ executor runs one seed per core; a single seed keeps one device, whose
 intra-op threads then use every core (benchmarks/train_throughput.py).
 """
 
+from __future__ import annotations
+
+import ast
 import ctypes
+import dataclasses
+import difflib
+import importlib.util
 import os
+import pathlib
+import re
 import sys
+from collections.abc import Callable, Sequence
+from typing import Any
 
 
 def tune_allocator() -> None:
@@ -88,8 +99,208 @@ def use_cpu_devices(num_replicates: int) -> None:
         pass
 
 
+def parse_list(text: str) -> tuple:
+    """A list-valued (tuple) config flag's value: one rule for every list field.
+
+    A Python literal is taken as written (``'(1, 2)'``, ``'1e-4,1e-3'``,
+    ``"'a,b'"``); otherwise the text is split at commas and each item is a
+    number or ``True``/``False``/``None`` if it reads as one, else a string:
+    ``--config.rewind_steps=0it,100it`` gives ``('0it', '100it')`` and
+    ``--config.controls=reinit,oneshot`` gives ``('reinit', 'oneshot')``. An
+    empty value gives ``()``.
+
+    Example:
+        >>> parse_list("0it,100it"), parse_list("0.1"), parse_list("reinit,3")
+        (('0it', '100it'), (0.1,), ('reinit', 3))
+    """
+    text = text.strip()
+    if not text:
+        return ()
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return tuple(_item(item.strip()) for item in text.split(",") if item.strip())
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+
+def _item(text: str) -> Any:
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+    return value if isinstance(value, (int, float, bool, type(None))) else text
+
+
+def _list_parser() -> Any:
+    """The flag parser of tuple fields (:func:`parse_list`), registered with ml_collections."""
+    from ml_collections.config_flags import tuple_parser
+
+    class ListParser(tuple_parser.TupleParser):
+        def parse(self, argument: Any) -> tuple:
+            if isinstance(argument, str):
+                return parse_list(argument)
+            if isinstance(argument, list):  # a repeated flag: --config.x=a --config.x=b
+                return tuple(v for a in argument for v in self.parse(a))
+            return super().parse(argument)
+
+    return ListParser()
+
+
+def load_config(spec: str) -> Any:
+    """The config of ``--config=<file>.py[:<variants>]``: ``get_config(<variants>)`` of the file.
+
+    Raises:
+      ValueError: the file is missing or has no ``get_config``, or
+        ``get_config`` refuses the variants (its message lists the valid ones).
+    """
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ValueError(f"no config file {path!r}")
+    module_spec = importlib.util.spec_from_file_location("_ltjax_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"{path} has no get_config()")
+    return module.get_config(*([arg] if ":" in spec else []))
+
+
+def unknown_field(config: Any, field: str) -> str | None:
+    """Why ``--config.<field>`` names no field of ``config``, or None when it does.
+
+    The message names the field, lists the valid fields at the level where it
+    fails (sorted) and suggests a close match (:mod:`difflib`) if there is one.
+
+    Example:
+        >>> unknown_field(imp_config, "pruning.fracton")
+        "unknown config field 'pruning.fracton': config.pruning has exclude, fraction, ...;
+        did you mean 'pruning.fraction'?"
+    """
+    node, parts = config, field.split(".")
+    for depth, part in enumerate(parts):
+        where = ".".join(["config", *parts[:depth]])
+        if not hasattr(node, "keys"):
+            return (f"unknown config field {field!r}: {where} is {node!r} "
+                    f"({type(node).__name__}), it has no fields")
+        keys = sorted(str(k) for k in node.keys())
+        if part not in keys:
+            close = difflib.get_close_matches(part, keys, n=1)
+            hint = f"; did you mean {'.'.join([*parts[:depth], close[0]])!r}?" if close else ""
+            return (f"unknown config field {field!r}: {where} has "
+                    f"{', '.join(keys) or 'no fields'}{hint}")
+        node = node[part]
+    return None
+
+
+def format_config(config: Any, prefix: str = "") -> str:
+    """``config`` as one ``field = value`` line per leaf, each line a ``--config.<field>`` flag."""
+    lines = []
+    for key in sorted(config.keys()):
+        value = config[key]
+        if hasattr(value, "keys"):
+            lines.append(format_config(value, f"{prefix}{key}."))
+        else:
+            lines.append(f"{prefix}{key} = {value!r}")
+    return "\n".join(line for line in lines if line)
+
+
+@dataclasses.dataclass(frozen=True)
+class Flags:
+    """The parsed command line of an entry point (:func:`parse_flags`)."""
+
+    config: Any
+    workdir: str | None
+    print_config: bool
+    config_spec: str
+
+
+_CONFIG_OVERRIDE = re.compile(r"^--?(?:no)?config\.([^=\s]+)")
+
+
+def _check_argv(argv: Sequence[str]) -> None:
+    """Refuse a bad config file or variant and unknown fields before absl parses ``argv``."""
+    from absl import flags
+
+    spec = None
+    for i, arg in enumerate(argv):
+        if re.match(r"^--?config=", arg):
+            spec = arg.split("=", 1)[1]
+        elif arg in ("--config", "-config") and i + 1 < len(argv):
+            spec = argv[i + 1]
+    if spec is None:
+        return  # absl reports the missing required --config
+    try:
+        config = load_config(spec)
+    except (ValueError, TypeError) as e:
+        raise flags.Error(f"--config={spec}: {e}") from None
+    for arg in argv:
+        match = _CONFIG_OVERRIDE.match(arg)
+        if match:
+            message = unknown_field(config, match.group(1))
+            if message:
+                raise flags.Error(f"{message} (--config={spec})")
+
+
+def define_flags(flag_values: Any = None, *, argv: Sequence[str] | None = None) -> Callable:
+    """Define ``--config``, ``--workdir`` and ``--print_config`` on ``flag_values``.
+
+    Args:
+      flag_values: an ``absl.flags.FlagValues``; default the global ``FLAGS``.
+      argv: the command line the config flag reads its overrides from (default
+        ``sys.argv`` at parse time).
+
+    Returns:
+      ``parse(argv) -> Flags``: checks ``argv`` (:func:`unknown_field`, the
+      config's variants), parses it and checks that ``--workdir`` is given
+      unless ``--print_config`` is. Errors are ``absl.flags.Error`` with a
+      short message.
+    """
+    from absl import flags
+    from ml_collections import config_flags
+
+    flag_values = flags.FLAGS if flag_values is None else flag_values
+    config_flags.register_flag_parser_for_type(tuple, _list_parser())
+    config = config_flags.DEFINE_config_file(
+        "config", None, "A config file (experiments/configs), optionally :variant[,variant].",
+        flag_values=flag_values, sys_argv=None if argv is None else list(argv))
+    workdir = flags.DEFINE_string("workdir", None, "Where results and checkpoints go.",
+                                  flag_values=flag_values)
+    print_config = flags.DEFINE_boolean(
+        "print_config", False, "Print the resolved config (variants and overrides applied), "
+        "one 'field = value' line each, and exit; writes nothing.", flag_values=flag_values)
+    flags.mark_flag_as_required("config", flag_values=flag_values)
+
+    def parse(argv: Sequence[str]) -> Flags:
+        _check_argv(argv)
+        flag_values(list(argv))
+        if not print_config.value and not workdir.value:
+            raise flags.Error("--workdir is required (or --print_config to only show the config)")
+        return Flags(config=config.value, workdir=workdir.value, print_config=print_config.value,
+                     config_spec=config_flags.get_config_filename(flag_values["config"]))
+
+    return parse
+
+
+def parse_flags(argv: Sequence[str]) -> Flags:
+    """Parse an entry point's command line (``argv[0]`` the program) on fresh flags.
+
+    What :func:`run_main` does before running the study, for tests and
+    notebooks: ``parse_flags(['imp', '--config=...:quick', '--print_config'])``.
+
+    Raises:
+      absl.flags.Error: an unknown field, a bad variant or value, no ``--workdir``.
+    """
+    from absl import flags
+
+    return define_flags(flags.FlagValues(), argv=argv)(argv)
+
+
 def run_main(run_fn, report_fn, *, replicates_fn=lambda config: config.num_replicates) -> None:
-    """Parse ``--config`` and ``--workdir``, run ``run_fn(config, workdir)``, then ``report_fn``.
+    """Parse the flags, run ``run_fn(config, workdir)``, then ``report_fn``.
+
+    Flags: ``--config=<file>.py[:variant,...]`` with ``--config.<field>=<value>``
+    overrides, ``--workdir``, ``--print_config`` (print the resolved config and
+    exit without touching the workdir). An unknown field, variant or bad value
+    ends with a one-paragraph message, not a traceback.
 
     Args:
       run_fn: the study, e.g. ``ltjax.studies.imp.run_imp``.
@@ -101,20 +312,54 @@ def run_main(run_fn, report_fn, *, replicates_fn=lambda config: config.num_repli
         >>> if __name__ == "__main__":
         ...     experiments.run_main(dense.run_train, report)
     """
-    from absl import app, flags, logging
-    from ml_collections import config_flags
+    from absl import app, logging
+    from absl import flags as absl_flags
 
-    config = config_flags.DEFINE_config_file("config", None, "A config file (experiments/configs).")
-    workdir = flags.DEFINE_string("workdir", None, "Where results and checkpoints go.")
-    flags.mark_flags_as_required(["config", "workdir"])
+    parse = define_flags()
+    parsed: list[Flags] = []
     tune_allocator()  # before JAX allocates anything
+
+    def flags_parser(argv: list[str]) -> list[str]:
+        try:
+            parsed.append(parse(argv))
+        except absl_flags.Error as e:  # as absl's own parser: a message, no traceback
+            print(f"FATAL Flags parsing error: {e}", file=sys.stderr)
+            print("Pass --helpshort or --helpfull to see help on flags.", file=sys.stderr)
+            sys.exit(1)
+        return argv[:1]
 
     def main(argv):
         del argv
+        flags = parsed[-1]
+        if flags.print_config:
+            print(f"# --config={flags.config_spec}")
+            print(format_config(flags.config))
+            return
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
         use_compilation_cache()
-        use_cpu_devices(replicates_fn(config.value))
-        report_fn(run_fn(config.value, workdir.value))
+        use_cpu_devices(replicates_fn(flags.config))
+        report_fn(run_fn(flags.config, flags.workdir))
+        print(closing_lines(flags.workdir))
 
-    app.run(main)
+    app.run(main, flags_parser=flags_parser)
 
+
+def closing_lines(workdir: str | os.PathLike) -> str:
+    """What a finished run says last: its warnings (if any) and the files it wrote.
+
+    Example:
+        >>> print(closing_lines("runs/digits"))
+        wrote runs/digits: config.json, metrics.jsonl, results.csv, plots/learning_curve.png, ...
+    """
+    from ltjax.studies import common
+
+    root = pathlib.Path(workdir)
+    lines = [f"WARNING: {w['message']}" for w in common.read_warnings(root)]
+    if lines:
+        lines.append(f"({len(lines)} warning(s), kept in {root / 'warnings.jsonl'})")
+    files = sorted(p.name for p in root.iterdir() if p.is_file()) if root.is_dir() else []
+    plots = sorted(f"plots/{p.name}" for p in (root / "plots").glob("*.png"))
+    folders = [f"{p.name}/" for p in sorted(root.iterdir())
+               if p.is_dir() and p.name != "plots"] if root.is_dir() else []
+    lines.append(f"wrote {root}: {', '.join(files + plots + folders)}")
+    return "\n".join(lines)

@@ -1,5 +1,7 @@
 """Supermasks: edge-popup (Ramanujan et al. 2020) over a grid of density x weight init (signed
-Kaiming constant, Kaiming normal), or Zhou et al. 2019's untrained supermasks from an IMP run.
+Kaiming constant, Kaiming normal), or Zhou et al. 2019's untrained supermasks from an IMP run,
+or (``--config.method=bernoulli`` / ``dnw``) Zhou et al.'s learned Bernoulli supermask or DNW
+(Wortsman et al. 2019).
 
     LTJAX_DATA_DIR=../shared/data python -m experiments.supermask \
         --config=experiments/configs/supermask_lenet_mnist.py --workdir=runs/supermask
@@ -8,6 +10,8 @@ Kaiming constant, Kaiming normal), or Zhou et al. 2019's untrained supermasks fr
     LTJAX_DATA_DIR=../shared/data python -m experiments.supermask \
         --config=experiments/configs/supermask_zhou_lenet_mnist.py --workdir=runs/zhou \
         --config.imp_workdir=runs/lth_imp
+    python -m experiments.supermask --config=experiments/configs/supermask_lenet_digits.py:quick \
+        --workdir=runs/dnw_q --config.method=dnw
 
 Re-running the same command on the same workdir resumes from the newest checkpoint.
 """

@@ -49,6 +49,8 @@ from ltjax import masking, tree
 
 PyTree = Any
 SCOPES = ("global", "layerwise")
+#: Named per-layer rate presets of :func:`preset_rates`.
+PRESETS = ("conv10_fc20",)
 
 
 def magnitude_scores(params: PyTree) -> PyTree:
@@ -148,6 +150,48 @@ def _groups(
     elif rest:
         groups.append((rest, fraction))
     return groups
+
+
+def preset_rates(params: PyTree, prunable: PyTree, *, preset: str) -> dict[str, float]:
+    """Per-layer rates of a named preset, as exact ``layer_rates`` patterns.
+
+    ``'conv10_fc20'``: every prunable conv kernel (4-D) at 10 % per level and
+    every prunable dense kernel (2-D) at 20 %, each layer pruned on its own:
+    the rates of Frankle & Carbin 2019's Conv-2/4/6 (Figure 2; the paper
+    prunes their output layer at 10 %, which ``layer_rates`` adds on top,
+    e.g. the studies' ``'@output:0.1'``). OpenLTH's ``sparse_global`` has no
+    per-layer rates: its CIFAR defaults prune 20 % globally and leave the
+    output layer dense (``pruning_layers_to_ignore='fc.weight'``), which is
+    ``scope='global'`` with the output layer excluded, not this preset.
+
+    Args:
+      params: the params tree (arrays or ``jax.ShapeDtypeStruct``), unstacked.
+      prunable: static bool tree from :func:`ltjax.masking.prunable`.
+      preset: one of :data:`PRESETS`, or ``''`` (no preset: ``{}``).
+
+    Returns:
+      ``{'^<leaf name>$': rate}`` for :func:`prune`'s ``layer_rates``; leaves
+      of other ranks are left to the level's ``fraction``.
+
+    Raises:
+      ValueError: an unknown preset.
+
+    Example:
+        >>> preset_rates(params, masking.prunable(params), preset="conv10_fc20")
+        {'^Conv_0/kernel$': 0.1, ..., '^Dense_0/kernel$': 0.2, ...}
+    """
+    if not preset:
+        return {}
+    if preset not in PRESETS:
+        raise ValueError(f"unknown pruning preset {preset!r}; presets: {', '.join(PRESETS)}")
+    by_rank = {4: 0.1, 2: 0.2}
+    rates = {}
+    for name, leaf, selected in zip(tree.names(params), jax.tree.leaves(params),
+                                    jax.tree.leaves(prunable), strict=True):
+        rate = by_rank.get(len(leaf.shape if hasattr(leaf, "shape") else np.shape(leaf)))
+        if selected and rate is not None:
+            rates[f"^{re.escape(name)}$"] = rate
+    return rates
 
 
 def prune(

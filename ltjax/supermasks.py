@@ -1,5 +1,18 @@
 """Supermasks: subnetworks of random, never-trained weights (edge-popup, Zhou et al.'s masks).
 
+What is here:
+
+- :func:`edge_popup` (Ramanujan et al. 2020): top-k of trained scores over
+  frozen weights (below);
+- :func:`criterion_masks` (Zhou et al. 2019): masks from the initial and
+  final weights of a trained net (large_final, ...), applied to the init;
+- :func:`bernoulli_supermask` (Zhou et al. 2019, Section 5): a learned
+  Bernoulli mask per weight, trained through a straight-through estimator,
+  over frozen weights (or their signed constant ``sign(w) * std``);
+- :func:`dnw` (Wortsman, Farhadi & Rastegari 2019, Discovering Neural
+  Wirings): the weights train, the forward pass uses the top-k of ``|W|``
+  per layer, the backward pass reaches every weight.
+
 Ramanujan, Wortsman, Kembhavi, Farhadi & Rastegari 2020, "What's Hidden in a
 Randomly Weighted Neural Network?" (CVPR 2020). The weights ``W`` stay at
 their random init; every prunable layer trains a score per weight, and the
@@ -54,7 +67,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ltjax import optim, pruning, reparam, tree
+from ltjax import optim, pruning, reparam, rng, tree
 
 PyTree = Any
 
@@ -283,3 +296,239 @@ def criterion_masks(criterion: str, params_init: PyTree, params_final: PyTree, p
                               reference_name="params_init")
     scores = MASK_CRITERIA[criterion](params_init, params_final)
     return pruning.prune_to_density(scores, prunable, density=density, scope="layerwise")
+
+
+def signed_std_constant(params: PyTree, prunable: PyTree) -> PyTree:
+    """``sign(w) * std(w)`` on prunable leaves (std over the whole layer); others unchanged.
+
+    Zhou et al. 2019's signed constant (their supermask section: each
+    weight becomes plus or minus its layer's initial standard deviation,
+    keeping its sign). The reference (``masked_networks.make_signed_consts``)
+    takes the population std of the layer's *sampled* init
+    (``tf.nn.moments`` over every axis), which is what we compute; the paper's
+    wording names the distribution's std (the two differ by sampling noise).
+    Unlike :func:`signed_constant` (edge-popup's ``sqrt(2 / fan_in)``), the
+    constant depends on the model's initialiser.
+
+    Example:
+        >>> signed_std_constant({"Dense_0": {"kernel": jnp.array([[-3.0], [1.0]])}}, selection)
+        {'Dense_0': {'kernel': Array([[-2.], [ 2.]], dtype=float32)}}
+    """
+    _flags(prunable, params)
+    return jax.tree.map(lambda w, f: (jnp.sign(w) * jnp.std(w)).astype(w.dtype) if f else w,
+                        params, prunable)
+
+
+def _logit(prob: float) -> float:
+    if isinstance(prob, bool) or not isinstance(prob, numbers.Real) or not 0.0 < prob < 1.0:
+        raise ValueError(f"init_prob must be a number in (0, 1), got {prob!r}")
+    return math.log(prob) - math.log1p(-prob)
+
+
+def _mask_key(key: jax.Array | None, frozen: PyTree) -> jax.Array:
+    return jax.random.wrap_key_data(frozen["eval_key"]) if key is None else key
+
+
+def _bernoulli_draws(logits: PyTree, frozen: PyTree, prunable: PyTree,
+                     key: jax.Array | None) -> list[jax.Array | None]:
+    """The 0/1 draws (float32) of each prunable leaf, None elsewhere."""
+    flags = _flags(prunable, logits)
+    key = _mask_key(key, frozen)
+    draws = []
+    for i, (m, f) in enumerate(zip(jax.tree.leaves(logits), flags, strict=True)):
+        if f:
+            uniforms = jax.random.uniform(jax.random.fold_in(key, i), jnp.shape(m), jnp.float32)
+            prob = jax.nn.sigmoid(jax.lax.stop_gradient(m).astype(jnp.float32))
+            draws.append((uniforms < prob).astype(jnp.float32))
+        else:
+            draws.append(None)
+    return draws
+
+
+def bernoulli_masks(logits: PyTree, frozen: PyTree, prunable: PyTree,
+                    key: jax.Array | None = None) -> PyTree:
+    """The masks :func:`bernoulli_supermask` samples (params' structure, bool).
+
+    Leaf ``i`` of a prunable layer is ``uniform(fold_in(key, i)) < sigmoid(m)``;
+    ``key=None`` gives the member's evaluation masks (``frozen['eval_key']``),
+    the ones ``executor.evaluate`` uses. All-True off the prunable leaves.
+
+    Example:
+        >>> masks = bernoulli_masks(state_of_one.params, state_of_one.frozen, selection)
+        >>> masking.layer_densities(masks, selection)
+    """
+    draws = _bernoulli_draws(logits, frozen, prunable, key)
+    leaves = [jnp.ones(jnp.shape(m), bool) if d is None else d > 0.5
+              for m, d in zip(jax.tree.leaves(logits), draws, strict=True)]
+    return jax.tree.unflatten(jax.tree.structure(logits), leaves)
+
+
+def bernoulli_supermask(prunable: PyTree, *, init_prob: float = 0.5,
+                        signed_constant: bool = False,
+                        dynamic_scaling: bool = False) -> reparam.Reparam:
+    """Zhou et al. 2019's learned Bernoulli supermask as a :class:`ltjax.reparam.Reparam`.
+
+    Zhou, Lan, Liu & Yosinski 2019, "Deconstructing Lottery Tickets: Zeros,
+    Signs, and the Supermask" (NeurIPS 2019), Section 5, and the reference
+    uber-research/deconstructing-lottery-tickets (``masked_networks.py``:
+    ``MaskedDense``, ``get_effective_mask``, ``make_signed_consts``;
+    ``train_supermask.py``). The weights stay at their init; every prunable
+    weight has a trainable logit ``m``, and the forward pass uses ``W * M`` with
+
+        M = Bernoulli(sigmoid(m)) + sigmoid(m) - stop_gradient(sigmoid(m)),
+
+    whose value is exactly the 0/1 draw and whose gradient is the
+    straight-through ``dL/dm = W * dL/dW_eff * sigmoid(m) * (1 - sigmoid(m))``.
+
+    Facts of the reference kept here:
+
+    - logits start at one constant (its ``sigmoid_bias``, default 0):
+      ``logit(init_prob)``, so each weight is kept with ``init_prob`` at first;
+    - only the logits train: kernels and biases are frozen (the reference moves
+      both out of the trainable weights); here every non-prunable leaf
+      (biases, BatchNorm) is frozen at init, as in :func:`edge_popup`;
+    - the masks are *sampled at evaluation too* (the reference's test-time
+      branch draws a fresh Bernoulli sample, it does not round). Evaluation
+      here must be deterministic, so ``apply`` with ``key=None`` draws with a
+      fixed per-member key, ``frozen['eval_key']`` (``stream(key, 'evaluate')``
+      of the member's reparam key): the same state always evaluates to the same
+      accuracy, under one sampled mask for the whole split (the reference
+      draws one per evaluation batch, and reports the mean of 10 draws at the
+      end; set ``frozen['eval_key']`` of copies of a member to average draws);
+    - ``signed_constant``: ``W = sign(w) * std(w)`` per layer
+      (:func:`signed_std_constant`; not edge-popup's ``sqrt(2 / fan_in)``);
+    - ``dynamic_scaling``: each masked layer is multiplied by
+      ``n / sum(M)`` ("x N/ones", the reference's ``multiplier``), the sum
+      taken of the straight-through ``M`` as in the reference, so the
+      gradient also flows through the multiplier (a layer with nothing kept
+      uses ``n / 1``: its kernel is zero either way);
+    - the reference's ``l2`` regulariser acts on the frozen kernel, so its
+      logits are never decayed: here the logits get the member's weight decay
+      (label ``'default'``), so train with ``weight_decay=0`` to match.
+
+    The model's own initialiser gives ``w`` (the reference uses Glorot
+    normal). In training, leaf ``i``'s uniforms are drawn from
+    ``fold_in(key, i)`` of the step's key (:func:`bernoulli_masks`).
+
+    Args:
+      prunable: static bools of the masked layers (default choice: every
+        kernel, :func:`ltjax.masking.prunable`).
+      init_prob: the keep probability every logit starts at, in (0, 1).
+      signed_constant: replace each prunable layer's weights by
+        ``sign(w) * std(w)``.
+      dynamic_scaling: multiply each masked layer by ``n / (number kept)``.
+
+    Raises:
+      ValueError: ``init_prob`` outside (0, 1).
+
+    Example:
+        >>> r = bernoulli_supermask(selection, signed_constant=True)
+        >>> executor = Executor(model, dataset, recipe, reparam=r)
+        >>> state, _ = executor.train(executor.init(init_keys), None, noise_keys, num_steps=2000)
+        >>> executor.evaluate(state, "test")   # one fixed mask draw per member
+    """
+    logit = _logit(init_prob)
+
+    def init(params: PyTree, key: jax.Array) -> tuple[PyTree, PyTree]:
+        flags = _flags(prunable, params)
+        logits = [jnp.full(np.shape(w), logit if f else 0.0, jnp.float32)
+                  for w, f in zip(jax.tree.leaves(params), flags, strict=True)]
+        weights = signed_std_constant(params, prunable) if signed_constant else params
+        frozen = {"weights": weights,
+                  "eval_key": jax.random.key_data(rng.stream(key, "evaluate"))}
+        return jax.tree.unflatten(jax.tree.structure(params), logits), frozen
+
+    def apply(trainable: PyTree, frozen: PyTree, key: jax.Array | None, *,
+              train: bool) -> PyTree:
+        del train  # sampled in evaluation too (the reference does)
+        draws = _bernoulli_draws(trainable, frozen, prunable, key)
+        out = []
+        for m, w, d in zip(jax.tree.leaves(trainable), jax.tree.leaves(frozen["weights"]), draws,
+                           strict=True):
+            if d is None:
+                out.append(w)
+                continue
+            prob = jax.nn.sigmoid(m.astype(jnp.float32))
+            mask = d + (prob - jax.lax.stop_gradient(prob))
+            if dynamic_scaling:
+                mask = mask * (d.size / jnp.maximum(jnp.sum(mask), 1.0))
+            out.append(w * mask.astype(w.dtype))
+        return jax.tree.unflatten(jax.tree.structure(trainable), out)
+
+    def labels(trainable: PyTree) -> PyTree:
+        return jax.tree.map(lambda _, f: optim.DEFAULT if f else optim.FROZEN, trainable,
+                            prunable)
+
+    return reparam.Reparam(
+        name=(f"bernoulli_supermask(init_prob={init_prob!r}, signed_constant={signed_constant!r}"
+              f", dynamic_scaling={dynamic_scaling!r})"),
+        init=init, apply=apply, labels=labels)
+
+
+# --------------------------------------------------------------------------- DNW
+
+def dnw(prunable: PyTree, *, density: float = 0.5) -> reparam.Reparam:
+    """Discovering Neural Wirings as a :class:`ltjax.reparam.Reparam`: the weights train.
+
+    Wortsman, Farhadi & Rastegari 2019, "Discovering Neural Wirings"
+    (NeurIPS 2019), Section 3 (static graphs), and the reference ``DNWConv``
+    / ``ChooseEdges`` of RAIVNLab/STR (``utils/conv_type.py``). The forward
+    pass of every prunable layer uses ``W * M`` with ``M`` the top-k of
+    ``|W|`` (exactly ``ceil(density * n)`` kept, ties by position,
+    :func:`top_k_mask`), and the backward pass is the identity to *all*
+    weights, kept or not:
+
+        W_eff = sg(W) * M + (W - sg(W)),   dL/dW = dL/dW_eff   (sg: stop_gradient),
+
+    so a weight outside the top-k still moves and may enter it (the paper's
+    "hallucinated" edges). The reference zeroes the ``int(prune_rate * n)``
+    smallest, i.e. keeps ``ceil(density * n)`` with ``density = 1 -
+    prune_rate``; it breaks ties by ``torch.sort`` order, here by position.
+
+    The trainable tree is the params (every leaf trains, biases and
+    BatchNorm too, with the member's weight decay); the frozen tree is
+    ``{'kept': counts}`` (:func:`kept_counts`, per member, so members may
+    differ in density). :func:`supermask` of ``(state.params, state.frozen)``
+    gives the masks in use. IMP masks land on the params themselves.
+
+    Args:
+      prunable: static bools of the rewired layers (default choice: every
+        kernel, :func:`ltjax.masking.prunable`).
+      density: the kept share of each prunable layer.
+
+    Raises:
+      ValueError: ``density`` outside (0, 1].
+
+    Example:
+        >>> executor = Executor(model, dataset, recipe, reparam=dnw(selection, density=0.1))
+        >>> state, _ = executor.train(executor.init(init_keys), None, noise_keys, num_steps=2000)
+        >>> masks = supermask(tree.index(state.params, 0), tree.index(state.frozen, 0), selection)
+    """
+    _check_density(density)
+
+    def init(params: PyTree, key: jax.Array) -> tuple[PyTree, PyTree]:
+        del key
+        _flags(prunable, params)
+        return params, {"kept": kept_counts(params, prunable, density)}
+
+    def apply(trainable: PyTree, frozen: PyTree, key: jax.Array | None, *,
+              train: bool) -> PyTree:
+        del key, train
+        flags = _flags(prunable, trainable)
+        out = []
+        for w, k, f in zip(jax.tree.leaves(trainable), jax.tree.leaves(frozen["kept"]), flags,
+                           strict=True):
+            if f:
+                mask = top_k_mask(jnp.abs(jax.lax.stop_gradient(w)), k).astype(w.dtype)
+                frozen_w = jax.lax.stop_gradient(w)
+                out.append(frozen_w * mask + (w - frozen_w))  # value W * M, gradient identity
+            else:
+                out.append(w)
+        return jax.tree.unflatten(jax.tree.structure(trainable), out)
+
+    def trainable_masks(masks: PyTree, trainable: PyTree) -> PyTree:
+        del trainable
+        return masks
+
+    return reparam.Reparam(name=f"dnw(density={density!r})", init=init, apply=apply,
+                           trainable_masks=trainable_masks)

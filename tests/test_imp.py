@@ -163,20 +163,26 @@ def test_imp_bad_inputs(tmp_path):
         imp.run_imp(_config(controls=("lottery",)), tmp_path / "a", progress=False)
     with pytest.raises(ValueError, match="rewind_step"):
         imp.run_imp(_config(rewind_step="10ep"), tmp_path / "b", progress=False)
+    assert not (tmp_path / "b").exists()
     bad = _config()
     bad.pruning.fraction = 1.0
     with pytest.raises(ValueError, match="fraction"):
         imp.run_imp(bad, tmp_path / "c", progress=False)
+    assert not (tmp_path / "c").exists()
     with pytest.raises(ValueError, match="sgd_noise must be one of"):
         imp.run_imp(_config(sgd_noise="random"), tmp_path / "f", progress=False)
     assert not (tmp_path / "f").exists()
     # A layer_rates pattern that matches no layer fails before any training.
+    bad = _config(model_kwargs={"widths": (16,)})
+    bad.pruning.layer_rates = "Dense_2:0.1"  # the default '@output' would name Dense_1
     with pytest.raises(ValueError, match="layer_rates pattern 'Dense_2' matches no prunable"):
-        imp.run_imp(_config(model_kwargs={"widths": (16,)}), tmp_path / "e", progress=False)
+        imp.run_imp(bad, tmp_path / "e", progress=False)
     assert not (tmp_path / "e").exists()
-    with pytest.raises(ValueError, match="small_dense"):
-        imp.run_imp(_config(model="conv2", model_kwargs={}, controls=("small_dense",)),
+    with pytest.raises(ValueError, match="small_dense control needs an MLP model, got 'conv2'; "
+                       "drop it with --config.controls=reinit"):
+        imp.run_imp(_config(model="conv2", model_kwargs={}, controls=("reinit", "small_dense")),
                     tmp_path / "d", progress=False)
+    assert not (tmp_path / "d").exists()
 
 
 def test_small_dense_widths_match_target():

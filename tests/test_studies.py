@@ -96,10 +96,26 @@ def test_adding_seeds_keeps_existing_ones(tmp_path):
     assert rows["two"] == rows["four"]
 
 
-def test_workdir_of_another_config_is_refused(tmp_path):
-    dense.run_train(_config(), tmp_path, progress=False)
+def test_workdir_of_another_config_is_refused(tmp_path, monkeypatch):
+    dense.run_train(_config(), tmp_path / "done", progress=False)
     with pytest.raises(ValueError, match="different config.*seed"):
-        dense.run_train(_config(seed=1), tmp_path, progress=False)
+        dense.run_train(_config(seed=1), tmp_path / "done", progress=False)
+    # A run stopped before its first checkpoint leaves nothing to lose: a corrected
+    # config takes the workdir over, with the abandoned run's records dropped.
+    original = train.Executor.train
+
+    def killed(*args, **kwargs):
+        raise _Killed
+
+    monkeypatch.setattr(train.Executor, "train", killed)
+    with pytest.raises(_Killed):
+        dense.run_train(_config(), tmp_path / "early", progress=False)
+    assert (tmp_path / "early" / "metrics.jsonl").exists()  # the step-0 evaluation
+    monkeypatch.setattr(train.Executor, "train", original)
+    dense.run_train(_config(seed=1), tmp_path / "early", progress=False)
+    dense.run_train(_config(seed=1), tmp_path / "fresh", progress=False)
+    for name in ("metrics.jsonl", "results.csv", "config.json"):
+        assert (tmp_path / "early" / name).read_text() == (tmp_path / "fresh" / name).read_text()
 
 
 def test_unknown_dataset_and_model_are_named(tmp_path):
@@ -176,3 +192,54 @@ def test_divergence_is_flagged_once_in_the_log_and_warnings(tmp_path, caplog):
     assert common.read_warnings(tmp_path / "bad") == warned
     dense.run_train(_config(), tmp_path / "good", progress=False)
     assert common.read_warnings(tmp_path / "good") == []
+    # The closing lines of a command-line run: the warnings, then what was written.
+    import experiments
+
+    bad = experiments.closing_lines(tmp_path / "bad").splitlines()
+    assert [line for line in bad if line.startswith("WARNING: diverged")] == [
+        f"WARNING: {w['message']}" for w in warned]
+    good = experiments.closing_lines(tmp_path / "good").splitlines()
+    assert len(good) == 1 and good[0].startswith(f"wrote {tmp_path / 'good'}: ")
+    for name in ("config.json", "metrics.jsonl", "results.csv", "plots/learning_curve.png",
+                 "checkpoints/"):
+        assert name in good[0]
+
+
+@pytest.mark.parametrize("study", ["dense", "stability", "early_phase", "soups"])
+def test_bad_shared_fields_fail_before_any_work(tmp_path, monkeypatch, study):
+    """Each bad value is named before anything is loaded, compiled or written."""
+    import importlib
+
+    from ltjax.studies import early_phase, soups, stability
+
+    run, name = {"dense": (dense.run_train, "lenet_digits"),
+                 "stability": (stability.run_stability, "stability_lenet_digits"),
+                 "early_phase": (early_phase.run_early_phase, "early_phase_lenet_digits"),
+                 "soups": (soups.run_soups, "soups_lenet_digits")}[study]
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the config was checked")
+
+    monkeypatch.setattr(train.Executor, "init", no_work)
+    monkeypatch.setattr(train.Executor, "train", no_work)
+    cases = [("num_replicates", 0, r"config.num_replicates must be an int >= 1, got 0"),
+             ("seed", -1, r"config.seed must be an int >= 0, got -1"),
+             ("recipe.batch_size", 0, r"config.recipe.batch_size must be an int >= 1, got 0"),
+             ("eval_every", "0ep", r"config.eval_every='0ep' is less than one step"),
+             ("checkpoint_every", "0it", r"config.checkpoint_every='0it' is less than one step")]
+    if study == "early_phase":  # its own IMP run's settings, checked before its workdir
+        cases += [("pruning.fraction", -0.1, r"fraction must be a number in \[0, 1\)"),
+                  ("pruning.scope", "glob", r"scope must be one of")]
+    ran = []
+    for i, (field, value, message) in enumerate(cases):
+        config = importlib.import_module(f"experiments.configs.{name}").get_config("quick")
+        parent, _, leaf = field.rpartition(".")
+        target = config[parent] if parent else config
+        if leaf not in target:
+            continue
+        target[leaf] = value
+        with pytest.raises(ValueError, match=message):
+            run(config, tmp_path / str(i), progress=False)
+        assert not (tmp_path / str(i)).exists(), field
+        ran.append(field)
+    assert len(ran) >= 4, ran  # every study has (nearly) all the shared fields

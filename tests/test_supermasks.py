@@ -1,4 +1,7 @@
-"""Edge-popup supermasks: exact top-k, the straight-through gradient, frozen weights, the study."""
+"""Supermasks: exact top-k, straight-through gradients, frozen weights, the studies.
+
+Edge-popup, Zhou et al.'s criteria and learned Bernoulli supermask, and DNW.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +9,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import supermask_lenet_digits
-from ltjax import checkpoint, masking, results, rng, supermasks, tree
+from ltjax import checkpoint, data, masking, models, optim, results, rng, supermasks, tree
 from ltjax import executor as executor_lib
 from ltjax.studies import common, supermask
 
@@ -226,3 +229,300 @@ def test_zhou_study_evaluates_the_masked_untrained_init(tmp_path):
                       and r["weight_init"] == weight_init]
             accuracy = np.mean(h.argmax(1) == np.asarray(dataset.test.y))
             assert float(row["test_accuracy"]) == pytest.approx(accuracy, abs=1.5 / len(h))
+
+
+# --------------------------------------------------------------------------- Bernoulli supermask
+
+
+def _linear(key, fan_in=12, fan_out=8):
+    """A linear model's params, with a logit per weight drawn away from 0 (varied sigmoid')."""
+    k0, k1, k2, k3, k4 = jax.random.split(key, 5)
+    params = {"Dense_0": {"bias": jax.random.normal(k0, (fan_out,)),
+                          "kernel": jax.random.normal(k1, (fan_in, fan_out))}}
+    x = np.asarray(jax.random.normal(k2, (5, fan_in)), np.float64)
+    t = np.asarray(jax.random.normal(k3, (5, fan_out)), np.float64)
+    logits = 1.5 * jax.random.normal(k4, (fan_in, fan_out))
+    return params, x, t, logits
+
+
+def _linear_loss(params, x, t):
+    dense = params["Dense_0"]
+    out = jnp.asarray(x, jnp.float32) @ dense["kernel"] + dense["bias"][None]
+    return jnp.sum(out * jnp.asarray(t, jnp.float32))
+
+
+def _np_sigmoid(m):
+    return 1.0 / (1.0 + np.exp(-np.asarray(m, np.float64)))
+
+
+def _np_draw(key, logits, leaf_index):
+    """The documented draw: uniform(fold_in(key, i)) < sigmoid(m), recomputed here."""
+    u = np.asarray(jax.random.uniform(jax.random.fold_in(key, leaf_index), logits.shape,
+                                      jnp.float32))
+    return u < np.asarray(jax.nn.sigmoid(logits))
+
+
+def test_bernoulli_forward_is_the_sampled_mask_and_gradient_is_straight_through():
+    params, x, t, m = _linear(jax.random.key(0))
+    selection = masking.prunable(params)
+    r = supermasks.bernoulli_supermask(selection)
+    trainable, frozen = r.init(params, jax.random.key(1))
+    np.testing.assert_array_equal(np.asarray(trainable["Dense_0"]["kernel"]), 0.0)  # p0 = 0.5
+    trainable = {"Dense_0": {"bias": trainable["Dense_0"]["bias"], "kernel": m}}
+    key = jax.random.key(2)
+    kernel_index = tree.names(params).index("Dense_0/kernel")
+    effective = r.apply(trainable, frozen, key, train=True)
+    w = np.asarray(params["Dense_0"]["kernel"])
+    mask = _np_draw(key, m, kernel_index)
+    assert 0 < mask.sum() < mask.size
+    got = np.asarray(effective["Dense_0"]["kernel"])
+    np.testing.assert_array_equal(got, np.where(mask, w, 0.0))  # W * M, M exactly 0/1
+    np.testing.assert_array_equal(np.asarray(effective["Dense_0"]["bias"]),
+                                  np.asarray(params["Dense_0"]["bias"]))
+    out = np.asarray(_linear_loss(effective, x, t))
+    want = np.sum((x @ np.where(mask, w, 0.0) + np.asarray(params["Dense_0"]["bias"])) * t)
+    np.testing.assert_allclose(out, want, rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(supermasks.bernoulli_masks(
+        trainable, frozen, selection, key)["Dense_0"]["kernel"]), mask)
+
+    # dL/dm = W * dL/dW_eff * sigmoid(m) (1 - sigmoid(m)), dL/dW_eff = x^T t (closed form).
+    grads = jax.grad(lambda tr: _linear_loss(r.apply(tr, frozen, key, train=True), x, t))(
+        trainable)
+    p = _np_sigmoid(m)
+    np.testing.assert_allclose(np.asarray(grads["Dense_0"]["kernel"]),
+                               w * (x.T @ t) * p * (1 - p), rtol=2e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(grads["Dense_0"]["bias"]), 0.0)
+
+    # A new step key draws a new mask; evaluation (key None) draws the member's fixed one.
+    other = np.asarray(r.apply(trainable, frozen, jax.random.key(3), train=True)
+                       ["Dense_0"]["kernel"])
+    assert not np.array_equal(other != 0, mask)
+    eval_key = jax.random.wrap_key_data(frozen["eval_key"])
+    first = np.asarray(r.apply(trainable, frozen, None, train=False)["Dense_0"]["kernel"])
+    np.testing.assert_array_equal(first, np.where(_np_draw(eval_key, m, kernel_index), w, 0.0))
+    np.testing.assert_array_equal(
+        first, np.asarray(r.apply(trainable, frozen, None, train=False)["Dense_0"]["kernel"]))
+
+
+def test_bernoulli_dynamic_scaling_matches_its_closed_form():
+    params, x, t, m = _linear(jax.random.key(4))
+    selection = masking.prunable(params)
+    r = supermasks.bernoulli_supermask(selection, dynamic_scaling=True)
+    trainable, frozen = r.init(params, jax.random.key(1))
+    trainable = {"Dense_0": {"bias": trainable["Dense_0"]["bias"], "kernel": m}}
+    key = jax.random.key(5)
+    mask = _np_draw(key, m, tree.names(params).index("Dense_0/kernel")).astype(np.float64)
+    w = np.asarray(params["Dense_0"]["kernel"], np.float64)
+    n, kept = mask.size, mask.sum()
+    scale = n / kept
+    effective = np.asarray(r.apply(trainable, frozen, key, train=True)["Dense_0"]["kernel"])
+    np.testing.assert_allclose(effective, scale * w * mask, rtol=1e-6)
+    # W_eff = (n / sum M) W M: dL/dM = c W G - (c / K) sum(G W M), G = x^T t.
+    g = x.T @ t
+    dmask = scale * w * g - scale / kept * np.sum(g * w * mask)
+    p = _np_sigmoid(m)
+    grads = jax.grad(lambda tr: _linear_loss(r.apply(tr, frozen, key, train=True), x, t))(
+        trainable)
+    np.testing.assert_allclose(np.asarray(grads["Dense_0"]["kernel"]), dmask * p * (1 - p),
+                               rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("init_prob", [0.5, 0.2])
+def test_bernoulli_init_keeps_a_binomial_share(init_prob):
+    params = {"Dense_0": {"kernel": jax.random.normal(jax.random.key(0), (200, 100))},
+              "Dense_1": {"kernel": jax.random.normal(jax.random.key(1), (100, 10))}}
+    selection = masking.prunable(params)
+    r = supermasks.bernoulli_supermask(selection, init_prob=init_prob)
+    trainable, frozen = r.init(params, jax.random.key(2))
+    for leaf in jax.tree.leaves(trainable):
+        np.testing.assert_allclose(_np_sigmoid(leaf), init_prob, rtol=1e-6)  # one constant
+    masks = supermasks.bernoulli_masks(trainable, frozen, selection)
+    for name in ("Dense_0", "Dense_1"):
+        kept, n = int(np.asarray(masks[name]["kernel"]).sum()), masks[name]["kernel"].size
+        assert abs(kept - n * init_prob) <= 5 * np.sqrt(n * init_prob * (1 - init_prob))
+    with pytest.raises(ValueError, match="init_prob"):
+        supermasks.bernoulli_supermask(selection, init_prob=1.0)
+
+
+def test_bernoulli_signed_constant_is_the_sign_times_the_layer_std():
+    params = _params(jax.random.key(0))
+    params["Dense_1"]["kernel"] = 0.05 * params["Dense_1"]["kernel"]  # a different std
+    selection = masking.prunable(params)
+    r = supermasks.bernoulli_supermask(selection, signed_constant=True)
+    _, frozen = r.init(params, jax.random.key(1))
+    for name in ("Dense_0", "Dense_1"):
+        init = np.asarray(params[name]["kernel"])
+        w = np.asarray(frozen["weights"][name]["kernel"])
+        assert len(np.unique(np.abs(w))) == 1  # one constant per layer
+        np.testing.assert_allclose(np.abs(w), np.std(init.astype(np.float64)), rtol=1e-6)
+        np.testing.assert_array_equal(np.sign(w), np.sign(init))
+    np.testing.assert_array_equal(np.asarray(frozen["weights"]["Dense_1"]["bias"]), 0.0)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load("digits")
+
+
+def _two_members(digits, reparam_fn, num_steps=4, weight_decay=0.01):
+    model = models.create("mlp", widths=(16,))
+    recipe = optim.Recipe(optimizer="sgd", learning_rate=0.1, momentum=0.9,
+                          weight_decay=weight_decay, batch_size=32)
+    abstract = executor_lib.Executor(model, digits, recipe).abstract_params
+    selection = masking.prunable(abstract)
+    executor = executor_lib.Executor(model, digits, recipe, reparam=reparam_fn(selection))
+    init_keys, noise_keys = rng.init_and_noise(rng.replicate_keys(0, 2))
+    start = executor.init(init_keys)
+    return executor, selection, start, noise_keys, num_steps
+
+
+def test_bernoulli_trains_logits_only_under_the_executor(digits):
+    executor, selection, start, noise_keys, num_steps = _two_members(
+        digits, lambda s: supermasks.bernoulli_supermask(s, signed_constant=True))
+    final, losses = executor.train(start, None, noise_keys, num_steps=num_steps)
+    assert np.all(np.isfinite(np.asarray(losses)))
+    start, final = jax.device_get(start), jax.device_get(final)
+    for a, b in zip(jax.tree.leaves(start.frozen), jax.tree.leaves(final.frozen), strict=True):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()  # weights, biases: bitwise
+    np.testing.assert_array_equal(final.params["Dense_0"]["bias"], 0.0)  # placeholders
+    assert not np.array_equal(final.params["Dense_0"]["kernel"], start.params["Dense_0"]["kernel"])
+    first = executor.evaluate(final, "test")
+    np.testing.assert_array_equal(first["accuracy"], executor.evaluate(final, "test")["accuracy"])
+    np.testing.assert_array_equal(first["loss"], executor.evaluate(final, "test")["loss"])
+    params = jax.device_get(executor.model_params(final))
+    for member in range(2):
+        masks = supermasks.bernoulli_masks(tree.index(final.params, member),
+                                           tree.index(final.frozen, member), selection)
+        weights = tree.index(final.frozen["weights"], member)
+        for name in ("Dense_0", "Dense_1"):
+            np.testing.assert_array_equal(
+                params[name]["kernel"][member],
+                np.where(np.asarray(masks[name]["kernel"]), weights[name]["kernel"], 0.0))
+            np.testing.assert_array_equal(params[name]["bias"][member], weights[name]["bias"])
+
+
+# --------------------------------------------------------------------------- DNW
+
+
+def test_dnw_keeps_exactly_the_top_k_and_passes_the_gradient_to_every_weight():
+    params, x, t, _ = _linear(jax.random.key(6))
+    selection = masking.prunable(params)
+    r = supermasks.dnw(selection, density=0.3)
+    trainable, frozen = r.init(params, jax.random.key(0))
+    kept = int(np.ceil(0.3 * 96))
+    assert int(frozen["kept"]["Dense_0"]["kernel"]) == kept == 29
+    effective = r.apply(trainable, frozen, None, train=True)
+    w = np.asarray(params["Dense_0"]["kernel"])
+    mask = _np_top_k(np.abs(w), kept)
+    np.testing.assert_array_equal(np.asarray(effective["Dense_0"]["kernel"]),
+                                  np.where(mask, w, 0.0))
+    assert np.count_nonzero(np.asarray(effective["Dense_0"]["kernel"])) == kept
+    grads = jax.grad(lambda p: _linear_loss(r.apply(p, frozen, None, train=True), x, t))(
+        trainable)
+    np.testing.assert_allclose(np.asarray(grads["Dense_0"]["kernel"]), x.T @ t, rtol=1e-5,
+                               atol=1e-6)  # dL/dW = dL/dW_eff, masked-out entries too
+    np.testing.assert_allclose(np.asarray(grads["Dense_0"]["bias"]), t.sum(0), rtol=1e-5)
+
+
+def test_dnw_masked_out_weight_enters_the_top_k():
+    params = {"Dense_0": {"kernel": jnp.array([[1.0], [0.9], [0.1], [0.05]])}}
+    selection = masking.prunable(params)
+    r = supermasks.dnw(selection, density=0.5)
+    trainable, frozen = r.init(params, jax.random.key(0))
+
+    def loss(p):  # pulls up the smallest weight, outside the top-2 at first
+        return -4.0 * r.apply(p, frozen, None, train=True)["Dense_0"]["kernel"][3, 0]
+
+    def in_use(p):
+        return np.asarray(supermasks.supermask(p, frozen, selection)["Dense_0"]["kernel"][:, 0])
+
+    np.testing.assert_array_equal(in_use(trainable), [True, True, False, False])
+    assert float(loss(trainable)) == 0.0  # the planted weight is not in the forward pass
+    step = jax.jit(lambda p: jax.tree.map(lambda a, g: a - 0.1 * g, p, jax.grad(loss)(p)))
+    for _ in range(3):
+        trainable = step(trainable)
+    np.testing.assert_allclose(np.asarray(trainable["Dense_0"]["kernel"][:, 0]),
+                               [1.0, 0.9, 0.1, 1.25], rtol=1e-6)
+    np.testing.assert_array_equal(in_use(trainable), [True, False, False, True])
+    # Control: without the straight-through (plain W * M) the weight never moves.
+    plain = jax.grad(lambda p: -4.0 * (p["Dense_0"]["kernel"] * jnp.asarray(
+        [[1.0], [1.0], [0.0], [0.0]]))[3, 0])(params)
+    assert float(plain["Dense_0"]["kernel"][3, 0]) == 0.0
+
+
+def test_dnw_trains_every_weight_under_the_executor(digits):
+    executor, selection, start, noise_keys, num_steps = _two_members(
+        digits, lambda s: supermasks.dnw(s, density=0.25), weight_decay=0.0)
+    # Member 1 at density 0.5: a member's kept counts are its own.
+    half = supermasks.kept_counts(tree.index(start.params, 1), selection, 0.5)
+    start = start.replace(frozen={"kept": jax.tree.map(
+        lambda k, h: k.at[1].set(h), start.frozen["kept"], half)})
+    final, losses = executor.train(start, None, noise_keys, num_steps=num_steps)
+    assert np.all(np.isfinite(np.asarray(losses)))
+    start_host, final_host = jax.device_get(start), jax.device_get(final)
+    params = jax.device_get(executor.model_params(final))
+    for member, density in ((0, 0.25), (1, 0.5)):
+        for name in ("Dense_0", "Dense_1"):
+            w0 = start_host.params[name]["kernel"][member]
+            w = final_host.params[name]["kernel"][member]
+            kept = int(np.ceil(density * w.size))
+            # Out of the forward pass at the first and last step, and still trained (no decay;
+            # some get no gradient: constant pixels, dead units).
+            unused = ~_np_top_k(np.abs(w0), kept) & ~_np_top_k(np.abs(w), kept)
+            assert np.mean(w[unused] != w0[unused]) > 0.5
+            np.testing.assert_array_equal(params[name]["kernel"][member],
+                                          np.where(_np_top_k(np.abs(w), kept), w, 0.0))
+            assert np.count_nonzero(params[name]["kernel"][member]) == kept
+            assert not np.array_equal(final_host.params[name]["bias"][member],
+                                      start_host.params[name]["bias"][member])
+
+
+@pytest.mark.parametrize("method", ["bernoulli", "dnw"])
+def test_learned_study_rows_are_the_checkpointed_networks(tmp_path, method):
+    config = _config(method=method)
+    supermask.run(config, tmp_path, progress=False)
+    first = (tmp_path / "results.csv").read_text()
+    rows = [r for r in results.read_csv(tmp_path / "results.csv")
+            if r["replicate"] not in ("mean", "std")]
+    assert len(rows) == 2 * 2 and {r["method"] for r in rows} == {method}
+    _, dataset, _, executor = common.setup(config, tmp_path)
+    selection = masking.prunable(executor.abstract_params)
+    reparam = (supermasks.dnw(selection) if method == "dnw"
+               else supermasks.bernoulli_supermask(selection))
+    learned = executor.like(reparam=reparam)
+    init_keys = rng.init_and_noise(rng.replicate_keys(config.seed, 2))[0]
+    start = jax.device_get(learned.init(init_keys[np.array([0, 1, 0, 1])]))
+    with checkpoint.Checkpointer(tmp_path / "checkpoints" / method) as ckpt:
+        final, _, meta = ckpt.restore(ckpt.steps()[-1], like_state=start)
+    final = jax.device_get(final)
+    x = np.asarray(dataset.test.x, np.float64).reshape(len(dataset.test.y), -1)
+    x = (x - np.asarray(dataset.mean, np.float64).reshape(-1)) / np.asarray(
+        dataset.std, np.float64).reshape(-1)
+    for m, tag in enumerate(meta["members"]):
+        h, kept_all, size_all = x, 0, 0
+        for layer in ("Dense_0", "Dense_1", "Dense_2"):
+            if method == "dnw":
+                w = np.asarray(final.params[layer]["kernel"][m], np.float64)
+                keep = _np_top_k(np.abs(w), int(np.ceil(round(tag["density"] * w.size, 6))))
+            else:
+                w0 = np.asarray(start.frozen["weights"][layer]["kernel"][m], np.float64)
+                w = np.asarray(final.frozen["weights"][layer]["kernel"][m], np.float64)
+                np.testing.assert_allclose(  # frozen: the init or its signed layer std
+                    w, np.sign(w0) * np.std(w0) if tag["weight_init"] == "signed_constant"
+                    else w0, rtol=1e-6)
+                logits = final.params[layer]["kernel"][m]
+                key = jax.random.wrap_key_data(final.frozen["eval_key"][m])
+                keep = _np_draw(key, logits, tree.names(start.params).index(f"{layer}/kernel"))
+            kept_all, size_all = kept_all + keep.sum(), size_all + keep.size
+            h = h @ np.where(keep, w, 0.0)
+            if layer != "Dense_2":
+                h = np.maximum(h, 0)
+        (row,) = [r for r in rows if r["weight_init"] == tag["weight_init"]
+                  and int(r["replicate"]) == tag["replicate"]
+                  and (method == "bernoulli" or float(r["density"]) == tag["density"])]
+        if method == "bernoulli":
+            assert float(row["density"]) == pytest.approx(kept_all / size_all)
+        accuracy = np.mean(h.argmax(1) == np.asarray(dataset.test.y))
+        assert float(row["test_accuracy"]) == pytest.approx(accuracy, abs=1.5 / len(h))
+    supermask.run(config, tmp_path, progress=False)  # finished: same file
+    assert (tmp_path / "results.csv").read_text() == first

@@ -11,11 +11,15 @@ random non-BatchNorm parameters as BatchNorm has.
 
 import ml_collections
 
+from experiments import configs
 from experiments.configs import lenet_mnist
+
+VARIANTS = ("quick",)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config; ``'quick'``: 300 iterations of a 256-256 MLP."""
+    chosen = configs.variants(arg, VARIANTS)
     config = lenet_mnist.get_config()
     config.model = "mlp_bn"
     config.model_kwargs = ml_collections.ConfigDict(dict(widths=(1024, 1024), bn_init="ones"))
@@ -34,12 +38,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint_every = "5ep"
     config.max_checkpoints = 1
     config.arms = ("full", "batchnorm", "batchnorm_output", "output", "random")
-    if arg == "quick":
+    if "quick" in chosen:
         config.model_kwargs.widths = (256, 256)
         config.recipe.total_steps = "300it"
         config.training_steps = "300it"
         config.eval_every = "300it"
         config.checkpoint_every = "100it"
-    elif arg:
-        raise ValueError(f"unknown config variant {arg!r}; expected 'quick' or nothing")
     return config

@@ -13,11 +13,15 @@ replicate; ``:quick``: 2 epochs.
 
 import ml_collections
 
+from experiments import configs
 from experiments.configs import early_bird_mlp_mnist, resnet20_cifar10
+
+VARIANTS = ("quick", "sample")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config; variants ``sample`` and ``quick`` (composable: ``sample,quick``)."""
+    chosen = configs.variants(arg, VARIANTS)
     config = early_bird_mlp_mnist.get_config()
     base = resnet20_cifar10.get_config()
     config.dataset = base.dataset
@@ -28,16 +32,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.training_steps = "160ep"
     config.eval_every = "10ep"
     config.checkpoint_every = "1ep"
-    variants = set((arg or "").split(",")) - {""}
-    if variants - {"quick", "sample"}:
-        raise ValueError(f"unknown config variant(s) {sorted(variants - {'quick', 'sample'})}; "
-                         "expected quick, sample")
-    if "sample" in variants:
-        resnet20_cifar10.sample_resnet(config, epochs=30)
+    if "sample" in chosen:
+        configs.sample_resnet(config, epochs=30)
         config.checkpoint_every = "1ep"
         config.ratios = (0.3,)
         config.num_replicates = 1
-    if "quick" in variants:
+    if "quick" in chosen:
         config.recipe.lr_drops = ()
         config.training_steps = "2ep"
         config.eval_every = "2ep"

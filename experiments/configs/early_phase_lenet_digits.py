@@ -1,16 +1,24 @@
 """Perturbations at the rewind point on scikit-learn digits: offline, seconds long.
 
+``:sample``: ResNet-20 on the 4000-image CIFAR-10 sample in ``$LTJAX_DATA_DIR``,
+IMP to level 2 (64 % density) run by the study, 6 epochs, k in {0, 1 epoch},
+four perturbations, 1 replicate (``:quick,sample``: level 1, 1 epoch, k in {0, 10it}).
+
     python -m experiments.early_phase \\
         --config=experiments/configs/early_phase_lenet_digits.py:quick --workdir=runs/early_q
 """
 
 import ml_collections
 
+from experiments import configs
 from experiments.configs import early_phase_lenet_mnist
+
+VARIANTS = ("quick", "sample")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config; ``'quick'``: 3 epochs, IMP level 2 made by the study, k in {0, 10it}."""
+    chosen = configs.variants(arg, VARIANTS)
     config = early_phase_lenet_mnist.get_config()
     config.dataset = "digits"
     config.validation_size = 0
@@ -19,12 +27,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint_every = "10ep"
     config.imp_level = 4
     config.rewind_steps = ("0it", "50it")
-    if arg == "quick":
+    if "sample" in chosen:
+        quick = "quick" in chosen
+        configs.sample_resnet(config, epochs=1 if quick else 6)
+        config.num_replicates = 1
+        config.imp_level = 1 if quick else 2
+        config.rewind_steps = ("0it", "10it") if quick else ("0it", "1ep")
+        config.perturbations = ("none", "reinit", "shuffle_layer", "signs_k_magnitudes_fresh")
+    elif "quick" in chosen:
         config.training_steps = "3ep"
         config.eval_every = "3ep"
         config.checkpoint_every = "1ep"
         config.imp_level = 2
         config.rewind_steps = ("0it", "10it")
-    elif arg:
-        raise ValueError(f"unknown config variant {arg!r}; expected 'quick' or nothing")
     return config

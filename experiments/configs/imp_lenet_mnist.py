@@ -12,11 +12,15 @@ level and the output layer 10 % (layerwise), reset to the original init
 
 import ml_collections
 
+from experiments import configs
 from experiments.configs import lenet_mnist
+
+VARIANTS = ("quick", "imp_only")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config; ``'quick'``: 2 levels of 300 iterations; ``'imp_only'``: no controls."""
+    chosen = configs.variants(arg, VARIANTS)
     config = lenet_mnist.get_config()
     config.num_replicates = 2
     config.training_steps = "24000it"
@@ -28,8 +32,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # 'paired': every level and branch sees the same batches from step k on; 'fresh': a
     # new data order and augmentation per level and branch (OpenLTH's default).
     config.sgd_noise = "paired"
+    # layer_rates: 'regex:rate,...', each matching layer pruned on its own at its rate;
+    # '@output' names the model's output layer (ltjax.models.output_layer: Dense_2 for LeNet,
+    # fc for the ResNets, Dense_0 for VGG), skipped when it is not pruned. preset: '' or
+    # 'conv10_fc20' (ltjax.pruning.preset_rates; layer_rates override it).
     config.pruning = ml_collections.ConfigDict(dict(
-        fraction=0.2, scope="layerwise", layer_rates="Dense_2:0.1", include="", exclude="",
+        fraction=0.2, scope="layerwise", layer_rates="@output:0.1", include="", exclude="",
+        preset="",
     ))
     config.controls = ("reinit",)
     config.max_checkpoints = 1
@@ -39,13 +48,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.ticket_learning_rates = ()
     config.ticket_similar = 0.005
     config.correlation_p = 0.1  # weight correlation R_p (Liu et al. 2021) in results.csv
-    if arg == "quick":
+    if "quick" in chosen:
         config.training_steps = "300it"
         config.eval_every = "100it"
         config.checkpoint_every = "100it"
         config.levels = 2
-    elif arg == "imp_only":  # the tickets alone, e.g. for the stability study
+    if "imp_only" in chosen:  # the tickets alone, e.g. for the stability study
         config.controls = ()
-    elif arg:
-        raise ValueError(f"unknown config variant {arg!r}; expected 'quick', 'imp_only' or nothing")
     return config

@@ -1,18 +1,29 @@
 """LeNet-300-100 on scikit-learn's digits: the default offline run (no network needed).
 
+``:sample``: ResNet-20 on the 4000-image CIFAR-10 sample in ``$LTJAX_DATA_DIR``
+(:func:`experiments.configs.sample_resnet`), 10 epochs, 1 replicate
+(``:quick,sample``: 1 epoch).
+
     python -m experiments.train --config=experiments/configs/lenet_digits.py --workdir=runs/digits
     python -m experiments.train --config=experiments/configs/lenet_digits.py:quick --workdir=runs/q
 """
 
 import ml_collections
 
+from experiments import configs
+
+VARIANTS = ("quick", "sample")
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """The config; ``arg='quick'`` gives a seconds-long smoke run."""
+    """The config; ``'quick'``: a seconds-long smoke run; ``'sample'``: ResNet-20 on CIFAR."""
+    chosen = configs.variants(arg, VARIANTS)
     config = ml_collections.ConfigDict()
-    config.dataset = "digits"
-    config.data_dir = ""
-    config.validation_size = 0
+    config.dataset = "digits"  # a name of ltjax.data.NAMES or a path to an .npz file
+    config.data_dir = ""  # "": $LTJAX_DATA_DIR, else ~/.cache/ltjax
+    config.validation_size = 0  # training examples held out for validation
+    config.validation_seed = 0
+    config.test_size = 0  # an .npz file without a test split: its last test_size examples
     config.model = "lenet_300_100"
     config.model_kwargs = ml_collections.ConfigDict()
     config.num_replicates = 4
@@ -30,11 +41,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # optimizer's default); schedule 'step' | 'cosine' (cosine decays to 0 at total_steps).
         nesterov=False, weight_decay_mode="", schedule="step", total_steps="",
     ))
-    if arg == "quick":
+    if "sample" in chosen:
+        configs.sample_resnet(config, epochs=1 if "quick" in chosen else 10)
+        config.num_replicates = 1
+    elif "quick" in chosen:
         config.num_replicates = 2
         config.training_steps = "2ep"
         config.eval_every = "1ep"
         config.checkpoint_every = "1ep"
-    elif arg:
-        raise ValueError(f"unknown config variant {arg!r}; expected 'quick' or nothing")
     return config

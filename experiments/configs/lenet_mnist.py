@@ -7,11 +7,15 @@ Needs ``mnist/mnist.npz`` under ``$LTJAX_DATA_DIR`` (or tfds with a network).
 
 import ml_collections
 
+from experiments import configs
 from experiments.configs import lenet_digits
+
+VARIANTS = ("quick",)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config; ``arg='quick'`` trains 200 iterations."""
+    chosen = configs.variants(arg, VARIANTS)
     config = lenet_digits.get_config()
     config.dataset = "mnist"
     config.validation_size = 5000  # as the LTH paper (Frankle & Carbin 2019)
@@ -20,10 +24,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint_every = "4000it"
     config.eval_train = False
     config.num_replicates = 2
-    if arg == "quick":
+    if "quick" in chosen:
         config.training_steps = "200it"
         config.eval_every = "100it"
         config.checkpoint_every = "100it"
-    elif arg:
-        raise ValueError(f"unknown config variant {arg!r}; expected 'quick' or nothing")
     return config

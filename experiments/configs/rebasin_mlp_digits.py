@@ -1,5 +1,10 @@
 """Git Re-Basin on scikit-learn digits: offline, seconds long.
 
+``:sample``: two ResNet-20s on the 4000-image CIFAR-10 sample in
+``$LTJAX_DATA_DIR``, 6 epochs, weight matching, 5 alphas, the naive and
+matched paths without correction, with BatchNorm statistics reset and with
+REPAIR, no sparse part (``:quick,sample``: 1 epoch).
+
     python -m experiments.rebasin --config=experiments/configs/rebasin_mlp_digits.py \\
         --workdir=runs/rebasin_digits
     python -m experiments.rebasin --config=experiments/configs/rebasin_mlp_digits.py:quick \\
@@ -8,11 +13,15 @@
 
 import ml_collections
 
+from experiments import configs
 from experiments.configs import rebasin_mlp_mnist
+
+VARIANTS = ("quick", "sample")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config; ``'quick'``: MLP 64-64, 3 models, 5 epochs, 9 alphas, sparse at 20 %."""
+    chosen = configs.variants(arg, VARIANTS)
     config = rebasin_mlp_mnist.get_config()
     config.dataset = "digits"
     config.model_kwargs = ml_collections.ConfigDict({"widths": (128, 128)})
@@ -27,7 +36,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.matching.restarts = 2
     config.sparse.density = 0.2
     config.sparse.ticket = True
-    if arg == "quick":
+    if "sample" in chosen:
+        configs.sample_resnet(config, epochs=1 if "quick" in chosen else 6)
+        config.num_replicates = 2
+        config.corrections = ("none", "reset", "repair")
+        config.num_alphas = 5
+        config.alpha_chunk = 5
+        config.matching.restarts = 1
+        config.sparse.density = 0.0
+    elif "quick" in chosen:
         config.model_kwargs = ml_collections.ConfigDict({"widths": (64, 64)})
         config.num_replicates = 3
         config.training_steps = "5ep"
@@ -36,6 +53,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.num_alphas = 9
         config.alpha_chunk = 9
         config.matching.ste_steps = 5
-    elif arg:
-        raise ValueError(f"unknown config variant {arg!r}; expected 'quick' or nothing")
     return config

@@ -19,13 +19,20 @@ off to save time: ``--config.sparse.ticket=True``). Needs
 
 import ml_collections
 
+from experiments import configs
+
+VARIANTS = ("quick", "ste_reference")
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """The config; ``'quick'``: 1 epoch, 5 alphas, no sparse part."""
+    """The config; ``'quick'``: 1 epoch, 5 alphas, no sparse part; ``'ste_reference'``."""
+    chosen = configs.variants(arg, VARIANTS)
     config = ml_collections.ConfigDict()
-    config.dataset = "mnist"
-    config.data_dir = ""
+    config.dataset = "mnist"  # a name of ltjax.data.NAMES or a path to an .npz file
+    config.data_dir = ""  # "": $LTJAX_DATA_DIR, else ~/.cache/ltjax
     config.validation_size = 0
+    config.validation_seed = 0
+    config.test_size = 0  # an .npz file without a test split: its last test_size examples
     config.model = "mlp"
     config.model_kwargs = ml_collections.ConfigDict({"widths": (512, 512, 512)})
     config.num_replicates = 2  # model 0 is matched to each of models 1..S-1
@@ -69,20 +76,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.sparse = ml_collections.ConfigDict(dict(
         density=0.02, scope="global", training_steps="10ep",  # "": as long as the dense nets
         ticket=False))  # also train model 0's init with its own mask (the LTH reference)
-    if arg == "quick":
+    if "quick" in chosen:
         config.training_steps = "1ep"
         config.eval_every = "1ep"
         config.checkpoint_every = "1ep"
         config.num_alphas = 5
         config.alpha_chunk = 5
         config.sparse.density = 0.0
-    elif arg == "ste_reference":  # STE matching with the reference's budget (~15K projections)
+    if "ste_reference" in chosen:  # STE matching with the reference's budget (~15K projections)
         config.method = "ste"
         config.matching.ste_steps = 15000
         config.matching.ste_batch_size = 1000
         config.matching.ste_learning_rate = 1e-2
         config.matching.ste_optimizer = "sgd"
-    elif arg:
-        raise ValueError(f"unknown config variant {arg!r}; expected 'quick', 'ste_reference' "
-                         "or nothing")
     return config

@@ -8,44 +8,17 @@ SGD momentum 0.9, lr 0.1 dropped 10x at 32K and 48K of 63K iterations, batch
     python -m experiments.train --config=experiments/configs/resnet20_cifar10.py --workdir=runs/r20
 """
 
-import os
-
 import ml_collections
 
+from experiments import configs
 from experiments.configs import lenet_digits
 
-
-def use_sample(config: ml_collections.ConfigDict) -> None:
-    """Point ``config`` at the 4000-image CIFAR-10 sample (3600 train / 400 test)."""
-    root = os.environ.get("LTJAX_DATA_DIR", "../shared/data")
-    config.dataset = os.path.join(root, "cifar10_first4000", "cifar10_train_first4000.npz")
-    config.test_size = 400
-
-
-def sample_resnet(config: ml_collections.ConfigDict, *, epochs: int, **model_kwargs) -> None:
-    """ResNet-20 on the CIFAR sample, the LMC recipe scaled to ``epochs`` (drops at 50 and 75 %).
-
-    For the ``:sample`` smoke runs of the studies' digits configs.
-    """
-    use_sample(config)
-    config.model = "resnet20"
-    config.model_kwargs = ml_collections.ConfigDict(model_kwargs)
-    config.recipe.optimizer = "sgd"
-    config.recipe.learning_rate = 0.1
-    config.recipe.momentum = 0.9
-    config.recipe.weight_decay = 1e-4
-    config.recipe.batch_size = 128
-    config.recipe.augment = True
-    config.recipe.schedule = "step"
-    config.recipe.total_steps = ""
-    config.recipe.lr_drops = (f"{epochs // 2}ep", f"{3 * epochs // 4}ep") if epochs >= 4 else ()
-    config.training_steps = f"{epochs}ep"
-    config.eval_every = f"{max(1, epochs // 3)}ep"
-    config.checkpoint_every = f"{max(1, epochs // 3)}ep"
+VARIANTS = ("quick", "sample")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config; ``'quick'``: 20 iterations; ``'sample'``: the 4000-image CIFAR sample."""
+    chosen = configs.variants(arg, VARIANTS)
     config = lenet_digits.get_config()
     config.dataset = "cifar10"
     config.model = "resnet20"
@@ -62,18 +35,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # optimizer's default); schedule 'step' | 'cosine' (cosine decays to 0 at total_steps).
         nesterov=False, weight_decay_mode="", schedule="step", total_steps="",
     ))
-    variants = (arg or "").split(",") if arg else []
-    if "sample" in variants:
-        use_sample(config)
+    if "sample" in chosen:
+        configs.use_sample(config)
         config.training_steps = "20ep"
         config.eval_every = "2ep"
         config.checkpoint_every = "2ep"
         config.recipe.lr_drops = ("10ep", "15ep")
-    if "quick" in variants:
+    if "quick" in chosen:
         config.training_steps = "20it"
         config.eval_every = "10it"
         config.checkpoint_every = "10it"
-    unknown = set(variants) - {"sample", "quick"}
-    if unknown:
-        raise ValueError(f"unknown config variant(s) {sorted(unknown)}; expected sample, quick")
     return config

@@ -18,11 +18,15 @@ on the 2-core CPU machine (README).
 
 import ml_collections
 
+from experiments import configs
 from experiments.configs import lenet_mnist
+
+VARIANTS = ("quick",)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config; ``'quick'``: 2 x 2 fine-tunes of 100 and 200 iterations."""
+    chosen = configs.variants(arg, VARIANTS)
     config = lenet_mnist.get_config()
     del config.num_replicates, config.eval_train, config.training_steps
     config.validation_size = 5000
@@ -49,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.recompute_batch_stats = True
     config.reset_batches = "20"  # BatchNorm statistics: a number of batches, or 'epoch'
     config.reset_augment = False  # with 'epoch': the REPAIR notebooks' augmented pass
-    if arg == "quick":
+    if "quick" in chosen:
         config.pretrain.steps = "200it"
         config.finetune.learning_rate = (3e-4, 1e-3)
         config.finetune.weight_decay = (1e-4,)
@@ -60,6 +64,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.checkpoint_every = "100it"
         config.learned_soup.num_steps = 20
         config.wise_ft.num_alphas = 3
-    elif arg:
-        raise ValueError(f"unknown config variant {arg!r}; expected 'quick' or nothing")
     return config

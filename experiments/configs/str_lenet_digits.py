@@ -10,11 +10,15 @@
 
 import ml_collections
 
-from experiments.configs import resnet20_cifar10, str_lenet_mnist
+from experiments import configs
+from experiments.configs import str_lenet_mnist
+
+VARIANTS = ("quick", "sample")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config; ``'quick'``: 4 epochs, one s_init, two decays; ``'sample'``: ResNet-20."""
+    chosen = configs.variants(arg, VARIANTS)
     config = str_lenet_mnist.get_config()
     config.dataset = "digits"
     config.recipe.batch_size = 60
@@ -23,20 +27,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval_every = "40ep"
     config.checkpoint_every = "10ep"
     config.weight_decays = (1e-4, 1e-3, 5e-3)
-    variants = set((arg or "").split(",")) - {""}
-    if variants - {"quick", "sample"}:
-        raise ValueError(f"unknown config variant(s) {sorted(variants - {'quick', 'sample'})}; "
-                         "expected quick, sample")
-    if "sample" in variants:
-        epochs = 1 if "quick" in variants else 15
-        resnet20_cifar10.sample_resnet(config, epochs=epochs)
+    if "sample" in chosen:
+        epochs = 1 if "quick" in chosen else 15
+        configs.sample_resnet(config, epochs=epochs)
         config.recipe.schedule = "cosine"
         config.recipe.lr_drops = ()
         config.recipe.total_steps = f"{epochs}ep"
         config.s_inits = (-5.0,)
         config.weight_decays = (5e-4,)
         config.num_replicates = 1
-    elif "quick" in variants:
+    elif "quick" in chosen:
         config.recipe.total_steps = "4ep"
         config.training_steps = "4ep"
         config.eval_every = "4ep"

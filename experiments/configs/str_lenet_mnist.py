@@ -11,11 +11,15 @@ magnitude pruning of it to each STR member's sparsity, retrained 20 epochs.
 
 import ml_collections
 
+from experiments import configs
 from experiments.configs import lenet_mnist
+
+VARIANTS = ("quick",)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config; ``'quick'``: 300 iterations, one s_init, two decays."""
+    chosen = configs.variants(arg, VARIANTS)
     config = lenet_mnist.get_config()
     config.validation_size = 0
     config.eval_train = False
@@ -35,13 +39,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.weight_decays = (1e-4, 2e-4, 5e-4, 1e-3, 2e-3)
     config.oneshot_baseline = True
     config.scope = "global"
-    if arg == "quick":
+    if "quick" in chosen:
         config.recipe.total_steps = "300it"
         config.training_steps = "300it"
         config.eval_every = "300it"
         config.checkpoint_every = "100it"
         config.s_inits = (-5.0,)
         config.weight_decays = (1e-4, 1e-3)
-    elif arg:
-        raise ValueError(f"unknown config variant {arg!r}; expected 'quick' or nothing")
     return config

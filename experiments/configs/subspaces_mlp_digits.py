@@ -11,11 +11,18 @@
 
 import ml_collections
 
-from experiments.configs import resnet20_cifar10, subspaces_mlp_mnist
+from experiments import configs
+from experiments.configs import subspaces_mlp_mnist
+
+VARIANTS = ("quick", "sample")
+
+VARIANTS = ("quick", "sample")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config; ``'quick'``: 4 epochs of a 64-64 MLP, 5 alphas; ``'sample'``: ResNet-20."""
+    chosen = configs.variants(arg, VARIANTS)
+    chosen = configs.variants(arg, VARIANTS)
     config = subspaces_mlp_mnist.get_config()
     config.dataset = "digits"
     config.model_kwargs.widths = (256, 256)
@@ -23,16 +30,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.training_steps = "30ep"
     config.eval_every = "10ep"
     config.checkpoint_every = "10ep"
-    variants = set((arg or "").split(",")) - {""}
-    if variants - {"quick", "sample"}:
-        raise ValueError(f"unknown config variant(s) {sorted(variants - {'quick', 'sample'})}; "
-                         "expected quick, sample")
-    if "sample" in variants:
-        resnet20_cifar10.sample_resnet(config, epochs=1 if "quick" in variants else 15)
+    if "sample" in chosen:
+        configs.sample_resnet(config, epochs=1 if "quick" in chosen else 15)
         config.arms = ("standard", "line@1")
         config.num_replicates = 1
         config.num_alphas = 5
-    elif "quick" in variants:
+    elif "quick" in chosen:
         config.model_kwargs.widths = (64, 64)
         config.training_steps = "4ep"
         config.eval_every = "2ep"

@@ -12,11 +12,15 @@ beta = 1, each evaluated at 11 alphas. Needs ``mnist/mnist.npz`` under
 
 import ml_collections
 
+from experiments import configs
 from experiments.configs import lenet_mnist
+
+VARIANTS = ("quick",)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config; ``'quick'``: 300 iterations of a 128-128 MLP."""
+    chosen = configs.variants(arg, VARIANTS)
     config = lenet_mnist.get_config()
     config.model = "mlp"
     config.model_kwargs = ml_collections.ConfigDict(dict(widths=(512, 512)))
@@ -37,11 +41,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # 'epoch'; reset_augment applies the training augmentation (the REPAIR notebooks').
     config.reset_batches = "20"
     config.reset_augment = False
-    if arg == "quick":
+    if "quick" in chosen:
         config.model_kwargs.widths = (128, 128)
         config.training_steps = "300it"
         config.eval_every = "300it"
         config.checkpoint_every = "100it"
-    elif arg:
-        raise ValueError(f"unknown config variant {arg!r}; expected 'quick' or nothing")
     return config

@@ -12,11 +12,15 @@ the highest criterion scores, and the masked *init* is evaluated untrained.
 
 import ml_collections
 
+from experiments import configs
 from experiments.configs import imp_lenet_mnist
+
+VARIANTS: tuple[str, ...] = ()  # nothing is trained; the IMP run's config sets the scale
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config (no variants: nothing is trained)."""
+    configs.variants(arg, VARIANTS)
     config = imp_lenet_mnist.get_config("imp_only")
     config.method = "zhou"
     config.imp_workdir = ""
@@ -24,6 +28,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                        "magnitude_increase", "small_final")
     config.densities = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7)
     config.weight_inits = ("init", "signed_constant")  # the kept weights' values
-    if arg:
-        raise ValueError(f"unknown config variant {arg!r}; expected nothing")
     return config

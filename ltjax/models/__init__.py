@@ -18,7 +18,8 @@ name                      architecture                                   module
 
 The output layer is ``Dense_{len(widths)}`` (MLP), ``Dense_2`` (Conv-n),
 ``Dense_0`` (VGG) or ``fc`` (ResNet): the last ``kernel`` leaf in ``jax.tree``
-order, except for MLPs with 10 or more hidden layers (``'Dense_10' < 'Dense_2'``).
+order, except for MLPs with 10 or more hidden layers (``'Dense_10' < 'Dense_2'``);
+:func:`output_layer` names it for any of them.
 
 Each model also defines its permutation spec (:func:`permutation_spec`, for
 :mod:`ltjax.matching`) and the layers REPAIR renormalises
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -57,7 +59,7 @@ from ltjax.models.vgg import VGG
 
 __all__ = [
     "NAMES", "MLP", "BatchNormMLP", "ConvN", "VGG", "ResNet", "create", "init",
-    "has_batch_norm", "is_conv",
+    "has_batch_norm", "is_conv", "output_layer",
     "permutation_spec", "activations", "repair_layers", "output_stats", "repair", "repair_fn",
     "common", "conv", "mlp", "resnet", "vgg",
 ]
@@ -210,6 +212,49 @@ def is_conv(params: Any, *, leading_axes: int = 0) -> bool:
         if key == "kernel" and len(getattr(leaf, "shape", np.shape(leaf))) - leading_axes == 4:
             return True
     return False
+
+
+def output_layer(params: Any, *, leading_axes: int = 0) -> str:
+    """The name of the output layer of a bundled model's params, e.g. ``'Dense_2'``, ``'fc'``.
+
+    The output layer is the last layer with a 2-D ``kernel`` (a dense layer),
+    layers ordered by name with their numbers compared as numbers
+    (``'Dense_2' < 'Dense_10'``): LeNet-300-100's ``Dense_2``, an MLP's
+    ``Dense_{len(widths)}``, Conv-n's ``Dense_2``, VGG's ``Dense_0``, the
+    ResNets' ``fc``. A model of your own whose classifier is not its
+    last-named dense layer needs its name spelled out instead.
+
+    Args:
+      params: a params tree (arrays or ``jax.ShapeDtypeStruct``).
+      leading_axes: extra leading axes on every leaf (1 for params stacked over
+        seeds ``[S, ...]``).
+
+    Returns:
+      The layer's path without the leaf, ``'/'``-separated.
+
+    Raises:
+      ValueError: no leaf named ``kernel`` is 2-D.
+
+    Example:
+        >>> output_layer({"Dense_0": {"kernel": jnp.zeros((8, 4))},
+        ...               "Dense_1": {"kernel": jnp.zeros((4, 2))}})
+        'Dense_1'
+    """
+    dense = []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+        if names and names[-1] == "kernel" and (
+                len(getattr(leaf, "shape", np.shape(leaf))) - leading_axes == 2):
+            dense.append("/".join(names[:-1]))
+    if not dense:
+        raise ValueError("no dense layer (a 2-D 'kernel' leaf) in params: no output layer to name")
+    return max(dense, key=_natural_key)
+
+
+def _natural_key(name: str) -> list[tuple[int, int | str]]:
+    """``'Block_10/fc'`` -> comparable parts, numbers as numbers (``2 < 10``)."""
+    return [(0, int(part)) if part.isdigit() else (1, part)
+            for part in re.split(r"(\d+)", name) if part]
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import pathlib
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +16,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from ltjax import checkpoint, data, models, optim, results, train
+from ltjax import checkpoint, data, models, optim, pruning, results, train, tree
 from ltjax import executor as executor_lib
 
 
@@ -28,15 +29,23 @@ def to_dict(config: ml_collections.ConfigDict | dict) -> dict:
 def prepare_workdir(workdir: str | pathlib.Path, config: Any) -> pathlib.Path:
     """Create ``workdir`` and write ``config.json``; refuse a workdir of another config.
 
+    A workdir whose run saved no checkpoint yet (killed while compiling, or
+    refused later) holds nothing to lose: it takes the new config, and the
+    metrics and warnings the abandoned run logged are removed.
+
     Raises:
-      ValueError: the workdir holds a ``config.json`` that differs from ``config``
-        (the message lists the differing keys).
+      ValueError: the workdir holds checkpoints of a run whose ``config.json``
+        differs from ``config`` (the message lists the differing keys).
     """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "config.json"
     current = to_dict(config)
-    if path.exists():
+    if path.exists() and not has_checkpoints(workdir):
+        for name in ("metrics.jsonl", "warnings.jsonl"):
+            (workdir / name).unlink(missing_ok=True)
+        results.write_json(path, current)
+    elif path.exists():
         saved = results.read_json(path)
         if saved != current:
             keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
@@ -47,6 +56,11 @@ def prepare_workdir(workdir: str | pathlib.Path, config: Any) -> pathlib.Path:
     else:
         results.write_json(path, current)
     return workdir
+
+
+def has_checkpoints(workdir: str | pathlib.Path) -> bool:
+    """Whether any checkpoint step (a folder named by its step) was saved under ``workdir``."""
+    return any(p.is_dir() and p.name.isdigit() for p in pathlib.Path(workdir).rglob("*"))
 
 
 def build_dataset(config: Any) -> data.Dataset:
@@ -111,19 +125,44 @@ def setup(config: Any, workdir: str | pathlib.Path, *,
     before the workdir is written, so a config that fails leaves no workdir.
     With ``progress``, says what it loaded and built (:func:`say`).
     """
+    check_basics(config)
     say(f"loading {config.dataset}", progress)
     dataset = build_dataset(config)
     recipe = build_recipe(config, dataset)
+    per_epoch = len(dataset.train) // recipe.batch_size
+    for field in ("training_steps", "eval_every", "checkpoint_every"):
+        if config.get(field) not in (None, "") and steps(config.get(field), per_epoch) < 1:
+            raise ValueError(f"config.{field}={config.get(field)!r} is less than one step "
+                             f"({per_epoch} steps per epoch); it must be at least 1 step")
     if check is not None:
         check(dataset)
     executor = build_executor(config, build_model(config, dataset), dataset, recipe)
     workdir = prepare_workdir(workdir, config)
-    devices = min(config.num_replicates, len(executor.devices))
+    num = config.get("num_replicates") or 1
     say(f"{config.model} on {dataset.name} ({len(dataset.train)} training examples), "
-        f"{config.num_replicates} replicate(s) on {devices} "
+        f"{num} replicate(s) on {min(num, len(executor.devices))} "
         f"{executor.devices[0].platform.upper()} device(s), strategy {executor.strategy}; "
         f"workdir {workdir} (the first steps compile the programs)", progress)
     return workdir, dataset, recipe, executor
+
+
+def check_basics(config: Any) -> None:
+    """The fields every study shares, checked before anything is loaded or written.
+
+    Raises:
+      ValueError: ``num_replicates`` not an int >= 1, ``seed`` not an int >= 0,
+        ``recipe.batch_size`` not an int >= 1 (naming the field and the value).
+    """
+    def whole(field: str, value: Any, low: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+            raise ValueError(f"config.{field} must be an int >= {low}, got {value!r}")
+
+    if config.get("num_replicates") is not None:
+        whole("num_replicates", config.num_replicates, 1)
+    if config.get("seed") is not None:
+        whole("seed", config.seed, 0)
+    if config.get("recipe") is not None and config.recipe.get("batch_size") is not None:
+        whole("recipe.batch_size", config.recipe.batch_size, 1)
 
 
 def names_of(value: Any, *, field: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
@@ -258,6 +297,48 @@ def read_warnings(workdir: str | pathlib.Path) -> list[dict]:
     return results.MetricsLog(path).read() if path.exists() else []
 
 
+#: The ``layer_rates`` name of the model's output layer (:func:`ltjax.models.output_layer`).
+OUTPUT_LAYER = "@output"
+
+
+def layer_rates(pruning_config: Any, params: Any, prunable: Any) -> dict[str, float]:
+    """The ``layer_rates`` of :func:`ltjax.pruning.prune` for a study's ``config.pruning``.
+
+    ``pruning_config.preset`` (:func:`ltjax.pruning.preset_rates`; ``''``:
+    none) gives every layer its preset rate; ``pruning_config.layer_rates``
+    (:func:`parse_layer_rates`) then overrides the layers it matches. Its
+    pattern ``'@output'`` is the model's output layer
+    (:func:`ltjax.models.output_layer`: LeNet's ``Dense_2``, the ResNets'
+    ``fc``, VGG's ``Dense_0``), so the default ``'@output:0.1'`` (the LTH
+    paper's output layer at half rate) fits every model; it is skipped when
+    the output layer is not pruned (e.g. ``exclude``).
+
+    Args:
+      pruning_config: has ``layer_rates`` and optionally ``preset``.
+      params: the model's params (arrays or ``jax.ShapeDtypeStruct``), unstacked.
+      prunable: static bool tree from :func:`ltjax.masking.prunable`.
+
+    Raises:
+      ValueError: a bad ``layer_rates`` entry or an unknown preset.
+
+    Example:
+        >>> layer_rates(ml_collections.ConfigDict({"layer_rates": "@output:0.1"}),
+        ...             lenet_params, masking.prunable(lenet_params))
+        {'^Dense_2/': 0.1}
+    """
+    rates = pruning.preset_rates(params, prunable, preset=pruning_config.get("preset") or "")
+    for pattern, rate in parse_layer_rates(pruning_config.get("layer_rates")).items():
+        if pattern == OUTPUT_LAYER:
+            layer = models.output_layer(params)
+            pruned = [n for n, s in zip(tree.names(params), jax.tree.leaves(prunable), strict=True)
+                      if s and n.startswith(layer + "/")]
+            if not pruned:
+                continue
+            pattern = f"^{re.escape(layer)}/"
+        rates[pattern] = rate
+    return rates
+
+
 def train_segment(
     executor: executor_lib.Executor, *, state: train.TrainState, masks: Any, noise_keys: Any,
     end: int, eval_every: int, checkpoint_every: int, ckpt_dir: str | pathlib.Path,
@@ -365,8 +446,9 @@ def train_segment(
             step, state, _, saved = found
             _check_saved(ckpt, saved, fingerprint, member_tags)
         log.keep_only(lambda r, s=step, f=found: not mine(r) or (f is not None and r["step"] <= s))
-        if found is not None:  # the start losses, as the first evaluation logged them
-            first = [r for r in log.read() if r["step"] == start and r["split"] == splits[0]]
+        if found is not None and splits:  # the start losses, as the first evaluation logged
+            first = [r for r in log.read()
+                     if r.get("step") == start and r.get("split") == splits[0]]
             for r_index, m in enumerate(member_tags):
                 for record in first:
                     if all(record.get(k) == v for k, v in {**tags, **m}.items()):

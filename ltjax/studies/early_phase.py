@@ -177,7 +177,9 @@ def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool 
         if not ks or min(ks) < 0 or max(ks) >= end:
             raise ValueError(f"config.rewind_steps {list(config.rewind_steps)} must be steps in "
                              f"[0, training_steps = {end}) (as steps: {ks})")
-        if imp_workdir:
+        if not imp_workdir:  # its own IMP run, checked before this workdir is written
+            imp.check_config(_imp_config(config), dataset)
+        else:
             stability.check_imp_compatible(config, imp_workdir)
             folder = pathlib.Path(imp_workdir) / "checkpoints" / f"level_{config.imp_level:02d}"
             if not folder.is_dir():

@@ -233,6 +233,44 @@ def _check_sweep(config: Any, controls: tuple[str, ...]) -> tuple[float, ...] | 
     return lrs
 
 
+def check_config(config: Any, dataset: Any) -> None:
+    """Everything :func:`run_imp` checks before it writes its workdir.
+
+    Controls, SGD noise, the level count, the learning-rate sweep, the
+    correlation share, the rewind step against the run length, the
+    small_dense control against the model, and the pruning settings
+    (:func:`check_pruning`). Studies that run their own IMP call it before
+    writing theirs.
+
+    Raises:
+      ValueError: naming the field and what was expected.
+    """
+    controls = common.names_of(config.controls, field="controls", allowed=CONTROLS)
+    sgd_noise = config.get("sgd_noise", "paired")
+    if sgd_noise not in SGD_NOISE:
+        raise ValueError(f"config.sgd_noise must be one of {SGD_NOISE}, got {sgd_noise!r}")
+    if config.levels < 0:
+        raise ValueError(f"config.levels must be >= 0, got {config.levels}")
+    _check_sweep(config, controls)
+    correlation_p = config.get("correlation_p", 0.1)
+    if not (isinstance(correlation_p, (int, float)) and 0.0 < correlation_p <= 1.0):
+        raise ValueError(f"config.correlation_p must be a number in (0, 1], got {correlation_p!r}")
+    per_epoch = len(dataset.train) // config.recipe.batch_size
+    end = common.steps(config.training_steps, per_epoch)
+    rewind_step = common.steps(config.rewind_step, per_epoch)
+    if not 0 <= rewind_step < end:
+        raise ValueError(
+            f"rewind_step ({config.rewind_step} = {rewind_step} steps) must be before "
+            f"training_steps ({config.training_steps} = {end} steps)"
+        )
+    if "small_dense" in controls and not hasattr(common.build_model(config, dataset), "widths"):
+        others = ",".join(c for c in controls if c != "small_dense")
+        raise ValueError(f"the small_dense control needs an MLP model, got {config.model!r}; "
+                         f"drop it with --config.controls={others}")
+    if config.levels > 0:
+        check_pruning(config, dataset)
+
+
 def check_pruning(config: Any, dataset: Any) -> None:
     """Trace one pruning step on the model's abstract params: bad settings fail before work.
 
@@ -246,7 +284,7 @@ def check_pruning(config: Any, dataset: Any) -> None:
                                  jax.random.key(0))
     selection = masking.prunable(abstract, include=p.get("include") or None,
                                  exclude=p.get("exclude") or None)
-    layer_rates = common.parse_layer_rates(p.get("layer_rates"))
+    layer_rates = common.layer_rates(p, abstract, selection)
     jax.eval_shape(lambda params: pruning.prune(
         pruning.magnitude_scores(params), masking.ones_like(params), selection,
         fraction=p.fraction, scope=p.scope, layer_rates=layer_rates), abstract)
@@ -277,34 +315,19 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
         negative level count, bad pruning settings.
     """
     controls = common.names_of(config.controls, field="controls", allowed=CONTROLS)
-    sgd_noise = config.get("sgd_noise", "paired")
-    if sgd_noise not in SGD_NOISE:
-        raise ValueError(f"config.sgd_noise must be one of {SGD_NOISE}, got {sgd_noise!r}")
-    if config.levels < 0:
-        raise ValueError(f"levels must be >= 0, got {config.levels}")
     sweep = _check_sweep(config, controls)
     correlation_p = config.get("correlation_p", 0.1)
-    if not (isinstance(correlation_p, (int, float)) and 0.0 < correlation_p <= 1.0):
-        raise ValueError(f"config.correlation_p must be a number in (0, 1], got {correlation_p!r}")
+    sgd_noise = config.get("sgd_noise", "paired")
     workdir, dataset, recipe, executor = common.setup(
-        config, workdir,
-        check=lambda dataset: check_pruning(config, dataset) if config.levels > 0 else None,
-        progress=progress)
+        config, workdir, check=lambda dataset: check_config(config, dataset), progress=progress)
     per_epoch = executor.steps_per_epoch
     end = common.steps(config.training_steps, per_epoch)
     rewind_step = common.steps(config.rewind_step, per_epoch)
-    if not 0 <= rewind_step < end:
-        raise ValueError(
-            f"rewind_step ({config.rewind_step} = {rewind_step} steps) must be before "
-            f"training_steps ({config.training_steps} = {end} steps)"
-        )
-    if "small_dense" in controls and not hasattr(executor.model, "widths"):
-        raise ValueError(f"the small_dense control needs an MLP model, got {config.model!r}")
 
     p = config.pruning
-    layer_rates = common.parse_layer_rates(p.get("layer_rates"))
     selection = masking.prunable(executor.abstract_state.params, include=p.get("include") or None,
                                  exclude=p.get("exclude") or None)
+    layer_rates = common.layer_rates(p, executor.abstract_state.params, selection)
     prune_kw = dict(fraction=p.fraction, scope=p.scope, layer_rates=layer_rates)
     pruning._check_fraction(p.fraction)  # fail before any training
     num = config.num_replicates

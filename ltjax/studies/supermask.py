@@ -10,7 +10,9 @@ random init (the signed constant takes its signs) and the same scores, and
 train on the same data order.
 
 :func:`run_zhou` evaluates Zhou et al. 2019's untrained supermasks (mask
-criteria from an IMP run's init and trained weights, applied to the init).
+criteria from an IMP run's init and trained weights, applied to the init);
+:func:`run_learned` trains Zhou et al.'s learned Bernoulli supermask
+(``config.method='bernoulli'``) or DNW (``'dnw'``, Wortsman et al. 2019).
 
 Example (Colab):
     >>> from experiments.configs import supermask_lenet_digits
@@ -183,11 +185,97 @@ def run_zhou(config: Any, workdir: str | pathlib.Path, *, progress: bool = True)
             "std": [r for r in rows if r["replicate"] == "std"], "num_replicates": num}
 
 
-METHODS = {"edge_popup": run_supermask, "zhou": run_zhou}
+#: The weight inits of :func:`run_learned`'s Bernoulli supermask.
+BERNOULLI_WEIGHT_INITS = ("init", "signed_constant")
+
+
+def run_learned(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
+    """Zhou et al.'s learned Bernoulli supermask or DNW, as ``config.method`` says.
+
+    ``'bernoulli'`` (:func:`ltjax.supermasks.bernoulli_supermask`): one member
+    per weight init of ``config.get('bernoulli_weight_inits', ('init',
+    'signed_constant'))`` x replicate, logits starting at
+    ``config.get('init_prob', 0.5)``, ``config.get('dynamic_scaling', False)``;
+    the row's ``density`` is the kept share of the member's evaluation mask.
+    ``'dnw'`` (:func:`ltjax.supermasks.dnw`): one member per density of
+    ``config.densities`` x replicate, ``weight_init`` ``'dnw'``. Members of a
+    replicate share its init and data order. ``results.csv``: ``method,
+    density, weight_init, replicate, test_accuracy, test_loss`` (mean and std
+    rows); ``plots/supermask.png``. Resumable.
+
+    Raises:
+      ValueError: unknown weight inits, densities outside (0, 1], ``init_prob``
+        outside (0, 1) (before any work).
+    """
+    method = config.get("method", "bernoulli")
+    if method == "dnw":
+        densities = _check_densities(config)
+        members = [("dnw", d) for d in densities]
+    else:
+        inits = common.names_of(config.get("bernoulli_weight_inits", BERNOULLI_WEIGHT_INITS),
+                                field="bernoulli_weight_inits", allowed=BERNOULLI_WEIGHT_INITS)
+        if not inits:
+            raise ValueError("config.bernoulli_weight_inits must name at least one weight init")
+        init_prob = config.get("init_prob", 0.5)
+        members = [(i, init_prob) for i in inits]
+    workdir, dataset, recipe, base = common.setup(config, workdir, progress=progress)
+    selection = masking.prunable(base.abstract_params)
+    if method == "dnw":
+        executor = base.like(reparam=supermasks.dnw(selection))
+    else:
+        executor = base.like(reparam=supermasks.bernoulli_supermask(
+            selection, init_prob=init_prob, dynamic_scaling=config.get("dynamic_scaling", False)))
+    end = common.steps(config.training_steps, executor.steps_per_epoch)
+    num = config.num_replicates
+    init_keys, noise_keys = rng.init_and_noise(rng.replicate_keys(config.seed, num))
+    grid = [(w, d, r) for w, d in members for r in range(num)]
+    replicate_of = np.array([r for *_, r in grid])
+    state = jax.device_get(executor.init(init_keys[replicate_of]))
+    frozen = []
+    for m, (weight_init, density, _) in enumerate(grid):
+        mine = tree.index(state.frozen, m)
+        if method == "dnw":
+            mine = {"kept": supermasks.kept_counts(tree.index(state.params, m), selection,
+                                                   density)}
+        elif weight_init == "signed_constant":
+            mine = {**mine, "weights": supermasks.signed_std_constant(mine["weights"],
+                                                                      selection)}
+        frozen.append(mine)
+    state = executor.shard(state.replace(frozen=tree.stack(frozen)))
+    log = results.MetricsLog(workdir / "metrics.jsonl")
+    segment = common.segment_runner(config, executor, end=end, log=log, splits=["test"],
+                                    progress=progress)
+    tags = [{"density": d, "weight_init": w, "replicate": r} for w, d, r in grid]
+    final = segment(executor, state=state, masks=None, noise_keys=noise_keys[replicate_of],
+                    ckpt_dir=workdir / "checkpoints" / method, tags={"method": method},
+                    member_tags=tags, densities=np.array([d for _, d, _ in grid]),
+                    desc=f"{method}: {len(grid)} members")
+    metrics = executor.evaluate(final, "test")
+    if method == "bernoulli":  # the kept share of each member's evaluation mask
+        host = jax.device_get(final)
+        tags = [{**tag, "density": float(masking.density(supermasks.bernoulli_masks(
+            tree.index(host.params, m), tree.index(host.frozen, m), selection), selection))}
+            for m, tag in enumerate(tags)]
+    rows = [{"method": method, **tag, "test_accuracy": float(metrics["accuracy"][m]),
+             "test_loss": float(metrics["loss"][m])} for m, tag in enumerate(tags)]
+    by = ("method", "density", "weight_init") if method == "dnw" else ("method", "weight_init")
+    rows = common.with_mean_rows(rows, by=by, fields=("test_accuracy", "test_loss") + (
+        () if method == "dnw" else ("density",)))
+    results.write_csv(workdir / "results.csv", rows)
+    name = "DNW" if method == "dnw" else "Learned Bernoulli supermask"
+    plots.plot_supermask(rows, workdir / "plots" / "supermask.png",
+                         title=f"{name}, {config.model} on "
+                               f"{plots.dataset_label(config.dataset)}: {num} replicates")
+    return {"rows": [r for r in rows if r["replicate"] == "mean"],
+            "std": [r for r in rows if r["replicate"] == "std"], "num_replicates": num}
+
+
+METHODS = {"edge_popup": run_supermask, "zhou": run_zhou, "bernoulli": run_learned,
+           "dnw": run_learned}
 
 
 def run(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
-    """:func:`run_supermask` or :func:`run_zhou` as ``config.method`` says (default edge-popup).
+    """The study ``config.method`` names (:data:`METHODS`; default edge-popup).
 
     Raises:
       ValueError: an unknown ``config.method``.

@@ -1,0 +1,326 @@
+"""Configs you can discover: variants, data fields, flags, the README's commands, layer rates.
+
+Every file of ``experiments/configs`` is imported dynamically, so a new
+config is covered without being listed here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import pathlib
+import re
+import shlex
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from absl import flags
+
+import experiments
+from ltjax import data, masking, models, pruning
+from ltjax.studies import common
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+CONFIG_FILES = sorted(p for p in (ROOT / "experiments" / "configs").glob("*.py")
+                      if p.name != "__init__.py")
+
+
+def _module(path: pathlib.Path):
+    return importlib.import_module(f"experiments.configs.{path.stem}")
+
+
+def _spec(path: pathlib.Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+# --------------------------------------------------------------------------- variants
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
+def test_every_config_builds_each_variant_and_their_combination(path):
+    module = _module(path)
+    names = tuple(module.VARIANTS)
+    default = module.get_config()
+    assert module.get_config("") == default
+    for name in names:
+        assert module.get_config(name) != default, f"variant {name!r} changes nothing"
+    if {"quick", "sample"} <= set(names):
+        both = module.get_config("quick,sample")
+        assert module.get_config("sample,quick") == both  # order-independent
+        assert both not in (module.get_config("quick"), module.get_config("sample"), default)
+    with pytest.raises(ValueError, match="unknown config variant") as raised:
+        module.get_config("quick,no_such_variant")
+    assert "no_such_variant" in str(raised.value)
+    for name in names:  # the message lists the valid ones
+        assert name in str(raised.value)
+
+
+def test_every_study_has_a_cifar_sample_variant():
+    studies = sorted(p.stem for p in (ROOT / "experiments").glob("*.py") if p.stem != "__init__")
+
+    def study_of(stem: str) -> str:  # imp_lenet_digits -> imp; lenet_digits -> train
+        return max([s for s in studies if stem.startswith(s + "_")], key=len, default="train")
+
+    with_sample = set()
+    for path in CONFIG_FILES:
+        module = _module(path)
+        if "sample" not in module.VARIANTS:
+            continue
+        config = module.get_config("sample")
+        assert config.dataset.endswith("cifar10_train_first4000.npz") and config.test_size == 400
+        model = models.create(config.model, **dict(config.model_kwargs))
+        assert models.is_conv(jax.eval_shape(
+            lambda k, m=model: models.init(m, k, (32, 32, 3)), jax.random.key(0))[0])
+        quick = module.get_config("quick,sample")  # CPU-sized: at most 2 epochs of the sample
+        length = quick.get("training_steps") or quick.pretrain.steps
+        assert common.steps(length, 3600 // quick.recipe.batch_size) <= 2 * 3600 // 128, path
+        with_sample.add(study_of(path.stem))
+    assert with_sample == set(studies), sorted(set(studies) - with_sample)
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
+def test_every_config_has_the_data_fields(path):
+    # The fields are ltjax.data.load's keyword arguments, plus the dataset itself.
+    wanted = {"dataset"} | {n for n, p in inspect.signature(data.load).parameters.items()
+                            if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert wanted == {"dataset", "data_dir", "validation_size", "validation_seed", "test_size"}
+    config = _module(path).get_config()
+    assert wanted <= set(config.keys()), sorted(wanted - set(config.keys()))
+    assert config.test_size == 0 or config.dataset.endswith(".npz")
+
+
+# --------------------------------------------------------------------------- flags
+
+
+def _parse(*args: str) -> experiments.Flags:
+    return experiments.parse_flags(["prog", *args])
+
+
+def test_list_fields_take_commas_with_one_rule():
+    digits = "experiments/configs/"
+    got = _parse(f"--config={digits}stability_lenet_digits.py:quick",
+                 "--config.rewind_steps=0it,100it", "--config.path_splits=test",
+                 "--print_config").config
+    assert got.rewind_steps == ("0it", "100it") and got.path_splits == ("test",)
+    got = _parse(f"--config={digits}imp_lenet_digits.py", "--config.controls=reinit,oneshot",
+                 "--config.ticket_learning_rates=1.2e-4,1.2e-3", "--print_config").config
+    assert got.controls == ("reinit", "oneshot")
+    assert got.ticket_learning_rates == (1.2e-4, 1.2e-3)
+    got = _parse(f"--config={digits}supermask_lenet_digits.py", "--config.densities=0.1",
+                 "--config.weight_inits=signed_constant", "--print_config").config
+    assert got.densities == (0.1,) and got.weight_inits == ("signed_constant",)
+    assert experiments.parse_list("(1, 'a,b')") == (1, "a,b")
+    assert experiments.parse_list("reinit, 3,True") == ("reinit", 3, True)
+    assert experiments.parse_list("") == ()
+
+
+def test_unknown_field_names_the_valid_ones_in_process():
+    spec = "--config=experiments/configs/imp_lenet_digits.py:quick"
+    with pytest.raises(flags.Error, match=r"did you mean 'pruning.fraction'\?") as raised:
+        _parse(spec, "--config.pruning.fracton=0.5", "--workdir=/nonexistent")
+    assert "exclude, fraction, include, layer_rates, preset, scope" in str(raised.value)
+    with pytest.raises(flags.Error, match="'seed.x'.*no fields"):
+        _parse(spec, "--config.seed.x=1", "--print_config")
+    with pytest.raises(flags.Error, match="valid variants: quick, sample, imp_only"):
+        _parse("--config=experiments/configs/imp_lenet_digits.py:quick,fast", "--print_config")
+    with pytest.raises(flags.Error, match="--workdir is required"):
+        _parse(spec)
+
+
+def _run(*args: str, cwd=ROOT, timeout=60) -> subprocess.CompletedProcess:
+    env = dict(os.environ, LTJAX_DATA_DIR=os.environ.get("LTJAX_DATA_DIR", "../shared/data"))
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def test_unknown_field_exits_with_a_short_message(tmp_path):
+    out = _run("experiments.imp", "--config=experiments/configs/imp_lenet_digits.py:quick",
+               "--config.pruning.rate=0.5", f"--workdir={tmp_path / 'w'}")
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "unknown config field 'pruning.rate'" in text
+    assert "config.pruning has exclude, fraction, include, layer_rates, preset, scope" in text
+    assert "Traceback" not in text and len(text.splitlines()) <= 3
+    assert not (tmp_path / "w").exists()
+
+
+def test_print_config_prints_the_resolved_config_and_writes_nothing(tmp_path):
+    out = _run("experiments.stability",
+               "--config=experiments/configs/stability_lenet_digits.py:quick,sample",
+               "--config.rewind_steps=0it,10it", "--config.seed=3", "--print_config",
+               f"--workdir={tmp_path / 'w'}")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "rewind_steps = ('0it', '10it')" in lines and "seed = 3" in lines
+    assert "model = 'resnet20'" in lines and "training_steps = '1ep'" in lines  # both variants
+    assert "recipe.batch_size = 128" in lines
+    assert not (tmp_path / "w").exists()
+
+
+# --------------------------------------------------------------------------- README
+
+
+def _sections() -> list[str]:
+    return re.split(r"\n(?=## )", README.read_text())
+
+
+def _commands(section: str) -> list[list[str]]:
+    """Each ``python -m experiments.<x> ...`` of the section's bash blocks, as tokens."""
+    found = []
+    for block in re.findall(r"```bash\n(.*?)```", section, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            if "python -m experiments." in line:
+                tokens = shlex.split(line.split("#")[0])
+                start = tokens.index("-m") + 1
+                found.append(tokens[start:])
+    return found
+
+
+def _digits(commands: list[list[str]]) -> list[list[str]]:
+    return [c for c in commands if any(a.startswith("--config=") and "_digits.py" in a
+                                       for a in c)]
+
+
+def _flag_sets(section: str) -> list[list[str]]:
+    """The ``--config.*`` flags of each inline code span of the section's prose."""
+    prose = re.sub(r"```.*?```", "", section, flags=re.S)
+    sets = []
+    for span in re.findall(r"`([^`]+)`", prose):
+        span = " ".join(span.split())
+        if "--config." in span and "<" not in span:
+            sets.append([t for t in shlex.split(span) if t.startswith("--config.")])
+    return sets
+
+
+def _readme_cases() -> list[tuple[list[str], list[str]]]:
+    """(digits command, inline flags): each flag example applies to a digits command.
+
+    The command is the first of the section's own digits commands, else of the
+    README's, whose config has every field the flags name (a subsection may
+    speak of another study's fields, e.g. IMP's under pruning at init).
+    """
+    sections = _sections()
+    everywhere = [c for s in sections for c in _digits(_commands(s))]
+    cases = []
+    for section in sections[1:]:
+        commands = _digits(_commands(section))
+        cases += [(command, []) for command in commands]
+        for flag_set in _flag_sets(section):
+            fields = [f.removeprefix("--config.").partition("=")[0] for f in flag_set]
+            base = next((c for c in commands + everywhere if all(
+                experiments.unknown_field(_base_config(c), f) is None for f in fields)), None)
+            assert base is not None, f"README: no digits config has the fields of {flag_set}"
+            for alternative in _alternatives(flag_set):
+                cases.append((base, alternative))
+    return cases
+
+
+def _base_config(command: list[str]) -> ml_collections.ConfigDict:
+    return _parse(*[a for a in command if a.startswith("--config=")], "--print_config").config
+
+
+def _alternatives(flag_set: list[str]) -> list[list[str]]:
+    """``--config.scope=global|layerwise`` -> one flag set per alternative; no value: kept."""
+    out = [[]]
+    for flag in flag_set:
+        name, sep, value = flag.partition("=")
+        choices = value.split("|") if sep else [None]
+        out = [o + ([f"{name}={c}"] if c is not None else [name]) for o in out for c in choices]
+    return out
+
+
+def test_readme_digits_commands_and_flag_examples_parse_and_fit():
+    cases = _readme_cases()
+    assert len(cases) >= 30  # the README's digits commands and their sections' flag examples
+    modules = {c[0] for c, _ in cases}
+    assert {"experiments.imp", "experiments.stability", "experiments.train"} <= modules
+    fitted = 0
+    for command, extra in cases:
+        module, args = command[0], command[1:]
+        assert importlib.util.find_spec(module) is not None, module
+        valued = [a for a in extra if "=" in a]  # a flag without a value: its field exists
+        try:
+            config = _parse(*args, *valued, "--print_config").config
+        except flags.Error as e:
+            raise AssertionError(f"README: {shlex.join(command + extra)}: {e}") from None
+        # The step fields a study checks against the run's length must fit the digits run.
+        ks = [v for a in valued if a.split("=")[0] in ("--config.rewind_step",
+                                                        "--config.rewind_steps")
+              for v in experiments.parse_list(a.split("=", 1)[1])]
+        if ks:
+            dataset = common.build_dataset(config)
+            per_epoch = len(dataset.train) // config.recipe.batch_size
+            end = common.steps(config.training_steps, per_epoch)
+            for k in ks:
+                assert 0 <= common.steps(k, per_epoch) < end, (
+                    f"README: {shlex.join(command + extra)}: {k} is past the run's {end} steps")
+            fitted += 1
+    assert fitted >= 2  # IMP's rewind_step and stability's rewind_steps examples
+
+
+def test_readme_supermask_digits_command_runs_as_written(tmp_path):
+    commands = [c for s in _sections() for c in _digits(_commands(s))
+                if c[0] == "experiments.supermask"]
+    assert len(commands) == 1
+    command = [re.sub(r"^--workdir=.*", f"--workdir={tmp_path / 'sm'}", a) for a in commands[0]]
+    out = _run(*command, timeout=120)  # about 8 s
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "sm" / "results.csv").exists()
+
+
+# --------------------------------------------------------------------------- layer rates
+
+
+def _abstract(name: str, shape: tuple[int, ...], **kwargs):
+    model = models.create(name, **kwargs)
+    return jax.eval_shape(lambda k: models.init(model, k, shape), jax.random.key(0))[0]
+
+
+@pytest.mark.parametrize("name,kwargs,shape,output", [
+    ("lenet_300_100", {}, (28, 28, 1), "Dense_2"),
+    ("mlp", {"widths": (8,) * 11}, (8, 8, 1), "Dense_11"),  # 'Dense_11' < 'Dense_2' as text
+    ("mlp_bn", {"widths": (8, 8)}, (8, 8, 1), "Dense_2"),
+    ("conv4", {}, (32, 32, 3), "Dense_2"),
+    ("vgg11", {}, (32, 32, 3), "Dense_0"),
+    ("resnet20", {}, (32, 32, 3), "fc"),
+])
+def test_output_layer_and_the_default_rate_of_each_model(name, kwargs, shape, output):
+    params = _abstract(name, shape, **kwargs)
+    assert models.output_layer(params) == output
+    # The output layer is the one whose kernel maps to the 10 classes.
+    assert params[output]["kernel"].shape[-1] == 10
+    pruning_config = _module(ROOT / "experiments/configs/imp_lenet_mnist.py").get_config().pruning
+    selection = masking.prunable(params)
+    assert common.layer_rates(pruning_config, params, selection) == {f"^{output}/": 0.1}
+    # An output layer left dense has no rate (the default must not fail there).
+    dense_output = masking.prunable(params, exclude=f"^{output}/")
+    assert common.layer_rates(pruning_config, params, dense_output) == {}
+
+
+def test_conv10_fc20_preset_rates_and_counts():
+    # Conv-2's layout, small: two conv kernels, two hidden dense layers, the output layer.
+    shapes = {"Conv_0": (3, 3, 3, 4), "Conv_1": (3, 3, 4, 4), "Dense_0": (64, 16),
+              "Dense_1": (16, 16), "Dense_2": (16, 10)}
+    keys = jax.random.split(jax.random.key(0), len(shapes))
+    params = {name: {"kernel": jax.random.normal(k, shape), "bias": np.zeros(shape[-1])}
+              for k, (name, shape) in zip(keys, shapes.items(), strict=True)}
+    selection = masking.prunable(params)
+    config = ml_collections.ConfigDict({"layer_rates": "@output:0.1", "preset": "conv10_fc20"})
+    rates = common.layer_rates(config, params, selection)
+    assert rates == {"^Conv_0/kernel$": 0.1, "^Conv_1/kernel$": 0.1, "^Dense_0/kernel$": 0.2,
+                     "^Dense_1/kernel$": 0.2, "^Dense_2/kernel$": 0.2, "^Dense_2/": 0.1}
+    masks = pruning.prune(pruning.magnitude_scores(params), masking.ones_like(params), selection,
+                          fraction=0.5, scope="global", layer_rates=rates)
+    for layer, rate in [("Conv_0", 0.1), ("Conv_1", 0.1), ("Dense_0", 0.2), ("Dense_1", 0.2),
+                        ("Dense_2", 0.1)]:  # the output layer's own rate wins over the preset
+        n = params[layer]["kernel"].size
+        removed = n - int(np.sum(masks[layer]["kernel"]))
+        assert removed == int(np.ceil(rate * n)), layer
+    with pytest.raises(ValueError, match="unknown pruning preset 'openlth'; presets: conv10_fc20"):
+        pruning.preset_rates(params, selection, preset="openlth")
