@@ -663,3 +663,76 @@ def plot_early_bird(rows: Sequence[dict], path: str | os.PathLike, *, threshold:
     _style(ax, xlabel="epoch (mask drawn at its start)",
            ylabel="max distance to the previous masks in the window", fontsize=7)
     _finish(fig, path, title)
+
+
+#: The panels of :func:`plot_telemetry`, in the paper's Figure 3 order, with their labels.
+TELEMETRY_PANELS = (
+    ("sign_change_init", "share of signs changed since W_0"),
+    ("l2_init", "||W_t - W_0||"),
+    ("cosine_init", "cos(W_t, W_0)"),
+    ("sign_change_final", "share of signs differing from W_T"),
+    ("l2_final", "||W_t - W_T||"),
+    ("cosine_final", "cos(W_t, W_T)"),
+    ("mean_magnitude", "mean |w|"),
+    ("grad_norm", "||grad|| (fixed batch)"),
+    ("tracked", "tracked weights (replicate 0)"),
+)
+
+
+def plot_telemetry(rows: Sequence[dict], path: str | os.PathLike, *, title: str = "") -> None:
+    """Frankle et al. 2020's Figure 3 panels: how the weights move, by step.
+
+    ``rows`` are ``telemetry.csv`` rows (``step, replicate, layer, quantity,
+    value``). Each panel is one quantity: one line per layer (the mean over
+    replicates), ``global`` bold; the tracked-weights panel draws replicate 0's
+    weights. Panels without rows are left out.
+    """
+    panels = [(q, label) for q, label in TELEMETRY_PANELS
+              if any(r["quantity"] == q for r in rows)]
+    cols = 3
+    fig, axes = plt.subplots(-(-len(panels) // cols), cols, figsize=(13, 3.4 * -(
+        -len(panels) // cols)), squeeze=False)
+    for ax, (quantity, label) in zip(axes.flat, panels, strict=False):
+        mine = [r for r in rows if r["quantity"] == quantity]
+        if quantity == "tracked":
+            mine = [r for r in mine if str(r["replicate"]) == "0"]
+        for layer in dict.fromkeys(r["layer"] for r in mine):
+            by_step: dict = {}
+            for r in mine:
+                if r["layer"] == layer:
+                    by_step.setdefault(int(r["step"]), []).append(float(r["value"]))
+            steps = sorted(by_step)
+            bold = layer == "global"
+            ax.plot(steps, [np.mean(by_step[s]) for s in steps], "-", lw=2.2 if bold else 1.0,
+                    color="k" if bold else None, label=layer)
+        _style(ax, xlabel="step", ylabel=label, fontsize=6,
+               legend=quantity != "tracked")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    _finish(fig, path, title)
+
+
+def plot_supsup(rows: Sequence[dict], path: str | os.PathLike, *, title: str = "") -> None:
+    """SupSup's per-task accuracy: task given, and the share of batches whose task is inferred.
+
+    Bars are the means over replicates (rows with ``replicate == 'mean'``),
+    dots the replicates.
+    """
+    series = (("test_accuracy", "test accuracy, task given"),
+              ("inferred_task_accuracy", "task inferred right (batch)"),
+              ("inferred_task_accuracy_first", "task inferred right (first example)"))
+    means = sorted((r for r in rows if r["replicate"] == "mean"), key=lambda r: r["task"])
+    reps = [r for r in rows if r["replicate"] not in ("mean", "std")]
+    tasks = [r["task"] for r in means]
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(tasks) + 3), 4.5))
+    for i, (field, label) in enumerate(series):
+        offset = (i - (len(series) - 1) / 2) * width
+        ax.bar([t + offset for t in tasks], [100 * (r[field] or 0.0) for r in means], width,
+               label=label)
+        ax.plot([r["task"] + offset for r in reps], [100 * (r[field] or 0.0) for r in reps],
+                ".", ms=3, color="k", alpha=0.5)
+    ax.set_xticks(tasks)
+    ax.set_ylim(0, 105)
+    _style(ax, xlabel="task (pixel permutation)", ylabel="%", loc="lower right")
+    _finish(fig, path, title)

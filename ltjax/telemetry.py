@@ -156,3 +156,69 @@ def hessian_top_eigenvalue(loss_fn: Callable[[PyTree], jax.Array], params: PyTre
     hv = hessian_vector_product(loss_fn, params, vector)
     return sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(vector), jax.tree.leaves(hv),
                                                  strict=True))
+
+
+# --------------------------------------------------------------------------- during training
+
+#: The quantities :func:`snapshot` records per layer (and ``'global'``).
+QUANTITIES = ("mean_magnitude", "sign_change_init", "l2_init", "cosine_init", "grad_norm")
+#: The quantities :func:`versus_final` adds after training.
+FINAL_QUANTITIES = ("sign_change_final", "l2_final", "cosine_final")
+
+
+def schedule(end: int, *, start: int = 0, dense_every: int = 50, dense_until: int = 2000,
+             every: int = 500) -> list[int]:
+    """The steps telemetry is logged at: every ``dense_every`` up to ``dense_until``, then
+    every ``every``, plus ``start`` and ``end`` (the paper's Figure 3 is dense early).
+
+    Example:
+        >>> schedule(3000, dense_every=500, dense_until=1000, every=1000)
+        [0, 500, 1000, 2000, 3000]
+    """
+    for name, value in (("dense_every", dense_every), ("every", every)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if not 0 <= start <= end:
+        raise ValueError(f"need 0 <= start <= end, got start={start}, end={end}")
+    dense = range(0, min(dense_until, end) + 1, dense_every)
+    sparse = range(0, end + 1, every)
+    return sorted({s for s in (*dense, *(s for s in sparse if s >= dense_until), start, end)
+                   if start <= s <= end})
+
+
+def snapshot(params: PyTree, params_0: PyTree, grads: PyTree,
+             selection: PyTree | None = None) -> dict[str, dict[str, jax.Array]]:
+    """One member's telemetry at a step: ``{quantity: {layer or 'global': value}}``.
+
+    ``mean_magnitude`` (mean |w|), ``sign_change_init`` (share of signs that
+    differ from ``W_0``), ``l2_init`` (``||W_t - W_0||``), ``cosine_init``,
+    and ``grad_norm`` (``||g||`` of ``grads``, the training loss's gradient on
+    a fixed batch). Jittable; ``jax.vmap`` it over members.
+
+    Example:
+        >>> snapshot(params_t, params_0, grads, selection)["l2_init"]["global"]
+    """
+    return {"mean_magnitude": mean_magnitude(params, selection),
+            "sign_change_init": sign_change_share(params, params_0, selection),
+            "l2_init": l2_distance(params, params_0, selection),
+            "cosine_init": cosine_similarity(params, params_0, selection),
+            "grad_norm": global_norm(grads, selection)}
+
+
+def versus_final(params: PyTree, params_final: PyTree,
+                 selection: PyTree | None = None) -> dict[str, dict[str, jax.Array]]:
+    """How far ``W_t`` is from the final weights ``W_T``: the post-pass quantities.
+
+    ``sign_change_final``, ``l2_final`` and ``cosine_final``, per layer and
+    ``'global'`` (at ``t = T``: 0, 0 and 1).
+    """
+    return {"sign_change_final": sign_change_share(params, params_final, selection),
+            "l2_final": l2_distance(params, params_final, selection),
+            "cosine_final": cosine_similarity(params, params_final, selection)}
+
+
+def rows_of(step: int, member: int, quantities: dict[str, dict[str, Any]]) -> list[dict]:
+    """Long-format rows ``{member, step, layer, quantity, value}`` of one member's quantities."""
+    return [{"member": member, "step": step, "layer": layer, "quantity": quantity,
+             "value": float(value)}
+            for quantity, per_layer in quantities.items() for layer, value in per_layer.items()]

@@ -243,3 +243,90 @@ def test_bad_shared_fields_fail_before_any_work(tmp_path, monkeypatch, study):
         assert not (tmp_path / str(i)).exists(), field
         ran.append(field)
     assert len(ran) >= 4, ran  # every study has (nearly) all the shared fields
+
+
+def test_telemetry_on_its_schedule_resumes_and_changes_no_training(tmp_path, monkeypatch):
+    """Frankle et al. 2020's telemetry: on the schedule, exact at both ends, kill-safe."""
+    from experiments.configs import add_telemetry
+    from ltjax import telemetry
+
+    assert telemetry.schedule(46, dense_every=5, dense_until=20, every=10) == [
+        0, 5, 10, 15, 20, 30, 40, 46]
+    assert telemetry.schedule(3000, dense_every=500, dense_until=1000, every=1000) == [
+        0, 500, 1000, 2000, 3000]
+    with pytest.raises(ValueError, match="dense_every must be an int >= 1"):
+        telemetry.schedule(10, dense_every=0)
+
+    def config():
+        c = _config()
+        add_telemetry(c)
+        c.telemetry.update(dense_every="5it", dense_until="20it", every="10it", tracked=3)
+        return c
+
+    plain = dense.run_train(_config(), tmp_path / "plain", progress=False)
+    observed = dense.run_train(config(), tmp_path / "observed", progress=False)
+    assert observed == plain  # observing stops the training calls more often, nothing else
+    logs = [results.MetricsLog(tmp_path / n / "metrics.jsonl").read() for n in ("plain",
+                                                                             "observed")]
+    assert len(logs[0]) == len(logs[1])
+    for a, b in zip(*logs, strict=True):  # the running mean's chunk sums add up otherwise
+        if a["split"] == "train_running":
+            assert {**a, "loss": 0} == {**b, "loss": 0}
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
+        else:
+            assert a == b
+    rows = results.read_csv(tmp_path / "observed" / "telemetry.csv")
+    steps = [0, 5, 10, 15, 20, 30, 40, 46]
+    for quantity in telemetry.QUANTITIES + telemetry.FINAL_QUANTITIES:
+        for r in ("0", "1"):
+            got = sorted({int(x["step"]) for x in rows if x["quantity"] == quantity
+                          and x["replicate"] == r and x["layer"] == "global"})
+            assert got == steps, (quantity, r)
+    assert not list((tmp_path / "observed" / "telemetry_snapshots").glob("*.npz"))
+
+    def value(quantity, step, layer="global", replicate="0"):
+        (v,) = [float(x["value"]) for x in rows if (x["quantity"], int(x["step"]), x["layer"],
+                                                   x["replicate"]) == (quantity, step, layer,
+                                                                        replicate)]
+        return v
+
+    # At T the weights are the final ones; at 0 they are W_0: each distance is symmetric.
+    assert value("l2_final", 46) == 0.0 and value("sign_change_final", 46) == 0.0
+    assert value("cosine_final", 46) == pytest.approx(1.0, abs=1e-6)
+    for a, b in (("l2_final", "l2_init"), ("sign_change_final", "sign_change_init"),
+                 ("cosine_final", "cosine_init")):
+        assert value(a, 0) == pytest.approx(value(b, 46), rel=1e-5)
+    # ||W_T - W_0|| of Dense_0 against NumPy, from the final checkpoint and a fresh init.
+    from ltjax import checkpoint, rng
+    executor = common.build_executor(_config(), common.build_model(_config(), dense_data()),
+                                     dense_data(), common.build_recipe(_config(), dense_data()))
+    start = executor.init(rng.init_and_noise(rng.replicate_keys(0, 2))[0])
+    with checkpoint.Checkpointer(tmp_path / "observed" / "checkpoints") as ckpt:
+        _, final, _, _ = ckpt.restore_latest(like_state=start)
+    w_t = np.asarray(final.params["Dense_0"]["kernel"][1], np.float64)
+    w_0 = np.asarray(start.params["Dense_0"]["kernel"][1], np.float64)
+    assert value("l2_init", 46, "Dense_0/kernel", "1") == pytest.approx(
+        np.linalg.norm(w_t - w_0), rel=1e-5)
+
+    # Killed in the middle, resumed: the same telemetry.csv.
+    calls, original = [], train.Executor.train
+
+    def dies(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise _Killed
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(train.Executor, "train", dies)
+    with pytest.raises(_Killed):
+        dense.run_train(config(), tmp_path / "killed", progress=False)
+    monkeypatch.setattr(train.Executor, "train", original)
+    dense.run_train(config(), tmp_path / "killed", progress=False)
+    assert ((tmp_path / "killed" / "telemetry.csv").read_text()
+            == (tmp_path / "observed" / "telemetry.csv").read_text())
+
+
+def dense_data():
+    from ltjax import data
+
+    return data.load("digits")

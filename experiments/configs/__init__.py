@@ -98,3 +98,17 @@ def sample_resnet(config: ml_collections.ConfigDict, *, epochs: int, **model_kwa
     config.training_steps = f"{epochs}ep"
     config.eval_every = f"{max(1, epochs // 3)}ep"
     config.checkpoint_every = f"{max(1, epochs // 3)}ep"
+
+
+def add_telemetry(config: ml_collections.ConfigDict) -> None:
+    """The ``telemetry`` block of the dense study (the ``:telemetry`` variant).
+
+    Logged every ``dense_every`` steps up to ``dense_until``, then every
+    ``every`` (Frankle et al. 2020, Figure 3: dense early); the gradient norm
+    on a fixed training batch of ``batch_size``; ``tracked`` random weights
+    followed; the weight snapshots for the post-pass against the final weights
+    are removed after it unless ``keep_snapshots``.
+    """
+    config.telemetry = ml_collections.ConfigDict(dict(
+        dense_every="50it", dense_until="2000it", every="500it", batch_size=128, tracked=10,
+        keep_snapshots=False))

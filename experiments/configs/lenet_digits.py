@@ -12,11 +12,12 @@ import ml_collections
 
 from experiments import configs
 
-VARIANTS = ("quick", "sample")
+VARIANTS = ("quick", "sample", "telemetry")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """The config; ``'quick'``: a seconds-long smoke run; ``'sample'``: ResNet-20 on CIFAR."""
+    """The config; ``'quick'``: a seconds-long smoke run; ``'sample'``: ResNet-20 on CIFAR;
+    ``'telemetry'``: Frankle et al. 2020's telemetry on its schedule (``config.telemetry``)."""
     chosen = configs.variants(arg, VARIANTS)
     config = ml_collections.ConfigDict()
     config.dataset = "digits"  # a name of ltjax.data.NAMES or a path to an .npz file
@@ -49,4 +50,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.training_steps = "2ep"
         config.eval_every = "1ep"
         config.checkpoint_every = "1ep"
+    if "telemetry" in chosen:
+        configs.add_telemetry(config)
     return config

@@ -10,11 +10,12 @@ import ml_collections
 from experiments import configs
 from experiments.configs import lenet_digits
 
-VARIANTS = ("quick",)
+VARIANTS = ("quick", "telemetry")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """The config; ``arg='quick'`` trains 200 iterations."""
+    """The config; ``'quick'`` trains 200 iterations; ``'telemetry'`` logs Frankle et al.
+    2020's telemetry (``config.telemetry``: every 50 steps to 2000, then every 500)."""
     chosen = configs.variants(arg, VARIANTS)
     config = lenet_digits.get_config()
     config.dataset = "mnist"
@@ -28,4 +29,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.training_steps = "200it"
         config.eval_every = "100it"
         config.checkpoint_every = "100it"
+    if "telemetry" in chosen:
+        configs.add_telemetry(config)
     return config

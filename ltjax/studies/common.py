@@ -6,12 +6,14 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import pathlib
 import re
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
@@ -345,6 +347,7 @@ def train_segment(
     log: results.MetricsLog, tags: dict, splits: list[str], densities: Any,
     progress: bool = True, desc: str = "train", max_checkpoints: int = 2,
     hparams: optim.Hyperparams | None = None, member_tags: list[dict] | None = None,
+    observer: TelemetryObserver | None = None,
 ) -> train.TrainState:
     """Train from ``state`` (at its step) to ``end``, evaluating and checkpointing; resumable.
 
@@ -380,6 +383,9 @@ def train_segment(
       hparams: per-member hyperparameters ``[S]`` (None: the recipe's).
       member_tags: one dict of fields per member (default ``{'replicate': m}``),
         e.g. ``{'branch': 'reinit', 'replicate': 1}`` for the members of an IMP level.
+      observer: telemetry to log on its schedule (:class:`TelemetryObserver`):
+        training calls stop at its steps too, and its records (and weight
+        snapshots) after a restored step are dropped on resume, like the metrics.
 
     Returns:
       The state at ``end``.
@@ -434,6 +440,13 @@ def train_segment(
     def meta(step: int) -> dict:
         return {**tags, "step": step, "members": member_tags, "config": fingerprint}
 
+    observe_steps = set(observer.steps) if observer is not None else set()
+
+    def observe(step: int) -> None:
+        if step in observe_steps:
+            observer.observe(step, executor.model_params(state, masks), state.batch_stats,
+                             tags=tags, member_tags=member_tags)
+
     with checkpoint.Checkpointer(ckpt_dir, max_to_keep=max_checkpoints) as ckpt:
         found = ckpt.restore_latest(like_state=state, like_masks=masks)
         if found is None and ckpt.steps():
@@ -446,6 +459,8 @@ def train_segment(
             step, state, _, saved = found
             _check_saved(ckpt, saved, fingerprint, member_tags)
         log.keep_only(lambda r, s=step, f=found: not mine(r) or (f is not None and r["step"] <= s))
+        if observer is not None:
+            observer.drop_after(step if found is not None else start - 1, mine)
         if found is not None and splits:  # the start losses, as the first evaluation logged
             first = [r for r in log.read()
                      if r.get("step") == start and r.get("split") == splits[0]]
@@ -455,6 +470,7 @@ def train_segment(
                         start_losses[r_index] = float(record["loss"])
         if found is None:
             evaluate(start, None)
+            observe(start)
         elif step == end:
             say(f"{desc}: finished (step {end}), restored", progress)
         else:
@@ -467,7 +483,8 @@ def train_segment(
                                             for m, n in saved.get("pending_losses", [])]
         while step < end:
             target = min(end, (step // eval_every + 1) * eval_every,
-                         (step // checkpoint_every + 1) * checkpoint_every)
+                         (step // checkpoint_every + 1) * checkpoint_every,
+                         *(s for s in observe_steps if s > step))
             state, train_loss = executor.train(state, masks, noise_keys, num_steps=target - step,
                                                hparams=hparams)
             pending.append((train_loss, target - step))
@@ -476,6 +493,7 @@ def train_segment(
             if step % eval_every == 0 or step == end:
                 evaluate(step, _mean_loss(pending))
                 pending = []
+            observe(step)
             if step % checkpoint_every == 0 or step == end:
                 ckpt.save(step, state=state, masks=masks, meta={
                     **meta(step), "pending_losses": [([float(v) for v in m], n)
@@ -540,6 +558,125 @@ def finished_segment(
         _, state, saved_masks, saved = found
         _check_saved(ckpt, saved, config_fingerprint(log.path.parent), member_tags)
     return state, saved_masks
+
+
+class TelemetryObserver:
+    """Telemetry of a segment's members on a schedule (Frankle et al. 2020, Figure 3).
+
+    At each step of ``steps`` it appends, per member, the quantities of
+    :func:`ltjax.telemetry.snapshot` (per prunable layer and ``'global'``; the
+    gradient is the training loss's on ``batch``, with BatchNorm in training
+    mode) and the values of ``tracked`` weights to ``log`` in long format
+    (``{**tags, **member, step, layer, quantity, value}``), and keeps the
+    prunable weights as ``<snapshot_dir>/step_<t>.npz`` for the post-pass
+    against the final weights (:meth:`versus_final`).
+
+    Args:
+      executor: the segment's executor.
+      params_0: the members' initial model params ``[S, ...]``.
+      steps: the steps to observe (:func:`ltjax.telemetry.schedule`).
+      log: where the records go (e.g. ``<workdir>/telemetry.jsonl``).
+      snapshot_dir: where the weights of each observed step go.
+      batch: a fixed training batch ``(x, y)`` (raw, as stored) for the gradient.
+      tracked: ``(layer, flat index)`` weights to follow
+        (:func:`ltjax.telemetry.tracked_indices`).
+
+    Example:
+        >>> observer = TelemetryObserver(executor, state.params, telemetry.schedule(end), log=...)
+        >>> segment(executor, state=state, ..., observer=observer)
+        >>> observer.versus_final(final_params, tags=tags, member_tags=member_tags)
+    """
+
+    def __init__(self, executor: executor_lib.Executor, params_0: Any, steps: list[int], *,
+                 log: results.MetricsLog, snapshot_dir: str | pathlib.Path,
+                 batch: tuple[np.ndarray, np.ndarray], tracked: list[tuple[str, int]]):
+        from ltjax import masking, telemetry
+
+        self.steps = list(steps)
+        self.log = log
+        self.snapshot_dir = pathlib.Path(snapshot_dir)
+        self.selection = masking.prunable(executor.abstract_params)
+        self.tracked = list(tracked)
+        self.params_0 = params_0
+        model, dataset = executor.model, executor.dataset
+        x = data.normalize(batch[0], dataset.mean, dataset.std)
+        y = jnp.asarray(batch[1], jnp.int32)
+        selection, tracked_ = self.selection, self.tracked
+
+        def one(params, params_0, batch_stats):
+            grads = jax.grad(lambda p: train.cross_entropy(
+                train.logits(model, p, batch_stats, x, train=True), y).mean())(params)
+            out = telemetry.snapshot(params, params_0, grads, selection)
+            out["tracked"] = {f"{name}[{i}]": v for (name, i), v in zip(
+                tracked_, telemetry.tracked_values(params, tracked_), strict=True)}
+            return out
+
+        self._quantities = jax.jit(jax.vmap(one))
+        # On the kept layers by name ({'Dense_0/kernel': [S, ...]}), every one selected.
+        self._final = jax.jit(jax.vmap(lambda p, f: telemetry.versus_final(
+            p, f, jax.tree.map(lambda _: True, p))))
+
+    def _kept(self, params: Any) -> dict[str, np.ndarray]:
+        host = jax.device_get(params)
+        return {name: np.asarray(leaf) for name, leaf, keep in zip(
+            tree.names(host), jax.tree.leaves(host), jax.tree.leaves(self.selection),
+            strict=True) if keep}
+
+    def observe(self, step: int, params: Any, batch_stats: Any, *, tags: dict,
+                member_tags: list[dict]) -> None:
+        """Log the members' quantities at ``step`` and keep their weights."""
+        from ltjax import telemetry
+
+        quantities = jax.device_get(self._quantities(params, self.params_0, batch_stats))
+        rows = []
+        for m, member in enumerate(member_tags):
+            mine = jax.tree.map(lambda v, m=m: v[m], quantities)
+            rows += [{**tags, **member, **{k: v for k, v in row.items() if k != "member"}}
+                     for row in telemetry.rows_of(step, m, mine)]
+        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        path = self.snapshot_dir / f"step_{step:08d}.npz"
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **self._kept(params))
+        os.replace(tmp, path)
+        self.log.append(rows)
+
+    def drop_after(self, step: int, mine: Callable[[dict], bool]) -> None:
+        """Drop this segment's records (and snapshots) after ``step`` (a resumed run)."""
+        self.log.keep_only(lambda r: not mine(r) or r["step"] <= step)
+        for path in self.snapshot_dir.glob("step_*.npz"):
+            if int(path.stem.split("_")[1]) > step:
+                path.unlink()
+
+    def versus_final(self, final_params: Any, *, tags: dict, member_tags: list[dict],
+                     keep_snapshots: bool = False) -> None:
+        """The post-pass: each observed step's weights against the final ones, logged once.
+
+        Rows of :data:`ltjax.telemetry.FINAL_QUANTITIES` at every snapshot
+        step; then the snapshots are removed unless ``keep_snapshots``. Does
+        nothing when the post-pass already ran (a rerun of a finished run).
+        """
+        from ltjax import telemetry
+
+        if any(r.get("quantity") in telemetry.FINAL_QUANTITIES and all(
+                r.get(k) == v for k, v in tags.items()) for r in self.log.read()):
+            return
+        final = self._kept(final_params)
+        names = list(final)
+        rows = []
+        for path in sorted(self.snapshot_dir.glob("step_*.npz")):
+            step = int(path.stem.split("_")[1])
+            with np.load(path) as stored:
+                at = {n: stored[n] for n in names}
+            flat = jax.device_get(self._final(
+                {n: jnp.asarray(at[n]) for n in names}, {n: jnp.asarray(final[n]) for n in names}))
+            for m, member in enumerate(member_tags):
+                mine = jax.tree.map(lambda v, m=m: v[m], flat)
+                rows += [{**tags, **member, **{k: v for k, v in row.items() if k != "member"}}
+                         for row in telemetry.rows_of(step, m, mine)]
+        self.log.append(rows)
+        if not keep_snapshots:
+            for path in self.snapshot_dir.glob("step_*.npz"):
+                path.unlink()
 
 
 def config_fingerprint(workdir: str | pathlib.Path) -> str | None:

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ltjax import masking, plots, results, rng, sanity
+from ltjax import masking, plots, results, rng, sanity, telemetry
 from ltjax.studies import common
 
 
@@ -39,7 +39,12 @@ def run_train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
     replicate plus mean and std rows; ``weight_correlation`` is
     :func:`ltjax.sanity.weight_correlation` ``R_p`` between the replicate's
     init and trained weights, ``p = config.correlation_p``, default 0.1),
-    ``plots/learning_curve.png`` and ``checkpoints/``.
+    ``plots/learning_curve.png`` and ``checkpoints/``. With a ``config.telemetry``
+    block (the ``:telemetry`` variant, :func:`experiments.configs.add_telemetry`)
+    also Frankle et al. 2020's telemetry (:class:`ltjax.studies.common.TelemetryObserver`):
+    ``telemetry.csv`` (``step, replicate, layer, quantity, value``; per layer
+    and ``global``, the post-pass against the final weights included) and
+    ``plots/telemetry.png``.
 
     Args:
       config: a ConfigDict as in ``experiments/configs/lenet_digits.py``.
@@ -59,14 +64,25 @@ def run_train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
     log = results.MetricsLog(workdir / "metrics.jsonl")
     tags = {"level": 0, "branch": "dense"}
     start = executor.init(init_keys)
+    observer = _observer(config, executor, start, total, workdir, dataset)
     final_state = common.train_segment(
         executor, state=start, masks=None, noise_keys=noise_keys, end=total,
         eval_every=max(1, common.steps(config.eval_every, per_epoch)),
         checkpoint_every=max(1, common.steps(config.checkpoint_every, per_epoch)),
         ckpt_dir=workdir / "checkpoints", log=log, tags=tags, splits=splits,
         densities=np.ones(num), progress=progress, desc=f"train {config.model} x{num}",
-        max_checkpoints=config.get("max_checkpoints", 2),
+        max_checkpoints=config.get("max_checkpoints", 2), observer=observer,
     )
+    if observer is not None:
+        member_tags = [{"replicate": r} for r in range(num)]
+        observer.versus_final(final_state.params, tags=tags, member_tags=member_tags,
+                              keep_snapshots=config.telemetry.keep_snapshots)
+        telemetry_rows = [{k: r[k] for k in ("step", "replicate", "layer", "quantity", "value")}
+                          for r in observer.log.read()]
+        results.write_csv(workdir / "telemetry.csv", telemetry_rows)
+        plots.plot_telemetry(telemetry_rows, workdir / "plots" / "telemetry.png",
+                             title=f"{config.model} on {plots.dataset_label(config.dataset)}: "
+                                   f"telemetry, mean over {num} seeds")
     final = {}  # from the final state's arrays (the log is output only)
     for split in splits:
         metrics = executor.evaluate(final_state, split)
@@ -95,3 +111,25 @@ def run_train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
         title=f"{config.model} on {plots.dataset_label(config.dataset)}: {num} seeds",
     )
     return {"final": final, "steps": total}
+
+
+def _observer(config: Any, executor: Any, start: Any, total: int, workdir: pathlib.Path,
+              dataset: Any) -> common.TelemetryObserver | None:
+    """The telemetry observer of ``config.telemetry`` (None without the block)."""
+    t = config.get("telemetry")
+    if t is None:
+        return None
+    per_epoch = executor.steps_per_epoch
+    steps = telemetry.schedule(total, dense_every=common.steps(t.dense_every, per_epoch),
+                               dense_until=common.steps(t.dense_until, per_epoch),
+                               every=common.steps(t.every, per_epoch))
+    if not 1 <= t.batch_size <= len(dataset.train):
+        raise ValueError(f"config.telemetry.batch_size must be in [1, {len(dataset.train)}], "
+                         f"got {t.batch_size}")
+    selection = masking.prunable(executor.abstract_params)
+    first = jax.tree.map(lambda x: x[0], start.params)  # the shapes: any member's params
+    tracked = telemetry.tracked_indices(first, jax.random.key(config.seed), t.tracked, selection)
+    return common.TelemetryObserver(
+        executor, start.params, steps, log=results.MetricsLog(workdir / "telemetry.jsonl"),
+        snapshot_dir=workdir / "telemetry_snapshots",
+        batch=(dataset.train.x[:t.batch_size], dataset.train.y[:t.batch_size]), tracked=tracked)
