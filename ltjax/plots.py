@@ -705,7 +705,8 @@ def plot_telemetry(rows: Sequence[dict], path: str | os.PathLike, *, title: str 
             bold = layer == "global"
             ax.plot(steps, [np.mean(by_step[s]) for s in steps], "-", lw=2.2 if bold else 1.0,
                     color="k" if bold else None, label=layer)
-        _style(ax, xlabel="step", ylabel=label, fontsize=6,
+        ax.set_xscale("symlog", linthresh=100)  # the dense early phase stays legible
+        _style(ax, xlabel="step (linear to 100, log after)", ylabel=label, fontsize=6,
                legend=quantity != "tracked")
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
