@@ -218,6 +218,7 @@ def plot_level_curves(records: Sequence[dict], path: str | os.PathLike, *, split
     levels = sorted({r["level"] for r in records})
     cmap = plt.get_cmap("viridis", max(len(levels), 2))
     trained = []  # values after the first eval: the y-range that shows the differences
+    first = float("inf")
     for i, level in enumerate(levels):
         mine = [r for r in records if r["level"] == level and r["split"] == split]
         if not mine:
@@ -226,10 +227,23 @@ def plot_level_curves(records: Sequence[dict], path: str | os.PathLike, *, split
         ax.plot(xs, 100 * mean, color=cmap(i),
                 label=f"level {level} ({100 * mine[0]['density']:.1f}%)")
         trained += list(100 * mean[1:])
+        first = min(first, 100 * float(mean[0])) if len(mean) else first
     if trained:
         ax.set_ylim(max(0.0, min(trained) - 0.5), min(100.0, max(trained) + 0.3))
+        _say_clipped(ax, first)
     _style(ax, xlabel="step", ylabel=f"{split} accuracy (%)", fontsize=7, ncol=2)
     _finish(fig, path, title)
+
+
+def _say_clipped(ax, first: float) -> None:
+    """Say on ``ax`` that the first evaluation (lowest value ``first``, %) lies below its y-range.
+
+    The curves zoom on the trained values so their differences show; the
+    step-0 points are then off the axis, and the plot says where they are.
+    """
+    if first < ax.get_ylim()[0]:
+        ax.text(0.01, 0.01, f"first evaluation (as low as {first:.1f} %) below the axis",
+                transform=ax.transAxes, fontsize=7, color="0.35", va="bottom")
 
 
 def _save(fig, path: str | os.PathLike) -> None:
@@ -332,16 +346,18 @@ def plot_branch_curves(records: Sequence[dict], path: str | os.PathLike, *, key:
         >>> plot_branch_curves(records, "plots/sparse.png", key="member")
     """
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    trained, num = [], 0
+    trained, num, first = [], 0, float("inf")
     for value in dict.fromkeys(r[key] for r in records if r["split"] == split):
         mine = [r for r in records if r[key] == value and r["split"] == split]
         xs, mean, _, lo, hi = mean_and_spread(mine, x="step", y="accuracy")
         (line,) = ax.plot(xs, 100 * mean, label=str(value))
         ax.fill_between(xs, 100 * lo, 100 * hi, alpha=0.15, color=line.get_color())
         trained += list(100 * lo[1:] if len(lo) > 2 else 100 * lo)
+        first = min(first, 100 * float(lo[0])) if len(lo) else first
         num = max(num, _group_size(mine, x="step"))
     if trained:
         ax.set_ylim(max(0.0, min(trained) - 1.0), 100.0)
+        _say_clipped(ax, first)
     _style(ax, xlabel="step", ylabel=f"{split} accuracy (%)",
            bands=((band_label("range", num), 0.15),))
     _finish(fig, path, title)

@@ -192,3 +192,25 @@ def test_stability_prune_at_init_and_supermask_reports_show_the_std(capsys):
                                  "num_replicates": 4})
     out = capsys.readouterr().out
     assert "mean ± std over 4 replicates" in out and "60.00 ±  1.50" in out
+
+
+def test_zoomed_curves_say_the_first_evaluation_is_below_the_axis(tmp_path, monkeypatch):
+    """The level and branch curves zoom on trained values and say where step 0 went."""
+    from ltjax import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    records = [{"level": 0, "branch": "b", "split": "test", "step": s, "accuracy": a,
+                "density": 1.0, "replicate": r}
+               for r in (0, 1) for s, a in ((0, 0.1 + 0.01 * r), (10, 0.97), (20, 0.98))]
+    plots.plot_level_curves(records, tmp_path / "a.png")
+    plots.plot_branch_curves(records, tmp_path / "b.png", key="branch")
+    for fig, lowest in zip(figures, (10.5, 10.0), strict=True):
+        (ax,) = fig.axes
+        assert ax.get_ylim()[0] > lowest  # the zoom leaves step 0 out...
+        texts = [t.get_text() for t in ax.texts]
+        assert texts == [f"first evaluation (as low as {lowest:.1f} %) below the axis"]
+    figures.clear()
+    high = [{**r, "accuracy": 0.97} for r in records]  # nothing below: nothing said
+    plots.plot_level_curves(high, tmp_path / "c.png")
+    assert len(figures[0].axes[0].texts) == 0
