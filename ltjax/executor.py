@@ -344,6 +344,7 @@ class Executor:
     def train(
         self, state: train.TrainState, masks: PyTree | None, noise_keys: jax.Array, *,
         num_steps: int, hparams: optim.Hyperparams | None = None,
+        subsets: Any = None,
     ) -> tuple[train.TrainState, np.ndarray]:
         """Advance every member by ``num_steps`` steps.
 
@@ -354,6 +355,10 @@ class Executor:
           num_steps: steps to take.
           hparams: per-member hyperparameters ``[S]``
             (:func:`ltjax.optim.member_hparams`); None: the recipe's for all.
+          subsets: int indices ``[S, n]`` into the training split: member r
+            trains on ``subsets[r]`` only (:func:`ltjax.train.train_steps`'s
+            ``subset``; e.g. the data diet's pruned sets, one per member); None:
+            every member on the whole split.
 
         Returns:
           The new state and the mean training loss of each member, ``[S]``.
@@ -370,6 +375,8 @@ class Executor:
             masking.check(masks, self.abstract_params, leading_axes=1)
         if num_steps < 0:
             raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+        if subsets is not None:
+            subsets = self._checked_subsets(subsets, num)
         host = jax.device_get(hparams) if hparams is not None else None
         hparams = optim.member_hparams(  # validated on the host, once
             self.recipe, num, **({} if host is None else {
@@ -383,15 +390,16 @@ class Executor:
             masks = self._all_true(num)
         mesh, padded = self._placement(num)
         start_step = state.step  # read back only to name the steps of a NaN
-        state, masks, noise_keys, hparams_dev = jax.device_put(
-            _pad((state, masks, noise_keys, hparams), num, padded),
+        state, masks, noise_keys, hparams_dev, subsets = jax.device_put(
+            _pad((state, masks, noise_keys, hparams, subsets), num, padded),
             NamedSharding(mesh, P("seed")))
+        with_subsets = subsets is not None
         loss_sums, finite, done = [], [], 0
         while done < num_steps:
             chunk = min(self.steps_per_call, num_steps - done)
-            fn = self._program(("train", padded, mesh.size, chunk, smoothing),
-                               lambda c=chunk: self._build_train(mesh, c))
-            state, chunk_sum, chunk_finite = fn(state, masks, noise_keys, hparams_dev)
+            fn = self._program(("train", padded, mesh.size, chunk, smoothing, with_subsets),
+                               lambda c=chunk: self._build_train(mesh, c, with_subsets))
+            state, chunk_sum, chunk_finite = fn(state, masks, noise_keys, hparams_dev, subsets)
             loss_sums.append(chunk_sum)
             finite.append(chunk_finite)
             done += chunk
@@ -420,29 +428,51 @@ class Executor:
             lambda p: jnp.ones((num, *p.shape), bool), self.abstract_params)))
         return fn()
 
-    def _build_train(self, mesh: Mesh, num_steps: int) -> Callable:
+    def _checked_subsets(self, subsets: Any, num: int) -> np.ndarray:
+        """``subsets`` as int32 ``[S, n]``, refused unless they index the training split."""
+        host = np.asarray(jax.device_get(subsets))
+        size = len(self.dataset.train)
+        if host.ndim != 2 or host.shape[0] != num:
+            raise ValueError(f"subsets must have shape ({num}, n) (one subset per member), "
+                             f"got {host.shape}")
+        if not np.issubdtype(host.dtype, np.integer):
+            raise ValueError(f"subsets must be integer indices, got dtype {host.dtype}")
+        if host.size and (host.min() < 0 or host.max() >= size):
+            raise ValueError(f"subsets must index the training split [0, {size}), got values "
+                             f"in [{host.min()}, {host.max()}]")
+        if host.shape[1] < self.recipe.batch_size:
+            raise ValueError(f"subsets of {host.shape[1]} examples are smaller than a batch "
+                             f"({self.recipe.batch_size})")
+        return host.astype(np.int32)
+
+    def _build_train(self, mesh: Mesh, num_steps: int, with_subsets: bool = False) -> Callable:
         arrays = self.device_split("train", mesh.size, for_eval=False)
         unroll = self.strategy == "unrolled_loop"
         model, recipe, reparam = self._program_model, self.recipe, self.reparam
 
-        def one(state, masks, key, hparams, arrays):
+        def one(state, masks, key, hparams, subset, arrays):
             return train.train_steps(model, recipe, arrays, state, masks, key,
                                      num_steps=num_steps, unroll=unroll, hparams=hparams,
-                                     reparam=reparam)
+                                     reparam=reparam, subset=subset)
 
-        local = _map_local_members(one, self.strategy, in_axes=(0, 0, 0, 0, None),
+        subset_axis = 0 if with_subsets else None
+        local = _map_local_members(one, self.strategy,
+                                   in_axes=(0, 0, 0, 0, subset_axis, None),
                                    block=self.member_block)
+        subset_spec = P("seed") if with_subsets else P()
         sharded = jax.shard_map(
-            local, mesh=mesh, in_specs=(P("seed"), P("seed"), P("seed"), P("seed"), P()),
+            local, mesh=mesh,
+            in_specs=(P("seed"), P("seed"), P("seed"), P("seed"), subset_spec, P()),
             out_specs=(P("seed"), P("seed")), check_vma=False,
         )
 
         @jax.jit
-        def jitted(state, masks, keys, hparams, arrays):
-            state, losses = sharded(state, masks, keys, hparams, arrays)
+        def jitted(state, masks, keys, hparams, subsets, arrays):
+            state, losses = sharded(state, masks, keys, hparams, subsets, arrays)
             return state, losses.sum(axis=1), jnp.all(jnp.isfinite(losses), axis=1)
 
-        return lambda state, masks, keys, hparams: jitted(state, masks, keys, hparams, arrays)
+        return lambda state, masks, keys, hparams, subsets: jitted(
+            state, masks, keys, hparams, subsets, arrays)
 
     # -- evaluate
 

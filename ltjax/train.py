@@ -186,6 +186,7 @@ def train_steps(
     unroll: bool = False,
     hparams: Hyperparams | None = None,
     reparam: reparam_lib.Reparam | None = None,
+    subset: jax.Array | None = None,
 ) -> tuple[TrainState, jax.Array]:
     """``num_steps`` training steps of one member, as one ``lax.scan``.
 
@@ -208,6 +209,11 @@ def train_steps(
         smoothing (scalars, may be traced; ``label_smoothing=None`` means
         none); ``hparams=None`` takes the recipe's values.
       reparam: the reparameterisation (default identity).
+      subset: int32 indices ``[n]`` into the split: the member trains on these
+        examples only, its epochs being permutations of them
+        (``subset[batch_indices(..., num_examples=n)]``; the data diet's pruned
+        training sets). None: the whole split. The identity subset
+        ``arange(N)`` gives the same batches as None.
 
     Returns:
       The new state and the training loss of each step, ``[num_steps]``.
@@ -228,9 +234,12 @@ def train_steps(
     augment_key = rng.stream(noise_key, "augment")
     reparam_key = rng.stream(noise_key, "reparam")
     indices = data.batch_indices(
-        order_key, state.step, num_steps=num_steps, num_examples=arrays.y.shape[0],
+        order_key, state.step, num_steps=num_steps,
+        num_examples=arrays.y.shape[0] if subset is None else subset.shape[0],
         batch_size=recipe.batch_size,
     )
+    if subset is not None:
+        indices = subset[indices]
     augment = recipe.augment and arrays.augment == "cifar"
     if trainable_masks is not None:
         state = state.replace(params=masking.apply(state.params, trainable_masks))

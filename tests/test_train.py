@@ -370,3 +370,41 @@ def test_adding_members_changes_no_member_bit_for_bit(digits):
         assert same_bytes(runs[num, "auto"][0], runs[3, "auto"][0], 2), num
     with pytest.raises(ValueError, match="member_block must be an int >= 1"):
         train.Executor(model, digits, _recipe(), member_block=0)
+
+
+def test_member_subsets_train_on_exactly_those_examples(digits):
+    """A member's subset trains as a dataset made of those examples would (the data diet)."""
+    import dataclasses
+
+    model = models.create("mlp", widths=(16,))
+    executor = train.Executor(model, digits, _recipe(), steps_per_call=7)
+    init_keys, noise_keys = _keys(3)
+    start = executor.init(init_keys)
+    n = len(digits.train)
+    rng_np = np.random.default_rng(0)
+    subsets = np.stack([rng_np.permutation(n)[:300] for _ in range(3)])
+    # The identity subset is the whole split.
+    whole, whole_loss = executor.train(start, None, noise_keys, num_steps=20)
+    ident, ident_loss = executor.train(start, None, noise_keys, num_steps=20,
+                                       subsets=np.tile(np.arange(n), (3, 1)))
+    chex.assert_trees_all_close(ident.params, whole.params, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(ident_loss, whole_loss, rtol=1e-6)
+    # Members 1 and 2 train on 300 examples: as on a dataset of exactly those (same
+    # normalisation), each in its own run.
+    mixed, _ = executor.train(executor.init(init_keys), None, noise_keys, num_steps=20,
+                              subsets=subsets)
+    for r in (1, 2):
+        sub = subsets[r]
+        small = dataclasses.replace(digits, train=data.Split(digits.train.x[sub],
+                                                             digits.train.y[sub]))
+        alone = train.Executor(model, small, _recipe(), steps_per_call=7)
+        solo, _ = alone.train(alone.init(init_keys[r:r + 1]), None, noise_keys[r:r + 1],
+                              num_steps=20)
+        chex.assert_trees_all_close(tree.index(mixed.params, r), tree.index(solo.params, 0),
+                                    rtol=1e-5, atol=1e-6)
+    for bad, message in ((subsets[:2], r"shape \(3, n\)"),
+                         (subsets.astype(float), "integer indices"),
+                         (np.full((3, 300), n), r"index the training split \[0, 1437\)"),
+                         (subsets[:, :10], "smaller than a batch")):
+        with pytest.raises(ValueError, match=message):
+            executor.train(start, None, noise_keys, num_steps=1, subsets=bad)
