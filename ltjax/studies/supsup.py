@@ -1,0 +1,223 @@
+"""SupSup on permuted-pixel tasks: one fixed random network, one supermask per task.
+
+Wortsman et al. 2020, "Supermasks in Superposition" (:mod:`ltjax.supsup`).
+Every task x replicate is a member of *one* executor program: the model is
+:class:`ltjax.supsup.PermutedInput` around ``config.model``, and each member's
+frozen tree holds its replicate's signed-constant weights (shared by all the
+tasks of the replicate) and its task's pixel permutation, so member (r, t)
+trains task t's scores on task t's permuted data. The tasks' permutations
+come from ``config.seed`` (the same tasks for every replicate); a replicate's
+weights, each task's scores and its data order come from the replicate's keys
+(``fold_in(init or noise key, task)``). Training each task alone, as the
+reference does one task after another, gives the same masks: the weights
+never change, so tasks do not interact.
+
+After training, each task's test set is read in batches of
+``config.inference_batch_size`` (128; in order, the last batch may be
+smaller), and for each batch the task is inferred with the tasks' masks in
+superposition: one-shot over the whole batch, one-shot over its first
+example (the reference's ``data_to_repeat = 1``), and the binary variant
+(``config.binary``, whole batch).
+
+Example (Colab):
+    >>> from experiments.configs import supsup_lenet_digits
+    >>> summary = run(supsup_lenet_digits.get_config("quick"), "/tmp/supsup")
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ltjax import data, masking, plots, results, rng, supsup, tree
+from ltjax.studies import common
+
+PyTree = Any
+
+#: The per-task fields of ``results.csv`` besides ``task`` and ``replicate``.
+FIELDS = ("test_accuracy", "inferred_task_accuracy", "inferred_task_accuracy_first",
+          "inferred_task_accuracy_binary", "inferred_test_accuracy")
+
+
+def _check_config(config: Any) -> tuple[str, int, float, int]:
+    kind = config.get("mask", "threshold")
+    if kind not in supsup.MASK_KINDS:
+        raise ValueError(f"config.mask must be one of {supsup.MASK_KINDS}, got {kind!r}")
+    num_tasks = config.get("num_tasks")
+    if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
+        raise ValueError(f"config.num_tasks must be an int >= 1, got {num_tasks!r}")
+    density = config.get("density", 0.5)
+    if isinstance(density, bool) or not isinstance(density, int | float) or not (
+            0.0 < density <= 1.0):
+        raise ValueError(f"config.density must be a kept share in (0, 1], got {density!r}")
+    batch = config.get("inference_batch_size", 128)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"config.inference_batch_size must be an int >= 1, got {batch!r}")
+    return kind, num_tasks, float(density), batch
+
+
+def task_permutations(config: Any, input_shape: tuple[int, ...]) -> np.ndarray:
+    """The tasks' pixel permutations ``[T, D]`` of ``config`` (from ``config.seed``)."""
+    key = jax.random.fold_in(jax.random.key(config.seed), rng.stable_hash("tasks"))
+    return np.asarray(supsup.pixel_permutations(
+        key, config.num_tasks, supsup.num_positions(input_shape),
+        identity_first=config.get("identity_first", False)))
+
+
+def _inference_program(model: Any, prunable: PyTree, batch_stats: Any, *,
+                       binary: bool) -> Any:
+    """A jitted ``(weights, masks, x [N, B, ...], y [N, B], task) -> per-batch outputs``."""
+    variables = {} if not batch_stats else {"batch_stats": batch_stats}
+
+    def apply_fn(params, x):
+        return model.apply({"params": params, **variables}, x, train=False)
+
+    def one_batch(weights, masks, x, y, task):
+        kw = dict(prunable=prunable)
+        full = supsup.infer_task(apply_fn, weights, masks, x, **kw)
+        first = supsup.infer_task(apply_fn, weights, masks, x, first_only=True, **kw)
+        both = supsup.infer_task_binary(apply_fn, weights, masks, x, **kw) if binary else (
+            jnp.int32(-1))
+        params = supsup.superpose(weights, masks, jax.nn.one_hot(full, masks_count(masks)), **kw)
+        correct = jnp.sum(jnp.argmax(apply_fn(params, x), axis=-1) == y)
+        return jnp.stack([full == task, first == task, both == task]).astype(jnp.int32), correct
+
+    def run_batches(weights, masks, x, y, task):
+        return jax.lax.map(lambda b: one_batch(weights, masks, b[0], b[1], task), (x, y))
+
+    return jax.jit(run_batches)
+
+
+def masks_count(masks: PyTree) -> int:
+    """The task axis of stacked masks."""
+    return jax.tree.leaves(masks)[0].shape[0]
+
+
+def infer_tasks(model: Any, weights: PyTree, masks: PyTree, x: np.ndarray, y: np.ndarray,
+                permutations: np.ndarray, *, prunable: PyTree, batch_size: int,
+                batch_stats: Any = None, binary: bool = True) -> list[dict]:
+    """Task inference on every task's test batches; one dict per task.
+
+    Args:
+      model: the (unwrapped) model.
+      weights: its fixed weights.
+      masks: the tasks' masks ``[T, ...]``.
+      x: the normalized test inputs ``[N, ...]`` (unpermuted); y: labels ``[N]``.
+      permutations: ``[T, D]``; task t's test set is ``permute_pixels(x, permutations[t])``.
+      prunable: static bools of the masked leaves.
+      batch_size: examples per inference batch (the last may be smaller).
+      batch_stats: the model's BatchNorm statistics, if any.
+      binary: also run the binary variant (else its accuracy is None).
+
+    Returns:
+      Per task: ``inferred_task_accuracy`` (share of batches whose one-shot
+      whole-batch inference is right), ``..._first`` (first example only),
+      ``..._binary``, and ``inferred_test_accuracy`` (accuracy with each
+      batch's one-shot whole-batch inferred task).
+    """
+    program = _inference_program(model, prunable, batch_stats, binary=binary)
+    num = x.shape[0]
+    full = num // batch_size
+    out = []
+    for task, perm in enumerate(permutations):
+        xt = supsup.permute_pixels(jnp.asarray(x), jnp.asarray(perm))
+        hits, correct = [], 0
+        chunks = [(xt[:full * batch_size].reshape(full, batch_size, *x.shape[1:]),
+                   y[:full * batch_size].reshape(full, batch_size))] if full else []
+        if num % batch_size:
+            chunks.append((xt[full * batch_size:][None], y[full * batch_size:][None]))
+        for cx, cy in chunks:
+            h, c = jax.device_get(program(weights, masks, cx, jnp.asarray(cy), task))
+            hits.append(np.asarray(h))
+            correct += int(np.sum(c))
+        hits = np.concatenate(hits)
+        out.append({"inferred_task_accuracy": float(hits[:, 0].mean()),
+                    "inferred_task_accuracy_first": float(hits[:, 1].mean()),
+                    "inferred_task_accuracy_binary": float(hits[:, 2].mean()) if binary else None,
+                    "inferred_test_accuracy": correct / num})
+    return out
+
+
+def run(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
+    """Train every task's supermask, infer tasks on the test sets; ``results.csv``, a plot.
+
+    ``results.csv``: ``task, replicate`` and :data:`FIELDS` (``test_accuracy``:
+    the task given), with mean and std rows per task;
+    ``plots/supsup.png``: per-task accuracy with the task given and the share
+    of batches whose task is inferred right. Resumable (the training segment
+    checkpoints; the inference is recomputed, deterministically).
+
+    Raises:
+      ValueError: a bad ``mask``, ``num_tasks``, ``density`` or
+        ``inference_batch_size`` (before any work).
+    """
+    kind, num_tasks, density, batch_size = _check_config(config)
+    workdir, dataset, recipe, base = common.setup(config, workdir, progress=progress)
+    wrapped = base.like(model=supsup.PermutedInput(model=base.model))
+    selection = masking.prunable(wrapped.abstract_params)
+    executor = wrapped.like(reparam=supsup.task_supermask(selection, kind=kind, density=density))
+    end = common.steps(config.training_steps, executor.steps_per_epoch)
+    num = config.num_replicates
+    perms = task_permutations(config, dataset.input_shape)
+    init_keys, noise_keys = rng.init_and_noise(rng.replicate_keys(config.seed, num))
+    grid = [(r, t) for r in range(num) for t in range(num_tasks)]
+    fold = jax.vmap(jax.random.fold_in)
+    tasks = jnp.array([t for _, t in grid], jnp.uint32)
+    member_init = fold(init_keys[np.array([r for r, _ in grid])], tasks)
+    member_noise = fold(noise_keys[np.array([r for r, _ in grid])], tasks)
+    state = jax.device_get(executor.init(member_init))
+    weights = tree.index(state.frozen["weights"], np.array([r * num_tasks for r, _ in grid]))
+    weights = {**weights, "permutation": perms[[t for _, t in grid]].astype(np.float32)}
+    state = executor.shard(state.replace(frozen={**state.frozen, "weights": weights}))
+
+    def masks_of(scores):
+        return jax.vmap(lambda s: supsup.task_masks(s, selection, kind=kind, density=density))(
+            scores)
+
+    start_density = np.asarray(jax.vmap(lambda m: masking.density(m, selection))(
+        masks_of(state.params)))
+    log = results.MetricsLog(workdir / "metrics.jsonl")
+    segment = common.segment_runner(config, executor, end=end, log=log, splits=["test"],
+                                    progress=progress)
+    tags = [{"task": t, "replicate": r} for r, t in grid]
+    final = segment(executor, state=state, masks=None, noise_keys=member_noise,
+                    ckpt_dir=workdir / "checkpoints" / "supsup", tags={"method": "supsup"},
+                    member_tags=tags, densities=start_density,
+                    desc=f"supsup ({kind}): {num_tasks} tasks x {num} replicate(s)")
+    metrics = executor.evaluate(final, "test")
+    host = jax.device_get(final)
+    masks = masks_of(host.params)
+    end_density = np.asarray(jax.vmap(lambda m: masking.density(m, selection))(masks))
+    common.say(f"inferring tasks on {num_tasks} test sets, batches of {batch_size}", progress)
+    x = np.asarray(data.normalize(dataset.test.x, dataset.mean, dataset.std))
+    y = np.asarray(dataset.test.y)
+    inferred = []
+    for r in range(num):
+        members = np.arange(r * num_tasks, (r + 1) * num_tasks)
+        stats = tree.index(host.batch_stats, r * num_tasks)
+        inferred += infer_tasks(
+            base.model, tree.index(host.frozen["weights"], r * num_tasks)["model"],
+            tree.index(masks, members)["model"], x, y, perms, prunable=selection["model"],
+            batch_size=batch_size, batch_stats=stats.get("model") if stats else None,
+            binary=config.get("binary", True))
+    rows = [{"method": "supsup", "mask": kind, "task": t, "replicate": r,
+             "density": float(end_density[m]), "test_accuracy": float(metrics["accuracy"][m]),
+             **inferred[m]} for m, (r, t) in enumerate(grid)]
+    rows = common.with_mean_rows(rows, by=("method", "mask", "task"),
+                                 fields=("density",) + FIELDS)
+    results.write_csv(workdir / "results.csv", rows)
+    plots.plot_supsup(rows, workdir / "plots" / "supsup.png",
+                      title=f"SupSup ({kind}), {config.model} on permuted "
+                            f"{plots.dataset_label(config.dataset)}: {num_tasks} tasks, "
+                            f"{num} replicate(s)")
+    per_member = [r for r in rows if r["replicate"] not in ("mean", "std")]
+    overall = {f: (None if any(r[f] is None for r in per_member)
+                   else float(np.mean([r[f] for r in per_member]))) for f in FIELDS}
+    return {"rows": [r for r in rows if r["replicate"] == "mean"],
+            "std": [r for r in rows if r["replicate"] == "std"], "overall": overall,
+            "num_replicates": num, "num_tasks": num_tasks, "mask": kind}
+
