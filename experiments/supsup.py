@@ -21,7 +21,7 @@ def report(summary: dict) -> None:
     print(f"SupSup ({summary['mask']}): {summary['num_tasks']} tasks, mean ± std over "
           f"{summary['num_replicates']} replicate(s)")
     print("{:>5} {:>17} {:>13} {:>13} {:>13}".format(
-        "task", "test acc % (GG)", "infer batch %", "infer first %", "infer binary %"))
+        "task", "test acc % (given)", "infer batch %", "infer first %", "infer binary %"))
 
     def pct(row, field):
         return "—" if row[field] is None else f"{100 * row[field]:.2f}"
