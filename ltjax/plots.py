@@ -753,3 +753,29 @@ def plot_supsup(rows: Sequence[dict], path: str | os.PathLike, *, title: str = "
     ax.set_ylim(0, 105)
     _style(ax, xlabel="task (pixel permutation)", ylabel="%", loc="lower right")
     _finish(fig, path, title)
+
+
+def plot_data_diet(rows: Sequence[dict], path: str | os.PathLike, *, title: str = "") -> None:
+    """Test accuracy vs the kept share of the training set, one line per selection mode.
+
+    ``rows`` are per-replicate ``results.csv`` rows (``kept, mode, replicate,
+    test_accuracy``); the full data (``mode='full'``, ``kept=1``) is a dashed
+    line with its band. Mean over replicates with a min-max band.
+    """
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    full = [100 * float(r["test_accuracy"]) for r in rows if r["mode"] == "full"]
+    num = 0
+    for mode in dict.fromkeys(r["mode"] for r in rows if r["mode"] != "full"):
+        mine = [r for r in rows if r["mode"] == mode]
+        xs, mean, _, lo, hi = mean_and_spread(
+            [{**r, "kept": 100 * float(r["kept"])} for r in mine], x="kept", y="test_accuracy")
+        (line,) = ax.plot(xs, 100 * mean, "-o", ms=4, label=mode)
+        ax.fill_between(xs, 100 * lo, 100 * hi, alpha=0.15, color=line.get_color())
+        num = max(num, _group_size(mine, x="kept"))
+    if full:
+        ax.axhline(np.mean(full), color="k", ls="--", lw=1,
+                   label=f"full data ({np.mean(full):.2f} %)")
+        ax.axhspan(min(full), max(full), color="k", alpha=0.08)
+    _style(ax, xlabel="percent of training examples kept", ylabel="test accuracy (%)",
+           bands=((band_label("range", num), 0.15),))
+    _finish(fig, path, title)

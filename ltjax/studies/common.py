@@ -347,7 +347,7 @@ def train_segment(
     log: results.MetricsLog, tags: dict, splits: list[str], densities: Any,
     progress: bool = True, desc: str = "train", max_checkpoints: int = 2,
     hparams: optim.Hyperparams | None = None, member_tags: list[dict] | None = None,
-    observer: TelemetryObserver | None = None,
+    observer: TelemetryObserver | None = None, subsets: Any = None,
 ) -> train.TrainState:
     """Train from ``state`` (at its step) to ``end``, evaluating and checkpointing; resumable.
 
@@ -386,6 +386,7 @@ def train_segment(
       observer: telemetry to log on its schedule (:class:`TelemetryObserver`):
         training calls stop at its steps too, and its records (and weight
         snapshots) after a restored step are dropped on resume, like the metrics.
+      subsets: per-member training subsets ``[S, n]`` (:meth:`Executor.train`), or None.
 
     Returns:
       The state at ``end``.
@@ -485,8 +486,9 @@ def train_segment(
             target = min(end, (step // eval_every + 1) * eval_every,
                          (step // checkpoint_every + 1) * checkpoint_every,
                          *(s for s in observe_steps if s > step))
-            state, train_loss = executor.train(state, masks, noise_keys, num_steps=target - step,
-                                               hparams=hparams)
+            state, train_loss = executor.train(
+                state, masks, noise_keys, num_steps=target - step, hparams=hparams,
+                **({} if subsets is None else {"subsets": subsets}))
             pending.append((train_loss, target - step))
             bar.update(target - step)
             step = target

@@ -1,0 +1,41 @@
+"""The data diet on LeNet-300-100 / scikit-learn's digits: offline, seconds long.
+
+``:sample``: ResNet-20 on the 4000-image CIFAR-10 sample in ``$LTJAX_DATA_DIR``, EL2N
+after 2 epochs of 2 runs, 50 % kept, 6 epochs of steps, 1 replicate (``:quick,sample``:
+1-epoch scoring, 2 epochs of training).
+
+    python -m experiments.data_diet --config=experiments/configs/data_diet_lenet_digits.py:quick \\
+        --workdir=runs/data_diet_q
+"""
+
+import ml_collections
+
+from experiments import configs
+from experiments.configs import data_diet_lenet_mnist
+
+VARIANTS = ("quick", "sample")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The config; ``'quick'``: 2 score seeds, one kept share, a few epochs; ``'sample'``."""
+    chosen = configs.variants(arg, VARIANTS)
+    config = data_diet_lenet_mnist.get_config()
+    config.dataset = "digits"
+    config.training_steps = "16ep"
+    config.eval_every = "4ep"
+    config.checkpoint_every = "4ep"
+    config.score_step = "2ep"
+    if "sample" in chosen:
+        configs.sample_resnet(config, epochs=2 if "quick" in chosen else 6)
+        config.num_replicates = 1
+        config.score_seeds = 2
+        config.score_step = "1ep" if "quick" in chosen else "2ep"
+        config.kept = (0.5,)
+    elif "quick" in chosen:
+        config.training_steps = "4ep"
+        config.eval_every = "2ep"
+        config.checkpoint_every = "2ep"
+        config.score_step = "1ep"
+        config.score_seeds = 2
+        config.kept = (0.5,)
+    return config
