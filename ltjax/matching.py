@@ -205,17 +205,9 @@ def check_spec(spec: PermutationSpec, params: PyTree, batch_stats: PyTree | None
                     f"spec {tree_name}[{path!r}] has {len(entries)} axis entries but "
                     f"{tree_name}['{path}'] has shape {shape}"
                 )
-            for axis, entry in enumerate(entries):
-                name, repeats = _parse_axis(entry, path)
-                if name is None:
-                    continue
-                if shape[axis] % repeats:
-                    raise ValueError(
-                        f"spec {tree_name}[{path!r}][{axis}] = {entry!r}: size {shape[axis]} "
-                        f"is not a multiple of {repeats}"
-                    )
-                sizes.setdefault(name, {}).setdefault(shape[axis] // repeats, []).append(
-                    f"{path}[{axis}]")
+            for axis, name, size, _ in _permuted_axes(entries, shape, path,
+                                                      f"spec {tree_name}[{path!r}]"):
+                sizes.setdefault(name, {}).setdefault(size, []).append(f"{path}[{axis}]")
     for name, by_size in sizes.items():
         if len(by_size) > 1:
             detail = "; ".join(f"size {n}: {', '.join(w)}" for n, w in sorted(by_size.items()))
@@ -257,14 +249,29 @@ def _tree_where(spec: PermutationSpec, tree_: PyTree, leading_axes: int = 0,
                 f"spec axes[{path!r}] has {len(entries)} entries but the leaf has shape "
                 f"{np.shape(leaf)} (for stacked trees, jax.vmap apply_permutation)"
             )
-        for axis, entry in enumerate(entries):
-            name, repeats = _parse_axis(entry, path)
-            if name is None:
-                continue
-            if shape[axis] % repeats:
-                raise ValueError(f"spec axes[{path!r}][{axis}] = {entry!r}: size {shape[axis]} "
-                                 f"is not a multiple of {repeats}")
-            out.setdefault(name, []).append((path, axis, shape[axis] // repeats, repeats))
+        for axis, name, size, repeats in _permuted_axes(entries, shape, path,
+                                                          f"spec axes[{path!r}]"):
+            out.setdefault(name, []).append((path, axis, size, repeats))
+    return out
+
+
+def _permuted_axes(entries: Sequence[Any], shape: tuple[int, ...], path: str,
+                   label: str) -> list[tuple[int, str, int, int]]:
+    """``(axis, permutation, size, repeats)`` of each permuted axis of a leaf's spec entries.
+
+    Raises:
+      ValueError: an axis whose size is not a multiple of its entry's repeats
+        (the message starts with ``label``).
+    """
+    out = []
+    for axis, entry in enumerate(entries):
+        name, repeats = _parse_axis(entry, path)
+        if name is None:
+            continue
+        if shape[axis] % repeats:
+            raise ValueError(f"{label}[{axis}] = {entry!r}: size {shape[axis]} "
+                             f"is not a multiple of {repeats}")
+        out.append((axis, name, shape[axis] // repeats, repeats))
     return out
 
 
