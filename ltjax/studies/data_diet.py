@@ -158,7 +158,9 @@ def _scores(kind: str, executor, state, dataset) -> np.ndarray:
         return train.logits(model, params, batch_stats, data.normalize(
             xb, dataset.mean, dataset.std))
 
-    params = executor.model_params(state)
+    # On the host, then one device: the score runs' states are sharded over the member
+    # mesh, and averaging them there would be a cross-device collective per chunk.
+    params, batch_stats = jax.device_get((executor.model_params(state), state.batch_stats))
     fn = data_diet.el2n_scores if kind == "el2n" else data_diet.grand_scores
-    return np.asarray(fn(logits_fn, params, state.batch_stats, x, y,
+    return np.asarray(fn(logits_fn, params, batch_stats, x, y,
                          num_classes=dataset.num_classes))
