@@ -598,7 +598,7 @@ class Executor:
             raise ValueError(f"num_batches must be an int >= 1 or None (one epoch), "
                              f"got {num_batches!r}")
         num = _num_members(params)
-        block = self.member_block if self.strategy == "scan_vmap" else 1
+        block = self.member_block  # 1 under 'unrolled_loop'
         padded = num if block is None else -(-num // block) * block
         sharding = self.seed_sharding(padded)
         params, batch_stats = jax.device_put(_pad((params, batch_stats), num, padded), sharding)

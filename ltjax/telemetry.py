@@ -217,8 +217,7 @@ def versus_final(params: PyTree, params_final: PyTree,
             "cosine_final": cosine_similarity(params, params_final, selection)}
 
 
-def rows_of(step: int, member: int, quantities: dict[str, dict[str, Any]]) -> list[dict]:
-    """Long-format rows ``{member, step, layer, quantity, value}`` of one member's quantities."""
-    return [{"member": member, "step": step, "layer": layer, "quantity": quantity,
-             "value": float(value)}
+def rows_of(step: int, quantities: dict[str, dict[str, Any]]) -> list[dict]:
+    """Long-format rows ``{step, layer, quantity, value}`` of one member's quantities."""
+    return [{"step": step, "layer": layer, "quantity": quantity, "value": float(value)}
             for quantity, per_layer in quantities.items() for layer, value in per_layer.items()]

@@ -490,9 +490,9 @@ def test_soups_study_end_to_end_and_resume(tmp_path, monkeypatch, drawn):
         or (r.get("branch") == "wise_ft" and r["ingredient"] >= 2)))
     original, calls = train.Executor.train, []
 
-    def counted(self, state, masks, noise_keys, *, num_steps, hparams=None):
+    def counted(self, state, masks, noise_keys, *, num_steps, **kwargs):
         calls.append((int(np.asarray(state.step)[0]), num_steps))
-        return original(self, state, masks, noise_keys, num_steps=num_steps, hparams=hparams)
+        return original(self, state, masks, noise_keys, num_steps=num_steps, **kwargs)
 
     monkeypatch.setattr(train.Executor, "train", counted)
     resumed = soups.run_soups(config, tmp_path / "b", progress=False)

@@ -486,9 +486,8 @@ def train_segment(
             target = min(end, (step // eval_every + 1) * eval_every,
                          (step // checkpoint_every + 1) * checkpoint_every,
                          *(s for s in observe_steps if s > step))
-            state, train_loss = executor.train(
-                state, masks, noise_keys, num_steps=target - step, hparams=hparams,
-                **({} if subsets is None else {"subsets": subsets}))
+            state, train_loss = executor.train(state, masks, noise_keys, num_steps=target - step,
+                                               hparams=hparams, subsets=subsets)
             pending.append((train_loss, target - step))
             bar.update(target - step)
             step = target
@@ -627,14 +626,9 @@ class TelemetryObserver:
     def observe(self, step: int, params: Any, batch_stats: Any, *, tags: dict,
                 member_tags: list[dict]) -> None:
         """Log the members' quantities at ``step`` and keep their weights."""
-        from ltjax import telemetry
 
         quantities = jax.device_get(self._quantities(params, self.params_0, batch_stats))
-        rows = []
-        for m, member in enumerate(member_tags):
-            mine = jax.tree.map(lambda v, m=m: v[m], quantities)
-            rows += [{**tags, **member, **{k: v for k, v in row.items() if k != "member"}}
-                     for row in telemetry.rows_of(step, m, mine)]
+        rows = _member_rows(step, quantities, tags, member_tags)
         self.snapshot_dir.mkdir(parents=True, exist_ok=True)
         path = self.snapshot_dir / f"step_{step:08d}.npz"
         tmp = path.with_suffix(".tmp.npz")
@@ -671,14 +665,19 @@ class TelemetryObserver:
                 at = {n: stored[n] for n in names}
             flat = jax.device_get(self._final(
                 {n: jnp.asarray(at[n]) for n in names}, {n: jnp.asarray(final[n]) for n in names}))
-            for m, member in enumerate(member_tags):
-                mine = jax.tree.map(lambda v, m=m: v[m], flat)
-                rows += [{**tags, **member, **{k: v for k, v in row.items() if k != "member"}}
-                         for row in telemetry.rows_of(step, m, mine)]
+            rows += _member_rows(step, flat, tags, member_tags)
         self.log.append(rows)
         if not keep_snapshots:
             for path in self.snapshot_dir.glob("step_*.npz"):
                 path.unlink()
+
+
+def _member_rows(step: int, stacked: dict, tags: dict, member_tags: list[dict]) -> list[dict]:
+    """Telemetry rows of every member from quantities stacked ``[S]`` (host arrays)."""
+    from ltjax import telemetry
+
+    return [{**tags, **member, **row} for m, member in enumerate(member_tags)
+            for row in telemetry.rows_of(step, jax.tree.map(lambda v, m=m: v[m], stacked))]
 
 
 def config_fingerprint(workdir: str | pathlib.Path) -> str | None:
