@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ltjax import data_diet, plots, results, rng, train
+from ltjax import data, data_diet, plots, results, rng, train
 from ltjax.studies import common
 
 MODES = ("hardest", "random", "easiest")
@@ -154,7 +154,6 @@ def _scores(kind: str, executor, state, dataset) -> np.ndarray:
     y = np.asarray(dataset.train.y)
 
     def logits_fn(params, batch_stats, xb):
-        from ltjax import data
         return train.logits(model, params, batch_stats, data.normalize(
             xb, dataset.mean, dataset.std))
 
