@@ -2,8 +2,10 @@
 
 :func:`run_main` is every entry point's ``main``: the ``--config``,
 ``--workdir`` and ``--print_config`` flags (:func:`parse_flags`: an unknown
-field is refused with the valid ones, list fields take ``a,b``), quiet logging, the allocator tuning
-(:func:`tune_allocator`), JAX's persistent compilation cache
+field is refused with the valid ones, list fields take ``a,b``), the
+multi-process flags (``--distributed``, ``--coordinator_address``,
+``--num_processes``, ``--process_id``: :func:`ltjax.distributed.initialize`),
+quiet logging, the allocator tuning (:func:`tune_allocator`), JAX's persistent compilation cache
 (:func:`use_compilation_cache`), the CPU device count, the study, its
 printed summary. :func:`use_cpu_devices` (called there once the config is read)
 gives XLA one CPU device per core, up to the number of replicates, so the
@@ -211,6 +213,9 @@ class Flags:
     workdir: str | None
     print_config: bool
     config_spec: str
+    #: ``jax.distributed.initialize``'s arguments when the run spans several processes
+    #: (``--distributed`` or any of its three flags), else None.
+    distributed: dict | None = None
 
 
 _CONFIG_OVERRIDE = re.compile(r"^--?(?:no)?config\.([^=\s]+)")
@@ -268,14 +273,36 @@ def define_flags(flag_values: Any = None, *, argv: Sequence[str] | None = None) 
         "print_config", False, "Print the resolved config (variants and overrides applied), "
         "one 'field = value' line each, and exit; writes nothing.", flag_values=flag_values)
     flags.mark_flag_as_required("config", flag_values=flag_values)
+    multi = flags.DEFINE_boolean(
+        "distributed", False, "Run as one process of a multi-process (multi-host) run: "
+        "jax.distributed.initialize, with what the three flags below do not give auto-detected "
+        "on a known cluster (Cloud TPU pod, SLURM, Open MPI). Start the same command in every "
+        "process.", flag_values=flag_values)
+    address = flags.DEFINE_string(
+        "coordinator_address", None, "host:port of process 0 (implies --distributed; default "
+        "$JAX_COORDINATOR_ADDRESS or auto-detected).", flag_values=flag_values)
+    count = flags.DEFINE_integer("num_processes", None, "Processes in the run (implies "
+                                 "--distributed; default auto-detected).", lower_bound=1,
+                                 flag_values=flag_values)
+    index = flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes"
+                                 "-1 (implies --distributed; default auto-detected).",
+                                 lower_bound=0, flag_values=flag_values)
 
     def parse(argv: Sequence[str]) -> Flags:
         _check_argv(argv)
         flag_values(list(argv))
         if not print_config.value and not workdir.value:
             raise flags.Error("--workdir is required (or --print_config to only show the config)")
+        given = {"coordinator_address": address.value, "num_processes": count.value,
+                 "process_id": index.value}
+        if (count.value is not None and index.value is not None
+                and index.value >= count.value):
+            raise flags.Error(f"--process_id={index.value} must be below "
+                              f"--num_processes={count.value}")
+        multi_process = multi.value or any(v is not None for v in given.values())
         return Flags(config=config.value, workdir=workdir.value, print_config=print_config.value,
-                     config_spec=config_flags.get_config_filename(flag_values["config"]))
+                     config_spec=config_flags.get_config_filename(flag_values["config"]),
+                     distributed=given if multi_process else None)
 
     return parse
 
@@ -299,8 +326,12 @@ def run_main(run_fn, report_fn, *, replicates_fn=lambda config: config.num_repli
 
     Flags: ``--config=<file>.py[:variant,...]`` with ``--config.<field>=<value>``
     overrides, ``--workdir``, ``--print_config`` (print the resolved config and
-    exit without touching the workdir). An unknown field, variant or bad value
-    ends with a one-paragraph message, not a traceback.
+    exit without touching the workdir), and for a multi-process run
+    ``--distributed`` / ``--coordinator_address`` / ``--num_processes`` /
+    ``--process_id`` (:func:`ltjax.distributed.initialize`; every process runs
+    the same command, process 0 writes the files and prints, the others show
+    no progress). An unknown field, variant or bad value ends with a
+    one-paragraph message, not a traceback.
 
     Args:
       run_fn: the study, e.g. ``ltjax.studies.imp.run_imp``.
@@ -338,8 +369,19 @@ def run_main(run_fn, report_fn, *, replicates_fn=lambda config: config.num_repli
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
         use_compilation_cache()
         use_cpu_devices(replicates_fn(flags.config))
-        report_fn(run_fn(flags.config, flags.workdir))
-        print(closing_lines(flags.workdir))
+        if flags.distributed is None:
+            report_fn(run_fn(flags.config, flags.workdir))
+            print(closing_lines(flags.workdir))
+            return
+        from ltjax import distributed
+
+        distributed.initialize(**flags.distributed)
+        writer = distributed.is_writer()
+        summary = run_fn(flags.config, flags.workdir, **({} if writer else {"progress": False}))
+        distributed.sync("end of run")  # every file is written before anyone reads them
+        if writer:
+            report_fn(summary)
+            print(closing_lines(flags.workdir))
 
     app.run(main, flags_parser=flags_parser)
 

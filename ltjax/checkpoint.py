@@ -27,6 +27,11 @@ checksum (a deleted or truncated file, a missing manifest, flipped bytes) is
 moved aside to ``<directory>.damaged/`` (never deleted) and the previous step
 is tried, so a rerun retrains what was lost and saves that step again.
 
+In a multi-process run (:mod:`ltjax.distributed`) every process makes the
+same calls: orbax coordinates the saves and restores of the global arrays
+(each process writes its own shards; process 0 the metadata), and the
+checksums are of the gathered arrays.
+
 Example:
     >>> with Checkpointer(workdir / "checkpoints") as ckpt:
     ...     ckpt.save(100, state=state, masks=masks, meta={"level": 0})
@@ -45,6 +50,8 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from ltjax import distributed
 
 PyTree = Any
 _ITEMS = ("state", "masks", "meta")
@@ -72,12 +79,16 @@ def layout(tree: PyTree | None) -> str:
 
 
 def checksum(tree: PyTree | None) -> str:
-    """A BLAKE2b digest of ``tree``'s paths and array bytes (fetched to the host)."""
+    """A BLAKE2b digest of ``tree``'s paths and array bytes (fetched to the host).
+
+    Of the global arrays in a multi-process run (:func:`ltjax.distributed.host`
+    gathers them): the same digest in every process and for any device layout.
+    """
     if tree is None:
         return "none"
     digest = hashlib.blake2b(digest_size=16)
-    for name, leaf in _leaves(tree):
-        array = np.ascontiguousarray(jax.device_get(leaf))
+    for name, leaf in _leaves(distributed.host(tree)):
+        array = np.ascontiguousarray(leaf)
         digest.update(f"{name}|{array.shape}|{array.dtype.str};".encode())
         digest.update(array.tobytes())
     return digest.hexdigest()
@@ -184,9 +195,13 @@ class Checkpointer:
     def _move_aside(self, step: int, why: str) -> None:
         """Move a damaged step to ``<directory>.damaged/<step>-<time>`` and forget it."""
         target_dir = self.directory + ".damaged"
-        os.makedirs(target_dir, exist_ok=True)
         target = os.path.join(target_dir, f"{step}-{time.time_ns()}")
-        os.replace(os.path.join(self.directory, str(step)), target)
+
+        def move() -> None:  # process 0's move (a multi-process run), seen by all after it
+            os.makedirs(target_dir, exist_ok=True)
+            os.replace(os.path.join(self.directory, str(step)), target)
+
+        distributed.write(f"move aside {self.directory}/{step}", move)
         self._manager.reload()
         logging.warning("checkpoint step %d in %s is damaged (%s); moved to %s", step,
                         self.directory, why, target)

@@ -8,10 +8,13 @@ reparameterisation (:mod:`ltjax.reparam`) are shared by the program. Member
 r gives the same numbers whatever trains beside it.
 
 The member axis is the leading axis of every state, mask, key and
-hyperparameter argument. It is sharded over the local devices with
+hyperparameter argument. It is sharded over the devices with
 ``NamedSharding(Mesh(devices, ('seed',)), P('seed'))`` through
 ``shard_map``; inside a device the local members are either ``vmap``-ed or
-run one after another.
+run one after another. In a multi-process run (:mod:`ltjax.distributed`) the
+mesh spans the devices of every process (``jax.devices()``), states are
+global arrays, and what the executor returns to the host (losses, metrics)
+is gathered, the same in every process.
 
 **Adding members changes no member's numbers.** A ``vmap`` over S members
 gives XLA a batch of S to pick kernels for, and member 0 differs in the last
@@ -78,7 +81,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ltjax import data, masking, models, optim, rng, train, tree
+from ltjax import data, distributed, masking, models, optim, rng, train, tree
 from ltjax import reparam as reparam_lib
 
 PyTree = Any
@@ -152,7 +155,8 @@ class Executor:
         and 1 for ``'unrolled_loop'`` (several unrolled steps per call add
         nothing on CPU, FACTS.md).
       eval_batch_size: rows per evaluation batch.
-      devices: the devices of the member mesh (default: all local devices).
+      devices: the devices of the member mesh (default: ``jax.devices()``, all
+        devices of all processes; in one process, the local devices).
       materialize_inputs: force each conv input into memory in the training
         and evaluation programs (:func:`ltjax.models.common.materialize`:
         identical numbers, faster conv steps on XLA:CPU). None (default):
@@ -192,7 +196,7 @@ class Executor:
         self.dataset = dataset
         self.recipe = recipe
         self.reparam = reparam or reparam_lib.identity()
-        self.devices = list(devices or jax.local_devices())
+        self.devices = list(devices or jax.devices())
         abstract_params = jax.eval_shape(
             lambda k: models.init(model, k, dataset.input_shape)[0], jax.random.key(0))
         reparam_lib.check(self.reparam, abstract_params)
@@ -269,6 +273,7 @@ class Executor:
 
     def mesh(self, num_members: int) -> Mesh:
         """The member mesh for S members: ``gcd(S, len(devices))`` devices."""
+        self._check_spread(num_members)
         num_devices = math.gcd(num_members, len(self.devices))
         return Mesh(np.array(self.devices[:num_devices]), ("seed",))
 
@@ -283,11 +288,26 @@ class Executor:
 
     def _placement(self, num_members: int) -> tuple[Mesh, int]:
         """The programs' mesh for S members (min(S, devices) devices) and padded S."""
+        self._check_spread(num_members)
         used = min(num_members, len(self.devices))
         per_device = -(-num_members // used)
         block = self.member_block or 1
         padded = -(-per_device // block) * block * used
         return Mesh(np.array(self.devices[:used]), ("seed",)), padded
+
+    def _check_spread(self, num_members: int) -> None:
+        """Refuse, in a multi-process run, S members that do not fill every device alike.
+
+        Else the storage mesh (``gcd(S, devices)``) would leave some processes
+        without a shard, which the host reads and reshards across processes
+        do not support.
+        """
+        if num_members % len(self.devices) and distributed.is_multiprocess():
+            raise ValueError(
+                f"{num_members} members on {len(self.devices)} devices of "
+                f"{jax.process_count()} processes: in a multi-process run every program's "
+                "member count must be a multiple of the number of devices (set "
+                "num_replicates accordingly)")
 
     def seed_sharding(self, num_members: int) -> NamedSharding:
         """``NamedSharding(mesh, P('seed'))`` for arrays with a leading member axis."""
@@ -296,7 +316,19 @@ class Executor:
     def shard(self, stacked: PyTree) -> PyTree:
         """Put a stacked tree (leading axis S) onto the member mesh."""
         num = _num_members(stacked)
-        return jax.device_put(stacked, self.seed_sharding(num))
+        return distributed.put(stacked, self.seed_sharding(num))
+
+    def _placed(self, stacked: PyTree, num: int, padded: int,
+                 sharding: NamedSharding) -> PyTree:
+        """``stacked`` ``[num]`` padded to ``[padded]`` (:func:`_pad`) and put on ``sharding``.
+
+        In a multi-process run the arguments first become global arrays on
+        the member mesh (keys and host arrays included), as the padding
+        program needs (:func:`ltjax.distributed.put`).
+        """
+        if distributed.is_multiprocess():
+            stacked = self.shard(stacked)
+        return distributed.put(_pad(stacked, num, padded), sharding)
 
     def device_split(self, split: str, num_devices: int, for_eval: bool) -> data.DeviceSplit:
         """A split's arrays replicated on the first ``num_devices`` devices (kept by the executor).
@@ -313,7 +345,7 @@ class Executor:
         if key not in self._device_splits:
             pad_to = self.eval_batch_size if for_eval else 1
             mesh = Mesh(np.array(self.devices[:num_devices]), ("seed",))
-            self._device_splits[key] = jax.device_put(
+            self._device_splits[key] = distributed.put(
                 data.device_split(host, self.dataset, pad_to=pad_to), NamedSharding(mesh, P()))
         return self._device_splits[key]
 
@@ -377,7 +409,7 @@ class Executor:
             raise ValueError(f"num_steps must be >= 0, got {num_steps}")
         if subsets is not None:
             subsets = self._checked_subsets(subsets, num)
-        host = jax.device_get(hparams) if hparams is not None else None
+        host = distributed.host(hparams) if hparams is not None else None
         hparams = optim.member_hparams(  # validated on the host, once
             self.recipe, num, **({} if host is None else {
                 "learning_rate": host.learning_rate, "weight_decay": host.weight_decay,
@@ -390,8 +422,8 @@ class Executor:
             masks = self._all_true(num)
         mesh, padded = self._placement(num)
         start_step = state.step  # read back only to name the steps of a NaN
-        state, masks, noise_keys, hparams_dev, subsets = jax.device_put(
-            _pad((state, masks, noise_keys, hparams, subsets), num, padded),
+        state, masks, noise_keys, hparams_dev, subsets = self._placed(
+            (state, masks, noise_keys, hparams, subsets), num, padded,
             NamedSharding(mesh, P("seed")))
         with_subsets = subsets is not None
         loss_sums, finite, done = [], [], 0
@@ -404,12 +436,12 @@ class Executor:
             finite.append(chunk_finite)
             done += chunk
         if finite:
-            finite_host, sums = jax.device_get((finite, loss_sums))
+            finite_host, sums = distributed.host((finite, loss_sums))
             finite_host = np.stack(finite_host)[:, :num]
             if not finite_host.all():
                 chunk_index = int(np.nonzero(~finite_host.all(axis=1))[0][0])
                 bad = np.nonzero(~finite_host[chunk_index])[0].tolist()
-                first_step = int(np.asarray(jax.device_get(start_step)).reshape(-1)[0])
+                first_step = int(np.asarray(distributed.host(start_step)).reshape(-1)[0])
                 lo = first_step + chunk_index * self.steps_per_call
                 hi = min(lo + self.steps_per_call, first_step + num_steps)
                 raise FloatingPointError(
@@ -430,7 +462,7 @@ class Executor:
 
     def _checked_subsets(self, subsets: Any, num: int) -> np.ndarray:
         """``subsets`` as int32 ``[S, n]``, refused unless they index the training split."""
-        host = np.asarray(jax.device_get(subsets))
+        host = np.asarray(distributed.host(subsets))
         size = len(self.dataset.train)
         if host.ndim != 2 or host.shape[0] != num:
             raise ValueError(f"subsets must have shape ({num}, n) (one subset per member), "
@@ -503,7 +535,7 @@ class Executor:
         Any stack works: members, or the points of an interpolation path.
         """
         out = self._evaluate_stacked(params, batch_stats, split, "metrics")
-        return {k: np.asarray(v) for k, v in out.items()}
+        return {k: np.asarray(v) for k, v in distributed.host(out).items()}
 
     def predict_params(self, params: PyTree, batch_stats: PyTree, split: str) -> np.ndarray:
         """Logits ``[S, N, C]`` of stacked ``params`` / ``batch_stats`` ``[S, ...]`` on ``split``.
@@ -512,15 +544,15 @@ class Executor:
             >>> probs = jax.nn.softmax(executor.predict_params(params, stats, "test")).mean(0)
         """
         out = self._evaluate_stacked(params, batch_stats, split, "logits")
-        return np.asarray(out)[:, :self._host_splits[split].y.shape[0]]
+        return np.asarray(distributed.host(out))[:, :self._host_splits[split].y.shape[0]]
 
     def _evaluate_stacked(self, params: PyTree, batch_stats: PyTree, split: str,
                           output: str) -> Any:
         """The eval program on stacked trees padded over the devices, unpadded after."""
         num = _num_members(params)
         mesh, padded = self._placement(num)
-        params, batch_stats = jax.device_put(_pad((params, batch_stats), num, padded),
-                                             NamedSharding(mesh, P("seed")))
+        params, batch_stats = self._placed((params, batch_stats), num, padded,
+                                           NamedSharding(mesh, P("seed")))
         fn = self._program(("eval", padded, mesh.size, split, output),
                            lambda: self._build_eval(mesh, split, output))
         out = fn(params, batch_stats)
@@ -601,7 +633,7 @@ class Executor:
         block = self.member_block  # 1 under 'unrolled_loop'
         padded = num if block is None else -(-num // block) * block
         sharding = self.seed_sharding(padded)
-        params, batch_stats = jax.device_put(_pad((params, batch_stats), num, padded), sharding)
+        params, batch_stats = self._placed((params, batch_stats), num, padded, sharding)
         arrays = self.device_split("train", sharding.num_devices, for_eval=False)
         key = jax.random.key(seed)
         index = data.batch_indices(key, 0, num_steps=num_batches,

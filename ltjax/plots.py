@@ -20,6 +20,8 @@ from matplotlib import ticker  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from ltjax import distributed  # noqa: E402
+
 MAX_DENSITY_TICKS = 16
 """The most ticks a density axis labels; more densities get an evenly spread subset."""
 
@@ -247,9 +249,14 @@ def _say_clipped(ax, first: float) -> None:
 
 
 def _save(fig, path: str | os.PathLike) -> None:
+    """Save and close ``fig`` (process 0 saves in a multi-process run: :mod:`ltjax.distributed`)."""
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+
+    def write() -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+
+    distributed.write(f"plot {path}", write)
     plt.close(fig)
 
 
@@ -678,6 +685,29 @@ def plot_early_bird(rows: Sequence[dict], path: str | os.PathLike, *, threshold:
     ax.axhline(threshold, color="k", lw=0.8, ls=":", label=f"threshold {threshold:g}")
     _style(ax, xlabel="epoch (mask drawn at its start)",
            ylabel="max distance to the previous masks in the window", fontsize=7)
+    _finish(fig, path, title)
+
+
+def plot_knowledge_evolution(rows: Sequence[dict], path: str | os.PathLike, *,
+                             title: str = "") -> None:
+    """Dense and slim test accuracy by generation (Taha et al. 2021, Figure 1's curves).
+
+    ``rows`` are the rows of a Knowledge Evolution ``results.csv``: the mean
+    over replicates as a line, the replicates' min-max as a band.
+    """
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    members = [r for r in rows if r["replicate"] not in ("mean", "std")]
+    count = len({r["replicate"] for r in members})
+    for field, label, marker in (("dense_test_accuracy", "dense", "-o"),
+                                 ("slim_test_accuracy", "slim (fit hypothesis)", "-s")):
+        xs, mean, _, low, high = mean_and_spread(
+            [{"generation": r["generation"], "accuracy": 100 * r[field]} for r in members],
+            x="generation", y="accuracy")
+        (line,) = ax.plot(xs, mean, marker, ms=4, label=label)
+        ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2, lw=0)
+    ax.set_xticks(sorted({r["generation"] for r in members}))
+    _style(ax, xlabel="generation", ylabel="test accuracy (%)",
+           bands=[(band_label("range", count), 0.2)])
     _finish(fig, path, title)
 
 

@@ -5,6 +5,9 @@ step, split, loss, accuracy, density, ...). A resumed run first drops the
 records written after its last checkpoint (:meth:`MetricsLog.keep_only`),
 so a killed-and-resumed run ends with the same file as an uninterrupted one.
 
+In a multi-process run only process 0 writes, between barriers
+(:func:`ltjax.distributed.write`); every process reads the files.
+
 Example:
     >>> log = MetricsLog(workdir / "metrics.jsonl")
     >>> log.append([{"replicate": 0, "step": 0, "split": "test", "accuracy": 0.1}])
@@ -22,6 +25,8 @@ import pathlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from ltjax import distributed
+
 
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
@@ -38,10 +43,15 @@ def _jsonable(value: Any) -> Any:
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically (tmp file, then rename)."""
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n"
+
+    def write() -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+    distributed.write(f"write {path}", write)
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -71,33 +81,45 @@ class MetricsLog:
     def append(self, records: Iterable[dict]) -> None:
         """Append records and flush them to disk."""
         lines = "".join(json.dumps(_jsonable(r), sort_keys=True) + "\n" for r in records)
-        with self.path.open("a") as f:
-            f.write(lines)
-            f.flush()
-            os.fsync(f.fileno())
+
+        def write() -> None:
+            with self.path.open("a") as f:
+                f.write(lines)
+                f.flush()
+                os.fsync(f.fileno())
+
+        distributed.write(f"append {self.path}", write)
 
     def keep_only(self, keep_fn: Callable[[dict], bool]) -> None:
         """Rewrite the file with the records for which ``keep_fn`` is true."""
         kept = [r for r in self.read() if keep_fn(r)]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
-        os.replace(tmp, self.path)
+
+        def write() -> None:
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+            os.replace(tmp, self.path)
+
+        distributed.write(f"rewrite {self.path}", write)
 
 
 def write_csv(path: str | os.PathLike, rows: Sequence[dict]) -> None:
     """Write dict rows as CSV; the columns are the union of the keys, in first-seen order."""
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _jsonable(v) for k, v in row.items()})
-    os.replace(tmp, path)
+
+    def write() -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: _jsonable(v) for k, v in row.items()})
+        os.replace(tmp, path)
+
+    distributed.write(f"write {path}", write)
 
 
 def read_csv(path: str | os.PathLike) -> list[dict]:

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from ltjax import checkpoint, data, models, optim, pruning, results, train, tree
+from ltjax import checkpoint, data, distributed, models, optim, pruning, results, train, tree
 from ltjax import executor as executor_lib
 
 
@@ -44,8 +44,9 @@ def prepare_workdir(workdir: str | pathlib.Path, config: Any) -> pathlib.Path:
     path = workdir / "config.json"
     current = to_dict(config)
     if path.exists() and not has_checkpoints(workdir):
-        for name in ("metrics.jsonl", "warnings.jsonl"):
-            (workdir / name).unlink(missing_ok=True)
+        distributed.write(f"clear {workdir}", lambda: [
+            (workdir / name).unlink(missing_ok=True) for name in ("metrics.jsonl",
+                                                                  "warnings.jsonl")])
         results.write_json(path, current)
     elif path.exists():
         saved = results.read_json(path)
@@ -289,7 +290,8 @@ def warn(workdir: str | pathlib.Path, message: str, *, once: dict | None = None,
         if w.get("message") == message or (once is not None and all(
                 w.get(k) == v for k, v in once.items())):
             return
-    logging.warning("%s", message)
+    if distributed.is_writer():
+        logging.warning("%s", message)
     log.append([{**(once or {}), **fields, "message": message}])
 
 
@@ -392,7 +394,7 @@ def train_segment(
       The state at ``end``.
     """
     num = int(np.shape(noise_keys)[0])
-    start = int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
+    start = int(np.asarray(distributed.host(state.step)).reshape(-1)[0])
     if end < start:
         raise ValueError(f"end={end} is before the segment's start step {start}")
     member_tags = member_tags or [{"replicate": r} for r in range(num)]
@@ -618,7 +620,7 @@ class TelemetryObserver:
             p, f, jax.tree.map(lambda _: True, p))))
 
     def _kept(self, params: Any) -> dict[str, np.ndarray]:
-        host = jax.device_get(params)
+        host = distributed.host(params)
         return {name: np.asarray(leaf) for name, leaf, keep in zip(
             tree.names(host), jax.tree.leaves(host), jax.tree.leaves(self.selection),
             strict=True) if keep}
@@ -627,21 +629,26 @@ class TelemetryObserver:
                 member_tags: list[dict]) -> None:
         """Log the members' quantities at ``step`` and keep their weights."""
 
-        quantities = jax.device_get(self._quantities(params, self.params_0, batch_stats))
+        quantities = distributed.host(self._quantities(params, self.params_0, batch_stats))
         rows = _member_rows(step, quantities, tags, member_tags)
-        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
         path = self.snapshot_dir / f"step_{step:08d}.npz"
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **self._kept(params))
-        os.replace(tmp, path)
+        kept = self._kept(params)
+
+        def write() -> None:
+            self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez(tmp, **kept)
+            os.replace(tmp, path)
+
+        distributed.write(f"save {path}", write)
         self.log.append(rows)
 
     def drop_after(self, step: int, mine: Callable[[dict], bool]) -> None:
         """Drop this segment's records (and snapshots) after ``step`` (a resumed run)."""
         self.log.keep_only(lambda r: not mine(r) or r["step"] <= step)
-        for path in self.snapshot_dir.glob("step_*.npz"):
-            if int(path.stem.split("_")[1]) > step:
-                path.unlink()
+        later = [p for p in self.snapshot_dir.glob("step_*.npz")
+                 if int(p.stem.split("_")[1]) > step]
+        distributed.write(f"drop {self.snapshot_dir}", lambda: [p.unlink() for p in later])
 
     def versus_final(self, final_params: Any, *, tags: dict, member_tags: list[dict],
                      keep_snapshots: bool = False) -> None:
@@ -663,13 +670,14 @@ class TelemetryObserver:
             step = int(path.stem.split("_")[1])
             with np.load(path) as stored:
                 at = {n: stored[n] for n in names}
-            flat = jax.device_get(self._final(
+            flat = distributed.host(self._final(
                 {n: jnp.asarray(at[n]) for n in names}, {n: jnp.asarray(final[n]) for n in names}))
             rows += _member_rows(step, flat, tags, member_tags)
         self.log.append(rows)
         if not keep_snapshots:
-            for path in self.snapshot_dir.glob("step_*.npz"):
-                path.unlink()
+            snapshots = list(self.snapshot_dir.glob("step_*.npz"))
+            distributed.write(f"remove {self.snapshot_dir}",
+                              lambda: [p.unlink() for p in snapshots])
 
 
 def _member_rows(step: int, stacked: dict, tags: dict, member_tags: list[dict]) -> list[dict]:

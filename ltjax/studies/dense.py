@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ltjax import masking, plots, results, rng, sanity, telemetry
+from ltjax import distributed, masking, plots, results, rng, sanity, telemetry
 from ltjax.studies import common
 
 
@@ -91,8 +91,9 @@ def run_train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
 
     selection = masking.prunable(executor.abstract_state.params)
     correlation_p = config.get("correlation_p", 0.1)
-    correlation = np.asarray(jax.jit(jax.vmap(lambda a, b: sanity.weight_correlation(
-        a, b, selection, p=correlation_p)))(start.params, final_state.params))
+    correlation = np.asarray(distributed.host(jax.jit(jax.vmap(
+        lambda a, b: sanity.weight_correlation(a, b, selection, p=correlation_p)))(
+            start.params, final_state.params)))
     rows = []
     for r in range(num):
         row = {"replicate": r, "step": total}

@@ -71,7 +71,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ltjax import masking, models, optim, plots, pruning, results, rewinding, rng, sanity, tree
+from ltjax import (
+    distributed,
+    masking,
+    models,
+    optim,
+    plots,
+    pruning,
+    results,
+    rewinding,
+    rng,
+    sanity,
+    tree,
+)
 from ltjax.studies import common
 
 CONTROLS = ("reinit", "random_layerwise", "random_global", "oneshot", "small_dense")
@@ -345,7 +357,8 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
                                                    **prune_kw))(params, masks)
 
     def densities(masks) -> np.ndarray:
-        return np.asarray(jax.vmap(lambda m: masking.density(m, selection))(masks))
+        return np.asarray(distributed.host(jax.vmap(lambda m: masking.density(m, selection))(
+            masks)))
 
 
     def rewound(state_k, masks):
@@ -428,7 +441,8 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
                 ckpt_dir=level_dir, tags={"level": level},
                 member_tags=member_tags, densities=densities(member_masks), hparams=hparams,
                 desc=f"level {level} ({100 * density[0]:.1f}%): {', '.join(names)}")
-            corr = np.asarray(correlation(members.params, final_all.params, member_masks))
+            corr = np.asarray(distributed.host(correlation(members.params, final_all.params,
+                                                           member_masks)))
             _write_correlations(level_dir / "weight_correlation.json", member_tags, corr)
         correlations.update({(level, t["branch"], t.get("learning_rate"), t["replicate"]):
                              float(corr[m]) for m, t in enumerate(member_tags)})
@@ -481,7 +495,7 @@ def _read_correlations(path: pathlib.Path, member_tags: list[dict]) -> np.ndarra
 def _run_small_dense(config, executor, dataset, recipe, segment, keys, noise_keys, masks,
                      selection, cdir, ctags, desc) -> None:
     """Train an MLP whose kernel count matches the level's kept weights, from scratch."""
-    first = jax.tree.map(lambda x: np.asarray(x[0]), jax.device_get(masks))  # host: no compiles
+    first = jax.tree.map(lambda x: np.asarray(x[0]), distributed.host(masks))  # host: no compiles
     kept = sum(int(np.sum(m)) for m, s in zip(jax.tree.leaves(first), jax.tree.leaves(selection),
                                               strict=True) if s)
     total = masking.num_prunable(first, selection)
