@@ -1,0 +1,220 @@
+"""Knowledge Evolution: generations of training, each re-initialising the reset hypothesis.
+
+Taha, Shrivastava & Davis 2021 (CVPR; :mod:`ltjax.knowledge_evolution`). The
+replicates are the members of one program. Generation ``g`` (1 ..
+``config.generations``):
+
+1. trains every member's dense network (no mask in the forward pass) for
+   ``config.training_steps`` with a fresh optimiser state and the schedule
+   from step 0; the data order of generation 1 is the replicate's noise
+   stream, later ones draw ``fold_in(stream(noise, 'knowledge_evolution'), g)``;
+2. evaluates the dense network and the fit hypothesis on the test split:
+   with KELS the slim net (:func:`ltjax.knowledge_evolution.extract_slim`,
+   a smaller registry model: its own program), with WELS the dense network
+   with the reset weights zeroed;
+3. re-initialises the reset part for generation ``g + 1``:
+   ``where(M, W, W_fresh)`` with ``W_fresh`` a fresh init of the model from
+   ``fold_in(stream(init, 'ke_reinit'), g + 1)``; BatchNorm (params and
+   statistics) carries over unchanged.
+
+The split masks ``M`` (one per replicate; WELS draws them from
+``stream(key, 'wels')``) are saved once in ``checkpoints/split_masks`` and
+restored from there by every later run on the workdir, so a WELS mask is
+kept across generations and checkpoints. Each generation is a resumable
+segment with its own checkpoint folder; a finished generation is restored,
+not retrained, so a run killed at any point and re-run gives the same files.
+
+Example (Colab):
+    >>> from experiments.configs import knowledge_evolution_lenet_digits
+    >>> config = knowledge_evolution_lenet_digits.get_config("quick")
+    >>> summary = run_knowledge_evolution(config, "/tmp/ke")
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+
+from ltjax import checkpoint, masking, models, plots, results, rng, tree
+from ltjax import knowledge_evolution as ke
+from ltjax.studies import common
+
+#: The columns of ``results.csv`` (plus the mean and std rows per generation).
+FIELDS = ("dense_test_accuracy", "slim_test_accuracy", "slim_params")
+
+
+def check_config(config: Any) -> tuple[str, float, int]:
+    """``(split, split_rate, generations)`` of ``config``, checked before any work.
+
+    Raises:
+      ValueError: naming the field: ``split`` not 'kels' or 'wels',
+        ``split_rate`` outside (0, 1], ``generations`` not an int >= 1.
+    """
+    split = config.get("split")
+    if split not in ke.SPLITS:
+        raise ValueError(f"config.split must be one of {ke.SPLITS}, got {split!r}")
+    try:
+        split_rate = ke.check_split_rate(config.get("split_rate"))
+    except ValueError:
+        raise ValueError(f"config.split_rate must be a number in (0, 1] (the fit share), "
+                         f"got {config.get('split_rate')!r}") from None
+    generations = config.get("generations")
+    if isinstance(generations, bool) or not isinstance(generations, int) or generations < 1:
+        raise ValueError(f"config.generations must be an int >= 1, got {generations!r}")
+    return split, split_rate, generations
+
+
+def _check_model(config: Any, dataset: Any, split: str, split_rate: float) -> None:
+    model = common.build_model(config, dataset)
+    abstract = jax.eval_shape(lambda k: models.init(model, k, dataset.input_shape)[0],
+                              jax.random.key(0))
+    try:
+        ke.kels_masks(model, abstract, split_rate=split_rate)
+        if split == "kels":
+            ke.slim_model(model, split_rate=split_rate)
+    except ValueError as err:
+        raise ValueError(f"config.model={config.model!r} with config.split={split!r}, "
+                         f"split_rate={split_rate}: {err}") from None
+
+
+def load_split_masks(directory: str | pathlib.Path, like: Any) -> Any | None:
+    """The split masks ``[S, ...]`` saved in ``directory`` (restored onto ``like``), or None.
+
+    Example:
+        >>> masks = load_split_masks(workdir / "checkpoints" / "split_masks", like_masks)
+    """
+    directory = pathlib.Path(directory)
+    if not directory.is_dir():
+        return None
+    with checkpoint.Checkpointer(directory) as ckpt:
+        found = ckpt.restore_latest(like_state=like)
+    return None if found is None else found[1]
+
+
+def _split_masks(config: Any, executor: Any, keys: jax.Array, split: str, split_rate: float,
+                 directory: pathlib.Path, fingerprint: str | None) -> Any:
+    """Every replicate's split masks: restored when saved, else drawn and saved (step 0)."""
+    num = int(keys.shape[0])
+    like = executor.abstract_members(num)[1]
+    saved = load_split_masks(directory, like)
+    if saved is not None:
+        return saved
+    abstract = executor.abstract_params
+    if split == "kels":
+        one = ke.kels_masks(executor.model, abstract, split_rate=split_rate)
+        masks = tree.stack([one] * num)
+    else:
+        masks = jax.jit(jax.vmap(lambda k: ke.wels_masks(abstract, k, split_rate=split_rate)))(
+            rng.stream(keys, "wels"))
+    masks = executor.shard(jax.tree.map(np.asarray, jax.device_get(masks)))
+    with checkpoint.Checkpointer(directory) as ckpt:
+        ckpt.save(0, state=masks, meta={"split": split, "split_rate": split_rate,
+                                        "config": fingerprint})
+    return masks
+
+
+def run_knowledge_evolution(config: Any, workdir: str | pathlib.Path, *,
+                            progress: bool = True) -> dict:
+    """Run ``config.generations`` generations of Knowledge Evolution; resumable.
+
+    Writes into ``workdir``: ``config.json``, ``metrics.jsonl`` (the dense
+    training records, tagged with ``generation``), ``results.csv``
+    (``generation, replicate, dense_test_accuracy, slim_test_accuracy,
+    slim_params``; mean and std rows per generation; ``slim_params`` is the
+    slim net's parameter count under KELS and the number of fit parameters
+    under WELS), ``plots/knowledge_evolution.png`` and ``checkpoints/``
+    (``split_masks``, ``generation_<g>``).
+
+    Args:
+      config: a ConfigDict as ``experiments/configs/knowledge_evolution_lenet_digits.py``.
+      workdir: the output folder.
+      progress: show progress bars.
+
+    Returns:
+      ``{'rows', 'std', 'num_replicates'}``: the mean rows of ``results.csv``
+      (one per generation), the std rows, the number of replicates.
+
+    Raises:
+      ValueError: a bad ``split``, ``split_rate`` or ``generations``, or a
+        model the split does not support (before the workdir is written).
+    """
+    split, split_rate, generations = check_config(config)
+    workdir, dataset, recipe, executor = common.setup(
+        config, workdir, check=lambda d: _check_model(config, d, split, split_rate),
+        progress=progress)
+    end = common.steps(config.training_steps, executor.steps_per_epoch)
+    num = config.num_replicates
+    keys = rng.replicate_keys(config.seed, num)
+    init_keys, noise_keys = rng.init_and_noise(keys)
+    log = results.MetricsLog(workdir / "metrics.jsonl")
+    ckpt_root = workdir / "checkpoints"
+    segment = common.segment_runner(config, executor, end=end, log=log, splits=["test"],
+                                    progress=progress)
+    masks = _split_masks(config, executor, keys, split, split_rate, ckpt_root / "split_masks",
+                         common.config_fingerprint(workdir))
+    member_tags = [{"replicate": r} for r in range(num)]
+
+    if split == "kels":
+        slim = ke.slim_model(executor.model, split_rate=split_rate)
+        slim_executor = executor.like(model=slim)
+        slim_count = np.full(num, ke.num_params(slim_executor.abstract_params))
+    else:
+        host_masks = jax.device_get(masks)
+        slim_count = np.array([sum(int(np.sum(m[r])) for m in jax.tree.leaves(host_masks))
+                               for r in range(num)])
+
+    def evaluate_slim(state) -> np.ndarray:
+        if split == "kels":
+            _, params, stats = ke.extract_slim(executor.model, state.params, state.batch_stats,
+                                               split_rate=split_rate,
+                                               input_shape=dataset.input_shape, leading_axes=1)
+            return slim_executor.evaluate_params(params, stats, "test")["accuracy"]
+        return executor.evaluate_params(masking.apply(state.params, masks), state.batch_stats,
+                                        "test")["accuracy"]
+
+    @jax.jit
+    def reinit(params, masks, fresh):
+        return jax.vmap(ke.ke_reinit)(params, masks, fresh)
+
+    def next_start(previous, generation: int):
+        fresh = executor.init(ke.generation_keys(init_keys, "ke_reinit", generation))
+        params = reinit(previous.params, masks, fresh.params)
+        state = fresh.replace(params=params, batch_stats=previous.batch_stats,
+                              opt_state=executor.fresh_opt_state(params))
+        return executor.shard(state)
+
+    rows, previous = [], None
+    for generation in range(1, generations + 1):
+        gdir = ckpt_root / f"generation_{generation:02d}"
+        done = common.finished_segment(executor, gdir, end=end, log=log,
+                                       member_tags=member_tags, masks=False)
+        if done is not None:
+            common.say(f"generation {generation}: finished, restored", progress)
+            final = done[0]
+        else:
+            start = (executor.init(init_keys) if generation == 1
+                     else next_start(previous, generation))
+            noise = noise_keys if generation == 1 else ke.generation_keys(
+                noise_keys, "knowledge_evolution", generation)
+            final = segment(executor, state=start, masks=None, noise_keys=noise, ckpt_dir=gdir,
+                            tags={"generation": generation}, member_tags=member_tags,
+                            densities=np.ones(num),
+                            desc=f"generation {generation} of {generations}")
+        dense = executor.evaluate(final, "test")["accuracy"]
+        fit = evaluate_slim(final)
+        rows += [{"generation": generation, "replicate": r,
+                  "dense_test_accuracy": float(dense[r]), "slim_test_accuracy": float(fit[r]),
+                  "slim_params": int(slim_count[r])} for r in range(num)]
+        previous = final
+
+    rows = common.with_mean_rows(rows, by=("generation",), fields=FIELDS)
+    results.write_csv(workdir / "results.csv", rows)
+    plots.plot_knowledge_evolution(
+        rows, workdir / "plots" / "knowledge_evolution.png",
+        title=f"Knowledge Evolution ({split.upper()}, sr={split_rate:g}), {config.model} on "
+              f"{plots.dataset_label(config.dataset)}: {num} replicates")
+    return {"rows": [r for r in rows if r["replicate"] == "mean"],
+            "std": [r for r in rows if r["replicate"] == "std"], "num_replicates": num}

@@ -1,0 +1,264 @@
+"""Knowledge Evolution: KELS counts, slim = zeroed dense, the re-initialisation, the study."""
+
+import math
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments.configs import knowledge_evolution_lenet_digits
+from ltjax import checkpoint, data, masking, models, results, rng, tree
+from ltjax import knowledge_evolution as ke
+from ltjax.studies import common
+from ltjax.studies import knowledge_evolution as study
+
+
+def _init(model, shape, seed=0):
+    return models.init(model, jax.random.key(seed), shape)
+
+
+@pytest.mark.parametrize("split_rate", [0.5, 0.3, 0.25, 1.0])
+def test_kels_counts_follow_the_formula_first_layer_and_classifier_whole(split_rate):
+    model = models.ResNet(depth=8, width=4, num_classes=7)
+    params, _ = _init(model, (8, 8, 3))
+    masks = ke.kels_masks(model, params, split_rate=split_rate)
+    c = lambda n: math.ceil(round(split_rate * n, 9))  # noqa: E731, an independent ceil(sr n)
+    for name, leaf, mask in zip(tree.names(params), jax.tree.leaves(params),
+                                jax.tree.leaves(masks), strict=True):
+        shape = leaf.shape
+        if "bn" in name:  # BatchNorm: never reset
+            assert mask.all(), name
+        elif name == "conv_init/kernel":  # all 3 inputs
+            assert mask.sum() == 9 * 3 * c(shape[3])
+            assert mask[:, :, :, :c(shape[3])].all()
+        elif name.endswith("kernel") and len(shape) == 4:
+            kh, kw, ci, co = shape
+            assert mask.sum() == kh * kw * c(ci) * c(co), name
+            assert mask[:, :, :c(ci), :c(co)].all(), name  # the first units, a block
+        elif name == "fc/kernel":  # all 7 outputs
+            assert mask.sum() == c(shape[0]) * 7 and mask[:c(shape[0])].all()
+        elif name == "fc/bias":
+            assert mask.all()
+    mlp = models.create("lenet_300_100")
+    params, _ = _init(mlp, (28, 28, 1))
+    m = ke.kels_masks(mlp, params, split_rate=split_rate)
+    assert m["Dense_0"]["kernel"].sum() == 784 * c(300)
+    assert m["Dense_1"]["kernel"].sum() == c(300) * c(100)
+    assert m["Dense_2"]["kernel"].sum() == c(100) * 10
+    assert m["Dense_0"]["bias"].sum() == c(300) and m["Dense_2"]["bias"].all()
+    assert ke.fit_count(10, 0.3) == 3  # not ceil(3.0000000000000004) = 4
+
+
+def _dyadic(tree_, seed, scale=8.0, low=-3, high=4):
+    """Small multiples of 1/scale: every sum of products is exact in float32 (order-free)."""
+    gen = np.random.default_rng(seed)
+    return jax.tree.map(lambda x: (gen.integers(low, high, x.shape) / scale).astype(np.float32),
+                        tree_)
+
+
+@pytest.mark.parametrize("name, kwargs, shape", [
+    ("lenet_300_100", {}, (8, 8, 1)),
+    ("mlp_bn", {"widths": (12, 10)}, (8, 8, 1)),
+    ("resnet", {"depth": 8, "width": 4}, (8, 8, 3)),
+])
+def test_slim_logits_equal_the_dense_logits_with_the_reset_part_zeroed(name, kwargs, shape):
+    model = models.ResNet(**kwargs) if name == "resnet" else models.create(name, **kwargs)
+    params, stats = _init(model, shape)
+    params = _dyadic(params, 1)
+    gen = np.random.default_rng(2)
+    stats = jax.tree.map(lambda s: s + gen.uniform(size=s.shape).astype(np.float32), stats)
+    masks = ke.kels_masks(model, params, split_rate=0.5)
+    slim, slim_params, slim_stats = ke.extract_slim(model, params, stats, split_rate=0.5,
+                                                    input_shape=shape)
+    assert type(slim) is type(model)
+    want_widths = {"lenet_300_100": (150, 50), "mlp_bn": (6, 5)}.get(name)
+    assert (slim.widths == want_widths) if want_widths else slim.width == 2
+    x = jnp.asarray(_dyadic(np.zeros((16, *shape)), 3, scale=4.0))
+    dense_fn = jax.jit(lambda p: model.apply({"params": p, "batch_stats": stats}, x,
+                                             train=False))
+    slim_fn = jax.jit(lambda p: slim.apply({"params": p, "batch_stats": slim_stats}, x,
+                                           train=False))
+    got = slim_fn(slim_params)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(dense_fn(masking.apply(
+        params, masks))))  # exactly
+    assert not np.allclose(dense_fn(params), got)  # without the zeroing: differs
+    # Random float weights: equal up to XLA picking kernels by shape (last bits).
+    params = jax.tree.map(lambda p: p + gen.normal(size=p.shape).astype(np.float32), params)
+    _, slim_params, _ = ke.extract_slim(model, params, stats, split_rate=0.5, input_shape=shape)
+    np.testing.assert_allclose(slim_fn(slim_params), dense_fn(masking.apply(params, masks)),
+                               rtol=1e-5, atol=1e-5)
+    assert ke.num_params(slim_params) == sum(
+        int(np.size(leaf)) for leaf in jax.tree.leaves(_init(slim, shape)[0]))
+
+
+def test_slim_resnet_needs_stages_that_split_alike():
+    assert ke.slim_model(models.create("resnet20", width=16), split_rate=0.5).width == 8
+    with pytest.raises(ValueError, match="not a registry ResNet"):
+        ke.slim_model(models.create("resnet20", width=16), split_rate=0.4)  # 7, 13, 26
+    with pytest.raises(ValueError, match="no slim net of VGG"):
+        ke.slim_model(models.create("vgg11"), split_rate=0.5)
+
+
+def test_ke_reinit_keeps_the_fit_part_bitwise_resets_with_the_init_std_and_not_bn():
+    model = models.create("mlp_bn", widths=(400, 300))
+    params, stats = _init(model, (8, 8, 1))
+    trained = jax.tree.map(lambda p: p + 0.01 * jax.random.normal(jax.random.key(5), p.shape),
+                           params)
+    masks = ke.kels_masks(model, trained, split_rate=0.5)
+    fresh, _ = _init(model, (8, 8, 1), seed=9)
+    out = ke.ke_reinit(trained, masks, fresh)
+    for name, new, old, f, m in zip(tree.names(out), jax.tree.leaves(out),
+                                    jax.tree.leaves(trained), jax.tree.leaves(fresh),
+                                    jax.tree.leaves(masks), strict=True):
+        new, old, f, m = map(np.asarray, (new, old, f, m))
+        assert np.array_equal(new[m], old[m]), name  # bitwise
+        assert np.array_equal(new[~m], f[~m]), name
+        if "BatchNorm" in name:
+            assert m.all() and np.array_equal(new, old)
+    # The reset kernel entries have He normal's std sqrt(2 / fan_in) (fan_in 400).
+    reset = np.asarray(out["Dense_1"]["kernel"])[~np.asarray(masks["Dense_1"]["kernel"])]
+    assert reset.size == 400 * 300 - 200 * 150
+    assert np.std(reset) == pytest.approx(np.sqrt(2 / 400), rel=0.02)
+    assert (np.asarray(out["Dense_0"]["bias"])[200:] == 0).all()  # the initialiser's zeros
+
+
+def test_wels_masks_are_bernoulli_on_kernels_only_and_seeded():
+    model = models.create("lenet_300_100")
+    params, _ = _init(model, (28, 28, 1))
+    a = ke.wels_masks(params, jax.random.key(0), split_rate=0.3)
+    b = ke.wels_masks(params, jax.random.key(0), split_rate=0.3)
+    c = ke.wels_masks(params, jax.random.key(1), split_rate=0.3)
+    kernel = np.asarray(a["Dense_0"]["kernel"])
+    assert abs(kernel.mean() - 0.3) < 0.01 and 0 < kernel.sum() < kernel.size
+    assert np.asarray(a["Dense_0"]["bias"]).all()
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b),
+                                                     strict=True))
+    assert not np.array_equal(np.asarray(c["Dense_0"]["kernel"]), kernel)
+    with pytest.raises(ValueError, match="split_rate"):
+        ke.wels_masks(params, jax.random.key(0), split_rate=0.0)
+
+
+def _config(**overrides):
+    config = knowledge_evolution_lenet_digits.get_config("quick")
+    config.model_kwargs.widths = (16, 8)
+    config.training_steps = "60it"
+    config.eval_every = "60it"
+    config.checkpoint_every = "30it"
+    config.recipe.total_steps = "60it"
+    config.generations = 2
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_study_table_matches_an_independent_replay_and_resumes_exactly(tmp_path, monkeypatch):
+    config = _config()
+    summary = study.run_knowledge_evolution(config, tmp_path / "run", progress=False)
+    rows = results.read_csv(tmp_path / "run" / "results.csv")
+    assert list(rows[0]) == ["generation", "replicate", *study.FIELDS]
+    members = [r for r in rows if r["replicate"] not in ("mean", "std")]
+    assert [(int(r["generation"]), int(r["replicate"])) for r in members] == [
+        (g, r) for g in (1, 2) for r in (0, 1)]
+    assert {int(r["slim_params"]) for r in members} == {8 * 64 + 8 + 4 * 8 + 4 + 4 * 10 + 10}
+    assert len(summary["rows"]) == 2
+    assert (tmp_path / "run" / "plots" / "knowledge_evolution.png").stat().st_size > 0
+
+    # An independent replay from the library and the executor: the two replicates'
+    # generations by hand, the slim nets sliced by hand.
+    _, dataset, recipe, executor = common.setup(config, tmp_path / "run", progress=False)
+    init_keys, noise_keys = rng.init_and_noise(rng.replicate_keys(config.seed, 2))
+    model = executor.model
+    masks = ke.kels_masks(model, executor.abstract_params, split_rate=0.5)
+    slim = models.create("mlp", widths=(8, 4), num_classes=10)
+    x = data.normalize(dataset.test.x, dataset.mean, dataset.std)
+    state = executor.init(init_keys)
+    for g in (1, 2):
+        if g > 1:
+            reinit_keys = ke.generation_keys(init_keys, "ke_reinit", g)
+            params = tree.stack([ke.ke_reinit(tree.index(state.params, r), masks, models.init(
+                model, reinit_keys[r], dataset.input_shape)[0]) for r in range(2)])
+            state = executor.shard(state.replace(
+                step=jnp.zeros((2,), jnp.int32), params=params,
+                opt_state=executor.fresh_opt_state(params)))
+        noise = noise_keys if g == 1 else ke.generation_keys(noise_keys, "knowledge_evolution", g)
+        state, _ = executor.train(state, None, noise, num_steps=60)
+        for r in range(2):
+            one = jax.tree.map(np.asarray, tree.index(jax.device_get(state.params), r))
+            sliced = {"Dense_0": {"kernel": one["Dense_0"]["kernel"][:, :8],
+                                  "bias": one["Dense_0"]["bias"][:8]},
+                      "Dense_1": {"kernel": one["Dense_1"]["kernel"][:8, :4],
+                                  "bias": one["Dense_1"]["bias"][:4]},
+                      "Dense_2": {"kernel": one["Dense_2"]["kernel"][:4],
+                                  "bias": one["Dense_2"]["bias"]}}
+            slim_acc = float(np.mean(np.argmax(slim.apply({"params": sliced}, x, train=False), -1)
+                                     == dataset.test.y))
+            dense_acc = float(np.mean(np.argmax(model.apply({"params": one}, x, train=False),
+                                                -1) == dataset.test.y))
+            (row,) = [m for m in members if (int(m["generation"]), int(m["replicate"])) == (g, r)]
+            assert float(row["slim_test_accuracy"]) == pytest.approx(slim_acc, abs=1e-6)
+            assert float(row["dense_test_accuracy"]) == pytest.approx(dense_acc, abs=1e-6)
+    slim_g = [float(r["slim_test_accuracy"]) for r in members if int(r["replicate"]) == 1]
+    assert slim_g[0] < slim_g[-1]  # the slim net improves over generations
+
+    # Killed in generation 2, resumed: the same table.
+    calls, original = [], type(executor).train
+
+    def dies(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:  # generation 1: 2 calls; generation 2: the second call
+            raise _Killed
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(executor), "train", dies)
+    with pytest.raises(_Killed):
+        study.run_knowledge_evolution(config, tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(type(executor), "train", original)
+    study.run_knowledge_evolution(config, tmp_path / "resumed", progress=False)
+    assert ((tmp_path / "resumed" / "results.csv").read_text()
+            == (tmp_path / "run" / "results.csv").read_text())
+
+
+def test_wels_mask_survives_the_checkpoint_round_trip(tmp_path, monkeypatch):
+    config = _config(split="wels", split_rate=0.7, num_replicates=1,
+                     training_steps="30it", eval_every="30it", checkpoint_every="30it")
+    config.recipe.total_steps = "30it"
+    study.run_knowledge_evolution(config, tmp_path, progress=False)
+    _, _, _, executor = common.setup(config, tmp_path, progress=False)
+    like = executor.abstract_members(1)[1]
+    saved = study.load_split_masks(tmp_path / "checkpoints" / "split_masks", like)
+    drawn = ke.wels_masks(executor.abstract_params,
+                          rng.stream(rng.replicate_keys(config.seed, 1), "wels")[0],
+                          split_rate=0.7)
+    for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(drawn), strict=True):
+        assert np.array_equal(np.asarray(a)[0], np.asarray(b))
+    kernel = np.asarray(saved["Dense_1"]["kernel"])
+    assert 0 < kernel.sum() < kernel.size
+    rows = [r for r in results.read_csv(tmp_path / "results.csv") if r["replicate"] == "0"]
+    assert int(rows[0]["slim_params"]) == sum(int(np.sum(m)) for m in jax.tree.leaves(saved))
+    # A resumed run uses the saved mask, not a new draw: change the draw, get the same table.
+    first = (tmp_path / "results.csv").read_text()
+    with checkpoint.Checkpointer(tmp_path / "checkpoints" / "generation_02") as ckpt:
+        assert ckpt.steps() == [30]
+    shutil.rmtree(tmp_path / "checkpoints" / "generation_02")
+    monkeypatch.setattr(ke, "wels_masks", lambda *a, **k: pytest.fail("mask drawn again"))
+    study.run_knowledge_evolution(config, tmp_path, progress=False)
+    assert (tmp_path / "results.csv").read_text() == first
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"split": "both"}, "config.split"),
+    ({"split_rate": 0.0}, "config.split_rate"),
+    ({"split_rate": 1.5}, "config.split_rate"),
+    ({"generations": 0}, "config.generations"),
+    ({"model": "conv2", "model_kwargs": {}}, "config.model='conv2'"),
+])
+def test_bad_config_is_refused_before_the_workdir_exists(tmp_path, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        study.run_knowledge_evolution(_config(**overrides), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
