@@ -287,6 +287,9 @@ def define_flags(flag_values: Any = None, *, argv: Sequence[str] | None = None) 
     index = flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes"
                                  "-1 (implies --distributed; default auto-detected).",
                                  lower_bound=0, flag_values=flag_values)
+    join_timeout = flags.DEFINE_integer(
+        "distributed_timeout", 300, "Seconds a multi-process run waits for every process to "
+        "join; then JAX aborts with DEADLINE_EXCEEDED.", lower_bound=1, flag_values=flag_values)
 
     def parse(argv: Sequence[str]) -> Flags:
         _check_argv(argv)
@@ -302,7 +305,8 @@ def define_flags(flag_values: Any = None, *, argv: Sequence[str] | None = None) 
         multi_process = multi.value or any(v is not None for v in given.values())
         return Flags(config=config.value, workdir=workdir.value, print_config=print_config.value,
                      config_spec=config_flags.get_config_filename(flag_values["config"]),
-                     distributed=given if multi_process else None)
+                     distributed={**given, "timeout_s": join_timeout.value}
+                     if multi_process else None)
 
     return parse
 

@@ -432,35 +432,61 @@ def random_labels(split: Split, *, share: float, num_classes: int, seed: int = 0
     return Split(split.x.copy(), labels.astype(split.y.dtype))
 
 
-def rotation_task(split: Split) -> Split:
-    """The 4-way rotation-prediction task: every image at 0, 90, 180 and 270 degrees.
+def rotation_task(split: Split, *, seed: int | None = None) -> Split:
+    """The 4-way rotation-prediction task: images rotated by ``np.rot90`` exactly, label = k.
 
     Self-supervised pretraining (Gidaris et al. 2018; Frankle, Schwab & Morcos
     2020, Section 5): the label is the rotation's index ``k`` (4 classes), the
     image is ``np.rot90(x, k)`` over the height and width axes, exactly (open_lth's
-    ``RandomRotation(label * 90)`` samples an angle instead). The output is
-    ordered rotation-major: ``[x rot 0, x rot 90, x rot 180, x rot 270]``.
+    ``RandomRotation(label * 90)`` samples an angle in ``+-90 k`` instead).
+
+    Args:
+      split: square images ``[N, H, H, C]``.
+      seed: None: every image at all four rotations, ``4N`` examples ordered
+        rotation-major ``[x rot 0, x rot 90, x rot 180, x rot 270]``. An int:
+        ``N`` examples, image ``n`` rotated by the n-th draw of
+        ``np.random.default_rng(seed).integers(0, 4, N)`` (open_lth's form: one
+        rotation per image).
+
+    Returns:
+      The pretext :class:`Split` (labels in ``0..3``; train it with a 4-class head).
 
     Example:
-        >>> pretext = rotation_task(ds.train)   # 4N images, labels 0..3; a 4-class head
+        >>> pretext = rotation_task(ds.train)          # 4N images, labels 0..3
+        >>> one_each = rotation_task(ds.train, seed=0)  # N images, one rotation each
     """
     if split.x.ndim != 4 or split.x.shape[1] != split.x.shape[2]:
         raise ValueError(f"rotation_task needs square images [N, H, H, C], got {split.x.shape}")
-    images = np.concatenate([np.rot90(split.x, k, axes=(1, 2)) for k in range(4)])
-    labels = np.repeat(np.arange(4, dtype=split.y.dtype), len(split.y))
-    return Split(np.ascontiguousarray(images), labels)
+    if seed is None:
+        images = np.concatenate([np.rot90(split.x, k, axes=(1, 2)) for k in range(4)])
+        labels = np.repeat(np.arange(4, dtype=split.y.dtype), len(split.y))
+        return Split(np.ascontiguousarray(images), labels)
+    labels = np.random.default_rng(seed).integers(0, 4, len(split.y)).astype(split.y.dtype)
+    images = np.empty_like(split.x)
+    for k in range(4):
+        chosen = labels == k
+        images[chosen] = np.rot90(split.x[chosen], k, axes=(1, 2))
+    return Split(images, labels)
 
 
-def blur(split: Split, *, factor: int) -> Split:
-    """A copy of ``split`` downsampled by ``factor`` (area mean) and upsampled back (bilinear).
+#: The upsampling methods of :func:`blur`.
+BLUR_METHODS = ("bilinear", "nearest")
+
+
+def blur(split: Split, *, factor: int, method: str = "bilinear") -> Split:
+    """A copy of ``split`` downsampled by ``factor`` (area mean) and upsampled back.
 
     Frankle, Schwab & Morcos 2020, Section 5's blurred pretraining data (x4).
     Height and width must be multiples of ``factor``; ``factor=1`` is the
-    identity. Uses ``jax.image.resize`` (PIL's resize, as the reference, also
-    antialiases: the down step here is an exact block mean).
+    identity. The down step is an exact block mean; the up step is
+    ``jax.image.resize`` with ``method`` (``'bilinear'``, or ``'nearest'``:
+    each block filled with its mean, so an image constant on ``factor x factor``
+    blocks is returned unchanged). PIL's resize, as the reference, also
+    antialiases.
 
     Example:
         >>> blurred = blur(ds.train, factor=4)
+        >>> blocky = blur(ds.train, factor=4, method="nearest")
     """
     if split.x.ndim != 4:
         raise ValueError(f"blur needs images [N, H, W, C], got shape {split.x.shape}")
@@ -468,6 +494,8 @@ def blur(split: Split, *, factor: int) -> Split:
     if not (isinstance(factor, int) and factor >= 1 and h % factor == 0 and w % factor == 0):
         raise ValueError(f"factor must be a positive integer dividing the image size {h}x{w}, "
                          f"got {factor!r}")
+    if method not in BLUR_METHODS:
+        raise ValueError(f"method must be one of {BLUR_METHODS}, got {method!r}")
     if factor == 1:
         return Split(split.x.copy(), split.y.copy())
     x = split.x.astype(np.float32)
@@ -476,8 +504,54 @@ def blur(split: Split, *, factor: int) -> Split:
     for start in range(0, n, _SHIFT_CHUNK):
         chunk = small[start:start + _SHIFT_CHUNK]
         out[start:start + len(chunk)] = np.asarray(jax.image.resize(
-            chunk, (len(chunk), h, w, c), method="bilinear"))
+            chunk, (len(chunk), h, w, c), method=method))
     return Split(_like(out, split.x), split.y.copy())
+
+
+#: The kinds of :func:`altered_dataset`.
+ALTERED_KINDS = ("random_labels", "rotation", "blur")
+
+
+def altered_dataset(dataset: Dataset, *, kind: str, share: float = 1.0,
+                    exclude_true: bool = False, blur_factor: int = 4,
+                    blur_method: str = "bilinear", seed: int = 0) -> Dataset:
+    """The dataset of a pretraining on altered data (Frankle, Schwab & Morcos 2020, Section 5).
+
+    ``'random_labels'``: the training labels of :func:`random_labels` (``share``,
+    ``exclude_true``, ``seed``); validation and test keep their true labels, so
+    their accuracy is the real task's. ``'rotation'``: every split becomes the
+    4-way :func:`rotation_task` (one rotation per image, seeds ``seed``,
+    ``seed + 1``, ``seed + 2`` for train, test and validation), 4 classes, no
+    augmentation (a horizontal flip would turn a 90-degree rotation into a
+    flipped 270-degree one); its test split measures the pretext task only.
+    ``'blur'``: every split blurred by :func:`blur` with ``blur_factor`` (``blur_method``).
+    The mean and std stay the real data's, so inputs are normalised as in the
+    real task.
+
+    Example:
+        >>> pretext = altered_dataset(ds, kind="rotation", seed=0)
+        >>> pretext.num_classes, len(pretext.train) == len(ds.train)
+        (4, True)
+    """
+    if kind not in ALTERED_KINDS:
+        raise ValueError(f"kind must be one of {ALTERED_KINDS}, got {kind!r}")
+    if kind == "random_labels":
+        return dataclasses.replace(dataset, name=f"{dataset.name} (random labels)",
+                                   train=random_labels(dataset.train, share=share,
+                                                       num_classes=dataset.num_classes,
+                                                       seed=seed, exclude_true=exclude_true))
+    if kind == "rotation":
+        def alter(split, offset):
+            return rotation_task(split, seed=seed + offset)
+        extra = {"num_classes": 4, "augment": None}
+    else:
+        def alter(split, offset):
+            return blur(split, factor=blur_factor, method=blur_method)
+        extra = {}
+    return dataclasses.replace(
+        dataset, name=f"{dataset.name} ({kind})", train=alter(dataset.train, 0),
+        test=alter(dataset.test, 1),
+        validation=None if dataset.validation is None else alter(dataset.validation, 2), **extra)
 
 
 def _like(values: np.ndarray, reference: np.ndarray) -> np.ndarray:

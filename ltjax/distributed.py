@@ -38,6 +38,7 @@ Example (two processes on one machine, one CPU device each)::
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -51,7 +52,8 @@ PyTree = Any
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, *,
-               local_device_ids: int | Sequence[int] | None = None) -> None:
+               local_device_ids: int | Sequence[int] | None = None,
+               timeout_s: int = 300) -> None:
     """Start JAX's multi-process runtime; call before JAX computes anything.
 
     Wraps ``jax.distributed.initialize``. Arguments left None are
@@ -68,19 +70,38 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
       process_id: this process's index, ``0 <= process_id < num_processes``.
       local_device_ids: the accelerators this process uses (GPU hosts that
         run one process per GPU); None: all visible ones.
+      timeout_s: how long to wait for the coordinator and every other process
+        to join (JAX's ``initialization_timeout``). A run that is not complete
+        by then (an unreachable coordinator, a wrong process count, a process
+        that never started) ends: JAX aborts the process with
+        ``DEADLINE_EXCEEDED`` (a fatal error of its C++ runtime, which Python
+        cannot catch), after the line this function prints to stderr naming
+        what it waited for.
 
     Raises:
-      ValueError: ``process_id`` outside ``[0, num_processes)``, or JAX could
-        not detect a cluster and the arguments are missing (JAX's message).
+      ValueError: ``process_id`` outside ``[0, num_processes)``, ``timeout_s``
+        below 1, or JAX could not detect a cluster and the arguments are missing
+        (JAX's message).
     """
     if (num_processes is not None and process_id is not None
             and not 0 <= process_id < num_processes):
         raise ValueError(f"process_id must be in [0, {num_processes}), got {process_id}")
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int) or timeout_s < 1:
+        raise ValueError(f"timeout_s must be an int >= 1 (seconds), got {timeout_s!r}")
+    print(f"ltjax.distributed: process {_given(process_id)} of {_given(num_processes)} joining "
+          f"the coordinator at {_given(coordinator_address)}; if the run is not complete in "
+          f"{timeout_s} s (coordinator unreachable, wrong process count, a process missing) "
+          "JAX aborts with DEADLINE_EXCEEDED", file=sys.stderr, flush=True)
     if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id,
-                               local_device_ids=local_device_ids)
+                               local_device_ids=local_device_ids,
+                               initialization_timeout=timeout_s)
+
+
+def _given(value: Any) -> str:
+    return "(auto-detected)" if value is None else str(value)
 
 
 def is_multiprocess() -> bool:

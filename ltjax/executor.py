@@ -227,17 +227,21 @@ class Executor:
         self._device_splits: dict[tuple, data.DeviceSplit] = {}
 
     def like(self, *, model: Any = None, recipe: optim.Recipe | None = None,
-             reparam: reparam_lib.Reparam | None = None) -> Executor:
-        """An executor on the same dataset and devices, with this one's placement.
+             reparam: reparam_lib.Reparam | None = None,
+             dataset: data.Dataset | None = None) -> Executor:
+        """An executor on the same devices, with this one's placement.
 
         The strategy, steps per call, evaluation batch and member block are
-        kept; ``model``, ``recipe`` and ``reparam`` replace this one's when given
-        (the reparameterisation is not inherited: None is the identity).
+        kept; ``model``, ``recipe``, ``dataset`` replace this one's when given,
+        and ``reparam`` too (the reparameterisation is not inherited: None is
+        the identity).
 
         Example:
             >>> str_executor = executor.like(reparam=soft_threshold.str_reparam(selection))
+            >>> pretext = executor.like(dataset=data.altered_dataset(ds, kind="blur"))
         """
-        return Executor(model if model is not None else self.model, self.dataset,
+        return Executor(model if model is not None else self.model,
+                        dataset if dataset is not None else self.dataset,
                         recipe or self.recipe, reparam=reparam, strategy=self.strategy,
                         steps_per_call=self.steps_per_call, eval_batch_size=self.eval_batch_size,
                         devices=self.devices, member_block=self.member_block)

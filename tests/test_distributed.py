@@ -146,9 +146,27 @@ def test_flags():
     base = ["train", "--config=experiments/configs/lenet_digits.py:quick", "--workdir=/tmp/x"]
     assert experiments.parse_flags(base).distributed is None
     assert experiments.parse_flags([*base, "--distributed"]).distributed == {
-        "coordinator_address": None, "num_processes": None, "process_id": None}
+        "coordinator_address": None, "num_processes": None, "process_id": None,
+        "timeout_s": 300}
     assert experiments.parse_flags(
-        [*base, "--coordinator_address=h:1", "--num_processes=2", "--process_id=1"]
-    ).distributed == {"coordinator_address": "h:1", "num_processes": 2, "process_id": 1}
+        [*base, "--coordinator_address=h:1", "--num_processes=2", "--process_id=1",
+         "--distributed_timeout=9"]
+    ).distributed == {"coordinator_address": "h:1", "num_processes": 2, "process_id": 1,
+                      "timeout_s": 9}
     with pytest.raises(flags.Error, match="process_id=2 must be below --num_processes=2"):
         experiments.parse_flags([*base, "--num_processes=2", "--process_id=2"])
+
+
+def test_a_missing_process_ends_the_run_with_a_clear_error(tmp_path):
+    # Process 0 of 2 whose peer never starts: no hang; JAX aborts after the join timeout,
+    # and the line printed before names what the process waited for.
+    port = _free_port()
+    proc = subprocess.run(
+        [sys.executable, "-m", *DENSE, f"--workdir={tmp_path / 'run'}",
+         f"--coordinator_address=localhost:{port}", "--num_processes=2", "--process_id=0",
+         "--distributed_timeout=2"],
+        cwd=ROOT, env=_env(1), capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert f"process 0 of 2 joining the coordinator at localhost:{port}" in proc.stderr
+    assert "DEADLINE_EXCEEDED" in proc.stderr
+    assert not (tmp_path / "run").exists()  # nothing written

@@ -71,3 +71,54 @@ def test_hessian_top_eigenvalue_of_a_quadratic_is_its_largest_eigenvalue():
     hv = telemetry.hessian_vector_product(loss, params, {"a": jnp.array([1.0, 0.0]),
                                                          "b": jnp.zeros((2, 2))})
     np.testing.assert_allclose(np.asarray(hv["a"]), np.asarray(matrix)[:2, 0], rtol=1e-5)
+
+
+def test_hessian_top_eigenvalue_on_the_telemetry_schedule(tmp_path):
+    """The dense study logs the sharpness at ``telemetry.hessian_steps`` (Frankle et al. 2020,
+    Figure 3): rows against a dense ``jax.hessian`` + ``numpy.linalg.eigh`` oracle."""
+    from experiments import configs
+    from experiments.configs import lenet_digits
+    from ltjax import data, results, rng, train
+    from ltjax.studies import common, dense
+
+    config = lenet_digits.get_config("quick")
+    config.model, config.model_kwargs = "mlp", {"widths": (6,)}
+    config.training_steps, config.eval_every, config.checkpoint_every = "12it", "12it", "12it"
+    config.eval_train = False
+    configs.add_telemetry(config)
+    config.telemetry.update(dense_every="6it", dense_until="12it", every="6it", batch_size=32,
+                            tracked=2, hessian_steps=("0it", "6it", "1ep"),
+                            hessian_iterations=200)
+    dense.run_train(config, tmp_path / "run", progress=False)
+    rows = [r for r in results.read_csv(tmp_path / "run" / "telemetry.csv")
+            if r["quantity"] == "hessian_top_eigenvalue"]
+    # 1ep (18 steps) is past the end (12): skipped. One global row per member and step.
+    assert sorted((int(r["step"]), r["replicate"], r["layer"]) for r in rows) == [
+        (0, "0", "global"), (0, "1", "global"), (6, "0", "global"), (6, "1", "global")]
+
+    dataset = common.build_dataset(config)
+    executor = common.build_executor(config, common.build_model(config, dataset), dataset,
+                                     common.build_recipe(config, dataset))
+    start = executor.init(rng.init_and_noise(rng.replicate_keys(config.seed, 2))[0])
+    params = jax.tree.map(lambda v: v[1], start.params)  # replicate 1 at step 0
+    x = data.normalize(dataset.train.x[:32], dataset.mean, dataset.std)
+    y = jnp.asarray(dataset.train.y[:32], jnp.int32)
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+
+    def loss(w):
+        return train.cross_entropy(train.logits(executor.model, unravel(w), {}, x), y).mean()
+
+    eigenvalues = np.linalg.eigvalsh(np.asarray(jax.hessian(loss)(flat), np.float64))
+    top = eigenvalues[np.argmax(np.abs(eigenvalues))]
+    (got,) = [float(r["value"]) for r in rows if (r["step"], r["replicate"]) == ("0", "1")]
+    assert got == pytest.approx(top, rel=1e-3)
+
+    # Bad settings are refused before the workdir is written.
+    for field, value in (("hessian_steps", ("-3it",)), ("hessian_steps", ("soon",)),
+                         ("hessian_iterations", 0)):
+        bad = lenet_digits.get_config("quick")
+        configs.add_telemetry(bad)
+        setattr(bad.telemetry, field, value)
+        with pytest.raises(ValueError, match=f"config.telemetry.{field}"):
+            dense.run_train(bad, tmp_path / "bad", progress=False)
+        assert not (tmp_path / "bad").exists()

@@ -107,8 +107,37 @@ def add_telemetry(config: ml_collections.ConfigDict) -> None:
     ``every`` (Frankle et al. 2020, Figure 3: dense early); the gradient norm
     on a fixed training batch of ``batch_size``; ``tracked`` random weights
     followed; the weight snapshots for the post-pass against the final weights
-    are removed after it unless ``keep_snapshots``.
+    are removed after it unless ``keep_snapshots``. The top Hessian eigenvalue
+    of the training loss on the same batch (``hessian_iterations`` power
+    iterations) at ``hessian_steps`` (those past the end are skipped).
     """
     config.telemetry = ml_collections.ConfigDict(dict(
         dense_every="50it", dense_until="2000it", every="500it", batch_size=128, tracked=10,
-        keep_snapshots=False))
+        keep_snapshots=False, hessian_steps=("0it", "100it", "500it", "2000it"),
+        hessian_iterations=20))
+
+
+#: The ``:pretrain_<kind>`` variants of the IMP configs (:func:`add_pretrain`).
+PRETRAIN_VARIANTS: tuple[str, ...] = ("pretrain_random_labels", "pretrain_rotation",
+                                      "pretrain_blur")
+
+
+def add_pretrain(config: ml_collections.ConfigDict, chosen: Iterable[str], *,
+                 steps: str) -> None:
+    """The ``pretrain`` block of the IMP study (Frankle, Schwab & Morcos 2020, Section 5).
+
+    ``kind`` is ``''`` unless a ``:pretrain_<kind>`` variant of ``chosen`` names
+    one (at most one); ``steps`` of pretraining on the altered data; ``share``
+    of labels redrawn and ``exclude_true`` (random labels); ``blur_factor``
+    and ``blur_method`` (blur); ``seed`` of the alteration
+    (:func:`ltjax.studies.imp.pretrain_dataset`).
+
+    Raises:
+      ValueError: two ``pretrain_*`` variants at once.
+    """
+    kinds = sorted(v.removeprefix("pretrain_") for v in chosen if v in PRETRAIN_VARIANTS)
+    if len(kinds) > 1:
+        raise ValueError(f"choose at most one pretrain_* variant, got {kinds}")
+    config.pretrain = ml_collections.ConfigDict(dict(
+        kind=kinds[0] if kinds else "", steps=steps, share=1.0, exclude_true=False,
+        blur_factor=4, blur_method="bilinear", seed=0))

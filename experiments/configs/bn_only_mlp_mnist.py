@@ -1,4 +1,4 @@
-"""BatchNorm-only training of an MLP 784-1024-1024-10 with BatchNorm on MNIST, and controls.
+"""BatchNorm-only training of an MLP 784-512-512-10 with BatchNorm on MNIST, and controls.
 
 SGD 0.1 with momentum 0.9 and a cosine decay, weight decay 1e-4 (frozen
 parameters get none), batch 128, 10 epochs, 2 replicates; arms full,
@@ -22,7 +22,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     chosen = configs.variants(arg, VARIANTS)
     config = lenet_mnist.get_config()
     config.model = "mlp_bn"
-    config.model_kwargs = ml_collections.ConfigDict(dict(widths=(1024, 1024), bn_init="ones"))
+    config.model_kwargs = ml_collections.ConfigDict(dict(widths=(512, 512), bn_init="ones"))
     config.validation_size = 0
     config.eval_train = False
     config.num_replicates = 2

@@ -3,7 +3,7 @@
 The LTH recipe (Adam 1.2e-3, batch 60, 24K iterations; 5000 validation images),
 the masks of IMP level 15 (3.6 % of the hidden weights; layerwise, output layer
 at half rate) of an IMP run of the same seed and replicates (``imp_workdir``,
-e.g. ``experiments/configs/imp_lenet_mnist.py:imp_only``, whose validation
+e.g. ``experiments/configs/imp_lenet_mnist.py:imp_only,lmc``, whose validation
 split must match: set ``--config.validation_size`` to the IMP run's), k in
 {0, 500} iterations, 2 replicates, 10 perturbations.
 
@@ -23,7 +23,7 @@ VARIANTS = ("quick",)
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config; ``'quick'``: 300 iterations, IMP level 2 run by the study itself."""
     chosen = configs.variants(arg, VARIANTS)
-    config = imp_lenet_mnist.get_config("imp_only")
+    config = imp_lenet_mnist.get_config("imp_only,lmc")  # He init, 24K: as in the README
     config.eval_every = "4000it"
     config.checkpoint_every = "4000it"
     config.imp_workdir = ""  # empty: the study runs IMP to imp_level into <workdir>/imp

@@ -4,7 +4,14 @@
 3 levels of 6 epochs, the reinit control, 1 replicate, the output layer ``fc``
 at half rate (``:quick,sample``: 2 levels of 1 epoch).
 
+``:pretrain_random_labels``, ``:pretrain_rotation``, ``:pretrain_blur``: the dense
+net first trains ``pretrain.steps`` (10 epochs; ``:quick``: 1) on altered data
+(Frankle, Schwab & Morcos 2020, Section 5), and IMP rewinds to that state
+(:mod:`ltjax.studies.imp`).
+
     python -m experiments.imp --config=experiments/configs/imp_lenet_digits.py --workdir=runs/imp
+    python -m experiments.imp --config=experiments/configs/imp_lenet_digits.py:pretrain_rotation \\
+        --workdir=runs/imp_rotation
 """
 
 import ml_collections
@@ -12,7 +19,7 @@ import ml_collections
 from experiments import configs
 from experiments.configs import imp_lenet_mnist
 
-VARIANTS = ("quick", "sample", "imp_only")
+VARIANTS = ("quick", "sample", "imp_only") + configs.PRETRAIN_VARIANTS
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -38,4 +45,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.levels = 2
     if "imp_only" in chosen:
         config.controls = ()
+    configs.add_pretrain(config, chosen, steps="1ep" if "quick" in chosen else "10ep")
     return config

@@ -23,7 +23,7 @@ VARIANTS = ("quick",)
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config; ``'quick'``: 300 iterations, k in (0, 100)."""
     chosen = configs.variants(arg, VARIANTS)
-    config = lenet_mnist.get_config()
+    config = lenet_mnist.get_config("lmc")  # the LMC paper's LeNet: He init, 24K (Table 1)
     config.num_replicates = 3
     config.num_copies = 3
     config.rewind_steps = ("0it",)

@@ -1,7 +1,7 @@
 """Zhou et al. 2019's untrained supermasks of LeNet-300-100 / MNIST from an IMP run.
 
 The masks come from the init and the trained dense weights (level 0) of an
-IMP run with this seed, model and data (``imp_lenet_mnist.py:imp_only``,
+IMP run with this seed, model and data (``imp_lenet_mnist.py:imp_only,lmc``,
 given as ``--config.imp_workdir``); each layer keeps the density's share of
 the highest criterion scores, and the masked *init* is evaluated untrained.
 
@@ -21,7 +21,7 @@ VARIANTS: tuple[str, ...] = ()  # nothing is trained; the IMP run's config sets 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config (no variants: nothing is trained)."""
     configs.variants(arg, VARIANTS)
-    config = imp_lenet_mnist.get_config("imp_only")
+    config = imp_lenet_mnist.get_config("imp_only,lmc")  # He init, 24K: as in the README
     config.method = "zhou"
     config.imp_workdir = ""
     config.criteria = ("large_final_same_sign", "large_final", "large_init", "movement",

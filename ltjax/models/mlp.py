@@ -25,7 +25,9 @@ class MLP(nn.Module):
 
     Any input is flattened to ``[B, D]`` first (``x.reshape(x.shape[0], -1)``),
     so MNIST images ``[B, 28, 28, 1]`` and feature vectors ``[B, D]`` both work.
-    Kernels are He normal (fan-in) as in OpenLTH; biases start at zero.
+    Kernels are He normal (fan-in) as in OpenLTH and biases start at zero,
+    unless ``kernel_init``/``bias_init`` name another scheme
+    (:data:`ltjax.models.common.KERNEL_INITS`, :data:`~ltjax.models.common.BIAS_INITS`).
 
     Attributes:
         widths: hidden layer widths, e.g. ``(300, 100)`` for LeNet-300-100
@@ -33,6 +35,10 @@ class MLP(nn.Module):
         num_classes: number of logits.
         use_bias: biases in every layer (False: bias-free, as edge-popup's
             reference LeNet, Ramanujan et al. 2020).
+        kernel_init: ``'he_normal'`` (OpenLTH) or ``'glorot_normal'`` (the LTH
+            paper's Gaussian Glorot).
+        bias_init: ``'zeros'`` (the LTH paper's code) or ``'torch_uniform'``
+            (torch's default, which OpenLTH keeps).
 
     Example:
         >>> model = MLP(widths=(300, 100))
@@ -44,12 +50,20 @@ class MLP(nn.Module):
     widths: Sequence[int]
     num_classes: int = 10
     use_bias: bool = True
+    kernel_init: str = "he_normal"
+    bias_init: str = "zeros"
 
     has_batch_norm: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", _validate.positive_ints("widths", self.widths))
         _validate.positive_int("num_classes", self.num_classes)
+        if self.kernel_init not in common.KERNEL_INITS:
+            raise ValueError(f"kernel_init must be one of {tuple(common.KERNEL_INITS)}, "
+                             f"got {self.kernel_init!r}")
+        if self.bias_init not in common.BIAS_INITS:
+            raise ValueError(f"bias_init must be one of {common.BIAS_INITS}, "
+                             f"got {self.bias_init!r}")
         super().__post_init__()
 
     @nn.compact
@@ -57,10 +71,15 @@ class MLP(nn.Module):
         """Logits ``[B, num_classes]`` for inputs ``[B, ...]`` (``train`` is unused)."""
         del train  # no dropout, no batch norm
         x = x.reshape(x.shape[0], -1)
+        kernel_init = common.KERNEL_INITS[self.kernel_init]
+
+        def dense(features: int, inputs: jax.Array) -> jax.Array:
+            return nn.Dense(features, use_bias=self.use_bias, kernel_init=kernel_init,
+                            bias_init=common.bias_init(self.bias_init, inputs.shape[-1]))(inputs)
+
         for width in self.widths:
-            x = nn.relu(nn.Dense(width, use_bias=self.use_bias, kernel_init=common.kernel_init)(x))
-        return nn.Dense(self.num_classes, use_bias=self.use_bias,
-                        kernel_init=common.kernel_init)(x)
+            x = nn.relu(dense(width, x))
+        return dense(self.num_classes, x)
 
 
 def permutation_spec(model: MLP, params: Any = None) -> matching.PermutationSpec:

@@ -572,7 +572,13 @@ class TelemetryObserver:
     mode) and the values of ``tracked`` weights to ``log`` in long format
     (``{**tags, **member, step, layer, quantity, value}``), and keeps the
     prunable weights as ``<snapshot_dir>/step_<t>.npz`` for the post-pass
-    against the final weights (:meth:`versus_final`).
+    against the final weights (:meth:`versus_final`). At each step of
+    ``hessian_steps`` it logs the top eigenvalue of the Hessian of the training
+    loss on the same ``batch`` (the paper's sharpness;
+    :func:`ltjax.telemetry.hessian_top_eigenvalue`, ``hessian_iterations``
+    power iterations from the vector of ``fold_in(key(0), step)``, the same for
+    every member) as rows of quantity ``'hessian_top_eigenvalue'``, layer
+    ``'global'``.
 
     Args:
       executor: the segment's executor.
@@ -583,6 +589,9 @@ class TelemetryObserver:
       batch: a fixed training batch ``(x, y)`` (raw, as stored) for the gradient.
       tracked: ``(layer, flat index)`` weights to follow
         (:func:`ltjax.telemetry.tracked_indices`).
+      hessian_steps: the steps at which to log the Hessian's top eigenvalue
+        (need not be among ``steps``).
+      hessian_iterations: power iterations per eigenvalue.
 
     Example:
         >>> observer = TelemetryObserver(executor, state.params, telemetry.schedule(end), log=...)
@@ -592,10 +601,13 @@ class TelemetryObserver:
 
     def __init__(self, executor: executor_lib.Executor, params_0: Any, steps: list[int], *,
                  log: results.MetricsLog, snapshot_dir: str | pathlib.Path,
-                 batch: tuple[np.ndarray, np.ndarray], tracked: list[tuple[str, int]]):
+                 batch: tuple[np.ndarray, np.ndarray], tracked: list[tuple[str, int]],
+                 hessian_steps: list[int] = (), hessian_iterations: int = 20):
         from ltjax import masking, telemetry
 
-        self.steps = list(steps)
+        self.snapshot_steps = set(steps)
+        self.hessian_steps = set(hessian_steps)
+        self.steps = sorted(self.snapshot_steps | self.hessian_steps)
         self.log = log
         self.snapshot_dir = pathlib.Path(snapshot_dir)
         self.selection = masking.prunable(executor.abstract_params)
@@ -615,6 +627,16 @@ class TelemetryObserver:
             return out
 
         self._quantities = jax.jit(jax.vmap(one))
+
+        def sharpness(params, batch_stats, key):
+            def loss(p):
+                return train.cross_entropy(
+                    train.logits(model, p, batch_stats, x, train=True), y).mean()
+
+            return {"hessian_top_eigenvalue": {telemetry.GLOBAL: telemetry.hessian_top_eigenvalue(
+                loss, params, key, iterations=hessian_iterations)}}
+
+        self._sharpness = jax.jit(jax.vmap(sharpness, in_axes=(0, 0, None)))
         # On the kept layers by name ({'Dense_0/kernel': [S, ...]}), every one selected.
         self._final = jax.jit(jax.vmap(lambda p, f: telemetry.versus_final(
             p, f, jax.tree.map(lambda _: True, p))))
@@ -628,9 +650,16 @@ class TelemetryObserver:
     def observe(self, step: int, params: Any, batch_stats: Any, *, tags: dict,
                 member_tags: list[dict]) -> None:
         """Log the members' quantities at ``step`` and keep their weights."""
-
+        rows = []
+        if step in self.hessian_steps:
+            eigen = distributed.host(self._sharpness(
+                params, batch_stats, jax.random.fold_in(jax.random.key(0), step)))
+            rows += _member_rows(step, eigen, tags, member_tags)
+        if step not in self.snapshot_steps:
+            self.log.append(rows)
+            return
         quantities = distributed.host(self._quantities(params, self.params_0, batch_stats))
-        rows = _member_rows(step, quantities, tags, member_tags)
+        rows += _member_rows(step, quantities, tags, member_tags)
         path = self.snapshot_dir / f"step_{step:08d}.npz"
         kept = self._kept(params)
 

@@ -43,7 +43,9 @@ def run_train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
     block (the ``:telemetry`` variant, :func:`experiments.configs.add_telemetry`)
     also Frankle et al. 2020's telemetry (:class:`ltjax.studies.common.TelemetryObserver`):
     ``telemetry.csv`` (``step, replicate, layer, quantity, value``; per layer
-    and ``global``, the post-pass against the final weights included) and
+    and ``global``, the post-pass against the final weights included; the
+    Hessian's top eigenvalue on the telemetry batch at ``telemetry.hessian_steps``,
+    quantity ``hessian_top_eigenvalue``, layer ``global``) and
     ``plots/telemetry.png``.
 
     Args:
@@ -54,7 +56,8 @@ def run_train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
     Returns:
       ``{'final': {split: {'accuracy': [S], 'loss': [S]}}, 'steps': total}``.
     """
-    workdir, dataset, recipe, executor = common.setup(config, workdir, progress=progress)
+    workdir, dataset, recipe, executor = common.setup(
+        config, workdir, check=lambda dataset: _hessian_steps(config, dataset), progress=progress)
     per_epoch = executor.steps_per_epoch
     total = common.steps(config.training_steps, per_epoch)
     splits = eval_splits(config, dataset)
@@ -133,4 +136,34 @@ def _observer(config: Any, executor: Any, start: Any, total: int, workdir: pathl
     return common.TelemetryObserver(
         executor, start.params, steps, log=results.MetricsLog(workdir / "telemetry.jsonl"),
         snapshot_dir=workdir / "telemetry_snapshots",
-        batch=(dataset.train.x[:t.batch_size], dataset.train.y[:t.batch_size]), tracked=tracked)
+        batch=(dataset.train.x[:t.batch_size], dataset.train.y[:t.batch_size]), tracked=tracked,
+        hessian_steps=_hessian_steps(config, dataset),
+        hessian_iterations=t.get("hessian_iterations", 20))
+
+
+def _hessian_steps(config: Any, dataset: Any) -> list[int]:
+    """The steps of ``config.telemetry.hessian_steps`` up to the end (later ones are skipped).
+
+    Raises:
+      ValueError: a step that does not parse or is negative, or
+        ``hessian_iterations`` not an int >= 1 (naming the field).
+    """
+    t = config.get("telemetry")
+    if t is None:
+        return []
+    per_epoch = len(dataset.train) // config.recipe.batch_size
+    total = common.steps(config.training_steps, per_epoch)
+    raw = t.get("hessian_steps", ())
+    raw = [raw] if isinstance(raw, str) else list(raw or ())
+    items = [v.strip() for item in raw for v in str(item).split(",") if v.strip()]
+    try:
+        steps = [common.steps(v, per_epoch) for v in items]
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"config.telemetry.hessian_steps: {error}") from None
+    if any(s < 0 for s in steps):
+        raise ValueError(f"config.telemetry.hessian_steps must be steps >= 0, got {items}")
+    iterations = t.get("hessian_iterations", 20)
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"config.telemetry.hessian_iterations must be an int >= 1, "
+                         f"got {iterations!r}")
+    return sorted({s for s in steps if s <= total})

@@ -129,6 +129,11 @@ def _check_config(config: Any) -> tuple[str, ...]:
         v.strip() for item in ([config.perturbations] if isinstance(config.perturbations, str)
                                else list(config.perturbations or ()))
         for v in str(item).split(",") if v.strip()))
+    if config.get("pretrain") is not None and config.pretrain.get("kind"):
+        raise ValueError(
+            f"config.pretrain.kind={config.pretrain.kind!r}: the early-phase study rewinds to the "
+            "dense run's own step k; pretraining on altered data is an option of the IMP study "
+            "(experiments.imp with a :pretrain_* variant)")
     if "none" not in names:
         raise ValueError("config.perturbations must include 'none' (the unperturbed ticket the "
                          f"drops are measured from), got {list(names)}")

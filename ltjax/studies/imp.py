@@ -38,6 +38,32 @@ named streams of it (``reinit``, ``random_prune``,
 of a branch gives the same numbers whatever trains beside it, to ~1e-6
 relative: XLA picks kernels by batch shape).
 
+Pretraining on altered data (Frankle, Schwab & Morcos 2020, Section 5;
+``config.pretrain``, the ``:pretrain_*`` variants): with ``pretrain.kind`` one
+of ``'random_labels'`` (a share ``pretrain.share`` of the training labels
+redrawn, ``exclude_true`` to make every redrawn one wrong), ``'rotation'``
+(4-way rotation prediction with ``np.rot90``, a 4-class head) or ``'blur'``
+(x``blur_factor`` down by block means, then up), the dense network first trains
+``pretrain.steps`` on that data (:func:`ltjax.data.altered_dataset`; its own
+noise stream, ``stream(noise, 'pretrain')``); that state is step 0 of the real
+task (fresh optimiser state, the schedule from 0), which trains on to the
+rewind step k as usual, and every level rewinds to it. The paper pretrains
+the whole network on the altered data and then runs IMP with rewinding to the
+pretrained state on the real labels (rotation and blur needed ~40 epochs to
+match ~500 iterations of supervised training on CIFAR-10; random labels did
+not help). It does not say how the rotation task's 4-way output layer becomes
+the real task's 10-way one [not verified]; here it is replaced by the
+replicate's own fresh 10-class head (the head its init would have), every
+other layer kept; for random labels and blur, whose classes are the real
+ones, the whole pretrained network is kept. The rotated test set only
+measures the pretext task (records of branch ``pretrain_altered``).
+
+``mask_distance.csv``: per level >= 1 and replicate, the Hamming distance
+(``hamming``, and as a share of the prunable weights) and the IoU between the
+ticket's masks at this level and at the previous one (level 0: all kept),
+with :func:`ltjax.masking.hamming` and :func:`ltjax.masking.iou`
+(:func:`mask_distances`).
+
 Sanity checks (Ma et al. 2021; Liu et al. 2021):
 
 - ``config.ticket_learning_rates`` (e.g. ``(1.2e-4, 1.2e-3, 1.2e-2)``, must
@@ -72,6 +98,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ltjax import (
+    data,
     distributed,
     masking,
     models,
@@ -88,6 +115,8 @@ from ltjax.studies import common
 
 CONTROLS = ("reinit", "random_layerwise", "random_global", "oneshot", "small_dense")
 SGD_NOISE = ("paired", "fresh")
+#: ``config.pretrain.kind``: ``''`` (none) or a kind of :func:`ltjax.data.altered_dataset`.
+PRETRAIN_KINDS = ("",) + data.ALTERED_KINDS
 
 
 def level_noise_keys(noise_keys: jax.Array, level: int, branch: str, sgd_noise: str) -> jax.Array:
@@ -158,7 +187,8 @@ def _summary_rows(log: results.MetricsLog, num: int, end: int,
     is None without a sweep, and the column only appears with a sweep.
     """
     correlations = correlations or {}
-    records = [r for r in log.read() if r.get("branch") not in (None, "pretrain")]
+    records = [r for r in log.read()
+               if r.get("branch") not in (None, "pretrain", "pretrain_altered")]
     order = ("imp",) + CONTROLS
     keys = sorted({(r["level"], r["branch"], r.get("learning_rate")) for r in records},
                   key=lambda k: (k[0], order.index(k[1]), k[2] or 0.0))
@@ -281,6 +311,105 @@ def check_config(config: Any, dataset: Any) -> None:
                          f"drop it with --config.controls={others}")
     if config.levels > 0:
         check_pruning(config, dataset)
+    pretrain_dataset(config, dataset)
+
+
+def pretrain_dataset(config: Any, dataset: data.Dataset) -> tuple[data.Dataset, int] | None:
+    """The altered dataset and step count of ``config.pretrain``, or None (no pretraining).
+
+    ``config.pretrain``: ``kind`` (:data:`PRETRAIN_KINDS`), ``steps`` (a step
+    string, >= 1 step; epochs count the real training set's batches),
+    ``share`` and ``exclude_true`` (random labels), ``blur_factor`` and
+    ``blur_method`` (blur), ``seed`` (the alteration's seed). A config
+    without the block, or with ``kind=''``, does not pretrain.
+
+    Raises:
+      ValueError: a bad field, naming it (``config.pretrain.<field>``).
+
+    Example:
+        >>> altered, steps = pretrain_dataset(config, dataset)  # kind='rotation', steps='2ep'
+    """
+    p = config.get("pretrain")
+    kind = "" if p is None else p.get("kind", "")
+    if kind not in PRETRAIN_KINDS:
+        raise ValueError(f"config.pretrain.kind must be one of {PRETRAIN_KINDS}, got {kind!r}")
+    if not kind:
+        return None
+    per_epoch = len(dataset.train) // config.recipe.batch_size
+    try:
+        steps = common.steps(p.get("steps", ""), per_epoch)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"config.pretrain.steps: {error}") from None
+    if steps < 1:
+        raise ValueError(f"config.pretrain.steps must be at least 1 step, got {p.get('steps')!r}")
+    share = p.get("share", 1.0)
+    if isinstance(share, bool) or not isinstance(share, int | float) or not 0.0 <= share <= 1.0:
+        raise ValueError(f"config.pretrain.share must be a number in [0, 1], got {share!r}")
+    for field in ("exclude_true",):
+        if not isinstance(p.get(field, False), bool):
+            raise ValueError(f"config.pretrain.{field} must be True or False, got "
+                             f"{p.get(field)!r}")
+    seed = p.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"config.pretrain.seed must be an int >= 0, got {seed!r}")
+    factor = p.get("blur_factor", 4)
+    shape = dataset.input_shape
+    if kind == "blur" and (isinstance(factor, bool) or not isinstance(factor, int) or factor < 1
+                           or len(shape) != 3 or shape[0] % factor or shape[1] % factor):
+        raise ValueError(f"config.pretrain.blur_factor must be an int >= 1 dividing the image "
+                         f"size (inputs {shape}), got {factor!r}")
+    method = p.get("blur_method", "bilinear")
+    if kind == "blur" and method not in data.BLUR_METHODS:
+        raise ValueError(f"config.pretrain.blur_method must be one of {data.BLUR_METHODS}, "
+                         f"got {method!r}")
+    if kind == "rotation" and (len(shape) != 3 or shape[0] != shape[1]):
+        raise ValueError(f"config.pretrain.kind='rotation' needs square images [H, H, C], "
+                         f"got inputs of shape {shape}")
+    altered = data.altered_dataset(dataset, kind=kind, share=float(share),
+                                   exclude_true=p.get("exclude_true", False),
+                                   blur_factor=factor, blur_method=method, seed=seed)
+    return altered, steps
+
+
+def with_fresh_head(pretrained: Any, fresh: Any, *, leading_axes: int = 0) -> Any:
+    """``pretrained`` params with the output layer taken from ``fresh`` (a new task's head).
+
+    For the rotation pretraining of Frankle, Schwab & Morcos 2020 (Section 5):
+    the 4-way head is dropped for the real task's freshly initialised head
+    (:func:`ltjax.models.output_layer` names it); every other leaf is the
+    pretrained one. Pure; the trees must have the same leaf names.
+
+    Example:
+        >>> params = with_fresh_head(rotation_net, init_10_class)  # [S, ...] with leading_axes=1
+    """
+    head = models.output_layer(fresh, leading_axes=leading_axes) + "/"
+    names = tree.names(fresh)
+    if tree.names(pretrained) != names:
+        raise ValueError("pretrained and fresh params must have the same leaf names")
+    leaves = [f if name.startswith(head) else p for name, p, f in zip(
+        names, jax.tree.leaves(pretrained), jax.tree.leaves(fresh), strict=True)]
+    return jax.tree.unflatten(jax.tree.structure(fresh), leaves)
+
+
+def mask_distances(masks_a: Any, masks_b: Any, prunable: Any) -> dict[str, jax.Array]:
+    """Hamming distance and IoU of two stacked masks ``[S, ...]``, per replicate ``[S]``.
+
+    ``hamming`` (positions that differ, :func:`ltjax.masking.hamming`),
+    ``hamming_share`` (over the prunable weights) and ``iou``
+    (:func:`ltjax.masking.iou`); for the IMP masks of successive levels or
+    rewind points (Frankle, Schwab & Morcos 2020, Section 3). Jittable.
+
+    Example:
+        >>> mask_distances(masks_level_1, masks_level_2, masking.prunable(params))["iou"]
+    """
+    def one(a, b):
+        hamming = masking.hamming(a, b, prunable)
+        total = sum(int(np.prod(np.shape(m))) for m, keep in zip(
+            jax.tree.leaves(a), jax.tree.leaves(prunable), strict=True) if keep)
+        return {"hamming": hamming, "hamming_share": hamming / total,
+                "iou": masking.iou(a, b, prunable)}
+
+    return jax.vmap(one)(masks_a, masks_b)
 
 
 def check_pruning(config: Any, dataset: Any) -> None:
@@ -377,6 +506,9 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
     def pretrained():  # the step-k state, computed only when a level must train
         if "state_k" not in memo:
             state = executor.init(init_keys)
+            if config.get("pretrain") is not None and config.pretrain.get("kind"):
+                state = _pretrain_on_altered_data(config, executor, dataset, segment, state,
+                                                  init_keys, noise_keys, ckpt_root)
             if rewind_step > 0:
                 state = segment(executor, state=state, masks=None, noise_keys=noise_keys,
                                 end=rewind_step, ckpt_dir=ckpt_root / "pretrain",
@@ -387,7 +519,9 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
 
     lrs = sweep or (None,)
     first = 0 if sweep is None else sweep.index(float(recipe.learning_rate)) * num
-    dense_final = previous = masks = None
+    dense_final = previous = masks = previous_masks = None
+    distance_fn = jax.jit(lambda a, b: mask_distances(a, b, selection))
+    distance_rows = []
     for level in range(config.levels + 1):
         names = ["imp"] + [c for c in controls if c != "small_dense"] * (level > 0)
         member_tags = [{"branch": n, **({} if lr is None else {"learning_rate": lr}),
@@ -446,6 +580,14 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
             _write_correlations(level_dir / "weight_correlation.json", member_tags, corr)
         correlations.update({(level, t["branch"], t.get("learning_rate"), t["replicate"]):
                              float(corr[m]) for m, t in enumerate(member_tags)})
+        if level > 0:
+            distance = distributed.host(distance_fn(previous_masks, masks))
+            kept = densities(masks)
+            distance_rows += [{"level": level, "previous_level": level - 1, "replicate": r,
+                               "density": float(kept[r]),
+                               **{k: float(np.asarray(v)[r]) for k, v in distance.items()}}
+                              for r in range(num)]
+        previous_masks = masks
         final = executor.shard(jax.tree.map(lambda x, i=first: x[i:i + num], final_all))
         if level == 0:
             dense_final = final
@@ -458,6 +600,10 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
 
     rows = _summary_rows(log, num, end, correlations)
     results.write_csv(workdir / "results.csv", rows)
+    if distance_rows:
+        results.write_csv(workdir / "mask_distance.csv", common.with_mean_rows(
+            distance_rows, by=("level", "previous_level"),
+            fields=("density", "hamming", "hamming_share", "iou")))
     if sweep is not None and config.levels > 0:
         results.write_csv(workdir / "ticket_classes.csv", _ticket_classes(
             rows, num, similar=config.get("ticket_similar", sanity.SIMILAR_DROP["cifar10"])))
@@ -473,6 +619,35 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
     )
     return {"rows": [r for r in rows if r["replicate"] == "mean"],
             "std": [r for r in rows if r["replicate"] == "std"], "num_replicates": num}
+
+
+def _pretrain_on_altered_data(config, executor, dataset, segment, init_state, init_keys,
+                              noise_keys, ckpt_root):
+    """The dense net after ``config.pretrain`` on altered data, as step 0 of the real task.
+
+    Trains a model of the altered data's classes (4 for rotation) from the
+    replicates' init (same keys: every layer but a resized head starts as the
+    unpretrained run's) with the noise stream ``'pretrain'``; resumable
+    (``checkpoints/pretrain_altered``). Then a new head for rotation
+    (:func:`with_fresh_head`), the step set to 0 and a fresh optimiser state.
+    """
+    altered, steps = pretrain_dataset(config, dataset)
+    kind = config.pretrain.kind
+    model = common.build_model(config, altered)
+    pre_executor = executor.like(model=model, dataset=altered)
+    num = int(init_keys.shape[0])
+    state = pre_executor.init(init_keys)
+    state = segment(pre_executor, state=state, masks=None,
+                    noise_keys=rng.stream(noise_keys, "pretrain"), end=steps,
+                    ckpt_dir=ckpt_root / "pretrain_altered",
+                    tags={"level": 0, "branch": "pretrain_altered", "pretext": kind},
+                    densities=np.ones(num), desc=f"pretrain on altered data ({kind})")
+    params = state.params
+    if altered.num_classes != dataset.num_classes:
+        params = with_fresh_head(params, init_state.params, leading_axes=1)
+    return executor.shard(init_state.replace(
+        params=params, batch_stats=state.batch_stats,
+        opt_state=executor.fresh_opt_state(params)))
 
 
 def _write_correlations(path: pathlib.Path, member_tags: list[dict], corr: np.ndarray) -> None:
