@@ -19,6 +19,14 @@ def report(summary: dict) -> None:
     for row, std in zip(summary["rows"], summary["std"], strict=True):
         print(f"{100 * row['kept']:7.1f} {row['mode']:>9} {row['num_examples']:9.0f} "
               f"{100 * row['test_accuracy']:8.2f} ± {100 * std['test_accuracy']:5.2f}")
+    if "noise" in summary:
+        n = summary["noise"]
+        print(f"label noise {100 * n['noise_share']:g} % ({n['num_corrupted']} examples): "
+              f"precision of the top {100 * n['top_share']:.1f} % {n['score']} "
+              f"{n['precision']:.3f}")
+    if "score_stats" in summary:
+        print(f"Spearman({summary['score_stats']['score']} at step 0, ||x||): "
+              f"{summary['score_stats']['spearman_input_norm']:.3f}")
 
 
 if __name__ == "__main__":

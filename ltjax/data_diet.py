@@ -13,6 +13,10 @@ their reference code, mansheej/data_diet@aee462e (``scores.py``,
   initialisation). :func:`grand_per_member` keeps the run axis.
 - :func:`forgetting_counts`: Toneva et al. 2019's forgetting events, counted
   as the reference counts them during training.
+- :func:`noise_precision`: how many of the top-scored examples carry a
+  corrupted label (the paper's noisy-label experiment); :func:`spearman` and
+  :func:`input_norms`: Kirsch 2023's check that GraNd at initialisation tracks
+  the input norm.
 - :func:`select`: exactly ``kept`` example indices: the hardest (optionally
   after skipping an ``offset`` of the very hardest), the easiest, or a random
   subset. Subsets train for the full-data step count (the paper's protocol,
@@ -333,6 +337,116 @@ def select(
         order = np.lexsort((index, primary))  # by score (hardest or easiest first), then index
         chosen = order[offset:offset + kept]
     return np.sort(chosen).astype(np.int32)
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+def noise_precision(scores: Any, corrupted: Any, *, top: int | None = None) -> dict[str, float]:
+    """How well the top-scored examples find the corrupted labels: precision and recall.
+
+    Paul et al. 2021 (Section 5, Figure 5): with label noise, the highest EL2N
+    scores are mostly the corrupted examples. The top set is :func:`select`'s
+    ``'hardest'`` ``top`` examples (ties by position), by default as many as
+    there are corrupted ones (the top 10 % when 10 % is corrupted), where
+    precision equals recall.
+
+    Args:
+      scores: float ``[N]``, higher is harder; no NaN.
+      corrupted: the indices of the corrupted examples, distinct, in ``[0, N)``
+        (at least one).
+      top: the size of the top set, in ``[1, N]``; None: ``len(corrupted)``.
+
+    Returns:
+      ``{'top': k, 'top_share': k / N, 'precision': hits / k, 'recall': hits /
+      len(corrupted)}``, where ``hits`` counts corrupted examples in the top k.
+
+    Example:
+        >>> noise_precision(np.array([0.9, 0.1, 0.8, 0.2]), [0, 3])
+        {'top': 2, 'top_share': 0.5, 'precision': 0.5, 'recall': 0.5}
+    """
+    scores = np.asarray(jax.device_get(scores))
+    corrupted = np.asarray(corrupted)
+    n = scores.shape[0] if scores.ndim == 1 else 0
+    if corrupted.ndim != 1 or corrupted.size == 0 or not np.issubdtype(corrupted.dtype,
+                                                                         np.integer):
+        raise ValueError(f"corrupted must be a non-empty 1-D int array of indices, got "
+                         f"{_describe(corrupted)}")
+    if np.unique(corrupted).size != corrupted.size or corrupted.min() < 0 or (
+            corrupted.max() >= n):
+        raise ValueError(f"corrupted must hold distinct indices in [0, N={n})")
+    k = corrupted.size if top is None else _positive_int(top, "top")
+    hits = np.isin(select(scores, k, mode="hardest"), corrupted).sum()
+    return {"top": int(k), "top_share": k / n, "precision": float(hits / k),
+            "recall": float(hits / corrupted.size)}
+
+
+def spearman(a: Any, b: Any) -> float:
+    """Spearman's rank correlation of two samples ``[N]``: Pearson's of their ranks.
+
+    Tied values get the average of the ranks they span (as
+    ``scipy.stats.spearmanr``). Kirsch 2023 (arXiv 2303.14753) uses it to show
+    that GraNd at initialisation tracks the input norm ``||x||``
+    (:func:`input_norms`), against Paul et al. 2021's reading of it as
+    example difficulty.
+
+    Args:
+      a: numbers ``[N]``, ``N >= 2``, no NaN.
+      b: numbers ``[N]``.
+
+    Returns:
+      the correlation in ``[-1, 1]``; NaN if either sample is constant.
+
+    Example:
+        >>> spearman([1, 2, 2, 4], [10, 30, 20, 40])  # ranks [1, 2.5, 2.5, 4], [1, 3, 2, 4]
+        0.9486832980505138
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.ndim != 1 or a.shape != b.shape or a.size < 2:
+        raise ValueError(f"a and b must be 1-D of one length >= 2, got shapes {a.shape}, "
+                         f"{b.shape}")
+    if np.isnan(a).any() or np.isnan(b).any():
+        raise ValueError("a and b must not contain NaN")
+    ra, rb = _average_ranks(a), _average_ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = np.sqrt((ra * ra).sum() * (rb * rb).sum())
+    return float((ra * rb).sum() / denominator) if denominator > 0 else float("nan")
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks ``[N]``; tied values share the mean of their ranks."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], values.size]  # each tie group spans ranks starts+1 .. ends
+    group_rank = (starts + 1 + ends) / 2.0
+    ranks = np.empty(values.size)
+    ranks[order] = np.repeat(group_rank, ends - starts)
+    return ranks
+
+
+def input_norms(x: Any, mean: Any, std: Any, *, chunk_size: int = 4096) -> np.ndarray:
+    """``||(x - mean) / std||_2`` per example ``[N]``: the norm of the input the model sees.
+
+    Kirsch 2023's check of GraNd at initialisation (see :func:`spearman`);
+    computed on the host in float32, ``chunk_size`` examples at a time.
+
+    Args:
+      x: inputs ``[N, ...]``.
+      mean: per-channel mean, broadcast on the trailing axes (``Dataset.mean``).
+      std: per-channel std, likewise.
+      chunk_size: examples per chunk.
+
+    Example:
+        >>> input_norms(np.ones((2, 3)), np.zeros(3), np.ones(3))  # [sqrt(3), sqrt(3)]
+    """
+    x = np.asarray(x)
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    out = np.empty(x.shape[0], np.float32)
+    for start in range(0, x.shape[0], chunk_size):
+        chunk = (x[start:start + chunk_size].astype(np.float32) - mean) / std
+        out[start:start + chunk_size] = np.linalg.norm(chunk.reshape(len(chunk), -1), axis=1)
+    return out
 
 
 # --------------------------------------------------------------------------- checks

@@ -5,7 +5,9 @@ form ``||grad|| = EL2N * sqrt(||x||^2 + 1)`` (the gradient of the loss for
 ``logits = x W + b`` is ``x (p - e_y)^T`` and ``p - e_y``) and against the
 reference's ``jacrev`` of the per-example losses; forgetting against
 hand-counted sequences and a replay of the reference's ``update_forget_stats``;
-selection against planted orders and the reference's ``argsort`` windows.
+selection against planted orders and the reference's ``argsort`` windows;
+Spearman against hand-ranked examples with ties and scipy; the noise
+precision against hand-counted top sets.
 """
 
 import jax
@@ -296,3 +298,55 @@ def test_select_refuses_bad_scores():
         data_diet.select(np.zeros((2, 3)), 1)
     with pytest.raises(ValueError, match="scores must not contain NaN"):
         data_diet.select(np.array([0.0, np.nan, 1.0]), 1)
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+def test_spearman_hand_computed_with_ties():
+    # a's ranks [1, 2.5, 2.5, 4] (the tie averaged), b's [1, 3, 2, 4]: centred
+    # [-1.5, 0, 0, 1.5] and [-1.5, .5, -.5, 1.5]; 4.5 / sqrt(4.5 * 5).
+    assert data_diet.spearman([1, 2, 2, 4], [10, 30, 20, 40]) == pytest.approx(
+        4.5 / np.sqrt(22.5), abs=1e-12)
+    # Three-way tie at the top, one reversed pair: ranks [1, 2, 4, 4, 4] and [2, 1, 3, 4, 5].
+    ra, rb = np.array([1, 2, 4, 4, 4.0]) - 3, np.array([2, 1, 3, 4, 5.0]) - 3
+    want = (ra @ rb) / np.sqrt((ra @ ra) * (rb @ rb))  # 7 / sqrt(8 * 10)
+    assert want == pytest.approx(7 / np.sqrt(80))
+    assert data_diet.spearman([0.1, 0.3, 0.7, 0.7, 0.7], [5, 2, 6, 8, 9]) == pytest.approx(want)
+    assert data_diet.spearman([3, 1, 2], [30, 10, 20]) == pytest.approx(1.0)
+    assert data_diet.spearman([3, 1, 2], [-30, -10, -20]) == pytest.approx(-1.0)
+    assert np.isnan(data_diet.spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_spearman_matches_scipy_with_many_ties():
+    from scipy import stats
+
+    gen = np.random.default_rng(0)
+    a, b = gen.integers(0, 6, 200), gen.normal(size=200) + 0.1 * gen.integers(0, 6, 200)
+    a[:50] = b[:50].round()  # some correlation
+    assert data_diet.spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic, abs=1e-12)
+    with pytest.raises(ValueError, match="one length"):
+        data_diet.spearman([1, 2, 3], [1, 2])
+
+
+def test_noise_precision_hand_computed_and_ties_by_position():
+    scores = np.array([0.9, 0.1, 0.8, 0.2, 0.8, 0.0])
+    # top 2: indices 0, 2 (the 0.8 tie goes to the lower index); corrupted {0, 4}.
+    assert data_diet.noise_precision(scores, [0, 4]) == {
+        "top": 2, "top_share": 2 / 6, "precision": 0.5, "recall": 0.5}
+    found = data_diet.noise_precision(scores, np.array([4, 0]), top=3)  # 0, 2, 4
+    assert found["precision"] == pytest.approx(2 / 3) and found["recall"] == 1.0
+    with pytest.raises(ValueError, match="distinct indices"):
+        data_diet.noise_precision(scores, [0, 0])
+    with pytest.raises(ValueError, match="distinct indices"):
+        data_diet.noise_precision(scores, [6])
+
+
+def test_input_norms_match_a_loop():
+    gen = np.random.default_rng(1)
+    x = gen.integers(0, 256, (9, 2, 2, 3)).astype(np.uint8)
+    mean, std = np.array([10.0, 20.0, 30.0]), np.array([2.0, 4.0, 8.0])
+    want = [np.sqrt(sum(((float(v) - mean[c]) / std[c]) ** 2
+                        for (_, _, c), v in np.ndenumerate(xi))) for xi in x]
+    np.testing.assert_allclose(data_diet.input_norms(x, mean, std, chunk_size=4), want,
+                               rtol=1e-5)

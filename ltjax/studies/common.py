@@ -120,17 +120,21 @@ def build_executor(config: Any, model: Any, dataset: data.Dataset,
 
 
 def setup(config: Any, workdir: str | pathlib.Path, *,
-          check: Callable[[data.Dataset], None] | None = None, progress: bool = True) -> tuple[
+          check: Callable[[data.Dataset], None] | None = None, progress: bool = True,
+          transform: Callable[[data.Dataset], data.Dataset] | None = None) -> tuple[
         pathlib.Path, data.Dataset, optim.Recipe, executor_lib.Executor]:
     """A study's start: the checked workdir, the dataset, the recipe and the executor.
 
     The dataset, recipe and executor are built (and ``check(dataset)`` run)
     before the workdir is written, so a config that fails leaves no workdir.
-    With ``progress``, says what it loaded and built (:func:`say`).
+    ``transform`` (e.g. label noise) alters the loaded dataset before anything
+    is built from it. With ``progress``, says what it loaded and built (:func:`say`).
     """
     check_basics(config)
     say(f"loading {config.dataset}", progress)
     dataset = build_dataset(config)
+    if transform is not None:
+        dataset = transform(dataset)
     recipe = build_recipe(config, dataset)
     per_epoch = len(dataset.train) // recipe.batch_size
     for field in ("training_steps", "eval_every", "checkpoint_every"):

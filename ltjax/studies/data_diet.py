@@ -6,7 +6,13 @@ with ``config.score='grand'``), averaged over those runs; keep a share
 ``kept`` of the examples by ``mode`` (``'hardest'``: the highest scores after
 skipping ``config.offset``; ``'easiest'``; ``'random'``); train each subset
 for the full-data step count (the paper's protocol), beside the full-data
-baseline. Every mode x replicate of a kept share is a member of one program
+baseline. With ``config.label_noise`` > 0, a seeded share of the training
+labels is made wrong first (:func:`ltjax.data.random_labels` with
+``exclude_true``; the test set keeps its labels), and ``noise.csv`` says how
+well the top-scored examples find them (the paper's Section 5). With GraNd at
+step 0, ``score_stats.csv`` holds the Spearman correlation of the scores with
+the input norm (Kirsch 2023: GraNd at initialisation tracks ``||x||``).
+Every mode x replicate of a kept share is a member of one program
 (:meth:`ltjax.executor.Executor.train`'s ``subsets``).
 
 Example (Colab):
@@ -16,6 +22,7 @@ Example (Colab):
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from typing import Any
 
@@ -30,7 +37,7 @@ SCORES = ("el2n", "grand")
 
 
 def check_config(config: Any) -> tuple[tuple[str, ...], tuple[float, ...]]:
-    """The modes and kept shares, checked before any work."""
+    """The modes and kept shares, checked (with the other fields) before any work."""
     modes = common.names_of(config.modes, field="modes", allowed=MODES)
     kept = tuple(float(k) for k in config.kept)
     if not modes or not kept:
@@ -43,14 +50,48 @@ def check_config(config: Any) -> tuple[tuple[str, ...], tuple[float, ...]]:
         raise ValueError(f"config.score_seeds must be an int >= 1, got {config.score_seeds!r}")
     if not isinstance(config.offset, int) or config.offset < 0:
         raise ValueError(f"config.offset must be an int >= 0, got {config.offset!r}")
+    noise = config.get("label_noise", 0.0)
+    if isinstance(noise, bool) or not isinstance(noise, int | float) or not 0.0 <= noise <= 1.0:
+        raise ValueError(f"config.label_noise must be a share in [0, 1], got {noise!r}")
+    seed = config.get("label_noise_seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"config.label_noise_seed must be an int >= 0, got {seed!r}")
     return modes, kept
+
+
+def with_label_noise(dataset: data.Dataset, *, share: float, seed: int) -> tuple[
+        data.Dataset, np.ndarray]:
+    """The dataset with ``ceil(share * N)`` training labels made wrong, and their indices.
+
+    Paul et al. 2021, Section 5 (noisy labels score highest): the positions are
+    :func:`ltjax.data.random_labels`' draw with ``exclude_true`` (NumPy ``seed``,
+    a host-side ordering), so every corrupted label differs from the true one;
+    validation and test keep their labels.
+
+    Returns:
+      the dataset and the corrupted indices, int ``[ceil(share * N)]``, sorted.
+
+    Example:
+        >>> noisy, corrupted = with_label_noise(ds, share=0.1, seed=0)
+    """
+    train_split = data.random_labels(dataset.train, share=share,
+                                     num_classes=dataset.num_classes, seed=seed,
+                                     exclude_true=True)
+    corrupted = np.flatnonzero(train_split.y != dataset.train.y)
+    return dataclasses.replace(dataset, train=train_split), corrupted
 
 
 def run_data_diet(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Score, prune and retrain for ``config.num_replicates`` replicates; resumable.
 
     Writes into ``workdir``: ``config.json``, ``metrics.jsonl``, ``scores.npy``
-    (the averaged score of every training example), ``results.csv`` (``kept,
+    (the averaged score of every training example), ``scores.npz`` (``scores``,
+    ``labels`` the training labels used, ``corrupted`` the indices of the
+    corrupted ones, ``input_norm`` of the normalised inputs), ``noise.csv``
+    with label noise (``score, noise_share, num_corrupted, top_share,
+    precision, recall_at_top``: the top ``num_corrupted`` averaged scores
+    against the corrupted examples), ``score_stats.csv`` for GraNd at step 0
+    (``score, score_step, spearman_input_norm``), ``results.csv`` (``kept,
     mode, replicate, num_examples, test_accuracy, test_loss``; ``kept = 1`` is
     the full data; mean and std rows), ``plots/data_diet.png`` and
     ``checkpoints/``.
@@ -72,8 +113,19 @@ def run_data_diet(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
                 raise ValueError(f"config.offset={config.offset} + {size} kept examples is "
                                  f"more than the {n} training examples")
 
+    noise = float(config.get("label_noise", 0.0))
+    corrupted = np.zeros(0, np.int64)
+
+    def transform(dataset: data.Dataset) -> data.Dataset:
+        nonlocal corrupted
+        if noise == 0.0:
+            return dataset
+        dataset, corrupted = with_label_noise(dataset, share=noise,
+                                              seed=config.get("label_noise_seed", 0))
+        return dataset
+
     workdir, dataset, recipe, executor = common.setup(config, workdir, check=check,
-                                                      progress=progress)
+                                                      progress=progress, transform=transform)
     per_epoch = executor.steps_per_epoch
     end = common.steps(config.training_steps, per_epoch)
     score_step = common.steps(config.score_step, per_epoch)
@@ -102,6 +154,22 @@ def run_data_diet(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
         tmp = scores_path.with_suffix(".tmp.npy")
         np.save(tmp, scores)
         tmp.replace(scores_path)
+    norms = data_diet.input_norms(dataset.train.x, dataset.mean, dataset.std)
+    np.savez(workdir / "scores.npz", scores=scores, labels=np.asarray(dataset.train.y),
+             corrupted=corrupted, input_norm=norms)
+    diagnostics = {}
+    if noise > 0.0:
+        found = data_diet.noise_precision(scores, corrupted)
+        diagnostics["noise"] = {"score": config.score, "noise_share": noise,
+                                "num_corrupted": corrupted.size,
+                                "top_share": found["top_share"],
+                                "precision": found["precision"],
+                                "recall_at_top": found["recall"]}
+        results.write_csv(workdir / "noise.csv", [diagnostics["noise"]])
+    if config.score == "grand" and score_step == 0:
+        diagnostics["score_stats"] = {"score": config.score, "score_step": score_step,
+                                      "spearman_input_norm": data_diet.spearman(scores, norms)}
+        results.write_csv(workdir / "score_stats.csv", [diagnostics["score_stats"]])
 
     # 2. The full data, then each kept share's modes x replicates as one program.
     rows = []
@@ -135,9 +203,11 @@ def run_data_diet(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
                          workdir / "plots" / "data_diet.png",
                          title=f"data diet: {config.model} on "
                                f"{plots.dataset_label(config.dataset)}, {config.score} at "
-                               f"step {score_step}, {num} replicates")
+                               f"step {score_step}, {num} replicates"
+                               + (f", {100 * noise:g} % label noise" if noise else ""))
     return {"rows": [r for r in table if r["replicate"] == "mean"],
-            "std": [r for r in table if r["replicate"] == "std"], "num_replicates": num}
+            "std": [r for r in table if r["replicate"] == "std"], "num_replicates": num,
+            **diagnostics}
 
 
 def _rows(executor, state, share, modes, replicates, size) -> list[dict]:
