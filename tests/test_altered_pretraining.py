@@ -226,3 +226,25 @@ def test_early_phase_refuses_a_pretrain_block():
     with pytest.raises(ValueError, match="at most one"):
         configs.add_pretrain(config, ("pretrain_blur", "pretrain_rotation"), steps="1ep")
     assert jax.tree.leaves(config.pretrain.to_dict())  # the block is there
+
+
+def test_studies_reading_an_imp_run_refuse_a_pretrained_one(tmp_path):
+    # The stability, early-phase, supermask and prune-at-init studies start from weights
+    # that were never pretrained: a pretrained IMP run's masks do not belong to them.
+    from experiments.configs import stability_lenet_digits
+    from ltjax.studies import stability
+
+    config = stability_lenet_digits.get_config("quick")
+    theirs = common.to_dict(config)
+    (tmp_path / "plain").mkdir()
+    results.write_json(tmp_path / "plain" / "config.json", theirs)
+    assert stability.check_imp_compatible(config, tmp_path / "plain") == theirs
+    (tmp_path / "pretrained").mkdir()
+    results.write_json(tmp_path / "pretrained" / "config.json",
+                       {**theirs, "pretrain": {"kind": "rotation", "steps": "1ep"}})
+    with pytest.raises(ValueError, match="pretrained on altered data .pretrain.kind='rotation'"):
+        stability.check_imp_compatible(config, tmp_path / "pretrained")
+    # An IMP run with the block but no pretraining (kind '') is a plain one.
+    results.write_json(tmp_path / "pretrained" / "config.json",
+                       {**theirs, "pretrain": {"kind": "", "steps": ""}})
+    stability.check_imp_compatible(config, tmp_path / "pretrained")

@@ -118,7 +118,9 @@ def check_imp_compatible(config: Any, imp_workdir: str | pathlib.Path, *,
     augmentation...) and the training length must be the IMP run's too; with
     ``rewind_step`` (steps), the IMP run must have rewound to that step, unless
     ``config.imp_mask_at_any_k`` (a mask found by rewinding to r used at
-    another k is a different experiment from the paper's).
+    another k is a different experiment from the paper's). An IMP run that
+    pretrained on altered data (``config.pretrain``) is refused unless this
+    config pretrains alike (no study reading an IMP run pretrains today).
 
     Returns:
       The IMP run's config (a dict), e.g. for its ``pruning`` selection and
@@ -135,6 +137,12 @@ def check_imp_compatible(config: Any, imp_workdir: str | pathlib.Path, *,
             f"the IMP run in imp_workdir={str(imp_workdir)!r} differs in {differ}: "
             + ", ".join(f"{k}={theirs.get(k)!r} there vs {ours.get(k)!r} here" for k in differ)
         )
+    pretrained = (theirs.get("pretrain") or {}).get("kind", "")
+    if pretrained and (ours.get("pretrain") or {}) != theirs.get("pretrain"):
+        raise ValueError(
+            f"the IMP run in imp_workdir={str(imp_workdir)!r} pretrained on altered data "
+            f"(pretrain.kind={pretrained!r}); this study starts from weights that were not: "
+            "its masks do not belong to these weights (use an IMP run without config.pretrain)")
     if dataset is None:
         return theirs
     per_epoch = len(dataset.train) // config.recipe.batch_size
