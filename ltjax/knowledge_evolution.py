@@ -369,13 +369,3 @@ def extract_slim(model: Any, params: PyTree, batch_stats: PyTree, *, split_rate:
         raise ValueError(f"the sliced params do not fit {type(slim).__name__}'s own "
                          f"layout (a model whose permutation spec misses a coupling?)")
     return slim, slim_params, slim_stats
-
-
-def num_params(params: PyTree, *, leading_axes: int = 0) -> int:
-    """The number of parameters of one member (leaf sizes summed).
-
-    Example:
-        >>> num_params({"w": jnp.zeros((3, 4)), "b": jnp.zeros(4)})
-        16
-    """
-    return int(sum(math.prod(np.shape(x)[leading_axes:]) for x in jax.tree.leaves(params)))

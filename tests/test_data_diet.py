@@ -318,15 +318,11 @@ def test_spearman_hand_computed_with_ties():
     assert np.isnan(data_diet.spearman([1, 1, 1], [1, 2, 3]))
 
 
-def test_spearman_matches_scipy_with_many_ties():
-    from scipy import stats
-
-    gen = np.random.default_rng(0)
-    a, b = gen.integers(0, 6, 200), gen.normal(size=200) + 0.1 * gen.integers(0, 6, 200)
-    a[:50] = b[:50].round()  # some correlation
-    assert data_diet.spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic, abs=1e-12)
+def test_spearman_refuses_bad_arguments():
     with pytest.raises(ValueError, match="one length"):
         data_diet.spearman([1, 2, 3], [1, 2])
+    with pytest.raises(ValueError, match="NaN"):
+        data_diet.spearman([1.0, float("nan")], [1, 2])
 
 
 def test_noise_precision_hand_computed_and_ties_by_position():

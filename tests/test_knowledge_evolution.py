@@ -89,7 +89,7 @@ def test_slim_logits_equal_the_dense_logits_with_the_reset_part_zeroed(name, kwa
     _, slim_params, _ = ke.extract_slim(model, params, stats, split_rate=0.5, input_shape=shape)
     np.testing.assert_allclose(slim_fn(slim_params), dense_fn(masking.apply(params, masks)),
                                rtol=1e-5, atol=1e-5)
-    assert ke.num_params(slim_params) == sum(
+    assert tree.count(slim_params) == sum(
         int(np.size(leaf)) for leaf in jax.tree.leaves(_init(slim, shape)[0]))
 
 

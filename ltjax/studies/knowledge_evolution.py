@@ -38,7 +38,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ltjax import checkpoint, masking, models, plots, results, rng, tree
+from ltjax import checkpoint, distributed, masking, models, plots, results, rng, tree
 from ltjax import knowledge_evolution as ke
 from ltjax.studies import common
 
@@ -109,7 +109,7 @@ def _split_masks(config: Any, executor: Any, keys: jax.Array, split: str, split_
     else:
         masks = jax.jit(jax.vmap(lambda k: ke.wels_masks(abstract, k, split_rate=split_rate)))(
             rng.stream(keys, "wels"))
-    masks = executor.shard(jax.tree.map(np.asarray, jax.device_get(masks)))
+    masks = executor.shard(jax.tree.map(np.asarray, distributed.host(masks)))
     with checkpoint.Checkpointer(directory) as ckpt:
         ckpt.save(0, state=masks, meta={"split": split, "split_rate": split_rate,
                                         "config": fingerprint})
@@ -160,9 +160,9 @@ def run_knowledge_evolution(config: Any, workdir: str | pathlib.Path, *,
     if split == "kels":
         slim = ke.slim_model(executor.model, split_rate=split_rate)
         slim_executor = executor.like(model=slim)
-        slim_count = np.full(num, ke.num_params(slim_executor.abstract_params))
+        slim_count = np.full(num, tree.count(slim_executor.abstract_params))
     else:
-        host_masks = jax.device_get(masks)
+        host_masks = distributed.host(masks)
         slim_count = np.array([sum(int(np.sum(m[r])) for m in jax.tree.leaves(host_masks))
                                for r in range(num)])
 
