@@ -404,9 +404,7 @@ def mask_distances(masks_a: Any, masks_b: Any, prunable: Any) -> dict[str, jax.A
     """
     def one(a, b):
         hamming = masking.hamming(a, b, prunable)
-        total = sum(int(np.prod(np.shape(m))) for m, keep in zip(
-            jax.tree.leaves(a), jax.tree.leaves(prunable), strict=True) if keep)
-        return {"hamming": hamming, "hamming_share": hamming / total,
+        return {"hamming": hamming, "hamming_share": hamming / masking.num_prunable(a, prunable),
                 "iou": masking.iou(a, b, prunable)}
 
     return jax.vmap(one)(masks_a, masks_b)
