@@ -393,6 +393,64 @@ def plot_instability_vs_k(rows: Sequence[dict], path: str | os.PathLike, *,
     _finish(fig, path, title)
 
 
+_TRANSITION_COLORS = {"dense": "tab:blue", "imp": "tab:orange", "random": "tab:green"}
+
+
+def plot_transition(instability: Sequence[dict], accuracy: Sequence[dict],
+                    path: str | os.PathLike, *, dense_accuracy: float, matching_within: float,
+                    title: str = "", threshold: float = 0.02) -> None:
+    """The instability transition (Frankle et al. 2020, Figures 3 and 6) in two panels.
+
+    Left: test instability vs rewind step k, one line per ``kind`` (dense,
+    IMP, random pruning) with a band of +-1 std over pairs of copies. Right:
+    test accuracy of the sparse subnetworks vs k, with the dense accuracy and
+    the matching band below it.
+
+    Args:
+      instability: per-pair rows of the stability study's ``results.csv`` on
+        the test split, each with a ``kind``.
+      accuracy: rows ``{'k', 'kind', 'test_accuracy'}``, one per trained copy.
+      path: the PNG to write.
+      dense_accuracy: the dense network's mean test accuracy.
+      matching_within: the matching tolerance (an accuracy share, e.g. 0.005).
+      title: the figure's title.
+      threshold: the instability below which a network is stable.
+    """
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    ks = sorted({int(r["k"]) for r in instability} | {int(r["k"]) for r in accuracy})
+    position = {k: i for i, k in enumerate(ks)}
+    num = 0
+    for kind in dict.fromkeys(r["kind"] for r in instability):
+        mine = [{"k": position[int(r["k"])], "pct": 100 * float(r["instability"])}
+                for r in instability if r["kind"] == kind]
+        xs, mean, std, _, _ = mean_and_spread(mine, x="k", y="pct")
+        color = _TRANSITION_COLORS.get(kind)
+        left.plot(xs, mean, marker="o", label=kind, color=color)
+        left.fill_between(xs, mean - std, mean + std, alpha=0.2, color=color)
+        num = max(num, _group_size(mine, x="k"))
+    left.axhline(100 * threshold, color="grey", ls="--", lw=1,
+                 label=f"stable below {100 * threshold:g} %")
+    num_copies = 0
+    for kind in dict.fromkeys(r["kind"] for r in accuracy):
+        mine = [{"k": position[int(r["k"])], "pct": 100 * float(r["test_accuracy"])}
+                for r in accuracy if r["kind"] == kind]
+        xs, mean, std, _, _ = mean_and_spread(mine, x="k", y="pct")
+        color = _TRANSITION_COLORS.get(kind)
+        right.plot(xs, mean, marker="o", label=kind, color=color)
+        right.fill_between(xs, mean - std, mean + std, alpha=0.2, color=color)
+        num_copies = max(num_copies, _group_size(mine, x="k"))
+    right.axhline(100 * dense_accuracy, color="black", lw=1, label="dense")
+    right.axhspan(100 * (dense_accuracy - matching_within), 100 * dense_accuracy, color="grey",
+                  alpha=0.15, label=f"matching: within {100 * matching_within:g} pp")
+    for ax in (left, right):
+        ax.set_xticks(range(len(ks)), [str(k) for k in ks])
+    _style(left, xlabel="rewind step k (iterations)", ylabel="test instability (%)",
+           fontsize=9, bands=((band_label("std", num, "pairs of copies"), 0.2),))
+    _style(right, xlabel="rewind step k (iterations)", ylabel="test accuracy (%)", fontsize=9,
+           bands=((band_label("std", num_copies, "trained copies"), 0.2),))
+    _finish(fig, path, title)
+
+
 _SOUP_STYLE = {  # model -> (marker, color, size, label)
     "pretrained": ("X", "black", 80, "pretrained (theta_0)"),
     "uniform": ("*", "tab:blue", 220, "uniform soup"),

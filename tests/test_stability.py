@@ -130,7 +130,7 @@ def _adam_moments(opt_state) -> list[np.ndarray]:
 
 
 def test_stability_of_imp_subnetworks(tmp_path, monkeypatch):
-    _imp_run(tmp_path / "imp")
+    _imp_run(tmp_path / "imp", controls=("random_layerwise",))
     seen = _capture_segments(monkeypatch)
     config = _config(imp_workdir=str(tmp_path / "imp"), imp_level=1, rewind_steps=("1ep",))
     stability.run_stability(config, tmp_path / "lmc", progress=False)
@@ -173,6 +173,41 @@ def test_stability_of_imp_subnetworks(tmp_path, monkeypatch):
         with pytest.raises(ValueError, match=message):
             stability.run_stability(config, tmp_path / "bad", progress=False)
         assert not (tmp_path / "bad").exists()
+
+    # Random pruning (imp_branch): the IMP run's random_layerwise control, from the same
+    # step-k weights: each layer keeps the ticket's count, at other positions.
+    ticket = [np.asarray(w) != 0 for w in jax.tree.leaves(start.params)]
+    seen.clear()
+    config = _config(imp_workdir=str(tmp_path / "imp"), imp_level=1, rewind_steps=("1ep",),
+                     imp_branch="random_layerwise")
+    stability.run_stability(config, tmp_path / "random", progress=False)
+    start_random = seen["copies"][0]
+    for w, w_k, kept in zip(jax.tree.leaves(start_random.params),
+                            jax.tree.leaves(parent.params), ticket, strict=True):
+        w = np.asarray(w)
+        for rep in range(2):
+            for c in range(copies):
+                member = rep * copies + c
+                np.testing.assert_array_equal(w[member] != 0, w[rep * copies] != 0)
+                assert np.sum(w[member] != 0) == np.sum(kept[member])
+                np.testing.assert_array_equal(w[member][w[member] != 0],
+                                              np.asarray(w_k)[rep][w[member] != 0])
+            if w.ndim == 3:  # kernels: the random mask is not the ticket's
+                assert np.any((w[rep * copies] != 0) != kept[rep * copies])
+    logged = {r["density"] for r in results.MetricsLog(tmp_path / "imp" / "metrics.jsonl").read()
+              if r.get("branch") == "random_layerwise" and r.get("level") == 1}
+    copies_random = {r["density"] for r in results.MetricsLog(
+        tmp_path / "random" / "metrics.jsonl").read() if r["branch"] == "copies"}
+    assert copies_random == logged and len(logged) == 1
+    with pytest.raises(ValueError, match="imp_branch='oneshot'.*no such control"):
+        stability.run_stability(_config(imp_workdir=str(tmp_path / "imp"), imp_level=1,
+                                        rewind_steps=("1ep",), imp_branch="oneshot"),
+                                tmp_path / "bad", progress=False)
+    with pytest.raises(ValueError, match="imp_branch must be one of"):
+        stability.run_stability(_config(imp_workdir=str(tmp_path / "imp"), imp_level=1,
+                                        rewind_steps=("1ep",), imp_branch="reinit"),
+                                tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_ticket_start_keeps_the_step_k_optimiser_when_imp_rewound_it():

@@ -35,6 +35,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.reset_augment = False  # with 'epoch': the REPAIR notebooks' augmented pass
     config.imp_workdir = ""
     config.imp_level = 0
+    # Whose masks train: 'imp' (the ticket) or a control of the IMP run at its density
+    # ('random_layerwise': Frankle et al. 2020's random pruning; 'random_global', 'oneshot').
+    config.imp_branch = "imp"
     # One IMP run's mask at every k (not the paper's protocol: there, the run rewound to k).
     config.imp_mask_at_any_k = False
     config.checkpoint_every = "8000it"

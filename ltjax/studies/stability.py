@@ -18,9 +18,13 @@ IMP ticket trained from (fresh, or the step-k state when the IMP run set
 ``rewind_optimizer``); densities count the IMP run's ``pruning.include`` /
 ``exclude`` selection. The IMP run must share the dataset, model, seed,
 replicate count, recipe and training length, and must have rewound to the
-study's k (checked before any work). Frankle et al. 2020's protocol (Section
-4, Figures 5-7) studies at each k the subnetwork IMP found rewinding to that
-k: ``imp_workdir='0it=runs/imp_k0,500it=runs/imp_k500'`` gives one IMP run per
+study's k (checked before any work). ``config.imp_branch`` picks whose masks
+train: ``'imp'`` (the ticket) or a pruning control the IMP run trained beside
+it at the same density (``'random_layerwise'``: the paper's random pruning,
+Figures 5-6; ``'random_global'``, ``'oneshot'``), from the same start.
+Frankle et al. 2020's protocol (Section 4, Figures 5-7) studies at each k the
+subnetwork IMP found rewinding to that k:
+``imp_workdir='0it=runs/imp_k0,500it=runs/imp_k500'`` gives one IMP run per
 rewind step. ``imp_mask_at_any_k=True`` allows one IMP run's mask at every k
 (another experiment than the paper's).
 
@@ -77,15 +81,23 @@ def check_imp_level(imp_workdir: str | pathlib.Path, level: int) -> pathlib.Path
     return folder
 
 
-def load_imp_masks(imp_workdir: str | pathlib.Path, level: int, like_masks: Any) -> Any:
-    """The masks ``[S, ...]`` (host arrays) of an IMP workdir's level (the ``imp`` members).
+#: ``config.imp_branch``: the IMP run's members whose masks the study trains, each from
+#: the step-k weights under its mask (the ticket, or a pruning control at its density).
+IMP_BRANCHES = ("imp", "random_layerwise", "random_global", "oneshot")
+
+
+def load_imp_masks(imp_workdir: str | pathlib.Path, level: int, like_masks: Any,
+                   branch: str = "imp") -> Any:
+    """The masks ``[S, ...]`` (host arrays) of an IMP workdir's level, of one branch.
 
     A level's checkpoint holds every member of that level's program (the
-    ticket and its controls); its metadata lists them, and the ``imp``
-    members are returned in replicate order.
+    ticket and its controls); its metadata lists them, and the members of
+    ``branch`` (``'imp'``, the ticket, or a control such as
+    ``'random_layerwise'``) are returned in replicate order.
 
     Raises:
-      ValueError: the level does not exist in the workdir, or has no finished checkpoint.
+      ValueError: the level does not exist in the workdir, has no finished
+        checkpoint, or has no member of ``branch``.
     """
     folder = check_imp_level(imp_workdir, level)
     with checkpoint.Checkpointer(folder) as ckpt:
@@ -94,9 +106,11 @@ def load_imp_masks(imp_workdir: str | pathlib.Path, level: int, like_masks: Any)
             raise ValueError(f"imp_level={level} of {str(imp_workdir)!r} has no checkpoint yet")
         _, _, meta = ckpt.restore(steps[-1], like_state=None)
         members = meta.get("members") or []
-        imp = sorted((m["replicate"], i) for i, m in enumerate(members) if m["branch"] == "imp")
+        imp = sorted((m["replicate"], i) for i, m in enumerate(members) if m["branch"] == branch)
         if not imp:
-            raise ValueError(f"imp_level={level} of {str(imp_workdir)!r} lists no IMP members")
+            found = sorted({m["branch"] for m in members})
+            raise ValueError(f"imp_level={level} of {str(imp_workdir)!r} has no {branch!r} "
+                             f"members (imp_branch; it has {found})")
         like_all = jax.tree.map(lambda x: jnp.ones((len(members), *x.shape[1:]), x.dtype),
                                 like_masks)
         _, masks, _ = ckpt.restore(steps[-1], like_state=None, like_masks=like_all)
@@ -228,6 +242,29 @@ def imp_workdirs(config: Any, ks: list[int], per_epoch: int) -> dict[int, str]:
     return out
 
 
+def check_rewind_steps(config: Any, dataset: Any) -> list[int]:
+    """The rewind steps of ``config`` in steps, sorted; the copies and ``imp_branch`` checked.
+
+    Raises:
+      ValueError: a rewind step outside ``[0, training_steps)``, fewer than 2
+        copies, or an ``imp_branch`` not in :data:`IMP_BRANCHES`.
+    """
+    per_epoch = len(dataset.train) // config.recipe.batch_size
+    end = common.steps(config.training_steps, per_epoch)
+    ks = sorted({common.steps(k, per_epoch) for k in config.rewind_steps})
+    if not ks or ks[-1] >= end or ks[0] < 0:
+        raise ValueError(
+            f"rewind_steps {list(config.rewind_steps)} must be steps in [0, training_steps "
+            f"= {end}) (as steps: {ks})"
+        )
+    if config.num_copies < 2:
+        raise ValueError(f"num_copies must be >= 2 to form pairs, got {config.num_copies}")
+    branch = config.get("imp_branch", "imp")
+    if branch not in IMP_BRANCHES:
+        raise ValueError(f"imp_branch must be one of {IMP_BRANCHES}, got {branch!r}")
+    return ks
+
+
 def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Run the instability study; resumable. See the module docstring.
 
@@ -248,19 +285,16 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
 
     def check(dataset) -> None:  # before the workdir is written
         per_epoch = len(dataset.train) // config.recipe.batch_size
-        end = common.steps(config.training_steps, per_epoch)
-        ks = sorted({common.steps(k, per_epoch) for k in config.rewind_steps})
-        if not ks or ks[-1] >= end or ks[0] < 0:
-            raise ValueError(
-                f"rewind_steps {list(config.rewind_steps)} must be steps in [0, training_steps "
-                f"= {end}) (as steps: {ks})"
-            )
-        if config.num_copies < 2:
-            raise ValueError(f"num_copies must be >= 2 to form pairs, got {config.num_copies}")
+        ks = check_rewind_steps(config, dataset)
         ks_and_runs.update({k: "" for k in ks})
+        branch = config.get("imp_branch", "imp")
         for k, run in imp_workdirs(config, ks, per_epoch).items():
             imp_configs[k] = check_imp_compatible(config, run, dataset=dataset, rewind_step=k)
             check_imp_level(run, config.imp_level)
+            if branch != "imp" and branch not in (imp_configs[k].get("controls") or ()):
+                raise ValueError(
+                    f"imp_branch={branch!r}: the IMP run in {run!r} has no such control "
+                    f"(its controls: {list(imp_configs[k].get('controls') or ())})")
             ks_and_runs[k] = run
 
     workdir, dataset, recipe, executor = common.setup(
@@ -297,7 +331,8 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
             # The ticket as IMP trained it: step-k weights under the mask, and the
             # optimiser state IMP started from (fresh, or rewound with rewind_optimizer).
             imp_config = imp_configs[k]
-            masks = executor.shard(load_imp_masks(ks_and_runs[k], config.imp_level, like))
+            masks = executor.shard(load_imp_masks(ks_and_runs[k], config.imp_level, like,
+                                                  config.get("imp_branch", "imp")))
             pruning_config = imp_config.get("pruning") or {}
             selection = masking.prunable(executor.abstract_state.params,
                                          include=pruning_config.get("include") or None,

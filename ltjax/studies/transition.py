@@ -1,0 +1,259 @@
+"""The instability transition (Frankle, Dziugaite, Roy & Carbin, ICML 2020, Figures 3-6).
+
+Linear mode connectivity's central finding: a network trained with a large
+learning rate is *unstable* to SGD noise at initialisation (two copies trained
+from the same weights with different data orders end in minima separated by
+an error barrier), becomes *stable* after a small share of training (k), and
+IMP subnetworks at extreme sparsity match the dense accuracy only when rewound
+to a k at which they are stable; randomly pruned subnetworks never do.
+
+One study runs the whole experiment from other studies, each resumable in
+its own folder of ``workdir``:
+
+1. ``dense/``: the instability of the dense network at every k of
+   ``config.rewind_steps`` (:func:`ltjax.studies.stability.run_stability`);
+2. ``imp_<k>/`` for each k of ``config.imp_rewind_steps``: IMP rewinding to k
+   for ``config.levels`` levels, with the ``random_layerwise`` control (a
+   random mask keeping each layer's count, from the same step-k weights)
+   (:func:`ltjax.studies.imp.run_imp`);
+3. ``imp_subnetworks/`` and ``random_subnetworks/``: the instability of the
+   level-``levels`` IMP subnetworks and of the random ones, at each k the run
+   that rewound to k (the paper's protocol, Section 4).
+
+Then it writes the tables the paper plots: ``dense_results.csv``,
+``imp_results.csv`` and ``random_results.csv`` (the stability study's
+``results.csv`` of each kind), ``accuracy.csv`` (each trained copy's test
+accuracy per k and kind, against the dense accuracy: ``matching`` when within
+``config.matching_within`` of it), ``mask_distance.csv`` (Hamming distance and
+IoU between the IMP masks found by rewinding to different k, per replicate:
+Frankle, Schwab & Morcos 2020, Section 3) and ``plots/transition.png``.
+
+Every part shares the config's dataset, model, seed, replicates and recipe.
+The dense accuracy is the mean final test accuracy of the dense copies
+trained from the first k of ``config.rewind_steps`` (k = 0 by default: the
+network trained normally, S x C times).
+
+Example (Colab):
+    >>> from experiments.configs import transition_lenet_digits
+    >>> summary = run_transition(transition_lenet_digits.get_config("quick"), "/tmp/transition")
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+
+from ltjax import distributed, masking, plots, results
+from ltjax.studies import common, imp, stability
+
+#: The fields of the stability study alone, of the IMP study alone, of this study alone.
+STABILITY_FIELDS = ("num_copies", "rewind_steps", "num_alphas", "path_splits", "alpha_chunk",
+                    "recompute_batch_stats", "reset_batches", "reset_augment", "imp_workdir",
+                    "imp_level", "imp_mask_at_any_k", "imp_branch")
+IMP_FIELDS = ("levels", "rewind_step", "rewind_optimizer", "sgd_noise", "pruning", "controls",
+              "max_checkpoints", "ticket_learning_rates", "ticket_similar", "correlation_p",
+              "pretrain")
+TRANSITION_FIELDS = ("imp_rewind_steps", "matching_within")
+#: The subnetwork kinds: the stability study's ``imp_branch`` and the tables' names.
+KINDS = {"imp": "imp", "random_layerwise": "random"}
+
+
+def _without(config: Any, fields: tuple[str, ...]) -> Any:
+    out = copy.deepcopy(config)
+    with out.unlocked():
+        for field in fields:
+            if field in out:
+                del out[field]
+    return out
+
+
+def stability_config(config: Any, **fields: Any) -> Any:
+    """The stability study's config of one part (``fields`` set on a copy)."""
+    out = _without(config, IMP_FIELDS + TRANSITION_FIELDS)
+    for key, value in fields.items():
+        out[key] = value
+    return out
+
+
+def imp_config(config: Any, rewind_step: str) -> Any:
+    """The IMP study's config rewinding to ``rewind_step``, with the random pruning control."""
+    out = _without(config, STABILITY_FIELDS + TRANSITION_FIELDS)
+    out.rewind_step = rewind_step
+    out.controls = ("random_layerwise",)
+    out.ticket_learning_rates = ()
+    return out
+
+
+def _imp_steps(config: Any, per_epoch: int, end: int) -> list[tuple[int, str]]:
+    """``[(k in steps, k as written)]`` of ``config.imp_rewind_steps``, sorted, checked."""
+    given = list(config.imp_rewind_steps or ())
+    if not given:
+        raise ValueError("config.imp_rewind_steps must list at least one rewind step, got "
+                         f"{given}")
+    out: dict[int, str] = {}
+    for text in given:
+        k = common.steps(text, per_epoch)
+        if not 0 <= k < end:
+            raise ValueError(f"config.imp_rewind_steps entry {text!r} ({k} steps) must be in "
+                             f"[0, training_steps = {end})")
+        if k in out:
+            raise ValueError(f"config.imp_rewind_steps gives k = {k} steps twice "
+                             f"({out[k]!r}, {text!r})")
+        out[k] = str(text)
+    return sorted(out.items())
+
+
+def _check_config(config: Any, dataset: Any) -> None:
+    """Every part's config, checked before any workdir is written."""
+    per_epoch = len(dataset.train) // config.recipe.batch_size
+    end = common.steps(config.training_steps, per_epoch)
+    within = config.get("matching_within")
+    if isinstance(within, bool) or not isinstance(within, int | float) or not 0 < within < 1:
+        raise ValueError(f"config.matching_within must be an accuracy share in (0, 1), e.g. "
+                         f"0.005 for 0.5 pp, got {within!r}")
+    if isinstance(config.levels, bool) or not isinstance(config.levels, int) or config.levels < 1:
+        raise ValueError(f"config.levels must be an int >= 1 (the sparsity studied), got "
+                         f"{config.levels!r}")
+    if config.get("imp_workdir"):
+        raise ValueError(f"config.imp_workdir={config.imp_workdir!r}: this study makes its own "
+                         "IMP runs (one per k of config.imp_rewind_steps); leave it empty")
+    stability.check_rewind_steps(stability_config(config), dataset)
+    for _, text in _imp_steps(config, per_epoch, end):
+        imp.check_config(imp_config(config, text), dataset)
+
+
+def _folder(text: str) -> str:
+    return "imp_" + text.replace("/", "_")
+
+
+def _copy_accuracies(workdir: pathlib.Path, end: int, copies: int) -> list[dict]:
+    """Each trained copy's final test accuracy: ``{'k', 'replicate', 'copy', 'test_accuracy'}``."""
+    rows = [r for r in results.MetricsLog(workdir / "metrics.jsonl").read()
+            if r.get("branch") == "copies" and r.get("step") == end and r.get("split") == "test"]
+    return sorted(({"k": r["k"], "replicate": r["replicate"] // copies,
+                    "copy": r["replicate"] % copies, "test_accuracy": r["accuracy"],
+                    "density": r.get("density", 1.0)} for r in rows),
+                  key=lambda r: (r["k"], r["replicate"], r["copy"]))
+
+
+def _accuracy_rows(parts: dict[str, list[dict]], dense: float, within: float,
+                   instability: dict[str, list[dict]]) -> list[dict]:
+    """``accuracy.csv``: per (kind, k, replicate, copy), then mean/std rows per (kind, k)."""
+    rows, summary = [], []
+    for kind, copies in parts.items():
+        unstable = {}
+        for r in instability[kind]:
+            if r["split"] == "test" and r["replicate"] not in ("mean", "std"):
+                unstable.setdefault((int(r["k"]), int(r["replicate"])), []).append(
+                    float(r["instability"]))
+        for c in copies:
+            barrier = float(np.mean(unstable[c["k"], c["replicate"]]))
+            rows.append({"kind": kind, **c, "dense_test_accuracy": dense,
+                         "matching": bool(c["test_accuracy"] >= dense - within),
+                         "instability": barrier,
+                         "stable": bool(barrier < stability.STABLE_BELOW)})
+        for k in sorted({c["k"] for c in copies}):
+            group = [r for r in rows if (r["kind"], r["k"]) == (kind, k)]
+            for name, fn in (("mean", np.mean), ("std", np.std)):
+                summary.append({"kind": kind, "k": k, "replicate": name, "copy": "all", **{
+                    key: float(fn([float(g[key]) for g in group]))
+                    for key in ("test_accuracy", "density", "dense_test_accuracy", "matching",
+                                "instability", "stable")}})
+    return rows + summary
+
+
+def run_transition(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
+    """Run the dense k-sweep, IMP per k, and the subnetworks' instability; resumable.
+
+    See the module docstring for what it writes.
+
+    Returns:
+      ``{'instability': {kind: {k: mean}}, 'accuracy': {kind: {k: mean}},
+      'matching': {kind: {k: share}}, 'dense_accuracy': float}`` with kinds
+      ``'dense'``, ``'imp'`` and ``'random'`` (test split; accuracy and
+      matching for the sparse kinds).
+
+    Raises:
+      ValueError: a bad field of any part (before any workdir is written).
+    """
+    workdir, dataset, _, executor = common.setup(
+        config, workdir, check=lambda dataset: _check_config(config, dataset),
+        progress=progress)
+    per_epoch = executor.steps_per_epoch
+    end = common.steps(config.training_steps, per_epoch)
+    imp_steps = _imp_steps(config, per_epoch, end)
+
+    common.say("dense network: instability at every k", progress)
+    stability.run_stability(stability_config(config), workdir / "dense", progress=progress)
+    for _, text in imp_steps:
+        common.say(f"IMP rewinding to k = {text}, {config.levels} levels", progress)
+        imp.run_imp(imp_config(config, text), workdir / _folder(text), progress=progress)
+    runs = ",".join(f"{k}it={workdir / _folder(text)}" for k, text in imp_steps)
+    for branch, kind in KINDS.items():
+        common.say(f"{kind} subnetworks at level {config.levels}: instability at each k",
+                   progress)
+        stability.run_stability(
+            stability_config(config, rewind_steps=tuple(f"{k}it" for k, _ in imp_steps),
+                             imp_workdir=runs, imp_level=config.levels, imp_branch=branch),
+            workdir / f"{kind}_subnetworks", progress=progress)
+
+    parts = {"dense": workdir / "dense", **{kind: workdir / f"{kind}_subnetworks"
+                                            for kind in KINDS.values()}}
+    tables = {kind: results.read_csv(folder / "results.csv") for kind, folder in parts.items()}
+    for kind, rows in tables.items():
+        results.write_csv(workdir / f"{kind}_results.csv", rows)
+    copies = {kind: _copy_accuracies(folder, end, config.num_copies)
+              for kind, folder in parts.items()}
+    first_k = min(c["k"] for c in copies["dense"])
+    dense = float(np.mean([c["test_accuracy"] for c in copies["dense"] if c["k"] == first_k]))
+    accuracy = _accuracy_rows({kind: copies[kind] for kind in KINDS.values()}, dense,
+                              config.matching_within, tables)
+    results.write_csv(workdir / "accuracy.csv", accuracy)
+    results.write_csv(workdir / "mask_distance.csv",
+                      _mask_distances(executor, config, workdir, imp_steps))
+
+    per_pair = [{**r, "kind": kind} for kind, rows in tables.items() for r in rows
+                if r["split"] == "test" and r["replicate"] not in ("mean", "std")]
+    name = f"{config.model} on {plots.dataset_label(config.dataset)}"
+    plots.plot_transition(
+        per_pair, [r for r in accuracy if r["replicate"] not in ("mean", "std")],
+        workdir / "plots" / "transition.png", dense_accuracy=dense,
+        matching_within=config.matching_within,
+        title=f"{name}: instability and accuracy vs rewind step (level {config.levels})")
+
+    def means(rows: list[dict], key: str) -> dict[int, float]:
+        return {int(r["k"]): float(r[key]) for r in rows
+                if r["replicate"] == "mean" and r.get("split", "test") == "test"}
+
+    return {
+        "instability": {kind: means(rows, "instability") for kind, rows in tables.items()},
+        "accuracy": {kind: means([r for r in accuracy if r["kind"] == kind], "test_accuracy")
+                     for kind in KINDS.values()},
+        "matching": {kind: means([r for r in accuracy if r["kind"] == kind], "matching")
+                     for kind in KINDS.values()},
+        "dense_accuracy": dense,
+    }
+
+
+def _mask_distances(executor: Any, config: Any, workdir: pathlib.Path,
+                    imp_steps: list[tuple[int, str]]) -> list[dict]:
+    """Hamming distance and IoU between the level's IMP masks of every two rewind steps."""
+    params = executor.abstract_state.params
+    like = jax.tree.map(lambda x: np.ones((1, *x.shape), bool), params)
+    p = config.pruning
+    selection = masking.prunable(params, include=p.get("include") or None,
+                                 exclude=p.get("exclude") or None)
+    masks = {k: stability.load_imp_masks(workdir / _folder(text), config.levels, like)
+             for k, text in imp_steps}
+    rows = []
+    for k_a, k_b in itertools.combinations(sorted(masks), 2):
+        found = distributed.host(imp.mask_distances(masks[k_a], masks[k_b], selection))
+        for rep in range(config.num_replicates):
+            rows.append({"level": config.levels, "k_a": k_a, "k_b": k_b, "replicate": rep,
+                         **{key: float(np.asarray(value)[rep]) for key, value in found.items()}})
+    return rows
