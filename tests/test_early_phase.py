@@ -90,3 +90,60 @@ def test_bad_config_is_refused_before_any_work(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):
         early_phase.run_early_phase(_config(**overrides), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_telemetry_of_the_dense_early_phase_and_the_perturbed_members(tmp_path, monkeypatch):
+    from experiments.configs import add_telemetry
+
+    config = _config(perturbations=("none", "gaussian@1"))
+    add_telemetry(config)
+    config.telemetry.update(dense_every="5it", dense_until="20it", every="10it", tracked=3,
+                            hessian_steps=("0it",), hessian_iterations=3)
+    seen = {}
+    original = common.train_segment
+
+    def spy(executor, *, state, tags, **kwargs):
+        out = original(executor, state=state, tags=tags, **kwargs)
+        if "k" in tags:  # the study's segments, not its IMP run's
+            seen[tags["branch"], tags["k"]] = (jax.device_get(state), jax.device_get(out))
+        return out
+
+    monkeypatch.setattr(common, "train_segment", spy)
+    early_phase.run_early_phase(config, tmp_path, progress=False)
+    rows = results.read_csv(tmp_path / "telemetry.csv")
+    end = 2 * (1437 // 60)  # 46 steps; the schedule: 0, 5, ..., 20, 30, 40, 46
+
+    def value(branch, quantity, step, replicate, k="", perturbation="", layer="global"):
+        (row,) = [r for r in rows if (r["branch"], r["k"], r["perturbation"], r["step"],
+                                      r["replicate"], r["layer"], r["quantity"]) == (
+            branch, str(k), perturbation, str(step), str(replicate), layer, quantity)]
+        return float(row["value"])
+
+    # The dense parent: one trajectory from init to the last k (10), each step once.
+    parent = [r for r in rows if r["branch"] == "parent" and r["quantity"] == "l2_init"
+              and r["layer"] == "global" and r["replicate"] == "0"]
+    assert sorted(int(r["step"]) for r in parent) == [0, 5, 10]
+    init, at_10 = seen["parent", 10][0].params, seen["parent", 10][1].params
+    for rep in range(2):
+        kernels = [(np.asarray(at_10[n]["kernel"][rep]), np.asarray(init[n]["kernel"][rep]))
+                   for n in sorted(init)]
+        expected = np.sqrt(sum(np.sum((w - w0) ** 2) for w, w0 in kernels))
+        assert value("parent", "l2_init", 10, rep) == pytest.approx(expected, rel=1e-5)
+        changed = sum(np.sum(np.sign(w) != np.sign(w0)) for w, w0 in kernels)
+        assert value("parent", "sign_change_init", 10, rep) == pytest.approx(
+            changed / sum(w.size for w, _ in kernels), abs=1e-7)
+        assert value("parent", "l2_init", 0, rep) == 0.0
+
+    # The members: from their start at k (distance 0 there) to their own final weights.
+    for k in (0, 10):
+        steps = sorted({int(r["step"]) for r in rows if r["branch"] == "perturbed"
+                        and r["k"] == str(k) and r["quantity"] == "l2_init"})
+        assert steps == [s for s in (0, 5, 10, 15, 20, 30, 40, 46) if s >= k]
+        for name in ("none", "gaussian@1"):
+            for rep in range(2):
+                assert value("perturbed", "l2_init", k, rep, k, name) == 0.0
+                assert value("perturbed", "sign_change_init", k, rep, k, name) == 0.0
+                assert value("perturbed", "l2_final", end, rep, k, name) == 0.0
+                assert value("perturbed", "l2_final", k, rep, k, name) > 0.0
+    assert not list((tmp_path / "telemetry_snapshots").rglob("*.npz"))  # removed after use
+    assert (tmp_path / "plots" / "telemetry.png").exists()

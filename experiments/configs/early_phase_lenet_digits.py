@@ -13,11 +13,12 @@ import ml_collections
 from experiments import configs
 from experiments.configs import early_phase_lenet_mnist
 
-VARIANTS = ("quick", "sample")
+VARIANTS = ("quick", "sample", "telemetry")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """The config; ``'quick'``: 3 epochs, IMP level 2 made by the study, k in {0, 10it}."""
+    """The config; ``'quick'``: 3 epochs, IMP level 2 made by the study, k in {0, 10it};
+    ``'telemetry'``: Frankle et al. 2020's telemetry (dense early phase, perturbed members)."""
     chosen = configs.variants(arg, VARIANTS)
     config = early_phase_lenet_mnist.get_config()
     config.dataset = "digits"
@@ -40,4 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.checkpoint_every = "1ep"
         config.imp_level = 2
         config.rewind_steps = ("0it", "10it")
+    if "telemetry" in chosen:
+        configs.add_telemetry(config)
+        config.telemetry.update(dense_every="5it", dense_until="20it", every="20it")
     return config

@@ -5,7 +5,9 @@ the masks of IMP level 15 (3.6 % of the hidden weights; layerwise, output layer
 at half rate) of an IMP run of the same seed and replicates (``imp_workdir``,
 e.g. ``experiments/configs/imp_lenet_mnist.py:imp_only,lmc``, whose validation
 split must match: set ``--config.validation_size`` to the IMP run's), k in
-{0, 500} iterations, 2 replicates, 10 perturbations.
+{0, 500} iterations, 2 replicates, 10 perturbations. ``:telemetry`` logs
+Frankle et al. 2020's telemetry (:func:`experiments.configs.add_telemetry`) for
+the dense network to the last k and for every perturbed member from k on.
 
     LTJAX_DATA_DIR=../shared/data python -m experiments.early_phase \\
         --config=experiments/configs/early_phase_lenet_mnist.py --workdir=runs/early_phase \\
@@ -17,11 +19,12 @@ import ml_collections
 from experiments import configs
 from experiments.configs import imp_lenet_mnist
 
-VARIANTS = ("quick",)
+VARIANTS = ("quick", "telemetry")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """The config; ``'quick'``: 300 iterations, IMP level 2 run by the study itself."""
+    """The config; ``'quick'``: 300 iterations, IMP level 2 run by the study itself;
+    ``'telemetry'``: the telemetry block (dense early phase and perturbed members)."""
     chosen = configs.variants(arg, VARIANTS)
     config = imp_lenet_mnist.get_config("imp_only,lmc")  # He init, 24K: as in the README
     config.eval_every = "4000it"
@@ -40,4 +43,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.checkpoint_every = "100it"
         config.imp_level = 2
         config.rewind_steps = ("0it", "50it")
+    if "telemetry" in chosen:
+        configs.add_telemetry(config)
     return config

@@ -57,7 +57,8 @@ def run_train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
       ``{'final': {split: {'accuracy': [S], 'loss': [S]}}, 'steps': total}``.
     """
     workdir, dataset, recipe, executor = common.setup(
-        config, workdir, check=lambda dataset: _hessian_steps(config, dataset), progress=progress)
+        config, workdir, check=lambda dataset: check_telemetry(config, dataset),
+        progress=progress)
     per_epoch = executor.steps_per_epoch
     total = common.steps(config.training_steps, per_epoch)
     splits = eval_splits(config, dataset)
@@ -67,7 +68,11 @@ def run_train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
     log = results.MetricsLog(workdir / "metrics.jsonl")
     tags = {"level": 0, "branch": "dense"}
     start = executor.init(init_keys)
-    observer = _observer(config, executor, start, total, workdir, dataset)
+    observer = None
+    if config.get("telemetry") is not None:
+        observer = telemetry_observer(config, executor, start.params, total, dataset,
+                                      log=results.MetricsLog(workdir / "telemetry.jsonl"),
+                                      snapshot_dir=workdir / "telemetry_snapshots")
     final_state = common.train_segment(
         executor, state=start, masks=None, noise_keys=noise_keys, end=total,
         eval_every=max(1, common.steps(config.eval_every, per_epoch)),
@@ -117,40 +122,55 @@ def run_train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
     return {"final": final, "steps": total}
 
 
-def _observer(config: Any, executor: Any, start: Any, total: int, workdir: pathlib.Path,
-              dataset: Any) -> common.TelemetryObserver | None:
-    """The telemetry observer of ``config.telemetry`` (None without the block)."""
-    t = config.get("telemetry")
-    if t is None:
-        return None
+def telemetry_observer(config: Any, executor: Any, params_0: Any, total: int, dataset: Any, *,
+                       log: results.MetricsLog, snapshot_dir: pathlib.Path,
+                       ) -> common.TelemetryObserver:
+    """The telemetry observer of ``config.telemetry`` for a segment of members.
+
+    Args:
+      config: a config with a ``telemetry`` block (checked by :func:`check_telemetry`).
+      executor: the segment's executor.
+      params_0: the reference weights ``[S, ...]`` of the members (their init,
+        or the start of the segment), for distance, cosine and sign changes.
+      total: the run's last step (the schedule's end).
+      dataset: the dataset (the fixed batch is its first training examples).
+      log: where the records go.
+      snapshot_dir: where this segment's weight snapshots go (one folder per
+        segment: the post-pass reads every snapshot in it).
+
+    Example:
+        >>> observer = telemetry_observer(config, executor, start.params, end, dataset,
+        ...                               log=log, snapshot_dir=workdir / "snapshots")
+    """
+    t = config.telemetry
     per_epoch = executor.steps_per_epoch
     steps = telemetry.schedule(total, dense_every=common.steps(t.dense_every, per_epoch),
                                dense_until=common.steps(t.dense_until, per_epoch),
                                every=common.steps(t.every, per_epoch))
-    if not 1 <= t.batch_size <= len(dataset.train):
-        raise ValueError(f"config.telemetry.batch_size must be in [1, {len(dataset.train)}], "
-                         f"got {t.batch_size}")
     selection = masking.prunable(executor.abstract_params)
-    first = jax.tree.map(lambda x: x[0], start.params)  # the shapes: any member's params
+    first = jax.tree.map(lambda x: x[0], params_0)  # the shapes: any member's params
     tracked = telemetry.tracked_indices(first, jax.random.key(config.seed), t.tracked, selection)
     return common.TelemetryObserver(
-        executor, start.params, steps, log=results.MetricsLog(workdir / "telemetry.jsonl"),
-        snapshot_dir=workdir / "telemetry_snapshots",
+        executor, params_0, steps, log=log, snapshot_dir=snapshot_dir,
         batch=(dataset.train.x[:t.batch_size], dataset.train.y[:t.batch_size]), tracked=tracked,
-        hessian_steps=_hessian_steps(config, dataset),
+        hessian_steps=check_telemetry(config, dataset),
         hessian_iterations=t.get("hessian_iterations", 20))
 
 
-def _hessian_steps(config: Any, dataset: Any) -> list[int]:
-    """The steps of ``config.telemetry.hessian_steps`` up to the end (later ones are skipped).
+def check_telemetry(config: Any, dataset: Any) -> list[int]:
+    """Check ``config.telemetry`` (if any); the Hessian's steps up to the end (later skipped).
 
     Raises:
-      ValueError: a step that does not parse or is negative, or
-        ``hessian_iterations`` not an int >= 1 (naming the field).
+      ValueError: ``batch_size`` outside ``[1, train size]``, a Hessian step
+        that does not parse or is negative, or ``hessian_iterations`` not an
+        int >= 1 (naming the field).
     """
     t = config.get("telemetry")
     if t is None:
         return []
+    if not 1 <= t.batch_size <= len(dataset.train):
+        raise ValueError(f"config.telemetry.batch_size must be in [1, {len(dataset.train)}], "
+                         f"got {t.batch_size}")
     per_epoch = len(dataset.train) // config.recipe.batch_size
     total = common.steps(config.training_steps, per_epoch)
     raw = t.get("hessian_steps", ())

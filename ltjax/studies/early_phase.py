@@ -46,8 +46,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from ltjax import masking, models, perturbations, plots, results, rewinding, rng, tree
-from ltjax.studies import common, imp, stability
+from ltjax import distributed, masking, models, perturbations, plots, results, rewinding, rng, tree
+from ltjax.studies import common, dense, imp, stability
 
 SOURCES = ("k", "init", "fresh")
 _RECOMBINE = re.compile(r"^signs_(k|init|fresh)_magnitudes_(k|init|fresh)$")
@@ -149,7 +149,7 @@ def _imp_config(config: Any) -> Any:
     """The IMP run this study makes for itself: its model, data, recipe; ``imp_level`` levels."""
     imp_config = copy.deepcopy(config)
     with imp_config.unlocked():
-        for field in ("perturbations", "rewind_steps", "imp_workdir", "imp_level"):
+        for field in ("perturbations", "rewind_steps", "imp_workdir", "imp_level", "telemetry"):
             if field in imp_config:
                 del imp_config[field]
         imp_config.levels = config.imp_level
@@ -166,6 +166,16 @@ def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool 
     (``k, perturbation, replicate, density, effective_std, test_accuracy,
     test_accuracy_drop``; mean and std rows), ``plots/perturbations.png``,
     ``checkpoints/`` and, without ``config.imp_workdir``, the IMP run in ``imp/``.
+    With a ``config.telemetry`` block (:func:`experiments.configs.add_telemetry`),
+    Frankle et al. 2020's telemetry (:func:`ltjax.studies.dense.telemetry_observer`)
+    on its schedule: ``telemetry.csv`` (``branch, k, perturbation, step,
+    replicate, layer, quantity, value``) holds the dense network's early phase
+    (branch ``parent``, from init to the last k; its ``*_init`` quantities
+    against the init) and every perturbed member from its k to the end
+    (branch ``perturbed``; its ``*_init`` quantities against the member's
+    start at k, its ``*_final`` ones against its own final weights), and
+    ``plots/telemetry.png`` draws the dense early phase (the paper's Figure 3
+    panels).
 
     Raises:
       ValueError: an unknown perturbation or one out of range, no ``none``, a
@@ -182,6 +192,7 @@ def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool 
         if not ks or min(ks) < 0 or max(ks) >= end:
             raise ValueError(f"config.rewind_steps {list(config.rewind_steps)} must be steps in "
                              f"[0, training_steps = {end}) (as steps: {ks})")
+        dense.check_telemetry(config, dataset)
         if not imp_workdir:  # its own IMP run, checked before this workdir is written
             imp.check_config(_imp_config(config), dataset)
         else:
@@ -213,13 +224,22 @@ def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool 
     selection = masking.prunable(executor.abstract_params)
     density = np.asarray(jax.vmap(lambda m: masking.density(m, selection))(masks))
     starts = {name: _starter(name, executor, dataset, selection) for name in names}
+    watched = config.get("telemetry") is not None
+    telemetry_log = results.MetricsLog(workdir / "telemetry.jsonl")
+    snapshots = workdir / "telemetry_snapshots"
 
+    def observer(params_0: Any, folder: str) -> common.TelemetryObserver | None:
+        return dense.telemetry_observer(config, executor, params_0, end, dataset,
+                                        log=telemetry_log, snapshot_dir=snapshots / folder) if (
+            watched) else None
+
+    parent_observer = observer(params_0, "parent")
     rows = []
     for k in ks:
         state = segment(executor, state=state, masks=None, noise_keys=noise_keys, end=k,
                         ckpt_dir=workdir / "checkpoints" / f"parent_{k}",
                         tags={"k": k, "branch": "parent"}, densities=np.ones(num),
-                        desc=f"dense to step {k}")
+                        desc=f"dense to step {k}", observer=parent_observer)
         member_params, stds, tags = [], [], []
         for name in names:
             name_keys = jax.vmap(lambda key, n=name, k=k: jax.random.fold_in(
@@ -234,12 +254,18 @@ def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool 
         start = tree.index(state, replicate_of)
         start = executor.shard(start.replace(
             params=params, opt_state=executor.fresh_opt_state(params)))
+        members_observer = observer(start.params, f"perturbed_{k}")
         final = segment(executor, state=start, masks=member_masks,
                         noise_keys=noise_keys[replicate_of],
                         ckpt_dir=workdir / "checkpoints" / f"perturbed_{k}",
                         tags={"k": k, "branch": "perturbed"}, member_tags=tags,
                         densities=density[replicate_of],
-                        desc=f"k={k}: {len(names)} perturbations x{num}")
+                        desc=f"k={k}: {len(names)} perturbations x{num}",
+                        observer=members_observer)
+        if members_observer is not None:
+            members_observer.versus_final(final.params, tags={"k": k, "branch": "perturbed"},
+                                          member_tags=tags,
+                                          keep_snapshots=config.telemetry.keep_snapshots)
         metrics = executor.evaluate(final, "test", member_masks)
         effective = np.concatenate(stds)
         accuracy = {(t["perturbation"], t["replicate"]): float(metrics["accuracy"][m])
@@ -253,12 +279,42 @@ def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool 
     out = common.with_mean_rows(rows, by=("k", "perturbation"), fields=(
         "density", "effective_std", "test_accuracy", "test_accuracy_drop"))
     results.write_csv(workdir / "results.csv", out)
+    if watched:
+        _write_telemetry(config, workdir, telemetry_log, snapshots / "parent")
     plots.plot_perturbations(out, workdir / "plots" / "perturbations.png",
                              title=f"Perturbations at k, {config.model} on "
                                    f"{plots.dataset_label(config.dataset)} "
                                    f"at {100 * float(np.mean(density)):.1f} % density")
     return {"rows": [r for r in out if r["replicate"] == "mean"],
             "std": [r for r in out if r["replicate"] == "std"], "num_replicates": num}
+
+
+def _write_telemetry(config: Any, workdir: pathlib.Path, log: results.MetricsLog,
+                     parent_snapshots: pathlib.Path) -> None:
+    """``telemetry.csv`` and ``plots/telemetry.png`` (the dense early phase, Figure 3 panels).
+
+    The dense parent stops at the last k, so it has no final weights to
+    compare with: its snapshots are removed (unless ``keep_snapshots``).
+    """
+    columns = ("branch", "k", "perturbation", "step", "replicate", "layer", "quantity", "value")
+    rows, seen = [], set()
+    for record in log.read():
+        row = {c: record.get(c, "") for c in columns}
+        if row["branch"] == "parent":  # one trajectory in segments that share their ends
+            row["k"] = ""
+            key = tuple(row[c] for c in ("step", "replicate", "layer", "quantity"))
+            if key in seen:
+                continue
+            seen.add(key)
+        rows.append(row)
+    results.write_csv(workdir / "telemetry.csv", rows)
+    if not config.telemetry.keep_snapshots:
+        stale = list(parent_snapshots.glob("step_*.npz"))
+        distributed.write(f"remove {parent_snapshots}", lambda: [p.unlink() for p in stale])
+    plots.plot_telemetry([r for r in rows if r["branch"] == "parent"],
+                         workdir / "plots" / "telemetry.png",
+                         title=f"{config.model} on {plots.dataset_label(config.dataset)}: the "
+                               f"dense early phase, mean over {config.num_replicates} seeds")
 
 
 def _starter(name: str, executor: Any, dataset: Any, selection: Any):
