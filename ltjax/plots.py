@@ -419,26 +419,24 @@ def plot_transition(instability: Sequence[dict], accuracy: Sequence[dict],
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     ks = sorted({int(r["k"]) for r in instability} | {int(r["k"]) for r in accuracy})
     position = {k: i for i, k in enumerate(ks)}
-    num = 0
-    for kind in dict.fromkeys(r["kind"] for r in instability):
-        mine = [{"k": position[int(r["k"])], "pct": 100 * float(r["instability"])}
-                for r in instability if r["kind"] == kind]
-        xs, mean, std, _, _ = mean_and_spread(mine, x="k", y="pct")
-        color = _TRANSITION_COLORS.get(kind)
-        left.plot(xs, mean, marker="o", label=kind, color=color)
-        left.fill_between(xs, mean - std, mean + std, alpha=0.2, color=color)
-        num = max(num, _group_size(mine, x="k"))
+
+    def draw(ax, rows: Sequence[dict], field: str) -> int:
+        """One line per kind (mean, +-1 std) at the k's positions; the largest group size."""
+        num = 0
+        for kind in dict.fromkeys(r["kind"] for r in rows):
+            mine = [{"k": position[int(r["k"])], "pct": 100 * float(r[field])}
+                    for r in rows if r["kind"] == kind]
+            xs, mean, std, _, _ = mean_and_spread(mine, x="k", y="pct")
+            color = _TRANSITION_COLORS.get(kind)
+            ax.plot(xs, mean, marker="o", label=kind, color=color)
+            ax.fill_between(xs, mean - std, mean + std, alpha=0.2, color=color)
+            num = max(num, _group_size(mine, x="k"))
+        return num
+
+    num = draw(left, instability, "instability")
     left.axhline(100 * threshold, color="grey", ls="--", lw=1,
                  label=f"stable below {100 * threshold:g} %")
-    num_copies = 0
-    for kind in dict.fromkeys(r["kind"] for r in accuracy):
-        mine = [{"k": position[int(r["k"])], "pct": 100 * float(r["test_accuracy"])}
-                for r in accuracy if r["kind"] == kind]
-        xs, mean, std, _, _ = mean_and_spread(mine, x="k", y="pct")
-        color = _TRANSITION_COLORS.get(kind)
-        right.plot(xs, mean, marker="o", label=kind, color=color)
-        right.fill_between(xs, mean - std, mean + std, alpha=0.2, color=color)
-        num_copies = max(num_copies, _group_size(mine, x="k"))
+    num_copies = draw(right, accuracy, "test_accuracy")
     right.axhline(100 * dense_accuracy, color="black", lw=1, label="dense")
     right.axhspan(100 * (dense_accuracy - matching_within), 100 * dense_accuracy, color="grey",
                   alpha=0.15, label=f"matching: within {100 * matching_within:g} pp")
