@@ -326,13 +326,15 @@ class Executor:
                  sharding: NamedSharding) -> PyTree:
         """``stacked`` ``[num]`` padded to ``[padded]`` (:func:`_pad`) and put on ``sharding``.
 
-        In a multi-process run the arguments first become global arrays on
-        the member mesh (keys and host arrays included), as the padding
-        program needs (:func:`ltjax.distributed.put`).
+        The arguments first go onto the member mesh of ``num``
+        (:meth:`shard`), as the padding program needs its inputs on one set
+        of devices: leaves may come from programs placed differently (e.g.
+        BatchNorm statistics recomputed for 11 interpolated members on 2
+        devices beside params on 4). In a multi-process run this makes them
+        global arrays (keys and host arrays included,
+        :func:`ltjax.distributed.put`).
         """
-        if distributed.is_multiprocess():
-            stacked = self.shard(stacked)
-        return distributed.put(_pad(stacked, num, padded), sharding)
+        return distributed.put(_pad(self.shard(stacked), num, padded), sharding)
 
     def device_split(self, split: str, num_devices: int, for_eval: bool) -> data.DeviceSplit:
         """A split's arrays replicated on the first ``num_devices`` devices (kept by the executor).

@@ -286,6 +286,28 @@ def test_batch_stats_reset_over_an_augmented_epoch_matches_numpy():
         executor.recomputed_batch_stats(params, stats, num_batches=0)
 
 
+def test_batchnorm_path_of_an_odd_number_of_alphas_evaluates_on_many_devices(digits):
+    """11 interpolated BatchNorm nets, statistics recomputed (placed on fewer devices than the
+    params): the path's metrics are each alpha's own, evaluated alone."""
+    from ltjax import interpolation, tree
+
+    model = models.create("mlp_bn", widths=(8,))
+    executor = train.Executor(model, digits, _recipe(batch_size=32))
+    state = executor.init(_keys(2)[0])
+    ends = [(tree.index(state.params, i), tree.index(state.batch_stats, i)) for i in (0, 1)]
+
+    def recompute(t):
+        return t[0], executor.recomputed_batch_stats(t[0], t[1], num_batches=2)
+
+    alphas = np.linspace(0, 1, 11)
+    curve = interpolation.evaluate_path(lambda t: executor.evaluate_params(*t, "test"), *ends,
+                                        alphas, recompute_fn=recompute)
+    for i in (0, 4, 10):
+        alone = recompute(interpolation.interpolate(jnp.asarray(alphas[i:i + 1]), *ends))
+        expected = executor.evaluate_params(*alone, "test")
+        assert curve["accuracy"][i] == pytest.approx(float(expected["accuracy"][0]), abs=1e-6)
+
+
 # ---------------------------------------------------------------- bad input
 
 
