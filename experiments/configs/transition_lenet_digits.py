@@ -27,6 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.dataset = "digits"
     config.validation_size = 0
     config.recipe.learning_rate = 0.02
+    config.recipe.lr_drops = ("10ep", "16ep")
     config.training_steps = "20ep"
     config.eval_every = "10ep"
     config.checkpoint_every = "10ep"
@@ -45,6 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.num_alphas = 5
         config.alpha_chunk = 5
     elif "quick" in chosen:
+        config.recipe.lr_drops = ()
         config.training_steps = "4ep"
         config.eval_every = "2ep"
         config.checkpoint_every = "2ep"
