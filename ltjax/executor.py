@@ -326,15 +326,16 @@ class Executor:
                  sharding: NamedSharding) -> PyTree:
         """``stacked`` ``[num]`` padded to ``[padded]`` (:func:`_pad`) and put on ``sharding``.
 
-        The arguments first go onto the member mesh of ``num``
-        (:meth:`shard`), as the padding program needs its inputs on one set
-        of devices: leaves may come from programs placed differently (e.g.
-        BatchNorm statistics recomputed for 11 interpolated members on 2
-        devices beside params on 4). In a multi-process run this makes them
-        global arrays (keys and host arrays included,
-        :func:`ltjax.distributed.put`).
+        The padding program needs its inputs on one set of devices: leaves
+        placed by different programs (e.g. BatchNorm statistics recomputed for
+        11 interpolated members on 1 device beside params on 2) first go onto
+        the member mesh of ``num`` (:meth:`shard`). In a multi-process run
+        the arguments always do, becoming global arrays (keys and host arrays
+        included, :func:`ltjax.distributed.put`).
         """
-        return distributed.put(_pad(self.shard(stacked), num, padded), sharding)
+        if distributed.is_multiprocess() or len(_device_sets(stacked)) > 1:
+            stacked = self.shard(stacked)
+        return distributed.put(_pad(stacked, num, padded), sharding)
 
     def device_split(self, split: str, num_devices: int, for_eval: bool) -> data.DeviceSplit:
         """A split's arrays replicated on the first ``num_devices`` devices (kept by the executor).
@@ -664,6 +665,12 @@ class Executor:
         stats = self._program(("recompute", augmented), build)(
             params, batch_stats, arrays, index, rng.stream(key, "augment"))
         return stats if padded == num else _first(stats, num)
+
+
+def _device_sets(stacked: PyTree) -> set[frozenset]:
+    """The sets of devices the tree's committed JAX arrays live on (host arrays: none)."""
+    return {frozenset(x.devices()) for x in jax.tree.leaves(stacked)
+            if isinstance(x, jax.Array) and x.committed}
 
 
 def _pad(stacked: PyTree, num: int, padded: int) -> PyTree:
