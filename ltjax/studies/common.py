@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -9,7 +10,7 @@ import logging
 import os
 import pathlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -26,6 +27,22 @@ def to_dict(config: ml_collections.ConfigDict | dict) -> dict:
     """A plain JSON-able dict of ``config`` (tuples become lists)."""
     plain = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     return json.loads(json.dumps(plain, default=list))
+
+
+def without(config: ml_collections.ConfigDict, fields: Sequence[str]) -> ml_collections.ConfigDict:
+    """A deep copy of ``config`` without ``fields`` (those it lacks are skipped).
+
+    For a study that runs another study with its own config, e.g. its own IMP run.
+
+    Example:
+        >>> imp_config = without(config, ("perturbations", "rewind_steps"))
+    """
+    out = copy.deepcopy(config)
+    with out.unlocked():
+        for field in fields:
+            if field in out:
+                del out[field]
+    return out
 
 
 def prepare_workdir(workdir: str | pathlib.Path, config: Any) -> pathlib.Path:

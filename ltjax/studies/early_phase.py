@@ -37,7 +37,6 @@ Example (Colab):
 
 from __future__ import annotations
 
-import copy
 import math
 import pathlib
 import re
@@ -147,11 +146,9 @@ def _check_config(config: Any) -> tuple[str, ...]:
 
 def _imp_config(config: Any) -> Any:
     """The IMP run this study makes for itself: its model, data, recipe; ``imp_level`` levels."""
-    imp_config = copy.deepcopy(config)
+    imp_config = common.without(config, ("perturbations", "rewind_steps", "imp_workdir",
+                                         "imp_level", "telemetry"))
     with imp_config.unlocked():
-        for field in ("perturbations", "rewind_steps", "imp_workdir", "imp_level", "telemetry"):
-            if field in imp_config:
-                del imp_config[field]
         imp_config.levels = config.imp_level
         imp_config.rewind_step = "0it"
         imp_config.controls = ()
@@ -229,9 +226,10 @@ def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool 
     snapshots = workdir / "telemetry_snapshots"
 
     def observer(params_0: Any, folder: str) -> common.TelemetryObserver | None:
+        if not watched:
+            return None
         return dense.telemetry_observer(config, executor, params_0, end, dataset,
-                                        log=telemetry_log, snapshot_dir=snapshots / folder) if (
-            watched) else None
+                                        log=telemetry_log, snapshot_dir=snapshots / folder)
 
     parent_observer = observer(params_0, "parent")
     rows = []

@@ -40,7 +40,6 @@ Example (Colab):
 
 from __future__ import annotations
 
-import copy
 import itertools
 import pathlib
 from typing import Any
@@ -63,18 +62,9 @@ TRANSITION_FIELDS = ("imp_rewind_steps", "matching_within")
 KINDS = {"imp": "imp", "random_layerwise": "random"}
 
 
-def _without(config: Any, fields: tuple[str, ...]) -> Any:
-    out = copy.deepcopy(config)
-    with out.unlocked():
-        for field in fields:
-            if field in out:
-                del out[field]
-    return out
-
-
 def stability_config(config: Any, **fields: Any) -> Any:
     """The stability study's config of one part (``fields`` set on a copy)."""
-    out = _without(config, IMP_FIELDS + TRANSITION_FIELDS)
+    out = common.without(config, IMP_FIELDS + TRANSITION_FIELDS)
     for key, value in fields.items():
         out[key] = value
     return out
@@ -82,7 +72,7 @@ def stability_config(config: Any, **fields: Any) -> Any:
 
 def imp_config(config: Any, rewind_step: str) -> Any:
     """The IMP study's config rewinding to ``rewind_step``, with the random pruning control."""
-    out = _without(config, STABILITY_FIELDS + TRANSITION_FIELDS)
+    out = common.without(config, STABILITY_FIELDS + TRANSITION_FIELDS)
     out.rewind_step = rewind_step
     out.controls = ("random_layerwise",)
     out.ticket_learning_rates = ()
@@ -128,13 +118,14 @@ def _check_config(config: Any, dataset: Any) -> None:
 
 
 def _folder(text: str) -> str:
-    return "imp_" + text.replace("/", "_")
+    """The folder of the IMP run rewinding to ``text`` (as written: ``'25it'``, ``'1ep'``)."""
+    return f"imp_{text}"
 
 
 def _copy_accuracies(workdir: pathlib.Path, end: int, copies: int) -> list[dict]:
     """Each trained copy's final test accuracy: ``{'k', 'replicate', 'copy', 'test_accuracy'}``."""
-    rows = [r for r in results.MetricsLog(workdir / "metrics.jsonl").read()
-            if r.get("branch") == "copies" and r.get("step") == end and r.get("split") == "test"]
+    rows = common.final_records(results.MetricsLog(workdir / "metrics.jsonl"),
+                                {"branch": "copies", "split": "test"}, end)
     return sorted(({"k": r["k"], "replicate": r["replicate"] // copies,
                     "copy": r["replicate"] % copies, "test_accuracy": r["accuracy"],
                     "density": r.get("density", 1.0)} for r in rows),
@@ -144,7 +135,7 @@ def _copy_accuracies(workdir: pathlib.Path, end: int, copies: int) -> list[dict]
 def _accuracy_rows(parts: dict[str, list[dict]], dense: float, within: float,
                    instability: dict[str, list[dict]]) -> list[dict]:
     """``accuracy.csv``: per (kind, k, replicate, copy), then mean/std rows per (kind, k)."""
-    rows, summary = [], []
+    rows = []
     for kind, copies in parts.items():
         unstable = {}
         for r in instability[kind]:
@@ -157,14 +148,8 @@ def _accuracy_rows(parts: dict[str, list[dict]], dense: float, within: float,
                          "matching": bool(c["test_accuracy"] >= dense - within),
                          "instability": barrier,
                          "stable": bool(barrier < stability.STABLE_BELOW)})
-        for k in sorted({c["k"] for c in copies}):
-            group = [r for r in rows if (r["kind"], r["k"]) == (kind, k)]
-            for name, fn in (("mean", np.mean), ("std", np.std)):
-                summary.append({"kind": kind, "k": k, "replicate": name, "copy": "all", **{
-                    key: float(fn([float(g[key]) for g in group]))
-                    for key in ("test_accuracy", "density", "dense_test_accuracy", "matching",
-                                "instability", "stable")}})
-    return rows + summary
+    return common.with_mean_rows(rows, by=("kind", "k"), fields=(
+        "test_accuracy", "density", "dense_test_accuracy", "matching", "instability", "stable"))
 
 
 def run_transition(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
