@@ -373,15 +373,27 @@ def run_main(run_fn, report_fn, *, replicates_fn=lambda config: config.num_repli
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
         use_compilation_cache()
         use_cpu_devices(replicates_fn(flags.config))
+        from ltjax.studies import common
+
         if flags.distributed is None:
-            report_fn(run_fn(flags.config, flags.workdir))
+            try:
+                summary = run_fn(flags.config, flags.workdir)
+            except common.WorkdirBusyError as err:  # one line, no traceback
+                print(f"error: {err}", file=sys.stderr)
+                sys.exit(2)
+            report_fn(summary)
             print(closing_lines(flags.workdir))
             return
         from ltjax import distributed
 
         distributed.initialize(**flags.distributed)
         writer = distributed.is_writer()
-        summary = run_fn(flags.config, flags.workdir, **({} if writer else {"progress": False}))
+        try:
+            summary = run_fn(flags.config, flags.workdir,
+                             **({} if writer else {"progress": False}))
+        except common.WorkdirBusyError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
         distributed.sync("end of run")  # every file is written before anyone reads them
         if writer:
             report_fn(summary)
@@ -403,7 +415,8 @@ def closing_lines(workdir: str | os.PathLike) -> str:
     lines = [f"WARNING: {w['message']}" for w in common.read_warnings(root)]
     if lines:
         lines.append(f"({len(lines)} warning(s), kept in {root / 'warnings.jsonl'})")
-    files = sorted(p.name for p in root.iterdir() if p.is_file()) if root.is_dir() else []
+    files = sorted(p.name for p in root.iterdir()
+                   if p.is_file() and not p.name.startswith(".")) if root.is_dir() else []
     plots = sorted(f"plots/{p.name}" for p in (root / "plots").glob("*.png"))
     folders = [f"{p.name}/" for p in sorted(root.iterdir())
                if p.is_dir() and p.name != "plots"] if root.is_dir() else []

@@ -18,8 +18,8 @@ falls back to the newest step that restores.
 
 Nothing restores silently wrong: each step's metadata carries the layout
 (paths, shapes, dtypes) and a checksum (BLAKE2b of every array's bytes) of its
-state and masks. :meth:`Checkpointer.restore` verifies the checksums of what it
-restores (:class:`DamagedCheckpointError` on a mismatch: flipped bytes).
+state and masks, and of the meta itself. :meth:`Checkpointer.restore` verifies the
+checksums of what it restores (:class:`DamagedCheckpointError` on a mismatch: flipped bytes).
 :meth:`Checkpointer.restore_latest` tells damage from a different run: a step
 whose layout differs from the caller's raises a clear error (another config
 wrote it); a step of the same layout that does not restore or fails its
@@ -42,6 +42,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
@@ -94,6 +95,12 @@ def checksum(tree: PyTree | None) -> str:
     return digest.hexdigest()
 
 
+def _meta_checksum(meta: dict) -> str:
+    """A BLAKE2b digest of ``meta`` as canonical JSON (what a JSON round trip keeps)."""
+    text = json.dumps(meta, sort_keys=True, separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
 def abstract_like(tree: PyTree) -> PyTree:
     """Shape/dtype/sharding structs of ``tree``: the target that restores onto the same devices."""
 
@@ -139,7 +146,8 @@ class Checkpointer:
         if step in self._manager.all_steps():
             raise ValueError(f"checkpoint step {step} already exists in {self.directory}")
         info = {"layout": {"state": layout(state), "masks": layout(masks)},
-                "checksum": {"state": checksum(state), "masks": checksum(masks)}}
+                "checksum": {"state": checksum(state), "masks": checksum(masks),
+                             "meta": _meta_checksum(meta or {})}}
         items = {"state": ocp.args.StandardSave(state),
                  "meta": ocp.args.JsonSave({**(meta or {}), _INFO: info})}
         if masks is not None:
@@ -181,6 +189,11 @@ class Checkpointer:
                     raise DamagedCheckpointError(
                         f"checkpoint step {step} in {self.directory}: the {name} does not match "
                         "the checksum saved with it (damaged bytes)")
+            # (steps saved by older ltjax have no meta checksum)
+            if _meta_checksum(meta) != info["checksum"].get("meta", _meta_checksum(meta)):
+                raise DamagedCheckpointError(
+                    f"checkpoint step {step} in {self.directory}: its meta does not match the "
+                    "checksum saved with it (edited or damaged)")
         return state, masks, meta
 
     def _read_info(self, step: int) -> dict | None:

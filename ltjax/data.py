@@ -228,6 +228,10 @@ def load(
     for split_name, split in (("train", train), ("test", test)):
         if len(split) == 0:
             raise ValueError(f"the {split_name} split of {label!r} is empty")
+    classes = np.unique(train.y)
+    if classes.size < 2:  # a one-class model "learns" it perfectly: nothing to measure
+        raise ValueError(f"the train split of {label!r} has {classes.size} class(es) "
+                         f"({classes.tolist()}); a classification task needs at least 2")
     mean, std = channel_stats(train.x)
     return Dataset(
         name=label,

@@ -108,6 +108,9 @@ def mask_vector(params_or_masks: PyTree) -> np.ndarray:
 def channel_keep(gammas: np.ndarray, ratio: float) -> np.ndarray:
     """Keep all but the ``int(N * ratio)`` channels of smallest ``|gamma|`` (ties: earlier pruned).
 
+    Raises:
+      ValueError: ``ratio`` outside [0, 1), or a NaN or infinite gamma.
+
     Example:
         >>> channel_keep(np.array([0.5, 0.1, 0.1, 0.9]), 0.5)
         array([ True, False, False,  True])
@@ -115,6 +118,7 @@ def channel_keep(gammas: np.ndarray, ratio: float) -> np.ndarray:
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"ratio must be in [0, 1) (the share of channels pruned), got {ratio!r}")
     magnitude = np.abs(np.asarray(gammas, np.float64))
+    tree.check_finite(magnitude, name="gammas")  # a NaN gamma has no rank: it would be kept
     order = np.lexsort((np.arange(magnitude.size), magnitude))  # smallest first, ties by index
     keep = np.ones(magnitude.size, bool)
     keep[order[:int(magnitude.size * ratio)]] = False
@@ -169,8 +173,31 @@ def mask_distance(mask_a: np.ndarray, mask_b: np.ndarray) -> float:
     return float(np.mean(a != b))
 
 
+def _check_window(window: Any) -> int:
+    """``window`` as an int >= 2: the newest mask and at least one before it to compare."""
+    if isinstance(window, bool | np.bool_) or not isinstance(window, int | np.integer) or (
+            window < 2):
+        raise ValueError(f"window must be an integer >= 2 (the newest mask and the "
+                         f"window - 1 masks it is compared with), got {window!r}")
+    return int(window)
+
+
+def _check_threshold(threshold: Any) -> float:
+    """``threshold`` as a float in (0, 1]: distances are shares of channels in [0, 1]."""
+    if isinstance(threshold, bool | np.bool_) or not isinstance(threshold, int | float | np.number
+                                                                ) or not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold must be a finite number in (0, 1] (the largest share of "
+                         f"channels that may differ, exclusive), got {threshold!r}")
+    return float(threshold)
+
+
 def window_distances(history: Sequence[np.ndarray], window: int = WINDOW) -> list[float]:
-    """Distances of the newest mask to each of the ``window - 1`` before it (fewer at the start)."""
+    """Distances of the newest mask to each of the ``window - 1`` before it (fewer at the start).
+
+    Raises:
+      ValueError: ``window`` below 2 (no mask to compare the newest with).
+    """
+    window = _check_window(window)
     newest = history[-1]
     return [mask_distance(newest, old) for old in history[-window:-1]]
 
@@ -180,11 +207,23 @@ def emergence_epoch(history: Sequence[np.ndarray], *, window: int = WINDOW,
     """The first index ``e`` (epoch) whose window of ``window`` masks is full and all
     ``window - 1`` distances to mask ``e`` are below ``threshold``; None if never.
 
+    The reference's ``EarlyBird.early_bird_emerge``: a FIFO of the last
+    ``window`` masks, the distance of the newest to each other one. A window
+    needs at least two masks (``window=1`` would compare nothing, so every
+    first mask would "emerge"); a threshold of 0 or below could never be met
+    and one above 1 always would.
+
+    Raises:
+      ValueError: ``window`` not an integer >= 2, ``threshold`` not a finite
+        number in (0, 1] (NaN would never emerge).
+
     Example:
         >>> a, b = np.array([True, False]), np.array([False, True])
         >>> emergence_epoch([a, b, a, a, a, a, a])   # window [a, a, a, a, a] ends at index 6
         6
     """
+    window = _check_window(window)
+    threshold = _check_threshold(threshold)
     for end in range(window - 1, len(history)):
         distances = window_distances(history[: end + 1], window)
         if len(distances) == window - 1 and max(distances) < threshold:

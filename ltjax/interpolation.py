@@ -40,7 +40,18 @@ from ltjax import tree
 PyTree = Any
 
 
-def _check_alpha(alpha: Any, name: str = "alpha") -> None:
+def check_alpha(alpha: Any, name: str = "alpha") -> None:
+    """Raise ``ValueError`` unless every entry of ``alpha`` is finite and in [0, 1].
+
+    The one check of interpolation coefficients in ltjax (lerp, paths and
+    subspaces): NaN and extrapolation (``alpha = 1.5``) are refused.
+    Tracers are skipped (their values exist only at run time); callers that
+    vmap over alphas check the concrete array before tracing it.
+
+    Example:
+        >>> check_alpha(1.5)
+        ValueError: alpha must lie in [0, 1], got 1.5
+    """
     if isinstance(alpha, jax.core.Tracer):
         return
     values = np.asarray(alpha, dtype=np.float64)
@@ -62,7 +73,7 @@ def lerp(alpha: float | jax.Array, tree_a: PyTree, tree_b: PyTree) -> PyTree:
         >>> lerp(0.25, {"w": jnp.zeros(2)}, {"w": jnp.ones(2)})
         {'w': Array([0.25, 0.25], dtype=float32)}
     """
-    _check_alpha(alpha)
+    check_alpha(alpha)
     tree.check_same_structure(tree_b, tree_a, name="tree_b", reference_name="tree_a")
 
     def one(a, b):
@@ -85,7 +96,7 @@ def interpolate(alphas: jax.Array, tree_a: PyTree, tree_b: PyTree) -> PyTree:
     alphas = jnp.asarray(alphas, jnp.float32)
     if alphas.ndim != 1:
         raise ValueError(f"alphas must be 1-D, got shape {alphas.shape}")
-    _check_alpha(alphas, "alphas")
+    check_alpha(alphas, "alphas")
     tree.check_same_structure(tree_b, tree_a, name="tree_b", reference_name="tree_a")
     return jax.vmap(lambda a: lerp(a, tree_a, tree_b))(alphas)
 
@@ -98,7 +109,7 @@ def _curve(alphas: Any, values: Any) -> tuple[np.ndarray, np.ndarray]:
             f"values must end in an axis of len(alphas) = {alphas.shape} (>= 2), "
             f"got {values.shape}"
         )
-    _check_alpha(alphas, "alphas")
+    check_alpha(alphas, "alphas")
     if alphas[0] != 0.0 or alphas[-1] != 1.0 or np.any(np.diff(alphas) <= 0):
         raise ValueError(f"alphas must increase from 0 to 1, got {alphas.tolist()}")
     return alphas, values
@@ -218,7 +229,7 @@ def evaluate_path(
     alphas = np.asarray(alphas, np.float32)
     if alphas.ndim != 1 or alphas.size == 0:
         raise ValueError(f"alphas must be a non-empty 1-D array, got shape {alphas.shape}")
-    _check_alpha(alphas, "alphas")
+    check_alpha(alphas, "alphas")
     chunk_size = chunk_size or alphas.size
     out: dict[str, list] = {}
     for start in range(0, alphas.size, chunk_size):

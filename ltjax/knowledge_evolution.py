@@ -255,11 +255,16 @@ def ke_reinit(params: PyTree, masks: PyTree, fresh_params: PyTree) -> PyTree:
     masks hold BatchNorm leaves all True, and batch statistics are not
     params: BatchNorm is never reset.
 
+    Raises:
+      ValueError: masks that are not bool (a float 0.5 is neither fit nor
+        reset) or not of the params' shapes, ``fresh_params`` of another
+        structure or shapes; naming the leaf (:func:`ltjax.masking.check`).
+
     Example:
         >>> fresh, _ = models.init(model, jax.random.key(7), (28, 28, 1))
         >>> params = ke_reinit(params, masks, fresh)
     """
-    tree.check_same_structure(masks, params, name="masks")
+    masking.check(masks, params)
     tree.check_same_structure(fresh_params, params, name="fresh_params")
     return jax.tree.map(lambda w, m, f: jnp.where(m, w, f.astype(w.dtype)),
                         params, masks, fresh_params)

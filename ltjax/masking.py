@@ -42,31 +42,52 @@ def apply(params: PyTree, masks: PyTree) -> PyTree:
     Raises:
       ValueError: a mask leaf that is not bool or not of its param's shape
         (no broadcasting: a ``(300,)`` mask never spreads over a ``(64, 300)``
-        kernel), naming the leaf.
+        kernel), naming the leaf (:func:`check`).
 
     Example:
         >>> apply({"w": jnp.ones(3)}, {"w": jnp.array([True, False, True])})
         {'w': Array([1., 0., 1.], dtype=float32)}
     """
-    tree.check_same_structure(masks, params, name="masks")
-    for name, leaf in zip(tree.names(masks), jax.tree.leaves(masks), strict=True):
-        if jnp.result_type(leaf) != jnp.bool_:
-            raise ValueError(f"masks['{name}'] must be bool, got {jnp.result_type(leaf)}")
+    check(masks, params)
     return jax.tree.map(lambda x, m: jnp.where(m, x, jnp.zeros((), x.dtype)), params, masks)
 
 
-def check(masks: PyTree, params: PyTree, *, leading_axes: int = 0) -> None:
-    """Raise ``ValueError`` unless ``masks`` matches ``params`` leaf for leaf.
+def check_bool(masks: PyTree, *, name: str = "masks") -> None:
+    """Raise ``ValueError`` naming the first leaf of ``masks`` that is not ``bool``.
+
+    The one check of "bool masks" in ltjax: a float mask of 0.5 is neither
+    kept nor pruned, so it is refused rather than read as truthy. Dtypes are
+    static: this also runs on tracers.
+
+    Example:
+        >>> check_bool({"k": jnp.full(3, 0.5)}, name="masks")
+        ValueError: masks['k'] must be bool, got float32
+    """
+    for path, leaf in zip(tree.names(masks), jax.tree.leaves(masks), strict=True):
+        dtype = jnp.result_type(leaf)
+        if dtype != jnp.bool_:
+            label = f"{name}['{path}']" if path else name
+            raise ValueError(f"{label} must be bool, got {dtype}")
+
+
+def check(masks: PyTree, params: PyTree, *, leading_axes: int = 0, name: str = "masks",
+          reference_name: str = "params") -> None:
+    """Raise ``ValueError`` unless ``masks`` matches ``params`` leaf for leaf and is bool.
+
+    :func:`ltjax.tree.check_same_structure` (same structure, same shapes, no
+    broadcasting) then :func:`check_bool`; messages name the argument, the
+    leaf and both shapes or the dtype. Static: also runs on tracers.
 
     Args:
       masks: the masks to check (bool leaves).
       params: the reference params (arrays or shape structs).
       leading_axes: how many leading (replicate) axes ``masks`` has beyond ``params``.
+      name: the masks' argument name in messages.
+      reference_name: the reference's argument name in messages.
     """
-    tree.check_same_structure(masks, params, name="masks", leading_axes=leading_axes)
-    for name, leaf in zip(tree.names(masks), jax.tree.leaves(masks), strict=True):
-        if jnp.result_type(leaf) != jnp.bool_:
-            raise ValueError(f"masks['{name}'] must be bool, got {jnp.result_type(leaf)}")
+    tree.check_same_structure(masks, params, name=name, reference_name=reference_name,
+                              leading_axes=leading_axes)
+    check_bool(masks, name=name)
 
 
 def prunable(
@@ -151,26 +172,46 @@ def density(masks: PyTree, selection: PyTree) -> jax.Array:
     return num_kept(masks, selection) / num_prunable(masks, selection)
 
 
+def _pairs(masks_a: PyTree, masks_b: PyTree, selection: PyTree) -> list[tuple]:
+    """The selected leaves of two masks, after checking they are bool and of equal shapes."""
+    check_bool(masks_a, name="masks_a")
+    check(masks_b, masks_a, name="masks_b", reference_name="masks_a")
+    return [(a, b) for (_, a), (_, b) in zip(_selected(masks_a, selection),
+                                             _selected(masks_b, selection), strict=True)]
+
+
 def overlap(masks_a: PyTree, masks_b: PyTree, selection: PyTree) -> jax.Array:
-    """Prunable weights kept by both masks: ``|a AND b|``."""
-    pairs = zip(_selected(masks_a, selection), _selected(masks_b, selection), strict=True)
-    return sum(jnp.sum(a & b, dtype=jnp.int32) for (_, a), (_, b) in pairs)
+    """Prunable weights kept by both masks: ``|a AND b|``.
+
+    Raises:
+      ValueError: masks that are not bool, or leaves of different shapes
+        (never broadcast), naming the leaf (:func:`check`).
+    """
+    return sum(jnp.sum(a & b, dtype=jnp.int32) for a, b in _pairs(masks_a, masks_b, selection))
 
 
 def hamming(masks_a: PyTree, masks_b: PyTree, selection: PyTree) -> jax.Array:
-    """Prunable positions where the masks differ: ``|a XOR b|``."""
-    pairs = zip(_selected(masks_a, selection), _selected(masks_b, selection), strict=True)
-    return sum(jnp.sum(a ^ b, dtype=jnp.int32) for (_, a), (_, b) in pairs)
+    """Prunable positions where the masks differ: ``|a XOR b|``.
+
+    Raises:
+      ValueError: masks that are not bool, or leaves of different shapes
+        (never broadcast), naming the leaf (:func:`check`).
+    """
+    return sum(jnp.sum(a ^ b, dtype=jnp.int32) for a, b in _pairs(masks_a, masks_b, selection))
 
 
 def iou(masks_a: PyTree, masks_b: PyTree, selection: PyTree) -> jax.Array:
     """Intersection over union of the kept prunable weights (1 when both are empty).
 
+    Raises:
+      ValueError: masks that are not bool, or leaves of different shapes
+        (never broadcast), naming the leaf (:func:`check`).
+
     Example:
         >>> iou(masks, masks, prunable(params))
         Array(1., dtype=float32)
     """
-    pairs = list(zip(_selected(masks_a, selection), _selected(masks_b, selection), strict=True))
-    inter = sum(jnp.sum(a & b, dtype=jnp.int32) for (_, a), (_, b) in pairs)
-    union = sum(jnp.sum(a | b, dtype=jnp.int32) for (_, a), (_, b) in pairs)
+    pairs = _pairs(masks_a, masks_b, selection)
+    inter = sum(jnp.sum(a & b, dtype=jnp.int32) for a, b in pairs)
+    union = sum(jnp.sum(a | b, dtype=jnp.int32) for a, b in pairs)
     return jnp.where(union > 0, inter / jnp.maximum(union, 1), 1.0).astype(jnp.float32)

@@ -97,6 +97,29 @@ def _check_fraction(fraction: float, name: str = "fraction") -> fractions.Fracti
     return fractions.Fraction(value).limit_denominator(10_000)
 
 
+def _check_density(density: Any) -> float:
+    """A kept share in (0, 1] as a float; Python, NumPy and concrete JAX real scalars accepted."""
+    value = None
+    if not isinstance(density, bool | np.bool_ | str) and np.ndim(density) == 0:
+        try:
+            value = float(density)
+        except (TypeError, ValueError, jax.errors.ConcretizationTypeError):
+            value = None
+    if value is None or not 0.0 < value <= 1.0:
+        raise ValueError(f"density must be a number in (0, 1] (a real scalar: the kept share), "
+                         f"got {density!r}")
+    return value
+
+
+def _check_scores(scores: PyTree, prunable: PyTree) -> None:
+    """No NaN in the ranked (prunable) leaves: NaN has no rank, pruning would go by position.
+
+    ``-inf`` / ``+inf`` are ordered and allowed (SynFlow's log scores of zero
+    and their inversion). Skipped on tracers.
+    """
+    tree.check_finite(scores, name="scores", allow_inf=True, selection=prunable)
+
+
 def _ceil_fraction(count: jax.Array, rate: fractions.Fraction) -> jax.Array:
     """Exact ``ceil(rate * count)`` in int32 (no overflow for counts < 2^31 / 10^4 * q)."""
     p, q = rate.numerator, rate.denominator
@@ -212,18 +235,23 @@ def prune(
     Returns:
       New masks; leaves outside ``prunable`` are returned unchanged.
 
+    Raises:
+      ValueError: masks not bool or not of the scores' shapes, NaN scores in
+        a prunable leaf (named; checked when concrete), a bad fraction or scope.
+
     Example:
         >>> masks = prune(magnitude_scores(params), masks, selection, fraction=0.2,
         ...               scope="layerwise", layer_rates={"Dense_2": 0.1})
     """
     rate = _check_fraction(fraction)
-    masking.check(masks, scores)  # same structure and shapes, bool leaves
+    masking.check(masks, scores, reference_name="scores")  # structure, shapes, bool leaves
     names = tree.names(masks)
     score_leaves = jax.tree.leaves(scores)
     mask_leaves, treedef = jax.tree.flatten(masks)
     selected = jax.tree.leaves(prunable)
     if len(selected) != len(mask_leaves):
         raise ValueError("prunable must have the structure of masks (masking.prunable(params))")
+    _check_scores(scores, prunable)
     out = list(mask_leaves)
     for indices, group_rate in _groups(names, selected, scope=scope, fraction=rate,
                                        layer_rates=layer_rates):
@@ -247,14 +275,15 @@ def prune_to_density(
     ``masks`` (default all-True) are the masks to prune further.
 
     Raises:
-      ValueError: ``density`` outside (0, 1], or (with concrete masks) a target
-        that keeps more weights than ``masks`` still have.
+      ValueError: ``density`` not a real scalar in (0, 1] (Python, NumPy or
+        concrete JAX), NaN scores in a prunable leaf (named; ``-inf`` and
+        ``+inf`` rank as lowest and highest), or (with concrete masks) a
+        target that keeps more weights than ``masks`` still have.
 
     Example:
         >>> oneshot = prune_to_density(magnitude_scores(trained), selection, density=0.035)
     """
-    if not (isinstance(density, (int, float)) and 0.0 < density <= 1.0):
-        raise ValueError(f"density must be a number in (0, 1], got {density!r}")
+    density = _check_density(density)
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
     masks = masking.ones_like(scores) if masks is None else masks
@@ -262,6 +291,9 @@ def prune_to_density(
     mask_leaves, treedef = jax.tree.flatten(masks)
     score_leaves = jax.tree.leaves(scores)
     selected = jax.tree.leaves(prunable)
+    if len(selected) != len(mask_leaves):
+        raise ValueError("prunable must have the structure of scores (masking.prunable(params))")
+    _check_scores(scores, prunable)
     indices = [i for i, s in enumerate(selected) if s]
     groups = [indices] if scope == "global" else [[i] for i in indices]
     out = list(mask_leaves)
@@ -291,6 +323,10 @@ def prune_to_match(
     ``'global'`` only the total count is matched. Pruning starts from
     all-True masks; leaves outside ``prunable`` come from ``like_masks``.
 
+    Raises:
+      ValueError: ``like_masks`` not of the scores' structure and shapes, NaN
+        scores in a prunable leaf (named; checked when concrete), a bad scope.
+
     Example:
         >>> oneshot = prune_to_match(magnitude_scores(trained), ticket, selection, scope="global")
     """
@@ -299,6 +335,9 @@ def prune_to_match(
     tree.check_same_structure(like_masks, scores, name="like_masks", reference_name="scores")
     mask_leaves, treedef = jax.tree.flatten(like_masks)
     score_leaves = jax.tree.leaves(scores)
+    if len(jax.tree.leaves(prunable)) != len(mask_leaves):
+        raise ValueError("prunable must have the structure of scores (masking.prunable(params))")
+    _check_scores(scores, prunable)
     indices = [i for i, s in enumerate(jax.tree.leaves(prunable)) if s]
     groups = [indices] if scope == "global" else [[i] for i in indices]
     out = list(mask_leaves)

@@ -54,6 +54,21 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     distributed.write(f"write {path}", write)
 
 
+def save_npy(path: str | os.PathLike, array: Any) -> None:
+    """Write ``array`` as a ``.npy`` file, atomically (tmp file, then rename)."""
+    import numpy as np
+
+    path = pathlib.Path(path)
+
+    def write() -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npy")
+        np.save(tmp, np.asarray(array))
+        os.replace(tmp, path)
+
+    distributed.write(f"write {path}", write)
+
+
 def read_json(path: str | os.PathLike) -> Any:
     """Read a JSON file."""
     return json.loads(pathlib.Path(path).read_text())

@@ -58,7 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ltjax import masking, reparam, rng, tree
+from ltjax import interpolation, masking, reparam, rng, tree
 
 PyTree = Any
 
@@ -143,6 +143,23 @@ def _check_points(trainable: PyTree, names: tuple[str, ...]) -> None:
         got = sorted(trainable) if isinstance(trainable, dict) else type(trainable).__name__
         raise ValueError(f"trainable must be a subspace's trainable tree with keys "
                          f"{list(names)}; got {got}")
+    for name in names[1:]:  # shapes are static: also checked when traced
+        tree.check_same_structure(trainable[name], trainable[names[0]],
+                                  name=f"trainable['{name}']",
+                                  reference_name=f"trainable['{names[0]}']")
+
+
+def _check_point_alpha(kind: str, alpha: Any, name: str = "alpha") -> None:
+    """A line's or curve's alpha in [0, 1]; a simplex's vertex weights in [0, 1] summing to 1.
+
+    Values only, so skipped on tracers (:func:`ltjax.interpolation.check_alpha`).
+    """
+    interpolation.check_alpha(alpha, name)
+    if kind == "simplex" and not isinstance(alpha, jax.core.Tracer):
+        sums = np.sum(np.asarray(alpha, np.float64), axis=-1)
+        if np.any(np.abs(sums - 1.0) > 1e-5):
+            raise ValueError(f"{name} of a simplex must be vertex weights summing to 1, got "
+                             f"sums {np.atleast_1d(sums).tolist()}")
 
 
 def _mix(trainable: PyTree, names: tuple[str, ...], leaf_coefficients: list[jax.Array]) -> PyTree:
@@ -173,6 +190,13 @@ def subspace_point(trainable: PyTree, alpha: Any, *, kind: str,
       The params at that point: ``alpha = 0`` gives ``point_0`` and ``alpha = 1``
       gives ``point_1`` exactly.
 
+    Raises:
+      ValueError: points whose structure or shapes differ from ``point_0``'s
+        (naming the leaf; never broadcast), an alpha outside [0, 1] or NaN (no
+        extrapolation; :func:`ltjax.interpolation.check_alpha`), simplex
+        weights not summing to 1. Alpha values are checked only when concrete
+        (:func:`point_params` checks them before it vmaps).
+
     Example:
         >>> mid = subspace_point(one_member_params, 0.5, kind="line")
     """
@@ -180,6 +204,7 @@ def subspace_point(trainable: PyTree, alpha: Any, *, kind: str,
         num_points = len(trainable)
     names = point_names(kind, num_points)
     _check_points(trainable, names)
+    _check_point_alpha(kind, alpha)
     coeffs = coefficients(kind, alpha)
     if coeffs.shape != (len(names),):
         raise ValueError(f"alpha must give {len(names)} coefficients for a {kind}, got an alpha "
@@ -356,4 +381,5 @@ def point_params(trainable: PyTree, alphas: Any, *, kind: str) -> PyTree:
         >>> stacked = point_params(one, jnp.linspace(0, 1, 11), kind="line")
         >>> executor.evaluate_params(stacked, stats, "test")
     """
+    _check_point_alpha(kind, alphas, "alphas")
     return jax.vmap(lambda a: subspace_point(trainable, a, kind=kind))(jnp.asarray(alphas))

@@ -63,7 +63,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ltjax import reparam, supermasks
+from ltjax import reparam, supermasks, tree
 
 PyTree = Any
 
@@ -242,6 +242,21 @@ def task_supermask(prunable: PyTree, *, kind: str = "threshold",
     return reparam.Reparam(name=name, init=base.init, apply=apply, labels=base.labels)
 
 
+def _check_task_masks(weights: PyTree, masks: PyTree) -> int:
+    """The task count ``T`` of masks stacked ``[T, ...]`` over ``weights``' leaves (checked)."""
+    tree.check_same_structure(masks, weights, name="masks", reference_name="weights",
+                              leading_axes=1)
+    names, leaves = tree.names(masks), jax.tree.leaves(masks)
+    if not leaves:
+        raise ValueError("masks must have at least one leaf")
+    num_tasks = int(jnp.shape(leaves[0])[0])
+    for name, leaf in zip(names, leaves, strict=True):
+        if jnp.shape(leaf)[0] != num_tasks:
+            raise ValueError(f"masks['{name}'] has {jnp.shape(leaf)[0]} tasks (leading axis) "
+                             f"but masks['{names[0]}'] has {num_tasks}")
+    return num_tasks
+
+
 def superpose(weights: PyTree, masks: PyTree, alphas: jax.Array, *, prunable: PyTree) -> PyTree:
     """``W * sum_i alpha_i M_i`` on prunable leaves; other leaves of ``weights`` unchanged.
 
@@ -251,10 +266,20 @@ def superpose(weights: PyTree, masks: PyTree, alphas: jax.Array, *, prunable: Py
       alphas: ``[T]`` task coefficients.
       prunable: static bools of the masked leaves.
 
+    Raises:
+      ValueError: a mask leaf that is not ``[T, *weight.shape]`` (never
+        broadcast), leaves with different ``T``, or ``alphas`` not ``[T]``.
+        Shapes only (static): also checked under ``jit`` / ``grad``.
+
     Example:
         >>> params_of_task_2 = superpose(weights, masks, jax.nn.one_hot(2, num_tasks),
         ...                              prunable=selection)
     """
+    num_tasks = _check_task_masks(weights, masks)
+    if tuple(jnp.shape(alphas)) != (num_tasks,):
+        raise ValueError(f"alphas must have shape ({num_tasks},), one per task of masks, "
+                         f"got {tuple(jnp.shape(alphas))}")
+
     def one(w: jax.Array, m: jax.Array, f: bool) -> jax.Array:
         if not f:
             return w

@@ -1,5 +1,7 @@
 """The pruning-at-init study: members, masks against NumPy oracles, ablations, resume, bad input."""
 
+import shutil
+
 import jax
 import numpy as np
 import pytest
@@ -168,12 +170,12 @@ def test_imp_tickets_come_from_the_imp_workdir_level_nearest_each_density(study,
                 if r["replicate"] == "0"]
     level_density = {int(r["level"]): float(r["density"]) for r in imp_rows}
 
-    pai = _config(methods=("imp",), ablations=("none", "reinit"), densities=(0.8, 0.5),
+    pai = _config(methods=("imp",), ablations=("none", "reinit"), densities=(0.8, 0.7),
                   imp_workdir=str(tmp_path / "imp"))
     prune_at_init.run_prune_at_init(pai, tmp_path / "pai", progress=False)
     rows = [r for r in results.read_csv(tmp_path / "pai" / "results.csv")
             if r["method"] == "imp" and r["replicate"] not in ("mean", "std")]
-    for r in rows:  # 0.8 -> level 1 (80 %), 0.5 -> level 2 (64 %, nearer in log scale)
+    for r in rows:  # 0.8 -> level 1 (80 %), 0.7 -> level 2 (64 %, nearer in log scale)
         level = 1 if float(r["density"]) == 0.8 else 2
         assert float(r["kept_density"]) == pytest.approx(level_density[level], abs=1e-7)
 
@@ -182,13 +184,30 @@ def test_imp_tickets_come_from_the_imp_workdir_level_nearest_each_density(study,
         _, imp_masks, _ = ckpt.restore(ckpt.steps()[-1], like_state=None, like_masks=like)
     masks, members = _member_masks(tmp_path / "pai", _member_params(pai), len(members_of(pai)))
     for m, tag in enumerate(members):
-        if tag["density"] == 0.5:
+        if tag["target_density"] == 0.7:
             for a, b in zip(jax.tree.leaves(masks), jax.tree.leaves(imp_masks), strict=True):
                 np.testing.assert_array_equal(np.asarray(a[m]), np.asarray(b[tag["replicate"]]))
 
     other = _config(methods=("imp",), imp_workdir=str(tmp_path / "imp"), seed=5)
     with pytest.raises(ValueError, match="differs in"):
         prune_at_init.run_prune_at_init(other, tmp_path / "other", progress=False)
+
+    # 0.1 is far below the run's last level (64 %): refused, not trained as 64 %.
+    far = _config(methods=("imp",), densities=(0.1,), imp_workdir=str(tmp_path / "imp"))
+    with pytest.raises(ValueError, match="more than half a pruning step away"):
+        prune_at_init.run_prune_at_init(far, tmp_path / "far", progress=False)
+    # A half-finished IMP run (its last level missing, or short of the end) is refused
+    # before the workdir is written.
+    shutil.copytree(tmp_path / "imp", tmp_path / "half")
+    level_2 = tmp_path / "half" / "checkpoints" / "level_02"
+    last = max(int(p.name) for p in level_2.iterdir() if p.name.isdigit())
+    shutil.rmtree(level_2 / str(last))
+    half = _config(methods=("imp",), densities=(0.8,), imp_workdir=str(tmp_path / "half"))
+    for _ in range(2):
+        with pytest.raises(ValueError, match="has not finished: level 2 of 2"):
+            prune_at_init.run_prune_at_init(half, tmp_path / "pai_half", progress=False)
+        assert not (tmp_path / "pai_half").exists()
+        shutil.rmtree(level_2, ignore_errors=True)  # then missing altogether
 
 
 def _member_params(config):

@@ -127,13 +127,13 @@ def test_study_trains_scores_only_with_exact_masks_and_reruns(tmp_path):
         h = x
         for layer in ("Dense_0", "Dense_1", "Dense_2"):
             s = np.asarray(scores[layer]["kernel"])
-            kept = int(np.ceil(round(tag["density"] * s.size, 6)))
+            kept = int(np.ceil(round(tag["target_density"] * s.size, 6)))
             mask = _np_top_k(np.abs(s), kept)
             assert mask.sum() == kept
             h = h @ np.where(mask, np.asarray(weights[layer]["kernel"], np.float64), 0.0)
             if layer != "Dense_2":
                 h = np.maximum(h, 0)
-        (row,) = [r for r in rows if float(r["density"]) == tag["density"]
+        (row,) = [r for r in rows if float(r["density"]) == tag["target_density"]
                   and r["weight_init"] == tag["weight_init"]
                   and int(r["replicate"]) == tag["replicate"]]
         accuracy = np.mean(h.argmax(1) == np.asarray(dataset.test.y))
@@ -503,7 +503,7 @@ def test_learned_study_rows_are_the_checkpointed_networks(tmp_path, method):
         for layer in ("Dense_0", "Dense_1", "Dense_2"):
             if method == "dnw":
                 w = np.asarray(final.params[layer]["kernel"][m], np.float64)
-                keep = _np_top_k(np.abs(w), int(np.ceil(round(tag["density"] * w.size, 6))))
+                keep = _np_top_k(np.abs(w), int(np.ceil(round(tag["target_density"] * w.size, 6))))
             else:
                 w0 = np.asarray(start.frozen["weights"][layer]["kernel"][m], np.float64)
                 w = np.asarray(final.frozen["weights"][layer]["kernel"][m], np.float64)
@@ -519,7 +519,7 @@ def test_learned_study_rows_are_the_checkpointed_networks(tmp_path, method):
                 h = np.maximum(h, 0)
         (row,) = [r for r in rows if r["weight_init"] == tag["weight_init"]
                   and int(r["replicate"]) == tag["replicate"]
-                  and (method == "bernoulli" or float(r["density"]) == tag["density"])]
+                  and (method == "bernoulli" or float(r["density"]) == tag["target_density"])]
         if method == "bernoulli":
             assert float(row["density"]) == pytest.approx(kept_all / size_all)
         accuracy = np.mean(h.argmax(1) == np.asarray(dataset.test.y))

@@ -35,6 +35,7 @@ ARMS = ("full", "batchnorm", "batchnorm_output", "output", "random")
 THRESHOLDS = (0.01, 0.05)
 
 
+@common.study_entry
 def run_bn_only(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Train every arm; write ``results.csv`` and ``plots/gamma.png``; resumable.
 

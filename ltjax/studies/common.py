@@ -10,6 +10,7 @@ import logging
 import os
 import pathlib
 import re
+import shutil
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -49,24 +50,35 @@ def prepare_workdir(workdir: str | pathlib.Path, config: Any) -> pathlib.Path:
     """Create ``workdir`` and write ``config.json``; refuse a workdir of another config.
 
     A workdir whose run saved no checkpoint yet (killed while compiling, or
-    refused later) holds nothing to lose: it takes the new config, and the
-    metrics and warnings the abandoned run logged are removed.
+    refused later) holds nothing to lose: it takes the new config. Rerun with
+    the same config, the metrics and warnings the abandoned run logged are
+    removed; given another config, every file and folder of the old run is
+    removed (only ``config.json`` and the lock stay), so nothing computed under
+    the old config is read back under the new one.
 
     Raises:
       ValueError: the workdir holds checkpoints of a run whose ``config.json``
-        differs from ``config`` (the message lists the differing keys).
+        differs from ``config`` (the message lists the differing keys), or
+        ``workdir`` is a file, or its ``config.json`` does not read.
+      WorkdirBusyError: another process runs on ``workdir`` (:func:`lock_workdir`).
     """
     workdir = pathlib.Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise ValueError(f"workdir {str(workdir)!r} is a file, not a folder; pass a folder")
     workdir.mkdir(parents=True, exist_ok=True)
+    lock_workdir(workdir)
     path = workdir / "config.json"
     current = to_dict(config)
-    if path.exists() and not has_checkpoints(workdir):
+    saved = _read_config(path) if path.exists() else None
+    if saved is not None and not has_checkpoints(workdir):
+        stale = ([p for p in workdir.iterdir() if p.name not in ("config.json", LOCK_NAME)]
+                 if saved != current else
+                 [workdir / name for name in ("metrics.jsonl", "warnings.jsonl")])
         distributed.write(f"clear {workdir}", lambda: [
-            (workdir / name).unlink(missing_ok=True) for name in ("metrics.jsonl",
-                                                                  "warnings.jsonl")])
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+            for p in stale])
         results.write_json(path, current)
-    elif path.exists():
-        saved = results.read_json(path)
+    elif saved is not None:
         if saved != current:
             keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
             raise ValueError(
@@ -76,6 +88,82 @@ def prepare_workdir(workdir: str | pathlib.Path, config: Any) -> pathlib.Path:
     else:
         results.write_json(path, current)
     return workdir
+
+
+def _read_config(path: pathlib.Path) -> dict:
+    """A workdir's ``config.json``; a clear error naming it when it does not read."""
+    try:
+        return results.read_json(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} does not read as JSON ({err}); it was damaged or "
+                         "truncated: restore it, or use a new --workdir") from None
+
+
+LOCK_NAME = ".lock"
+_HELD_LOCKS: dict[pathlib.Path, Any] = {}  # workdir -> the open, flock-ed lock file
+
+
+class WorkdirBusyError(RuntimeError):
+    """Another process holds the workdir's lock (a second run on the same workdir)."""
+
+
+def lock_workdir(workdir: str | pathlib.Path) -> None:
+    """Take ``workdir``'s exclusive lock for this process (an OS file lock on ``.lock``).
+
+    The lock is released by :func:`release_workdir_locks` (every study entry
+    does it when it returns, see :func:`study_entry`) or by the OS when the
+    process exits or dies, so a killed run never leaves a stale lock. Taking
+    a lock this process holds already does nothing; in a multi-process run only
+    the writer (process 0) takes it.
+
+    Raises:
+      WorkdirBusyError: another process holds it (the message names its pid,
+        host and start time).
+    """
+    import fcntl
+    import socket
+    import time
+
+    key = pathlib.Path(workdir).resolve()
+    if key in _HELD_LOCKS or not distributed.is_writer():
+        return
+    handle = (key / LOCK_NAME).open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise WorkdirBusyError(
+            f"workdir {str(workdir)!r} is in use by {holder}; wait for that run to end (or "
+            "stop it), or use another --workdir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    handle.flush()
+    _HELD_LOCKS[key] = handle
+
+
+def release_workdir_locks(keep: Sequence[pathlib.Path] = ()) -> None:
+    """Release the workdir locks this process holds, but those in ``keep``."""
+    for key in [k for k in _HELD_LOCKS if k not in keep]:
+        _HELD_LOCKS.pop(key).close()  # closing the file releases its flock
+
+
+def study_entry(run_fn: Callable) -> Callable:
+    """Decorate a ``run_<study>(config, workdir, ...)``: the workdirs it locked are released
+    when it returns or raises (those its caller held stay held)."""
+
+    @functools.wraps(run_fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        held = list(_HELD_LOCKS)
+        try:
+            return run_fn(*args, **kwargs)
+        finally:
+            release_workdir_locks(keep=held)
+
+    return run
 
 
 def has_checkpoints(workdir: str | pathlib.Path) -> bool:
@@ -279,6 +367,7 @@ def say(message: str, progress: bool = True) -> None:
 #: A member's evaluation loss above this factor times its loss at the segment's start (or
 #: times 1, whichever is larger) is flagged as divergence (:func:`diverged`).
 DIVERGENCE_FACTOR = 100.0
+RECORD_FIELDS = ("step", "split", "loss", "accuracy", "density")  # what a segment's record adds
 
 
 def diverged(start_loss: Any, loss: Any, *, factor: float = DIVERGENCE_FACTOR) -> np.ndarray:
@@ -422,6 +511,10 @@ def train_segment(
     if len(member_tags) != num:
         raise ValueError(f"member_tags must have one dict per member ({num}), got "
                          f"{len(member_tags)}")
+    reserved = sorted(set(RECORD_FIELDS) & ({*tags} | {k for m in member_tags for k in m}))
+    if reserved:  # a tag the record overwrites would never match its own records on resume
+        raise ValueError(f"tags and member_tags may not use the record's own fields "
+                         f"{reserved} (name them e.g. 'target_{reserved[0]}')")
 
     def mine(record: dict) -> bool:
         return all(record.get(k) == v for k, v in tags.items()) and any(
@@ -480,8 +573,18 @@ def train_segment(
                 "config); move the folder aside or use a new workdir")
         step = start
         if found is not None:
-            step, state, _, saved = found
+            step, state, saved_masks, saved = found
             _check_saved(ckpt, saved, fingerprint, member_tags)
+            if step > end:
+                raise ValueError(
+                    f"{ckpt.directory} holds step {step}, beyond this segment's end {end}: "
+                    "the workdir's files disagree (was a log deleted or another run's folder "
+                    "copied in?); use a new workdir")
+            if masks is not None and checkpoint.checksum(saved_masks) != checkpoint.checksum(
+                    masks):
+                raise ValueError(
+                    f"{ckpt.directory} holds step {step} trained with other masks than this "
+                    "run gives the segment (the workdir's files disagree); use a new workdir")
         log.keep_only(lambda r, s=step, f=found: not mine(r) or (f is not None and r["step"] <= s))
         if observer is not None:
             observer.drop_after(step if found is not None else start - 1, mine)
@@ -526,6 +629,22 @@ def train_segment(
         if start == end and found is None:
             ckpt.save(step, state=state, masks=masks, meta=meta(step))
     return state
+
+
+def member_tags_of(rows: list[dict]) -> list[dict]:
+    """Table rows' identifying fields as :func:`train_segment` member tags.
+
+    A row's field named like one a record writes itself (:data:`RECORD_FIELDS`,
+    e.g. the target ``density`` of a grid, where the record logs the kept
+    density) becomes ``target_<field>``, so the segment recognises its own
+    records exactly on resume.
+
+    Example:
+        >>> member_tags_of([{"density": 0.1, "replicate": 0}])
+        [{'target_density': 0.1, 'replicate': 0}]
+    """
+    return [{f"target_{k}" if k in RECORD_FIELDS else k: v for k, v in row.items()}
+            for row in rows]
 
 
 def _check_saved(ckpt: checkpoint.Checkpointer, saved: dict, fingerprint: str | None,
@@ -736,6 +855,41 @@ def _member_rows(step: int, stacked: dict, tags: dict, member_tags: list[dict]) 
 
     return [{**tags, **member, **row} for m, member in enumerate(member_tags)
             for row in telemetry.rows_of(step, jax.tree.map(lambda v, m=m: v[m], stacked))]
+
+
+def computed_once(workdir: str | pathlib.Path, name: str, compute_fn: Callable[[], Any], *,
+                  like: Any) -> Any:
+    """Arrays a study computes once and must not recompute on resume (e.g. example scores).
+
+    Stored as checkpoint step 0 of ``<workdir>/checkpoints/<name>``, with the
+    workdir's config fingerprint and checksums (:mod:`ltjax.checkpoint`), so
+    a rerun restores exactly what this config computed: a file of another
+    config, or a damaged one, is never read back (damage is moved aside and
+    the arrays recomputed).
+
+    Args:
+      workdir: the study's workdir (already prepared: its ``config.json`` exists).
+      name: the checkpoint folder's name.
+      compute_fn: computes the arrays (a pytree of host or device arrays).
+      like: a pytree of ``jax.ShapeDtypeStruct`` (or arrays) shaped as the result.
+
+    Returns:
+      The arrays, as host NumPy arrays.
+
+    Example:
+        >>> scores = computed_once(workdir, "scores", lambda: score_fn(state),
+        ...                        like=jax.ShapeDtypeStruct((n,), np.float32))
+    """
+    fingerprint = config_fingerprint(workdir)
+    with checkpoint.Checkpointer(pathlib.Path(workdir) / "checkpoints" / name) as ckpt:
+        found = ckpt.restore_latest(like_state=like)
+        if found is not None:
+            _, arrays, _, saved = found
+            _check_saved(ckpt, saved, fingerprint, [])
+            return jax.tree.map(np.asarray, jax.device_get(arrays))
+        arrays = jax.tree.map(np.asarray, jax.device_get(compute_fn()))
+        ckpt.save(0, state=arrays, meta={"config": fingerprint, "members": []})
+    return arrays
 
 
 def config_fingerprint(workdir: str | pathlib.Path) -> str | None:

@@ -81,6 +81,7 @@ def with_label_noise(dataset: data.Dataset, *, share: float, seed: int) -> tuple
     return dataclasses.replace(dataset, train=train_split), corrupted
 
 
+@common.study_entry
 def run_data_diet(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Score, prune and retrain for ``config.num_replicates`` replicates; resumable.
 
@@ -138,10 +139,7 @@ def run_data_diet(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
                                     progress=progress)
 
     # 1. Scores: score_seeds dense runs to score_step, averaged.
-    scores_path = workdir / "scores.npy"
-    if scores_path.exists():
-        scores = np.load(scores_path)
-    else:
+    def compute_scores() -> np.ndarray:
         score_keys = rng.stream(rng.replicate_keys(config.seed, config.score_seeds), "score")
         s_init, s_noise = rng.init_and_noise(score_keys)
         state = executor.init(s_init)
@@ -150,10 +148,11 @@ def run_data_diet(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
                             end=score_step, ckpt_dir=workdir / "checkpoints" / "score",
                             tags={"branch": "score"}, densities=np.ones(config.score_seeds),
                             desc=f"score runs to step {score_step}")
-        scores = _scores(config.score, executor, state, dataset)
-        tmp = scores_path.with_suffix(".tmp.npy")
-        np.save(tmp, scores)
-        tmp.replace(scores_path)
+        return _scores(config.score, executor, state, dataset)
+
+    scores = common.computed_once(workdir, "scores", compute_scores,
+                                  like=jax.ShapeDtypeStruct((n,), np.float32))
+    results.save_npy(workdir / "scores.npy", scores)
     norms = data_diet.input_norms(dataset.train.x, dataset.mean, dataset.std)
     np.savez(workdir / "scores.npz", scores=scores, labels=np.asarray(dataset.train.y),
              corrupted=corrupted, input_norm=norms)

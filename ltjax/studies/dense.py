@@ -27,6 +27,7 @@ def eval_splits(config: Any, dataset) -> list[str]:
     return splits
 
 
+@common.study_entry
 def run_train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Train ``config.num_replicates`` seeds densely; write metrics, plots, checkpoints.
 

@@ -47,6 +47,7 @@ def _check_config(config: Any) -> tuple[float, ...]:
     return ratios
 
 
+@common.study_entry
 def run_early_bird(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Search, detect and retrain Early-Bird tickets; write tables and a plot; resumable.
 

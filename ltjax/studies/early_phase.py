@@ -156,6 +156,7 @@ def _imp_config(config: Any) -> Any:
     return imp_config
 
 
+@common.study_entry
 def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Train every perturbation at every k; write tables and a plot; resumable.
 
@@ -193,7 +194,9 @@ def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool 
         if not imp_workdir:  # its own IMP run, checked before this workdir is written
             imp.check_config(_imp_config(config), dataset)
         else:
-            stability.check_imp_compatible(config, imp_workdir)
+            # its recipe and length, and a ticket rewound to 0 as the study's own IMP run
+            stability.check_imp_compatible(config, imp_workdir, dataset=dataset,
+                                           rewind_step=0)
             folder = pathlib.Path(imp_workdir) / "checkpoints" / f"level_{config.imp_level:02d}"
             if not folder.is_dir():
                 raise ValueError(f"config.imp_level={config.imp_level} does not exist in "

@@ -429,6 +429,7 @@ def check_pruning(config: Any, dataset: Any) -> None:
         fraction=p.fraction, scope=p.scope, layer_rates=layer_rates), abstract)
 
 
+@common.study_entry
 def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Run IMP and its controls for ``config.num_replicates`` replicates; resumable.
 

@@ -116,6 +116,7 @@ def _split_masks(config: Any, executor: Any, keys: jax.Array, split: str, split_
     return masks
 
 
+@common.study_entry
 def run_knowledge_evolution(config: Any, workdir: str | pathlib.Path, *,
                             progress: bool = True) -> dict:
     """Run ``config.generations`` generations of Knowledge Evolution; resumable.

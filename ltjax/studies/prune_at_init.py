@@ -116,28 +116,38 @@ def _loss(model: Any, params: Any, batch_stats: Any, x: jax.Array, y: jax.Array,
 
 def _imp_level_masks(config: Any, densities: tuple[float, ...], like_masks: Any,
                      selection: Any) -> dict[float, Any]:
-    """Per target density: the masks ``[S]`` of the IMP level nearest to it (log scale)."""
-    stability.check_imp_compatible(config, config.imp_workdir)
+    """Per target density: the masks ``[S]`` of the IMP level nearest to it (log scale).
+
+    The IMP run must be finished (:func:`ltjax.studies.stability.check_imp_finished`,
+    checked before the workdir is written). Its levels' densities are a grid of
+    ratio about ``1 - fraction``; a target density farther from its nearest level
+    than half the grid's largest step (in log density) is refused, so no row
+    trains a ticket of another density than it names.
+
+    Raises:
+      ValueError: a target density has no IMP level within that tolerance.
+    """
     root = pathlib.Path(config.imp_workdir) / "checkpoints"
     levels = sorted(int(p.name.split("_")[1]) for p in root.glob("level_*"))
-    found = []
-    for level in levels:
-        try:
-            masks = stability.load_imp_masks(config.imp_workdir, level, like_masks)
-        except ValueError as err:
-            if "no checkpoint" in str(err):
-                continue  # an unfinished level
-            raise
-        found.append((float(masking.density(jax.tree.map(lambda x: x[0], masks), selection)),
-                      masks))
-    if not found:
-        raise ValueError(f"imp_workdir={config.imp_workdir!r} has no finished IMP level")
+    found = [(float(masking.density(jax.tree.map(lambda x: x[0], masks), selection)), masks)
+             for masks in (stability.load_imp_masks(config.imp_workdir, level, like_masks)
+                           for level in levels)]
+    logs = np.log([f[0] for f in found])
+    tolerance = (np.abs(np.diff(logs)).max() / 2 if len(found) > 1 else 0.0) + 1e-6
     out = {}
     for d in densities:
-        out[d] = min(found, key=lambda f: abs(np.log(f[0]) - np.log(d)))[1]
+        distance, index = min((abs(log_d - np.log(d)), i) for i, log_d in enumerate(logs))
+        if distance > tolerance:
+            raise ValueError(
+                f"config.densities has {d:g}, but the IMP run in "
+                f"imp_workdir={config.imp_workdir!r} has levels at densities "
+                f"{[round(f[0], 4) for f in found]}: the nearest ({found[index][0]:.4g}) is "
+                f"more than half a pruning step away; run IMP to more levels or drop {d:g}")
+        out[d] = found[index][1]
     return out
 
 
+@common.study_entry
 def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
                       progress: bool = True) -> dict:
     """Prune at initialisation by every method, ablate the masks, train them; resumable.
@@ -169,6 +179,9 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
         if config.score_examples > len(dataset.train):
             raise ValueError(f"config.score_examples={config.score_examples} is more than the "
                              f"{len(dataset.train)} training examples")
+        if "imp" in methods:  # the IMP run's inits and levels, before the workdir
+            stability.check_imp_compatible(config, config.imp_workdir)
+            stability.check_imp_finished(config.imp_workdir, dataset)
 
     workdir, dataset, _, executor = common.setup(config, workdir, check=check, progress=progress)
     per_epoch = executor.steps_per_epoch
@@ -193,7 +206,8 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
     # The dense net: the one-shot ticket's source, and the reference accuracy.
     dense = segment(executor, state=state0, masks=None, noise_keys=noise_keys,
                     ckpt_dir=workdir / "checkpoints" / "dense",
-                    tags={"method": "dense", "density": 1.0, "ablation": "none"},
+                    tags=common.member_tags_of([{"method": "dense", "density": 1.0,
+                                                 "ablation": "none"}])[0],
                     densities=np.ones(num), desc=f"dense x{num}")
     dense_eval = executor.evaluate(dense, "test")
     rows += [{"method": "dense", "density": 1.0, "ablation": "none", "replicate": r,
@@ -286,7 +300,8 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
     kept = np.asarray(jax.vmap(lambda m: masking.density(m, selection))(stacked_masks))
     final = segment(executor, state=executor.shard(members), masks=stacked_masks,
                     noise_keys=noise_keys[replicate_of], ckpt_dir=workdir / "checkpoints" /
-                    "pruned", tags={}, member_tags=member_tags, densities=kept,
+                    "pruned", tags={}, member_tags=common.member_tags_of(member_tags),
+                    densities=kept,
                     desc=f"{len(member_tags)} pruned members")
     metrics = executor.evaluate(final, "test", stacked_masks)
     rows += [{**tag, "kept_density": float(kept[m]),

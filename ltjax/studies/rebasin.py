@@ -254,6 +254,7 @@ def _load_or_match(config, executor, spec, a, b, *, path: pathlib.Path) -> dict:
     return {"perms": result.perms, "objective": result.objective, "seconds": seconds}
 
 
+@common.study_entry
 def run_rebasin(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Train, match, interpolate (and sparse re-basin); resumable. See the module docstring.
 

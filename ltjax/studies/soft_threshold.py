@@ -49,6 +49,7 @@ def _check_config(config: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return s_inits, decays
 
 
+@common.study_entry
 def run_str(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Train STR on the grid and the baselines; write tables and a plot; resumable.
 

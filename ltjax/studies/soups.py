@@ -238,6 +238,7 @@ def _check_config(config: Any, dataset: data.Dataset, abstract_params: Any) -> N
 # --------------------------------------------------------------------------- the study
 
 
+@common.study_entry
 def run_soups(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Run the soups / WiSE-FT study; resumable. See the module docstring.
 

@@ -81,6 +81,31 @@ def check_imp_level(imp_workdir: str | pathlib.Path, level: int) -> pathlib.Path
     return folder
 
 
+def check_imp_finished(imp_workdir: str | pathlib.Path, dataset: Any) -> None:
+    """Raise ``ValueError`` unless every level of the IMP run in ``imp_workdir`` finished.
+
+    A finished level's checkpoint folder holds the step at the end of training
+    (``training_steps`` of the IMP run's config, on ``dataset``); a run killed
+    in the middle has levels missing or short, and its masks would stand in for
+    the levels it never reached.
+    """
+    theirs = results.read_json(pathlib.Path(imp_workdir) / "config.json")
+    end = common.steps(theirs["training_steps"],
+                       len(dataset.train) // theirs["recipe"]["batch_size"])
+    for level in range(int(theirs.get("levels", 0)) + 1):
+        folder = pathlib.Path(imp_workdir) / "checkpoints" / f"level_{level:02d}"
+        last = None
+        if folder.is_dir():
+            with checkpoint.Checkpointer(folder) as ckpt:
+                last = ckpt.steps()[-1] if ckpt.steps() else None
+        if last != end:
+            raise ValueError(
+                f"the IMP run in imp_workdir={str(imp_workdir)!r} has not finished: level "
+                f"{level} of {theirs.get('levels', 0)} is "
+                + ("missing" if last is None else f"at step {last} of {end}")
+                + "; rerun its command to finish it first")
+
+
 #: ``config.imp_branch``: the IMP run's members whose masks the study trains, each from
 #: the step-k weights under its mask (the ticket, or a pruning control at its density).
 IMP_BRANCHES = ("imp", "random_layerwise", "random_global", "oneshot")
@@ -265,6 +290,7 @@ def check_rewind_steps(config: Any, dataset: Any) -> list[int]:
     return ks
 
 
+@common.study_entry
 def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Run the instability study; resumable. See the module docstring.
 

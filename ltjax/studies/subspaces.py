@@ -98,6 +98,7 @@ def _slug(variant: str, beta: float | None) -> str:
     return variant if beta is None else f"{variant}_beta{beta:g}"
 
 
+@common.study_entry
 def run_subspaces(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Train every arm; write tables and a plot; resumable.
 

@@ -53,6 +53,7 @@ def _check_config(config: Any) -> tuple[tuple[float, ...], tuple[str, ...]]:
     return densities, inits
 
 
+@common.study_entry
 def run_supermask(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Train edge-popup on the grid; write ``results.csv`` and a plot; resumable.
 
@@ -87,7 +88,7 @@ def run_supermask(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     tags = [{"density": d, "weight_init": i, "replicate": r} for i, d, r in grid]
     final = segment(executor, state=state, masks=None, noise_keys=noise_keys[replicate_of],
                     ckpt_dir=workdir / "checkpoints" / "edge_popup",
-                    tags={"method": "edge_popup"}, member_tags=tags,
+                    tags={"method": "edge_popup"}, member_tags=common.member_tags_of(tags),
                     densities=np.array([d for _, d, _ in grid]),
                     desc=f"edge-popup: {len(grid)} members")
     metrics = executor.evaluate(final, "test")
@@ -103,6 +104,7 @@ def run_supermask(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
             "std": [r for r in rows if r["replicate"] == "std"], "num_replicates": num}
 
 
+@common.study_entry
 def run_zhou(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Zhou et al. 2019's untrained supermasks from an IMP run's init and trained weights.
 
@@ -189,6 +191,7 @@ def run_zhou(config: Any, workdir: str | pathlib.Path, *, progress: bool = True)
 BERNOULLI_WEIGHT_INITS = ("init", "signed_constant")
 
 
+@common.study_entry
 def run_learned(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Zhou et al.'s learned Bernoulli supermask or DNW, as ``config.method`` says.
 
@@ -248,7 +251,8 @@ def run_learned(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
     tags = [{"density": d, "weight_init": w, "replicate": r} for w, d, r in grid]
     final = segment(executor, state=state, masks=None, noise_keys=noise_keys[replicate_of],
                     ckpt_dir=workdir / "checkpoints" / method, tags={"method": method},
-                    member_tags=tags, densities=np.array([d for _, d, _ in grid]),
+                    member_tags=common.member_tags_of(tags),
+                    densities=np.array([d for _, d, _ in grid]),
                     desc=f"{method}: {len(grid)} members")
     metrics = executor.evaluate(final, "test")
     if method == "bernoulli":  # the kept share of each member's evaluation mask

@@ -142,6 +142,7 @@ def infer_tasks(model: Any, weights: PyTree, masks: PyTree, x: np.ndarray, y: np
     return out
 
 
+@common.study_entry
 def run(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Train every task's supermask, infer tasks on the test sets; ``results.csv``, a plot.
 

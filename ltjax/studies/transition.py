@@ -152,6 +152,7 @@ def _accuracy_rows(parts: dict[str, list[dict]], dense: float, within: float,
         "test_accuracy", "density", "dense_test_accuracy", "matching", "instability", "stable"))
 
 
+@common.study_entry
 def run_transition(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Run the dense k-sweep, IMP per k, and the subnetworks' instability; resumable.
 
