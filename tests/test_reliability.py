@@ -1,0 +1,259 @@
+"""Nothing silently wrong: stale artefacts, unchecked IMP sources, the workdir lock,
+checkpoint meta under the checksum, restored steps beyond a segment's end, one-class data.
+
+Each test plants the defect's situation and fails on code that lets it through.
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments.configs import early_phase_lenet_digits, lenet_digits
+from ltjax import checkpoint, data, results, rng
+from ltjax.studies import common, early_phase
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _dense_config(**overrides):
+    config = lenet_digits.get_config("quick")
+    config.model = "mlp"
+    config.model_kwargs = {"widths": (32,)}
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+# ------------------------------------------------------------------ workdirs and artefacts
+
+
+def test_a_checkpoint_free_workdir_taking_a_new_config_drops_every_old_artefact(tmp_path):
+    old, new = _dense_config(seed=0), _dense_config(seed=1)
+    common.prepare_workdir(tmp_path, old)
+    for name in ("scores.npy", "metrics.jsonl", "noise.csv"):
+        (tmp_path / name).write_text("of seed 0")
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "a.png").write_text("of seed 0")
+    common.prepare_workdir(tmp_path, old)  # same config: only the logs go
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".lock", "config.json", "noise.csv", "plots", "scores.npy"]
+    common.prepare_workdir(tmp_path, new)  # another config: nothing of the old run stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "config.json"]
+    assert results.read_json(tmp_path / "config.json")["seed"] == 1
+    common.release_workdir_locks()
+
+
+def test_a_workdir_that_is_a_file_or_a_truncated_config_json_is_named(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        common.prepare_workdir(tmp_path / "file", _dense_config())
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text('{"seed": ')
+    with pytest.raises(ValueError, match=r"run/config.json does not read as JSON"):
+        common.prepare_workdir(tmp_path / "run", _dense_config())
+    common.release_workdir_locks()
+
+
+def test_data_diet_never_reads_a_scores_file_it_did_not_fingerprint(tmp_path):
+    """A ``scores.npy`` left in a workdir (here: planted garbage under the same config, no
+    checkpoint) is not read back: the scores come from the fingerprinted checkpoint."""
+    from experiments.configs import data_diet_lenet_digits
+    from ltjax.studies import data_diet
+
+    config = data_diet_lenet_digits.get_config("quick")
+    config.model, config.model_kwargs = "mlp", {"widths": (32,)}
+    config.score, config.score_step, config.kept = "grand", "0it", (0.5,)
+    config.modes, config.training_steps = ("hardest",), "1ep"
+    config.eval_every = config.checkpoint_every = "1ep"
+    fresh = tmp_path / "fresh"
+    data_diet.run_data_diet(config, fresh, progress=False)
+    planted = tmp_path / "planted"
+    common.prepare_workdir(planted, config)
+    common.release_workdir_locks()
+    np.save(planted / "scores.npy", np.arange(1437, dtype=np.float32))  # "hardest" = the last
+    data_diet.run_data_diet(config, planted, progress=False)
+    for name in ("scores.npy", "results.csv"):
+        assert (planted / name).read_bytes() == (fresh / name).read_bytes(), name
+    # Resumed under another config, the scores checkpoint is refused, not reused.
+    config.seed = 1
+    with pytest.raises(ValueError, match="different config"):
+        data_diet.run_data_diet(config, planted, progress=False)
+
+
+# ------------------------------------------------------------------------ the workdir lock
+
+
+def _try_lock_in_another_process(workdir: pathlib.Path) -> subprocess.CompletedProcess:
+    code = ("import sys\nfrom ltjax.studies import common\n"
+            "try:\n    common.lock_workdir(sys.argv[1])\n"
+            "except common.WorkdirBusyError as err:\n    print(err); sys.exit(3)\n")
+    return subprocess.run([sys.executable, "-c", code, str(workdir)], capture_output=True,
+                          text=True, cwd=ROOT, check=False, timeout=120)
+
+
+def test_a_second_process_on_a_locked_workdir_is_refused_naming_the_holder(tmp_path):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    common.lock_workdir(workdir)
+    common.lock_workdir(workdir)  # re-entrant in the holding process
+    try:
+        other = _try_lock_in_another_process(workdir)
+        assert other.returncode == 3, other.stderr[-2000:]
+        assert f"is in use by pid {os.getpid()}" in other.stdout
+        cli = subprocess.run(
+            [sys.executable, "-m", "experiments.train",
+             f"--config={ROOT / 'experiments/configs/lenet_digits.py'}:quick",
+             f"--workdir={workdir}"], capture_output=True, text=True, cwd=ROOT, check=False,
+            timeout=300)
+        assert cli.returncode == 2, cli.stderr[-2000:]
+        assert f"error: workdir {str(workdir)!r} is in use by pid {os.getpid()}" in cli.stderr
+        assert "Traceback" not in cli.stderr
+        assert not (workdir / "config.json").exists()
+    finally:
+        common.release_workdir_locks()
+    assert _try_lock_in_another_process(workdir).returncode == 0  # released
+
+
+def test_a_study_releases_its_workdir_lock_when_it_returns_or_fails(tmp_path):
+    @common.study_entry
+    def study(config, workdir, fail=False):
+        common.prepare_workdir(workdir, config)
+        common.prepare_workdir(workdir / "nested", config)
+        if fail:
+            raise RuntimeError("killed")
+        assert _try_lock_in_another_process(workdir).returncode == 3
+
+    study(_dense_config(), tmp_path / "a")
+    with pytest.raises(RuntimeError):
+        study(_dense_config(), tmp_path / "b", fail=True)
+    for path in (tmp_path / "a", tmp_path / "a" / "nested", tmp_path / "b"):
+        assert _try_lock_in_another_process(path).returncode == 0, path
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+
+def test_edited_checkpoint_meta_is_detected_and_the_step_moved_aside(tmp_path):
+    state = {"w": np.arange(4, dtype=np.float32)}
+    with checkpoint.Checkpointer(tmp_path / "ckpt") as ckpt:
+        ckpt.save(1, state=state, meta={"pending_losses": [[[1.0], 2]]})
+        ckpt.save(2, state=state, meta={"pending_losses": [[[2.0], 2]]})
+    meta = tmp_path / "ckpt" / "2" / "meta" / "metadata"
+    meta.write_text(meta.read_text().replace("[[[2.0], 2]]", "[[[3.0], 2]]"))
+    with checkpoint.Checkpointer(tmp_path / "ckpt") as ckpt:
+        with pytest.raises(checkpoint.DamagedCheckpointError, match="meta"):
+            ckpt.restore(2, like_state=state)
+        step, _, _, saved = ckpt.restore_latest(like_state=state)
+    assert step == 1 and saved["pending_losses"] == [[[1.0], 2]]
+    assert len(list((tmp_path / "ckpt.damaged").iterdir())) == 1
+
+
+@pytest.fixture(scope="module")
+def segment_parts():
+    config = _dense_config()
+    dataset = common.build_dataset(config)
+    recipe = common.build_recipe(config, dataset)
+    executor = common.build_executor(config, common.build_model(config, dataset), dataset,
+                                     recipe)
+    init_keys, noise_keys = rng.init_and_noise(rng.replicate_keys(0, 2))
+    return executor, init_keys, noise_keys
+
+
+def _segment(parts, tmp_path, *, end, masks=None, tags=None, member_tags=None):
+    executor, init_keys, noise_keys = parts
+    return common.train_segment(
+        executor, state=executor.init(init_keys, masks), masks=masks, noise_keys=noise_keys,
+        end=end, eval_every=2, checkpoint_every=2, ckpt_dir=tmp_path / "ckpt",
+        log=results.MetricsLog(tmp_path / "metrics.jsonl"), tags=tags or {"branch": "a"},
+        splits=["test"], densities=np.ones(2), progress=False, member_tags=member_tags)
+
+
+def _ones(executor, num=2):
+    return jax.tree.map(lambda p: jnp.ones((num, *p.shape), bool), executor.abstract_params)
+
+
+def test_a_restored_step_beyond_the_segments_end_or_of_other_masks_is_refused(
+        segment_parts, tmp_path):
+    executor = segment_parts[0]
+    masks = _ones(executor)
+    _segment(segment_parts, tmp_path, end=4, masks=masks)
+    before = (tmp_path / "metrics.jsonl").read_bytes()
+    with pytest.raises(ValueError, match="holds step 4, beyond this segment's end 2"):
+        _segment(segment_parts, tmp_path, end=2, masks=masks)
+    other = jax.tree.map(lambda m: m.at[:, 0].set(False), masks)
+    with pytest.raises(ValueError, match="trained with other masks"):
+        _segment(segment_parts, tmp_path, end=4, masks=other)
+    assert (tmp_path / "metrics.jsonl").read_bytes() == before  # nothing appended
+
+
+def test_member_tags_may_not_shadow_the_records_own_fields(segment_parts, tmp_path):
+    with pytest.raises(ValueError, match=r"record's own fields \['density'\]"):
+        _segment(segment_parts, tmp_path, end=2,
+                 member_tags=[{"density": 0.1, "replicate": r} for r in range(2)])
+    assert common.member_tags_of([{"density": 0.1, "split": "a", "replicate": 0}]) == [
+        {"target_density": 0.1, "target_split": "a", "replicate": 0}]
+
+
+def test_a_pruned_segment_rerun_after_losing_its_checkpoints_logs_no_duplicates(tmp_path):
+    """Prune at init's members are tagged with their target density, the records carry the
+    kept one: the segment must still recognise (and drop) its own records on resume."""
+    import shutil
+
+    from experiments.configs import prune_at_init_lenet_digits
+    from ltjax.studies import prune_at_init
+
+    config = prune_at_init_lenet_digits.get_config("quick")
+    config.model, config.model_kwargs = "mlp", {"widths": (32, 16)}
+    config.training_steps = config.eval_every = config.checkpoint_every = "1ep"
+    config.densities, config.methods, config.ablations = (0.1,), ("magnitude",), ("none",)
+    config.score_examples = 50
+    prune_at_init.run_prune_at_init(config, tmp_path, progress=False)
+    before = (tmp_path / "metrics.jsonl").read_bytes()
+    kept = [r["density"] for r in results.MetricsLog(tmp_path / "metrics.jsonl").read()
+            if r.get("target_density") == 0.1]
+    assert kept and all(d != 0.1 and d == pytest.approx(0.1, abs=0.01) for d in kept)
+    shutil.rmtree(tmp_path / "checkpoints" / "pruned")  # as a kill before its first save
+    prune_at_init.run_prune_at_init(config, tmp_path, progress=False)
+    assert (tmp_path / "metrics.jsonl").read_bytes() == before
+
+
+# ------------------------------------------------------------------- IMP sources and data
+
+
+def test_early_phase_refuses_an_imp_run_of_another_recipe_or_rewind_step(tmp_path):
+    config = early_phase_lenet_digits.get_config("quick")
+    config.model, config.model_kwargs = "mlp", {"widths": (32, 16)}
+    config.imp_level = 1
+    imp_config = early_phase._imp_config(config)
+    for field, value, match in (("recipe.learning_rate", 0.012, "another recipe"),
+                                ("training_steps", "9ep", "trained"),
+                                ("rewind_step", "10it", "rewound to step 10")):
+        theirs = common.to_dict(imp_config)
+        if field.startswith("recipe."):
+            theirs["recipe"][field.split(".")[1]] = value
+        else:
+            theirs[field] = value
+        imp_dir = tmp_path / f"imp_{field}"
+        (imp_dir / "checkpoints" / "level_01").mkdir(parents=True)
+        results.write_json(imp_dir / "config.json", theirs)
+        config.imp_workdir = str(imp_dir)
+        with pytest.raises(ValueError, match=match):
+            early_phase.run_early_phase(config, tmp_path / "run", progress=False)
+        assert not (tmp_path / "run").exists()
+
+
+def test_a_training_split_with_one_class_is_refused(tmp_path):
+    gen = np.random.default_rng(0)
+    path = tmp_path / "one_class.npz"
+    np.savez(path, x_train=gen.integers(0, 255, (20, 4, 4, 1), dtype=np.uint8),
+             y_train=np.zeros(20, np.int64),
+             x_test=gen.integers(0, 255, (5, 4, 4, 1), dtype=np.uint8),
+             y_test=np.zeros(5, np.int64))
+    with pytest.raises(ValueError, match="has 1 class"):
+        data.load(str(path))
