@@ -381,6 +381,12 @@ def run_main(run_fn, report_fn, *, replicates_fn=lambda config: config.num_repli
             except common.WorkdirBusyError as err:  # one line, no traceback
                 print(f"error: {err}", file=sys.stderr)
                 sys.exit(2)
+            except Exception as err:  # noqa: BLE001 (orbax wraps disk errors in its own)
+                message = storage_error(err)
+                if message is None:
+                    raise
+                print(f"error: {message}", file=sys.stderr)
+                sys.exit(1)
             report_fn(summary)
             print(closing_lines(flags.workdir))
             return
@@ -400,6 +406,32 @@ def run_main(run_fn, report_fn, *, replicates_fn=lambda config: config.num_repli
             print(closing_lines(flags.workdir))
 
     app.run(main, flags_parser=flags_parser)
+
+
+def storage_error(err: BaseException) -> str | None:
+    """A one-line message for a run stopped by its disk (full, read-only), else None.
+
+    Orbax reports a full disk inside its own error text (``RESOURCE_EXHAUSTED ...
+    No space left on device``); the chain of causes is searched too.
+
+    Example:
+        >>> storage_error(OSError(28, "No space left on device", "runs/x/metrics.jsonl"))
+        'no space left on device while writing runs/x/metrics.jsonl; free space and rerun the same command to resume'
+    """
+    import errno
+
+    seen = err
+    while seen is not None:
+        number = getattr(seen, "errno", None)
+        path = getattr(seen, "filename", None)
+        if number == errno.ENOSPC or "No space left on device" in str(seen):
+            return (f"no space left on device{f' while writing {path}' if path else ''}; "
+                    "free space and rerun the same command to resume")
+        if number in (errno.EROFS, errno.EACCES):
+            return (f"cannot write {path or 'the workdir'} ({os.strerror(number)}); make the "
+                    "workdir writable (or use another --workdir) and rerun to resume")
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def closing_lines(workdir: str | os.PathLike) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import pathlib
@@ -82,16 +83,30 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def read(self) -> list[dict]:
-        """All complete records (a torn last line from a crash is ignored)."""
+        """All complete records.
+
+        A torn last line (a crash while appending) is ignored without a word;
+        an unreadable line elsewhere is skipped with a warning naming it (it was
+        not written by ltjax), and the next rewrite drops it.
+        """
+        records, _ = self._read()
+        return records
+
+    def _read(self) -> tuple[list[dict], int]:
+        """The records and the number of unreadable lines (a torn last one included)."""
         if not self.path.exists():
-            return []
-        records = []
-        for line in self.path.read_text().splitlines():
+            return [], 0
+        records, bad = [], 0
+        lines = self.path.read_text().splitlines()
+        for number, line in enumerate(lines, 1):
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError:
-                continue
-        return records
+                bad += 1
+                if number < len(lines):
+                    logging.warning("%s line %d is not a JSON record (skipped): %.80r",
+                                    self.path, number, line)
+        return records, bad
 
     def append(self, records: Iterable[dict]) -> None:
         """Append records and flush them to disk."""
@@ -106,8 +121,15 @@ class MetricsLog:
         distributed.write(f"append {self.path}", write)
 
     def keep_only(self, keep_fn: Callable[[dict], bool]) -> None:
-        """Rewrite the file with the records for which ``keep_fn`` is true."""
-        kept = [r for r in self.read() if keep_fn(r)]
+        """Rewrite the file with the records for which ``keep_fn`` is true.
+
+        Nothing is written when every record is kept and every line reads (a
+        finished run's rerun leaves the file, and a read-only workdir, alone).
+        """
+        records, bad = self._read()
+        kept = [r for r in records if keep_fn(r)]
+        if len(kept) == len(records) and not bad:
+            return
 
         def write() -> None:
             tmp = self.path.with_name(self.path.name + ".tmp")

@@ -340,8 +340,15 @@ def test_kill_between_metrics_append_and_checkpoint_save_resumes_identically(
 NUM_UNROLLED_STEPS = 3
 
 
-@pytest.mark.default_emitters
 def test_unrolled_loop_member_does_not_depend_on_what_trains_beside_it(executors):
+    """Member 0 beside a member that differs in everything == member 0 alone.
+
+    Under ``'unrolled_loop'`` S = 2 and S = 1 are two programs (two unrolled members vs one;
+    XLA:CPU's legacy emitters give other last bits): equal up to float32 rounding. 3 Adam
+    steps of a 64-16-10 MLP, sums over <= 64 terms: rtol 1e-6 (8 ulps), atol 1e-7, as the
+    other solo comparisons here (measured under the legacy emitters: 1 ulp). The 3 steps
+    move the weights by ~3e-2: a member given its neighbour's learning rate (3x) or masks
+    would differ by about that much."""
     unrolled = executors["adam"]
     assert unrolled.strategy == "unrolled_loop" and unrolled.mesh(2).size == 1
     init_keys, noise_keys = _keys(2)
@@ -355,8 +362,8 @@ def test_unrolled_loop_member_does_not_depend_on_what_trains_beside_it(executors
                                      num_steps=NUM_UNROLLED_STEPS)
     for a, b in zip(_leaves(tree.index(pair.params, 0)), _leaves(tree.index(solo.params, 0)),
                     strict=True):
-        assert a.tobytes() == b.tobytes()
-    assert pair_loss[0] == solo_loss[0]
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(pair_loss[0], solo_loss[0], rtol=1e-6)
     assert not np.allclose(_leaves(pair.params)[0][1], _leaves(pair.params)[0][0])
 
 

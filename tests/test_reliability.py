@@ -257,3 +257,49 @@ def test_a_training_split_with_one_class_is_refused(tmp_path):
              y_test=np.zeros(5, np.int64))
     with pytest.raises(ValueError, match="has 1 class"):
         data.load(str(path))
+
+
+# -------------------------------------------------------------------- logs and disk errors
+
+
+def test_metrics_log_warns_of_foreign_lines_and_leaves_an_unchanged_file_alone(
+        tmp_path, caplog):
+    log = results.MetricsLog(tmp_path / "metrics.jsonl")
+    log.append([{"step": 0}, {"step": 1}])
+    inode = os.stat(log.path).st_ino
+    log.keep_only(lambda r: True)  # nothing dropped: not rewritten
+    assert os.stat(log.path).st_ino == inode
+    with log.path.open("a") as f:
+        f.write('{"step": 2}\n{"step": 3')  # a torn last line: expected after a kill
+    with caplog.at_level("WARNING"):
+        assert log.read() == [{"step": 0}, {"step": 1}, {"step": 2}]
+    assert not caplog.records
+    log.keep_only(lambda r: True)  # the torn line goes
+    assert log.path.read_text() == '{"step": 0}\n{"step": 1}\n{"step": 2}\n'
+    text = log.path.read_text().splitlines()
+    log.path.write_text("\n".join([text[0], "garbage", *text[1:]]) + "\n")
+    with caplog.at_level("WARNING"):
+        assert log.read() == [{"step": 0}, {"step": 1}, {"step": 2}]
+    assert "line 2 is not a JSON record" in caplog.text
+
+
+def test_disk_errors_become_one_line_naming_the_file():
+    import errno
+
+    from experiments import storage_error
+
+    full = OSError(errno.ENOSPC, "No space left on device", "runs/x/metrics.jsonl")
+    assert storage_error(full) == ("no space left on device while writing runs/x/metrics.jsonl;"
+                                   " free space and rerun the same command to resume")
+    try:  # orbax's wrapping: the cause chain is searched
+        try:
+            raise full
+        except OSError as err:
+            raise RuntimeError("async save failed") from err
+    except RuntimeError as wrapped:
+        assert storage_error(wrapped).startswith("no space left on device while writing")
+    assert storage_error(ValueError("RESOURCE_EXHAUSTED: No space left on device")) == (
+        "no space left on device; free space and rerun the same command to resume")
+    assert "cannot write runs/x/config.json.tmp (Read-only file system)" in storage_error(
+        OSError(errno.EROFS, "Read-only file system", "runs/x/config.json.tmp"))
+    assert storage_error(ValueError("learning_rate must be > 0")) is None

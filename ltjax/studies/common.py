@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import errno
 import functools
 import hashlib
 import json
@@ -127,7 +128,12 @@ def lock_workdir(workdir: str | pathlib.Path) -> None:
     key = pathlib.Path(workdir).resolve()
     if key in _HELD_LOCKS or not distributed.is_writer():
         return
-    handle = (key / LOCK_NAME).open("a+")
+    try:
+        handle = (key / LOCK_NAME).open("a+")
+    except OSError as err:
+        if err.errno in (errno.EROFS, errno.EACCES):  # nobody can write there: no lock needed
+            return
+        raise
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
