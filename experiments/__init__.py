@@ -415,8 +415,8 @@ def storage_error(err: BaseException) -> str | None:
     No space left on device``); the chain of causes is searched too.
 
     Example:
-        >>> storage_error(OSError(28, "No space left on device", "runs/x/metrics.jsonl"))
-        'no space left on device while writing runs/x/metrics.jsonl; free space and rerun the same command to resume'
+        >>> storage_error(OSError(28, "No space left on device", "runs/x/log"))[:50]
+        'no space left on device while writing runs/x/log; '
     """
     import errno
 

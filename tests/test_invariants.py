@@ -246,6 +246,8 @@ def test_imp_level_starts_from_masks_times_theta_k(imp_runs):
 
 
 def test_imp_replicate_does_not_depend_on_num_replicates(imp_runs):
+    # Masks and accuracies exact: an MLP under 'scan_vmap' runs every member through one
+    # block program (member_block 1) whatever S is, so replicate 0 computes the same bits.
     one, two = imp_runs["s1"], imp_runs["s2"]
     for key in ((0, "pretrain"), (0, "imp"), (1, "imp")):
         a, b = one["segments"][key], two["segments"][key]
