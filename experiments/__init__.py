@@ -16,6 +16,7 @@ intra-op threads then use every core (benchmarks/train_throughput.py).
 from __future__ import annotations
 
 import ast
+import contextlib
 import ctypes
 import dataclasses
 import difflib
@@ -24,7 +25,7 @@ import os
 import pathlib
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 
@@ -157,7 +158,13 @@ def load_config(spec: str) -> Any:
     """
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
-        raise ValueError(f"no config file {path!r}")
+        folder = os.path.dirname(path) or "."
+        names = [n for n in os.listdir(folder) if n.endswith(".py")] if os.path.isdir(
+            folder) else []
+        close = difflib.get_close_matches(os.path.basename(path), names, n=3)
+        hint = f"; did you mean {', '.join(os.path.join(folder, c) for c in close)}?" if (
+            close) else ""
+        raise ValueError(f"no config file {path!r}{hint}")
     module_spec = importlib.util.spec_from_file_location("_ltjax_config", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
@@ -203,6 +210,28 @@ def format_config(config: Any, prefix: str = "") -> str:
         else:
             lines.append(f"{prefix}{key} = {value!r}")
     return "\n".join(line for line in lines if line)
+
+
+_CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
+
+
+def config_study(spec: str) -> str | None:
+    """The entry point (``experiments.<study>``) a bundled config file belongs to.
+
+    Bundled configs are named ``<study>_<model>_<data>.py`` (dense training:
+    ``<model>_<data>.py``, entry ``train``); a config file outside
+    ``experiments/configs`` belongs to no study in particular (None).
+
+    Example:
+        >>> config_study("experiments/configs/prune_at_init_lenet_digits.py:quick")
+        'prune_at_init'
+    """
+    path = pathlib.Path(spec.partition(":")[0]).resolve()
+    if path.parent != _CONFIGS:
+        return None
+    studies = sorted((p.stem for p in _CONFIGS.parent.glob("*.py") if p.stem != "__init__"),
+                     key=len, reverse=True)
+    return next((study for study in studies if path.stem.startswith(f"{study}_")), "train")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,6 +354,17 @@ def parse_flags(argv: Sequence[str]) -> Flags:
     return define_flags(flags.FlagValues(), argv=argv)(argv)
 
 
+FLAGS_HELP = """
+Flags:
+  --config=<file>.py[:variant,...]  the config (experiments/configs); :quick for a smoke run
+  --config.<field>=<value>          override any field (lists: a,b)
+  --workdir=<folder>                results and checkpoints; rerun the same command to resume
+  --print_config                    print the resolved config, one field per line, and exit
+  --distributed                     one process of a multi-process run (see --helpfull)
+  --helpfull                        every flag
+"""
+
+
 def run_main(run_fn, report_fn, *, replicates_fn=lambda config: config.num_replicates) -> None:
     """Parse the flags, run ``run_fn(config, workdir)``, then ``report_fn``.
 
@@ -352,11 +392,22 @@ def run_main(run_fn, report_fn, *, replicates_fn=lambda config: config.num_repli
 
     parse = define_flags()
     parsed: list[Flags] = []
+    main_module = sys.modules["__main__"]  # absl's --help prints its docstring
+    main_module.__doc__ = (main_module.__doc__ or "").rstrip() + "\n" + FLAGS_HELP
     tune_allocator()  # before JAX allocates anything
+
+    main_spec = getattr(sys.modules["__main__"], "__spec__", None)
+    entry = (main_spec.name.rpartition(".")[2] if main_spec is not None
+             and main_spec.name.startswith("experiments.") else None)
 
     def flags_parser(argv: list[str]) -> list[str]:
         try:
             parsed.append(parse(argv))
+            belongs = config_study(parsed[-1].config_spec)
+            if entry is not None and belongs is not None and belongs != entry:
+                raise absl_flags.Error(
+                    f"--config={parsed[-1].config_spec} is a config of experiments.{belongs}, "
+                    f"not of experiments.{entry}: run python -m experiments.{belongs}")
         except absl_flags.Error as e:  # as absl's own parser: a message, no traceback
             print(f"FATAL Flags parsing error: {e}", file=sys.stderr)
             print("Pass --helpshort or --helpfull to see help on flags.", file=sys.stderr)
@@ -373,20 +424,9 @@ def run_main(run_fn, report_fn, *, replicates_fn=lambda config: config.num_repli
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
         use_compilation_cache()
         use_cpu_devices(replicates_fn(flags.config))
-        from ltjax.studies import common
-
         if flags.distributed is None:
-            try:
+            with one_line_errors(flags.workdir):
                 summary = run_fn(flags.config, flags.workdir)
-            except common.WorkdirBusyError as err:  # one line, no traceback
-                print(f"error: {err}", file=sys.stderr)
-                sys.exit(2)
-            except Exception as err:  # noqa: BLE001 (orbax wraps disk errors in its own)
-                message = storage_error(err)
-                if message is None:
-                    raise
-                print(f"error: {message}", file=sys.stderr)
-                sys.exit(1)
             report_fn(summary)
             print(closing_lines(flags.workdir))
             return
@@ -394,18 +434,56 @@ def run_main(run_fn, report_fn, *, replicates_fn=lambda config: config.num_repli
 
         distributed.initialize(**flags.distributed)
         writer = distributed.is_writer()
-        try:
+        with one_line_errors(flags.workdir):
             summary = run_fn(flags.config, flags.workdir,
                              **({} if writer else {"progress": False}))
-        except common.WorkdirBusyError as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
         distributed.sync("end of run")  # every file is written before anyone reads them
         if writer:
             report_fn(summary)
             print(closing_lines(flags.workdir))
 
     app.run(main, flags_parser=flags_parser)
+
+
+@contextlib.contextmanager
+def one_line_errors(workdir: str | None) -> Iterator[None]:
+    """What a run that stops says: one line and an exit code, not a traceback.
+
+    - a ``ValueError``/``TypeError`` raised before any workdir was written (a
+      config value the study refuses, or a workdir of another config):
+      ``config error: <message>``, exit 2;
+    - another run holding the workdir (:class:`ltjax.studies.common.WorkdirBusyError`):
+      ``error: ...``, exit 2;
+    - a full or read-only disk (:func:`storage_error`): ``error: ...``, exit 1;
+    - Ctrl-C: where it stopped and that the same command resumes, exit 130.
+
+    Anything else keeps its traceback. ``LTJAX_TRACEBACK=1`` shows the traceback
+    of every error too.
+    """
+    from ltjax.studies import common
+
+    before = common.workdirs_prepared()
+    verbose = os.environ.get("LTJAX_TRACEBACK", "") not in ("", "0")
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {workdir} keeps every checkpoint saved so far; rerun the same "
+              "command to resume", file=sys.stderr)
+        sys.exit(130)
+    except common.WorkdirBusyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except (ValueError, TypeError) as err:
+        if common.workdirs_prepared() != before or verbose:
+            raise
+        print(f"config error: {err} (LTJAX_TRACEBACK=1 shows where)", file=sys.stderr)
+        sys.exit(2)
+    except Exception as err:  # noqa: BLE001 (orbax wraps disk errors in its own)
+        message = storage_error(err)
+        if message is None or verbose:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(1)
 
 
 def storage_error(err: BaseException) -> str | None:

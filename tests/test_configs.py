@@ -324,3 +324,50 @@ def test_conv10_fc20_preset_rates_and_counts():
         assert removed == int(np.ceil(rate * n)), layer
     with pytest.raises(ValueError, match="unknown pruning preset 'openlth'; presets: conv10_fc20"):
         pruning.preset_rates(params, selection, preset="openlth")
+
+
+@pytest.mark.parametrize("module, config, flag, message", [
+    ("experiments.train", "lenet_digits.py:quick", "--config.recipe.learning_rate=-0.1",
+     "config error: config.recipe: learning_rate must be finite and > 0, got -0.1"),
+    ("experiments.train", "lenet_digits.py:quick", "--config.training_steps=500",
+     "config error: config.training_steps='500': steps must be an int or a string"),
+    ("experiments.imp", "imp_lenet_digits.py:quick", "--config.pruning.fraction=2.0",
+     "config error: config.pruning: fraction must be a number in [0, 1), got 2.0"),
+])
+def test_a_config_value_error_is_one_line_naming_the_field(tmp_path, module, config, flag,
+                                                            message):
+    proc = _run(module, f"--config=experiments/configs/{config}", f"--workdir={tmp_path}/w",
+                flag, timeout=180)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "w").exists()
+
+
+def test_a_config_of_another_study_or_a_misspelt_path_is_named(tmp_path):
+    proc = _run("experiments.imp", "--config=experiments/configs/prune_at_init_lenet_digits.py",
+                f"--workdir={tmp_path}/w")
+    assert proc.returncode == 1 and "is a config of experiments.prune_at_init, not of " \
+        "experiments.imp: run python -m experiments.prune_at_init" in proc.stderr
+    proc = _run("experiments.imp", "--config=experiments/configs/imp_lenet_digit.py",
+                f"--workdir={tmp_path}/w")
+    assert "did you mean experiments/configs/imp_lenet_digits.py" in proc.stderr
+    assert not (tmp_path / "w").exists()
+    assert experiments.config_study("experiments/configs/supermask_zhou_lenet_mnist.py") == \
+        "supermask"
+    assert experiments.config_study("experiments/configs/resnet20_cifar10.py:sample") == "train"
+    assert experiments.config_study(str(tmp_path / "imp_mine.py")) is None  # a user's own
+    assert "--print_config" in _run("experiments.imp", "--help").stdout
+
+
+def test_ctrl_c_and_errors_after_work_say_what_to_do(tmp_path, capsys):
+    from ltjax.studies import common
+
+    with pytest.raises(SystemExit) as stop, experiments.one_line_errors("runs/x"):
+        raise KeyboardInterrupt
+    assert stop.value.code == 130
+    assert "rerun the same command to resume" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="inside"), experiments.one_line_errors("runs/x"):
+        common.prepare_workdir(tmp_path, experiments.load_config(
+            str(ROOT / "experiments/configs/lenet_digits.py")))
+        raise ValueError("inside the run: a bug keeps its traceback")
+    common.release_workdir_locks()

@@ -66,9 +66,11 @@ def _cross_program_atol(params, logits):
     products may be added up in another order. Two orders of an n-term float32 sum differ
     by ~sqrt(n) ulps (eps = 2**-23) of its scale (a random walk of roundings; n ulps at
     worst); ``len(kernels)`` such sums (BatchNorm's few elementwise ops each) run in
-    sequence. So: depth * sqrt(longest fan-in) * eps * max|logit| (ResNet-8: 10 * 12 ulps).
-    Measured: <= 1.4 ulps of max|logit| on two machines; a wrong channel or BatchNorm
-    statistic moves the logits by >= 2,900 ulps (the planted bugs below).
+    sequence. So: depth * sqrt(longest fan-in) * eps * max|logit| (ResNet-8: 10 kernels,
+    fan-in 3 * 3 * 16: 120 ulps; the BatchNorm MLP: 24). Measured: <= 1.4 ulps here, 0.7 on
+    issue #29's machine. With random weights, two output channels of any kernel swapped
+    or any BatchNorm statistic taken from another channel (a slicing bug) moves the logits
+    by >= 2,900 ulps; the planted bugs below by >= 28,000.
     """
     kernels = [k for name, k in zip(tree.names(params), jax.tree.leaves(params), strict=True)
                if name.endswith("kernel")]
@@ -100,10 +102,10 @@ def test_slim_logits_equal_the_dense_logits_with_the_reset_part_zeroed(name, kwa
                                               train=False))
     got = np.asarray(slim_fn(slim_params, slim_stats))
     want = np.asarray(dense_fn(masking.apply(params, masks)))
-    if not jax.tree.leaves(stats):  # no BatchNorm: dyadic weights and inputs, every product
-        np.testing.assert_array_equal(got, want)  # and partial sum exact: any order, same bits
-    # Two programs (and BatchNorm's statistics are not dyadic): equal up to rounding.
-    np.testing.assert_allclose(got, want, rtol=0, atol=_cross_program_atol(params, want))
+    if jax.tree.leaves(stats):  # BatchNorm's statistics are not dyadic: two programs' rounding
+        np.testing.assert_allclose(got, want, rtol=0, atol=_cross_program_atol(params, want))
+    else:  # dyadic weights and inputs: every product and partial sum (multiples of 2**-11
+        np.testing.assert_array_equal(got, want)  # below 2**5) is exact, in whatever order
     assert not np.allclose(dense_fn(params), got)  # without the zeroing: differs
     # Random float weights: equal up to rounding.
     params = jax.tree.map(lambda p: p + gen.normal(size=p.shape).astype(np.float32), params)
@@ -236,8 +238,11 @@ def test_study_table_matches_an_independent_replay_and_resumes_exactly(tmp_path,
             dense_acc = float(np.mean(np.argmax(model.apply({"params": one}, x, train=False),
                                                 -1) == dataset.test.y))
             (row,) = [m for m in members if (int(m["generation"]), int(m["replicate"])) == (g, r)]
-            assert float(row["slim_test_accuracy"]) == pytest.approx(slim_acc, abs=1e-6)
-            assert float(row["dense_test_accuracy"]) == pytest.approx(dense_acc, abs=1e-6)
+            # Op by op here, the executor's eval program there: the logits may differ in the
+            # last bits, so an argmax near-tie may fall either way: one example's worth.
+            tie = 1.5 / len(dataset.test.y)
+            assert float(row["slim_test_accuracy"]) == pytest.approx(slim_acc, abs=tie)
+            assert float(row["dense_test_accuracy"]) == pytest.approx(dense_acc, abs=tie)
     slim_g = [float(r["slim_test_accuracy"]) for r in members if int(r["replicate"]) == 1]
     assert slim_g[0] < slim_g[-1]  # the slim net improves over generations
 

@@ -88,6 +88,8 @@ def prepare_workdir(workdir: str | pathlib.Path, config: Any) -> pathlib.Path:
             )
     else:
         results.write_json(path, current)
+    global _PREPARED
+    _PREPARED += 1
     return workdir
 
 
@@ -98,6 +100,18 @@ def _read_config(path: pathlib.Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} does not read as JSON ({err}); it was damaged or "
                          "truncated: restore it, or use a new --workdir") from None
+
+
+_PREPARED = 0  # workdirs this process has prepared (written), for entry points
+
+
+def workdirs_prepared() -> int:
+    """How many workdirs :func:`prepare_workdir` has created or taken in this process.
+
+    An entry point compares it before and after a failed run: an error raised
+    while it did not grow came before any work (a config error).
+    """
+    return _PREPARED
 
 
 LOCK_NAME = ".lock"
@@ -193,9 +207,18 @@ def build_model(config: Any, dataset: data.Dataset) -> Any:
     return models.create(config.model, num_classes=dataset.num_classes, **kwargs)
 
 
-def steps(value: str | int, steps_per_epoch: int) -> int:
-    """A step string of the config (``'500it'``, ``'2ep'``) in steps."""
-    return train.parse_steps(value, steps_per_epoch=steps_per_epoch)
+def steps(value: str | int, steps_per_epoch: int, *, field: str | None = None) -> int:
+    """A step string of the config (``'500it'``, ``'2ep'``) in steps.
+
+    Raises:
+      ValueError: not a step length; with ``field``, the message names ``config.<field>``.
+    """
+    try:
+        return train.parse_steps(value, steps_per_epoch=steps_per_epoch)
+    except ValueError as err:
+        if field is None:
+            raise
+        raise ValueError(f"config.{field}={value!r}: {err}") from None
 
 
 def build_recipe(config: Any, dataset: data.Dataset) -> optim.Recipe:
@@ -207,17 +230,23 @@ def build_recipe(config: Any, dataset: data.Dataset) -> optim.Recipe:
             f"{dataset.name!r} ({len(dataset.train)} examples)"
         )
     per_epoch = len(dataset.train) // r.batch_size
-    return optim.Recipe(
-        optimizer=r.optimizer, learning_rate=r.learning_rate, momentum=r.get("momentum", 0.0),
-        nesterov=r.get("nesterov", False), weight_decay=r.get("weight_decay", 0.0),
-        weight_decay_mode=r.get("weight_decay_mode") or None,
-        schedule=r.get("schedule", "step"),
-        total_steps=steps(r.get("total_steps") or 0, per_epoch),
-        warmup_steps=steps(r.get("warmup", 0), per_epoch),
-        lr_drop_steps=tuple(steps(s, per_epoch) for s in r.get("lr_drops", ())),
-        lr_drop_factor=r.get("lr_drop_factor", 0.1), batch_size=r.batch_size,
-        label_smoothing=r.get("label_smoothing", 0.0), augment=r.get("augment", True),
-    )
+    total_steps = steps(r.get("total_steps") or 0, per_epoch, field="recipe.total_steps")
+    warmup_steps = steps(r.get("warmup", 0), per_epoch, field="recipe.warmup")
+    lr_drop_steps = tuple(steps(s, per_epoch, field="recipe.lr_drops")
+                          for s in r.get("lr_drops", ()))
+    try:
+        return optim.Recipe(
+            optimizer=r.optimizer, learning_rate=r.learning_rate,
+            momentum=r.get("momentum", 0.0), nesterov=r.get("nesterov", False),
+            weight_decay=r.get("weight_decay", 0.0),
+            weight_decay_mode=r.get("weight_decay_mode") or None,
+            schedule=r.get("schedule", "step"), total_steps=total_steps,
+            warmup_steps=warmup_steps, lr_drop_steps=lr_drop_steps,
+            lr_drop_factor=r.get("lr_drop_factor", 0.1), batch_size=r.batch_size,
+            label_smoothing=r.get("label_smoothing", 0.0), augment=r.get("augment", True),
+        )
+    except ValueError as err:  # optim.Recipe's field names (warmup_steps: recipe.warmup)
+        raise ValueError(f"config.recipe: {err}") from None
 
 
 def build_executor(config: Any, model: Any, dataset: data.Dataset,
@@ -249,7 +278,8 @@ def setup(config: Any, workdir: str | pathlib.Path, *,
     recipe = build_recipe(config, dataset)
     per_epoch = len(dataset.train) // recipe.batch_size
     for field in ("training_steps", "eval_every", "checkpoint_every"):
-        if config.get(field) not in (None, "") and steps(config.get(field), per_epoch) < 1:
+        if config.get(field) not in (None, "") and steps(config.get(field), per_epoch,
+                                                         field=field) < 1:
             raise ValueError(f"config.{field}={config.get(field)!r} is less than one step "
                              f"({per_epoch} steps per epoch); it must be at least 1 step")
     if check is not None:

@@ -424,9 +424,12 @@ def check_pruning(config: Any, dataset: Any) -> None:
     selection = masking.prunable(abstract, include=p.get("include") or None,
                                  exclude=p.get("exclude") or None)
     layer_rates = common.layer_rates(p, abstract, selection)
-    jax.eval_shape(lambda params: pruning.prune(
-        pruning.magnitude_scores(params), masking.ones_like(params), selection,
-        fraction=p.fraction, scope=p.scope, layer_rates=layer_rates), abstract)
+    try:
+        jax.eval_shape(lambda params: pruning.prune(
+            pruning.magnitude_scores(params), masking.ones_like(params), selection,
+            fraction=p.fraction, scope=p.scope, layer_rates=layer_rates), abstract)
+    except ValueError as err:  # pruning's own argument names: say they are config.pruning's
+        raise ValueError(f"config.pruning: {err}") from None
 
 
 @common.study_entry
