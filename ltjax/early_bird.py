@@ -184,8 +184,8 @@ def _check_window(window: Any) -> int:
 
 def _check_threshold(threshold: Any) -> float:
     """``threshold`` as a float in (0, 1]: distances are shares of channels in [0, 1]."""
-    if isinstance(threshold, bool | np.bool_) or not isinstance(threshold, int | float | np.number
-                                                                ) or not 0.0 < threshold <= 1.0:
+    if isinstance(threshold, bool | np.bool_) or not isinstance(
+            threshold, int | float | np.integer | np.floating) or not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be a finite number in (0, 1] (the largest share of "
                          f"channels that may differ, exclusive), got {threshold!r}")
     return float(threshold)
