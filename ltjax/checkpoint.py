@@ -205,6 +205,25 @@ class Checkpointer:
             return None
         return dict(restored["meta"] or {}).get(_INFO, {})
 
+    def _missing_files(self, step: int, *, masks: bool) -> str | None:
+        """The first file a step's arrays cannot be read without, if it is gone.
+
+        An array item written by orbax holds ``_METADATA``, ``manifest.ocdbt`` and its
+        data files under ``d/``; the meta item holds ``metadata``.
+        """
+        root = os.path.join(self.directory, str(step))
+        needed = [os.path.join("meta", "metadata")]
+        for item in ("state", "masks") if masks else ("state",):
+            needed += [os.path.join(item, "_METADATA"), os.path.join(item, "manifest.ocdbt")]
+        for name in needed:
+            if not os.path.isfile(os.path.join(root, name)):
+                return name
+        for item in ("state", "masks") if masks else ("state",):
+            data = os.path.join(root, item, "d")
+            if not os.path.isdir(data) or not os.listdir(data):
+                return os.path.join(item, "d")
+        return None
+
     def _move_aside(self, step: int, why: str) -> None:
         """Move a damaged step to ``<directory>.damaged/<step>-<time>`` and forget it."""
         target_dir = self.directory + ".damaged"
@@ -241,6 +260,10 @@ class Checkpointer:
                     f"checkpoint step {step} in {self.directory} was written with another layout "
                     "of state or masks (another config or ltjax version); use a new workdir or "
                     "move the folder aside")
+            missing = self._missing_files(step, masks=like_masks is not None)
+            if missing and (info is None or info):  # before orbax reads it (see above)
+                self._move_aside(step, f"{missing} is missing")
+                continue
             try:
                 state, masks, meta = self.restore(step, like_state=like_state,
                                                   like_masks=like_masks)

@@ -92,8 +92,6 @@ DAMAGE = {
 }
 
 
-# orbax's reader leaves coroutines behind when a damaged step fails to restore (harmless).
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 def test_damaged_step_is_moved_aside_and_can_be_saved_again(tmp_path, damage):
     state, masks = _state(num=2)
