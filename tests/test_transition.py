@@ -1,7 +1,9 @@
 """The instability transition: the parts' composition, the tables against their sources."""
 
 import itertools
+import shutil
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -41,8 +43,10 @@ def test_transition_end_to_end(tmp_path, drawn):
         assert "num_copies" not in imp_config and "matching_within" not in imp_config
     sub = results.read_json(tmp_path / "random_subnetworks" / "config.json")
     assert sub["imp_branch"] == "random_layerwise" and sub["imp_level"] == 2
-    assert sub["imp_workdir"] == (f"0it={tmp_path / 'imp_0it'},"
-                                  f"23it={tmp_path / 'imp_1ep'}")
+    assert sub["imp_workdir"] == "0it={workdir}/../imp_0it,23it={workdir}/../imp_1ep"
+    assert stability.imp_workdirs(ml_collections.ConfigDict(sub), [0, 23], 23,
+                                  tmp_path / "random_subnetworks") == {
+        0: str(tmp_path / "imp_0it"), 23: str(tmp_path / "imp_1ep")}
 
     # The tables are the parts' own results, by kind.
     for kind, folder in (("dense", "dense"), ("imp", "imp_subnetworks"),
@@ -118,6 +122,14 @@ def test_transition_end_to_end(tmp_path, drawn):
         "accuracy.csv", "mask_distance.csv", "dense_results.csv", "imp_results.csv")}
     assert transition.run_transition(config, tmp_path, progress=False) == summary
     assert before == {name: (tmp_path / name).read_bytes() for name in before}
+
+    # Moved elsewhere, the workdir resumes as finished: its parts name their IMP runs
+    # relative to themselves, not by absolute path.
+    moved = tmp_path.parent / f"{tmp_path.name}_moved"
+    shutil.copytree(tmp_path, moved)
+    shutil.rmtree(tmp_path)
+    assert transition.run_transition(config, moved, progress=False) == summary
+    assert before == {name: (moved / name).read_bytes() for name in before}
 
 
 @pytest.mark.parametrize("overrides, message", [

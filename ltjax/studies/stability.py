@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 import pathlib
 from typing import Any
 
@@ -225,13 +226,17 @@ def ticket_start(executor: Any, state_k: Any, masks: Any, imp_config: dict) -> A
     return rewinding.rewind_state(state_k, masks, fresh_opt_state=opt)
 
 
-def imp_workdirs(config: Any, ks: list[int], per_epoch: int) -> dict[int, str]:
+def imp_workdirs(config: Any, ks: list[int], per_epoch: int,
+                 workdir: str | pathlib.Path | None = None) -> dict[int, str]:
     """The IMP run whose masks each rewind step uses: ``{k: imp_workdir}`` (empty: dense).
 
     ``config.imp_workdir`` is one IMP workdir, used at every k, or
     comma-separated ``<k>=<workdir>`` entries, exactly one per rewind step:
     Frankle et al. 2020's protocol (Section 4), where the subnetwork studied
-    at k is the one IMP found when rewinding to k.
+    at k is the one IMP found when rewinding to k. ``{workdir}`` in a path
+    stands for this study's own workdir (given as ``workdir``), so a study
+    whose IMP runs live beside it (the transition study's) can be moved or
+    copied with them: ``'0it={workdir}/../imp_k0'``.
 
     Raises:
       ValueError: a malformed entry, a k given twice, or entries that do not
@@ -245,8 +250,13 @@ def imp_workdirs(config: Any, ks: list[int], per_epoch: int) -> dict[int, str]:
     spec = str(config.get("imp_workdir") or "").strip()
     if not spec:
         return {}
+    spec_as_given = spec
+    if "{workdir}" in spec:  # its folder may not exist yet: '..' is resolved as text
+        if workdir is None:
+            raise ValueError(f"config.imp_workdir={spec!r} uses {{workdir}}: give the workdir")
+        spec = spec.replace("{workdir}", str(workdir))
     if "=" not in spec:
-        return {k: spec for k in ks}
+        return {k: os.path.normpath(spec) if spec != spec_as_given else spec for k in ks}
     out: dict[int, str] = {}
     for entry in (e.strip() for e in spec.split(",")):
         if not entry:
@@ -260,7 +270,7 @@ def imp_workdirs(config: Any, ks: list[int], per_epoch: int) -> dict[int, str]:
         if not path or k in out:
             raise ValueError(f"config.imp_workdir entry {entry!r}: "
                              + ("no workdir" if not path else f"k = {k} is given twice"))
-        out[k] = path
+        out[k] = os.path.normpath(path) if "{workdir}" in spec_as_given else path
     if sorted(out) != ks:
         raise ValueError(f"config.imp_workdir gives IMP runs for k = {sorted(out)} (steps) but "
                          f"config.rewind_steps are {ks}: one IMP run per rewind step")
@@ -314,7 +324,7 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
         ks = check_rewind_steps(config, dataset)
         ks_and_runs.update({k: "" for k in ks})
         branch = config.get("imp_branch", "imp")
-        for k, run in imp_workdirs(config, ks, per_epoch).items():
+        for k, run in imp_workdirs(config, ks, per_epoch, workdir).items():
             imp_configs[k] = check_imp_compatible(config, run, dataset=dataset, rewind_step=k)
             check_imp_level(run, config.imp_level)
             if branch != "imp" and branch not in (imp_configs[k].get("controls") or ()):

@@ -179,7 +179,8 @@ def run_transition(config: Any, workdir: str | pathlib.Path, *, progress: bool =
     for _, text in imp_steps:
         common.say(f"IMP rewinding to k = {text}, {config.levels} levels", progress)
         imp.run_imp(imp_config(config, text), workdir / _folder(text), progress=progress)
-    runs = ",".join(f"{k}it={workdir / _folder(text)}" for k, text in imp_steps)
+    # relative to the subnetworks' own workdir: the whole folder can be moved or copied
+    runs = ",".join(f"{k}it={{workdir}}/../{_folder(text)}" for k, text in imp_steps)
     for branch, kind in KINDS.items():
         common.say(f"{kind} subnetworks at level {config.levels}: instability at each k",
                    progress)
