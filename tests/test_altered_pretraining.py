@@ -232,19 +232,19 @@ def test_studies_reading_an_imp_run_refuse_a_pretrained_one(tmp_path):
     # The stability, early-phase, supermask and prune-at-init studies start from weights
     # that were never pretrained: a pretrained IMP run's masks do not belong to them.
     from experiments.configs import stability_lenet_digits
-    from ltjax.studies import stability
+    from ltjax.studies import imp_runs
 
     config = stability_lenet_digits.get_config("quick")
     theirs = common.to_dict(config)
     (tmp_path / "plain").mkdir()
     results.write_json(tmp_path / "plain" / "config.json", theirs)
-    assert stability.check_imp_compatible(config, tmp_path / "plain") == theirs
+    assert imp_runs.check_imp_compatible(config, tmp_path / "plain") == theirs
     (tmp_path / "pretrained").mkdir()
     results.write_json(tmp_path / "pretrained" / "config.json",
                        {**theirs, "pretrain": {"kind": "rotation", "steps": "1ep"}})
     with pytest.raises(ValueError, match="pretrained on altered data .pretrain.kind='rotation'"):
-        stability.check_imp_compatible(config, tmp_path / "pretrained")
+        imp_runs.check_imp_compatible(config, tmp_path / "pretrained")
     # An IMP run with the block but no pretraining (kind '') is a plain one.
     results.write_json(tmp_path / "pretrained" / "config.json",
                        {**theirs, "pretrain": {"kind": "", "steps": ""}})
-    stability.check_imp_compatible(config, tmp_path / "pretrained")
+    imp_runs.check_imp_compatible(config, tmp_path / "pretrained")

@@ -6,7 +6,7 @@ import pytest
 
 from experiments.configs import early_phase_lenet_digits
 from ltjax import masking, results
-from ltjax.studies import common, early_phase, stability
+from ltjax.studies import common, early_phase, imp_runs
 
 
 def _rows(path):
@@ -56,7 +56,7 @@ def test_early_phase_study_against_imp_and_closed_forms(tmp_path):
     _, _, _, executor = common.setup(config, tmp_path)
     like = executor.shard(masking.ones_like(executor.init(
         jax.random.split(jax.random.key(0), 2)).params))
-    masks = jax.device_get(stability.load_imp_masks(tmp_path / "imp", 1, like))
+    masks = jax.device_get(imp_runs.load_imp_masks(tmp_path / "imp", 1, like))
     for rep in range(2):
         kept = {n: int(np.asarray(masks[n]["kernel"][rep]).sum()) for n in masks}
         fan_in = {n: masks[n]["kernel"].shape[1] for n in masks}

@@ -8,7 +8,7 @@ import pytest
 
 from experiments.configs import imp_lenet_digits, stability_lenet_digits
 from ltjax import data, results, rng
-from ltjax.studies import common, imp, stability
+from ltjax.studies import common, imp, imp_runs, stability
 
 
 def _config(**overrides):
@@ -144,7 +144,7 @@ def test_stability_of_imp_subnetworks(tmp_path, monkeypatch):
     # fresh optimiser (Adam's moments zero), the step counter at k.
     parent = seen["parent"][1]
     start = seen["copies"][0]
-    masks = stability.load_imp_masks(tmp_path / "imp", 1, jax.tree.map(
+    masks = imp_runs.load_imp_masks(tmp_path / "imp", 1, jax.tree.map(
         lambda x: np.ones(x.shape, bool), parent.params))
     copies = config.num_copies
     for rep in range(2):
@@ -225,16 +225,16 @@ def test_ticket_start_keeps_the_step_k_optimiser_when_imp_rewound_it():
 
 def test_imp_workdirs_map_each_rewind_step_to_its_run():
     config = _config(imp_workdir="0it=runs/a, 1ep=runs/b")
-    assert stability.imp_workdirs(config, [0, 18], 18) == {0: "runs/a", 18: "runs/b"}
-    assert stability.imp_workdirs(_config(imp_workdir="runs/a"), [0, 18], 18) == {
+    assert imp_runs.imp_workdirs(config, [0, 18], 18) == {0: "runs/a", 18: "runs/b"}
+    assert imp_runs.imp_workdirs(_config(imp_workdir="runs/a"), [0, 18], 18) == {
         0: "runs/a", 18: "runs/a"}
-    assert stability.imp_workdirs(_config(imp_workdir=""), [0], 18) == {}
+    assert imp_runs.imp_workdirs(_config(imp_workdir=""), [0], 18) == {}
     for spec, message in (("0it=runs/a", r"k = \[0\] .* are \[0, 18\]"),
                           ("0it=runs/a,0ep=runs/b,1ep=runs/c", "given twice"),
                           ("0it=,1ep=runs/b", "no workdir"),
                           ("soon=runs/a,1ep=runs/b", "'<k>=<workdir>'")):
         with pytest.raises(ValueError, match=message):
-            stability.imp_workdirs(_config(imp_workdir=spec), [0, 18], 18)
+            imp_runs.imp_workdirs(_config(imp_workdir=spec), [0, 18], 18)
 
 
 def test_bad_inputs(tmp_path):

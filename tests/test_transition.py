@@ -9,7 +9,7 @@ import pytest
 
 from experiments.configs import transition_lenet_digits
 from ltjax import results
-from ltjax.studies import stability, transition
+from ltjax.studies import imp_runs, transition
 
 
 def _config(**overrides):
@@ -44,7 +44,7 @@ def test_transition_end_to_end(tmp_path, drawn):
     sub = results.read_json(tmp_path / "random_subnetworks" / "config.json")
     assert sub["imp_branch"] == "random_layerwise" and sub["imp_level"] == 2
     assert sub["imp_workdir"] == "0it={workdir}/../imp_0it,23it={workdir}/../imp_1ep"
-    assert stability.imp_workdirs(ml_collections.ConfigDict(sub), [0, 23], 23,
+    assert imp_runs.imp_workdirs(ml_collections.ConfigDict(sub), [0, 23], 23,
                                   tmp_path / "random_subnetworks") == {
         0: str(tmp_path / "imp_0it"), 23: str(tmp_path / "imp_1ep")}
 
@@ -93,7 +93,7 @@ def test_transition_end_to_end(tmp_path, drawn):
     # mask_distance.csv: the level-2 IMP masks of the runs rewound to 0 and to 23, by NumPy.
     like = {"Dense_0": {"kernel": np.ones((1, 64, 32), bool), "bias": np.ones((1, 32), bool)},
             "Dense_1": {"kernel": np.ones((1, 32, 10), bool), "bias": np.ones((1, 10), bool)}}
-    masks = [stability.load_imp_masks(tmp_path / f"imp_{t}", 2, like) for t in ("0it", "1ep")]
+    masks = [imp_runs.load_imp_masks(tmp_path / f"imp_{t}", 2, like) for t in ("0it", "1ep")]
     distances = results.read_csv(tmp_path / "mask_distance.csv")
     assert len(distances) == config.num_replicates
     for row in distances:

@@ -46,7 +46,7 @@ import jax
 import numpy as np
 
 from ltjax import distributed, masking, models, perturbations, plots, results, rewinding, rng, tree
-from ltjax.studies import common, dense, imp, stability
+from ltjax.studies import common, dense, imp, imp_runs
 
 SOURCES = ("k", "init", "fresh")
 _RECOMBINE = re.compile(r"^signs_(k|init|fresh)_magnitudes_(k|init|fresh)$")
@@ -195,7 +195,7 @@ def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool 
             imp.check_config(_imp_config(config), dataset)
         else:
             # its recipe and length, and a ticket rewound to 0 as the study's own IMP run
-            stability.check_imp_compatible(config, imp_workdir, dataset=dataset,
+            imp_runs.check_imp_compatible(config, imp_workdir, dataset=dataset,
                                            rewind_step=0)
             folder = pathlib.Path(imp_workdir) / "checkpoints" / f"level_{config.imp_level:02d}"
             if not folder.is_dir():
@@ -220,7 +220,7 @@ def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool 
     state = executor.init(init_keys)
     params_0 = state.params
     like = executor.shard(masking.ones_like(state.params))
-    masks = stability.load_imp_masks(imp_workdir, config.imp_level, like)
+    masks = imp_runs.load_imp_masks(imp_workdir, config.imp_level, like)
     selection = masking.prunable(executor.abstract_params)
     density = np.asarray(jax.vmap(lambda m: masking.density(m, selection))(masks))
     starts = {name: _starter(name, executor, dataset, selection) for name in names}

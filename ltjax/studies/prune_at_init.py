@@ -59,7 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ltjax import data, masking, plots, pruning, results, rng, saliency, train, tree
-from ltjax.studies import common, stability
+from ltjax.studies import common, imp_runs
 
 METHODS = ("magnitude", "snip", "grasp", "synflow", "random", "oneshot", "imp")
 ABLATIONS = ("none", "shuffle", "reinit", "invert")
@@ -118,7 +118,7 @@ def _imp_level_masks(config: Any, densities: tuple[float, ...], like_masks: Any,
                      selection: Any) -> dict[float, Any]:
     """Per target density: the masks ``[S]`` of the IMP level nearest to it (log scale).
 
-    The IMP run must be finished (:func:`ltjax.studies.stability.check_imp_finished`,
+    The IMP run must be finished (:func:`ltjax.studies.imp_runs.check_imp_finished`,
     checked before the workdir is written). Its levels' densities are a grid of
     ratio about ``1 - fraction``; a target density farther from its nearest level
     than half the grid's largest step (in log density) is refused, so no row
@@ -130,7 +130,7 @@ def _imp_level_masks(config: Any, densities: tuple[float, ...], like_masks: Any,
     root = pathlib.Path(config.imp_workdir) / "checkpoints"
     levels = sorted(int(p.name.split("_")[1]) for p in root.glob("level_*"))
     found = [(float(masking.density(jax.tree.map(lambda x: x[0], masks), selection)), masks)
-             for masks in (stability.load_imp_masks(config.imp_workdir, level, like_masks)
+             for masks in (imp_runs.load_imp_masks(config.imp_workdir, level, like_masks)
                            for level in levels)]
     logs = np.log([f[0] for f in found])
     tolerance = (np.abs(np.diff(logs)).max() / 2 if len(found) > 1 else 0.0) + 1e-6
@@ -180,8 +180,8 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
             raise ValueError(f"config.score_examples={config.score_examples} is more than the "
                              f"{len(dataset.train)} training examples")
         if "imp" in methods:  # the IMP run's inits and levels, before the workdir
-            stability.check_imp_compatible(config, config.imp_workdir)
-            stability.check_imp_finished(config.imp_workdir, dataset)
+            imp_runs.check_imp_compatible(config, config.imp_workdir)
+            imp_runs.check_imp_finished(config.imp_workdir, dataset)
 
     workdir, dataset, _, executor = common.setup(config, workdir, check=check, progress=progress)
     per_epoch = executor.steps_per_epoch

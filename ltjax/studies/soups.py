@@ -59,7 +59,7 @@ import tqdm
 from ltjax import checkpoint, data, models, optim, plots, results, rng, train, tree
 from ltjax import executor as executor_lib
 from ltjax import soups as soups_lib
-from ltjax.studies import common
+from ltjax.studies import common, imp_runs
 
 SPLITS = ("validation", "test", "shifted")
 HEAD_MODES = ("interpolate", "fine_tuned")
@@ -183,16 +183,8 @@ def load_pretrained(config: Any, dataset: data.Dataset, workdir: str | pathlib.P
         a replicate out of range.
     """
     workdir = pathlib.Path(workdir)
-    path = workdir / "config.json"
-    if not path.exists():
-        raise ValueError(f"pretrain.workdir={str(workdir)!r} holds no run (no config.json)")
-    theirs = results.read_json(path)
-    ours = common.to_dict(config)
-    differ = [k for k in _MUST_MATCH if theirs.get(k) != ours.get(k)]
-    if differ:
-        raise ValueError(
-            f"the run in pretrain.workdir={str(workdir)!r} differs in {differ}: "
-            + ", ".join(f"{k}={theirs.get(k)!r} there vs {ours.get(k)!r} here" for k in differ))
+    theirs = imp_runs.check_compatible(config, workdir, field="pretrain.workdir",
+                                       must_match=_MUST_MATCH)
     num = int(theirs["num_replicates"])
     if not 0 <= replicate < num:
         raise ValueError(f"pretrain.replicate must be in [0, {num}) for that run, got {replicate}")

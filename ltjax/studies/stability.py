@@ -35,19 +35,16 @@ Example (Colab):
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
-import os
 import pathlib
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from ltjax import checkpoint, interpolation, masking, plots, results, rewinding, rng, tree
-from ltjax.studies import common
+from ltjax import interpolation, masking, plots, results, rewinding, rng, tree
+from ltjax.studies import common, imp_runs
 
 STABLE_BELOW = 0.02  # Frankle et al. 2020: stable when the error barrier is under 2 %
 
@@ -69,151 +66,6 @@ def _repeat(stacked: Any, times: int) -> Any:
     return jax.tree.map(lambda x: jnp.repeat(x, times, axis=0), stacked)
 
 
-def check_imp_level(imp_workdir: str | pathlib.Path, level: int) -> pathlib.Path:
-    """The checkpoint folder of an IMP workdir's level; ``ValueError`` if it does not exist."""
-    root = pathlib.Path(imp_workdir) / "checkpoints"
-    folder = root / f"level_{level:02d}"
-    if not folder.is_dir():
-        levels = sorted(p.name for p in root.glob("level_*")) if root.is_dir() else []
-        raise ValueError(
-            f"imp_level={level} does not exist in imp_workdir={str(imp_workdir)!r} "
-            f"(found {levels or 'no levels'})"
-        )
-    return folder
-
-
-def check_imp_finished(imp_workdir: str | pathlib.Path, dataset: Any) -> None:
-    """Raise ``ValueError`` unless every level of the IMP run in ``imp_workdir`` finished.
-
-    A finished level's checkpoint folder holds the step at the end of training
-    (``training_steps`` of the IMP run's config, on ``dataset``); a run killed
-    in the middle has levels missing or short, and its masks would stand in for
-    the levels it never reached.
-    """
-    theirs = results.read_json(pathlib.Path(imp_workdir) / "config.json")
-    end = common.steps(theirs["training_steps"],
-                       len(dataset.train) // theirs["recipe"]["batch_size"])
-    for level in range(int(theirs.get("levels", 0)) + 1):
-        folder = pathlib.Path(imp_workdir) / "checkpoints" / f"level_{level:02d}"
-        last = None
-        if folder.is_dir():
-            with checkpoint.Checkpointer(folder) as ckpt:
-                last = ckpt.steps()[-1] if ckpt.steps() else None
-        if last != end:
-            raise ValueError(
-                f"the IMP run in imp_workdir={str(imp_workdir)!r} has not finished: level "
-                f"{level} of {theirs.get('levels', 0)} is "
-                + ("missing" if last is None else f"at step {last} of {end}")
-                + "; rerun its command to finish it first")
-
-
-#: ``config.imp_branch``: the IMP run's members whose masks the study trains, each from
-#: the step-k weights under its mask (the ticket, or a pruning control at its density).
-IMP_BRANCHES = ("imp", "random_layerwise", "random_global", "oneshot")
-
-
-def load_imp_masks(imp_workdir: str | pathlib.Path, level: int, like_masks: Any,
-                   branch: str = "imp") -> Any:
-    """The masks ``[S, ...]`` (host arrays) of an IMP workdir's level, of one branch.
-
-    A level's checkpoint holds every member of that level's program (the
-    ticket and its controls); its metadata lists them, and the members of
-    ``branch`` (``'imp'``, the ticket, or a control such as
-    ``'random_layerwise'``) are returned in replicate order.
-
-    Raises:
-      ValueError: the level does not exist in the workdir, has no finished
-        checkpoint, or has no member of ``branch``.
-    """
-    folder = check_imp_level(imp_workdir, level)
-    with checkpoint.Checkpointer(folder) as ckpt:
-        steps = ckpt.steps()
-        if not steps:
-            raise ValueError(f"imp_level={level} of {str(imp_workdir)!r} has no checkpoint yet")
-        _, _, meta = ckpt.restore(steps[-1], like_state=None)
-        members = meta.get("members") or []
-        imp = sorted((m["replicate"], i) for i, m in enumerate(members) if m["branch"] == branch)
-        if not imp:
-            found = sorted({m["branch"] for m in members})
-            raise ValueError(f"imp_level={level} of {str(imp_workdir)!r} has no {branch!r} "
-                             f"members (imp_branch; it has {found})")
-        like_all = jax.tree.map(lambda x: jnp.ones((len(members), *x.shape[1:]), x.dtype),
-                                like_masks)
-        _, masks, _ = ckpt.restore(steps[-1], like_state=None, like_masks=like_all)
-    index = np.array([i for _, i in imp])
-    return jax.tree.map(lambda x: np.asarray(jax.device_get(x))[index], masks)
-
-
-_MUST_MATCH = ("dataset", "validation_size", "validation_seed", "test_size", "model",
-               "model_kwargs", "seed", "num_replicates")
-
-
-def check_imp_compatible(config: Any, imp_workdir: str | pathlib.Path, *,
-                         dataset: Any = None, rewind_step: int | None = None) -> dict:
-    """Raise ``ValueError`` unless the IMP run in ``imp_workdir`` fits this study.
-
-    Replicate r's mask only fits initialisation r when dataset, model, seed
-    and replicate count are the same. With ``dataset`` (this study's), the
-    recipe (as built: optimiser, learning rate, schedule, batch size,
-    augmentation...) and the training length must be the IMP run's too; with
-    ``rewind_step`` (steps), the IMP run must have rewound to that step, unless
-    ``config.imp_mask_at_any_k`` (a mask found by rewinding to r used at
-    another k is a different experiment from the paper's). An IMP run that
-    pretrained on altered data (``config.pretrain``) is refused unless this
-    config pretrains alike (no study reading an IMP run pretrains today).
-
-    Returns:
-      The IMP run's config (a dict), e.g. for its ``pruning`` selection and
-      ``rewind_optimizer``.
-    """
-    path = pathlib.Path(imp_workdir) / "config.json"
-    if not path.exists():
-        raise ValueError(f"imp_workdir={str(imp_workdir)!r} holds no IMP run (no config.json)")
-    theirs = results.read_json(path)
-    ours = common.to_dict(config)
-    differ = [key for key in _MUST_MATCH if theirs.get(key) != ours.get(key)]
-    if differ:
-        raise ValueError(
-            f"the IMP run in imp_workdir={str(imp_workdir)!r} differs in {differ}: "
-            + ", ".join(f"{k}={theirs.get(k)!r} there vs {ours.get(k)!r} here" for k in differ)
-        )
-    pretrained = (theirs.get("pretrain") or {}).get("kind", "")
-    if pretrained and (ours.get("pretrain") or {}) != theirs.get("pretrain"):
-        raise ValueError(
-            f"the IMP run in imp_workdir={str(imp_workdir)!r} pretrained on altered data "
-            f"(pretrain.kind={pretrained!r}); this study starts from weights that were not: "
-            "its masks do not belong to these weights (use an IMP run without config.pretrain)")
-    if dataset is None:
-        return theirs
-    per_epoch = len(dataset.train) // config.recipe.batch_size
-    their_config = ml_collections.ConfigDict(theirs)
-    recipe_ours = common.build_recipe(config, dataset)
-    recipe_theirs = common.build_recipe(their_config, dataset)
-    if recipe_ours != recipe_theirs:
-        fields = [f.name for f in dataclasses.fields(recipe_ours)
-                  if getattr(recipe_ours, f.name) != getattr(recipe_theirs, f.name)]
-        raise ValueError(
-            f"the IMP run in imp_workdir={str(imp_workdir)!r} trained with another recipe: "
-            + ", ".join(f"{k}={getattr(recipe_theirs, k)!r} there vs "
-                        f"{getattr(recipe_ours, k)!r} here" for k in fields))
-    end_theirs = common.steps(theirs["training_steps"], per_epoch)
-    end_ours = common.steps(config.training_steps, per_epoch)
-    if end_theirs != end_ours:
-        raise ValueError(
-            f"the IMP run in imp_workdir={str(imp_workdir)!r} trained {end_theirs} steps "
-            f"(training_steps={theirs['training_steps']!r}), this study {end_ours} "
-            f"(training_steps={config.training_steps!r})")
-    if rewind_step is not None and not config.get("imp_mask_at_any_k", False):
-        theirs_k = common.steps(theirs.get("rewind_step", 0), per_epoch)
-        if theirs_k != rewind_step:
-            raise ValueError(
-                f"the IMP run in imp_workdir={str(imp_workdir)!r} rewound to step {theirs_k} "
-                f"(rewind_step={theirs.get('rewind_step')!r}) but is used at k = {rewind_step}: "
-                "give one IMP run per k (imp_workdir='<k>=<workdir>,...', Frankle et al. "
-                "2020's protocol) or set imp_mask_at_any_k=True")
-    return theirs
-
-
 def ticket_start(executor: Any, state_k: Any, masks: Any, imp_config: dict) -> Any:
     """The state an IMP ticket trained from: step-k weights under ``masks``, and a fresh
     optimiser state, or the step-k one when the IMP run set ``rewind_optimizer``.
@@ -226,63 +78,12 @@ def ticket_start(executor: Any, state_k: Any, masks: Any, imp_config: dict) -> A
     return rewinding.rewind_state(state_k, masks, fresh_opt_state=opt)
 
 
-def imp_workdirs(config: Any, ks: list[int], per_epoch: int,
-                 workdir: str | pathlib.Path | None = None) -> dict[int, str]:
-    """The IMP run whose masks each rewind step uses: ``{k: imp_workdir}`` (empty: dense).
-
-    ``config.imp_workdir`` is one IMP workdir, used at every k, or
-    comma-separated ``<k>=<workdir>`` entries, exactly one per rewind step:
-    Frankle et al. 2020's protocol (Section 4), where the subnetwork studied
-    at k is the one IMP found when rewinding to k. ``{workdir}`` in a path
-    stands for this study's own workdir (given as ``workdir``), so a study
-    whose IMP runs live beside it (the transition study's) can be moved or
-    copied with them: ``'0it={workdir}/../imp_k0'``.
-
-    Raises:
-      ValueError: a malformed entry, a k given twice, or entries that do not
-        cover exactly ``config.rewind_steps``.
-
-    Example:
-        >>> config.imp_workdir = "0it=runs/imp_k0,500it=runs/imp_k500"
-        >>> imp_workdirs(config, [0, 500], per_epoch=916)
-        {0: 'runs/imp_k0', 500: 'runs/imp_k500'}
-    """
-    spec = str(config.get("imp_workdir") or "").strip()
-    if not spec:
-        return {}
-    spec_as_given = spec
-    if "{workdir}" in spec:  # its folder may not exist yet: '..' is resolved as text
-        if workdir is None:
-            raise ValueError(f"config.imp_workdir={spec!r} uses {{workdir}}: give the workdir")
-        spec = spec.replace("{workdir}", str(workdir))
-    if "=" not in spec:
-        return {k: os.path.normpath(spec) if spec != spec_as_given else spec for k in ks}
-    out: dict[int, str] = {}
-    for entry in (e.strip() for e in spec.split(",")):
-        if not entry:
-            continue
-        k_text, _, path = (x.strip() for x in entry.partition("="))
-        try:
-            k = common.steps(k_text, per_epoch)
-        except ValueError as error:
-            raise ValueError(f"config.imp_workdir entry {entry!r} must be '<k>=<workdir>' with "
-                             f"a step k such as '500it' or '2ep': {error}") from None
-        if not path or k in out:
-            raise ValueError(f"config.imp_workdir entry {entry!r}: "
-                             + ("no workdir" if not path else f"k = {k} is given twice"))
-        out[k] = os.path.normpath(path) if "{workdir}" in spec_as_given else path
-    if sorted(out) != ks:
-        raise ValueError(f"config.imp_workdir gives IMP runs for k = {sorted(out)} (steps) but "
-                         f"config.rewind_steps are {ks}: one IMP run per rewind step")
-    return out
-
-
 def check_rewind_steps(config: Any, dataset: Any) -> list[int]:
     """The rewind steps of ``config`` in steps, sorted; the copies and ``imp_branch`` checked.
 
     Raises:
       ValueError: a rewind step outside ``[0, training_steps)``, fewer than 2
-        copies, or an ``imp_branch`` not in :data:`IMP_BRANCHES`.
+        copies, or an ``imp_branch`` not in :data:`imp_runs.IMP_BRANCHES`.
     """
     per_epoch = len(dataset.train) // config.recipe.batch_size
     end = common.steps(config.training_steps, per_epoch)
@@ -295,8 +96,8 @@ def check_rewind_steps(config: Any, dataset: Any) -> list[int]:
     if config.num_copies < 2:
         raise ValueError(f"num_copies must be >= 2 to form pairs, got {config.num_copies}")
     branch = config.get("imp_branch", "imp")
-    if branch not in IMP_BRANCHES:
-        raise ValueError(f"imp_branch must be one of {IMP_BRANCHES}, got {branch!r}")
+    if branch not in imp_runs.IMP_BRANCHES:
+        raise ValueError(f"imp_branch must be one of {imp_runs.IMP_BRANCHES}, got {branch!r}")
     return ks
 
 
@@ -324,9 +125,10 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
         ks = check_rewind_steps(config, dataset)
         ks_and_runs.update({k: "" for k in ks})
         branch = config.get("imp_branch", "imp")
-        for k, run in imp_workdirs(config, ks, per_epoch, workdir).items():
-            imp_configs[k] = check_imp_compatible(config, run, dataset=dataset, rewind_step=k)
-            check_imp_level(run, config.imp_level)
+        for k, run in imp_runs.imp_workdirs(config, ks, per_epoch, workdir).items():
+            imp_configs[k] = imp_runs.check_imp_compatible(config, run, dataset=dataset,
+                                                           rewind_step=k)
+            imp_runs.check_imp_level(run, config.imp_level)
             if branch != "imp" and branch not in (imp_configs[k].get("controls") or ()):
                 raise ValueError(
                     f"imp_branch={branch!r}: the IMP run in {run!r} has no such control "
@@ -367,7 +169,7 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
             # The ticket as IMP trained it: step-k weights under the mask, and the
             # optimiser state IMP started from (fresh, or rewound with rewind_optimizer).
             imp_config = imp_configs[k]
-            masks = executor.shard(load_imp_masks(ks_and_runs[k], config.imp_level, like,
+            masks = executor.shard(imp_runs.load_imp_masks(ks_and_runs[k], config.imp_level, like,
                                                   config.get("imp_branch", "imp")))
             pruning_config = imp_config.get("pruning") or {}
             selection = masking.prunable(executor.abstract_state.params,

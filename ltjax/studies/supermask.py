@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from ltjax import checkpoint, masking, plots, results, rng, supermasks, tree
-from ltjax.studies import common, stability
+from ltjax.studies import common, imp_runs
 
 
 def _check_densities(config: Any) -> tuple[float, ...]:
@@ -134,7 +134,7 @@ def run_zhou(config: Any, workdir: str | pathlib.Path, *, progress: bool = True)
         if not imp_workdir:
             raise ValueError("config.imp_workdir must name an IMP run (its level 0 gives the "
                              "trained weights)")
-        stability.check_imp_compatible(config, imp_workdir)
+        imp_runs.check_imp_compatible(config, imp_workdir)
         if not level_dir.is_dir():
             raise ValueError(f"config.imp_workdir={imp_workdir!r} has no finished level 0")
 

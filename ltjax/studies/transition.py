@@ -48,7 +48,7 @@ import jax
 import numpy as np
 
 from ltjax import distributed, masking, plots, results
-from ltjax.studies import common, imp, stability
+from ltjax.studies import common, imp, imp_runs, stability
 
 #: The fields of the stability study alone, of the IMP study alone, of this study alone.
 STABILITY_FIELDS = ("num_copies", "rewind_steps", "num_alphas", "path_splits", "alpha_chunk",
@@ -235,7 +235,7 @@ def _mask_distances(executor: Any, config: Any, workdir: pathlib.Path,
     p = config.pruning
     selection = masking.prunable(params, include=p.get("include") or None,
                                  exclude=p.get("exclude") or None)
-    masks = {k: stability.load_imp_masks(workdir / _folder(text), config.levels, like)
+    masks = {k: imp_runs.load_imp_masks(workdir / _folder(text), config.levels, like)
              for k, text in imp_steps}
     rows = []
     for k_a, k_b in itertools.combinations(sorted(masks), 2):
