@@ -13,10 +13,8 @@
 - :func:`evaluate`, :func:`predict`, :func:`logits`,
   :func:`recompute_batch_stats`: one member's evaluation.
 
-Many members as one program: :class:`ltjax.executor.Executor` (also importable
-as ``train.Executor``). The recipe, schedules and optimisers live in
-:mod:`ltjax.optim` (``train.Recipe`` and ``train.learning_rate_at`` are the
-same objects).
+Many members as one program: :class:`ltjax.executor.Executor`. The recipe,
+schedules and optimisers live in :mod:`ltjax.optim`.
 
 Example:
     >>> state = init_state(model, recipe, jax.random.key(0), dataset.input_shape)
@@ -38,12 +36,10 @@ import optax
 
 from ltjax import data, masking, models, optim, rng
 from ltjax import reparam as reparam_lib
-from ltjax.optim import Hyperparams, Recipe, learning_rate_at, make_optimizer
 
 PyTree = Any
 
-__all__ = ["Hyperparams", "Recipe", "TrainState", "cross_entropy", "evaluate",
-           "fresh_opt_state", "init_state", "learning_rate_at", "logits", "make_optimizer",
+__all__ = ["TrainState", "cross_entropy", "evaluate", "fresh_opt_state", "init_state", "logits",
            "parse_steps", "predict", "recompute_batch_stats", "train_steps"]
 
 _STEPS_RE = re.compile(r"^\s*(\d+)\s*(it|ep)\s*$")
@@ -98,7 +94,7 @@ def _reparam(reparam: reparam_lib.Reparam | None) -> reparam_lib.Reparam:
     return reparam_lib.identity() if reparam is None else reparam
 
 
-def fresh_opt_state(recipe: Recipe, trainable: PyTree, *,
+def fresh_opt_state(recipe: optim.Recipe, trainable: PyTree, *,
                     reparam: reparam_lib.Reparam | None = None) -> PyTree:
     """A fresh optimiser state of one member for its trainable tree.
 
@@ -107,11 +103,11 @@ def fresh_opt_state(recipe: Recipe, trainable: PyTree, *,
     """
     r = _reparam(reparam)
     labels = r.labels(trainable) if r.labels is not None else None
-    return make_optimizer(recipe, labels=labels, group_decay=r.group_decay).init(trainable)
+    return optim.make_optimizer(recipe, labels=labels, group_decay=r.group_decay).init(trainable)
 
 
 def init_state(
-    model: Any, recipe: Recipe, key: jax.Array, input_shape: tuple[int, ...], *,
+    model: Any, recipe: optim.Recipe, key: jax.Array, input_shape: tuple[int, ...], *,
     reparam: reparam_lib.Reparam | None = None,
 ) -> TrainState:
     """A fresh train state of one member from its ``init`` key.
@@ -176,7 +172,7 @@ def cross_entropy(
 
 def train_steps(
     model: Any,
-    recipe: Recipe,
+    recipe: optim.Recipe,
     arrays: data.DeviceSplit,
     state: TrainState,
     masks: PyTree | None,
@@ -184,7 +180,7 @@ def train_steps(
     *,
     num_steps: int,
     unroll: bool = False,
-    hparams: Hyperparams | None = None,
+    hparams: optim.Hyperparams | None = None,
     reparam: reparam_lib.Reparam | None = None,
     subset: jax.Array | None = None,
 ) -> tuple[TrainState, jax.Array]:
@@ -261,9 +257,9 @@ def train_steps(
         key = None if r.is_identity else rng.step_key(reparam_key, state.step)
         grads, (loss, batch_stats) = jax.grad(loss_fn, has_aux=True)(
             state.params, state.batch_stats, x, y, key)
-        tx = make_optimizer(recipe, learning_rate=learning_rate_at(recipe, state.step, peak),
-                            weight_decay=decay, labels=labels, group_decay=r.group_decay,
-                            masks=trainable_masks)
+        tx = optim.make_optimizer(
+            recipe, learning_rate=optim.learning_rate_at(recipe, state.step, peak),
+            weight_decay=decay, labels=labels, group_decay=r.group_decay, masks=trainable_masks)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new_state = state.replace(step=state.step + 1,
                                   params=optax.apply_updates(state.params, updates),
@@ -400,14 +396,3 @@ def recompute_batch_stats(
     total, _ = jax.lax.scan(body, zeros, jnp.arange(num_batches))
     scale = 1.0 / ((1.0 - momentum) * num_batches)
     return jax.tree.map(lambda t: t * scale, total)
-
-
-def __getattr__(name: str) -> Any:
-    # The executor moved to ltjax.executor; these names stay importable from here.
-    if name in ("Executor", "choose_strategy", "STRATEGIES"):
-        from ltjax import executor
-
-        return getattr(executor, name)
-    if name == "OPTIMIZERS":
-        return optim.OPTIMIZERS
-    raise AttributeError(f"module 'ltjax.train' has no attribute {name!r}")

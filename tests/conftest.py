@@ -57,7 +57,16 @@ import subprocess
 import sys
 import tempfile
 
-_LEGACY_EMITTERS = os.environ.get("LTJAX_TEST_XLA_EMITTERS", "legacy") != "default"
+def _xla_has_legacy_emitters() -> bool:
+    """Whether this jaxlib's XLA:CPU knows ``--xla_cpu_use_fusion_emitters`` (0.10 does; 0.12
+    removed it, and an unknown flag in XLA_FLAGS aborts the process)."""
+    from importlib import metadata
+
+    return tuple(int(x) for x in metadata.version("jaxlib").split(".")[:2]) < (0, 11)
+
+
+_LEGACY_EMITTERS = (os.environ.get("LTJAX_TEST_XLA_EMITTERS", "legacy") != "default"
+                    and _xla_has_legacy_emitters())
 if os.environ.get("LTJAX_TEST_XLA_OPT", "0") != "default":  # before XLA starts
     os.environ["XLA_FLAGS"] = " ".join(filter(None, [
         os.environ.get("XLA_FLAGS", ""),

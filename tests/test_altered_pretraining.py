@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from experiments.configs import imp_lenet_digits
-from ltjax import data, masking, results, rng, train
+from ltjax import data, masking, results, rng
+from ltjax import executor as executor_lib
 from ltjax.studies import common, early_phase, imp
 
 
@@ -180,7 +181,7 @@ def test_killed_pretraining_resumes_to_the_same_results(tmp_path, monkeypatch):
     config.pretrain.exclude_true = True
     imp.run_imp(config, tmp_path / "straight", progress=False)
     calls = []
-    original = train.Executor.train
+    original = executor_lib.Executor.train
 
     def dies(self, *args, **kwargs):
         calls.append(1)
@@ -188,10 +189,10 @@ def test_killed_pretraining_resumes_to_the_same_results(tmp_path, monkeypatch):
             raise _Killed
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(train.Executor, "train", dies)
+    monkeypatch.setattr(executor_lib.Executor, "train", dies)
     with pytest.raises(_Killed):
         imp.run_imp(config, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(train.Executor, "train", original)
+    monkeypatch.setattr(executor_lib.Executor, "train", original)
     imp.run_imp(config, tmp_path / "resumed", progress=False)
     assert (results.read_csv(tmp_path / "resumed" / "results.csv")
             == results.read_csv(tmp_path / "straight" / "results.csv"))

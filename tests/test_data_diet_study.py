@@ -12,7 +12,8 @@ import pytest
 from scipy import stats
 
 from experiments.configs import data_diet_lenet_digits, data_diet_lenet_mnist
-from ltjax import data, results, train
+from ltjax import data, results
+from ltjax import executor as executor_lib
 from ltjax.studies import data_diet
 
 
@@ -21,7 +22,7 @@ def test_study_trains_each_mode_on_its_scored_subset_and_reruns(tmp_path, monkey
     config.model = "mlp"
     config.model_kwargs = {"widths": (32,)}
     seen = []
-    original = train.Executor.train
+    original = executor_lib.Executor.train
 
     def spy(self, state, masks, noise_keys, *, num_steps, hparams=None, **kwargs):
         if kwargs.get("subsets") is not None:
@@ -29,7 +30,7 @@ def test_study_trains_each_mode_on_its_scored_subset_and_reruns(tmp_path, monkey
         return original(self, state, masks, noise_keys, num_steps=num_steps, hparams=hparams,
                         **kwargs)
 
-    monkeypatch.setattr(train.Executor, "train", spy)
+    monkeypatch.setattr(executor_lib.Executor, "train", spy)
     summary = data_diet.run_data_diet(config, tmp_path, progress=False)
     scores = np.load(tmp_path / "scores.npy")
     n = 1437  # digits' training split
@@ -56,7 +57,7 @@ def test_study_trains_each_mode_on_its_scored_subset_and_reruns(tmp_path, monkey
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run must not train again")
 
-    monkeypatch.setattr(train.Executor, "train", no_training)
+    monkeypatch.setattr(executor_lib.Executor, "train", no_training)
     data_diet.run_data_diet(config, tmp_path, progress=False)
     assert results.read_csv(tmp_path / "results.csv") == rows
     bad = data_diet_lenet_digits.get_config("quick")
@@ -78,7 +79,7 @@ def _small(**fields):
 
 def test_label_noise_corrupts_an_exact_share_and_precision_matches_numpy(tmp_path, monkeypatch):
     trained_labels, tested_labels = [], []
-    original = train.Executor.train
+    original = executor_lib.Executor.train
 
     def spy(self, state, masks, noise_keys, *, num_steps, hparams=None, **kwargs):
         trained_labels.append(np.asarray(self.dataset.train.y))
@@ -86,7 +87,7 @@ def test_label_noise_corrupts_an_exact_share_and_precision_matches_numpy(tmp_pat
         return original(self, state, masks, noise_keys, num_steps=num_steps, hparams=hparams,
                         **kwargs)
 
-    monkeypatch.setattr(train.Executor, "train", spy)
+    monkeypatch.setattr(executor_lib.Executor, "train", spy)
     config = _small(label_noise=0.2, label_noise_seed=5)
     summary = data_diet.run_data_diet(config, tmp_path, progress=False)
     clean = data.load("digits")

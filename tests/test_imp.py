@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from experiments.configs import imp_lenet_digits
-from ltjax import data, results, rng, train
+from ltjax import data, results, rng
+from ltjax import executor as executor_lib
 from ltjax.studies import common, imp
 
 
@@ -120,7 +121,7 @@ def test_killed_imp_resumes_to_the_same_results(tmp_path, monkeypatch):
     imp.run_imp(config, tmp_path / "straight", progress=False)
 
     calls = []
-    original = train.Executor.train
+    original = executor_lib.Executor.train
 
     def dies(self, *args, **kwargs):
         calls.append(1)
@@ -128,17 +129,17 @@ def test_killed_imp_resumes_to_the_same_results(tmp_path, monkeypatch):
             raise _Killed
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(train.Executor, "train", dies)
+    monkeypatch.setattr(executor_lib.Executor, "train", dies)
     with pytest.raises(_Killed):
         imp.run_imp(config, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(train.Executor, "train", original)
+    monkeypatch.setattr(executor_lib.Executor, "train", original)
     resumed_calls = []
 
     def counts(self, *args, **kwargs):
         resumed_calls.append(1)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(train.Executor, "train", counts)
+    monkeypatch.setattr(executor_lib.Executor, "train", counts)
     imp.run_imp(config, tmp_path / "resumed", progress=False)
     straight_rows = results.read_csv(tmp_path / "straight" / "results.csv")
     assert results.read_csv(tmp_path / "resumed" / "results.csv") == straight_rows
@@ -153,7 +154,7 @@ def test_killed_imp_resumes_to_the_same_results(tmp_path, monkeypatch):
     def no_programs(self, key, build):
         raise AssertionError(f"a finished run built the program {key}")
 
-    monkeypatch.setattr(train.Executor, "_program", no_programs)
+    monkeypatch.setattr(executor_lib.Executor, "_program", no_programs)
     imp.run_imp(config, tmp_path / "straight", progress=False)
     assert results.read_csv(tmp_path / "straight" / "results.csv") == straight_rows
 

@@ -8,7 +8,8 @@ import pytest
 import scipy.optimize
 
 from experiments.configs import rebasin_mlp_digits
-from ltjax import matching, models, results, train
+from ltjax import executor as executor_lib
+from ltjax import matching, models, results
 from ltjax.studies import common, rebasin
 
 
@@ -117,7 +118,7 @@ def test_rebasin_end_to_end_and_resume(tmp_path, monkeypatch, drawn):
     def refuse(*args, **kwargs):
         raise AssertionError("a finished run must not train or match again")
 
-    monkeypatch.setattr(train.Executor, "train", refuse)
+    monkeypatch.setattr(executor_lib.Executor, "train", refuse)
     monkeypatch.setattr(matching, "weight_matching", refuse)
     again = rebasin.run_rebasin(config, tmp_path, progress=False)
     assert again == summary

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from ltjax import averaging, models, repair
+from ltjax import interpolation, models, repair
 
 
 def test_channel_stats_match_numpy():
@@ -82,7 +82,7 @@ _SMALL = {"mlp": (models.MLP(widths=(16, 12)), (8, 8, 1)),
           "resnet": (models.ResNet(depth=8, width=4), (8, 8, 1))}  # ResNet-8: every BN kind
 
 
-_lerp = jax.jit(averaging.lerp)  # one compile per tree, not one per leaf op
+_lerp = jax.jit(interpolation.lerp)  # one compile per tree, not one per leaf op
 
 
 def _random_like(shapes, rng, *, positive=False):
@@ -138,7 +138,7 @@ def test_repair_invariants(name):
     # repair_fn is the same, for every point of a stacked path chunk.
     fn = models.repair_fn(model, x, eps=0.0)
     stats_tree = lambda v: v.get("batch_stats", {})  # noqa: E731
-    path = jax.jit(averaging.interpolate)(jnp.array([0.5, 1.0]),
+    path = jax.jit(interpolation.interpolate)(jnp.array([0.5, 1.0]),
                                           (va["params"], stats_tree(va), sa),
                                           (vb["params"], stats_tree(vb), sb))
     params, batch_stats = fn(path)

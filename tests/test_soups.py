@@ -6,7 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from ltjax import averaging, data, models, optim, train, tree
+from ltjax import data, interpolation, models, optim, soups, train, tree
+from ltjax import executor as executor_lib
 
 
 def _tree(seed, scale=1.0):
@@ -28,17 +29,17 @@ def _assert_equal(a, b):
 
 def test_uniform_soup_of_identical_models_is_that_model():
     one = _tree(3)
-    _assert_equal(averaging.uniform_soup([one] * 7), one)
-    _assert_equal(averaging.uniform_soup(tree.stack([one] * 5), stacked=True), one)
-    _assert_equal(averaging.uniform_soup([one] * 3, weights=[0.2, 5.0, 1.3]), one)
+    _assert_equal(soups.uniform_soup([one] * 7), one)
+    _assert_equal(soups.uniform_soup(tree.stack([one] * 5), stacked=True), one)
+    _assert_equal(soups.uniform_soup([one] * 3, weights=[0.2, 5.0, 1.3]), one)
 
 
 def test_uniform_soup_matches_numpy_mean():
     trees = [_tree(s) for s in range(5)]
-    soup = averaging.uniform_soup(trees)
-    stacked = averaging.uniform_soup(tree.stack(trees), stacked=True)
+    soup = soups.uniform_soup(trees)
+    stacked = soups.uniform_soup(tree.stack(trees), stacked=True)
     weights = np.array([1.0, 0.0, 2.0, 0.5, 3.0])
-    weighted = averaging.uniform_soup(trees, weights=weights)
+    weighted = soups.uniform_soup(trees, weights=weights)
     for path in (("Dense_0", "kernel"), ("Dense_1", "bias")):
         leaves = np.stack([np.asarray(t[path[0]][path[1]], np.float64) for t in trees])
         np.testing.assert_allclose(soup[path[0]][path[1]], leaves.mean(0), rtol=1e-5, atol=1e-6)
@@ -49,7 +50,7 @@ def test_uniform_soup_matches_numpy_mean():
                                    atol=1e-6)
     assert int(soup["step"]) == 0  # non-float leaves: the first ingredient's
     assert int(weighted["step"]) == 0
-    assert int(averaging.uniform_soup(trees, weights=[0, 1, 1, 1, 1])["step"]) == 1
+    assert int(soups.uniform_soup(trees, weights=[0, 1, 1, 1, 1])["step"]) == 1
 
 
 # ------------------------------------------------------------------------ greedy
@@ -96,7 +97,7 @@ def test_greedy_soup_matches_oracle_and_never_loses_to_best(seed, strict):
         return accuracy_of(_members_of(soup))
 
     ingredients = _one_hot_ingredients(num)
-    result = averaging.greedy_soup(ingredients, evaluate_fn, strict=strict)
+    result = soups.greedy_soup(ingredients, evaluate_fn, strict=strict)
     members, best, order = _greedy_oracle(accuracy_of, num, strict)
     assert list(result.members) == members
     assert result.accuracy == best
@@ -109,11 +110,11 @@ def test_greedy_soup_matches_oracle_and_never_loses_to_best(seed, strict):
     assert [h["ingredient"] for h in result.history] == order
     assert [h["ingredient"] for h in result.history if h["accepted"]] == members
     # The soup is bit for bit the uniform soup of its members, in order.
-    _assert_equal(result.soup, averaging.uniform_soup([ingredients[i] for i in members]))
+    _assert_equal(result.soup, soups.uniform_soup([ingredients[i] for i in members]))
     # Known accuracies skip the K single evaluations and change nothing.
     calls.clear()
     singles = [accuracy_of(frozenset([i])) for i in range(num)]
-    again = averaging.greedy_soup(tree.stack(ingredients), evaluate_fn, stacked=True,
+    again = soups.greedy_soup(tree.stack(ingredients), evaluate_fn, stacked=True,
                                   strict=strict, accuracies=singles)
     assert again.members == result.members and len(calls) == num - 1
 
@@ -122,8 +123,8 @@ def test_greedy_strict_and_non_strict_differ_on_ties():
     acc = {frozenset([0]): 0.9, frozenset([1]): 0.8, frozenset([0, 1]): 0.9,
            frozenset([0, 1, 2]): 0.95, frozenset([2]): 0.7, frozenset([0, 2]): 0.85}
     ingredients = _one_hot_ingredients(3)
-    loose = averaging.greedy_soup(ingredients, lambda s: acc[_members_of(s)])
-    strict = averaging.greedy_soup(ingredients, lambda s: acc[_members_of(s)], strict=True)
+    loose = soups.greedy_soup(ingredients, lambda s: acc[_members_of(s)])
+    strict = soups.greedy_soup(ingredients, lambda s: acc[_members_of(s)], strict=True)
     assert loose.members == (0, 1, 2) and loose.accuracy == 0.95  # paper: >= keeps the tie
     assert strict.members == (0,) and strict.accuracy == 0.9  # code: > drops it
 
@@ -139,7 +140,7 @@ def test_greedy_applies_recompute_fn_to_candidates():
         seen.append(int(t["step"]))
         return 0.5
 
-    result = averaging.greedy_soup(ingredients, evaluate_fn, accuracies=[0.5, 0.5, 0.5],
+    result = soups.greedy_soup(ingredients, evaluate_fn, accuracies=[0.5, 0.5, 0.5],
                                    recompute_fn=recompute)
     assert seen == [-1, -1] and result.members == (0, 1, 2)
     assert int(result.soup["step"]) == -1
@@ -171,7 +172,7 @@ def _linear_problem():
 
 def test_learned_soup_weights_are_normalised_per_tensor_and_mix_like_numpy():
     ingredients, loss_fn, heldout = _linear_problem()
-    result = averaging.learned_soup(ingredients, loss_fn, heldout, num_steps=60,
+    result = soups.learned_soup(ingredients, loss_fn, heldout, num_steps=60,
                                     learning_rate=0.1)
     names = ["Dense_0/bias", "Dense_0/kernel", "Dense_1/scale"]
     assert sorted(result.weights) == names  # one weight vector per tensor (the reference's)
@@ -199,18 +200,18 @@ def test_learned_soup_weights_are_normalised_per_tensor_and_mix_like_numpy():
 
     assert result.temperature != 1.0
     assert numpy_loss(result.temperature) < numpy_loss(1.0)
-    fixed = averaging.learned_soup(ingredients, loss_fn, heldout, num_steps=5, temperature=False)
+    fixed = soups.learned_soup(ingredients, loss_fn, heldout, num_steps=5, temperature=False)
     assert fixed.temperature == 1.0
     # One weight vector per layer, or for the whole model; minibatches; stacked input.
-    per_layer = averaging.learned_soup(ingredients, loss_fn, heldout, granularity="layer",
+    per_layer = soups.learned_soup(ingredients, loss_fn, heldout, granularity="layer",
                                        num_steps=5)
     assert sorted(per_layer.weights) == ["Dense_0", "Dense_1"]
-    whole = averaging.learned_soup(tree.stack(ingredients), loss_fn, heldout, stacked=True,
+    whole = soups.learned_soup(tree.stack(ingredients), loss_fn, heldout, stacked=True,
                                    granularity="model", num_steps=5, batch_size=32)
     assert list(whole.weights) == ["all"] and whole.losses.shape == (5,)
     assert whole.weights["all"].sum() == pytest.approx(1.0, abs=1e-6)
     with pytest.raises(ValueError, match="granularity must be one of"):
-        averaging.learned_soup(ingredients, loss_fn, heldout, granularity="unit")
+        soups.learned_soup(ingredients, loss_fn, heldout, granularity="unit")
 
 
 # ------------------------------------------------------------------------ WiSE-FT
@@ -218,18 +219,18 @@ def test_learned_soup_weights_are_normalised_per_tensor_and_mix_like_numpy():
 
 def test_wise_ft_endpoints_are_exact_and_head_is_kept():
     theta_0, theta_1 = _tree(0), _tree(1)
-    assert int(averaging.wise_ft(1.0, theta_0, theta_1)["step"]) == 0  # non-floats: theta_0's
+    assert int(soups.wise_ft(1.0, theta_0, theta_1)["step"]) == 0  # non-floats: theta_0's
     del theta_0["step"], theta_1["step"]
-    _assert_equal(averaging.wise_ft(0.0, theta_0, theta_1), theta_0)
-    _assert_equal(averaging.wise_ft(1.0, theta_0, theta_1), theta_1)
-    mid = averaging.wise_ft(0.25, theta_0, theta_1)
+    _assert_equal(soups.wise_ft(0.0, theta_0, theta_1), theta_0)
+    _assert_equal(soups.wise_ft(1.0, theta_0, theta_1), theta_1)
+    mid = soups.wise_ft(0.25, theta_0, theta_1)
     np.testing.assert_allclose(mid["Dense_0"]["kernel"],
                                0.75 * np.asarray(theta_0["Dense_0"]["kernel"])
                                + 0.25 * np.asarray(theta_1["Dense_0"]["kernel"]), rtol=1e-6)
     for alpha in (0.0, 0.4, 1.0):
-        kept = averaging.wise_ft(alpha, theta_0, theta_1, keep_head="Dense_1")
+        kept = soups.wise_ft(alpha, theta_0, theta_1, keep_head="Dense_1")
         _assert_equal(kept["Dense_1"], theta_1["Dense_1"])
-        _assert_equal(kept["Dense_0"], averaging.lerp(alpha, theta_0, theta_1)["Dense_0"])
+        _assert_equal(kept["Dense_0"], interpolation.lerp(alpha, theta_0, theta_1)["Dense_0"])
 
     # The sweep is evaluate_path over wise_ft (a small tree: few shapes to compile).
     theta_0 = {"body": theta_0["Dense_0"]["kernel"], "head": theta_0["Dense_1"]["bias"]}
@@ -241,8 +242,8 @@ def test_wise_ft_endpoints_are_exact_and_head_is_kept():
 
     alphas = np.linspace(0, 1, 5)
     for head in (None, "head"):
-        curve = averaging.wise_ft_sweep(evaluate, theta_0, theta_1, alphas, keep_head=head)
-        expected = evaluate(tree.stack([averaging.wise_ft(a, theta_0, theta_1, keep_head=head)
+        curve = soups.wise_ft_sweep(evaluate, theta_0, theta_1, alphas, keep_head=head)
+        expected = evaluate(tree.stack([soups.wise_ft(a, theta_0, theta_1, keep_head=head)
                                         for a in alphas]))["value"]
         # Exact: the same ops on the same shapes, op by op, on bitwise-equal lerps.
         np.testing.assert_array_equal(curve["value"], expected)
@@ -262,45 +263,45 @@ def test_bad_inputs_name_the_argument():
     a, b = _tree(0), _tree(1)
     other = {"Dense_0": a["Dense_0"]}
     with pytest.raises(ValueError, match=r"ingredients\[1\]"):
-        averaging.uniform_soup([a, other])
+        soups.uniform_soup([a, other])
     wrong = jax.tree.map(lambda x: x, b)
     wrong["Dense_1"]["kernel"] = jnp.zeros((3, 5))
     with pytest.raises(ValueError, match=r"ingredients\[2\]\['Dense_1/kernel'\]"):
-        averaging.greedy_soup([a, b, wrong], lambda t: 0.5)
+        soups.greedy_soup([a, b, wrong], lambda t: 0.5)
     with pytest.raises(ValueError, match="ingredients is empty"):
-        averaging.uniform_soup([])
+        soups.uniform_soup([])
     with pytest.raises(ValueError, match="ingredients is empty"):
-        averaging.greedy_soup([], lambda t: 0.5)
+        soups.greedy_soup([], lambda t: 0.5)
     with pytest.raises(ValueError, match="ingredients is empty"):
-        averaging.uniform_soup({"w": jnp.zeros((0, 3))}, stacked=True)
+        soups.uniform_soup({"w": jnp.zeros((0, 3))}, stacked=True)
     with pytest.raises(TypeError, match="stacked=True"):
-        averaging.uniform_soup(a)
+        soups.uniform_soup(a)
     with pytest.raises(ValueError, match="weights"):
-        averaging.uniform_soup([a, b], weights=[1.0, -1.0])
+        soups.uniform_soup([a, b], weights=[1.0, -1.0])
     with pytest.raises(ValueError, match="weights"):
-        averaging.uniform_soup([a, b], weights=[1.0])
+        soups.uniform_soup([a, b], weights=[1.0])
     with pytest.raises(ValueError, match="alpha must lie in"):
-        averaging.wise_ft(1.5, a, b)
+        soups.wise_ft(1.5, a, b)
     with pytest.raises(ValueError, match="alpha must lie in"):
-        averaging.wise_ft(-0.1, a, b)
+        soups.wise_ft(-0.1, a, b)
     with pytest.raises(ValueError, match="alphas must lie in"):
-        averaging.wise_ft_sweep(lambda t: {}, a, b, [0.0, 1.2])
+        soups.wise_ft_sweep(lambda t: {}, a, b, [0.0, 1.2])
     with pytest.raises(ValueError, match="keep_head"):
-        averaging.wise_ft(0.5, a, b, keep_head="Conv_")
+        soups.wise_ft(0.5, a, b, keep_head="Conv_")
     with pytest.raises(ValueError, match="tree_b"):
-        averaging.wise_ft(0.5, a, other)
+        soups.wise_ft(0.5, a, other)
     # An empty held-out split: NaN accuracy (0/0) or no rows.
     with pytest.raises(ValueError, match="held-out"):
-        averaging.greedy_soup([a, b], lambda t: float("nan"))
+        soups.greedy_soup([a, b], lambda t: float("nan"))
     with pytest.raises(ValueError, match="accuracies"):
-        averaging.greedy_soup([a, b], lambda t: 0.5, accuracies=[0.5])
+        soups.greedy_soup([a, b], lambda t: 0.5, accuracies=[0.5])
     ingredients, loss_fn, (x, y) = _linear_problem()
     with pytest.raises(ValueError, match="heldout is empty"):
-        averaging.learned_soup(ingredients, loss_fn, (x[:0], y[:0]))
+        soups.learned_soup(ingredients, loss_fn, (x[:0], y[:0]))
     with pytest.raises(ValueError, match="heldout"):
-        averaging.learned_soup(ingredients, loss_fn, (x, y[:10]))
+        soups.learned_soup(ingredients, loss_fn, (x, y[:10]))
     with pytest.raises(ValueError, match="batch_size"):
-        averaging.learned_soup(ingredients, loss_fn, (x, y), batch_size=1000)
+        soups.learned_soup(ingredients, loss_fn, (x, y), batch_size=1000)
 
 
 # ------------------------------------------------------------------------ shifted data
@@ -346,8 +347,8 @@ def test_rotation_matches_rot90_and_a_scipy_oracle():
 def test_predict_params_agrees_with_evaluate():
     dataset = data.load("digits", validation_size=100)
     model = models.create("mlp", widths=(16,))
-    executor = train.Executor(model, dataset, train.Recipe(optimizer="adam", learning_rate=1e-3,
-                                                           batch_size=32), eval_batch_size=64)
+    recipe = optim.Recipe(optimizer="adam", learning_rate=1e-3, batch_size=32)
+    executor = executor_lib.Executor(model, dataset, recipe, eval_batch_size=64)
     gen = np.random.default_rng(0)  # 3 random replicates (no init or training to compile)
     params = {"Dense_0": {"kernel": gen.normal(size=(3, 64, 16)) / 8, "bias": gen.normal(
         size=(3, 16))}, "Dense_1": {"kernel": gen.normal(size=(3, 16, 10)) / 4,
@@ -392,7 +393,7 @@ def test_finetune_grid_groups_static_recipes_and_orders_ingredients():
 
     config = soups_lenet_mnist.get_config()
     dataset = data.load("digits")  # only its augmentation and size matter here
-    base = train.Recipe(optimizer="adam", learning_rate=1.2e-3, batch_size=60)
+    base = optim.Recipe(optimizer="adam", learning_rate=1.2e-3, batch_size=60)
     groups, ingredients = soups.finetune_grid(config, base, 100, dataset)
     assert len(groups) == 3 * 2 * 2 and len(ingredients) == 3 * 2 * 2 * 2 * 2
     assert [g.ends for g in groups] == [(100, 300)] * 12
@@ -494,13 +495,13 @@ def test_soups_study_end_to_end_and_resume(tmp_path, monkeypatch, drawn):
         (r.get("branch") == "finetune" and r["end"] == end)
         or r.get("branch") == "greedy_step" or r.get("model") == "greedy"
         or (r.get("branch") == "wise_ft" and r["ingredient"] >= 2)))
-    original, calls = train.Executor.train, []
+    original, calls = executor_lib.Executor.train, []
 
     def counted(self, state, masks, noise_keys, *, num_steps, **kwargs):
         calls.append((int(np.asarray(state.step)[0]), num_steps))
         return original(self, state, masks, noise_keys, num_steps=num_steps, **kwargs)
 
-    monkeypatch.setattr(train.Executor, "train", counted)
+    monkeypatch.setattr(executor_lib.Executor, "train", counted)
     resumed = soups.run_soups(config, tmp_path / "b", progress=False)
     # Only the killed run, the 2-epoch one, trains again: from theta_0, an epoch per call.
     assert calls == [(0, end // 2), (end // 2, end // 2)]
@@ -548,9 +549,9 @@ def test_pretrained_model_loads_from_a_dense_workdir(tmp_path):
     params = {"Dense_0": {"kernel": gen.normal(size=(2, 64, 16)), "bias": gen.normal(size=(2, 16))},
               "Dense_1": {"kernel": gen.normal(size=(2, 16, 10)), "bias": gen.normal(size=(2, 10))}}
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
-    recipe = train.Recipe(optimizer="adam", learning_rate=1.2e-3, batch_size=60)
+    recipe = optim.Recipe(optimizer="adam", learning_rate=1.2e-3, batch_size=60)
     state = train.TrainState(step=jnp.full((2,), 36, jnp.int32), params=params, batch_stats={},
-                             opt_state=jax.vmap(train.make_optimizer(recipe).init)(params))
+                             opt_state=jax.vmap(optim.make_optimizer(recipe).init)(params))
     with checkpoint.Checkpointer(tmp_path / "checkpoints") as ckpt:
         ckpt.save(18, state=jax.tree.map(jnp.zeros_like, state))
         ckpt.save(36, state=state)

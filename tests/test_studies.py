@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from experiments.configs import lenet_digits
-from ltjax import results, train
+from ltjax import executor as executor_lib
+from ltjax import results
 from ltjax.studies import common, dense
 
 
@@ -31,7 +32,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch, caps
     assert capsys.readouterr().out == ""  # progress=False is silent
 
     calls = []
-    original = train.Executor.train
+    original = executor_lib.Executor.train
 
     def dies_on_second_call(self, *args, **kwargs):
         calls.append(1)
@@ -39,10 +40,10 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch, caps
             raise _Killed
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(train.Executor, "train", dies_on_second_call)
+    monkeypatch.setattr(executor_lib.Executor, "train", dies_on_second_call)
     with pytest.raises(_Killed):
         dense.run_train(config, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(train.Executor, "train", original)
+    monkeypatch.setattr(executor_lib.Executor, "train", original)
     capsys.readouterr()
     resumed = dense.run_train(config, tmp_path / "resumed", progress=True)
     said = capsys.readouterr().out
@@ -79,7 +80,7 @@ def test_outputs_and_rerun_skips_finished_work(tmp_path, monkeypatch):
     def must_not_train(*args, **kwargs):
         raise AssertionError("a finished run must not train again")
 
-    monkeypatch.setattr(train.Executor, "train", must_not_train)
+    monkeypatch.setattr(executor_lib.Executor, "train", must_not_train)
     again = dense.run_train(config, tmp_path, progress=False)
     assert again == summary
     assert results.MetricsLog(tmp_path / "metrics.jsonl").read() == records
@@ -102,16 +103,16 @@ def test_workdir_of_another_config_is_refused(tmp_path, monkeypatch):
         dense.run_train(_config(seed=1), tmp_path / "done", progress=False)
     # A run stopped before its first checkpoint leaves nothing to lose: a corrected
     # config takes the workdir over, with the abandoned run's records dropped.
-    original = train.Executor.train
+    original = executor_lib.Executor.train
 
     def killed(*args, **kwargs):
         raise _Killed
 
-    monkeypatch.setattr(train.Executor, "train", killed)
+    monkeypatch.setattr(executor_lib.Executor, "train", killed)
     with pytest.raises(_Killed):
         dense.run_train(_config(), tmp_path / "early", progress=False)
     assert (tmp_path / "early" / "metrics.jsonl").exists()  # the step-0 evaluation
-    monkeypatch.setattr(train.Executor, "train", original)
+    monkeypatch.setattr(executor_lib.Executor, "train", original)
     dense.run_train(_config(seed=1), tmp_path / "early", progress=False)
     dense.run_train(_config(seed=1), tmp_path / "fresh", progress=False)
     for name in ("metrics.jsonl", "results.csv", "config.json"):
@@ -220,8 +221,8 @@ def test_bad_shared_fields_fail_before_any_work(tmp_path, monkeypatch, study):
     def no_work(*args, **kwargs):
         raise AssertionError("work started before the config was checked")
 
-    monkeypatch.setattr(train.Executor, "init", no_work)
-    monkeypatch.setattr(train.Executor, "train", no_work)
+    monkeypatch.setattr(executor_lib.Executor, "init", no_work)
+    monkeypatch.setattr(executor_lib.Executor, "train", no_work)
     cases = [("num_replicates", 0, r"config.num_replicates must be an int >= 1, got 0"),
              ("seed", -1, r"config.seed must be an int >= 0, got -1"),
              ("recipe.batch_size", 0, r"config.recipe.batch_size must be an int >= 1, got 0"),
@@ -309,7 +310,7 @@ def test_telemetry_on_its_schedule_resumes_and_changes_no_training(tmp_path, mon
         np.linalg.norm(w_t - w_0), rel=1e-5)
 
     # Killed in the middle, resumed: the same telemetry.csv.
-    calls, original = [], train.Executor.train
+    calls, original = [], executor_lib.Executor.train
 
     def dies(self, *args, **kwargs):
         calls.append(1)
@@ -317,10 +318,10 @@ def test_telemetry_on_its_schedule_resumes_and_changes_no_training(tmp_path, mon
             raise _Killed
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(train.Executor, "train", dies)
+    monkeypatch.setattr(executor_lib.Executor, "train", dies)
     with pytest.raises(_Killed):
         dense.run_train(config(), tmp_path / "killed", progress=False)
-    monkeypatch.setattr(train.Executor, "train", original)
+    monkeypatch.setattr(executor_lib.Executor, "train", original)
     dense.run_train(config(), tmp_path / "killed", progress=False)
     assert ((tmp_path / "killed" / "telemetry.csv").read_text()
             == (tmp_path / "observed" / "telemetry.csv").read_text())

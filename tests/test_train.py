@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from ltjax import data, masking, models, rng, train, tree
+from ltjax import data, masking, models, optim, rng, train, tree
+from ltjax import executor as executor_lib
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def _recipe(**kw):
     base = dict(optimizer="sgd", learning_rate=0.05, momentum=0.9, weight_decay=5e-4,
                 batch_size=32)
     base.update(kw)
-    return train.Recipe(**base)
+    return optim.Recipe(**base)
 
 
 def _keys(n, seed=0):
@@ -43,7 +44,7 @@ def _single_run(executor, init_key, noise_key, masks, num_steps):
 
 def test_vmapped_replicates_equal_single_runs(digits):
     model = models.create("mlp", widths=(32, 16))
-    executor = train.Executor(model, digits, _recipe(), steps_per_call=7)
+    executor = executor_lib.Executor(model, digits, _recipe(), steps_per_call=7)
     init_keys, noise_keys = _keys(4)
     state = executor.init(init_keys)
     state, _ = executor.train(state, None, noise_keys, num_steps=20)
@@ -57,7 +58,7 @@ def test_vmapped_replicates_equal_single_runs(digits):
 
 def test_pruned_weights_stay_zero_with_momentum_and_decay(digits):
     model = models.create("mlp", widths=(32,))
-    executor = train.Executor(model, digits, _recipe(learning_rate=0.1, weight_decay=1e-2))
+    executor = executor_lib.Executor(model, digits, _recipe(learning_rate=0.1, weight_decay=1e-2))
     init_keys, noise_keys = _keys(2)
     state = executor.init(init_keys)
     # Train dense first so the momentum buffers are non-zero everywhere, then prune.
@@ -80,7 +81,7 @@ def test_new_mask_does_not_retrace(digits, monkeypatch):
 
     monkeypatch.setattr(train, "train_steps", counting)
     model = models.create("mlp", widths=(16,))
-    executor = train.Executor(model, digits, _recipe(), steps_per_call=5)
+    executor = executor_lib.Executor(model, digits, _recipe(), steps_per_call=5)
     init_keys, noise_keys = _keys(2)
     state = executor.init(init_keys)
     for level in range(3):
@@ -108,7 +109,7 @@ def test_strategies_give_the_same_numbers(digits):
     init_keys, noise_keys = _keys(2)
     finals = {}
     for strategy in ("scan_vmap", "unrolled_loop"):
-        executor = train.Executor(model, digits, _recipe(batch_size=16), strategy=strategy,
+        executor = executor_lib.Executor(model, digits, _recipe(batch_size=16), strategy=strategy,
                                   steps_per_call=3, eval_batch_size=100)
         state = executor.init(init_keys)
         state, losses = executor.train(state, None, noise_keys, num_steps=6)
@@ -120,13 +121,13 @@ def test_strategies_give_the_same_numbers(digits):
 
 
 def test_auto_strategy_picks_per_model_and_backend(digits):
-    dense = train.Executor(models.create("mlp", widths=(8,)), digits, _recipe())
-    conv = train.Executor(models.create("conv2"), digits, _recipe())
+    dense = executor_lib.Executor(models.create("mlp", widths=(8,)), digits, _recipe())
+    conv = executor_lib.Executor(models.create("conv2"), digits, _recipe())
     assert dense.strategy == "scan_vmap"
     assert conv.strategy == ("unrolled_loop" if jax.default_backend() == "cpu" else "scan_vmap")
     abstract_conv = jax.eval_shape(lambda: {"Conv_0": {"kernel": jnp.zeros((3, 3, 1, 4))}})
-    assert train.choose_strategy(abstract_conv, "gpu") == "scan_vmap"
-    assert train.choose_strategy(abstract_conv, "cpu") == "unrolled_loop"
+    assert executor_lib.choose_strategy(abstract_conv, "gpu") == "scan_vmap"
+    assert executor_lib.choose_strategy(abstract_conv, "cpu") == "unrolled_loop"
 
 
 def test_sharded_over_four_devices_matches_one_device(digits):
@@ -135,7 +136,7 @@ def test_sharded_over_four_devices_matches_one_device(digits):
     init_keys, noise_keys = _keys(4)
     outs = []
     for devices in (jax.devices(), jax.devices()[:1]):
-        executor = train.Executor(model, digits, _recipe(), devices=devices)
+        executor = executor_lib.Executor(model, digits, _recipe(), devices=devices)
         state = executor.init(init_keys)
         assert len(state.params["Dense_0"]["kernel"].sharding.device_set) == len(devices)
         state, _ = executor.train(state, None, noise_keys, num_steps=12)
@@ -146,7 +147,8 @@ def test_sharded_over_four_devices_matches_one_device(digits):
 
 def test_evaluate_matches_numpy(digits):
     model = models.create("mlp", widths=(16,))
-    executor = train.Executor(model, digits, _recipe(), eval_batch_size=100)  # 360 rows: padded
+    # 360 rows: padded
+    executor = executor_lib.Executor(model, digits, _recipe(), eval_batch_size=100)
     state = executor.init(_keys(2)[0])
     got = executor.evaluate(state, "test")
     for r in range(2):
@@ -163,15 +165,15 @@ def test_evaluate_matches_numpy(digits):
 
 
 def test_learning_rate_schedule():
-    recipe = train.Recipe(learning_rate=0.1, warmup_steps=10, lr_drop_steps=(20, 30))
-    got = [float(train.learning_rate_at(recipe, s)) for s in (0, 5, 10, 19, 20, 29, 30)]
+    recipe = optim.Recipe(learning_rate=0.1, warmup_steps=10, lr_drop_steps=(20, 30))
+    got = [float(optim.learning_rate_at(recipe, s)) for s in (0, 5, 10, 19, 20, 29, 30)]
     np.testing.assert_allclose(got, [0.0, 0.05, 0.1, 0.1, 0.01, 0.01, 0.001], rtol=1e-6)
 
 
 def test_adam_step_matches_closed_form(digits):
     """First Adam step moves each weight by lr * g / (|g| + eps) = ~lr * sign(g)."""
     model = models.create("mlp", widths=(8,))
-    recipe = train.Recipe(optimizer="adam", learning_rate=1e-3, batch_size=16)
+    recipe = optim.Recipe(optimizer="adam", learning_rate=1e-3, batch_size=16)
     state = train.init_state(model, recipe, jax.random.key(0), digits.input_shape)
     arrays = jax.device_put(data.device_split(digits.train, digits))
     new, _ = train.train_steps(model, recipe, arrays, state, None, jax.random.key(1), num_steps=1)
@@ -209,7 +211,7 @@ def test_recompute_batch_stats_is_mean_of_batch_statistics():
 
 def test_batchnorm_model_trains_under_executor(digits):
     model = models.ResNet(depth=8, width=4)  # every BatchNorm kind of the ResNets, compiles fast
-    executor = train.Executor(model, digits, _recipe(batch_size=16), eval_batch_size=120)
+    executor = executor_lib.Executor(model, digits, _recipe(batch_size=16), eval_batch_size=120)
     init_keys, noise_keys = _keys(2)
     state = executor.init(init_keys)
     before = state.batch_stats
@@ -258,7 +260,7 @@ def test_batch_stats_reset_over_an_augmented_epoch_matches_numpy():
     """REPAIR's reset: the cumulative average over one augmented pass of the training set."""
     dataset = _toy_cifar()
     model = _InputNorm()
-    executor = train.Executor(model, dataset, _recipe(batch_size=16), eval_batch_size=16)
+    executor = executor_lib.Executor(model, dataset, _recipe(batch_size=16), eval_batch_size=16)
     state = executor.init(_keys(1)[0])
     params, stats = state.params, state.batch_stats
 
@@ -292,7 +294,7 @@ def test_batchnorm_path_of_an_odd_number_of_alphas_evaluates_on_many_devices(dig
     from ltjax import interpolation, tree
 
     model = models.create("mlp_bn", widths=(8,))
-    executor = train.Executor(model, digits, _recipe(batch_size=32))
+    executor = executor_lib.Executor(model, digits, _recipe(batch_size=32))
     state = executor.init(_keys(2)[0])
     ends = [(tree.index(state.params, i), tree.index(state.batch_stats, i)) for i in (0, 1)]
 
@@ -314,17 +316,17 @@ def test_batchnorm_path_of_an_odd_number_of_alphas_evaluates_on_many_devices(dig
 def test_bad_inputs_raise_clear_errors(digits):
     model = models.create("mlp", widths=(8,))
     with pytest.raises(ValueError, match="batch_size"):
-        train.Executor(model, digits, _recipe(batch_size=10_000))
+        executor_lib.Executor(model, digits, _recipe(batch_size=10_000))
     with pytest.raises(ValueError, match="optimizer"):
-        train.Recipe(optimizer="lion")
+        optim.Recipe(optimizer="lion")
     with pytest.raises(ValueError, match="strategy"):
-        train.Executor(model, digits, _recipe(), strategy="fast")
+        executor_lib.Executor(model, digits, _recipe(), strategy="fast")
     with pytest.raises(ValueError, match="steps"):
         train.parse_steps("12 epochs", steps_per_epoch=10)
     assert train.parse_steps("3ep", steps_per_epoch=10) == 30
     assert train.parse_steps("500it", steps_per_epoch=10) == 500
 
-    executor = train.Executor(model, digits, _recipe())
+    executor = executor_lib.Executor(model, digits, _recipe())
     init_keys, noise_keys = _keys(2)
     state = executor.init(init_keys)
     bad_masks = {"Dense_0": {"kernel": jnp.ones((2, 64, 8), bool)}}
@@ -340,7 +342,7 @@ def test_bad_inputs_raise_clear_errors(digits):
 
 def test_nan_loss_raises(digits):
     model = models.create("mlp", widths=(8,))
-    executor = train.Executor(model, digits, _recipe(learning_rate=1e30, momentum=0.0),
+    executor = executor_lib.Executor(model, digits, _recipe(learning_rate=1e30, momentum=0.0),
                               steps_per_call=5)
     init_keys, noise_keys = _keys(2)
     state = executor.init(init_keys)
@@ -358,7 +360,7 @@ def test_adding_members_changes_no_member_bit_for_bit(digits):
     tolerance only.
     """
     model = models.create("mlp", widths=(16,))
-    executors = {block: train.Executor(model, digits, _recipe(), steps_per_call=6,
+    executors = {block: executor_lib.Executor(model, digits, _recipe(), steps_per_call=6,
                                        member_block=block) for block in ("auto", 2, None)}
     assert executors["auto"].member_block == 1 and executors[None].member_block is None
     runs = {}
@@ -391,7 +393,7 @@ def test_adding_members_changes_no_member_bit_for_bit(digits):
     for num in (4, 5, 8):
         assert same_bytes(runs[num, "auto"][0], runs[3, "auto"][0], 2), num
     with pytest.raises(ValueError, match="member_block must be an int >= 1"):
-        train.Executor(model, digits, _recipe(), member_block=0)
+        executor_lib.Executor(model, digits, _recipe(), member_block=0)
 
 
 def test_member_subsets_train_on_exactly_those_examples(digits):
@@ -399,7 +401,7 @@ def test_member_subsets_train_on_exactly_those_examples(digits):
     import dataclasses
 
     model = models.create("mlp", widths=(16,))
-    executor = train.Executor(model, digits, _recipe(), steps_per_call=7)
+    executor = executor_lib.Executor(model, digits, _recipe(), steps_per_call=7)
     init_keys, noise_keys = _keys(3)
     start = executor.init(init_keys)
     n = len(digits.train)
@@ -419,7 +421,7 @@ def test_member_subsets_train_on_exactly_those_examples(digits):
         sub = subsets[r]
         small = dataclasses.replace(digits, train=data.Split(digits.train.x[sub],
                                                              digits.train.y[sub]))
-        alone = train.Executor(model, small, _recipe(), steps_per_call=7)
+        alone = executor_lib.Executor(model, small, _recipe(), steps_per_call=7)
         solo, _ = alone.train(alone.init(init_keys[r:r + 1]), None, noise_keys[r:r + 1],
                               num_steps=20)
         chex.assert_trees_all_close(tree.index(mixed.params, r), tree.index(solo.params, 0),

@@ -499,7 +499,7 @@ def repair(model: nn.Module, variables: Mapping, x: jax.Array, targets: Mapping,
     Example:
         >>> stats_a = output_stats(model, variables_a, x)
         >>> stats_b = output_stats(model, variables_b, x)
-        >>> mid = {"params": averaging.lerp(0.5, variables_a["params"], variables_b["params"])}
+        >>> mid = {"params": interpolation.lerp(0.5, variables_a["params"], variables_b["params"])}
         >>> params = repair(model, mid, x, ltjax.repair.target_stats(0.5, stats_a, stats_b))
     """
     params, _ = _repair(model, _plain(variables), jnp.asarray(x), _plain(targets), eps=eps)
@@ -508,7 +508,7 @@ def repair(model: nn.Module, variables: Mapping, x: jax.Array, targets: Mapping,
 
 def repair_fn(model: nn.Module, x: jax.Array, *, eps: float = repair_math.DEFAULT_EPS,
               ) -> Callable[[tuple], tuple]:
-    """A ``recompute_fn`` for :func:`ltjax.averaging.evaluate_path` that applies REPAIR.
+    """A ``recompute_fn`` for :func:`ltjax.interpolation.evaluate_path` that applies REPAIR.
 
     The path's trees are ``(params, batch_stats, stats)`` with ``stats`` the
     endpoint's :func:`output_stats`: interpolating them gives each point of
@@ -525,7 +525,7 @@ def repair_fn(model: nn.Module, x: jax.Array, *, eps: float = repair_math.DEFAUL
     Example:
         >>> a = (params_a, stats_bn_a, output_stats(model, {"params": params_a}, x))
         >>> b = (params_b, stats_bn_b, output_stats(model, {"params": params_b}, x))
-        >>> curve = averaging.evaluate_path(lambda t: executor.evaluate_params(*t, "test"),
+        >>> curve = interpolation.evaluate_path(lambda t: executor.evaluate_params(*t, "test"),
         ...                                 a, b, alphas, recompute_fn=repair_fn(model, x))
     """
     x = jnp.asarray(x)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ltjax import averaging, masking
+from ltjax import interpolation, masking
 
 
 def _tree(seed):
@@ -17,11 +17,11 @@ def _tree(seed):
 
 def test_lerp_endpoints_are_exact():
     a, b = _tree(0), _tree(1)
-    for x, y in zip(jax.tree.leaves(averaging.lerp(0.0, a, b)), jax.tree.leaves(a), strict=True):
-        np.testing.assert_array_equal(x, y)
-    for x, y in zip(jax.tree.leaves(averaging.lerp(1.0, a, b)), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(x, y)
-    mid = averaging.lerp(0.3, a, b)
+    for alpha, end in ((0.0, a), (1.0, b)):
+        got = interpolation.lerp(alpha, a, b)
+        for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(end), strict=True):
+            np.testing.assert_array_equal(x, y)
+    mid = interpolation.lerp(0.3, a, b)
     np.testing.assert_allclose(mid["Dense_0"]["kernel"],
                                0.7 * np.asarray(a["Dense_0"]["kernel"])
                                + 0.3 * np.asarray(b["Dense_0"]["kernel"]), rtol=1e-6)
@@ -31,7 +31,7 @@ def test_lerp_endpoints_are_exact():
 def test_same_mask_stays_masked():
     a, b = _tree(0), _tree(1)
     masks = jax.tree.map(lambda x: jnp.arange(x.size).reshape(x.shape) % 2 == 0, a)
-    path = averaging.interpolate(jnp.linspace(0, 1, 7), masking.apply(a, masks),
+    path = interpolation.interpolate(jnp.linspace(0, 1, 7), masking.apply(a, masks),
                                  masking.apply(b, masks))
     kernel = np.asarray(path["Dense_0"]["kernel"])
     assert kernel.shape == (7, 5, 3)
@@ -41,25 +41,23 @@ def test_same_mask_stays_masked():
 def test_barriers_match_hand_computed_curves():
     alphas = np.linspace(0, 1, 5)
     errors = np.array([0.02, 0.05, 0.12, 0.06, 0.04])
-    height, at = averaging.error_barrier(alphas, errors)
+    height, at = interpolation.error_barrier(alphas, errors)
     assert height == pytest.approx(0.12 - 0.03)
     assert at == 0.5
     losses = np.array([1.0, 2.0, 2.5, 2.0, 3.0])
-    height, at = averaging.loss_barrier(alphas, losses)
+    height, at = interpolation.loss_barrier(alphas, losses)
     # chord: 1.0, 1.5, 2.0, 2.5, 3.0 -> gaps 0, 0.5, 0.5, -0.5, 0 -> first max at 0.25
     assert height == pytest.approx(0.5)
     assert at == 0.25
-    batched, _ = averaging.error_barrier(alphas, np.stack([errors, errors * 2]))
+    batched, _ = interpolation.error_barrier(alphas, np.stack([errors, errors * 2]))
     np.testing.assert_allclose(batched, [0.09, 0.18])
     # The repository's form: max loss 3.0 at alpha 1 minus the ends' mean 2.0.
-    height, at = averaging.loss_barrier(alphas, losses, baseline="mean_ends")
+    height, at = interpolation.loss_barrier(alphas, losses, baseline="mean_ends")
     assert height == pytest.approx(1.0)
     assert at == 1.0
 
 
 def test_two_loss_barriers_agree_on_equal_ends_and_differ_by_the_planted_gap():
-    from ltjax import interpolation
-
     alphas = np.linspace(0, 1, 11)
     bump = 0.7 * np.sin(np.pi * alphas)  # peaks 0.7 at alpha 0.5
     equal_ends = 1.0 + bump
@@ -83,9 +81,9 @@ def test_identical_endpoints_have_zero_barrier():
     def error_of(t):  # any deterministic function of the weights
         return float(jnp.tanh(jnp.sum(t["Dense_0"]["kernel"])) ** 2)
 
-    curve = [error_of(averaging.lerp(x, a, a)) for x in alphas]
-    assert averaging.error_barrier(alphas, curve)[0] == 0.0
-    assert averaging.loss_barrier(alphas, curve)[0] == pytest.approx(0.0, abs=1e-7)
+    curve = [error_of(interpolation.lerp(x, a, a)) for x in alphas]
+    assert interpolation.error_barrier(alphas, curve)[0] == 0.0
+    assert interpolation.loss_barrier(alphas, curve)[0] == pytest.approx(0.0, abs=1e-7)
 
 
 def test_evaluate_path_chunks_agree_and_recompute_is_applied():
@@ -95,12 +93,13 @@ def test_evaluate_path_chunks_agree_and_recompute_is_applied():
     def evaluate(stacked):
         return {"norm": jnp.sum(stacked["Dense_0"]["kernel"] ** 2, axis=(1, 2))}
 
-    whole = averaging.evaluate_path(evaluate, a, b, alphas)
-    chunked = averaging.evaluate_path(evaluate, a, b, alphas, chunk_size=4)
+    whole = interpolation.evaluate_path(evaluate, a, b, alphas)
+    chunked = interpolation.evaluate_path(evaluate, a, b, alphas, chunk_size=4)
     np.testing.assert_allclose(whole["norm"], chunked["norm"], rtol=1e-6)
-    expected = [float(jnp.sum(averaging.lerp(x, a, b)["Dense_0"]["kernel"] ** 2)) for x in alphas]
+    expected = [float(jnp.sum(interpolation.lerp(x, a, b)["Dense_0"]["kernel"] ** 2))
+                for x in alphas]
     np.testing.assert_allclose(whole["norm"], expected, rtol=1e-5)
-    doubled = averaging.evaluate_path(
+    doubled = interpolation.evaluate_path(
         evaluate, a, b, alphas,
         recompute_fn=lambda t: jax.tree.map(lambda x: x * 2 if x.dtype == jnp.float32 else x, t))
     np.testing.assert_allclose(doubled["norm"], 4 * whole["norm"], rtol=1e-5)
@@ -109,16 +108,16 @@ def test_evaluate_path_chunks_agree_and_recompute_is_applied():
 def test_bad_inputs():
     a, b = _tree(0), _tree(1)
     with pytest.raises(ValueError, match="alpha"):
-        averaging.lerp(1.5, a, b)
+        interpolation.lerp(1.5, a, b)
     with pytest.raises(ValueError, match="alphas"):
-        averaging.interpolate(jnp.array([-0.1, 0.5]), a, b)
+        interpolation.interpolate(jnp.array([-0.1, 0.5]), a, b)
     with pytest.raises(ValueError, match="tree_b"):
-        averaging.lerp(0.5, a, {"Dense_0": a["Dense_0"]})
+        interpolation.lerp(0.5, a, {"Dense_0": a["Dense_0"]})
     wrong = jax.tree.map(lambda x: x, b)
     wrong["Dense_0"]["kernel"] = jnp.zeros((5, 4))
     with pytest.raises(ValueError, match="kernel"):
-        averaging.lerp(0.5, a, wrong)
+        interpolation.lerp(0.5, a, wrong)
     with pytest.raises(ValueError, match="increase from 0 to 1"):
-        averaging.error_barrier([0.2, 1.0], [0.1, 0.2])
+        interpolation.error_barrier([0.2, 1.0], [0.1, 0.2])
     with pytest.raises(ValueError, match="len"):
-        averaging.loss_barrier([0.0, 1.0], [0.1, 0.2, 0.3])
+        interpolation.loss_barrier([0.0, 1.0], [0.1, 0.2, 0.3])
