@@ -92,7 +92,7 @@ def run_bn_only(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
                   "test_loss": float(metrics["loss"][r]),
                   **{f"share_gamma_below_{t}": float(shares[t][r]) for t in THRESHOLDS}}
                  for r in range(num)]
-    out = common.with_mean_rows(rows, by=("arm",), fields=(
+    out = rows + common.summarize(rows, by=("arm",), fields=(
         "trainable_params", "test_accuracy", "test_loss",
         *(f"share_gamma_below_{t}" for t in THRESHOLDS)))
     results.write_csv(workdir / "results.csv", out)

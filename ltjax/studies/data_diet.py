@@ -195,7 +195,7 @@ def run_data_diet(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
             desc=f"{100 * share:g} % kept: {', '.join(modes)} x{num}")
         rows += _rows(executor, final, share, [t["mode"] for t in member_tags],
                       [t["replicate"] for t in member_tags], size)
-    table = common.with_mean_rows(rows, by=("kept", "mode"),
+    table = rows + common.summarize(rows, by=("kept", "mode"),
                                   fields=("num_examples", "test_accuracy", "test_loss"))
     results.write_csv(workdir / "results.csv", table)
     plots.plot_data_diet([r for r in table if r["replicate"] not in ("mean", "std")],

@@ -111,10 +111,7 @@ def run_train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
             row[f"{split}_loss"] = final[split]["loss"][r]
         row["weight_correlation"] = float(correlation[r])
         rows.append(row)
-    for name, fn in (("mean", np.mean), ("std", np.std)):
-        rows.append({"replicate": name, "step": total, **{
-            k: fn([row[k] for row in rows[:num]]) for k in rows[0] if k not in ("replicate", "step")
-        }})
+    rows += common.summarize(rows, by=(), constants={"step": total})
     results.write_csv(workdir / "results.csv", rows)
     plots.plot_learning_curves(
         log.read(), workdir / "plots" / "learning_curve.png", splits=splits,

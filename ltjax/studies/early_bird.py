@@ -142,7 +142,7 @@ def run_early_bird(config: Any, workdir: str | pathlib.Path, *, progress: bool =
              "kept_channels": float(kept[m]), "eb_test_accuracy": float(metrics["accuracy"][m]),
              "full_test_accuracy": float(full["accuracy"][t["replicate"]]),
              "overlap_with_final_mask": t["overlap"]} for m, t in enumerate(tickets)]
-    rows = common.with_mean_rows(rows, by=("p",), fields=(
+    rows = rows + common.summarize(rows, by=("p",), fields=(
         "eb_epoch", "kept_channels", "eb_test_accuracy", "full_test_accuracy",
         "overlap_with_final_mask"))
     results.write_csv(workdir / "mask_distance.csv", distance_rows)

@@ -277,7 +277,7 @@ def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool 
                   "test_accuracy_drop": accuracy[("none", t["replicate"])]
                   - accuracy[(t["perturbation"], t["replicate"])]}
                  for m, t in enumerate(tags)]
-    out = common.with_mean_rows(rows, by=("k", "perturbation"), fields=(
+    out = rows + common.summarize(rows, by=("k", "perturbation"), fields=(
         "density", "effective_std", "test_accuracy", "test_accuracy_drop"))
     results.write_csv(workdir / "results.csv", out)
     if watched:

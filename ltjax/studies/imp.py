@@ -214,13 +214,10 @@ def _summary_rows(log: results.MetricsLog, num: int, end: int,
                 row["weight_correlation"] = correlations[level, branch, lr, rep]
             group.append(row)
         rows += group
-        for name, fn in (("mean", np.mean), ("std", np.std)):
-            if group:
-                fields = [k for k in group[0] if k not in ("level", "branch", "replicate",
-                                                           "learning_rate")]
-                rows.append({**{k: group[0][k] for k in ("level", "branch", "learning_rate")
-                                if k in group[0]}, "replicate": name,
-                             **{k: fn([g[k] for g in group if k in g]) for k in fields}})
+        if group:
+            by = ("level", "branch", "learning_rate") if lr is not None else ("level", "branch")
+            rows += common.summarize(group, by=by, fields=[
+                k for k in group[0] if k not in (*by, "replicate")])
     return rows
 
 
@@ -603,7 +600,7 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
     rows = _summary_rows(log, num, end, correlations)
     results.write_csv(workdir / "results.csv", rows)
     if distance_rows:
-        results.write_csv(workdir / "mask_distance.csv", common.with_mean_rows(
+        results.write_csv(workdir / "mask_distance.csv", distance_rows + common.summarize(
             distance_rows, by=("level", "previous_level"),
             fields=("density", "hamming", "hamming_share", "iou")))
     if sweep is not None and config.levels > 0:

@@ -211,7 +211,7 @@ def run_knowledge_evolution(config: Any, workdir: str | pathlib.Path, *,
                   "slim_params": int(slim_count[r])} for r in range(num)]
         previous = final
 
-    rows = common.with_mean_rows(rows, by=("generation",), fields=FIELDS)
+    rows = rows + common.summarize(rows, by=("generation",), fields=FIELDS)
     results.write_csv(workdir / "results.csv", rows)
     plots.plot_knowledge_evolution(
         rows, workdir / "plots" / "knowledge_evolution.png",

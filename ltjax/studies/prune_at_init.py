@@ -307,7 +307,7 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
     rows += [{**tag, "kept_density": float(kept[m]),
               "test_accuracy": float(metrics["accuracy"][m]),
               "test_loss": float(metrics["loss"][m])} for m, tag in enumerate(member_tags)]
-    rows = common.with_mean_rows(rows, by=("method", "density", "ablation"),
+    rows = rows + common.summarize(rows, by=("method", "density", "ablation"),
                                  fields=("kept_density", "test_accuracy", "test_loss"))
     results.write_csv(workdir / "results.csv", rows)
     results.write_csv(workdir / "layer_densities.csv", layer_rows)

@@ -437,16 +437,10 @@ def _path_row(alphas, acc, loss, tags, split, *, method) -> dict:
 
 
 def _mean_rows(rows: list[dict]) -> list[dict]:
-    out = []
-    keys = [k for k in rows[0] if isinstance(rows[0][k], float | np.floating)]
-    groups = {}
-    for r in rows:
-        groups.setdefault((r["variant"], r["correction"], r["split"]), []).append(r)
-    for (variant, correction, split), group in groups.items():
-        out.append({"pair": "mean", "method": group[0]["method"], "variant": variant,
-                    "correction": correction, "split": split,
-                    **{k: float(np.mean([g[k] for g in group])) for k in keys}})
-    return out
+    return common.summarize(
+        rows, by=("variant", "correction", "split"), label="pair", stats=("mean",),
+        constants={"method": rows[0]["method"]},
+        fields=[k for k in rows[0] if isinstance(rows[0][k], float | np.floating)])
 
 
 def _member_names(num: int, ticket: bool) -> list[str]:

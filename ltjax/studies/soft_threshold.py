@@ -113,7 +113,7 @@ def run_str(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
     if config.get("oneshot_baseline", True):
         rows += _oneshot_baseline(executor, dense, str_members, selection, noise_keys,
                                   segment, ckpt_root / "oneshot", config.scope)
-    rows = common.with_mean_rows(rows, by=("method", "s_init", "weight_decay"),
+    rows = rows + common.summarize(rows, by=("method", "s_init", "weight_decay"),
                                  fields=("sparsity", "test_accuracy", "test_loss"))
     results.write_csv(workdir / "results.csv", rows)
     results.write_csv(workdir / "layer_densities.csv", layer_rows)

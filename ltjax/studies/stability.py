@@ -267,12 +267,8 @@ def _path_row(alphas, accuracy, loss, *, k, rep, pair, split) -> dict:
 
 
 def _summaries(rows: list[dict]) -> list[dict]:
-    out = []
-    for k, split in sorted({(r["k"], r["split"]) for r in rows}):
-        group = [r for r in rows if (r["k"], r["split"]) == (k, split)]
-        for name, fn in (("mean", np.mean), ("std", np.std)):
-            out.append({"k": k, "replicate": name, "pair": "all", "split": split, **{
-                key: float(fn([g[key] for g in group]))
-                for key in ("instability", "loss_barrier_chord", "loss_barrier_mean_ends",
-                            "accuracy_a", "accuracy_b", "stable")}})
-    return out
+    return common.summarize(
+        sorted(rows, key=lambda r: (r["k"], r["split"])), by=("k", "split"),
+        constants={"pair": "all"}, fields=("instability", "loss_barrier_chord",
+                                           "loss_barrier_mean_ends", "accuracy_a",
+                                           "accuracy_b", "stable"))

@@ -155,16 +155,14 @@ def run_subspaces(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
         rows += r_rows
         summary += r_summary
     fields = ("test_accuracy", "test_loss")
-    rows = common.with_mean_rows([{"variant": r["variant"], "beta": r.get("beta"),
-                                   "alpha": r.get("alpha"), "replicate": r["replicate"],
-                                   **{f: r[f] for f in fields}} for r in rows],
-                                 by=("variant", "beta", "alpha"), fields=fields)
+    rows = [{"variant": r["variant"], "beta": r.get("beta"), "alpha": r.get("alpha"),
+             "replicate": r["replicate"], **{f: r[f] for f in fields}} for r in rows]
+    rows += common.summarize(rows, by=("variant", "beta", "alpha"), fields=fields)
     summary_fields = ("endpoint_0_accuracy", "midpoint_accuracy", "endpoint_1_accuracy",
                       "ensemble_accuracy", "error_barrier", "cos_squared")
-    summary = common.with_mean_rows(
-        [{"variant": r["variant"], "beta": r.get("beta"), "replicate": r["replicate"],
-          **{f: r.get(f) for f in summary_fields}} for r in summary],
-        by=("variant", "beta"), fields=summary_fields)
+    summary = [{"variant": r["variant"], "beta": r.get("beta"), "replicate": r["replicate"],
+                **{f: r.get(f) for f in summary_fields}} for r in summary]
+    summary += common.summarize(summary, by=("variant", "beta"), fields=summary_fields)
     results.write_csv(workdir / "results.csv", rows)
     results.write_csv(workdir / "summary.csv", summary)
     plots.plot_subspaces(rows, workdir / "plots" / "subspaces.png",

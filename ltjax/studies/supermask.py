@@ -94,7 +94,7 @@ def run_supermask(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     metrics = executor.evaluate(final, "test")
     rows = [{"method": "edge_popup", **tag, "test_accuracy": float(metrics["accuracy"][m]),
              "test_loss": float(metrics["loss"][m])} for m, tag in enumerate(tags)]
-    rows = common.with_mean_rows(rows, by=("method", "density", "weight_init"),
+    rows = rows + common.summarize(rows, by=("method", "density", "weight_init"),
                                  fields=("test_accuracy", "test_loss"))
     results.write_csv(workdir / "results.csv", rows)
     plots.plot_supermask(rows, workdir / "plots" / "supermask.png",
@@ -175,7 +175,7 @@ def run_zhou(config: Any, workdir: str | pathlib.Path, *, progress: bool = True)
               "test_accuracy": float(baseline[name]["accuracy"][r]),
               "test_loss": float(baseline[name]["loss"][r])}
              for name in ("init", "trained") for r in range(num)]
-    rows = common.with_mean_rows(rows, by=("method", "criterion", "density", "weight_init"),
+    rows = rows + common.summarize(rows, by=("method", "criterion", "density", "weight_init"),
                                  fields=("test_accuracy", "test_loss"))
     results.write_csv(workdir / "results.csv", rows)
     plots.plot_supermask([{**r, "weight_init": f"{r['criterion']}, {r['weight_init']}"}
@@ -263,7 +263,7 @@ def run_learned(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
     rows = [{"method": method, **tag, "test_accuracy": float(metrics["accuracy"][m]),
              "test_loss": float(metrics["loss"][m])} for m, tag in enumerate(tags)]
     by = ("method", "density", "weight_init") if method == "dnw" else ("method", "weight_init")
-    rows = common.with_mean_rows(rows, by=by, fields=("test_accuracy", "test_loss") + (
+    rows = rows + common.summarize(rows, by=by, fields=("test_accuracy", "test_loss") + (
         () if method == "dnw" else ("density",)))
     results.write_csv(workdir / "results.csv", rows)
     name = "DNW" if method == "dnw" else "Learned Bernoulli supermask"

@@ -208,7 +208,7 @@ def run(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> d
     rows = [{"method": "supsup", "mask": kind, "task": t, "replicate": r,
              "density": float(end_density[m]), "test_accuracy": float(metrics["accuracy"][m]),
              **inferred[m]} for m, (r, t) in enumerate(grid)]
-    rows = common.with_mean_rows(rows, by=("method", "mask", "task"),
+    rows = rows + common.summarize(rows, by=("method", "mask", "task"),
                                  fields=("density",) + FIELDS)
     results.write_csv(workdir / "results.csv", rows)
     plots.plot_supsup(rows, workdir / "plots" / "supsup.png",

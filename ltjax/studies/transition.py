@@ -148,7 +148,7 @@ def _accuracy_rows(parts: dict[str, list[dict]], dense: float, within: float,
                          "matching": bool(c["test_accuracy"] >= dense - within),
                          "instability": barrier,
                          "stable": bool(barrier < stability.STABLE_BELOW)})
-    return common.with_mean_rows(rows, by=("kind", "k"), fields=(
+    return rows + common.summarize(rows, by=("kind", "k"), fields=(
         "test_accuracy", "density", "dense_test_accuracy", "matching", "instability", "stable"))
 
 
