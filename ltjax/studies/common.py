@@ -265,33 +265,17 @@ def setup(config: Any, workdir: str | pathlib.Path, *,
         pathlib.Path, data.Dataset, optim.Recipe, executor_lib.Executor]:
     """A study's start: the checked workdir, the dataset, the recipe and the executor.
 
-    The dataset, recipe and executor are built (and ``check(dataset)`` run)
-    before the workdir is written, so a config that fails leaves no workdir.
-    ``transform`` (e.g. label noise) alters the loaded dataset before anything
-    is built from it. With ``progress``, says what it loaded and built (:func:`say`).
+    :meth:`ltjax.studies.spec.RunSpec.from_config` then
+    :meth:`~ltjax.studies.spec.RunSpec.open`, for the studies not yet written on
+    the spec: the dataset, recipe and executor are built (and ``check(dataset)``
+    run) before the workdir is written, so a config that fails leaves no workdir.
     """
-    check_basics(config)
-    say(f"loading {config.dataset}", progress)
-    dataset = build_dataset(config)
-    if transform is not None:
-        dataset = transform(dataset)
-    recipe = build_recipe(config, dataset)
-    per_epoch = len(dataset.train) // recipe.batch_size
-    for field in ("training_steps", "eval_every", "checkpoint_every"):
-        if config.get(field) not in (None, "") and steps(config.get(field), per_epoch,
-                                                         field=field) < 1:
-            raise ValueError(f"config.{field}={config.get(field)!r} is less than one step "
-                             f"({per_epoch} steps per epoch); it must be at least 1 step")
-    if check is not None:
-        check(dataset)
-    executor = build_executor(config, build_model(config, dataset), dataset, recipe)
-    workdir = prepare_workdir(workdir, config)
-    num = config.get("num_replicates") or 1
-    say(f"{config.model} on {dataset.name} ({len(dataset.train)} training examples), "
-        f"{num} replicate(s) on {min(num, len(executor.devices))} "
-        f"{executor.devices[0].platform.upper()} device(s), strategy {executor.strategy}; "
-        f"workdir {workdir} (the first steps compile the programs)", progress)
-    return workdir, dataset, recipe, executor
+    from ltjax.studies import spec as spec_lib
+
+    spec = spec_lib.RunSpec.from_config(config, check=check, transform=transform,
+                                        progress=progress)
+    run = spec.open(workdir)
+    return run.workdir, spec.dataset, spec.recipe, spec.executor
 
 
 def check_basics(config: Any) -> None:
@@ -403,6 +387,9 @@ def say(message: str, progress: bool = True) -> None:
 #: A member's evaluation loss above this factor times its loss at the segment's start (or
 #: times 1, whichever is larger) is flagged as divergence (:func:`diverged`).
 DIVERGENCE_FACTOR = 100.0
+#: Checkpoints a segment keeps: the newest step and the one before it (a newest step
+#: found damaged on resume falls back to it). The one default of ``max_checkpoints``.
+MAX_CHECKPOINTS = 2
 RECORD_FIELDS = ("step", "split", "loss", "accuracy", "density")  # what a segment's record adds
 
 
@@ -493,7 +480,7 @@ def train_segment(
     executor: executor_lib.Executor, *, state: train.TrainState, masks: Any, noise_keys: Any,
     end: int, eval_every: int, checkpoint_every: int, ckpt_dir: str | pathlib.Path,
     log: results.MetricsLog, tags: dict, splits: list[str], densities: Any,
-    progress: bool = True, desc: str = "train", max_checkpoints: int = 2,
+    progress: bool = True, desc: str = "train", max_checkpoints: int | None = None,
     hparams: optim.Hyperparams | None = None, member_tags: list[dict] | None = None,
     observer: TelemetryObserver | None = None, subsets: Any = None,
 ) -> train.TrainState:
@@ -527,7 +514,7 @@ def train_segment(
       densities: per-replicate density ``[S]`` written into the records.
       progress: show a progress bar.
       desc: the progress bar's label.
-      max_checkpoints: checkpoints kept in ``ckpt_dir``.
+      max_checkpoints: checkpoints kept in ``ckpt_dir`` (default :data:`MAX_CHECKPOINTS`).
       hparams: per-member hyperparameters ``[S]`` (None: the recipe's).
       member_tags: one dict of fields per member (default ``{'replicate': m}``),
         e.g. ``{'branch': 'reinit', 'replicate': 1}`` for the members of an IMP level.
@@ -600,6 +587,7 @@ def train_segment(
             observer.observe(step, executor.model_params(state, masks), state.batch_stats,
                              tags=tags, member_tags=member_tags)
 
+    max_checkpoints = MAX_CHECKPOINTS if max_checkpoints is None else max_checkpoints
     with checkpoint.Checkpointer(ckpt_dir, max_to_keep=max_checkpoints) as ckpt:
         found = ckpt.restore_latest(like_state=state, like_masks=masks)
         if found is None and ckpt.steps():
@@ -965,7 +953,7 @@ def segment_runner(config: Any, executor: executor_lib.Executor, *, end: int,
         eval_every=max(1, steps(config.eval_every, per_epoch)),
         checkpoint_every=max(1, steps(config.checkpoint_every, per_epoch)),
         log=log, splits=splits, progress=progress,
-        max_checkpoints=config.get("max_checkpoints", 1))
+        max_checkpoints=config.get("max_checkpoints", MAX_CHECKPOINTS))
 
 
 def summarize(rows: list[dict], *, by: tuple[str, ...], fields: Sequence[str] | None = None,

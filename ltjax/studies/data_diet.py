@@ -31,6 +31,7 @@ import numpy as np
 
 from ltjax import data, data_diet, plots, results, rng, train
 from ltjax.studies import common
+from ltjax.studies.spec import RunSpec
 
 MODES = ("hardest", "random", "easiest")
 SCORES = ("el2n", "grand")
@@ -125,83 +126,70 @@ def run_data_diet(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
                                               seed=config.get("label_noise_seed", 0))
         return dataset
 
-    workdir, dataset, recipe, executor = common.setup(config, workdir, check=check,
-                                                      progress=progress, transform=transform)
-    per_epoch = executor.steps_per_epoch
-    end = common.steps(config.training_steps, per_epoch)
-    score_step = common.steps(config.score_step, per_epoch)
-    num = config.num_replicates
+    spec = RunSpec.from_config(config, check=check, progress=progress, transform=transform)
+    dataset, executor, num = spec.dataset, spec.executor, spec.num_replicates
+    score, score_seeds, offset = config.score, config.score_seeds, config.offset
+    score_step = common.steps(config.score_step, spec.steps_per_epoch, field="score_step")
+    run = spec.open(workdir)
     n = len(dataset.train)
-    keys = rng.replicate_keys(config.seed, num)
-    init_keys, noise_keys = rng.init_and_noise(keys)
-    log = results.MetricsLog(workdir / "metrics.jsonl")
-    segment = common.segment_runner(config, executor, end=end, log=log, splits=["test"],
-                                    progress=progress)
+    keys = spec.replicate_keys()
+    init_keys, noise_keys = spec.keys()
 
     # 1. Scores: score_seeds dense runs to score_step, averaged.
     def compute_scores() -> np.ndarray:
-        score_keys = rng.stream(rng.replicate_keys(config.seed, config.score_seeds), "score")
-        s_init, s_noise = rng.init_and_noise(score_keys)
+        s_init, s_noise = spec.keys(score_seeds, "score")
         state = executor.init(s_init)
         if score_step > 0:
-            state = segment(executor, state=state, masks=None, noise_keys=s_noise,
-                            end=score_step, ckpt_dir=workdir / "checkpoints" / "score",
-                            tags={"branch": "score"}, densities=np.ones(config.score_seeds),
-                            desc=f"score runs to step {score_step}")
-        return _scores(config.score, executor, state, dataset)
+            state = run.segment("score", state=state, noise_keys=s_noise, end=score_step,
+                                tags={"branch": "score"},
+                                desc=f"score runs to step {score_step}")
+        return _scores(score, executor, state, dataset)
 
-    scores = common.computed_once(workdir, "scores", compute_scores,
+    scores = common.computed_once(run.workdir, "scores", compute_scores,
                                   like=jax.ShapeDtypeStruct((n,), np.float32))
-    results.save_npy(workdir / "scores.npy", scores)
+    results.save_npy(run.workdir / "scores.npy", scores)
     norms = data_diet.input_norms(dataset.train.x, dataset.mean, dataset.std)
-    np.savez(workdir / "scores.npz", scores=scores, labels=np.asarray(dataset.train.y),
+    np.savez(run.workdir / "scores.npz", scores=scores, labels=np.asarray(dataset.train.y),
              corrupted=corrupted, input_norm=norms)
     diagnostics = {}
     if noise > 0.0:
         found = data_diet.noise_precision(scores, corrupted)
-        diagnostics["noise"] = {"score": config.score, "noise_share": noise,
+        diagnostics["noise"] = {"score": score, "noise_share": noise,
                                 "num_corrupted": corrupted.size,
                                 "top_share": found["top_share"],
                                 "precision": found["precision"],
                                 "recall_at_top": found["recall"]}
-        results.write_csv(workdir / "noise.csv", [diagnostics["noise"]])
-    if config.score == "grand" and score_step == 0:
-        diagnostics["score_stats"] = {"score": config.score, "score_step": score_step,
+        results.write_csv(run.workdir / "noise.csv", [diagnostics["noise"]])
+    if score == "grand" and score_step == 0:
+        diagnostics["score_stats"] = {"score": score, "score_step": score_step,
                                       "spearman_input_norm": data_diet.spearman(scores, norms)}
-        results.write_csv(workdir / "score_stats.csv", [diagnostics["score_stats"]])
+        results.write_csv(run.workdir / "score_stats.csv", [diagnostics["score_stats"]])
 
     # 2. The full data, then each kept share's modes x replicates as one program.
-    rows = []
-    full = segment(executor, state=executor.init(init_keys), masks=None,
-                   noise_keys=noise_keys, ckpt_dir=workdir / "checkpoints" / "full",
-                   tags={"kept": 1.0, "mode": "full"}, densities=np.ones(num),
-                   desc=f"full data x{num}")
-    rows += _rows(executor, full, 1.0, ["full"] * num, list(range(num)), n)
+    full = run.segment("full", state=executor.init(init_keys), noise_keys=noise_keys,
+                       tags={"kept": 1.0, "mode": "full"}, desc=f"full data x{num}")
+    rows = _rows(run, full, 1.0, [{"mode": "full", "replicate": r} for r in range(num)], n)
     for share in kept_shares:
         size = int(round(share * n))
         member_tags = [{"mode": m, "replicate": r} for m in modes for r in range(num)]
         subsets = np.stack([
-            data_diet.select(scores, size, mode=t["mode"], offset=config.offset,
+            data_diet.select(scores, size, mode=t["mode"], offset=offset,
                              key=jax.random.fold_in(rng.stream(keys[t["replicate"]], "subset"),
                                                     int(round(share * 1e6))))
             for t in member_tags])
-        members = len(member_tags)
         replicate_of = np.array([t["replicate"] for t in member_tags])
-        final = segment(
-            executor, state=executor.init(init_keys[replicate_of]),
-            masks=None, noise_keys=noise_keys[replicate_of],
-            ckpt_dir=workdir / "checkpoints" / f"kept_{share:g}", tags={"kept": share},
-            member_tags=member_tags, densities=np.full(members, share), subsets=subsets,
-            desc=f"{100 * share:g} % kept: {', '.join(modes)} x{num}")
-        rows += _rows(executor, final, share, [t["mode"] for t in member_tags],
-                      [t["replicate"] for t in member_tags], size)
+        final = run.segment(
+            f"kept_{share:g}", state=executor.init(init_keys[replicate_of]),
+            noise_keys=noise_keys[replicate_of], tags={"kept": share},
+            member_tags=member_tags, densities=np.full(len(member_tags), share),
+            subsets=subsets, desc=f"{100 * share:g} % kept: {', '.join(modes)} x{num}")
+        rows += _rows(run, final, share, member_tags, size)
     table = rows + common.summarize(rows, by=("kept", "mode"),
-                                  fields=("num_examples", "test_accuracy", "test_loss"))
-    results.write_csv(workdir / "results.csv", table)
-    plots.plot_data_diet([r for r in table if r["replicate"] not in ("mean", "std")],
-                         workdir / "plots" / "data_diet.png",
-                         title=f"data diet: {config.model} on "
-                               f"{plots.dataset_label(config.dataset)}, {config.score} at "
+                                    fields=("num_examples", "test_accuracy", "test_loss"))
+    results.write_csv(run.workdir / "results.csv", table)
+    plots.plot_data_diet(rows, run.workdir / "plots" / "data_diet.png",
+                         title=f"data diet: {spec.model_name} on "
+                               f"{plots.dataset_label(dataset.name)}, {score} at "
                                f"step {score_step}, {num} replicates"
                                + (f", {100 * noise:g} % label noise" if noise else ""))
     return {"rows": [r for r in table if r["replicate"] == "mean"],
@@ -209,11 +197,11 @@ def run_data_diet(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
             **diagnostics}
 
 
-def _rows(executor, state, share, modes, replicates, size) -> list[dict]:
-    metrics = executor.evaluate(state, "test")
-    return [{"kept": share, "mode": m, "replicate": r, "num_examples": size,
-             "test_accuracy": float(metrics["accuracy"][i]), "test_loss": float(metrics["loss"][i])}
-            for i, (m, r) in enumerate(zip(modes, replicates, strict=True))]
+def _rows(run, state, share: float, member_tags: list[dict], size: int) -> list[dict]:
+    test = run.evaluate(state, ["test"])["test"]
+    return [{"kept": share, "mode": t["mode"], "replicate": t["replicate"], "num_examples": size,
+             "test_accuracy": test["accuracy"][i], "test_loss": test["loss"][i]}
+            for i, t in enumerate(member_tags)]
 
 
 def _scores(kind: str, executor, state, dataset) -> np.ndarray:

@@ -13,8 +13,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from ltjax import distributed, masking, plots, results, rng, sanity, telemetry
+from ltjax import distributed, masking, plots, results, sanity, telemetry
 from ltjax.studies import common
+from ltjax.studies.spec import RunSpec
 
 
 def eval_splits(config: Any, dataset) -> list[str]:
@@ -57,66 +58,47 @@ def run_train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
     Returns:
       ``{'final': {split: {'accuracy': [S], 'loss': [S]}}, 'steps': total}``.
     """
-    workdir, dataset, recipe, executor = common.setup(
-        config, workdir, check=lambda dataset: check_telemetry(config, dataset),
-        progress=progress)
-    per_epoch = executor.steps_per_epoch
-    total = common.steps(config.training_steps, per_epoch)
-    splits = eval_splits(config, dataset)
-    num = config.num_replicates
-
-    init_keys, noise_keys = rng.init_and_noise(rng.replicate_keys(config.seed, num))
-    log = results.MetricsLog(workdir / "metrics.jsonl")
+    spec = RunSpec.from_config(config, check=lambda dataset: check_telemetry(config, dataset),
+                               progress=progress)
+    splits = eval_splits(config, spec.dataset)
+    correlation_p = config.get("correlation_p", 0.1)
+    run = spec.open(workdir)
+    num, total, executor = spec.num_replicates, spec.training_steps, spec.executor
+    init_keys, noise_keys = spec.keys()
     tags = {"level": 0, "branch": "dense"}
     start = executor.init(init_keys)
     observer = None
     if config.get("telemetry") is not None:
-        observer = telemetry_observer(config, executor, start.params, total, dataset,
-                                      log=results.MetricsLog(workdir / "telemetry.jsonl"),
-                                      snapshot_dir=workdir / "telemetry_snapshots")
-    final_state = common.train_segment(
-        executor, state=start, masks=None, noise_keys=noise_keys, end=total,
-        eval_every=max(1, common.steps(config.eval_every, per_epoch)),
-        checkpoint_every=max(1, common.steps(config.checkpoint_every, per_epoch)),
-        ckpt_dir=workdir / "checkpoints", log=log, tags=tags, splits=splits,
-        densities=np.ones(num), progress=progress, desc=f"train {config.model} x{num}",
-        max_checkpoints=config.get("max_checkpoints", 2), observer=observer,
-    )
+        observer = telemetry_observer(
+            config, executor, start.params, total, spec.dataset,
+            log=results.MetricsLog(run.workdir / "telemetry.jsonl"),
+            snapshot_dir=run.workdir / "telemetry_snapshots")
+    final_state = run.segment("", state=start, noise_keys=noise_keys, tags=tags, splits=splits,
+                              observer=observer, desc=f"train {spec.model_name} x{num}")
     if observer is not None:
         member_tags = [{"replicate": r} for r in range(num)]
         observer.versus_final(final_state.params, tags=tags, member_tags=member_tags,
                               keep_snapshots=config.telemetry.keep_snapshots)
         telemetry_rows = [{k: r[k] for k in ("step", "replicate", "layer", "quantity", "value")}
                           for r in observer.log.read()]
-        results.write_csv(workdir / "telemetry.csv", telemetry_rows)
-        plots.plot_telemetry(telemetry_rows, workdir / "plots" / "telemetry.png",
-                             title=f"{config.model} on {plots.dataset_label(config.dataset)}: "
-                                   f"telemetry, mean over {num} seeds")
-    final = {}  # from the final state's arrays (the log is output only)
-    for split in splits:
-        metrics = executor.evaluate(final_state, split)
-        final[split] = {k: [float(v) for v in np.asarray(metrics[k])]
-                        for k in ("accuracy", "loss")}
-
+        results.write_csv(run.workdir / "telemetry.csv", telemetry_rows)
+        plots.plot_telemetry(telemetry_rows, run.workdir / "plots" / "telemetry.png",
+                             title=f"{spec.model_name} on {plots.dataset_label(spec.dataset.name)}"
+                                   f": telemetry, mean over {num} seeds")
+    final = run.evaluate(final_state, splits)  # from the final state's arrays, not the log
     selection = masking.prunable(executor.abstract_state.params)
-    correlation_p = config.get("correlation_p", 0.1)
     correlation = np.asarray(distributed.host(jax.jit(jax.vmap(
         lambda a, b: sanity.weight_correlation(a, b, selection, p=correlation_p)))(
             start.params, final_state.params)))
-    rows = []
-    for r in range(num):
-        row = {"replicate": r, "step": total}
-        for split in splits:
-            row[f"{split}_accuracy"] = final[split]["accuracy"][r]
-            row[f"{split}_loss"] = final[split]["loss"][r]
-        row["weight_correlation"] = float(correlation[r])
-        rows.append(row)
+    rows = [{"replicate": r, "step": total,
+             **{f"{split}_{k}": final[split][k][r] for split in splits
+                for k in ("accuracy", "loss")},
+             "weight_correlation": float(correlation[r])} for r in range(num)]
     rows += common.summarize(rows, by=(), constants={"step": total})
-    results.write_csv(workdir / "results.csv", rows)
+    results.write_csv(run.workdir / "results.csv", rows)
     plots.plot_learning_curves(
-        log.read(), workdir / "plots" / "learning_curve.png", splits=splits,
-        title=f"{config.model} on {plots.dataset_label(config.dataset)}: {num} seeds",
-    )
+        run.log.read(), run.workdir / "plots" / "learning_curve.png", splits=splits,
+        title=f"{spec.model_name} on {plots.dataset_label(spec.dataset.name)}: {num} seeds")
     return {"final": final, "steps": total}
 
 

@@ -108,7 +108,7 @@ def perturb(name: str, key: jax.Array, params_k: Any, masks: Any, *, params_0: A
     if kind == "none":
         return rewound
     if kind == "reinit":
-        return rewinding.reinitialize(fresh, masks)
+        return rewinding.rewind(fresh, masks)
     if kind == "recombine":
         source = {"k": rewound, "init": params_0, "fresh": fresh}
         return perturbations.recombine(rewound, masks, signs=source[options["signs"]],

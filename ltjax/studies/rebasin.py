@@ -303,7 +303,7 @@ def run_rebasin(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
     ckpt_root = workdir / "checkpoints"
     eval_every = max(1, common.steps(config.eval_every, per_epoch))
     ckpt_every = max(1, common.steps(config.checkpoint_every, per_epoch))
-    max_ckpts = config.get("max_checkpoints", 2)
+    max_ckpts = config.get("max_checkpoints", common.MAX_CHECKPOINTS)
 
     # 1. S networks from S initialisations, as one program.
     initial = executor.init(init_keys)

@@ -266,7 +266,8 @@ def run_soups(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
     ckpt_root = workdir / "checkpoints"
     segment = dict(eval_every=max(1, common.steps(config.eval_every, per_epoch)),
                    checkpoint_every=max(1, common.steps(config.checkpoint_every, per_epoch)),
-                   log=log, progress=progress, max_checkpoints=config.get("max_checkpoints", 1))
+                   log=log, progress=progress,
+                   max_checkpoints=config.get("max_checkpoints", common.MAX_CHECKPOINTS))
 
     executors = {recipe: executor}  # one per recipe on the clean data: compiled programs shared
 

@@ -1,0 +1,94 @@
+"""The one runner of a study's segments: resume, fingerprints, checkpoints, warnings, the log.
+
+A :class:`Run` (from :meth:`ltjax.studies.spec.RunSpec.open`) owns a workdir
+and its ``metrics.jsonl``; :meth:`Run.segment` trains one named segment of
+members (:func:`ltjax.studies.common.train_segment`: resumable, checked
+against the config's fingerprint and the segment's members and masks, with
+divergence warnings and progress) at the spec's evaluation and checkpoint
+cadence, and :meth:`Run.evaluate` gives the final metrics as arrays: tables
+are built from those, never from the log.
+
+Example (Colab):
+    >>> run = RunSpec.from_config(config).open("/tmp/run")
+    >>> init_keys, noise_keys = run.spec.keys()
+    >>> final = run.segment("dense", state=run.spec.executor.init(init_keys),
+    ...                     noise_keys=noise_keys, tags={"branch": "dense"})
+    >>> run.evaluate(final, ["test"])["test"]["accuracy"]  # [S]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from ltjax import optim, results, train
+from ltjax.studies import common
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A study's run in its workdir: the spec, the workdir and its metrics log."""
+
+    spec: Any  # ltjax.studies.spec.RunSpec
+    workdir: pathlib.Path
+
+    @property
+    def log(self) -> results.MetricsLog:
+        """The workdir's ``metrics.jsonl`` (written by the segments, never parsed into tables)."""
+        return results.MetricsLog(self.workdir / "metrics.jsonl")
+
+    def segment(self, name: str, *, state: train.TrainState, noise_keys: Any,
+                masks: Any = None, end: int | None = None, tags: dict | None = None,
+                member_tags: list[dict] | None = None, densities: Any = None,
+                splits: list[str] | None = None, hparams: optim.Hyperparams | None = None,
+                subsets: Any = None, observer: common.TelemetryObserver | None = None,
+                executor: Any = None, desc: str | None = None) -> train.TrainState:
+        """Train the members of segment ``name`` from ``state`` to ``end``; resumable.
+
+        Checkpoints go to ``<workdir>/checkpoints/<name>``, at the spec's cadence
+        (``eval_every``, ``checkpoint_every``, ``max_checkpoints``).
+
+        Args:
+          name: the segment's checkpoint folder under ``checkpoints/`` (``''``: that
+            folder itself, for a study of one segment).
+          state: the members' stacked start state ``[M]``.
+          noise_keys: their noise keys ``[M]``.
+          masks: their masks ``[M]`` (None: dense).
+          end: the step to train to (default the spec's ``training_steps``).
+          tags: fields of every record of the segment.
+          member_tags: one dict per member (default ``{'replicate': m}``).
+          densities: per-member density written into the records (default 1).
+          splits: the splits evaluated (default ``['test']``).
+          hparams: per-member hyperparameters (default the recipe's).
+          subsets: per-member training subsets.
+          observer: telemetry on its schedule.
+          executor: another executor than the spec's (e.g. with a reparameterisation).
+          desc: the progress bar's label (default ``name``).
+
+        Returns:
+          The members' state at ``end``.
+        """
+        spec = self.spec
+        num = int(np.shape(noise_keys)[0])
+        return common.train_segment(
+            executor or spec.executor, state=state, masks=masks, noise_keys=noise_keys,
+            end=spec.training_steps if end is None else end, eval_every=spec.eval_every,
+            checkpoint_every=spec.checkpoint_every, ckpt_dir=self.workdir / "checkpoints" / name,
+            log=self.log, tags=tags or {}, splits=splits or ["test"],
+            densities=np.ones(num) if densities is None else densities,
+            progress=spec.progress, desc=desc or name, max_checkpoints=spec.max_checkpoints,
+            hparams=hparams, member_tags=member_tags, observer=observer, subsets=subsets)
+
+    def evaluate(self, state: train.TrainState, splits: list[str], masks: Any = None, *,
+                 executor: Any = None) -> dict[str, dict[str, list[float]]]:
+        """``{split: {'accuracy': [M], 'loss': [M]}}`` of the members, as Python floats."""
+        executor = executor or self.spec.executor
+        out = {}
+        for split in splits:
+            metrics = executor.evaluate(state, split, masks)
+            out[split] = {k: [float(v) for v in np.asarray(metrics[k])]
+                          for k in ("accuracy", "loss")}
+        return out
