@@ -985,12 +985,16 @@ def ste_matching(
     the default here); the paper's text mentions Adam.
 
     Args:
-      spec, params_a, params_b: as for :func:`weight_matching`.
+      spec: as for :func:`weight_matching`.
+      params_a: as for :func:`weight_matching`.
+      params_b: as for :func:`weight_matching`.
       loss_fn: ``fn(params, batch) -> scalar`` (e.g. cross-entropy of the
         model applied to the batch); it is jitted.
       batches: an iterable of batches; one step per batch.
       learning_rate: the optimiser's learning rate.
-      seed, max_iter, solver: for the projections.
+      seed: for the projections, as for :func:`weight_matching`.
+      max_iter: for the projections, as for :func:`weight_matching`.
+      solver: for the projections, as for :func:`weight_matching`.
       optimizer: ``'adam'`` or ``'sgd'`` (heavy-ball ``momentum``, the reference's).
       momentum: SGD's momentum.
       keep: ``'best'``: the projection of the step with the lowest midpoint

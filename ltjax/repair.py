@@ -151,7 +151,8 @@ def fold_affine(layer: Mapping[str, jax.Array], scale: jax.Array, shift: jax.Arr
 
     Args:
       layer: the layer's params, e.g. ``params['Dense_0']``.
-      scale, shift: ``[n]`` from :func:`affine_correction`.
+      scale: ``[n]`` from :func:`affine_correction`.
+      shift: ``[n]`` from :func:`affine_correction`.
       name: the layer's path, for error messages.
 
     Returns:

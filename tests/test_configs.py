@@ -1,4 +1,4 @@
-"""Configs you can discover: variants, data fields, flags, the README's commands, layer rates.
+"""Configs you can discover: variants, data fields, flags, the docs' commands, layer rates.
 
 Every file of ``experiments/configs`` is imported dynamically, so a new
 config is covered without being listed here.
@@ -167,7 +167,10 @@ def test_print_config_prints_the_resolved_config_and_writes_nothing(tmp_path):
 
 
 def _sections() -> list[str]:
-    return re.split(r"\n(?=## )", README.read_text())
+    """The README's ``## `` sections, then each docs page as one section (a study's page is
+    what its README section was before the docs site)."""
+    pages = sorted((ROOT / "docs").rglob("*.md"))
+    return re.split(r"\n(?=## )", README.read_text()) + [p.read_text() for p in pages]
 
 
 def _commands(section: str) -> list[list[str]]:

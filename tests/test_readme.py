@@ -1,30 +1,123 @@
-"""The README's snippets run (on digits, few steps): keep the README true.
+"""The README's and the docs' snippets run (on digits, few steps), and the README's tables and
+links point at what exists: keep the front door and the docs site true.
 
-Each test takes the first ``python`` block after its section's heading.
+A snippet is found by page and heading: the first ``python`` block of the section under that
+heading (any level, up to the next heading of the same or a higher level; ``#`` lines inside
+code blocks are not headings). Every ``python`` block of the README and of ``docs/`` is either
+run here or listed in ``ILLUSTRATIONS``.
 """
 
+import importlib
 import pathlib
 import re
 
 import numpy as np
 
-from ltjax import matching
+from ltjax import masking, matching
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+INDEX = DOCS / "index.md"
+COLAB = DOCS / "colab.md"
+DATA_AND_MODELS = DOCS / "data-and-models.md"
+
+#: The README's sections that the site's front page (docs/index.md) repeats, links adapted.
+SHARED = ("Install", "First run", "Studies", "The library", "Task → function", "Concepts")
+#: (page, heading) of the python blocks run by the tests below (index.md's is the README's).
+TESTED = {
+    ("README.md", "The library"),
+    ("docs/index.md", "The library"),
+    ("docs/colab.md", "In Colab"),
+    ("docs/data-and-models.md", "Your own model, dataset or permutation spec"),
+}
+#: python blocks that show a call in context and are not meant to run alone.
+ILLUSTRATIONS = {
+    ("docs/studies/rebasin.md", "Git Re-Basin and REPAIR"),  # REPAIR on a path: x = ...
+}
 
 
-def _snippet(heading: str) -> str:
-    section = README.read_text().split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+def _lines(path: pathlib.Path):
+    """(line, heading match or None) for each line; lines in code blocks are never headings."""
+    fenced = False
+    for line in path.read_text().splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+            yield line, None
+        else:
+            yield line, None if fenced else re.match(r"(#+) (.+)$", line)
+
+
+def _section(path: pathlib.Path, heading: str) -> str:
+    out, level = [], None
+    for line, match in _lines(path):
+        if level is None:
+            if match and match.group(2) == heading:
+                level = len(match.group(1))
+        elif match and len(match.group(1)) <= level:
+            break
+        else:
+            out.append(line)
+    assert level is not None, f"{path.relative_to(ROOT)}: no heading {heading!r}"
+    return "\n".join(out).strip()
+
+
+def _snippet(path: pathlib.Path, heading: str) -> str:
+    return re.search(r"```python\n(.*?)```", _section(path, heading), re.S).group(1)
+
+
+def _run(path: pathlib.Path, code: str) -> dict:
+    namespace: dict = {}
+    exec(compile(code, str(path), "exec"), namespace)  # noqa: S102
+    return namespace
+
+
+def _pages() -> list[pathlib.Path]:
+    return [README, *sorted(DOCS.rglob("*.md"))]
+
+
+def _links(text: str) -> list[str]:
+    """The targets of the Markdown links and images of ``text`` (code blocks left out)."""
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    return re.findall(r"\]\(([^)\s]+)\)", text)
+
+
+def _github_slug(heading: str) -> str:
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _table(text: str) -> list[list[str]]:
+    """The body rows of the first Markdown table of ``text``, as stripped cells."""
+    rows = [line for line in text.splitlines() if line.startswith("|")]
+    return [[c.strip() for c in row.strip("|").split(" | ")] for row in rows[2:]]
+
+
+# --------------------------------------------------------------------------- snippets
+
+
+def test_readme_library_snippet_runs():
+    namespace = _run(README, _snippet(README, "The library"))
+    # 200 Adam steps on digits: every seed's ticket learns (chance: 0.1).
+    accuracy = np.asarray(namespace["ticket_accuracy"])
+    assert accuracy.shape == (4,) and accuracy.min() > 0.5
+    # One global IMP level removed ceil(20 %) of the prunable weights of each seed.
+    masks, selection = namespace["masks"], namespace["selection"]
+    for seed in range(4):
+        one = masking.layer_densities(namespace["tree"].index(masks, seed), selection)
+        assert set(one) == {"Dense_0/kernel", "Dense_1/kernel", "Dense_2/kernel"}
+    density = float(masking.density(namespace["tree"].index(masks, 0), selection))
+    assert abs(density - 0.8) < 1e-3
+    # Weight matching lowers the error barrier between two seeds.
+    barriers = namespace["barriers"]
+    assert 0 <= barriers["matched"] < barriers["naive"]
 
 
 def test_colab_snippet_runs():
-    code = _snippet("In Colab")
+    code = _snippet(COLAB, "In Colab")
     assert 'data.load("mnist", validation_size=5000)' in code
     code = code.replace('data.load("mnist", validation_size=5000)', 'data.load("digits")')
     code = code.replace("num_steps=1000", "num_steps=40")
-    namespace: dict = {}
-    exec(compile(code, str(README), "exec"), namespace)  # noqa: S102
+    namespace = _run(COLAB, code)
     accuracy = np.asarray(namespace["accuracy"])
     loss = np.asarray(namespace["train_loss"])
     assert accuracy.shape == (8,) and loss.shape == (8,)
@@ -36,9 +129,8 @@ def test_colab_snippet_runs():
 
 
 def test_your_own_model_dataset_and_spec_snippet_runs():
-    code = _snippet("Your own model, dataset or permutation spec")
-    namespace: dict = {}
-    exec(compile(code, str(README), "exec"), namespace)  # noqa: S102, as written
+    code = _snippet(DATA_AND_MODELS, "Your own model, dataset or permutation spec")
+    namespace = _run(DATA_AND_MODELS, code)  # as written
     # The custom module learns the custom dataset (chance: 0.1); accuracies are counts of
     # the 297 test examples.
     accuracy = np.asarray(namespace["accuracy"])
@@ -55,3 +147,86 @@ def test_your_own_model_dataset_and_spec_snippet_runs():
     spec, a, b = namespace["spec"], namespace["params_a"], namespace["params_b"]
     identity = matching.identity_perms({"hidden": 64})
     assert matching.objective(spec, a, b, perms) > matching.objective(spec, a, b, identity)
+
+
+def test_every_python_block_is_run_or_listed():
+    found = set()
+    for path in _pages():
+        heading = None
+        for line, match in _lines(path):
+            if match:
+                heading = match.group(2)
+            elif line.startswith("```python"):
+                found.add((str(path.relative_to(ROOT)), heading))
+    assert found == TESTED | ILLUSTRATIONS
+
+
+# --------------------------------------------------------------------------- the front door
+
+
+def test_readme_is_a_front_door():
+    text = README.read_text()
+    assert len(text.splitlines()) <= 250
+    assert "../shared" not in text
+    assert not re.search(r"\bround \d|\bissue #|#\d{2}\b", text)
+
+
+def test_site_front_page_repeats_the_readme():
+    def for_site(text: str) -> str:
+        def link(m):
+            label, target = m.group(1), m.group(2)
+            if target.startswith(("http", "#")):
+                return m.group(0)
+            if target.startswith("docs/"):
+                return f"[{label}]({target.removeprefix('docs/')})"
+            return label if label.startswith("`") else f"`{label}`"
+        return re.sub(r"(?<!!)\[([^\]]+)\]\(([^)\s]+)\)", link, text)
+
+    for heading in SHARED:
+        assert _section(INDEX, heading) == for_site(_section(README, heading)), heading
+
+
+def test_readme_links_resolve():
+    headings = {p: {_github_slug(m.group(2)) for _, m in _lines(p) if m} for p in _pages()}
+    targets = _links(README.read_text())
+    assert len(targets) > 20
+    for target in targets:
+        if target.startswith("http"):
+            continue
+        file, _, anchor = target.partition("#")
+        path = (ROOT / file).resolve() if file else README
+        assert path.exists(), f"README links to {target}, which does not exist"
+        if anchor:
+            assert anchor in headings[path], f"README links to {target}: no such heading"
+
+
+def test_task_table_names_exist():
+    names = [name for row in _table(_section(README, "Task → function"))
+             for name in re.findall(r"`(\w[\w.]*)`", row[1])]
+    assert len(names) >= 30
+    for name in names:
+        module, *attributes = name.split(".")
+        value = importlib.import_module(f"ltjax.{module}")
+        for attribute in attributes:
+            assert hasattr(value, attribute), f"README task table: ltjax.{name} does not exist"
+            value = getattr(value, attribute)
+
+
+def test_each_study_in_the_readme_runs_on_its_page():
+    rows = _table(_section(README, "Studies"))
+    linked = set()
+    for study, module, config, *_ in rows:
+        page = re.match(r"\[.+\]\((docs/[^)#]+)(?:#[^)]*)?\)", study).group(1)
+        linked.add(page)
+        module, config = module.strip("`"), config.strip("`")
+        assert (ROOT / "experiments" / f"{module}.py").exists(), module
+        assert (ROOT / "experiments/configs" / config.split(":")[0]).exists(), config
+        text = (ROOT / page).read_text()
+        commands = [" ".join(block.replace("\\\n", " ").split())
+                    for block in re.findall(r"```bash\n(.*?)```", text, re.S)]
+        wanted = f"python -m experiments.{module} --config=experiments/configs/{config} "
+        assert any(wanted in c for c in commands), f"{page} has no command {wanted}"
+    # Every study page is one click from the README.
+    pages = {str(p.relative_to(ROOT)) for p in (DOCS / "studies").glob("*.md")}
+    assert pages <= linked
+

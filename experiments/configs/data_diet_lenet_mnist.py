@@ -29,7 +29,7 @@ VARIANTS = ("quick", "noise", "grand_init")
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config; ``'quick'``: one kept share, 200 steps; ``'noise'``; ``'grand_init'``."""
     chosen = configs.variants(arg, VARIANTS)
-    config = lenet_mnist.get_config("lmc")  # He init, as measured in the README
+    config = lenet_mnist.get_config("lmc")  # He init, as in docs/studies/data-diet.md
     config.validation_size = 0
     config.training_steps = "8ep"
     config.eval_every = "2ep"

@@ -26,7 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config; ``'quick'``: 300 iterations, IMP level 2 run by the study itself;
     ``'telemetry'``: the telemetry block (dense early phase and perturbed members)."""
     chosen = configs.variants(arg, VARIANTS)
-    config = imp_lenet_mnist.get_config("imp_only,lmc")  # He init, 24K: as in the README
+    config = imp_lenet_mnist.get_config("imp_only,lmc")  # He init, 24K: docs/studies/early-phase.md
     config.eval_every = "4000it"
     config.checkpoint_every = "4000it"
     config.imp_workdir = ""  # empty: the study runs IMP to imp_level into <workdir>/imp

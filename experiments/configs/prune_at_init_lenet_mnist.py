@@ -21,7 +21,7 @@ VARIANTS = ("quick",)
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config; ``'quick'``: 300 iterations, one density."""
     chosen = configs.variants(arg, VARIANTS)
-    config = lenet_mnist.get_config("lmc")  # He init, as measured in the README
+    config = lenet_mnist.get_config("lmc")  # He init, as in docs/studies/prune-at-init.md
     config.validation_size = 0
     config.eval_train = False
     config.num_replicates = 2

@@ -10,7 +10,7 @@ for 1 and 3 epochs (separate runs), 2 data orders: 48 ingredients in two
 programs of 24 members. Validation: 5000 held-out training images. Shifted
 test: the 10K test images rotated by 30 degrees. WiSE-FT at 11 alphas,
 interpolating everything and keeping the fine-tuned head. Measured: 8 min 57 s
-on the 2-core CPU machine (README).
+on the 2-core CPU machine (docs/studies/soups.md).
 
     LTJAX_DATA_DIR=../shared/data python -m experiments.soups \
         --config=experiments/configs/soups_lenet_mnist.py --workdir=runs/soups
@@ -27,7 +27,7 @@ VARIANTS = ("quick",)
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config; ``'quick'``: 2 x 2 fine-tunes of 100 and 200 iterations."""
     chosen = configs.variants(arg, VARIANTS)
-    config = lenet_mnist.get_config("lmc")  # He init, as measured in the README
+    config = lenet_mnist.get_config("lmc")  # He init, as in docs/studies/soups.md
     del config.num_replicates, config.eval_train, config.training_steps
     config.validation_size = 5000
     config.eval_every = "1ep"

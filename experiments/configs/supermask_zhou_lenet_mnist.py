@@ -21,7 +21,7 @@ VARIANTS: tuple[str, ...] = ()  # nothing is trained; the IMP run's config sets 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config (no variants: nothing is trained)."""
     configs.variants(arg, VARIANTS)
-    config = imp_lenet_mnist.get_config("imp_only,lmc")  # He init, 24K: as in the README
+    config = imp_lenet_mnist.get_config("imp_only,lmc")  # He init, 24K: docs/studies/supermasks.md
     config.method = "zhou"
     config.imp_workdir = ""
     config.criteria = ("large_final_same_sign", "large_final", "large_init", "movement",

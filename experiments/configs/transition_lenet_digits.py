@@ -5,7 +5,7 @@ digits, 20 epochs (``:quick``: 4 epochs, 2 levels, k in {0, 1 epoch}).
 ``:sample``: ResNet-20 on the 4000-image CIFAR-10 sample in ``$LTJAX_DATA_DIR``
 with the LMC recipe scaled to 6 epochs, 1 initialisation x 2 copies, IMP to
 level 1 at k in {0, 1 epoch}, 5 alphas (``:quick,sample``: 1 epoch, k in
-{0, 10it}); the paper's setting needs full CIFAR-10 and a GPU (README).
+{0, 10it}); the paper's setting needs full CIFAR-10 and a GPU (docs/studies/stability.md).
 
     python -m experiments.transition \\
         --config=experiments/configs/transition_lenet_digits.py:quick --workdir=runs/transition_q

@@ -2,10 +2,10 @@
 
 Frankle et al. 2020 (Figures 3-6) find ResNet-20 and VGG-16 on CIFAR-10
 unstable to SGD noise at initialisation and stable after ~3 % of training;
-LeNet with Adam is stable at k = 0 (the README's LMC reproduction). SGD with
+LeNet with Adam is stable at k = 0 (docs/studies/stability.md's LMC reproduction). SGD with
 momentum 0.9 at learning rate 0.08, close to where LeNet-300-100 diverges
 (0.1 does), makes it unstable at k = 0 on MNIST (the search of issue #14,
-README "Reproduce the instability transition"). 10 epochs (9160 iterations),
+docs/studies/stability.md, "Reproduce the instability transition"). 10 epochs (9160 iterations),
 batch 60, the rate dropped 10x at epochs 5 and 8 (the paper's step schedule,
 scaled), He-normal init; 2 initialisations x 2 copies. The dense k-sweep
 covers 0 to ~10 % of training; IMP rewinds to each k of ``imp_rewind_steps``
