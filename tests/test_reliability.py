@@ -303,3 +303,12 @@ def test_disk_errors_become_one_line_naming_the_file():
     assert "cannot write runs/x/config.json.tmp (Read-only file system)" in storage_error(
         OSError(errno.EROFS, "Read-only file system", "runs/x/config.json.tmp"))
     assert storage_error(ValueError("learning_rate must be > 0")) is None
+
+
+def test_more_replicates_than_memory_holds_are_refused_before_the_workdir(tmp_path):
+    from ltjax.studies import dense
+
+    with pytest.raises(ValueError, match=r"config.num_replicates=1000000000: .* GiB to train, "
+                                         r"more than this machine's memory"):
+        dense.run_train(_dense_config(num_replicates=10**9), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

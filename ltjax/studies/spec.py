@@ -18,11 +18,13 @@ Example (Colab):
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 
 from ltjax import data, optim, rng
 from ltjax import executor as executor_lib
@@ -99,6 +101,7 @@ class RunSpec:
             check(dataset)
         executor = common.build_executor(config, common.build_model(config, dataset), dataset,
                                          recipe)
+        check_memory(executor, config.get("num_replicates") or 1)
         return cls(
             config=common.to_dict(config), model_name=config.model, dataset=dataset,
             recipe=recipe, executor=executor, seed=config.seed,
@@ -133,3 +136,34 @@ class RunSpec:
                    f"device(s), strategy {self.executor.strategy}; workdir {workdir} (the "
                    "first steps compile the programs)", self.progress)
         return runner.Run(spec=self, workdir=workdir)
+
+
+def check_memory(executor: executor_lib.Executor, num_members: int) -> None:
+    """Refuse ``num_members`` members that cannot fit in memory, before anything is written.
+
+    A lower bound of what training needs: each member's params, their
+    gradients and one optimiser moment in float32 (3x the params' bytes), against
+    the host's physical memory on CPU or the devices' memory limit elsewhere.
+    A run this refuses would fail (or swap) after compiling; one it accepts may
+    still need more (activations, the evaluation batch, other moments).
+
+    Raises:
+      ValueError: the bound exceeds the memory (naming ``num_replicates``).
+    """
+    per_member = sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+                     for x in jax.tree.leaves(executor.abstract_params))
+    need = 3 * per_member * num_members
+    devices = executor.devices
+    if devices[0].platform == "cpu":
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        where = "this machine's memory"
+    else:
+        limits = [(d.memory_stats() or {}).get("bytes_limit") for d in devices]
+        if not all(limits):
+            return
+        have, where = sum(limits), f"the memory of {len(devices)} {devices[0].platform} device(s)"
+    if need > have:
+        raise ValueError(
+            f"config.num_replicates={num_members}: {num_members} members of "
+            f"{per_member / 2**20:.3g} MiB of params need at least {need / 2**30:.3g} GiB to "
+            f"train, more than {where} ({have / 2**30:.3g} GiB); lower num_replicates")
