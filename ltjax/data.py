@@ -17,6 +17,11 @@ Sources are chosen by name and never silently substituted:
   cached as ``<data dir>/mnist1d/mnist1d.npz``.
 - any path ending in ``.npz`` with the keys above (``test_size`` carves a test
   split from a file that has none).
+- ``modular_add``, ``modular_sub``, ``modular_mul``, ``modular_div``: ``a op b
+  mod p`` as token sequences ``[a, b, '=']``, built in memory
+  (:func:`modular_arithmetic`), options after a colon:
+  ``'modular_add:p=113,train_share=0.4,seed=1'``. Token datasets are not
+  normalised (empty ``mean``/``std``: :func:`normalize` returns the int ids).
 
 Example:
     >>> ds = load("mnist", validation_size=5000)
@@ -108,7 +113,8 @@ class Dataset:
       test: the test split.
       num_classes: number of classes.
       mean: float32 per-channel mean of ``train.x`` (shape ``[C]``), or a
-        single global value (shape ``[1]``) for feature vectors.
+        single global value (shape ``[1]``) for feature vectors, or empty
+        (shape ``[0]``) for token ids, which :func:`normalize` leaves as they are.
       std: float32 standard deviation, same shape as ``mean``, floored at 1e-8.
       augment: ``'cifar'`` (pad-4 random crop + horizontal flip, see
         :func:`augment_cifar`) or None.
@@ -159,7 +165,9 @@ def load(
     the package's own 4000/1000 split.
 
     Args:
-      name: one of :data:`NAMES`, or a path ending in ``.npz`` holding
+      name: one of :data:`NAMES`, a modular arithmetic task
+        ``'modular_<op>[:p=..,train_share=..,seed=..]'`` (:func:`modular_arithmetic`,
+        its defaults for the options left out), or a path ending in ``.npz`` holding
         ``x_train, y_train`` and ``x_test, y_test`` (uint8 images
         ``[N, H, W]`` or ``[N, H, W, C]``, or features ``[N, D]``; integer
         labels ``[N]``).
@@ -188,6 +196,14 @@ def load(
     if test_size < 0:
         raise ValueError(f"test_size must be >= 0, got {test_size}")
 
+    if isinstance(name, str) and name.startswith(MODULAR_PREFIX):
+        if test_size:
+            raise ValueError(f"test_size applies only to an .npz file without a test split; "
+                             f"{name!r} has its own test split, got test_size={test_size}")
+        dataset = modular_arithmetic(**_modular_options(name))
+        train, validation = split_validation(dataset.train, size=validation_size,
+                                             seed=validation_seed)
+        return dataclasses.replace(dataset, train=train, validation=validation)
     if isinstance(name, os.PathLike) or str(name).endswith(".npz"):
         path = pathlib.Path(name).expanduser()
         train, test = _read_npz_file(path, test_size=test_size)
@@ -221,7 +237,10 @@ def load(
         label = name
     else:
         raise ValueError(
-            f"name must be one of {NAMES} or a path ending in '.npz', got {name!r}"
+            f"name must be one of {NAMES}, a modular arithmetic task "
+            f"{tuple(MODULAR_PREFIX + op for op in MODULAR_OPS)} (options after ':', e.g. "
+            f"'modular_add:p=97,train_share=0.3,seed=0') or a path ending in '.npz', "
+            f"got {name!r}"
         )
 
     train, validation = split_validation(train, size=validation_size, seed=validation_seed)
@@ -573,12 +592,17 @@ def normalize(x: jax.Array, mean: jax.Array | np.ndarray, std: jax.Array | np.nd
     """``(x - mean) / std`` in float32, with ``mean``/``std`` on the trailing axes.
 
     Broadcasts explicitly, so it works under ``jax_numpy_rank_promotion='raise'``.
-    Jittable.
+    Jittable. Empty ``mean`` and ``std`` (shape ``[0]``, a token dataset's,
+    :func:`modular_arithmetic`) return ``x`` unchanged, in its own dtype: token
+    ids must reach the embedding lookup as integers. This is the one hook
+    through which the executor, evaluation and the studies normalise inputs.
 
     Example:
         >>> ds = load("mnist")
         >>> xb = normalize(ds.train.x[:128], ds.mean, ds.std)    # [128, 28, 28, 1]
     """
+    if math.prod(np.shape(mean)) == 0 and math.prod(np.shape(std)) == 0:
+        return jnp.asarray(x)  # token ids (empty mean/std): not normalised, dtype kept
     x = jnp.asarray(x).astype(jnp.float32)
     mean = jnp.asarray(mean, jnp.float32)
     std = jnp.asarray(std, jnp.float32)
@@ -885,6 +909,127 @@ def _as_int(value: int, argument: str) -> int:
 
 def _describe(a: np.ndarray) -> str:
     return f"{np.asarray(a).dtype}[{', '.join(map(str, np.shape(a)))}]"
+
+
+# ------------------------------------------------------------------ modular arithmetic
+
+MODULAR_PREFIX = "modular_"
+#: The operations of :func:`modular_arithmetic`.
+MODULAR_OPS: tuple[str, ...] = ("add", "sub", "mul", "div")
+_MODULAR_OPTIONS = {"p": int, "train_share": float, "seed": int}
+
+
+def is_prime(n: int) -> bool:
+    """Whether the int ``n`` is prime (trial division).
+
+    Example:
+        >>> is_prime(97), is_prime(96), is_prime(1)
+        (True, False, False)
+    """
+    if n < 2:
+        return False
+    return all(n % k for k in range(2, math.isqrt(n) + 1))
+
+
+def modular_arithmetic(*, op: str = "add", p: int = 97, train_share: float = 0.3,
+                       seed: int = 0) -> Dataset:
+    """``a op b mod p`` for every pair, as token sequences ``[a, b, '=']`` -> the answer.
+
+    The algorithmic task of Power et al. (2022), "Grokking", as Nanda et al.
+    (2023) and Minegishi et al. (2023, "Grokking Tickets") train it: tokens
+    ``0..p-1`` are the numbers and ``p`` is ``'='`` (vocabulary ``p + 1``,
+    :class:`ltjax.models.Transformer`'s default); the label is the answer
+    ``0..p-1`` (``num_classes = p``), predicted at the last position. One
+    dataset per operation, so there is no operation token.
+
+    Pairs: every ``(a, b)`` in ``[0, p)^2`` (``p^2`` of them), except for
+    ``'div'`` where ``b`` runs over ``1..p-1`` (``a / b = a * b^(p-2) mod p``,
+    so ``p`` must be prime). ``round(train_share * pairs)`` of them, the first
+    indices of ``np.random.default_rng(seed).permutation(pairs)``, form the
+    train split and the rest the test split, each in ``(a, b)`` order. Built in
+    memory, no download; ``mean``/``std`` are empty so :func:`normalize`
+    leaves the int32 tokens as they are.
+
+    Args:
+      op: ``'add'`` (``a + b``), ``'sub'`` (``a - b``), ``'mul'`` (``a * b``)
+        or ``'div'`` (``a * b^-1``, prime ``p``).
+      p: the modulus, >= 2 (97 in the papers).
+      train_share: the train share of the pairs, in (0, 1) (0.3 in Nanda et al.).
+      seed: a non-negative int choosing the train pairs.
+
+    Returns:
+      A :class:`Dataset` named ``'modular_<op>:p=..,train_share=..,seed=..'``
+      with int32 ``x`` ``[N, 3]`` and int32 labels.
+
+    Raises:
+      ValueError: an unknown ``op``, ``p`` < 2 or not prime for ``'div'``,
+        ``train_share`` outside (0, 1) or leaving a split empty, a bad ``seed``.
+
+    Example:
+        >>> ds = modular_arithmetic(op="add", p=97, train_share=0.3, seed=0)
+        >>> len(ds.train), len(ds.test), ds.train.x[0].tolist(), ds.num_classes
+        (2823, 6586, [0, 1, 97], 97)
+    """
+    if op not in MODULAR_OPS:
+        raise ValueError(f"op must be one of {MODULAR_OPS}, got {op!r}")
+    if isinstance(p, bool) or not isinstance(p, int | np.integer) or p < 2:
+        raise ValueError(f"p must be an int >= 2, got {p!r}")
+    p = int(p)
+    if op == "div" and not is_prime(p):
+        raise ValueError(f"op='div' needs a prime p (every b in 1..p-1 must have an inverse "
+                         f"mod p), got p={p}")
+    if (isinstance(train_share, bool) or not isinstance(train_share, int | float | np.floating)
+            or not 0 < train_share < 1):
+        raise ValueError(f"train_share must be a number in (0, 1) (the train share of the "
+                         f"pairs), got {train_share!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    a, b = (g.reshape(-1) for g in np.meshgrid(np.arange(p), np.arange(p), indexing="ij"))
+    if op == "div":
+        a, b = a[b > 0], b[b > 0]
+    if op == "add":
+        y = (a + b) % p
+    elif op == "sub":
+        y = (a - b) % p
+    elif op == "mul":
+        y = (a * b) % p
+    else:
+        inverse = np.array([pow(int(v), p - 2, p) for v in range(p)])
+        y = (a * inverse[b]) % p
+    pairs = len(a)
+    count = round(float(train_share) * pairs)
+    if not 0 < count < pairs:
+        raise ValueError(f"train_share={train_share} gives {count} of the {pairs} pairs to "
+                         "train: both splits must be non-empty")
+    chosen = np.zeros(pairs, bool)
+    chosen[np.random.default_rng(int(seed)).permutation(pairs)[:count]] = True
+    x = np.stack([a, b, np.full(pairs, p)], axis=1).astype(np.int32)
+    y = y.astype(np.int32)
+    return Dataset(
+        name=f"{MODULAR_PREFIX}{op}:p={p},train_share={float(train_share)},seed={int(seed)}",
+        train=Split(x[chosen], y[chosen]), validation=None, test=Split(x[~chosen], y[~chosen]),
+        num_classes=p, mean=np.zeros((0,), np.float32), std=np.zeros((0,), np.float32),
+        augment=None)
+
+
+def _modular_options(name: str) -> dict:
+    """``'modular_add:p=113,seed=1'`` -> ``{'op': 'add', 'p': 113, 'seed': 1}``."""
+    head, _, tail = name.partition(":")
+    options: dict = {"op": head.removeprefix(MODULAR_PREFIX)}
+    if options["op"] not in MODULAR_OPS:
+        raise ValueError(f"unknown modular arithmetic task {head!r}: expected one of "
+                         f"{tuple(MODULAR_PREFIX + op for op in MODULAR_OPS)}")
+    for item in filter(None, (part.strip() for part in tail.split(","))):
+        key, eq, value = (part.strip() for part in item.partition("="))
+        if key not in _MODULAR_OPTIONS or not eq:
+            raise ValueError(f"{name!r}: options are key=value pairs with keys "
+                             f"{tuple(_MODULAR_OPTIONS)}, got {item!r}")
+        try:
+            options[key] = _MODULAR_OPTIONS[key](value)
+        except ValueError:
+            kind = "an int" if _MODULAR_OPTIONS[key] is int else "a number"
+            raise ValueError(f"{name!r}: {key} must be {kind}, got {value!r}") from None
+    return options
 
 
 # --------------------------------------------------------------------------- on device

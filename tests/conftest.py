@@ -57,6 +57,7 @@ import subprocess
 import sys
 import tempfile
 
+
 def _xla_has_legacy_emitters() -> bool:
     """Whether this jaxlib's XLA:CPU knows ``--xla_cpu_use_fusion_emitters`` (0.10 does; 0.12
     removed it, and an unknown flag in XLA_FLAGS aborts the process)."""

@@ -457,6 +457,9 @@ def _smallest(name):
         kwargs["width"] = 4
     if name in ("mlp", "lenet_300_100", "mlp_bn"):
         shape = (8,)
+    elif name.startswith("transformer"):  # token ids [B, T]
+        kwargs.update(d_model=8, num_heads=2, d_mlp=16)
+        shape = (4,)
     elif name.startswith("vgg"):
         shape = (32, 32, 3)
     else:
@@ -501,6 +504,9 @@ def test_every_registered_model_is_permutation_invariant(name):
         raise AssertionError("no key gave non-identity permutations")
     batch = 1 if name.startswith("vgg") else 2  # VGG: 32 x 32 inputs at full width
     x = jnp.asarray(np.random.default_rng(2).normal(size=(batch, *shape)), jnp.float32)
+    if name.startswith("transformer"):
+        x = jnp.asarray(np.random.default_rng(2).integers(0, model.vocab, (batch, *shape)),
+                        jnp.int32)
 
     def run(params, stats):
         variables = {"params": params, **({"batch_stats": stats} if stats else {})}

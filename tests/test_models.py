@@ -17,10 +17,22 @@ CIFAR = (32, 32, 3)
 MNIST = (28, 28, 1)
 BN_MODELS = ("mlp_bn", "vgg11", "vgg13", "vgg16", "vgg19", "resnet20", "resnet32", "resnet56")
 CONV_MODELS = ("conv2", "conv4", "conv6", *BN_MODELS[1:])
+# Sequence models: int token ids [B, T] (tests/test_transformer.py covers them in depth).
+TOKEN_MODELS = ("transformer_1l", "transformer_2l")
+TOKENS = (3,)
 
 
 def _shape_for(name: str) -> tuple[int, ...]:
+    if name in TOKEN_MODELS:
+        return TOKENS
     return MNIST if name in ("mlp", "lenet_300_100", "mlp_bn") else CIFAR
+
+
+def _inputs(name: str, batch: int) -> jax.Array:
+    """Ones of the model's input shape: images/features, or token ids for the transformers."""
+    if name in TOKEN_MODELS:
+        return jnp.ones((batch, *TOKENS), jnp.int32)
+    return jnp.ones((batch, *_shape_for(name)), jnp.float32)
 
 
 def _create(name: str, **kwargs) -> nn.Module:
@@ -85,7 +97,8 @@ def _resnet_kernels(depth: int, width: int, num_classes: int = 10, in_channels: 
 def test_names():
     assert models.NAMES == (
         "mlp", "lenet_300_100", "mlp_bn", "conv2", "conv4", "conv6", "vgg11", "vgg13", "vgg16",
-        "vgg19", "resnet20", "resnet32", "resnet56",
+        "vgg19", "resnet20", "resnet32", "resnet56", "transformer_1l", "transformer_2l",
+        "vit_tiny",
     )
 
 
@@ -259,7 +272,8 @@ def test_vgg_and_resnet_names():
     for name in models.NAMES:
         p, _ = _abstract_init(_create(name), _shape_for(name))
         kernels = [n for n in tree.names(p) if n.endswith("kernel")]
-        assert kernels[-1] in ("fc/kernel", "Dense_0/kernel", "Dense_2/kernel"), name
+        assert kernels[-1] in ("fc/kernel", "Dense_0/kernel", "Dense_2/kernel", "unembed/kernel",
+                               "head/kernel"), name
 
 
 def test_init_values_and_vmap(lenet_init):
@@ -295,7 +309,7 @@ _ABSTRACT_ONLY = ("vgg13", "vgg16", "vgg19", "resnet32", "resnet56")
 def test_forward_shapes(name):
     model = _create(name, num_classes=7)
     shape = _shape_for(name)
-    x = jnp.ones((3, *shape), jnp.float32)
+    x = _inputs(name, 3)
     if name in _ABSTRACT_ONLY:  # compile time: shapes only
         params, stats = _abstract_init(model, shape)
         variables = {"params": params, "batch_stats": stats}

@@ -14,12 +14,24 @@ name                      architecture                                   module
 ``conv2/4/6``             Conv-2/4/6 (Frankle & Carbin 2019, Fig. 2)     :mod:`.conv`
 ``vgg11/13/16/19``        OpenLTH ``cifar_vgg`` (batch norm)             :mod:`.vgg`
 ``resnet20/32/56``        OpenLTH ``cifar_resnet`` (He et al. 2016)      :mod:`.resnet`
+``transformer_1l/2l``     decoder-only, token ids ``[B, T]`` (Nanda      :mod:`.transformer`
+                          et al. 2023's grokking model: 1 layer)
+``vit_tiny``              ViT, 2 layers, d 64, patches of 4              :mod:`.transformer`
 ========================  =============================================  ==========
 
+The transformers take int token ids ``[B, T]`` (``input_shape`` ``(T,)``,
+their :attr:`~.transformer.Transformer.input_dtype` int32: :func:`init`
+builds int dummy tokens) and return the logits of the last position;
+:func:`init` rejects an input shape of the other kind (images for a sequence
+model, tokens for the ViT) before any work.
+
 The output layer is ``Dense_{len(widths)}`` (MLP), ``Dense_2`` (Conv-n),
-``Dense_0`` (VGG) or ``fc`` (ResNet): the last ``kernel`` leaf in ``jax.tree``
-order, except for MLPs with 10 or more hidden layers (``'Dense_10' < 'Dense_2'``);
-:func:`output_layer` names it for any of them.
+``Dense_0`` (VGG), ``fc`` (ResNet), ``unembed`` (transformer) or ``head``
+(ViT): the last ``kernel`` leaf in ``jax.tree`` order, except for MLPs with 10
+or more hidden layers (``'Dense_10' < 'Dense_2'``); :func:`output_layer` names
+it for any of them. A transformer with ``tie_embeddings=True`` has no output
+kernel (its logits come from the token embedding, never pruned by default):
+:func:`output_layer` then names its last MLP layer, so name layers explicitly.
 
 Each model also defines its permutation spec (:func:`permutation_spec`, for
 :mod:`ltjax.matching`) and the layers REPAIR renormalises
@@ -51,17 +63,19 @@ from flax import linen as nn
 
 from ltjax import matching
 from ltjax import repair as repair_math
-from ltjax.models import common, conv, mlp, resnet, vgg
+from ltjax.models import common, conv, mlp, resnet, transformer, vgg
 from ltjax.models.conv import ConvN
 from ltjax.models.mlp import MLP, BatchNormMLP
 from ltjax.models.resnet import ResNet
+from ltjax.models.transformer import Transformer, ViT
 from ltjax.models.vgg import VGG
 
 __all__ = [
-    "NAMES", "MLP", "BatchNormMLP", "ConvN", "VGG", "ResNet", "create", "init",
+    "NAMES", "MLP", "BatchNormMLP", "ConvN", "VGG", "ResNet", "Transformer", "ViT", "create",
+    "init",
     "has_batch_norm", "is_conv", "output_layer",
     "permutation_spec", "activations", "repair_layers", "output_stats", "repair", "repair_fn",
-    "common", "conv", "mlp", "resnet", "vgg",
+    "common", "conv", "mlp", "resnet", "transformer", "vgg",
 ]
 
 # name -> (class, fields fixed by the name)
@@ -79,6 +93,9 @@ _REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
     "resnet20": (ResNet, {"depth": 20}),
     "resnet32": (ResNet, {"depth": 32}),
     "resnet56": (ResNet, {"depth": 56}),
+    "transformer_1l": (Transformer, {"num_layers": 1}),
+    "transformer_2l": (Transformer, {"num_layers": 2}),
+    "vit_tiny": (ViT, {}),
 }
 
 #: The registered model names, in a stable order.
@@ -130,7 +147,9 @@ def create(name: str, *, num_classes: int = 10, **kwargs: Any) -> nn.Module:
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
 def _init(model: nn.Module, key: jax.Array, input_shape: tuple[int, ...]) -> Any:
-    return model.init(key, jnp.zeros((1, *input_shape), jnp.float32), train=False)
+    # Token models (the transformers) declare int32 inputs; images and features are float32.
+    dtype = getattr(type(model), "input_dtype", jnp.float32)
+    return model.init(key, jnp.zeros((1, *input_shape), dtype), train=False)
 
 
 def _plain(tree: Any) -> Any:
@@ -156,12 +175,21 @@ def init(model: nn.Module, key: jax.Array, input_shape: tuple[int, ...]) -> tupl
         ``(params, batch_stats)`` as plain nested dicts; ``batch_stats`` is ``{}``
         for models without batch norm.
 
+    Raises:
+        ValueError: an input shape the model cannot take, before any work (a
+            model with a ``check_input_shape`` method: images for a sequence
+            model, token sequences for an image model).
+
     Example:
         >>> params, batch_stats = init(create("lenet_300_100"), jax.random.key(0), (28, 28, 1))
         >>> batch_stats
         {}
     """
-    variables = _plain(_init(model, key, tuple(int(d) for d in input_shape)))
+    input_shape = tuple(int(d) for d in input_shape)
+    check = getattr(model, "check_input_shape", None)
+    if check is not None:
+        check(input_shape)
+    variables = _plain(_init(model, key, input_shape))
     extra = sorted(set(variables) - {"params", "batch_stats"})
     if extra:
         raise ValueError(f"model has variable collections {extra} besides params/batch_stats")
@@ -268,7 +296,8 @@ def _capture(model: nn.Module, wanted: frozenset, variables: dict, x: jax.Array)
 
 _SPECS = {MLP: mlp.permutation_spec, BatchNormMLP: mlp.batch_norm_permutation_spec,
           ConvN: conv.permutation_spec, VGG: vgg.permutation_spec,
-          ResNet: resnet.permutation_spec}
+          ResNet: resnet.permutation_spec, Transformer: transformer.permutation_spec,
+          ViT: transformer.vit_permutation_spec}
 
 
 def permutation_spec(model: nn.Module, params: Any, batch_stats: Any = None,
@@ -287,7 +316,7 @@ def permutation_spec(model: nn.Module, params: Any, batch_stats: Any = None,
     Raises:
       TypeError: a model class without a spec (your own module): write its
         :class:`ltjax.matching.PermutationSpec` by hand (the error shows one;
-        README section "Your own model, dataset or permutation spec").
+        docs page data-and-models.md, "Your own model, dataset or permutation spec").
       ValueError: the spec does not fit ``params`` / ``batch_stats``.
 
     Example:
@@ -305,7 +334,7 @@ def permutation_spec(model: nn.Module, params: Any, batch_stats: Any = None,
             f"ltjax.matching.PermutationSpec naming which axis of which params leaf each "
             f"permutation acts on, e.g. PermutationSpec(params={{'Dense_0/kernel': (None, 'h'), "
             f"'Dense_0/bias': ('h',), 'Dense_1/kernel': ('h', None), 'Dense_1/bias': (None,)}}), "
-            f"and check it with matching.check_spec(spec, params); see the README section "
+            f"and check it with matching.check_spec(spec, params); see docs/data-and-models.md, "
             f"'Your own model, dataset or permutation spec'."
         )
     spec = builder(model, params)
