@@ -2,7 +2,7 @@
 
 Bias-free LeNet-300-100 on MNIST shapes (random pixels), batch 128, SGD with
 momentum, S members at once on the executor: plain training of the weights
-(identity), edge-popup with :func:`ltjax.supermasks.top_k_mask` (31-pass
+(identity), edge-popup with :func:`ltjax.topk.mask` (32-pass
 bisection on the scores' bit patterns) and edge-popup with a sort-based
 threshold (``jnp.sort`` per layer per step, the slow way the spec measured),
 in one process, each timed over ``--steps`` steps after a warm-up call.
@@ -23,12 +23,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ltjax import data, masking, models, optim, rng, supermasks
+from ltjax import data, masking, models, optim, rng, supermasks, topk
 from ltjax import executor as executor_lib
 
 
-def sort_top_k_mask(values: jax.Array, kept) -> jax.Array:
-    """The same mask as ``top_k_mask`` (ties by lower index), from a full sort."""
+def sort_top_k_mask(values: jax.Array, kept, *, ties: str = "first", alive=None) -> jax.Array:
+    """The same mask as ``topk.mask`` of non-negative values (ties by lower index), by a sort."""
+    assert ties == "first" and alive is None, (ties, alive)
     flat = values.reshape(-1).astype(jnp.float32)
     kept = jnp.asarray(kept, jnp.int32)
     ordered = jnp.sort(flat)
@@ -83,13 +84,13 @@ def main() -> None:
     results = {"plain": measure(executor(), args.members, steps)}
     reparam = supermasks.edge_popup(selection, density=args.density)
     results["edge_popup_bisection"] = measure(executor(reparam), args.members, steps)
-    original = supermasks.top_k_mask
-    supermasks.top_k_mask = sort_top_k_mask  # apply() looks it up at trace time
+    original = topk.mask
+    topk.mask = sort_top_k_mask  # apply() looks it up at trace time
     try:
         results["edge_popup_sort"] = measure(executor(supermasks.edge_popup(
             selection, density=args.density)), args.members, steps)
     finally:
-        supermasks.top_k_mask = original
+        topk.mask = original
     report = {
         "machine": platform.processor() or platform.machine(),
         "jax": jax.__version__, "members": args.members, "steps": steps,

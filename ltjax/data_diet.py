@@ -47,6 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 
+from ltjax import topk
+
 PyTree = Any
 LogitsFn = Callable[[PyTree, PyTree, jax.Array], jax.Array]
 
@@ -333,10 +335,12 @@ def select(
         if offset + kept > n:
             raise ValueError(f"offset + kept must be at most the number of scores ({n}), "
                              f"got offset={offset} + kept={kept}")
-        index = np.arange(n)
-        primary = -scores if mode == "hardest" else scores
-        order = np.lexsort((index, primary))  # by score (hardest or easiest first), then index
-        chosen = order[offset:offset + kept]
+        # Ranks offset .. offset + kept - 1 from the chosen end: the top offset + kept
+        # without the top offset (ltjax.topk.host_mask; ties: the lower index first).
+        ranked = scores if mode == "hardest" else -scores
+        window = (topk.host_mask(ranked, offset + kept, ties="first")
+                  & ~topk.host_mask(ranked, offset, ties="first"))
+        chosen = np.flatnonzero(window)
     return np.sort(chosen).astype(np.int32)
 
 

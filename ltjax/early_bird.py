@@ -15,8 +15,11 @@ Facts of the reference (GATECH-EIC/Early-Bird-Tickets@4a16ae0, ``main.py``,
 
 - its threshold is ``sorted(|gamma|)[int(N * p)]`` and it keeps ``|gamma| >
   threshold``, so it prunes ``int(N * p) + 1`` channels plus ties; ltjax prunes
-  exactly ``int(N * p)`` (ties by position: the earlier channel is pruned
-  first), the count the paper states;
+  exactly ``floor(p * N)`` (ties by position: the earlier channel is pruned
+  first), the count the paper states, in exact arithmetic
+  (:func:`ltjax.topk.count`, ``'floor'``): where ``p * N`` is a whole number
+  the float product can miss, the reference's ``int(N * p)`` is one less
+  (``int(90 * 0.7) == 62``; here 63; none of the studies' channel counts);
 - a channel is pruned as a mask, not by surgery: its BatchNorm ``scale`` and
   ``bias`` entries are held at zero, so the channel's output after
   BatchNorm is exactly zero in training and evaluation (the conv or dense
@@ -43,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ltjax import reparam, tree
+from ltjax import reparam, topk, tree
 
 PyTree = Any
 
@@ -106,7 +109,10 @@ def mask_vector(params_or_masks: PyTree) -> np.ndarray:
 
 
 def channel_keep(gammas: np.ndarray, ratio: float) -> np.ndarray:
-    """Keep all but the ``int(N * ratio)`` channels of smallest ``|gamma|`` (ties: earlier pruned).
+    """All but the ``floor(ratio * N)`` channels of smallest ``|gamma|`` (ties: earlier pruned).
+
+    The count is :func:`ltjax.topk.count` (``'floor'``, exact), the ranking
+    :func:`ltjax.topk.host_mask` in float64.
 
     Raises:
       ValueError: ``ratio`` outside [0, 1), or a NaN or infinite gamma.
@@ -119,10 +125,9 @@ def channel_keep(gammas: np.ndarray, ratio: float) -> np.ndarray:
         raise ValueError(f"ratio must be in [0, 1) (the share of channels pruned), got {ratio!r}")
     magnitude = np.abs(np.asarray(gammas, np.float64))
     tree.check_finite(magnitude, name="gammas")  # a NaN gamma has no rank: it would be kept
-    order = np.lexsort((np.arange(magnitude.size), magnitude))  # smallest first, ties by index
-    keep = np.ones(magnitude.size, bool)
-    keep[order[:int(magnitude.size * ratio)]] = False
-    return keep
+    pruned = topk.count(magnitude.size, ratio, rounding="floor")
+    # The highest N - pruned; among equal |gamma| the later channel is kept.
+    return topk.host_mask(magnitude, magnitude.size - pruned, ties="last")
 
 
 def channel_masks(params: PyTree, ratio: float) -> PyTree:

@@ -73,14 +73,13 @@ Example:
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ltjax import masking, models, rng, tree
+from ltjax import masking, models, rng, topk, tree
 
 PyTree = Any
 
@@ -105,15 +104,16 @@ def check_split_rate(split_rate: float) -> float:
 def fit_count(n: int, split_rate: float) -> int:
     """``ceil(split_rate * n)``: the fit units of a layer of ``n`` (at least 1).
 
-    Computed with a 1e-9 tolerance so that ``0.3 * 10`` (3.0000000000000004
-    in floats) gives 3, not 4 (the reference's plain ``math.ceil`` gives 4).
+    Exact (:func:`ltjax.topk.count`, ``'ceil'``, the split rate read as the
+    decimal typed), so ``0.3`` of 10 gives 3 (the reference's float
+    ``math.ceil(0.3 * 10)`` gives 4, from 3.0000000000000004).
 
     Example:
         >>> fit_count(300, 0.5), fit_count(10, 0.3), fit_count(3, 0.5)
         (150, 3, 2)
     """
-    split_rate = check_split_rate(split_rate)
-    return max(1, math.ceil(split_rate * n - 1e-9))
+    check_split_rate(split_rate)
+    return max(1, topk.count(int(n), split_rate, rounding="ceil"))
 
 
 def _axis_entry(entry: Any) -> tuple[str | None, int]:

@@ -19,7 +19,7 @@ stay exactly zero; other leaves, e.g. biases, are ``W_k``'s):
   pattern is then kept bitwise);
 - :func:`gaussian_noise`: ``W_k + scale * sigma_l * eps`` with ``sigma_l`` the
   layer's init std (``sqrt(2 / fan_in)`` for He normal, :func:`he_normal_stds`);
-- re-initialisation is :func:`ltjax.rewinding.reinitialize` of a fresh init.
+- re-initialisation is :func:`ltjax.rewinding.rewind` of a fresh init.
 
 :func:`effective_std` is the x axis of the paper's figures: the std of
 ``W' - W_k`` over the kept weights. There is no public reference code for

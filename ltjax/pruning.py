@@ -22,8 +22,11 @@ Differences from OpenLTH's ``sparse_global``, on purpose: it computes the
 threshold as ``sorted(|w|)[k]`` and keeps only ``|w| > threshold``, which
 removes ``k + 1`` weights (more on ties), and it counts the remaining weights
 of ignored layers in ``k``. Here exactly ``k`` are removed and ``k`` counts
-only the weights in scope. ``ceil`` is exact (the fraction as a rational with
-denominator <= 10^4; OpenLTH's float product can round up one more).
+only the weights in scope. ``ceil`` is exact: the fraction is read by
+:func:`ltjax.topk.rational` (a float as the decimal typed, 0.2 as 1/5; a
+:class:`fractions.Fraction` as it is), and OpenLTH's float product can round
+up one more. Counts and rankings are :mod:`ltjax.topk`'s
+(:func:`ltjax.topk.count`, :func:`ltjax.topk.masks`).
 
 All functions are jittable and vmappable over a replicate axis (``prunable``
 is static, bound by closure) and take plain pytrees.
@@ -45,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ltjax import masking, tree
+from ltjax import masking, topk, tree
 
 PyTree = Any
 SCOPES = ("global", "layerwise")
@@ -85,16 +88,19 @@ def inverted_scores(scores: PyTree) -> PyTree:
 
 
 def _check_fraction(fraction: float, name: str = "fraction") -> fractions.Fraction:
-    """A share in [0, 1) as an exact fraction; Python, NumPy and concrete JAX scalars accepted."""
+    """A share in [0, 1) as an exact fraction (:func:`ltjax.topk.rational`).
+
+    Python, NumPy and concrete JAX real scalars and :class:`fractions.Fraction` accepted.
+    """
     value = None
-    if not isinstance(fraction, bool | np.bool_) and np.ndim(fraction) == 0:
+    if not isinstance(fraction, bool | np.bool_ | str) and np.ndim(fraction) == 0:
         try:
             value = float(fraction)
         except (TypeError, ValueError, jax.errors.ConcretizationTypeError):
             value = None
     if value is None or not 0.0 <= value < 1.0:
         raise ValueError(f"{name} must be a number in [0, 1), got {fraction!r}")
-    return fractions.Fraction(value).limit_denominator(10_000)
+    return topk.rational(fraction)
 
 
 def _check_density(density: Any) -> float:
@@ -120,33 +126,14 @@ def _check_scores(scores: PyTree, prunable: PyTree) -> None:
     tree.check_finite(scores, name="scores", allow_inf=True, selection=prunable)
 
 
-def _ceil_fraction(count: jax.Array, rate: fractions.Fraction) -> jax.Array:
-    """Exact ``ceil(rate * count)`` in int32 (no overflow for counts < 2^31 / 10^4 * q)."""
-    p, q = rate.numerator, rate.denominator
-    return (count // q) * p + ((count % q) * p + q - 1) // q
+def _keep_highest(scores: list, alive: list, kept: Any) -> list:
+    """The ``kept`` highest-scoring alive entries of a group of leaves, ranked together.
 
-
-@jax.jit
-def _remove_lowest(scores: list, alive: list, num_remove: jax.Array) -> list:
-    """Remove the ``num_remove`` lowest-scoring alive entries of a group of leaves.
-
-    Jitted: called eagerly (one-shot pruning, SynFlow's rounds) it is one
-    compiled program per shape instead of a dozen eager ones.
+    Ties: the later position (leaf order, then flat index) is kept, i.e. among
+    equal scores the earlier one is removed first. Scores rank as float32.
     """
-    if not scores:
-        return []
-    flat_scores = jnp.concatenate([s.reshape(-1).astype(jnp.float32) for s in scores])
-    flat_alive = jnp.concatenate([a.reshape(-1) for a in alive])
-    n = flat_scores.shape[0]
-    # Sort alive entries first, then by score, then by position (deterministic ties).
-    order = jnp.lexsort((jnp.arange(n), flat_scores, ~flat_alive))
-    rank = jnp.zeros(n, jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
-    new_alive = flat_alive & (rank >= num_remove)
-    out, start = [], 0
-    for a in alive:
-        out.append(new_alive[start:start + a.size].reshape(a.shape))
-        start += a.size
-    return out
+    return topk.masks([jnp.asarray(s) for s in scores], kept, ties="last",
+                      alive=[jnp.asarray(a) for a in alive])
 
 
 def _groups(
@@ -257,8 +244,8 @@ def prune(
                                        layer_rates=layer_rates):
         alive = [mask_leaves[i] for i in indices]
         remaining = sum(jnp.sum(a, dtype=jnp.int32) for a in alive)
-        new = _remove_lowest([score_leaves[i] for i in indices], alive,
-                             _ceil_fraction(remaining, group_rate))
+        removed = topk.count(remaining, group_rate, rounding="ceil")
+        new = _keep_highest([score_leaves[i] for i in indices], alive, remaining - removed)
         for i, leaf in zip(indices, new, strict=True):
             out[i] = leaf
     return treedef.unflatten(out)
@@ -271,7 +258,10 @@ def prune_to_density(
     """One-shot pruning: keep the ``round(density * total)`` highest scores.
 
     With ``scope='global'`` the count is over all prunable weights; with
-    ``'layerwise'`` each layer keeps ``round(density * layer_size)``.
+    ``'layerwise'`` each layer keeps ``round(density * layer_size)``: exact,
+    ties to even (:func:`ltjax.topk.count`, ``'half_even'``; the density read
+    by :func:`ltjax.topk.rational`). Among equal scores the later position is
+    kept.
     ``masks`` (default all-True) are the masks to prune further.
 
     Raises:
@@ -283,7 +273,7 @@ def prune_to_density(
     Example:
         >>> oneshot = prune_to_density(magnitude_scores(trained), selection, density=0.035)
     """
-    density = _check_density(density)
+    _check_density(density)
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
     masks = masking.ones_like(scores) if masks is None else masks
@@ -299,7 +289,7 @@ def prune_to_density(
     out = list(mask_leaves)
     for group in groups:
         total = int(sum(np.size(mask_leaves[i]) for i in group))
-        keep = int(round(density * total))
+        keep = topk.count(total, density, rounding="half_even")
         alive = [mask_leaves[i] for i in group]
         remaining = sum(jnp.sum(a, dtype=jnp.int32) for a in alive)
         if not isinstance(remaining, jax.core.Tracer) and keep > int(remaining):
@@ -307,7 +297,7 @@ def prune_to_density(
                 f"density={density} keeps {keep} weights but the masks have only "
                 f"{int(remaining)} left: cannot prune to a higher density"
             )
-        new = _remove_lowest([score_leaves[i] for i in group], alive, remaining - keep)
+        new = _keep_highest([score_leaves[i] for i in group], alive, keep)
         for i, leaf in zip(group, new, strict=True):
             out[i] = leaf
     return treedef.unflatten(out)
@@ -342,10 +332,9 @@ def prune_to_match(
     groups = [indices] if scope == "global" else [[i] for i in indices]
     out = list(mask_leaves)
     for group in groups:
-        total = int(sum(np.size(mask_leaves[i]) for i in group))
         kept = sum(jnp.sum(mask_leaves[i], dtype=jnp.int32) for i in group)
         ones = [jnp.ones(jnp.shape(mask_leaves[i]), bool) for i in group]
-        new = _remove_lowest([score_leaves[i] for i in group], ones, total - kept)
+        new = _keep_highest([score_leaves[i] for i in group], ones, kept)
         for i, leaf in zip(group, new, strict=True):
             out[i] = leaf
     return treedef.unflatten(out)

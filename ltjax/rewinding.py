@@ -2,13 +2,13 @@
 
 - :func:`rewind`: reset the surviving weights to their values at step k
   (Frankle et al. 2020, "Linear Mode Connectivity and the Lottery Ticket
-  Hypothesis"; k = 0 is the original reset of Frankle & Carbin 2019).
+  Hypothesis"; k = 0 is the original reset of Frankle & Carbin 2019); given
+  a fresh init instead, the random re-initialisation control (a new init,
+  the same mask).
 - :func:`rewind_state`: the same for a whole train state: params and batch
   statistics from step k, the step counter at k (so the learning-rate
   schedule resumes at k), a fresh optimiser state by default or the one of
   step k on request.
-- :func:`reinitialize`: the random re-initialisation control: a new init,
-  the same mask.
 - mask shuffling within layers (the random-pruning control that keeps each
   layer's count) is :func:`ltjax.pruning.random_prune_like` with ``scope='layerwise'``.
 
@@ -27,14 +27,23 @@ from ltjax import masking, tree
 PyTree = Any
 
 
-def rewind(params_at_k: PyTree, masks: PyTree) -> PyTree:
-    """The surviving weights at their step-k values, pruned weights exactly zero.
+def rewind(params: PyTree, masks: PyTree) -> PyTree:
+    """``params`` under ``masks``: the kept weights at their values, pruned ones exactly zero.
+
+    With the params of step k it is rewinding (k = 0: the lottery-ticket
+    reset); with a fresh init (a new key) it is the random re-initialisation
+    control of Frankle & Carbin 2019 (Section 2): "randomly reinitialized"
+    subnetworks keep the ticket's structure but not its initial values.
+
+    Raises:
+      ValueError: masks not of the params' structure, shapes or bool dtype.
 
     Example:
         >>> ticket = rewind(params_at_init, masks)
+        >>> control = rewind(models.init(model, jax.random.key(1), shape)[0], masks)
     """
-    tree.check_same_structure(masks, params_at_k, name="masks", reference_name="params_at_k")
-    return masking.apply(params_at_k, masks)
+    tree.check_same_structure(masks, params, name="masks", reference_name="params")
+    return masking.apply(params, masks)
 
 
 def rewind_state(state_at_k: Any, masks: PyTree, *, fresh_opt_state: PyTree | None = None) -> Any:
@@ -53,14 +62,3 @@ def rewind_state(state_at_k: Any, masks: PyTree, *, fresh_opt_state: PyTree | No
     """
     opt_state = state_at_k.opt_state if fresh_opt_state is None else fresh_opt_state
     return state_at_k.replace(params=rewind(state_at_k.params, masks), opt_state=opt_state)
-
-
-def reinitialize(new_params: PyTree, masks: PyTree) -> PyTree:
-    """The random re-initialisation control: ``new_params`` (a fresh init) under ``masks``.
-
-    Frankle & Carbin 2019 (Section 2): "randomly reinitialized" subnetworks
-    keep the ticket's structure but not its initial values.
-    """
-    tree.check_same_structure(masks, new_params, name="masks", reference_name="new_params")
-    return masking.apply(new_params, masks)
-

@@ -24,7 +24,7 @@ which are ranked (:func:`ltjax.pruning.prune_to_density`, global scope in the
 paper). The inversion ablation is :func:`ltjax.pruning.inverted_scores`; the
 layerwise-shuffle and reinit ablations are
 :func:`ltjax.pruning.random_prune_like` and
-:func:`ltjax.rewinding.reinitialize`.
+:func:`ltjax.rewinding.rewind` of a fresh init.
 
 Nothing here imports flax: scores take plain pytrees and closures. The caller
 closes ``loss_fn`` or ``forward_fn`` over the model **in eval mode** (the

@@ -60,7 +60,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ltjax import masking, pruning, tree
+from ltjax import masking, pruning, topk, tree
 
 PyTree = Any
 Accuracy = Any  # a float in [0, 1], or an array of replicate accuracies (their mean is used)
@@ -98,9 +98,9 @@ def top_p_masks(params: PyTree, prunable: PyTree, *, p: float,
     ``n_l`` is the layer's size, or with ``masks`` its number of remaining
     weights (Liu et al. 2021: for a sparse net ``p`` is relative to the
     remaining weights). Ties are broken as in :func:`ltjax.pruning.prune`
-    (among equal ``|w|`` the higher flat index is kept); ``p`` is read as a
-    rational with denominator <= 10^4, as pruning fractions are. Leaves outside
-    ``prunable`` come back unchanged (all-True without ``masks``).
+    (among equal ``|w|`` the higher flat index is kept); ``p`` is read as the
+    decimal typed (:func:`ltjax.topk.rational`), and ``1 - p`` exactly. Leaves
+    outside ``prunable`` come back unchanged (all-True without ``masks``).
 
     Example:
         >>> top = top_p_masks({"kernel": jnp.array([[3.0, -1.0], [0.5, -4.0]])},
@@ -114,7 +114,7 @@ def top_p_masks(params: PyTree, prunable: PyTree, *, p: float,
     masking.check(masks, params)
     # Removing ceil((1 - p) * n) of the n remaining weights keeps exactly floor(p * n).
     return pruning.prune(pruning.magnitude_scores(params), masks, prunable,
-                         fraction=1.0 - p, scope="layerwise")
+                         fraction=1 - topk.rational(p), scope="layerwise")
 
 
 def weight_correlation(

@@ -29,7 +29,7 @@ Facts of the reference (allenai/hidden-networks@dddf2d0,
 - the kept count of a layer of ``n`` weights at ``density`` is
   ``ceil(density * n)`` (the reference zeroes the ``int((1 - k) n)``
   smallest; ``density`` is taken as the decimal the user wrote,
-  ``Fraction(repr(density))``, so 0.3 of 100 keeps 30, not 31 as float
+  :func:`ltjax.topk.count`, so 0.3 of 100 keeps 30, not 31 as float
   arithmetic would); ties are broken by flat position (lower index kept);
 - ``density`` names the kept share: the reference's ``prune_rate`` is the kept
   share in ``GetSubnet`` but the removed one in ``scale_fan`` (its issue #9);
@@ -45,8 +45,9 @@ Facts of the reference (allenai/hidden-networks@dddf2d0,
   none: bias-free layers, ``models.create('lenet_300_100', use_bias=False)``).
 
 The top-k runs every step, so it is a selection, not a sort:
-:func:`top_k_mask` finds the ``kept``-th largest value by a 31-pass bisection on
-the int32 bit patterns of the non-negative scores (exact, ``O(31 n)``).
+:func:`ltjax.topk.mask` finds the ``kept``-th largest value by a 32-pass
+bisection on the bit patterns of the scores (exact, ``O(32 n)``, ``kept``
+traced).
 
 Example:
     >>> selection = masking.prunable(abstract_params)
@@ -67,7 +68,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ltjax import optim, pruning, reparam, rng, tree
+from ltjax import optim, pruning, reparam, rng, topk, tree
 
 PyTree = Any
 
@@ -79,48 +80,18 @@ def _check_density(density: Any) -> Fraction:
     if isinstance(density, bool) or not isinstance(density, numbers.Real) or not (
             0.0 < float(density) <= 1.0):
         raise ValueError(f"density must be a number in (0, 1] (the kept share), got {density!r}")
-    return Fraction(repr(float(density)))
+    return topk.rational(density)
 
 
 def kept_count(num: int, density: float) -> int:
-    """``ceil(density * num)`` in exact decimal arithmetic: the kept entries of a layer.
+    """``ceil(density * num)``, exact (:func:`ltjax.topk.count`): the kept entries of a layer.
 
     Example:
         >>> kept_count(100, 0.3), kept_count(10, 0.25)
         (30, 3)
     """
-    return min(num, math.ceil(_check_density(density) * num))
-
-
-def top_k_mask(values: jax.Array, kept: int | jax.Array) -> jax.Array:
-    """The mask of the ``kept`` largest entries of non-negative ``values`` (ties: lower index).
-
-    Exactly ``kept`` entries are True. The ``kept``-th largest value is found
-    by bisection over the bits of its int32 pattern (order-preserving for
-    non-negative floats): 31 compare-and-count passes, no sort. ``kept`` may be
-    traced (a per-member count). Jittable and vmappable.
-
-    Args:
-      values: non-negative float32 values of any shape (e.g. ``|scores|``).
-      kept: how many to keep, in ``[0, values.size]``.
-
-    Example:
-        >>> top_k_mask(jnp.array([0.3, 0.1, 0.3, 0.5]), 2)
-        Array([ True, False, False,  True], dtype=bool)
-    """
-    flat = values.reshape(-1).astype(jnp.float32)
-    bits = jax.lax.bitcast_convert_type(flat, jnp.int32)
-    kept = jnp.asarray(kept, jnp.int32)
-    threshold = jnp.int32(0)
-    for bit in range(30, -1, -1):
-        candidate = threshold | jnp.int32(1 << bit)
-        enough = jnp.sum(bits >= candidate, dtype=jnp.int32) >= kept
-        threshold = jnp.where(enough, candidate, threshold)
-    above = bits > threshold
-    ties = bits == threshold
-    room = kept - jnp.sum(above, dtype=jnp.int32)
-    mask = above | (ties & (jnp.cumsum(ties, dtype=jnp.int32) <= room))
-    return mask.reshape(values.shape)
+    _check_density(density)
+    return topk.count(num, density, rounding="ceil")
 
 
 def _fan_in(w: Any) -> int:
@@ -168,7 +139,7 @@ def supermask(scores: PyTree, frozen: PyTree, prunable: PyTree) -> PyTree:
         >>> masking.layer_densities(masks, selection)
     """
     flags = _flags(prunable, scores)
-    leaves = [top_k_mask(jnp.abs(s), k) if f else jnp.ones(jnp.shape(s), bool)
+    leaves = [topk.mask(jnp.abs(s), k) if f else jnp.ones(jnp.shape(s), bool)
               for s, k, f in zip(jax.tree.leaves(scores), jax.tree.leaves(frozen["kept"]), flags,
                                  strict=True)]
     return jax.tree.unflatten(jax.tree.structure(scores), leaves)
@@ -229,7 +200,7 @@ def edge_popup(prunable: PyTree, *, density: float = 0.5,
                               jax.tree.leaves(frozen["kept"]), flags, strict=True):
             if f:
                 magnitude = jnp.abs(s)
-                mask = top_k_mask(jax.lax.stop_gradient(magnitude), k).astype(w.dtype)
+                mask = topk.mask(jax.lax.stop_gradient(magnitude), k).astype(w.dtype)
                 out.append(w * (mask + (magnitude - jax.lax.stop_gradient(magnitude))))
             else:
                 out.append(w)
@@ -475,7 +446,7 @@ def dnw(prunable: PyTree, *, density: float = 0.5) -> reparam.Reparam:
     / ``ChooseEdges`` of RAIVNLab/STR (``utils/conv_type.py``). The forward
     pass of every prunable layer uses ``W * M`` with ``M`` the top-k of
     ``|W|`` (exactly ``ceil(density * n)`` kept, ties by position,
-    :func:`top_k_mask`), and the backward pass is the identity to *all*
+    :func:`ltjax.topk.mask`), and the backward pass is the identity to *all*
     weights, kept or not:
 
         W_eff = sg(W) * M + (W - sg(W)),   dL/dW = dL/dW_eff   (sg: stop_gradient),
@@ -519,7 +490,7 @@ def dnw(prunable: PyTree, *, density: float = 0.5) -> reparam.Reparam:
         for w, k, f in zip(jax.tree.leaves(trainable), jax.tree.leaves(frozen["kept"]), flags,
                            strict=True):
             if f:
-                mask = top_k_mask(jnp.abs(jax.lax.stop_gradient(w)), k).astype(w.dtype)
+                mask = topk.mask(jnp.abs(jax.lax.stop_gradient(w)), k).astype(w.dtype)
                 frozen_w = jax.lax.stop_gradient(w)
                 out.append(frozen_w * mask + (w - frozen_w))  # value W * M, gradient identity
             else:

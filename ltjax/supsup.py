@@ -15,7 +15,7 @@ uses ``W * M_i``. Masks (:func:`task_masks`):
   (``GetSubnetFast``: ``dL/dS = W * dL/dW_eff``);
 - ``'top_k'`` (``MultitaskMaskConv``, its GG runs): per layer the
   ``ceil(density * n)`` entries of the highest ``|S|`` (edge-popup's mask,
-  :func:`ltjax.supermasks.top_k_mask`, ties by position; the reference sorts),
+  :func:`ltjax.topk.mask`, ties by position; the reference sorts),
   straight-through to ``|S|``.
 
 When the task is not given, the tasks' masks are superposed,
@@ -63,7 +63,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ltjax import reparam, supermasks, tree
+from ltjax import reparam, supermasks, topk, tree
 
 PyTree = Any
 
@@ -191,7 +191,7 @@ def task_masks(scores: PyTree, prunable: PyTree, *, kind: str = "threshold",
             return jnp.ones(jnp.shape(s), bool)
         if kind == "threshold":
             return s >= 0
-        return supermasks.top_k_mask(jnp.abs(s), supermasks.kept_count(int(np.size(s)), density))
+        return topk.mask(jnp.abs(s), supermasks.kept_count(int(np.size(s)), density))
 
     return jax.tree.map(one, scores, prunable)
 

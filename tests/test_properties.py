@@ -29,7 +29,7 @@ SEEDS = st.integers(0, 2**31 - 1)
 # --------------------------------------------------------------------------- pruning
 
 # Kernel shapes, and the few layouts (kernel shapes of Dense_0, Dense_1, ...) drawn from
-# them: `_remove_lowest` compiles once per layout (global) and once per shape (layerwise).
+# them: `topk.masks` compiles once per layout (global) and once per shape (layerwise).
 KERNEL_SHAPES = ((4, 3), (6, 5), (2, 3, 2, 4))
 LAYOUTS = ((1,), (0, 1), (2, 0), (0, 2, 1))
 
@@ -78,10 +78,20 @@ def _groups(params: Tree, scope: str) -> list[list[str]]:
     return [layers] if scope == "global" else [[layer] for layer in layers]
 
 
+def _documented_rational(share: float) -> Fraction:
+    """``share`` read as the simplest rational that rounds to it (ltjax.topk.rational), as
+    far as counts of at most 10^4 can tell: a rational of denominator <= 10^4 that rounds to
+    the float is that one (two of them differ by more than the float's rounding interval);
+    if none does, no m / n (n <= 10^4) lies between the float and it, so the float's own
+    binary value gives the same ceil, floor and round of ``share * n``."""
+    near = Fraction(share).limit_denominator(10_000)
+    return near if float(near) == share else Fraction(share)
+
+
 def _documented_ceil(fraction: float, count: int) -> int:
-    """``ceil(fraction * count)`` with ``fraction`` read as the nearest rational of
-    denominator <= 10^4 (pruning.py's module docstring), in integer arithmetic."""
-    rate = Fraction(fraction).limit_denominator(10_000)
+    """``ceil(fraction * count)`` in integer arithmetic, ``fraction`` read as the decimal (or
+    the fraction) typed (:func:`_documented_rational`; pruning.py's module docstring)."""
+    rate = _documented_rational(fraction)
     return -((-rate.numerator * count) // rate.denominator)
 
 
@@ -165,13 +175,15 @@ def test_iterative_pruning_is_nested_and_keeps_the_largest(layout, seed, fractio
 @given(layout=st.integers(0, len(LAYOUTS) - 1), seed=SEEDS, density=DENSITIES, scope=SCOPES,
        alive=ALIVE)
 def test_prune_to_density_keeps_round_density_times_total(layout, seed, density, scope, alive):
-    """Oracle: ``keep = round(density * total)`` per group (``np.rint``, half to even as
-    Python's ``round``) and the NumPy ranking of |w| among the alive weights; asking to
-    keep more than the masks still have must raise."""
+    """Oracle: ``keep = round(density * total)`` per group, exact and half to even (Python's
+    ``round`` of a Fraction; the density read as :func:`_documented_rational`) and the NumPy
+    ranking of |w| among the alive weights; asking to keep more than the masks still have
+    must raise."""
     params = _params(layout, seed)
     masks = _random_masks(params, alive, seed)
     groups = _groups(params, scope)
-    keep = {tuple(g): int(np.rint(density * sum(params[layer]["kernel"].size for layer in g)))
+    keep = {tuple(g): round(_documented_rational(density)
+                            * sum(params[layer]["kernel"].size for layer in g))
             for g in groups}
     kept = {tuple(g): sum(int(masks[layer]["kernel"].sum()) for layer in g) for g in groups}
 

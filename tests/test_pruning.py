@@ -221,7 +221,7 @@ def test_rewind_restores_step_k_values_exactly():
         np.testing.assert_array_equal(np.asarray(r)[m], p[m])
         assert np.all(np.asarray(r)[~m] == 0.0)
     fresh = _random_tree(99)
-    reinit = rewinding.reinitialize(fresh, masks)
+    reinit = rewinding.rewind(fresh, masks)
     for p, m, r in zip(jax.tree.leaves(params_k), jax.tree.leaves(masks),
                        jax.tree.leaves(reinit), strict=True):
         assert np.all((np.asarray(r) != 0) <= m)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import supermask_lenet_digits
-from ltjax import checkpoint, data, masking, models, optim, results, rng, supermasks, tree
+from ltjax import checkpoint, data, masking, models, optim, results, rng, supermasks, topk, tree
 from ltjax import executor as executor_lib
 from ltjax.studies import common, supermask
 
@@ -28,7 +28,7 @@ def test_top_k_mask_is_exact_with_ties_against_numpy(seed):
     values = rng_np.choice(np.array([0.0, 1e-30, 0.25, 0.5, 3.0, 7e5], np.float32), (37, 11))
     values = np.where(rng_np.random(values.shape) < 0.5, values,
                       rng_np.random(values.shape).astype(np.float32))
-    fn = jax.jit(supermasks.top_k_mask)
+    fn = jax.jit(topk.mask)
     for kept in (0, 1, 5, 100, 203, 406, 407):
         got = np.asarray(fn(jnp.asarray(values), kept))
         assert got.sum() == kept
