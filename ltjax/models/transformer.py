@@ -311,9 +311,10 @@ class ViT(nn.Module):
     ~20 s; MNIST ~470 examples/s with patches of 4, ~1500 with
     ``patch_size=7``, 16 patches, 90 % after 400 steps).
 
+    ``num_layers``, ``d_model``, ``num_heads``, ``d_mlp``, ``activation``,
+    ``use_bias`` and ``use_layer_norm`` are as :class:`Transformer`'s (GELU by default).
+
     Attributes:
-        num_layers, d_model, num_heads, d_mlp, activation, use_bias,
-            use_layer_norm: as :class:`Transformer` (GELU by default).
         patch_size: side of a patch; must divide the image's height and width.
         num_classes: logits.
         pool: ``'cls'`` or ``'mean'``.
