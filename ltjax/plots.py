@@ -865,3 +865,31 @@ def plot_data_diet(rows: Sequence[dict], path: str | os.PathLike, *, title: str 
     _style(ax, xlabel="percent of training examples kept", ylabel="test accuracy (%)",
            bands=((band_label("range", num), 0.15),))
     _finish(fig, path, title)
+
+
+def plot_grokking_tickets(records: Sequence[dict], path: str | os.PathLike, *, key: str = "arm",
+                          target: float = 0.95, title: str = "") -> None:
+    """Train and test accuracy vs step, one line per value of ``records[key]`` (the arms of
+    :mod:`ltjax.studies.grokking_tickets`): mean and min-max over replicates, the target
+    test accuracy as a dotted line.
+
+    Example:
+        >>> plot_grokking_tickets(records, "plots/grokking_tickets.png", key="curve")
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    num = 0
+    for ax, split in zip(axes, ("train", "test"), strict=True):
+        for value in dict.fromkeys(r[key] for r in records):
+            mine = [r for r in records if r[key] == value and r["split"] == split]
+            if not mine:
+                continue
+            xs, mean, _, lo, hi = mean_and_spread(mine, x="step", y="accuracy")
+            (line,) = ax.plot(xs, 100 * mean, label=str(value))
+            ax.fill_between(xs, 100 * lo, 100 * hi, alpha=0.15, color=line.get_color())
+            num = max(num, _group_size(mine, x="step"))
+        if split == "test":
+            ax.axhline(100 * target, color="grey", linestyle=":", linewidth=1)
+        ax.set_ylim(0.0, 101.0)
+        _style(ax, xlabel="step", ylabel=f"{split} accuracy (%)", title=split,
+               bands=((band_label("range", num), 0.15),))
+    _finish(fig, path, title)

@@ -1,0 +1,253 @@
+"""Grokking Tickets (Minegishi et al. 2023): lottery tickets of a grokked network grok faster.
+
+1. The dense network trains on modular arithmetic (:func:`ltjax.data.modular_arithmetic`)
+   with AdamW and weight decay until it groks: train accuracy reaches 100 %
+   early (memorisation) and test accuracy reaches ``config.target_accuracy``
+   (95 %) much later (generalisation).
+2. At each ``config.densities`` entry, the **generalised** ticket keeps the
+   largest-magnitude prunable weights of the dense net's final weights (one-shot,
+   ``config.scope``, global by default; the paper also uses IMP, one-shot is
+   the variant done here) and trains from the original init.
+3. Controls at the same density, from the same init: the **memorised** ticket
+   (the mask by magnitude of the weights at the replicate's first eval step
+   where train accuracy is 100 %), and **random** pruning with the generalised
+   ticket's per-layer counts (``config.random_scope='layerwise'``; ``'global'``:
+   only the total count); the **dense** net is the fourth arm.
+
+Every ticket, control and replicate at every density is a member of one
+segment (one model; masks differ per member). The memorising weights of
+replicate r are the dense run's at step ``m_r``: they are re-trained from the
+init to ``m_r`` (one segment per distinct ``m_r``), which gives the dense
+run's own step-``m_r`` weights because a member's numbers do not depend on
+what trains beside it (invariant 3), and is resumable like every segment.
+
+Model: ``transformer_1l``/``2l`` read the tokens ``[a, b, =]``; the ``mlp``
+(``config.input='one_hot'``) reads the one-hot codes of ``a`` and ``b``
+concatenated (``2p`` features, Minegishi et al.'s MLP input).
+
+Example (Colab):
+    >>> from experiments.configs import grokking_tickets_transformer
+    >>> summary = run_grokking_tickets(grokking_tickets_transformer.get_config("quick"),
+    ...                                "/tmp/grok")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+
+from ltjax import data, distributed, masking, plots, pruning, results, rng, tree
+from ltjax.studies import common
+from ltjax.studies.spec import RunSpec
+
+ARMS = ("generalised", "memorised", "random")  # the ticket segment's arms; "dense" besides
+INPUTS = ("tokens", "one_hot")
+SPLITS = ["test", "train"]
+
+
+def check_config(config: Any) -> tuple[float, ...]:
+    """The target densities, checked (with the other study fields) before any work."""
+    densities = config.densities
+    densities = (densities,) if isinstance(densities, int | float) else tuple(densities)
+    if not densities or any(isinstance(d, bool) or not isinstance(d, int | float)
+                            or not 0.0 < d < 1.0 for d in densities):
+        raise ValueError(f"config.densities must be shares in (0, 1) (kept prunable weights), "
+                         f"got {config.densities!r}")
+    target = config.get("target_accuracy", 0.95)
+    if isinstance(target, bool) or not isinstance(target, int | float) or not 0 < target <= 1:
+        raise ValueError(f"config.target_accuracy must be in (0, 1], got {target!r}")
+    for field in ("scope", "random_scope"):
+        if config.get(field, "global") not in pruning.SCOPES:
+            raise ValueError(f"config.{field} must be one of {pruning.SCOPES}, "
+                             f"got {config.get(field)!r}")
+    if config.get("input", "tokens") not in INPUTS:
+        raise ValueError(f"config.input must be one of {INPUTS}, got {config.get('input')!r}")
+    return tuple(float(d) for d in densities)
+
+
+def one_hot_pairs(dataset: data.Dataset) -> data.Dataset:
+    """Tokens ``[a, b, =]`` -> float32 ``[onehot_p(a), onehot_p(b)]`` (``2p`` features).
+
+    Minegishi et al.'s MLP input (the ``'='`` token carries nothing); ``mean``
+    and ``std`` stay empty, so :func:`ltjax.data.normalize` leaves the codes as
+    they are.
+    """
+    p = dataset.num_classes
+
+    def split(s: data.Split) -> data.Split:
+        x = np.asarray(s.x)
+        codes = np.concatenate([np.eye(p, dtype=np.float32)[x[:, 0]],
+                                np.eye(p, dtype=np.float32)[x[:, 1]]], axis=1)
+        return dataclasses.replace(s, x=codes)
+
+    return dataclasses.replace(dataset, train=split(dataset.train), test=split(dataset.test),
+                               validation=None if dataset.validation is None
+                               else split(dataset.validation))
+
+
+def first_step(curve: list[tuple[int, float]], threshold: float) -> int | None:
+    """The first step of ``(step, accuracy)`` pairs with accuracy >= ``threshold`` (or None)."""
+    return next((s for s, a in sorted(curve) if a >= threshold), None)
+
+
+def curves(records: list[dict], tags: dict, member_tags: list[dict]) -> list[dict]:
+    """``{split: [(step, accuracy)]}`` per member, from a segment's own records.
+
+    The segment's evaluations are read back from ``metrics.jsonl``
+    (:attr:`ltjax.studies.runner.Run.log`): :meth:`~ltjax.studies.runner.Run.segment`
+    returns only the final state, and the step at which a threshold is crossed
+    needs the whole curve. Follow-up: have the runner return the evaluated
+    curves as arrays so that the table is built without reading the log.
+    """
+    out = [{split: [] for split in SPLITS} for _ in member_tags]
+    for r in records:
+        if r.get("split") not in SPLITS or not all(r.get(k) == v for k, v in tags.items()):
+            continue
+        for i, m in enumerate(member_tags):
+            if all(r.get(k) == v for k, v in m.items()):
+                out[i][r["split"]].append((int(r["step"]), float(r["accuracy"])))
+    return out
+
+
+@common.study_entry
+def run_grokking_tickets(config: Any, workdir: str | pathlib.Path, *,
+                         progress: bool = True) -> dict:
+    """Dense grokking run, then its tickets and controls as one segment; resumable.
+
+    Writes into ``workdir``: ``config.json``, ``metrics.jsonl`` (train and test
+    accuracy of every member at every eval step), ``results.csv`` (``arm,
+    density, replicate, steps_to_train_100, steps_to_test_95,
+    final_test_accuracy, source_step``: ``density`` is the target (1 for
+    dense), ``actual_density`` the masks' kept share; the steps are the first
+    eval steps at 100 % train / ``target_accuracy`` test accuracy, None when
+    never reached; ``source_step`` the step of the weights the mask was taken
+    from; mean and std rows per arm and density), ``plots/grokking_tickets.png``
+    and ``checkpoints/``.
+
+    Raises:
+      ValueError: densities outside (0, 1), a bad target or scope, a dataset
+        that is not modular arithmetic (before any work).
+    """
+    densities = check_config(config)
+    target = float(config.get("target_accuracy", 0.95))
+    scope, random_scope = config.get("scope", "global"), config.get("random_scope", "layerwise")
+
+    def check(dataset: data.Dataset) -> None:
+        if not dataset.name.startswith(data.MODULAR_PREFIX):
+            raise ValueError(f"grokking tickets train on modular arithmetic "
+                             f"('modular_add:p=97,train_share=0.3'), got {dataset.name!r}")
+
+    spec = RunSpec.from_config(
+        config, check=check, progress=progress,
+        transform=one_hot_pairs if config.get("input", "tokens") == "one_hot" else None)
+    run = spec.open(workdir)
+    executor, num, end = spec.executor, spec.num_replicates, spec.training_steps
+    keys = spec.replicate_keys()
+    init_keys, noise_keys = spec.keys()
+    p = config.get("pruning") or {}
+    selection = masking.prunable(executor.abstract_params, include=p.get("include") or None,
+                                 exclude=p.get("exclude") or None)
+    replicates = [{"replicate": r} for r in range(num)]
+
+    # 1. The dense net, to the end (it should grok).
+    start = executor.init(init_keys)
+    dense = run.segment("dense", state=start, noise_keys=noise_keys, tags={"arm": "dense"},
+                        splits=SPLITS, desc=f"dense x{num}")
+    dense_curves = curves(run.log.read(), {"arm": "dense"}, replicates)
+    memorised_at = [first_step(c["train"], 1.0) for c in dense_curves]
+    for r, m in enumerate(memorised_at):
+        if m is None:
+            common.warn(run.workdir, f"replicate {r}: the dense net never reached 100 % train "
+                        f"accuracy; its memorised ticket is taken at the end (step {end})",
+                        once={"kind": "never_memorised", "replicate": r})
+    source = [end if m is None else m for m in memorised_at]
+
+    # 2. The memorising weights: each replicate re-trained from its init to its step m_r.
+    parts, order = [], []
+    for m in sorted(set(source)):
+        idx = np.array([r for r in range(num) if source[r] == m])
+        state = run.segment(
+            f"memorised_source_{m}", state=executor.init(init_keys[idx]),
+            noise_keys=noise_keys[idx], end=m,
+            tags={"arm": "memorised_source", "source_step": m},
+            member_tags=[replicates[r] for r in idx], splits=SPLITS,
+            desc=f"memorising weights to step {m} x{len(idx)}")
+        parts.append(distributed.host(state.params))
+        order += idx.tolist()
+    memorised_params = jax.tree.map(lambda x: x[np.argsort(order)], tree.concat(parts))
+
+    # 3. Masks at each density; every arm x density x replicate is a member of one segment.
+    def oneshot(params: Any, d: float) -> Any:  # masks [S] of the weights [S] at density d
+        return jax.jit(jax.vmap(lambda w: pruning.prune_to_density(
+            pruning.magnitude_scores(w), selection, density=d, scope=scope)))(params)
+
+    randomly = jax.jit(jax.vmap(lambda k, m: pruning.random_prune_like(
+        k, m, selection, scope=random_scope)))
+    random_keys = rng.stream(keys, "random_prune")
+    member_tags, member_masks, member_sources = [], [], []
+    for i, d in enumerate(densities):
+        general = oneshot(distributed.host(dense.params), d)
+        arms = {"generalised": general,
+                "memorised": oneshot(memorised_params, d),
+                "random": randomly(jax.vmap(lambda k, i=i: jax.random.fold_in(k, i))(
+                    random_keys), general)}
+        for arm in ARMS:
+            member_masks.append(arms[arm])
+            member_tags += [{"arm": arm, "target_density": d, "replicate": r}
+                            for r in range(num)]
+            member_sources += (list(source) if arm == "memorised"
+                               else [end] * num if arm == "generalised" else [None] * num)
+    masks = executor.shard(tree.concat(member_masks))
+    kept_counts = np.asarray(distributed.host(jax.vmap(
+        lambda m: masking.num_kept(m, selection))(masks)))
+    total = sum(int(np.prod(x.shape)) for x, chosen in zip(
+        jax.tree.leaves(executor.abstract_params), jax.tree.leaves(selection), strict=True)
+        if chosen)
+    actual = [int(k) / total for k in kept_counts]  # exact shares, not float32
+    replicate_of = np.array([t["replicate"] for t in member_tags])
+    tickets = run.segment(
+        "tickets", state=executor.init(init_keys[replicate_of], masks),
+        noise_keys=noise_keys[replicate_of], masks=masks, tags={"stage": "tickets"},
+        member_tags=member_tags, densities=np.array(actual), splits=SPLITS,
+        desc=f"{', '.join(ARMS)} at {len(densities)} densities x{num}")
+
+    # 4. The table: steps from the segments' curves, final accuracy from the final states.
+    records = run.log.read()
+    rows = []
+    groups = [("dense", dense, None, {"arm": "dense"}, replicates, [1.0] * num, [None] * num),
+              ("tickets", tickets, masks, {"stage": "tickets"}, member_tags, list(actual),
+               member_sources)]
+    for _, state, group_masks, tags, mtags, kept, sources in groups:
+        final = run.evaluate(state, ["test"], group_masks)["test"]["accuracy"]
+        for i, (t, c) in enumerate(zip(mtags, curves(records, tags, mtags), strict=True)):
+            rows.append({"arm": t.get("arm", "dense"), "density": t.get("target_density", 1.0),
+                         "replicate": t["replicate"],
+                         "steps_to_train_100": first_step(c["train"], 1.0),
+                         "steps_to_test_95": first_step(c["test"], target),
+                         "final_test_accuracy": final[i], "actual_density": float(kept[i]),
+                         "source_step": sources[i]})
+    table = rows + common.summarize(
+        rows, by=("arm", "density"),
+        fields=("steps_to_train_100", "steps_to_test_95", "final_test_accuracy",
+                "actual_density"))
+    results.write_csv(run.workdir / "results.csv", table)
+    label = {"dense": "dense"} | {a: a for a in ARMS}
+    curve_records = []
+    for tags, mtags in (({"arm": "dense"}, replicates), ({"stage": "tickets"}, member_tags)):
+        for t, c in zip(mtags, curves(records, tags, mtags), strict=True):
+            name = label[t.get("arm", "dense")] + (
+                f" {100 * t['target_density']:g} %" if "target_density" in t else "")
+            curve_records += [{"curve": name, "replicate": t["replicate"], "split": split,
+                               "step": s, "accuracy": a}
+                              for split in SPLITS for s, a in c[split]]
+    plots.plot_grokking_tickets(
+        curve_records, run.workdir / "plots" / "grokking_tickets.png", key="curve",
+        target=target, title=f"grokking tickets: {spec.model_name} on "
+                             f"{plots.dataset_label(spec.dataset.name)}, {num} replicates")
+    return {"rows": [r for r in table if r["replicate"] == "mean"],
+            "std": [r for r in table if r["replicate"] == "std"], "num_replicates": num,
+            "memorised_steps": memorised_at, "target_accuracy": target}
