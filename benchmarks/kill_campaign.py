@@ -13,10 +13,11 @@ legitimately differ in: anything under a ``checkpoints/`` folder, the
 - ``random``: a uniform time in [0, reference wall time) after launch.
 
 Trial ``t`` kills at ``[step1, step2, results][t % 3]``; trials with
-``t % 4 == 1`` add a random kill before it, ``t % 4 == 2`` one after it. A
-concurrency check starts two runs of the first study on one workdir at once:
-exactly one must exit 2 with "is in use by pid", the other must match the
-reference. Run by hand, from the repository root, e.g.
+``t % 4 == 1`` add a random kill before it, ``t % 4 == 2`` one after it (a
+trial whose first run ends before its kill point starts over, see
+:func:`run_trial`). A concurrency check starts two runs of the first study on
+one workdir at once: exactly one must exit 2 with "is in use by pid", the
+other must match the reference. Run by hand, from the repository root, e.g.
 
     export LTJAX_DATA_DIR=/work/shared/data
     nice -n 10 python benchmarks/kill_campaign.py --studies=train,supermask --trials=2
@@ -53,6 +54,7 @@ STUDIES = {  # study -> config (experiments/configs/<config>.py:quick)
 FILE_TRIGGERS = ("step1", "step2", "results")
 POLL_S = 0.02
 MAX_FINAL_RUNS = 3  # reruns after the kills until one exits 0
+MAX_ATTEMPTS = 3  # fresh starts of a trial whose first run ended before its kill point
 
 
 def command(study: str, workdir: pathlib.Path) -> list[str]:
@@ -142,18 +144,32 @@ def plan(trial: int, rng: random.Random, wall_s: float) -> list[tuple[str, float
 
 def run_trial(study: str, trial: int, rng: random.Random, reference: pathlib.Path,
               wall_s: float, base: pathlib.Path) -> dict:
-    """Kill, rerun until done, compare; the workdir is removed when identical."""
+    """Kill, rerun until done, compare; the workdir is removed when identical.
+
+    A first run that ends before its kill point (a random time past its end, on
+    a machine shared with others) kills nothing: the trial starts over in a
+    fresh workdir with a new draw, up to ``MAX_ATTEMPTS`` times.
+    """
     workdir = base / f"{study}_t{trial}"
-    workdir.mkdir()
-    points, runs, outcome = [], 0, "killed"
-    for kind, at_s in plan(trial, rng, wall_s):
-        if outcome != "killed":  # the previous run finished before its kill point
-            points.append(f"{kind} (skipped)")
-            continue
-        outcome, seconds = run_once(study, workdir, kind, at_s)
-        runs += 1
-        label = f"random {at_s:.1f}s" if kind == "random" else kind
-        points.append(f"{label} @{seconds:.1f}s" + ("" if outcome == "killed" else f" ({outcome})"))
+    attempt = 0
+    while True:
+        attempt += 1
+        shutil.rmtree(workdir, ignore_errors=True)
+        workdir.mkdir()
+        points, runs, outcome = [], 0, "killed"
+        for kind, at_s in plan(trial, rng, wall_s):
+            if outcome != "killed":  # the previous run finished before its kill point
+                points.append(f"{kind} (skipped)")
+                continue
+            outcome, seconds = run_once(study, workdir, kind, at_s)
+            runs += 1
+            label = f"random {at_s:.1f}s" if kind == "random" else kind
+            points.append(f"{label} @{seconds:.1f}s"
+                          + ("" if outcome == "killed" else f" ({outcome})"))
+        if runs > 1 or outcome == "killed" or attempt == MAX_ATTEMPTS:
+            break
+    if attempt > 1:
+        points.append(f"(attempt {attempt})")
     for _ in range(MAX_FINAL_RUNS):
         if outcome == "rc=0":
             break
@@ -176,7 +192,8 @@ def concurrency_check(study: str, reference: pathlib.Path, base: pathlib.Path) -
         with log.open("wb") as stderr:
             procs.append(subprocess.Popen(command(study, workdir), cwd=REPO,
                                           stdout=subprocess.DEVNULL, stderr=stderr))
-    results = [(p.wait(), log.read_text(errors="replace")) for p, log in zip(procs, logs)]
+    results = [(p.wait(), log.read_text(errors="replace"))
+               for p, log in zip(procs, logs, strict=True)]
     refused = [err for rc, err in results if rc == 2 and "is in use by pid" in err]
     finished = [rc for rc, _ in results if rc == 0]
     diff = differences(reference, workdir) if finished else ["no run finished"]
@@ -189,10 +206,11 @@ def concurrency_check(study: str, reference: pathlib.Path, base: pathlib.Path) -
 
 def machine() -> str:
     """``nproc`` and lscpu's model name."""
-    model = next((line.split(":", 1)[1].strip() for line in subprocess.run(
-        ["lscpu"], capture_output=True, text=True).stdout.splitlines()
-        if line.startswith("Model name")), "?")
-    return f"{os.cpu_count()} CPUs (nproc {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()}), {model}"
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+    model = next((line.split(":", 1)[1].strip() for line in lscpu
+                  if line.startswith("Model name")), "?")
+    return f"nproc {nproc}, {model}"
 
 
 def main() -> None:
@@ -229,9 +247,9 @@ def main() -> None:
                  "| trial | kill points | reruns | identical | differing files |",
                  "|---|---|---|---|---|"]
         for r in rows:
+            kept = f"{', '.join(r['diff'])} (kept in {r['workdir']})" if r["diff"] else ""
             lines.append(f"| {r['trial']} | {'; '.join(r['points'])} | {r['reruns']} | "
-                         f"{'yes' if r['identical'] else 'no'} | "
-                         f"{', '.join(r['diff']) + ' (kept in ' + str(r['workdir']) + ')' if r['diff'] else ''} |")
+                         f"{'yes' if r['identical'] else 'no'} | {kept} |")
         sections.append("\n".join(lines) + "\n")
         print(f"{study}: {sum(r['identical'] for r in rows)}/{len(rows)} identical", flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
