@@ -9,7 +9,7 @@ legitimately differ in: anything under a ``checkpoints/`` folder, the
 
 - ``step1`` / ``step2``: the first / second new checkpoint step folder
   (``checkpoints/**/<digits>``) appearing, polled every 20 ms;
-- ``results``: ``results.csv`` (top level) appearing or changing;
+- ``results``: a ``results.csv`` (any depth) appearing or changing;
 - ``random``: a uniform time in [0, reference wall time) after launch.
 
 Trial ``t`` kills at ``[step1, step2, results][t % 3]``; trials with
@@ -74,13 +74,17 @@ def step_folders(workdir: pathlib.Path) -> set[str]:
     return found
 
 
-def results_stamp(workdir: pathlib.Path) -> tuple[int, int] | None:
-    """``results.csv``'s (mtime_ns, size), or None when absent."""
-    try:
-        stat = (workdir / "results.csv").stat()
-    except FileNotFoundError:
-        return None
-    return stat.st_mtime_ns, stat.st_size
+def results_stamp(workdir: pathlib.Path) -> frozenset[tuple[str, int, int]]:
+    """(path, mtime_ns, size) of every ``results.csv`` under ``workdir`` (any depth:
+    the transition study has none at the top, only in its sub-studies)."""
+    stamps = set()
+    for path in workdir.rglob("results.csv"):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            continue
+        stamps.add((str(path), stat.st_mtime_ns, stat.st_size))
+    return frozenset(stamps)
 
 
 def run_once(study: str, workdir: pathlib.Path, kill: str | None, at_s: float = 0.0,
@@ -103,8 +107,7 @@ def run_once(study: str, workdir: pathlib.Path, kill: str | None, at_s: float = 
         elif kill in ("step1", "step2"):
             fire = fire or len(step_folders(workdir) - steps_before) >= int(kill[-1])
         elif kill == "results":
-            stamp = results_stamp(workdir)
-            fire = fire or (stamp is not None and stamp != results_before)
+            fire = fire or bool(results_stamp(workdir) - results_before)
         if fire:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
