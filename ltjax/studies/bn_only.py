@@ -27,9 +27,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from ltjax import batchnorm_only, models, plots, results, rng
+from ltjax import batchnorm_only, models, plots, results
 from ltjax import reparam as reparam_lib
 from ltjax.studies import common
+from ltjax.studies.spec import RunSpec
 
 ARMS = ("full", "batchnorm", "batchnorm_output", "output", "random")
 THRESHOLDS = (0.01, 0.05)
@@ -54,12 +55,10 @@ def run_bn_only(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
         if not models.has_batch_norm(model):
             raise ValueError(f"config.model={config.model!r} has no BatchNorm; use e.g. 'mlp_bn'")
 
-    workdir, dataset, recipe, executor = common.setup(
-        config, workdir, check=check, progress=progress)
-    per_epoch = executor.steps_per_epoch
-    end = common.steps(config.training_steps, per_epoch)
-    num = config.num_replicates
-    init_keys, noise_keys = rng.init_and_noise(rng.replicate_keys(config.seed, num))
+    spec = RunSpec.from_config(config, check=check, progress=progress)
+    run = spec.open(workdir)
+    executor, num = spec.executor, spec.num_replicates
+    init_keys, noise_keys = spec.keys()
     params = executor.abstract_params
     output = batchnorm_only.output_layer(params)
     count = batchnorm_only.trainable_count(batchnorm_only.batchnorm_only(), params)
@@ -70,16 +69,12 @@ def run_bn_only(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
         "output": batchnorm_only.output_only(output),
         "random": batchnorm_only.random_subset(count),
     }
-    log = results.MetricsLog(workdir / "metrics.jsonl")
-    segment = common.segment_runner(config, executor, end=end, log=log, splits=["test"],
-                                    progress=progress)
     rows, gammas = [], {}
     for arm in arms:
-        arm_executor = executor.like(recipe=recipe, reparam=reparams[arm])
-        final = segment(arm_executor, state=arm_executor.init(init_keys), masks=None,
-                        noise_keys=noise_keys, ckpt_dir=workdir / "checkpoints" / arm,
-                        tags={"arm": arm}, densities=np.ones(num), desc=f"{arm} x{num}")
-        metrics = arm_executor.evaluate(final, "test")
+        arm_executor = executor.like(recipe=spec.recipe, reparam=reparams[arm])
+        final = run.segment(arm, state=arm_executor.init(init_keys), noise_keys=noise_keys,
+                            tags={"arm": arm}, executor=arm_executor, desc=f"{arm} x{num}")
+        test = run.evaluate(final, ["test"], executor=arm_executor)["test"]
         trained = arm_executor.model_params(final)
         shares = {t: np.asarray(jax.vmap(
             lambda p, t=t: batchnorm_only.gamma_share_below(p, t))(trained)) for t in THRESHOLDS}
@@ -88,16 +83,15 @@ def run_bn_only(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
         trainable = count if arm == "random" else batchnorm_only.trainable_count(
             reparams[arm], params)
         rows += [{"arm": arm, "replicate": r, "trainable_params": trainable,
-                  "test_accuracy": float(metrics["accuracy"][r]),
-                  "test_loss": float(metrics["loss"][r]),
+                  "test_accuracy": test["accuracy"][r], "test_loss": test["loss"][r],
                   **{f"share_gamma_below_{t}": float(shares[t][r]) for t in THRESHOLDS}}
                  for r in range(num)]
     out = rows + common.summarize(rows, by=("arm",), fields=(
         "trainable_params", "test_accuracy", "test_loss",
         *(f"share_gamma_below_{t}" for t in THRESHOLDS)))
-    results.write_csv(workdir / "results.csv", out)
-    plots.plot_gamma_histograms(gammas, workdir / "plots" / "gamma.png",
-                                title=f"|gamma| after training, {config.model} on "
-                                      f"{plots.dataset_label(config.dataset)}")
+    results.write_csv(run.workdir / "results.csv", out)
+    plots.plot_gamma_histograms(gammas, run.workdir / "plots" / "gamma.png",
+                                title=f"|gamma| after training, {spec.model_name} on "
+                                      f"{plots.dataset_label(spec.dataset.name)}")
     return {"rows": [r for r in out if r["replicate"] == "mean"],
             "std": [r for r in out if r["replicate"] == "std"], "num_replicates": num}

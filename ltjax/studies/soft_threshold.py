@@ -28,8 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ltjax import masking, optim, plots, pruning, results, rng, soft_threshold, tree
+from ltjax import masking, optim, plots, pruning, results, soft_threshold, tree
 from ltjax.studies import common
+from ltjax.studies.spec import RunSpec
 
 
 def _check_config(config: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -64,26 +65,20 @@ def run_str(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
         (before any work).
     """
     s_inits, decays = _check_config(config)
-    workdir, dataset, recipe, executor = common.setup(config, workdir, progress=progress)
-    per_epoch = executor.steps_per_epoch
-    end = common.steps(config.training_steps, per_epoch)
-    num = config.num_replicates
-    keys = rng.replicate_keys(config.seed, num)
-    init_keys, noise_keys = rng.init_and_noise(keys)
+    spec = RunSpec.from_config(config, progress=progress)
+    scope, oneshot = config.scope, config.get("oneshot_baseline", True)
+    run = spec.open(workdir)
+    executor, recipe, num = spec.executor, spec.recipe, spec.num_replicates
+    init_keys, noise_keys = spec.keys()
     selection = masking.prunable(executor.abstract_params)
-    log = results.MetricsLog(workdir / "metrics.jsonl")
-    ckpt_root = workdir / "checkpoints"
-    segment = common.segment_runner(config, executor, end=end, log=log, splits=["test"],
-                                    progress=progress)
     rows: list[dict] = []
 
-    dense = segment(executor, state=executor.init(init_keys), masks=None,
-                    noise_keys=noise_keys, ckpt_dir=ckpt_root / "dense",
-                    tags={"method": "dense"}, densities=np.ones(num), desc=f"dense x{num}")
-    metrics = executor.evaluate(dense, "test")
+    dense = run.segment("dense", state=executor.init(init_keys), noise_keys=noise_keys,
+                        tags={"method": "dense"}, desc=f"dense x{num}")
+    test = run.evaluate(dense, ["test"])["test"]
     rows += [{"method": "dense", "s_init": None, "weight_decay": recipe.weight_decay,
-              "replicate": r, "sparsity": 0.0, "test_accuracy": float(metrics["accuracy"][r]),
-              "test_loss": float(metrics["loss"][r])} for r in range(num)]
+              "replicate": r, "sparsity": 0.0, "test_accuracy": test["accuracy"][r],
+              "test_loss": test["loss"][r]} for r in range(num)]
 
     grid = [(w, r) for w in decays for r in range(num)]
     replicate_of = np.array([r for _, r in grid])
@@ -92,41 +87,38 @@ def run_str(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
         str_executor = executor.like(
             recipe=recipe, reparam=soft_threshold.str_reparam(selection, s_init=s_init))
         tags = [{"s_init": s_init, "weight_decay": w, "replicate": r} for w, r in grid]
-        final = segment(
-            str_executor, state=str_executor.init(init_keys[replicate_of]), masks=None,
-            noise_keys=noise_keys[replicate_of], ckpt_dir=ckpt_root / f"str_{i:02d}",
-            tags={"method": "str"}, member_tags=tags, densities=np.ones(len(grid)),
+        final = run.segment(
+            f"str_{i:02d}", state=str_executor.init(init_keys[replicate_of]),
+            noise_keys=noise_keys[replicate_of], tags={"method": "str"}, member_tags=tags,
             hparams=optim.member_hparams(recipe, len(grid), weight_decay=[w for w, _ in grid]),
-            desc=f"STR s_init={s_init:g}: {len(grid)} members")
-        metrics = str_executor.evaluate(final, "test")
+            executor=str_executor, desc=f"STR s_init={s_init:g}: {len(grid)} members")
+        test = run.evaluate(final, ["test"], executor=str_executor)["test"]
         trainable = jax.device_get(final.params)
         for m, tag in enumerate(tags):
             one = tree.index(trainable, m)
             sparsity = soft_threshold.learned_sparsity(one, selection)
             rows.append({"method": "str", **tag, "sparsity": sparsity,
-                         "test_accuracy": float(metrics["accuracy"][m]),
-                         "test_loss": float(metrics["loss"][m])})
+                         "test_accuracy": test["accuracy"][m], "test_loss": test["loss"][m]})
             str_members.append((tag, sparsity))
             layer_rows += [{**tag, "layer": name, "layer_density": density} for name, density
                            in soft_threshold.learned_densities(one, selection).items()]
 
-    if config.get("oneshot_baseline", True):
-        rows += _oneshot_baseline(executor, dense, str_members, selection, noise_keys,
-                                  segment, ckpt_root / "oneshot", config.scope)
+    if oneshot:
+        rows += _oneshot_baseline(run, dense, str_members, selection, noise_keys, scope)
     rows = rows + common.summarize(rows, by=("method", "s_init", "weight_decay"),
                                  fields=("sparsity", "test_accuracy", "test_loss"))
-    results.write_csv(workdir / "results.csv", rows)
-    results.write_csv(workdir / "layer_densities.csv", layer_rows)
-    plots.plot_str(rows, workdir / "plots" / "str.png",
-                   title=f"STR, {config.model} on {plots.dataset_label(config.dataset)}: "
+    results.write_csv(run.workdir / "results.csv", rows)
+    results.write_csv(run.workdir / "layer_densities.csv", layer_rows)
+    plots.plot_str(rows, run.workdir / "plots" / "str.png",
+                   title=f"STR, {spec.model_name} on {plots.dataset_label(spec.dataset.name)}: "
                          f"{num} replicates")
     return {"rows": [r for r in rows if r["replicate"] == "mean"],
             "std": [r for r in rows if r["replicate"] == "std"], "num_replicates": num}
 
 
-def _oneshot_baseline(executor, dense, str_members, selection, noise_keys, segment, ckpt_dir,
-                      scope) -> list[dict]:
+def _oneshot_baseline(run, dense, str_members, selection, noise_keys, scope) -> list[dict]:
     """Magnitude-prune the trained dense net to each STR member's sparsity; retrain; rows."""
+    executor = run.spec.executor
     dense_params = jax.device_get(dense.params)
     member_masks, tags = [], []
     for tag, sparsity in str_members:
@@ -142,9 +134,9 @@ def _oneshot_baseline(executor, dense, str_members, selection, noise_keys, segme
     state = executor.shard(start.replace(step=jnp.zeros(len(tags), jnp.int32), params=params,
                                          opt_state=executor.fresh_opt_state(params)))
     kept = np.asarray(jax.vmap(lambda m: masking.density(m, selection))(masks))
-    final = segment(executor, state=state, masks=masks, noise_keys=noise_keys[replicate_of],
-                    ckpt_dir=ckpt_dir, tags={"method": "oneshot"}, member_tags=tags,
-                    densities=kept, desc=f"one-shot + retrain: {len(tags)} members")
+    final = run.segment("oneshot", state=state, masks=masks, noise_keys=noise_keys[replicate_of],
+                        tags={"method": "oneshot"}, member_tags=tags, densities=kept,
+                        desc=f"one-shot + retrain: {len(tags)} members")
     metrics = executor.evaluate(final, "test", masks)
     return [{"method": "oneshot", **tag, "sparsity": float(1.0 - kept[m]),
              "test_accuracy": float(metrics["accuracy"][m]),
