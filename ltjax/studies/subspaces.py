@@ -37,8 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ltjax import executor as executor_lib
-from ltjax import interpolation, models, plots, results, rng, subspaces, tree
+from ltjax import interpolation, models, plots, results, subspaces, tree
 from ltjax.studies import common
+from ltjax.studies.spec import RunSpec
 
 VARIANTS = ("line", "line_layerwise", "curve", "curve_layerwise", "simplex",
             "simplex_layerwise")
@@ -116,39 +117,33 @@ def run_subspaces(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     """
     arms = _check_config(config)
     reset = common.batch_stats_reset(config)
-    workdir, dataset, recipe, executor = common.setup(config, workdir, progress=progress)
-    per_epoch = executor.steps_per_epoch
-    end = common.steps(config.training_steps, per_epoch)
-    num = config.num_replicates
-    init_keys, noise_keys = rng.init_and_noise(rng.replicate_keys(config.seed, num))
+    spec = RunSpec.from_config(config, progress=progress)
     alphas = np.linspace(0.0, 1.0, config.num_alphas).astype(np.float32)
-    log = results.MetricsLog(workdir / "metrics.jsonl")
-    segment = common.segment_runner(config, executor, end=end, log=log, splits=["test"],
-                                    progress=progress)
+    simplex_points = config.get("simplex_points")
+    run = spec.open(workdir)
+    executor, num = spec.executor, spec.num_replicates
+    init_keys, noise_keys = spec.keys()
     has_bn = models.has_batch_norm(executor.model)
     evaluate = _PathEvaluator(executor, reset if has_bn else None)
 
     def init_fn(key):
-        return models.init(executor.model, key, dataset.input_shape)[0]
+        return models.init(executor.model, key, spec.dataset.input_shape)[0]
 
     rows, summary = [], []
     for variant, beta in arms:
         if variant == "standard":
-            final = segment(executor, state=executor.init(init_keys), masks=None,
-                            noise_keys=noise_keys, ckpt_dir=workdir / "checkpoints" / "standard",
-                            tags={"variant": "standard"}, densities=np.ones(num),
-                            desc=f"standard x{num}")
+            final = run.segment("standard", state=executor.init(init_keys),
+                                noise_keys=noise_keys, tags={"variant": "standard"},
+                                desc=f"standard x{num}")
             r_rows, r_summary = evaluate.standard(final, alphas)
         else:
             kind, layerwise = variant.removesuffix("_layerwise"), variant.endswith("_layerwise")
-            arm_executor = executor.like(recipe=recipe, reparam=subspaces.subspace_reparam(
+            arm_executor = executor.like(recipe=spec.recipe, reparam=subspaces.subspace_reparam(
                 init_fn, kind=kind, layerwise=layerwise, beta=beta,
-                num_points=config.simplex_points if kind == "simplex" else None))
-            final = segment(arm_executor, state=arm_executor.init(init_keys), masks=None,
-                            noise_keys=noise_keys,
-                            ckpt_dir=workdir / "checkpoints" / _slug(variant, beta),
-                            tags={"variant": variant, "beta": beta}, densities=np.ones(num),
-                            desc=f"{variant} beta={beta:g} x{num}")
+                num_points=simplex_points if kind == "simplex" else None))
+            final = run.segment(_slug(variant, beta), state=arm_executor.init(init_keys),
+                                noise_keys=noise_keys, tags={"variant": variant, "beta": beta},
+                                executor=arm_executor, desc=f"{variant} beta={beta:g} x{num}")
             r_rows, r_summary = evaluate.subspace(final, kind, alphas)
             r_rows = [{"variant": variant, "beta": beta, **r} for r in r_rows]
             r_summary = [{"variant": variant, "beta": beta, **r} for r in r_summary]
@@ -163,11 +158,11 @@ def run_subspaces(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     summary = [{"variant": r["variant"], "beta": r.get("beta"), "replicate": r["replicate"],
                 **{f: r.get(f) for f in summary_fields}} for r in summary]
     summary += common.summarize(summary, by=("variant", "beta"), fields=summary_fields)
-    results.write_csv(workdir / "results.csv", rows)
-    results.write_csv(workdir / "summary.csv", summary)
-    plots.plot_subspaces(rows, workdir / "plots" / "subspaces.png",
-                         title=f"Subspaces, {config.model} on "
-                               f"{plots.dataset_label(config.dataset)}: {num} replicates")
+    results.write_csv(run.workdir / "results.csv", rows)
+    results.write_csv(run.workdir / "summary.csv", summary)
+    plots.plot_subspaces(rows, run.workdir / "plots" / "subspaces.png",
+                         title=f"Subspaces, {spec.model_name} on "
+                               f"{plots.dataset_label(spec.dataset.name)}: {num} replicates")
     return {"rows": [r for r in summary if r["replicate"] == "mean"],
             "std": [r for r in summary if r["replicate"] == "std"], "num_replicates": num}
 
