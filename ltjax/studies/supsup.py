@@ -35,6 +35,7 @@ import numpy as np
 
 from ltjax import data, masking, plots, results, rng, supsup, tree
 from ltjax.studies import common
+from ltjax.studies.spec import RunSpec
 
 PyTree = Any
 
@@ -157,14 +158,15 @@ def run(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> d
         ``inference_batch_size`` (before any work).
     """
     kind, num_tasks, density, batch_size = _check_config(config)
-    workdir, dataset, recipe, base = common.setup(config, workdir, progress=progress)
+    spec = RunSpec.from_config(config, progress=progress)
+    dataset, base, num = spec.dataset, spec.executor, spec.num_replicates
+    perms = task_permutations(config, dataset.input_shape)
+    binary = config.get("binary", True)
+    run = spec.open(workdir)
     wrapped = base.like(model=supsup.PermutedInput(model=base.model))
     selection = masking.prunable(wrapped.abstract_params)
     executor = wrapped.like(reparam=supsup.task_supermask(selection, kind=kind, density=density))
-    end = common.steps(config.training_steps, executor.steps_per_epoch)
-    num = config.num_replicates
-    perms = task_permutations(config, dataset.input_shape)
-    init_keys, noise_keys = rng.init_and_noise(rng.replicate_keys(config.seed, num))
+    init_keys, noise_keys = spec.keys()
     grid = [(r, t) for r in range(num) for t in range(num_tasks)]
     fold = jax.vmap(jax.random.fold_in)
     tasks = jnp.array([t for _, t in grid], jnp.uint32)
@@ -181,19 +183,17 @@ def run(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> d
 
     start_density = np.asarray(jax.vmap(lambda m: masking.density(m, selection))(
         masks_of(state.params)))
-    log = results.MetricsLog(workdir / "metrics.jsonl")
-    segment = common.segment_runner(config, executor, end=end, log=log, splits=["test"],
-                                    progress=progress)
     tags = [{"task": t, "replicate": r} for r, t in grid]
-    final = segment(executor, state=state, masks=None, noise_keys=member_noise,
-                    ckpt_dir=workdir / "checkpoints" / "supsup", tags={"method": "supsup"},
-                    member_tags=tags, densities=start_density,
-                    desc=f"supsup ({kind}): {num_tasks} tasks x {num} replicate(s)")
+    final = run.segment("supsup", state=state, noise_keys=member_noise,
+                        tags={"method": "supsup"}, member_tags=tags, densities=start_density,
+                        executor=executor,
+                        desc=f"supsup ({kind}): {num_tasks} tasks x {num} replicate(s)")
     metrics = executor.evaluate(final, "test")
     host = jax.device_get(final)
     masks = masks_of(host.params)
     end_density = np.asarray(jax.vmap(lambda m: masking.density(m, selection))(masks))
-    common.say(f"inferring tasks on {num_tasks} test sets, batches of {batch_size}", progress)
+    common.say(f"inferring tasks on {num_tasks} test sets, batches of {batch_size}",
+               spec.progress)
     x = np.asarray(data.normalize(dataset.test.x, dataset.mean, dataset.std))
     y = np.asarray(dataset.test.y)
     inferred = []
@@ -204,16 +204,16 @@ def run(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> d
             base.model, tree.index(host.frozen["weights"], r * num_tasks)["model"],
             tree.index(masks, members)["model"], x, y, perms, prunable=selection["model"],
             batch_size=batch_size, batch_stats=stats.get("model") if stats else None,
-            binary=config.get("binary", True))
+            binary=binary)
     rows = [{"method": "supsup", "mask": kind, "task": t, "replicate": r,
              "density": float(end_density[m]), "test_accuracy": float(metrics["accuracy"][m]),
              **inferred[m]} for m, (r, t) in enumerate(grid)]
     rows = rows + common.summarize(rows, by=("method", "mask", "task"),
                                  fields=("density",) + FIELDS)
-    results.write_csv(workdir / "results.csv", rows)
-    plots.plot_supsup(rows, workdir / "plots" / "supsup.png",
-                      title=f"SupSup ({kind}), {config.model} on permuted "
-                            f"{plots.dataset_label(config.dataset)}: {num_tasks} tasks, "
+    results.write_csv(run.workdir / "results.csv", rows)
+    plots.plot_supsup(rows, run.workdir / "plots" / "supsup.png",
+                      title=f"SupSup ({kind}), {spec.model_name} on permuted "
+                            f"{plots.dataset_label(dataset.name)}: {num_tasks} tasks, "
                             f"{num} replicate(s)")
     per_member = [r for r in rows if r["replicate"] not in ("mean", "std")]
     overall = {f: (None if any(r[f] is None for r in per_member)
