@@ -396,7 +396,7 @@ def run_main(run_fn, report_fn, *, replicates_fn=lambda config: config.num_repli
     main_module.__doc__ = (main_module.__doc__ or "").rstrip() + "\n" + FLAGS_HELP
     tune_allocator()  # before JAX allocates anything
 
-    main_spec = getattr(sys.modules["__main__"], "__spec__", None)
+    main_spec = getattr(main_module, "__spec__", None)
     entry = (main_spec.name.rpartition(".")[2] if main_spec is not None
              and main_spec.name.startswith("experiments.") else None)
 

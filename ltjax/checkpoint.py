@@ -189,8 +189,8 @@ class Checkpointer:
                     raise DamagedCheckpointError(
                         f"checkpoint step {step} in {self.directory}: the {name} does not match "
                         "the checksum saved with it (damaged bytes)")
-            # (steps saved by older ltjax have no meta checksum)
-            if _meta_checksum(meta) != info["checksum"].get("meta", _meta_checksum(meta)):
+            expected = info["checksum"].get("meta")  # None: a step of older ltjax
+            if expected is not None and _meta_checksum(meta) != expected:
                 raise DamagedCheckpointError(
                     f"checkpoint step {step} in {self.directory}: its meta does not match the "
                     "checksum saved with it (edited or damaged)")

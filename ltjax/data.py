@@ -48,6 +48,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ltjax import topk
+
 NAMES: tuple[str, ...] = ("mnist", "fashion_mnist", "cifar10", "cifar100", "digits", "mnist1d")
 
 DATA_DIR_ENV = "LTJAX_DATA_DIR"
@@ -944,8 +946,8 @@ def modular_arithmetic(*, op: str = "add", p: int = 97, train_share: float = 0.3
 
     Pairs: every ``(a, b)`` in ``[0, p)^2`` (``p^2`` of them), except for
     ``'div'`` where ``b`` runs over ``1..p-1`` (``a / b = a * b^(p-2) mod p``,
-    so ``p`` must be prime). ``round(train_share * pairs)`` of them, the first
-    indices of ``np.random.default_rng(seed).permutation(pairs)``, form the
+    so ``p`` must be prime). ``train_share`` of them (:func:`ltjax.topk.count`,
+    half to even), the first indices of ``np.random.default_rng(seed).permutation(pairs)``, form the
     train split and the rest the test split, each in ``(a, b)`` order. Built in
     memory, no download; ``mean``/``std`` are empty so :func:`normalize`
     leaves the int32 tokens as they are.
@@ -997,7 +999,7 @@ def modular_arithmetic(*, op: str = "add", p: int = 97, train_share: float = 0.3
         inverse = np.array([pow(int(v), p - 2, p) for v in range(p)])
         y = (a * inverse[b]) % p
     pairs = len(a)
-    count = round(float(train_share) * pairs)
+    count = topk.count(pairs, train_share, rounding="half_even")
     if not 0 < count < pairs:
         raise ValueError(f"train_share={train_share} gives {count} of the {pairs} pairs to "
                          "train: both splits must be non-empty")

@@ -88,33 +88,14 @@ def inverted_scores(scores: PyTree) -> PyTree:
 
 
 def _check_fraction(fraction: float, name: str = "fraction") -> fractions.Fraction:
-    """A share in [0, 1) as an exact fraction (:func:`ltjax.topk.rational`).
-
-    Python, NumPy and concrete JAX real scalars and :class:`fractions.Fraction` accepted.
-    """
-    value = None
-    if not isinstance(fraction, bool | np.bool_ | str) and np.ndim(fraction) == 0:
-        try:
-            value = float(fraction)
-        except (TypeError, ValueError, jax.errors.ConcretizationTypeError):
-            value = None
-    if value is None or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1), got {fraction!r}")
+    """A share in [0, 1) as an exact fraction (:func:`ltjax.topk.rational`)."""
+    topk.check_share(fraction, name=name, zero=True, one=False)
     return topk.rational(fraction)
 
 
 def _check_density(density: Any) -> float:
-    """A kept share in (0, 1] as a float; Python, NumPy and concrete JAX real scalars accepted."""
-    value = None
-    if not isinstance(density, bool | np.bool_ | str) and np.ndim(density) == 0:
-        try:
-            value = float(density)
-        except (TypeError, ValueError, jax.errors.ConcretizationTypeError):
-            value = None
-    if value is None or not 0.0 < value <= 1.0:
-        raise ValueError(f"density must be a number in (0, 1] (a real scalar: the kept share), "
-                         f"got {density!r}")
-    return value
+    """A kept share in (0, 1] as a float (:func:`ltjax.topk.check_share`)."""
+    return topk.check_share(density, name="density")
 
 
 def _check_scores(scores: PyTree, prunable: PyTree) -> None:

@@ -37,7 +37,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from ltjax import interpolation
 
 PyTree = Any
 #: Statistics of one layer's output channels: ``{'mean': [n], 'std': [n]}``.
@@ -76,14 +77,6 @@ def apply_affine(z: jax.Array, scale: jax.Array, shift: jax.Array) -> jax.Array:
     return (z * scale.reshape(shape) + shift.reshape(shape)).astype(z.dtype)
 
 
-def _check_alpha(alpha: Any) -> None:
-    if isinstance(alpha, jax.core.Tracer):
-        return
-    value = float(np.asarray(alpha))
-    if not (np.isfinite(value) and 0.0 <= value <= 1.0):
-        raise ValueError(f"alpha must lie in [0, 1], got {value}")
-
-
 def target_stats(alpha: float | jax.Array, stats_a: PyTree, stats_b: PyTree) -> PyTree:
     """REPAIR's targets ``(1 - alpha) * stats_a + alpha * stats_b``, leaf by leaf.
 
@@ -98,7 +91,7 @@ def target_stats(alpha: float | jax.Array, stats_a: PyTree, stats_b: PyTree) -> 
         ...              {"Dense_0": {"mean": jnp.ones(2), "std": jnp.ones(2)}})["Dense_0"]["mean"]
         Array([0.25, 0.25], dtype=float32)
     """
-    _check_alpha(alpha)
+    interpolation.check_alpha(alpha)
     if jax.tree.structure(stats_a) != jax.tree.structure(stats_b):
         raise ValueError("stats_a and stats_b must have the same layers and entries, got "
                          f"{sorted(stats_a)} and {sorted(stats_b)}")

@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ltjax import masking, pruning
+from ltjax import masking, pruning, topk
 
 PyTree = Any
 
@@ -195,10 +195,6 @@ def synflow_scores(
         return jax.tree.map(lambda x: (x - shift).astype(jnp.float32), logs)
 
 
-def _check_density(density: float) -> None:
-    if isinstance(density, bool) or not (isinstance(density, (int, float))
-                                         and 0.0 < density <= 1.0):
-        raise ValueError(f"density must be a number in (0, 1], got {density!r}")
 
 
 def _check_rounds(rounds: int) -> None:
@@ -264,7 +260,7 @@ def synflow_prune(
         >>> forward_fn = lambda p: model.apply({"params": p}, jnp.ones((1, 784)))
         >>> masks = synflow_prune(forward_fn, params, masking.prunable(params), density=0.01)
     """
-    _check_density(density)
+    topk.check_share(density, name="density")
     _check_rounds(rounds)
     _check_dtype(dtype)
     if scope not in pruning.SCOPES:

@@ -77,9 +77,7 @@ WEIGHT_INITS = ("signed_constant", "kaiming_normal")
 
 
 def _check_density(density: Any) -> Fraction:
-    if isinstance(density, bool) or not isinstance(density, numbers.Real) or not (
-            0.0 < float(density) <= 1.0):
-        raise ValueError(f"density must be a number in (0, 1] (the kept share), got {density!r}")
+    topk.check_share(density, name="density")
     return topk.rational(density)
 
 

@@ -109,6 +109,35 @@ def _float_rational(value: np.floating) -> Fraction:
     return simplest
 
 
+def check_share(share: Any, *, name: str, zero: bool = False, one: bool = True) -> float:
+    """``share`` as a float, refused unless it is a real scalar in its interval.
+
+    The interval is ``(0, 1]`` by default (a kept share: a density);
+    ``zero=True, one=False`` gives ``[0, 1)`` (a removed share: a pruning
+    fraction). Python, NumPy and concrete JAX real scalars and fractions are
+    accepted; bools, strings, arrays, NaN and traced values are not.
+
+    Raises:
+      ValueError: naming ``name``, the interval and the value.
+
+    Example:
+        >>> check_share(np.float32(0.5), name="density")
+        0.5
+    """
+    value = None
+    if not isinstance(share, bool | np.bool_ | str | bytes) and np.ndim(share) == 0:
+        try:
+            value = float(share)
+        except (TypeError, ValueError, jax.errors.ConcretizationTypeError):
+            value = None
+    low_ok = value is not None and (value >= 0.0 if zero else value > 0.0)
+    high_ok = value is not None and (value <= 1.0 if one else value < 1.0)
+    if not (low_ok and high_ok):
+        interval = f"{'[' if zero else '('}0, 1{']' if one else ')'}"
+        raise ValueError(f"{name} must be a number in {interval}, got {share!r}")
+    return value
+
+
 def rational(share: Any) -> Fraction:
     """``share`` as an exact fraction: the rule of every share in ltjax.
 

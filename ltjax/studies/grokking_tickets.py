@@ -34,6 +34,7 @@ Example (Colab):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 from typing import Any
 
@@ -181,18 +182,19 @@ def run_grokking_tickets(config: Any, workdir: str | pathlib.Path, *,
     memorised_params = jax.tree.map(lambda x: x[np.argsort(order)], tree.concat(parts))
 
     # 3. Masks at each density; every arm x density x replicate is a member of one segment.
-    def oneshot(params: Any, d: float) -> Any:  # masks [S] of the weights [S] at density d
-        return jax.jit(jax.vmap(lambda w: pruning.prune_to_density(
-            pruning.magnitude_scores(w), selection, density=d, scope=scope)))(params)
+    @functools.partial(jax.jit, static_argnames=("density",))
+    def oneshot(params: Any, density: float) -> Any:  # masks [S] of the weights [S]
+        return jax.vmap(lambda w: pruning.prune_to_density(
+            pruning.magnitude_scores(w), selection, density=density, scope=scope))(params)
 
     randomly = jax.jit(jax.vmap(lambda k, m: pruning.random_prune_like(
         k, m, selection, scope=random_scope)))
     random_keys = rng.stream(keys, "random_prune")
     member_tags, member_masks, member_sources = [], [], []
     for i, d in enumerate(densities):
-        general = oneshot(distributed.host(dense.params), d)
+        general = oneshot(distributed.host(dense.params), density=d)
         arms = {"generalised": general,
-                "memorised": oneshot(memorised_params, d),
+                "memorised": oneshot(memorised_params, density=d),
                 "random": randomly(jax.vmap(lambda k, i=i: jax.random.fold_in(k, i))(
                     random_keys), general)}
         for arm in ARMS:
@@ -204,9 +206,7 @@ def run_grokking_tickets(config: Any, workdir: str | pathlib.Path, *,
     masks = executor.shard(tree.concat(member_masks))
     kept_counts = np.asarray(distributed.host(jax.vmap(
         lambda m: masking.num_kept(m, selection))(masks)))
-    total = sum(int(np.prod(x.shape)) for x, chosen in zip(
-        jax.tree.leaves(executor.abstract_params), jax.tree.leaves(selection), strict=True)
-        if chosen)
+    total = masking.num_prunable(executor.abstract_params, selection)
     actual = [int(k) / total for k in kept_counts]  # exact shares, not float32
     replicate_of = np.array([t["replicate"] for t in member_tags])
     tickets = run.segment(
@@ -235,11 +235,10 @@ def run_grokking_tickets(config: Any, workdir: str | pathlib.Path, *,
         fields=("steps_to_train_100", "steps_to_test_95", "final_test_accuracy",
                 "actual_density"))
     results.write_csv(run.workdir / "results.csv", table)
-    label = {"dense": "dense"} | {a: a for a in ARMS}
     curve_records = []
     for tags, mtags in (({"arm": "dense"}, replicates), ({"stage": "tickets"}, member_tags)):
         for t, c in zip(mtags, curves(records, tags, mtags), strict=True):
-            name = label[t.get("arm", "dense")] + (
+            name = t.get("arm", "dense") + (
                 f" {100 * t['target_density']:g} %" if "target_density" in t else "")
             curve_records += [{"curve": name, "replicate": t["replicate"], "split": split,
                                "step": s, "accuracy": a}
