@@ -37,7 +37,9 @@ class Run:
 
     @property
     def log(self) -> results.MetricsLog:
-        """The workdir's ``metrics.jsonl`` (written by the segments, never parsed into tables)."""
+        """The workdir's ``metrics.jsonl``, written by the segments. Tables come from the
+        arrays :meth:`evaluate` returns; the Grokking Tickets study still reads its
+        curves back from here (until :meth:`segment` returns them as arrays)."""
         return results.MetricsLog(self.workdir / "metrics.jsonl")
 
     def segment(self, name: str, *, state: train.TrainState, noise_keys: Any,
