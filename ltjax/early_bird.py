@@ -7,8 +7,9 @@ with network slimming's L1 penalty on the BatchNorm scales (Liu et al. 2017:
 reference's ``updateBN`` adds to the gradient); at the start of every epoch
 draw a global channel mask pruning the share ``p`` of channels with the
 smallest ``|gamma|``; keep the last 5 masks; the ticket has emerged when the
-newest mask is within Hamming distance 0.1 (share of channels that differ) of
-each of the 4 before it. The ticket is then retrained.
+newest mask is within Hamming distance 0.1 (share of channels that differ,
+``<= 0.1``: :func:`emergence_epoch`) of each of the 4 before it. The ticket is
+then retrained.
 
 Facts of the reference (GATECH-EIC/Early-Bird-Tickets@4a16ae0, ``main.py``,
 ``EarlyBird``, ``updateBN``) and where ltjax differs:
@@ -25,9 +26,12 @@ Facts of the reference (GATECH-EIC/Early-Bird-Tickets@4a16ae0, ``main.py``,
   BatchNorm is exactly zero in training and evaluation (the conv or dense
   layer feeding it still computes it: no FLOPs are saved, the function is
   that of the pruned network; the reference rebuilds a smaller network);
-- the retraining starts from a fresh init of the masked network, as the
-  reference's ``main_scratch.py`` (full schedule) and ``main_c.py``
-  (``--start-epoch``: the schedule resumes at the Early-Bird epoch).
+- the retraining starts from a fresh init of the masked network, as both of
+  the reference's retraining scripts do (``main_scratch.py``: the full
+  schedule, the paper's "EB Train (re-init)"; ``main_c.py``, the headline EB
+  Train: ``--start-epoch``, the schedule resumes at the Early-Bird epoch and
+  only the remaining epochs are trained); :mod:`ltjax.studies.early_bird`
+  offers both (``config.retrain``).
 
 Example:
     >>> masks = channel_masks(params, ratio=0.3)         # params' structure, bool
@@ -188,11 +192,11 @@ def _check_window(window: Any) -> int:
 
 
 def _check_threshold(threshold: Any) -> float:
-    """``threshold`` as a float in (0, 1]: distances are shares of channels in [0, 1]."""
+    """``threshold`` as a float in [0, 1]: distances are shares of channels in [0, 1]."""
     if isinstance(threshold, bool | np.bool_) or not isinstance(
-            threshold, int | float | np.integer | np.floating) or not 0.0 < threshold <= 1.0:
-        raise ValueError(f"threshold must be a finite number in (0, 1] (the largest share of "
-                         f"channels that may differ, exclusive), got {threshold!r}")
+            threshold, int | float | np.integer | np.floating) or not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be a finite number in [0, 1] (the largest share of "
+                         f"channels that may differ, inclusive), got {threshold!r}")
     return float(threshold)
 
 
@@ -210,17 +214,24 @@ def window_distances(history: Sequence[np.ndarray], window: int = WINDOW) -> lis
 def emergence_epoch(history: Sequence[np.ndarray], *, window: int = WINDOW,
                     threshold: float = THRESHOLD) -> int | None:
     """The first index ``e`` (epoch) whose window of ``window`` masks is full and all
-    ``window - 1`` distances to mask ``e`` are below ``threshold``; None if never.
+    ``window - 1`` distances to mask ``e`` are at most ``threshold``; None if never.
 
-    The reference's ``EarlyBird.early_bird_emerge``: a FIFO of the last
-    ``window`` masks, the distance of the newest to each other one. A window
-    needs at least two masks (``window=1`` would compare nothing, so every
-    first mask would "emerge"); a threshold of 0 or below could never be met
-    and one above 1 always would.
+    The reference's ``EarlyBird.early_bird_emerge`` (GATECH-EIC/Early-Bird-Tickets,
+    ``main.py``): a FIFO of the last ``window`` masks, the distance of the
+    newest to each other one. It returns False only if some distance is
+    ``> 0.1``, so a distance equal to the threshold counts as emerged
+    (``<=``); we follow the code that ran the paper's experiments. The
+    reference's README words it "all smaller than given threshold"; the two
+    readings differ only when a distance is exactly the threshold
+    (``k / N == threshold`` for ``N`` channels). A distance is the share
+    ``k / N`` of :func:`mask_distance`, correctly rounded (1 of 10 channels
+    is the float ``0.1``). A window needs at least two masks (``window=1``
+    would compare nothing, so every first mask would "emerge"); threshold 0
+    asks for identical masks, and any threshold of 1 or more always holds.
 
     Raises:
       ValueError: ``window`` not an integer >= 2, ``threshold`` not a finite
-        number in (0, 1] (NaN would never emerge).
+        number in [0, 1] (NaN would never emerge).
 
     Example:
         >>> a, b = np.array([True, False]), np.array([False, True])
@@ -231,6 +242,6 @@ def emergence_epoch(history: Sequence[np.ndarray], *, window: int = WINDOW,
     threshold = _check_threshold(threshold)
     for end in range(window - 1, len(history)):
         distances = window_distances(history[: end + 1], window)
-        if len(distances) == window - 1 and max(distances) < threshold:
+        if len(distances) == window - 1 and max(distances) <= threshold:
             return end
     return None

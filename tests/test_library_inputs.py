@@ -166,10 +166,10 @@ def test_channel_keep_refuses_non_finite_gammas(bad):
         early_bird.channel_keep(np.array([bad, 0.1, 0.2, 0.3]), 0.5)
 
 
-@pytest.mark.parametrize("threshold", [NAN, math.inf, 0.0, -0.1, 1.5])
+@pytest.mark.parametrize("threshold", [NAN, math.inf, -0.1, 1.5])
 def test_emergence_epoch_refuses_bad_thresholds(threshold):
     m = np.array([True, False])
-    with pytest.raises(ValueError, match=r"threshold must be a finite number in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"threshold must be a finite number in \[0, 1\]"):
         early_bird.emergence_epoch([m] * 6, threshold=threshold)
 
 
@@ -360,7 +360,9 @@ def test_channel_keep_refuses_non_finite_and_prunes_the_smallest_otherwise(gamma
 
 
 @settings(max_examples=60, deadline=None)
-@given(window=st.integers(-1, 5), threshold=st.one_of(st.floats(-0.5, 1.5), st.just(NAN)),
+@given(window=st.integers(-1, 5),
+       threshold=st.one_of(st.floats(-0.5, 1.5), st.just(NAN),
+                           st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0])),  # = some k / 4
        history=st.lists(st.lists(st.booleans(), min_size=4, max_size=4), max_size=7))
 def test_emergence_epoch_refuses_bad_arguments_and_matches_the_definition(window, threshold,
                                                                          history):
@@ -369,12 +371,13 @@ def test_emergence_epoch_refuses_bad_arguments_and_matches_the_definition(window
         with pytest.raises(ValueError, match="window must be an integer >= 2"):
             early_bird.emergence_epoch(masks, window=window, threshold=threshold)
         return
-    if not 0.0 < threshold <= 1.0:
+    if not 0.0 <= threshold <= 1.0:
         with pytest.raises(ValueError, match="threshold must be a finite number"):
             early_bird.emergence_epoch(masks, window=window, threshold=threshold)
         return
+    # The reference's rule: emerged unless some distance is > threshold.
     want = next((e for e in range(window - 1, len(masks))
-                 if all(np.mean(masks[e] != masks[e - j]) < threshold
+                 if all(np.mean(masks[e] != masks[e - j]) <= threshold
                         for j in range(1, window))), None)
     assert early_bird.emergence_epoch(masks, window=window, threshold=threshold) == want
 

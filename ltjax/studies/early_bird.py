@@ -7,7 +7,8 @@ of every epoch (epoch 0: the init) each replicate's |gamma| vector is
 recorded in ``metrics.jsonl`` (so a resumed run has every epoch's masks) and
 a global channel mask is drawn for every pruning ratio ``p``. The ticket of a
 ratio emerges at the first epoch whose mask is within distance
-``config.threshold`` of each of the ``config.window - 1`` masks before it.
+``config.threshold`` (inclusive, as the reference) of each of the
+``config.window - 1`` masks before it.
 Each ticket (every ratio x replicate, members of one program) is retrained
 from a fresh init under its channel masks with the same recipe and penalty
 for the full length (the reference's ``main_scratch.py``); a ticket that
@@ -41,8 +42,9 @@ def _check_config(config: Any) -> tuple[float, ...]:
                          f"got {config.ratios!r}")
     if not (isinstance(config.window, int) and config.window >= 2):
         raise ValueError(f"config.window must be an integer >= 2, got {config.window!r}")
-    if not 0.0 < config.threshold <= 1.0:
-        raise ValueError(f"config.threshold must be in (0, 1], got {config.threshold!r}")
+    if not 0.0 <= config.threshold <= 1.0:
+        raise ValueError(f"config.threshold must be in [0, 1] (the largest mask distance of an "
+                         f"emerged ticket), got {config.threshold!r}")
     early_bird.slimming(config.slimming)  # validates the strength
     return ratios
 
