@@ -18,7 +18,8 @@ stay exactly zero; other leaves, e.g. biases, are ``W_k``'s):
   an output channel, optionally among same-sign values only (the sign
   pattern is then kept bitwise);
 - :func:`gaussian_noise`: ``W_k + scale * sigma_l * eps`` with ``sigma_l`` the
-  layer's init std (``sqrt(2 / fan_in)`` for He normal, :func:`he_normal_stds`);
+  layer's init std (measured on the model's own initialiser, :func:`init_stds`;
+  ``sqrt(2 / fan_in)`` for He normal, :func:`he_normal_stds`);
 - re-initialisation is :func:`ltjax.rewinding.rewind` of a fresh init.
 
 :func:`effective_std` is the x axis of the paper's figures: the std of
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -185,8 +187,8 @@ def shuffle_weights(key: jax.Array, params_k: PyTree, masks: PyTree, *, within: 
 def he_normal_stds(params: PyTree, prunable: PyTree | None = None) -> PyTree:
     """``sqrt(2 / fan_in)`` for each prunable kernel (fan in = all axes but the last), else 0.
 
-    The std of ltjax's kernels at init (He normal, as OpenLTH), the ``sigma_l``
-    of :func:`gaussian_noise`.
+    The std of He-normal kernels (OpenLTH's init); :func:`init_stds` measures
+    any model's own initialiser.
 
     Example:
         >>> he_normal_stds({"Dense_0": {"kernel": jnp.zeros((784, 300))}})
@@ -196,6 +198,37 @@ def he_normal_stds(params: PyTree, prunable: PyTree | None = None) -> PyTree:
         prunable = masking.prunable(params)
     return jax.tree.map(lambda w, f: math.sqrt(2.0 / math.prod(np.shape(w)[:-1])) if f else 0.0,
                         params, prunable)
+
+
+def init_stds(init: Callable[[jax.Array], PyTree], key: jax.Array, *,
+              prunable: PyTree | None = None, draws: int = 64) -> PyTree:
+    """Each prunable leaf's init std, ``sigma_l``, measured on ``draws`` draws of ``init``.
+
+    Frankle, Schwab & Morcos 2020 (Section 4) scale Gaussian noise by "the
+    standard deviation of the initialization distribution" of each layer:
+    whatever the model's initialiser (He, Glorot, truncated normal...), the std
+    pooled over ``draws`` independent inits of the leaf (relative error about
+    ``1 / sqrt(2 * draws * size)``: 0.3 % for a 1000-weight layer at 64 draws).
+    Other leaves get 0.
+
+    Args:
+      init: ``key -> params`` (e.g. ``lambda k: models.init(model, k, shape)[0]``).
+      key: the draws' key (a function of the config: the same stds on every run).
+      prunable: static bools of the measured leaves (default: every kernel).
+      draws: how many inits are pooled (>= 2).
+
+    Example:
+        >>> init = lambda k: {"w": {"kernel": jax.random.normal(k, (50, 4)) * 0.5}}
+        >>> round(float(init_stds(init, jax.random.key(0))["w"]["kernel"]), 1)
+        0.5
+    """
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 2:
+        raise ValueError(f"draws must be an integer >= 2, got {draws!r}")
+    samples = jax.vmap(init)(jax.random.split(key, draws))
+    if prunable is None:
+        prunable = masking.prunable(jax.tree.map(lambda x: x[0], samples))
+    return jax.tree.map(lambda w, f: float(np.std(np.asarray(w, np.float64))) if f else 0.0,
+                        samples, prunable)
 
 
 def gaussian_noise(key: jax.Array, params_k: PyTree, masks: PyTree, *, scale: float,
@@ -208,7 +241,7 @@ def gaussian_noise(key: jax.Array, params_k: PyTree, masks: PyTree, *, scale: fl
       masks: the subnetwork's masks.
       scale: the noise in units of each layer's init std (>= 0; 0 is the identity).
       stds: a tree of the params' structure with each layer's init std
-        (:func:`he_normal_stds`).
+        (:func:`init_stds`, :func:`he_normal_stds`).
       prunable: static bools of the leaves to perturb (default: every kernel).
 
     Raises:
@@ -222,7 +255,7 @@ def gaussian_noise(key: jax.Array, params_k: PyTree, masks: PyTree, *, scale: fl
         raise ValueError(f"scale must be a finite number >= 0, got {scale!r}")
     if jax.tree.structure(stds) != jax.tree.structure(params_k):
         raise ValueError(f"stds must have the structure of params_k (one std per leaf, "
-                         f"he_normal_stds(params_k)); got leaves {tree.names(stds)[:6]}")
+                         f"init_stds or he_normal_stds); got leaves {tree.names(stds)[:6]}")
     scale = float(scale)
     return _map_selected(
         lambda i, w, m, s: w + (scale * s) * jax.random.normal(jax.random.fold_in(key, i),

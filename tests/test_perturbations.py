@@ -131,3 +131,22 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="masks"):
         perturbations.flip_signs(jax.random.key(0), params, {"Conv_0": masks["Conv_0"]},
                                  share=0.5)
+
+
+@pytest.mark.parametrize("kernel_init", ["he_normal", "glorot_normal"])
+def test_init_stds_measure_the_models_own_initialiser(kernel_init):
+    """He normal: sqrt(2 / fan_in); Glorot (truncated normal, variance scaled): sqrt(2 / (fan_in
+    + fan_out)); biases are not measured (0)."""
+    from ltjax import models
+
+    model = models.create("mlp", num_classes=10, widths=(40, 20), kernel_init=kernel_init)
+    stds = perturbations.init_stds(lambda key: models.init(model, key, (8, 8, 1))[0],
+                                   jax.random.key(3), draws=64)
+    shapes = {"Dense_0": (64, 40), "Dense_1": (40, 20), "Dense_2": (20, 10)}
+    for name, (fan_in, fan_out) in shapes.items():
+        expected = np.sqrt(2 / fan_in if kernel_init == "he_normal" else 2 / (fan_in + fan_out))
+        assert stds[name]["kernel"] == pytest.approx(expected, rel=4 / np.sqrt(2 * 64 * fan_in
+                                                                                * fan_out))
+        assert stds[name]["bias"] == 0.0
+    with pytest.raises(ValueError, match="draws"):
+        perturbations.init_stds(lambda key: {}, jax.random.key(0), draws=1)

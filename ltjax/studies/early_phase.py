@@ -1,16 +1,22 @@
 """The early phase of training: perturb the rewound subnetwork at k, train, and compare.
 
 Frankle, Schwab & Morcos 2020 ("The Early Phase of Neural Network Training",
-ICLR 2020), Section 4: take IMP's masks at a level (``config.imp_level`` of
-``config.imp_workdir``; without a workdir the study runs IMP itself into
-``workdir/imp`` with this config's model, data, recipe and ``pruning``), the
-dense network's weights at each rewind step k (each replicate trained to k
-with its own SGD noise, as the stability study), apply every perturbation of
+ICLR 2020), Section 4: at each rewind step k take the ticket IMP found rewinding to k
+(level ``config.imp_level``: the masks of an IMP run with ``rewind_step`` k),
+the dense network's weights at k (each replicate trained to k with its own SGD
+noise, as the stability study), apply every perturbation of
 ``config.perturbations`` to the kept weights (:mod:`ltjax.perturbations`), and
-train all perturbations x replicates of a k as one program under the masks
+train all perturbations x replicates of a k as one program under k's masks
 from step k to the end, with a fresh optimiser state (IMP's default) and the
-replicate's own data order (so ``none``, the unperturbed ticket, is IMP's
-rewound ticket and every perturbation is compared on the same batches).
+replicate's own data order (so ``none``, the unperturbed member, is IMP's
+ticket rewound to k, and every perturbation is compared on the same batches).
+
+The IMP runs: without ``config.imp_workdir`` the study runs IMP rewinding to
+each k itself, into ``workdir/imp_<k as written>`` (this config's model, data,
+recipe and ``pruning``); ``config.imp_workdir='0it=runs/imp_k0,500it=runs/
+imp_k500'`` gives one finished run per k (:func:`ltjax.studies.imp_runs.
+imp_workdirs`). One IMP workdir used at every k (its mask found rewinding to
+one step) is another experiment: it needs ``config.imp_mask_at_any_k=True``.
 
 Perturbation names:
 
@@ -22,6 +28,7 @@ Perturbation names:
 ``shuffle_<layer|channel>``       permute kept values within a layer / channel
 ``shuffle_<...>_same_sign``       ... among same-sign values only
 ``gaussian@<n>``                  ``W_k + n * sigma_l * eps``, sigma_l the init std
+                                  of layer l (:func:`perturbations.init_stds`)
 ================================= =============================================
 
 ``k`` / ``init`` / ``fresh`` signs and magnitudes: ``signs_k_magnitudes_fresh``
@@ -88,7 +95,7 @@ def parse_perturbation(name: str) -> tuple[str, dict]:
 
 
 def perturb(name: str, key: jax.Array, params_k: Any, masks: Any, *, params_0: Any, fresh: Any,
-            prunable: Any) -> Any:
+            prunable: Any, stds: Any = None) -> Any:
     """One member's start: ``params_k`` perturbed by ``name`` (pure; jittable per name).
 
     Args:
@@ -99,6 +106,8 @@ def perturb(name: str, key: jax.Array, params_k: Any, masks: Any, *, params_0: A
       params_0: the weights at init (``init`` signs or magnitudes).
       fresh: a fresh init (``reinit``, ``fresh`` signs or magnitudes).
       prunable: static bools of the perturbed leaves.
+      stds: each layer's init std (:func:`ltjax.perturbations.init_stds`;
+        needed by ``gaussian@<n>``).
 
     Returns:
       The perturbed params, masked.
@@ -118,8 +127,10 @@ def perturb(name: str, key: jax.Array, params_k: Any, masks: Any, *, params_0: A
         return perturbations.shuffle_weights(key, rewound, masks, prunable=prunable, **options)
     if kind == "flip_signs":
         return perturbations.flip_signs(key, rewound, masks, prunable=prunable, **options)
-    return perturbations.gaussian_noise(key, rewound, masks, prunable=prunable,
-                                        stds=perturbations.he_normal_stds(rewound, prunable),
+    if stds is None:
+        raise ValueError(f"perturb({name!r}): give stds, each layer's init std "
+                         "(ltjax.perturbations.init_stds)")
+    return perturbations.gaussian_noise(key, rewound, masks, prunable=prunable, stds=stds,
                                         **options)
 
 
@@ -144,13 +155,14 @@ def _check_config(config: Any) -> tuple[str, ...]:
     return names
 
 
-def _imp_config(config: Any) -> Any:
-    """The IMP run this study makes for itself: its model, data, recipe; ``imp_level`` levels."""
+def _imp_config(config: Any, rewind_step: str) -> Any:
+    """The IMP run this study makes for k = ``rewind_step``: its model, data, recipe;
+    ``imp_level`` levels, rewinding to k."""
     imp_config = common.without(config, ("perturbations", "rewind_steps", "imp_workdir",
-                                         "imp_level", "telemetry"))
+                                         "imp_level", "imp_mask_at_any_k", "telemetry"))
     with imp_config.unlocked():
         imp_config.levels = config.imp_level
-        imp_config.rewind_step = "0it"
+        imp_config.rewind_step = rewind_step
         imp_config.controls = ()
         imp_config.ticket_learning_rates = ()
     return imp_config
@@ -163,7 +175,8 @@ def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool 
     Writes into ``workdir``: ``config.json``, ``metrics.jsonl``, ``results.csv``
     (``k, perturbation, replicate, density, effective_std, test_accuracy,
     test_accuracy_drop``; mean and std rows), ``plots/perturbations.png``,
-    ``checkpoints/`` and, without ``config.imp_workdir``, the IMP run in ``imp/``.
+    ``checkpoints/`` and, without ``config.imp_workdir``, the IMP run of each k
+    in ``imp_<k>/``.
     With a ``config.telemetry`` block (:func:`experiments.configs.add_telemetry`),
     Frankle et al. 2020's telemetry (:func:`ltjax.studies.dense.telemetry_observer`)
     on its schedule: ``telemetry.csv`` (``branch, k, perturbation, step,
@@ -178,10 +191,12 @@ def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool 
     Raises:
       ValueError: an unknown perturbation or one out of range, no ``none``, a
         rewind step outside ``[0, training_steps)``, an IMP workdir of other
-        inits or without ``imp_level`` (before any work).
+        inits, rewound to another k (without ``imp_mask_at_any_k``) or without
+        ``imp_level`` (before any work).
     """
     names = _check_config(config)
-    imp_workdir = config.get("imp_workdir") or ""
+    imp_runs_at: dict[int, str | pathlib.Path] = {}  # k -> the IMP run of its ticket
+    own_runs: dict[int, str] = {}  # k -> rewind_step as written, for the study's own IMP runs
 
     def check(dataset) -> None:
         per_epoch = len(dataset.train) // config.recipe.batch_size
@@ -191,25 +206,25 @@ def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool 
             raise ValueError(f"config.rewind_steps {list(config.rewind_steps)} must be steps in "
                              f"[0, training_steps = {end}) (as steps: {ks})")
         dense.check_telemetry(config, dataset)
-        if not imp_workdir:  # its own IMP run, checked before this workdir is written
-            imp.check_config(_imp_config(config), dataset)
-        else:
-            # its recipe and length, and a ticket rewound to 0 as the study's own IMP run
-            imp_runs.check_imp_compatible(config, imp_workdir, dataset=dataset,
-                                           rewind_step=0)
-            folder = pathlib.Path(imp_workdir) / "checkpoints" / f"level_{config.imp_level:02d}"
-            if not folder.is_dir():
-                raise ValueError(f"config.imp_level={config.imp_level} does not exist in "
-                                 f"config.imp_workdir={imp_workdir!r}")
+        if not config.get("imp_workdir"):  # its own IMP runs, checked before any writing
+            for k, text in zip(ks, config.rewind_steps, strict=True):
+                if k not in own_runs:
+                    imp.check_config(_imp_config(config, text), dataset)
+                    own_runs[k] = text
+            return
+        for k, run in imp_runs.imp_workdirs(config, sorted(set(ks)), per_epoch, workdir).items():
+            imp_runs.check_imp_compatible(config, run, dataset=dataset, rewind_step=k)
+            imp_runs.check_imp_level(run, config.imp_level)
+            imp_runs_at[k] = run
 
     workdir, dataset, recipe, executor = common.setup(
         config, workdir, check=check, progress=progress)
-    if not imp_workdir:
-        imp_workdir = workdir / "imp"
-        imp.run_imp(_imp_config(config), imp_workdir, progress=progress)
+    for k, text in own_runs.items():
+        imp_runs_at[k] = workdir / f"imp_{text}"
+        imp.run_imp(_imp_config(config, text), imp_runs_at[k], progress=progress)
     per_epoch = executor.steps_per_epoch
     end = common.steps(config.training_steps, per_epoch)
-    ks = sorted({common.steps(k, per_epoch) for k in config.rewind_steps})
+    ks = sorted(imp_runs_at)
     num = config.num_replicates
     keys = rng.replicate_keys(config.seed, num)
     init_keys, noise_keys = rng.init_and_noise(keys)
@@ -220,10 +235,11 @@ def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool 
     state = executor.init(init_keys)
     params_0 = state.params
     like = executor.shard(masking.ones_like(state.params))
-    masks = imp_runs.load_imp_masks(imp_workdir, config.imp_level, like)
     selection = masking.prunable(executor.abstract_params)
-    density = np.asarray(jax.vmap(lambda m: masking.density(m, selection))(masks))
-    starts = {name: _starter(name, executor, dataset, selection) for name in names}
+    stds = perturbations.init_stds(
+        lambda key: models.init(executor.model, key, dataset.input_shape)[0],
+        rng.stream(jax.random.key(config.seed), "init_stds"), prunable=selection)
+    starts = {name: _starter(name, executor, dataset, selection, stds) for name in names}
     watched = config.get("telemetry") is not None
     telemetry_log = results.MetricsLog(workdir / "telemetry.jsonl")
     snapshots = workdir / "telemetry_snapshots"
@@ -241,13 +257,15 @@ def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool 
                         ckpt_dir=workdir / "checkpoints" / f"parent_{k}",
                         tags={"k": k, "branch": "parent"}, densities=np.ones(num),
                         desc=f"dense to step {k}", observer=parent_observer)
-        member_params, stds, tags = [], [], []
+        masks = imp_runs.load_imp_masks(imp_runs_at[k], config.imp_level, like)
+        density = np.asarray(jax.vmap(lambda m: masking.density(m, selection))(masks))
+        member_params, effective, tags = [], [], []
         for name in names:
             name_keys = jax.vmap(lambda key, n=name, k=k: jax.random.fold_in(
                 rng.stream(key, n), k))(perturb_keys)
             started, eff = starts[name](name_keys, state.params, masks, params_0)
             member_params.append(started)
-            stds.append(np.asarray(eff))
+            effective.append(np.asarray(eff))
             tags += [{"perturbation": name, "replicate": r} for r in range(num)]
         params = tree.concat(member_params)
         replicate_of = np.array([t["replicate"] for t in tags])
@@ -268,7 +286,7 @@ def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool 
                                           member_tags=tags,
                                           keep_snapshots=config.telemetry.keep_snapshots)
         metrics = executor.evaluate(final, "test", member_masks)
-        effective = np.concatenate(stds)
+        effective = np.concatenate(effective)
         accuracy = {(t["perturbation"], t["replicate"]): float(metrics["accuracy"][m])
                     for m, t in enumerate(tags)}
         rows += [{"k": k, **t, "density": float(density[t["replicate"]]),
@@ -318,13 +336,13 @@ def _write_telemetry(config: Any, workdir: pathlib.Path, log: results.MetricsLog
                                f"dense early phase, mean over {config.num_replicates} seeds")
 
 
-def _starter(name: str, executor: Any, dataset: Any, selection: Any):
+def _starter(name: str, executor: Any, dataset: Any, selection: Any, stds: Any):
     """A jitted ``(keys [S], params_k [S], masks [S], params_0 [S]) -> (params [S], std [S])``."""
 
     def one(key, params_k, masks, params_0):
         fresh = models.init(executor.model, rng.stream(key, "fresh"), dataset.input_shape)[0]
         started = perturb(name, key, params_k, masks, params_0=params_0, fresh=fresh,
-                          prunable=selection)
+                          prunable=selection, stds=stds)
         return started, perturbations.effective_std(started, masking.apply(params_k, masks),
                                                     masks, selection)
 
