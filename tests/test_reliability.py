@@ -230,7 +230,7 @@ def test_early_phase_refuses_an_imp_run_of_another_recipe_or_rewind_step(tmp_pat
     config = early_phase_lenet_digits.get_config("quick")
     config.model, config.model_kwargs = "mlp", {"widths": (32, 16)}
     config.imp_level = 1
-    imp_config = early_phase._imp_config(config)
+    imp_config = early_phase._imp_config(config, "0it")
     for field, value, match in (("recipe.learning_rate", 0.012, "another recipe"),
                                 ("training_steps", "9ep", "trained"),
                                 ("rewind_step", "10it", "rewound to step 10")):
