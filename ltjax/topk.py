@@ -275,14 +275,19 @@ def _keys(values: jax.Array) -> jax.Array:
 def _select(keys: jax.Array, k: Any, alive: jax.Array | None, ties: str) -> jax.Array:
     """The flat mask of the ``k`` largest ``keys`` among the ``alive`` ones, ties by position."""
     k = jnp.asarray(k, jnp.int32)
-    threshold = jnp.uint32(0)
-    for bit in range(31, -1, -1):  # the largest t with at least k alive keys >= t
-        candidate = threshold | jnp.uint32(1 << bit)
+
+    def settle(i: jax.Array, threshold: jax.Array) -> jax.Array:
+        """Bit ``31 - i`` of the largest t with at least k alive keys >= t."""
+        candidate = threshold | jnp.left_shift(jnp.uint32(1), (31 - i).astype(jnp.uint32))
         at_least = keys >= candidate
         if alive is not None:
             at_least = at_least & alive
         enough = jnp.sum(at_least, dtype=jnp.int32) >= k
-        threshold = jnp.where(enough, candidate, threshold)
+        return jnp.where(enough, candidate, threshold)
+
+    # A rolled loop: one pass in the program, not 32 (a 32-pass unrolled ranking took seconds
+    # to compile in every program that prunes).
+    threshold = jax.lax.fori_loop(0, 32, settle, jnp.uint32(0))
     above, tied = keys > threshold, keys == threshold
     if alive is not None:
         above, tied = above & alive, tied & alive
