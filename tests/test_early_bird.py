@@ -158,11 +158,64 @@ def test_study_masks_emergence_retrain_and_rerun(tmp_path):
     assert {n: (tmp_path / n).read_text() for n in first} == first
 
 
+def test_resumed_retrain_trains_the_remaining_steps_at_the_schedules_rates(tmp_path, monkeypatch):
+    # Every training call (host side: its members' step and length) and, inside it, every
+    # learning rate the step function computes (a debug callback on optim.learning_rate_at).
+    calls, current = [], {}
+    real_train, real_rate = executor_lib.Executor.train, optim.learning_rate_at
+
+    def train(self, state, masks, noise_keys, *, num_steps, **kwargs):
+        steps = np.asarray(jax.device_get(state.step)).reshape(-1)
+        current["pairs"] = pairs = set()
+        out = real_train(self, state, masks, noise_keys, num_steps=num_steps, **kwargs)
+        calls.append((masks is not None, steps, num_steps, pairs))
+        return out
+
+    def rate(recipe, step, peak=None):
+        lr = real_rate(recipe, step, peak)
+        jax.debug.callback(lambda s, v: current["pairs"].update(zip(
+            np.asarray(s).reshape(-1).tolist(), np.asarray(v).reshape(-1).tolist(), strict=True)),
+            step, lr)
+        return lr
+
+    monkeypatch.setattr(executor_lib.Executor, "train", train)
+    monkeypatch.setattr(optim, "learning_rate_at", rate)
+    config = _config(retrain="resume_schedule", ratios=(0.3, 0.5))
+    study.run_early_bird(config, tmp_path, progress=False)
+    per_epoch = len(common.build_dataset(config).train) // config.recipe.batch_size
+    end, drop = 6 * per_epoch, 4 * per_epoch
+    rows = [r for r in results.read_csv(tmp_path / "results.csv")
+            if r["replicate"] not in ("mean", "std")]
+    starts = sorted(int(r["eb_epoch"]) * per_epoch if r["eb_epoch"] != "" else 0 for r in rows)
+    assert any(starts), "no ticket emerged: the test would not see a resumed schedule"
+    retrain = [c for c in calls if c[0]]
+    # Counting steps: each ticket trains exactly the steps from its Early-Bird epoch to the end.
+    trained = sorted(s for _, steps, n, _ in retrain for first in steps
+                     for s in range(int(first), int(first) + n))
+    assert trained == sorted(s for start in starts for s in range(start, end))
+    # The rates: the schedule's closed form (the peak, x0.1 from epoch 4) at exactly those steps.
+    peak = config.recipe.learning_rate
+    for _, steps, n, pairs in retrain:
+        assert {s for s, _ in pairs} == set(range(int(steps[0]), int(steps[0]) + n))
+        for s, lr in pairs:
+            assert lr == pytest.approx(peak * (0.1 if s >= drop else 1.0), rel=1e-6)
+
+
+def test_retrain_start_epoch_and_an_unknown_mode():
+    assert study.retrain_start_epoch(6, "resume_schedule") == 6
+    assert study.retrain_start_epoch(None, "resume_schedule") == 0
+    assert study.retrain_start_epoch(6, "scratch") == 0
+    with pytest.raises(ValueError, match="mode"):
+        study.retrain_start_epoch(6, "continue")
+
+
 @pytest.mark.parametrize("overrides, match", [
     ({"ratios": (0.0,)}, "config.ratios"),
     ({"ratios": (0.3, 0.3)}, "config.ratios"),
     ({"window": 1}, "config.window"),
     ({"slimming": -1.0}, "strength"),
+    ({"retrain": "continue"}, "config.retrain"),
+    ({"threshold": 1.5}, "config.threshold"),
     ({"model": "mlp", "model_kwargs": {"widths": (8,)}}, "BatchNorm"),
 ])
 def test_bad_config_is_refused_before_any_work(tmp_path, overrides, match):

@@ -4,7 +4,9 @@ The reference's recipe scaled to MNIST (GATECH-EIC/Early-Bird-Tickets
 ``scripts/standard-train/search.sh``: SGD 0.1, momentum 0.9, weight decay
 1e-4, learning rate x0.1 at 50 % and 75 % of training, slimming L1 1e-4; batch
 128 here), 20 epochs, pruning ratios {0.3, 0.5, 0.7}, a window of 5 masks and
-distance threshold 0.1, 2 replicates.
+distance threshold 0.1, 2 replicates; the tickets retrain from a fresh init for
+the full schedule (``--config.retrain=resume_schedule``: from their Early-Bird
+epoch on, as the paper's EB Train).
 
     LTJAX_DATA_DIR=../shared/data python -m experiments.early_bird \\
         --config=experiments/configs/early_bird_mlp_mnist.py --workdir=runs/early_bird
@@ -41,6 +43,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.ratios = (0.3, 0.5, 0.7)
     config.window = 5
     config.threshold = 0.1
+    # 'scratch': the tickets retrain for the full schedule (main_scratch.py);
+    # 'resume_schedule': from their Early-Bird epoch on (main_c.py, the paper's EB Train).
+    config.retrain = "scratch"
     if "quick" in chosen:
         config.model_kwargs.widths = (128, 128)
         config.recipe.lr_drops = ("3ep", "4ep")

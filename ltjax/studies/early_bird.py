@@ -10,10 +10,27 @@ ratio emerges at the first epoch whose mask is within distance
 ``config.threshold`` (inclusive, as the reference) of each of the
 ``config.window - 1`` masks before it.
 Each ticket (every ratio x replicate, members of one program) is retrained
-from a fresh init under its channel masks with the same recipe and penalty
-for the full length (the reference's ``main_scratch.py``); a ticket that
-never emerges is reported without an epoch and retrained from the final
-epoch's mask.
+from a fresh init under its channel masks with the same recipe and penalty,
+as ``config.retrain`` says (:data:`RETRAIN_MODES`):
+
+- ``'scratch'`` (the default): for the full length with the full schedule,
+  the reference's ``main_scratch.py`` (the paper's "EB Train (re-init)");
+- ``'resume_schedule'``: from the ticket's Early-Bird epoch ``e`` to the end,
+  the reference's ``main_c.py --start-epoch e`` (``scripts/standard-train/
+  retrain_continue.sh``), the paper's headline EB Train. The fresh init's step
+  counter is set to ``e * steps_per_epoch``, so only the remaining steps are
+  trained, at the schedule's learning rates from that step on (and on the
+  batches the search drew there), with a fresh optimiser state: ``main_c.py``
+  also re-initialises (it copies only the channel selection) and builds a
+  new SGD. Where ``e`` lies past a learning-rate drop, ``main_c.py`` starts
+  at the base rate (it only multiplies at the drop epochs it passes); we take
+  the schedule's rate at the step, the same whenever ``e`` precedes the first
+  drop, as in the paper's runs. Tickets of one Early-Bird epoch train as one
+  segment (``checkpoints/retrain_resumed/epoch_<e>``).
+
+A ticket that never emerges is reported without an epoch and retrained from
+the final epoch's mask, from step 0 in both modes (there is no epoch to
+resume at).
 
 Example (Colab):
     >>> from experiments.configs import early_bird_mlp_digits
@@ -31,6 +48,9 @@ import numpy as np
 from ltjax import early_bird, models, plots, results, rng, tree
 from ltjax.studies import common
 
+#: How the tickets are retrained: ``'scratch'`` (full schedule) or ``'resume_schedule'``.
+RETRAIN_MODES = ("scratch", "resume_schedule")
+
 
 def _check_config(config: Any) -> tuple[float, ...]:
     try:
@@ -46,7 +66,30 @@ def _check_config(config: Any) -> tuple[float, ...]:
         raise ValueError(f"config.threshold must be in [0, 1] (the largest mask distance of an "
                          f"emerged ticket), got {config.threshold!r}")
     early_bird.slimming(config.slimming)  # validates the strength
+    if config.get("retrain", "scratch") not in RETRAIN_MODES:
+        raise ValueError(f"config.retrain must be one of {RETRAIN_MODES} ('scratch': the full "
+                         f"schedule; 'resume_schedule': from the Early-Bird epoch on), got "
+                         f"{config.retrain!r}")
     return ratios
+
+
+def retrain_start_epoch(eb_epoch: int | None, mode: str) -> int:
+    """The epoch a ticket's retraining starts at: its Early-Bird epoch when resuming, else 0.
+
+    Args:
+      eb_epoch: the epoch the ticket emerged at (None: it never did).
+      mode: one of :data:`RETRAIN_MODES`.
+
+    Raises:
+      ValueError: ``mode`` not one of :data:`RETRAIN_MODES`.
+
+    Example:
+        >>> retrain_start_epoch(6, "resume_schedule"), retrain_start_epoch(6, "scratch")
+        (6, 0)
+    """
+    if mode not in RETRAIN_MODES:
+        raise ValueError(f"mode must be one of {RETRAIN_MODES}, got {mode!r}")
+    return eb_epoch if mode == "resume_schedule" and eb_epoch is not None else 0
 
 
 @common.study_entry
@@ -57,12 +100,14 @@ def run_early_bird(config: Any, workdir: str | pathlib.Path, *, progress: bool =
     and one ``gammas`` record per epoch and replicate), ``mask_distance.csv``
     (``p, epoch, replicate, distance_to_previous_1 ... _{window-1}``),
     ``results.csv`` (``p, replicate, eb_epoch, kept_channels, eb_test_accuracy,
-    full_test_accuracy, overlap_with_final_mask``; mean and std rows),
+    full_test_accuracy, overlap_with_final_mask``; mean and std rows; the
+    retraining of ``config.retrain='resume_schedule'`` starts at ``eb_epoch``),
     ``plots/early_bird.png`` and ``checkpoints/``.
 
     Raises:
       ValueError: ratios outside (0, 1), a bad window or threshold, a
-        negative slimming strength, a model without BatchNorm (before any work).
+        negative slimming strength, an unknown ``config.retrain``, a model
+        without BatchNorm (before any work).
     """
     ratios = _check_config(config)
 
@@ -126,22 +171,40 @@ def run_early_bird(config: Any, workdir: str | pathlib.Path, *, progress: bool =
             tickets.append({"p": p, "replicate": rep, "eb_epoch": eb, "keep": chosen,
                             "overlap": 1.0 - early_bird.mask_distance(chosen, history[-1])})
 
-    # 3. Retrain every ticket from a fresh init under its channel masks.
+    # 3. Retrain every ticket from a fresh init under its channel masks: from step 0, or
+    # (resume_schedule) from its Early-Bird epoch's step, one segment per start epoch.
+    mode = config.get("retrain", "scratch")
     like = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), executor.abstract_params)
     member_masks = [early_bird.masks_from_channels(like, t["keep"]) for t in tickets]
-    masks = executor.shard(tree.stack(member_masks))
     replicate_of = np.array([t["replicate"] for t in tickets])
     retrain_keys = rng.stream(init_keys, "early_bird_retrain")
-    start = executor.init(retrain_keys[replicate_of], masks)
     tags = [{"p": t["p"], "replicate": t["replicate"]} for t in tickets]
     kept = np.array([float(np.mean(t["keep"])) for t in tickets])
-    final = segment(executor, state=start, masks=masks, noise_keys=noise_keys[replicate_of],
-                    ckpt_dir=workdir / "checkpoints" / "retrain", tags={"branch": "retrain"},
-                    member_tags=tags, densities=kept,
-                    desc=f"retrain {len(tickets)} tickets")
-    metrics = executor.evaluate(final, "test", masks)
+    groups: dict[int, list[int]] = {}
+    for m, t in enumerate(tickets):
+        groups.setdefault(retrain_start_epoch(t["eb_epoch"], mode), []).append(m)
+    accuracy = np.zeros(len(tickets))
+    for start_epoch, members in sorted(groups.items()):
+        index = np.array(members)
+        masks = executor.shard(tree.stack([member_masks[m] for m in members]))
+        start = executor.init(retrain_keys[replicate_of[index]], masks)
+        if mode == "scratch":
+            name, segment_tags, desc = "retrain", {"branch": "retrain"}, (
+                f"retrain {len(members)} tickets")
+        else:  # the schedule (and the batch order) resume at the Early-Bird epoch
+            start = executor.shard(start.replace(
+                step=np.full(len(members), start_epoch * per_epoch, np.int32)))
+            name = f"retrain_resumed/epoch_{start_epoch:04d}"
+            segment_tags = {"branch": "retrain_resumed", "start_epoch": start_epoch}
+            desc = f"retrain {len(members)} tickets from epoch {start_epoch}"
+        final = segment(executor, state=start, masks=masks,
+                        noise_keys=noise_keys[replicate_of[index]],
+                        ckpt_dir=workdir / "checkpoints" / name, tags=segment_tags,
+                        member_tags=[tags[m] for m in members], densities=kept[index],
+                        desc=desc)
+        accuracy[index] = np.asarray(executor.evaluate(final, "test", masks)["accuracy"])
     rows = [{"p": t["p"], "replicate": t["replicate"], "eb_epoch": t["eb_epoch"],
-             "kept_channels": float(kept[m]), "eb_test_accuracy": float(metrics["accuracy"][m]),
+             "kept_channels": float(kept[m]), "eb_test_accuracy": float(accuracy[m]),
              "full_test_accuracy": float(full["accuracy"][t["replicate"]]),
              "overlap_with_final_mask": t["overlap"]} for m, t in enumerate(tickets)]
     rows = rows + common.summarize(rows, by=("p",), fields=(
