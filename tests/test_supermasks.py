@@ -186,7 +186,7 @@ def test_zhou_criteria_keep_each_layers_top_scores(criterion):
     assert np.asarray(masks["Dense_1"]["bias"]).all()
 
 
-def test_zhou_study_evaluates_the_masked_untrained_init(tmp_path):
+def test_zhou_study_evaluates_the_masked_untrained_init(tmp_path, monkeypatch):
     from experiments.configs import imp_lenet_digits
     from ltjax.studies import imp
 
@@ -200,6 +200,14 @@ def test_zhou_study_evaluates_the_masked_untrained_init(tmp_path):
     config.criteria = ("large_final_same_sign",)
     config.densities = (0.3,)
     config.weight_inits = ("init", "signed_constant")
+    evaluated = []  # the stacked params of every evaluate_params call, first the Zhou nets
+    real = executor_lib.Executor.evaluate_params
+
+    def evaluate_params(self, params, batch_stats, split):
+        evaluated.append(jax.tree.map(np.asarray, jax.device_get(params)))
+        return real(self, params, batch_stats, split)
+
+    monkeypatch.setattr(executor_lib.Executor, "evaluate_params", evaluate_params)
     supermask.run_zhou(config, tmp_path / "zhou", progress=False)
     rows = [r for r in results.read_csv(tmp_path / "zhou" / "results.csv")
             if r["replicate"] not in ("mean", "std")]
@@ -211,24 +219,35 @@ def test_zhou_study_evaluates_the_masked_untrained_init(tmp_path):
     x = np.asarray(dataset.test.x, np.float64).reshape(len(dataset.test.y), -1)
     x = (x - np.asarray(dataset.mean, np.float64).reshape(-1)) / np.asarray(
         dataset.std, np.float64).reshape(-1)
-    for rep in range(2):
+    y = np.asarray(dataset.test.y)
+    # The study's grid order: criterion x density x weight init x replicate.
+    members = [(w, r) for w in ("init", "signed_constant") for r in range(2)]
+    for m, (weight_init, rep) in enumerate(members):
         init = jax.tree.map(lambda t, r=rep: np.asarray(t[r], np.float64), start.params)
         trained = jax.tree.map(lambda t, r=rep: np.asarray(t[r], np.float64), final.params)
-        for weight_init in ("init", "signed_constant"):
-            h = x
-            for layer in ("Dense_0", "Dense_1"):
-                i, f = init[layer]["kernel"], trained[layer]["kernel"]
-                score = np.where(np.sign(i) == np.sign(f), np.abs(f), 0.0).ravel()
-                keep = np.zeros(score.size, bool)
-                keep[np.argsort(-score, kind="stable")[: round(0.3 * score.size)]] = True
-                w = i if weight_init == "init" else np.sign(i) * np.sqrt(2 / i.shape[0])
-                h = h @ np.where(keep.reshape(i.shape), w, 0.0) + init[layer]["bias"]
-                if layer == "Dense_0":
-                    h = np.maximum(h, 0)
-            (row,) = [r for r in rows if r["method"] == "zhou" and int(r["replicate"]) == rep
-                      and r["weight_init"] == weight_init]
-            accuracy = np.mean(h.argmax(1) == np.asarray(dataset.test.y))
-            assert float(row["test_accuracy"]) == pytest.approx(accuracy, abs=1.5 / len(h))
+        h = x
+        for layer in ("Dense_0", "Dense_1"):
+            i, f = init[layer]["kernel"], trained[layer]["kernel"]
+            score = np.where(np.sign(i) == np.sign(f), np.abs(f), 0.0).ravel()
+            keep = np.zeros(score.size, bool)
+            keep[np.argsort(-score, kind="stable")[: round(0.3 * score.size)]] = True
+            # Zhou's signed constant (get_init_loss_train_lottery.py --exp signed_constant):
+            # sign(w) * np.std of the layer's initial weights (population std, every entry).
+            w = i if weight_init == "init" else np.sign(i) * np.std(i)
+            kernel = np.where(keep.reshape(i.shape), w, 0.0)
+            np.testing.assert_allclose(evaluated[0][layer]["kernel"][m], kernel, rtol=1e-6)
+            np.testing.assert_array_equal(evaluated[0][layer]["bias"][m], init[layer]["bias"])
+            h = h @ kernel + init[layer]["bias"]
+            if layer == "Dense_0":
+                h = np.maximum(h, 0)
+        (row,) = [r for r in rows if r["method"] == "zhou" and int(r["replicate"]) == rep
+                  and r["weight_init"] == weight_init]
+        assert float(row["test_accuracy"]) == pytest.approx(np.mean(h.argmax(1) == y),
+                                                            abs=1.5 / len(h))
+        # The loss sees the constant's scale (the argmax of this zero-bias ReLU net does not).
+        z = h - h.max(1, keepdims=True)
+        loss = np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y])
+        assert float(row["test_loss"]) == pytest.approx(loss, rel=1e-4)
 
 
 # --------------------------------------------------------------------------- Bernoulli supermask

@@ -113,10 +113,15 @@ def run_zhou(config: Any, workdir: str | pathlib.Path, *, progress: bool = True)
     :func:`ltjax.supermasks.criterion_masks` from replicate r's init and its
     trained dense weights (level 0 of ``config.imp_workdir``, an IMP run of the
     same seed, model and data) are applied to the *init*, and the network is
-    evaluated without any training. Also evaluated: the untrained dense init
-    and the trained dense net. ``results.csv``: ``method, criterion, density,
-    weight_init, replicate, test_accuracy, test_loss`` (mean and std rows);
-    ``plots/supermask.png``.
+    evaluated without any training. The kept weights (``config.weight_inits``)
+    are the init's values (``'init'``) or Zhou's signed constant
+    (``'signed_constant'``: ``sign(w) * std(layer)`` of the init,
+    :func:`ltjax.supermasks.signed_std_constant`, as the reference's
+    ``get_init_loss_train_lottery.py --exp signed_constant``, ``np.std`` of
+    each layer's initial weights; not edge-popup's ``sqrt(2 / fan_in)``).
+    Also evaluated: the untrained dense init and the trained dense net.
+    ``results.csv``: ``method, criterion, density, weight_init, replicate,
+    test_accuracy, test_loss`` (mean and std rows); ``plots/supermask.png``.
 
     Raises:
       ValueError: unknown criteria, densities outside (0, 1], no or an
@@ -158,8 +163,8 @@ def run_zhou(config: Any, workdir: str | pathlib.Path, *, progress: bool = True)
     nets = []
     for c, d, w, r in grid:
         start_r = tree.index(init, r)
-        values = supermasks.signed_constant(start_r, selection) if w == "signed_constant" else (
-            start_r)
+        values = (supermasks.signed_std_constant(start_r, selection)
+                  if w == "signed_constant" else start_r)
         nets.append(masking.apply(values, supermasks.criterion_masks(
             c, start_r, tree.index(trained, r), selection, density=d)))
     stats = jax.device_get(start.batch_stats)
