@@ -17,11 +17,13 @@ with the semantics of their reference code, ganguli-lab/Synaptic-Flow
   conserving synaptic flow", NeurIPS 2020), data-free; by default as
   ranking-safe log scores. Keep the highest.
 - :func:`synflow_prune`: iterative SynFlow, rescoring the masked net each
-  round on the exponential schedule ``density ** (r / rounds)``.
+  round on the exponential schedule ``density ** (r / rounds)``; with
+  ``invert=True``, inverted SynFlow (every round keeps the lowest scores).
 
 Scores are returned for every leaf; the caller's ``prunable`` tree selects
 which are ranked (:func:`ltjax.pruning.prune_to_density`, global scope in the
-paper). The inversion ablation is :func:`ltjax.pruning.inverted_scores`; the
+paper). The inversion ablation is :func:`ltjax.pruning.inverted_scores`
+(SynFlow's: ``synflow_prune(..., invert=True)``); the
 layerwise-shuffle and reinit ablations are
 :func:`ltjax.pruning.random_prune_like` and
 :func:`ltjax.rewinding.rewind` of a fresh init.
@@ -215,7 +217,7 @@ def _masked_synflow(
 def synflow_prune(
     forward_fn: Callable[[PyTree], jax.Array], params: PyTree, prunable: PyTree, *,
     density: float, rounds: int = 100, scope: str = "global", masks: PyTree | None = None,
-    dtype: Any = jnp.float64,
+    dtype: Any = jnp.float64, invert: bool = False,
 ) -> PyTree:
     """Iterative SynFlow: ``rounds`` rounds of scoring the masked net and pruning.
 
@@ -227,6 +229,16 @@ def synflow_prune(
     round's masks, so pruned weights are never revived. The last round keeps
     exactly ``round(density * total)`` (per layer with ``scope='layerwise'``).
     ``rounds=1`` is single-shot SynFlow.
+
+    ``invert=True`` is inverted SynFlow, the ablation of Frankle, Dziugaite,
+    Roy & Carbin 2021 (ICLR): each round negates the scores of the masked net
+    before ranking (:func:`ltjax.pruning.inverted_scores`), so it keeps the
+    *lowest* flow among the surviving weights, as the reference's
+    ``prune.py:prune_loop`` calls ``pruner.invert()`` in every round. Because
+    every round rescores the net the previous round kept, this is not the
+    one-shot inversion of one score (``rounds=1``). A surviving weight whose
+    flow an earlier round cut to zero has the lowest score and is kept
+    first; pruned weights stay pruned.
 
     Runs eagerly: a Python loop over one scoring program, compiled once per
     ``forward_fn`` object and params shapes (reuse the same ``forward_fn`` to
@@ -247,24 +259,29 @@ def synflow_prune(
         all prunable weights, so they must keep at least the first round's
         ``density ** (1 / rounds)``.
       dtype: dtype of the scoring (see :func:`synflow_scores`).
+      invert: keep the lowest scores in every round (inverted SynFlow).
 
     Returns:
       The final masks (bool, structure of ``params``).
 
     Raises:
       ValueError: ``density`` outside (0, 1], ``rounds`` not an int >= 1, a bad
-        ``scope`` or ``dtype``, ``masks`` not matching ``params``, or scores
-        that overflowed even ``dtype``.
+        ``scope`` or ``dtype``, ``invert`` not a bool, ``masks`` not matching
+        ``params``, or scores that overflowed even ``dtype``.
 
     Example:
         >>> forward_fn = lambda p: model.apply({"params": p}, jnp.ones((1, 784)))
         >>> masks = synflow_prune(forward_fn, params, masking.prunable(params), density=0.01)
+        >>> inverted = synflow_prune(forward_fn, params, masking.prunable(params),
+        ...                          density=0.01, invert=True)
     """
     topk.check_share(density, name="density")
     _check_rounds(rounds)
     _check_dtype(dtype)
     if scope not in pruning.SCOPES:
         raise ValueError(f"scope must be one of {pruning.SCOPES}, got {scope!r}")
+    if not isinstance(invert, (bool, np.bool_)):
+        raise ValueError(f"invert must be a bool, got {invert!r}")
     masks = masking.ones_like(params) if masks is None else masks
     masking.check(masks, params)
 
@@ -275,6 +292,8 @@ def synflow_prune(
                 f"synflow scores overflowed {np.dtype(dtype).name} in round {r}: {int(bad)} "
                 "entries are nan or inf; use dtype=jnp.float64 or rescale the weights"
             )
+        if invert:
+            scores = pruning.inverted_scores(scores)
         masks = pruning.prune_to_density(scores, prunable, density=density ** (r / rounds),
                                          scope=scope, masks=masks)
     return masks

@@ -1,13 +1,16 @@
 """The pruning-at-init study: members, masks against NumPy oracles, ablations, resume, bad input."""
 
 import shutil
+import types
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from experiments.configs import prune_at_init_lenet_digits
-from ltjax import checkpoint, masking, results, rng, tree
+from ltjax import checkpoint, masking, results, rng, saliency, tree
 from ltjax.studies import common, prune_at_init
 
 
@@ -50,45 +53,63 @@ def _top_k(scores_by_layer, keep):
     return kept
 
 
-def test_members_masks_and_ablations_match_oracles(study):
+@pytest.fixture(scope="module")
+def members(study):
+    """The study's executor, init, dense net and member masks, read back once."""
+    config, workdir, _ = study
+    _, dataset, _, executor = common.setup(config, workdir)
+    keys = rng.replicate_keys(config.seed, config.num_replicates)
+    state0 = executor.init(rng.init_and_noise(keys)[0])
+    one = jax.tree.map(lambda x: x[0], state0.params)
+    with checkpoint.Checkpointer(workdir / "checkpoints" / "dense") as ckpt:
+        dense, _, _ = ckpt.restore(ckpt.steps()[-1], like_state=state0)
+    rows = [r for r in results.read_csv(workdir / "results.csv")
+            if r["method"] != "dense" and r["replicate"] not in ("mean", "std")]
+    masks, tags = _member_masks(workdir, one, len(rows))
+    selection = masking.prunable(one)
+    return types.SimpleNamespace(
+        dataset=dataset, executor=executor, keys=keys, state0=state0, dense=dense,
+        rows=rows, masks=masks, selection=selection,
+        index={(m["method"], m["ablation"], m["replicate"]): i for i, m in enumerate(tags)},
+        keep=round(0.25 * masking.num_prunable(one, selection)),
+        prunable_leaves=[i for i, s in enumerate(jax.tree.leaves(selection)) if s])
+
+
+def _flat(members, tree_, member=None):
+    """The prunable leaves of ``tree_`` (of stacked ``tree_[member]``) as one flat array."""
+    leaves = jax.tree.leaves(tree_)
+    return np.concatenate([np.asarray(leaves[i] if member is None else leaves[i][member]).ravel()
+                           for i in members.prunable_leaves])
+
+
+def test_members_masks_and_ablations_match_oracles(study, members):
     config, workdir, summary = study
-    rows = results.read_csv(workdir / "results.csv")
-    per_rep = [r for r in rows if r["replicate"] not in ("mean", "std")]
     expected = {(m, a) for m in config.methods
                 for a in prune_at_init.ablations_of(m, config.ablations)}
-    assert {(r["method"], r["ablation"]) for r in per_rep if r["method"] != "dense"} == expected
-    assert ("random", "shuffle") not in expected and ("synflow", "invert") not in expected
+    assert {(r["method"], r["ablation"]) for r in members.rows} == expected
+    assert ("random", "shuffle") not in expected and ("synflow", "invert") in expected
+    assert {a for m, a in expected if m == "lr_rewinding"} == {"none"}
 
-    _, dataset, recipe, executor = common.setup(config, workdir)
-    keys = rng.replicate_keys(config.seed, config.num_replicates)
-    params0 = executor.init(rng.init_and_noise(keys)[0]).params
-    selection = masking.prunable(jax.tree.map(lambda x: x[0], params0))
-    total = masking.num_prunable(jax.tree.map(lambda x: x[0], params0), selection)
-    keep = round(0.25 * total)
-    for r in per_rep:
-        if r["method"] != "dense":  # exact counts
-            assert float(r["kept_density"]) == pytest.approx(keep / total, abs=1e-7)
-
-    masks, members = _member_masks(workdir, jax.tree.map(lambda x: x[0], params0),
-                                   len(per_rep) - config.num_replicates)
-    index = {(m["method"], m["ablation"], m["replicate"]): i for i, m in enumerate(members)}
-    prunable_leaves = [i for i, s in enumerate(jax.tree.leaves(selection)) if s]
+    selection, keep, index = members.selection, members.keep, members.index
+    total = masking.num_prunable(jax.tree.map(lambda x: x[0], members.state0.params), selection)
+    for r in members.rows:  # exact counts
+        assert float(r["kept_density"]) == pytest.approx(keep / total, abs=1e-7)
 
     def flat(tree_, member):
-        leaves = jax.tree.leaves(tree_)
-        return np.concatenate([np.asarray(leaves[i][member]).ravel() for i in prunable_leaves])
+        return _flat(members, tree_, member)
 
     def layer_counts(member):
-        leaves = jax.tree.leaves(masks)
-        return [int(np.asarray(leaves[i][member]).sum()) for i in prunable_leaves]
+        leaves = jax.tree.leaves(members.masks)
+        return [int(np.asarray(leaves[i][member]).sum()) for i in members.prunable_leaves]
 
+    masks, params0 = members.masks, members.state0.params
     for rep in range(config.num_replicates):
         magnitude = np.abs(flat(params0, rep))
         np.testing.assert_array_equal(flat(masks, index["magnitude", "none", rep]),
                                       _top_k([magnitude], keep))
         np.testing.assert_array_equal(flat(masks, index["magnitude", "invert", rep]),
                                       _top_k([-magnitude], keep))
-        for method in ("magnitude", "snip", "grasp", "synflow", "oneshot"):
+        for method in ("magnitude", "snip", "grasp", "grasp_abs", "synflow", "oneshot_lth"):
             base = layer_counts(index[method, "none", rep])
             assert layer_counts(index[method, "shuffle", rep]) == base, method
             np.testing.assert_array_equal(flat(masks, index[method, "reinit", rep]),
@@ -96,19 +117,77 @@ def test_members_masks_and_ablations_match_oracles(study):
             assert not np.array_equal(flat(masks, index[method, "shuffle", rep]),
                                       flat(masks, index[method, "none", rep]))
 
-    # The one-shot ticket: magnitude of the trained dense net (its checkpoint), kept at theta_0.
-    with checkpoint.Checkpointer(workdir / "checkpoints" / "dense") as ckpt:
-        dense, _, _ = ckpt.restore(ckpt.steps()[-1], like_state=executor.init(
-            rng.init_and_noise(keys)[0]))
+    # The one-shot ticket and LR rewinding: magnitude of the trained dense net (its checkpoint).
     for rep in range(config.num_replicates):
-        np.testing.assert_array_equal(flat(masks, index["oneshot", "none", rep]),
-                                      _top_k([np.abs(flat(dense.params, rep))], keep))
+        for method in ("oneshot_lth", "lr_rewinding"):
+            np.testing.assert_array_equal(flat(masks, index[method, "none", rep]),
+                                          _top_k([np.abs(flat(members.dense.params, rep))], keep))
 
     layers = results.read_csv(workdir / "layer_densities.csv")
     assert {r["layer"] for r in layers} == {n for n, s in zip(
         tree.names(selection), jax.tree.leaves(selection), strict=True) if s}
     assert (workdir / "plots" / "prune_at_init.png").exists()
     assert {r["method"] for r in summary["rows"]} == set(config.methods) | {"dense"}
+
+
+def test_score_masks_are_the_saliency_functions_on_the_same_init_and_batch(study, members):
+    """SNIP, GraSP, |GraSP| and SynFlow (and their inversions) as the study wires them, against
+    the saliency functions called directly: the flax model in eval mode, GraSP's temperature
+    and prunable g, the scoring batch of the stream ``score_batch``, SynFlow on ones."""
+    config, _, _ = study
+    dataset, model, selection = members.dataset, members.executor.model, members.selection
+
+    def loss(p, x, y, temperature):
+        logits = model.apply({"params": p}, x, train=False) / temperature
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    @jax.jit
+    def snip_and_grasp(p, x, y):
+        return (saliency.snip_scores(lambda q: loss(q, x, y, 1.0), p),
+                saliency.grasp_scores(lambda q: loss(q, x, y, config.grasp_temperature), p,
+                                      prunable=selection))
+
+    ones = jnp.ones((1, *dataset.input_shape))
+    forward = lambda p: model.apply({"params": p}, ones, train=False)  # noqa: E731
+    batch_keys = rng.stream(members.keys, "score_batch")
+    for rep in range(config.num_replicates):
+        rows = np.asarray(jax.random.choice(batch_keys[rep], len(dataset.train),
+                                            (config.score_examples,), replace=False))
+        x = (dataset.train.x[rows].astype(np.float32) - dataset.mean) / dataset.std
+        p = jax.tree.map(lambda a, rep=rep: a[rep], members.state0.params)
+        snip, grasp = (_flat(members, s) for s in snip_and_grasp(p, x, dataset.train.y[rows]))
+        for method, scores in (("snip", snip), ("grasp", grasp), ("grasp_abs", np.abs(grasp))):
+            for ablation, sign in (("none", 1), ("invert", -1)):
+                np.testing.assert_array_equal(
+                    _flat(members, members.masks, members.index[method, ablation, rep]),
+                    _top_k([sign * scores], members.keep), (method, ablation))
+        for ablation in ("none", "invert"):
+            direct = saliency.synflow_prune(forward, p, selection, density=0.25,
+                                            rounds=config.synflow_rounds, scope=config.scope,
+                                            invert=ablation == "invert")
+            np.testing.assert_array_equal(
+                _flat(members, members.masks, members.index["synflow", ablation, rep]),
+                _flat(members, direct), ablation)
+
+
+def test_lr_rewinding_retrains_the_pruned_trained_weights_from_step_0(study, members):
+    """LR rewinding starts from theta_T masked (its step-0 record is theta_T's), the one-shot
+    ticket from theta_0 with the same mask, and both train the full budget."""
+    config, workdir, _ = study
+    executor, num = members.executor, config.num_replicates
+    lr_members = [members.index["lr_rewinding", "none", r] for r in range(num)]
+    lr_masks = jax.tree.map(lambda x: np.asarray(x)[lr_members], members.masks)
+    end = common.steps(config.training_steps, executor.steps_per_epoch)
+    records = [r for r in results.MetricsLog(workdir / "metrics.jsonl").read()
+               if r.get("split") == "test" and r.get("ablation") == "none"]
+    for method, start in (("lr_rewinding", members.dense), ("oneshot_lth", members.state0)):
+        want = executor.evaluate_params(masking.apply(start.params, lr_masks), start.batch_stats,
+                                        "test")["loss"]
+        for rep in range(num):
+            steps = {r["step"]: r["loss"] for r in records
+                     if r["method"] == method and r["replicate"] == rep}
+            assert min(steps) == 0 and max(steps) == end, method
+            assert steps[0] == pytest.approx(float(want[rep]), rel=1e-5), (method, rep)
 
 
 class _Killed(Exception):
@@ -139,6 +218,8 @@ def test_killed_run_resumes_to_identical_results(study, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("overrides, match", [
     ({"methods": ("snip", "obd")}, "config.methods"),
+    ({"methods": ("oneshot", "snip")}, "'oneshot' is now 'oneshot_lth'"),
+    ({"methods": ("oneshot", "obd")}, r"unknown: \['oneshot', 'obd'\]"),
     ({"ablations": ("shuffle",)}, "include 'none'"),
     ({"densities": (0.1, 0.0)}, "config.densities"),
     ({"densities": (1.5,)}, "config.densities"),

@@ -301,3 +301,46 @@ def test_inverted_scores_keep_the_lowest_even_when_signed():
     reciprocal = jax.tree.map(lambda s: 1 / s, scores)
     assert not np.array_equal(np.concatenate([m.ravel() for m in _top_k_masks(reciprocal, k)]),
                               kept)
+
+
+def _inverted_synflow_oracle(params, density, rounds):
+    """Inverted iterative SynFlow in NumPy: each round keeps the lowest closed-form flow of the
+    surviving weights (equal scores: the later position kept, as pruning's ties)."""
+    alive = [np.ones(x.shape, bool) for x in _leaves(params)]
+    total = sum(a.size for a in alive)
+    history = []
+    for r in range(1, rounds + 1):
+        masked = {f"Dense_{i}": {"kernel": np.where(a, params[f"Dense_{i}"]["kernel"], 0)}
+                  for i, a in enumerate(alive)}
+        flat = np.concatenate([s.ravel() for s in _leaves(_synflow_oracle(masked)[0])])
+        live = np.concatenate([a.ravel() for a in alive])
+        keep = round(density ** (r / rounds) * total)
+        order = [i for i in np.lexsort((np.arange(flat.size), -flat)) if live[i]]
+        kept = np.zeros(flat.size, bool)
+        kept[order[len(order) - keep:]] = True  # the lowest flow, the later position on ties
+        alive, start = [], 0
+        for s in _leaves(params):
+            alive.append(kept[start:start + s.size].reshape(s.shape))
+            start += s.size
+        history.append(alive)
+    return history
+
+
+def test_inverted_synflow_keeps_the_lowest_flow_in_every_round():
+    params = _mlp_params(SIZES, seed=13)
+    selection = masking.prunable(params)
+    density, rounds = 0.3, 4
+    history = _inverted_synflow_oracle(params, density, rounds)
+    masks = saliency.synflow_prune(FORWARD, params, selection, density=density, rounds=rounds,
+                                   invert=True)
+    _assert_masks(masks, history[-1])
+    total = sum(x.size for x in _leaves(params))
+    assert int(masking.num_kept(masks, selection)) == round(density * total)
+    # Every round rescores the net the previous one kept: not the one-shot inversion.
+    one_shot = saliency.synflow_prune(FORWARD, params, selection, density=density, rounds=1,
+                                      invert=True)
+    (single,) = _inverted_synflow_oracle(params, density, 1)
+    _assert_masks(one_shot, single)
+    assert not all(np.array_equal(a, b) for a, b in zip(history[-1], single, strict=True))
+    with pytest.raises(ValueError, match="invert"):
+        saliency.synflow_prune(FORWARD, params, selection, density=0.5, invert="yes")

@@ -31,7 +31,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint_every = "625it"
     config.max_checkpoints = 1
     config.densities = (0.1, 0.032, 0.01)
-    config.methods = ("magnitude", "snip", "grasp", "synflow", "random", "oneshot")
+    config.methods = ("magnitude", "snip", "grasp", "grasp_abs", "synflow", "random",
+                      "oneshot_lth", "lr_rewinding")
     config.ablations = ("none", "shuffle", "reinit", "invert")
     config.scope = "global"
     config.score_examples = 100

@@ -6,17 +6,25 @@ masks found at initialisation carry more than their per-layer densities. For
 each method, density and ablation, replicate r's mask is computed from its
 initialisation theta_0 and the masked net is trained from theta_0:
 
-============== ==============================================================
-``magnitude``  ``|theta_0|`` (magnitude at init)
-``snip``       ``|theta_0 * dL/dtheta|`` on ``score_examples`` training examples
-``grasp``      ``theta_0 * Hg`` (logits / ``grasp_temperature``), prunable ``g``
-``synflow``    iterative SynFlow, ``synflow_rounds`` rounds, data-free
-``random``     uniform random scores, global (each layer about ``density``)
-``oneshot``    magnitude of the dense net trained to the end, reset to theta_0
-               (the one-shot ticket of Frankle et al. 2021, "magnitude after
-               training")
-``imp``        the IMP ticket of ``imp_workdir`` at the level nearest each density
-============== ==============================================================
+================ ============================================================
+``magnitude``    ``|theta_0|`` (magnitude at init)
+``snip``         ``|theta_0 * dL/dtheta|`` on ``score_examples`` training examples
+``grasp``        ``theta_0 * Hg`` (logits / ``grasp_temperature``), prunable ``g``
+``grasp_abs``    ``|theta_0 * Hg|`` (same ``Hg``), keep the highest: the
+                 ``|GraSP|`` variant that the paper recommends over GraSP
+``synflow``      iterative SynFlow, ``synflow_rounds`` rounds, data-free
+``random``       uniform random scores, global (each layer about ``density``)
+``oneshot_lth``  one-shot lottery ticket with rewinding to k = 0: the mask of
+                 the magnitudes of the dense net trained to the end, trained
+                 from theta_0 (older results, e.g.
+                 ``docs/results/prune_at_init_lenet_mnist``, call it ``oneshot``)
+``lr_rewinding`` magnitude pruning *after* training: the same mask on the
+                 trained weights theta_T, retrained for the full budget with
+                 the original learning-rate schedule from step 0 and a fresh
+                 optimiser (Renda, Frankle & Carbin 2020's learning-rate
+                 rewinding; the paper's post-training baseline)
+``imp``          the IMP ticket of ``imp_workdir`` at the level nearest each density
+================ ============================================================
 
 All scores are taken in eval mode, in global scope (``config.scope``), with
 exact counts and deterministic ties (:func:`ltjax.pruning.prune_to_density`;
@@ -27,12 +35,18 @@ ablations (``config.ablations``):
 ``none``     the mask as pruned, theta_0
 ``shuffle``  the mask shuffled within each layer (same per-layer counts), theta_0
 ``reinit``   the mask with a new initialisation (named stream ``reinit``)
-``invert``   the lowest scores kept (score negation; magnitude, SNIP, GraSP)
+``invert``   the lowest scores kept (score negation; SynFlow: in every round)
 ============ ==================================================================
 
-``random`` has only ``none``; ``invert`` is defined for the score-at-init
-methods except SynFlow (whose iterative rounds rescore the kept net: the
-paper's inversion of SynFlow is not an ordering of one score). The scoring
+``random`` and ``lr_rewinding`` have only ``none`` (``lr_rewinding``'s mask
+is ``oneshot_lth``'s, so its reinit would be ``oneshot_lth``'s); ``invert``
+is defined for the score-at-init methods (magnitude, SNIP, GraSP, ``|GraSP|``,
+SynFlow), not for ``oneshot_lth`` or ``imp``. Inverted SynFlow negates the
+scores in each of the ``synflow_rounds`` rounds before ranking
+(:func:`ltjax.saliency.synflow_prune` with ``invert=True``), as the reference
+(``prune.py:prune_loop`` calls ``pruner.invert()`` every round): each round
+keeps the lowest flow of the net that the previous round kept, which is not
+the one-shot inversion of one score. The scoring
 batch of replicate r is ``score_examples`` training examples drawn by its
 named stream ``score_batch`` (the reference draws a random, not class-balanced,
 subset of ``10 * classes`` examples).
@@ -40,8 +54,8 @@ subset of ``10 * classes`` examples).
 Every member of replicate r reads replicate r's data order (its ``noise``
 key), so the methods differ only in their masks and initial weights. All
 members of one density grid are one program (``config.densities`` x methods x
-ablations x replicates), one checkpoint folder; the dense run that the
-one-shot ticket prunes is its own program.
+ablations x replicates), one checkpoint folder; the dense run that
+``oneshot_lth`` and ``lr_rewinding`` prune is its own program.
 
 Example (Colab):
     >>> from experiments.configs import prune_at_init_lenet_digits
@@ -61,9 +75,12 @@ import numpy as np
 from ltjax import data, masking, plots, pruning, results, rng, saliency, train, tree
 from ltjax.studies import common, imp_runs
 
-METHODS = ("magnitude", "snip", "grasp", "synflow", "random", "oneshot", "imp")
+# New methods go at the end: a method's index salts its shuffle ablation's key.
+METHODS = ("magnitude", "snip", "grasp", "synflow", "random", "oneshot_lth", "imp",
+           "lr_rewinding", "grasp_abs")
 ABLATIONS = ("none", "shuffle", "reinit", "invert")
-_INVERTIBLE = ("magnitude", "snip", "grasp")
+_INVERTIBLE = ("magnitude", "snip", "grasp", "grasp_abs", "synflow")
+_NONE_ONLY = ("random", "lr_rewinding")
 
 
 def ablations_of(method: str, ablations: tuple[str, ...]) -> tuple[str, ...]:
@@ -72,14 +89,25 @@ def ablations_of(method: str, ablations: tuple[str, ...]) -> tuple[str, ...]:
     Example:
         >>> ablations_of("random", ("none", "shuffle"))
         ('none',)
+        >>> ablations_of("synflow", ("none", "invert"))
+        ('none', 'invert')
     """
-    if method == "random":
+    if method in _NONE_ONLY:
         return tuple(a for a in ablations if a == "none")
     return tuple(a for a in ablations if a != "invert" or method in _INVERTIBLE)
 
 
 def _check_config(config: Any) -> tuple[tuple[str, ...], tuple[str, ...], tuple[float, ...]]:
-    methods = common.names_of(config.methods, field="methods", allowed=METHODS)
+    try:
+        methods = common.names_of(config.methods, field="methods", allowed=METHODS)
+    except ValueError as error:
+        try:  # the only unknown name is the old one: say what it became
+            common.names_of(config.methods, field="methods", allowed=(*METHODS, "oneshot"))
+        except ValueError:
+            raise error from None
+        raise ValueError("config.methods: 'oneshot' is now 'oneshot_lth' (the one-shot ticket "
+                         "reset to theta_0, k = 0); magnitude pruning after training is "
+                         "'lr_rewinding'") from None
     ablations = common.names_of(config.ablations, field="ablations", allowed=ABLATIONS)
     if not methods:
         raise ValueError("config.methods must name at least one method")
@@ -169,7 +197,8 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
       the std rows in the same order, and the number of replicates.
 
     Raises:
-      ValueError: unknown methods or ablations, densities outside (0, 1],
+      ValueError: unknown methods or ablations (the former ``oneshot`` is named
+        with its new name ``oneshot_lth``), densities outside (0, 1],
         ``score_examples`` or ``synflow_rounds`` below 1, method ``imp``
         without a compatible ``imp_workdir`` (all before any work).
     """
@@ -203,7 +232,7 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
     batch_stats0 = state0.batch_stats
     rows: list[dict] = []
 
-    # The dense net: the one-shot ticket's source, and the reference accuracy.
+    # The dense net: the source of oneshot_lth and lr_rewinding, and the reference accuracy.
     dense = segment(executor, state=state0, masks=None, noise_keys=noise_keys,
                     ckpt_dir=workdir / "checkpoints" / "dense",
                     tags=common.member_tags_of([{"method": "dense", "density": 1.0,
@@ -228,11 +257,14 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
             grasp = saliency.grasp_scores(
                 lambda q: _loss(model, q, b, xb, yb, config.grasp_temperature), p,
                 prunable=selection)
-            return {"magnitude": pruning.magnitude_scores(p), "snip": snip, "grasp": grasp}
+            return {"magnitude": pruning.magnitude_scores(p), "snip": snip, "grasp": grasp,
+                    "grasp_abs": jax.tree.map(jnp.abs, grasp)}
         return jax.vmap(one)(params, batch_stats, x, y)
 
     scores = scores_at_init(params0, batch_stats0, score_x, score_y)
-    scores["oneshot"] = jax.vmap(pruning.magnitude_scores)(dense.params)
+    # After training: one mask, from theta_0 (the one-shot ticket) or theta_T (LR rewinding).
+    scores["oneshot_lth"] = jax.vmap(pruning.magnitude_scores)(dense.params)
+    scores["lr_rewinding"] = scores["oneshot_lth"]
 
     @functools.partial(jax.jit, static_argnames=("density",))
     def prune_all(stacked_scores, density):
@@ -249,21 +281,24 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
                                                             batch_stats0), ones)
                        for r in range(num)]
 
+    def synflow_masks(density: float, invert: bool) -> Any:
+        """Replicate-stacked iterative SynFlow masks (``invert``: every round inverted)."""
+        return tree.stack([
+            saliency.synflow_prune(synflow_forward[r], jax.tree.map(lambda x, r=r: x[r], params0),
+                                   selection, density=density, rounds=config.synflow_rounds,
+                                   scope=config.scope, invert=invert)
+            for r in range(num)])
+
     def base_masks(method: str, d_index: int, density: float) -> Any:
         """Replicate-stacked masks of one method at one density."""
-        if method in ("magnitude", "snip", "grasp", "oneshot"):
+        if method in scores:
             return prune_all(scores[method], density)
         if method == "random":
             level_keys = jax.vmap(lambda k: jax.random.fold_in(k, d_index))(
                 rng.stream(keys, "random_prune"))
             return prune_all(jax.vmap(pruning.random_scores)(level_keys, params0), density)
         if method == "synflow":
-            return tree.stack([
-                saliency.synflow_prune(synflow_forward[r], jax.tree.map(lambda x, r=r: x[r],
-                                                                        params0),
-                                       selection, density=density, rounds=config.synflow_rounds,
-                                       scope=config.scope)
-                for r in range(num)])
+            return synflow_masks(density, invert=False)
         return jax.tree.map(jnp.asarray, imp_masks[density])
 
     # Every (density, method, ablation) x replicate is a member: masks and start params.
@@ -278,24 +313,30 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
                     salt = 1000 * METHODS.index(method) + d_index
                     amasks = shuffled(jax.vmap(lambda k, s=salt: jax.random.fold_in(k, s))(
                         rng.stream(keys, "shuffle")), masks)
+                elif ablation == "invert" and method == "synflow":
+                    amasks = synflow_masks(density, invert=True)
                 elif ablation == "invert":
                     amasks = prune_all(pruning.inverted_scores(scores[method]), density)
                 else:
                     amasks = masks
                 member_masks.append(amasks)
-                member_sources.append("reinit" if ablation == "reinit" else "init")
+                member_sources.append("reinit" if ablation == "reinit" else
+                                      "trained" if method == "lr_rewinding" else "init")
                 member_tags += [{"method": method, "density": density, "ablation": ablation,
                                  "replicate": r} for r in range(num)]
                 layer_rows += _layer_densities(amasks, selection, method, density, ablation)
 
+    # Every member starts at step 0 with a fresh optimiser: from theta_0, a new init, or
+    # (lr_rewinding) the trained theta_T with its batch statistics, the schedule rewound.
     stacked_masks = executor.shard(tree.concat(member_masks))
-    start = executor.shard(tree.concat([params0 if s == "init" else reinit_params
-                                        for s in member_sources]))
+    start_params = {"init": params0, "reinit": reinit_params, "trained": dense.params}
+    start_stats = {"init": batch_stats0, "reinit": batch_stats0, "trained": dense.batch_stats}
+    start = executor.shard(tree.concat([start_params[s] for s in member_sources]))
     start = masking.apply(start, stacked_masks)
     replicate_of = np.array([t["replicate"] for t in member_tags])
     members = state0.replace(
         step=jnp.zeros(len(member_tags), jnp.int32), params=start,
-        batch_stats=jax.tree.map(lambda x: x[replicate_of], batch_stats0),
+        batch_stats=tree.concat([start_stats[s] for s in member_sources]),
         opt_state=executor.fresh_opt_state(start))
     kept = np.asarray(jax.vmap(lambda m: masking.density(m, selection))(stacked_masks))
     final = segment(executor, state=executor.shard(members), masks=stacked_masks,
