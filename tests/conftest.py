@@ -146,3 +146,20 @@ def pytest_pyfunc_call(pyfuncitem):
         pytest.fail(f"under XLA:CPU's default emitters (subprocess):\n{proc.stdout[-6000:]}"
                     f"{proc.stderr[-2000:]}", pytrace=False)
     return True
+
+
+#: The slowest test files, longest first (``--durations`` of a CI run): pytest-xdist hands
+#: out whole files in collection order (``--dist loadfile``), so starting the long ones first
+#: keeps one worker from running a long file alone at the end.
+SLOW_FILES_FIRST = (
+    "test_distributed.py", "test_train.py", "test_grokking_tickets.py", "test_early_phase.py",
+    "test_imp.py", "test_transition.py", "test_prune_at_init.py", "test_stability.py",
+    "test_studies.py", "test_invariants.py", "test_matching.py", "test_supermasks.py",
+    "test_notebook.py", "test_bn_only.py", "test_telemetry.py", "test_configs.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Order the files longest first (:data:`SLOW_FILES_FIRST`), the rest as collected."""
+    rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
