@@ -17,7 +17,7 @@ One step's update is :func:`make_optimizer`'s chain:
    ``optax.set_to_zero()`` (no decay); the others coupled decay
    (``g + wd * w``, torch's ``weight_decay``, what OpenLTH uses), the
    optimiser's direction (SGD, heavy-ball or Nesterov momentum in torch's
-   convention ``v = mu v + g``, Adam), decoupled decay (``+ wd * w`` after the
+   convention ``v = mu v + g``, Adam, RMSProp), decoupled decay (``+ wd * w`` after the
    direction: AdamW / SGDW as torch and optax scale it, by the learning rate),
    then ``-lr``;
 3. the updates of pruned weights set to zero again (a momentum buffer from
@@ -51,7 +51,11 @@ from ltjax import tree
 
 PyTree = Any
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+#: ``torch.optim.RMSprop``'s defaults: the squared-gradient average's decay
+#: (torch's ``alpha``) and the ``eps`` added *outside* the square root.
+RMSPROP_DECAY = 0.99
+RMSPROP_EPS = 1e-8
 SCHEDULES = ("step", "cosine")
 DECAY_MODES = ("coupled", "decoupled")
 #: The label of leaves that are never updated (``optax.set_to_zero()``, no decay).
@@ -69,10 +73,14 @@ class Recipe:
 
     Attributes:
       optimizer: ``'sgd'`` (with ``momentum`` > 0: heavy-ball, torch's
-        convention ``v = mu v + g``), ``'adam'`` or ``'adamw'`` (Adam with
-        decoupled weight decay, Loshchilov & Hutter 2019).
+        convention ``v = mu v + g``), ``'adam'``, ``'adamw'`` (Adam with
+        decoupled weight decay, Loshchilov & Hutter 2019) or ``'rmsprop'``
+        (``torch.optim.RMSprop`` with its defaults: ``nu = 0.99 nu +
+        0.01 g^2`` from ``nu = 0``, direction ``g / (sqrt(nu) + 1e-8)``, no
+        bias correction, not centered; with ``momentum`` > 0 the direction
+        goes through torch's buffer ``b = mu b + g / (sqrt(nu) + eps)``).
       learning_rate: the peak learning rate.
-      momentum: SGD momentum (ignored by Adam).
+      momentum: SGD and RMSProp momentum (ignored by Adam).
       nesterov: Nesterov momentum for SGD.
       weight_decay: the decay coefficient (see ``weight_decay_mode``).
       weight_decay_mode: ``'coupled'`` (added to the gradient before the
@@ -98,6 +106,7 @@ class Recipe:
         ...        weight_decay=1e-4, lr_drop_steps=(32000, 48000), batch_size=128)
         >>> Recipe(optimizer="adamw", learning_rate=3e-4, weight_decay=0.05,
         ...        schedule="cosine", warmup_steps=500, total_steps=10000)
+        >>> Recipe(optimizer="rmsprop", learning_rate=1e-4)   # SupSup's PermutedMNIST
     """
 
     optimizer: str = "sgd"
@@ -300,7 +309,12 @@ def masked(inner: optax.GradientTransformation,
 
 def direction(recipe: Recipe, weight_decay: jax.Array | float | None = None,
               ) -> optax.GradientTransformation:
-    """The optimiser's update direction (no learning rate): decay + SGD/momentum/Adam.
+    """The optimiser's update direction (no learning rate): decay + SGD/momentum/Adam/RMSProp.
+
+    RMSProp is ``optax.scale_by_rms(decay=RMSPROP_DECAY, eps=RMSPROP_EPS,
+    eps_in_sqrt=False)``: torch's ``g / (sqrt(nu) + eps)``; optax's own
+    default (``eps_in_sqrt=True``, decay 0.9) is ``g / sqrt(nu + eps)``, which
+    differs most on the first steps of small gradients.
 
     Args:
       recipe: the optimiser, momentum and decay mode.
@@ -312,6 +326,10 @@ def direction(recipe: Recipe, weight_decay: jax.Array | float | None = None,
     decay = optax.add_decayed_weights(wd)
     if recipe.optimizer in ("adam", "adamw"):
         base = optax.scale_by_adam()
+    elif recipe.optimizer == "rmsprop":
+        base = optax.scale_by_rms(decay=RMSPROP_DECAY, eps=RMSPROP_EPS, eps_in_sqrt=False)
+        if recipe.momentum:
+            base = optax.chain(base, optax.trace(decay=recipe.momentum))
     elif recipe.momentum:
         base = optax.trace(decay=recipe.momentum, nesterov=recipe.nesterov)
     else:  # plain SGD: an explicit identity (optax.chain() of nothing cannot update)

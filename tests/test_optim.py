@@ -36,10 +36,14 @@ def _recipe(optimizer, mode, kind, **kw):
 
 
 def _oracle(recipe, kind, p0, grads, masks):
-    """Float64 NumPy: coupled decay, direction, decoupled decay, minus lr; pruned held at 0."""
+    """Float64 NumPy: coupled decay, direction, decoupled decay, minus lr; pruned held at 0.
+
+    RMSProp as ``torch.optim.RMSprop``'s step written out (defaults alpha 0.99,
+    eps 1e-8 added to the square root, buffer ``b = mu b + g / avg``)."""
     p = np.where(masks, p0, 0.0).astype(np.float64)
     m = np.zeros_like(p)
     v = np.zeros_like(p)
+    b = np.zeros_like(p)
     out = []
     for t, g in enumerate(grads):
         g = np.where(masks, g, 0.0).astype(np.float64)
@@ -50,6 +54,12 @@ def _oracle(recipe, kind, p0, grads, masks):
             m = 0.9 * m + 0.1 * g
             v = 0.999 * v + 0.001 * g * g
             d = (m / (1 - 0.9 ** (t + 1))) / (np.sqrt(v / (1 - 0.999 ** (t + 1))) + 1e-8)
+        elif recipe.optimizer == "rmsprop":
+            v = 0.99 * v + 0.01 * g * g
+            d = g / (np.sqrt(v) + 1e-8)
+            if recipe.momentum:
+                b = recipe.momentum * b + d
+                d = b
         elif recipe.momentum:
             m = recipe.momentum * m + g
             d = g + recipe.momentum * m if recipe.nesterov else m
@@ -65,14 +75,15 @@ def _oracle(recipe, kind, p0, grads, masks):
 CASES = [(o, mode, kind) for (o, mode), kind in itertools.product(
     [("sgd", "coupled"), ("sgd", "decoupled"), ("sgd_momentum", "coupled"),
      ("sgd_nesterov", "coupled"), ("sgd_momentum", "decoupled"), ("adam", "coupled"),
-     ("adam", "decoupled"), ("adamw", None)],
+     ("adam", "decoupled"), ("adamw", None), ("rmsprop", "coupled"),
+     ("rmsprop", "decoupled"), ("rmsprop_momentum", "coupled")],
     ["constant", "drops", "warmup", "cosine"])]
 
 
 @pytest.mark.parametrize("name,mode,kind", CASES)
 def test_first_steps_match_numpy(name, mode, kind):
-    optimizer = "sgd" if name.startswith("sgd") else name
-    extra = {"sgd_momentum": dict(momentum=0.9),
+    optimizer = name.split("_")[0]
+    extra = {"sgd_momentum": dict(momentum=0.9), "rmsprop_momentum": dict(momentum=0.9),
              "sgd_nesterov": dict(momentum=0.9, nesterov=True)}.get(name, {})
     recipe = _recipe(optimizer, mode, kind, **extra)
     rs = np.random.default_rng(0)
@@ -200,3 +211,17 @@ def test_momentum_from_dense_training_does_not_revive_pruned_weights():
         ref_p = ref_p - 0.1 * step
         np.testing.assert_allclose(params["w"], ref_p, rtol=1e-5, atol=1e-7)
     assert np.all(np.asarray(params["w"])[~masks] == 0.0)
+
+
+def test_rmsprop_is_torchs_eps_outside_the_root_not_optax_default():
+    """First RMSProp step of a tiny gradient, by hand: torch's ``g / (sqrt(0.01 g^2) + eps)``
+    is ~10 (the ~10x first step of RMSProp); optax's default ``g / sqrt(0.1 g^2 + eps)``
+    is ~0.03 for g = 1e-5."""
+    recipe = optim.Recipe(optimizer="rmsprop", learning_rate=1.0)
+    params = {"w": jnp.zeros(2)}
+    g = np.array([1e-5, -3.0], np.float32)
+    tx = optim.make_optimizer(recipe)
+    updates, _ = tx.update({"w": jnp.asarray(g)}, tx.init(params), params)
+    want = -g / (np.sqrt(0.01 * g.astype(np.float64) ** 2) + 1e-8)
+    np.testing.assert_allclose(updates["w"], want, rtol=1e-5)
+    assert abs(float(updates["w"][0])) > 9.0
