@@ -93,7 +93,9 @@ if "LTJAX_TEST_CACHE_DIR" not in os.environ:
 # Every program, however quick to compile: the suite's tests build the same small programs
 # again and again in new executors (model inits, eval and step programs, eager ops), and most
 # compile in under the users' 0.5 s threshold (test_stability + test_studies: 68 -> 52 s CPU).
-_CACHE = use_compilation_cache(os.environ["LTJAX_TEST_CACHE_DIR"], min_compile_seconds=0)
+# The experiments the tests start as subprocesses (several processes, the CLI) read the same.
+os.environ["LTJAX_COMPILATION_CACHE_MIN_SECONDS"] = "0"
+_CACHE = use_compilation_cache(os.environ["LTJAX_TEST_CACHE_DIR"])
 
 _SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
 if "LTJAX_DATA_DIR" not in os.environ and _SHARED.is_dir():
