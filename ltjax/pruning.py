@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import fractions
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -335,3 +335,183 @@ def random_prune_like(
         >>> control = random_prune_like(key, ticket_masks, selection, scope="layerwise")
     """
     return prune_to_match(random_scores(key, masks), masks, prunable, scope=scope)
+
+
+#: The keep ratio of the last layer in Su et al. 2020's random tickets (the reference's
+#: ``--linear_keep_ratio`` default).
+SMART_RATIO_LAST_DENSITY = 0.3
+
+
+def _smart_ratio_fractions(sizes: Sequence[int], density: Any,
+                           last_density: Any) -> list[fractions.Fraction]:
+    """The smart-ratio keep ratios as exact fractions (:func:`smart_ratio_densities`)."""
+    sizes = [int(n) for n in sizes]
+    if len(sizes) < 2 or any(n < 1 for n in sizes):
+        raise ValueError(f"sizes must list at least two layers of >= 1 weight, got {sizes}")
+    topk.check_share(density, name="density")
+    topk.check_share(last_density, name="last_density")
+    d, q = topk.rational(density), topk.rational(last_density)
+    depth, total = len(sizes), sum(sizes)
+    rest = d * total - q * sizes[-1]  # what the layers before the last keep together
+    if rest <= 0 or rest > sum(sizes[:-1]):
+        low = q * sizes[-1] / total
+        high = (sum(sizes[:-1]) + q * sizes[-1]) / total
+        raise ValueError(
+            f"density={density} is outside the smart ratio's range ({float(low):.6g}, "
+            f"{float(high):.6g}] for these layers: the last layer keeps "
+            f"last_density={last_density} of its {sizes[-1]} weights and the others at most all")
+    # Su et al. 2020's smart ratio: layer l = 1..L-1 keeps c * ((L-l+1)^2 + (L-l+1)).
+    weight = [(depth - layer + 1) ** 2 + (depth - layer + 1) for layer in range(1, depth)]
+    dense: set[int] = set()  # layers clipped at keep ratio 1
+    c = fractions.Fraction(0)
+    while free := [i for i in range(depth - 1) if i not in dense]:
+        c = (rest - sum(sizes[i] for i in dense)) / sum(weight[i] * sizes[i] for i in free)
+        over = {i for i in free if c * weight[i] > 1}
+        if not over:
+            break
+        dense |= over
+    return [fractions.Fraction(1) if i in dense else c * weight[i]
+            for i in range(depth - 1)] + [q]
+
+
+def smart_ratio_densities(sizes: Sequence[int], density: float, *,
+                          last_density: float = SMART_RATIO_LAST_DENSITY) -> tuple[float, ...]:
+    """Su et al. 2020's "smart ratio" keep ratios of ``L`` layers, input layer first.
+
+    Su, Chen, Cai, Wu, Gao, Wang & Lee 2020 ("Sanity-Checking Pruning Methods:
+    Random Tickets can Win the Jackpot", NeurIPS 2020, "random tickets";
+    reference ``JingtongSu/sanity-checking-pruning``, ``pruner/SmartRatio.py``):
+    layer ``l = 1..L-1`` keeps ``p_l = c * ((L - l + 1)**2 + (L - l + 1))``, a
+    keep ratio that decreases quadratically with depth, and the last layer
+    keeps ``last_density`` (the reference's ``linear_keep_ratio``, 0.3). ``c``
+    is solved so that ``sum(p_l * n_l) == density * sum(n_l)`` exactly (in
+    rational arithmetic, :func:`ltjax.topk.rational`). A layer whose ratio
+    would pass 1 keeps all its weights and ``c`` is solved again over the
+    others, so the total stays exact; the reference clips such layers at 1
+    and loses their surplus (its redistribution loop breaks before it runs),
+    so at high densities its total falls short of the target.
+
+    The reference's nets (VGG, ResNet) have convolutions and one linear
+    classifier, which it keeps at 0.3; here the last layer in ``sizes`` plays
+    the classifier and every other layer (the hidden dense layers of LeNet or
+    an MLP) follows the quadratic. The reference's ratio for VGG is further
+    divided by ``l**2`` (its ``args.arch != 'resnet'`` branch); that variant
+    is not offered.
+
+    Args:
+      sizes: the number of weights of each prunable layer, in forward order
+        (:func:`forward_order`); at least two layers.
+      density: the kept share of all ``sum(sizes)`` weights, in (0, 1].
+      last_density: the keep ratio of the last layer, in (0, 1].
+
+    Returns:
+      The keep ratio of each layer, in the order of ``sizes``.
+
+    Raises:
+      ValueError: fewer than two layers, a density or last_density outside
+        (0, 1], or a density the ratios cannot reach (the last layer alone
+        keeps more, or the others would need more than all their weights).
+
+    Example:
+        >>> [round(p, 4) for p in smart_ratio_densities([235200, 30000, 1000], 0.1)]
+        [0.1052, 0.0526, 0.3]
+    """
+    return tuple(float(p) for p in _smart_ratio_fractions(sizes, density, last_density))
+
+
+def _apportion(targets: Sequence[fractions.Fraction], total: int) -> list[int]:
+    """Whole counts summing to ``total``, each the floor or ceiling of its exact target.
+
+    Largest remainders (Hamilton): the floors, then one more for the largest
+    fractional parts, ties to the earlier layer.
+    """
+    floors = [int(t // 1) for t in targets]
+    order = sorted(range(len(targets)), key=lambda i: (-(targets[i] - floors[i]), i))
+    for i in order[:total - sum(floors)]:
+        floors[i] += 1
+    return floors
+
+
+def forward_order(forward_fn: Callable[[PyTree], Any], params: PyTree,
+                  prunable: PyTree) -> tuple[str, ...]:
+    """The prunable leaves' names in the order the forward pass first uses them.
+
+    Read from the jaxpr of ``forward_fn(params)`` (no computation): a leaf
+    comes before another when the first operation that reads it does.
+    Depth order for the bundled models, which leaf order (by name) is not,
+    e.g. ResNet's stem ``conv_init`` sorts after its ``Block_*``.
+
+    Args:
+      forward_fn: ``params -> output``, closed over the input and the model.
+      params: the params (arrays or ``jax.ShapeDtypeStruct``), unstacked.
+      prunable: static bool tree (:func:`ltjax.masking.prunable`).
+
+    Raises:
+      ValueError: a prunable leaf that ``forward_fn`` never reads (named).
+
+    Example:
+        >>> forward_order(lambda p: model.apply({"params": p}, x), params, selection)
+        ('Dense_0/kernel', 'Dense_1/kernel', 'Dense_2/kernel')
+    """
+    jaxpr = jax.make_jaxpr(forward_fn)(params).jaxpr
+    position = {id(v): i for i, v in enumerate(jaxpr.invars)}
+    first: dict[int, int] = {}
+    for step, eqn in enumerate(jaxpr.eqns):
+        for v in eqn.invars:
+            first.setdefault(position.get(id(v), -1), step)
+    names = tree.names(params)
+    selected = [i for i, s in enumerate(jax.tree.leaves(prunable)) if s]
+    unused = [names[i] for i in selected if i not in first]
+    if unused:
+        raise ValueError(f"forward_fn never reads the prunable leaves {unused}")
+    return tuple(names[i] for i in sorted(selected, key=lambda i: (first[i], i)))
+
+
+def smart_ratio_prune(
+    key: jax.Array, params: PyTree, prunable: PyTree, *, density: float,
+    layers: Sequence[str], last_density: float = SMART_RATIO_LAST_DENSITY,
+) -> PyTree:
+    """Su et al. 2020's random ticket: random masks with the smart-ratio count of each layer.
+
+    Each prunable layer keeps a uniformly random subset of its weights, of the
+    size its keep ratio of :func:`smart_ratio_densities` gives; the counts add
+    up to ``round(density * total)`` exactly (ties to even, as
+    :func:`prune_to_density`), each the floor or the ceiling of its exact
+    target (largest remainders). The positions are those of
+    :func:`random_prune_like` (layerwise) of a mask with those counts, as the
+    reference sets the first ``num_keep`` entries and permutes them.
+
+    Args:
+      key: a JAX key (the draw of the positions).
+      params: the params (or masks) whose prunable leaves' shapes are pruned.
+      prunable: static bool tree (:func:`ltjax.masking.prunable`).
+      density: the kept share of all prunable weights.
+      layers: the prunable leaves' names in forward order
+        (:func:`forward_order`); the last one keeps ``last_density``.
+      last_density: the last layer's keep ratio.
+
+    Returns:
+      Masks of the structure of ``params``; leaves outside ``prunable`` all-True.
+
+    Raises:
+      ValueError: ``layers`` not the prunable leaves' names, or the errors of
+        :func:`smart_ratio_densities`.
+
+    Example:
+        >>> layers = forward_order(forward_fn, params, selection)
+        >>> ticket = smart_ratio_prune(key, params, selection, density=0.1, layers=layers)
+    """
+    names = tree.names(params)
+    leaves, treedef = jax.tree.flatten(params)
+    selected = [n for n, s in zip(names, jax.tree.leaves(prunable), strict=True) if s]
+    if sorted(layers) != sorted(selected) or len(set(layers)) != len(layers):
+        raise ValueError(f"layers must name each prunable leaf once, in forward order: "
+                         f"got {list(layers)}, prunable {selected}")
+    sizes = [int(np.size(leaves[names.index(n)])) for n in layers]
+    ratios = _smart_ratio_fractions(sizes, density, last_density)
+    counts = dict(zip(layers, _apportion(
+        [p * n for p, n in zip(ratios, sizes, strict=True)],
+        topk.count(sum(sizes), density, rounding="half_even")), strict=True))
+    like = [jnp.arange(np.size(x)).reshape(np.shape(x)) < counts[n] if n in counts
+            else jnp.ones(np.shape(x), bool) for n, x in zip(names, leaves, strict=True)]
+    return random_prune_like(key, treedef.unflatten(like), prunable, scope="layerwise")

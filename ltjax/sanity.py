@@ -7,6 +7,12 @@
   weights of each layer that are top-``p`` in both trees. ``R_p ~ p`` for
   unrelated weights, ``R_p > p`` for a positive correlation, 1 for equal
   magnitude rankings.
+- :func:`corrupt_batch`: the corrupted data of Su et al. 2020
+  ("Sanity-Checking Pruning Methods: Random Tickets can Win the Jackpot",
+  NeurIPS 2020): random labels, or random labels and randomly permuted
+  pixels, for scoring the pruning methods at initialisation (SNIP, GraSP) on
+  data that carries no information. Their random tickets are
+  :func:`ltjax.pruning.smart_ratio_prune`.
 - :func:`classify_ticket`: Ma et al. 2021 ("Sanity Checks for Lottery
   Tickets: Does Your Winning Ticket Really Win the Jackpot?", NeurIPS,
   Sec. 2.2 and App. C): a subnetwork is a *jackpot* winning ticket if it meets
@@ -78,6 +84,64 @@ _EPS = 1e-9  # float slack: 0.898 - 0.903 is a drop of exactly 0.005, not 0.0050
 SWEEP_KEYS = ("dense", "ticket", "reinit")
 CONDITIONS = ("1_sparsity_and_epochs", "2_beats_small_dense", "3_beats_reinit",
               "4_matches_dense_same_lr", "5_matches_best_dense")
+
+
+#: The corruptions of :func:`corrupt_batch`.
+CORRUPTIONS = ("random_labels", "random_pixels")
+
+
+# --------------------------------------------------------------------------------------------
+# Corrupted data (Su et al. 2020)
+# --------------------------------------------------------------------------------------------
+
+
+def corrupt_batch(key: jax.Array, x: jax.Array, y: jax.Array, *, corruption: str,
+                  num_classes: int) -> tuple[jax.Array, jax.Array]:
+    """A batch with random labels, or with random labels and each example's pixels permuted.
+
+    Su et al. 2020's sanity check of the pruning methods at initialisation
+    (reference ``JingtongSu/sanity-checking-pruning``, ``train_ticket.py``,
+    ``--randLabel`` and ``--shufflePixel``): SNIP and GraSP score the net on a
+    batch of corrupted training data.
+
+    - ``'random_labels'``: every label replaced by a uniform draw from
+      ``num_classes`` (the reference's ``corrupt_prob=1``); images unchanged.
+    - ``'random_pixels'``: the same random labels, and the values of each
+      example permuted by its own random permutation over all its entries
+      (pixels and channels, the reference's ``xs[i][randperm(...)]``, Zhang
+      et al. 2017's "random pixels"); the reference's ``--shufflePixel``
+      also randomises the labels.
+
+    Apply it to the raw images, before normalisation, as the reference does.
+    The labels come from ``split(key)[0]`` and the permutations from
+    ``split(split(key)[1], len(x))``, so both corruptions of one key share
+    their labels.
+
+    Args:
+      key: a JAX key.
+      x: the images ``[B, ...]``.
+      y: the integer labels ``[B]``.
+      corruption: one of :data:`CORRUPTIONS`.
+      num_classes: the number of classes the labels are drawn from.
+
+    Returns:
+      ``(x, y)`` corrupted, of the input shapes and dtypes.
+
+    Raises:
+      ValueError: an unknown ``corruption``.
+
+    Example:
+        >>> x, y = corrupt_batch(key, images, labels, corruption="random_labels", num_classes=10)
+    """
+    if corruption not in CORRUPTIONS:
+        raise ValueError(f"corruption must be one of {CORRUPTIONS}, got {corruption!r}")
+    labels_key, pixels_key = jax.random.split(key)
+    y = jax.random.randint(labels_key, jnp.shape(y), 0, num_classes, dtype=jnp.asarray(y).dtype)
+    if corruption == "random_pixels":
+        x = jnp.asarray(x)
+        x = jax.vmap(lambda k, image: jax.random.permutation(k, image.ravel()).reshape(
+            image.shape))(jax.random.split(pixels_key, x.shape[0]), x)
+    return x, y
 
 
 # --------------------------------------------------------------------------------------------

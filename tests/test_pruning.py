@@ -268,3 +268,80 @@ def test_masks_of_the_wrong_shape_or_dtype_are_refused_naming_the_leaf():
     a = pruning.prune(params, masks, selection, fraction=np.float32(0.25))
     b = pruning.prune(params, masks, selection, fraction=jnp.float32(0.25))
     assert int(masking.num_kept(a, selection)) == int(masking.num_kept(b, selection)) == 14400
+
+
+# Su et al. 2020's random tickets: the smart ratio (reference pruner/SmartRatio.py).
+
+def _smart_ratio_oracle(sizes, density, last=0.3):
+    """NumPy: p_l = min(1, c * ((L-l+1)^2 + (L-l+1))) for l < L, p_L = last, c by bisection."""
+    sizes = np.asarray(sizes, np.float64)
+    depth = len(sizes)
+    weight = np.array([k * k + k for k in range(depth, 1, -1)], float)  # k = L - l + 1
+    goal = density * sizes.sum() - last * sizes[-1]
+    lo, hi = 0.0, 1.0 / weight.min()
+    for _ in range(200):
+        c = (lo + hi) / 2
+        lo, hi = (c, hi) if (np.minimum(1, c * weight) * sizes[:-1]).sum() < goal else (lo, c)
+    return np.append(np.minimum(1, c * weight), last)
+
+
+@pytest.mark.parametrize("sizes, density", [
+    ([432, 4608, 9216, 9216, 640], 0.1),  # a conv net: no layer clipped
+    ([432, 4608, 9216, 9216, 640], 0.02),
+    ([235200, 30000, 1000], 0.032),  # LeNet-300-100
+    ([100, 50, 400, 20], 0.6),  # the first layer clipped at 1
+])
+def test_smart_ratio_densities_match_the_papers_formula(sizes, density):
+    got = np.array(pruning.smart_ratio_densities(sizes, density))
+    want = _smart_ratio_oracle(sizes, density)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    assert np.dot(got, sizes) == pytest.approx(density * sum(sizes), rel=1e-12)  # exact total
+    free = got[:-1] < 1
+    ratio = got[:-1] / np.array([k * k + k for k in range(len(sizes), 1, -1)])
+    np.testing.assert_allclose(ratio[free], ratio[free][0], rtol=1e-12)  # one constant c
+    if density == 0.6:
+        assert got[0] == 1.0 and got[1] < 1
+
+
+@pytest.mark.parametrize("sizes, density, match", [
+    ([1000, 10], 0.001, "outside the smart ratio's range"),  # the last layer alone keeps more
+    ([100, 10], 1.0, "outside the smart ratio's range"),
+    ([100], 0.5, "at least two layers"),
+    ([100, 10], 0.0, "density must be"),
+])
+def test_smart_ratio_densities_refuse_what_they_cannot_reach(sizes, density, match):
+    with pytest.raises(ValueError, match=match):
+        pruning.smart_ratio_densities(sizes, density)
+
+
+def test_smart_ratio_prune_keeps_the_counts_in_forward_order():
+    """Names out of forward order (``b_in`` is the input layer); counts by largest remainder of
+    the oracle's exact targets, adding up to round(density * total); biases kept."""
+    key = jax.random.key(0)
+    params = {"a_out": {"kernel": jnp.ones((16, 10)), "bias": jnp.ones(10)},
+              "b_in": {"kernel": jnp.ones((64, 40)), "bias": jnp.ones(40)},
+              "c_mid": {"kernel": jnp.ones((40, 16)), "bias": jnp.ones(16)}}
+    selection = masking.prunable(params)
+
+    def forward(p):
+        h = jnp.ones(64) @ p["b_in"]["kernel"] + p["b_in"]["bias"]
+        h = h @ p["c_mid"]["kernel"] + p["c_mid"]["bias"]
+        return h @ p["a_out"]["kernel"] + p["a_out"]["bias"]
+
+    layers = pruning.forward_order(forward, params, selection)
+    assert layers == ("b_in/kernel", "c_mid/kernel", "a_out/kernel")
+    sizes = [2560, 640, 160]
+    targets = _smart_ratio_oracle(sizes, 0.1) * sizes  # 336 in all
+    counts = np.floor(targets + 1e-9).astype(int)
+    extra = 336 - counts.sum()
+    counts[np.argsort(-(targets - counts), kind="stable")[:extra]] += 1
+    masks = jax.jit(lambda k: pruning.smart_ratio_prune(
+        k, params, selection, density=0.1, layers=layers))(key)
+    got = [int(masks[n]["kernel"].sum()) for n in ("b_in", "c_mid", "a_out")]
+    assert got == counts.tolist() and sum(got) == 336 and got[2] == 48
+    assert all(bool(masks[n]["bias"].all()) for n in params)
+    other = pruning.smart_ratio_prune(jax.random.key(1), params, selection, density=0.1,
+                                      layers=layers)
+    assert not np.array_equal(other["b_in"]["kernel"], masks["b_in"]["kernel"])
+    with pytest.raises(ValueError, match="layers must name each prunable leaf"):
+        pruning.smart_ratio_prune(key, params, selection, density=0.1, layers=layers[:2])

@@ -330,3 +330,26 @@ def test_bad_inputs_raise(sweep, kwargs, match):
     kwargs = {"small_dense": 0.85, "sparsity": 0.832, **kwargs}
     with pytest.raises(ValueError, match=match):
         sanity.classify_ticket(sweep, **kwargs)
+
+
+def test_corrupt_batch_random_labels_and_pixels():
+    """Su et al. 2020's corrupted data: labels uniform over the classes (shared by both
+    corruptions of one key), images untouched or each one's values permuted on its own."""
+    x = jnp.asarray(np.random.default_rng(0).integers(0, 256, (200, 4, 4, 2), np.uint8))
+    y = jnp.zeros(200, jnp.int32)
+    key = jax.random.key(3)
+    lx, ly = sanity.corrupt_batch(key, x, y, corruption="random_labels", num_classes=10)
+    px, py = sanity.corrupt_batch(key, x, y, corruption="random_pixels", num_classes=10)
+    np.testing.assert_array_equal(lx, x)
+    np.testing.assert_array_equal(ly, py)
+    assert ly.dtype == y.dtype and px.dtype == x.dtype and px.shape == x.shape
+    assert set(np.unique(ly).tolist()) == set(range(10))
+    flat, pflat = np.asarray(x).reshape(200, -1), np.asarray(px).reshape(200, -1)
+    np.testing.assert_array_equal(np.sort(pflat, axis=1), np.sort(flat, axis=1))
+    assert (pflat != flat).any(axis=1).mean() > 0.99
+    same = np.broadcast_to(np.arange(32), (200, 32))  # distinct values: the permutations show
+    perms = np.asarray(sanity.corrupt_batch(key, same, y, corruption="random_pixels",
+                                            num_classes=10)[0])
+    assert len({tuple(row) for row in perms}) == 200  # one permutation per example
+    with pytest.raises(ValueError, match="corruption must be one of"):
+        sanity.corrupt_batch(key, x, y, corruption="shuffled", num_classes=10)
