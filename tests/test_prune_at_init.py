@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from experiments.configs import prune_at_init_lenet_digits
-from ltjax import checkpoint, masking, results, rng, saliency, tree
+from ltjax import checkpoint, masking, pruning, results, rng, saliency, sanity, tree
 from ltjax.studies import common, prune_at_init
 
 
@@ -170,6 +170,54 @@ def test_score_masks_are_the_saliency_functions_on_the_same_init_and_batch(study
                 _flat(members, direct), ablation)
 
 
+def test_su_sanity_checks_corrupted_scores_and_random_tickets(study, members):
+    """Su et al. 2020: SNIP / GraSP on the scoring batch corrupted by the stream
+    ``score_corruption`` are the saliency functions on that batch (sanity.corrupt_batch), and
+    the random tickets keep the smart-ratio count of each layer (Dense_2 at 30 %)."""
+    config, _, _ = study
+    dataset, model, selection, index = (members.dataset, members.executor.model,
+                                        members.selection, members.index)
+
+    def loss(p, x, y, temperature):
+        logits = model.apply({"params": p}, x, train=False) / temperature
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    @jax.jit
+    def snip_and_grasp(p, x, y):
+        return (saliency.snip_scores(lambda q: loss(q, x, y, 1.0), p),
+                saliency.grasp_scores(lambda q: loss(q, x, y, config.grasp_temperature), p,
+                                      prunable=selection))
+
+    batch_keys = rng.stream(members.keys, "score_batch")
+    corrupt_keys = rng.stream(members.keys, "score_corruption")
+    one = jax.tree.map(lambda a: a[0], members.state0.params)
+    sizes = [int(np.size(a)) for a, s in zip(jax.tree.leaves(one), jax.tree.leaves(selection),
+                                             strict=True) if s]  # Dense_0, 1, 2: forward order
+    targets = np.array(pruning.smart_ratio_densities(sizes, 0.25)) * sizes
+    for rep in range(config.num_replicates):
+        rows = np.asarray(jax.random.choice(batch_keys[rep], len(dataset.train),
+                                            (config.score_examples,), replace=False))
+        p = jax.tree.map(lambda a, rep=rep: a[rep], members.state0.params)
+        for corruption in ("random_labels", "random_pixels"):
+            x, y = sanity.corrupt_batch(corrupt_keys[rep], dataset.train.x[rows],
+                                        dataset.train.y[rows], corruption=corruption,
+                                        num_classes=dataset.num_classes)
+            x = (np.asarray(x, np.float32) - dataset.mean) / dataset.std
+            for method, scores in zip(("snip", "grasp"), snip_and_grasp(p, x, y), strict=True):
+                got = _flat(members, members.masks, index[f"{method}@{corruption}", "none", rep])
+                np.testing.assert_array_equal(got, _top_k([_flat(members, scores)],
+                                                          members.keep), (method, corruption))
+                assert not np.array_equal(got, _flat(members, members.masks,
+                                                     index[method, "none", rep]))
+        leaves = jax.tree.leaves(members.masks)
+        counts = [int(np.asarray(leaves[i][index["smart_ratio", "none", rep]]).sum())
+                  for i in members.prunable_leaves]
+        assert sum(counts) == members.keep and counts[-1] == round(0.3 * sizes[-1])
+        assert all(np.floor(t) <= c <= np.ceil(t) for c, t in zip(counts, targets, strict=True))
+    assert not np.array_equal(*(_flat(members, members.masks, index["smart_ratio", "none", r])
+                                for r in range(2)))
+
+
 def test_lr_rewinding_retrains_the_pruned_trained_weights_from_step_0(study, members):
     """LR rewinding starts from theta_T masked (its step-0 record is theta_T's), the one-shot
     ticket from theta_0 with the same mask, and both train the full budget."""
@@ -228,6 +276,9 @@ def test_killed_run_resumes_to_identical_results(study, tmp_path, monkeypatch):
     ({"score_examples": 10**6}, "config.score_examples"),
     ({"methods": ("imp",)}, "imp_workdir"),
     ({"scope": "blockwise"}, "config.scope"),
+    ({"methods": ("smart_ratio",), "densities": (1.0,)}, "config.densities has 1, which "
+                                                         "method 'smart_ratio' cannot reach"),
+    ({"methods": ("smart_ratio",), "scope": "layerwise"}, "smart_ratio.*config.scope"),
 ])
 def test_bad_config_is_refused_before_any_work(tmp_path, overrides, match):
     workdir = tmp_path / "run"

@@ -2,9 +2,10 @@
 
 Adam 1.2e-3, batch 128, 1875 iterations (4 epochs of the 60,000 training
 images), 2 replicates, global scope; SNIP and GraSP score 100 examples
-(10 per class on average, as the reference's ``10 * classes``); SynFlow 100
-rounds. Densities 10 %, 3.2 %, 1 %. Needs ``mnist/mnist.npz`` under
-``$LTJAX_DATA_DIR``.
+(10 per class on average, as the reference's ``10 * classes``), also on
+random labels and random pixels (Su et al. 2020); SynFlow 100 rounds; Su et
+al.'s random tickets (``smart_ratio``). Densities 10 %, 3.2 %, 1 %. Needs
+``mnist/mnist.npz`` under ``$LTJAX_DATA_DIR``.
 
     python -m experiments.prune_at_init \
         --config=experiments/configs/prune_at_init_lenet_mnist.py --workdir=runs/pai
@@ -32,7 +33,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.max_checkpoints = 1
     config.densities = (0.1, 0.032, 0.01)
     config.methods = ("magnitude", "snip", "grasp", "grasp_abs", "synflow", "random",
-                      "oneshot_lth", "lr_rewinding")
+                      "oneshot_lth", "lr_rewinding", "snip@random_labels", "snip@random_pixels",
+                      "grasp@random_labels", "grasp@random_pixels", "smart_ratio")
     config.ablations = ("none", "shuffle", "reinit", "invert")
     config.scope = "global"
     config.score_examples = 100

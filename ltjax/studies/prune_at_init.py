@@ -24,6 +24,14 @@ initialisation theta_0 and the masked net is trained from theta_0:
                  optimiser (Renda, Frankle & Carbin 2020's learning-rate
                  rewinding; the paper's post-training baseline)
 ``imp``          the IMP ticket of ``imp_workdir`` at the level nearest each density
+``snip@random_labels``, ``grasp@random_labels``
+                 SNIP / GraSP scored on the same batch with random labels
+                 (Su et al. 2020's sanity check; :func:`ltjax.sanity.corrupt_batch`)
+``snip@random_pixels``, ``grasp@random_pixels``
+                 ... with random labels and each image's pixels permuted
+``smart_ratio``  Su et al. 2020's random ticket: a random mask of each layer
+                 with the smart-ratio count (:func:`ltjax.pruning.smart_ratio_prune`,
+                 layers in forward order, the output layer at 30 %), theta_0
 ================ ============================================================
 
 All scores are taken in eval mode, in global scope (``config.scope``), with
@@ -38,8 +46,9 @@ ablations (``config.ablations``):
 ``invert``   the lowest scores kept (score negation; SynFlow: in every round)
 ============ ==================================================================
 
-``random`` and ``lr_rewinding`` have only ``none`` (``lr_rewinding``'s mask
-is ``oneshot_lth``'s, so its reinit would be ``oneshot_lth``'s); ``invert``
+``random``, ``lr_rewinding`` and Su et al.'s cells (``@`` and ``smart_ratio``)
+have only ``none`` (``lr_rewinding``'s mask is ``oneshot_lth``'s, so its
+reinit would be ``oneshot_lth``'s); ``invert``
 is defined for the score-at-init methods (magnitude, SNIP, GraSP, ``|GraSP|``,
 SynFlow), not for ``oneshot_lth`` or ``imp``. Inverted SynFlow negates the
 scores in each of the ``synflow_rounds`` rounds before ranking
@@ -49,7 +58,11 @@ keeps the lowest flow of the net that the previous round kept, which is not
 the one-shot inversion of one score. The scoring
 batch of replicate r is ``score_examples`` training examples drawn by its
 named stream ``score_batch`` (the reference draws a random, not class-balanced,
-subset of ``10 * classes`` examples).
+subset of ``10 * classes`` examples). The corrupted batches are that batch,
+corrupted by :func:`ltjax.sanity.corrupt_batch` with replicate r's named
+stream ``score_corruption`` (the labels drawn once, shared by both
+corruptions); the reference draws a class-balanced batch of the corrupted
+training set (10 per random label).
 
 Every member of replicate r reads replicate r's data order (its ``noise``
 key), so the methods differ only in their masks and initial weights. All
@@ -72,15 +85,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ltjax import data, masking, plots, pruning, results, rng, saliency, train, tree
+from ltjax import data, masking, models, plots, pruning, results, rng, saliency, sanity, train, tree
 from ltjax.studies import common, imp_runs
 
 # New methods go at the end: a method's index salts its shuffle ablation's key.
 METHODS = ("magnitude", "snip", "grasp", "synflow", "random", "oneshot_lth", "imp",
-           "lr_rewinding", "grasp_abs")
+           "lr_rewinding", "grasp_abs", "snip@random_labels", "snip@random_pixels",
+           "grasp@random_labels", "grasp@random_pixels", "smart_ratio")
 ABLATIONS = ("none", "shuffle", "reinit", "invert")
 _INVERTIBLE = ("magnitude", "snip", "grasp", "grasp_abs", "synflow")
-_NONE_ONLY = ("random", "lr_rewinding")
+# Su et al. 2020's sanity checks: SNIP / GraSP scored on corrupted data, and random tickets.
+_CORRUPTED = tuple(m for m in METHODS if "@" in m)
+_NONE_ONLY = ("random", "lr_rewinding", *_CORRUPTED, "smart_ratio")
 
 
 def ablations_of(method: str, ablations: tuple[str, ...]) -> tuple[str, ...]:
@@ -129,6 +145,9 @@ def _check_config(config: Any) -> tuple[tuple[str, ...], tuple[str, ...], tuple[
         raise ValueError(f"config.grasp_temperature must be > 0, got {config.grasp_temperature}")
     if config.scope not in pruning.SCOPES:
         raise ValueError(f"config.scope must be one of {pruning.SCOPES}, got {config.scope!r}")
+    if "smart_ratio" in methods and config.scope != "global":
+        raise ValueError("method 'smart_ratio' sets its own layer densities: it needs "
+                         f"config.scope='global', got {config.scope!r}")
     if ("imp" in methods) != bool(config.get("imp_workdir")):
         raise ValueError("method 'imp' needs config.imp_workdir (an IMP run of the same seed, "
                          "model and dataset), and imp_workdir needs method 'imp'")
@@ -198,16 +217,20 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
 
     Raises:
       ValueError: unknown methods or ablations (the former ``oneshot`` is named
-        with its new name ``oneshot_lth``), densities outside (0, 1],
+        with its new name ``oneshot_lth``), densities outside (0, 1] (for
+        ``smart_ratio``: outside the range its ratios reach on the model),
         ``score_examples`` or ``synflow_rounds`` below 1, method ``imp``
         without a compatible ``imp_workdir`` (all before any work).
     """
     methods, ablations, densities = _check_config(config)
+    smart_layers: list[tuple[str, ...]] = []
 
     def check(dataset) -> None:
         if config.score_examples > len(dataset.train):
             raise ValueError(f"config.score_examples={config.score_examples} is more than the "
                              f"{len(dataset.train)} training examples")
+        if "smart_ratio" in methods:  # the layers in forward order, each density reachable
+            smart_layers.append(_smart_ratio_layers(config, dataset, densities))
         if "imp" in methods:  # the IMP run's inits and levels, before the workdir
             imp_runs.check_imp_compatible(config, config.imp_workdir)
             imp_runs.check_imp_finished(config.imp_workdir, dataset)
@@ -262,6 +285,13 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
         return jax.vmap(one)(params, batch_stats, x, y)
 
     scores = scores_at_init(params0, batch_stats0, score_x, score_y)
+    # Su et al. 2020: the same batch corrupted, scored by the same program.
+    for corruption in dict.fromkeys(m.split("@")[1] for m in methods if m in _CORRUPTED):
+        bad_x, bad_y = jax.vmap(functools.partial(
+            sanity.corrupt_batch, corruption=corruption, num_classes=dataset.num_classes))(
+                rng.stream(keys, "score_corruption"), score_x, score_y)
+        bad = scores_at_init(params0, batch_stats0, bad_x, bad_y)
+        scores |= {f"{m}@{corruption}": bad[m] for m in ("snip", "grasp")}
     # After training: one mask, from theta_0 (the one-shot ticket) or theta_T (LR rewinding).
     scores["oneshot_lth"] = jax.vmap(pruning.magnitude_scores)(dense.params)
     scores["lr_rewinding"] = scores["oneshot_lth"]
@@ -289,10 +319,19 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
                                    scope=config.scope, invert=invert)
             for r in range(num)])
 
+    @functools.partial(jax.jit, static_argnames=("density",))
+    def smart_ratio_masks(level_keys, density):
+        one = jax.tree.map(lambda x: x[0], params0)
+        return jax.vmap(lambda k: pruning.smart_ratio_prune(
+            k, one, selection, density=density, layers=smart_layers[0]))(level_keys)
+
     def base_masks(method: str, d_index: int, density: float) -> Any:
         """Replicate-stacked masks of one method at one density."""
         if method in scores:
             return prune_all(scores[method], density)
+        if method == "smart_ratio":
+            return smart_ratio_masks(jax.vmap(lambda k: jax.random.fold_in(k, d_index))(
+                rng.stream(keys, "smart_ratio")), density)
         if method == "random":
             level_keys = jax.vmap(lambda k: jax.random.fold_in(k, d_index))(
                 rng.stream(keys, "random_prune"))
@@ -358,6 +397,32 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
               f"{num} replicates")
     return {"rows": [r for r in rows if r["replicate"] == "mean"],
             "std": [r for r in rows if r["replicate"] == "std"], "num_replicates": num}
+
+
+def _smart_ratio_layers(config: Any, dataset: data.Dataset,
+                        densities: tuple[float, ...]) -> tuple[str, ...]:
+    """The model's prunable layers in forward order, every density checked reachable.
+
+    Raises:
+      ValueError: a density outside the smart ratio's range (names ``config.densities``).
+    """
+    model = common.build_model(config, dataset)
+    params, stats = jax.eval_shape(lambda k: models.init(model, k, dataset.input_shape),
+                                   jax.random.key(0))
+    stats = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), stats)
+    selection = masking.prunable(params)
+    ones = jnp.ones((1, *dataset.input_shape), jnp.float32)
+    layers = pruning.forward_order(
+        lambda p: train.logits(model, p, stats, ones, train=False), params, selection)
+    sizes = dict(zip(tree.names(params), (int(np.prod(x.shape)) for x in jax.tree.leaves(params)),
+                     strict=True))
+    for d in densities:
+        try:
+            pruning.smart_ratio_densities([sizes[n] for n in layers], d)
+        except ValueError as error:
+            raise ValueError(f"config.densities has {d:g}, which method 'smart_ratio' cannot "
+                             f"reach on {config.model}: {error}") from None
+    return layers
 
 
 def _synflow_forward(model: Any, abs_batch_stats: Any, ones: jax.Array):
