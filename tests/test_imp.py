@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from experiments.configs import imp_lenet_digits
-from ltjax import data, results, rng
+from ltjax import data, results, rng, tree
 from ltjax import executor as executor_lib
-from ltjax.studies import common, imp
+from ltjax.studies import common, imp, imp_runs
 
 
 def _config(**overrides):
@@ -193,6 +193,35 @@ def test_small_dense_widths_match_target():
     np.testing.assert_allclose(widths[0] / widths[1], 3.0, rtol=0.1)
 
 
+def _level_states(config, workdir):
+    """``{(level, lr, replicate): (params, masks)}`` of the ticket members of a swept run."""
+    _, _, _, executor = common.setup(config, workdir)
+    end = common.steps(config.training_steps, executor.steps_per_epoch)
+    log = results.MetricsLog(workdir / "metrics.jsonl")
+    names = {0: ["imp"], 1: ["imp", "reinit"]}
+    out = {}
+    for level in (0, 1):
+        tags = [{"branch": n, "learning_rate": lr, "replicate": r} for n in names[level]
+                for lr in (1.2e-3, 1.2e-2) for r in range(2)]
+        state, masks = common.finished_segment(
+            executor, workdir / "checkpoints" / f"level_{level:02d}", end=end, log=log,
+            member_tags=tags)
+        for m, t in enumerate(tags):
+            if t["branch"] == "imp":
+                out[level, t["learning_rate"], t["replicate"]] = jax.device_get(
+                    (tree.index(state.params, m), tree.index(masks, m)))
+    return out
+
+
+def _magnitude_pruned(masks, params):
+    """Whether every kernel's mask keeps exactly its largest-magnitude weights of ``params``."""
+    for name in params:
+        w, m = np.abs(np.asarray(params[name]["kernel"])), np.asarray(masks[name]["kernel"])
+        if not m.all() and w[m].min() < w[~m].max():
+            return False
+    return True
+
+
 def test_learning_rate_sweep_members_classes_and_weight_correlation(tmp_path):
     from ltjax import sanity
 
@@ -241,9 +270,31 @@ def test_learning_rate_sweep_members_classes_and_weight_correlation(tmp_path):
     assert verdict["label"] == expected.label
     assert {k: verdict[k] == "True" for k in sanity.CONDITIONS} == expected.conditions
 
+    # Each rate's ticket is pruned from that rate's own dense net (Ma et al. 2021's pipeline at
+    # each rate); ticket_masks='recipe_rate' retrains the recipe rate's masks at every rate.
+    recipe_config = _config(**base, ticket_learning_rates=(1.2e-2, 1.2e-3),
+                            ticket_masks="recipe_rate")
+    imp.run_imp(recipe_config, tmp_path / "recipe", progress=False)
+    own = _level_states(config, tmp_path / "sweep")
+    theirs = _level_states(recipe_config, tmp_path / "recipe")
+    for lr in (1.2e-3, 1.2e-2):
+        for r in range(2):
+            assert _magnitude_pruned(own[1, lr, r][1], own[0, lr, r][0])
+            assert _magnitude_pruned(theirs[1, lr, r][1], theirs[0, 1.2e-3, r][0])
+            np.testing.assert_equal(theirs[1, lr, r][1], theirs[1, 1.2e-3, r][1])
+    assert not _magnitude_pruned(own[1, 1.2e-2, 0][1], own[0, 1.2e-3, 0][0])
+    like = jax.tree.map(lambda x: x[None], own[1, 1.2e-3, 0][1])
+    for lr in (None, 1.2e-2):  # a study reading the run gets the recipe rate's tickets
+        loaded = imp_runs.load_imp_masks(tmp_path / "sweep", 1, like, learning_rate=lr)
+        np.testing.assert_equal(jax.tree.map(lambda x: x[1], loaded),
+                                own[1, lr or 1.2e-3, 1][1])
+
     with pytest.raises(ValueError, match="must include the recipe"):
         imp.run_imp(_config(**base, ticket_learning_rates=(0.1,)), tmp_path / "a",
                     progress=False)
+    with pytest.raises(ValueError, match="ticket_masks"):
+        imp.run_imp(_config(**base, ticket_learning_rates=(1.2e-3,), ticket_masks="mine"),
+                    tmp_path / "c", progress=False)
     with pytest.raises(ValueError, match="small_dense"):
         imp.run_imp(_config(levels=1, controls=("reinit",), ticket_learning_rates=(1.2e-3,)),
                     tmp_path / "b", progress=False)

@@ -46,6 +46,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # (must include recipe.learning_rate; needs the reinit and small_dense controls) and
     # write ticket_classes.csv. Empty: no sweep.
     config.ticket_learning_rates = ()
+    # Where each rate's masks come from: 'own_rate' (the papers' protocol: the whole pipeline
+    # at each rate) or 'recipe_rate' (the recipe rate's masks retrained at every rate).
+    config.ticket_masks = "own_rate"
     config.ticket_similar = 0.005
     config.correlation_p = 0.1  # weight correlation R_p (Liu et al. 2021) in results.csv
     if "quick" in chosen:

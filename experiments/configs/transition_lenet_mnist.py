@@ -30,7 +30,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = stability_lenet_mnist.get_config()
     imp_config = imp_lenet_mnist.get_config("imp_only,lmc")
     for field in ("levels", "rewind_step", "rewind_optimizer", "sgd_noise", "pruning",
-                  "controls", "max_checkpoints", "ticket_learning_rates", "ticket_similar",
+                  "controls", "max_checkpoints", "ticket_learning_rates", "ticket_masks",
+                  "ticket_similar",
                   "correlation_p"):
         config[field] = imp_config[field]
     config.recipe.optimizer = "sgd"

@@ -70,7 +70,13 @@ Sanity checks (Ma et al. 2021; Liu et al. 2021):
   include the recipe's): every member of every level (the dense net at level
   0, the ticket and its controls after) trains at each of these learning
   rates, as members of the level's program with their own peak learning
-  rate; the masks come from the recipe's learning rate. ``results.csv`` gets
+  rate. ``config.ticket_masks`` says where each rate's masks come from:
+  ``'own_rate'`` (default; the papers' protocol) runs the whole pipeline at
+  each rate (the dense net, pruning, rewinding and retraining at that rate:
+  a rate's ticket is pruned from its own previous level), the IMP runs of all
+  rates as members of one program; ``'recipe_rate'`` prunes once, at the
+  recipe's rate, and retrains those masks at every rate (another question:
+  do the recipe's tickets survive other rates). ``results.csv`` gets
   a ``learning_rate`` column and ``ticket_classes.csv`` the verdict per
   level of :func:`ltjax.sanity.classify_ticket` (jackpot / secondary prize /
   none, from the final test accuracies; ``config.ticket_similar`` is the
@@ -115,6 +121,8 @@ from ltjax.studies import common
 
 CONTROLS = ("reinit", "random_layerwise", "random_global", "oneshot", "small_dense")
 SGD_NOISE = ("paired", "fresh")
+#: ``config.ticket_masks``: each rate's own IMP run (Ma et al. 2021) or the recipe rate's masks.
+TICKET_MASKS = ("own_rate", "recipe_rate")
 #: ``config.pretrain.kind``: ``''`` (none) or a kind of :func:`ltjax.data.altered_dataset`.
 PRETRAIN_KINDS = ("",) + data.ALTERED_KINDS
 
@@ -269,6 +277,13 @@ def _check_sweep(config: Any, controls: tuple[str, ...]) -> tuple[float, ...] | 
     if missing and config.levels > 0:
         raise ValueError(f"config.ticket_learning_rates needs the controls {missing} "
                          "(Ma et al. 2021's conditions compare the ticket with both)")
+    mode = config.get("ticket_masks", "own_rate")
+    if mode not in TICKET_MASKS:
+        raise ValueError(f"config.ticket_masks must be one of {TICKET_MASKS}, got {mode!r}")
+    if mode == "own_rate" and (config.get("pretrain") or {}).get("kind"):
+        raise ValueError("config.ticket_masks='own_rate' runs IMP at each learning rate, "
+                         "config.pretrain pretrains at the recipe's only: set "
+                         "ticket_masks='recipe_rate' or drop the pretraining")
     return lrs
 
 
@@ -502,22 +517,41 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
     correlations: dict = {}
     memo: dict = {}
 
+    lrs = sweep or (None,)
+    first = 0 if sweep is None else sweep.index(float(recipe.learning_rate)) * num
+    # 'own_rate': one IMP run per learning rate, each a block of num members (rate-major) of
+    # every branch; otherwise one run, at the recipe's rate, its masks retrained at each rate.
+    rates = len(lrs) if sweep is not None and config.get(
+        "ticket_masks", "own_rate") == "own_rate" else 1
+    own = slice(first, first + num) if rates == 1 else slice(0, rates * num)  # of the imp branch
+    recipe_run = slice(0, num) if rates == 1 else slice(first, first + num)  # of own runs
+
+    def per_rate(x: Any) -> Any:
+        """``x`` of ``num`` members, once per IMP run."""
+        return x if rates == 1 else tree.concat([x] * rates)
+
     def pretrained():  # the step-k state, computed only when a level must train
         if "state_k" not in memo:
             state = executor.init(init_keys)
             if config.get("pretrain") is not None and config.pretrain.get("kind"):
                 state = _pretrain_on_altered_data(config, executor, dataset, segment, state,
                                                   init_keys, noise_keys, ckpt_root)
+            state = executor.shard(per_rate(state))
             if rewind_step > 0:
-                state = segment(executor, state=state, masks=None, noise_keys=noise_keys,
-                                end=rewind_step, ckpt_dir=ckpt_root / "pretrain",
-                                tags={"level": 0, "branch": "pretrain"}, densities=np.ones(num),
+                run_tags = ([{"learning_rate": lr, "replicate": r} for lr in lrs
+                             for r in range(num)] if rates > 1 else None)
+                state = segment(executor, state=state, masks=None,
+                                noise_keys=per_rate(noise_keys), end=rewind_step,
+                                ckpt_dir=ckpt_root / "pretrain",
+                                tags={"level": 0, "branch": "pretrain"},
+                                densities=np.ones(rates * num), member_tags=run_tags,
+                                hparams=None if rates == 1 else optim.member_hparams(
+                                    recipe, rates * num,
+                                    learning_rate=[lr for lr in lrs for _ in range(num)]),
                                 desc="pretrain to the rewind step")
             memo["state_k"] = state
         return memo["state_k"]
 
-    lrs = sweep or (None,)
-    first = 0 if sweep is None else sweep.index(float(recipe.learning_rate)) * num
     dense_final = previous = masks = previous_masks = None
     distance_fn = jax.jit(lambda a, b: mask_distances(a, b, selection))
     distance_rows = []
@@ -533,7 +567,7 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
         if done is not None and stored is not None:
             common.say(f"level {level}: finished, restored", progress)
             final_all, member_masks = done
-            masks = executor.shard(jax.tree.map(lambda x: x[:num], member_masks))
+            masks = executor.shard(jax.tree.map(lambda x: x[:rates * num], member_masks))
             corr = stored
         else:
             state_k = pretrained()
@@ -545,13 +579,13 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
             branches = [("imp", rewound(state_k, masks), masks)]
             for control in names[1:]:
                 if control == "reinit":
-                    fresh = executor.init(rng.stream(keys, "reinit"), masks)
+                    fresh = executor.init(per_rate(rng.stream(keys, "reinit")), masks)
                     # schedule resumes at k, as OpenLTH's randomly_reinitialize
                     branches.append((control, fresh.replace(step=state_k.step), masks))
                 elif control in ("random_layerwise", "random_global"):
                     scope = control.split("_")[1]
                     level_keys = jax.vmap(lambda k, lv=level: jax.random.fold_in(k, lv))(
-                        rng.stream(keys, "random_prune"))
+                        per_rate(rng.stream(keys, "random_prune")))
                     cmasks = jax.vmap(
                         lambda k, m, s=scope: pruning.random_prune_like(k, m, selection, scope=s))(
                             level_keys, masks)
@@ -562,8 +596,10 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
                                                              selection, scope=p.scope))(
                             dense_final.params, masks)
                     branches.append((control, rewound(state_k, cmasks), cmasks))
-            members = executor.shard(tree.concat([b[1] for b in branches for _ in lrs]))
-            member_masks = executor.shard(tree.concat([b[2] for b in branches for _ in lrs]))
+            repeat = len(lrs) // rates  # each branch's block once per rate
+            members = executor.shard(tree.concat([b[1] for b in branches for _ in range(repeat)]))
+            member_masks = executor.shard(tree.concat([b[2] for b in branches
+                                                       for _ in range(repeat)]))
             hparams = None if sweep is None else optim.member_hparams(
                 recipe, len(member_tags), learning_rate=[t["learning_rate"] for t in member_tags])
             density = densities(masks)
@@ -581,17 +617,19 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
                              float(corr[m]) for m, t in enumerate(member_tags)})
         if level > 0:
             distance = distributed.host(distance_fn(previous_masks, masks))
-            kept = densities(masks)
+            kept = densities(masks)[recipe_run]
+            distance = {k: np.asarray(v)[recipe_run] for k, v in distance.items()}
             distance_rows += [{"level": level, "previous_level": level - 1, "replicate": r,
                                "density": float(kept[r]),
-                               **{k: float(np.asarray(v)[r]) for k, v in distance.items()}}
+                               **{k: float(v[r]) for k, v in distance.items()}}
                               for r in range(num)]
         previous_masks = masks
-        final = executor.shard(jax.tree.map(lambda x, i=first: x[i:i + num], final_all))
+        final = executor.shard(jax.tree.map(lambda x: x[own], final_all))
         if level == 0:
             dense_final = final
         if "small_dense" in controls and level > 0:
-            _run_small_dense(config, executor, dataset, recipe, segment, keys, noise_keys, masks,
+            _run_small_dense(config, executor, dataset, recipe, segment, keys, noise_keys,
+                             executor.shard(jax.tree.map(lambda x: x[recipe_run], masks)),
                              selection, level_dir / "small_dense",
                              {"level": level, "branch": "small_dense"},
                              f"level {level} small_dense")

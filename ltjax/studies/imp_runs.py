@@ -102,13 +102,15 @@ IMP_BRANCHES = ("imp", "random_layerwise", "random_global", "oneshot")
 
 
 def load_imp_masks(imp_workdir: str | pathlib.Path, level: int, like_masks: Any,
-                   branch: str = "imp") -> Any:
+                   branch: str = "imp", *, learning_rate: float | None = None) -> Any:
     """The masks ``[S, ...]`` (host arrays) of an IMP workdir's level, of one branch.
 
     A level's checkpoint holds every member of that level's program (the
     ticket and its controls); its metadata lists them, and the members of
     ``branch`` (``'imp'``, the ticket, or a control such as
-    ``'random_layerwise'``) are returned in replicate order.
+    ``'random_layerwise'``) are returned in replicate order. A run with a
+    learning-rate sweep (``ticket_learning_rates``) holds a ticket per rate:
+    those of ``learning_rate`` are returned (default: the run's recipe rate).
 
     Raises:
       ValueError: the level does not exist in the workdir, has no finished
@@ -121,11 +123,17 @@ def load_imp_masks(imp_workdir: str | pathlib.Path, level: int, like_masks: Any,
             raise ValueError(f"imp_level={level} of {str(imp_workdir)!r} has no checkpoint yet")
         _, _, meta = ckpt.restore(steps[-1], like_state=None)
         members = meta.get("members") or []
-        imp = sorted((m["replicate"], i) for i, m in enumerate(members) if m["branch"] == branch)
+        swept = any("learning_rate" in m for m in members if m["branch"] == branch)
+        if swept and learning_rate is None:
+            run_config = results.read_json(pathlib.Path(imp_workdir) / "config.json")
+            learning_rate = float(run_config["recipe"]["learning_rate"])
+        imp = sorted((m["replicate"], i) for i, m in enumerate(members) if m["branch"] == branch
+                     and (not swept or m.get("learning_rate") == learning_rate))
         if not imp:
             found = sorted({m["branch"] for m in members})
             raise ValueError(f"imp_level={level} of {str(imp_workdir)!r} has no {branch!r} "
-                             f"members (imp_branch; it has {found})")
+                             f"members" + (f" at learning_rate={learning_rate}" if swept else "")
+                             + f" (imp_branch; it has {found})")
         like_all = jax.tree.map(lambda x: jnp.ones((len(members), *x.shape[1:]), x.dtype),
                                 like_masks)
         _, masks, _ = ckpt.restore(steps[-1], like_state=None, like_masks=like_all)

@@ -55,8 +55,8 @@ STABILITY_FIELDS = ("num_copies", "rewind_steps", "num_alphas", "path_splits", "
                     "recompute_batch_stats", "reset_batches", "reset_augment", "imp_workdir",
                     "imp_level", "imp_mask_at_any_k", "imp_branch")
 IMP_FIELDS = ("levels", "rewind_step", "rewind_optimizer", "sgd_noise", "pruning", "controls",
-              "max_checkpoints", "ticket_learning_rates", "ticket_similar", "correlation_p",
-              "pretrain")
+              "max_checkpoints", "ticket_learning_rates", "ticket_masks", "ticket_similar",
+              "correlation_p", "pretrain")
 TRANSITION_FIELDS = ("imp_rewind_steps", "matching_within")
 #: The subnetwork kinds: the stability study's ``imp_branch`` and the tables' names.
 KINDS = {"imp": "imp", "random_layerwise": "random"}
