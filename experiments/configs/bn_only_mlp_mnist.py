@@ -3,7 +3,9 @@
 SGD 0.1 with momentum 0.9 and a cosine decay, weight decay 1e-4 (frozen
 parameters get none), batch 128, 10 epochs, 2 replicates; arms full,
 BatchNorm only, BatchNorm + output layer, output layer only, and as many
-random non-BatchNorm parameters as BatchNorm has.
+random non-BatchNorm parameters as BatchNorm has (``random_control``:
+``'per_channel'``, the paper's 2 per output channel of each hidden layer, or
+``'global'``, drawn over all non-BatchNorm entries).
 
     python -m experiments.bn_only --config=experiments/configs/bn_only_mlp_mnist.py \
         --workdir=runs/bn_only
@@ -38,6 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint_every = "5ep"
     config.max_checkpoints = 1
     config.arms = ("full", "batchnorm", "batchnorm_output", "output", "random")
+    config.random_control = "per_channel"
     if "quick" in chosen:
         config.model_kwargs.widths = (256, 256)
         config.recipe.total_steps = "300it"

@@ -10,8 +10,13 @@ and data orders:
 ``batchnorm``      only BatchNorm's gamma and beta (:func:`ltjax.batchnorm_only.batchnorm_only`)
 ``batchnorm_output`` gamma, beta and the output layer
 ``output``         only the output layer
-``random``         as many random non-BatchNorm entries as ``batchnorm`` trains
-                   (:func:`ltjax.batchnorm_only.random_subset`), BatchNorm frozen
+``random``         random non-BatchNorm entries, as many as ``batchnorm`` trains,
+                   BatchNorm frozen; drawn by the rule ``config.random_control``:
+                   ``'per_channel'`` (default, the paper's rule): 2 random kernel
+                   entries of every output channel of each layer but the output
+                   one (:func:`ltjax.batchnorm_only.random_per_channel`);
+                   ``'global'``: uniformly over all non-BatchNorm entries
+                   (:func:`ltjax.batchnorm_only.random_subset`)
 ================== ============================================================
 
 Example (Colab):
@@ -22,6 +27,7 @@ Example (Colab):
 from __future__ import annotations
 
 import pathlib
+import re
 from typing import Any
 
 import jax
@@ -34,6 +40,50 @@ from ltjax.studies.spec import RunSpec
 
 ARMS = ("full", "batchnorm", "batchnorm_output", "output", "random")
 THRESHOLDS = (0.01, 0.05)
+#: Random entries per output channel in the ``'per_channel'`` control: BatchNorm's gamma and beta.
+PER_CHANNEL = 2
+
+
+def random_control(config: Any) -> str:
+    """``config.random_control`` (default ``'per_channel'``), checked.
+
+    Raises:
+      ValueError: not one of :data:`ltjax.batchnorm_only.RANDOM_CONTROLS`.
+
+    Example:
+        >>> random_control(ml_collections.ConfigDict({"random_control": "global"}))
+        'global'
+    """
+    rule = config.get("random_control", "per_channel")
+    if rule not in batchnorm_only.RANDOM_CONTROLS:
+        raise ValueError(f"config.random_control must be one of "
+                         f"{batchnorm_only.RANDOM_CONTROLS}, got {rule!r}")
+    return rule
+
+
+def arm_reparams(config: Any, params: Any) -> dict[str, reparam_lib.Reparam]:
+    """Each arm's reparameterisation for a model whose params look like ``params``.
+
+    The ``random`` arm follows ``config.random_control``; its per-channel
+    draw leaves out the output layer (no BatchNorm follows it), so it trains
+    exactly as many entries as ``batchnorm`` on ``mlp_bn`` and the ResNets.
+
+    Example:
+        >>> arm_reparams(config, executor.abstract_params)["random"].name
+        'random_per_channel(2)'
+    """
+    output = batchnorm_only.output_layer(params)
+    if random_control(config) == "per_channel":
+        random = batchnorm_only.random_per_channel(
+            PER_CHANNEL, exclude=f"{batchnorm_only.BATCHNORM_PATTERN}|^{re.escape(output)}/")
+    else:
+        random = batchnorm_only.random_subset(
+            batchnorm_only.trainable_count(batchnorm_only.batchnorm_only(), params))
+    return {"full": reparam_lib.identity(),
+            "batchnorm": batchnorm_only.batchnorm_only(),
+            "batchnorm_output": batchnorm_only.batchnorm_only(output=output),
+            "output": batchnorm_only.output_only(output),
+            "random": random}
 
 
 @common.study_entry
@@ -44,11 +94,13 @@ def run_bn_only(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
     share_gamma_below_0.01, share_gamma_below_0.05`` (mean and std rows too).
 
     Raises:
-      ValueError: unknown arms, or a model without BatchNorm (before any work).
+      ValueError: unknown arms or ``random_control``, or a model without
+        BatchNorm (before any work).
     """
     arms = common.names_of(config.arms, field="arms", allowed=ARMS)
     if not arms:
         raise ValueError("config.arms must name at least one arm")
+    random_control(config)
 
     def check(dataset) -> None:
         model = common.build_model(config, dataset)
@@ -60,19 +112,17 @@ def run_bn_only(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
     executor, num = spec.executor, spec.num_replicates
     init_keys, noise_keys = spec.keys()
     params = executor.abstract_params
-    output = batchnorm_only.output_layer(params)
-    count = batchnorm_only.trainable_count(batchnorm_only.batchnorm_only(), params)
-    reparams = {
-        "full": reparam_lib.identity(),
-        "batchnorm": batchnorm_only.batchnorm_only(),
-        "batchnorm_output": batchnorm_only.batchnorm_only(output=output),
-        "output": batchnorm_only.output_only(output),
-        "random": batchnorm_only.random_subset(count),
-    }
+    reparams = arm_reparams(config, params)
     rows, gammas = [], {}
     for arm in arms:
         arm_executor = executor.like(recipe=spec.recipe, reparam=reparams[arm])
-        final = run.segment(arm, state=arm_executor.init(init_keys), noise_keys=noise_keys,
+        start = arm_executor.init(init_keys)
+        if arm == "random":  # each member's count of chosen entries
+            trainable = [int(sum(np.sum(np.asarray(c[r])) for c in
+                                 jax.tree.leaves(start.frozen["chosen"]))) for r in range(num)]
+        else:
+            trainable = [batchnorm_only.trainable_count(reparams[arm], params)] * num
+        final = run.segment(arm, state=start, noise_keys=noise_keys,
                             tags={"arm": arm}, executor=arm_executor, desc=f"{arm} x{num}")
         test = run.evaluate(final, ["test"], executor=arm_executor)["test"]
         trained = arm_executor.model_params(final)
@@ -80,9 +130,7 @@ def run_bn_only(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
             lambda p, t=t: batchnorm_only.gamma_share_below(p, t))(trained)) for t in THRESHOLDS}
         gammas[arm] = np.concatenate([np.abs(np.asarray(g)).reshape(-1)
                                       for g in batchnorm_only.gammas(trained)])
-        trainable = count if arm == "random" else batchnorm_only.trainable_count(
-            reparams[arm], params)
-        rows += [{"arm": arm, "replicate": r, "trainable_params": trainable,
+        rows += [{"arm": arm, "replicate": r, "trainable_params": trainable[r],
                   "test_accuracy": test["accuracy"][r], "test_loss": test["loss"][r],
                   **{f"share_gamma_below_{t}": float(shares[t][r]) for t in THRESHOLDS}}
                  for r in range(num)]
