@@ -1,12 +1,13 @@
 """SupSup: superposition, the entropy gradient, task inference, permuted tasks, the study."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.configs import supsup_lenet_digits
-from ltjax import masking, models, results, supsup
+from experiments.configs import supsup_lenet_digits, supsup_lenet_mnist
+from ltjax import data, masking, models, results, supsup
 from ltjax.studies import supsup as supsup_study
 
 
@@ -251,6 +252,7 @@ def test_digits_quick_study_end_to_end_and_rerun_leaves_results_unchanged(tmp_pa
             # and the inference's superposition of the shared weights with a one-hot alpha
             assert abs(float(r["inferred_test_accuracy"]) - float(r["test_accuracy"])) < 1e-6
     assert summary["overall"]["test_accuracy"] > 0.9
+    assert summary["output_size"] == 100  # 100 outputs, labels 0..9, as the reference
     assert (tmp_path / "plots" / "supsup.png").exists()
     before = (tmp_path / "results.csv").read_bytes()
     supsup_study.run(config, tmp_path, progress=False)
@@ -266,4 +268,88 @@ def test_study_refuses_bad_fields_before_any_work(tmp_path):
     config.num_tasks = 0
     with pytest.raises(ValueError, match="config.num_tasks"):
         supsup_study.run(config, tmp_path / "b", progress=False)
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    config = supsup_lenet_digits.get_config("quick")
+    config.output_size = 5  # fewer outputs than the 10 labels
+    with pytest.raises(ValueError, match="config.output_size"):
+        supsup_study.run(config, tmp_path / "c", progress=False)
+    assert not any((tmp_path / d).exists() for d in "abc")
+
+
+class _Linear(nn.Module):
+    """``x @ kernel``, bias-free: 12 outputs for 10 labels (2 superfluous)."""
+
+    outputs: int = 12
+
+    @nn.compact
+    def __call__(self, x, *, train):
+        del train
+        return nn.Dense(self.outputs, use_bias=False)(x)
+
+
+def _entropy_grad_oracle(x, w, masks):
+    """NumPy ``dH/dalpha`` at ``alpha = 1/T`` of ``x @ (W * sum alpha_i M_i)``, H over every
+    output: ``dH/dz = -p (log p + H)`` per row, then ``<x^T dH/dz, W * M_i>``."""
+    z = x @ (w * masks.mean(0))
+    log_p = z - z.max(1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
+    p = np.exp(log_p)
+    h = -(p * log_p).sum(1, keepdims=True)
+    dz = -p * (log_p + h) / len(x)
+    return np.einsum("bd,bo,tdo->t", x, dz, w * masks)
+
+
+def test_superfluous_outputs_count_in_inference_and_accuracy_as_the_reference():
+    """12 outputs, labels 0..9 (the reference's output_size > classes): the entropy of
+    one-shot inference is over all 12 outputs and a prediction is the argmax over all 12, so
+    an argmax on output 10 or 11 is wrong (``adaptors.py``: ``output.argmax(dim=1)``).
+    Against a NumPy oracle; the planted superfluous columns change both answers."""
+    rs = np.random.default_rng(3)
+    num_tasks, dim, outputs, num, batch = 3, 6, 12, 40, 8
+    w = rs.standard_normal((dim, outputs)).astype(np.float32)
+    w[:, 10:] *= 2.5  # superfluous outputs large enough to matter
+    masks = rs.random((num_tasks, dim, outputs)) < 0.5
+    perms = np.stack([rs.permutation(dim) for _ in range(num_tasks)])
+    x = rs.standard_normal((num, dim)).astype(np.float32)
+    y = np.argmax(x @ w[:, :10], axis=1)  # labels 0..9 only
+    got = supsup_study.infer_tasks(
+        _Linear(), {"Dense_0": {"kernel": jnp.asarray(w)}},
+        {"Dense_0": {"kernel": jnp.asarray(masks)}}, x, y, perms,
+        prunable={"Dense_0": {"kernel": True}}, batch_size=batch, binary=False)
+    w64, m64 = w.astype(np.float64), masks.astype(np.float64)
+    differs_from_first_ten, argmax_on_superfluous = 0, 0
+    for t, perm in enumerate(perms):
+        xt = x[:, perm].astype(np.float64)
+        hits, correct = [], 0
+        for b in range(0, num, batch):
+            xb, yb = xt[b:b + batch], y[b:b + batch]
+            task = int(np.argmin(_entropy_grad_oracle(xb, w64, m64)))
+            ten = int(np.argmin(_entropy_grad_oracle(xb, w64[:, :10], m64[:, :, :10])))
+            differs_from_first_ten += task != ten
+            hits.append(task == t)
+            pred = np.argmax(xb @ (w64 * m64[task]), axis=1)
+            correct += int(np.sum(pred == yb))
+            argmax_on_superfluous += int(np.sum(pred >= 10))
+        assert got[t]["inferred_task_accuracy"] == pytest.approx(np.mean(hits))
+        assert got[t]["inferred_test_accuracy"] == pytest.approx(correct / num)
+        assert got[t]["inferred_task_accuracy_binary"] is None
+    # the plant bites: over the first 10 outputs only, both answers would differ
+    assert differs_from_first_ten > 0 and argmax_on_superfluous > 0
+
+
+def test_study_model_has_output_size_outputs_labels_stay_the_datasets():
+    """The study builds ``config.output_size`` outputs (the MNIST config: 100, the
+    reference's GNu ``output_size``); unset, the dataset's classes; fewer is refused."""
+    assert supsup_lenet_mnist.get_config().output_size == 100
+    config = supsup_lenet_digits.get_config("quick")
+    assert config.output_size == 100  # inherited from the MNIST config
+    dataset = data.load("digits")
+    assert dataset.num_classes == 10 and int(np.max(dataset.train.y)) == 9
+    model = supsup_study.build_model(config, dataset)
+    params, _ = models.init(model, jax.random.key(0), dataset.input_shape)
+    x = jnp.zeros((2, *dataset.input_shape))
+    assert model.apply({"params": params}, x, train=False).shape == (2, 100)
+    assert supsup_study.output_size({"output_size": None}, dataset) == 10
+    assert supsup_study.output_size({}, dataset) == 10
+    for bad in (9, 10.0, True):
+        with pytest.raises(ValueError, match="config.output_size"):
+            supsup_study.output_size({"output_size": bad}, dataset)

@@ -2,15 +2,15 @@
 
 GNu's PermutedMNIST recipe of the reference (RAIVNLab/supsup@6a31878,
 ``experiments/GNu/MNISTPerm/LeNet-250-tasks/supsup_h.py``): fast masks
-``1[S >= 0]``, 1000 iterations per task, batch 128, no schedule, no weight
-decay. The reference's RMSProp (lr 1e-4) is not among ltjax's optimizers, so
-Adam is used, at lr 1e-3 (calibrated, 1 replicate, CPU: Adam 1e-4 gave 93.7 %
-per task with the task given and 91.5 % one-shot task inference; 1e-3 gave
-96.3 % and 94.2 %; RMSProp's first steps are about 10x Adam's). 10 tasks
-(the reference runs 250 with 100 outputs), 10 outputs, 1 replicate; all tasks
-train as one program. Task inference over test batches of 128 (one-shot,
-first example only, binary).
-``--config.mask=top_k`` gives GG's per-layer top-k masks at ``density``.
+``1[S >= 0]``, RMSProp at lr 1e-4 (``torch.optim.RMSprop``'s defaults, no
+momentum, no weight decay), 1000 iterations per task (``iter_lim``), batch
+128, no schedule, ``output_size = 100`` (labels 0..9; the 90 superfluous
+outputs count in the loss, the argmax and the entropy of task inference, as
+there). 10 tasks (the reference runs 250), 1 replicate; all tasks train as
+one program. Task inference over test batches of 128 (one-shot, first
+example only, binary).
+``--config.mask=top_k`` gives GG's per-layer top-k masks at ``density``;
+``--config.output_size=None``: 10 outputs (before #31.3, with Adam 1e-3).
 
     LTJAX_DATA_DIR=../shared/data python -m experiments.supsup \\
         --config=experiments/configs/supsup_lenet_mnist.py --workdir=runs/supsup
@@ -32,8 +32,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.validation_size = 0
     config.num_replicates = 1
     config.eval_train = False
-    config.recipe.optimizer = "adam"
-    config.recipe.learning_rate = 1e-3
+    config.recipe.optimizer = "rmsprop"
+    config.recipe.learning_rate = 1e-4
     config.recipe.weight_decay = 0.0
     config.recipe.batch_size = 128
     config.recipe.augment = False
@@ -49,6 +49,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.identity_first = False  # task 0 permuted too, as the reference
     config.inference_batch_size = 128
     config.binary = True  # also the binary-search inference
+    # the reference's GNu output_size: 100 outputs, labels 0..9; the 90 superfluous outputs
+    # count in the loss, the argmax and the entropy of task inference (None: 10 outputs)
+    config.output_size = 100
     if "quick" in chosen:
         config.num_tasks = 3
         config.training_steps = "100it"

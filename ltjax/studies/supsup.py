@@ -19,6 +19,17 @@ superposition: one-shot over the whole batch, one-shot over its first
 example (the reference's ``data_to_repeat = 1``), and the binary variant
 (``config.binary``, whole batch).
 
+The network has ``config.output_size`` outputs (default: the dataset's
+classes). The reference's PermutedMNIST GNu configs use ``output_size =
+100`` with labels 0..9: the 90 superfluous outputs are never a label, but,
+as in the reference, every output counts everywhere. The training loss is
+the cross-entropy over all of them (``nn.CrossEntropyLoss``), a prediction
+is the argmax over all of them (``output.argmax(dim=1)`` in
+``trainers/default.py:test`` and ``adaptors.py``: an argmax on a superfluous
+output is wrong), and the entropy ``H`` that task inference differentiates
+is the softmax entropy over all of them
+(``adaptors.py:se_oneshot_entropy_minimization``).
+
 Example (Colab):
     >>> from experiments.configs import supsup_lenet_digits
     >>> summary = run(supsup_lenet_digits.get_config("quick"), "/tmp/supsup")
@@ -33,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ltjax import data, masking, plots, results, rng, supsup, tree
+from ltjax import data, masking, models, plots, results, rng, supsup, tree
 from ltjax.studies import common
 from ltjax.studies.spec import RunSpec
 
@@ -59,6 +70,38 @@ def _check_config(config: Any) -> tuple[str, int, float, int]:
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"config.inference_batch_size must be an int >= 1, got {batch!r}")
     return kind, num_tasks, float(density), batch
+
+
+def output_size(config: Any, dataset: data.Dataset) -> int:
+    """The network's outputs: ``config.output_size``, or the dataset's classes when unset.
+
+    Raises:
+      ValueError: ``config.output_size`` not an int, or fewer than the
+        dataset's classes (every label must be an output).
+
+    Example:
+        >>> output_size(supsup_lenet_mnist.get_config(), mnist)   # 100 outputs, labels 0..9
+        100
+    """
+    size = config.get("output_size")
+    if size is None:
+        return dataset.num_classes
+    if isinstance(size, bool) or not isinstance(size, int | np.integer) or (
+            size < dataset.num_classes):
+        raise ValueError(f"config.output_size must be an int >= the {dataset.num_classes} "
+                         f"classes of {dataset.name!r} (or None for exactly those), "
+                         f"got {size!r}")
+    return int(size)
+
+
+def build_model(config: Any, dataset: data.Dataset) -> Any:
+    """``config.model`` (with ``config.model_kwargs``) with :func:`output_size` outputs.
+
+    Example:
+        >>> model = build_model(supsup_lenet_mnist.get_config(), mnist)   # logits [B, 100]
+    """
+    kwargs = dict(config.get("model_kwargs") or {})
+    return models.create(config.model, num_classes=output_size(config, dataset), **kwargs)
 
 
 def task_permutations(config: Any, input_shape: tuple[int, ...]) -> np.ndarray:
@@ -104,7 +147,9 @@ def infer_tasks(model: Any, weights: PyTree, masks: PyTree, x: np.ndarray, y: np
     """Task inference on every task's test batches; one dict per task.
 
     Args:
-      model: the (unwrapped) model.
+      model: the (unwrapped) model. All its outputs count, superfluous ones
+        too (the reference's rule): the entropy is over every output, and a
+        prediction is the argmax over every output.
       weights: its fixed weights.
       masks: the tasks' masks ``[T, ...]``.
       x: the normalized test inputs ``[N, ...]`` (unpermuted); y: labels ``[N]``.
@@ -154,16 +199,18 @@ def run(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> d
     checkpoints; the inference is recomputed, deterministically).
 
     Raises:
-      ValueError: a bad ``mask``, ``num_tasks``, ``density`` or
-        ``inference_batch_size`` (before any work).
+      ValueError: a bad ``mask``, ``num_tasks``, ``density``,
+        ``inference_batch_size`` or ``output_size`` (before any work).
     """
     kind, num_tasks, density, batch_size = _check_config(config)
-    spec = RunSpec.from_config(config, progress=progress)
-    dataset, base, num = spec.dataset, spec.executor, spec.num_replicates
+    spec = RunSpec.from_config(config, check=lambda d: output_size(config, d),
+                               progress=progress)
+    dataset, num = spec.dataset, spec.num_replicates
+    model = build_model(config, dataset)
     perms = task_permutations(config, dataset.input_shape)
     binary = config.get("binary", True)
     run = spec.open(workdir)
-    wrapped = base.like(model=supsup.PermutedInput(model=base.model))
+    wrapped = spec.executor.like(model=supsup.PermutedInput(model=model))
     selection = masking.prunable(wrapped.abstract_params)
     executor = wrapped.like(reparam=supsup.task_supermask(selection, kind=kind, density=density))
     init_keys, noise_keys = spec.keys()
@@ -201,7 +248,7 @@ def run(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> d
         members = np.arange(r * num_tasks, (r + 1) * num_tasks)
         stats = tree.index(host.batch_stats, r * num_tasks)
         inferred += infer_tasks(
-            base.model, tree.index(host.frozen["weights"], r * num_tasks)["model"],
+            model, tree.index(host.frozen["weights"], r * num_tasks)["model"],
             tree.index(masks, members)["model"], x, y, perms, prunable=selection["model"],
             batch_size=batch_size, batch_stats=stats.get("model") if stats else None,
             binary=binary)
@@ -220,5 +267,6 @@ def run(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> d
                    else float(np.mean([r[f] for r in per_member]))) for f in FIELDS}
     return {"rows": [r for r in rows if r["replicate"] == "mean"],
             "std": [r for r in rows if r["replicate"] == "std"], "overall": overall,
-            "num_replicates": num, "num_tasks": num_tasks, "mask": kind}
+            "num_replicates": num, "num_tasks": num_tasks, "mask": kind,
+            "output_size": output_size(config, dataset)}
 
