@@ -30,59 +30,82 @@ PyTree = Any
 GLOBAL = "global"
 
 
-def _pairs(tree_a: PyTree, tree_b: PyTree, selection: PyTree | None) -> list[tuple[str, Any, Any]]:
+def _pairs(tree_a: PyTree, tree_b: PyTree, selection: PyTree | None,
+           masks: PyTree | None = None) -> list[tuple[str, Any, Any, Any]]:
+    """``(name, a, b, kept)`` of the selected leaves; ``kept`` is None without ``masks``."""
     tree.check_same_structure(tree_b, tree_a, name="tree_b", reference_name="tree_a")
     if selection is None:
         selection = masking.prunable(tree_a)
     flags = [bool(f) for f in jax.tree.leaves(selection)]
-    out = [(name, a.astype(jnp.float32), b.astype(jnp.float32)) for name, a, b, f in zip(
-        tree.names(tree_a), jax.tree.leaves(tree_a), jax.tree.leaves(tree_b), flags, strict=True)
-        if f]
+    kept = [None] * len(flags)
+    if masks is not None:
+        tree.check_same_structure(masks, tree_a, name="masks", reference_name="params")
+        kept = [jnp.asarray(m, bool) for m in jax.tree.leaves(masks)]
+    out = [(name, a.astype(jnp.float32), b.astype(jnp.float32), m)
+           for name, a, b, m, f in zip(tree.names(tree_a), jax.tree.leaves(tree_a),
+                                       jax.tree.leaves(tree_b), kept, flags, strict=True) if f]
     if not out:
         raise ValueError("selection has no True leaf")
     return out
 
 
-def sign_change_share(params: PyTree, reference: PyTree,
-                      selection: PyTree | None = None) -> dict[str, jax.Array]:
+def _sum(x: jax.Array, kept: jax.Array | None) -> jax.Array:
+    """The sum of ``x`` over the kept entries (all without a mask)."""
+    return jnp.sum(x) if kept is None else jnp.sum(jnp.where(kept, x, 0))
+
+
+def _count(a: jax.Array, kept: jax.Array | None) -> Any:
+    return a.size if kept is None else jnp.sum(kept)
+
+
+def sign_change_share(params: PyTree, reference: PyTree, selection: PyTree | None = None, *,
+                      masks: PyTree | None = None) -> dict[str, jax.Array]:
     """The share of weights whose sign differs from ``reference`` (0 vs itself, 1 vs ``-W``).
 
     A weight that is zero in one tree and not in the other counts as changed.
+    With ``masks`` (a sparse member's), among the kept weights only.
     """
-    pairs = _pairs(params, reference, selection)
-    out = {name: jnp.mean(jnp.sign(a) != jnp.sign(b)) for name, a, b in pairs}
-    changed = sum(jnp.sum(jnp.sign(a) != jnp.sign(b)) for _, a, b in pairs)
-    out[GLOBAL] = changed / sum(a.size for _, a, _ in pairs)
+    pairs = _pairs(params, reference, selection, masks)
+    changed = {name: _sum(jnp.sign(a) != jnp.sign(b), m) for name, a, b, m in pairs}
+    out = {name: changed[name] / _count(a, m) if m is not None
+           else jnp.mean(jnp.sign(a) != jnp.sign(b)) for name, a, b, m in pairs}
+    out[GLOBAL] = sum(changed.values()) / sum(_count(a, m) for _, a, _, m in pairs)
     return out
 
 
-def l2_distance(params: PyTree, reference: PyTree,
-                selection: PyTree | None = None) -> dict[str, jax.Array]:
-    """``||W - W_ref||_2`` per layer and over all selected layers."""
-    pairs = _pairs(params, reference, selection)
-    squares = {name: jnp.sum((a - b) ** 2) for name, a, b in pairs}
+def l2_distance(params: PyTree, reference: PyTree, selection: PyTree | None = None, *,
+                masks: PyTree | None = None) -> dict[str, jax.Array]:
+    """``||W - W_ref||_2`` per layer and over all selected layers (kept weights with ``masks``)."""
+    pairs = _pairs(params, reference, selection, masks)
+    squares = {name: _sum((a - b) ** 2, m) for name, a, b, m in pairs}
     out = {name: jnp.sqrt(v) for name, v in squares.items()}
     out[GLOBAL] = jnp.sqrt(sum(squares.values()))
     return out
 
 
-def cosine_similarity(params: PyTree, reference: PyTree,
-                      selection: PyTree | None = None) -> dict[str, jax.Array]:
-    """``<W, W_ref> / (||W|| ||W_ref||)`` per layer and over all selected layers."""
-    pairs = _pairs(params, reference, selection)
-    dots = {name: (jnp.vdot(a, b), jnp.vdot(a, a), jnp.vdot(b, b)) for name, a, b in pairs}
+def cosine_similarity(params: PyTree, reference: PyTree, selection: PyTree | None = None, *,
+                      masks: PyTree | None = None) -> dict[str, jax.Array]:
+    """``<W, W_ref> / (||W|| ||W_ref||)`` per layer and over all selected layers.
+
+    With ``masks``, over the kept weights.
+    """
+    pairs = _pairs(params, reference, selection, masks)
+    dots = {name: (jnp.vdot(a, b), jnp.vdot(a, a), jnp.vdot(b, b)) if m is None else
+            (_sum(a * b, m), _sum(a * a, m), _sum(b * b, m)) for name, a, b, m in pairs}
     out = {name: d / jnp.sqrt(na * nb) for name, (d, na, nb) in dots.items()}
     total = [sum(v[i] for v in dots.values()) for i in range(3)]
     out[GLOBAL] = total[0] / jnp.sqrt(total[1] * total[2])
     return out
 
 
-def mean_magnitude(params: PyTree, selection: PyTree | None = None) -> dict[str, jax.Array]:
-    """Mean ``|w|`` per layer and over all selected weights."""
-    pairs = _pairs(params, params, selection)
-    out = {name: jnp.mean(jnp.abs(a)) for name, a, _ in pairs}
-    out[GLOBAL] = sum(jnp.sum(jnp.abs(a)) for _, a, _ in pairs) / sum(
-        a.size for _, a, _ in pairs)
+def mean_magnitude(params: PyTree, selection: PyTree | None = None, *,
+                   masks: PyTree | None = None) -> dict[str, jax.Array]:
+    """Mean ``|w|`` per layer and over all selected weights (kept weights with ``masks``)."""
+    pairs = _pairs(params, params, selection, masks)
+    out = {name: jnp.mean(jnp.abs(a)) if m is None else _sum(jnp.abs(a), m) / _count(a, m)
+           for name, a, _, m in pairs}
+    out[GLOBAL] = sum(_sum(jnp.abs(a), m) for _, a, _, m in pairs) / sum(
+        _count(a, m) for _, a, _, m in pairs)
     return out
 
 
@@ -93,14 +116,14 @@ def tracked_indices(params: PyTree, key: jax.Array, count: int = 10,
     Drawn uniformly over all selected weights (without replacement).
     """
     pairs = _pairs(params, params, selection)
-    sizes = [a.size for _, a, _ in pairs]
+    sizes = [a.size for _, a, _, _ in pairs]
     total = sum(sizes)
     if not 0 < count <= total:
         raise ValueError(f"count must be in [1, {total}] (the selected weights), got {count}")
     picks = sorted(int(i) for i in jax.random.choice(key, total, (count,), replace=False))
     out, start = [], 0
     bounds = []
-    for (name, _, _), size in zip(pairs, sizes, strict=True):
+    for (name, _, _, _), size in zip(pairs, sizes, strict=True):
         bounds.append((name, start, start + size))
         start += size
     for flat in picks:
@@ -116,9 +139,14 @@ def tracked_values(params: PyTree, indices: list[tuple[str, int]]) -> list[jax.A
     return [found[name].reshape(-1)[i] for name, i in indices]
 
 
-def global_norm(grads: PyTree, selection: PyTree | None = None) -> dict[str, jax.Array]:
-    """``||g||_2`` per selected leaf and over all of them (e.g. the loss gradient)."""
-    return l2_distance(grads, jax.tree.map(jnp.zeros_like, grads), selection)
+def global_norm(grads: PyTree, selection: PyTree | None = None, *,
+                masks: PyTree | None = None) -> dict[str, jax.Array]:
+    """``||g||_2`` per selected leaf and over all of them (e.g. the loss gradient).
+
+    With ``masks``, of the kept weights' gradient (a sparse net's pruned
+    positions never move).
+    """
+    return l2_distance(grads, jax.tree.map(jnp.zeros_like, grads), selection, masks=masks)
 
 
 def hessian_vector_product(loss_fn: Callable[[PyTree], jax.Array], params: PyTree,
@@ -187,34 +215,37 @@ def schedule(end: int, *, start: int = 0, dense_every: int = 50, dense_until: in
 
 
 def snapshot(params: PyTree, params_0: PyTree, grads: PyTree,
-             selection: PyTree | None = None) -> dict[str, dict[str, jax.Array]]:
+             selection: PyTree | None = None, *,
+             masks: PyTree | None = None) -> dict[str, dict[str, jax.Array]]:
     """One member's telemetry at a step: ``{quantity: {layer or 'global': value}}``.
 
     ``mean_magnitude`` (mean |w|), ``sign_change_init`` (share of signs that
     differ from ``W_0``), ``l2_init`` (``||W_t - W_0||``), ``cosine_init``,
     and ``grad_norm`` (``||g||`` of ``grads``, the training loss's gradient on
-    a fixed batch). Jittable; ``jax.vmap`` it over members.
+    a fixed batch). With ``masks`` (a sparse member's), every quantity is
+    over the kept weights only. Jittable; ``jax.vmap`` it over members.
 
     Example:
         >>> snapshot(params_t, params_0, grads, selection)["l2_init"]["global"]
     """
-    return {"mean_magnitude": mean_magnitude(params, selection),
-            "sign_change_init": sign_change_share(params, params_0, selection),
-            "l2_init": l2_distance(params, params_0, selection),
-            "cosine_init": cosine_similarity(params, params_0, selection),
-            "grad_norm": global_norm(grads, selection)}
+    return {"mean_magnitude": mean_magnitude(params, selection, masks=masks),
+            "sign_change_init": sign_change_share(params, params_0, selection, masks=masks),
+            "l2_init": l2_distance(params, params_0, selection, masks=masks),
+            "cosine_init": cosine_similarity(params, params_0, selection, masks=masks),
+            "grad_norm": global_norm(grads, selection, masks=masks)}
 
 
-def versus_final(params: PyTree, params_final: PyTree,
-                 selection: PyTree | None = None) -> dict[str, dict[str, jax.Array]]:
+def versus_final(params: PyTree, params_final: PyTree, selection: PyTree | None = None, *,
+                 masks: PyTree | None = None) -> dict[str, dict[str, jax.Array]]:
     """How far ``W_t`` is from the final weights ``W_T``: the post-pass quantities.
 
     ``sign_change_final``, ``l2_final`` and ``cosine_final``, per layer and
-    ``'global'`` (at ``t = T``: 0, 0 and 1).
+    ``'global'`` (at ``t = T``: 0, 0 and 1); over the kept weights with ``masks``.
     """
-    return {"sign_change_final": sign_change_share(params, params_final, selection),
-            "l2_final": l2_distance(params, params_final, selection),
-            "cosine_final": cosine_similarity(params, params_final, selection)}
+    return {"sign_change_final": sign_change_share(params, params_final, selection,
+                                                   masks=masks),
+            "l2_final": l2_distance(params, params_final, selection, masks=masks),
+            "cosine_final": cosine_similarity(params, params_final, selection, masks=masks)}
 
 
 def rows_of(step: int, quantities: dict[str, dict[str, Any]]) -> list[dict]:

@@ -183,5 +183,14 @@ def test_telemetry_of_the_dense_early_phase_and_the_perturbed_members(tmp_path, 
                 assert value("perturbed", "sign_change_init", k, rep, k, name) == 0.0
                 assert value("perturbed", "l2_final", end, rep, k, name) == 0.0
                 assert value("perturbed", "l2_final", k, rep, k, name) > 0.0
+    # A sparse member is measured over its kept weights (the pruned zeros do not dilute it).
+    like = jax.tree.map(lambda x: np.ones((1, *x.shape[1:]), bool), seen["parent", 10][0].params)
+    masks = imp_runs.load_imp_masks(tmp_path / "imp_10it", 1, like)
+    start = seen["perturbed", 10][0].params
+    for member, (name, rep) in enumerate([("none", 0), ("none", 1)]):
+        kept = np.concatenate([np.abs(np.asarray(start[n]["kernel"][member]))[
+            np.asarray(masks[n]["kernel"][rep])] for n in sorted(start)])
+        assert value("perturbed", "mean_magnitude", 10, rep, 10, name) == pytest.approx(
+            kept.mean(), rel=1e-5)
     assert not list((tmp_path / "telemetry_snapshots").rglob("*.npz"))  # removed after use
     assert (tmp_path / "plots" / "telemetry.png").exists()

@@ -41,6 +41,35 @@ def test_sign_change_distance_cosine_magnitude_against_numpy():
     assert "Dense_0/bias" not in mag  # kernels only by default
 
 
+def test_sparse_members_are_measured_over_their_kept_weights_only():
+    """With masks, pruned positions (here holding garbage in both trees) change nothing."""
+    a, b = _params(0), _params(1)
+    gen = np.random.default_rng(0)
+    masks = {"Dense_0": {"bias": np.ones(5, bool), "kernel": gen.random((4, 5)) < 0.5},
+             "Dense_1": {"kernel": gen.random((5, 3)) < 0.5}}
+    ka, kb = _kernels(a), _kernels(b)
+    kept = {n: masks[n]["kernel"] for n in ka}
+    flat_a = np.concatenate([ka[n][kept[n]] for n in ka])
+    flat_b = np.concatenate([kb[n][kept[n]] for n in kb])
+    out = telemetry.snapshot(a, b, b, masks=masks)
+    assert float(out["sign_change_init"]["global"]) == pytest.approx(
+        np.mean(np.sign(flat_a) != np.sign(flat_b)))
+    assert float(out["sign_change_init"]["Dense_1/kernel"]) == pytest.approx(
+        np.mean(np.sign(ka["Dense_1"][kept["Dense_1"]]) != np.sign(kb["Dense_1"][kept["Dense_1"]])))
+    assert float(out["l2_init"]["global"]) == pytest.approx(np.linalg.norm(flat_a - flat_b),
+                                                            rel=1e-5)
+    assert float(out["cosine_init"]["global"]) == pytest.approx(
+        flat_a @ flat_b / np.linalg.norm(flat_a) / np.linalg.norm(flat_b), rel=1e-5)
+    assert float(out["mean_magnitude"]["Dense_0/kernel"]) == pytest.approx(
+        np.mean(np.abs(ka["Dense_0"][kept["Dense_0"]])), rel=1e-6)
+    assert float(out["grad_norm"]["global"]) == pytest.approx(np.linalg.norm(flat_b), rel=1e-5)
+    final = telemetry.versus_final(a, b, masks=masks)
+    assert float(final["l2_final"]["global"]) == pytest.approx(np.linalg.norm(flat_a - flat_b),
+                                                               rel=1e-5)
+    # Without masks every weight counts (the dense measure differs here).
+    assert float(telemetry.l2_distance(a, b)["global"]) > float(out["l2_init"]["global"]) * 1.1
+
+
 def test_tracked_weights_are_fixed_and_distinct():
     a = _params(0)
     indices = telemetry.tracked_indices(a, jax.random.key(3), count=10)

@@ -756,6 +756,8 @@ class TelemetryObserver:
       hessian_steps: the steps at which to log the Hessian's top eigenvalue
         (need not be among ``steps``).
       hessian_iterations: power iterations per eigenvalue.
+      masks: the members' masks ``[S, ...]`` (sparse members: every quantity,
+        the post-pass's too, over each member's kept weights), or None (dense).
 
     Example:
         >>> observer = TelemetryObserver(executor, state.params, telemetry.schedule(end), log=...)
@@ -766,7 +768,8 @@ class TelemetryObserver:
     def __init__(self, executor: executor_lib.Executor, params_0: Any, steps: list[int], *,
                  log: results.MetricsLog, snapshot_dir: str | pathlib.Path,
                  batch: tuple[np.ndarray, np.ndarray], tracked: list[tuple[str, int]],
-                 hessian_steps: list[int] = (), hessian_iterations: int = 20):
+                 hessian_steps: list[int] = (), hessian_iterations: int = 20,
+                 masks: Any = None):
         from ltjax import masking, telemetry
 
         self.snapshot_steps = set(steps)
@@ -782,10 +785,12 @@ class TelemetryObserver:
         y = jnp.asarray(batch[1], jnp.int32)
         selection, tracked_ = self.selection, self.tracked
 
-        def one(params, params_0, batch_stats):
+        self.masks = masks
+
+        def one(params, params_0, batch_stats, masks=None):
             grads = jax.grad(lambda p: train.cross_entropy(
                 train.logits(model, p, batch_stats, x, train=True), y).mean())(params)
-            out = telemetry.snapshot(params, params_0, grads, selection)
+            out = telemetry.snapshot(params, params_0, grads, selection, masks=masks)
             out["tracked"] = {f"{name}[{i}]": v for (name, i), v in zip(
                 tracked_, telemetry.tracked_values(params, tracked_), strict=True)}
             return out
@@ -802,8 +807,8 @@ class TelemetryObserver:
 
         self._sharpness = jax.jit(jax.vmap(sharpness, in_axes=(0, 0, None)))
         # On the kept layers by name ({'Dense_0/kernel': [S, ...]}), every one selected.
-        self._final = jax.jit(jax.vmap(lambda p, f: telemetry.versus_final(
-            p, f, jax.tree.map(lambda _: True, p))))
+        self._final = jax.jit(jax.vmap(lambda p, f, m=None: telemetry.versus_final(
+            p, f, jax.tree.map(lambda _: True, p), masks=m)))
 
     def _kept(self, params: Any) -> dict[str, np.ndarray]:
         host = distributed.host(params)
@@ -822,7 +827,8 @@ class TelemetryObserver:
         if step not in self.snapshot_steps:
             self.log.append(rows)
             return
-        quantities = distributed.host(self._quantities(params, self.params_0, batch_stats))
+        quantities = distributed.host(self._quantities(
+            params, self.params_0, batch_stats, *([] if self.masks is None else [self.masks])))
         rows += _member_rows(step, quantities, tags, member_tags)
         path = self.snapshot_dir / f"step_{step:08d}.npz"
         kept = self._kept(params)
@@ -858,13 +864,16 @@ class TelemetryObserver:
             return
         final = self._kept(final_params)
         names = list(final)
+        kept_masks = None if self.masks is None else {
+            n: jnp.asarray(m) for n, m in self._kept(self.masks).items()}
         rows = []
         for path in sorted(self.snapshot_dir.glob("step_*.npz")):
             step = int(path.stem.split("_")[1])
             with np.load(path) as stored:
                 at = {n: stored[n] for n in names}
             flat = distributed.host(self._final(
-                {n: jnp.asarray(at[n]) for n in names}, {n: jnp.asarray(final[n]) for n in names}))
+                {n: jnp.asarray(at[n]) for n in names}, {n: jnp.asarray(final[n]) for n in names},
+                *([] if kept_masks is None else [kept_masks])))
             rows += _member_rows(step, flat, tags, member_tags)
         self.log.append(rows)
         if not keep_snapshots:

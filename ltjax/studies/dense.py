@@ -104,7 +104,7 @@ def run_train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
 
 def telemetry_observer(config: Any, executor: Any, params_0: Any, total: int, dataset: Any, *,
                        log: results.MetricsLog, snapshot_dir: pathlib.Path,
-                       ) -> common.TelemetryObserver:
+                       masks: Any = None) -> common.TelemetryObserver:
     """The telemetry observer of ``config.telemetry`` for a segment of members.
 
     Args:
@@ -117,6 +117,8 @@ def telemetry_observer(config: Any, executor: Any, params_0: Any, total: int, da
       log: where the records go.
       snapshot_dir: where this segment's weight snapshots go (one folder per
         segment: the post-pass reads every snapshot in it).
+      masks: sparse members' masks ``[S, ...]``: the quantities over their
+        kept weights (None: dense).
 
     Example:
         >>> observer = telemetry_observer(config, executor, start.params, end, dataset,
@@ -134,7 +136,7 @@ def telemetry_observer(config: Any, executor: Any, params_0: Any, total: int, da
         executor, params_0, steps, log=log, snapshot_dir=snapshot_dir,
         batch=(dataset.train.x[:t.batch_size], dataset.train.y[:t.batch_size]), tracked=tracked,
         hessian_steps=check_telemetry(config, dataset),
-        hessian_iterations=t.get("hessian_iterations", 20))
+        hessian_iterations=t.get("hessian_iterations", 20), masks=masks)
 
 
 def check_telemetry(config: Any, dataset: Any) -> list[int]:

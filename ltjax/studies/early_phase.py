@@ -244,11 +244,13 @@ def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool 
     telemetry_log = results.MetricsLog(workdir / "telemetry.jsonl")
     snapshots = workdir / "telemetry_snapshots"
 
-    def observer(params_0: Any, folder: str) -> common.TelemetryObserver | None:
+    def observer(params_0: Any, folder: str, masks: Any = None
+                 ) -> common.TelemetryObserver | None:
         if not watched:
             return None
         return dense.telemetry_observer(config, executor, params_0, end, dataset,
-                                        log=telemetry_log, snapshot_dir=snapshots / folder)
+                                        log=telemetry_log, snapshot_dir=snapshots / folder,
+                                        masks=masks)
 
     parent_observer = observer(params_0, "parent")
     rows = []
@@ -273,7 +275,7 @@ def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool 
         start = tree.index(state, replicate_of)
         start = executor.shard(start.replace(
             params=params, opt_state=executor.fresh_opt_state(params)))
-        members_observer = observer(start.params, f"perturbed_{k}")
+        members_observer = observer(start.params, f"perturbed_{k}", member_masks)
         final = segment(executor, state=start, masks=member_masks,
                         noise_keys=noise_keys[replicate_of],
                         ckpt_dir=workdir / "checkpoints" / f"perturbed_{k}",
