@@ -99,3 +99,20 @@ def test_bad_config_is_refused_before_any_work(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):
         study.run_subspaces(_config(**overrides), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_batchnorm_statistics_are_reset_over_one_augmented_training_pass(tmp_path, monkeypatch):
+    """The reference's utils.update_bn: every point's statistics from one full augmented pass."""
+    calls = []
+    original = executor_lib.Executor.recomputed_batch_stats
+
+    def spy(self, params, batch_stats, **kwargs):
+        calls.append(kwargs)
+        return original(self, params, batch_stats, **kwargs)
+
+    monkeypatch.setattr(executor_lib.Executor, "recomputed_batch_stats", spy)
+    config = _config(model="mlp_bn", training_steps="1ep", checkpoint_every="1ep",
+                     eval_every="1ep", arms=("line@1",), num_replicates=1)
+    config.model_kwargs = {"widths": (8,)}
+    study.run_subspaces(config, tmp_path, progress=False)
+    assert calls and all(c == {"num_batches": None, "augment": True} for c in calls)

@@ -2,8 +2,8 @@
 
 ``:sample``: ResNet-20 on the 4000-image CIFAR-10 sample in ``$LTJAX_DATA_DIR``
 (the paper's network), 15 epochs, standard training and a line with beta = 1,
-1 replicate, BatchNorm statistics recomputed at each alpha (``:sample,quick``:
-1 epoch).
+1 replicate, BatchNorm statistics recomputed at each alpha over one augmented
+training pass, as the reference (``:sample,quick``: 1 epoch).
 
     python -m experiments.subspaces --config=experiments/configs/subspaces_mlp_digits.py:quick \
         --workdir=runs/subspaces_q
@@ -16,12 +16,9 @@ from experiments.configs import subspaces_mlp_mnist
 
 VARIANTS = ("quick", "sample")
 
-VARIANTS = ("quick", "sample")
-
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config; ``'quick'``: 4 epochs of a 64-64 MLP, 5 alphas; ``'sample'``: ResNet-20."""
-    chosen = configs.variants(arg, VARIANTS)
     chosen = configs.variants(arg, VARIANTS)
     config = subspaces_mlp_mnist.get_config()
     config.dataset = "digits"

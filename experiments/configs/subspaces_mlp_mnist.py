@@ -38,9 +38,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.simplex_points = 3
     config.num_alphas = 11
     # BatchNorm statistics recomputed at each point (nets with BN): a number of batches or
-    # 'epoch'; reset_augment applies the training augmentation (the REPAIR notebooks').
-    config.reset_batches = "20"
-    config.reset_augment = False
+    # 'epoch'; reset_augment applies the training augmentation. The reference's
+    # utils.update_bn: the cumulative average over one full augmented training pass.
+    config.reset_batches = "epoch"
+    config.reset_augment = True
     if "quick" in chosen:
         config.model_kwargs.widths = (128, 128)
         config.training_steps = "300it"
