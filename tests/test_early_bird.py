@@ -117,11 +117,28 @@ def test_study_masks_emergence_retrain_and_rerun(tmp_path):
     first = {n: (tmp_path / n).read_text() for n in ("results.csv", "mask_distance.csv")}
     rows = [r for r in results.read_csv(tmp_path / "results.csv")
             if r["replicate"] not in ("mean", "std")]
-    gammas = {(r["epoch"], r["replicate"]): np.asarray(r["gammas"])
-              for r in results.MetricsLog(tmp_path / "metrics.jsonl").read()
-              if r.get("branch") == "gammas"}
-    assert sorted({e for e, _ in gammas}) == list(range(7))
     _, dataset, recipe, executor = common.setup(config, tmp_path)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("gammas_*")) == [
+        f"gammas_{e:04d}" for e in range(7)]
+
+    def never():
+        raise AssertionError("the study did not checkpoint these gammas")
+
+    stored = {e: common.computed_once(tmp_path, f"gammas_{e:04d}", never,
+                                      like=jax.ShapeDtypeStruct((2, 32), np.float32))
+              for e in range(7)}
+    gammas = {(e, rep): stored[e][rep] for e in range(7) for rep in range(2)}
+    # Epoch 0 is the init's |gamma|, the last epoch the search's final weights'.
+    slim_search = executor_lib.Executor(executor.model, dataset, recipe,
+                                        reparam=early_bird.slimming(config.slimming))
+    init = slim_search.init(rng.init_and_noise(rng.replicate_keys(config.seed, 2))[0])
+    with checkpoint.Checkpointer(tmp_path / "checkpoints" / "search") as ckpt:
+        searched, _, _ = ckpt.restore(ckpt.steps()[-1], like_state=init)
+    for rep in range(2):
+        for e, state in ((0, init), (6, searched)):
+            expected = np.concatenate([np.abs(np.asarray(
+                state.params[f"BatchNorm_{i}"]["scale"][rep])) for i in range(2)])
+            np.testing.assert_array_equal(np.abs(gammas[(e, rep)]), expected)
     keeps = {}
     for rep in range(2):
         # An independent FIFO: prune the floor(N p) smallest |gamma|, ties by index.

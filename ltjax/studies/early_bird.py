@@ -4,7 +4,8 @@ You et al. 2020 ("Drawing Early-Bird Tickets", ICLR 2020; :mod:`ltjax.early_bird
 The search trains the replicates (members of one program) with the slimming
 L1 penalty on the BatchNorm scales for ``config.training_steps``; at the start
 of every epoch (epoch 0: the init) each replicate's |gamma| vector is
-recorded in ``metrics.jsonl`` (so a resumed run has every epoch's masks) and
+checkpointed (``checkpoints/gammas_<epoch>``: a resumed run has every epoch's
+masks without training again) and
 a global channel mask is drawn for every pruning ratio ``p``. The ticket of a
 ratio emerges at the first epoch whose mask is within distance
 ``config.threshold`` (inclusive, as the reference) of each of the
@@ -96,8 +97,8 @@ def retrain_start_epoch(eb_epoch: int | None, mode: str) -> int:
 def run_early_bird(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Search, detect and retrain Early-Bird tickets; write tables and a plot; resumable.
 
-    Writes into ``workdir``: ``config.json``, ``metrics.jsonl`` (training records
-    and one ``gammas`` record per epoch and replicate), ``mask_distance.csv``
+    Writes into ``workdir``: ``config.json``, ``metrics.jsonl`` (training
+    records), ``checkpoints/gammas_<epoch>`` (|gamma| per replicate), ``mask_distance.csv``
     (``p, epoch, replicate, distance_to_previous_1 ... _{window-1}``),
     ``results.csv`` (``p, replicate, eb_epoch, kept_channels, eb_test_accuracy,
     full_test_accuracy, overlap_with_final_mask``; mean and std rows; the
@@ -128,26 +129,28 @@ def run_early_bird(config: Any, workdir: str | pathlib.Path, *, progress: bool =
     segment = common.segment_runner(config, executor, end=end, log=log, splits=["test"],
                                     progress=progress)
 
-    # 1. The search: |gamma| at the start of every epoch, recorded once per epoch.
-    stored = {(r["epoch"], r["replicate"]): np.asarray(r["gammas"], np.float32)
-              for r in log.read() if r.get("branch") == "gammas"}
+    # 1. The search: |gamma| at the start of every epoch, computed once per epoch.
     state = executor.init(init_keys)
+    num_channels = early_bird.mask_vector(jax.tree.map(
+        lambda x: np.zeros(x.shape, x.dtype), executor.abstract_params)).shape[0]
+    stored: dict[tuple[int, int], np.ndarray] = {}
     for epoch in range(epochs + 1):
-        if all((epoch, rep) in stored for rep in range(num)):
-            continue
-        if epoch > 0:
-            state = segment(executor, state=state, masks=None, noise_keys=noise_keys,
-                            end=min(epoch * per_epoch, end),
-                            ckpt_dir=workdir / "checkpoints" / "search",
-                            tags={"branch": "search"}, densities=np.ones(num),
-                            desc=f"search to epoch {epoch}")
-        params = jax.device_get(state.params)
-        records = [{"branch": "gammas", "epoch": epoch, "replicate": rep,
-                    "gammas": [float(g) for g in early_bird.mask_vector(tree.index(params, rep))]}
-                   for rep in range(num)]
-        log.append(records)
-        stored.update({(r["epoch"], r["replicate"]): np.asarray(r["gammas"], np.float32)
-                       for r in records})
+        def gammas(epoch: int = epoch) -> np.ndarray:
+            nonlocal state
+            if epoch > 0:  # resumes from the search's newest checkpoint
+                state = segment(executor, state=state, masks=None, noise_keys=noise_keys,
+                                end=min(epoch * per_epoch, end),
+                                ckpt_dir=workdir / "checkpoints" / "search",
+                                tags={"branch": "search"}, densities=np.ones(num),
+                                desc=f"search to epoch {epoch}")
+            params = jax.device_get(state.params)
+            return np.stack([early_bird.mask_vector(tree.index(params, rep))
+                             for rep in range(num)]).astype(np.float32)
+
+        found = common.computed_once(
+            workdir, f"gammas_{epoch:04d}", gammas,
+            like=jax.ShapeDtypeStruct((num, num_channels), np.float32))
+        stored.update({(epoch, rep): found[rep] for rep in range(num)})
     # To the end (a partial last epoch), or restored when the loop already got there.
     search = segment(executor, state=state, masks=None, noise_keys=noise_keys, end=end,
                      ckpt_dir=workdir / "checkpoints" / "search", tags={"branch": "search"},
