@@ -5,7 +5,8 @@ Taha, Shrivastava & Davis 2021, "Knowledge Evolution in Neural Networks"
 hypothesis (mask True) and a *reset* hypothesis (mask False). Each
 generation trains the whole (dense) network, without the mask in the
 forward pass, with a fresh optimiser and schedule; then the reset part is
-re-initialised, ``W <- where(M, W, W_fresh)`` (:func:`ke_reinit`), and the
+re-initialised, ``W <- where(M, W, W_fresh)`` (:func:`ke_reinit`, ``W_fresh`` the
+reference's ``U[-1/sqrt(fan_in), 1/sqrt(fan_in)]``, :func:`reset_draw`), and the
 next generation starts. With KELS the fit hypothesis is a real smaller
 network (the *slim* net, :func:`extract_slim`).
 
@@ -31,16 +32,17 @@ Facts of the reference (ahmdtaha/knowledge_evolution@a3f2eb2,
 ``train_KE_cls.py``) and where ltjax differs:
 
 - the reset part is re-initialised with torch's default
-  ``kaiming_uniform_(a=sqrt(5))`` (``U[-1/sqrt(fan_in), 1/sqrt(fan_in)]``,
-  std ``1/sqrt(3 fan_in)``); ltjax draws ``W_fresh`` with the model's own
-  initialiser (a fresh :func:`ltjax.models.init` with a new key: He normal,
-  std ``sqrt(2 / fan_in)``, biases zero), so a reset weight starts as a
-  weight of a new network of the same model;
+  ``kaiming_uniform_(a=sqrt(5))``: ``U[-1/sqrt(fan_in), 1/sqrt(fan_in)]``,
+  std ``1/sqrt(3 fan_in)``, about 2.45 times smaller than the He normal
+  (``sqrt(2 / fan_in)``) of the first initialisation. ltjax draws the same
+  (:func:`reset_draw`). Until #31.6 it re-drew the model's own He normal:
+  harmless under KELS on digits, but under WELS, where every unit has reset
+  inputs, the fit hypothesis then stayed 9 pp below the dense net at
+  generation 4 (1.6 pp with the reference's draw; docs/studies);
 - the reference resets no linear bias (its conv bias reset would crash on an
   undefined ``m``; its ResNets have none); ltjax resets the reset outputs'
-  biases of hidden dense/conv layers to the initialiser's zeros (KELS), and
-  keeps every bias under WELS (whose masks cover kernels only, as the
-  reference's);
+  biases of hidden dense/conv layers to zero (KELS), and keeps every bias
+  under WELS (whose masks cover kernels only, as the reference's);
 - its ``--reset_hypothesis`` (a new WELS mask per generation) crashes;
   ltjax keeps one mask for all generations, as the paper.
 
@@ -62,8 +64,7 @@ Example:
     >>> model = models.create("lenet_300_100")
     >>> params, stats = models.init(model, jax.random.key(0), (28, 28, 1))
     >>> masks = kels_masks(model, params, split_rate=0.5)
-    >>> fresh, _ = models.init(model, jax.random.key(1), (28, 28, 1))
-    >>> params = ke_reinit(params, masks, fresh)       # after a generation
+    >>> params = ke_reinit(params, masks, reset_draw(jax.random.key(1), params))
     >>> slim, slim_params, slim_stats = extract_slim(model, params, stats, split_rate=0.5,
     ...                                              input_shape=(28, 28, 1))
     >>> slim.widths
@@ -245,15 +246,55 @@ def split_masks(model: Any, params: PyTree, *, split: str, split_rate: float,
     raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
 
+def reset_draw(key: jax.Array, params: PyTree, *, prunable: PyTree | None = None) -> PyTree:
+    """The reference's values for the reset part: ``U[-1/sqrt(fan_in), 1/sqrt(fan_in)]`` kernels.
+
+    Torch's default ``nn.init.kaiming_uniform_(w, a=sqrt(5))``, which the
+    reference's ``split_reinitialize`` draws for every reset kernel weight
+    (``layers/{conv,linear}_type.py``): std ``1/sqrt(3 fan_in)``, with
+    ``fan_in`` the product of all but the last (output) axis of a Flax
+    kernel (``C_in`` of a dense kernel, ``kh * kw * C_in`` of a conv). Leaf
+    ``i`` (tree order) draws from ``fold_in(key, i)``. The other leaves are
+    zeros: a bias that a KELS mask resets restarts at 0; BatchNorm is never
+    reset (its masks are all True), so its zeros are never used.
+
+    Args:
+      key: a JAX key (the study: ``fold_in(stream(init, 'ke_reinit'), g)``).
+      params: params (arrays or ``jax.ShapeDtypeStruct``; one member).
+      prunable: static bool tree of the kernels (default
+        :func:`ltjax.masking.prunable`: the dense and conv kernels).
+
+    Returns:
+      A tree of the params' structure, shapes and dtypes.
+
+    Example:
+        >>> fresh = reset_draw(jax.random.key(3), params)
+        >>> params = ke_reinit(params, masks, fresh)
+    """
+    prunable = masking.prunable(params) if prunable is None else prunable
+    leaves, treedef = jax.tree.flatten(params)
+    chosen = jax.tree.leaves(prunable)
+    if len(chosen) != len(leaves):
+        raise ValueError("prunable must have the params' structure")
+    out = []
+    for i, (leaf, kernel) in enumerate(zip(leaves, chosen, strict=True)):
+        shape, dtype = tuple(leaf.shape), leaf.dtype
+        if kernel:
+            bound = 1.0 / np.sqrt(int(np.prod(shape[:-1])))
+            out.append(jax.random.uniform(jax.random.fold_in(key, i), shape, dtype,
+                                          minval=-bound, maxval=bound))
+        else:
+            out.append(jnp.zeros(shape, dtype))
+    return jax.tree.unflatten(treedef, out)
+
+
 def ke_reinit(params: PyTree, masks: PyTree, fresh_params: PyTree) -> PyTree:
     """The next generation's start: ``where(mask, W, W_fresh)`` leaf by leaf.
 
     The fit part (mask True) is kept bit for bit; the reset part takes the
-    values of ``fresh_params``, a fresh init of the same model with a new key
-    (``models.init(model, key, input_shape)[0]``; the reference draws
-    ``kaiming_uniform(a=sqrt(5))`` instead, see the module doc). The split
-    masks hold BatchNorm leaves all True, and batch statistics are not
-    params: BatchNorm is never reset.
+    values of ``fresh_params``, the reference's draw :func:`reset_draw` with
+    a new key. The split masks hold BatchNorm leaves all True, and batch
+    statistics are not params: BatchNorm is never reset.
 
     Raises:
       ValueError: masks that are not bool (a float 0.5 is neither fit nor
@@ -261,8 +302,7 @@ def ke_reinit(params: PyTree, masks: PyTree, fresh_params: PyTree) -> PyTree:
         structure or shapes; naming the leaf (:func:`ltjax.masking.check`).
 
     Example:
-        >>> fresh, _ = models.init(model, jax.random.key(7), (28, 28, 1))
-        >>> params = ke_reinit(params, masks, fresh)
+        >>> params = ke_reinit(params, masks, reset_draw(jax.random.key(7), params))
     """
     masking.check(masks, params)
     tree.check_same_structure(fresh_params, params, name="fresh_params")

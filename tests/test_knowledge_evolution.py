@@ -138,13 +138,13 @@ def test_slim_resnet_needs_stages_that_split_alike():
         ke.slim_model(models.create("vgg11"), split_rate=0.5)
 
 
-def test_ke_reinit_keeps_the_fit_part_bitwise_resets_with_the_init_std_and_not_bn():
+def test_ke_reinit_keeps_the_fit_part_bitwise_resets_from_fresh_and_not_bn():
     model = models.create("mlp_bn", widths=(400, 300))
     params, stats = _init(model, (8, 8, 1))
     trained = jax.tree.map(lambda p: p + 0.01 * jax.random.normal(jax.random.key(5), p.shape),
                            params)
     masks = ke.kels_masks(model, trained, split_rate=0.5)
-    fresh, _ = _init(model, (8, 8, 1), seed=9)
+    fresh = ke.reset_draw(jax.random.key(9), trained)
     out = ke.ke_reinit(trained, masks, fresh)
     for name, new, old, f, m in zip(tree.names(out), jax.tree.leaves(out),
                                     jax.tree.leaves(trained), jax.tree.leaves(fresh),
@@ -154,11 +154,45 @@ def test_ke_reinit_keeps_the_fit_part_bitwise_resets_with_the_init_std_and_not_b
         assert np.array_equal(new[~m], f[~m]), name
         if "BatchNorm" in name:
             assert m.all() and np.array_equal(new, old)
-    # The reset kernel entries have He normal's std sqrt(2 / fan_in) (fan_in 400).
     reset = np.asarray(out["Dense_1"]["kernel"])[~np.asarray(masks["Dense_1"]["kernel"])]
     assert reset.size == 400 * 300 - 200 * 150
-    assert np.std(reset) == pytest.approx(np.sqrt(2 / 400), rel=0.02)
-    assert (np.asarray(out["Dense_0"]["bias"])[200:] == 0).all()  # the initialiser's zeros
+    assert (np.asarray(out["Dense_0"]["bias"])[200:] == 0).all()  # a reset bias restarts at 0
+
+
+@pytest.mark.parametrize("name, kwargs, shape", [
+    ("lenet_300_100", {}, (28, 28, 1)),
+    ("conv2", {}, (32, 32, 3)),
+])
+def test_reset_draw_is_torch_kaiming_uniform_sqrt5(name, kwargs, shape):
+    # The oracle, torch's kaiming_uniform_(a=sqrt(5)) written out: gain sqrt(2 / (1 + 5)),
+    # std gain / sqrt(fan_in), bound sqrt(3) std = 1 / sqrt(fan_in), fan_in = C_in (dense)
+    # or kh * kw * C_in (conv): every axis of a Flax kernel but the last.
+    model = models.create(name, **kwargs)
+    params, _ = _init(model, shape)
+    draw = ke.reset_draw(jax.random.key(4), params)
+    assert jax.tree.structure(draw) == jax.tree.structure(params)
+    for leaf_name, d, p in zip(tree.names(draw), jax.tree.leaves(draw), jax.tree.leaves(params),
+                               strict=True):
+        d = np.asarray(d)
+        assert d.shape == p.shape and d.dtype == p.dtype, leaf_name
+        if not leaf_name.endswith("kernel"):
+            assert (d == 0).all(), leaf_name
+            continue
+        fan_in = math.prod(p.shape[:-1])
+        bound = math.sqrt(3) * math.sqrt(2 / (1 + 5)) / math.sqrt(fan_in)
+        assert np.abs(d).max() <= bound, leaf_name
+        if d.size >= 10_000:
+            assert d.std() == pytest.approx(bound / math.sqrt(3), rel=0.02), leaf_name
+            # Uniform: each tenth of [-bound, bound] holds a tenth of the entries.
+            counts = np.histogram(d, bins=10, range=(-bound, bound))[0] / d.size
+            assert np.abs(counts - 0.1).max() < 0.01, leaf_name
+    again = ke.reset_draw(jax.random.key(4), params)
+    other = ke.reset_draw(jax.random.key(5), params)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(draw),
+                                                     jax.tree.leaves(again), strict=True))
+    assert not any(np.array_equal(a, b) for n, a, b in zip(
+        tree.names(draw), jax.tree.leaves(draw), jax.tree.leaves(other), strict=True)
+        if n.endswith("kernel"))
 
 
 def test_wels_masks_are_bernoulli_on_kernels_only_and_seeded():
@@ -218,8 +252,10 @@ def test_study_table_matches_an_independent_replay_and_resumes_exactly(tmp_path,
     for g in (1, 2):
         if g > 1:
             reinit_keys = ke.generation_keys(init_keys, "ke_reinit", g)
-            params = tree.stack([ke.ke_reinit(tree.index(state.params, r), masks, models.init(
-                model, reinit_keys[r], dataset.input_shape)[0]) for r in range(2)])
+            # The reset part restarts from the reference's draw (checked against its
+            # oracle above) from the documented key, not from a fresh init of the model.
+            params = tree.stack([ke.ke_reinit(tree.index(state.params, r), masks, ke.reset_draw(
+                reinit_keys[r], tree.index(state.params, r))) for r in range(2)])
             state = executor.shard(state.replace(
                 step=jnp.zeros((2,), jnp.int32), params=params,
                 opt_state=executor.fresh_opt_state(params)))

@@ -13,7 +13,9 @@ replicates are the members of one program. Generation ``g`` (1 ..
    a smaller registry model: its own program), with WELS the dense network
    with the reset weights zeroed;
 3. re-initialises the reset part for generation ``g + 1``:
-   ``where(M, W, W_fresh)`` with ``W_fresh`` a fresh init of the model from
+   ``where(M, W, W_fresh)`` with ``W_fresh`` the reference's draw
+   (:func:`ltjax.knowledge_evolution.reset_draw`: kernels
+   ``U[-1/sqrt(fan_in), 1/sqrt(fan_in)]``, biases 0) from
    ``fold_in(stream(init, 'ke_reinit'), g + 1)``; BatchNorm (params and
    statistics) carries over unchanged.
 
@@ -180,9 +182,13 @@ def run_knowledge_evolution(config: Any, workdir: str | pathlib.Path, *,
     def reinit(params, masks, fresh):
         return jax.vmap(ke.ke_reinit)(params, masks, fresh)
 
+    abstract = executor.abstract_params
+    draw = jax.jit(jax.vmap(lambda k: ke.reset_draw(k, abstract)))
+
     def next_start(previous, generation: int):
-        fresh = executor.init(ke.generation_keys(init_keys, "ke_reinit", generation))
-        params = reinit(previous.params, masks, fresh.params)
+        keys = ke.generation_keys(init_keys, "ke_reinit", generation)
+        fresh = executor.init(keys)  # step 0 and the state's layout; its params are not used
+        params = reinit(previous.params, masks, draw(keys))
         state = fresh.replace(params=params, batch_stats=previous.batch_stats,
                               opt_state=executor.fresh_opt_state(params))
         return executor.shard(state)
