@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from ltjax import models, tree
+from ltjax import matching, models, tree
 
 CIFAR = (32, 32, 3)
 MNIST = (28, 28, 1)
@@ -435,3 +435,54 @@ def test_batch_norm_mlp_init_options():
     assert np.all(ones["BatchNorm_0"]["scale"] == 1)
     with pytest.raises(ValueError, match="bn_init"):
         models.create("mlp_bn", widths=(4,), bn_init="zeros")
+
+
+class _UserMLP(nn.Module):
+    """A user's own module: not one of the bundled classes."""
+
+    hidden: int = 32
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        x = nn.relu(nn.Dense(self.hidden)(x.reshape(x.shape[0], -1)))
+        return nn.Dense(self.num_classes)(x)
+
+
+def test_a_registered_model_runs_the_imp_study_with_its_controls(tmp_path, monkeypatch):
+    from experiments.configs import imp_lenet_digits
+    from ltjax import results
+    from ltjax.studies import imp
+
+    for private in ("_REGISTRY", "_SPECS"):  # registration lasts for this test only
+        monkeypatch.setattr(models, private, dict(getattr(models, private)))
+    monkeypatch.setattr(models, "NAMES", models.NAMES)
+    models.register("user_mlp", _UserMLP, permutation_spec=lambda model, params: (
+        matching.PermutationSpec(params={
+            "Dense_0/kernel": (None, "h"), "Dense_0/bias": ("h",),
+            "Dense_1/kernel": ("h", None), "Dense_1/bias": (None,)})))
+    assert "user_mlp" in models.NAMES and isinstance(models.create("user_mlp"), _UserMLP)
+    params, _ = models.init(models.create("user_mlp"), jax.random.key(0), (8, 8, 1))
+    assert models.permutation_spec(models.create("user_mlp"), params).names == ("h",)
+
+    config = imp_lenet_digits.get_config("quick")
+    config.model, config.model_kwargs = "user_mlp", {"hidden": 32}
+    config.levels, config.controls = 1, ("reinit",)
+    config.training_steps, config.eval_every, config.checkpoint_every = "1ep", "1ep", "1ep"
+    imp.run_imp(config, tmp_path, progress=False)
+    rows = [r for r in results.read_csv(tmp_path / "results.csv")
+            if r["replicate"] not in ("mean", "std")]
+    assert {(r["level"], r["branch"]) for r in rows} == {("0", "imp"), ("1", "imp"),
+                                                         ("1", "reinit")}
+    # Level 1 prunes ceil(20 %) of the hidden kernel (64 x 32) and ceil(10 %) of the output
+    # kernel (32 x 10: '@output' is the user's last dense layer); biases are not pruned.
+    expected = (64 * 32 - math.ceil(0.2 * 64 * 32) + 320 - 32) / (64 * 32 + 320)
+    assert all(float(r["density"]) == pytest.approx(expected, abs=1e-6)
+               for r in rows if r["level"] == "1")
+
+    with pytest.raises(ValueError, match="already registered"):
+        models.register("user_mlp", _UserMLP)
+    with pytest.raises(TypeError, match="num_classes"):
+        models.register("no_classes", nn.Dense)
+    with pytest.raises(TypeError, match="depth"):
+        models.register("fixed_wrong", _UserMLP, fixed={"depth": 3})

@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 
-from ltjax import masking, matching
+from ltjax import masking, matching, results
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -30,6 +30,7 @@ TESTED = {
     ("docs/index.md", "The library"),
     ("docs/colab.md", "In Colab"),
     ("docs/data-and-models.md", "Your own model, dataset or permutation spec"),
+    ("docs/data-and-models.md", "Your model in every study"),
 }
 #: python blocks that show a call in context and are not meant to run alone.
 ILLUSTRATIONS = {
@@ -147,6 +148,23 @@ def test_your_own_model_dataset_and_spec_snippet_runs():
     spec, a, b = namespace["spec"], namespace["params_a"], namespace["params_b"]
     identity = matching.identity_perms({"hidden": 64})
     assert matching.objective(spec, a, b, perms) > matching.objective(spec, a, b, identity)
+
+
+def test_your_model_in_every_study_snippet_runs(tmp_path, monkeypatch):
+    from ltjax import models
+
+    for private in ("_REGISTRY", "_SPECS"):  # the registration lasts for this test only
+        monkeypatch.setattr(models, private, dict(getattr(models, private)))
+    monkeypatch.setattr(models, "NAMES", models.NAMES)
+    monkeypatch.chdir(tmp_path)
+    namespace = _run(DATA_AND_MODELS, _snippet(DATA_AND_MODELS, "Your model in every study"))
+    rows = results.read_csv(tmp_path / "runs" / "imp_two_layer_mlp" / "results.csv")
+    branches = {(r["level"], r["branch"]) for r in rows}
+    assert branches == {("0", "imp")} | {(lv, b) for lv in ("1", "2")
+                                         for b in ("imp", "reinit", "random_layerwise")}
+    # Every mean row is a level of the user's net that learned digits (chance: 0.1).
+    assert all(r["test_accuracy"] > 0.5 for r in namespace["summary"]["rows"]
+               if r["branch"] == "imp")
 
 
 def test_every_python_block_is_run_or_listed():

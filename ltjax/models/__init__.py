@@ -72,7 +72,7 @@ from ltjax.models.vgg import VGG
 
 __all__ = [
     "NAMES", "MLP", "BatchNormMLP", "ConvN", "VGG", "ResNet", "Transformer", "ViT", "create",
-    "init",
+    "init", "register",
     "has_batch_norm", "is_conv", "output_layer",
     "permutation_spec", "activations", "repair_layers", "output_stats", "repair", "repair_fn",
     "common", "conv", "mlp", "resnet", "transformer", "vgg",
@@ -98,8 +98,70 @@ _REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
     "vit_tiny": (ViT, {}),
 }
 
-#: The registered model names, in a stable order.
+#: The registered model names, in a stable order (:func:`register` adds yours).
 NAMES: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def register(name: str, module: type[nn.Module], *, fixed: Mapping[str, Any] | None = None,
+             permutation_spec: Callable[[nn.Module, Any], matching.PermutationSpec] | None = None,
+             ) -> None:
+    """Make your own Linen module a named model: every study can then train it.
+
+    After ``register("my_mlp", MyMLP)``, ``config.model = "my_mlp"`` (and
+    ``config.model_kwargs`` for its other fields) runs any study on it,
+    controls, checkpoints and plots included, and :func:`create` builds it.
+    The module must be called as ``model(x, train=...)`` and return logits
+    ``[B, num_classes]``, with a ``num_classes`` field; its prunable leaves
+    are the kernels (:func:`ltjax.masking.prunable`). Registration lasts for
+    the Python process: register before running a study (an experiment
+    module run from the command line knows only the bundled models).
+
+    Args:
+      name: the model's name (not one already registered).
+      module: the Linen module class.
+      fixed: fields fixed by the name (as ``depth=20`` for ``'resnet20'``).
+      permutation_spec: ``(model, params) -> PermutationSpec`` for weight
+        matching (:func:`permutation_spec` then checks and returns it), or
+        None (the re-basin studies then refuse the model).
+
+    Raises:
+      ValueError: a name already registered or not a non-empty string.
+      TypeError: ``module`` is not a Linen module class with a ``num_classes``
+        field, or ``fixed`` names fields it does not have.
+
+    Example:
+        >>> class MyMLP(nn.Module):
+        ...     hidden: int = 64
+        ...     num_classes: int = 10
+        ...     @nn.compact
+        ...     def __call__(self, x, train=False):
+        ...         x = nn.relu(nn.Dense(self.hidden)(x.reshape(x.shape[0], -1)))
+        ...         return nn.Dense(self.num_classes)(x)
+        >>> register("my_mlp", MyMLP)
+        >>> create("my_mlp", hidden=32)
+        MyMLP(...)
+    """
+    global NAMES
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    if name in _REGISTRY:
+        raise ValueError(f"model name {name!r} is already registered; pick another name")
+    if not (isinstance(module, type) and issubclass(module, nn.Module)):
+        raise TypeError(f"module must be a flax.linen Module class, got {module!r}")
+    fields = _fields(module)
+    if "num_classes" not in fields:
+        raise TypeError(f"{module.__name__} needs a num_classes field (the number of logits)")
+    fixed = dict(fixed or {})
+    unknown = sorted(set(fixed) - set(fields))
+    if unknown:
+        raise TypeError(f"fixed names fields {unknown} that {module.__name__} does not have "
+                        f"(its fields: {', '.join(fields)})")
+    if permutation_spec is not None:
+        if not callable(permutation_spec):
+            raise TypeError(f"permutation_spec must be callable, got {permutation_spec!r}")
+        _SPECS[module] = permutation_spec
+    _REGISTRY[name] = (module, fixed)
+    NAMES = tuple(_REGISTRY)
 
 
 def _fields(cls: type[nn.Module]) -> tuple[str, ...]:
@@ -129,7 +191,8 @@ def create(name: str, *, num_classes: int = 10, **kwargs: Any) -> nn.Module:
         >>> model = create("resnet20", width=64, materialize_inputs=True)
     """
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model name {name!r}; registered names: {', '.join(NAMES)}")
+        raise ValueError(f"unknown model name {name!r}; registered names: "
+                         f"{', '.join(_REGISTRY)} (models.register adds your own)")
     cls, fixed = _REGISTRY[name]
     allowed = [f for f in _fields(cls) if f not in fixed and f != "num_classes"]
     unknown = sorted(set(kwargs) - set(allowed))
