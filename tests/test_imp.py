@@ -298,3 +298,16 @@ def test_learning_rate_sweep_members_classes_and_weight_correlation(tmp_path):
     with pytest.raises(ValueError, match="small_dense"):
         imp.run_imp(_config(levels=1, controls=("reinit",), ticket_learning_rates=(1.2e-3,)),
                     tmp_path / "b", progress=False)
+
+
+def test_the_loading_line_says_the_split_and_compiles_only_before_the_run_finished(
+        tmp_path, capsys):
+    config = _config(levels=0, controls=(), training_steps="1ep", eval_every="1ep",
+                     checkpoint_every="1ep")
+    imp.run_imp(config, tmp_path, progress=True)
+    first = capsys.readouterr().out
+    assert "(1137 training examples, 300 held out for validation)" in first
+    assert "compile" in first
+    imp.run_imp(config, tmp_path, progress=True)  # finished: restored, nothing compiles
+    again = capsys.readouterr().out
+    assert "held out for validation" in again and "compile" not in again

@@ -130,11 +130,14 @@ class RunSpec:
 
         workdir = common.prepare_workdir(workdir, self.config)
         devices = self.executor.devices
+        held_out = (f", {len(self.dataset.validation)} held out for validation"
+                    if self.dataset.validation is not None else "")
         common.say(f"{self.model_name} on {self.dataset.name} ({len(self.dataset.train)} "
-                   f"training examples), {self.num_replicates} replicate(s) on "
+                   f"training examples{held_out}), {self.num_replicates} replicate(s) on "
                    f"{min(self.num_replicates, len(devices))} {devices[0].platform.upper()} "
-                   f"device(s), strategy {self.executor.strategy}; workdir {workdir} (the "
-                   "first steps compile the programs)", self.progress)
+                   f"device(s), strategy {self.executor.strategy}; workdir {workdir}"
+                   + ("" if (workdir / "results.csv").exists()  # finished: nothing to compile
+                      else " (the first steps compile the programs)"), self.progress)
         return runner.Run(spec=self, workdir=workdir)
 
 
