@@ -130,12 +130,9 @@ def test_members_masks_and_ablations_match_oracles(study, members):
     assert {r["method"] for r in summary["rows"]} == set(config.methods) | {"dense"}
 
 
-def test_score_masks_are_the_saliency_functions_on_the_same_init_and_batch(study, members):
-    """SNIP, GraSP, |GraSP| and SynFlow (and their inversions) as the study wires them, against
-    the saliency functions called directly: the flax model in eval mode, GraSP's temperature
-    and prunable g, the scoring batch of the stream ``score_batch``, SynFlow on ones."""
-    config, _, _ = study
-    dataset, model, selection = members.dataset, members.executor.model, members.selection
+def _snip_and_grasp(model, selection, grasp_temperature):
+    """Jitted ``(params, x, y) -> (SNIP, GraSP scores)``: the saliency functions called
+    directly on the flax model in eval mode (GraSP at its temperature, prunable g)."""
 
     def loss(p, x, y, temperature):
         logits = model.apply({"params": p}, x, train=False) / temperature
@@ -144,8 +141,19 @@ def test_score_masks_are_the_saliency_functions_on_the_same_init_and_batch(study
     @jax.jit
     def snip_and_grasp(p, x, y):
         return (saliency.snip_scores(lambda q: loss(q, x, y, 1.0), p),
-                saliency.grasp_scores(lambda q: loss(q, x, y, config.grasp_temperature), p,
+                saliency.grasp_scores(lambda q: loss(q, x, y, grasp_temperature), p,
                                       prunable=selection))
+
+    return snip_and_grasp
+
+
+def test_score_masks_are_the_saliency_functions_on_the_same_init_and_batch(study, members):
+    """SNIP, GraSP, |GraSP| and SynFlow (and their inversions) as the study wires them, against
+    the saliency functions called directly: the flax model in eval mode, GraSP's temperature
+    and prunable g, the scoring batch of the stream ``score_batch``, SynFlow on ones."""
+    config, _, _ = study
+    dataset, model, selection = members.dataset, members.executor.model, members.selection
+    snip_and_grasp = _snip_and_grasp(model, selection, config.grasp_temperature)
 
     ones = jnp.ones((1, *dataset.input_shape))
     forward = lambda p: model.apply({"params": p}, ones, train=False)  # noqa: E731
@@ -177,16 +185,7 @@ def test_su_sanity_checks_corrupted_scores_and_random_tickets(study, members):
     config, _, _ = study
     dataset, model, selection, index = (members.dataset, members.executor.model,
                                         members.selection, members.index)
-
-    def loss(p, x, y, temperature):
-        logits = model.apply({"params": p}, x, train=False) / temperature
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    @jax.jit
-    def snip_and_grasp(p, x, y):
-        return (saliency.snip_scores(lambda q: loss(q, x, y, 1.0), p),
-                saliency.grasp_scores(lambda q: loss(q, x, y, config.grasp_temperature), p,
-                                      prunable=selection))
+    snip_and_grasp = _snip_and_grasp(model, selection, config.grasp_temperature)
 
     batch_keys = rng.stream(members.keys, "score_batch")
     corrupt_keys = rng.stream(members.keys, "score_corruption")
