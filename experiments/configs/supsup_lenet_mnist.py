@@ -10,7 +10,7 @@ there). 10 tasks (the reference runs 250), 1 replicate; all tasks train as
 one program. Task inference over test batches of 128 (one-shot, first
 example only, binary).
 ``--config.mask=top_k`` gives GG's per-layer top-k masks at ``density``;
-``--config.output_size=None``: 10 outputs (before #31.3, with Adam 1e-3).
+``--config.output_size=10``: 10 outputs (before #31.3, with Adam 1e-3).
 
     LTJAX_DATA_DIR=../shared/data python -m experiments.supsup \\
         --config=experiments/configs/supsup_lenet_mnist.py --workdir=runs/supsup
