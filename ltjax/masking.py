@@ -134,10 +134,10 @@ def prunable(
     return selection
 
 
-def _selected(masks: PyTree, selection: PyTree) -> list[tuple[str, jax.Array]]:
+def _selected(masks: PyTree, prunable: PyTree) -> list[tuple[str, jax.Array]]:
     names = tree.names(masks)
     leaves = jax.tree.leaves(masks)
-    flags = jax.tree.leaves(selection)
+    flags = jax.tree.leaves(prunable)
     if len(flags) != len(leaves):
         raise ValueError(
             f"prunable has {len(flags)} leaves but masks have {len(leaves)}; build it with "
@@ -146,61 +146,61 @@ def _selected(masks: PyTree, selection: PyTree) -> list[tuple[str, jax.Array]]:
     return [(n, m) for n, m, f in zip(names, leaves, flags, strict=True) if f]
 
 
-def counts(masks: PyTree, selection: PyTree) -> dict[str, tuple[int, int]]:
+def counts(masks: PyTree, prunable: PyTree) -> dict[str, tuple[int, int]]:
     """``{path: (kept, total)}`` for each prunable leaf of one replicate's masks."""
     return {n: (int(np.sum(np.asarray(m))), int(np.size(m)))
-            for n, m in _selected(masks, selection)}
+            for n, m in _selected(masks, prunable)}
 
 
-def layer_densities(masks: PyTree, selection: PyTree) -> dict[str, float]:
+def layer_densities(masks: PyTree, prunable: PyTree) -> dict[str, float]:
     """``{path: kept / total}`` for each prunable leaf of one replicate's masks."""
-    return {n: kept / total for n, (kept, total) in counts(masks, selection).items()}
+    return {n: kept / total for n, (kept, total) in counts(masks, prunable).items()}
 
 
-def num_kept(masks: PyTree, selection: PyTree) -> jax.Array:
+def num_kept(masks: PyTree, prunable: PyTree) -> jax.Array:
     """Kept prunable weights (jittable; a scalar per replicate under vmap)."""
-    return sum(jnp.sum(m, dtype=jnp.int32) for _, m in _selected(masks, selection))
+    return sum(jnp.sum(m, dtype=jnp.int32) for _, m in _selected(masks, prunable))
 
 
-def num_prunable(masks: PyTree, selection: PyTree) -> int:
+def num_prunable(masks: PyTree, prunable: PyTree) -> int:
     """All prunable weights of one replicate (static)."""
-    return int(sum(np.size(m) for _, m in _selected(masks, selection)))
+    return int(sum(np.size(m) for _, m in _selected(masks, prunable)))
 
 
-def density(masks: PyTree, selection: PyTree) -> jax.Array:
+def density(masks: PyTree, prunable: PyTree) -> jax.Array:
     """Kept fraction of the prunable weights (jittable)."""
-    return num_kept(masks, selection) / num_prunable(masks, selection)
+    return num_kept(masks, prunable) / num_prunable(masks, prunable)
 
 
-def _pairs(masks_a: PyTree, masks_b: PyTree, selection: PyTree) -> list[tuple]:
+def _pairs(masks_a: PyTree, masks_b: PyTree, prunable: PyTree) -> list[tuple]:
     """The selected leaves of two masks, after checking they are bool and of equal shapes."""
     check_bool(masks_a, name="masks_a")
     check(masks_b, masks_a, name="masks_b", reference_name="masks_a")
-    return [(a, b) for (_, a), (_, b) in zip(_selected(masks_a, selection),
-                                             _selected(masks_b, selection), strict=True)]
+    return [(a, b) for (_, a), (_, b) in zip(_selected(masks_a, prunable),
+                                             _selected(masks_b, prunable), strict=True)]
 
 
-def overlap(masks_a: PyTree, masks_b: PyTree, selection: PyTree) -> jax.Array:
+def overlap(masks_a: PyTree, masks_b: PyTree, prunable: PyTree) -> jax.Array:
     """Prunable weights kept by both masks: ``|a AND b|``.
 
     Raises:
       ValueError: masks that are not bool, or leaves of different shapes
         (never broadcast), naming the leaf (:func:`check`).
     """
-    return sum(jnp.sum(a & b, dtype=jnp.int32) for a, b in _pairs(masks_a, masks_b, selection))
+    return sum(jnp.sum(a & b, dtype=jnp.int32) for a, b in _pairs(masks_a, masks_b, prunable))
 
 
-def hamming(masks_a: PyTree, masks_b: PyTree, selection: PyTree) -> jax.Array:
+def hamming(masks_a: PyTree, masks_b: PyTree, prunable: PyTree) -> jax.Array:
     """Prunable positions where the masks differ: ``|a XOR b|``.
 
     Raises:
       ValueError: masks that are not bool, or leaves of different shapes
         (never broadcast), naming the leaf (:func:`check`).
     """
-    return sum(jnp.sum(a ^ b, dtype=jnp.int32) for a, b in _pairs(masks_a, masks_b, selection))
+    return sum(jnp.sum(a ^ b, dtype=jnp.int32) for a, b in _pairs(masks_a, masks_b, prunable))
 
 
-def iou(masks_a: PyTree, masks_b: PyTree, selection: PyTree) -> jax.Array:
+def iou(masks_a: PyTree, masks_b: PyTree, prunable: PyTree) -> jax.Array:
     """Intersection over union of the kept prunable weights (1 when both are empty).
 
     Raises:
@@ -211,7 +211,7 @@ def iou(masks_a: PyTree, masks_b: PyTree, selection: PyTree) -> jax.Array:
         >>> iou(masks, masks, prunable(params))
         Array(1., dtype=float32)
     """
-    pairs = _pairs(masks_a, masks_b, selection)
+    pairs = _pairs(masks_a, masks_b, prunable)
     inter = sum(jnp.sum(a & b, dtype=jnp.int32) for a, b in pairs)
     union = sum(jnp.sum(a | b, dtype=jnp.int32) for a, b in pairs)
     return jnp.where(union > 0, inter / jnp.maximum(union, 1), 1.0).astype(jnp.float32)

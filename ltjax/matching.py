@@ -420,12 +420,18 @@ def identity_perms(sizes: Mapping[str, int]) -> Perms:
     return {name: jnp.arange(n, dtype=jnp.int32) for name, n in sizes.items()}
 
 
-def random_perms(sizes: Mapping[str, int], key: jax.Array) -> Perms:
+def random_perms(key: jax.Array, sizes: Mapping[str, int]) -> Perms:
     """Uniformly random permutations, one stream per name (sorted order).
 
+    The key comes first, as in every random function of ltjax (before
+    2026-12-07 it came second: the old order raises a ``TypeError``).
+
     Example:
-        >>> perms = random_perms(check_spec(spec, params), jax.random.key(0))
+        >>> perms = random_perms(jax.random.key(0), check_spec(spec, params))
     """
+    if isinstance(key, Mapping) or not isinstance(sizes, Mapping):
+        raise TypeError("random_perms(key, sizes): the key first, then the sizes "
+                        "{permutation name: size} (check_spec's result)")
     names = sorted(sizes)
     keys = jax.random.split(key, len(names))
     return {name: jax.random.permutation(k, sizes[name]).astype(jnp.int32)

@@ -10,9 +10,9 @@ parameter trees; each returns ``{layer: value}`` for the selected leaves plus
 ``'global'`` over all of them concatenated.
 
 Example:
-    >>> selection = masking.prunable(params_0)
-    >>> sign_change_share(params_t, params_0, selection)["global"]
-    >>> l2_distance(params_t, params_0, selection)["Dense_0/kernel"]
+    >>> prunable = masking.prunable(params_0)
+    >>> sign_change_share(params_t, params_0, prunable)["global"]
+    >>> l2_distance(params_t, params_0, prunable)["Dense_0/kernel"]
     >>> hessian_top_eigenvalue(lambda p: loss(p, batch), params_t, jax.random.key(0))
 """
 
@@ -30,13 +30,13 @@ PyTree = Any
 GLOBAL = "global"
 
 
-def _pairs(tree_a: PyTree, tree_b: PyTree, selection: PyTree | None,
+def _pairs(tree_a: PyTree, tree_b: PyTree, prunable: PyTree | None,
            masks: PyTree | None = None) -> list[tuple[str, Any, Any, Any]]:
     """``(name, a, b, kept)`` of the selected leaves; ``kept`` is None without ``masks``."""
     tree.check_same_structure(tree_b, tree_a, name="tree_b", reference_name="tree_a")
-    if selection is None:
-        selection = masking.prunable(tree_a)
-    flags = [bool(f) for f in jax.tree.leaves(selection)]
+    if prunable is None:
+        prunable = masking.prunable(tree_a)
+    flags = [bool(f) for f in jax.tree.leaves(prunable)]
     kept = [None] * len(flags)
     if masks is not None:
         tree.check_same_structure(masks, tree_a, name="masks", reference_name="params")
@@ -45,7 +45,7 @@ def _pairs(tree_a: PyTree, tree_b: PyTree, selection: PyTree | None,
            for name, a, b, m, f in zip(tree.names(tree_a), jax.tree.leaves(tree_a),
                                        jax.tree.leaves(tree_b), kept, flags, strict=True) if f]
     if not out:
-        raise ValueError("selection has no True leaf")
+        raise ValueError("prunable has no True leaf")
     return out
 
 
@@ -58,14 +58,14 @@ def _count(a: jax.Array, kept: jax.Array | None) -> Any:
     return a.size if kept is None else jnp.sum(kept)
 
 
-def sign_change_share(params: PyTree, reference: PyTree, selection: PyTree | None = None, *,
+def sign_change_share(params: PyTree, reference: PyTree, prunable: PyTree | None = None, *,
                       masks: PyTree | None = None) -> dict[str, jax.Array]:
     """The share of weights whose sign differs from ``reference`` (0 vs itself, 1 vs ``-W``).
 
     A weight that is zero in one tree and not in the other counts as changed.
     With ``masks`` (a sparse member's), among the kept weights only.
     """
-    pairs = _pairs(params, reference, selection, masks)
+    pairs = _pairs(params, reference, prunable, masks)
     changed = {name: _sum(jnp.sign(a) != jnp.sign(b), m) for name, a, b, m in pairs}
     out = {name: changed[name] / _count(a, m) if m is not None
            else jnp.mean(jnp.sign(a) != jnp.sign(b)) for name, a, b, m in pairs}
@@ -73,23 +73,23 @@ def sign_change_share(params: PyTree, reference: PyTree, selection: PyTree | Non
     return out
 
 
-def l2_distance(params: PyTree, reference: PyTree, selection: PyTree | None = None, *,
+def l2_distance(params: PyTree, reference: PyTree, prunable: PyTree | None = None, *,
                 masks: PyTree | None = None) -> dict[str, jax.Array]:
     """``||W - W_ref||_2`` per layer and over all selected layers (kept weights with ``masks``)."""
-    pairs = _pairs(params, reference, selection, masks)
+    pairs = _pairs(params, reference, prunable, masks)
     squares = {name: _sum((a - b) ** 2, m) for name, a, b, m in pairs}
     out = {name: jnp.sqrt(v) for name, v in squares.items()}
     out[GLOBAL] = jnp.sqrt(sum(squares.values()))
     return out
 
 
-def cosine_similarity(params: PyTree, reference: PyTree, selection: PyTree | None = None, *,
+def cosine_similarity(params: PyTree, reference: PyTree, prunable: PyTree | None = None, *,
                       masks: PyTree | None = None) -> dict[str, jax.Array]:
     """``<W, W_ref> / (||W|| ||W_ref||)`` per layer and over all selected layers.
 
     With ``masks``, over the kept weights.
     """
-    pairs = _pairs(params, reference, selection, masks)
+    pairs = _pairs(params, reference, prunable, masks)
     dots = {name: (jnp.vdot(a, b), jnp.vdot(a, a), jnp.vdot(b, b)) if m is None else
             (_sum(a * b, m), _sum(a * a, m), _sum(b * b, m)) for name, a, b, m in pairs}
     out = {name: d / jnp.sqrt(na * nb) for name, (d, na, nb) in dots.items()}
@@ -98,10 +98,10 @@ def cosine_similarity(params: PyTree, reference: PyTree, selection: PyTree | Non
     return out
 
 
-def mean_magnitude(params: PyTree, selection: PyTree | None = None, *,
+def mean_magnitude(params: PyTree, prunable: PyTree | None = None, *,
                    masks: PyTree | None = None) -> dict[str, jax.Array]:
     """Mean ``|w|`` per layer and over all selected weights (kept weights with ``masks``)."""
-    pairs = _pairs(params, params, selection, masks)
+    pairs = _pairs(params, params, prunable, masks)
     out = {name: jnp.mean(jnp.abs(a)) if m is None else _sum(jnp.abs(a), m) / _count(a, m)
            for name, a, _, m in pairs}
     out[GLOBAL] = sum(_sum(jnp.abs(a), m) for _, a, _, m in pairs) / sum(
@@ -110,12 +110,12 @@ def mean_magnitude(params: PyTree, selection: PyTree | None = None, *,
 
 
 def tracked_indices(params: PyTree, key: jax.Array, count: int = 10,
-                    selection: PyTree | None = None) -> list[tuple[str, int]]:
+                    prunable: PyTree | None = None) -> list[tuple[str, int]]:
     """``count`` fixed random weights to follow: ``(layer, flat index)``, drawn once from ``key``.
 
     Drawn uniformly over all selected weights (without replacement).
     """
-    pairs = _pairs(params, params, selection)
+    pairs = _pairs(params, params, prunable)
     sizes = [a.size for _, a, _, _ in pairs]
     total = sum(sizes)
     if not 0 < count <= total:
@@ -139,14 +139,14 @@ def tracked_values(params: PyTree, indices: list[tuple[str, int]]) -> list[jax.A
     return [found[name].reshape(-1)[i] for name, i in indices]
 
 
-def global_norm(grads: PyTree, selection: PyTree | None = None, *,
+def global_norm(grads: PyTree, prunable: PyTree | None = None, *,
                 masks: PyTree | None = None) -> dict[str, jax.Array]:
     """``||g||_2`` per selected leaf and over all of them (e.g. the loss gradient).
 
     With ``masks``, of the kept weights' gradient (a sparse net's pruned
     positions never move).
     """
-    return l2_distance(grads, jax.tree.map(jnp.zeros_like, grads), selection, masks=masks)
+    return l2_distance(grads, jax.tree.map(jnp.zeros_like, grads), prunable, masks=masks)
 
 
 def hessian_vector_product(loss_fn: Callable[[PyTree], jax.Array], params: PyTree,
@@ -215,7 +215,7 @@ def schedule(end: int, *, start: int = 0, dense_every: int = 50, dense_until: in
 
 
 def snapshot(params: PyTree, params_0: PyTree, grads: PyTree,
-             selection: PyTree | None = None, *,
+             prunable: PyTree | None = None, *,
              masks: PyTree | None = None) -> dict[str, dict[str, jax.Array]]:
     """One member's telemetry at a step: ``{quantity: {layer or 'global': value}}``.
 
@@ -226,26 +226,26 @@ def snapshot(params: PyTree, params_0: PyTree, grads: PyTree,
     over the kept weights only. Jittable; ``jax.vmap`` it over members.
 
     Example:
-        >>> snapshot(params_t, params_0, grads, selection)["l2_init"]["global"]
+        >>> snapshot(params_t, params_0, grads, prunable)["l2_init"]["global"]
     """
-    return {"mean_magnitude": mean_magnitude(params, selection, masks=masks),
-            "sign_change_init": sign_change_share(params, params_0, selection, masks=masks),
-            "l2_init": l2_distance(params, params_0, selection, masks=masks),
-            "cosine_init": cosine_similarity(params, params_0, selection, masks=masks),
-            "grad_norm": global_norm(grads, selection, masks=masks)}
+    return {"mean_magnitude": mean_magnitude(params, prunable, masks=masks),
+            "sign_change_init": sign_change_share(params, params_0, prunable, masks=masks),
+            "l2_init": l2_distance(params, params_0, prunable, masks=masks),
+            "cosine_init": cosine_similarity(params, params_0, prunable, masks=masks),
+            "grad_norm": global_norm(grads, prunable, masks=masks)}
 
 
-def versus_final(params: PyTree, params_final: PyTree, selection: PyTree | None = None, *,
+def versus_final(params: PyTree, params_final: PyTree, prunable: PyTree | None = None, *,
                  masks: PyTree | None = None) -> dict[str, dict[str, jax.Array]]:
     """How far ``W_t`` is from the final weights ``W_T``: the post-pass quantities.
 
     ``sign_change_final``, ``l2_final`` and ``cosine_final``, per layer and
     ``'global'`` (at ``t = T``: 0, 0 and 1); over the kept weights with ``masks``.
     """
-    return {"sign_change_final": sign_change_share(params, params_final, selection,
+    return {"sign_change_final": sign_change_share(params, params_final, prunable,
                                                    masks=masks),
-            "l2_final": l2_distance(params, params_final, selection, masks=masks),
-            "cosine_final": cosine_similarity(params, params_final, selection, masks=masks)}
+            "l2_final": l2_distance(params, params_final, prunable, masks=masks),
+            "cosine_final": cosine_similarity(params, params_final, prunable, masks=masks)}
 
 
 def rows_of(step: int, quantities: dict[str, dict[str, Any]]) -> list[dict]:

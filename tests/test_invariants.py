@@ -497,7 +497,7 @@ def test_every_registered_model_is_permutation_invariant(name):
     spec = models.permutation_spec(model, params, stats)
     sizes = matching.check_spec(spec, params, stats)
     for seed in range(10):  # every permutation moves something (size-4 ones may not)
-        perms = matching.random_perms(sizes, jax.random.key(seed))
+        perms = matching.random_perms(jax.random.key(seed), sizes)
         if all(not np.array_equal(p, np.arange(p.size)) for p in perms.values()):
             break
     else:

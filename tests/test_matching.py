@@ -91,7 +91,7 @@ _PLANTED = [m for m in MODELS if m[0] in ("mlp", "mlp_bn", "resnet8")]
 def test_weight_matching_recovers_a_planted_permutation(name, kwargs, shape, solver):
     _, params, _, spec = _setup(name, kwargs, shape, seed=1)
     sizes = matching.check_spec(spec, params)
-    planted = matching.random_perms(sizes, jax.random.key(11))
+    planted = matching.random_perms(jax.random.key(11), sizes)
     params_b = _noisy(matching.apply_permutation(spec, planted, params), 0.1, jax.random.key(12))
     result = matching.weight_matching(spec, params, params_b, seed=0, solver=solver)
     expected = matching.inverse(planted)
@@ -164,7 +164,7 @@ def test_restarts_escape_a_bad_optimum_on_resnet20_width_4():
     params, _ = models.init(model, jax.random.key(0), (32, 32, 3))
     spec = models.permutation_spec(model, params)
     sizes = matching.check_spec(spec, params)
-    planted = matching.random_perms(sizes, jax.random.key(101))
+    planted = matching.random_perms(jax.random.key(101), sizes)
     # The noise of the planted case drawn by JAX (op by op, nothing to compile but small ops).
     permuted = matching.apply_permutation(spec, planted, params)
     leaves, treedef = jax.tree.flatten(permuted)
@@ -216,7 +216,7 @@ def test_tolerance_stops_earlier_with_a_close_objective():
 
 def test_activation_matching_recovers_a_permuted_copy():
     model, params, _, spec = _setup("conv2", {}, (8, 8, 3))
-    perms = matching.random_perms(matching.check_spec(spec, params), jax.random.key(5))
+    perms = matching.random_perms(jax.random.key(5), matching.check_spec(spec, params))
     params_b = matching.apply_permutation(spec, perms, params)
     x = jax.random.normal(jax.random.key(6), (128, 8, 8, 3))
     raw_a = models.activations(model, spec, {"params": params}, x, post_relu=False)
@@ -265,7 +265,7 @@ def test_activations_are_post_relu_and_similarities_match_numpy():
 
 def test_pearson_activation_matching_recovers_a_permuted_copy():
     model, params, _, spec = _setup("mlp", {"widths": (12, 10)}, (5,))
-    perms = matching.random_perms(matching.check_spec(spec, params), jax.random.key(7))
+    perms = matching.random_perms(jax.random.key(7), matching.check_spec(spec, params))
     params_b = matching.apply_permutation(spec, perms, params)
     x = jax.random.normal(jax.random.key(6), (200, 5))
     acts_a = models.activations(model, spec, {"params": params}, x)
@@ -278,7 +278,7 @@ def test_merge_many_aligns_permuted_copies():
     _, params, _, spec = _setup("mlp", {"widths": (16, 16)}, (6,))
     sizes = matching.check_spec(spec, params)
     copies = [params] + [
-        _noisy(matching.apply_permutation(spec, matching.random_perms(sizes, jax.random.key(i)),
+        _noisy(matching.apply_permutation(spec, matching.random_perms(jax.random.key(i), sizes),
                                           params), 0.05, jax.random.key(50 + i))
         for i in (1, 2)]
     merged, perms = matching.merge_many(spec, copies, seed=0)
@@ -295,7 +295,7 @@ def test_merge_many_aligns_permuted_copies():
 def test_ste_matching_keeps_a_planted_permutation():
     _, params, _, spec = _setup("mlp", {"widths": (16, 16)}, (6,))
     sizes = matching.check_spec(spec, params)
-    planted = matching.random_perms(sizes, jax.random.key(9))
+    planted = matching.random_perms(jax.random.key(9), sizes)
     params_b = _noisy(matching.apply_permutation(spec, planted, params), 0.05, jax.random.key(8))
     x = jax.random.normal(jax.random.key(1), (5, 32, 6))
     y = jax.random.randint(jax.random.key(2), (5, 32), 0, 10)
@@ -311,7 +311,7 @@ def test_ste_matching_keeps_a_planted_permutation():
     chex.assert_trees_all_equal(result.perms, matching.inverse(planted))
     # The reference's rule keeps the projection of the lowest loss. Planted: the
     # projections come in a known order and batch t's loss is planted[t].
-    projections = [matching.random_perms(sizes, jax.random.key(20 + t)) for t in range(6)]
+    projections = [matching.random_perms(jax.random.key(20 + t), sizes) for t in range(6)]
     calls = iter(range(6))
     original = matching.weight_matching
 
@@ -345,6 +345,8 @@ def test_solvers_agree_on_a_random_matrix():
 
 
 def test_bad_input_gives_clear_errors():
+    with pytest.raises(TypeError, match="the key first"):  # the order before 2026-12-07
+        matching.random_perms({"h": 3}, jax.random.key(0))
     model, params, stats, spec = _setup("vgg11", {}, (32, 32, 3))
     bad = dict(spec.params)
     del bad["Conv_3/bias"]
@@ -471,7 +473,7 @@ def test_a_valid_permutation_applies_eagerly_under_jit_and_under_vmap():
     with pytest.raises(ValueError, match=r"perms\['Dense_0'\] has length 7, expected 8"):
         jitted({**_GOOD, "Dense_0": np.arange(7, dtype=np.int32)}, params)
     # vmap over stacked perms [S, n] and trees [S, ...]: member s gets its own permutation.
-    second = matching.random_perms(matching.check_spec(spec, params), jax.random.key(3))
+    second = matching.random_perms(jax.random.key(3), matching.check_spec(spec, params))
     stacked_perms = {k: jnp.stack([_GOOD[k], second[k]]) for k in _GOOD}
     stacked = jax.vmap(lambda perms, t: matching.apply_permutation(spec, perms, t))(
         stacked_perms, jax.tree.map(lambda x: jnp.stack([x, x]), params))

@@ -226,7 +226,7 @@ _mlp_apply = jax.jit(lambda params, x: MLP_MODEL.apply({"params": params}, x, tr
 
 def _perms(seed: int) -> dict[str, np.ndarray]:
     perms = {name: np.asarray(p) for name, p in
-             matching.random_perms(MLP_SIZES, jax.random.key(seed)).items()}
+             matching.random_perms(jax.random.key(seed), MLP_SIZES).items()}
     for name, p in perms.items():
         np.testing.assert_array_equal(np.sort(p), np.arange(MLP_SIZES[name]), err_msg=name)
     return perms

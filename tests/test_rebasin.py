@@ -38,7 +38,7 @@ def test_every_method_recovers_a_planted_permutation(method):
     executor = common.build_executor(config, model, dataset, common.build_recipe(config, dataset))
     params, _ = models.init(model, jax.random.key(0), dataset.input_shape)
     spec = models.permutation_spec(model, params)
-    planted = matching.random_perms(matching.check_spec(spec, params), jax.random.key(1))
+    planted = matching.random_perms(jax.random.key(1), matching.check_spec(spec, params))
     shuffled = matching.apply_permutation(spec, planted, params)
     result = rebasin.match(config, executor, spec, (params, {}), (shuffled, {}))
     chex.assert_trees_all_close(matching.apply_permutation(spec, result.perms, shuffled), params)
@@ -131,7 +131,7 @@ def test_permuted_mask_is_model_0_mask_in_model_1_basin():
     model = common.build_model(config, dataset)
     params, _ = models.init(model, jax.random.key(0), dataset.input_shape)
     spec = models.permutation_spec(model, params)
-    perms = matching.random_perms(matching.check_spec(spec, params), jax.random.key(2))
+    perms = matching.random_perms(jax.random.key(2), matching.check_spec(spec, params))
     mask = jax.tree.map(lambda p: p > 0, params)
     moved = matching.apply_permutation(spec, matching.inverse(perms), mask)
     # Aligning model 1 by perms puts the moved mask back onto model 0's units.

@@ -240,7 +240,7 @@ def test_prunable_convention():
 
 def _non_identity_perms(sizes, start=0):
     for seed in range(start, start + 20):
-        perms = matching.random_perms(sizes, jax.random.key(seed))
+        perms = matching.random_perms(jax.random.key(seed), sizes)
         if all(not np.array_equal(p, np.arange(p.size)) for p in perms.values()):
             return perms
     raise AssertionError("no key moved every permutation")
@@ -311,7 +311,7 @@ def test_weight_matching_recovers_a_planted_permutation(kind, kwargs, shape):
     params = _params(model, shape, seed=1)
     spec = models.permutation_spec(model, params)
     sizes = matching.check_spec(spec, params)
-    planted = matching.random_perms(sizes, jax.random.key(11))
+    planted = matching.random_perms(jax.random.key(11), sizes)
     params_b = _noisy(matching.apply_permutation(spec, planted, params), 0.1, jax.random.key(12))
     result = matching.weight_matching(spec, params, params_b, seed=0, restarts=4)
     expected = matching.inverse(planted)
