@@ -584,21 +584,21 @@ class Executor:
         return lambda params, batch_stats: jitted(params, batch_stats, arrays)
 
     def recompute_batch_stats(self, state: train.TrainState, *, num_batches: int | None = 20,
-                              batch_size: int | None = None, seed: int = 0,
+                              batch_size: int | None = None, key: jax.Array | None = None,
                               augment: bool = False) -> train.TrainState:
         """``state`` with BatchNorm statistics recomputed on training batches.
 
-        The same batches (order and augmentation from ``seed``) serve every
+        The same batches (order and augmentation from ``key``) serve every
         member. See :meth:`recomputed_batch_stats`.
         """
         stats = self.recomputed_batch_stats(self.model_params(state), state.batch_stats,
                                             num_batches=num_batches, batch_size=batch_size,
-                                            seed=seed, augment=augment)
+                                            key=key, augment=augment)
         return self.shard(state.replace(batch_stats=stats))
 
     def recomputed_batch_stats(self, params: PyTree, batch_stats: PyTree, *,
                                num_batches: int | None = 20, batch_size: int | None = None,
-                               seed: int = 0, augment: bool = False) -> PyTree:
+                               key: jax.Array | None = None, augment: bool = False) -> PyTree:
         """BatchNorm statistics ``[S, ...]`` of stacked ``params`` recomputed on training data.
 
         The cumulative average of the statistics of ``num_batches`` training
@@ -611,9 +611,9 @@ class Executor:
           num_batches: batches to average over; None: one full epoch (every
             training example once, ``len(train) // batch_size`` batches).
           batch_size: examples per batch (default: the recipe's).
-          seed: the batches' order (``data.batch_indices`` of
-            ``jax.random.key(seed)``) and, with ``augment``, their augmentation
-            (``fold_in(stream(key, 'augment'), i)`` for batch i).
+          key: a JAX key (default ``jax.random.key(0)``) of the batches' order
+            (``data.batch_indices(key, ...)``) and, with ``augment``, their
+            augmentation (``fold_in(stream(key, 'augment'), i)`` for batch i).
           augment: apply the dataset's training augmentation (CIFAR's crop and
             flip; nothing for datasets without one). ``num_batches=None,
             augment=True`` is the REPAIR notebooks' reset (Jordan et al. 2023):
@@ -642,7 +642,7 @@ class Executor:
         sharding = self.seed_sharding(padded)
         params, batch_stats = self._placed((params, batch_stats), num, padded, sharding)
         arrays = self.device_split("train", sharding.num_devices, for_eval=False)
-        key = jax.random.key(seed)
+        key = jax.random.key(0) if key is None else key
         index = data.batch_indices(key, 0, num_steps=num_batches,
                                    num_examples=arrays.y.shape[0], batch_size=batch_size)
         model = self._program_model

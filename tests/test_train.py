@@ -275,7 +275,7 @@ def test_batch_stats_reset_over_an_augmented_epoch_matches_numpy():
     augmented = [np.asarray(data.augment_cifar(jax.random.fold_in(rng.stream(key, "augment"), i),
                                                jnp.asarray(b))) for i, b in enumerate(plain)]
     for augment, batches in ((False, plain), (True, augmented)):
-        got = executor.recomputed_batch_stats(params, stats, num_batches=None, seed=3,
+        got = executor.recomputed_batch_stats(params, stats, num_batches=None, key=key,
                                               augment=augment)["BatchNorm_0"]
         mean, var = numpy_stats(batches)
         np.testing.assert_allclose(np.asarray(got["mean"][0]), mean, rtol=1e-4, atol=1e-5)
