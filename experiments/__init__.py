@@ -391,7 +391,7 @@ def run_main(run_fn, report_fn, *, replicates_fn=lambda config: config.num_repli
 
     Example:
         >>> if __name__ == "__main__":
-        ...     experiments.run_main(dense.run_train, report)
+        ...     experiments.run_main(dense.run_dense, report)
     """
     from absl import app, logging
     from absl import flags as absl_flags

@@ -25,4 +25,4 @@ def report(summary: dict) -> None:
 
 
 if __name__ == "__main__":
-    experiments.run_main(soft_threshold.run_str, report)
+    experiments.run_main(soft_threshold.run_soft_threshold, report)

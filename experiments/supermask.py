@@ -32,4 +32,4 @@ def report(summary: dict) -> None:
 
 
 if __name__ == "__main__":
-    experiments.run_main(supermask.run, report)
+    experiments.run_main(supermask.run_supermask, report)

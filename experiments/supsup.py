@@ -37,4 +37,4 @@ def report(summary: dict) -> None:
 
 
 if __name__ == "__main__":
-    experiments.run_main(supsup.run, report)
+    experiments.run_main(supsup.run_supsup, report)

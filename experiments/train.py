@@ -19,4 +19,4 @@ def report(summary: dict) -> None:
 
 
 if __name__ == "__main__":
-    experiments.run_main(dense.run_train, report)
+    experiments.run_main(dense.run_dense, report)

@@ -212,7 +212,7 @@ def task_supermask(prunable: PyTree, *, kind: str = "threshold",
       (``dL/dS = sign(S) * W * dL/dW_eff``).
 
     To share one network across tasks, give every task's member the same
-    ``frozen['weights']`` (as :func:`ltjax.studies.supsup.run` does).
+    ``frozen['weights']`` (as :func:`ltjax.studies.supsup.run_supsup` does).
 
     Raises:
       ValueError: an unknown ``kind``, ``density`` outside (0, 1].

@@ -341,7 +341,7 @@ def test_a_config_value_error_is_one_line_naming_the_field(tmp_path, capsys):
         "config error: config.recipe: learning_rate must be finite and > 0, got -0.1")
     assert "Traceback" not in proc.stderr and not (tmp_path / "w").exists()
     for run_fn, config, field, value, message in (
-            (dense.run_train, "lenet_digits.py:quick", "training_steps", "500",
+            (dense.run_dense, "lenet_digits.py:quick", "training_steps", "500",
              "config error: config.training_steps='500': steps must be an int or a string"),
             (imp.run_imp, "imp_lenet_digits.py:quick", "pruning.fraction", 2.0,
              "config error: config.pruning: fraction must be a number in [0, 1), got 2.0")):

@@ -310,5 +310,5 @@ def test_more_replicates_than_memory_holds_are_refused_before_the_workdir(tmp_pa
 
     with pytest.raises(ValueError, match=r"config.num_replicates=1000000000: .* GiB to train, "
                                          r"more than this machine's memory"):
-        dense.run_train(_dense_config(num_replicates=10**9), tmp_path / "run", progress=False)
+        dense.run_dense(_dense_config(num_replicates=10**9), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()

@@ -27,7 +27,7 @@ def _config(**overrides):
 
 def test_str_study_sparsity_baselines_and_rerun(tmp_path):
     config = _config()
-    str_study.run_str(config, tmp_path, progress=False)
+    str_study.run_soft_threshold(config, tmp_path, progress=False)
     first = (tmp_path / "results.csv").read_text()
     rows = [r for r in results.read_csv(tmp_path / "results.csv")
             if r["replicate"] not in ("mean", "std")]
@@ -65,7 +65,7 @@ def test_str_study_sparsity_baselines_and_rerun(tmp_path):
     assert len(layers) == 3 * len(str_rows)
     assert (tmp_path / "plots" / "str.png").exists()
 
-    str_study.run_str(config, tmp_path, progress=False)  # finished: restores, same files
+    str_study.run_soft_threshold(config, tmp_path, progress=False)  # finished: restores, same files
     assert (tmp_path / "results.csv").read_text() == first
 
 
@@ -77,5 +77,5 @@ def test_str_study_sparsity_baselines_and_rerun(tmp_path):
 ])
 def test_bad_config_is_refused_before_any_work(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):
-        str_study.run_str(_config(**overrides), tmp_path / "run", progress=False)
+        str_study.run_soft_threshold(_config(**overrides), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()

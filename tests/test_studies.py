@@ -28,7 +28,7 @@ class _Killed(Exception):
 def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch, capsys,
                                                     checkpoint_every):
     config = _config(checkpoint_every=checkpoint_every, training_steps="3ep")
-    straight = dense.run_train(config, tmp_path / "straight", progress=False)
+    straight = dense.run_dense(config, tmp_path / "straight", progress=False)
     assert capsys.readouterr().out == ""  # progress=False is silent
 
     calls = []
@@ -42,15 +42,15 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch, caps
 
     monkeypatch.setattr(executor_lib.Executor, "train", dies_on_second_call)
     with pytest.raises(_Killed):
-        dense.run_train(config, tmp_path / "resumed", progress=False)
+        dense.run_dense(config, tmp_path / "resumed", progress=False)
     monkeypatch.setattr(executor_lib.Executor, "train", original)
     capsys.readouterr()
-    resumed = dense.run_train(config, tmp_path / "resumed", progress=True)
+    resumed = dense.run_dense(config, tmp_path / "resumed", progress=True)
     said = capsys.readouterr().out
     assert said.startswith("loading digits\n") and "2 replicate(s)" in said
     # 1ep: the kill came after step 23's checkpoint; 2ep: before the first one (step 46).
     assert ("resuming at step 23 of 69" in said) == (checkpoint_every == "1ep")
-    dense.run_train(config, tmp_path / "resumed", progress=True)
+    dense.run_dense(config, tmp_path / "resumed", progress=True)
     assert "finished (step 69), restored" in capsys.readouterr().out
 
     assert resumed == straight
@@ -63,7 +63,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch, caps
 
 def test_outputs_and_rerun_skips_finished_work(tmp_path, monkeypatch):
     config = _config()
-    summary = dense.run_train(config, tmp_path, progress=False)
+    summary = dense.run_dense(config, tmp_path, progress=False)
     for name in ("config.json", "metrics.jsonl", "results.csv", "plots/learning_curve.png"):
         assert (tmp_path / name).exists(), name
     assert json.loads((tmp_path / "config.json").read_text())["num_replicates"] == 2
@@ -81,14 +81,14 @@ def test_outputs_and_rerun_skips_finished_work(tmp_path, monkeypatch):
         raise AssertionError("a finished run must not train again")
 
     monkeypatch.setattr(executor_lib.Executor, "train", must_not_train)
-    again = dense.run_train(config, tmp_path, progress=False)
+    again = dense.run_dense(config, tmp_path, progress=False)
     assert again == summary
     assert results.MetricsLog(tmp_path / "metrics.jsonl").read() == records
 
 
 def test_adding_seeds_keeps_existing_ones(tmp_path):
-    two = dense.run_train(_config(num_replicates=2), tmp_path / "two", progress=False)
-    four = dense.run_train(_config(num_replicates=4), tmp_path / "four", progress=False)
+    two = dense.run_dense(_config(num_replicates=2), tmp_path / "two", progress=False)
+    four = dense.run_dense(_config(num_replicates=4), tmp_path / "four", progress=False)
     # Bit for bit: the executor runs each member through one block program whatever S is.
     np.testing.assert_array_equal(four["final"]["test"]["loss"][:2],
                                   two["final"]["test"]["loss"])
@@ -98,9 +98,9 @@ def test_adding_seeds_keeps_existing_ones(tmp_path):
 
 
 def test_workdir_of_another_config_is_refused(tmp_path, monkeypatch):
-    dense.run_train(_config(), tmp_path / "done", progress=False)
+    dense.run_dense(_config(), tmp_path / "done", progress=False)
     with pytest.raises(ValueError, match="different config.*seed"):
-        dense.run_train(_config(seed=1), tmp_path / "done", progress=False)
+        dense.run_dense(_config(seed=1), tmp_path / "done", progress=False)
     # A run stopped before its first checkpoint leaves nothing to lose: a corrected
     # config takes the workdir over, with the abandoned run's records dropped.
     original = executor_lib.Executor.train
@@ -110,20 +110,20 @@ def test_workdir_of_another_config_is_refused(tmp_path, monkeypatch):
 
     monkeypatch.setattr(executor_lib.Executor, "train", killed)
     with pytest.raises(_Killed):
-        dense.run_train(_config(), tmp_path / "early", progress=False)
+        dense.run_dense(_config(), tmp_path / "early", progress=False)
     assert (tmp_path / "early" / "metrics.jsonl").exists()  # the step-0 evaluation
     monkeypatch.setattr(executor_lib.Executor, "train", original)
-    dense.run_train(_config(seed=1), tmp_path / "early", progress=False)
-    dense.run_train(_config(seed=1), tmp_path / "fresh", progress=False)
+    dense.run_dense(_config(seed=1), tmp_path / "early", progress=False)
+    dense.run_dense(_config(seed=1), tmp_path / "fresh", progress=False)
     for name in ("metrics.jsonl", "results.csv", "config.json"):
         assert (tmp_path / "early" / name).read_text() == (tmp_path / "fresh" / name).read_text()
 
 
 def test_unknown_dataset_and_model_are_named(tmp_path):
     with pytest.raises(ValueError, match="name"):
-        dense.run_train(_config(dataset="imagenet"), tmp_path / "a", progress=False)
+        dense.run_dense(_config(dataset="imagenet"), tmp_path / "a", progress=False)
     with pytest.raises(ValueError, match="resnet"):
-        dense.run_train(_config(model="resnet7", model_kwargs={}), tmp_path / "b",
+        dense.run_dense(_config(model="resnet7", model_kwargs={}), tmp_path / "b",
                         progress=False)
 
 
@@ -147,22 +147,22 @@ def test_damaged_checkpoints_resume_to_identical_files(tmp_path, damage):
     from test_checkpoint import DAMAGE
 
     config = _config(checkpoint_every="1ep", training_steps="3ep", max_checkpoints=2)
-    dense.run_train(config, tmp_path / "run", progress=False)
+    dense.run_dense(config, tmp_path / "run", progress=False)
     files = {n: (tmp_path / "run" / n).read_bytes() for n in ("results.csv", "metrics.jsonl")}
     folder = tmp_path / "run" / "checkpoints"
     ckpt_dirs = sorted({root for root, dirs, _ in os.walk(folder) if "state" in dirs})
     for step_dir in ckpt_dirs[-1:] if damage == "flipped_bytes" else ckpt_dirs:
         DAMAGE[damage](step_dir)
-    dense.run_train(config, tmp_path / "run", progress=False)
+    dense.run_dense(config, tmp_path / "run", progress=False)
     assert {n: (tmp_path / "run" / n).read_bytes() for n in files} == files
     assert any(p.name.endswith(".damaged") for p in (tmp_path / "run").rglob("*"))
 
 
 def test_checkpoints_of_another_config_are_refused_after_config_json_is_deleted(tmp_path):
-    dense.run_train(_config(), tmp_path, progress=False)
+    dense.run_dense(_config(), tmp_path, progress=False)
     (tmp_path / "config.json").unlink()
     with pytest.raises(ValueError, match="another config"):
-        dense.run_train(_config(seed=1), tmp_path, progress=False)
+        dense.run_dense(_config(seed=1), tmp_path, progress=False)
 
 
 def test_divergence_is_flagged_once_in_the_log_and_warnings(tmp_path, caplog):
@@ -173,7 +173,7 @@ def test_divergence_is_flagged_once_in_the_log_and_warnings(tmp_path, caplog):
     config = _config()
     config.recipe.learning_rate = 1e6
     with caplog.at_level("WARNING"):
-        dense.run_train(config, tmp_path / "bad", progress=False)
+        dense.run_dense(config, tmp_path / "bad", progress=False)
     records = results.MetricsLog(tmp_path / "bad" / "metrics.jsonl").read()
     warned = common.read_warnings(tmp_path / "bad")
     first = warned[0]["split"]  # the segment's first split
@@ -189,9 +189,9 @@ def test_divergence_is_flagged_once_in_the_log_and_warnings(tmp_path, caplog):
     assert {w["replicate"]: w["step"] for w in warned} == expected
     assert all(w["kind"] == "divergence" for w in warned)
     assert sum("diverged" in m for m in caplog.messages) == len(expected)
-    dense.run_train(config, tmp_path / "bad", progress=False)  # a re-run adds nothing
+    dense.run_dense(config, tmp_path / "bad", progress=False)  # a re-run adds nothing
     assert common.read_warnings(tmp_path / "bad") == warned
-    dense.run_train(_config(), tmp_path / "good", progress=False)
+    dense.run_dense(_config(), tmp_path / "good", progress=False)
     assert common.read_warnings(tmp_path / "good") == []
     # The closing lines of a command-line run: the warnings, then what was written.
     import experiments
@@ -213,7 +213,7 @@ def test_bad_shared_fields_fail_before_any_work(tmp_path, monkeypatch, study):
 
     from ltjax.studies import early_phase, soups, stability
 
-    run, name = {"dense": (dense.run_train, "lenet_digits"),
+    run, name = {"dense": (dense.run_dense, "lenet_digits"),
                  "stability": (stability.run_stability, "stability_lenet_digits"),
                  "early_phase": (early_phase.run_early_phase, "early_phase_lenet_digits"),
                  "soups": (soups.run_soups, "soups_lenet_digits")}[study]
@@ -264,8 +264,8 @@ def test_telemetry_on_its_schedule_resumes_and_changes_no_training(tmp_path, mon
         c.telemetry.update(dense_every="5it", dense_until="20it", every="10it", tracked=3)
         return c
 
-    plain = dense.run_train(_config(), tmp_path / "plain", progress=False)
-    observed = dense.run_train(config(), tmp_path / "observed", progress=False)
+    plain = dense.run_dense(_config(), tmp_path / "plain", progress=False)
+    observed = dense.run_dense(config(), tmp_path / "observed", progress=False)
     assert observed == plain  # observing stops the training calls more often, nothing else
     logs = [results.MetricsLog(tmp_path / n / "metrics.jsonl").read() for n in ("plain",
                                                                              "observed")]
@@ -320,9 +320,9 @@ def test_telemetry_on_its_schedule_resumes_and_changes_no_training(tmp_path, mon
 
     monkeypatch.setattr(executor_lib.Executor, "train", dies)
     with pytest.raises(_Killed):
-        dense.run_train(config(), tmp_path / "killed", progress=False)
+        dense.run_dense(config(), tmp_path / "killed", progress=False)
     monkeypatch.setattr(executor_lib.Executor, "train", original)
-    dense.run_train(config(), tmp_path / "killed", progress=False)
+    dense.run_dense(config(), tmp_path / "killed", progress=False)
     assert ((tmp_path / "killed" / "telemetry.csv").read_text()
             == (tmp_path / "observed" / "telemetry.csv").read_text())
 

@@ -499,7 +499,7 @@ def test_dnw_trains_every_weight_under_the_executor(digits):
 @pytest.mark.parametrize("method", ["bernoulli", "dnw"])
 def test_learned_study_rows_are_the_checkpointed_networks(tmp_path, method):
     config = _config(method=method)
-    supermask.run(config, tmp_path, progress=False)
+    supermask.run_supermask(config, tmp_path, progress=False)
     first = (tmp_path / "results.csv").read_text()
     rows = [r for r in results.read_csv(tmp_path / "results.csv")
             if r["replicate"] not in ("mean", "std")]
@@ -543,5 +543,5 @@ def test_learned_study_rows_are_the_checkpointed_networks(tmp_path, method):
             assert float(row["density"]) == pytest.approx(kept_all / size_all)
         accuracy = np.mean(h.argmax(1) == np.asarray(dataset.test.y))
         assert float(row["test_accuracy"]) == pytest.approx(accuracy, abs=1.5 / len(h))
-    supermask.run(config, tmp_path, progress=False)  # finished: same file
+    supermask.run_supermask(config, tmp_path, progress=False)  # finished: same file
     assert (tmp_path / "results.csv").read_text() == first

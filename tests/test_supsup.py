@@ -237,7 +237,7 @@ def test_permute_pixels_and_the_wrapper_permute_positions_as_numpy():
 
 def test_digits_quick_study_end_to_end_and_rerun_leaves_results_unchanged(tmp_path):
     config = supsup_lenet_digits.get_config("quick")
-    summary = supsup_study.run(config, tmp_path, progress=False)
+    summary = supsup_study.run_supsup(config, tmp_path, progress=False)
     rows = results.read_csv(tmp_path / "results.csv")
     columns = ("task", "replicate", "test_accuracy", "inferred_task_accuracy",
                "inferred_task_accuracy_first", "inferred_task_accuracy_binary")
@@ -255,7 +255,7 @@ def test_digits_quick_study_end_to_end_and_rerun_leaves_results_unchanged(tmp_pa
     assert summary["output_size"] == 100  # 100 outputs, labels 0..9, as the reference
     assert (tmp_path / "plots" / "supsup.png").exists()
     before = (tmp_path / "results.csv").read_bytes()
-    supsup_study.run(config, tmp_path, progress=False)
+    supsup_study.run_supsup(config, tmp_path, progress=False)
     assert (tmp_path / "results.csv").read_bytes() == before
 
 
@@ -263,15 +263,15 @@ def test_study_refuses_bad_fields_before_any_work(tmp_path):
     config = supsup_lenet_digits.get_config("quick")
     config.mask = "median"
     with pytest.raises(ValueError, match="config.mask"):
-        supsup_study.run(config, tmp_path / "a", progress=False)
+        supsup_study.run_supsup(config, tmp_path / "a", progress=False)
     config = supsup_lenet_digits.get_config("quick")
     config.num_tasks = 0
     with pytest.raises(ValueError, match="config.num_tasks"):
-        supsup_study.run(config, tmp_path / "b", progress=False)
+        supsup_study.run_supsup(config, tmp_path / "b", progress=False)
     config = supsup_lenet_digits.get_config("quick")
     config.output_size = 5  # fewer outputs than the 10 labels
     with pytest.raises(ValueError, match="config.output_size"):
-        supsup_study.run(config, tmp_path / "c", progress=False)
+        supsup_study.run_supsup(config, tmp_path / "c", progress=False)
     assert not any((tmp_path / d).exists() for d in "abc")
 
 

@@ -118,7 +118,7 @@ def test_hessian_top_eigenvalue_on_the_telemetry_schedule(tmp_path):
     config.telemetry.update(dense_every="6it", dense_until="12it", every="6it", batch_size=32,
                             tracked=2, hessian_steps=("0it", "6it", "1ep"),
                             hessian_iterations=200)
-    dense.run_train(config, tmp_path / "run", progress=False)
+    dense.run_dense(config, tmp_path / "run", progress=False)
     rows = [r for r in results.read_csv(tmp_path / "run" / "telemetry.csv")
             if r["quantity"] == "hessian_top_eigenvalue"]
     # 1ep (18 steps) is past the end (12): skipped. One global row per member and step.
@@ -149,5 +149,5 @@ def test_hessian_top_eigenvalue_on_the_telemetry_schedule(tmp_path):
         configs.add_telemetry(bad)
         setattr(bad.telemetry, field, value)
         with pytest.raises(ValueError, match=f"config.telemetry.{field}"):
-            dense.run_train(bad, tmp_path / "bad", progress=False)
+            dense.run_dense(bad, tmp_path / "bad", progress=False)
         assert not (tmp_path / "bad").exists()

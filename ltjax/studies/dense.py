@@ -2,7 +2,7 @@
 
 Example (Colab):
     >>> from experiments.configs import lenet_digits
-    >>> summary = run_train(lenet_digits.get_config("quick"), "/tmp/run")
+    >>> summary = run_dense(lenet_digits.get_config("quick"), "/tmp/run")
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def eval_splits(config: Any, dataset) -> list[str]:
 
 
 @common.study_entry
-def run_train(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
+def run_dense(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Train ``config.num_replicates`` seeds densely; write metrics, plots, checkpoints.
 
     Replicate r's init and data order come from ``rng.replicate_keys(config.seed, S)[r]``,

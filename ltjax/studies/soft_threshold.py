@@ -15,7 +15,7 @@ paper's "prune + retrain" comparison), all as members of one program.
 
 Example (Colab):
     >>> from experiments.configs import str_lenet_digits
-    >>> summary = run_str(str_lenet_digits.get_config("quick"), "/tmp/str")
+    >>> summary = run_soft_threshold(str_lenet_digits.get_config("quick"), "/tmp/str")
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def _check_config(config: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 @common.study_entry
-def run_str(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
+def run_soft_threshold(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Train STR on the grid and the baselines; write tables and a plot; resumable.
 
     Writes into ``workdir``: ``config.json``, ``metrics.jsonl``, ``results.csv``

@@ -174,7 +174,7 @@ def load_pretrained(config: Any, dataset: data.Dataset, workdir: str | pathlib.P
                     replicate: int) -> tuple[Any, Any]:
     """``(params, batch_stats)`` of one replicate of a dense-training workdir's newest checkpoint.
 
-    The workdir is one of :func:`ltjax.studies.dense.run_train`
+    The workdir is one of :func:`ltjax.studies.dense.run_dense`
     (``python -m experiments.train``); its dataset, validation carve and
     model must equal this study's.
 

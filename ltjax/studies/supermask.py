@@ -283,7 +283,7 @@ METHODS = {"edge_popup": run_supermask, "zhou": run_zhou, "bernoulli": run_learn
            "dnw": run_learned}
 
 
-def run(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
+def run_supermask(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """The study ``config.method`` names (:data:`METHODS`; default edge-popup).
 
     Raises:

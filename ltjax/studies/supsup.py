@@ -32,7 +32,7 @@ is the softmax entropy over all of them
 
 Example (Colab):
     >>> from experiments.configs import supsup_lenet_digits
-    >>> summary = run(supsup_lenet_digits.get_config("quick"), "/tmp/supsup")
+    >>> summary = run_supsup(supsup_lenet_digits.get_config("quick"), "/tmp/supsup")
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ def infer_tasks(model: Any, weights: PyTree, masks: PyTree, x: np.ndarray, y: np
 
 
 @common.study_entry
-def run(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
+def run_supsup(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Train every task's supermask, infer tasks on the test sets; ``results.csv``, a plot.
 
     ``results.csv``: ``task, replicate`` and :data:`FIELDS` (``test_accuracy``:
