@@ -74,6 +74,7 @@ Example:
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -215,19 +216,26 @@ def wels_masks(params: PyTree, key: jax.Array, *, split_rate: float,
         >>> masks = wels_masks(params, jax.random.key(0), split_rate=0.5)
     """
     split_rate = check_split_rate(split_rate)
-    selection = masking.prunable(params) if selection is None else selection
+    return _per_leaf(
+        params, selection, "selection",
+        lambda i, shape, _: jax.random.uniform(jax.random.fold_in(key, i), shape)
+        >= 1.0 - split_rate,
+        lambda shape, _: jnp.ones(shape, bool))
+
+
+def _per_leaf(params: PyTree, chosen: PyTree | None, name: str,
+              draw: Callable[[int, tuple, Any], jax.Array],
+              other: Callable[[tuple, Any], jax.Array]) -> PyTree:
+    """``draw(i, shape, dtype)`` for chosen leaf ``i`` (tree order), ``other(shape, dtype)``
+    for the rest; ``chosen`` defaults to :func:`ltjax.masking.prunable` (``name`` in errors)."""
+    chosen = masking.prunable(params) if chosen is None else chosen
     leaves, treedef = jax.tree.flatten(params)
-    chosen = jax.tree.leaves(selection)
-    if len(chosen) != len(leaves):
-        raise ValueError("selection must have the params' structure")
-    out = []
-    for i, (leaf, split) in enumerate(zip(leaves, chosen, strict=True)):
-        if split:
-            u = jax.random.uniform(jax.random.fold_in(key, i), tuple(leaf.shape))
-            out.append(u >= 1.0 - split_rate)
-        else:
-            out.append(jnp.ones(tuple(leaf.shape), bool))
-    return jax.tree.unflatten(treedef, out)
+    flags = jax.tree.leaves(chosen)
+    if len(flags) != len(leaves):
+        raise ValueError(f"{name} must have the params' structure")
+    return jax.tree.unflatten(treedef, [
+        draw(i, tuple(leaf.shape), leaf.dtype) if flag else other(tuple(leaf.shape), leaf.dtype)
+        for i, (leaf, flag) in enumerate(zip(leaves, flags, strict=True))])
 
 
 def split_masks(model: Any, params: PyTree, *, split: str, split_rate: float,
@@ -271,21 +279,12 @@ def reset_draw(key: jax.Array, params: PyTree, *, prunable: PyTree | None = None
         >>> fresh = reset_draw(jax.random.key(3), params)
         >>> params = ke_reinit(params, masks, fresh)
     """
-    prunable = masking.prunable(params) if prunable is None else prunable
-    leaves, treedef = jax.tree.flatten(params)
-    chosen = jax.tree.leaves(prunable)
-    if len(chosen) != len(leaves):
-        raise ValueError("prunable must have the params' structure")
-    out = []
-    for i, (leaf, kernel) in enumerate(zip(leaves, chosen, strict=True)):
-        shape, dtype = tuple(leaf.shape), leaf.dtype
-        if kernel:
-            bound = 1.0 / np.sqrt(int(np.prod(shape[:-1])))
-            out.append(jax.random.uniform(jax.random.fold_in(key, i), shape, dtype,
-                                          minval=-bound, maxval=bound))
-        else:
-            out.append(jnp.zeros(shape, dtype))
-    return jax.tree.unflatten(treedef, out)
+    def draw(i: int, shape: tuple, dtype: Any) -> jax.Array:
+        bound = 1.0 / np.sqrt(int(np.prod(shape[:-1])))
+        return jax.random.uniform(jax.random.fold_in(key, i), shape, dtype,
+                                  minval=-bound, maxval=bound)
+
+    return _per_leaf(params, prunable, "prunable", draw, jnp.zeros)
 
 
 def ke_reinit(params: PyTree, masks: PyTree, fresh_params: PyTree) -> PyTree:
