@@ -40,6 +40,7 @@ Example (Colab):
 
 from __future__ import annotations
 
+import math
 import pathlib
 from typing import Any
 
@@ -131,8 +132,10 @@ def run_early_bird(config: Any, workdir: str | pathlib.Path, *, progress: bool =
 
     # 1. The search: |gamma| at the start of every epoch, computed once per epoch.
     state = executor.init(init_keys)
-    num_channels = early_bird.mask_vector(jax.tree.map(
-        lambda x: np.zeros(x.shape, x.dtype), executor.abstract_params)).shape[0]
+    shapes = dict(zip(tree.names(executor.abstract_params),
+                      (x.shape for x in jax.tree.leaves(executor.abstract_params)), strict=True))
+    num_channels = sum(math.prod(shapes[n])
+                       for n in early_bird.bn_scale_names(executor.abstract_params))
     stored: dict[tuple[int, int], np.ndarray] = {}
     for epoch in range(epochs + 1):
         def gammas(epoch: int = epoch) -> np.ndarray:

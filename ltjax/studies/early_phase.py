@@ -236,6 +236,7 @@ def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool 
     params_0 = state.params
     like = executor.shard(masking.ones_like(state.params))
     selection = masking.prunable(executor.abstract_params)
+    densities = jax.jit(jax.vmap(lambda m: masking.density(m, selection)))  # one program
     stds = perturbations.init_stds(
         lambda key: models.init(executor.model, key, dataset.input_shape)[0],
         rng.stream(jax.random.key(config.seed), "init_stds"), prunable=selection)
@@ -260,7 +261,7 @@ def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool 
                         tags={"k": k, "branch": "parent"}, densities=np.ones(num),
                         desc=f"dense to step {k}", observer=parent_observer)
         masks = imp_runs.load_imp_masks(imp_runs_at[k], config.imp_level, like)
-        density = np.asarray(jax.vmap(lambda m: masking.density(m, selection))(masks))
+        density = np.asarray(densities(masks))
         member_params, effective, tags = [], [], []
         for name in names:
             name_keys = jax.vmap(lambda key, n=name, k=k: jax.random.fold_in(

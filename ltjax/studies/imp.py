@@ -536,7 +536,8 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
             if config.get("pretrain") is not None and config.pretrain.get("kind"):
                 state = _pretrain_on_altered_data(config, executor, dataset, segment, state,
                                                   init_keys, noise_keys, ckpt_root)
-            state = executor.shard(per_rate(state))
+            if rates > 1:
+                state = executor.shard(per_rate(state))
             if rewind_step > 0:
                 run_tags = ([{"learning_rate": lr, "replicate": r} for lr in lrs
                              for r in range(num)] if rates > 1 else None)
