@@ -22,9 +22,18 @@ Barriers come with the alpha where they peak. They take the curve
 Plain pytrees in, no flax.
 
 Example:
-    >>> alphas = jnp.linspace(0, 1, 30)
-    >>> curve = [error(lerp(a, params_a, params_b)) for a in alphas]
-    >>> height, at = error_barrier(alphas, curve)
+    >>> import jax.numpy as jnp
+    >>> from ltjax import interpolation
+    >>> params_a, params_b = {"w": jnp.array([1.0, -1.0])}, {"w": jnp.array([-1.0, 1.0])}
+    >>> def error(p):                      # a toy error: 0 at both ends, 1 half-way
+    ...     return float(1 - 0.5 * jnp.sum(p["w"] ** 2))
+    >>> alphas = [0, 0.25, 0.5, 0.75, 1]
+    >>> curve = [error(interpolation.lerp(a, params_a, params_b)) for a in alphas]
+    >>> curve
+    [0.0, 0.75, 1.0, 0.75, 0.0]
+    >>> height, at = interpolation.error_barrier(alphas, curve)
+    >>> float(height), float(at)
+    (1.0, 0.5)
 """
 
 from __future__ import annotations
@@ -49,7 +58,9 @@ def check_alpha(alpha: Any, name: str = "alpha") -> None:
     vmap over alphas check the concrete array before tracing it.
 
     Example:
-        >>> check_alpha(1.5)
+        >>> from ltjax import interpolation
+        >>> interpolation.check_alpha(1.5)
+        Traceback (most recent call last):
         ValueError: alpha must lie in [0, 1], got 1.5
     """
     if isinstance(alpha, jax.core.Tracer):
@@ -70,7 +81,9 @@ def lerp(alpha: float | jax.Array, tree_a: PyTree, tree_b: PyTree) -> PyTree:
       ValueError: ``alpha`` outside [0, 1], or trees of different structure or shapes.
 
     Example:
-        >>> lerp(0.25, {"w": jnp.zeros(2)}, {"w": jnp.ones(2)})
+        >>> import jax.numpy as jnp
+        >>> from ltjax import interpolation
+        >>> interpolation.lerp(0.25, {"w": jnp.zeros(2)}, {"w": jnp.ones(2)})
         {'w': Array([0.25, 0.25], dtype=float32)}
     """
     check_alpha(alpha)
@@ -91,7 +104,14 @@ def interpolate(alphas: jax.Array, tree_a: PyTree, tree_b: PyTree) -> PyTree:
     """:func:`lerp` at every alpha, stacked: leaves ``[A, ...]``.
 
     Example:
-        >>> path = interpolate(jnp.linspace(0, 1, 30), params_a, params_b)  # [30, ...]
+        >>> import jax.numpy as jnp
+        >>> from ltjax import interpolation
+        >>> path = interpolation.interpolate(jnp.linspace(0, 1, 5), {"w": jnp.zeros(3)},
+        ...                                  {"w": jnp.ones(3)})
+        >>> path["w"].shape                          # [A, ...]
+        (5, 3)
+        >>> path["w"][:, 0]
+        Array([0.  , 0.25, 0.5 , 0.75, 1.  ], dtype=float32)
     """
     alphas = jnp.asarray(alphas, jnp.float32)
     if alphas.ndim != 1:
@@ -137,12 +157,16 @@ def barrier(alphas: Any, values: Any, *, baseline: str) -> tuple[np.ndarray, np.
       ``(barrier [...], alpha_at_max [...])``: the height and the alpha where it peaks.
 
     Example:
-        >>> barrier([0, 0.5, 1], [1.0, 3.0, 2.0], baseline="chord")
-        (array(1.5), array(0.5))
-        >>> barrier([0, 0.5, 1], [1.0, 3.0, 2.0], baseline="mean_ends")
-        (array(1.5), array(0.5))
-        >>> barrier([0, 0.5, 1], [1.0, 1.5, 2.0], baseline="mean_ends")
-        (array(0.5), array(1.))
+        >>> from ltjax import interpolation
+        >>> height, at = interpolation.barrier([0, 0.5, 1], [1.0, 3.0, 2.0], baseline="chord")
+        >>> round(float(height), 4), float(at)
+        (1.5, 0.5)
+        >>> height, at = interpolation.barrier([0, 0.5, 1], [1.0, 3.0, 2.0], baseline="mean_ends")
+        >>> round(float(height), 4), float(at)
+        (1.5, 0.5)
+        >>> height, at = interpolation.barrier([0, 0.5, 1], [1.0, 1.5, 2.0], baseline="mean_ends")
+        >>> round(float(height), 4), float(at)
+        (0.5, 1.0)
     """
     if baseline not in BASELINES:
         raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
@@ -170,8 +194,10 @@ def error_barrier(alphas: Any, errors: Any) -> tuple[np.ndarray, np.ndarray]:
       ``(barrier [...], alpha_at_max [...])``.
 
     Example:
-        >>> error_barrier([0, 0.5, 1], [0.02, 0.10, 0.04])
-        (array(0.07), array(0.5))
+        >>> from ltjax import interpolation
+        >>> height, at = interpolation.error_barrier([0, 0.5, 1], [0.02, 0.10, 0.04])
+        >>> round(float(height), 4), float(at)
+        (0.07, 0.5)
     """
     return barrier(alphas, errors, baseline="mean_ends")
 
@@ -187,10 +213,14 @@ def loss_barrier(alphas: Any, losses: Any, *,
     leading axes of ``losses`` like :func:`error_barrier`.
 
     Example:
-        >>> loss_barrier([0, 0.5, 1], [1.0, 3.0, 2.0])
-        (array(1.5), array(0.5))
-        >>> loss_barrier([0, 0.25, 0.5, 1], [0.0, 0.1, 0.2, 0.4], baseline="mean_ends")
-        (array(0.2), array(1.))
+        >>> from ltjax import interpolation
+        >>> height, at = interpolation.loss_barrier([0, 0.5, 1], [1.0, 3.0, 2.0])
+        >>> round(float(height), 4), float(at)
+        (1.5, 0.5)
+        >>> height, at = interpolation.loss_barrier([0, 0.25, 0.5, 1], [0.0, 0.1, 0.2, 0.4],
+        ...                                         baseline="mean_ends")
+        >>> round(float(height), 4), float(at)
+        (0.2, 1.0)
     """
     return barrier(alphas, losses, baseline=baseline)
 
@@ -222,9 +252,18 @@ def evaluate_path(
       ``{metric: [A]}`` as NumPy arrays.
 
     Example:
-        >>> curve = evaluate_path(lambda t: executor.evaluate_params(*t, "test"),
-        ...                       (params_a, stats_a), (params_b, stats_b),
-        ...                       jnp.linspace(0, 1, 30), chunk_size=10)
+        >>> import jax.numpy as jnp
+        >>> from ltjax import interpolation
+        >>> def evaluate_fn(stacked):              # stacked trees [C, ...] -> {metric: [C]}
+        ...     return {"error": 1 - 0.5 * jnp.sum(stacked["w"] ** 2, axis=1)}
+        >>> curve = interpolation.evaluate_path(
+        ...     evaluate_fn, {"w": jnp.array([1.0, -1.0])}, {"w": jnp.array([-1.0, 1.0])},
+        ...     jnp.linspace(0, 1, 5), chunk_size=2)      # 3 calls: 2 + 2 + 1 alphas
+        >>> curve["error"]
+        array([0.  , 0.75, 1.  , 0.75, 0.  ], dtype=float32)
+
+        A real network's ``evaluate_fn`` is e.g.
+        ``lambda t: executor.evaluate_params(*t, "test")`` with ``t = (params, batch_stats)``.
     """
     alphas = np.asarray(alphas, np.float32)
     if alphas.ndim != 1 or alphas.size == 0:

@@ -10,10 +10,15 @@ Every function here takes plain pytrees of arrays and works on stacked
 (``[S, ...]``) trees under ``jax.vmap``; nothing imports flax.
 
 Example:
-    >>> selection = prunable(params)              # kernels of dense and conv layers
-    >>> masks = ones_like(params)
-    >>> params = apply(params, masks)
-    >>> density(masks, selection)
+    >>> import jax.numpy as jnp
+    >>> from ltjax import masking
+    >>> params = {"Dense_0": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}}
+    >>> selection = masking.prunable(params)      # kernels of dense and conv layers
+    >>> selection
+    {'Dense_0': {'bias': False, 'kernel': True}}
+    >>> masks = masking.ones_like(params)
+    >>> params = masking.apply(params, masks)
+    >>> float(masking.density(masks, selection))
     1.0
 """
 
@@ -45,7 +50,9 @@ def apply(params: PyTree, masks: PyTree) -> PyTree:
         kernel), naming the leaf (:func:`check`).
 
     Example:
-        >>> apply({"w": jnp.ones(3)}, {"w": jnp.array([True, False, True])})
+        >>> import jax.numpy as jnp
+        >>> from ltjax import masking
+        >>> masking.apply({"w": jnp.ones(3)}, {"w": jnp.array([True, False, True])})
         {'w': Array([1., 0., 1.], dtype=float32)}
     """
     check(masks, params)
@@ -60,7 +67,10 @@ def check_bool(masks: PyTree, *, name: str = "masks") -> None:
     static: this also runs on tracers.
 
     Example:
-        >>> check_bool({"k": jnp.full(3, 0.5)}, name="masks")
+        >>> import jax.numpy as jnp
+        >>> from ltjax import masking
+        >>> masking.check_bool({"k": jnp.full(3, 0.5)}, name="masks")
+        Traceback (most recent call last):
         ValueError: masks['k'] must be bool, got float32
     """
     for path, leaf in zip(tree.names(masks), jax.tree.leaves(masks), strict=True):
@@ -115,7 +125,12 @@ def prunable(
       ValueError: the selection is empty.
 
     Example:
-        >>> prunable(params, exclude="Dense_2")   # LeNet: leave the output layer dense
+        >>> import jax.numpy as jnp
+        >>> from ltjax import masking
+        >>> params = {"Dense_0": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)},
+        ...           "Dense_1": {"kernel": jnp.ones((2, 2)), "bias": jnp.zeros(2)}}
+        >>> masking.prunable(params, exclude="Dense_1")   # leave the output layer dense
+        {'Dense_0': {'bias': False, 'kernel': True}, 'Dense_1': {'bias': False, 'kernel': False}}
     """
 
     def select(name: str, leaf) -> bool:
@@ -208,8 +223,14 @@ def iou(masks_a: PyTree, masks_b: PyTree, prunable: PyTree) -> jax.Array:
         (never broadcast), naming the leaf (:func:`check`).
 
     Example:
-        >>> iou(masks, masks, prunable(params))
-        Array(1., dtype=float32)
+        >>> import jax.numpy as jnp
+        >>> from ltjax import masking
+        >>> a = {"w": jnp.array([[True, True], [False, False]])}
+        >>> b = {"w": jnp.array([[True, False], [True, False]])}
+        >>> round(float(masking.iou(a, b, {"w": True})), 4)     # 1 kept by both, 3 by either
+        0.3333
+        >>> float(masking.iou(a, a, {"w": True}))
+        1.0
     """
     pairs = _pairs(masks_a, masks_b, prunable)
     inter = sum(jnp.sum(a & b, dtype=jnp.int32) for a, b in pairs)

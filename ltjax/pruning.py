@@ -32,9 +32,15 @@ All functions are jittable and vmappable over a replicate axis (``prunable``
 is static, bound by closure) and take plain pytrees.
 
 Example:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import masking, pruning
+    >>> params = {"Dense_0": {"kernel": jnp.arange(6.0).reshape(3, 2), "bias": jnp.zeros(2)},
+    ...           "Dense_1": {"kernel": jnp.arange(4.0).reshape(2, 2) - 2, "bias": jnp.zeros(2)}}
     >>> selection = masking.prunable(params)
-    >>> masks = prune(magnitude_scores(params), masking.ones_like(params), selection,
-    ...               fraction=0.2)
+    >>> masks = pruning.prune(pruning.magnitude_scores(params), masking.ones_like(params),
+    ...                       selection, fraction=0.2)      # the 2 zeros of 10 weights go
+    >>> masking.counts(masks, selection)                     # (kept, total) per layer
+    {'Dense_0/kernel': (5, 6), 'Dense_1/kernel': (3, 4)}
 """
 
 from __future__ import annotations
@@ -82,7 +88,13 @@ def inverted_scores(scores: PyTree) -> PyTree:
     position), and ``-inf`` (a zero SynFlow log score) becomes the highest.
 
     Example:
-        >>> inverted = prune_to_density(inverted_scores(scores), selection, density=0.1)
+        >>> import jax.numpy as jnp
+        >>> from ltjax import pruning
+        >>> scores = pruning.magnitude_scores({"w": jnp.array([[3.0, -1.0], [0.5, 2.0]])})
+        >>> pruning.prune_to_density(pruning.inverted_scores(scores), {"w": True},
+        ...                          density=0.5)["w"]         # keeps the smallest
+        Array([[False,  True],
+               [ True, False]], dtype=bool)
     """
     return jax.tree.map(jnp.negative, scores)
 
@@ -168,8 +180,12 @@ def preset_rates(params: PyTree, prunable: PyTree, *, preset: str) -> dict[str, 
       ValueError: an unknown preset.
 
     Example:
-        >>> preset_rates(params, masking.prunable(params), preset="conv10_fc20")
-        {'^Conv_0/kernel$': 0.1, ..., '^Dense_0/kernel$': 0.2, ...}
+        >>> import jax.numpy as jnp
+        >>> from ltjax import masking, pruning
+        >>> params = {"Conv_0": {"kernel": jnp.ones((3, 3, 1, 4))},
+        ...           "Dense_0": {"kernel": jnp.ones((4, 2))}}
+        >>> pruning.preset_rates(params, masking.prunable(params), preset="conv10_fc20")
+        {'^Conv_0/kernel$': 0.1, '^Dense_0/kernel$': 0.2}
     """
     if not preset:
         return {}
@@ -208,8 +224,16 @@ def prune(
         a prunable leaf (named; checked when concrete), a bad fraction or scope.
 
     Example:
-        >>> masks = prune(magnitude_scores(params), masks, selection, fraction=0.2,
-        ...               scope="layerwise", layer_rates={"Dense_2": 0.1})
+        >>> import jax.numpy as jnp
+        >>> from ltjax import masking, pruning
+        >>> params = {"Dense_0": {"kernel": jnp.arange(6.0).reshape(3, 2)},
+        ...           "Dense_1": {"kernel": jnp.arange(4.0).reshape(2, 2) - 2}}
+        >>> selection = masking.prunable(params)
+        >>> masks = pruning.prune(pruning.magnitude_scores(params), masking.ones_like(params),
+        ...                       selection, fraction=0.2, scope="layerwise",
+        ...                       layer_rates={"Dense_1": 0.5})
+        >>> masking.counts(masks, selection)
+        {'Dense_0/kernel': (4, 6), 'Dense_1/kernel': (2, 4)}
     """
     rate = _check_fraction(fraction)
     masking.check(masks, scores, reference_name="scores")  # structure, shapes, bool leaves
@@ -252,7 +276,15 @@ def prune_to_density(
         target that keeps more weights than ``masks`` still have.
 
     Example:
-        >>> oneshot = prune_to_density(magnitude_scores(trained), selection, density=0.035)
+        >>> import jax.numpy as jnp
+        >>> from ltjax import masking, pruning
+        >>> trained = {"Dense_0": {"kernel": jnp.arange(6.0).reshape(3, 2)},
+        ...            "Dense_1": {"kernel": jnp.arange(4.0).reshape(2, 2) - 2}}
+        >>> selection = masking.prunable(trained)
+        >>> oneshot = pruning.prune_to_density(pruning.magnitude_scores(trained), selection,
+        ...                                    density=0.5)
+        >>> masking.counts(oneshot, selection)       # 5 of 10 kept, ranked globally
+        {'Dense_0/kernel': (4, 6), 'Dense_1/kernel': (1, 4)}
     """
     _check_density(density)
     if scope not in SCOPES:
@@ -299,7 +331,17 @@ def prune_to_match(
         scores in a prunable leaf (named; checked when concrete), a bad scope.
 
     Example:
-        >>> oneshot = prune_to_match(magnitude_scores(trained), ticket, selection, scope="global")
+        >>> import jax.numpy as jnp
+        >>> from ltjax import masking, pruning
+        >>> trained = {"a": {"kernel": jnp.arange(6.0).reshape(3, 2)},
+        ...            "b": {"kernel": jnp.arange(4.0).reshape(2, 2) / 4}}
+        >>> selection = masking.prunable(trained)
+        >>> ticket = {"a": {"kernel": jnp.eye(3, 2, dtype=bool)},      # 2 + 2 kept
+        ...           "b": {"kernel": jnp.eye(2, dtype=bool)}}
+        >>> oneshot = pruning.prune_to_match(pruning.magnitude_scores(trained), ticket,
+        ...                                  selection, scope="global")
+        >>> masking.counts(oneshot, selection)      # the 4 largest of all, wherever they are
+        {'a/kernel': (4, 6), 'b/kernel': (0, 4)}
     """
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
@@ -332,7 +374,15 @@ def random_prune_like(
     prunable weights.
 
     Example:
-        >>> control = random_prune_like(key, ticket_masks, selection, scope="layerwise")
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import masking, pruning
+        >>> ticket = {"a": {"kernel": jnp.eye(3, 2, dtype=bool)},
+        ...           "b": {"kernel": jnp.ones((2, 2), bool)}}
+        >>> selection = masking.prunable(ticket)
+        >>> control = pruning.random_prune_like(jax.random.key(0), ticket, selection,
+        ...                                     scope="layerwise")
+        >>> masking.counts(control, selection)      # each layer's count, new positions
+        {'a/kernel': (2, 6), 'b/kernel': (4, 4)}
     """
     return prune_to_match(random_scores(key, masks), masks, prunable, scope=scope)
 
@@ -413,7 +463,8 @@ def smart_ratio_densities(sizes: Sequence[int], density: float, *,
         keeps more, or the others would need more than all their weights).
 
     Example:
-        >>> [round(p, 4) for p in smart_ratio_densities([235200, 30000, 1000], 0.1)]
+        >>> from ltjax import pruning
+        >>> [round(p, 4) for p in pruning.smart_ratio_densities([235200, 30000, 1000], 0.1)]
         [0.1052, 0.0526, 0.3]
     """
     return tuple(float(p) for p in _smart_ratio_fractions(sizes, density, last_density))
@@ -450,8 +501,13 @@ def forward_order(forward_fn: Callable[[PyTree], Any], params: PyTree,
       ValueError: a prunable leaf that ``forward_fn`` never reads (named).
 
     Example:
-        >>> forward_order(lambda p: model.apply({"params": p}, x), params, selection)
-        ('Dense_0/kernel', 'Dense_1/kernel', 'Dense_2/kernel')
+        >>> import jax.numpy as jnp
+        >>> from ltjax import masking, pruning
+        >>> params = {"out": {"kernel": jnp.ones((3, 2))}, "stem": {"kernel": jnp.ones((4, 3))}}
+        >>> def forward(p):
+        ...     return jnp.ones(4) @ p["stem"]["kernel"] @ p["out"]["kernel"]
+        >>> pruning.forward_order(forward, params, masking.prunable(params))
+        ('stem/kernel', 'out/kernel')
     """
     jaxpr = jax.make_jaxpr(forward_fn)(params).jaxpr
     position = {id(v): i for i, v in enumerate(jaxpr.invars)}
@@ -498,8 +554,17 @@ def smart_ratio_prune(
         :func:`smart_ratio_densities`.
 
     Example:
-        >>> layers = forward_order(forward_fn, params, selection)
-        >>> ticket = smart_ratio_prune(key, params, selection, density=0.1, layers=layers)
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import masking, pruning
+        >>> params = {"out": {"kernel": jnp.ones((3, 2))}, "stem": {"kernel": jnp.ones((4, 3))}}
+        >>> def forward(p):
+        ...     return jnp.ones(4) @ p["stem"]["kernel"] @ p["out"]["kernel"]
+        >>> selection = masking.prunable(params)
+        >>> layers = pruning.forward_order(forward, params, selection)
+        >>> ticket = pruning.smart_ratio_prune(jax.random.key(0), params, selection,
+        ...                                    density=0.5, layers=layers)
+        >>> masking.counts(ticket, selection)      # 9 of 18 kept, the last layer's at 0.3
+        {'out/kernel': (2, 6), 'stem/kernel': (7, 12)}
     """
     names = tree.names(params)
     leaves, treedef = jax.tree.flatten(params)

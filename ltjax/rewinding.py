@@ -15,7 +15,17 @@
 All take plain pytrees and work under ``vmap`` over replicates.
 
 Example:
-    >>> state = rewind_state(state_at_k, masks, fresh_opt_state=tx.init(state_at_k.params))
+    >>> import jax.numpy as jnp, optax
+    >>> from ltjax import rewinding, train
+    >>> tx = optax.sgd(0.1, momentum=0.9)
+    >>> params_k = {"w": jnp.array([0.5, -2.0, 1.5])}          # the params at step k = 5
+    >>> state_at_k = train.TrainState(step=jnp.int32(5), params=params_k, batch_stats={},
+    ...                               opt_state=tx.init(params_k))
+    >>> masks = {"w": jnp.array([True, False, True])}
+    >>> state = rewinding.rewind_state(state_at_k, masks,
+    ...                                fresh_opt_state=tx.init(state_at_k.params))
+    >>> state.params["w"], int(state.step)      # the schedule resumes at step k
+    (Array([0.5, 0. , 1.5], dtype=float32), 5)
 """
 
 from __future__ import annotations
@@ -39,8 +49,16 @@ def rewind(params: PyTree, masks: PyTree) -> PyTree:
       ValueError: masks not of the params' structure, shapes or bool dtype.
 
     Example:
-        >>> ticket = rewind(params_at_init, masks)
-        >>> control = rewind(models.init(model, jax.random.key(1), shape)[0], masks)
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import rewinding
+        >>> params_at_init = {"w": jnp.array([0.5, -2.0, 1.5])}
+        >>> masks = {"w": jnp.array([True, False, True])}
+        >>> rewinding.rewind(params_at_init, masks)          # the ticket
+        {'w': Array([0.5, 0. , 1.5], dtype=float32)}
+        >>> fresh = {"w": jax.random.normal(jax.random.key(1), (3,))}   # a new init
+        >>> control = rewinding.rewind(fresh, masks)          # reinit control: same mask
+        >>> control["w"] != 0
+        Array([ True, False,  True], dtype=bool)
     """
     tree.check_same_structure(masks, params, name="masks", reference_name="params")
     return masking.apply(params, masks)

@@ -50,11 +50,13 @@ with ``np.lexsort`` in the scores' own dtype (float64 scores stay float64),
 under the same rule.
 
 Example:
-    >>> count(100, 0.3, rounding="ceil"), count(10, 0.3, rounding="ceil")
+    >>> import jax.numpy as jnp
+    >>> from ltjax import topk
+    >>> topk.count(100, 0.3, rounding="ceil"), topk.count(10, 0.3, rounding="ceil")
     (30, 3)
-    >>> mask(jnp.array([0.3, 0.1, 0.3, 0.5]), 2)
+    >>> topk.mask(jnp.array([0.3, 0.1, 0.3, 0.5]), 2)
     Array([ True, False, False,  True], dtype=bool)
-    >>> mask(jnp.array([0.3, 0.1, 0.3, 0.5]), 2, ties="last")
+    >>> topk.mask(jnp.array([0.3, 0.1, 0.3, 0.5]), 2, ties="last")
     Array([False, False,  True,  True], dtype=bool)
 """
 
@@ -121,7 +123,9 @@ def check_share(share: Any, *, name: str, zero: bool = False, one: bool = True) 
       ValueError: naming ``name``, the interval and the value.
 
     Example:
-        >>> check_share(np.float32(0.5), name="density")
+        >>> import numpy as np
+        >>> from ltjax import topk
+        >>> topk.check_share(np.float32(0.5), name="density")
         0.5
     """
     value = None
@@ -152,7 +156,9 @@ def rational(share: Any) -> Fraction:
         value, NaN, an infinity or a negative number.
 
     Example:
-        >>> rational(0.3), rational(1 / 3), rational(np.float32(0.2))
+        >>> import numpy as np
+        >>> from ltjax import topk
+        >>> topk.rational(0.3), topk.rational(1 / 3), topk.rational(np.float32(0.2))
         (Fraction(3, 10), Fraction(1, 3), Fraction(1, 5))
     """
     if isinstance(share, bool | np.bool_ | str | bytes):
@@ -210,9 +216,11 @@ def count(n: Any, share: Any, *, rounding: str) -> Any:
         arithmetic on an array ``n``.
 
     Example:
-        >>> count(100, 0.3, rounding="ceil"), count(10, 0.25, rounding="half_even")
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import topk
+        >>> topk.count(100, 0.3, rounding="ceil"), topk.count(10, 0.25, rounding="half_even")
         (30, 2)
-        >>> jax.jit(lambda n: count(n, 0.2, rounding="ceil"))(jnp.int32(11))
+        >>> jax.jit(lambda n: topk.count(n, 0.2, rounding="ceil"))(jnp.int32(11))
         Array(3, dtype=int32)
     """
     _check_rounding(rounding)
@@ -317,7 +325,9 @@ def mask(values: jax.Array, k: Any, *, ties: str = "first",
         compete; the others are never kept.
 
     Example:
-        >>> mask(jnp.array([0.3, 0.1, 0.3, 0.5]), 2)
+        >>> import jax.numpy as jnp
+        >>> from ltjax import topk
+        >>> topk.mask(jnp.array([0.3, 0.1, 0.3, 0.5]), 2)
         Array([ True, False, False,  True], dtype=bool)
     """
     _check_ties(ties)
@@ -346,7 +356,9 @@ def masks(values: Sequence[jax.Array], k: Any, *, ties: str = "first",
       alive: optional bool arrays of the same shapes; only those entries compete.
 
     Example:
-        >>> masks([jnp.array([0.2, 0.1]), jnp.array([[0.2], [0.3]])], 2, ties="last")
+        >>> import jax.numpy as jnp
+        >>> from ltjax import topk
+        >>> topk.masks([jnp.array([0.2, 0.1]), jnp.array([[0.2], [0.3]])], 2, ties="last")
         [Array([False, False], dtype=bool), Array([[ True], [ True]], dtype=bool)]
     """
     _check_ties(ties)
@@ -380,7 +392,9 @@ def host_mask(values: Any, k: int, *, ties: str = "first") -> np.ndarray:
     Early-Bird's channels) whose scores may be float64.
 
     Example:
-        >>> host_mask(np.array([0.3, 0.1, 0.3, 0.5]), 2, ties="last")
+        >>> import numpy as np
+        >>> from ltjax import topk
+        >>> topk.host_mask(np.array([0.3, 0.1, 0.3, 0.5]), 2, ties="last")
         array([False, False,  True,  True])
     """
     _check_ties(ties)

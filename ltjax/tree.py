@@ -7,8 +7,10 @@ leaf path. Bool masks are checked by :func:`ltjax.masking.check`, alphas by
 :func:`ltjax.interpolation.check_alpha`.
 
 Example:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import tree
     >>> params = {"Dense_0": {"kernel": jnp.ones((2, 3)), "bias": jnp.zeros(3)}}
-    >>> names(params)
+    >>> tree.names(params)
     ['Dense_0/bias', 'Dense_0/kernel']
 """
 
@@ -70,7 +72,10 @@ def check_same_structure(
       leading_axes: extra leading (replicate, task) axes of each leaf of ``tree``.
 
     Example:
-        >>> check_same_structure({"k": jnp.ones(3)}, {"k": jnp.ones((2, 3))}, name="masks")
+        >>> import jax.numpy as jnp
+        >>> from ltjax import tree
+        >>> tree.check_same_structure({"k": jnp.ones(3)}, {"k": jnp.ones((2, 3))}, name="masks")
+        Traceback (most recent call last):
         ValueError: masks['k'] has shape (3,), expected (2, 3) as in params
     """
     struct_a = jax.tree.structure(tree)
@@ -112,7 +117,10 @@ def check_finite(tree: PyTree, *, name: str, allow_inf: bool = False,
     values exist only at run time. One host transfer of per-leaf counts.
 
     Example:
-        >>> check_finite({"k": jnp.array([1.0, jnp.nan])}, name="scores")
+        >>> import jax.numpy as jnp
+        >>> from ltjax import tree
+        >>> tree.check_finite({"k": jnp.array([1.0, jnp.nan])}, name="scores")
+        Traceback (most recent call last):
         ValueError: scores['k'] has 1 non-finite (NaN or inf) entries of 2: expected finite values
     """
     paths, leaves = names(tree), jax.tree.leaves(tree)
@@ -157,7 +165,12 @@ def concat(trees: list[PyTree]) -> PyTree:
     """Join stacked trees ``[S_i, ...]`` of equal structure along their leading axis.
 
     Example:
-        >>> concat([imp_states, reinit_states])   # [S + S, ...]: the members of one program
+        >>> import jax.numpy as jnp
+        >>> from ltjax import tree
+        >>> imp = {"w": jnp.zeros((2, 3))}       # 2 members' stacked trees
+        >>> reinit = {"w": jnp.ones((3, 3))}     # 3 more: one program of 5 members
+        >>> tree.concat([imp, reinit])["w"].shape
+        (5, 3)
     """
     if not trees:
         raise ValueError("trees must be a non-empty list")
