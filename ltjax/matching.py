@@ -25,11 +25,24 @@ Permutations are dicts ``{name: int array [n]}``; ``perm[i] = j`` means unit
 ``j`` of model B moves to position ``i`` (``jnp.take(w, perm, axis)``), so
 unit ``i`` of the permuted B faces unit ``i`` of A.
 
-Plain pytrees in, no flax. Examples use the bundled MLP:
+Plain pytrees in, no flax (the bundled models build their specs with
+:func:`ltjax.models.permutation_spec`). The examples use a two-layer MLP with 4
+hidden units ``h``; model B is model A with its hidden units shuffled:
 
-    >>> spec = models.permutation_spec(model, params_a)
-    >>> result = weight_matching(spec, params_a, params_b, seed=0)
-    >>> params_b_aligned = apply_permutation(spec, result.perms, params_b)
+    >>> import jax.numpy as jnp
+    >>> from ltjax import matching
+    >>> spec = matching.PermutationSpec(params={
+    ...     "Dense_0/kernel": (None, "h"), "Dense_0/bias": ("h",),
+    ...     "Dense_1/kernel": ("h", None), "Dense_1/bias": (None,)})
+    >>> params_a = {"Dense_0": {"kernel": jnp.arange(8.0).reshape(2, 4), "bias": jnp.zeros(4)},
+    ...             "Dense_1": {"kernel": jnp.arange(8.0).reshape(4, 2), "bias": jnp.zeros(2)}}
+    >>> params_b = matching.apply_permutation(spec, {"h": jnp.array([2, 0, 3, 1])}, params_a)
+    >>> result = matching.weight_matching(spec, params_a, params_b, seed=0)
+    >>> result.perms                                   # undoes the shuffle
+    {'h': Array([1, 3, 0, 2], dtype=int32)}
+    >>> params_b_aligned = matching.apply_permutation(spec, result.perms, params_b)
+    >>> bool(jnp.array_equal(params_b_aligned["Dense_0"]["kernel"], params_a["Dense_0"]["kernel"]))
+    True
 """
 
 from __future__ import annotations
@@ -91,7 +104,8 @@ class PermutationSpec:
         :func:`activation_matching` and REPAIR.
 
     Example:
-        >>> spec = PermutationSpec(params={
+        >>> from ltjax import matching
+        >>> spec = matching.PermutationSpec(params={
         ...     "Dense_0/kernel": (None, "h"), "Dense_0/bias": ("h",),
         ...     "Dense_1/kernel": ("h", None), "Dense_1/bias": (None,)})
         >>> spec.perm_to_axes["h"]
@@ -177,8 +191,15 @@ def check_spec(spec: PermutationSpec, params: PyTree, batch_stats: PyTree | None
         inconsistent axis sizes (listing them).
 
     Example:
-        >>> check_spec(spec, params)
-        {'Dense_0': 512, 'Dense_1': 512, 'Dense_2': 512}
+        >>> import jax.numpy as jnp
+        >>> from ltjax import matching
+        >>> spec = matching.PermutationSpec(params={
+        ...     "Dense_0/kernel": (None, "h"), "Dense_0/bias": ("h",),
+        ...     "Dense_1/kernel": ("h", None), "Dense_1/bias": (None,)})
+        >>> params_a = {"Dense_0": {"kernel": jnp.arange(8.0).reshape(2, 4), "bias": jnp.zeros(4)},
+        ...             "Dense_1": {"kernel": jnp.arange(8.0).reshape(4, 2), "bias": jnp.zeros(2)}}
+        >>> matching.check_spec(spec, params_a)
+        {'h': 4}
     """
     if not isinstance(spec, PermutationSpec):
         raise TypeError(f"spec must be a PermutationSpec, got {type(spec).__name__}")
@@ -361,9 +382,17 @@ def check_perms(spec: PermutationSpec, perms: Mapping[str, Any], tree_: PyTree =
         out-of-range ones).
 
     Example:
-        >>> check_perms(spec, {"Dense_0": jnp.zeros(512, jnp.int32), ...}, params)
-        ValueError: perms['Dense_0'] is not a permutation of range(512) (it permutes axis 0 of
-        'Dense_0/bias'): repeated [0 (512x)]; missing [1, 2, 3, 4, 5, ...]
+        >>> import jax.numpy as jnp
+        >>> from ltjax import matching
+        >>> spec = matching.PermutationSpec(params={
+        ...     "Dense_0/kernel": (None, "h"), "Dense_0/bias": ("h",),
+        ...     "Dense_1/kernel": ("h", None), "Dense_1/bias": (None,)})
+        >>> params_a = {"Dense_0": {"kernel": jnp.arange(8.0).reshape(2, 4), "bias": jnp.zeros(4)},
+        ...             "Dense_1": {"kernel": jnp.arange(8.0).reshape(4, 2), "bias": jnp.zeros(2)}}
+        >>> matching.check_perms(spec, {"h": jnp.zeros(4, jnp.int32)}, params_a)
+        Traceback (most recent call last):
+        ValueError: perms['h'] is not a permutation of range(4) (it permutes axis 0 of
+        'Dense_0/bias'): repeated [0 (4x)]; missing [1, 2, 3]
     """
     where = {} if tree_ is None else _tree_where(spec, tree_, leading_axes)
     _check_perms(spec, perms, where, leading_axes=leading_axes)
@@ -400,8 +429,23 @@ def apply_permutation(spec: PermutationSpec, perms: Mapping[str, jax.Array], tre
         and missing values).
 
     Example:
-        >>> params_b_aligned = apply_permutation(spec, perms, params_b)
-        >>> stats_b_aligned = apply_permutation(spec, perms, batch_stats_b)
+        >>> import jax.numpy as jnp
+        >>> from ltjax import matching
+        >>> spec = matching.PermutationSpec(params={
+        ...     "Dense_0/kernel": (None, "h"), "Dense_0/bias": ("h",),
+        ...     "Dense_1/kernel": ("h", None), "Dense_1/bias": (None,)})
+        >>> params_a = {"Dense_0": {"kernel": jnp.arange(8.0).reshape(2, 4), "bias": jnp.zeros(4)},
+        ...             "Dense_1": {"kernel": jnp.arange(8.0).reshape(4, 2), "bias": jnp.zeros(2)}}
+        >>> import jax
+        >>> perms = {"h": jnp.array([2, 0, 3, 1])}
+        >>> params_b = matching.apply_permutation(spec, perms, params_a)
+        >>> params_b["Dense_0"]["kernel"]                   # the columns in the order 2, 0, 3, 1
+        Array([[2., 0., 3., 1.],
+               [6., 4., 7., 5.]], dtype=float32)
+        >>> masks = jax.tree.map(lambda w: w > 4, params_a)        # masks are permuted alike
+        >>> matching.apply_permutation(spec, perms, masks)["Dense_0"]["kernel"]
+        Array([[False, False, False, False],
+               [ True, False,  True,  True]], dtype=bool)
     """
     _check_perms(spec, perms, _tree_where(spec, tree_))
     return _apply_permutation(spec, {name: jnp.asarray(p) for name, p in perms.items()}, tree_)
@@ -427,7 +471,17 @@ def random_perms(key: jax.Array, sizes: Mapping[str, int]) -> Perms:
     2026-12-07 it came second: the old order raises a ``TypeError``).
 
     Example:
-        >>> perms = random_perms(jax.random.key(0), check_spec(spec, params))
+        >>> import jax.numpy as jnp
+        >>> from ltjax import matching
+        >>> spec = matching.PermutationSpec(params={
+        ...     "Dense_0/kernel": (None, "h"), "Dense_0/bias": ("h",),
+        ...     "Dense_1/kernel": ("h", None), "Dense_1/bias": (None,)})
+        >>> params_a = {"Dense_0": {"kernel": jnp.arange(8.0).reshape(2, 4), "bias": jnp.zeros(4)},
+        ...             "Dense_1": {"kernel": jnp.arange(8.0).reshape(4, 2), "bias": jnp.zeros(2)}}
+        >>> import jax
+        >>> perms = matching.random_perms(jax.random.key(0), matching.check_spec(spec, params_a))
+        >>> sorted(perms["h"].tolist())
+        [0, 1, 2, 3]
     """
     if isinstance(key, Mapping) or not isinstance(sizes, Mapping):
         raise TypeError("random_perms(key, sizes): the key first, then the sizes "
@@ -472,7 +526,9 @@ def solve_assignment(similarity: jax.Array, solver: str = "scipy") -> jax.Array:
         jitted, on the array's device).
 
     Example:
-        >>> solve_assignment(jnp.array([[0.0, 1.0], [1.0, 0.0]]))
+        >>> import jax.numpy as jnp
+        >>> from ltjax import matching
+        >>> matching.solve_assignment(jnp.array([[0.0, 1.0], [1.0, 0.0]]))
         Array([1, 0], dtype=int32)
     """
     if solver == "scipy":
@@ -604,8 +660,18 @@ def objective(spec: PermutationSpec, params_a: PyTree, params_b: PyTree,
     holds the same value, summed from its similarity matrices).
 
     Example:
-        >>> objective(spec, params_a, params_b, result.perms)
-        4676.53
+        >>> import jax.numpy as jnp
+        >>> from ltjax import matching
+        >>> spec = matching.PermutationSpec(params={
+        ...     "Dense_0/kernel": (None, "h"), "Dense_0/bias": ("h",),
+        ...     "Dense_1/kernel": ("h", None), "Dense_1/bias": (None,)})
+        >>> params_a = {"Dense_0": {"kernel": jnp.arange(8.0).reshape(2, 4), "bias": jnp.zeros(4)},
+        ...             "Dense_1": {"kernel": jnp.arange(8.0).reshape(4, 2), "bias": jnp.zeros(2)}}
+        >>> params_b = matching.apply_permutation(spec, {"h": jnp.array([2, 0, 3, 1])}, params_a)
+        >>> matching.objective(spec, params_a, params_b, {"h": jnp.arange(4)})
+        230.0
+        >>> matching.objective(spec, params_a, params_b, {"h": jnp.array([1, 3, 0, 2])})  # aligned
+        280.0
     """
     sizes = _check_pair(spec, params_a, params_b)
     _check_perms(spec, perms, _spec_where(spec, sizes))
@@ -788,9 +854,18 @@ def weight_matching(
         them, a bad ``seed``/``max_iter``/``restarts``/``tolerance``/``solver``.
 
     Example:
-        >>> spec = models.permutation_spec(model, params_a)
-        >>> result = weight_matching(spec, params_a, params_b, seed=0, restarts=4)
-        >>> params_b = apply_permutation(spec, result.perms, params_b)
+        >>> import jax.numpy as jnp
+        >>> from ltjax import matching
+        >>> spec = matching.PermutationSpec(params={
+        ...     "Dense_0/kernel": (None, "h"), "Dense_0/bias": ("h",),
+        ...     "Dense_1/kernel": ("h", None), "Dense_1/bias": (None,)})
+        >>> params_a = {"Dense_0": {"kernel": jnp.arange(8.0).reshape(2, 4), "bias": jnp.zeros(4)},
+        ...             "Dense_1": {"kernel": jnp.arange(8.0).reshape(4, 2), "bias": jnp.zeros(2)}}
+        >>> params_b = matching.apply_permutation(spec, {"h": jnp.array([2, 0, 3, 1])}, params_a)
+        >>> result = matching.weight_matching(spec, params_a, params_b, seed=0, restarts=2)
+        >>> result.perms, result.objective, len(result.objectives)
+        ({'h': Array([1, 3, 0, 2], dtype=int32)}, 280.0, 2)
+        >>> params_b = matching.apply_permutation(spec, result.perms, params_b)
     """
     seed = _check_seed(seed)
     for name, value in (("max_iter", max_iter), ("restarts", restarts)):
@@ -838,8 +913,14 @@ def activation_moments(activations_a: Mapping[str, Any],
     (:func:`add_moments`), so a whole training set is matched batch by batch.
 
     Example:
-        >>> m = activation_moments(acts_a, acts_b)
-        >>> m = add_moments(m, activation_moments(more_a, more_b))
+        >>> import jax.numpy as jnp
+        >>> from ltjax import matching
+        >>> z_a = jnp.arange(24.0).reshape(6, 4) % 5            # [N, n] activations of model A
+        >>> acts_a, acts_b = {"h": z_a}, {"h": z_a[:, jnp.array([2, 0, 3, 1])]}   # B: shuffled
+        >>> m = matching.activation_moments(acts_a, acts_b)
+        >>> m = matching.add_moments(m, matching.activation_moments(acts_a, acts_b))  # 2nd batch
+        >>> int(m["h"]["count"]), m["h"]["sum_ab"].shape
+        (12, (4, 4))
     """
     out = {}
     for name in activations_a:
@@ -887,7 +968,16 @@ def similarity_of(moments: Mapping[str, jax.Array], kind: str = "inner") -> jax.
     reference divides by zero there).
 
     Example:
-        >>> similarity_of(activation_moments(acts_a, acts_b)["Dense_0"], "pearson")
+        >>> import jax.numpy as jnp
+        >>> from ltjax import matching
+        >>> z_a = jnp.arange(24.0).reshape(6, 4) % 5            # [N, n] activations of model A
+        >>> acts_a, acts_b = {"h": z_a}, {"h": z_a[:, jnp.array([2, 0, 3, 1])]}   # B: shuffled
+        >>> similarity = matching.similarity_of(matching.activation_moments(acts_a, acts_b)["h"],
+        ...                                     "pearson")
+        >>> similarity.shape                     # [n_a, n_b]
+        (4, 4)
+        >>> matching.solve_assignment(similarity)
+        Array([1, 3, 0, 2], dtype=int32)
     """
     if kind not in SIMILARITIES:
         raise ValueError(f"similarity must be one of {SIMILARITIES}, got {kind!r}")
@@ -935,9 +1025,16 @@ def activation_matching(
       A :class:`MatchResult` (``objective``: the summed matched similarities).
 
     Example:
-        >>> acts_a = models.activations(model, spec, variables_a, x)
-        >>> acts_b = models.activations(model, spec, variables_b, x)
-        >>> result = activation_matching(spec, acts_a, acts_b)
+        >>> import jax.numpy as jnp
+        >>> from ltjax import matching
+        >>> z_a = jnp.arange(24.0).reshape(6, 4) % 5            # [N, n] activations of model A
+        >>> acts_a, acts_b = {"h": z_a}, {"h": z_a[:, jnp.array([2, 0, 3, 1])]}   # B: shuffled
+        >>> spec = matching.PermutationSpec(params={"Dense_0/kernel": (None, "h")})
+        >>> matching.activation_matching(spec, acts_a, acts_b).perms
+        {'h': Array([1, 3, 0, 2], dtype=int32)}
+
+        A model's post-ReLU activations come from :func:`ltjax.models.activations`
+        (``models.activations(model, spec, variables, x)``).
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
@@ -1012,9 +1109,21 @@ def ste_matching(
       objective), with the midpoint loss of every step as ``history``.
 
     Example:
-        >>> loss = lambda p, batch: train.cross_entropy(model.apply({"params": p}, batch[0],
-        ...                                             train=False), batch[1])
-        >>> result = ste_matching(spec, params_a, params_b, loss, batches)
+        >>> import jax.numpy as jnp
+        >>> from ltjax import matching
+        >>> spec = matching.PermutationSpec(params={
+        ...     "Dense_0/kernel": (None, "h"), "Dense_0/bias": ("h",),
+        ...     "Dense_1/kernel": ("h", None), "Dense_1/bias": (None,)})
+        >>> params_a = {"Dense_0": {"kernel": jnp.arange(8.0).reshape(2, 4), "bias": jnp.zeros(4)},
+        ...             "Dense_1": {"kernel": jnp.arange(8.0).reshape(4, 2), "bias": jnp.zeros(2)}}
+        >>> import jax
+        >>> params_b = matching.apply_permutation(spec, {"h": jnp.array([2, 0, 3, 1])}, params_a)
+        >>> def loss(p, x):                    # e.g. a cross-entropy on a batch of the task
+        ...     h = jax.nn.relu(x @ p["Dense_0"]["kernel"])
+        ...     return jnp.mean((h @ p["Dense_1"]["kernel"]) ** 2)
+        >>> result = matching.ste_matching(spec, params_a, params_b, loss, [jnp.ones((3, 2))] * 2)
+        >>> result.perms, len(result.history)          # one midpoint loss per batch
+        ({'h': Array([1, 3, 0, 2], dtype=int32)}, 2)
     """
     sizes = _check_pair(spec, params_a, params_b)
     if optimizer not in ("adam", "sgd"):
@@ -1090,7 +1199,22 @@ def merge_many(
       the permutations that align it (``perms[i]`` applies to ``params_list[i]``).
 
     Example:
-        >>> merged, perms = merge_many(spec, [params_0, params_1, params_2])
+        >>> import jax.numpy as jnp
+        >>> from ltjax import matching
+        >>> spec = matching.PermutationSpec(params={
+        ...     "Dense_0/kernel": (None, "h"), "Dense_0/bias": ("h",),
+        ...     "Dense_1/kernel": ("h", None), "Dense_1/bias": (None,)})
+        >>> params_a = {"Dense_0": {"kernel": jnp.arange(8.0).reshape(2, 4), "bias": jnp.zeros(4)},
+        ...             "Dense_1": {"kernel": jnp.arange(8.0).reshape(4, 2), "bias": jnp.zeros(2)}}
+        >>> params_list = [matching.apply_permutation(spec, {"h": jnp.array(p)}, params_a)
+        ...                for p in ([0, 1, 2, 3], [2, 0, 3, 1], [3, 2, 1, 0])]   # 3 shuffles
+        >>> merged, perms = matching.merge_many(spec, params_list)
+        >>> aligned = [matching.apply_permutation(spec, p, m) for p, m in zip(perms, params_list)]
+        >>> [bool(jnp.array_equal(m["Dense_0"]["kernel"], aligned[0]["Dense_0"]["kernel"]))
+        ...  for m in aligned]
+        [True, True, True]
+        >>> bool(jnp.allclose(merged["Dense_0"]["kernel"], aligned[0]["Dense_0"]["kernel"]))
+        True
     """
     seed = _check_seed(seed)
     if len(params_list) < 2:

@@ -24,10 +24,23 @@ trees: carry them beside the params through
 own target. This module is plain math over pytrees (no flax).
 
 Example:
-    >>> stats = channel_stats(z)                       # z: [N, ..., n] outputs of Dense_0
-    >>> target = target_stats(0.5, stats_a, stats_b)
-    >>> scale, shift = affine_correction(stats, target)
-    >>> params = fold(params, {"Dense_0": (scale, shift)})
+    >>> import jax.numpy as jnp
+    >>> from ltjax import repair
+    >>> z = jnp.array([[0.0, 1.0], [2.0, 3.0]])   # [N, ..., n] outputs of Dense_0 at alpha 0.5
+    >>> stats = repair.channel_stats(z)
+    >>> stats["mean"], stats["std"]
+    (Array([1., 2.], dtype=float32), Array([1., 1.], dtype=float32))
+    >>> stats_a = {"Dense_0": {"mean": jnp.zeros(2), "std": jnp.full(2, 2.0)}}   # endpoint A
+    >>> stats_b = {"Dense_0": {"mean": jnp.ones(2), "std": jnp.full(2, 4.0)}}    # endpoint B
+    >>> target = repair.target_stats(0.5, stats_a, stats_b)["Dense_0"]   # mean 0.5, std 3
+    >>> scale, shift = repair.affine_correction(stats, target, eps=0)
+    >>> repaired = repair.channel_stats(repair.apply_affine(z, scale, shift))
+    >>> repaired["mean"], repaired["std"]
+    (Array([0.5, 0.5], dtype=float32), Array([3., 3.], dtype=float32))
+    >>> params = {"Dense_0": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}}
+    >>> params = repair.fold(params, {"Dense_0": (scale, shift)})    # into the layer
+    >>> params["Dense_0"]["bias"]
+    Array([-2.5, -5.5], dtype=float32)
 """
 
 from __future__ import annotations
@@ -54,7 +67,9 @@ def channel_stats(z: jax.Array) -> Stats:
     is reduced; the variance is computed around the mean in float32.
 
     Example:
-        >>> channel_stats(jnp.array([[0.0, 1.0], [2.0, 1.0]]))["std"]
+        >>> import jax.numpy as jnp
+        >>> from ltjax import repair
+        >>> repair.channel_stats(jnp.array([[0.0, 1.0], [2.0, 1.0]]))["std"]
         Array([1., 0.], dtype=float32)
     """
     z = jnp.asarray(z, jnp.float32)
@@ -70,7 +85,9 @@ def apply_affine(z: jax.Array, scale: jax.Array, shift: jax.Array) -> jax.Array:
     """``scale * z + shift`` along the last (channel) axis of ``z`` ``[..., n]``, in z's dtype.
 
     Example:
-        >>> apply_affine(jnp.ones((2, 3)), 2 * jnp.ones(3), jnp.zeros(3))[0]
+        >>> import jax.numpy as jnp
+        >>> from ltjax import repair
+        >>> repair.apply_affine(jnp.ones((2, 3)), 2 * jnp.ones(3), jnp.zeros(3))[0]
         Array([2., 2., 2.], dtype=float32)
     """
     shape = (1,) * (jnp.ndim(z) - 1) + (-1,)
@@ -87,8 +104,11 @@ def target_stats(alpha: float | jax.Array, stats_a: PyTree, stats_b: PyTree) -> 
       ValueError: ``alpha`` outside [0, 1] or statistics of different structure.
 
     Example:
-        >>> target_stats(0.25, {"Dense_0": {"mean": jnp.zeros(2), "std": jnp.ones(2)}},
-        ...              {"Dense_0": {"mean": jnp.ones(2), "std": jnp.ones(2)}})["Dense_0"]["mean"]
+        >>> import jax.numpy as jnp
+        >>> from ltjax import repair
+        >>> stats_a = {"Dense_0": {"mean": jnp.zeros(2), "std": jnp.ones(2)}}
+        >>> stats_b = {"Dense_0": {"mean": jnp.ones(2), "std": jnp.ones(2)}}
+        >>> repair.target_stats(0.25, stats_a, stats_b)["Dense_0"]["mean"]
         Array([0.25, 0.25], dtype=float32)
     """
     interpolation.check_alpha(alpha)
@@ -114,8 +134,11 @@ def affine_correction(stats: Stats, target: Stats, *, eps: float = DEFAULT_EPS,
       eps: added to the variance.
 
     Example:
-        >>> scale, shift = affine_correction({"mean": jnp.ones(1), "std": jnp.ones(1)},
-        ...                                  {"mean": jnp.zeros(1), "std": 2 * jnp.ones(1)}, eps=0)
+        >>> import jax.numpy as jnp
+        >>> from ltjax import repair
+        >>> stats = {"mean": jnp.ones(1), "std": jnp.ones(1)}
+        >>> target = {"mean": jnp.zeros(1), "std": 2 * jnp.ones(1)}
+        >>> scale, shift = repair.affine_correction(stats, target, eps=0)
         >>> scale, shift
         (Array([2.], dtype=float32), Array([-2.], dtype=float32))
     """
@@ -157,8 +180,10 @@ def fold_affine(layer: Mapping[str, jax.Array], scale: jax.Array, shift: jax.Arr
         ``kernel`` nor a ``scale``, or a channel count different from ``n``.
 
     Example:
-        >>> fold_affine({"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)},
-        ...             jnp.array([2.0, 1.0]), jnp.array([0.0, 1.0]))["bias"]
+        >>> import jax.numpy as jnp
+        >>> from ltjax import repair
+        >>> repair.fold_affine({"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)},
+        ...                    jnp.array([2.0, 1.0]), jnp.array([0.0, 1.0]))["bias"]
         Array([0., 1.], dtype=float32)
     """
     if not isinstance(layer, Mapping) or "bias" not in layer:
@@ -201,7 +226,16 @@ def fold(params: PyTree, corrections: Mapping[str, tuple[jax.Array, jax.Array]])
         level), or a layer :func:`fold_affine` cannot correct.
 
     Example:
-        >>> repaired = fold(params, {"Dense_0": (scale, shift)})
+        >>> import jax.numpy as jnp
+        >>> from ltjax import repair
+        >>> params = {"Dense_0": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)},
+        ...           "Dense_1": {"kernel": jnp.ones((2, 2)), "bias": jnp.zeros(2)}}
+        >>> scale, shift = jnp.array([2.0, 0.5]), jnp.array([1.0, 0.0])
+        >>> repaired = repair.fold(params, {"Dense_0": (scale, shift)})
+        >>> repaired["Dense_0"]["kernel"][0], repaired["Dense_0"]["bias"]
+        (Array([2. , 0.5], dtype=float32), Array([1., 0.], dtype=float32))
+        >>> bool(jnp.array_equal(repaired["Dense_1"]["kernel"], params["Dense_1"]["kernel"]))
+        True
     """
     out = _copy(params)
     for path, (scale, shift) in corrections.items():

@@ -17,8 +17,15 @@ with BatchNorm pass ``recompute_fn`` (running statistics are never averaged
 silently).
 
 Example:
-    >>> soup = uniform_soup([params_a, params_b, params_c])
-    >>> result = greedy_soup(ingredients, heldout_accuracies, evaluate_fn)
+    >>> import jax.numpy as jnp
+    >>> from ltjax import soups
+    >>> ingredients = [{"w": jnp.full(2, v)} for v in (0.5, 1.5, 1.25, 3.0)]
+    >>> soups.uniform_soup(ingredients)
+    {'w': Array([1.5625, 1.5625], dtype=float32)}
+    >>> def heldout_accuracy(params):         # a toy held-out accuracy, best at w = 1
+    ...     return float(1 - jnp.abs(params["w"][0] - 1) / 4)
+    >>> soups.greedy_soup(ingredients, heldout_accuracy).members
+    (2, 0, 1)
 """
 
 from __future__ import annotations
@@ -111,7 +118,9 @@ def uniform_soup(ingredients: Sequence[PyTree] | PyTree, *, weights: Any = None,
         shapes, bad weights.
 
     Example:
-        >>> uniform_soup([{"w": jnp.zeros(2)}, {"w": jnp.ones(2)}])
+        >>> import jax.numpy as jnp
+        >>> from ltjax import soups
+        >>> soups.uniform_soup([{"w": jnp.zeros(2)}, {"w": jnp.ones(2)}])
         {'w': Array([0.5, 0.5], dtype=float32)}
     """
     trees = _as_list(ingredients, stacked=stacked)
@@ -195,9 +204,16 @@ def greedy_soup(
         wrong length, or a non-finite held-out accuracy (e.g. an empty split).
 
     Example:
-        >>> result = greedy_soup(finetuned, lambda t: accuracy(t, val_x, val_y))
-        >>> result.members, result.accuracy
-        ((3, 0, 7), 0.9842)
+        >>> import jax.numpy as jnp
+        >>> from ltjax import soups
+        >>> finetuned = [{"w": jnp.float32(v)} for v in (0.5, 1.5, 1.25, 3.0)]
+        >>> def heldout_accuracy(params):         # a toy held-out accuracy, best at w = 1
+        ...     return float(1 - jnp.abs(params["w"] - 1) / 4)
+        >>> result = soups.greedy_soup(finetuned, heldout_accuracy)
+        >>> result.order                          # by the ingredients' own accuracy
+        (2, 0, 1, 3)
+        >>> result.members, round(result.accuracy, 4)    # 3 (w = 3.0) would lower it
+        ((2, 0, 1), 0.9792)
     """
     trees = _as_list(ingredients, stacked=stacked)
     num = len(trees)
@@ -316,13 +332,20 @@ def learned_soup(
       FloatingPointError: the held-out loss became NaN or inf.
 
     Example:
+        >>> import jax.numpy as jnp, optax
+        >>> from ltjax import soups
+        >>> finetuned = [{"Dense_0": {"kernel": jnp.eye(2)}}, {"Dense_0": {"kernel": -jnp.eye(2)}}]
+        >>> val_x, val_y = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), jnp.array([0, 1, 1])
         >>> def loss_fn(params, batch, scale):
         ...     x, y = batch
-        ...     logits = scale * apply(params, x)
+        ...     logits = scale * (x @ params["Dense_0"]["kernel"])
         ...     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-        >>> result = learned_soup(finetuned, loss_fn, (val_x, val_y), num_steps=200)
-        >>> result.weights["Dense_0/kernel"].sum()
-        1.0
+        >>> result = soups.learned_soup(finetuned, loss_fn, (val_x, val_y), num_steps=20)
+        >>> weights = result.weights["Dense_0/kernel"]   # [K], a softmax
+        >>> round(float(weights.sum()), 4), bool(weights[0] > weights[1])
+        (1.0, True)
+        >>> result.losses.shape, bool(result.losses[-1] < result.losses[0])
+        ((20,), True)
     """
     num = _num_ingredients(ingredients, stacked=stacked)
     stack = ingredients if stacked else tree.stack(list(ingredients))
@@ -434,8 +457,15 @@ def wise_ft(alpha: float | jax.Array, theta_0: PyTree, theta_1: PyTree, *,
         ``keep_head`` that matches nothing.
 
     Example:
-        >>> robust = wise_ft(0.5, pretrained, finetuned)
-        >>> robust = wise_ft(0.5, pretrained, finetuned, keep_head="Dense_2")
+        >>> import jax.numpy as jnp
+        >>> from ltjax import soups
+        >>> pretrained = {"Dense_0": {"kernel": jnp.zeros(2)}, "Dense_1": {"kernel": jnp.zeros(2)}}
+        >>> finetuned = {"Dense_0": {"kernel": jnp.ones(2)}, "Dense_1": {"kernel": jnp.ones(2)}}
+        >>> soups.wise_ft(0.5, pretrained, finetuned)["Dense_1"]["kernel"]
+        Array([0.5, 0.5], dtype=float32)
+        >>> robust = soups.wise_ft(0.5, pretrained, finetuned, keep_head="Dense_1")
+        >>> robust["Dense_0"]["kernel"], robust["Dense_1"]["kernel"]    # the head kept
+        (Array([0.5, 0.5], dtype=float32), Array([1., 1.], dtype=float32))
     """
     mixed = interpolation.lerp(alpha, theta_0, theta_1)
     if keep_head is None:
@@ -467,8 +497,18 @@ def wise_ft_sweep(
       ``{metric: [A]}`` as NumPy arrays.
 
     Example:
-        >>> curve = wise_ft_sweep(lambda t: executor.evaluate_params(*t, "test"),
-        ...                       (params_0, stats_0), (params_1, stats_1), np.linspace(0, 1, 11))
+        >>> import jax.numpy as jnp
+        >>> from ltjax import soups
+        >>> theta_0 = {"body": jnp.zeros(2), "head": jnp.zeros(2)}
+        >>> theta_1 = {"body": jnp.ones(2), "head": jnp.full(2, 2.0)}
+        >>> def evaluate_fn(stacked):        # [C, ...] -> {metric: [C]}, a toy metric
+        ...     return {"sum": stacked["body"].sum(axis=1) + stacked["head"].sum(axis=1)}
+        >>> soups.wise_ft_sweep(evaluate_fn, theta_0, theta_1, [0, 0.5, 1],
+        ...                     keep_head="head")["sum"]
+        array([4., 5., 6.], dtype=float32)
+
+        A network's ``evaluate_fn`` is e.g. ``lambda t: executor.evaluate_params(*t,
+        "test")`` with ``t = (params, batch_stats)``.
     """
     transform = recompute_fn
     if keep_head is not None:

@@ -52,10 +52,10 @@ NOT_COLLECTED_YET = (
 _CONVERTING = (
     "ltjax.batchnorm_only", "ltjax.checkpoint", "ltjax.data", "ltjax.data_diet",
     "ltjax.distributed", "ltjax.early_bird", "ltjax.executor", "ltjax.knowledge_evolution",
-    "ltjax.matching", "ltjax.models", "ltjax.models.common", "ltjax.models.conv",
+    "ltjax.models", "ltjax.models.common", "ltjax.models.conv",
     "ltjax.models.mlp", "ltjax.models.resnet", "ltjax.models.transformer", "ltjax.models.vgg",
-    "ltjax.optim", "ltjax.perturbations", "ltjax.repair", "ltjax.reparam", "ltjax.results",
-    "ltjax.saliency", "ltjax.sanity", "ltjax.soft_threshold", "ltjax.soups", "ltjax.subspaces",
+    "ltjax.optim", "ltjax.perturbations", "ltjax.reparam", "ltjax.results",
+    "ltjax.saliency", "ltjax.sanity", "ltjax.soft_threshold", "ltjax.subspaces",
     "ltjax.supermasks", "ltjax.supsup", "ltjax.telemetry", "ltjax.train",
 )
 
