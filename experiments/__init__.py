@@ -5,6 +5,7 @@
 field is refused with the valid ones, list fields take ``a,b``), the
 multi-process flags (``--distributed``, ``--coordinator_address``,
 ``--num_processes``, ``--process_id``: :func:`ltjax.distributed.initialize`),
+``--tensorboard`` (a TensorBoard mirror of the workdir, :mod:`ltjax.tensorboard`),
 quiet logging, the allocator tuning (:func:`tune_allocator`), JAX's persistent compilation cache
 (:func:`use_compilation_cache`), the CPU device count, the study, its
 printed summary. :func:`use_cpu_devices` (called there once the config is read)
@@ -251,6 +252,9 @@ class Flags:
     #: ``jax.distributed.initialize``'s arguments when the run spans several processes
     #: (``--distributed`` or any of its three flags), else None.
     distributed: dict | None = None
+    #: ``--tensorboard``: mirror the workdir's metrics, config and figures to
+    #: ``<workdir>/tensorboard/`` at the end of the run (:mod:`ltjax.tensorboard`).
+    tensorboard: bool = False
 
 
 _CONFIG_OVERRIDE = re.compile(r"^--?(?:no)?config\.([^=\s]+)")
@@ -308,6 +312,11 @@ def define_flags(flag_values: Any = None, *, argv: Sequence[str] | None = None) 
         "print_config", False, "Print the resolved config (variants and overrides applied), "
         "one 'field = value' line each, and exit; writes nothing.", flag_values=flag_values)
     flags.mark_flag_as_required("config", flag_values=flag_values)
+    tensorboard = flags.DEFINE_boolean(
+        "tensorboard", False, "Also write <workdir>/tensorboard/ (scalars per member, the "
+        "config, the figures; rebuilt from metrics.jsonl at the end of the run) for "
+        "`tensorboard --logdir`. Needs pip install 'ltjax[tensorboard]'.",
+        flag_values=flag_values)
     multi = flags.DEFINE_boolean(
         "distributed", False, "Run as one process of a multi-process (multi-host) run: "
         "jax.distributed.initialize, with what the three flags below do not give auto-detected "
@@ -338,10 +347,17 @@ def define_flags(flag_values: Any = None, *, argv: Sequence[str] | None = None) 
             raise flags.Error(f"--process_id={index.value} must be below "
                               f"--num_processes={count.value}")
         multi_process = multi.value or any(v is not None for v in given.values())
+        if tensorboard.value and not print_config.value:
+            from ltjax import tensorboard as tensorboard_lib
+
+            try:  # before any work: a missing writer is a flag error, not a late traceback
+                tensorboard_lib.require()
+            except ImportError as err:
+                raise flags.Error(f"--tensorboard: {err}") from None
         return Flags(config=config.value, workdir=workdir.value, print_config=print_config.value,
                      config_spec=config_flags.get_config_filename(flag_values["config"]),
                      distributed={**given, "timeout_s": join_timeout.value}
-                     if multi_process else None)
+                     if multi_process else None, tensorboard=tensorboard.value)
 
     return parse
 
@@ -366,6 +382,7 @@ Flags:
   --config.<field>=<value>          override any field (lists: a,b)
   --workdir=<folder>                results and checkpoints; rerun the same command to resume
   --print_config                    print the resolved config, one field per line, and exit
+  --tensorboard                     also write <workdir>/tensorboard/ (needs ltjax[tensorboard])
   --distributed                     one process of a multi-process run (see --helpfull)
   --helpfull                        every flag
 """
@@ -376,7 +393,8 @@ def run_main(run_fn, report_fn, *, replicates_fn=lambda config: config.num_repli
 
     Flags: ``--config=<file>.py[:variant,...]`` with ``--config.<field>=<value>``
     overrides, ``--workdir``, ``--print_config`` (print the resolved config and
-    exit without touching the workdir), and for a multi-process run
+    exit without touching the workdir), ``--tensorboard`` (also write
+    ``<workdir>/tensorboard/``, :mod:`ltjax.tensorboard`), and for a multi-process run
     ``--distributed`` / ``--coordinator_address`` / ``--num_processes`` /
     ``--process_id`` (:func:`ltjax.distributed.initialize`; every process runs
     the same command, process 0 writes the files and prints, the others show
@@ -428,13 +446,17 @@ def run_main(run_fn, report_fn, *, replicates_fn=lambda config: config.num_repli
             print(format_config(flags.config))
             return
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+        if flags.tensorboard:  # the switch every study_entry reads (ltjax.tensorboard.ENV)
+            from ltjax import tensorboard
+
+            os.environ[tensorboard.ENV] = "1"
         use_compilation_cache()
         use_cpu_devices(replicates_fn(flags.config))
         if flags.distributed is None:
             with one_line_errors(flags.workdir):
                 summary = run_fn(flags.config, flags.workdir)
             report_fn(summary)
-            print(closing_lines(flags.workdir))
+            print(closing_lines(flags.workdir) + _tensorboard_line(flags))
             return
         from ltjax import distributed
 
@@ -446,9 +468,15 @@ def run_main(run_fn, report_fn, *, replicates_fn=lambda config: config.num_repli
         distributed.sync("end of run")  # every file is written before anyone reads them
         if writer:
             report_fn(summary)
-            print(closing_lines(flags.workdir))
+            print(closing_lines(flags.workdir) + _tensorboard_line(flags))
 
     app.run(main, flags_parser=flags_parser)
+
+
+def _tensorboard_line(flags: Flags) -> str:
+    """The closing hint of a ``--tensorboard`` run: how to look at it."""
+    logdir = os.path.join(flags.workdir, "tensorboard")
+    return f"\nview it: tensorboard --logdir {logdir}" if flags.tensorboard else ""
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ import copy
 import errno
 import functools
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -173,17 +174,37 @@ def release_workdir_locks(keep: Sequence[pathlib.Path] = ()) -> None:
 
 def study_entry(run_fn: Callable) -> Callable:
     """Decorate a ``run_<study>(config, workdir, ...)``: the workdirs it locked are released
-    when it returns or raises (those its caller held stay held)."""
+    when it returns or raises (those its caller held stay held).
+
+    With ``$LTJAX_TENSORBOARD=1`` (the experiments' ``--tensorboard``) the outermost study
+    checks that the writer is installed before any work and, once it returns, rebuilds
+    ``<workdir>/tensorboard/`` from the workdir's files (:func:`ltjax.tensorboard.write`).
+    """
 
     @functools.wraps(run_fn)
     def run(*args: Any, **kwargs: Any) -> Any:
+        global _STUDY_DEPTH
+        from ltjax import tensorboard  # imports no writer library
+
         held = list(_HELD_LOCKS)
+        mirror = _STUDY_DEPTH == 0 and tensorboard.enabled()
+        if mirror:
+            tensorboard.require()
+        _STUDY_DEPTH += 1
         try:
-            return run_fn(*args, **kwargs)
+            out = run_fn(*args, **kwargs)
+            if mirror:
+                tensorboard.write(inspect.signature(run_fn).bind(*args, **kwargs)
+                                  .arguments["workdir"])
+            return out
         finally:
+            _STUDY_DEPTH -= 1
             release_workdir_locks(keep=held)
 
     return run
+
+
+_STUDY_DEPTH = 0  # study_entry calls under way (a study may run others in sub-workdirs)
 
 
 def has_checkpoints(workdir: str | pathlib.Path) -> bool:
