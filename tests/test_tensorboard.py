@@ -205,3 +205,25 @@ def test_importing_ltjax_imports_no_writer():
     code = ("import sys, ltjax, ltjax.tensorboard, ltjax.studies.common, experiments; "
             "assert 'tensorboardX' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_sub_workdirs_are_runs_under_their_folder(tmp_path):
+    """A study that runs others in sub-folders (transition): one logdir for all of them."""
+    from PIL import Image
+
+    for sub, step in (("", 3), ("dense", 5)):
+        folder = tmp_path / sub
+        (folder / "plots").mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({"seed": len(sub), "recipe": {"lr": 1}}))
+        (folder / "metrics.jsonl").write_text(json.dumps(
+            {"replicate": 0, "step": step, "split": "test", "loss": 1.0 + step}) + "\n")
+        Image.new("RGB", (4, 3), "white").save(folder / "plots" / "curve.png")
+    (tmp_path / "checkpoints" / "0").mkdir(parents=True)  # never read
+    logs = read_logdir(tensorboard.write(tmp_path))
+    assert set(logs) == {".", "replicate=0", "dense", "dense/replicate=0"}
+    assert logs["dense/replicate=0"]["scalars"] == [("test/loss", 5, 6.0)]
+    assert logs["replicate=0"]["scalars"] == [("test/loss", 3, 4.0)]
+    assert logs["dense"]["texts"]["config/text_summary"].split() == [
+        "recipe.lr", "=", "1", "seed", "=", "5"]
+    assert logs["dense"]["images"]["plots/curve"][0] == 5
+    assert logs["."]["images"]["plots/curve"][0] == 3
