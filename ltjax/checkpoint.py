@@ -33,10 +33,16 @@ same calls: orbax coordinates the saves and restores of the global arrays
 checksums are of the gathered arrays.
 
 Example:
-    >>> with Checkpointer(workdir / "checkpoints") as ckpt:
-    ...     ckpt.save(100, state=state, masks=masks, meta={"level": 0})
-    ...     found = ckpt.restore_latest(like_state=state, like_masks=masks)
-    >>> step, state, masks, meta = found
+    Save a stacked train state and its masks at step 100, then restore the
+    latest checkpoint onto the same structure (not run here: it writes a
+    directory):
+
+    ```python
+    with Checkpointer(workdir / "checkpoints") as ckpt:
+        ckpt.save(100, state=state, masks=masks, meta={"level": 0})
+        found = ckpt.restore_latest(like_state=state, like_masks=masks)
+    step, state, masks, meta = found
+    ```
 """
 
 from __future__ import annotations

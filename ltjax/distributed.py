@@ -131,7 +131,11 @@ def write(name: str, fn: Callable[[], Any]) -> None:
     """Run the file write ``fn()`` on process 0 only, between two barriers (:func:`sync`).
 
     Example:
-        >>> distributed.write(f"write {path}", lambda: path.write_text(text))
+        >>> from ltjax import distributed
+        >>> written = []
+        >>> distributed.write("note", lambda: written.append("done"))  # e.g. path.write_text
+        >>> written                                  # one process: written here, once
+        ['done']
     """
     if not is_multiprocess():
         fn()
@@ -187,7 +191,15 @@ def put(tree: PyTree, sharding: jax.sharding.Sharding) -> PyTree:
     the same set of devices across processes).
 
     Example:
-        >>> split = distributed.put(data.device_split(ds.test, ds), NamedSharding(mesh, P()))
+        >>> import jax, jax.numpy as jnp, numpy as np
+        >>> from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+        >>> from ltjax import distributed
+        >>> mesh = Mesh(np.array(jax.devices()), ("seed",))
+        >>> tree = distributed.put({"x": jnp.arange(8.0)}, NamedSharding(mesh, P()))  # replicated
+        >>> tree["x"].shape, tree["x"].sharding.is_fully_replicated
+        ((8,), True)
+
+        A data split: ``distributed.put(data.device_split(ds.test, ds), NamedSharding(mesh, P()))``.
     """
     if not is_multiprocess():
         return jax.device_put(tree, sharding)

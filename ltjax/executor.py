@@ -56,16 +56,27 @@ device until :meth:`Executor.train` returns (one host transfer per call, which
 is once per evaluation interval in the studies).
 
 Example:
-    >>> dataset = data.load("digits")
-    >>> model = models.create("lenet_300_100")
+    >>> from ltjax import data, models, optim, rng
+    >>> from ltjax.executor import Executor
+    >>> dataset = data.load("digits")              # scikit-learn's digits: no download
+    >>> model = models.create("mlp", widths=(32,))
     >>> recipe = optim.Recipe(optimizer="sgd", learning_rate=0.1, momentum=0.9, batch_size=60)
     >>> executor = Executor(model, dataset, recipe)
     >>> init_keys, noise_keys = rng.init_and_noise(rng.replicate_keys(0, 6))
-    >>> hparams = optim.member_hparams(recipe, 6, learning_rate=[0.1, 0.1, 0.03, 0.03, 0.01, 0.01],
+    >>> hparams = optim.member_hparams(recipe, 6,
+    ...                                learning_rate=[0.1, 0.1, 0.03, 0.03, 0.01, 0.01],
     ...                                weight_decay=[0.0, 5e-4] * 3)
-    >>> state = executor.init(init_keys)
-    >>> state, losses = executor.train(state, None, noise_keys, num_steps=100, hparams=hparams)
-    >>> executor.evaluate(state, "test")["accuracy"]   # [6]
+    >>> state = executor.init(init_keys)           # 6 members, stacked
+    >>> state.params["Dense_0"]["kernel"].shape
+    (6, 64, 32)
+    >>> executor.evaluate(state, "test")["accuracy"].shape   # [6]
+    (6,)
+
+    Training compiles the members' training program (not run here):
+
+    ```python
+    state, losses = executor.train(state, None, noise_keys, num_steps=100, hparams=hparams)
+    ```
 """
 
 from __future__ import annotations
@@ -237,8 +248,20 @@ class Executor:
         the identity).
 
         Example:
-            >>> str_executor = executor.like(reparam=soft_threshold.str_reparam(selection))
-            >>> pretext = executor.like(dataset=data.altered_dataset(ds, kind="blur"))
+            >>> from ltjax import data, models, optim
+            >>> from ltjax.executor import Executor
+            >>> model, dataset = models.create("mlp", widths=(8,)), data.synthetic((8, 8, 1), 64)
+            >>> executor = Executor(model, dataset, optim.Recipe(batch_size=16))
+            >>> from ltjax import masking, soft_threshold
+            >>> selection = masking.prunable(executor.abstract_params)
+            >>> str_reparam = soft_threshold.str_reparam(selection, s_init=-5.0)
+            >>> str_executor = executor.like(reparam=str_reparam)
+            >>> str_executor.model is executor.model, str_executor.recipe == executor.recipe
+            (True, True)
+            >>> rotations = data.altered_dataset(executor.dataset, kind="rotation")
+            >>> pretext = executor.like(dataset=rotations)
+            >>> pretext.dataset.num_classes                 # which of 4 rotations
+            4
         """
         return Executor(model if model is not None else self.model,
                         dataset if dataset is not None else self.dataset,
@@ -253,7 +276,15 @@ class Executor:
         (no program runs or compiles).
 
         Example:
+            >>> from ltjax import data, models, optim
+            >>> from ltjax.executor import Executor
+            >>> model, dataset = models.create("mlp", widths=(8,)), data.synthetic((8, 8, 1), 64)
+            >>> executor = Executor(model, dataset, optim.Recipe(batch_size=16))
             >>> like_state, like_masks = executor.abstract_members(4)
+            >>> like_state.params["Dense_0"]["kernel"].shape   # [S, ...], nothing computed
+            (4, 64, 8)
+            >>> like_masks["Dense_0"]["kernel"].dtype
+            dtype('bool')
         """
         sharding = self.seed_sharding(num_members)
 
@@ -372,6 +403,12 @@ class Executor:
         """A fresh optimiser state ``[S]`` for stacked trainable trees ``[S, ...]``.
 
         Example:
+            >>> from ltjax import data, models, optim
+            >>> from ltjax.executor import Executor
+            >>> model, dataset = models.create("mlp", widths=(8,)), data.synthetic((8, 8, 1), 64)
+            >>> executor = Executor(model, dataset, optim.Recipe(batch_size=16))
+            >>> from ltjax import rng
+            >>> state = executor.init(rng.replicate_keys(0, 2))
             >>> state = state.replace(opt_state=executor.fresh_opt_state(state.params))
         """
         fn = self._program(("fresh_opt",), lambda: jax.jit(jax.vmap(
@@ -548,7 +585,17 @@ class Executor:
         """Logits ``[S, N, C]`` of stacked ``params`` / ``batch_stats`` ``[S, ...]`` on ``split``.
 
         Example:
-            >>> probs = jax.nn.softmax(executor.predict_params(params, stats, "test")).mean(0)
+            >>> from ltjax import data, models, optim
+            >>> from ltjax.executor import Executor
+            >>> model, dataset = models.create("mlp", widths=(8,)), data.synthetic((8, 8, 1), 64)
+            >>> executor = Executor(model, dataset, optim.Recipe(batch_size=16))
+            >>> import jax
+            >>> from ltjax import rng
+            >>> state = executor.init(rng.replicate_keys(0, 2))
+            >>> logits = executor.predict_params(state.params, state.batch_stats, "test")
+            >>> logits.shape                               # [S, N, C]
+            (2, 64, 10)
+            >>> probs = jax.nn.softmax(logits).mean(0)     # the ensemble's predictions
         """
         out = self._evaluate_stacked(params, batch_stats, split, "logits")
         return np.asarray(distributed.host(out))[:, :self._host_splits[split].y.shape[0]]
@@ -621,8 +668,15 @@ class Executor:
             The default, 20 unaugmented batches, is cheaper.
 
         Example:
-            >>> stats = executor.recomputed_batch_stats(params, stats, num_batches=None,
-            ...                                         augment=True)
+            >>> from ltjax import data, models, optim, rng
+            >>> from ltjax.executor import Executor
+            >>> executor = Executor(models.create("mlp_bn", widths=(8,)),
+            ...                     data.synthetic((8, 8, 1), 64), optim.Recipe(batch_size=16))
+            >>> state = executor.init(rng.replicate_keys(0, 2))
+            >>> stats = executor.recomputed_batch_stats(state.params, state.batch_stats,
+            ...                                         num_batches=None, augment=True)
+            >>> stats["BatchNorm_0"]["mean"].shape    # [S, ...], from 4 batches of 16
+            (2, 8)
         """
         if not jax.tree.leaves(batch_stats):
             return batch_stats

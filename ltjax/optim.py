@@ -25,12 +25,18 @@ One step's update is :func:`make_optimizer`'s chain:
 4. ``-lr``, one scale for every group.
 
 Example:
-    >>> recipe = Recipe(optimizer="sgd", learning_rate=0.1, momentum=0.9,
-    ...                 weight_decay=1e-4, lr_drop_steps=(32000, 48000), batch_size=128)
-    >>> tx = make_optimizer(recipe, learning_rate=learning_rate_at(recipe, 0))
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from ltjax import optim
+    >>> recipe = optim.Recipe(optimizer="sgd", learning_rate=0.1, momentum=0.9,
+    ...                       weight_decay=1e-4, lr_drop_steps=(32000, 48000), batch_size=128)
+    >>> params = {"Dense_0": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}}
+    >>> grads = jax.tree.map(jnp.ones_like, params)
+    >>> tx = optim.make_optimizer(recipe, learning_rate=optim.learning_rate_at(recipe, 0))
     >>> opt_state = tx.init(params)
     >>> updates, opt_state = tx.update(grads, opt_state, params)
     >>> params = optax.apply_updates(params, updates)
+    >>> round(float(updates["Dense_0"]["kernel"][0, 0]), 6)   # -0.1 * (1 + 1e-4 * 1)
+    -0.10001
 """
 
 from __future__ import annotations
@@ -102,11 +108,15 @@ class Recipe:
       augment: use the dataset's augmentation (CIFAR: crop + flip) if it has one.
 
     Example:
-        >>> Recipe(optimizer="sgd", learning_rate=0.1, momentum=0.9,
-        ...        weight_decay=1e-4, lr_drop_steps=(32000, 48000), batch_size=128)
-        >>> Recipe(optimizer="adamw", learning_rate=3e-4, weight_decay=0.05,
-        ...        schedule="cosine", warmup_steps=500, total_steps=10000)
-        >>> Recipe(optimizer="rmsprop", learning_rate=1e-4)   # SupSup's PermutedMNIST
+        >>> from ltjax import optim
+        >>> resnet = optim.Recipe(optimizer="sgd", learning_rate=0.1, momentum=0.9,
+        ...                       weight_decay=1e-4, lr_drop_steps=(32000, 48000),
+        ...                       batch_size=128)
+        >>> vit = optim.Recipe(optimizer="adamw", learning_rate=3e-4, weight_decay=0.05,
+        ...                    schedule="cosine", warmup_steps=500, total_steps=10000)
+        >>> vit.weight_decay_mode          # AdamW's decay is decoupled by default
+        'decoupled'
+        >>> supsup = optim.Recipe(optimizer="rmsprop", learning_rate=1e-4)  # PermutedMNIST
     """
 
     optimizer: str = "sgd"
@@ -178,8 +188,10 @@ def schedule(recipe: Recipe) -> optax.Schedule:
     ``optax.warmup_cosine_decay_schedule(0, 1, warmup_steps, total_steps)``.
 
     Example:
-        >>> schedule(Recipe(lr_drop_steps=(10,)))(10)
-        Array(0.1, dtype=float32)
+        >>> from ltjax import optim
+        >>> multiplier = optim.schedule(optim.Recipe(lr_drop_steps=(10,)))
+        >>> round(float(multiplier(9)), 4), round(float(multiplier(10)), 4)
+        (1.0, 0.1)
     """
     if recipe.schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(
@@ -203,8 +215,10 @@ def learning_rate_at(recipe: Recipe, step: jax.Array | int,
       peak: the member's peak learning rate (default ``recipe.learning_rate``).
 
     Example:
-        >>> learning_rate_at(Recipe(learning_rate=0.1, lr_drop_steps=(10,)), 10)
-        Array(0.01, dtype=float32)
+        >>> from ltjax import optim
+        >>> recipe = optim.Recipe(learning_rate=0.1, lr_drop_steps=(10,))
+        >>> round(float(optim.learning_rate_at(recipe, 10)), 6)
+        0.01
     """
     peak = recipe.learning_rate if peak is None else peak
     return jnp.asarray(peak, jnp.float32) * schedule(recipe)(jnp.asarray(step))
@@ -248,8 +262,13 @@ def member_hparams(
         rate, a negative decay, a smoothing outside [0, 1) (naming the field).
 
     Example:
-        >>> hp = member_hparams(recipe, 6, learning_rate=[0.1, 0.1, 0.03, 0.03, 0.01, 0.01],
-        ...                     weight_decay=[0, 1e-4] * 3)
+        >>> from ltjax import optim
+        >>> recipe = optim.Recipe(learning_rate=0.1, weight_decay=5e-4)
+        >>> hp = optim.member_hparams(recipe, 6,
+        ...                           learning_rate=[0.1, 0.1, 0.03, 0.03, 0.01, 0.01],
+        ...                           weight_decay=[0, 1e-4] * 3)       # a 3 x 2 grid
+        >>> hp.learning_rate.shape, hp.weight_decay.shape, hp.label_smoothing.tolist()
+        ((6,), (6,), [0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
     """
     def field(name: str, value: Any, default: float, ok, expected: str) -> np.ndarray:
         arr = np.full(num_members, default, np.float32) if value is None else np.asarray(
@@ -292,7 +311,13 @@ def masked(inner: optax.GradientTransformation,
       masks: bool masks with the params' structure (None: ``inner`` as is).
 
     Example:
-        >>> tx = optax.chain(masked(optax.trace(0.9), masks), optax.scale(-0.1))
+        >>> import jax.numpy as jnp, optax
+        >>> from ltjax import optim
+        >>> params, masks = {"w": jnp.array([1.0, 0.0])}, {"w": jnp.array([True, False])}
+        >>> tx = optax.chain(optim.masked(optax.trace(0.9), masks), optax.scale(-0.5))
+        >>> updates, _ = tx.update({"w": jnp.ones(2)}, tx.init(params), params)
+        >>> updates["w"]                      # the pruned weight gets no update
+        Array([-0.5, -0. ], dtype=float32)
     """
     if masks is None:
         return inner
@@ -364,7 +389,12 @@ def make_optimizer(
       ValueError: a label other than frozen/default without a ``group_decay`` entry.
 
     Example:
-        >>> tx = make_optimizer(Recipe(optimizer="sgd"))   # plain SGD works
+        >>> import jax.numpy as jnp
+        >>> from ltjax import optim
+        >>> tx = optim.make_optimizer(optim.Recipe(optimizer="sgd"))   # plain SGD works
+        >>> params = {"w": jnp.ones(2)}
+        >>> tx.update({"w": jnp.ones(2)}, tx.init(params), params)[0]   # -0.1 * grad
+        {'w': Array([-0.1, -0.1], dtype=float32)}
     """
     lr = recipe.learning_rate if learning_rate is None else learning_rate
     scale = optax.scale(-jnp.asarray(lr, jnp.float32))
@@ -398,7 +428,12 @@ def labels_by_path(params: PyTree, rules: Mapping[str, str], *,
       ValueError: a rule that matches no leaf (naming the rule and the paths).
 
     Example:
-        >>> labels_by_path(params, {FROZEN: r"^(?!.*BatchNorm).*"})  # BatchNorm-only
+        >>> import jax.numpy as jnp
+        >>> from ltjax import optim
+        >>> params = {"Dense_0": {"kernel": jnp.ones((3, 2))},
+        ...           "BatchNorm_0": {"scale": jnp.ones(2)}}
+        >>> optim.labels_by_path(params, {optim.FROZEN: r"^(?!.*BatchNorm).*"})  # BatchNorm-only
+        {'BatchNorm_0': {'scale': 'default'}, 'Dense_0': {'kernel': 'frozen'}}
     """
     names = tree.names(params)
     for label, pattern in rules.items():

@@ -29,8 +29,18 @@ Kusupati et al. 2020) and subspace endpoints mixed by a random weight
   reparameterisation.
 
 Example:
-    >>> bn_only = freeze(r"^(?!.*BatchNorm).*")   # every non-BatchNorm leaf frozen
-    >>> executor = Executor(model, dataset, recipe, reparam=bn_only)
+    >>> import jax, jax.numpy as jnp
+    >>> from ltjax import reparam
+    >>> params = {"Dense_0": {"kernel": jnp.ones((3, 2))}, "BatchNorm_0": {"scale": jnp.ones(2)}}
+    >>> bn_only = reparam.freeze(r"^(?!.*BatchNorm).*")   # every non-BatchNorm leaf frozen
+    >>> trainable, frozen = bn_only.init(params, jax.random.key(0))
+    >>> bn_only.labels(trainable)                          # the optimiser's groups
+    {'BatchNorm_0': {'scale': 'default'}, 'Dense_0': {'kernel': 'frozen'}}
+    >>> model_params = bn_only.apply(trainable, frozen, None, train=False)
+    >>> model_params["Dense_0"]["kernel"].shape
+    (3, 2)
+
+An executor trains with it: ``Executor(model, dataset, recipe, reparam=bn_only)``.
 """
 
 from __future__ import annotations
@@ -95,7 +105,15 @@ def identity() -> Reparam:
     """Ordinary training: the trainable tree is the params.
 
     Example:
-        >>> executor = Executor(model, dataset, recipe, reparam=identity())  # the default
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import reparam
+        >>> params = {"Dense_0": {"kernel": jnp.ones((3, 2))}}
+        >>> trainable, frozen = reparam.identity().init(params, jax.random.key(0))
+        >>> trainable is params, frozen
+        (True, {})
+
+        It is the executor's default: ``Executor(model, dataset, recipe)`` is
+        ``Executor(model, dataset, recipe, reparam=identity())``.
     """
     return Reparam(name="identity", init=_identity_init, apply=_identity_apply,
                    trainable_masks=_same_masks)
@@ -117,7 +135,13 @@ def freeze(pattern: str) -> Reparam:
       ValueError: (when the executor is built) the pattern names no leaf.
 
     Example:
-        >>> head_only = freeze(r"^(?!Dense_2/)")   # train the last layer only
+        >>> import jax.numpy as jnp
+        >>> from ltjax import reparam
+        >>> params = {f"Dense_{i}": {"kernel": jnp.ones((2, 2))} for i in range(3)}
+        >>> head_only = reparam.freeze(r"^(?!Dense_2/)")   # train the last layer only
+        >>> head_only.labels(params)
+        {'Dense_0': {'kernel': 'frozen'}, 'Dense_1': {'kernel': 'frozen'},
+         'Dense_2': {'kernel': 'default'}}
     """
     return Reparam(
         name=f"freeze({pattern!r})", init=_identity_init, apply=_identity_apply,

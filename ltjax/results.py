@@ -9,10 +9,20 @@ In a multi-process run only process 0 writes, between barriers
 (:func:`ltjax.distributed.write`); every process reads the files.
 
 Example:
-    >>> log = MetricsLog(workdir / "metrics.jsonl")
-    >>> log.append([{"replicate": 0, "step": 0, "split": "test", "accuracy": 0.1}])
-    >>> log.read()[0]["accuracy"]
-    0.1
+    A run's metrics file (not run here: it writes into ``workdir``):
+
+    ```python
+    log = MetricsLog(workdir / "metrics.jsonl")
+    log.append([{"replicate": 0, "step": 0, "split": "test", "accuracy": 0.1}])
+    log.read()[0]["accuracy"]    # 0.1
+    ```
+
+    The summaries are plain functions of rows:
+
+    >>> from ltjax import results
+    >>> results.summarize([{"arm": "a", "replicate": 0, "acc": 0.5},
+    ...                    {"arm": "a", "replicate": 1, "acc": 1.0}], by=("arm",))
+    [{'arm': 'a', 'stat': 'mean', 'acc': 0.75}, {'arm': 'a', 'stat': 'std', 'acc': 0.25}]
 """
 
 from __future__ import annotations
@@ -25,6 +35,8 @@ import os
 import pathlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
+
+import numpy as np
 
 from ltjax import distributed
 
@@ -163,3 +175,93 @@ def read_csv(path: str | os.PathLike) -> list[dict]:
     """Read a CSV written by :func:`write_csv` (values as strings)."""
     with pathlib.Path(path).open(newline="") as f:
         return list(csv.DictReader(f))
+
+
+#: Fields that name a member rather than measure it: never averaged by :func:`summarize`.
+MEMBER_FIELDS = ("replicate", "pair")
+
+
+def summarize(rows: list[dict], *, by: tuple[str, ...], fields: Sequence[str] | None = None,
+              stats: tuple[str, ...] = ("mean", "std"),
+              constants: dict | None = None) -> list[dict]:
+    """The summary rows of a table: one row per statistic and group of ``by`` values.
+
+    Every study's mean/std block is built here. Groups come in the order their
+    first row appears. A summary row holds the group's ``by`` values, ``stat``
+    (``'mean'``, ``'std'``), the ``constants`` and, for each of ``fields``
+    (default: every field of the group's first row but ``by``, the constants
+    and :data:`MEMBER_FIELDS`), the statistic over the rows where the field is
+    present and not None (None when it is in none). ``stats`` are NumPy's
+    (``'mean'``, ``'std'``: the population standard deviation).
+
+    Args:
+      rows: the per-member rows.
+      by: the fields that make a group.
+      fields: the fields summarised (default: see above).
+      stats: the statistics, in the order their rows come.
+      constants: fields written as they are into every summary row.
+
+    Returns:
+      The summary rows (:func:`write_table` writes them beside the rows).
+
+    Example:
+        >>> from ltjax.results import summarize
+        >>> summarize([{"arm": "a", "replicate": 0, "acc": 0.5},
+        ...            {"arm": "a", "replicate": 1, "acc": 1.0}], by=("arm",))
+        [{'arm': 'a', 'stat': 'mean', 'acc': 0.75}, {'arm': 'a', 'stat': 'std', 'acc': 0.25}]
+    """
+    constants = dict(constants or {})
+    out = []
+    for group in dict.fromkeys(tuple(r[k] for k in by) for r in rows):
+        mine = [r for r in rows if tuple(r[k] for k in by) == group]
+        names = list(fields) if fields is not None else [
+            k for k in mine[0] if k not in (*by, *constants, *MEMBER_FIELDS)]
+        for stat in stats:
+            fn = getattr(np, stat)
+            out.append({**dict(zip(by, group, strict=True)), "stat": stat, **constants,
+                        **{k: _summary(fn, [r[k] for r in mine if r.get(k) is not None])
+                           for k in names}})
+    return out
+
+
+def _summary(fn: Callable, values: list) -> float | None:
+    return float(fn(values)) if values else None
+
+
+def summary_path(path: str | pathlib.Path) -> pathlib.Path:
+    """Where the summary of the table at ``path`` goes: ``results.csv`` -> ``summary.csv``,
+    any other ``<name>.csv`` -> ``<name>_summary.csv``.
+
+    Example:
+        >>> from ltjax.results import summary_path
+        >>> summary_path("run/results.csv").name, summary_path("run/wise_ft.csv").name
+        ('summary.csv', 'wise_ft_summary.csv')
+    """
+    path = pathlib.Path(path)
+    name = "summary.csv" if path.name == "results.csv" else f"{path.stem}_summary.csv"
+    return path.with_name(name)
+
+
+def write_table(path: str | pathlib.Path, rows: list[dict], *, by: tuple[str, ...],
+                fields: Sequence[str] | None = None, stats: tuple[str, ...] = ("mean", "std"),
+                constants: dict | None = None) -> dict:
+    """Write a tidy table and its summary; return the summary as a study reports it.
+
+    ``path`` gets ``rows`` as they are (one row per member: pandas reads every
+    column with one type); :func:`summary_path` gets :func:`summarize`'s rows
+    (``stat`` names the statistic). Every study writes its tables here.
+
+    Args:
+      path: the table's CSV (``<workdir>/results.csv``).
+      rows: the per-member rows.
+      by, fields, stats, constants: as :func:`summarize`.
+
+    Returns:
+      ``{'rows': [...], 'std': [...]}``: the summary's mean rows and its std rows
+      (empty when ``stats`` has no ``'std'``), in group order.
+    """
+    summary = summarize(rows, by=by, fields=fields, stats=stats, constants=constants)
+    write_csv(path, rows)
+    write_csv(summary_path(path), summary)
+    return {"rows": [r for r in summary if r["stat"] == "mean"],
+            "std": [r for r in summary if r["stat"] == "std"]}

@@ -17,10 +17,23 @@ Many members as one program: :class:`ltjax.executor.Executor`. The recipe,
 schedules and optimisers live in :mod:`ltjax.optim`.
 
 Example:
-    >>> state = init_state(model, recipe, jax.random.key(0), dataset.input_shape)
-    >>> arrays = jax.device_put(data.device_split(dataset.train, dataset))
-    >>> state, losses = jax.jit(functools.partial(train_steps, model, recipe, num_steps=100))(
-    ...     arrays, state, None, jax.random.key(1))
+    >>> import jax
+    >>> from ltjax import models, optim, train
+    >>> model = models.create("mlp", widths=(8,), num_classes=3)
+    >>> recipe = optim.Recipe(optimizer="sgd", learning_rate=0.1)
+    >>> state = train.init_state(model, recipe, jax.random.key(0), (4,))
+    >>> int(state.step), state.params["Dense_0"]["kernel"].shape
+    (0, (4, 8))
+
+    Training it on a dataset's device-resident split compiles a training
+    program (not run here; ``dataset`` from :func:`ltjax.data.load`):
+
+    ```python
+    import functools
+    arrays = jax.device_put(data.device_split(dataset.train, dataset))
+    step_fn = functools.partial(train.train_steps, model, recipe, num_steps=100)
+    state, losses = jax.jit(step_fn)(arrays, state, None, jax.random.key(1))
+    ```
 """
 
 from __future__ import annotations
@@ -49,7 +62,8 @@ def parse_steps(steps: str | int, *, steps_per_epoch: int) -> int:
     """Steps from an OpenLTH step string: ``'500it'`` or ``'2ep'`` (or an int).
 
     Example:
-        >>> parse_steps("2ep", steps_per_epoch=1000)
+        >>> from ltjax import train
+        >>> train.parse_steps("2ep", steps_per_epoch=1000)
         2000
     """
     if isinstance(steps, (int, np.integer)) and not isinstance(steps, bool):
@@ -99,7 +113,13 @@ def fresh_opt_state(recipe: optim.Recipe, trainable: PyTree, *,
     """A fresh optimiser state of one member for its trainable tree.
 
     Example:
-        >>> opt_state = fresh_opt_state(recipe, state.params)   # e.g. after rewinding
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import optim, train
+        >>> recipe = optim.Recipe(optimizer="sgd", learning_rate=0.1, momentum=0.9)
+        >>> params = {"Dense_0": {"kernel": jnp.ones((3, 2))}}
+        >>> opt_state = train.fresh_opt_state(recipe, params)   # e.g. after rewinding
+        >>> len(jax.tree.leaves(opt_state))                      # one momentum buffer
+        1
     """
     r = _reparam(reparam)
     labels = r.labels(trainable) if r.labels is not None else None
@@ -136,7 +156,18 @@ def model_params(state: TrainState, masks: PyTree | None = None, *,
     """The model's params of one member's state (its reparameterisation applied, masked).
 
     Example:
-        >>> params = model_params(state, masks, reparam=edge_popup)
+        >>> import jax.numpy as jnp
+        >>> from ltjax import train
+        >>> params = {"Dense_0": {"kernel": jnp.ones((2, 2))}}
+        >>> state = train.TrainState(step=jnp.int32(0), params=params, batch_stats={},
+        ...                          opt_state=())
+        >>> masks = {"Dense_0": {"kernel": jnp.eye(2, dtype=bool)}}
+        >>> train.model_params(state, masks)["Dense_0"]["kernel"]   # identity reparam, masked
+        Array([[1., 0.],
+               [0., 1.]], dtype=float32)
+
+        Under another reparameterisation (``reparam=edge_popup``, say) the
+        state's params are its trainable tree and this maps them to the model's.
     """
     r = _reparam(reparam)
     params = r.apply(state.params, state.frozen, key, train=train)
@@ -326,7 +357,13 @@ def logits(model: Any, params: PyTree, batch_stats: PyTree, x: jax.Array, *,
     updated running statistics are dropped). Jittable and differentiable.
 
     Example:
-        >>> out = logits(model, params, {}, data.normalize(x, ds.mean, ds.std))  # [B, C]
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import models, train
+        >>> model = models.create("mlp", widths=(8,), num_classes=3)
+        >>> params, batch_stats = models.init(model, jax.random.key(0), (4,))
+        >>> x = jnp.zeros((2, 4))               # e.g. data.normalize(x, ds.mean, ds.std)
+        >>> train.logits(model, params, batch_stats, x).shape      # [B, C]
+        (2, 3)
     """
     return _forward(model, params, batch_stats, x, train=train)[0]
 
@@ -374,10 +411,22 @@ def recompute_batch_stats(
     never held in memory at once).
 
     Example:
-        >>> stats = recompute_batch_stats(model, params, batch_stats, images)
-        >>> stats = recompute_batch_stats(model, params, batch_stats,
-        ...                               batch_fn=lambda i: x[i * 100:(i + 1) * 100],
-        ...                               num_batches=len(x) // 100)
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import models, train
+        >>> from ltjax.models.mlp import BatchNormMLP
+        >>> model = BatchNormMLP(widths=(4,), num_classes=3)
+        >>> params, batch_stats = models.init(model, jax.random.key(0), (4,))
+        >>> images = jnp.arange(24.0).reshape(2, 3, 4)          # K = 2 batches of B = 3
+        >>> stats = train.recompute_batch_stats(model, params, batch_stats, images)
+        >>> jax.tree.map(jnp.shape, stats)
+        {'BatchNorm_0': {'mean': (4,), 'var': (4,)}}
+        >>> x = images.reshape(6, 4)                             # batches built in the loop
+        >>> def batch_fn(i):                 # i is traced: a dynamic slice, not x[i * 3:...]
+        ...     return jax.lax.dynamic_slice_in_dim(x, i * 3, 3)
+        >>> again = train.recompute_batch_stats(model, params, batch_stats,
+        ...                                     batch_fn=batch_fn, num_batches=len(x) // 3)
+        >>> bool(jnp.allclose(again["BatchNorm_0"]["var"], stats["BatchNorm_0"]["var"]))
+        True
     """
     if not batch_stats:
         return batch_stats
