@@ -38,13 +38,27 @@ reference's ``conv_type is "LinesConv"`` string identity test and its
 ``num_samples > 1`` path (one point per step here, as every paper experiment).
 
 Example:
-    >>> init_fn = lambda key: models.init(model, key, dataset.input_shape)[0]
-    >>> line = subspace_reparam(init_fn, kind="line", beta=1.0)
-    >>> executor = Executor(model, dataset, recipe, reparam=line)
-    >>> state, _ = executor.train(executor.init(init_keys), None, noise_keys, num_steps=1000)
-    >>> executor.evaluate(state, "test")           # the midpoint of each member's line
-    >>> one = jax.tree.map(lambda x: x[0], state.params)
-    >>> subspace_point(one, 0.25, kind="line")      # any point of the learned line
+    A line of networks as a reparameterisation (a toy one-layer net here):
+
+    >>> import jax, jax.numpy as jnp
+    >>> from ltjax import subspaces
+    >>> def init_fn(key):                  # e.g. models.init(model, key, input_shape)[0]
+    ...     return {"Dense_0": {"kernel": jax.random.normal(key, (3, 2)), "bias": jnp.zeros(2)}}
+    >>> line = subspaces.subspace_reparam(init_fn, kind="line", beta=1.0)
+    >>> trainable, _ = line.init(init_fn(jax.random.key(0)), jax.random.key(1))
+    >>> sorted(trainable)                   # the two endpoints, trained at once
+    ['point_0', 'point_1']
+    >>> quarter = subspaces.subspace_point(trainable, 0.25, kind="line")  # any point
+    >>> quarter["Dense_0"]["kernel"].shape
+    (3, 2)
+
+    Training it (not run here: it compiles a training program):
+
+    ```python
+    executor = Executor(model, dataset, recipe, reparam=line)
+    state, _ = executor.train(executor.init(init_keys), None, noise_keys, num_steps=1000)
+    executor.evaluate(state, "test")           # the midpoint of each member's line
+    ```
 """
 
 from __future__ import annotations
@@ -78,7 +92,8 @@ def point_names(kind: str, num_points: int | None = None) -> tuple[str, ...]:
         curve, or below 2 for a simplex.
 
     Example:
-        >>> point_names("curve")
+        >>> from ltjax import subspaces
+        >>> subspaces.point_names("curve")
         ('point_0', 'point_1', 'control')
     """
     if kind not in KINDS:
@@ -103,7 +118,8 @@ def coefficients(kind: str, alpha: Any) -> jax.Array:
         weights ``[..., n]`` and is returned as an array).
 
     Example:
-        >>> coefficients("curve", 0.5)     # w_0 / 4 + w_1 / 4 + w_c / 2
+        >>> from ltjax import subspaces
+        >>> subspaces.coefficients("curve", 0.5)     # w_0 / 4 + w_1 / 4 + w_c / 2
         Array([0.25, 0.25, 0.5 ], dtype=float32)
     """
     a = jnp.asarray(alpha, jnp.float32)
@@ -131,8 +147,11 @@ def dirichlet_weights(key: jax.Array, num_points: int, shape: tuple[int, ...] = 
     sums to 1 (to float32 rounding).
 
     Example:
-        >>> dirichlet_weights(jax.random.key(0), 3).sum()
-        Array(1., dtype=float32)
+        >>> import jax
+        >>> from ltjax import subspaces
+        >>> weights = subspaces.dirichlet_weights(jax.random.key(0), 3)
+        >>> weights.shape, round(float(weights.sum()), 4)
+        ((3,), 1.0)
     """
     draws = jax.random.exponential(key, (*shape, num_points), jnp.float32)
     return draws / draws.sum(axis=-1, keepdims=True)
@@ -198,7 +217,11 @@ def subspace_point(trainable: PyTree, alpha: Any, *, kind: str,
         (:func:`point_params` checks them before it vmaps).
 
     Example:
-        >>> mid = subspace_point(one_member_params, 0.5, kind="line")
+        >>> import jax.numpy as jnp
+        >>> from ltjax import subspaces
+        >>> one = {"point_0": {"w": jnp.zeros(2)}, "point_1": {"w": jnp.ones(2)}}  # one member
+        >>> subspaces.subspace_point(one, 0.25, kind="line")
+        {'w': Array([0.25, 0.25], dtype=float32)}
     """
     if kind == "simplex" and num_points is None and isinstance(trainable, dict):
         num_points = len(trainable)
@@ -217,7 +240,11 @@ def module_index(params: PyTree) -> list[int]:
     """The module of each leaf (flatten order): leaves sharing a parent path share a module.
 
     Example:
-        >>> module_index({"Dense_0": {"bias": b0, "kernel": k0}, "Dense_1": {"kernel": k1}})
+        >>> import jax.numpy as jnp
+        >>> from ltjax import subspaces
+        >>> b0, k0, k1 = jnp.zeros(2), jnp.ones((3, 2)), jnp.ones((2, 1))
+        >>> subspaces.module_index({"Dense_0": {"bias": b0, "kernel": k0},
+        ...                         "Dense_1": {"kernel": k1}})
         [0, 0, 1]
     """
     parents: dict[str, int] = {}
@@ -236,7 +263,10 @@ def sample_coefficients(key: jax.Array, kind: str, num_points: int | None = None
     Dirichlet(1) for simplexes. Whole-network sampling is ``num_modules=1``.
 
     Example:
-        >>> sample_coefficients(jax.random.key(0), "line")   # [[1 - a, a]]
+        >>> import jax
+        >>> from ltjax import subspaces
+        >>> subspaces.sample_coefficients(jax.random.key(0), "line").shape   # [[1 - a, a]]
+        (1, 2)
     """
     names = point_names(kind, num_points)
     if kind == "simplex":
@@ -258,8 +288,14 @@ def cos_squared(tree_a: PyTree, tree_b: PyTree, selection: PyTree | None = None)
         every kernel, :func:`ltjax.masking.prunable`).
 
     Example:
-        >>> cos_squared(params_a, params_a)
-        Array(1., dtype=float32)
+        >>> import jax.numpy as jnp
+        >>> from ltjax import subspaces
+        >>> params_a = {"Dense_0": {"kernel": jnp.array([[1.0, 2.0]])}}
+        >>> params_b = {"Dense_0": {"kernel": jnp.array([[2.0, -1.0]])}}   # orthogonal
+        >>> float(subspaces.cos_squared(params_a, params_a))
+        1.0
+        >>> float(subspaces.cos_squared(params_a, params_b))
+        0.0
     """
     tree.check_same_structure(tree_b, tree_a, name="tree_b", reference_name="tree_a")
     if selection is None:
@@ -309,8 +345,12 @@ def subspace_reparam(
         or not finite, ``init_fn`` not callable (naming the argument).
 
     Example:
-        >>> line = subspace_reparam(init_fn, kind="line", beta=1.0, layerwise=True)
-        >>> trainable, _ = line.init(params, key)
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import subspaces
+        >>> def init_fn(key):
+        ...     return {"Dense_0": {"kernel": jax.random.normal(key, (3, 2))}}
+        >>> line = subspaces.subspace_reparam(init_fn, kind="line", beta=1.0, layerwise=True)
+        >>> trainable, _ = line.init(init_fn(jax.random.key(0)), jax.random.key(1))
         >>> sorted(trainable)
         ['point_0', 'point_1']
     """
@@ -378,8 +418,15 @@ def point_params(trainable: PyTree, alphas: Any, *, kind: str) -> PyTree:
       kind: the subspace's kind.
 
     Example:
-        >>> stacked = point_params(one, jnp.linspace(0, 1, 11), kind="line")
-        >>> executor.evaluate_params(stacked, stats, "test")
+        >>> import jax.numpy as jnp
+        >>> from ltjax import subspaces
+        >>> one = {"point_0": {"w": jnp.zeros(2)}, "point_1": {"w": jnp.ones(2)}}
+        >>> stacked = subspaces.point_params(one, jnp.linspace(0, 1, 5), kind="line")
+        >>> stacked["w"][:, 0]                          # [A, ...]
+        Array([0.  , 0.25, 0.5 , 0.75, 1.  ], dtype=float32)
+
+        Evaluate them all in one program: ``executor.evaluate_params(stacked, stats,
+        "test")`` (``stats`` stacked alike).
     """
     _check_point_alpha(kind, alphas, "alphas")
     return jax.vmap(lambda a: subspace_point(trainable, a, kind=kind))(jnp.asarray(alphas))

@@ -50,11 +50,30 @@ bisection on the bit patterns of the scores (exact, ``O(32 n)``, ``kept``
 traced).
 
 Example:
-    >>> selection = masking.prunable(abstract_params)
-    >>> executor = Executor(model, dataset, recipe,
-    ...                     reparam=edge_popup(selection, density=0.5))
-    >>> state, _ = executor.train(executor.init(init_keys), None, noise_keys, num_steps=2000)
-    >>> executor.evaluate(state, "test")      # the random net under its learned supermask
+    A random network's supermask (the reparameterisation on a toy layer; the
+    executor trains the scores of every member at once):
+
+    >>> import jax, jax.numpy as jnp
+    >>> from ltjax import masking, supermasks
+    >>> params = {"Dense_0": {"kernel": jax.random.normal(jax.random.key(0), (4, 3)),
+    ...                       "bias": jnp.zeros(3)}}
+    >>> selection = masking.prunable(params)
+    >>> r = supermasks.edge_popup(selection, density=0.5)
+    >>> scores, frozen = r.init(params, jax.random.key(1))
+    >>> masks = supermasks.supermask(scores, frozen, selection)
+    >>> masking.counts(masks, selection)               # ceil(0.5 * 12) kept
+    {'Dense_0/kernel': (6, 12)}
+    >>> net = r.apply(scores, frozen, None, train=False)     # W * M
+    >>> int(jnp.sum(net["Dense_0"]["kernel"] != 0))
+    6
+
+    Training (not run here: it compiles a training program):
+
+    ```python
+    executor = Executor(model, dataset, recipe, reparam=supermasks.edge_popup(selection))
+    state, _ = executor.train(executor.init(init_keys), None, noise_keys, num_steps=2000)
+    executor.evaluate(state, "test")      # the random net under its learned supermask
+    ```
 """
 
 from __future__ import annotations
@@ -85,7 +104,8 @@ def kept_count(num: int, density: float) -> int:
     """``ceil(density * num)``, exact (:func:`ltjax.topk.count`): the kept entries of a layer.
 
     Example:
-        >>> kept_count(100, 0.3), kept_count(10, 0.25)
+        >>> from ltjax import supermasks
+        >>> supermasks.kept_count(100, 0.3), supermasks.kept_count(10, 0.25)
         (30, 3)
     """
     _check_density(density)
@@ -103,7 +123,10 @@ def signed_constant(params: PyTree, prunable: PyTree) -> PyTree:
     leaves unchanged.
 
     Example:
-        >>> signed_constant({"Dense_0": {"kernel": jnp.array([[-0.3], [0.1]])}}, selection)
+        >>> import jax.numpy as jnp
+        >>> from ltjax import supermasks
+        >>> params = {"Dense_0": {"kernel": jnp.array([[-0.3], [0.1]])}}   # fan-in 2
+        >>> supermasks.signed_constant(params, {"Dense_0": {"kernel": True}})
         {'Dense_0': {'kernel': Array([[-1.], [ 1.]], dtype=float32)}}
     """
     return jax.tree.map(lambda w, f: (jnp.sign(w) * math.sqrt(2.0 / _fan_in(w))).astype(w.dtype)
@@ -114,8 +137,13 @@ def kept_counts(params: PyTree, prunable: PyTree, density: float) -> PyTree:
     """The frozen per-layer kept counts (int32; 0 on non-prunable leaves) at ``density``.
 
     Example:
-        >>> kept_counts(params, selection, 0.5)["Dense_0"]["kernel"]
-        Array(117600, dtype=int32)
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import masking, supermasks
+        >>> params = {"Dense_0": {"kernel": jax.random.normal(jax.random.key(0), (4, 3)),
+        ...                       "bias": jnp.zeros(3)}}
+        >>> selection = masking.prunable(params)
+        >>> supermasks.kept_counts(params, selection, 0.5)
+        {'Dense_0': {'bias': Array(0, dtype=int32), 'kernel': Array(6, dtype=int32)}}
     """
     _check_density(density)
     return jax.tree.map(lambda w, f: jnp.asarray(
@@ -133,8 +161,16 @@ def supermask(scores: PyTree, frozen: PyTree, prunable: PyTree) -> PyTree:
     """The learned masks (params' structure, bool; all-True off the prunable leaves).
 
     Example:
-        >>> masks = supermask(state_of_one.params, state_of_one.frozen, selection)
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import masking, supermasks
+        >>> params = {"Dense_0": {"kernel": jax.random.normal(jax.random.key(0), (4, 3)),
+        ...                       "bias": jnp.zeros(3)}}
+        >>> selection = masking.prunable(params)
+        >>> scores, frozen = supermasks.edge_popup(selection, density=0.25).init(
+        ...     params, jax.random.key(1))                   # one member's state.params / .frozen
+        >>> masks = supermasks.supermask(scores, frozen, selection)
         >>> masking.layer_densities(masks, selection)
+        {'Dense_0/kernel': 0.25}
     """
     flags = _flags(prunable, scores)
     leaves = [topk.mask(jnp.abs(s), k) if f else jnp.ones(jnp.shape(s), bool)
@@ -168,7 +204,15 @@ def edge_popup(prunable: PyTree, *, density: float = 0.5,
       ValueError: ``density`` outside (0, 1], an unknown ``weight_init``.
 
     Example:
-        >>> r = edge_popup(selection, density=0.3, weight_init="kaiming_normal")
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import masking, supermasks
+        >>> params = {"Dense_0": {"kernel": jax.random.normal(jax.random.key(0), (4, 3)),
+        ...                       "bias": jnp.zeros(3)}}
+        >>> selection = masking.prunable(params)
+        >>> r = supermasks.edge_popup(selection, density=0.3, weight_init="kaiming_normal")
+        >>> scores, frozen = r.init(params, jax.random.key(1))
+        >>> sorted(frozen), int(frozen["kept"]["Dense_0"]["kernel"])    # ceil(0.3 * 12)
+        (['kept', 'weights'], 4)
     """
     _check_density(density)
     if weight_init not in WEIGHT_INITS:
@@ -255,9 +299,17 @@ def criterion_masks(criterion: str, params_init: PyTree, params_final: PyTree, p
       ValueError: an unknown criterion, ``density`` outside (0, 1].
 
     Example:
-        >>> masks = criterion_masks("large_final_same_sign", params_0, params_T, selection,
-        ...                         density=0.25)
-        >>> supermask_net = masking.apply(params_0, masks)   # untrained, and well above chance
+        >>> import jax.numpy as jnp
+        >>> from ltjax import masking, supermasks
+        >>> params_0 = {"Dense_0": {"kernel": jnp.array([[1.0, -2.0], [0.5, 3.0]])}}
+        >>> params_T = {"Dense_0": {"kernel": jnp.array([[2.0, 1.0], [0.25, 4.0]])}}
+        >>> selection = masking.prunable(params_0)
+        >>> masks = supermasks.criterion_masks("large_final_same_sign", params_0, params_T,
+        ...                                    selection, density=0.5)
+        >>> masks["Dense_0"]["kernel"]          # |w_T| of the same-sign weights: 2 and 4
+        Array([[ True, False],
+               [False,  True]], dtype=bool)
+        >>> supermask_net = masking.apply(params_0, masks)   # the untrained net under it
     """
     if criterion not in MASK_CRITERIA:
         raise ValueError(f"criterion must be one of {sorted(MASK_CRITERIA)}, got {criterion!r}")
@@ -280,7 +332,10 @@ def signed_std_constant(params: PyTree, prunable: PyTree) -> PyTree:
     constant depends on the model's initialiser.
 
     Example:
-        >>> signed_std_constant({"Dense_0": {"kernel": jnp.array([[-3.0], [1.0]])}}, selection)
+        >>> import jax.numpy as jnp
+        >>> from ltjax import supermasks
+        >>> params = {"Dense_0": {"kernel": jnp.array([[-3.0], [1.0]])}}    # std 2
+        >>> supermasks.signed_std_constant(params, {"Dense_0": {"kernel": True}})
         {'Dense_0': {'kernel': Array([[-2.], [ 2.]], dtype=float32)}}
     """
     _flags(prunable, params)
@@ -323,8 +378,16 @@ def bernoulli_masks(logits: PyTree, frozen: PyTree, prunable: PyTree,
     the ones ``executor.evaluate`` uses. All-True off the prunable leaves.
 
     Example:
-        >>> masks = bernoulli_masks(state_of_one.params, state_of_one.frozen, selection)
-        >>> masking.layer_densities(masks, selection)
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import masking, supermasks
+        >>> params = {"Dense_0": {"kernel": jax.random.normal(jax.random.key(0), (4, 3)),
+        ...                       "bias": jnp.zeros(3)}}
+        >>> selection = masking.prunable(params)
+        >>> r = supermasks.bernoulli_supermask(selection)
+        >>> logits, frozen = r.init(params, jax.random.key(1))   # one member's params / frozen
+        >>> masks = supermasks.bernoulli_masks(logits, frozen, selection)   # the evaluation draw
+        >>> masks["Dense_0"]["kernel"].shape, bool(masks["Dense_0"]["bias"].all())
+        ((4, 3), True)
     """
     draws = _bernoulli_draws(logits, frozen, prunable, key)
     leaves = [jnp.ones(jnp.shape(m), bool) if d is None else d > 0.5
@@ -391,10 +454,19 @@ def bernoulli_supermask(prunable: PyTree, *, init_prob: float = 0.5,
       ValueError: ``init_prob`` outside (0, 1).
 
     Example:
-        >>> r = bernoulli_supermask(selection, signed_constant=True)
-        >>> executor = Executor(model, dataset, recipe, reparam=r)
-        >>> state, _ = executor.train(executor.init(init_keys), None, noise_keys, num_steps=2000)
-        >>> executor.evaluate(state, "test")   # one fixed mask draw per member
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import masking, supermasks
+        >>> params = {"Dense_0": {"kernel": jax.random.normal(jax.random.key(0), (4, 3)),
+        ...                       "bias": jnp.zeros(3)}}
+        >>> selection = masking.prunable(params)
+        >>> r = supermasks.bernoulli_supermask(selection, signed_constant=True)
+        >>> logits, frozen = r.init(params, jax.random.key(1))
+        >>> sorted(frozen)                 # the fixed weights and the evaluation draw's key
+        ['eval_key', 'weights']
+
+        Trained like any reparameterisation (not run here):
+        ``Executor(model, dataset, recipe, reparam=r)``, then ``executor.train``;
+        ``executor.evaluate`` uses one fixed mask draw per member.
     """
     logit = _logit(init_prob)
 
@@ -469,9 +541,20 @@ def dnw(prunable: PyTree, *, density: float = 0.5) -> reparam.Reparam:
       ValueError: ``density`` outside (0, 1].
 
     Example:
-        >>> executor = Executor(model, dataset, recipe, reparam=dnw(selection, density=0.1))
-        >>> state, _ = executor.train(executor.init(init_keys), None, noise_keys, num_steps=2000)
-        >>> masks = supermask(tree.index(state.params, 0), tree.index(state.frozen, 0), selection)
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import masking, supermasks
+        >>> params = {"Dense_0": {"kernel": jax.random.normal(jax.random.key(0), (4, 3)),
+        ...                       "bias": jnp.zeros(3)}}
+        >>> selection = masking.prunable(params)
+        >>> r = supermasks.dnw(selection, density=0.25)
+        >>> weights, frozen = r.init(params, jax.random.key(1))    # the weights are trained
+        >>> masks = supermasks.supermask(weights, frozen, selection)   # top-k of |W|
+        >>> masking.counts(masks, selection)
+        {'Dense_0/kernel': (3, 12)}
+
+        After training (``Executor(model, dataset, recipe, reparam=r)``), member 0's
+        wiring is ``supermask(tree.index(state.params, 0), tree.index(state.frozen, 0),
+        selection)``.
     """
     _check_density(density)
 

@@ -66,8 +66,6 @@ _CONVERTING = (
     "ltjax.saliency",
     "ltjax.sanity",
     "ltjax.soft_threshold",
-    "ltjax.subspaces",
-    "ltjax.supermasks",
     "ltjax.supsup",
     "ltjax.telemetry",
 )
