@@ -61,14 +61,17 @@ e.g. 0.5 for width 16); VGG and Conv-n (fixed widths in the registry) have
 KELS masks but no slim net.
 
 Example:
-    >>> model = models.create("lenet_300_100")
-    >>> params, stats = models.init(model, jax.random.key(0), (28, 28, 1))
-    >>> masks = kels_masks(model, params, split_rate=0.5)
-    >>> params = ke_reinit(params, masks, reset_draw(jax.random.key(1), params))
-    >>> slim, slim_params, slim_stats = extract_slim(model, params, stats, split_rate=0.5,
-    ...                                              input_shape=(28, 28, 1))
+    >>> import jax, jax.numpy as jnp
+    >>> from ltjax import knowledge_evolution, models
+    >>> model = models.create("mlp", widths=(8, 4), num_classes=3)
+    >>> params, stats = models.init(model, jax.random.key(0), (6,))
+    >>> masks = knowledge_evolution.kels_masks(model, params, split_rate=0.5)
+    >>> fresh = knowledge_evolution.reset_draw(jax.random.key(1), params)
+    >>> params = knowledge_evolution.ke_reinit(params, masks, fresh)   # the next generation
+    >>> slim, slim_params, slim_stats = knowledge_evolution.extract_slim(
+    ...     model, params, stats, split_rate=0.5, input_shape=(6,))
     >>> slim.widths
-    (150, 50)
+    (4, 2)
 """
 
 from __future__ import annotations
@@ -93,7 +96,8 @@ def check_split_rate(split_rate: float) -> float:
     """``split_rate`` as a float, refused unless in (0, 1].
 
     Example:
-        >>> check_split_rate(0.5)
+        >>> from ltjax import knowledge_evolution
+        >>> knowledge_evolution.check_split_rate(0.5)
         0.5
     """
     if isinstance(split_rate, bool) or not isinstance(split_rate, int | float | np.floating) or (
@@ -111,6 +115,7 @@ def fit_count(n: int, split_rate: float) -> int:
     ``math.ceil(0.3 * 10)`` gives 4, from 3.0000000000000004).
 
     Example:
+        >>> from ltjax.knowledge_evolution import fit_count
         >>> fit_count(300, 0.5), fit_count(10, 0.3), fit_count(3, 0.5)
         (150, 3, 2)
     """
@@ -176,9 +181,13 @@ def kels_masks(model: Any, params: PyTree, *, split_rate: float) -> PyTree:
       ValueError: a bad split rate or a model without a permutation spec.
 
     Example:
-        >>> masks = kels_masks(models.create("lenet_300_100"), params, split_rate=0.5)
-        >>> int(masks["Dense_1"]["kernel"].sum())          # 150 * 50
-        7500
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import knowledge_evolution, models
+        >>> model = models.create("mlp", widths=(8, 4), num_classes=3)
+        >>> params, stats = models.init(model, jax.random.key(0), (6,))
+        >>> masks = knowledge_evolution.kels_masks(model, params, split_rate=0.5)
+        >>> int(masks["Dense_1"]["kernel"].sum())          # 4 * 2 of 8 * 4
+        8
     """
     split_rate = check_split_rate(split_rate)
     spec = _spec(model, params)
@@ -213,7 +222,13 @@ def wels_masks(params: PyTree, key: jax.Array, *, split_rate: float,
         :func:`ltjax.masking.prunable`: the dense and conv kernels).
 
     Example:
-        >>> masks = wels_masks(params, jax.random.key(0), split_rate=0.5)
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import knowledge_evolution, models
+        >>> model = models.create("mlp", widths=(8, 4), num_classes=3)
+        >>> params, stats = models.init(model, jax.random.key(0), (6,))
+        >>> masks = knowledge_evolution.wels_masks(params, jax.random.key(0), split_rate=0.5)
+        >>> masks["Dense_0"]["kernel"].shape, masks["Dense_0"]["kernel"].dtype
+        ((6, 8), dtype('bool'))
     """
     split_rate = check_split_rate(split_rate)
     return _per_leaf(
@@ -243,7 +258,13 @@ def split_masks(model: Any, params: PyTree, *, split: str, split_rate: float,
     """:func:`kels_masks` (``split='kels'``) or :func:`wels_masks` (``'wels'``, needs ``key``).
 
     Example:
-        >>> masks = split_masks(model, params, split="wels", split_rate=0.5, key=key)
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import knowledge_evolution, models
+        >>> model = models.create("mlp", widths=(8, 4), num_classes=3)
+        >>> params, stats = models.init(model, jax.random.key(0), (6,))
+        >>> masks = knowledge_evolution.split_masks(model, params, split="kels", split_rate=0.5)
+        >>> int(masks["Dense_0"]["kernel"].sum())          # 6 inputs * 4 of 8 units
+        24
     """
     if split == "kels":
         return kels_masks(model, params, split_rate=split_rate)
@@ -276,8 +297,13 @@ def reset_draw(key: jax.Array, params: PyTree, *, prunable: PyTree | None = None
       A tree of the params' structure, shapes and dtypes.
 
     Example:
-        >>> fresh = reset_draw(jax.random.key(3), params)
-        >>> params = ke_reinit(params, masks, fresh)
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import knowledge_evolution, models
+        >>> model = models.create("mlp", widths=(8, 4), num_classes=3)
+        >>> params, stats = models.init(model, jax.random.key(0), (6,))
+        >>> masks = knowledge_evolution.kels_masks(model, params, split_rate=0.5)
+        >>> fresh = knowledge_evolution.reset_draw(jax.random.key(3), params)
+        >>> params = knowledge_evolution.ke_reinit(params, masks, fresh)
     """
     def draw(i: int, shape: tuple, dtype: Any) -> jax.Array:
         bound = 1.0 / np.sqrt(int(np.prod(shape[:-1])))
@@ -301,7 +327,16 @@ def ke_reinit(params: PyTree, masks: PyTree, fresh_params: PyTree) -> PyTree:
         structure or shapes; naming the leaf (:func:`ltjax.masking.check`).
 
     Example:
-        >>> params = ke_reinit(params, masks, reset_draw(jax.random.key(7), params))
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import knowledge_evolution, models
+        >>> model = models.create("mlp", widths=(8, 4), num_classes=3)
+        >>> params, stats = models.init(model, jax.random.key(0), (6,))
+        >>> masks = knowledge_evolution.kels_masks(model, params, split_rate=0.5)
+        >>> fresh = knowledge_evolution.reset_draw(jax.random.key(7), params)
+        >>> new = knowledge_evolution.ke_reinit(params, masks, fresh)
+        >>> kept = masks["Dense_0"]["kernel"]            # the fit hypothesis keeps its weights
+        >>> bool(jnp.array_equal(new["Dense_0"]["kernel"][kept], params["Dense_0"]["kernel"][kept]))
+        True
     """
     masking.check(masks, params)
     tree.check_same_structure(fresh_params, params, name="fresh_params")
@@ -315,7 +350,11 @@ def generation_keys(keys: jax.Array, name: str, generation: int) -> jax.Array:
     Per replicate, so nothing depends on how many replicates run.
 
     Example:
-        >>> reinit_keys = generation_keys(init_keys, "ke_reinit", 2)
+        >>> from ltjax import knowledge_evolution, rng
+        >>> init_keys = rng.replicate_keys(0, 3)
+        >>> reinit_keys = knowledge_evolution.generation_keys(init_keys, "ke_reinit", 2)
+        >>> reinit_keys.shape
+        (3,)
     """
     streams = rng.stream(keys, name)
     return jax.vmap(lambda k: jax.random.fold_in(k, generation))(streams)
@@ -334,7 +373,8 @@ def slim_model(model: Any, *, split_rate: float) -> Any:
         registry).
 
     Example:
-        >>> slim_model(models.create("resnet20"), split_rate=0.5).width
+        >>> from ltjax import knowledge_evolution, models
+        >>> knowledge_evolution.slim_model(models.create("resnet20"), split_rate=0.5).width
         8
     """
     if isinstance(model, models.MLP | models.BatchNormMLP):
@@ -392,9 +432,14 @@ def extract_slim(model: Any, params: PyTree, batch_stats: PyTree, *, split_rate:
       ValueError: no slim net of this model (:func:`slim_model`).
 
     Example:
-        >>> slim, p, s = extract_slim(model, params, stats, split_rate=0.5,
-        ...                           input_shape=(8, 8, 1))
-        >>> logits = slim.apply({"params": p, "batch_stats": s}, x, train=False)
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import knowledge_evolution, models
+        >>> model = models.create("mlp", widths=(8, 4), num_classes=3)
+        >>> params, stats = models.init(model, jax.random.key(0), (6,))
+        >>> slim, p, s = knowledge_evolution.extract_slim(model, params, stats, split_rate=0.5,
+        ...                                               input_shape=(6,))
+        >>> slim.apply({"params": p}, jnp.zeros((2, 6)), train=False).shape
+        (2, 3)
     """
     slim = slim_model(model, split_rate=split_rate)
     spec = _spec(model, params if leading_axes == 0 else jax.tree.map(

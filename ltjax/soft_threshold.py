@@ -29,14 +29,30 @@ Facts of the reference (RAIVNLab/STR@cc74d38, ``utils/conv_type.py``,
   decay (the reference's optional ``no_bn_decay`` is not modelled here).
 
 Example:
-    >>> abstract = jax.eval_shape(lambda k: models.init(model, k, (28, 28, 1))[0],
-    ...                           jax.random.key(0))
-    >>> selection = masking.prunable(abstract)
-    >>> executor = Executor(model, dataset, recipe,
-    ...                     reparam=str_reparam(selection, s_init=-5.0))
-    >>> state, _ = executor.train(executor.init(init_keys), None, noise_keys, num_steps=1000)
-    >>> one = jax.tree.map(lambda x: x[0], jax.device_get(state.params))
-    >>> learned_sparsity(one, selection), learned_densities(one, selection)
+    The reparameterisation on a toy layer, at its initial threshold:
+
+    >>> import jax, jax.numpy as jnp
+    >>> from ltjax import masking, soft_threshold
+    >>> kernel = jnp.array([[0.5, -2.0], [1.5, -0.25]])
+    >>> params = {"Dense_0": {"kernel": kernel, "bias": jnp.zeros(2)}}
+    >>> selection = masking.prunable(params)
+    >>> r = soft_threshold.str_reparam(selection, s_init=0.0)    # shrink by sigmoid(0) = 0.5
+    >>> one, _ = r.init(params, jax.random.key(0))               # one member's trainable tree
+    >>> soft_threshold.learned_sparsity(one, selection)
+    0.5
+
+    Training it (not run here: it compiles a training program):
+
+    ```python
+    abstract = jax.eval_shape(lambda k: models.init(model, k, (28, 28, 1))[0],
+                              jax.random.key(0))
+    selection = masking.prunable(abstract)
+    executor = Executor(model, dataset, recipe,
+                        reparam=soft_threshold.str_reparam(selection, s_init=-5.0))
+    state, _ = executor.train(executor.init(init_keys), None, noise_keys, num_steps=1000)
+    one = jax.tree.map(lambda x: x[0], jax.device_get(state.params))
+    soft_threshold.learned_sparsity(one, selection)
+    ```
 """
 
 from __future__ import annotations
@@ -74,6 +90,8 @@ def soft_threshold(w: jax.Array, s: jax.Array | float) -> jax.Array:
       ValueError: ``s`` is not a scalar.
 
     Example:
+        >>> import jax.numpy as jnp
+        >>> from ltjax.soft_threshold import soft_threshold
         >>> soft_threshold(jnp.array([-1.0, 0.25, 0.75]), 0.0)   # sigmoid(0) = 0.5
         Array([-0.5 ,  0.  ,  0.25], dtype=float32)
     """
@@ -208,11 +226,17 @@ def str_reparam(prunable: PyTree, *, s_init: float,
         True leaf in nested dicts (each naming the argument).
 
     Example:
-        >>> selection = masking.prunable(abstract_params)
-        >>> r = str_reparam(selection, s_init=-3200.0, threshold_decay=2.2517578e-5)
-        >>> trainable, frozen = r.init(params, key)
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import masking, soft_threshold
+        >>> params = {"Dense_0": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)},
+        ...           "Dense_1": {"kernel": jnp.ones((2, 2)), "bias": jnp.zeros(2)}}
+        >>> selection = masking.prunable(params)
+        >>> r = soft_threshold.str_reparam(selection, s_init=-3200.0,
+        ...                                threshold_decay=2.2517578e-5)
+        >>> trainable, frozen = r.init(params, jax.random.key(0))
         >>> trainable["thresholds"]
-        {'Dense_0': {'kernel': Array(-3200., dtype=float32)}, ...}
+        {'Dense_0': {'kernel': Array(-3200., dtype=float32)},
+         'Dense_1': {'kernel': Array(-3200., dtype=float32)}}
     """
     if isinstance(s_init, bool) or not isinstance(s_init, numbers.Real):
         raise ValueError(f"s_init must be a real number, got {s_init!r}")
@@ -275,8 +299,18 @@ def sparse_weights(trainable: PyTree, prunable: PyTree, *, masks: PyTree | None 
       ValueError: ``trainable`` or ``prunable`` do not fit (naming which).
 
     Example:
-        >>> params = sparse_weights(state_of_one_member.params, selection)
-        >>> logits = model.apply({"params": params}, x, train=False)
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import masking, soft_threshold
+        >>> kernel = jnp.array([[0.5, -2.0], [1.5, -0.25]])
+        >>> params = {"Dense_0": {"kernel": kernel, "bias": jnp.zeros(2)}}
+        >>> selection = masking.prunable(params)
+        >>> r = soft_threshold.str_reparam(selection, s_init=0.0)    # shrink by sigmoid(0) = 0.5
+        >>> one, _ = r.init(params, jax.random.key(0))               # one member's trainable tree
+        >>> soft_threshold.sparse_weights(one, selection)["Dense_0"]["kernel"]
+        Array([[ 0. , -1.5],
+               [ 1. , -0. ]], dtype=float32)
+
+        These are the model's params: ``model.apply({"params": params}, x, train=False)``.
     """
     params, thresholds = _split(trainable, prunable)
     out = _thresholded(params, thresholds, prunable)
@@ -290,8 +324,17 @@ def sparse_masks(trainable: PyTree, prunable: PyTree, *, masks: PyTree | None = 
     compare STR's budget with IMP's or to retrain the learned ticket.
 
     Example:
-        >>> ticket = sparse_masks(one.params, selection)
-        >>> masking.layer_densities(ticket, selection)
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import masking, soft_threshold
+        >>> kernel = jnp.array([[0.5, -2.0], [1.5, -0.25]])
+        >>> params = {"Dense_0": {"kernel": kernel, "bias": jnp.zeros(2)}}
+        >>> selection = masking.prunable(params)
+        >>> r = soft_threshold.str_reparam(selection, s_init=0.0)    # shrink by sigmoid(0) = 0.5
+        >>> one, _ = r.init(params, jax.random.key(0))               # one member's trainable tree
+        >>> ticket = soft_threshold.sparse_masks(one, selection)
+        >>> ticket["Dense_0"]["kernel"]
+        Array([[False,  True],
+               [ True, False]], dtype=bool)
     """
     weights = sparse_weights(trainable, prunable, masks=masks)
     flags = _flags(prunable)
@@ -310,8 +353,15 @@ def learned_densities(trainable: PyTree, prunable: PyTree, *,
       masks: IMP masks of the params (None: none).
 
     Example:
-        >>> learned_densities(one.params, selection)
-        {'Dense_0/kernel': 0.04, 'Dense_1/kernel': 0.2, 'Dense_2/kernel': 0.7}
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import masking, soft_threshold
+        >>> kernel = jnp.array([[0.5, -2.0], [1.5, -0.25]])
+        >>> params = {"Dense_0": {"kernel": kernel, "bias": jnp.zeros(2)}}
+        >>> selection = masking.prunable(params)
+        >>> r = soft_threshold.str_reparam(selection, s_init=0.0)    # shrink by sigmoid(0) = 0.5
+        >>> one, _ = r.init(params, jax.random.key(0))               # one member's trainable tree
+        >>> soft_threshold.learned_densities(one, selection)
+        {'Dense_0/kernel': 0.5}
     """
     return masking.layer_densities(sparse_masks(trainable, prunable, masks=masks), prunable)
 
@@ -320,8 +370,15 @@ def learned_sparsity(trainable: PyTree, prunable: PyTree, *, masks: PyTree | Non
     """The overall share of exactly-zero prunable weights of one member (the paper's sparsity).
 
     Example:
-        >>> learned_sparsity(one.params, selection)
-        0.9
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import masking, soft_threshold
+        >>> kernel = jnp.array([[0.5, -2.0], [1.5, -0.25]])
+        >>> params = {"Dense_0": {"kernel": kernel, "bias": jnp.zeros(2)}}
+        >>> selection = masking.prunable(params)
+        >>> r = soft_threshold.str_reparam(selection, s_init=0.0)    # shrink by sigmoid(0) = 0.5
+        >>> one, _ = r.init(params, jax.random.key(0))               # one member's trainable tree
+        >>> soft_threshold.learned_sparsity(one, selection)
+        0.5
     """
     ticket = sparse_masks(trainable, prunable, masks=masks)
     return 1.0 - float(masking.density(ticket, prunable))
@@ -358,8 +415,13 @@ def calibrate_weight_decay(
         the wrong shape.
 
     Example:
-        >>> decay, history = calibrate_weight_decay(
-        ...     lambda wds: train_str_members(weight_decay=wds), 0.9, low=1e-5, high=1e-2)
+        >>> from ltjax import soft_threshold
+        >>> def sparsities_at(decays):     # e.g. train one STR member per decay, as one program
+        ...     return decays / (decays + 1e-3)          # a toy, rising with the decay
+        >>> decay, history = soft_threshold.calibrate_weight_decay(
+        ...     sparsities_at, 0.9, low=1e-5, high=1e-1)
+        >>> round(decay, 4), len(history)               # 3 rounds of 4 decays
+        (0.0092, 12)
     """
     if not 0.0 < target < 1.0:
         raise ValueError(f"target must be a sparsity in (0, 1), got {target!r}")

@@ -54,7 +54,6 @@ _CONVERTING = (
     "ltjax.data",
     "ltjax.data_diet",
     "ltjax.early_bird",
-    "ltjax.knowledge_evolution",
     "ltjax.models",
     "ltjax.models.common",
     "ltjax.models.conv",
@@ -65,7 +64,6 @@ _CONVERTING = (
     "ltjax.perturbations",
     "ltjax.saliency",
     "ltjax.sanity",
-    "ltjax.soft_threshold",
     "ltjax.supsup",
     "ltjax.telemetry",
 )
