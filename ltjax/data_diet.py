@@ -31,9 +31,20 @@ and ``x`` may stay a host NumPy array. Members are scored one after the other
 (``lax.map``), so member r's scores do not depend on the others.
 
 Example:
-    >>> logits_fn = lambda p, s, xb: train.logits(model, p, s, data.normalize(xb, mean, std))
-    >>> scores = el2n_scores(logits_fn, params, batch_stats, x, y, num_classes=10)  # [N]
-    >>> subset = select(scores, 25_000, mode="hardest")  # int32 [25000], sorted
+    >>> import jax.numpy as jnp, numpy as np
+    >>> from ltjax import data_diet
+    >>> params = {"w": jnp.stack([jnp.eye(3), 2 * jnp.eye(3)])}      # R = 2 members, stacked
+    >>> def logits_fn(p, s, xb):      # one member's eval-mode logits of a batch [B, C]
+    ...     return xb @ p["w"]
+    >>> x, y = np.eye(3, dtype=np.float32), np.array([0, 1, 0], np.int32)   # N = 3
+    >>> scores = data_diet.el2n_scores(logits_fn, params, {}, x, y, num_classes=3)  # [N]
+    >>> [round(float(v), 4) for v in scores]          # example 2 is mislabelled: the hardest
+    [0.39, 0.39, 1.0972]
+    >>> data_diet.select(scores, 2, mode="hardest")   # int32 [kept], sorted; ties by position
+    array([0, 2], dtype=int32)
+
+    A network's ``logits_fn`` is e.g. ``lambda p, s, xb: train.logits(model, p, s,
+    data.normalize(xb, mean, std))``.
 """
 
 from __future__ import annotations
@@ -70,7 +81,11 @@ def el2n(logits: jax.Array, labels: jax.Array, *, num_classes: int) -> jax.Array
       num_classes: the number of classes.
 
     Example:
-        >>> el2n(jnp.zeros((1, 2)), jnp.array([0]), num_classes=2)  # sqrt(0.5)
+        >>> import jax.numpy as jnp
+        >>> from ltjax import data_diet
+        >>> scores = data_diet.el2n(jnp.zeros((1, 2)), jnp.array([0]), num_classes=2)
+        >>> round(float(scores[0]), 4)                  # sqrt(0.5)
+        0.7071
     """
     _check_logits(logits, num_classes)
     errors = jax.nn.softmax(logits, axis=-1) - jax.nn.one_hot(labels, num_classes,
@@ -111,8 +126,18 @@ def el2n_per_member(
       float scores ``[R, N]``; higher is harder.
 
     Example:
-        >>> per_member = el2n_per_member(logits_fn, params, bs, x, y, num_classes=10)
-        >>> per_member.mean(0)  # == el2n_scores(...)
+        >>> import jax.numpy as jnp, numpy as np
+        >>> from ltjax import data_diet
+        >>> params = {"w": jnp.stack([jnp.eye(3), 2 * jnp.eye(3)])}      # R = 2 members, stacked
+        >>> def logits_fn(p, s, xb):      # one member's eval-mode logits of a batch [B, C]
+        ...     return xb @ p["w"]
+        >>> x, y = np.eye(3, dtype=np.float32), np.array([0, 1, 0], np.int32)   # N = 3
+        >>> per_member = data_diet.el2n_per_member(logits_fn, params, {}, x, y, num_classes=3)
+        >>> per_member.shape                                # [R, N]
+        (2, 3)
+        >>> scores = data_diet.el2n_scores(logits_fn, params, {}, x, y, num_classes=3)
+        >>> bool(jnp.allclose(per_member.mean(0), scores))
+        True
     """
     def one(p: PyTree, s: PyTree, xb: jax.Array, yb: jax.Array) -> jax.Array:
         return el2n(logits_fn(p, s, xb), yb, num_classes=num_classes)
@@ -131,7 +156,14 @@ def el2n_scores(
     CIFAR-10 at no accuracy loss.
 
     Example:
-        >>> scores = el2n_scores(logits_fn, params, bs, x, y, num_classes=10)  # [N]
+        >>> import jax.numpy as jnp, numpy as np
+        >>> from ltjax import data_diet
+        >>> params = {"w": jnp.stack([jnp.eye(3), 2 * jnp.eye(3)])}      # R = 2 members, stacked
+        >>> def logits_fn(p, s, xb):      # one member's eval-mode logits of a batch [B, C]
+        ...     return xb @ p["w"]
+        >>> x, y = np.eye(3, dtype=np.float32), np.array([0, 1, 0], np.int32)   # N = 3
+        >>> data_diet.el2n_scores(logits_fn, params, {}, x, y, num_classes=3).shape   # [N]
+        (3,)
     """
     return el2n_per_member(logits_fn, params, batch_stats, x, y, num_classes=num_classes,
                            chunk_size=chunk_size).mean(axis=0)
@@ -160,7 +192,18 @@ def grand_per_member(
       float scores ``[R, N]``; higher is harder.
 
     Example:
-        >>> per_member = grand_per_member(logits_fn, params, bs, x, y, num_classes=10)
+        >>> import jax.numpy as jnp, numpy as np
+        >>> from ltjax import data_diet
+        >>> params = {"w": jnp.stack([jnp.eye(3), 2 * jnp.eye(3)])}      # R = 2 members, stacked
+        >>> def logits_fn(p, s, xb):      # one member's eval-mode logits of a batch [B, C]
+        ...     return xb @ p["w"]
+        >>> x, y = np.eye(3, dtype=np.float32), np.array([0, 1, 0], np.int32)   # N = 3
+        >>> per_member = data_diet.grand_per_member(logits_fn, params, {}, x, y, num_classes=3)
+        >>> per_member.shape                                # [R, N]
+        (2, 3)
+        >>> el2n = data_diet.el2n_per_member(logits_fn, params, {}, x, y, num_classes=3)
+        >>> bool(jnp.allclose(per_member, el2n))  # a linear net on one-hot inputs: GraNd = EL2N
+        True
     """
     def one(p: PyTree, s: PyTree, xb: jax.Array, yb: jax.Array) -> jax.Array:
         def loss(q: PyTree, xi: jax.Array, yi: jax.Array) -> jax.Array:
@@ -189,7 +232,15 @@ def grand_scores(
     ``EL2N * sqrt(||x||^2 + 1)``.
 
     Example:
-        >>> scores = grand_scores(logits_fn, init_params, bs, x, y, num_classes=10)  # [N]
+        >>> import jax.numpy as jnp, numpy as np
+        >>> from ltjax import data_diet
+        >>> params = {"w": jnp.stack([jnp.eye(3), 2 * jnp.eye(3)])}      # R = 2 members, stacked
+        >>> def logits_fn(p, s, xb):      # one member's eval-mode logits of a batch [B, C]
+        ...     return xb @ p["w"]
+        >>> x, y = np.eye(3, dtype=np.float32), np.array([0, 1, 0], np.int32)   # N = 3
+        >>> scores = data_diet.grand_scores(logits_fn, params, {}, x, y, num_classes=3)  # [N]
+        >>> [round(float(v), 4) for v in scores]
+        [0.39, 0.39, 1.0972]
     """
     return grand_per_member(logits_fn, params, batch_stats, x, y, num_classes=num_classes,
                             chunk_size=chunk_size).mean(axis=0)
@@ -252,6 +303,8 @@ def forgetting_counts(correct: Any, *, presented: Any | None = None) -> np.ndarr
       where never correct. Lower is easier; an unforgettable example scores 0.
 
     Example:
+        >>> import numpy as np
+        >>> from ltjax.data_diet import forgetting_counts
         >>> forgetting_counts(np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0]], bool))
         array([ 1.,  0., inf])
     """
@@ -312,8 +365,12 @@ def select(
       int32 indices ``[kept]`` into the scored examples, sorted ascending.
 
     Example:
-        >>> select(np.array([0.1, 0.9, 0.5, 0.7]), 2, mode="hardest")  # array([1, 3])
-        >>> select(np.array([0.1, 0.9, 0.5, 0.7]), 2, offset=1)        # array([2, 3])
+        >>> import numpy as np
+        >>> from ltjax.data_diet import select
+        >>> select(np.array([0.1, 0.9, 0.5, 0.7]), 2, mode="hardest")
+        array([1, 3], dtype=int32)
+        >>> select(np.array([0.1, 0.9, 0.5, 0.7]), 2, offset=1)   # skip the very hardest
+        array([2, 3], dtype=int32)
     """
     scores = np.asarray(jax.device_get(scores))
     if scores.ndim != 1 or not np.issubdtype(scores.dtype, np.number):
@@ -367,6 +424,8 @@ def noise_precision(scores: Any, corrupted: Any, *, top: int | None = None) -> d
       len(corrupted)}``, where ``hits`` counts corrupted examples in the top k.
 
     Example:
+        >>> import numpy as np
+        >>> from ltjax.data_diet import noise_precision
         >>> noise_precision(np.array([0.9, 0.1, 0.8, 0.2]), [0, 3])
         {'top': 2, 'top_share': 0.5, 'precision': 0.5, 'recall': 0.5}
     """
@@ -404,8 +463,10 @@ def spearman(a: Any, b: Any) -> float:
       the correlation in ``[-1, 1]``; NaN if either sample is constant.
 
     Example:
-        >>> spearman([1, 2, 2, 4], [10, 30, 20, 40])  # ranks [1, 2.5, 2.5, 4], [1, 3, 2, 4]
-        0.9486832980505138
+        >>> from ltjax.data_diet import spearman
+        >>> # ranks [1, 2.5, 2.5, 4] and [1, 3, 2, 4]
+        >>> round(spearman([1, 2, 2, 4], [10, 30, 20, 40]), 4)
+        0.9487
     """
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.ndim != 1 or a.shape != b.shape or a.size < 2:
@@ -431,7 +492,11 @@ def input_norms(x: Any, mean: Any, std: Any, *, chunk_size: int = 4096) -> np.nd
       chunk_size: examples per chunk.
 
     Example:
-        >>> input_norms(np.ones((2, 3)), np.zeros(3), np.ones(3))  # [sqrt(3), sqrt(3)]
+        >>> import numpy as np
+        >>> from ltjax.data_diet import input_norms
+        >>> norms = input_norms(np.ones((2, 3)), np.zeros(3), np.ones(3))  # [sqrt(3), sqrt(3)]
+        >>> norms.shape, round(float(norms[0]), 4)
+        ((2,), 1.7321)
     """
     x = np.asarray(x)
     mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)

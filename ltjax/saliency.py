@@ -33,9 +33,19 @@ closes ``loss_fn`` or ``forward_fn`` over the model **in eval mode** (the
 reference scores in eval mode) and, for SNIP and GraSP, over the batch.
 
 Example:
-    >>> loss_fn = lambda p: cross_entropy(model.apply({"params": p}, x), y)
-    >>> masks = pruning.prune_to_density(snip_scores(loss_fn, params), selection,
-    ...                                  density=0.1)
+    >>> import jax.numpy as jnp, optax
+    >>> from ltjax import masking, pruning, saliency
+    >>> params = {"Dense_0": {"kernel": jnp.array([[1.0, -2.0], [0.5, 3.0]])}}
+    >>> selection = masking.prunable(params)
+    >>> x, y = jnp.eye(2), jnp.array([0, 1])
+    >>> def loss_fn(p):                     # e.g. the cross-entropy of model.apply on a batch
+    ...     return optax.softmax_cross_entropy_with_integer_labels(x @ p["Dense_0"]["kernel"],
+    ...                                                            y).mean()
+    >>> masks = pruning.prune_to_density(saliency.snip_scores(loss_fn, params), selection,
+    ...                                  density=0.5)
+    >>> masks["Dense_0"]["kernel"]
+    Array([[False,  True],
+           [False,  True]], dtype=bool)
 """
 
 from __future__ import annotations
@@ -73,8 +83,20 @@ def snip_scores(loss_fn: Callable[[PyTree], jax.Array], params: PyTree) -> PyTre
       Non-negative scores with the structure of ``params``; keep the highest.
 
     Example:
-        >>> scores = snip_scores(lambda p: loss(p, images, labels), params)
-        >>> masks = pruning.prune_to_density(scores, selection, density=0.05)
+        >>> import jax.numpy as jnp, optax
+        >>> from ltjax import masking, pruning, saliency
+        >>> params = {"Dense_0": {"kernel": jnp.array([[1.0, -2.0], [0.5, 3.0]])}}
+        >>> selection = masking.prunable(params)
+        >>> x, y = jnp.eye(2), jnp.array([0, 1])
+        >>> def loss_fn(p):                     # e.g. the cross-entropy of model.apply on a batch
+        ...     return optax.softmax_cross_entropy_with_integer_labels(x @ p["Dense_0"]["kernel"],
+        ...                                                            y).mean()
+        >>> scores = saliency.snip_scores(loss_fn, params)        # |theta * dL/dtheta|
+        >>> bool((scores["Dense_0"]["kernel"] >= 0).all())
+        True
+        >>> masks = pruning.prune_to_density(scores, selection, density=0.5)
+        >>> masking.counts(masks, selection)
+        {'Dense_0/kernel': (2, 4)}
     """
     grads = jax.grad(loss_fn)(params)
     return jax.tree.map(lambda p, g: jnp.abs(p * g), params, grads)
@@ -116,9 +138,21 @@ def grasp_scores(
       Signed scores with the structure of ``params``; keep the highest.
 
     Example:
-        >>> loss_fn = lambda p: cross_entropy(model.apply({"params": p}, x) / 200, y)
-        >>> scores = grasp_scores(loss_fn, params, prunable=selection)
-        >>> masks = pruning.prune_to_density(scores, selection, density=0.05)
+        >>> import jax.numpy as jnp, optax
+        >>> from ltjax import masking, pruning, saliency
+        >>> params = {"Dense_0": {"kernel": jnp.array([[1.0, -2.0], [0.5, 3.0]])}}
+        >>> selection = masking.prunable(params)
+        >>> x, y = jnp.eye(2), jnp.array([0, 1])
+        >>> def loss_fn(p):                     # e.g. the cross-entropy of model.apply on a batch
+        ...     return optax.softmax_cross_entropy_with_integer_labels(x @ p["Dense_0"]["kernel"],
+        ...                                                            y).mean()
+        >>> scores = saliency.grasp_scores(loss_fn, params, prunable=selection)
+        >>> masks = pruning.prune_to_density(scores, selection, density=0.5)
+        >>> masking.counts(masks, selection)
+        {'Dense_0/kernel': (2, 4)}
+
+        The reference divides the logits by a temperature (200): ``loss_fn = lambda p:
+        cross_entropy(model.apply({"params": p}, x) / 200, y)``.
     """
     grad_fn = jax.grad(loss_fn)
     g = jax.lax.stop_gradient(grad_fn(params))
@@ -179,9 +213,18 @@ def synflow_scores(
       Scores with the structure of ``params``; keep the highest.
 
     Example:
-        >>> ones = jnp.ones((1, 28, 28, 1))
-        >>> forward_fn = lambda p: model.apply({"params": p}, ones, train=False)
-        >>> scores = synflow_scores(forward_fn, masking.apply(params, masks))
+        >>> import jax.numpy as jnp
+        >>> from ltjax import masking, saliency
+        >>> params = {"Dense_0": {"kernel": jnp.array([[1.0, -2.0], [0.5, 3.0]])},
+        ...           "Dense_1": {"kernel": jnp.array([[1.0], [0.25]])}}
+        >>> selection = masking.prunable(params)
+        >>> def forward_fn(p):       # e.g. model.apply({"params": p}, ones, train=False)
+        ...     return jnp.ones((1, 2)) @ p["Dense_0"]["kernel"] @ p["Dense_1"]["kernel"]
+        >>> masks = {"Dense_0": {"kernel": jnp.array([[True, True], [True, False]])},
+        ...          "Dense_1": {"kernel": jnp.array([True, True])[:, None]}}
+        >>> scores = saliency.synflow_scores(forward_fn, masking.apply(params, masks), log=False)
+        >>> [[round(float(v), 4) for v in row] for row in scores["Dense_0"]["kernel"]]
+        [[1.0, 0.5], [0.5, 0.0]]
     """
     dt = _check_dtype(dtype)
     context = jax.enable_x64(True) if dt.itemsize == 8 else contextlib.nullcontext()
@@ -270,10 +313,18 @@ def synflow_prune(
         ``params``, or scores that overflowed even ``dtype``.
 
     Example:
-        >>> forward_fn = lambda p: model.apply({"params": p}, jnp.ones((1, 784)))
-        >>> masks = synflow_prune(forward_fn, params, masking.prunable(params), density=0.01)
-        >>> inverted = synflow_prune(forward_fn, params, masking.prunable(params),
-        ...                          density=0.01, invert=True)
+        >>> import jax.numpy as jnp
+        >>> from ltjax import masking, saliency
+        >>> params = {"Dense_0": {"kernel": jnp.array([[1.0, -2.0], [0.5, 3.0]])},
+        ...           "Dense_1": {"kernel": jnp.array([[1.0], [0.25]])}}
+        >>> selection = masking.prunable(params)
+        >>> def forward_fn(p):       # e.g. model.apply({"params": p}, ones, train=False)
+        ...     return jnp.ones((1, 2)) @ p["Dense_0"]["kernel"] @ p["Dense_1"]["kernel"]
+        >>> masks = saliency.synflow_prune(forward_fn, params, selection, density=0.5, rounds=5)
+        >>> masking.counts(masks, selection)        # no layer collapses
+        {'Dense_0/kernel': (1, 4), 'Dense_1/kernel': (2, 2)}
+        >>> inverted = saliency.synflow_prune(forward_fn, params, selection, density=0.5,
+        ...                                   rounds=5, invert=True)
     """
     topk.check_share(density, name="density")
     _check_rounds(rounds)

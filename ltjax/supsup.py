@@ -45,11 +45,19 @@ over layers. Facts of the reference kept here:
   scalar mean and std (MNIST) that equals permuting raw ones.
 
 Example:
-    >>> perms = pixel_permutations(jax.random.key(0), 10, 784)
-    >>> masks = jax.vmap(lambda s: task_masks(s, selection))(scores)   # [T, ...]
-    >>> apply_fn = lambda p, x: model.apply({"params": p}, x, train=False)
-    >>> task = infer_task(apply_fn, weights, masks, permute_pixels(x, perms[3]),
-    ...                   prunable=selection)
+    >>> import jax, jax.numpy as jnp
+    >>> from ltjax import masking, supsup
+    >>> weights = {"Dense_0": {"kernel": jnp.arange(12.0).reshape(4, 3) - 6}}   # fixed weights
+    >>> selection = masking.prunable(weights)
+    >>> def apply_fn(params, x):            # e.g. model.apply({"params": p}, x, train=False)
+    ...     return x.reshape(x.shape[0], -1) @ params["Dense_0"]["kernel"]
+    >>> scores = {"Dense_0": {"kernel": jax.random.normal(jax.random.key(1), (3, 4, 3))}}
+    >>> masks = jax.vmap(lambda s: supsup.task_masks(s, selection))(scores)   # [T, ...]
+    >>> perms = supsup.pixel_permutations(jax.random.key(0), 3, 4)   # 3 tasks of 2 x 2 images
+    >>> x = supsup.permute_pixels(jnp.ones((2, 2, 2, 1)), perms[1])    # a batch of task 1
+    >>> task = supsup.infer_task(apply_fn, weights, masks, x, prunable=selection)
+    >>> task.shape, 0 <= int(task) < 3     # the task whose mask makes the net most confident
+    ((), True)
 """
 
 from __future__ import annotations
@@ -77,6 +85,7 @@ def num_positions(input_shape: tuple[int, ...]) -> int:
     """The pixel positions one permutation acts on: ``H * W`` of ``[H, W, C]``, else all features.
 
     Example:
+        >>> from ltjax.supsup import num_positions
         >>> num_positions((28, 28, 1)), num_positions((40,))
         (784, 40)
     """
@@ -104,7 +113,9 @@ def pixel_permutations(key: jax.Array, num_tasks: int, num_pixels: int, *,
       ValueError: ``num_tasks`` or ``num_pixels`` below 1.
 
     Example:
-        >>> pixel_permutations(jax.random.key(0), 3, 784).shape
+        >>> import jax
+        >>> from ltjax import supsup
+        >>> supsup.pixel_permutations(jax.random.key(0), 3, 784).shape
         (3, 784)
     """
     if num_tasks < 1 or num_pixels < 1:
@@ -124,7 +135,10 @@ def permute_pixels(x: jax.Array, permutation: jax.Array) -> jax.Array:
     ``x.flatten()[perm]``.
 
     Example:
-        >>> permute_pixels(jnp.arange(4.0).reshape(1, 2, 2, 1), jnp.array([3, 2, 1, 0]))[0, :, :, 0]
+        >>> import jax.numpy as jnp
+        >>> from ltjax import supsup
+        >>> x = jnp.arange(4.0).reshape(1, 2, 2, 1)
+        >>> supsup.permute_pixels(x, jnp.array([3, 2, 1, 0]))[0, :, :, 0]
         Array([[3., 2.],
                [1., 0.]], dtype=float32)
     """
@@ -147,8 +161,12 @@ class PermutedInput(nn.Module):
     normalized per channel (every ltjax image dataset).
 
     Example:
-        >>> wrapped = PermutedInput(model=models.create("lenet_300_100", use_bias=False))
-        >>> params, _ = models.init(wrapped, key, (28, 28, 1))   # {'model': ..., 'permutation'}
+        >>> import jax
+        >>> from ltjax import models, supsup
+        >>> wrapped = supsup.PermutedInput(model=models.create("mlp", widths=(4,), use_bias=False))
+        >>> params, _ = models.init(wrapped, jax.random.key(0), (2, 2, 1))
+        >>> sorted(params), params["permutation"]       # the identity at init
+        (['model', 'permutation'], Array([0., 1., 2., 3.], dtype=float32))
     """
 
     model: nn.Module
@@ -179,7 +197,9 @@ def task_masks(scores: PyTree, prunable: PyTree, *, kind: str = "threshold",
       ValueError: an unknown ``kind``, ``density`` outside (0, 1].
 
     Example:
-        >>> task_masks({"k": jnp.array([[-0.1, 0.0], [0.2, -0.3]])}, {"k": True})
+        >>> import jax.numpy as jnp
+        >>> from ltjax import supsup
+        >>> supsup.task_masks({"k": jnp.array([[-0.1, 0.0], [0.2, -0.3]])}, {"k": True})
         {'k': Array([[False,  True],
                 [ True, False]], dtype=bool)}
     """
@@ -218,8 +238,17 @@ def task_supermask(prunable: PyTree, *, kind: str = "threshold",
       ValueError: an unknown ``kind``, ``density`` outside (0, 1].
 
     Example:
-        >>> executor = Executor(PermutedInput(model=lenet), dataset, recipe,
-        ...                     reparam=task_supermask(selection))
+        >>> import jax
+        >>> from ltjax import masking, models, supsup
+        >>> wrapped = supsup.PermutedInput(model=models.create("mlp", widths=(4,), use_bias=False))
+        >>> params, _ = models.init(wrapped, jax.random.key(0), (2, 2, 1))
+        >>> r = supsup.task_supermask(masking.prunable(params))
+        >>> scores, frozen = r.init(params, jax.random.key(1))
+        >>> sorted(frozen)             # the shared signed-constant weights, the kept counts
+        ['kept', 'weights']
+
+        One task per member: ``Executor(PermutedInput(model=lenet), dataset, recipe,
+        reparam=task_supermask(selection))``.
     """
     _check_kind(kind)
     base = supermasks.edge_popup(prunable, density=density, weight_init="signed_constant")
@@ -272,8 +301,19 @@ def superpose(weights: PyTree, masks: PyTree, alphas: jax.Array, *, prunable: Py
         Shapes only (static): also checked under ``jit`` / ``grad``.
 
     Example:
-        >>> params_of_task_2 = superpose(weights, masks, jax.nn.one_hot(2, num_tasks),
-        ...                              prunable=selection)
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import masking, supsup
+        >>> weights = {"Dense_0": {"kernel": jnp.arange(12.0).reshape(4, 3) - 6}}   # fixed weights
+        >>> selection = masking.prunable(weights)
+        >>> def apply_fn(params, x):            # e.g. model.apply({"params": p}, x, train=False)
+        ...     return x.reshape(x.shape[0], -1) @ params["Dense_0"]["kernel"]
+        >>> scores = {"Dense_0": {"kernel": jax.random.normal(jax.random.key(1), (3, 4, 3))}}
+        >>> masks = jax.vmap(lambda s: supsup.task_masks(s, selection))(scores)   # [T, ...]
+        >>> params_of_task_2 = supsup.superpose(weights, masks, jax.nn.one_hot(2, 3),
+        ...                                     prunable=selection)
+        >>> only_2 = jnp.where(masks["Dense_0"]["kernel"][2], weights["Dense_0"]["kernel"], 0)
+        >>> bool(jnp.array_equal(params_of_task_2["Dense_0"]["kernel"], only_2))
+        True
     """
     num_tasks = _check_task_masks(weights, masks)
     if tuple(jnp.shape(alphas)) != (num_tasks,):
@@ -294,8 +334,10 @@ def entropy(logits: jax.Array) -> jax.Array:
     """Mean softmax entropy of logits ``[B, C]`` (nats).
 
     Example:
-        >>> entropy(jnp.zeros((2, 4)))   # log 4
-        Array(1.3862944, dtype=float32)
+        >>> import jax.numpy as jnp
+        >>> from ltjax import supsup
+        >>> round(float(supsup.entropy(jnp.zeros((2, 4)))), 4)   # log 4
+        1.3863
     """
     log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     return -jnp.mean(jnp.sum(jnp.exp(log_p) * log_p, axis=-1))
@@ -321,7 +363,18 @@ def entropy_gradient(apply_fn: Callable[[PyTree, jax.Array], jax.Array], weights
       alphas: where to take the gradient (default ``1/T``).
 
     Example:
-        >>> g = entropy_gradient(apply_fn, weights, masks, x, prunable=selection)   # [T]
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import masking, supsup
+        >>> weights = {"Dense_0": {"kernel": jnp.arange(12.0).reshape(4, 3) - 6}}   # fixed weights
+        >>> selection = masking.prunable(weights)
+        >>> def apply_fn(params, x):            # e.g. model.apply({"params": p}, x, train=False)
+        ...     return x.reshape(x.shape[0], -1) @ params["Dense_0"]["kernel"]
+        >>> scores = {"Dense_0": {"kernel": jax.random.normal(jax.random.key(1), (3, 4, 3))}}
+        >>> masks = jax.vmap(lambda s: supsup.task_masks(s, selection))(scores)   # [T, ...]
+        >>> g = supsup.entropy_gradient(apply_fn, weights, masks, jnp.ones((2, 4)),
+        ...                             prunable=selection)
+        >>> g.shape                                          # [T]
+        (3,)
     """
     num_tasks = jax.tree.leaves(masks)[0].shape[0]
     if alphas is None:
@@ -342,8 +395,19 @@ def infer_task(apply_fn: Callable[[PyTree, jax.Array], jax.Array], weights: PyTr
     Ties go to the lowest index. See :func:`entropy_gradient` for the arguments.
 
     Example:
-        >>> infer_task(apply_fn, weights, masks, x_batch, prunable=selection)
-        Array(3, dtype=int32)
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import masking, supsup
+        >>> weights = {"Dense_0": {"kernel": jnp.arange(12.0).reshape(4, 3) - 6}}   # fixed weights
+        >>> selection = masking.prunable(weights)
+        >>> def apply_fn(params, x):            # e.g. model.apply({"params": p}, x, train=False)
+        ...     return x.reshape(x.shape[0], -1) @ params["Dense_0"]["kernel"]
+        >>> scores = {"Dense_0": {"kernel": jax.random.normal(jax.random.key(1), (3, 4, 3))}}
+        >>> masks = jax.vmap(lambda s: supsup.task_masks(s, selection))(scores)   # [T, ...]
+        >>> g = supsup.entropy_gradient(apply_fn, weights, masks, jnp.ones((2, 4)),
+        ...                             prunable=selection)
+        >>> task = supsup.infer_task(apply_fn, weights, masks, jnp.ones((2, 4)), prunable=selection)
+        >>> bool(task == jnp.argmin(g))      # the steepest entropy descent
+        True
     """
     grad = entropy_gradient(apply_fn, weights, masks, x, prunable=prunable,
                             first_only=first_only)
@@ -363,7 +427,18 @@ def infer_task_binary(apply_fn: Callable[[PyTree, jax.Array], jax.Array], weight
     Jittable (a fixed number of rounds).
 
     Example:
-        >>> infer_task_binary(apply_fn, weights, masks, x_batch, prunable=selection)
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import masking, supsup
+        >>> weights = {"Dense_0": {"kernel": jnp.arange(12.0).reshape(4, 3) - 6}}   # fixed weights
+        >>> selection = masking.prunable(weights)
+        >>> def apply_fn(params, x):            # e.g. model.apply({"params": p}, x, train=False)
+        ...     return x.reshape(x.shape[0], -1) @ params["Dense_0"]["kernel"]
+        >>> scores = {"Dense_0": {"kernel": jax.random.normal(jax.random.key(1), (3, 4, 3))}}
+        >>> masks = jax.vmap(lambda s: supsup.task_masks(s, selection))(scores)   # [T, ...]
+        >>> task = supsup.infer_task_binary(apply_fn, weights, masks, jnp.ones((2, 4)),
+        ...                                 prunable=selection)
+        >>> task.dtype, 0 <= int(task) < 3
+        (dtype('int32'), True)
     """
     num_tasks = jax.tree.leaves(masks)[0].shape[0]
     rounds = int(math.floor(math.log2(num_tasks))) + 1 if num_tasks > 1 else 0

@@ -52,7 +52,6 @@ NOT_COLLECTED_YET = (
 _CONVERTING = (
     "ltjax.batchnorm_only",
     "ltjax.data",
-    "ltjax.data_diet",
     "ltjax.early_bird",
     "ltjax.models",
     "ltjax.models.common",
@@ -62,9 +61,7 @@ _CONVERTING = (
     "ltjax.models.transformer",
     "ltjax.models.vgg",
     "ltjax.perturbations",
-    "ltjax.saliency",
     "ltjax.sanity",
-    "ltjax.supsup",
     "ltjax.telemetry",
 )
 
