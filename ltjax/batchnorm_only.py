@@ -26,8 +26,15 @@ starts at zero), so the other entries are bitwise their initial values and
 weight decay acts on the change ``delta``, not on the parameter.
 
 Example:
-    >>> model = models.create("mlp_bn", widths=(1024, 1024))
-    >>> executor = Executor(model, dataset, recipe, reparam=batchnorm_only())
+    >>> import jax
+    >>> from ltjax import batchnorm_only, models
+    >>> model = models.create("mlp_bn", widths=(8,), num_classes=3)
+    >>> params, _ = models.init(model, jax.random.key(0), (4,))
+    >>> bn = batchnorm_only.batchnorm_only()
+    >>> bn.labels(params)["Dense_0"], bn.labels(params)["BatchNorm_0"]
+    ({'bias': 'frozen', 'kernel': 'frozen'}, {'bias': 'default', 'scale': 'default'})
+
+    Training: ``Executor(model, dataset, recipe, reparam=batchnorm_only.batchnorm_only())``.
 """
 
 from __future__ import annotations
@@ -54,7 +61,11 @@ def output_layer(params: PyTree) -> str:
     """The output layer's module path: that of the last ``kernel`` leaf in tree order.
 
     Example:
-        >>> output_layer(models.init(models.create("mlp_bn", widths=(8,)), key, (4,))[0])
+        >>> import jax
+        >>> from ltjax import batchnorm_only, models
+        >>> model = models.create("mlp_bn", widths=(8,), num_classes=3)
+        >>> params, _ = models.init(model, jax.random.key(0), (4,))
+        >>> batchnorm_only.output_layer(params)
         'Dense_1'
     """
     kernels = [n for n in tree.names(params) if n.endswith("/kernel")]
@@ -81,7 +92,13 @@ def batchnorm_only(*, output: str | None = None) -> reparam.Reparam:
         :func:`output_layer`; None: frozen, OpenLTH's ``output_frozen``).
 
     Example:
-        >>> bn_and_head = batchnorm_only(output=output_layer(params))
+        >>> import jax
+        >>> from ltjax import batchnorm_only, models
+        >>> model = models.create("mlp_bn", widths=(8,), num_classes=3)
+        >>> params, _ = models.init(model, jax.random.key(0), (4,))
+        >>> bn_and_head = batchnorm_only.batchnorm_only(output=batchnorm_only.output_layer(params))
+        >>> batchnorm_only.trainable_count(bn_and_head, params)    # 8 gammas + 8 betas + 8 x 3 + 3
+        43
     """
     trained = [BATCHNORM_PATTERN]
     if output:
@@ -93,7 +110,13 @@ def output_only(output: str) -> reparam.Reparam:
     """Only the ``output`` layer (its kernel and bias) trains: the paper's head-only control.
 
     Example:
-        >>> head = output_only(output_layer(params))
+        >>> import jax
+        >>> from ltjax import batchnorm_only, models
+        >>> model = models.create("mlp_bn", widths=(8,), num_classes=3)
+        >>> params, _ = models.init(model, jax.random.key(0), (4,))
+        >>> head = batchnorm_only.output_only(batchnorm_only.output_layer(params))
+        >>> batchnorm_only.trainable_count(head, params)           # 8 x 3 + 3
+        27
     """
     return reparam.freeze(_frozen_pattern([re.escape(output) + "/"]))
 
@@ -149,8 +172,15 @@ def random_subset(count: int, *, exclude: str = BATCHNORM_PATTERN) -> reparam.Re
         built) exceeds the eligible entries.
 
     Example:
-        >>> k = trainable_count(batchnorm_only(), params)
-        >>> control = random_subset(k)
+        >>> import jax
+        >>> from ltjax import batchnorm_only, models
+        >>> model = models.create("mlp_bn", widths=(8,), num_classes=3)
+        >>> params, _ = models.init(model, jax.random.key(0), (4,))
+        >>> k = batchnorm_only.trainable_count(batchnorm_only.batchnorm_only(), params)
+        >>> control = batchnorm_only.random_subset(k)           # k random entries elsewhere
+        >>> _, frozen = control.init(params, jax.random.key(1))
+        >>> sum(int(c.sum()) for c in jax.tree.leaves(frozen["chosen"]))
+        16
     """
     count = _check_int(count, "count")
 
@@ -208,7 +238,15 @@ def random_per_channel(per_channel: int = 2, *, exclude: str = BATCHNORM_PATTERN
         ``per_channel`` entries per channel.
 
     Example:
-        >>> control = random_per_channel(2, exclude=BATCHNORM_PATTERN + "|^Dense_2/")
+        >>> import jax
+        >>> from ltjax import batchnorm_only, models
+        >>> model = models.create("mlp_bn", widths=(8,), num_classes=3)
+        >>> params, _ = models.init(model, jax.random.key(0), (4,))
+        >>> control = batchnorm_only.random_per_channel(
+        ...     2, exclude=batchnorm_only.BATCHNORM_PATTERN + "|^Dense_1/")   # output layer out
+        >>> _, frozen = control.init(params, jax.random.key(1))
+        >>> int(frozen["chosen"]["Dense_0"]["kernel"].sum())       # 2 per channel, 8 channels
+        16
         >>> # mlp_bn 784-512-512-10: 2 x (512 + 512) = 2048 entries, as BatchNorm has
     """
     per_channel = _check_int(per_channel, "per_channel")
@@ -249,8 +287,12 @@ def trainable_count(reparam_: reparam.Reparam, params: PyTree) -> int:
       ValueError: a reparameterisation whose trainable tree is not the params.
 
     Example:
-        >>> trainable_count(batchnorm_only(), params)   # 2 x the hidden widths
-        4096
+        >>> import jax
+        >>> from ltjax import batchnorm_only, models
+        >>> model = models.create("mlp_bn", widths=(8,), num_classes=3)
+        >>> params, _ = models.init(model, jax.random.key(0), (4,))
+        >>> batchnorm_only.trainable_count(batchnorm_only.batchnorm_only(), params)  # 2 x the width
+        16
     """
     if not reparam_.is_identity:
         raise ValueError(f"trainable_count counts freeze-type reparameterisations; "
@@ -284,7 +326,12 @@ def gamma_share_below(params: PyTree, threshold: float) -> jax.Array:
     training. Jittable; counts every leaf named ``scale`` under a BatchNorm path.
 
     Example:
-        >>> gamma_share_below(trained_params, 0.01)
+        >>> import jax
+        >>> from ltjax import batchnorm_only, models
+        >>> model = models.create("mlp_bn", widths=(8,), num_classes=3)
+        >>> params, _ = models.init(model, jax.random.key(0), (4,))
+        >>> float(batchnorm_only.gamma_share_below(params, 0.01))   # gammas start at 1
+        0.0
     """
     scales = gammas(params)
     below = sum(jnp.sum(jnp.abs(g) < threshold) for g in scales)

@@ -34,9 +34,16 @@ Facts of the reference (GATECH-EIC/Early-Bird-Tickets@4a16ae0, ``main.py``,
   offers both (``config.retrain``).
 
 Example:
-    >>> masks = channel_masks(params, ratio=0.3)         # params' structure, bool
-    >>> history = [mask_vector(m) for m in masks_by_epoch]
-    >>> emergence_epoch(history)                         # None until it emerges
+    >>> import jax.numpy as jnp, numpy as np
+    >>> from ltjax import early_bird
+    >>> params = {"Conv_0": {"kernel": jnp.ones((3, 3, 1, 4))},
+    ...           "BatchNorm_0": {"scale": jnp.array([0.5, 0.1, 0.1, 0.9]), "bias": jnp.zeros(4)}}
+    >>> masks = early_bird.channel_masks(params, ratio=0.5)      # params' structure, bool
+    >>> early_bird.mask_vector(masks)                              # the kept channels
+    array([ True, False, False,  True])
+    >>> history = [early_bird.mask_vector(masks)] * 3              # one vector per epoch
+    >>> early_bird.emergence_epoch(history) is None                # None until it emerges
+    True
 """
 
 from __future__ import annotations
@@ -94,7 +101,14 @@ def slimming(strength: float) -> reparam.Reparam:
       ValueError: ``strength`` negative or not finite.
 
     Example:
-        >>> executor = Executor(model, dataset, recipe, reparam=slimming(1e-4))
+        >>> import jax.numpy as jnp
+        >>> from ltjax import early_bird
+        >>> r = early_bird.slimming(1e-4)        # an L1 penalty on the BatchNorm scales
+        >>> params = {"BatchNorm_0": {"scale": jnp.array([0.5, -1.5]), "bias": jnp.zeros(2)}}
+        >>> round(float(early_bird.slimming_penalty(params, 1e-4)), 6)     # 1e-4 * (0.5 + 1.5)
+        0.0002
+
+        Training with it: ``Executor(model, dataset, recipe, reparam=slimming(1e-4))``.
     """
     if not (isinstance(strength, int | float) and math.isfinite(strength) and strength >= 0):
         raise ValueError(f"strength must be a finite number >= 0, got {strength!r}")
@@ -122,7 +136,9 @@ def channel_keep(gammas: np.ndarray, ratio: float) -> np.ndarray:
       ValueError: ``ratio`` outside [0, 1), or a NaN or infinite gamma.
 
     Example:
-        >>> channel_keep(np.array([0.5, 0.1, 0.1, 0.9]), 0.5)
+        >>> import numpy as np
+        >>> from ltjax import early_bird
+        >>> early_bird.channel_keep(np.array([0.5, 0.1, 0.1, 0.9]), 0.5)
         array([ True, False, False,  True])
     """
     if not 0.0 <= ratio < 1.0:
@@ -142,7 +158,14 @@ def channel_masks(params: PyTree, ratio: float) -> PyTree:
     (:mod:`ltjax.masking` masks, so the executor trains the ticket).
 
     Example:
-        >>> masks = channel_masks(params, ratio=0.5)
+        >>> import jax.numpy as jnp, numpy as np
+        >>> from ltjax import early_bird
+        >>> gammas = jnp.array([0.5, 0.1, 0.1, 0.9])
+        >>> params = {"Conv_0": {"kernel": jnp.ones((3, 3, 1, 4))},
+        ...           "BatchNorm_0": {"scale": gammas, "bias": jnp.zeros(4)}}
+        >>> masks = early_bird.channel_masks(params, ratio=0.5)
+        >>> masks["BatchNorm_0"]["scale"], bool(masks["Conv_0"]["kernel"].all())
+        (array([ True, False, False,  True]), True)
     """
     return masks_from_channels(params, channel_keep(mask_vector(params), ratio))
 
@@ -151,7 +174,14 @@ def masks_from_channels(params: PyTree, keep: np.ndarray) -> PyTree:
     """Masks (params' structure) keeping the channels where ``keep`` (:func:`mask_vector` order).
 
     Example:
-        >>> masks_from_channels(params, np.array([True, False, ...]))
+        >>> import jax.numpy as jnp, numpy as np
+        >>> from ltjax import early_bird
+        >>> gammas = jnp.array([0.5, 0.1, 0.1, 0.9])
+        >>> params = {"Conv_0": {"kernel": jnp.ones((3, 3, 1, 4))},
+        ...           "BatchNorm_0": {"scale": gammas, "bias": jnp.zeros(4)}}
+        >>> masks = early_bird.masks_from_channels(params, np.array([True, True, False, True]))
+        >>> masks["BatchNorm_0"]["bias"]
+        array([ True,  True, False,  True])
     """
     names = bn_scale_names(params)
     found = dict(zip(tree.names(params), jax.tree.leaves(params), strict=True))
@@ -234,8 +264,10 @@ def emergence_epoch(history: Sequence[np.ndarray], *, window: int = WINDOW,
         number in [0, 1] (NaN would never emerge).
 
     Example:
+        >>> import numpy as np
+        >>> from ltjax import early_bird
         >>> a, b = np.array([True, False]), np.array([False, True])
-        >>> emergence_epoch([a, b, a, a, a, a, a])   # window [a, a, a, a, a] ends at index 6
+        >>> early_bird.emergence_epoch([a, b, a, a, a, a, a])   # window [a] * 5 ends at index 6
         6
     """
     window = _check_window(window)

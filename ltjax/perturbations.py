@@ -31,10 +31,19 @@ Every function is pure, jittable and vmappable (``prunable`` and the
 options are static); the same key gives the same output.
 
 Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from ltjax import masking, perturbations
+    >>> kernel = jnp.array([[0.5, -1.0], [2.0, -0.25]])
+    >>> params_k = {"Dense_0": {"kernel": kernel, "bias": jnp.zeros(2)}}   # step k
+    >>> masks = {"Dense_0": {"kernel": jnp.array([[True, True], [True, False]]),
+    ...                      "bias": jnp.ones(2, bool)}}
     >>> selection = masking.prunable(params_k)
-    >>> noisy = gaussian_noise(key, params_k, masks, scale=1.0,
-    ...                        stds=he_normal_stds(params_k, selection))
-    >>> float(effective_std(noisy, params_k, masks))      # about the layers' init std
+    >>> stds = perturbations.he_normal_stds(params_k, selection)
+    >>> noisy = perturbations.gaussian_noise(jax.random.key(0), params_k, masks, scale=1.0,
+    ...                                      stds=stds)
+    >>> noisy["Dense_0"]["kernel"][1, 1], noisy["Dense_0"]["bias"]     # pruned weights stay 0
+    (Array(0., dtype=float32), Array([0., 0.], dtype=float32))
+    >>> effective = perturbations.effective_std(noisy, params_k, masks)   # about the init std, 1
 """
 
 from __future__ import annotations
@@ -101,7 +110,17 @@ def recombine(params_k: PyTree, masks: PyTree, *, signs: PyTree, magnitudes: PyT
       The recombined params; pruned entries are exactly zero.
 
     Example:
-        >>> recombine(params_k, masks, signs=params_k, magnitudes=fresh)  # sign-preserving
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import masking, perturbations
+        >>> kernel = jnp.array([[0.5, -1.0], [2.0, -0.25]])
+        >>> params_k = {"Dense_0": {"kernel": kernel, "bias": jnp.zeros(2)}}   # step k
+        >>> masks = {"Dense_0": {"kernel": jnp.array([[True, True], [True, False]]),
+        ...                      "bias": jnp.ones(2, bool)}}
+        >>> fresh = {"Dense_0": {"kernel": jnp.full((2, 2), 3.0), "bias": jnp.zeros(2)}}
+        >>> perturbations.recombine(params_k, masks, signs=params_k,
+        ...                         magnitudes=fresh)["Dense_0"]["kernel"]     # sign-preserving
+        Array([[ 3., -3.],
+               [ 3.,  0.]], dtype=float32)
     """
     tree.check_same_structure(signs, params_k, name="signs", reference_name="params_k")
     tree.check_same_structure(magnitudes, params_k, name="magnitudes", reference_name="params_k")
@@ -134,7 +153,16 @@ def flip_signs(key: jax.Array, params_k: PyTree, masks: PyTree, *, share: float,
       ValueError: ``share`` outside [0, 1].
 
     Example:
-        >>> flip_signs(key, params_k, masks, share=0.5)
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import masking, perturbations
+        >>> kernel = jnp.array([[0.5, -1.0], [2.0, -0.25]])
+        >>> params_k = {"Dense_0": {"kernel": kernel, "bias": jnp.zeros(2)}}   # step k
+        >>> masks = {"Dense_0": {"kernel": jnp.array([[True, True], [True, False]]),
+        ...                      "bias": jnp.ones(2, bool)}}
+        >>> flipped = perturbations.flip_signs(jax.random.key(0), params_k, masks, share=0.5)
+        >>> jnp.abs(flipped["Dense_0"]["kernel"])          # the magnitudes are kept
+        Array([[0.5, 1. ],
+               [2. , 0. ]], dtype=float32)
     """
     share = _check_share(share)
 
@@ -163,7 +191,16 @@ def shuffle_weights(key: jax.Array, params_k: PyTree, masks: PyTree, *, within: 
       ValueError: ``within`` not in :data:`SHUFFLE_WITHIN`.
 
     Example:
-        >>> shuffle_weights(key, params_k, masks, within="channel", same_sign=True)
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import masking, perturbations
+        >>> kernel = jnp.array([[0.5, -1.0], [2.0, -0.25]])
+        >>> params_k = {"Dense_0": {"kernel": kernel, "bias": jnp.zeros(2)}}   # step k
+        >>> masks = {"Dense_0": {"kernel": jnp.array([[True, True], [True, False]]),
+        ...                      "bias": jnp.ones(2, bool)}}
+        >>> shuffled = perturbations.shuffle_weights(jax.random.key(0), params_k, masks,
+        ...                                          within="channel", same_sign=True)
+        >>> shuffled["Dense_0"]["kernel"][1, 1]            # pruned weights stay pruned
+        Array(0., dtype=float32)
     """
     if within not in SHUFFLE_WITHIN:
         raise ValueError(f"within must be one of {SHUFFLE_WITHIN}, got {within!r}")
@@ -191,7 +228,9 @@ def he_normal_stds(params: PyTree, prunable: PyTree | None = None) -> PyTree:
     any model's own initialiser.
 
     Example:
-        >>> he_normal_stds({"Dense_0": {"kernel": jnp.zeros((784, 300))}})
+        >>> import jax.numpy as jnp
+        >>> from ltjax import perturbations
+        >>> perturbations.he_normal_stds({"Dense_0": {"kernel": jnp.zeros((784, 300))}})
         {'Dense_0': {'kernel': 0.0505...}}
     """
     if prunable is None:
@@ -218,8 +257,10 @@ def init_stds(init: Callable[[jax.Array], PyTree], key: jax.Array, *,
       draws: how many inits are pooled (>= 2).
 
     Example:
+        >>> import jax
+        >>> from ltjax import perturbations
         >>> init = lambda k: {"w": {"kernel": jax.random.normal(k, (50, 4)) * 0.5}}
-        >>> round(float(init_stds(init, jax.random.key(0))["w"]["kernel"]), 1)
+        >>> round(float(perturbations.init_stds(init, jax.random.key(0))["w"]["kernel"]), 1)
         0.5
     """
     if isinstance(draws, bool) or not isinstance(draws, int) or draws < 2:
@@ -248,7 +289,17 @@ def gaussian_noise(key: jax.Array, params_k: PyTree, masks: PyTree, *, scale: fl
       ValueError: ``scale`` negative or not finite.
 
     Example:
-        >>> gaussian_noise(key, params_k, masks, scale=2.0, stds=he_normal_stds(params_k))
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import masking, perturbations
+        >>> kernel = jnp.array([[0.5, -1.0], [2.0, -0.25]])
+        >>> params_k = {"Dense_0": {"kernel": kernel, "bias": jnp.zeros(2)}}   # step k
+        >>> masks = {"Dense_0": {"kernel": jnp.array([[True, True], [True, False]]),
+        ...                      "bias": jnp.ones(2, bool)}}
+        >>> stds = perturbations.he_normal_stds(params_k)
+        >>> noisy = perturbations.gaussian_noise(jax.random.key(0), params_k, masks, scale=2.0,
+        ...                                      stds=stds)
+        >>> noisy["Dense_0"]["kernel"].shape
+        (2, 2)
     """
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not (
             math.isfinite(scale) and scale >= 0):
@@ -270,7 +321,13 @@ def effective_std(perturbed: PyTree, params_k: PyTree, masks: PyTree,
     The paper's "effective standard deviation" of a perturbation (Figure 7).
 
     Example:
-        >>> effective_std(params_k, params_k, masks)
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import masking, perturbations
+        >>> kernel = jnp.array([[0.5, -1.0], [2.0, -0.25]])
+        >>> params_k = {"Dense_0": {"kernel": kernel, "bias": jnp.zeros(2)}}   # step k
+        >>> masks = {"Dense_0": {"kernel": jnp.array([[True, True], [True, False]]),
+        ...                      "bias": jnp.ones(2, bool)}}
+        >>> perturbations.effective_std(params_k, params_k, masks)
         Array(0., dtype=float32)
     """
     flags = _selection(params_k, masks, prunable)

@@ -48,10 +48,18 @@ Nothing here imports flax; :func:`weight_correlation` is jittable and
 vmappable (``prunable`` and ``p`` static).
 
 Example:
-    >>> r = weight_correlation(init_params, trained_params, masking.prunable(init_params), p=0.1)
-    >>> verdict = classify_ticket({0.01: {"dense": 0.903, "ticket": 0.900, "reinit": 0.880},
-    ...                            0.1: {"dense": 0.923, "ticket": 0.880, "reinit": 0.878}},
-    ...                           small_dense=0.85, sparsity=0.832)
+    >>> import jax.numpy as jnp
+    >>> from ltjax import masking, sanity
+    >>> init_params = {"Dense_0": {"kernel": jnp.array([[3.0, -1.0], [0.5, -4.0]])}}
+    >>> trained_params = {"Dense_0": {"kernel": jnp.array([[0.2, -1.0], [0.5, -4.0]])}}
+    >>> r = sanity.weight_correlation(init_params, trained_params,
+    ...                               masking.prunable(init_params), p=0.5)
+    >>> float(r)                          # half of the top half is shared
+    0.5
+    >>> verdict = sanity.classify_ticket(
+    ...     {0.01: {"dense": 0.903, "ticket": 0.900, "reinit": 0.880},
+    ...      0.1: {"dense": 0.923, "ticket": 0.880, "reinit": 0.878}},
+    ...     small_dense=0.85, sparsity=0.832)
     >>> verdict.label
     'secondary prize'
 """
@@ -131,7 +139,13 @@ def corrupt_batch(key: jax.Array, x: jax.Array, y: jax.Array, *, corruption: str
       ValueError: an unknown ``corruption``.
 
     Example:
-        >>> x, y = corrupt_batch(key, images, labels, corruption="random_labels", num_classes=10)
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import sanity
+        >>> images, labels = jnp.arange(16.0).reshape(4, 2, 2, 1), jnp.arange(4)
+        >>> x, y = sanity.corrupt_batch(jax.random.key(0), images, labels,
+        ...                             corruption="random_labels", num_classes=10)
+        >>> bool(jnp.array_equal(x, images)), y.shape, y.dtype    # images unchanged
+        (True, (4,), dtype('int32'))
     """
     if corruption not in CORRUPTIONS:
         raise ValueError(f"corruption must be one of {CORRUPTIONS}, got {corruption!r}")
@@ -167,8 +181,10 @@ def top_p_masks(params: PyTree, prunable: PyTree, *, p: float,
     outside ``prunable`` come back unchanged (all-True without ``masks``).
 
     Example:
-        >>> top = top_p_masks({"kernel": jnp.array([[3.0, -1.0], [0.5, -4.0]])},
-        ...                   {"kernel": True}, p=0.5)
+        >>> import jax.numpy as jnp
+        >>> from ltjax import sanity
+        >>> top = sanity.top_p_masks({"kernel": jnp.array([[3.0, -1.0], [0.5, -4.0]])},
+        ...                          {"kernel": True}, p=0.5)
         >>> top["kernel"]
         Array([[ True, False],
                [False,  True]], dtype=bool)
@@ -211,8 +227,17 @@ def weight_correlation(
         ``jit``) ``p`` so small that every layer's ``T_p`` is empty.
 
     Example:
+        >>> import jax.numpy as jnp
+        >>> from ltjax import masking, sanity
+        >>> init_params = {"Dense_0": {"kernel": jnp.array([[3.0, -1.0], [0.5, -4.0]])}}
         >>> selection = masking.prunable(init_params)
-        >>> weight_correlation(init_params, trained_params, selection, p=0.1)  # ~0.1: unrelated
+        >>> float(sanity.weight_correlation(init_params, init_params, selection, p=0.5))
+        1.0
+        >>> trained_params = {"Dense_0": {"kernel": jnp.array([[0.2, -1.0], [5.0, -0.1]])}}
+        >>> float(sanity.weight_correlation(init_params, trained_params, selection, p=0.5))
+        0.0
+
+        For independent rankings ``R_p`` is about ``p``: unrelated weights.
     """
     _check_p(p)
     tree.check_same_structure(params_b, params_a, name="params_b", reference_name="params_a")
@@ -324,8 +349,9 @@ def classify_ticket(
         or sparsity out of range.
 
     Example:
-        >>> classify_ticket({0.1: {"dense": 0.923, "ticket": 0.921, "reinit": 0.905}},
-        ...                 small_dense=0.90, sparsity=0.832).label
+        >>> from ltjax import sanity
+        >>> sanity.classify_ticket({0.1: {"dense": 0.923, "ticket": 0.921, "reinit": 0.905}},
+        ...                        small_dense=0.90, sparsity=0.832).label
         'jackpot'
     """
     sweep = _sweep_means(lr_sweep)

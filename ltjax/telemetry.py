@@ -10,10 +10,19 @@ parameter trees; each returns ``{layer: value}`` for the selected leaves plus
 ``'global'`` over all of them concatenated.
 
 Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from ltjax import masking, telemetry
+    >>> params_0 = {"Dense_0": {"kernel": jnp.array([[1.0, -1.0], [2.0, 0.5]])}}
+    >>> params_t = {"Dense_0": {"kernel": jnp.array([[1.5, 1.0], [2.0, 0.5]])}}
     >>> prunable = masking.prunable(params_0)
-    >>> sign_change_share(params_t, params_0, prunable)["global"]
-    >>> l2_distance(params_t, params_0, prunable)["Dense_0/kernel"]
-    >>> hessian_top_eigenvalue(lambda p: loss(p, batch), params_t, jax.random.key(0))
+    >>> float(telemetry.sign_change_share(params_t, params_0, prunable)["global"])   # 1 of 4
+    0.25
+    >>> round(float(telemetry.l2_distance(params_t, params_0, prunable)["Dense_0/kernel"]), 4)
+    2.0616
+    >>> def loss(p):                      # e.g. the training loss on a fixed batch
+    ...     return 0.5 * jnp.sum(p["Dense_0"]["kernel"] ** 2)
+    >>> round(float(telemetry.hessian_top_eigenvalue(loss, params_t, jax.random.key(0))), 2)
+    1.0
 """
 
 from __future__ import annotations
@@ -166,7 +175,13 @@ def hessian_top_eigenvalue(loss_fn: Callable[[PyTree], jax.Array], params: PyTre
     of ``|lambda_2 / lambda_1|``; raise ``iterations`` for nearly tied tops.
 
     Example:
-        >>> hessian_top_eigenvalue(lambda w: 0.5 * w @ A @ w, jnp.zeros(3), key)  # max eig of A
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import telemetry
+        >>> A = jnp.diag(jnp.array([1.0, 3.0, 2.0]))
+        >>> top = telemetry.hessian_top_eigenvalue(lambda w: 0.5 * w @ A @ w, jnp.zeros(3),
+        ...                                        jax.random.key(0))
+        >>> round(float(top), 2)                     # the largest eigenvalue of A
+        3.0
     """
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(key, len(leaves))
@@ -200,7 +215,8 @@ def schedule(end: int, *, start: int = 0, dense_every: int = 50, dense_until: in
     every ``every``, plus ``start`` and ``end`` (the paper's Figure 3 is dense early).
 
     Example:
-        >>> schedule(3000, dense_every=500, dense_until=1000, every=1000)
+        >>> from ltjax import telemetry
+        >>> telemetry.schedule(3000, dense_every=500, dense_until=1000, every=1000)
         [0, 500, 1000, 2000, 3000]
     """
     for name, value in (("dense_every", dense_every), ("every", every)):
@@ -226,7 +242,17 @@ def snapshot(params: PyTree, params_0: PyTree, grads: PyTree,
     over the kept weights only. Jittable; ``jax.vmap`` it over members.
 
     Example:
-        >>> snapshot(params_t, params_0, grads, prunable)["l2_init"]["global"]
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import masking, telemetry
+        >>> params_0 = {"Dense_0": {"kernel": jnp.array([[1.0, -1.0], [2.0, 0.5]])}}
+        >>> params_t = {"Dense_0": {"kernel": jnp.array([[1.5, 1.0], [2.0, 0.5]])}}
+        >>> prunable = masking.prunable(params_0)
+        >>> grads = jax.tree.map(jnp.ones_like, params_t)
+        >>> row = telemetry.snapshot(params_t, params_0, grads, prunable)
+        >>> sorted(row)
+        ['cosine_init', 'grad_norm', 'l2_init', 'mean_magnitude', 'sign_change_init']
+        >>> float(row["grad_norm"]["global"]), float(row["mean_magnitude"]["global"])
+        (2.0, 1.25)
     """
     return {"mean_magnitude": mean_magnitude(params, prunable, masks=masks),
             "sign_change_init": sign_change_share(params, params_0, prunable, masks=masks),

@@ -50,9 +50,7 @@ NOT_COLLECTED_YET = (
 
 #: Modules being converted in this series of commits (issue #32.3); emptied by its last one.
 _CONVERTING = (
-    "ltjax.batchnorm_only",
     "ltjax.data",
-    "ltjax.early_bird",
     "ltjax.models",
     "ltjax.models.common",
     "ltjax.models.conv",
@@ -60,9 +58,6 @@ _CONVERTING = (
     "ltjax.models.resnet",
     "ltjax.models.transformer",
     "ltjax.models.vgg",
-    "ltjax.perturbations",
-    "ltjax.sanity",
-    "ltjax.telemetry",
 )
 
 #: The fewest examples the collected modules hold together (measured when the harness was
