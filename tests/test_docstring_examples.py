@@ -51,13 +51,6 @@ NOT_COLLECTED_YET = (
 #: Modules being converted in this series of commits (issue #32.3); emptied by its last one.
 _CONVERTING = (
     "ltjax.data",
-    "ltjax.models",
-    "ltjax.models.common",
-    "ltjax.models.conv",
-    "ltjax.models.mlp",
-    "ltjax.models.resnet",
-    "ltjax.models.transformer",
-    "ltjax.models.vgg",
 )
 
 #: The fewest examples the collected modules hold together (measured when the harness was

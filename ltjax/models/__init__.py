@@ -39,13 +39,18 @@ Each model also defines its permutation spec (:func:`permutation_spec`, for
 forward passes, :mod:`ltjax.repair` holds the math).
 
 Example:
+    >>> import jax, jax.numpy as jnp
     >>> from ltjax import models
-    >>> model = models.create("resnet20", num_classes=10, width=32)
-    >>> params, batch_stats = models.init(model, jax.random.key(0), (32, 32, 3))
-    >>> x = jnp.zeros((2, 32, 32, 3))
+    >>> model = models.create("mlp_bn", widths=(8,), num_classes=3)
+    >>> params, batch_stats = models.init(model, jax.random.key(0), (4,))
+    >>> x = jnp.zeros((2, 4))
     >>> logits, updates = model.apply(
     ...     {"params": params, "batch_stats": batch_stats}, x, train=True,
     ...     mutable=["batch_stats"])
+    >>> logits.shape, sorted(updates["batch_stats"])
+    ((2, 3), ['BatchNorm_0'])
+    >>> models.create("resnet20", num_classes=10, width=32).depth   # any registered name
+    20
 """
 
 from __future__ import annotations
@@ -130,16 +135,21 @@ def register(name: str, module: type[nn.Module], *, fixed: Mapping[str, Any] | N
         field, or ``fixed`` names fields it does not have.
 
     Example:
-        >>> class MyMLP(nn.Module):
-        ...     hidden: int = 64
-        ...     num_classes: int = 10
-        ...     @nn.compact
-        ...     def __call__(self, x, train=False):
-        ...         x = nn.relu(nn.Dense(self.hidden)(x.reshape(x.shape[0], -1)))
-        ...         return nn.Dense(self.num_classes)(x)
-        >>> register("my_mlp", MyMLP)
-        >>> create("my_mlp", hidden=32)
-        MyMLP(...)
+        Not run here (a registration lasts for the whole process):
+
+        ```python
+        class MyMLP(nn.Module):
+            hidden: int = 64
+            num_classes: int = 10
+
+            @nn.compact
+            def __call__(self, x, train=False):
+                x = nn.relu(nn.Dense(self.hidden)(x.reshape(x.shape[0], -1)))
+                return nn.Dense(self.num_classes)(x)
+
+        models.register("my_mlp", MyMLP)
+        models.create("my_mlp", hidden=32)    # MyMLP(hidden=32, num_classes=10)
+        ```
     """
     global NAMES
     if not isinstance(name, str) or not name:
@@ -187,8 +197,11 @@ def create(name: str, *, num_classes: int = 10, **kwargs: Any) -> nn.Module:
         TypeError: a keyword the model does not take or one fixed by the name.
 
     Example:
-        >>> model = create("mlp", widths=(512, 512, 512))
-        >>> model = create("resnet20", width=64, materialize_inputs=True)
+        >>> from ltjax import models
+        >>> models.create("mlp", widths=(512, 512, 512)).widths
+        (512, 512, 512)
+        >>> models.create("resnet20", width=64, materialize_inputs=True).width
+        64
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown model name {name!r}; registered names: "
@@ -244,9 +257,12 @@ def init(model: nn.Module, key: jax.Array, input_shape: tuple[int, ...]) -> tupl
             model, token sequences for an image model).
 
     Example:
-        >>> params, batch_stats = init(create("lenet_300_100"), jax.random.key(0), (28, 28, 1))
-        >>> batch_stats
-        {}
+        >>> import jax
+        >>> from ltjax import models
+        >>> params, batch_stats = models.init(models.create("lenet_300_100"), jax.random.key(0),
+        ...                                   (28, 28, 1))
+        >>> params["Dense_0"]["kernel"].shape, batch_stats
+        ((784, 300), {})
     """
     input_shape = tuple(int(d) for d in input_shape)
     check = getattr(model, "check_input_shape", None)
@@ -268,7 +284,8 @@ def has_batch_norm(model_or_batch_stats: nn.Module | Mapping) -> bool:
             :func:`init`, or a whole ``variables`` dict (with a ``'params'`` key).
 
     Example:
-        >>> has_batch_norm(create("vgg16")), has_batch_norm({})
+        >>> from ltjax import models
+        >>> models.has_batch_norm(models.create("vgg16")), models.has_batch_norm({})
         (True, False)
     """
     if isinstance(model_or_batch_stats, nn.Module):
@@ -294,7 +311,9 @@ def is_conv(params: Any, *, leading_axes: int = 0) -> bool:
             stacked over seeds ``[S, ...]``).
 
     Example:
-        >>> is_conv({"Conv_0": {"kernel": jnp.zeros((3, 3, 3, 8))}})
+        >>> import jax.numpy as jnp
+        >>> from ltjax import models
+        >>> models.is_conv({"Conv_0": {"kernel": jnp.zeros((3, 3, 3, 8))}})
         True
     """
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
@@ -327,8 +346,10 @@ def output_layer(params: Any, *, leading_axes: int = 0) -> str:
       ValueError: no leaf named ``kernel`` is 2-D.
 
     Example:
-        >>> output_layer({"Dense_0": {"kernel": jnp.zeros((8, 4))},
-        ...               "Dense_1": {"kernel": jnp.zeros((4, 2))}})
+        >>> import jax.numpy as jnp
+        >>> from ltjax import models
+        >>> models.output_layer({"Dense_0": {"kernel": jnp.zeros((8, 4))},
+        ...                      "Dense_1": {"kernel": jnp.zeros((4, 2))}})
         'Dense_1'
     """
     dense = []
@@ -383,11 +404,13 @@ def permutation_spec(model: nn.Module, params: Any, batch_stats: Any = None,
       ValueError: the spec does not fit ``params`` / ``batch_stats``.
 
     Example:
-        >>> model = create("mlp", widths=(512, 512, 512))
-        >>> params, _ = init(model, jax.random.key(0), (28, 28, 1))
-        >>> spec = permutation_spec(model, params)
+        >>> import jax
+        >>> from ltjax import models
+        >>> model = models.create("mlp", widths=(8, 8), num_classes=3)
+        >>> params_a, _ = models.init(model, jax.random.key(0), (4,))
+        >>> spec = models.permutation_spec(model, params_a)
         >>> spec.names
-        ('Dense_0', 'Dense_1', 'Dense_2')
+        ('Dense_0', 'Dense_1')
     """
     builder = _SPECS.get(type(model))
     if builder is None:
@@ -423,9 +446,15 @@ def activations(model: nn.Module, spec: matching.PermutationSpec, variables: Map
     ``post_relu=False`` returns the captured outputs as they are.
 
     Example:
-        >>> acts = activations(model, spec, {"params": params, "batch_stats": stats}, x)
-        >>> sorted(acts) == sorted(spec.names)
-        True
+        >>> import jax
+        >>> from ltjax import models
+        >>> model = models.create("mlp", widths=(8, 8), num_classes=3)
+        >>> params_a, _ = models.init(model, jax.random.key(0), (4,))
+        >>> x = jax.random.normal(jax.random.key(2), (16, 4))      # normalised training inputs
+        >>> spec = models.permutation_spec(model, params_a)
+        >>> acts = models.activations(model, spec, {"params": params_a}, x)
+        >>> sorted(acts) == sorted(spec.names), acts["Dense_0"][0].shape
+        (True, (16, 8))
     """
     if not spec.activations:
         raise ValueError("spec has no activations entry (which module outputs carry each "
@@ -464,8 +493,12 @@ def repair_layers(model: nn.Module, params: Any) -> tuple[str, ...]:
       TypeError: a model class without REPAIR layers.
 
     Example:
-        >>> repair_layers(create("mlp", widths=(512, 512, 512)), params)
-        ('Dense_0', 'Dense_1', 'Dense_2')
+        >>> import jax
+        >>> from ltjax import models
+        >>> model = models.create("mlp", widths=(8, 8), num_classes=3)
+        >>> params_a, _ = models.init(model, jax.random.key(0), (4,))
+        >>> models.repair_layers(model, params_a)
+        ('Dense_0', 'Dense_1')
     """
     builder = _REPAIR_LAYERS.get(type(model))
     if builder is None:
@@ -527,9 +560,14 @@ def output_stats(model: nn.Module, variables: Mapping, x: jax.Array, *,
       ``{layer: {'mean': [n], 'std': [n]}}``.
 
     Example:
-        >>> stats_a = output_stats(model, {"params": params_a}, x)
+        >>> import jax
+        >>> from ltjax import models
+        >>> model = models.create("mlp", widths=(8, 8), num_classes=3)
+        >>> params_a, _ = models.init(model, jax.random.key(0), (4,))
+        >>> x = jax.random.normal(jax.random.key(2), (16, 4))      # normalised training inputs
+        >>> stats_a = models.output_stats(model, {"params": params_a}, x)
         >>> stats_a["Dense_0"]["std"].shape
-        (512,)
+        (8,)
     """
     layers = tuple(layers) if layers is not None else repair_layers(model, variables["params"])
     return _output_stats(model, _plain(variables), jnp.asarray(x), layers)
@@ -589,10 +627,22 @@ def repair(model: nn.Module, variables: Mapping, x: jax.Array, targets: Mapping,
         cannot absorb the correction (no bias).
 
     Example:
-        >>> stats_a = output_stats(model, variables_a, x)
-        >>> stats_b = output_stats(model, variables_b, x)
-        >>> mid = {"params": interpolation.lerp(0.5, variables_a["params"], variables_b["params"])}
-        >>> params = repair(model, mid, x, ltjax.repair.target_stats(0.5, stats_a, stats_b))
+        >>> import jax
+        >>> from ltjax import models
+        >>> model = models.create("mlp", widths=(8, 8), num_classes=3)
+        >>> params_a, _ = models.init(model, jax.random.key(0), (4,))
+        >>> x = jax.random.normal(jax.random.key(2), (16, 4))      # normalised training inputs
+        >>> import jax.numpy as jnp
+        >>> from ltjax import interpolation, repair
+        >>> params_b, _ = models.init(model, jax.random.key(1), (4,))
+        >>> stats_a = models.output_stats(model, {"params": params_a}, x)
+        >>> stats_b = models.output_stats(model, {"params": params_b}, x)
+        >>> mid = {"params": interpolation.lerp(0.5, params_a, params_b)}
+        >>> targets = repair.target_stats(0.5, stats_a, stats_b)
+        >>> params = models.repair(model, mid, x, targets)
+        >>> got = models.output_stats(model, {"params": params}, x)
+        >>> bool(jnp.allclose(got["Dense_1"]["mean"], targets["Dense_1"]["mean"], atol=1e-4))
+        True
     """
     params, _ = _repair(model, _plain(variables), jnp.asarray(x), _plain(targets), eps=eps)
     return params
@@ -615,10 +665,25 @@ def repair_fn(model: nn.Module, x: jax.Array, *, eps: float = repair_math.DEFAUL
       eps: see :func:`repair`.
 
     Example:
-        >>> a = (params_a, stats_bn_a, output_stats(model, {"params": params_a}, x))
-        >>> b = (params_b, stats_bn_b, output_stats(model, {"params": params_b}, x))
-        >>> curve = interpolation.evaluate_path(lambda t: executor.evaluate_params(*t, "test"),
-        ...                                 a, b, alphas, recompute_fn=repair_fn(model, x))
+        >>> import jax
+        >>> from ltjax import models
+        >>> model = models.create("mlp", widths=(8, 8), num_classes=3)
+        >>> params_a, _ = models.init(model, jax.random.key(0), (4,))
+        >>> x = jax.random.normal(jax.random.key(2), (16, 4))      # normalised training inputs
+        >>> import jax.numpy as jnp
+        >>> from ltjax import interpolation
+        >>> params_b, _ = models.init(model, jax.random.key(1), (4,))
+        >>> a = (params_a, {}, models.output_stats(model, {"params": params_a}, x))
+        >>> b = (params_b, {}, models.output_stats(model, {"params": params_b}, x))
+        >>> def mean_logit(p):
+        ...     return model.apply({"params": p}, x, train=False).mean()
+        >>> def evaluate_fn(t):       # e.g. lambda t: executor.evaluate_params(*t, "test")
+        ...     params, _ = t         # stacked [C, ...], repaired
+        ...     return {"mean_logit": jax.vmap(mean_logit)(params)}
+        >>> curve = interpolation.evaluate_path(evaluate_fn, a, b, jnp.linspace(0, 1, 3),
+        ...                                     recompute_fn=models.repair_fn(model, x))
+        >>> curve["mean_logit"].shape
+        (3,)
     """
     x = jnp.asarray(x)
 

@@ -33,7 +33,9 @@ def bias_init(name: str, fan_in: int) -> nn.initializers.Initializer:
     """The bias initialiser ``name`` (one of :data:`BIAS_INITS`) of a layer with ``fan_in`` inputs.
 
     Example:
-        >>> init = bias_init("torch_uniform", 784)  # U(-1/28, 1/28)
+        >>> import jax
+        >>> from ltjax.models import common
+        >>> init = common.bias_init("torch_uniform", 784)  # U(-1/28, 1/28)
         >>> bool(abs(init(jax.random.key(0), (300,))).max() <= 1 / 28)
         True
     """
@@ -59,7 +61,9 @@ def materialize(x: jax.Array) -> jax.Array:
     (a batched predicate turns the cond into a select).
 
     Example:
-        >>> y = materialize(jnp.ones((1, 4, 4, 3)))
+        >>> import jax.numpy as jnp
+        >>> from ltjax.models import common
+        >>> y = common.materialize(jnp.ones((1, 4, 4, 3)))
     """
     first = x.reshape(-1)[0]
     # Always True, but only known at run time: XLA can neither fold the

@@ -46,9 +46,12 @@ class ConvN(nn.Module):
             its unrolled CPU strategy).
 
     Example:
-        >>> model = ConvN(depth=4)
-        >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
-        >>> model.apply(variables, jnp.zeros((2, 32, 32, 3)), train=False).shape
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax.models import conv
+        >>> model = conv.ConvN(depth=4)
+        >>> x = jnp.zeros((2, 32, 32, 3))
+        >>> variables = jax.eval_shape(lambda k: model.init(k, x, train=False), jax.random.key(0))
+        >>> jax.eval_shape(lambda v: model.apply(v, x, train=False), variables).shape  # apply's
         (2, 10)
     """
 
@@ -94,7 +97,13 @@ def permutation_spec(model: ConvN, params: Any) -> matching.PermutationSpec:
       params: its params (arrays or shapes), for the flattened size.
 
     Example:
-        >>> spec = permutation_spec(model, params)
+        >>> import jax
+        >>> from ltjax import models
+        >>> from ltjax.models import conv
+        >>> model = conv.ConvN(depth=4)
+        >>> params, batch_stats = jax.eval_shape(          # shapes only: nothing is computed
+        ...     lambda key: models.init(model, key, (32, 32, 3)), jax.random.key(0))
+        >>> spec = conv.permutation_spec(model, params)
         >>> spec.params["Dense_0/kernel"]
         (('Conv_3', 64), 'Dense_0')
     """
@@ -127,7 +136,8 @@ def repair_layers(model: ConvN, params: Any = None) -> tuple[str, ...]:
     (Jordan et al. 2023); the output layer is left alone.
 
     Example:
-        >>> repair_layers(ConvN(depth=2))
+        >>> from ltjax.models import conv
+        >>> conv.repair_layers(conv.ConvN(depth=2))
         ('Conv_0', 'Conv_1', 'Dense_0', 'Dense_1')
     """
     del params

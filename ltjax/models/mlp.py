@@ -41,7 +41,9 @@ class MLP(nn.Module):
             (torch's default, which OpenLTH keeps).
 
     Example:
-        >>> model = MLP(widths=(300, 100))
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax.models import mlp
+        >>> model = mlp.MLP(widths=(300, 100))
         >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), train=False)
         >>> model.apply(variables, jnp.zeros((4, 28, 28, 1)), train=False).shape
         (4, 10)
@@ -91,7 +93,8 @@ def permutation_spec(model: MLP, params: Any = None) -> matching.PermutationSpec
         the uniform signature of :func:`ltjax.models.permutation_spec`.
 
     Example:
-        >>> spec = permutation_spec(MLP(widths=(300, 100)))
+        >>> from ltjax.models import mlp
+        >>> spec = mlp.permutation_spec(mlp.MLP(widths=(300, 100)))
         >>> spec.params["Dense_1/kernel"]
         ('Dense_0', 'Dense_1')
     """
@@ -115,7 +118,8 @@ def repair_layers(model: MLP, params: Any = None) -> tuple[str, ...]:
     output layer is left alone.
 
     Example:
-        >>> repair_layers(MLP(widths=(300, 100)))
+        >>> from ltjax.models import mlp
+        >>> mlp.repair_layers(mlp.MLP(widths=(300, 100)))
         ('Dense_0', 'Dense_1')
     """
     del params
@@ -138,7 +142,10 @@ class BatchNormMLP(nn.Module):
     Flax's default (gamma 1).
 
     Example:
-        >>> model = BatchNormMLP(widths=(1024, 1024))
+        >>> import jax
+        >>> from ltjax import models
+        >>> from ltjax.models import mlp
+        >>> model = mlp.BatchNormMLP(widths=(1024, 1024))
         >>> params, stats = models.init(model, jax.random.key(0), (28, 28, 1))
         >>> sorted(stats)
         ['BatchNorm_0', 'BatchNorm_1']
@@ -176,7 +183,8 @@ def batch_norm_permutation_spec(model: BatchNormMLP,
     """Hidden units of ``Dense_i`` and ``BatchNorm_i`` (params and statistics) form ``'Dense_i'``.
 
     Example:
-        >>> spec = batch_norm_permutation_spec(BatchNormMLP(widths=(64, 32)))
+        >>> from ltjax.models import mlp
+        >>> spec = mlp.batch_norm_permutation_spec(mlp.BatchNormMLP(widths=(64, 32)))
         >>> spec.batch_stats["BatchNorm_1/mean"]
         ('Dense_1',)
     """

@@ -61,7 +61,9 @@ class Block(nn.Module):
         bn_init: see :class:`ResNet`.
 
     Example:
-        >>> block = Block(features=32, strides=2)
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax.models import resnet
+        >>> block = resnet.Block(features=32, strides=2)
         >>> variables = block.init(jax.random.key(0), jnp.zeros((1, 8, 8, 16)), train=False)
         >>> block.apply(variables, jnp.zeros((2, 8, 8, 16)), train=False).shape
         (2, 4, 4, 32)
@@ -117,10 +119,13 @@ class ResNet(nn.Module):
             study depends on it; Frankle, Schwab & Morcos 2021).
 
     Example:
-        >>> model = ResNet(depth=20, width=16)
-        >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
-        >>> logits, updates = model.apply(
-        ...     variables, jnp.zeros((2, 32, 32, 3)), train=True, mutable=["batch_stats"])
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax.models import resnet
+        >>> model = resnet.ResNet(depth=20, width=16)
+        >>> x = jnp.zeros((2, 32, 32, 3))
+        >>> variables = jax.eval_shape(lambda k: model.init(k, x, train=False), jax.random.key(0))
+        >>> logits, updates = jax.eval_shape(   # the shapes of model.apply(variables, x, ...)
+        ...     lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]), variables)
         >>> logits.shape
         (2, 10)
     """
@@ -186,7 +191,13 @@ def permutation_spec(model: ResNet, params: Any) -> matching.PermutationSpec:
         shortcut.
 
     Example:
-        >>> spec = permutation_spec(ResNet(depth=20), params)
+        >>> import jax
+        >>> from ltjax import models
+        >>> from ltjax.models import resnet
+        >>> model = resnet.ResNet(depth=20)
+        >>> params, batch_stats = jax.eval_shape(          # shapes only: nothing is computed
+        ...     lambda key: models.init(model, key, (32, 32, 3)), jax.random.key(0))
+        >>> spec = resnet.permutation_spec(model, params)
         >>> spec.params["Block_3/shortcut_conv/kernel"]
         (None, None, 'residual_0', 'residual_1')
     """
@@ -238,7 +249,13 @@ def repair_layers(model: ResNet, params: Any) -> tuple[str, ...]:
       params: its params (arrays or shapes): which blocks have a shortcut.
 
     Example:
-        >>> repair_layers(ResNet(depth=20), params)[:3]
+        >>> import jax
+        >>> from ltjax import models
+        >>> from ltjax.models import resnet
+        >>> model = resnet.ResNet(depth=20)
+        >>> params, batch_stats = jax.eval_shape(          # shapes only: nothing is computed
+        ...     lambda key: models.init(model, key, (32, 32, 3)), jax.random.key(0))
+        >>> resnet.repair_layers(model, params)[:3]
         ('bn_init', 'Block_0/bn1', 'Block_0/bn2')
     """
     layers = ["bn_init"]

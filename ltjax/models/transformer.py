@@ -70,7 +70,8 @@ def sinusoidal_positions(length: int, d_model: int) -> np.ndarray:
     """Vaswani et al. (2017) positions ``[length, d_model]``: sin on even, cos on odd features.
 
     Example:
-        >>> sinusoidal_positions(4, 8).shape
+        >>> from ltjax.models import transformer
+        >>> transformer.sinusoidal_positions(4, 8).shape
         (4, 8)
     """
     pos = np.arange(length, dtype=np.float64)[:, None]
@@ -223,7 +224,10 @@ class Transformer(nn.Module):
             Nanda et al.'s LayerNorm-free model).
 
     Example:
-        >>> model = Transformer(num_layers=1, num_classes=97)
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import models
+        >>> from ltjax.models import transformer
+        >>> model = transformer.Transformer(num_layers=1, num_classes=97)
         >>> params, _ = models.init(model, jax.random.key(0), (3,))
         >>> model.apply({"params": params}, jnp.zeros((5, 3), jnp.int32), train=False).shape
         (5, 97)
@@ -320,8 +324,12 @@ class ViT(nn.Module):
         pool: ``'cls'`` or ``'mean'``.
 
     Example:
-        >>> model = ViT()
-        >>> params, _ = models.init(model, jax.random.key(0), (28, 28, 1))
+        >>> import jax
+        >>> from ltjax import models
+        >>> from ltjax.models import transformer
+        >>> model = transformer.ViT()
+        >>> params, _ = jax.eval_shape(          # shapes only: nothing is computed
+        ...     lambda key: models.init(model, key, (28, 28, 1)), jax.random.key(0))
         >>> params["pos_embed"]["embedding"].shape   # 49 patches + the class token
         (50, 64)
     """
@@ -484,7 +492,8 @@ def permutation_spec(model: Transformer, params: Any = None) -> matching.Permuta
       params: unused (the spec follows from the model's fields).
 
     Example:
-        >>> spec = permutation_spec(Transformer(num_layers=1))
+        >>> from ltjax.models import transformer
+        >>> spec = transformer.permutation_spec(transformer.Transformer(num_layers=1))
         >>> spec.params["Block_0/attn/query/kernel"]
         ('residual', 'Block_0/heads', 'Block_0/qk')
     """
@@ -506,7 +515,8 @@ def vit_permutation_spec(model: ViT, params: Any = None) -> matching.Permutation
     token and the head's input axis.
 
     Example:
-        >>> vit_permutation_spec(ViT()).params["patch_embed/embedding"]
+        >>> from ltjax.models import transformer
+        >>> transformer.vit_permutation_spec(transformer.ViT()).params["patch_embed/embedding"]
         (None, 'residual')
     """
     del params

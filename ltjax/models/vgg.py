@@ -49,10 +49,13 @@ class VGG(nn.Module):
             its unrolled CPU strategy).
 
     Example:
-        >>> model = VGG(depth=11)
-        >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
-        >>> logits, updates = model.apply(
-        ...     variables, jnp.zeros((2, 32, 32, 3)), train=True, mutable=["batch_stats"])
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax.models import vgg
+        >>> model = vgg.VGG(depth=11)
+        >>> x = jnp.zeros((2, 32, 32, 3))
+        >>> variables = jax.eval_shape(lambda k: model.init(k, x, train=False), jax.random.key(0))
+        >>> logits, updates = jax.eval_shape(   # the shapes of model.apply(variables, x, ...)
+        ...     lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]), variables)
         >>> logits.shape
         (2, 10)
     """
@@ -96,7 +99,13 @@ def permutation_spec(model: VGG, params: Any) -> matching.PermutationSpec:
         gives the spatial repeats of the last permutation (1 on 32x32 inputs).
 
     Example:
-        >>> spec = permutation_spec(VGG(depth=11), params)
+        >>> import jax
+        >>> from ltjax import models
+        >>> from ltjax.models import vgg
+        >>> model = vgg.VGG(depth=11)
+        >>> params, batch_stats = jax.eval_shape(          # shapes only: nothing is computed
+        ...     lambda key: models.init(model, key, (32, 32, 3)), jax.random.key(0))
+        >>> spec = vgg.permutation_spec(model, params)
         >>> spec.batch_stats["BatchNorm_0/mean"]
         ('Conv_0',)
     """
@@ -128,7 +137,8 @@ def repair_layers(model: VGG, params: Any = None) -> tuple[str, ...]:
     al. 2023); the bias-carrying convs before them need no change.
 
     Example:
-        >>> repair_layers(VGG(depth=11))[:2]
+        >>> from ltjax.models import vgg
+        >>> vgg.repair_layers(vgg.VGG(depth=11))[:2]
         ('BatchNorm_0', 'BatchNorm_1')
     """
     del params
