@@ -17,10 +17,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import ticker  # noqa: E402
+from matplotlib.legend_handler import HandlerTuple  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from ltjax import distributed  # noqa: E402
+from ltjax import distributed, results  # noqa: E402
 
 MAX_DENSITY_TICKS = 16
 """The most ticks a density axis labels; more densities get an evenly spread subset."""
@@ -85,13 +86,35 @@ def _group_size(records: Sequence[dict], *, x: str) -> int:
     return max(Counter(r[x] for r in records).values(), default=0)
 
 
+#: Densities closer than this share of each other (a control that kept a few weights more)
+#: share one tick on a density axis.
+TICK_MERGE = 0.03
+
+
+def swept_values(values: Sequence[float], *, merge: float = TICK_MERGE) -> list[float]:
+    """The distinct values of a sweep, largest first, values within ``merge`` (relative)
+    of a kept larger one dropped: the ticks of an axis that must not overlap.
+
+    Example:
+        >>> swept_values([100, 80, 64.1, 64.0, 51.2, 80])
+        [100, 80, 64.1, 51.2]
+    """
+    out: list[float] = []
+    for value in sorted(set(values), reverse=True):
+        if not out or abs(out[-1] - value) > merge * abs(out[-1]):
+            out.append(value)
+    return out
+
+
 def _density_axis(ax, densities: Sequence[float]) -> None:
     """A log density axis in percent, dense on the left, ticks at the densities drawn.
 
-    At most :data:`MAX_DENSITY_TICKS` ticks (evenly spread over the densities,
-    both ends kept), labelled by :func:`percent_label`; no minor ticks.
+    Densities within :data:`TICK_MERGE` of each other share a tick
+    (:func:`swept_values`); at most :data:`MAX_DENSITY_TICKS` ticks (evenly
+    spread over the densities, both ends kept), labelled by
+    :func:`percent_label`; no minor ticks.
     """
-    percents = sorted({float(100 * d) for d in densities}, reverse=True)
+    percents = swept_values([float(100 * d) for d in densities])
     ax.set_xscale("log")
     if percents:
         if len(percents) > MAX_DENSITY_TICKS:
@@ -102,6 +125,38 @@ def _density_axis(ax, densities: Sequence[float]) -> None:
     if not ax.xaxis_inverted():
         ax.invert_xaxis()
     ax.set_xlabel("percent of prunable weights remaining")
+
+
+def _mean_with_bands(ax, xs: np.ndarray, mean: np.ndarray,
+                     bands: Sequence[tuple[np.ndarray, np.ndarray, float]] = (),
+                     **line_kw) -> Line2D:
+    """Draw a mean line with its shaded bands ``(low, high, alpha)``; return the line.
+
+    With one x value a line and a band are invisible (a point, a zero-width
+    area): the mean is then a marker with the widest band as an error bar,
+    and the x axis gets a tick at that value only.
+    """
+    if len(xs) == 1:
+        line_kw = {**line_kw, "marker": line_kw.get("marker") or "o", "linestyle": "none"}
+        (line,) = ax.plot(xs, mean, **line_kw)
+        if bands:
+            low, high, _ = bands[-1] if len(bands) > 1 else bands[0]
+            ax.errorbar(xs, mean, yerr=[mean - low, high - mean], fmt="none",
+                        ecolor=line.get_color(), capsize=5, lw=1)
+        ax.set_xticks(xs)
+        return line
+    (line,) = ax.plot(xs, mean, **line_kw)
+    for low, high, alpha in bands:
+        ax.fill_between(xs, low, high, alpha=alpha, color=line.get_color(), lw=0)
+    return line
+
+
+def _integer_ticks(ax, axis: str = "x") -> None:
+    """Integer ticks only (steps, epochs, generations): no 12.5 on a step axis. Ticks set
+    by hand (the one value of :func:`_mean_with_bands`) stay."""
+    target = getattr(ax, f"{axis}axis")
+    if not isinstance(target.get_major_locator(), ticker.FixedLocator):
+        target.set_major_locator(ticker.MaxNLocator(integer=True))
 
 
 def _error_ylim(ax, tops: Sequence[float]) -> None:
@@ -118,9 +173,11 @@ def _style(ax, *, xlabel: str | None = None, ylabel: str | None = None,
       ax: the axis.
       xlabel: its x label (None: keep it).
       ylabel: its y label (None: keep it).
-      bands: ``(text, alpha)`` per kind of shaded band on the axis: one grey
-        legend entry each, after the lines'.
-      legend: whether to draw a legend.
+      bands: ``(text, alpha)`` per kind of shaded band on the axis: one
+        legend entry each, after the lines', its swatch in the colours of the
+        bands of that kind drawn on the axis (grey when none is).
+      legend: whether to draw a legend. It goes outside the axis, on its
+        right, so it never covers the data (unless ``loc`` is given).
       fontsize: the legend's font size.
       title: the axis title (None: none).
       **legend_kw: more ``ax.legend`` arguments.
@@ -133,10 +190,18 @@ def _style(ax, *, xlabel: str | None = None, ylabel: str | None = None,
         ax.set_title(title)
     ax.grid(alpha=0.3)
     if legend:
-        handles, _ = ax.get_legend_handles_labels()
-        handles += [Patch(facecolor="grey", alpha=alpha, label=text) for text, alpha in bands]
+        handles, labels = ax.get_legend_handles_labels()
+        for text, alpha in bands:
+            colors = list(dict.fromkeys(
+                matplotlib.colors.to_hex(c.get_facecolor()[0], keep_alpha=False)
+                for c in ax.collections if c.get_alpha() == alpha and len(c.get_facecolor())))
+            handles.append(tuple(Patch(facecolor=c, alpha=alpha) for c in colors or ["grey"]))
+            labels.append(text)
         if handles:
-            ax.legend(handles=handles, fontsize=fontsize, **legend_kw)
+            if "loc" not in legend_kw:
+                legend_kw.update(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+            ax.legend(handles, labels, fontsize=fontsize,
+                      handler_map={tuple: HandlerTuple(ndivide=None, pad=0.0)}, **legend_kw)
 
 
 def _finish(fig, path: str | os.PathLike, title: str) -> None:
@@ -147,19 +212,25 @@ def _finish(fig, path: str | os.PathLike, title: str) -> None:
     _save(fig, path)
 
 
+#: What :func:`plot_learning_curves` says under a model with BatchNorm (``note=``).
+BATCH_NORM_INIT_NOTE = ("step 0 is evaluated in eval mode: BatchNorm's running statistics are "
+                        "still their init (mean 0, var 1), which inflates the first loss")
+
+
 def plot_learning_curves(
     records: Sequence[dict], path: str | os.PathLike, *, splits: Sequence[str] = ("test",),
-    title: str = "",
+    title: str = "", note: str | None = None,
 ) -> None:
-    """Loss and accuracy vs step: mean over replicates, a band of +-1 std and min-max.
+    """Loss (log scale) and accuracy vs step: mean over replicates, a band of +-1 std and min-max.
 
     Args:
       records: metric records with ``step``, ``split``, ``loss``, ``accuracy``.
       path: the PNG to write.
       splits: the splits to draw, one line each.
       title: the figure title.
+      note: a line written under the loss panel (e.g. :data:`BATCH_NORM_INIT_NOTE`).
     """
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     num = len({r["replicate"] for r in records}) if records else 0
     for split in splits:
         rows = [r for r in records if r["split"] == split]
@@ -169,11 +240,18 @@ def plot_learning_curves(
             xs, mean, std, lo, hi = mean_and_spread(rows, x="step", y=metric)
             if not len(xs):
                 continue
-            (line,) = ax.plot(xs, mean, label=f"{split} (mean)")
-            ax.fill_between(xs, mean - std, mean + std, alpha=0.3, color=line.get_color())
-            ax.fill_between(xs, lo, hi, alpha=0.1, color=line.get_color())
+            _mean_with_bands(ax, xs, mean, [(mean - std, mean + std, 0.3), (lo, hi, 0.1)],
+                             label=f"{split} (mean)")
+    if any(line.get_ydata().size and np.all(np.asarray(line.get_ydata()) > 0)
+           for line in axes[0].get_lines()):
+        axes[0].set_yscale("log")  # a linear loss axis flattens after the first steps
+    if note:
+        axes[0].text(0.0, -0.2, note, transform=axes[0].transAxes, fontsize=7, color="0.35",
+                     va="top", wrap=True)
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
-        _style(ax, xlabel="step", ylabel=metric, fontsize=10,
+        _integer_ticks(ax)
+        _style(ax, xlabel="step", ylabel=metric + (" (log scale)" if ax.get_yscale() == "log"
+                                                   else ""), fontsize=9,
                bands=((band_label("std", num), 0.3), (band_label("range", num), 0.1)))
     _finish(fig, path, title or f"learning curves ({num} replicates)")
 
@@ -188,7 +266,9 @@ def plot_accuracy_vs_density(rows: Sequence[dict], path: str | os.PathLike, *,
     The density axis is logarithmic and runs from dense (left) to sparse
     (right), as in the LTH paper's figures, its ticks at the densities drawn.
     A second panel shows the accuracy at the early-stop step, unless it
-    would repeat the first (every early stop at the final step).
+    would repeat the first (every early stop at the final step). The dense
+    net (level 0) is also a dotted horizontal line, the baseline a ticket
+    must match.
     """
     per_replicate = [r for r in rows if isinstance(r["replicate"], int)]
     metrics = [("test_accuracy", "final test accuracy")]
@@ -204,9 +284,13 @@ def plot_accuracy_vs_density(rows: Sequence[dict], path: str | os.PathLike, *,
             if branch != "imp":  # controls start at level 1; draw them from the dense point
                 mine += [r for r in per_replicate if r["branch"] == "imp" and r["level"] == 0]
             xs, mean, std, _, _ = mean_and_spread(mine, x="density", y=metric)
-            (line,) = ax.plot(100 * xs, 100 * mean, marker="o", ms=3, label=branch)
-            ax.fill_between(100 * xs, 100 * (mean - std), 100 * (mean + std), alpha=0.2,
-                            color=line.get_color())
+            _mean_with_bands(ax, 100 * xs, 100 * mean,
+                             [(100 * (mean - std), 100 * (mean + std), 0.2)],
+                             marker="o", ms=3, label=branch)
+        dense = [r[metric] for r in per_replicate
+                 if r["level"] == 0 and r["branch"] == "imp" and metric in r]
+        if dense:
+            ax.axhline(100 * np.mean(dense), color="k", lw=0.8, ls=":", label="dense (level 0)")
         _density_axis(ax, [r["density"] for r in per_replicate])
         _style(ax, ylabel=f"{label} (%)", fontsize=10,
                bands=((band_label("std", num), 0.2),))
@@ -233,7 +317,8 @@ def plot_level_curves(records: Sequence[dict], path: str | os.PathLike, *, split
     if trained:
         ax.set_ylim(max(0.0, min(trained) - 0.5), min(100.0, max(trained) + 0.3))
         _say_clipped(ax, first)
-    _style(ax, xlabel="step", ylabel=f"{split} accuracy (%)", fontsize=7, ncol=2)
+    _integer_ticks(ax)
+    _style(ax, xlabel="step", ylabel=f"{split} accuracy (%)", fontsize=7)
     _finish(fig, path, title)
 
 
@@ -254,7 +339,7 @@ def _save(fig, path: str | os.PathLike) -> None:
 
     def write() -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=120, bbox_inches="tight")  # legends sit outside the axes
 
     distributed.write(f"plot {path}", write)
     plt.close(fig)
@@ -280,9 +365,8 @@ def plot_error_vs_alpha(records: Sequence[dict], path: str | os.PathLike, *,
             mine = [{**r, "error": 100 * (1 - r["accuracy"])} for r in records
                     if r["k"] == k and r["split"] == split]
             xs, mean, std, _, _ = mean_and_spread(mine, x="alpha", y="error")
-            (line,) = ax.plot(xs, mean, color=cmap(i), label=f"k = {k}")
-            ax.fill_between(xs, np.maximum(mean - std, 0.0), mean + std, alpha=0.2,
-                            color=line.get_color())
+            _mean_with_bands(ax, xs, mean, [(np.maximum(mean - std, 0.0), mean + std, 0.2)],
+                             color=cmap(i), label=f"k = {k}")
             tops += list(mean + std)
             num = max(num, _group_size(mine, x="alpha"))
         _error_ylim(ax, tops)
@@ -357,14 +441,14 @@ def plot_branch_curves(records: Sequence[dict], path: str | os.PathLike, *, key:
     for value in dict.fromkeys(r[key] for r in records if r["split"] == split):
         mine = [r for r in records if r[key] == value and r["split"] == split]
         xs, mean, _, lo, hi = mean_and_spread(mine, x="step", y="accuracy")
-        (line,) = ax.plot(xs, 100 * mean, label=str(value))
-        ax.fill_between(xs, 100 * lo, 100 * hi, alpha=0.15, color=line.get_color())
+        _mean_with_bands(ax, xs, 100 * mean, [(100 * lo, 100 * hi, 0.15)], label=str(value))
         trained += list(100 * lo[1:] if len(lo) > 2 else 100 * lo)
         first = min(first, 100 * float(lo[0])) if len(lo) else first
         num = max(num, _group_size(mine, x="step"))
     if trained:
         ax.set_ylim(max(0.0, min(trained) - 1.0), 100.0)
         _say_clipped(ax, first)
+    _integer_ticks(ax)
     _style(ax, xlabel="step", ylabel=f"{split} accuracy (%)",
            bands=((band_label("range", num), 0.15),))
     _finish(fig, path, title)
@@ -380,9 +464,8 @@ def plot_instability_vs_k(rows: Sequence[dict], path: str | os.PathLike, *,
         mine = [{**r, "pct": 100 * r["instability"]} for r in rows if r["split"] == split]
         xs, mean, std, lo, hi = mean_and_spread(mine, x="k", y="pct")
         positions = np.arange(len(xs))
-        (line,) = ax.plot(positions, mean, marker="o", label=split)
-        ax.fill_between(positions, mean - std, mean + std, alpha=0.2, color=line.get_color())
-        ax.fill_between(positions, lo, hi, alpha=0.08, color=line.get_color())
+        _mean_with_bands(ax, positions, mean, [(mean - std, mean + std, 0.2), (lo, hi, 0.08)],
+                         marker="o", label=split)
         ax.set_xticks(positions, [str(int(x)) for x in xs])
         num = max(num, _group_size(mine, x="k"))
     ax.axhline(100 * threshold, color="grey", ls="--", lw=1,
@@ -428,8 +511,8 @@ def plot_transition(instability: Sequence[dict], accuracy: Sequence[dict],
                     for r in rows if r["kind"] == kind]
             xs, mean, std, _, _ = mean_and_spread(mine, x="k", y="pct")
             color = _TRANSITION_COLORS.get(kind)
-            ax.plot(xs, mean, marker="o", label=kind, color=color)
-            ax.fill_between(xs, mean - std, mean + std, alpha=0.2, color=color)
+            _mean_with_bands(ax, xs, mean, [(mean - std, mean + std, 0.2)], marker="o",
+                             label=kind, color=color)
             num = max(num, _group_size(mine, x="k"))
         return num
 
@@ -566,9 +649,8 @@ def plot_wise_ft(records: Sequence[dict], path: str | os.PathLike, *, title: str
         for split in ("validation", "test", "shifted"):
             split_records = [r for r in mine if r["split"] == split]
             xs, mean, std, _, _ = mean_and_spread(split_records, x="alpha", y="accuracy")
-            (line,) = ax.plot(xs, 100 * mean, marker="o", ms=3, label=split)
-            ax.fill_between(xs, 100 * (mean - std), 100 * (mean + std), alpha=0.2,
-                            color=line.get_color())
+            _mean_with_bands(ax, xs, 100 * mean, [(100 * (mean - std), 100 * (mean + std), 0.2)],
+                             marker="o", ms=3, label=split)
         _style(ax, xlabel="alpha (0: pretrained, 1: fine-tuned)", ylabel="accuracy (%)",
                bands=((band_label("std", len(tuned), "fine-tunes"), 0.2),))
     _finish(fig, path, title)
@@ -603,10 +685,9 @@ def plot_prune_at_init(rows: Sequence[dict], path: str | os.PathLike, *,
                     continue
                 xs, mean, std, _, _ = mean_and_spread(mine, x="density", y="test_accuracy")
                 if style == "-":
-                    ax.plot(100 * xs, 100 * mean, "-", marker="o", ms=3, color=colors[method],
-                            label=method)
-                    ax.fill_between(100 * xs, 100 * (mean - std), 100 * (mean + std),
-                                    alpha=0.15, color=colors[method])
+                    _mean_with_bands(ax, 100 * xs, 100 * mean,
+                                     [(100 * (mean - std), 100 * (mean + std), 0.15)],
+                                     marker="o", ms=3, color=colors[method], label=method)
                 else:
                     ax.plot(100 * xs, 100 * mean, ":", lw=0.8, color=colors[method])
         if dense:
@@ -625,7 +706,8 @@ def plot_str(rows: Sequence[dict], path: str | os.PathLike, *, title: str = "") 
     one-shot magnitude baseline at matched sparsities is drawn as crosses and the
     dense net as a horizontal line.
     """
-    means = [r for r in rows if r["replicate"] == "mean"]
+    means = results.summarize(rows, by=("method", "s_init", "weight_decay"), stats=("mean",),
+                              fields=("sparsity", "test_accuracy"))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for s_init in dict.fromkeys(r["s_init"] for r in means if r["method"] == "str"):
         mine = sorted((r for r in means if r["method"] == "str" and r["s_init"] == s_init),
@@ -663,7 +745,8 @@ def plot_subspaces(rows: Sequence[dict], path: str | os.PathLike, *, title: str 
     independently trained standard nets is dashed, the standard nets' mean
     accuracy a horizontal line.
     """
-    means = [r for r in rows if r["replicate"] == "mean"]
+    means = results.summarize(rows, by=("variant", "beta", "alpha"), stats=("mean",),
+                              fields=("test_accuracy",))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for arm in dict.fromkeys((r["variant"], r["beta"]) for r in means if r["alpha"] is not None):
         mine = sorted((r for r in means if (r["variant"], r["beta"]) == arm),
@@ -691,10 +774,11 @@ def plot_perturbations(rows: Sequence[dict], path: str | os.PathLike, *, title: 
     fig, axes = plt.subplots(1, len(ks), figsize=(5.5 * len(ks), 4.5), squeeze=False)
     for ax, k in zip(axes[0], ks, strict=True):
         mine = [r for r in rows if r["k"] == k]
-        for name in dict.fromkeys(r["perturbation"] for r in mine):
-            reps = [r for r in mine if r["perturbation"] == name
-                    and r["replicate"] not in ("mean", "std")]
-            (mean,) = [r for r in mine if r["perturbation"] == name and r["replicate"] == "mean"]
+        means = results.summarize(mine, by=("perturbation",), stats=("mean",),
+                                  fields=("effective_std", "test_accuracy_drop"))
+        for mean in means:
+            name = mean["perturbation"]
+            reps = [r for r in mine if r["perturbation"] == name]
             points = ax.plot(mean["effective_std"], 100 * mean["test_accuracy_drop"], "o",
                              label=name)
             ax.plot([r["effective_std"] for r in reps],
@@ -706,18 +790,30 @@ def plot_perturbations(rows: Sequence[dict], path: str | os.PathLike, *, title: 
     _finish(fig, path, title)
 
 
-def plot_supermask(rows: Sequence[dict], path: str | os.PathLike, *, title: str = "") -> None:
-    """Edge-popup's test accuracy vs density, one line per weight init (mean, replicates dotted)."""
+def plot_supermask(rows: Sequence[dict], path: str | os.PathLike, *,
+                   by: tuple[str, ...] = ("density", "weight_init"), dense: float | None = None,
+                   title: str = "") -> None:
+    """Edge-popup's test accuracy vs density, one line per weight init (mean, replicates dotted).
+
+    ``rows`` are per-replicate rows (``density, weight_init, replicate,
+    test_accuracy``); a point is the mean of the rows sharing ``by`` (without
+    ``density`` in ``by``, as for learned Bernoulli masks whose members each
+    keep their own share, at the group's mean density). ``dense``: the trained
+    dense net's test accuracy, a horizontal line (None: the study trained none).
+    """
+    means = results.summarize(rows, by=by, stats=("mean",), fields=[
+        f for f in ("density", "test_accuracy") if f not in by])
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for weight_init in dict.fromkeys(r["weight_init"] for r in rows):
-        means = sorted((r for r in rows if r["weight_init"] == weight_init
-                        and r["replicate"] == "mean"), key=lambda r: r["density"])
-        line = ax.plot([100 * r["density"] for r in means],
-                       [100 * r["test_accuracy"] for r in means], "-o", ms=4, label=weight_init)
-        reps = [r for r in rows if r["weight_init"] == weight_init
-                and r["replicate"] not in ("mean", "std")]
+        mine = sorted((r for r in means if r["weight_init"] == weight_init),
+                      key=lambda r: r["density"])
+        line = ax.plot([100 * r["density"] for r in mine],
+                       [100 * r["test_accuracy"] for r in mine], "-o", ms=4, label=weight_init)
+        reps = [r for r in rows if r["weight_init"] == weight_init]
         ax.plot([100 * r["density"] for r in reps], [100 * r["test_accuracy"] for r in reps], ".",
                 ms=3, color=line[0].get_color(), alpha=0.6)
+    if dense is not None:
+        ax.axhline(100 * dense, color="k", lw=0.8, ls=":", label="dense, trained")
     _style(ax, xlabel="density (% of each layer's weights kept)", ylabel="test accuracy (%)")
     _finish(fig, path, title)
 
@@ -739,6 +835,7 @@ def plot_early_bird(rows: Sequence[dict], path: str | os.PathLike, *, threshold:
                   if r[fields[0]] is not None]
             ax.plot(xs, ys, "-o", ms=3, label=f"p={p:g}, replicate {rep}")
     ax.axhline(threshold, color="k", lw=0.8, ls=":", label=f"threshold {threshold:g}")
+    _integer_ticks(ax)
     _style(ax, xlabel="epoch (mask drawn at its start)",
            ylabel="max distance to the previous masks in the window", fontsize=7)
     _finish(fig, path, title)
@@ -752,15 +849,15 @@ def plot_knowledge_evolution(rows: Sequence[dict], path: str | os.PathLike, *,
     over replicates as a line, the replicates' min-max as a band.
     """
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    members = [r for r in rows if r["replicate"] not in ("mean", "std")]
+    members = list(rows)
     count = len({r["replicate"] for r in members})
     for field, label, marker in (("dense_test_accuracy", "dense", "-o"),
                                  ("slim_test_accuracy", "slim (fit hypothesis)", "-s")):
         xs, mean, _, low, high = mean_and_spread(
             [{"generation": r["generation"], "accuracy": 100 * r[field]} for r in members],
             x="generation", y="accuracy")
-        (line,) = ax.plot(xs, mean, marker, ms=4, label=label)
-        ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2, lw=0)
+        _mean_with_bands(ax, xs, mean, [(low, high, 0.2)], marker=marker[-1], ms=4,
+                         label=label)
     ax.set_xticks(sorted({r["generation"] for r in members}))
     _style(ax, xlabel="generation", ylabel="test accuracy (%)",
            bands=[(band_label("range", count), 0.2)])
@@ -818,14 +915,16 @@ def plot_telemetry(rows: Sequence[dict], path: str | os.PathLike, *, title: str 
 def plot_supsup(rows: Sequence[dict], path: str | os.PathLike, *, title: str = "") -> None:
     """SupSup's per-task accuracy: task given, and the share of batches whose task is inferred.
 
-    Bars are the means over replicates (rows with ``replicate == 'mean'``),
-    dots the replicates.
+    ``rows`` are per-replicate rows (``task, replicate`` and the fields
+    drawn). Bars are the means over replicates, dots the replicates.
     """
     series = (("test_accuracy", "test accuracy, task given"),
               ("inferred_task_accuracy", "task inferred right (batch)"),
               ("inferred_task_accuracy_first", "task inferred right (first example)"))
-    means = sorted((r for r in rows if r["replicate"] == "mean"), key=lambda r: r["task"])
-    reps = [r for r in rows if r["replicate"] not in ("mean", "std")]
+    means = sorted(results.summarize([{**r, **{f: r[f] or 0.0 for f, _ in series}}
+                                      for r in rows], by=("task",), stats=("mean",),
+                                     fields=[f for f, _ in series]), key=lambda r: r["task"])
+    reps = list(rows)
     tasks = [r["task"] for r in means]
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(tasks) + 3), 4.5))
@@ -855,8 +954,8 @@ def plot_data_diet(rows: Sequence[dict], path: str | os.PathLike, *, title: str 
         mine = [r for r in rows if r["mode"] == mode]
         xs, mean, _, lo, hi = mean_and_spread(
             [{**r, "kept": 100 * float(r["kept"])} for r in mine], x="kept", y="test_accuracy")
-        (line,) = ax.plot(xs, 100 * mean, "-o", ms=4, label=mode)
-        ax.fill_between(xs, 100 * lo, 100 * hi, alpha=0.15, color=line.get_color())
+        _mean_with_bands(ax, xs, 100 * mean, [(100 * lo, 100 * hi, 0.15)], marker="o", ms=4,
+                         label=mode)
         num = max(num, _group_size(mine, x="kept"))
     if full:
         ax.axhline(np.mean(full), color="k", ls="--", lw=1,
@@ -884,12 +983,13 @@ def plot_grokking_tickets(records: Sequence[dict], path: str | os.PathLike, *, k
             if not mine:
                 continue
             xs, mean, _, lo, hi = mean_and_spread(mine, x="step", y="accuracy")
-            (line,) = ax.plot(xs, 100 * mean, label=str(value))
-            ax.fill_between(xs, 100 * lo, 100 * hi, alpha=0.15, color=line.get_color())
+            _mean_with_bands(ax, xs, 100 * mean, [(100 * lo, 100 * hi, 0.15)],
+                             label=str(value))
             num = max(num, _group_size(mine, x="step"))
         if split == "test":
             ax.axhline(100 * target, color="grey", linestyle=":", linewidth=1)
         ax.set_ylim(0.0, 101.0)
+        _integer_ticks(ax)
         _style(ax, xlabel="step", ylabel=f"{split} accuracy (%)", title=split,
                bands=((band_label("range", num), 0.15),))
     _finish(fig, path, title)

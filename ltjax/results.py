@@ -187,8 +187,10 @@ def summarize(rows: list[dict], *, by: tuple[str, ...], fields: Sequence[str] | 
     """The summary rows of a table: one row per statistic and group of ``by`` values.
 
     Every study's mean/std block is built here. Groups come in the order their
-    first row appears. A summary row holds the group's ``by`` values, ``stat``
-    (``'mean'``, ``'std'``), the ``constants`` and, for each of ``fields``
+    first row appears; a row without one of the ``by`` fields (an IMP control
+    trained at one learning rate beside a sweep) groups under None for it. A
+    summary row holds the group's ``by`` values, ``stat`` (``'mean'``,
+    ``'std'``), the ``constants`` and, for each of ``fields``
     (default: every field of the group's first row but ``by``, the constants
     and :data:`MEMBER_FIELDS`), the statistic over the rows where the field is
     present and not None (None when it is in none). ``stats`` are NumPy's
@@ -212,8 +214,8 @@ def summarize(rows: list[dict], *, by: tuple[str, ...], fields: Sequence[str] | 
     """
     constants = dict(constants or {})
     out = []
-    for group in dict.fromkeys(tuple(r[k] for k in by) for r in rows):
-        mine = [r for r in rows if tuple(r[k] for k in by) == group]
+    for group in dict.fromkeys(tuple(r.get(k) for k in by) for r in rows):
+        mine = [r for r in rows if tuple(r.get(k) for k in by) == group]
         names = list(fields) if fields is not None else [
             k for k in mine[0] if k not in (*by, *constants, *MEMBER_FIELDS)]
         for stat in stats:

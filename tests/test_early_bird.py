@@ -115,8 +115,7 @@ def test_study_masks_emergence_retrain_and_rerun(tmp_path):
     config = _config()
     study.run_early_bird(config, tmp_path, progress=False)
     first = {n: (tmp_path / n).read_text() for n in ("results.csv", "mask_distance.csv")}
-    rows = [r for r in results.read_csv(tmp_path / "results.csv")
-            if r["replicate"] not in ("mean", "std")]
+    rows = results.read_csv(tmp_path / "results.csv")
     _, dataset, recipe, executor = common.setup(config, tmp_path)
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("gammas_*")) == [
         f"gammas_{e:04d}" for e in range(7)]
@@ -201,8 +200,7 @@ def test_resumed_retrain_trains_the_remaining_steps_at_the_schedules_rates(tmp_p
     study.run_early_bird(config, tmp_path, progress=False)
     per_epoch = len(common.build_dataset(config).train) // config.recipe.batch_size
     end, drop = 6 * per_epoch, 4 * per_epoch
-    rows = [r for r in results.read_csv(tmp_path / "results.csv")
-            if r["replicate"] not in ("mean", "std")]
+    rows = results.read_csv(tmp_path / "results.csv")
     starts = sorted(int(r["eb_epoch"]) * per_epoch if r["eb_epoch"] != "" else 0 for r in rows)
     assert any(starts), "no ticket emerged: the test would not see a resumed schedule"
     retrain = [c for c in calls if c[0]]

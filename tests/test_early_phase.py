@@ -13,8 +13,6 @@ def _rows(path):
     """The replicate rows of a results CSV with numbers parsed."""
     out = []
     for row in results.read_csv(path):
-        if row["replicate"] in ("mean", "std"):
-            continue
         out.append({key: (value if key in ("perturbation", "branch") else float(value))
                     for key, value in row.items()})
     return out

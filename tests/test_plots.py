@@ -8,6 +8,7 @@ study's ``report`` prints.
 import pathlib
 
 import matplotlib.colors
+import matplotlib.patches
 import numpy as np
 import pytest
 
@@ -85,7 +86,7 @@ def test_prune_at_init_density_ticks_and_a_long_sweep_keeps_both_ends(tmp_path, 
 def test_shaded_bands_have_one_legend_entry_saying_what_they_are(tmp_path, figures):
     plots.plot_accuracy_vs_density(_imp_rows(4, early_stop_differs=False), tmp_path / "a.png")
     texts = _legend_texts(figures["a.png"].axes[0])
-    assert texts == ["imp", "reinit", "±1 std over 3 replicates"]
+    assert texts == ["imp", "reinit", "dense (level 0)", "±1 std over 3 replicates"]
     records = [{"replicate": r, "step": s, "split": "test", "loss": 1.0 / (s + 1 + r),
                 "accuracy": 0.5 + 0.01 * r, "member": m}
                for r in range(5) for s in (0, 10, 20) for m in ("a", "b")]
@@ -214,3 +215,80 @@ def test_zoomed_curves_say_the_first_evaluation_is_below_the_axis(tmp_path, monk
     high = [{**r, "accuracy": 0.97} for r in records]  # nothing below: nothing said
     plots.plot_level_curves(high, tmp_path / "c.png")
     assert len(figures[0].axes[0].texts) == 0
+
+
+def _learning_records(steps, num=3):
+    return [{"replicate": r, "step": s, "split": "test", "loss": 2.0 / (s + 1) + 0.01 * r,
+             "accuracy": 0.5 + 0.01 * r} for r in range(num) for s in steps]
+
+
+def test_one_x_value_is_a_marker_with_error_bars_and_one_tick(tmp_path, figures):
+    # A :quick run evaluates once: a line and a band of one column would be invisible.
+    plots.plot_learning_curves(_learning_records([50]), tmp_path / "l.png")
+    for ax in figures["l.png"].axes:
+        line = ax.get_lines()[0]  # then the error bar's caps
+        assert line.get_marker() == "o" and line.get_linestyle() == "None"
+        assert list(ax.get_xticks()) == [50]
+        (bars,) = [c for c in ax.containers]  # the min-max error bar
+        assert bars.has_yerr
+    rows = [{"kept": 0.5, "mode": mode, "replicate": r, "test_accuracy": 0.8 + 0.01 * r}
+            for mode in ("el2n", "random") for r in range(2)]
+    plots.plot_data_diet(rows, tmp_path / "d.png")
+    (ax,) = figures["d.png"].axes
+    assert [line.get_marker() for line in ax.get_lines() if line.get_label() in (
+        "el2n", "random")] == ["o", "o"]
+    assert len(ax.containers) == 2  # each mode's min-max as an error bar
+    assert list(ax.get_xticks()) == [50]
+
+
+def test_a_control_at_a_slightly_other_density_shares_the_tick(tmp_path, figures):
+    rows = _imp_rows(4, early_stop_differs=False)
+    for r in rows:  # the control kept a few weights more: 64.1 % beside IMP's 64 %
+        if r["branch"] == "reinit" and r["level"] == 2:
+            r["density"] = 0.641
+    plots.plot_accuracy_vs_density(rows, tmp_path / "a.png")
+    (ax,) = figures["a.png"].axes
+    ticks = sorted(ax.get_xticks(), reverse=True)
+    assert len(ticks) == 4 and all(a / b > 1 + plots.TICK_MERGE for a, b in zip(
+        ticks, ticks[1:], strict=False))
+    assert plots.swept_values([80, 64, 64.5, 63.9, 51.2]) == [80, 64.5, 51.2]
+
+
+def test_legends_sit_outside_the_data_and_band_swatches_have_the_bands_colours(tmp_path,
+                                                                                 figures):
+    plots.plot_accuracy_vs_density(_imp_rows(4, early_stop_differs=False), tmp_path / "a.png")
+    fig = figures["a.png"]
+    (ax,) = fig.axes
+    fig.canvas.draw()
+    legend_box, axes_box = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert legend_box.x0 >= axes_box.x1  # right of the axes: covers no point
+    # The band entry shows one swatch per band, in its line's colour (not grey).
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    expected = [matplotlib.colors.to_hex(lines[b].get_color()) for b in ("imp", "reinit")]
+    drawn = [matplotlib.colors.to_hex(c.get_facecolor()[0], keep_alpha=False)
+             for c in ax.collections]
+    swatches = [matplotlib.colors.to_hex(p.get_facecolor(), keep_alpha=False)
+                for p in ax.get_legend().findobj(matplotlib.patches.Rectangle)
+                if p.get_alpha() == 0.2]
+    assert drawn == expected and swatches == expected
+
+
+def test_dense_baseline_log_loss_integer_steps_and_the_batch_norm_note(tmp_path, figures):
+    plots.plot_accuracy_vs_density(_imp_rows(3, early_stop_differs=False), tmp_path / "a.png")
+    (ax,) = figures["a.png"].axes
+    dense = {line.get_label(): line for line in ax.get_lines()}["dense (level 0)"]
+    np.testing.assert_allclose(dense.get_ydata(), [100 * np.mean([0.9, 0.901, 0.902])] * 2)
+    plots.plot_learning_curves(_learning_records([0, 1, 2, 3]), tmp_path / "l.png",
+                               note=plots.BATCH_NORM_INIT_NOTE)
+    loss, accuracy = figures["l.png"].axes
+    assert loss.get_yscale() == "log" and accuracy.get_yscale() == "linear"
+    for ax in (loss, accuracy):
+        ticks = ax.get_xticks()
+        assert np.all(ticks == np.round(ticks))  # no step 0.5
+    assert plots.BATCH_NORM_INIT_NOTE in [t.get_text() for t in loss.texts]
+    plots.plot_supermask([{"density": 0.5, "weight_init": "signed", "replicate": r,
+                           "test_accuracy": 0.7} for r in range(2)], tmp_path / "s.png",
+                         dense=0.95)
+    (ax,) = figures["s.png"].axes
+    dense = {line.get_label(): line for line in ax.get_lines()}["dense, trained"]
+    np.testing.assert_allclose(dense.get_ydata(), [95.0, 95.0])

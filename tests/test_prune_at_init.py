@@ -64,7 +64,7 @@ def members(study):
     with checkpoint.Checkpointer(workdir / "checkpoints" / "dense") as ckpt:
         dense, _, _ = ckpt.restore(ckpt.steps()[-1], like_state=state0)
     rows = [r for r in results.read_csv(workdir / "results.csv")
-            if r["method"] != "dense" and r["replicate"] not in ("mean", "std")]
+            if r["method"] != "dense"]
     masks, tags = _member_masks(workdir, one, len(rows))
     selection = masking.prunable(one)
     return types.SimpleNamespace(
@@ -305,7 +305,7 @@ def test_imp_tickets_come_from_the_imp_workdir_level_nearest_each_density(study,
                   imp_workdir=str(tmp_path / "imp"))
     prune_at_init.run_prune_at_init(pai, tmp_path / "pai", progress=False)
     rows = [r for r in results.read_csv(tmp_path / "pai" / "results.csv")
-            if r["method"] == "imp" and r["replicate"] not in ("mean", "std")]
+            if r["method"] == "imp"]
     for r in rows:  # 0.8 -> level 1 (80 %), 0.7 -> level 2 (64 %, nearer in log scale)
         level = 1 if float(r["density"]) == 0.8 else 2
         assert float(r["kept_density"]) == pytest.approx(level_density[level], abs=1e-7)

@@ -435,8 +435,11 @@ def test_soups_study_end_to_end_and_resume(tmp_path, monkeypatch, drawn):
     rows = results.read_csv(tmp_path / "a" / "results.csv")
     models_ = [r["model"] for r in rows]
     assert models_.count("ingredient") == 4  # 1 group x 2 epochs x 2 data orders
-    for name in ("pretrained", "uniform", "greedy", "learned", "ensemble", "ingredients_best"):
+    for name in ("pretrained", "uniform", "greedy", "learned", "ensemble"):
         assert name in models_
+    assert [r["model"] for r in results.read_csv(tmp_path / "a" / "summary.csv")] == [
+        "pretrained", "ingredients_best", "ingredients_worst", "ingredients_mean",
+        *soups.SOUPS]
     by = {r["model"]: r for r in summary["rows"]}
     ingredients = [r for r in rows if r["model"] == "ingredient"]
     best_val = max(float(r["validation_accuracy"]) for r in ingredients)
@@ -470,7 +473,11 @@ def test_soups_study_end_to_end_and_resume(tmp_path, monkeypatch, drawn):
         if r["alpha"] == 1.0:
             assert r["accuracy"] == evals[("ingredient", r["ingredient"], r["split"])]
     wise_rows = results.read_csv(tmp_path / "a" / "wise_ft.csv")
-    assert len(wise_rows) == 4 * 2 + 2
+    assert len(wise_rows) == 4 * 2  # tidy: one row per fine-tune and head mode
+    for mean in results.read_csv(tmp_path / "a" / "wise_ft_summary.csv"):
+        mine = [float(r["best_shifted_accuracy"]) for r in wise_rows if r["head"] == mean["head"]]
+        assert mean["stat"] == "mean" and len(mine) == 4
+        assert float(mean["best_shifted_accuracy"]) == pytest.approx(np.mean(mine), abs=1e-12)
     assert (tmp_path / "a" / "plots" / "soups.png").exists()  # a scatter plot
     # The WiSE-FT plot's bold line is the mean over fine-tunes of (test, shifted) per alpha.
     xs, ys = drawn["wise_ft.png"][0, "mean over fine-tunes"]
@@ -506,7 +513,7 @@ def test_soups_study_end_to_end_and_resume(tmp_path, monkeypatch, drawn):
     # Only the killed run, the 2-epoch one, trains again: from theta_0, an epoch per call.
     assert calls == [(0, end // 2), (end // 2, end // 2)]
     assert resumed == summary
-    for name in ("results.csv", "wise_ft.csv"):
+    for name in ("results.csv", "summary.csv", "wise_ft.csv", "wise_ft_summary.csv"):
         assert results.read_csv(tmp_path / "a" / name) == results.read_csv(tmp_path / "b" / name)
 
     def key(r):

@@ -43,8 +43,7 @@ def test_stability_run_end_to_end(tmp_path, monkeypatch, drawn):
     config = _config()
     seen = _capture_segments(monkeypatch, keep_all=True)
     summary = stability.run_stability(config, tmp_path, progress=False)
-    rows = [r for r in results.read_csv(tmp_path / "results.csv")
-            if r["replicate"] not in ("mean", "std")]
+    rows = results.read_csv(tmp_path / "results.csv")
     # 2 rewind steps x 2 replicates x 1 pair x 2 splits
     assert len(rows) == 2 * 2 * 1 * 2
     assert {r["k"] for r in rows} == {"0", "18"}  # 1ep = 1137 // 60 steps
@@ -81,7 +80,7 @@ def test_stability_run_end_to_end(tmp_path, monkeypatch, drawn):
             np.testing.assert_array_equal(np.asarray(leaf), np.repeat(np.asarray(leaf_k), 2, 0))
     # The plots draw the study's numbers.
     means = {(r["k"], r["split"]): r["instability"] for r in
-             results.read_csv(tmp_path / "results.csv") if r["replicate"] == "mean"}
+             results.read_csv(tmp_path / "summary.csv") if r["stat"] == "mean"}
     for split in ("train", "test"):
         ys = drawn["instability_vs_k.png"][0, split][1]
         np.testing.assert_allclose(ys, [100 * float(means[k, split]) for k in ("0", "18")],

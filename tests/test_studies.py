@@ -71,10 +71,13 @@ def test_outputs_and_rerun_skips_finished_work(tmp_path, monkeypatch):
     steps = sorted({r["step"] for r in records})
     assert steps == [0, 23, 46]  # digits: 1437 // 60 = 23 steps per epoch
     assert {r["replicate"] for r in records} == {0, 1}
-    rows = results.read_csv(tmp_path / "results.csv")
-    assert [r["replicate"] for r in rows] == ["0", "1", "mean", "std"]
-    mean = np.mean([float(r["test_accuracy"]) for r in rows[:2]])
-    np.testing.assert_allclose(float(rows[2]["test_accuracy"]), mean, rtol=1e-6)
+    rows = results.read_csv(tmp_path / "results.csv")  # tidy: one row per member
+    assert [r["replicate"] for r in rows] == ["0", "1"]
+    accuracies = [float(r["test_accuracy"]) for r in rows]
+    mean, std = results.read_csv(tmp_path / "summary.csv")
+    assert (mean["stat"], std["stat"]) == ("mean", "std") and "replicate" not in mean
+    np.testing.assert_allclose(float(mean["test_accuracy"]), np.mean(accuracies), rtol=1e-6)
+    np.testing.assert_allclose(float(std["test_accuracy"]), np.std(accuracies), rtol=1e-6)
     assert min(summary["final"]["test"]["accuracy"]) > 0.3  # chance is 0.1
 
     def must_not_train(*args, **kwargs):

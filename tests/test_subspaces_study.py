@@ -33,11 +33,10 @@ def _np_logits(params, x):
 def test_subspaces_study_against_numpy_and_rerun(tmp_path):
     config = _config()
     study.run_subspaces(config, tmp_path, progress=False)
-    first = {n: (tmp_path / n).read_text() for n in ("results.csv", "summary.csv")}
-    rows = [r for r in results.read_csv(tmp_path / "results.csv")
-            if r["replicate"] not in ("mean", "std")]
-    summary = [r for r in results.read_csv(tmp_path / "summary.csv")
-               if r["replicate"] not in ("mean", "std")]
+    names = ("results.csv", "summary.csv", "paths.csv", "paths_summary.csv")
+    first = {n: (tmp_path / n).read_text() for n in names}
+    rows = results.read_csv(tmp_path / "results.csv")
+    summary = results.read_csv(tmp_path / "paths.csv")
     assert {r["variant"] for r in rows} == {"standard", "independent", "line_layerwise"}
 
     # Restore the trained line and evaluate its points with a NumPy forward pass.

@@ -59,13 +59,13 @@ def test_transition_end_to_end(tmp_path, drawn):
     dense_finals = _final_copies(tmp_path / "dense", end)
     dense = np.mean([acc for (k, _), acc in dense_finals.items() if k == 0])
     assert summary["dense_accuracy"] == pytest.approx(dense, abs=1e-12)
-    rows = results.read_csv(tmp_path / "accuracy.csv")
-    per_copy = [r for r in rows if r["replicate"] not in ("mean", "std")]
+    per_copy = results.read_csv(tmp_path / "accuracy.csv")  # tidy: one row per copy
+    means = results.read_csv(tmp_path / "accuracy_summary.csv")
     assert len(per_copy) == 2 * 2 * config.num_replicates * copies  # kinds x k x S x C
     for kind, folder in (("imp", "imp_subnetworks"), ("random", "random_subnetworks")):
         finals = _final_copies(tmp_path / folder, end)
         pairs = [r for r in results.read_csv(tmp_path / folder / "results.csv")
-                 if r["split"] == "test" and r["replicate"] not in ("mean", "std")]
+                 if r["split"] == "test"]
         imp_rows = {k: results.read_csv(tmp_path / f"imp_{t}" / "results.csv")
                     for k, t in ((0, "0it"), (23, "1ep"))}
         mine = [r for r in per_copy if r["kind"] == kind]
@@ -84,8 +84,7 @@ def test_transition_end_to_end(tmp_path, drawn):
                        and x["branch"] == branch and x["replicate"] == str(rep)]
             assert float(r["density"]) == pytest.approx(float(density[0]), abs=1e-6)
         for k in (0, 23):
-            got = [r for r in rows if (r["kind"], r["k"], r["replicate"]) == (kind, str(k),
-                                                                              "mean")]
+            got = [r for r in means if (r["kind"], r["k"], r["stat"]) == (kind, str(k), "mean")]
             values = [float(r["test_accuracy"]) for r in mine if r["k"] == str(k)]
             assert float(got[0]["test_accuracy"]) == pytest.approx(np.mean(values), abs=1e-9)
             assert summary["accuracy"][kind][k] == pytest.approx(np.mean(values), abs=1e-9)

@@ -134,12 +134,10 @@ def run_bn_only(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
                   "test_accuracy": test["accuracy"][r], "test_loss": test["loss"][r],
                   **{f"share_gamma_below_{t}": float(shares[t][r]) for t in THRESHOLDS}}
                  for r in range(num)]
-    out = rows + common.summarize(rows, by=("arm",), fields=(
+    table = results.write_table(run.workdir / "results.csv", rows, by=("arm",), fields=(
         "trainable_params", "test_accuracy", "test_loss",
         *(f"share_gamma_below_{t}" for t in THRESHOLDS)))
-    results.write_csv(run.workdir / "results.csv", out)
     plots.plot_gamma_histograms(gammas, run.workdir / "plots" / "gamma.png",
                                 title=f"|gamma| after training, {spec.model_name} on "
                                       f"{plots.dataset_label(spec.dataset.name)}")
-    return {"rows": [r for r in out if r["replicate"] == "mean"],
-            "std": [r for r in out if r["replicate"] == "std"], "num_replicates": num}
+    return {**table, "num_replicates": num}

@@ -986,54 +986,6 @@ def segment_runner(config: Any, executor: executor_lib.Executor, *, end: int,
         max_checkpoints=config.get("max_checkpoints", MAX_CHECKPOINTS))
 
 
-def summarize(rows: list[dict], *, by: tuple[str, ...], fields: Sequence[str] | None = None,
-              label: str = "replicate", stats: tuple[str, ...] = ("mean", "std"),
-              constants: dict | None = None) -> list[dict]:
-    """The summary rows of a table: one row per statistic and group of ``by`` values.
-
-    Every study's mean/std block is built here. Groups come in the order their
-    first row appears. A summary row holds the group's ``by`` values,
-    ``label: <stat>`` (``replicate: 'mean'``), the ``constants`` and, for each
-    of ``fields`` (default: every field of the group's first row but ``by``,
-    ``label`` and the constants), the statistic over the rows where the field
-    is present and not None (None when it is in none). ``stats`` are NumPy's
-    (``'mean'``, ``'std'``: the population standard deviation).
-
-    Args:
-      rows: the per-member rows.
-      by: the fields that make a group.
-      fields: the fields summarised (default: see above).
-      label: the field that names the statistic.
-      stats: the statistics, in the order their rows come.
-      constants: fields written as they are into every summary row.
-
-    Returns:
-      The summary rows (append them to ``rows`` for a table with both).
-
-    Example:
-        >>> summarize([{"arm": "a", "replicate": 0, "acc": 0.5},
-        ...            {"arm": "a", "replicate": 1, "acc": 0.7}], by=("arm",))
-        [{'arm': 'a', 'replicate': 'mean', 'acc': 0.6},
-         {'arm': 'a', 'replicate': 'std', 'acc': 0.09999999999999998}]
-    """
-    constants = dict(constants or {})
-    out = []
-    for group in dict.fromkeys(tuple(r[k] for k in by) for r in rows):
-        mine = [r for r in rows if tuple(r[k] for k in by) == group]
-        names = list(fields) if fields is not None else [
-            k for k in mine[0] if k not in (*by, label, *constants)]
-        for stat in stats:
-            fn = getattr(np, stat)
-            out.append({**dict(zip(by, group, strict=True)), label: stat, **constants,
-                        **{k: _summary(fn, [r[k] for r in mine if r.get(k) is not None])
-                           for k in names}})
-    return out
-
-
-def _summary(fn: Callable, values: list) -> float | None:
-    return float(fn(values)) if values else None
-
-
 def final_records(log: results.MetricsLog, tags: dict, step: int) -> list[dict]:
     """The segment's records (fields equal to ``tags``) at ``step``."""
     return [r for r in log.read()

@@ -184,17 +184,14 @@ def run_data_diet(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
             member_tags=member_tags, densities=np.full(len(member_tags), share),
             subsets=subsets, desc=f"{100 * share:g} % kept: {', '.join(modes)} x{num}")
         rows += _rows(run, final, share, member_tags, size)
-    table = rows + common.summarize(rows, by=("kept", "mode"),
-                                    fields=("num_examples", "test_accuracy", "test_loss"))
-    results.write_csv(run.workdir / "results.csv", table)
+    table = results.write_table(run.workdir / "results.csv", rows, by=("kept", "mode"),
+                                fields=("num_examples", "test_accuracy", "test_loss"))
     plots.plot_data_diet(rows, run.workdir / "plots" / "data_diet.png",
                          title=f"data diet: {spec.model_name} on "
                                f"{plots.dataset_label(dataset.name)}, {score} at "
                                f"step {score_step}, {num} replicates"
                                + (f", {100 * noise:g} % label noise" if noise else ""))
-    return {"rows": [r for r in table if r["replicate"] == "mean"],
-            "std": [r for r in table if r["replicate"] == "std"], "num_replicates": num,
-            **diagnostics}
+    return {**table, "num_replicates": num, **diagnostics}
 
 
 def _rows(run, state, share: float, member_tags: list[dict], size: int) -> list[dict]:

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ltjax import distributed, masking, plots, results, sanity, telemetry
+from ltjax import distributed, masking, models, plots, results, sanity, telemetry
 from ltjax.studies import common
 from ltjax.studies.spec import RunSpec
 
@@ -94,10 +94,11 @@ def run_dense(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
              **{f"{split}_{k}": final[split][k][r] for split in splits
                 for k in ("accuracy", "loss")},
              "weight_correlation": float(correlation[r])} for r in range(num)]
-    rows += common.summarize(rows, by=(), constants={"step": total})
-    results.write_csv(run.workdir / "results.csv", rows)
+    results.write_table(run.workdir / "results.csv", rows, by=(), constants={"step": total})
     plots.plot_learning_curves(
         run.log.read(), run.workdir / "plots" / "learning_curve.png", splits=splits,
+        note=plots.BATCH_NORM_INIT_NOTE if models.has_batch_norm(
+            executor.abstract_state.batch_stats) else None,
         title=f"{spec.model_name} on {plots.dataset_label(spec.dataset.name)}: {num} seeds")
     return {"final": final, "steps": total}
 

@@ -213,15 +213,13 @@ def run_early_bird(config: Any, workdir: str | pathlib.Path, *, progress: bool =
              "kept_channels": float(kept[m]), "eb_test_accuracy": float(accuracy[m]),
              "full_test_accuracy": float(full["accuracy"][t["replicate"]]),
              "overlap_with_final_mask": t["overlap"]} for m, t in enumerate(tickets)]
-    rows = rows + common.summarize(rows, by=("p",), fields=(
+    results.write_csv(workdir / "mask_distance.csv", distance_rows)
+    table = results.write_table(workdir / "results.csv", rows, by=("p",), fields=(
         "eb_epoch", "kept_channels", "eb_test_accuracy", "full_test_accuracy",
         "overlap_with_final_mask"))
-    results.write_csv(workdir / "mask_distance.csv", distance_rows)
-    results.write_csv(workdir / "results.csv", rows)
     plots.plot_early_bird(distance_rows, workdir / "plots" / "early_bird.png",
                           threshold=config.threshold,
                           title=f"Early-Bird mask distance, {config.model} on "
                                 f"{plots.dataset_label(config.dataset)}")
-    return {"rows": [r for r in rows if r["replicate"] == "mean"],
-            "std": [r for r in rows if r["replicate"] == "std"], "num_replicates": num}
+    return {**table, "num_replicates": num}
 

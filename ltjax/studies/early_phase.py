@@ -298,17 +298,15 @@ def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool 
                   "test_accuracy_drop": accuracy[("none", t["replicate"])]
                   - accuracy[(t["perturbation"], t["replicate"])]}
                  for m, t in enumerate(tags)]
-    out = rows + common.summarize(rows, by=("k", "perturbation"), fields=(
+    table = results.write_table(workdir / "results.csv", rows, by=("k", "perturbation"), fields=(
         "density", "effective_std", "test_accuracy", "test_accuracy_drop"))
-    results.write_csv(workdir / "results.csv", out)
     if watched:
         _write_telemetry(config, workdir, telemetry_log, snapshots / "parent")
-    plots.plot_perturbations(out, workdir / "plots" / "perturbations.png",
+    plots.plot_perturbations(rows, workdir / "plots" / "perturbations.png",
                              title=f"Perturbations at k, {config.model} on "
                                    f"{plots.dataset_label(config.dataset)} "
                                    f"at {100 * float(np.mean(density)):.1f} % density")
-    return {"rows": [r for r in out if r["replicate"] == "mean"],
-            "std": [r for r in out if r["replicate"] == "std"], "num_replicates": num}
+    return {**table, "num_replicates": num}
 
 
 def _write_telemetry(config: Any, workdir: pathlib.Path, log: results.MetricsLog,

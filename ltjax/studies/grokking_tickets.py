@@ -230,11 +230,10 @@ def run_grokking_tickets(config: Any, workdir: str | pathlib.Path, *,
                          "steps_to_test_95": first_step(c["test"], target),
                          "final_test_accuracy": final[i], "actual_density": float(kept[i]),
                          "source_step": sources[i]})
-    table = rows + common.summarize(
-        rows, by=("arm", "density"),
+    table = results.write_table(
+        run.workdir / "results.csv", rows, by=("arm", "density"),
         fields=("steps_to_train_100", "steps_to_test_95", "final_test_accuracy",
                 "actual_density"))
-    results.write_csv(run.workdir / "results.csv", table)
     curve_records = []
     for tags, mtags in (({"arm": "dense"}, replicates), ({"stage": "tickets"}, member_tags)):
         for t, c in zip(mtags, curves(records, tags, mtags), strict=True):
@@ -247,6 +246,5 @@ def run_grokking_tickets(config: Any, workdir: str | pathlib.Path, *,
         curve_records, run.workdir / "plots" / "grokking_tickets.png", key="curve",
         target=target, title=f"grokking tickets: {spec.model_name} on "
                              f"{plots.dataset_label(spec.dataset.name)}, {num} replicates")
-    return {"rows": [r for r in table if r["replicate"] == "mean"],
-            "std": [r for r in table if r["replicate"] == "std"], "num_replicates": num,
+    return {**table, "num_replicates": num,
             "memorised_steps": memorised_at, "target_accuracy": target}

@@ -188,7 +188,7 @@ def _early_stop(records: list[dict]) -> dict:
 
 def _summary_rows(log: results.MetricsLog, num: int, end: int,
                   correlations: dict | None = None) -> list[dict]:
-    """One row per (level, branch[, learning rate], replicate) plus mean/std rows per group.
+    """One row per (level, branch[, learning rate], replicate), in that order.
 
     ``correlations`` maps ``(level, branch, learning_rate, replicate)`` to the
     member's weight correlation (start vs trained weights); ``learning_rate``
@@ -222,10 +222,6 @@ def _summary_rows(log: results.MetricsLog, num: int, end: int,
                 row["weight_correlation"] = correlations[level, branch, lr, rep]
             group.append(row)
         rows += group
-        if group:
-            by = ("level", "branch", "learning_rate") if lr is not None else ("level", "branch")
-            rows += common.summarize(group, by=by, fields=[
-                k for k in group[0] if k not in (*by, "replicate")])
     return rows
 
 
@@ -637,11 +633,12 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
         previous = final
 
     rows = _summary_rows(log, num, end, correlations)
-    results.write_csv(workdir / "results.csv", rows)
+    swept = ("learning_rate",) if any("learning_rate" in r for r in rows) else ()
+    table = results.write_table(workdir / "results.csv", rows, by=("level", "branch", *swept))
     if distance_rows:
-        results.write_csv(workdir / "mask_distance.csv", distance_rows + common.summarize(
-            distance_rows, by=("level", "previous_level"),
-            fields=("density", "hamming", "hamming_share", "iou")))
+        results.write_table(workdir / "mask_distance.csv", distance_rows,
+                            by=("level", "previous_level"),
+                            fields=("density", "hamming", "hamming_share", "iou"))
     if sweep is not None and config.levels > 0:
         results.write_csv(workdir / "ticket_classes.csv", _ticket_classes(
             rows, num, similar=config.get("ticket_similar", sanity.SIMILAR_DROP["cifar10"])))
@@ -655,8 +652,7 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
         workdir / "plots" / "learning_curves_imp.png",
         title=f"IMP learning curves ({config.model}, test accuracy, mean over replicates)",
     )
-    return {"rows": [r for r in rows if r["replicate"] == "mean"],
-            "std": [r for r in rows if r["replicate"] == "std"], "num_replicates": num}
+    return {**table, "num_replicates": num}
 
 
 def _pretrain_on_altered_data(config, executor, dataset, segment, init_state, init_keys,

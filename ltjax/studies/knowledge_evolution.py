@@ -217,11 +217,9 @@ def run_knowledge_evolution(config: Any, workdir: str | pathlib.Path, *,
                   "slim_params": int(slim_count[r])} for r in range(num)]
         previous = final
 
-    rows = rows + common.summarize(rows, by=("generation",), fields=FIELDS)
-    results.write_csv(workdir / "results.csv", rows)
+    table = results.write_table(workdir / "results.csv", rows, by=("generation",), fields=FIELDS)
     plots.plot_knowledge_evolution(
         rows, workdir / "plots" / "knowledge_evolution.png",
         title=f"Knowledge Evolution ({split.upper()}, sr={split_rate:g}), {config.model} on "
               f"{plots.dataset_label(config.dataset)}: {num} replicates")
-    return {"rows": [r for r in rows if r["replicate"] == "mean"],
-            "std": [r for r in rows if r["replicate"] == "std"], "num_replicates": num}
+    return {**table, "num_replicates": num}

@@ -387,16 +387,14 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
     rows += [{**tag, "kept_density": float(kept[m]),
               "test_accuracy": float(metrics["accuracy"][m]),
               "test_loss": float(metrics["loss"][m])} for m, tag in enumerate(member_tags)]
-    rows = rows + common.summarize(rows, by=("method", "density", "ablation"),
-                                 fields=("kept_density", "test_accuracy", "test_loss"))
-    results.write_csv(workdir / "results.csv", rows)
+    table = results.write_table(workdir / "results.csv", rows, by=("method", "density", "ablation"),
+                                fields=("kept_density", "test_accuracy", "test_loss"))
     results.write_csv(workdir / "layer_densities.csv", layer_rows)
     plots.plot_prune_at_init(
         rows, workdir / "plots" / "prune_at_init.png",
         title=f"Pruning at init, {config.model} on {plots.dataset_label(config.dataset)}: "
               f"{num} replicates")
-    return {"rows": [r for r in rows if r["replicate"] == "mean"],
-            "std": [r for r in rows if r["replicate"] == "std"], "num_replicates": num}
+    return {**table, "num_replicates": num}
 
 
 def _smart_ratio_layers(config: Any, dataset: data.Dataset,

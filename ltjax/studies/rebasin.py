@@ -264,9 +264,10 @@ def run_rebasin(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
     (the permutations of model j, with the matching objective and time);
     ``results.csv`` (per pair, variant, correction and split: loss and error
     barriers with the alphas of their peaks, endpoint and midpoint loss and
-    accuracy); ``sparse_results.csv`` (final test accuracy per sparse branch,
-    if on); ``plots/interpolation.png`` (loss and accuracy vs alpha, naive vs
-    matched, train and test, as in the paper's figures),
+    accuracy; their means over pairs in ``summary.csv``); ``sparse_results.csv``
+    (final test accuracy per sparse branch, if on); ``plots/interpolation.png``
+    (loss and accuracy vs alpha, naive vs matched, train and test, as in the
+    paper's figures),
     ``plots/learning_curves.png`` and ``plots/sparse_rebasin.png``; and
     ``checkpoints/``. Re-running resumes: finished training, matchings and
     paths are read back, not recomputed.
@@ -277,8 +278,9 @@ def run_rebasin(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
       progress: show progress bars.
 
     Returns:
-      ``{'rows': [...], 'sparse': [...]}``: the rows of ``results.csv`` (means
-      over pairs when there are several) and of ``sparse_results.csv``.
+      ``{'rows': [...], 'sparse': [...]}``: the rows of ``results.csv`` (of
+      ``summary.csv``, ``pair='mean'``, when there are several pairs) and of
+      ``sparse_results.csv``.
 
     Raises:
       ValueError: see :func:`check_config`; ``'reset'`` for a model without BatchNorm.
@@ -343,8 +345,11 @@ def run_rebasin(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
                                 splits=splits, correction=correction, x_repair=x_repair)
         rows += [_path_row(*curves[split], tags, split, method=config.method)
                  for split in splits]
-    summary = _mean_rows(rows) if num > 2 else rows
-    results.write_csv(workdir / "results.csv", rows + (summary if num > 2 else []))
+    means = results.write_table(
+        workdir / "results.csv", rows, by=("variant", "correction", "split"), stats=("mean",),
+        constants={"method": config.method},
+        fields=[k for k in rows[0] if isinstance(rows[0][k], float | np.floating)])["rows"]
+    summary = [{"pair": "mean", **r} for r in means] if num > 2 else rows
 
     # 4. Sparse re-basin.
     sparse_rows = []
@@ -434,13 +439,6 @@ def _path_row(alphas, acc, loss, tags, split, *, method) -> dict:
             "loss_a": loss[0], "loss_b": loss[-1], "accuracy_a": acc[0], "accuracy_b": acc[-1],
             "midpoint_alpha": alphas[mid], "midpoint_loss": loss[mid],
             "midpoint_accuracy": acc[mid]}
-
-
-def _mean_rows(rows: list[dict]) -> list[dict]:
-    return common.summarize(
-        rows, by=("variant", "correction", "split"), label="pair", stats=("mean",),
-        constants={"method": rows[0]["method"]},
-        fields=[k for k in rows[0] if isinstance(rows[0][k], float | np.floating)])
 
 
 def _member_names(num: int, ticket: bool) -> list[str]:

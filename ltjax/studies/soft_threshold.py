@@ -105,15 +105,14 @@ def run_soft_threshold(config: Any, workdir: str | pathlib.Path, *, progress: bo
 
     if oneshot:
         rows += _oneshot_baseline(run, dense, str_members, selection, noise_keys, scope)
-    rows = rows + common.summarize(rows, by=("method", "s_init", "weight_decay"),
-                                 fields=("sparsity", "test_accuracy", "test_loss"))
-    results.write_csv(run.workdir / "results.csv", rows)
+    table = results.write_table(run.workdir / "results.csv", rows,
+                                by=("method", "s_init", "weight_decay"),
+                                fields=("sparsity", "test_accuracy", "test_loss"))
     results.write_csv(run.workdir / "layer_densities.csv", layer_rows)
     plots.plot_str(rows, run.workdir / "plots" / "str.png",
                    title=f"STR, {spec.model_name} on {plots.dataset_label(spec.dataset.name)}: "
                          f"{num} replicates")
-    return {"rows": [r for r in rows if r["replicate"] == "mean"],
-            "std": [r for r in rows if r["replicate"] == "std"], "num_replicates": num}
+    return {**table, "num_replicates": num}
 
 
 def _oneshot_baseline(run, dense, str_members, selection, noise_keys, scope) -> list[dict]:

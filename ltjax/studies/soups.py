@@ -238,16 +238,17 @@ def run_soups(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
     records tagged ``branch`` = ``pretrain`` / ``finetune``; ``eval`` records
     per model and split; ``greedy_step``, ``learned_weights`` and
     ``wise_ft`` records); ``results.csv`` (one row per model: pretrained,
-    each ingredient with its hyperparameters, the soups, the ensemble; plus
-    ``ingredients_best`` (by validation), ``ingredients_worst`` and
-    ``ingredients_mean`` rows); ``wise_ft.csv`` (per fine-tune and head mode:
-    the curve's endpoints, its best alpha on the shifted set and the alpha
-    that validation picks; plus mean rows); ``plots/soups.png``,
-    ``plots/wise_ft.png``; ``checkpoints/``.
+    each ingredient with its hyperparameters, the soups, the ensemble);
+    ``summary.csv`` (the paper's table: pretrained, ``ingredients_best`` (by
+    validation), ``ingredients_worst``, ``ingredients_mean``, the soups and the
+    ensemble); ``wise_ft.csv`` (per fine-tune and head mode: the curve's
+    endpoints, its best alpha on the shifted set and the alpha that validation
+    picks; the means per head mode in ``wise_ft_summary.csv``);
+    ``plots/soups.png``, ``plots/wise_ft.png``; ``checkpoints/``.
 
     Returns:
-      ``{'rows': [...], 'wise_ft': [...]}``: the summary rows of ``results.csv``
-      and the mean rows of ``wise_ft.csv``.
+      ``{'rows': [...], 'wise_ft': [...]}``: the rows of ``summary.csv`` and
+      of ``wise_ft_summary.csv``.
 
     Raises:
       ValueError: no validation split, a bad grid, shift or WiSE-FT setting.
@@ -345,10 +346,13 @@ def run_soups(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
     # Tables and figures, from the log only (a resumed run writes the same files).
     records = log.read()
     rows, summary = _model_rows(records, ingredients)
-    results.write_csv(workdir / "results.csv",
-                      rows + [r for r in summary if r["model"].startswith("ingredients_")])
-    wise_rows, wise_means = _wise_rows(records, ingredients, head_modes)
-    results.write_csv(workdir / "wise_ft.csv", wise_rows + wise_means)
+    results.write_csv(workdir / "results.csv", rows)
+    results.write_csv(results.summary_path(workdir / "results.csv"), summary)
+    wise_rows = _wise_rows(records, ingredients, head_modes)
+    wise_means = results.write_table(
+        workdir / "wise_ft.csv", wise_rows, by=("head",), stats=("mean",),
+        fields=[k for k in wise_rows[0] if k not in ("ingredient", "head", "learning_rate",
+                                                     "epochs")])["rows"]
     title = (f"{config.model} on {plots.dataset_label(config.dataset)}, "
              f"shifted: {_shift_name(config.shift)}")
     plots.plot_soups(rows, workdir / "plots" / "soups.png",
@@ -567,7 +571,7 @@ def _model_rows(records, ingredients) -> tuple[list[dict], list[dict]]:
     return rows, summary
 
 
-def _wise_rows(records, ingredients, head_modes) -> tuple[list[dict], list[dict]]:
+def _wise_rows(records, ingredients, head_modes) -> list[dict]:
     """Per fine-tune and head mode: endpoints, best alpha on shifted, alpha picked on validation."""
     curves: dict = {}
     for r in records:
@@ -595,10 +599,4 @@ def _wise_rows(records, ingredients, head_modes) -> tuple[list[dict], list[dict]
                        shifted_gain=acc["shifted"][best] - acc["shifted"][-1],
                        interior_best=bool(0 < best < len(alphas) - 1))
             rows.append(row)
-    means = []
-    for mode in head_modes:
-        mine = [r for r in rows if r["head"] == mode]
-        means.append({"ingredient": "mean", "head": mode, **{
-            k: float(np.mean([r[k] for r in mine])) for k in mine[0]
-            if k not in ("ingredient", "head", "learning_rate", "epochs")}})
-    return rows, means
+    return rows

@@ -109,11 +109,11 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     records tagged ``k``/``branch``, and one ``path`` record per k,
     replicate, pair, split and alpha); ``results.csv`` (one row per k,
     replicate, pair and split: instability, the alpha of the peak, endpoint
-    accuracies, stable; plus mean/std rows per k and split);
+    accuracies, stable; means and stds per k and split in ``summary.csv``);
     ``plots/error_vs_alpha.png`` and ``plots/instability_vs_k.png``.
 
     Returns:
-      ``{'rows', 'std', 'num_pairs'}``: the mean rows of ``results.csv``, the
+      ``{'rows', 'std', 'num_pairs'}``: the mean rows of ``summary.csv``, the
       std rows in the same order, and how many pairs of copies each has.
     """
     reset = common.batch_stats_reset(config)
@@ -188,8 +188,11 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
         rows += _pair_rows(executor, final, k=k, num=num, copies=copies, alphas=alphas,
                            splits=splits, log=log, config=config, reset=reset)
 
-    summary = _summaries(rows)
-    results.write_csv(workdir / "results.csv", rows + summary)
+    rows = sorted(rows, key=lambda r: (r["k"], r["split"]))  # stable: replicates, pairs in order
+    table = results.write_table(
+        workdir / "results.csv", rows, by=("k", "split"),
+        fields=("instability", "loss_barrier_chord", "loss_barrier_mean_ends", "accuracy_a",
+                "accuracy_b", "stable"))
     records = [r for r in log.read() if r.get("branch") == "path"]
     name = f"{config.model} on {plots.dataset_label(config.dataset)}"
     plots.plot_error_vs_alpha(records, workdir / "plots" / "error_vs_alpha.png",
@@ -197,9 +200,7 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     plots.plot_instability_vs_k(rows, workdir / "plots" / "instability_vs_k.png",
                                 title=f"{name}: instability vs rewind step")
     first = (rows[0]["k"], rows[0]["split"]) if rows else None
-    return {"rows": [r for r in summary if r["replicate"] == "mean"],
-            "std": [r for r in summary if r["replicate"] == "std"],
-            "num_pairs": sum((r["k"], r["split"]) == first for r in rows)}
+    return {**table, "num_pairs": sum((r["k"], r["split"]) == first for r in rows)}
 
 
 def _pair_rows(executor, final, *, k, num, copies, alphas, splits, log, config,
@@ -264,11 +265,3 @@ def _path_row(alphas, accuracy, loss, *, k, rep, pair, split) -> dict:
             "loss_barrier_mean_ends_alpha": float(mean_ends_at),
             "accuracy_a": 1.0 - errors[0], "accuracy_b": 1.0 - errors[-1],
             "stable": bool(barrier < STABLE_BELOW)}
-
-
-def _summaries(rows: list[dict]) -> list[dict]:
-    return common.summarize(
-        sorted(rows, key=lambda r: (r["k"], r["split"])), by=("k", "split"),
-        constants={"pair": "all"}, fields=("instability", "loss_barrier_chord",
-                                           "loss_barrier_mean_ends", "accuracy_a",
-                                           "accuracy_b", "stable"))

@@ -106,10 +106,11 @@ def run_subspaces(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     Writes into ``workdir``: ``config.json``, ``metrics.jsonl``,
     ``results.csv`` (``variant, beta, alpha, replicate, test_accuracy,
     test_loss``: every arm along its path, ``independent`` for the pair of
-    standard replicates ``r, r + 1``, ``standard`` with no alpha; mean and std
-    rows), ``summary.csv`` (per arm and replicate: the endpoints', midpoint's
-    and endpoint ensemble's test accuracy, the error barrier and the endpoints'
-    cos^2), ``plots/subspaces.png`` and ``checkpoints/``.
+    standard replicates ``r, r + 1``, ``standard`` with no alpha; their means
+    and stds in ``summary.csv``), ``paths.csv`` (per arm and replicate: the
+    endpoints', midpoint's and endpoint ensemble's test accuracy, the error
+    barrier and the endpoints' cos^2; means and stds in ``paths_summary.csv``),
+    ``plots/subspaces.png`` and ``checkpoints/``.
 
     Raises:
       ValueError: a bad ``config.arms``, ``num_alphas`` or ``simplex_points``
@@ -152,19 +153,18 @@ def run_subspaces(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     fields = ("test_accuracy", "test_loss")
     rows = [{"variant": r["variant"], "beta": r.get("beta"), "alpha": r.get("alpha"),
              "replicate": r["replicate"], **{f: r[f] for f in fields}} for r in rows]
-    rows += common.summarize(rows, by=("variant", "beta", "alpha"), fields=fields)
-    summary_fields = ("endpoint_0_accuracy", "midpoint_accuracy", "endpoint_1_accuracy",
-                      "ensemble_accuracy", "error_barrier", "cos_squared")
-    summary = [{"variant": r["variant"], "beta": r.get("beta"), "replicate": r["replicate"],
-                **{f: r.get(f) for f in summary_fields}} for r in summary]
-    summary += common.summarize(summary, by=("variant", "beta"), fields=summary_fields)
-    results.write_csv(run.workdir / "results.csv", rows)
-    results.write_csv(run.workdir / "summary.csv", summary)
+    results.write_table(run.workdir / "results.csv", rows, by=("variant", "beta", "alpha"),
+                        fields=fields)
+    path_fields = ("endpoint_0_accuracy", "midpoint_accuracy", "endpoint_1_accuracy",
+                   "ensemble_accuracy", "error_barrier", "cos_squared")
+    paths = [{"variant": r["variant"], "beta": r.get("beta"), "replicate": r["replicate"],
+              **{f: r.get(f) for f in path_fields}} for r in summary]
+    table = results.write_table(run.workdir / "paths.csv", paths, by=("variant", "beta"),
+                                fields=path_fields)
     plots.plot_subspaces(rows, run.workdir / "plots" / "subspaces.png",
                          title=f"Subspaces, {spec.model_name} on "
                                f"{plots.dataset_label(spec.dataset.name)}: {num} replicates")
-    return {"rows": [r for r in summary if r["replicate"] == "mean"],
-            "std": [r for r in summary if r["replicate"] == "std"], "num_replicates": num}
+    return {**table, "num_replicates": num}
 
 
 class _PathEvaluator:

@@ -94,14 +94,13 @@ def run_supermask(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     metrics = executor.evaluate(final, "test")
     rows = [{"method": "edge_popup", **tag, "test_accuracy": float(metrics["accuracy"][m]),
              "test_loss": float(metrics["loss"][m])} for m, tag in enumerate(tags)]
-    rows = rows + common.summarize(rows, by=("method", "density", "weight_init"),
-                                 fields=("test_accuracy", "test_loss"))
-    results.write_csv(workdir / "results.csv", rows)
-    plots.plot_supermask(rows, workdir / "plots" / "supermask.png",
+    table = results.write_table(workdir / "results.csv", rows,
+                                by=("method", "density", "weight_init"),
+                                fields=("test_accuracy", "test_loss"))
+    plots.plot_supermask(rows, workdir / "plots" / "supermask.png", by=("density", "weight_init"),
                          title=f"Edge-popup, {config.model} on "
                                f"{plots.dataset_label(config.dataset)}: {num} replicates")
-    return {"rows": [r for r in rows if r["replicate"] == "mean"],
-            "std": [r for r in rows if r["replicate"] == "std"], "num_replicates": num}
+    return {**table, "num_replicates": num}
 
 
 @common.study_entry
@@ -180,16 +179,16 @@ def run_zhou(config: Any, workdir: str | pathlib.Path, *, progress: bool = True)
               "test_accuracy": float(baseline[name]["accuracy"][r]),
               "test_loss": float(baseline[name]["loss"][r])}
              for name in ("init", "trained") for r in range(num)]
-    rows = rows + common.summarize(rows, by=("method", "criterion", "density", "weight_init"),
-                                 fields=("test_accuracy", "test_loss"))
-    results.write_csv(workdir / "results.csv", rows)
+    table = results.write_table(workdir / "results.csv", rows,
+                                by=("method", "criterion", "density", "weight_init"),
+                                fields=("test_accuracy", "test_loss"))
     plots.plot_supermask([{**r, "weight_init": f"{r['criterion']}, {r['weight_init']}"}
                           for r in rows if r["method"] == "zhou"],
-                         workdir / "plots" / "supermask.png",
+                         workdir / "plots" / "supermask.png", by=("density", "weight_init"),
+                         dense=float(np.mean(baseline["trained"]["accuracy"])),
                          title=f"Zhou et al. supermasks (untrained), {config.model} on "
                                f"{plots.dataset_label(config.dataset)}: {num} replicates")
-    return {"rows": [r for r in rows if r["replicate"] == "mean"],
-            "std": [r for r in rows if r["replicate"] == "std"], "num_replicates": num}
+    return {**table, "num_replicates": num}
 
 
 #: The weight inits of :func:`run_learned`'s Bernoulli supermask.
@@ -268,15 +267,13 @@ def run_learned(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
     rows = [{"method": method, **tag, "test_accuracy": float(metrics["accuracy"][m]),
              "test_loss": float(metrics["loss"][m])} for m, tag in enumerate(tags)]
     by = ("method", "density", "weight_init") if method == "dnw" else ("method", "weight_init")
-    rows = rows + common.summarize(rows, by=by, fields=("test_accuracy", "test_loss") + (
-        () if method == "dnw" else ("density",)))
-    results.write_csv(workdir / "results.csv", rows)
+    table = results.write_table(workdir / "results.csv", rows, by=by, fields=(
+        "test_accuracy", "test_loss") + (() if method == "dnw" else ("density",)))
     name = "DNW" if method == "dnw" else "Learned Bernoulli supermask"
-    plots.plot_supermask(rows, workdir / "plots" / "supermask.png",
+    plots.plot_supermask(rows, workdir / "plots" / "supermask.png", by=by[1:],
                          title=f"{name}, {config.model} on "
                                f"{plots.dataset_label(config.dataset)}: {num} replicates")
-    return {"rows": [r for r in rows if r["replicate"] == "mean"],
-            "std": [r for r in rows if r["replicate"] == "std"], "num_replicates": num}
+    return {**table, "num_replicates": num}
 
 
 METHODS = {"edge_popup": run_supermask, "zhou": run_zhou, "bernoulli": run_learned,

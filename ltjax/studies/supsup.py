@@ -255,18 +255,15 @@ def run_supsup(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tru
     rows = [{"method": "supsup", "mask": kind, "task": t, "replicate": r,
              "density": float(end_density[m]), "test_accuracy": float(metrics["accuracy"][m]),
              **inferred[m]} for m, (r, t) in enumerate(grid)]
-    rows = rows + common.summarize(rows, by=("method", "mask", "task"),
-                                 fields=("density",) + FIELDS)
-    results.write_csv(run.workdir / "results.csv", rows)
+    table = results.write_table(run.workdir / "results.csv", rows, by=("method", "mask", "task"),
+                                fields=("density",) + FIELDS)
     plots.plot_supsup(rows, run.workdir / "plots" / "supsup.png",
                       title=f"SupSup ({kind}), {spec.model_name} on permuted "
                             f"{plots.dataset_label(dataset.name)}: {num_tasks} tasks, "
                             f"{num} replicate(s)")
-    per_member = [r for r in rows if r["replicate"] not in ("mean", "std")]
-    overall = {f: (None if any(r[f] is None for r in per_member)
-                   else float(np.mean([r[f] for r in per_member]))) for f in FIELDS}
-    return {"rows": [r for r in rows if r["replicate"] == "mean"],
-            "std": [r for r in rows if r["replicate"] == "std"], "overall": overall,
+    overall = {f: (None if any(r[f] is None for r in rows)
+                   else float(np.mean([r[f] for r in rows]))) for f in FIELDS}
+    return {**table, "overall": overall,
             "num_replicates": num, "num_tasks": num_tasks, "mask": kind,
             "output_size": output_size(config, dataset)}
 

@@ -22,9 +22,10 @@ its own folder of ``workdir``:
 
 Then it writes the tables the paper plots: ``dense_results.csv``,
 ``imp_results.csv`` and ``random_results.csv`` (the stability study's
-``results.csv`` of each kind), ``accuracy.csv`` (each trained copy's test
-accuracy per k and kind, against the dense accuracy: ``matching`` when within
-``config.matching_within`` of it), ``mask_distance.csv`` (Hamming distance and
+``results.csv`` of each kind, with its ``summary.csv`` as ``<kind>_summary.csv``),
+``accuracy.csv`` (each trained copy's test accuracy per k and kind, against the
+dense accuracy: ``matching`` when within ``config.matching_within`` of it; means
+per kind and k in ``accuracy_summary.csv``), ``mask_distance.csv`` (Hamming distance and
 IoU between the IMP masks found by rewinding to different k, per replicate:
 Frankle, Schwab & Morcos 2020, Section 3) and ``plots/transition.png``.
 
@@ -134,12 +135,12 @@ def _copy_accuracies(workdir: pathlib.Path, end: int, copies: int) -> list[dict]
 
 def _accuracy_rows(parts: dict[str, list[dict]], dense: float, within: float,
                    instability: dict[str, list[dict]]) -> list[dict]:
-    """``accuracy.csv``: per (kind, k, replicate, copy), then mean/std rows per (kind, k)."""
+    """``accuracy.csv``'s rows: one per (kind, k, replicate, copy)."""
     rows = []
     for kind, copies in parts.items():
         unstable = {}
         for r in instability[kind]:
-            if r["split"] == "test" and r["replicate"] not in ("mean", "std"):
+            if r["split"] == "test":
                 unstable.setdefault((int(r["k"]), int(r["replicate"])), []).append(
                     float(r["instability"]))
         for c in copies:
@@ -148,8 +149,7 @@ def _accuracy_rows(parts: dict[str, list[dict]], dense: float, within: float,
                          "matching": bool(c["test_accuracy"] >= dense - within),
                          "instability": barrier,
                          "stable": bool(barrier < stability.STABLE_BELOW)})
-    return rows + common.summarize(rows, by=("kind", "k"), fields=(
-        "test_accuracy", "density", "dense_test_accuracy", "matching", "instability", "stable"))
+    return rows
 
 
 @common.study_entry
@@ -192,36 +192,42 @@ def run_transition(config: Any, workdir: str | pathlib.Path, *, progress: bool =
     parts = {"dense": workdir / "dense", **{kind: workdir / f"{kind}_subnetworks"
                                             for kind in KINDS.values()}}
     tables = {kind: results.read_csv(folder / "results.csv") for kind, folder in parts.items()}
-    for kind, rows in tables.items():
-        results.write_csv(workdir / f"{kind}_results.csv", rows)
+    summaries = {kind: results.read_csv(folder / "summary.csv") for kind, folder in parts.items()}
+    for kind in parts:
+        results.write_csv(workdir / f"{kind}_results.csv", tables[kind])
+        results.write_csv(workdir / f"{kind}_summary.csv", summaries[kind])
     copies = {kind: _copy_accuracies(folder, end, config.num_copies)
               for kind, folder in parts.items()}
     first_k = min(c["k"] for c in copies["dense"])
     dense = float(np.mean([c["test_accuracy"] for c in copies["dense"] if c["k"] == first_k]))
     accuracy = _accuracy_rows({kind: copies[kind] for kind in KINDS.values()}, dense,
                               config.matching_within, tables)
-    results.write_csv(workdir / "accuracy.csv", accuracy)
+    accuracy_summary = results.write_table(
+        workdir / "accuracy.csv", accuracy, by=("kind", "k"), fields=(
+            "test_accuracy", "density", "dense_test_accuracy", "matching", "instability",
+            "stable"))
     results.write_csv(workdir / "mask_distance.csv",
                       _mask_distances(executor, config, workdir, imp_steps))
 
     per_pair = [{**r, "kind": kind} for kind, rows in tables.items() for r in rows
-                if r["split"] == "test" and r["replicate"] not in ("mean", "std")]
+                if r["split"] == "test"]
     name = f"{config.model} on {plots.dataset_label(config.dataset)}"
     plots.plot_transition(
-        per_pair, [r for r in accuracy if r["replicate"] not in ("mean", "std")],
+        per_pair, accuracy,
         workdir / "plots" / "transition.png", dense_accuracy=dense,
         matching_within=config.matching_within,
         title=f"{name}: instability and accuracy vs rewind step (level {config.levels})")
 
     def means(rows: list[dict], key: str) -> dict[int, float]:
         return {int(r["k"]): float(r[key]) for r in rows
-                if r["replicate"] == "mean" and r.get("split", "test") == "test"}
+                if r["stat"] == "mean" and r.get("split", "test") == "test"}
 
+    mean_accuracy = accuracy_summary["rows"]
     return {
-        "instability": {kind: means(rows, "instability") for kind, rows in tables.items()},
-        "accuracy": {kind: means([r for r in accuracy if r["kind"] == kind], "test_accuracy")
-                     for kind in KINDS.values()},
-        "matching": {kind: means([r for r in accuracy if r["kind"] == kind], "matching")
+        "instability": {kind: means(rows, "instability") for kind, rows in summaries.items()},
+        "accuracy": {kind: means([r for r in mean_accuracy if r["kind"] == kind],
+                                 "test_accuracy") for kind in KINDS.values()},
+        "matching": {kind: means([r for r in mean_accuracy if r["kind"] == kind], "matching")
                      for kind in KINDS.values()},
         "dense_accuracy": dense,
     }
