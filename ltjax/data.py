@@ -24,9 +24,14 @@ Sources are chosen by name and never silently substituted:
   normalised (empty ``mean``/``std``: :func:`normalize` returns the int ids).
 
 Example:
-    >>> ds = load("mnist", validation_size=5000)
+    >>> from ltjax import data
+    >>> ds = data.load("digits", validation_size=100)    # scikit-learn's digits: no download
     >>> ds.input_shape, len(ds.train), len(ds.validation), len(ds.test)
-    ((28, 28, 1), 55000, 5000, 10000)
+    ((8, 8, 1), 1337, 100, 360)
+
+    MNIST, CIFAR-10 and the others are read from ``$LTJAX_DATA_DIR`` (prepared once,
+    not run here): ``data.load("mnist", validation_size=5000)`` has 55000, 5000 and
+    10000 examples of shape ``(28, 28, 1)``.
 """
 
 from __future__ import annotations
@@ -81,9 +86,11 @@ class Split:
       y: int32 labels ``[N]``.
 
     Example:
-        >>> s = Split(np.zeros((3, 8, 8, 1), np.uint8), np.arange(3, dtype=np.int32))
-        >>> len(s)
-        3
+        >>> import numpy as np
+        >>> from ltjax import data
+        >>> s = data.Split(np.zeros((3, 8, 8, 1), np.uint8), np.arange(3, dtype=np.int32))
+        >>> len(s), s
+        (3, Split(x=uint8[3, 8, 8, 1], y=int32[3]))
     """
 
     x: np.ndarray
@@ -122,7 +129,8 @@ class Dataset:
         :func:`augment_cifar`) or None.
 
     Example:
-        >>> ds = load("digits")
+        >>> from ltjax import data
+        >>> ds = data.load("digits")
         >>> ds.input_shape, ds.num_classes, ds.mean.shape
         ((8, 8, 1), 10, (1,))
     """
@@ -188,9 +196,13 @@ def load(
       FileNotFoundError: the data is neither cached nor obtainable from tfds.
 
     Example:
-        >>> ds = load("cifar10_train_first4000.npz", test_size=400)
-        >>> ds.augment, len(ds.train), len(ds.test)
-        ('cifar', 3600, 400)
+        >>> from ltjax import data
+        >>> ds = data.load("digits", validation_size=200, validation_seed=1)
+        >>> ds.augment, len(ds.train), len(ds.validation), len(ds.test)
+        (None, 1237, 200, 360)
+
+        An ``.npz`` file (not run here): ``data.load("cifar10_train_first4000.npz",
+        test_size=400)`` gives ``ds.augment == 'cifar'`` and 3600 / 400 examples.
     """
     validation_size = _as_int(validation_size, "validation_size")
     validation_seed = _as_int(validation_seed, "validation_seed")
@@ -273,8 +285,10 @@ def split_validation(split: Split, *, size: int, seed: int) -> tuple[Split, Spli
     (sorted) form the held-out split; the rest keep their original order.
 
     Example:
-        >>> s = Split(np.arange(10)[:, None], np.arange(10, dtype=np.int32))
-        >>> train, val = split_validation(s, size=3, seed=0)
+        >>> import numpy as np
+        >>> from ltjax import data
+        >>> s = data.Split(np.arange(10)[:, None], np.arange(10, dtype=np.int32))
+        >>> train, val = data.split_validation(s, size=3, seed=0)
         >>> len(train), len(val)
         (7, 3)
     """
@@ -300,7 +314,9 @@ def channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     features). Computed in float64, two passes in chunks, std floored at 1e-8.
 
     Example:
-        >>> mean, std = channel_stats(np.full((2, 4, 4, 3), 7, np.uint8))
+        >>> import numpy as np
+        >>> from ltjax import data
+        >>> mean, std = data.channel_stats(np.full((2, 4, 4, 3), 7, np.uint8))
         >>> mean.tolist(), std.dtype
         ([7.0, 7.0, 7.0], dtype('float32'))
     """
@@ -347,8 +363,12 @@ def rotate(split: Split, *, degrees: float | tuple[float, float], seed: int = 0)
       The rotated :class:`Split` (labels unchanged).
 
     Example:
-        >>> shifted = rotate(ds.test, degrees=30.0)           # rotated MNIST test set
-        >>> varied = rotate(ds.train, degrees=(-45, 45), seed=0)
+        >>> from ltjax import data
+        >>> ds = data.synthetic((8, 8, 1), 6, num_classes=3)      # 6 random 8 x 8 images
+        >>> shifted = data.rotate(ds.test, degrees=30.0)           # e.g. a rotated MNIST test set
+        >>> varied = data.rotate(ds.train, degrees=(-45, 45), seed=0)
+        >>> shifted.x.shape, shifted.x.dtype
+        ((6, 8, 8, 1), dtype('uint8'))
     """
     if split.x.ndim != 4:
         raise ValueError(f"rotate needs images [N, H, W, C], got shape {split.x.shape}")
@@ -400,7 +420,11 @@ def add_noise(split: Split, *, std: float, seed: int = 0) -> Split:
     uint8 images are rounded and clipped to [0, 255]; float features are not clipped.
 
     Example:
-        >>> noisy = add_noise(ds.test, std=64.0, seed=0)  # MNIST pixels are 0..255
+        >>> from ltjax import data
+        >>> ds = data.synthetic((8, 8, 1), 6, num_classes=3)      # 6 random 8 x 8 images
+        >>> noisy = data.add_noise(ds.test, std=64.0, seed=0)  # pixels are 0..255
+        >>> noisy.x.dtype, bool((noisy.y == ds.test.y).all())
+        (dtype('uint8'), True)
     """
     if not (np.isfinite(std) and std >= 0):
         raise ValueError(f"std must be finite and >= 0, got {std}")
@@ -417,7 +441,10 @@ def synthetic(shape: tuple[int, ...], num_examples: int, *, num_classes: int = 1
     mean 128 and std 64 per channel.
 
     Example:
-        >>> ds = synthetic((32, 32, 3), 50000, augment="cifar")
+        >>> from ltjax import data
+        >>> ds = data.synthetic((32, 32, 3), 2000, augment="cifar")
+        >>> len(ds.train), len(ds.test), ds.mean.tolist()
+        (2000, 1000, [128.0, 128.0, 128.0])
     """
     gen = np.random.default_rng(seed)
     train = Split(x=gen.integers(0, 256, (num_examples, *shape), dtype=np.uint8),
@@ -439,7 +466,11 @@ def random_labels(split: Split, *, share: float, num_classes: int, seed: int = 0
     reference) or, with ``exclude_true``, from the ``C - 1`` other classes.
 
     Example:
-        >>> shuffled = random_labels(ds.train, share=1.0, num_classes=10, seed=0)
+        >>> from ltjax import data
+        >>> ds = data.synthetic((8, 8, 1), 6, num_classes=3)      # 6 random 8 x 8 images
+        >>> shuffled = data.random_labels(ds.train, share=1.0, num_classes=3, seed=0)
+        >>> shuffled.y.shape, bool((shuffled.x == ds.train.x).all())
+        ((6,), True)
     """
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"share must be in [0, 1], got {share}")
@@ -477,8 +508,14 @@ def rotation_task(split: Split, *, seed: int | None = None) -> Split:
       The pretext :class:`Split` (labels in ``0..3``; train it with a 4-class head).
 
     Example:
-        >>> pretext = rotation_task(ds.train)          # 4N images, labels 0..3
-        >>> one_each = rotation_task(ds.train, seed=0)  # N images, one rotation each
+        >>> from ltjax import data
+        >>> ds = data.synthetic((8, 8, 1), 6, num_classes=3)      # 6 random 8 x 8 images
+        >>> pretext = data.rotation_task(ds.train)          # 4N images, labels 0..3
+        >>> len(pretext), sorted(set(pretext.y.tolist()))
+        (24, [0, 1, 2, 3])
+        >>> one_each = data.rotation_task(ds.train, seed=0)  # N images, one rotation each
+        >>> len(one_each)
+        6
     """
     if split.x.ndim != 4 or split.x.shape[1] != split.x.shape[2]:
         raise ValueError(f"rotation_task needs square images [N, H, H, C], got {split.x.shape}")
@@ -510,8 +547,12 @@ def blur(split: Split, *, factor: int, method: str = "bilinear") -> Split:
     antialiases.
 
     Example:
-        >>> blurred = blur(ds.train, factor=4)
-        >>> blocky = blur(ds.train, factor=4, method="nearest")
+        >>> from ltjax import data
+        >>> ds = data.synthetic((8, 8, 1), 6, num_classes=3)      # 6 random 8 x 8 images
+        >>> blurred = data.blur(ds.train, factor=4)
+        >>> blocky = data.blur(ds.train, factor=4, method="nearest")
+        >>> blurred.x.shape, blocky.x.dtype
+        ((6, 8, 8, 1), dtype('uint8'))
     """
     if split.x.ndim != 4:
         raise ValueError(f"blur needs images [N, H, W, C], got shape {split.x.shape}")
@@ -554,7 +595,9 @@ def altered_dataset(dataset: Dataset, *, kind: str, share: float = 1.0,
     real task.
 
     Example:
-        >>> pretext = altered_dataset(ds, kind="rotation", seed=0)
+        >>> from ltjax import data
+        >>> ds = data.synthetic((8, 8, 1), 6, num_classes=3)      # 6 random 8 x 8 images
+        >>> pretext = data.altered_dataset(ds, kind="rotation", seed=0)
         >>> pretext.num_classes, len(pretext.train) == len(ds.train)
         (4, True)
     """
@@ -600,8 +643,12 @@ def normalize(x: jax.Array, mean: jax.Array | np.ndarray, std: jax.Array | np.nd
     through which the executor, evaluation and the studies normalise inputs.
 
     Example:
-        >>> ds = load("mnist")
-        >>> xb = normalize(ds.train.x[:128], ds.mean, ds.std)    # [128, 28, 28, 1]
+        >>> import jax.numpy as jnp
+        >>> from ltjax import data
+        >>> ds = data.load("digits")
+        >>> xb = data.normalize(jnp.asarray(ds.train.x[:128]), ds.mean, ds.std)
+        >>> xb.shape, xb.dtype
+        ((128, 8, 8, 1), dtype('float32'))
     """
     if math.prod(np.shape(mean)) == 0 and math.prod(np.shape(std)) == 0:
         return jnp.asarray(x)  # token ids (empty mean/std): not normalised, dtype kept
@@ -631,7 +678,11 @@ def augment_cifar(key: jax.Array, images: jax.Array, *, pad: int = 4) -> jax.Arr
       Augmented images, same shape and dtype as ``images``.
 
     Example:
-        >>> out = augment_cifar(jax.random.key(0), jnp.zeros((8, 32, 32, 3)))
+        >>> import jax, jax.numpy as jnp
+        >>> from ltjax import data
+        >>> out = data.augment_cifar(jax.random.key(0), jnp.zeros((8, 32, 32, 3)))
+        >>> out.shape
+        (8, 32, 32, 3)
     """
     images = jnp.asarray(images)
     if images.ndim != 4:
@@ -925,7 +976,8 @@ def is_prime(n: int) -> bool:
     """Whether the int ``n`` is prime (trial division).
 
     Example:
-        >>> is_prime(97), is_prime(96), is_prime(1)
+        >>> from ltjax import data
+        >>> data.is_prime(97), data.is_prime(96), data.is_prime(1)
         (True, False, False)
     """
     if n < 2:
@@ -968,7 +1020,8 @@ def modular_arithmetic(*, op: str = "add", p: int = 97, train_share: float = 0.3
         ``train_share`` outside (0, 1) or leaving a split empty, a bad ``seed``.
 
     Example:
-        >>> ds = modular_arithmetic(op="add", p=97, train_share=0.3, seed=0)
+        >>> from ltjax import data
+        >>> ds = data.modular_arithmetic(op="add", p=97, train_share=0.3, seed=0)
         >>> len(ds.train), len(ds.test), ds.train.x[0].tolist(), ds.num_classes
         (2823, 6586, [0, 1, 97], 97)
     """
@@ -1069,7 +1122,12 @@ def device_split(split: Split, dataset: Dataset, *, pad_to: int = 1) -> DeviceSp
     The arrays are still host arrays; ``jax.device_put`` the result to place it.
 
     Example:
-        >>> test = jax.device_put(device_split(ds.test, ds, pad_to=1000))
+        >>> import jax
+        >>> from ltjax import data
+        >>> ds = data.load("digits")
+        >>> test = jax.device_put(data.device_split(ds.test, ds, pad_to=100))
+        >>> test.x.shape, test.num_examples            # padded to a multiple of 100
+        ((400, 8, 8, 1), 360)
     """
     if len(split) == 0:
         raise ValueError(f"the split of {dataset.name!r} is empty")
@@ -1088,7 +1146,9 @@ def epoch_permutation(order_key: jax.Array, epoch: jax.Array | int, num_examples
     """The order in which epoch ``epoch`` visits the examples: a permutation of ``num_examples``.
 
     Example:
-        >>> epoch_permutation(jax.random.key(0), 3, 10).shape
+        >>> import jax
+        >>> from ltjax import data
+        >>> data.epoch_permutation(jax.random.key(0), 3, 10).shape
         (10,)
     """
     return jax.random.permutation(jax.random.fold_in(order_key, epoch), num_examples)
@@ -1108,8 +1168,10 @@ def batch_indices(
     step. Jittable; ``start_step`` may be traced, the rest is static.
 
     Example:
-        >>> idx = batch_indices(jax.random.key(0), 0, num_steps=5, num_examples=100,
-        ...                     batch_size=10)
+        >>> import jax
+        >>> from ltjax import data
+        >>> idx = data.batch_indices(jax.random.key(0), 0, num_steps=5, num_examples=100,
+        ...                          batch_size=10)
         >>> idx.shape
         (5, 10)
     """
