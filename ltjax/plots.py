@@ -1,7 +1,17 @@
 """Figures of a workdir, drawn from ``metrics.jsonl`` records (matplotlib, Agg).
 
 Example:
-    >>> plot_learning_curves(records, workdir / "plots" / "learning_curve.png")
+    >>> import pathlib, tempfile
+    >>> from ltjax import plots
+    >>> records = [{"replicate": r, "step": s, "split": "test", "loss": 2.0 / (s + 1),
+    ...             "accuracy": 0.3 * s + 0.1 * r} for r in (0, 1) for s in (0, 1, 2)]
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "learning_curve.png"
+    >>> plots.plot_learning_curves(records, path)
+    >>> path.is_file()
+    True
+
+    A study draws its figures from its workdir's log (not run here):
+    ``plots.plot_learning_curves(log.read(), workdir / "plots" / "learning_curve.png")``.
 """
 
 from __future__ import annotations
@@ -38,8 +48,11 @@ def dataset_label(name: str | os.PathLike) -> str:
       without its ``.npz`` suffix.
 
     Example:
-        >>> dataset_label("/data/cifar10_first4000/cifar10_train_first4000.npz")
+        >>> from ltjax import plots
+        >>> plots.dataset_label("/data/cifar10_first4000/cifar10_train_first4000.npz")
         'cifar10_train_first4000'
+        >>> plots.dataset_label("mnist")
+        'mnist'
     """
     text = os.fspath(name)
     if "/" not in text and os.sep not in text and not text.endswith(".npz"):
@@ -52,7 +65,8 @@ def percent_label(percent: float) -> str:
     """A density in percent as a tick label: 3 significant digits from 10 up, else 2.
 
     Example:
-        >>> [percent_label(100 * 0.8**n) for n in (0, 1, 3, 4, 15)]
+        >>> from ltjax import plots
+        >>> [plots.percent_label(100 * 0.8**n) for n in (0, 1, 3, 4, 15)]
         ['100', '80', '51.2', '41', '3.5']
     """
     return f"{percent:.3g}" if percent >= 10 else f"{percent:.2g}"
@@ -62,15 +76,26 @@ def band_label(kind: str, count: int, unit: str = "replicates") -> str:
     """The legend text of a shaded band: ``kind`` is ``'std'`` (+-1 std) or ``'range'`` (min-max).
 
     Example:
-        >>> band_label("std", 4)
+        >>> from ltjax import plots
+        >>> plots.band_label("std", 4)
         '±1 std over 4 replicates'
+        >>> plots.band_label("range", 3, unit="pairs")
+        'min-max over 3 pairs'
     """
     what = {"std": "±1 std", "range": "min-max"}[kind]
     return f"{what} over {count} {unit}"
 
 
 def mean_and_spread(records: Sequence[dict], *, x: str, y: str) -> tuple[np.ndarray, ...]:
-    """Group ``records`` by ``x``; return ``xs, mean, std, min, max`` of ``y`` over replicates."""
+    """Group ``records`` by ``x``; return ``xs, mean, std, min, max`` of ``y`` over replicates.
+
+    Example:
+        >>> from ltjax import plots
+        >>> records = [{"step": 0, "acc": 0.5}, {"step": 0, "acc": 0.7}, {"step": 1, "acc": 0.9}]
+        >>> xs, mean, std, lo, hi = plots.mean_and_spread(records, x="step", y="acc")
+        >>> xs.tolist(), mean.round(3).tolist(), std.round(3).tolist(), hi.tolist()
+        ([0, 1], [0.6, 0.9], [0.1, 0.0], [0.7, 0.9])
+    """
     groups: dict[float, list[float]] = defaultdict(list)
     for r in records:
         if r.get(y) is not None:
@@ -96,7 +121,8 @@ def swept_values(values: Sequence[float], *, merge: float = TICK_MERGE) -> list[
     of a kept larger one dropped: the ticks of an axis that must not overlap.
 
     Example:
-        >>> swept_values([100, 80, 64.1, 64.0, 51.2, 80])
+        >>> from ltjax import plots
+        >>> plots.swept_values([100, 80, 64.1, 64.0, 51.2, 80])
         [100, 80, 64.1, 51.2]
     """
     out: list[float] = []
@@ -434,7 +460,15 @@ def plot_branch_curves(records: Sequence[dict], path: str | os.PathLike, *, key:
     """Accuracy vs step, one line per value of ``records[key]``: mean and min-max over replicates.
 
     Example:
-        >>> plot_branch_curves(records, "plots/sparse.png", key="member")
+        >>> import pathlib, tempfile
+        >>> from ltjax import plots
+        >>> records = [{"member": m, "replicate": r, "step": s, "split": "test",
+        ...             "accuracy": 0.2 * s + 0.1 * r + (m == "ticket") * 0.1}
+        ...            for m in ("ticket", "random") for r in (0, 1) for s in (0, 1, 2)]
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "sparse.png"
+        >>> plots.plot_branch_curves(records, path, key="member")
+        >>> path.is_file()
+        True
     """
     fig, ax = plt.subplots(figsize=(7, 4.5))
     trained, num, first = [], 0, float("inf")
@@ -973,7 +1007,16 @@ def plot_grokking_tickets(records: Sequence[dict], path: str | os.PathLike, *, k
     test accuracy as a dotted line.
 
     Example:
-        >>> plot_grokking_tickets(records, "plots/grokking_tickets.png", key="curve")
+        >>> import pathlib, tempfile
+        >>> from ltjax import plots
+        >>> records = [{"arm": arm, "replicate": r, "step": s, "split": split,
+        ...             "accuracy": 0.4 * s + 0.1 * r}
+        ...            for arm in ("ticket", "dense") for split in ("train", "test")
+        ...            for r in (0, 1) for s in (0, 1, 2)]
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "grokking_tickets.png"
+        >>> plots.plot_grokking_tickets(records, path)
+        >>> path.is_file()
+        True
     """
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
     num = 0

@@ -20,8 +20,18 @@ and data orders:
 ================== ============================================================
 
 Example (Colab):
-    >>> from experiments.configs import bn_only_mlp_digits
-    >>> summary = run_bn_only(bn_only_mlp_digits.get_config("quick"), "/tmp/bn")
+    Not run here (a study trains for tens of seconds and writes its workdir):
+
+    ```python
+    from experiments.configs import bn_only_mlp_digits
+    summary = run_bn_only(bn_only_mlp_digits.get_config("quick"), "/tmp/bn")
+    sorted(summary)                  # ['num_replicates', 'rows', 'std']
+    summary["num_replicates"]        # 2
+    [r["arm"] for r in summary["rows"]]   # one mean row of results.csv per arm
+    ```
+
+    The same run from a shell: ``python -m experiments.bn_only
+    --config=experiments/configs/bn_only_mlp_digits.py:quick --workdir=/tmp/bn``.
 """
 
 from __future__ import annotations
@@ -51,8 +61,12 @@ def random_control(config: Any) -> str:
       ValueError: not one of :data:`ltjax.batchnorm_only.RANDOM_CONTROLS`.
 
     Example:
-        >>> random_control(ml_collections.ConfigDict({"random_control": "global"}))
+        >>> import ml_collections
+        >>> from ltjax.studies import bn_only
+        >>> bn_only.random_control(ml_collections.ConfigDict({"random_control": "global"}))
         'global'
+        >>> bn_only.random_control(ml_collections.ConfigDict())
+        'per_channel'
     """
     rule = config.get("random_control", "per_channel")
     if rule not in batchnorm_only.RANDOM_CONTROLS:
@@ -69,8 +83,14 @@ def arm_reparams(config: Any, params: Any) -> dict[str, reparam_lib.Reparam]:
     exactly as many entries as ``batchnorm`` on ``mlp_bn`` and the ResNets.
 
     Example:
-        >>> arm_reparams(config, executor.abstract_params)["random"].name
-        'random_per_channel(2)'
+        >>> import jax, ml_collections
+        >>> from ltjax import models
+        >>> from ltjax.studies import bn_only
+        >>> model = models.create("mlp_bn", widths=(8,), num_classes=3)
+        >>> params = jax.eval_shape(lambda k: models.init(model, k, (4,))[0], jax.random.key(0))
+        >>> reparams = bn_only.arm_reparams(ml_collections.ConfigDict(), params)
+        >>> sorted(reparams), reparams["random"].name
+        (['batchnorm', 'batchnorm_output', 'full', 'output', 'random'], 'random_per_channel(2)')
     """
     output = batchnorm_only.output_layer(params)
     if random_control(config) == "per_channel":

@@ -38,7 +38,13 @@ def without(config: ml_collections.ConfigDict, fields: Sequence[str]) -> ml_coll
     For a study that runs another study with its own config, e.g. its own IMP run.
 
     Example:
-        >>> imp_config = without(config, ("perturbations", "rewind_steps"))
+        >>> import ml_collections
+        >>> from ltjax.studies import common
+        >>> config = ml_collections.ConfigDict({"model": "mlp", "perturbations": ("none",),
+        ...                                     "rewind_steps": (0,)})
+        >>> imp_config = common.without(config, ("perturbations", "rewind_steps", "absent"))
+        >>> sorted(imp_config.keys()), sorted(config.keys())
+        (['model'], ['model', 'perturbations', 'rewind_steps'])
     """
     out = copy.deepcopy(config)
     with out.unlocked():
@@ -233,6 +239,15 @@ def steps(value: str | int, steps_per_epoch: int, *, field: str | None = None) -
 
     Raises:
       ValueError: not a step length; with ``field``, the message names ``config.<field>``.
+
+    Example:
+        >>> from ltjax.studies import common
+        >>> common.steps("2ep", 916), common.steps("500it", 916), common.steps(100, 916)
+        (1832, 500, 100)
+        >>> common.steps("2 epochs", 916, field="rewind_step")
+        Traceback (most recent call last):
+        ...
+        ValueError: config.rewind_step='2 epochs': steps must be an int or a string like ...
     """
     try:
         return train.parse_steps(value, steps_per_epoch=steps_per_epoch)
@@ -329,7 +344,8 @@ def names_of(value: Any, *, field: str, allowed: tuple[str, ...]) -> tuple[str, 
       ValueError: a name not in ``allowed`` (the message names ``field``).
 
     Example:
-        >>> names_of(("none,repair",), field="corrections", allowed=("none", "repair"))
+        >>> from ltjax.studies import common
+        >>> common.names_of(("none,repair",), field="corrections", allowed=("none", "repair"))
         ('none', 'repair')
     """
     items = [value] if isinstance(value, str) else list(value or ())
@@ -355,7 +371,9 @@ def batch_stats_reset(config: Any) -> dict:
       ValueError: ``reset_batches`` is neither an int >= 1 nor ``'epoch'``.
 
     Example:
-        >>> batch_stats_reset(ml_collections.ConfigDict({"reset_batches": "epoch"}))
+        >>> import ml_collections
+        >>> from ltjax.studies import common
+        >>> common.batch_stats_reset(ml_collections.ConfigDict({"reset_batches": "epoch"}))
         {'num_batches': None, 'augment': False}
     """
     value = config.get("reset_batches", 20)
@@ -378,6 +396,13 @@ def parse_layer_rates(spec: str | None) -> dict[str, float]:
 
     Raises:
       ValueError: an entry is not ``regex:rate`` with a numeric rate.
+
+    Example:
+        >>> from ltjax.studies import common
+        >>> common.parse_layer_rates("Dense_2:0.1,Conv_.*:0.15")
+        {'Dense_2': 0.1, 'Conv_.*': 0.15}
+        >>> common.parse_layer_rates(None)
+        {}
     """
     rates: dict[str, float] = {}
     for entry in (spec or "").split(","):
@@ -399,7 +424,10 @@ def say(message: str, progress: bool = True) -> None:
     """One line about what a study is doing (beside its progress bars); silent without progress.
 
     Example:
-        >>> say("matching 2 pairs of models (weight matching)", progress)
+        >>> from ltjax.studies import common
+        >>> common.say("matching 2 pairs of models (weight matching)")
+        matching 2 pairs of models (weight matching)
+        >>> common.say("matching 2 pairs of models (weight matching)", progress=False)
     """
     if progress:
         tqdm.tqdm.write(message)
@@ -422,7 +450,8 @@ def diverged(start_loss: Any, loss: Any, *, factor: float = DIVERGENCE_FACTOR) -
     loss went from ln(10) to 1e18 (Adam at a learning rate of 1e6) is.
 
     Example:
-        >>> diverged([2.3, 2.3], [0.1, 1e18])
+        >>> from ltjax.studies import common
+        >>> common.diverged([2.3, 2.3], [0.1, 1e18])
         array([False,  True])
     """
     start = np.maximum(np.asarray(start_loss, np.float64), 1.0)
@@ -480,8 +509,14 @@ def layer_rates(pruning_config: Any, params: Any, prunable: Any) -> dict[str, fl
       ValueError: a bad ``layer_rates`` entry or an unknown preset.
 
     Example:
-        >>> layer_rates(ml_collections.ConfigDict({"layer_rates": "@output:0.1"}),
-        ...             lenet_params, masking.prunable(lenet_params))
+        >>> import jax, ml_collections
+        >>> from ltjax import masking, models
+        >>> from ltjax.studies import common
+        >>> lenet = models.create("lenet_300_100")
+        >>> lenet_params = jax.eval_shape(lambda k: models.init(lenet, k, (28, 28, 1))[0],
+        ...                               jax.random.key(0))
+        >>> common.layer_rates(ml_collections.ConfigDict({"layer_rates": "@output:0.1"}),
+        ...                    lenet_params, masking.prunable(lenet_params))
         {'^Dense_2/': 0.1}
     """
     rates = pruning.preset_rates(params, prunable, preset=pruning_config.get("preset") or "")
@@ -685,7 +720,8 @@ def member_tags_of(rows: list[dict]) -> list[dict]:
     records exactly on resume.
 
     Example:
-        >>> member_tags_of([{"density": 0.1, "replicate": 0}])
+        >>> from ltjax.studies import common
+        >>> common.member_tags_of([{"density": 0.1, "replicate": 0}])
         [{'target_density': 0.1, 'replicate': 0}]
     """
     return [{f"target_{k}" if k in RECORD_FIELDS else k: v for k, v in row.items()}
@@ -729,8 +765,12 @@ def finished_segment(
       when the segment has not finished (then call :func:`train_segment`).
 
     Example:
-        >>> done = finished_segment(executor, ckpt_dir, end=end, log=log, member_tags=tags)
-        >>> state = done[0] if done else segment(executor, state=start_state(), ...)
+        Not run here (it reads a segment's checkpoints in a workdir):
+
+        ```python
+        done = finished_segment(executor, ckpt_dir, end=end, log=log, member_tags=tags)
+        state = done[0] if done else segment(executor, state=start_state(), ...)
+        ```
     """
     ckpt_dir = pathlib.Path(ckpt_dir)
     if not ckpt_dir.is_dir():
@@ -781,9 +821,13 @@ class TelemetryObserver:
         the post-pass's too, over each member's kept weights), or None (dense).
 
     Example:
-        >>> observer = TelemetryObserver(executor, state.params, telemetry.schedule(end), log=...)
-        >>> segment(executor, state=state, ..., observer=observer)
-        >>> observer.versus_final(final_params, tags=tags, member_tags=member_tags)
+        Not run here (it trains a segment and writes into its workdir):
+
+        ```python
+        observer = TelemetryObserver(executor, state.params, telemetry.schedule(end), log=...)
+        segment(executor, state=state, ..., observer=observer)
+        observer.versus_final(final_params, tags=tags, member_tags=member_tags)
+        ```
     """
 
     def __init__(self, executor: executor_lib.Executor, params_0: Any, steps: list[int], *,
@@ -931,8 +975,12 @@ def computed_once(workdir: str | pathlib.Path, name: str, compute_fn: Callable[[
       The arrays, as host NumPy arrays.
 
     Example:
-        >>> scores = computed_once(workdir, "scores", lambda: score_fn(state),
-        ...                        like=jax.ShapeDtypeStruct((n,), np.float32))
+        Not run here (it writes into a prepared workdir):
+
+        ```python
+        scores = computed_once(workdir, "scores", lambda: score_fn(state),
+                               like=jax.ShapeDtypeStruct((n,), np.float32))
+        ```
     """
     fingerprint = config_fingerprint(workdir)
     with checkpoint.Checkpointer(pathlib.Path(workdir) / "checkpoints" / name) as ckpt:
@@ -973,9 +1021,13 @@ def segment_runner(config: Any, executor: executor_lib.Executor, *, end: int,
     """:func:`train_segment` bound to ``end`` and the config's eval / checkpoint intervals.
 
     Example:
-        >>> segment = segment_runner(config, executor, end=end, log=log, splits=["test"],
-        ...                          progress=True)
-        >>> final = segment(executor, state=state, masks=None, noise_keys=keys, ...)
+        Not run here (the segment it binds compiles and trains):
+
+        ```python
+        segment = segment_runner(config, executor, end=end, log=log, splits=["test"],
+                                 progress=True)
+        final = segment(executor, state=state, masks=None, noise_keys=keys, ...)
+        ```
     """
     per_epoch = executor.steps_per_epoch
     return functools.partial(
@@ -1000,7 +1052,16 @@ def stored_curve(records: list[dict], alphas: Any) -> tuple[np.ndarray, ...] | N
     builds the same table.
 
     Example:
-        >>> stored_curve([r for r in log.read() if is_mine(r)], np.linspace(0, 1, 30))
+        >>> from ltjax.studies import common
+        >>> records = [{"alpha": a, "accuracy": 0.5, "loss": 1.0} for a in (1.0, 0.0, 0.5)]
+        >>> alphas, accuracy, loss = common.stored_curve(records, [0.0, 0.5, 1.0])
+        >>> alphas.tolist(), accuracy.dtype
+        ([0.0, 0.5, 1.0], dtype('float64'))
+        >>> common.stored_curve(records, [0.0, 0.25]) is None     # an alpha is missing
+        True
+
+        A study passes its path's records from the log: ``stored_curve([r for r in
+        log.read() if is_mine(r)], np.linspace(0, 1, 30))``.
     """
     wanted = {round(float(x), 6) for x in alphas}
     if not records or not wanted <= {round(r["alpha"], 6) for r in records}:

@@ -16,8 +16,17 @@ Every mode x replicate of a kept share is a member of one program
 (:meth:`ltjax.executor.Executor.train`'s ``subsets``).
 
 Example (Colab):
-    >>> from experiments.configs import data_diet_lenet_digits
-    >>> summary = run_data_diet(data_diet_lenet_digits.get_config("quick"), "/tmp/diet")
+    Not run here (a study trains for tens of seconds and writes its workdir):
+
+    ```python
+    from experiments.configs import data_diet_lenet_digits
+    summary = run_data_diet(data_diet_lenet_digits.get_config("quick"), "/tmp/diet")
+    summary["num_replicates"]        # 2
+    summary["rows"][0]["test_accuracy"]   # results.csv's means, one row per (kept, mode)
+    ```
+
+    The same run from a shell: ``python -m experiments.data_diet
+    --config=experiments/configs/data_diet_lenet_digits.py:quick --workdir=/tmp/diet``.
 """
 
 from __future__ import annotations
@@ -73,7 +82,12 @@ def with_label_noise(dataset: data.Dataset, *, share: float, seed: int) -> tuple
       the dataset and the corrupted indices, int ``[ceil(share * N)]``, sorted.
 
     Example:
-        >>> noisy, corrupted = with_label_noise(ds, share=0.1, seed=0)
+        >>> from ltjax import data
+        >>> from ltjax.studies import data_diet
+        >>> ds = data.synthetic((8, 8, 1), 20, num_classes=3)     # 20 random 8 x 8 images
+        >>> noisy, corrupted = data_diet.with_label_noise(ds, share=0.1, seed=0)
+        >>> len(corrupted), bool((noisy.train.y[corrupted] != ds.train.y[corrupted]).all())
+        (2, True)
     """
     train_split = data.random_labels(dataset.train, share=share,
                                      num_classes=dataset.num_classes, seed=seed,

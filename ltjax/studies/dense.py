@@ -1,8 +1,17 @@
 """Dense training of S seeds: learning curves with their spread over seeds.
 
 Example (Colab):
-    >>> from experiments.configs import lenet_digits
-    >>> summary = run_dense(lenet_digits.get_config("quick"), "/tmp/run")
+    Not run here (a study trains for tens of seconds and writes its workdir):
+
+    ```python
+    from experiments.configs import lenet_digits
+    summary = run_dense(lenet_digits.get_config("quick"), "/tmp/run")
+    summary["steps"]                 # 46, the last step
+    summary["final"]["test"]["accuracy"]  # [S]: each seed's final test accuracy
+    ```
+
+    The same run from a shell: ``python -m experiments.train
+    --config=experiments/configs/lenet_digits.py:quick --workdir=/tmp/run``.
 """
 
 from __future__ import annotations
@@ -19,7 +28,16 @@ from ltjax.studies.spec import RunSpec
 
 
 def eval_splits(config: Any, dataset) -> list[str]:
-    """The splits evaluated at every eval step: test, validation if carved, train if asked."""
+    """The splits evaluated at every eval step: test, validation if carved, train if asked.
+
+    Example:
+        >>> import ml_collections
+        >>> from ltjax import data
+        >>> from ltjax.studies import dense
+        >>> ds = data.synthetic((8, 8, 1), 4)                    # no validation split
+        >>> dense.eval_splits(ml_collections.ConfigDict({"eval_train": True}), ds)
+        ['test', 'train']
+    """
     splits = ["test"]
     if dataset.validation is not None:
         splits.append("validation")
@@ -122,8 +140,12 @@ def telemetry_observer(config: Any, executor: Any, params_0: Any, total: int, da
         kept weights (None: dense).
 
     Example:
-        >>> observer = telemetry_observer(config, executor, start.params, end, dataset,
-        ...                               log=log, snapshot_dir=workdir / "snapshots")
+        Not run here (it needs a study's executor and writes into its workdir):
+
+        ```python
+        observer = telemetry_observer(config, executor, start.params, end, dataset,
+                                      log=log, snapshot_dir=workdir / "snapshots")
+        ```
     """
     t = config.telemetry
     per_epoch = executor.steps_per_epoch

@@ -34,8 +34,17 @@ the final epoch's mask, from step 0 in both modes (there is no epoch to
 resume at).
 
 Example (Colab):
-    >>> from experiments.configs import early_bird_mlp_digits
-    >>> summary = run_early_bird(early_bird_mlp_digits.get_config("quick"), "/tmp/eb")
+    Not run here (a study trains for tens of seconds and writes its workdir):
+
+    ```python
+    from experiments.configs import early_bird_mlp_digits
+    summary = run_early_bird(early_bird_mlp_digits.get_config("quick"), "/tmp/eb")
+    summary["num_replicates"]        # 2
+    [r["p"] for r in summary["rows"]]     # one mean row of results.csv per pruning ratio
+    ```
+
+    The same run from a shell: ``python -m experiments.early_bird
+    --config=experiments/configs/early_bird_mlp_digits.py:quick --workdir=/tmp/eb``.
 """
 
 from __future__ import annotations
@@ -86,8 +95,12 @@ def retrain_start_epoch(eb_epoch: int | None, mode: str) -> int:
       ValueError: ``mode`` not one of :data:`RETRAIN_MODES`.
 
     Example:
-        >>> retrain_start_epoch(6, "resume_schedule"), retrain_start_epoch(6, "scratch")
+        >>> from ltjax.studies import early_bird
+        >>> early_bird.retrain_start_epoch(6, "resume_schedule"), early_bird.retrain_start_epoch(
+        ...     6, "scratch")
         (6, 0)
+        >>> early_bird.retrain_start_epoch(None, "resume_schedule")    # no ticket emerged
+        0
     """
     if mode not in RETRAIN_MODES:
         raise ValueError(f"mode must be one of {RETRAIN_MODES}, got {mode!r}")

@@ -38,8 +38,17 @@ perturbation key is ``fold_in(stream(stream(replicate_key, 'perturb'),
 name), k)``, so adding perturbations or replicates changes no other member.
 
 Example (Colab):
-    >>> from experiments.configs import early_phase_lenet_digits
-    >>> summary = run_early_phase(early_phase_lenet_digits.get_config("quick"), "/tmp/early")
+    Not run here (a study trains for tens of seconds and writes its workdir):
+
+    ```python
+    from experiments.configs import early_phase_lenet_digits
+    summary = run_early_phase(early_phase_lenet_digits.get_config("quick"), "/tmp/early")
+    summary["num_replicates"]        # 2
+    summary["rows"][0]["test_accuracy_drop"]   # means per (k, perturbation)
+    ```
+
+    The same run from a shell: ``python -m experiments.early_phase
+    --config=experiments/configs/early_phase_lenet_digits.py:quick --workdir=/tmp/early``.
 """
 
 from __future__ import annotations
@@ -68,8 +77,11 @@ def parse_perturbation(name: str) -> tuple[str, dict]:
         ``config.perturbations``).
 
     Example:
-        >>> parse_perturbation("gaussian@0.5")
+        >>> from ltjax.studies import early_phase
+        >>> early_phase.parse_perturbation("gaussian@0.5")
         ('gaussian', {'scale': 0.5})
+        >>> early_phase.parse_perturbation("signs_k_magnitudes_fresh")
+        ('recombine', {'signs': 'k', 'magnitudes': 'fresh'})
     """
     if name in ("none", "reinit"):
         return name, {}

@@ -26,9 +26,19 @@ Model: ``transformer_1l``/``2l`` read the tokens ``[a, b, =]``; the ``mlp``
 concatenated (``2p`` features, Minegishi et al.'s MLP input).
 
 Example (Colab):
-    >>> from experiments.configs import grokking_tickets_transformer
-    >>> summary = run_grokking_tickets(grokking_tickets_transformer.get_config("quick"),
-    ...                                "/tmp/grok")
+    Not run here (a study trains for tens of seconds and writes its workdir):
+
+    ```python
+    from experiments.configs import grokking_tickets_transformer
+    summary = run_grokking_tickets(grokking_tickets_transformer.get_config("quick"),
+                                   "/tmp/grok")
+    summary["num_replicates"]        # 2
+    summary["memorised_steps"], summary["target_accuracy"]
+    summary["rows"]                  # results.csv's means, one row per (arm, density)
+    ```
+
+    The same run from a shell: ``python -m experiments.grokking_tickets
+    --config=experiments/configs/grokking_tickets_transformer.py:quick --workdir=/tmp/grok``.
 """
 
 from __future__ import annotations
@@ -91,7 +101,14 @@ def one_hot_pairs(dataset: data.Dataset) -> data.Dataset:
 
 
 def first_step(curve: list[tuple[int, float]], threshold: float) -> int | None:
-    """The first step of ``(step, accuracy)`` pairs with accuracy >= ``threshold`` (or None)."""
+    """The first step of ``(step, accuracy)`` pairs with accuracy >= ``threshold`` (or None).
+
+    Example:
+        >>> from ltjax.studies import grokking_tickets
+        >>> curve = [(0, 0.1), (200, 0.97), (100, 0.96)]
+        >>> grokking_tickets.first_step(curve, 0.95), grokking_tickets.first_step(curve, 0.99)
+        (100, None)
+    """
     return next((s for s, a in sorted(curve) if a >= threshold), None)
 
 

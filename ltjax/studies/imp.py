@@ -90,8 +90,18 @@ Sanity checks (Ma et al. 2021; Liu et al. 2021):
   weights, ``p = config.correlation_p`` (default 0.1).
 
 Example (Colab):
-    >>> from experiments.configs import imp_lenet_digits
-    >>> summary = run_imp(imp_lenet_digits.get_config("quick"), "/tmp/imp")
+    Not run here (a study trains for tens of seconds and writes its workdir):
+
+    ```python
+    from experiments.configs import imp_lenet_digits
+    summary = run_imp(imp_lenet_digits.get_config("quick"), "/tmp/imp")
+    sorted(summary)                  # ['num_replicates', 'rows', 'std']
+    summary["num_replicates"]        # 2
+    summary["rows"]                  # results.csv's means, one row per (level, branch)
+    ```
+
+    The same run from a shell: ``python -m experiments.imp
+    --config=experiments/configs/imp_lenet_digits.py:quick --workdir=/tmp/imp``.
 """
 
 from __future__ import annotations
@@ -139,7 +149,13 @@ def level_noise_keys(noise_keys: jax.Array, level: int, branch: str, sgd_noise: 
     not depend on S or on which other branches run.
 
     Example:
-        >>> keys = level_noise_keys(noise_keys, 3, "reinit", "fresh")  # [S]
+        >>> import jax
+        >>> from ltjax.studies import imp
+        >>> noise_keys = jax.random.split(jax.random.key(0), 2)    # S = 2 replicates
+        >>> imp.level_noise_keys(noise_keys, 3, "reinit", "fresh").shape
+        (2,)
+        >>> imp.level_noise_keys(noise_keys, 3, "reinit", "paired") is noise_keys
+        True
     """
     if sgd_noise == "paired" or level == 0:
         return noise_keys
@@ -153,8 +169,12 @@ def small_dense_widths(
     """Hidden widths scaled by one factor so the MLP has about ``target`` kernel weights.
 
     Example:
-        >>> small_dense_widths((300, 100), input_size=784, num_classes=10, target=53240)
-        (60, 20)
+        >>> from ltjax.studies import imp
+        >>> imp.small_dense_widths((300, 100), input_size=784, num_classes=10, target=53240)
+        (66, 22)
+
+        LeNet-300-100 at 20 % of its 266200 kernel weights: 784 x 66 + 66 x 22 + 22 x 10
+        = 53416 (scaling every width by 0.2 would keep only 48440).
     """
 
     def count(ws: tuple[int, ...]) -> int:
@@ -335,7 +355,18 @@ def pretrain_dataset(config: Any, dataset: data.Dataset) -> tuple[data.Dataset, 
       ValueError: a bad field, naming it (``config.pretrain.<field>``).
 
     Example:
-        >>> altered, steps = pretrain_dataset(config, dataset)  # kind='rotation', steps='2ep'
+        >>> import ml_collections
+        >>> from ltjax import data
+        >>> from ltjax.studies import imp
+        >>> dataset = data.synthetic((8, 8, 1), 100, num_classes=3)    # 100 random 8 x 8 images
+        >>> config = ml_collections.ConfigDict({"recipe": {"batch_size": 10},
+        ...                                     "pretrain": {"kind": "rotation", "steps": "2ep"}})
+        >>> altered, steps = imp.pretrain_dataset(config, dataset)
+        >>> altered.num_classes, steps      # the 4-way rotation task, 2 epochs of 10 batches
+        (4, 20)
+        >>> del config["pretrain"]
+        >>> imp.pretrain_dataset(config, dataset) is None
+        True
     """
     p = config.get("pretrain")
     kind = "" if p is None else p.get("kind", "")
@@ -388,7 +419,15 @@ def with_fresh_head(pretrained: Any, fresh: Any, *, leading_axes: int = 0) -> An
     pretrained one. Pure; the trees must have the same leaf names.
 
     Example:
-        >>> params = with_fresh_head(rotation_net, init_10_class)  # [S, ...] with leading_axes=1
+        >>> import numpy as np
+        >>> from ltjax.studies import imp
+        >>> rotation_net = {"Dense_0": {"kernel": np.ones((4, 8))},
+        ...                 "Dense_1": {"kernel": np.ones((8, 4))}}     # a 4-way head
+        >>> fresh = {"Dense_0": {"kernel": np.zeros((4, 8))},
+        ...          "Dense_1": {"kernel": np.zeros((8, 10))}}          # a 10-class head
+        >>> params = imp.with_fresh_head(rotation_net, fresh)
+        >>> float(params["Dense_0"]["kernel"].sum()), params["Dense_1"]["kernel"].shape
+        (32.0, (8, 10))
     """
     head = models.output_layer(fresh, leading_axes=leading_axes) + "/"
     names = tree.names(fresh)
@@ -408,7 +447,13 @@ def mask_distances(masks_a: Any, masks_b: Any, prunable: Any) -> dict[str, jax.A
     rewind points (Frankle, Schwab & Morcos 2020, Section 3). Jittable.
 
     Example:
-        >>> mask_distances(masks_level_1, masks_level_2, masking.prunable(params))["iou"]
+        >>> import numpy as np
+        >>> from ltjax.studies import imp
+        >>> level_1 = {"Dense_0": {"kernel": np.array([[[1, 1, 0, 0]], [[1, 1, 0, 0]]], bool)}}
+        >>> level_2 = {"Dense_0": {"kernel": np.array([[[1, 0, 1, 0]], [[1, 1, 0, 0]]], bool)}}
+        >>> d = imp.mask_distances(level_1, level_2, {"Dense_0": {"kernel": True}})  # S = 2
+        >>> d["hamming"].tolist(), [round(float(iou), 3) for iou in d["iou"]]
+        ([2, 0], [0.333, 1.0])
     """
     def one(a, b):
         hamming = masking.hamming(a, b, prunable)

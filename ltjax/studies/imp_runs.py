@@ -42,8 +42,24 @@ def check_compatible(config: Any, workdir: str | pathlib.Path, *, field: str,
       The other run's config, as a dict.
 
     Example:
-        >>> check_compatible(config, "runs/imp", field="imp_workdir",
-        ...                  must_match=("dataset", "model"), what="IMP run")
+        A workdir without ``config.json`` holds no run:
+
+        >>> import ml_collections
+        >>> from ltjax.studies import imp_runs
+        >>> config = ml_collections.ConfigDict({"dataset": "digits", "model": "lenet_300_100"})
+        >>> imp_runs.check_compatible(config, "runs/no_such_imp", field="imp_workdir",
+        ...                           must_match=("dataset", "model"), what="IMP run")
+        Traceback (most recent call last):
+        ...
+        ValueError: imp_workdir='runs/no_such_imp' holds no IMP run (no config.json)
+
+        An IMP run's workdir gives its config (not run here: it needs a finished run):
+
+        ```python
+        theirs = imp_runs.check_compatible(config, "runs/imp", field="imp_workdir",
+                                           must_match=("dataset", "model"), what="IMP run")
+        theirs["levels"]        # the IMP run's config, as a dict
+        ```
     """
     path = pathlib.Path(workdir) / "config.json"
     if not path.exists():
@@ -220,9 +236,18 @@ def imp_workdirs(config: Any, ks: list[int], per_epoch: int,
         cover exactly ``config.rewind_steps``.
 
     Example:
-        >>> config.imp_workdir = "0it=runs/imp_k0,500it=runs/imp_k500"
-        >>> imp_workdirs(config, [0, 500], per_epoch=916)
+        >>> import ml_collections
+        >>> from ltjax.studies import imp_runs
+        >>> config = ml_collections.ConfigDict(
+        ...     {"imp_workdir": "0it=runs/imp_k0,500it=runs/imp_k500"})
+        >>> imp_runs.imp_workdirs(config, [0, 500], per_epoch=916)
         {0: 'runs/imp_k0', 500: 'runs/imp_k500'}
+        >>> config.imp_workdir = "runs/imp"                   # one IMP run at every k
+        >>> imp_runs.imp_workdirs(config, [0, 500], per_epoch=916)
+        {0: 'runs/imp', 500: 'runs/imp'}
+        >>> config.imp_workdir = "0it={workdir}/../imp_k0,1ep={workdir}/../imp_k1ep"
+        >>> imp_runs.imp_workdirs(config, [0, 916], per_epoch=916, workdir="runs/transition")
+        {0: 'runs/imp_k0', 916: 'runs/imp_k1ep'}
     """
     spec = str(config.get("imp_workdir") or "").strip()
     if not spec:

@@ -27,9 +27,18 @@ segment with its own checkpoint folder; a finished generation is restored,
 not retrained, so a run killed at any point and re-run gives the same files.
 
 Example (Colab):
-    >>> from experiments.configs import knowledge_evolution_lenet_digits
-    >>> config = knowledge_evolution_lenet_digits.get_config("quick")
-    >>> summary = run_knowledge_evolution(config, "/tmp/ke")
+    Not run here (a study trains for tens of seconds and writes its workdir):
+
+    ```python
+    from experiments.configs import knowledge_evolution_lenet_digits
+    config = knowledge_evolution_lenet_digits.get_config("quick")
+    summary = run_knowledge_evolution(config, "/tmp/ke")
+    summary["num_replicates"]        # 2
+    [r["generation"] for r in summary["rows"]]   # one mean row of results.csv per generation
+    ```
+
+    The same run from a shell: ``python -m experiments.knowledge_evolution
+    --config=experiments/configs/knowledge_evolution_lenet_digits.py:quick --workdir=/tmp/ke``.
 """
 
 from __future__ import annotations
@@ -86,7 +95,17 @@ def load_split_masks(directory: str | pathlib.Path, like: Any) -> Any | None:
     """The split masks ``[S, ...]`` saved in ``directory`` (restored onto ``like``), or None.
 
     Example:
-        >>> masks = load_split_masks(workdir / "checkpoints" / "split_masks", like_masks)
+        Nothing saved yet:
+
+        >>> from ltjax.studies import knowledge_evolution
+        >>> print(knowledge_evolution.load_split_masks("runs/none/checkpoints/split_masks", None))
+        None
+
+        A run's saved masks (not run here: it reads a workdir's checkpoint):
+
+        ```python
+        masks = load_split_masks(workdir / "checkpoints" / "split_masks", like_masks)
+        ```
     """
     directory = pathlib.Path(directory)
     if not directory.is_dir():

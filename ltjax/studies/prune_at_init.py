@@ -71,8 +71,17 @@ ablations x replicates), one checkpoint folder; the dense run that
 ``oneshot_lth`` and ``lr_rewinding`` prune is its own program.
 
 Example (Colab):
-    >>> from experiments.configs import prune_at_init_lenet_digits
-    >>> summary = run_prune_at_init(prune_at_init_lenet_digits.get_config("quick"), "/tmp/pai")
+    Not run here (a study trains for tens of seconds and writes its workdir):
+
+    ```python
+    from experiments.configs import prune_at_init_lenet_digits
+    summary = run_prune_at_init(prune_at_init_lenet_digits.get_config("quick"), "/tmp/pai")
+    summary["num_replicates"]        # 2
+    summary["rows"]                  # results.csv's means per (method, density, ablation)
+    ```
+
+    The same run from a shell: ``python -m experiments.prune_at_init
+    --config=experiments/configs/prune_at_init_lenet_digits.py:quick --workdir=/tmp/pai``.
 """
 
 from __future__ import annotations
@@ -103,9 +112,10 @@ def ablations_of(method: str, ablations: tuple[str, ...]) -> tuple[str, ...]:
     """The ablations of ``ablations`` that are defined for ``method`` (see the module docstring).
 
     Example:
-        >>> ablations_of("random", ("none", "shuffle"))
+        >>> from ltjax.studies import prune_at_init
+        >>> prune_at_init.ablations_of("random", ("none", "shuffle"))
         ('none',)
-        >>> ablations_of("synflow", ("none", "invert"))
+        >>> prune_at_init.ablations_of("synflow", ("none", "invert"))
         ('none', 'invert')
     """
     if method in _NONE_ONLY:

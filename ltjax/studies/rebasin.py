@@ -33,9 +33,17 @@ with its mask (``ticket``, the lottery-ticket reference); all of them as one
 masked program.
 
 Example (Colab):
-    >>> from experiments.configs import rebasin_mlp_digits
-    >>> summary = run_rebasin(rebasin_mlp_digits.get_config("quick"), "/tmp/rebasin")
-    >>> summary["rows"][0]["error_barrier"]
+    Not run here (a study trains for tens of seconds and writes its workdir):
+
+    ```python
+    from experiments.configs import rebasin_mlp_digits
+    summary = run_rebasin(rebasin_mlp_digits.get_config("quick"), "/tmp/rebasin")
+    sorted(summary)                  # ['rows', 'sparse']
+    summary["rows"][0]["error_barrier"]
+    ```
+
+    The same run from a shell: ``python -m experiments.rebasin
+    --config=experiments/configs/rebasin_mlp_digits.py:quick --workdir=/tmp/rebasin``.
 """
 
 from __future__ import annotations
@@ -77,7 +85,9 @@ def corrections_of(config: Any) -> tuple[str, ...]:
       ValueError: an empty list or an unknown correction (naming it).
 
     Example:
-        >>> corrections_of(ml_collections.ConfigDict({"corrections": ("none,repair",)}))
+        >>> import ml_collections
+        >>> from ltjax.studies import rebasin
+        >>> rebasin.corrections_of(ml_collections.ConfigDict({"corrections": ("none,repair",)}))
         ('none', 'repair')
     """
     value = common.names_of(config.get("corrections", ("none",)), field="corrections",
@@ -96,7 +106,9 @@ def check_config(config: Any) -> None:
         ``reset_batches`` / ``reset_augment``.
 
     Example:
-        >>> check_config(rebasin_mlp_digits.get_config("quick"))  # passes silently
+        >>> from experiments.configs import rebasin_mlp_digits
+        >>> from ltjax.studies import rebasin
+        >>> rebasin.check_config(rebasin_mlp_digits.get_config("quick"))  # passes silently
     """
     if config.method not in METHODS:
         raise ValueError(f"config.method must be one of {METHODS}, got {config.method!r}")
@@ -132,7 +144,11 @@ def train_sample(dataset: data.Dataset, num_examples: int, *, seed: int) -> jax.
     """``num_examples`` normalised training inputs (all if fewer), in an order drawn from ``seed``.
 
     Example:
-        >>> x = train_sample(data.load("digits"), 500, seed=0)   # [500, 8, 8, 1]
+        >>> from ltjax import data
+        >>> from ltjax.studies import rebasin
+        >>> x = rebasin.train_sample(data.load("digits"), 500, seed=0)
+        >>> x.shape, x.dtype
+        ((500, 8, 8, 1), dtype('float32'))
     """
     count = min(int(num_examples), len(dataset.train))
     order = np.asarray(jax.random.permutation(rng.stream(jax.random.key(seed), "sample"),
@@ -203,8 +219,13 @@ def match(config: Any, executor: executor_lib.Executor, spec: matching.Permutati
       ValueError: an unknown ``config.method``.
 
     Example:
-        >>> result = match(config, executor, spec, (params_0, {}), (params_1, {}))
-        >>> aligned = matching.apply_permutation(spec, result.perms, params_1)
+        Not run here (it needs the study's executor; :mod:`ltjax.matching` runs the matchers
+        on small nets):
+
+        ```python
+        result = match(config, executor, spec, (params_0, {}), (params_1, {}))
+        aligned = matching.apply_permutation(spec, result.perms, params_1)
+        ```
     """
     m = config.matching
     if config.method == "weight":
@@ -286,8 +307,12 @@ def run_rebasin(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
       ValueError: see :func:`check_config`; ``'reset'`` for a model without BatchNorm.
 
     Example:
-        >>> summary = run_rebasin(rebasin_mlp_digits.get_config("quick"), "/tmp/rebasin")
-        >>> [(r["variant"], r["error_barrier"]) for r in summary["rows"]][:2]
+        Not run here (it trains the models and writes ``workdir``):
+
+        ```python
+        summary = run_rebasin(rebasin_mlp_digits.get_config("quick"), "/tmp/rebasin")
+        [(r["variant"], r["error_barrier"]) for r in summary["rows"]][:2]
+        ```
     """
     check_config(config)
     corrections = corrections_of(config)

@@ -9,11 +9,15 @@ cadence, and :meth:`Run.evaluate` gives the final metrics as arrays: tables
 are built from those, never from the log.
 
 Example (Colab):
-    >>> run = RunSpec.from_config(config).open("/tmp/run")
-    >>> init_keys, noise_keys = run.spec.keys()
-    >>> final = run.segment("dense", state=run.spec.executor.init(init_keys),
-    ...                     noise_keys=noise_keys, tags={"branch": "dense"})
-    >>> run.evaluate(final, ["test"])["test"]["accuracy"]  # [S]
+    Not run here (it writes a workdir and compiles and trains a segment):
+
+    ```python
+    run = RunSpec.from_config(config).open("/tmp/run")
+    init_keys, noise_keys = run.spec.keys()
+    final = run.segment("dense", state=run.spec.executor.init(init_keys),
+                        noise_keys=noise_keys, tags={"branch": "dense"})
+    run.evaluate(final, ["test"])["test"]["accuracy"]  # [S]
+    ```
 """
 
 from __future__ import annotations

@@ -14,8 +14,17 @@ retrained with the recipe (fine-tuning from the pruned trained weights, the
 paper's "prune + retrain" comparison), all as members of one program.
 
 Example (Colab):
-    >>> from experiments.configs import str_lenet_digits
-    >>> summary = run_soft_threshold(str_lenet_digits.get_config("quick"), "/tmp/str")
+    Not run here (a study trains for tens of seconds and writes its workdir):
+
+    ```python
+    from experiments.configs import str_lenet_digits
+    summary = run_soft_threshold(str_lenet_digits.get_config("quick"), "/tmp/str")
+    summary["num_replicates"]        # 2
+    summary["rows"]                  # means per (method, s_init, weight_decay): sparsity, ...
+    ```
+
+    The same run from a shell: ``python -m experiments.str
+    --config=experiments/configs/str_lenet_digits.py:quick --workdir=/tmp/str``.
 """
 
 from __future__ import annotations

@@ -38,8 +38,17 @@ evaluation phase is written to ``metrics.jsonl`` in one append and skipped
 when found there, so a killed run resumes to the same files.
 
 Example (Colab):
-    >>> from experiments.configs import soups_lenet_digits
-    >>> summary = run_soups(soups_lenet_digits.get_config("quick"), "/tmp/soups")
+    Not run here (a study trains for tens of seconds and writes its workdir):
+
+    ```python
+    from experiments.configs import soups_lenet_digits
+    summary = run_soups(soups_lenet_digits.get_config("quick"), "/tmp/soups")
+    sorted(summary)                  # ['rows', 'wise_ft']
+    summary["rows"]                  # summary.csv: the ingredients and each soup
+    ```
+
+    The same run from a shell: ``python -m experiments.soups
+    --config=experiments/configs/soups_lenet_digits.py:quick --workdir=/tmp/soups``.
 """
 
 from __future__ import annotations
@@ -155,7 +164,11 @@ def run_recipe(recipe: optim.Recipe, end: int) -> optim.Recipe:
     """The recipe of a fine-tuning run of ``end`` steps: a cosine schedule decays over it.
 
     Example:
-        >>> run_recipe(recipe, 916).total_steps   # a 1-epoch MNIST run
+        >>> from ltjax import optim
+        >>> from ltjax.studies import soups
+        >>> recipe = optim.Recipe(optimizer="adam", learning_rate=1e-3, schedule="cosine",
+        ...                       total_steps=10000)
+        >>> soups.run_recipe(recipe, 916).total_steps   # a 1-epoch MNIST run
         916
     """
     if recipe.schedule != "cosine":

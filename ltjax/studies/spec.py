@@ -9,7 +9,10 @@ the :class:`ltjax.studies.runner.Run` that trains the study's segments. After
 the spec exists, the study reads no config field the spec holds.
 
 Example (Colab):
+    The spec of a config, before any workdir exists (digits: no download):
+
     >>> from experiments.configs import lenet_digits
+    >>> from ltjax.studies.spec import RunSpec
     >>> spec = RunSpec.from_config(lenet_digits.get_config("quick"), progress=False)
     >>> spec.training_steps, spec.eval_every, spec.num_replicates
     (46, 23, 2)

@@ -29,8 +29,17 @@ rewind step. ``imp_mask_at_any_k=True`` allows one IMP run's mask at every k
 (another experiment than the paper's).
 
 Example (Colab):
-    >>> from experiments.configs import stability_lenet_digits
-    >>> summary = run_stability(stability_lenet_digits.get_config("quick"), "/tmp/lmc")
+    Not run here (a study trains for tens of seconds and writes its workdir):
+
+    ```python
+    from experiments.configs import stability_lenet_digits
+    summary = run_stability(stability_lenet_digits.get_config("quick"), "/tmp/lmc")
+    sorted(summary)                  # ['num_pairs', 'rows', 'std']
+    [(r["k"], r["split"], r["instability"]) for r in summary["rows"]]
+    ```
+
+    The same run from a shell: ``python -m experiments.stability
+    --config=experiments/configs/stability_lenet_digits.py:quick --workdir=/tmp/lmc``.
 """
 
 from __future__ import annotations
@@ -54,6 +63,17 @@ def copy_noise_keys(keys: jax.Array, num_copies: int) -> jax.Array:
 
     Ordered replicate-major (``r * C + c``); copy c of replicate r does not
     depend on S or C.
+
+    Example:
+        >>> import jax
+        >>> from ltjax.studies import stability
+        >>> keys = jax.random.split(jax.random.key(0), 2)          # S = 2 replicates
+        >>> copies = stability.copy_noise_keys(keys, 3)             # C = 3 copies each
+        >>> copies.shape
+        (6,)
+        >>> alone = stability.copy_noise_keys(keys[:1], 2)          # replicate 0, S = 1, C = 2
+        >>> bool((jax.random.key_data(copies[:2]) == jax.random.key_data(alone)).all())
+        True
     """
     copies = rng.stream(keys, "copies")
     per = jax.vmap(lambda k: jax.vmap(lambda c: jax.random.fold_in(k, c))(
@@ -71,7 +91,11 @@ def ticket_start(executor: Any, state_k: Any, masks: Any, imp_config: dict) -> A
     optimiser state, or the step-k one when the IMP run set ``rewind_optimizer``.
 
     Example:
-        >>> start = ticket_start(executor, parent_at_k, masks, results.read_json(imp_json))
+        Not run here (it needs the study's executor and an IMP run's masks):
+
+        ```python
+        start = ticket_start(executor, parent_at_k, masks, results.read_json(imp_json))
+        ```
     """
     opt = None if imp_config.get("rewind_optimizer", False) else (
         executor.fresh_opt_state(masking.apply(state_k.params, masks)))

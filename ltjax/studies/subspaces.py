@@ -22,8 +22,17 @@ along the path (:func:`ltjax.interpolation.error_barrier`) and the endpoints'
 cos^2.
 
 Example (Colab):
-    >>> from experiments.configs import subspaces_mlp_digits
-    >>> summary = run_subspaces(subspaces_mlp_digits.get_config("quick"), "/tmp/sub")
+    Not run here (a study trains for tens of seconds and writes its workdir):
+
+    ```python
+    from experiments.configs import subspaces_mlp_digits
+    summary = run_subspaces(subspaces_mlp_digits.get_config("quick"), "/tmp/sub")
+    summary["num_replicates"]        # 2
+    summary["rows"]                  # paths.csv's means per (variant, beta): midpoint, barrier
+    ```
+
+    The same run from a shell: ``python -m experiments.subspaces
+    --config=experiments/configs/subspaces_mlp_digits.py:quick --workdir=/tmp/sub``.
 """
 
 from __future__ import annotations
@@ -55,8 +64,11 @@ def parse_arms(value: Any) -> tuple[tuple[str, float | None], ...]:
         repeated arm, or no arm (naming ``config.arms``).
 
     Example:
-        >>> parse_arms(("standard", "line_layerwise@1"))
+        >>> from ltjax.studies import subspaces
+        >>> subspaces.parse_arms(("standard", "line_layerwise@1"))
         (('standard', None), ('line_layerwise', 1.0))
+        >>> subspaces.parse_arms("standard,line@1")            # --config.arms=standard,line@1
+        (('standard', None), ('line', 1.0))
     """
     items = [value] if isinstance(value, str) else list(value or ())
     names = [v.strip() for item in items for v in str(item).split(",") if v.strip()]

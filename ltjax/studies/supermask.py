@@ -15,8 +15,17 @@ criteria from an IMP run's init and trained weights, applied to the init);
 (``config.method='bernoulli'``) or DNW (``'dnw'``, Wortsman et al. 2019).
 
 Example (Colab):
-    >>> from experiments.configs import supermask_lenet_digits
-    >>> summary = run_supermask(supermask_lenet_digits.get_config("quick"), "/tmp/sm")
+    Not run here (a study trains for tens of seconds and writes its workdir):
+
+    ```python
+    from experiments.configs import supermask_lenet_digits
+    summary = run_supermask(supermask_lenet_digits.get_config("quick"), "/tmp/sm")
+    summary["num_replicates"]        # 2
+    summary["rows"]                  # results.csv's means per (method, density, weight_init)
+    ```
+
+    The same run from a shell: ``python -m experiments.supermask
+    --config=experiments/configs/supermask_lenet_digits.py:quick --workdir=/tmp/sm``.
 """
 
 from __future__ import annotations

@@ -31,8 +31,17 @@ is the softmax entropy over all of them
 (``adaptors.py:se_oneshot_entropy_minimization``).
 
 Example (Colab):
-    >>> from experiments.configs import supsup_lenet_digits
-    >>> summary = run_supsup(supsup_lenet_digits.get_config("quick"), "/tmp/supsup")
+    Not run here (a study trains for tens of seconds and writes its workdir):
+
+    ```python
+    from experiments.configs import supsup_lenet_digits
+    summary = run_supsup(supsup_lenet_digits.get_config("quick"), "/tmp/supsup")
+    summary["num_replicates"], summary["num_tasks"], summary["output_size"]
+    summary["overall"]               # the means over tasks of the per-task accuracies
+    ```
+
+    The same run from a shell: ``python -m experiments.supsup
+    --config=experiments/configs/supsup_lenet_digits.py:quick --workdir=/tmp/supsup``.
 """
 
 from __future__ import annotations
@@ -80,8 +89,13 @@ def output_size(config: Any, dataset: data.Dataset) -> int:
         dataset's classes (every label must be an output).
 
     Example:
-        >>> output_size(supsup_lenet_mnist.get_config(), mnist)   # 100 outputs, labels 0..9
-        100
+        >>> import ml_collections
+        >>> from ltjax import data
+        >>> from ltjax.studies import supsup
+        >>> ds = data.synthetic((8, 8, 1), 4, num_classes=10)      # labels 0..9
+        >>> config = ml_collections.ConfigDict({"model": "lenet_300_100", "output_size": 100})
+        >>> supsup.output_size(config, ds), supsup.output_size(ml_collections.ConfigDict(), ds)
+        (100, 10)
     """
     size = config.get("output_size")
     if size is None:
@@ -98,7 +112,13 @@ def build_model(config: Any, dataset: data.Dataset) -> Any:
     """``config.model`` (with ``config.model_kwargs``) with :func:`output_size` outputs.
 
     Example:
-        >>> model = build_model(supsup_lenet_mnist.get_config(), mnist)   # logits [B, 100]
+        >>> import ml_collections
+        >>> from ltjax import data
+        >>> from ltjax.studies import supsup
+        >>> ds = data.synthetic((8, 8, 1), 4, num_classes=10)      # labels 0..9
+        >>> config = ml_collections.ConfigDict({"model": "lenet_300_100", "output_size": 100})
+        >>> supsup.build_model(config, ds).num_classes              # logits [B, 100]
+        100
     """
     kwargs = dict(config.get("model_kwargs") or {})
     return models.create(config.model, num_classes=output_size(config, dataset), **kwargs)

@@ -35,8 +35,17 @@ trained from the first k of ``config.rewind_steps`` (k = 0 by default: the
 network trained normally, S x C times).
 
 Example (Colab):
-    >>> from experiments.configs import transition_lenet_digits
-    >>> summary = run_transition(transition_lenet_digits.get_config("quick"), "/tmp/transition")
+    Not run here (a study trains for tens of seconds and writes its workdir):
+
+    ```python
+    from experiments.configs import transition_lenet_digits
+    summary = run_transition(transition_lenet_digits.get_config("quick"), "/tmp/transition")
+    sorted(summary)    # ['accuracy', 'dense_accuracy', 'instability', 'matching']
+    summary["instability"]["imp"]    # {k: mean test instability}
+    ```
+
+    The same run from a shell: ``python -m experiments.transition
+    --config=experiments/configs/transition_lenet_digits.py:quick --workdir=/tmp/transition``.
 """
 
 from __future__ import annotations
@@ -72,7 +81,15 @@ def stability_config(config: Any, **fields: Any) -> Any:
 
 
 def imp_config(config: Any, rewind_step: str) -> Any:
-    """The IMP study's config rewinding to ``rewind_step``, with the random pruning control."""
+    """The IMP study's config rewinding to ``rewind_step``, with the random pruning control.
+
+    Example:
+        >>> import ml_collections
+        >>> from ltjax.studies import transition
+        >>> config = transition.imp_config(ml_collections.ConfigDict({"model": "mlp"}), "500it")
+        >>> config.model, config.rewind_step, config.controls
+        ('mlp', '500it', ('random_layerwise',))
+    """
     out = common.without(config, STABILITY_FIELDS + TRANSITION_FIELDS)
     out.rewind_step = rewind_step
     out.controls = ("random_layerwise",)
