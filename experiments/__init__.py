@@ -26,6 +26,7 @@ import os
 import pathlib
 import re
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -90,6 +91,55 @@ def use_compilation_cache(directory: str | None = None, *,
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return directory
+
+
+#: A compilation at least this long (seconds) that the persistent cache did not serve is said.
+SLOW_COMPILE_SECONDS = 2.0
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # jax._src.dispatch's
+_CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
+_compile_state = threading.local()
+_compile_report: dict = {}  # 'say' and 'threshold' of report_slow_compiles, once registered
+
+
+def report_slow_compiles(say: Callable[[str], None] | None = None, *,
+                         threshold: float = SLOW_COMPILE_SECONDS) -> None:
+    """Say each compilation that took ``threshold`` seconds or more and was not a cache hit.
+
+    A line such as ``compiled jit(train_program) in 41 s (not in the compilation
+    cache; the next run reads it)`` appears only when a program was really
+    compiled (a first run, a new config), never for one the persistent cache
+    served. The listeners (JAX's monitoring events: a cache hit marks the
+    compile that follows it) are registered once per process; a later call
+    changes where the lines go and the threshold.
+
+    Args:
+      say: where the lines go (default: ``tqdm.write``, beside the progress bars).
+      threshold: the shortest compile said, in seconds.
+    """
+    import jax
+    import tqdm
+
+    first = not _compile_report
+    _compile_report.update(say=say or tqdm.tqdm.write, threshold=threshold)
+    if not first:
+        return
+
+    def hit(event: str, **kwargs: Any) -> None:
+        if event == _CACHE_HIT_EVENT:
+            _compile_state.hit = True
+
+    def compiled(event: str, seconds: float, **kwargs: Any) -> None:
+        if event != _COMPILE_EVENT:
+            return
+        was_hit, _compile_state.hit = getattr(_compile_state, "hit", False), False
+        if not was_hit and seconds >= _compile_report["threshold"]:
+            cached = jax.config.jax_compilation_cache_dir is not None
+            _compile_report["say"](
+                f"compiled {kwargs.get('fun_name', 'a program')} in {seconds:.0f} s"
+                + (" (not in the compilation cache; the next run reads it)" if cached else ""))
+
+    jax.monitoring.register_event_listener(hit)
+    jax.monitoring.register_event_duration_secs_listener(compiled)
 
 
 def use_cpu_devices(num_replicates: int) -> None:
@@ -451,6 +501,7 @@ def run_main(run_fn, report_fn, *, replicates_fn=lambda config: config.num_repli
 
             os.environ[tensorboard.ENV] = "1"
         use_compilation_cache()
+        report_slow_compiles()
         use_cpu_devices(replicates_fn(flags.config))
         if flags.distributed is None:
             with one_line_errors(flags.workdir):

@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import importlib.util
 import logging
 import math
@@ -48,6 +49,7 @@ import pathlib
 import random
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -218,16 +220,17 @@ def load(
         train, validation = split_validation(dataset.train, size=validation_size,
                                              seed=validation_seed)
         return dataclasses.replace(dataset, train=train, validation=validation)
-    if isinstance(name, os.PathLike) or str(name).endswith(".npz"):
+    if isinstance(name, str) and name in _REGISTERED:
+        if test_size:
+            raise ValueError(f"test_size applies only to an .npz file without a test split; "
+                             f"the registered {name!r} has its own, got test_size={test_size}")
+        train, test, augment, _ = _REGISTERED[name]
+        num_classes = _dense_num_classes(train, test, source=f"the registered {name!r}")
+        label = name
+    elif isinstance(name, os.PathLike) or str(name).endswith(".npz"):
         path = pathlib.Path(name).expanduser()
         train, test = _read_npz_file(path, test_size=test_size)
-        num_classes = int(max(train.y.max(initial=-1), test.y.max(initial=-1))) + 1
-        missing = sorted(set(range(num_classes)) - set(np.unique(train.y).tolist()))
-        if missing:  # e.g. one label 255 among 0..9 would make a 256-class model
-            raise ValueError(
-                f"labels in {path} must be dense in [0, C): the largest is {num_classes - 1} but "
-                f"the train split has no example of class(es) {missing[:8]}"
-                f"{' ...' if len(missing) > 8 else ''} ({len(missing)} missing)")
+        num_classes = _dense_num_classes(train, test, source=str(path))
         augment = "cifar" if train.x.shape[1:] == _CIFAR_SHAPE else None
         label = str(name)
     elif name in NAMES:
@@ -276,6 +279,102 @@ def load(
         std=std,
         augment=augment,
     )
+
+
+def _dense_num_classes(train: Split, test: Split, *, source: str) -> int:
+    """The class count of integer labels that must be dense in ``[0, C)`` in train."""
+    num_classes = int(max(train.y.max(initial=-1), test.y.max(initial=-1))) + 1
+    missing = sorted(set(range(num_classes)) - set(np.unique(train.y).tolist()))
+    if missing:  # e.g. one label 255 among 0..9 would make a 256-class model
+        raise ValueError(
+            f"labels in {source} must be dense in [0, C): the largest is {num_classes - 1} but "
+            f"the train split has no example of class(es) {missing[:8]}"
+            f"{' ...' if len(missing) > 8 else ''} ({len(missing)} missing)")
+    return num_classes
+
+
+#: Datasets registered by :func:`register`: name -> (train, test, augment, checksum).
+_REGISTERED: dict[str, tuple[Split, Split, str | None, str]] = {}
+
+
+def register(name: str, *, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+             y_test: np.ndarray, augment: str | None = None) -> str:
+    """Make arrays in memory a named dataset: every study can then train on them.
+
+    After ``register("my_data", x_train=..., ...)``, ``config.dataset =
+    "my_data"`` runs any study on those arrays (validation carved by the
+    config's ``validation_size``, statistics, checkpoints and tables as for a
+    bundled dataset) and :func:`load` returns them. The arrays are checked as an
+    ``.npz`` file's are: uint8 images ``[N, H, W]`` or ``[N, H, W, C]``, or
+    float features ``[N, D]``; integer labels dense in ``[0, C)``. A workdir
+    records their checksum (:func:`registered_checksum`): resuming it on other
+    arrays under the same name is refused. Registration lasts for the Python
+    process; registering the same arrays again is a no-op (a notebook cell rerun).
+
+    Args:
+      name: the dataset's name: not a bundled one (:data:`NAMES`), not a
+        modular arithmetic task, not an ``.npz`` path.
+      x_train, y_train, x_test, y_test: the splits' examples and labels.
+      augment: ``'cifar'`` (pad-4 random crop + flip for 32x32x3 images) or None.
+
+    Returns:
+      ``name``, for ``config.dataset``.
+
+    Raises:
+      ValueError: a reserved name, one registered with other arrays, bad arrays
+        or an unknown ``augment``.
+
+    Example:
+        >>> import numpy as np
+        >>> from ltjax import data
+        >>> rng = np.random.default_rng(0)
+        >>> name = data.register("doc_blobs", x_train=rng.normal(size=(60, 5)).astype("f4"),
+        ...                      y_train=np.arange(60) % 3, x_test=np.ones((9, 5), "f4"),
+        ...                      y_test=np.arange(9) % 3)
+        >>> ds = data.load(name, validation_size=10)
+        >>> ds.num_classes, len(ds.train), len(ds.validation), ds.input_shape
+        (3, 50, 10, (5,))
+    """
+    if not isinstance(name, str) or not name or name in NAMES or name.startswith(
+            MODULAR_PREFIX) or name.endswith(".npz") or "/" in name:
+        raise ValueError(f"name must be a new dataset name (not one of {NAMES}, not "
+                         f"'{MODULAR_PREFIX}...', not a path), got {name!r}")
+    if augment not in (None, "cifar"):
+        raise ValueError(f"augment must be None or 'cifar', got {augment!r}")
+    arrays = {"x_train": np.asarray(x_train), "y_train": np.asarray(y_train),
+              "x_test": np.asarray(x_test), "y_test": np.asarray(y_test)}
+    source = f"the arrays registered as {name!r}"
+    train, test = _splits_from_arrays(arrays, source=source)
+    if augment == "cifar" and train.x.shape[1:] != _CIFAR_SHAPE:
+        raise ValueError(f"augment='cifar' needs images [N, 32, 32, 3], got "
+                         f"{list(train.x.shape)}")
+    _dense_num_classes(train, test, source=source)
+    checksum = _checksum(train, test, augment)
+    if name in _REGISTERED and _REGISTERED[name][3] != checksum:
+        raise ValueError(f"dataset {name!r} is already registered with other arrays; "
+                         "register these under a new name")
+    _REGISTERED[name] = (train, test, augment, checksum)
+    return name
+
+
+def registered_checksum(name: Any) -> str | None:
+    """The SHA-256 of a registered dataset's arrays (None for any other name).
+
+    Example:
+        >>> from ltjax import data
+        >>> data.registered_checksum("digits") is None
+        True
+    """
+    entry = _REGISTERED.get(name) if isinstance(name, str) else None
+    return None if entry is None else entry[3]
+
+
+def _checksum(train: Split, test: Split, augment: str | None) -> str:
+    digest = hashlib.sha256(repr(augment).encode())
+    for array in (train.x, train.y, test.x, test.y):
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def split_validation(split: Split, *, size: int, seed: int) -> tuple[Split, Split | None]:

@@ -381,3 +381,26 @@ def test_ctrl_c_and_errors_after_work_say_what_to_do(tmp_path, capsys):
             str(ROOT / "experiments/configs/lenet_digits.py")))
         raise ValueError("inside the run: a bug keeps its traceback")
     common.release_workdir_locks()
+
+
+def test_a_compile_is_said_only_when_the_persistent_cache_did_not_serve_it():
+    said: list[str] = []
+    experiments.report_slow_compiles(said.append, threshold=0.0)
+    try:
+        def never_cached_before(x):  # a constant no other test compiles
+            return jax.numpy.cos(x) * 0.318309886 + 0.5772156649
+
+        x = jax.numpy.arange(5.0)
+        jax.jit(never_cached_before)(x).block_until_ready()
+        assert "compiled jit(never_cached_before) in 0 s (not in the compilation cache; " \
+               "the next run reads it)" in said
+        said.clear()
+        jax.clear_caches()  # as a new process: the program must come from the disk cache
+        jax.jit(never_cached_before)(x).block_until_ready()
+        assert not [line for line in said if "never_cached_before" in line]
+        experiments.report_slow_compiles(said.append, threshold=3600.0)
+        jax.clear_caches()
+        jax.jit(lambda y: y * 2.718281828 + 1.41421356)(x).block_until_ready()  # fast: unsaid
+        assert not said
+    finally:  # the listeners stay for the process: silence them for the next tests
+        experiments.report_slow_compiles(lambda line: None, threshold=float("inf"))

@@ -409,3 +409,69 @@ def test_synthetic_dataset_has_the_asked_shapes_and_stats():
     assert ds.train.y.min() >= 0 and ds.train.y.max() < 10
     np.testing.assert_array_equal(ds.mean, [128.0] * 3)
     np.testing.assert_array_equal(data.synthetic((4, 4, 3), 50, seed=1).train.x, ds.train.x)
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """Registrations last for the test only."""
+    monkeypatch.setattr(data, "_REGISTERED", {})
+
+
+def _blobs(seed=0, n=40):
+    rng = np.random.default_rng(seed)
+    return {"x_train": rng.integers(0, 256, (n, 6, 6), dtype=np.uint8),
+            "y_train": np.arange(n) % 4, "x_test": rng.integers(0, 256, (8, 6, 6), np.uint8),
+            "y_test": np.arange(8) % 4}
+
+
+def test_registered_arrays_load_by_name_like_a_file(registry, tmp_path):
+    arrays = _blobs()
+    assert data.register("blobs", **arrays) == "blobs"
+    ds = data.load("blobs", validation_size=10, validation_seed=3)
+    np.savez(tmp_path / "blobs.npz", **arrays)  # the same arrays as a file: the oracle
+    from_file = data.load(tmp_path / "blobs.npz", validation_size=10, validation_seed=3)
+    assert (ds.name, ds.num_classes, ds.input_shape, ds.augment) == ("blobs", 4, (6, 6, 1), None)
+    for split in ("train", "validation", "test"):
+        np.testing.assert_array_equal(getattr(ds, split).x, getattr(from_file, split).x)
+        np.testing.assert_array_equal(getattr(ds, split).y, getattr(from_file, split).y)
+    np.testing.assert_array_equal(ds.mean, from_file.mean)
+    data.register("blobs", **arrays)  # the same arrays again: a no-op (a rerun cell)
+    assert data.registered_checksum("blobs") == data.registered_checksum(
+        data.register("blobs_copy", **arrays))
+    assert data.registered_checksum("digits") is None
+
+
+@pytest.mark.parametrize(("name", "change", "message"), [
+    ("mnist", {}, "new dataset name"),
+    ("modular_add", {}, "new dataset name"),
+    ("mine.npz", {}, "new dataset name"),
+    ("blobs", {"y_train": np.arange(40) % 4 * 2}, "dense in"),  # labels 0, 2, 4, 6
+    ("blobs", {"y_train": np.zeros(39, int)}, "y_train has 39"),
+    ("blobs", {"augment": "flip"}, "augment must be"),
+    ("blobs", {"augment": "cifar"}, r"\[N, 32, 32, 3\]"),
+])
+def test_register_refuses_reserved_names_and_bad_arrays(registry, name, change, message):
+    with pytest.raises(ValueError, match=message):
+        data.register(name, **{**_blobs(), **change})
+    assert name not in data._REGISTERED
+
+
+def test_other_arrays_under_a_registered_name_are_refused(registry, tmp_path):
+    import ml_collections
+
+    from ltjax.studies import common
+
+    data.register("blobs", **_blobs(0))
+    with pytest.raises(ValueError, match="already registered with other arrays"):
+        data.register("blobs", **_blobs(1))
+    # A workdir records the arrays' checksum: resuming it on other arrays is refused.
+    config = ml_collections.ConfigDict({"dataset": "blobs", "seed": 0})
+    common.prepare_workdir(tmp_path, config)
+    saved = (tmp_path / "config.json").read_text()
+    assert data.registered_checksum("blobs") in saved
+    (tmp_path / "checkpoints" / "1").mkdir(parents=True)  # the run has saved a step
+    common.release_workdir_locks()
+    data._REGISTERED.clear()
+    data.register("blobs", **_blobs(1))  # a new process, other arrays, the same name
+    with pytest.raises(ValueError, match="dataset_sha256"):
+        common.prepare_workdir(tmp_path, config)

@@ -1,5 +1,8 @@
 """The pruning-at-init study: members, masks against NumPy oracles, ablations, resume, bad input."""
 
+import contextlib
+import io
+import re
 import shutil
 import types
 
@@ -33,8 +36,25 @@ def _config(**overrides):
 def study(tmp_path_factory):
     config = _config()
     workdir = tmp_path_factory.mktemp("pai")
-    summary = prune_at_init.run_prune_at_init(config, workdir, progress=False)
-    return config, workdir, summary
+    with contextlib.redirect_stdout(io.StringIO()) as said:  # the study's progress lines
+        summary = prune_at_init.run_prune_at_init(config, workdir, progress=True)
+    return config, workdir, {**summary, "said": said.getvalue()}
+
+
+def test_every_scoring_step_says_what_it_did_and_its_time(study):
+    config, _, summary = study
+    lines = summary["said"].splitlines()
+    timed = re.compile(r"^(.*): (\d+\.\d) s$")
+    steps = [m.group(1) for m in map(timed.match, lines) if m]
+    assert steps[0] == (f"scores at init (magnitude, SNIP, GraSP, |GraSP|) on "
+                        f"{config.score_examples} examples x{config.num_replicates}")
+    corrupted = list(dict.fromkeys(m.split("@")[1] for m in config.methods if "@" in m))
+    assert corrupted  # the config scores on corrupted batches too
+    assert steps[1:] == [
+        *(f"scores at init on {c.replace('_', ' ')} (SNIP, GraSP) x{config.num_replicates}"
+          for c in corrupted),
+        *(f"{method} masks at 25 % density x{config.num_replicates}"
+          for method in config.methods)]
 
 
 def _member_masks(workdir, like_params, num_members):

@@ -151,14 +151,24 @@ def test_your_own_model_dataset_and_spec_snippet_runs():
 
 
 def test_your_model_in_every_study_snippet_runs(tmp_path, monkeypatch):
-    from ltjax import models
+    import json
+
+    from ltjax import data, models
 
     for private in ("_REGISTRY", "_SPECS"):  # the registration lasts for this test only
         monkeypatch.setattr(models, private, dict(getattr(models, private)))
     monkeypatch.setattr(models, "NAMES", models.NAMES)
+    monkeypatch.setattr(data, "_REGISTERED", {})
     monkeypatch.chdir(tmp_path)
     namespace = _run(DATA_AND_MODELS, _snippet(DATA_AND_MODELS, "Your model in every study"))
-    rows = results.read_csv(tmp_path / "runs" / "imp_two_layer_mlp" / "results.csv")
+    workdir = tmp_path / "runs" / "imp_two_layer_mlp"
+    # The study trained on the user's arrays (1500 train examples, the config's hold-out).
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["dataset"] == "my_digits"
+    assert saved["dataset_sha256"] == data.registered_checksum("my_digits")
+    dataset = data.load("my_digits", validation_size=saved["validation_size"])
+    assert len(dataset.train) + len(dataset.validation) == 1500 and len(dataset.test) == 297
+    rows = results.read_csv(workdir / "results.csv")
     branches = {(r["level"], r["branch"]) for r in rows}
     assert branches == {("0", "imp")} | {(lv, b) for lv in ("1", "2")
                                          for b in ("imp", "reinit", "random_layerwise")}

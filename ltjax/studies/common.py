@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import errno
 import functools
@@ -13,7 +14,8 @@ import os
 import pathlib
 import re
 import shutil
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -62,7 +64,9 @@ def prepare_workdir(workdir: str | pathlib.Path, config: Any) -> pathlib.Path:
     the same config, the metrics and warnings the abandoned run logged are
     removed; given another config, every file and folder of the old run is
     removed (only ``config.json`` and the lock stay), so nothing computed under
-    the old config is read back under the new one.
+    the old config is read back under the new one. A dataset registered in
+    memory (:func:`ltjax.data.register`) adds its arrays' checksum to
+    ``config.json``: other arrays under the same name are another config.
 
     Raises:
       ValueError: the workdir holds checkpoints of a run whose ``config.json``
@@ -77,6 +81,9 @@ def prepare_workdir(workdir: str | pathlib.Path, config: Any) -> pathlib.Path:
     lock_workdir(workdir)
     path = workdir / "config.json"
     current = to_dict(config)
+    checksum = data.registered_checksum(current.get("dataset"))
+    if checksum is not None:  # arrays registered in memory: the name alone does not fix them
+        current["dataset_sha256"] = checksum
     saved = _read_config(path) if path.exists() else None
     if saved is not None and not has_checkpoints(workdir):
         stale = ([p for p in workdir.iterdir() if p.name not in ("config.json", LOCK_NAME)]
@@ -144,7 +151,6 @@ def lock_workdir(workdir: str | pathlib.Path) -> None:
     """
     import fcntl
     import socket
-    import time
 
     key = pathlib.Path(workdir).resolve()
     if key in _HELD_LOCKS or not distributed.is_writer():
@@ -433,12 +439,33 @@ def say(message: str, progress: bool = True) -> None:
         tqdm.tqdm.write(message)
 
 
+@contextlib.contextmanager
+def timed(message: str, progress: bool = True) -> Iterator[None]:
+    """Say ``message`` with the wall time of the block when it ends (silent without progress).
+
+    The block should wait for its device work (``jax.block_until_ready``) so
+    the time is the work's, compilation included.
+
+    Example:
+        >>> from ltjax.studies.common import timed
+        >>> with timed("scores at init", progress=False):
+        ...     pass
+    """
+    start = time.perf_counter()
+    yield
+    say(f"{message}: {time.perf_counter() - start:.1f} s", progress)
+
+
 #: A member's evaluation loss above this factor times its loss at the segment's start (or
 #: times 1, whichever is larger) is flagged as divergence (:func:`diverged`).
 DIVERGENCE_FACTOR = 100.0
 #: Checkpoints a segment keeps: the newest step and the one before it (a newest step
 #: found damaged on resume falls back to it). The one default of ``max_checkpoints``.
 MAX_CHECKPOINTS = 2
+#: A segment also saves a checkpoint after any training call that ends this many seconds or
+#: more after its last save (or its start): a slow run (conv nets on a CPU) that is killed
+#: loses about this much training, not everything since its last ``checkpoint_every`` step.
+CHECKPOINT_SECONDS = 120.0
 RECORD_FIELDS = ("step", "split", "loss", "accuracy", "density")  # what a segment's record adds
 
 
@@ -539,6 +566,7 @@ def train_segment(
     progress: bool = True, desc: str = "train", max_checkpoints: int | None = None,
     hparams: optim.Hyperparams | None = None, member_tags: list[dict] | None = None,
     observer: TelemetryObserver | None = None, subsets: Any = None,
+    checkpoint_seconds: float | None = CHECKPOINT_SECONDS,
 ) -> train.TrainState:
     """Train from ``state`` (at its step) to ``end``, evaluating and checkpointing; resumable.
 
@@ -553,6 +581,14 @@ def train_segment(
     A member whose loss on the first split rises above :data:`DIVERGENCE_FACTOR`
     times its loss at the start is flagged once with :func:`warn` (in the log
     and ``warnings.jsonl``; training goes on).
+
+    Training calls end at the eval, checkpoint and telemetry steps; under the
+    executor's ``'unrolled_loop'`` strategy (conv nets on a CPU: seconds per
+    step) each call is also at most one executor chunk (``steps_per_call``
+    steps, the programs and numbers of a longer call), so the progress bar
+    moves every chunk. After a call that ends ``checkpoint_seconds`` or more
+    after the last save, a checkpoint is saved whatever the step: a kill
+    loses little even when ``checkpoint_every`` is the whole segment.
 
     Args:
       executor: the executor.
@@ -578,6 +614,8 @@ def train_segment(
         training calls stop at its steps too, and its records (and weight
         snapshots) after a restored step are dropped on resume, like the metrics.
       subsets: per-member training subsets ``[S, n]`` (:meth:`Executor.train`), or None.
+      checkpoint_seconds: also save after a call ending this long after the last save
+        (default :data:`CHECKPOINT_SECONDS`; None: only on ``checkpoint_every``'s steps).
 
     Returns:
       The state at ``end``.
@@ -688,10 +726,13 @@ def train_segment(
         # checkpoint between evals stores them, so a resumed run logs the same means.
         pending = [] if found is None else [(np.asarray(m, np.float64), n)
                                             for m, n in saved.get("pending_losses", [])]
+        # Conv nets on CPU: one executor chunk per call (the same chunks as one longer call).
+        most = executor.steps_per_call if executor.strategy == "unrolled_loop" else end - step
+        last_save = time.monotonic()
         while step < end:
             target = min(end, (step // eval_every + 1) * eval_every,
                          (step // checkpoint_every + 1) * checkpoint_every,
-                         *(s for s in observe_steps if s > step))
+                         *(s for s in observe_steps if s > step), step + most)
             state, train_loss = executor.train(state, masks, noise_keys, num_steps=target - step,
                                                hparams=hparams, subsets=subsets)
             pending.append((train_loss, target - step))
@@ -701,10 +742,13 @@ def train_segment(
                 evaluate(step, _mean_loss(pending))
                 pending = []
             observe(step)
-            if step % checkpoint_every == 0 or step == end:
+            overdue = checkpoint_seconds is not None and (
+                time.monotonic() - last_save >= checkpoint_seconds)
+            if step % checkpoint_every == 0 or step == end or overdue:
                 ckpt.save(step, state=state, masks=masks, meta={
                     **meta(step), "pending_losses": [([float(v) for v in m], n)
                                                      for m, n in pending]})
+                last_save = time.monotonic()
         bar.close()
         if start == end and found is None:
             ckpt.save(step, state=state, masks=masks, meta=meta(step))

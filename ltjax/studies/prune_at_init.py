@@ -294,13 +294,17 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
                     "grasp_abs": jax.tree.map(jnp.abs, grasp)}
         return jax.vmap(one)(params, batch_stats, x, y)
 
-    scores = scores_at_init(params0, batch_stats0, score_x, score_y)
+    with common.timed(f"scores at init (magnitude, SNIP, GraSP, |GraSP|) on "
+                      f"{config.score_examples} examples x{num}", progress):
+        scores = jax.block_until_ready(scores_at_init(params0, batch_stats0, score_x, score_y))
     # Su et al. 2020: the same batch corrupted, scored by the same program.
     for corruption in dict.fromkeys(m.split("@")[1] for m in methods if m in _CORRUPTED):
         bad_x, bad_y = jax.vmap(functools.partial(
             sanity.corrupt_batch, corruption=corruption, num_classes=dataset.num_classes))(
                 rng.stream(keys, "score_corruption"), score_x, score_y)
-        bad = scores_at_init(params0, batch_stats0, bad_x, bad_y)
+        with common.timed(f"scores at init on {corruption.replace('_', ' ')} (SNIP, GraSP) "
+                          f"x{num}", progress):
+            bad = jax.block_until_ready(scores_at_init(params0, batch_stats0, bad_x, bad_y))
         scores |= {f"{m}@{corruption}": bad[m] for m in ("snip", "grasp")}
     # After training: one mask, from theta_0 (the one-shot ticket) or theta_T (LR rewinding).
     scores["oneshot_lth"] = jax.vmap(pruning.magnitude_scores)(dense.params)
@@ -356,7 +360,9 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
     layer_rows = []
     for d_index, density in enumerate(densities):
         for method in methods:
-            masks = base_masks(method, d_index, density)
+            with common.timed(f"{method} masks at {100 * density:g} % density x{num}",
+                              progress):
+                masks = jax.block_until_ready(base_masks(method, d_index, density))
             for ablation in ablations_of(method, ablations):
                 if ablation == "shuffle":
                     salt = 1000 * METHODS.index(method) + d_index
