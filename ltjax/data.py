@@ -314,7 +314,10 @@ def register(name: str, *, x_train: np.ndarray, y_train: np.ndarray, x_test: np.
     Args:
       name: the dataset's name: not a bundled one (:data:`NAMES`), not a
         modular arithmetic task, not an ``.npz`` path.
-      x_train, y_train, x_test, y_test: the splits' examples and labels.
+      x_train: the training examples ``[N, ...]``.
+      y_train: their integer labels ``[N]``.
+      x_test: the test examples ``[M, ...]``.
+      y_test: their integer labels ``[M]``.
       augment: ``'cifar'`` (pad-4 random crop + flip for 32x32x3 images) or None.
 
     Returns:
