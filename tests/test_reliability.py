@@ -200,6 +200,54 @@ def test_member_tags_may_not_shadow_the_records_own_fields(segment_parts, tmp_pa
         {"target_density": 0.1, "target_split": "a", "replicate": 0}]
 
 
+def test_a_slow_segment_moves_one_chunk_per_call_and_a_kill_between_grid_steps_loses_little(
+        tmp_path):
+    """Conv nets on CPU ('unrolled_loop') train seconds per step: each training call is one
+    chunk, and a call ending ``checkpoint_seconds`` after the last save saves, so a kill
+    inside a long checkpoint interval resumes from there, to the same numbers (#34.3)."""
+    from ltjax import models, optim
+    from ltjax.executor import Executor
+
+    executor = Executor(models.create("mlp", widths=(8,)), data.synthetic((8, 8, 1), 64),
+                        optim.Recipe(batch_size=16), strategy="unrolled_loop")
+    init_keys, noise_keys = rng.init_and_noise(rng.replicate_keys(0, 2))
+    calls, train = [], executor.train
+
+    def run(workdir, seconds, kill_at=None):
+        def counted(*args, **kwargs):
+            if len(calls) == kill_at:
+                raise KeyboardInterrupt
+            calls.append(kwargs["num_steps"])
+            return train(*args, **kwargs)
+
+        executor.train = counted
+        try:
+            return common.train_segment(
+                executor, state=executor.init(init_keys), masks=None, noise_keys=noise_keys,
+                end=6, eval_every=6, checkpoint_every=6, ckpt_dir=workdir / "ckpt",
+                log=results.MetricsLog(workdir / "metrics.jsonl"), tags={"branch": "a"},
+                splits=["test"], densities=np.ones(2), progress=False, checkpoint_seconds=seconds)
+        finally:
+            del executor.train
+
+    whole = run(tmp_path / "whole", None)
+    assert calls == [1] * 6
+    with checkpoint.Checkpointer(tmp_path / "whole" / "ckpt") as ckpt:
+        assert ckpt.steps() == [6]
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "killed", 0.0, kill_at=4)
+    with checkpoint.Checkpointer(tmp_path / "killed" / "ckpt") as ckpt:
+        assert ckpt.steps() == [3, 4]
+    calls.clear()
+    resumed = run(tmp_path / "killed", 0.0)
+    assert calls == [1, 1]
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert ((tmp_path / "killed" / "metrics.jsonl").read_bytes()
+            == (tmp_path / "whole" / "metrics.jsonl").read_bytes())
+
+
 def test_a_pruned_segment_rerun_after_losing_its_checkpoints_logs_no_duplicates(tmp_path):
     """Prune at init's members are tagged with their target density, the records carry the
     kept one: the segment must still recognise (and drop) its own records on resume."""
