@@ -58,6 +58,7 @@ import numpy as np
 
 from ltjax import early_bird, models, plots, results, rng, tree
 from ltjax.studies import common
+from ltjax.studies.spec import RunSpec
 
 #: How the tickets are retrained: ``'scratch'`` (full schedule) or ``'resume_schedule'``.
 RETRAIN_MODES = ("scratch", "resume_schedule")
@@ -131,17 +132,13 @@ def run_early_bird(config: Any, workdir: str | pathlib.Path, *, progress: bool =
         if not models.has_batch_norm(model):
             raise ValueError(f"config.model={config.model!r} has no BatchNorm; use e.g. 'mlp_bn'")
 
-    workdir, dataset, recipe, base = common.setup(config, workdir, check=check, progress=progress)
-    executor = base.like(reparam=early_bird.slimming(config.slimming))
-    per_epoch = executor.steps_per_epoch
-    end = common.steps(config.training_steps, per_epoch)
+    spec = RunSpec.from_config(config, check=check, progress=progress)
+    run = spec.open(workdir)
+    workdir = run.workdir
+    executor = spec.executor.like(reparam=early_bird.slimming(config.slimming))
+    per_epoch, end, num = spec.steps_per_epoch, spec.training_steps, spec.num_replicates
     epochs = end // per_epoch
-    num = config.num_replicates
-    keys = rng.replicate_keys(config.seed, num)
-    init_keys, noise_keys = rng.init_and_noise(keys)
-    log = results.MetricsLog(workdir / "metrics.jsonl")
-    segment = common.segment_runner(config, executor, end=end, log=log, splits=["test"],
-                                    progress=progress)
+    init_keys, noise_keys = spec.keys()
 
     # 1. The search: |gamma| at the start of every epoch, computed once per epoch.
     state = executor.init(init_keys)
@@ -154,11 +151,9 @@ def run_early_bird(config: Any, workdir: str | pathlib.Path, *, progress: bool =
         def gammas(epoch: int = epoch) -> np.ndarray:
             nonlocal state
             if epoch > 0:  # resumes from the search's newest checkpoint
-                state = segment(executor, state=state, masks=None, noise_keys=noise_keys,
-                                end=min(epoch * per_epoch, end),
-                                ckpt_dir=workdir / "checkpoints" / "search",
-                                tags={"branch": "search"}, densities=np.ones(num),
-                                desc=f"search to epoch {epoch}")
+                state = run.segment("search", state=state, noise_keys=noise_keys,
+                                    end=min(epoch * per_epoch, end), tags={"branch": "search"},
+                                    executor=executor, desc=f"search to epoch {epoch}")
             params = jax.device_get(state.params)
             return np.stack([early_bird.mask_vector(tree.index(params, rep))
                              for rep in range(num)]).astype(np.float32)
@@ -168,9 +163,8 @@ def run_early_bird(config: Any, workdir: str | pathlib.Path, *, progress: bool =
             like=jax.ShapeDtypeStruct((num, num_channels), np.float32))
         stored.update({(epoch, rep): found[rep] for rep in range(num)})
     # To the end (a partial last epoch), or restored when the loop already got there.
-    search = segment(executor, state=state, masks=None, noise_keys=noise_keys, end=end,
-                     ckpt_dir=workdir / "checkpoints" / "search", tags={"branch": "search"},
-                     densities=np.ones(num), desc="search")
+    search = run.segment("search", state=state, noise_keys=noise_keys, end=end,
+                         tags={"branch": "search"}, executor=executor, desc="search")
     full = executor.evaluate(search, "test")
 
     # 2. Masks, distances and the emergence epoch per ratio and replicate.
@@ -216,11 +210,10 @@ def run_early_bird(config: Any, workdir: str | pathlib.Path, *, progress: bool =
             name = f"retrain_resumed/epoch_{start_epoch:04d}"
             segment_tags = {"branch": "retrain_resumed", "start_epoch": start_epoch}
             desc = f"retrain {len(members)} tickets from epoch {start_epoch}"
-        final = segment(executor, state=start, masks=masks,
-                        noise_keys=noise_keys[replicate_of[index]],
-                        ckpt_dir=workdir / "checkpoints" / name, tags=segment_tags,
-                        member_tags=[tags[m] for m in members], densities=kept[index],
-                        desc=desc)
+        final = run.segment(name, state=start, masks=masks,
+                            noise_keys=noise_keys[replicate_of[index]], tags=segment_tags,
+                            member_tags=[tags[m] for m in members], densities=kept[index],
+                            executor=executor, desc=desc)
         accuracy[index] = np.asarray(executor.evaluate(final, "test", masks)["accuracy"])
     rows = [{"p": t["p"], "replicate": t["replicate"], "eb_epoch": t["eb_epoch"],
              "kept_channels": float(kept[m]), "eb_test_accuracy": float(accuracy[m]),
@@ -232,7 +225,7 @@ def run_early_bird(config: Any, workdir: str | pathlib.Path, *, progress: bool =
         "overlap_with_final_mask"))
     plots.plot_early_bird(distance_rows, workdir / "plots" / "early_bird.png",
                           threshold=config.threshold,
-                          title=f"Early-Bird mask distance, {config.model} on "
-                                f"{plots.dataset_label(config.dataset)}")
+                          title=f"Early-Bird mask distance, {spec.model_name} on "
+                                f"{plots.dataset_label(spec.dataset.name)}")
     return {**table, "num_replicates": num}
 

@@ -52,6 +52,7 @@ import numpy as np
 from ltjax import checkpoint, distributed, masking, models, plots, results, rng, tree
 from ltjax import knowledge_evolution as ke
 from ltjax.studies import common
+from ltjax.studies.spec import RunSpec
 
 #: The columns of ``results.csv`` (plus the mean and std rows per generation).
 FIELDS = ("dense_test_accuracy", "slim_test_accuracy", "slim_params")
@@ -164,20 +165,15 @@ def run_knowledge_evolution(config: Any, workdir: str | pathlib.Path, *,
         model the split does not support (before the workdir is written).
     """
     split, split_rate, generations = check_config(config)
-    workdir, dataset, recipe, executor = common.setup(
-        config, workdir, check=lambda d: _check_model(config, d, split, split_rate),
-        progress=progress)
-    end = common.steps(config.training_steps, executor.steps_per_epoch)
-    num = config.num_replicates
-    keys = rng.replicate_keys(config.seed, num)
-    init_keys, noise_keys = rng.init_and_noise(keys)
-    log = results.MetricsLog(workdir / "metrics.jsonl")
-    ckpt_root = workdir / "checkpoints"
-    segment = common.segment_runner(config, executor, end=end, log=log, splits=["test"],
-                                    progress=progress)
-    masks = _split_masks(config, executor, keys, split, split_rate, ckpt_root / "split_masks",
-                         common.config_fingerprint(workdir))
-    member_tags = [{"replicate": r} for r in range(num)]
+    spec = RunSpec.from_config(config, check=lambda d: _check_model(config, d, split, split_rate),
+                               progress=progress)
+    run = spec.open(workdir)
+    executor, dataset, num = spec.executor, spec.dataset, spec.num_replicates
+    keys = spec.replicate_keys()
+    init_keys, noise_keys = spec.keys()
+    masks = _split_masks(config, executor, keys, split, split_rate,
+                         run.workdir / "checkpoints" / "split_masks",
+                         common.config_fingerprint(run.workdir))
 
     if split == "kels":
         slim = ke.slim_model(executor.model, split_rate=split_rate)
@@ -214,21 +210,13 @@ def run_knowledge_evolution(config: Any, workdir: str | pathlib.Path, *,
 
     rows, previous = [], None
     for generation in range(1, generations + 1):
-        gdir = ckpt_root / f"generation_{generation:02d}"
-        done = common.finished_segment(executor, gdir, end=end, log=log,
-                                       member_tags=member_tags, masks=False)
-        if done is not None:
-            common.say(f"generation {generation}: finished, restored", progress)
-            final = done[0]
-        else:
-            start = (executor.init(init_keys) if generation == 1
-                     else next_start(previous, generation))
-            noise = noise_keys if generation == 1 else ke.generation_keys(
-                noise_keys, "knowledge_evolution", generation)
-            final = segment(executor, state=start, masks=None, noise_keys=noise, ckpt_dir=gdir,
-                            tags={"generation": generation}, member_tags=member_tags,
-                            densities=np.ones(num),
-                            desc=f"generation {generation} of {generations}")
+        final = run.segment(
+            f"generation_{generation:02d}",
+            state=(lambda: executor.init(init_keys)) if generation == 1 else (
+                lambda g=generation, p=previous: next_start(p, g)),
+            noise_keys=noise_keys if generation == 1 else ke.generation_keys(
+                noise_keys, "knowledge_evolution", generation),
+            tags={"generation": generation}, desc=f"generation {generation} of {generations}")
         dense = executor.evaluate(final, "test")["accuracy"]
         fit = evaluate_slim(final)
         rows += [{"generation": generation, "replicate": r,
@@ -236,9 +224,10 @@ def run_knowledge_evolution(config: Any, workdir: str | pathlib.Path, *,
                   "slim_params": int(slim_count[r])} for r in range(num)]
         previous = final
 
-    table = results.write_table(workdir / "results.csv", rows, by=("generation",), fields=FIELDS)
+    table = results.write_table(run.workdir / "results.csv", rows, by=("generation",),
+                                fields=FIELDS)
     plots.plot_knowledge_evolution(
-        rows, workdir / "plots" / "knowledge_evolution.png",
-        title=f"Knowledge Evolution ({split.upper()}, sr={split_rate:g}), {config.model} on "
-              f"{plots.dataset_label(config.dataset)}: {num} replicates")
+        rows, run.workdir / "plots" / "knowledge_evolution.png",
+        title=f"Knowledge Evolution ({split.upper()}, sr={split_rate:g}), {spec.model_name} on "
+              f"{plots.dataset_label(dataset.name)}: {num} replicates")
     return {**table, "num_replicates": num}

@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from ltjax import optim, results, train
+from ltjax import checkpoint, optim, results, train
 from ltjax.studies import common
 
 
@@ -46,7 +47,8 @@ class Run:
         curves back from here (until :meth:`segment` returns them as arrays)."""
         return results.MetricsLog(self.workdir / "metrics.jsonl")
 
-    def segment(self, name: str, *, state: train.TrainState, noise_keys: Any,
+    def segment(self, name: str, *, state: train.TrainState | Callable[[], train.TrainState],
+                noise_keys: Any,
                 masks: Any = None, end: int | None = None, tags: dict | None = None,
                 member_tags: list[dict] | None = None, densities: Any = None,
                 splits: list[str] | None = None, hparams: optim.Hyperparams | None = None,
@@ -55,12 +57,15 @@ class Run:
         """Train the members of segment ``name`` from ``state`` to ``end``; resumable.
 
         Checkpoints go to ``<workdir>/checkpoints/<name>``, at the spec's cadence
-        (``eval_every``, ``checkpoint_every``, ``max_checkpoints``).
+        (``eval_every``, ``checkpoint_every``, ``max_checkpoints``). ``state`` may be a
+        function that builds the start state: a segment that already reached ``end``
+        then restores its final state without calling it (nothing computed or
+        compiled on a rerun over finished work).
 
         Args:
           name: the segment's checkpoint folder under ``checkpoints/`` (``''``: that
             folder itself, for a study of one segment).
-          state: the members' stacked start state ``[M]``.
+          state: the members' stacked start state ``[M]``, or a function returning it.
           noise_keys: their noise keys ``[M]``.
           masks: their masks ``[M]`` (None: dense).
           end: the step to train to (default the spec's ``training_steps``).
@@ -79,9 +84,26 @@ class Run:
         """
         spec = self.spec
         num = int(np.shape(noise_keys)[0])
+        executor = executor or spec.executor
+        end = spec.training_steps if end is None else end
+        if callable(state):
+            done = common.finished_segment(
+                executor, self.workdir / "checkpoints" / name, end=end, log=self.log,
+                member_tags=member_tags or [{"replicate": m} for m in range(num)],
+                masks=masks is not None)
+            if done is not None:
+                if masks is not None and checkpoint.checksum(done[1]) != checkpoint.checksum(
+                        masks):
+                    raise ValueError(
+                        f"{self.workdir / 'checkpoints' / name} holds step {end} trained with "
+                        "other masks than this run gives the segment (the workdir's files "
+                        "disagree); use a new workdir")
+                common.say(f"{desc or name}: finished (step {end}), restored", spec.progress)
+                return done[0]
+            state = state()
         return common.train_segment(
-            executor or spec.executor, state=state, masks=masks, noise_keys=noise_keys,
-            end=spec.training_steps if end is None else end, eval_every=spec.eval_every,
+            executor, state=state, masks=masks, noise_keys=noise_keys,
+            end=end, eval_every=spec.eval_every,
             checkpoint_every=spec.checkpoint_every, ckpt_dir=self.workdir / "checkpoints" / name,
             log=self.log, tags=tags or {}, splits=splits or ["test"],
             densities=np.ones(num) if densities is None else densities,
