@@ -7,7 +7,8 @@ import pytest
 from experiments.configs import bn_only_mlp_digits
 from ltjax import batchnorm_only, checkpoint, models, results, rng, tree
 from ltjax import executor as executor_lib
-from ltjax.studies import bn_only, common
+from ltjax.studies import bn_only
+from ltjax.studies.spec import RunSpec
 
 
 def _config(**overrides):
@@ -22,7 +23,8 @@ def _config(**overrides):
 
 def _restored(config, workdir, arm):
     """``arm``'s start params, fresh init state, restored final state and executor (2 members)."""
-    _, dataset, recipe, executor = common.setup(config, workdir)
+    run_spec = RunSpec.from_config(config, progress=False)
+    dataset, recipe, executor = run_spec.dataset, run_spec.recipe, run_spec.executor
     init_keys = rng.init_and_noise(rng.replicate_keys(config.seed, 2))[0]
     arm_executor = executor_lib.Executor(
         executor.model, dataset, recipe,
@@ -45,7 +47,8 @@ def test_arms_train_exactly_their_parameters(tmp_path):
     rows = results.read_csv(tmp_path / "results.csv")
     count = {r["arm"]: int(r["trainable_params"]) for r in rows}
     bn, head = 2 * (32 + 16), 16 * 10 + 10
-    _, _, _, executor = common.setup(config, tmp_path)
+    run_spec = RunSpec.from_config(config, progress=False)
+    executor = run_spec.executor
     assert count == {"full": tree.count(executor.abstract_params), "batchnorm": bn,
                      "batchnorm_output": bn + head, "output": head, "random": bn}
     assert {r["arm"] for r in summary["rows"]} == set(bn_only.ARMS)

@@ -10,6 +10,7 @@ from ltjax import checkpoint, early_bird, masking, models, optim, results, rng
 from ltjax import executor as executor_lib
 from ltjax.studies import common
 from ltjax.studies import early_bird as study
+from ltjax.studies.spec import RunSpec
 
 
 def test_channel_keep_prunes_exact_counts_with_ties_by_position():
@@ -116,7 +117,8 @@ def test_study_masks_emergence_retrain_and_rerun(tmp_path):
     study.run_early_bird(config, tmp_path, progress=False)
     first = {n: (tmp_path / n).read_text() for n in ("results.csv", "mask_distance.csv")}
     rows = results.read_csv(tmp_path / "results.csv")
-    _, dataset, recipe, executor = common.setup(config, tmp_path)
+    run_spec = RunSpec.from_config(config, progress=False)
+    dataset, recipe, executor = run_spec.dataset, run_spec.recipe, run_spec.executor
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("gammas_*")) == [
         f"gammas_{e:04d}" for e in range(7)]
 

@@ -7,6 +7,7 @@ import pytest
 from experiments.configs import early_phase_lenet_digits
 from ltjax import masking, results
 from ltjax.studies import common, early_phase, imp_runs
+from ltjax.studies.spec import RunSpec
 
 
 def _rows(path):
@@ -45,7 +46,8 @@ def test_early_phase_study_against_imp_rewound_to_each_k_and_closed_forms(tmp_pa
 
     # The unperturbed member at k is the ticket of the IMP run rewound to k, trained alike;
     # the two runs' level-2 masks differ (Frankle et al. 2020: the ticket at k is k's own).
-    _, _, _, executor = common.setup(config, tmp_path)
+    run_spec = RunSpec.from_config(config, progress=False)
+    executor = run_spec.executor
     like = executor.shard(masking.ones_like(executor.init(
         jax.random.split(jax.random.key(0), 2)).params))
     masks = {k: jax.device_get(imp_runs.load_imp_masks(tmp_path / f"imp_{text}", 2, like))

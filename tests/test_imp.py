@@ -10,6 +10,7 @@ from experiments.configs import imp_lenet_digits
 from ltjax import data, results, rng, tree
 from ltjax import executor as executor_lib
 from ltjax.studies import common, imp, imp_runs
+from ltjax.studies.spec import RunSpec
 
 
 def _config(**overrides):
@@ -195,7 +196,8 @@ def test_small_dense_widths_match_target():
 
 def _level_states(config, workdir):
     """``{(level, lr, replicate): (params, masks)}`` of the ticket members of a swept run."""
-    _, _, _, executor = common.setup(config, workdir)
+    run_spec = RunSpec.from_config(config, progress=False)
+    executor = run_spec.executor
     end = common.steps(config.training_steps, executor.steps_per_epoch)
     log = results.MetricsLog(workdir / "metrics.jsonl")
     names = {0: ["imp"], 1: ["imp", "reinit"]}

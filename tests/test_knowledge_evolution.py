@@ -11,8 +11,8 @@ import pytest
 from experiments.configs import knowledge_evolution_lenet_digits
 from ltjax import checkpoint, data, masking, models, results, rng, tree
 from ltjax import knowledge_evolution as ke
-from ltjax.studies import common
 from ltjax.studies import knowledge_evolution as study
+from ltjax.studies.spec import RunSpec
 
 
 def _init(model, shape, seed=0):
@@ -242,7 +242,8 @@ def test_study_table_matches_an_independent_replay_and_resumes_exactly(tmp_path,
 
     # An independent replay from the library and the executor: the two replicates'
     # generations by hand, the slim nets sliced by hand.
-    _, dataset, recipe, executor = common.setup(config, tmp_path / "run", progress=False)
+    run_spec = RunSpec.from_config(config, progress=False)
+    dataset, executor = run_spec.dataset, run_spec.executor
     init_keys, noise_keys = rng.init_and_noise(rng.replicate_keys(config.seed, 2))
     model = executor.model
     masks = ke.kels_masks(model, executor.abstract_params, split_rate=0.5)
@@ -305,7 +306,8 @@ def test_wels_mask_survives_the_checkpoint_round_trip(tmp_path, monkeypatch):
                      training_steps="30it", eval_every="30it", checkpoint_every="30it")
     config.recipe.total_steps = "30it"
     study.run_knowledge_evolution(config, tmp_path, progress=False)
-    _, _, _, executor = common.setup(config, tmp_path, progress=False)
+    run_spec = RunSpec.from_config(config, progress=False)
+    executor = run_spec.executor
     like = executor.abstract_members(1)[1]
     saved = study.load_split_masks(tmp_path / "checkpoints" / "split_masks", like)
     drawn = ke.wels_masks(executor.abstract_params,

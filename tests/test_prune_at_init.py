@@ -15,6 +15,7 @@ import pytest
 from experiments.configs import prune_at_init_lenet_digits
 from ltjax import checkpoint, masking, pruning, results, rng, saliency, sanity, tree
 from ltjax.studies import common, prune_at_init
+from ltjax.studies.spec import RunSpec
 
 
 def _config(**overrides):
@@ -77,7 +78,8 @@ def _top_k(scores_by_layer, keep):
 def members(study):
     """The study's executor, init, dense net and member masks, read back once."""
     config, workdir, _ = study
-    _, dataset, _, executor = common.setup(config, workdir)
+    run_spec = RunSpec.from_config(config, progress=False)
+    dataset, executor = run_spec.dataset, run_spec.executor
     keys = rng.replicate_keys(config.seed, config.num_replicates)
     state0 = executor.init(rng.init_and_noise(keys)[0])
     one = jax.tree.map(lambda x: x[0], state0.params)

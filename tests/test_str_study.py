@@ -7,8 +7,8 @@ import pytest
 from experiments.configs import str_lenet_digits
 from ltjax import checkpoint, masking, results, rng, soft_threshold
 from ltjax import executor as executor_lib
-from ltjax.studies import common
 from ltjax.studies import soft_threshold as str_study
+from ltjax.studies.spec import RunSpec
 
 
 def _config(**overrides):
@@ -33,7 +33,8 @@ def test_str_study_sparsity_baselines_and_rerun(tmp_path):
     assert {r["method"] for r in rows} == {"dense", "str", "oneshot"}
 
     # Oracle: the learned sparsity is the share of exact zeros of sign(W) relu(|W| - sigmoid(s)).
-    _, dataset, recipe, executor = common.setup(config, tmp_path)
+    run_spec = RunSpec.from_config(config, progress=False)
+    dataset, recipe, executor = run_spec.dataset, run_spec.recipe, run_spec.executor
     selection = masking.prunable(executor.abstract_params)
     str_executor = executor_lib.Executor(
         executor.model, dataset, recipe,

@@ -7,8 +7,8 @@ import pytest
 from experiments.configs import subspaces_mlp_digits
 from ltjax import checkpoint, models, results, rng, subspaces
 from ltjax import executor as executor_lib
-from ltjax.studies import common
 from ltjax.studies import subspaces as study
+from ltjax.studies.spec import RunSpec
 
 
 def _config(**overrides):
@@ -40,7 +40,8 @@ def test_subspaces_study_against_numpy_and_rerun(tmp_path):
     assert {r["variant"] for r in rows} == {"standard", "independent", "line_layerwise"}
 
     # Restore the trained line and evaluate its points with a NumPy forward pass.
-    _, dataset, recipe, executor = common.setup(config, tmp_path)
+    run_spec = RunSpec.from_config(config, progress=False)
+    dataset, recipe, executor = run_spec.dataset, run_spec.recipe, run_spec.executor
     reparam = subspaces.subspace_reparam(
         lambda k: models.init(executor.model, k, dataset.input_shape)[0], kind="line",
         layerwise=True, beta=1.0)

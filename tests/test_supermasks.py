@@ -11,7 +11,8 @@ import pytest
 from experiments.configs import supermask_lenet_digits
 from ltjax import checkpoint, data, masking, models, optim, results, rng, supermasks, topk, tree
 from ltjax import executor as executor_lib
-from ltjax.studies import common, supermask
+from ltjax.studies import supermask
+from ltjax.studies.spec import RunSpec
 
 
 def _np_top_k(values, kept):
@@ -100,7 +101,9 @@ def test_study_trains_scores_only_with_exact_masks_and_reruns(tmp_path):
     rows = results.read_csv(tmp_path / "results.csv")
     assert len(rows) == 2 * 2 * 2
 
-    _, dataset, recipe, executor = common.setup(config, tmp_path)
+    run_spec = RunSpec.from_config(config, progress=False)
+
+    dataset, recipe, executor = run_spec.dataset, run_spec.recipe, run_spec.executor
     selection = masking.prunable(executor.abstract_params)
     ep = executor_lib.Executor(executor.model, dataset, recipe, reparam=supermasks.edge_popup(
         selection, weight_init="kaiming_normal"))
@@ -209,7 +212,8 @@ def test_zhou_study_evaluates_the_masked_untrained_init(tmp_path, monkeypatch):
     monkeypatch.setattr(executor_lib.Executor, "evaluate_params", evaluate_params)
     supermask.run_zhou(config, tmp_path / "zhou", progress=False)
     rows = results.read_csv(tmp_path / "zhou" / "results.csv")
-    _, dataset, _, executor = common.setup(config, tmp_path / "zhou")
+    run_spec = RunSpec.from_config(config, progress=False)
+    dataset, executor = run_spec.dataset, run_spec.executor
     init_keys = rng.init_and_noise(rng.replicate_keys(config.seed, 2))[0]
     start = executor.init(init_keys)
     with checkpoint.Checkpointer(tmp_path / "imp" / "checkpoints" / "level_00") as ckpt:
@@ -501,7 +505,8 @@ def test_learned_study_rows_are_the_checkpointed_networks(tmp_path, method):
     first = (tmp_path / "results.csv").read_text()
     rows = results.read_csv(tmp_path / "results.csv")
     assert len(rows) == 2 * 2 and {r["method"] for r in rows} == {method}
-    _, dataset, _, executor = common.setup(config, tmp_path)
+    run_spec = RunSpec.from_config(config, progress=False)
+    dataset, executor = run_spec.dataset, run_spec.executor
     selection = masking.prunable(executor.abstract_params)
     reparam = (supermasks.dnw(selection) if method == "dnw"
                else supermasks.bernoulli_supermask(selection))

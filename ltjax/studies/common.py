@@ -301,25 +301,6 @@ def build_executor(config: Any, model: Any, dataset: data.Dataset,
     )
 
 
-def setup(config: Any, workdir: str | pathlib.Path, *,
-          check: Callable[[data.Dataset], None] | None = None, progress: bool = True,
-          transform: Callable[[data.Dataset], data.Dataset] | None = None) -> tuple[
-        pathlib.Path, data.Dataset, optim.Recipe, executor_lib.Executor]:
-    """A study's start: the checked workdir, the dataset, the recipe and the executor.
-
-    :meth:`ltjax.studies.spec.RunSpec.from_config` then
-    :meth:`~ltjax.studies.spec.RunSpec.open`, for the studies not yet written on
-    the spec: the dataset, recipe and executor are built (and ``check(dataset)``
-    run) before the workdir is written, so a config that fails leaves no workdir.
-    """
-    from ltjax.studies import spec as spec_lib
-
-    spec = spec_lib.RunSpec.from_config(config, check=check, transform=transform,
-                                        progress=progress)
-    run = spec.open(workdir)
-    return run.workdir, spec.dataset, spec.recipe, spec.executor
-
-
 def check_basics(config: Any) -> None:
     """The fields every study shares, checked before anything is loaded or written.
 
@@ -1058,28 +1039,6 @@ def _mean_loss(pending: list[tuple[np.ndarray, int]]) -> np.ndarray:
         return pending[0][0]
     total = sum(n for _, n in pending)
     return sum(np.asarray(m, np.float64) * n for m, n in pending) / total
-
-
-def segment_runner(config: Any, executor: executor_lib.Executor, *, end: int,
-                   log: results.MetricsLog, splits: list[str], progress: bool) -> Callable:
-    """:func:`train_segment` bound to ``end`` and the config's eval / checkpoint intervals.
-
-    Example:
-        Not run here (the segment it binds compiles and trains):
-
-        ```python
-        segment = segment_runner(config, executor, end=end, log=log, splits=["test"],
-                                 progress=True)
-        final = segment(executor, state=state, masks=None, noise_keys=keys, ...)
-        ```
-    """
-    per_epoch = executor.steps_per_epoch
-    return functools.partial(
-        train_segment, end=end,
-        eval_every=max(1, steps(config.eval_every, per_epoch)),
-        checkpoint_every=max(1, steps(config.checkpoint_every, per_epoch)),
-        log=log, splits=splits, progress=progress,
-        max_checkpoints=config.get("max_checkpoints", MAX_CHECKPOINTS))
 
 
 def final_records(log: results.MetricsLog, tags: dict, step: int) -> list[dict]:

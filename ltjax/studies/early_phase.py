@@ -63,6 +63,7 @@ import numpy as np
 
 from ltjax import distributed, masking, models, perturbations, plots, results, rewinding, rng, tree
 from ltjax.studies import common, dense, imp, imp_runs
+from ltjax.studies.spec import RunSpec
 
 SOURCES = ("k", "init", "fresh")
 _RECOMBINE = re.compile(r"^signs_(k|init|fresh)_magnitudes_(k|init|fresh)$")
@@ -229,21 +230,17 @@ def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool 
             imp_runs.check_imp_level(run, config.imp_level)
             imp_runs_at[k] = run
 
-    workdir, dataset, recipe, executor = common.setup(
-        config, workdir, check=check, progress=progress)
+    spec = RunSpec.from_config(config, check=check, progress=progress)
+    run = spec.open(workdir)
+    workdir, dataset, executor = run.workdir, spec.dataset, spec.executor
     for k, text in own_runs.items():
         imp_runs_at[k] = workdir / f"imp_{text}"
         imp.run_imp(_imp_config(config, text), imp_runs_at[k], progress=progress)
-    per_epoch = executor.steps_per_epoch
-    end = common.steps(config.training_steps, per_epoch)
+    end, num = spec.training_steps, spec.num_replicates
     ks = sorted(imp_runs_at)
-    num = config.num_replicates
-    keys = rng.replicate_keys(config.seed, num)
-    init_keys, noise_keys = rng.init_and_noise(keys)
+    keys = spec.replicate_keys()
+    init_keys, noise_keys = spec.keys()
     perturb_keys = rng.stream(keys, "perturb")
-    log = results.MetricsLog(workdir / "metrics.jsonl")
-    segment = common.segment_runner(config, executor, end=end, log=log, splits=["test"],
-                                    progress=progress)
     state = executor.init(init_keys)
     params_0 = state.params
     like = executor.shard(masking.ones_like(state.params))
@@ -268,10 +265,9 @@ def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool 
     parent_observer = observer(params_0, "parent")
     rows = []
     for k in ks:
-        state = segment(executor, state=state, masks=None, noise_keys=noise_keys, end=k,
-                        ckpt_dir=workdir / "checkpoints" / f"parent_{k}",
-                        tags={"k": k, "branch": "parent"}, densities=np.ones(num),
-                        desc=f"dense to step {k}", observer=parent_observer)
+        state = run.segment(f"parent_{k}", state=state, noise_keys=noise_keys, end=k,
+                            tags={"k": k, "branch": "parent"}, desc=f"dense to step {k}",
+                            observer=parent_observer)
         masks = imp_runs.load_imp_masks(imp_runs_at[k], config.imp_level, like)
         density = np.asarray(densities(masks))
         member_params, effective, tags = [], [], []
@@ -289,13 +285,12 @@ def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool 
         start = executor.shard(start.replace(
             params=params, opt_state=executor.fresh_opt_state(params)))
         members_observer = observer(start.params, f"perturbed_{k}", member_masks)
-        final = segment(executor, state=start, masks=member_masks,
-                        noise_keys=noise_keys[replicate_of],
-                        ckpt_dir=workdir / "checkpoints" / f"perturbed_{k}",
-                        tags={"k": k, "branch": "perturbed"}, member_tags=tags,
-                        densities=density[replicate_of],
-                        desc=f"k={k}: {len(names)} perturbations x{num}",
-                        observer=members_observer)
+        final = run.segment(f"perturbed_{k}", state=start, masks=member_masks,
+                            noise_keys=noise_keys[replicate_of],
+                            tags={"k": k, "branch": "perturbed"}, member_tags=tags,
+                            densities=density[replicate_of],
+                            desc=f"k={k}: {len(names)} perturbations x{num}",
+                            observer=members_observer)
         if members_observer is not None:
             members_observer.versus_final(final.params, tags={"k": k, "branch": "perturbed"},
                                           member_tags=tags,

@@ -128,6 +128,7 @@ from ltjax import (
     tree,
 )
 from ltjax.studies import common
+from ltjax.studies.spec import RunSpec
 
 CONTROLS = ("reinit", "random_layerwise", "random_global", "oneshot", "small_dense")
 SGD_NOISE = ("paired", "fresh")
@@ -514,11 +515,12 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
     sweep = _check_sweep(config, controls)
     correlation_p = config.get("correlation_p", 0.1)
     sgd_noise = config.get("sgd_noise", "paired")
-    workdir, dataset, recipe, executor = common.setup(
-        config, workdir, check=lambda dataset: check_config(config, dataset), progress=progress)
-    per_epoch = executor.steps_per_epoch
-    end = common.steps(config.training_steps, per_epoch)
-    rewind_step = common.steps(config.rewind_step, per_epoch)
+    spec = RunSpec.from_config(config, check=lambda dataset: check_config(config, dataset),
+                               progress=progress)
+    run = spec.open(workdir)
+    workdir, dataset, recipe, executor = run.workdir, spec.dataset, spec.recipe, spec.executor
+    end, log = spec.training_steps, run.log
+    rewind_step = common.steps(config.rewind_step, spec.steps_per_epoch)
 
     p = config.pruning
     selection = masking.prunable(executor.abstract_state.params, include=p.get("include") or None,
@@ -526,14 +528,10 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
     layer_rates = common.layer_rates(p, executor.abstract_state.params, selection)
     prune_kw = dict(fraction=p.fraction, scope=p.scope, layer_rates=layer_rates)
     pruning._check_fraction(p.fraction)  # fail before any training
-    num = config.num_replicates
-    keys = rng.replicate_keys(config.seed, num)
-    init_keys, noise_keys = rng.init_and_noise(keys)
+    num = spec.num_replicates
+    keys = spec.replicate_keys()
+    init_keys, noise_keys = spec.keys()
     splits = ["test"] + (["validation"] if dataset.validation is not None else [])
-    log = results.MetricsLog(workdir / "metrics.jsonl")
-    ckpt_root = workdir / "checkpoints"
-    segment = common.segment_runner(config, executor, end=end, log=log, splits=splits,
-                                    progress=progress)
 
     @jax.jit
     def prune_level(params, masks):
@@ -575,22 +573,20 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
         if "state_k" not in memo:
             state = executor.init(init_keys)
             if config.get("pretrain") is not None and config.pretrain.get("kind"):
-                state = _pretrain_on_altered_data(config, executor, dataset, segment, state,
-                                                  init_keys, noise_keys, ckpt_root)
+                state = _pretrain_on_altered_data(config, run, splits, state, init_keys,
+                                                  noise_keys)
             if rates > 1:
                 state = executor.shard(per_rate(state))
             if rewind_step > 0:
                 run_tags = ([{"learning_rate": lr, "replicate": r} for lr in lrs
                              for r in range(num)] if rates > 1 else None)
-                state = segment(executor, state=state, masks=None,
-                                noise_keys=per_rate(noise_keys), end=rewind_step,
-                                ckpt_dir=ckpt_root / "pretrain",
-                                tags={"level": 0, "branch": "pretrain"},
-                                densities=np.ones(rates * num), member_tags=run_tags,
-                                hparams=None if rates == 1 else optim.member_hparams(
-                                    recipe, rates * num,
-                                    learning_rate=[lr for lr in lrs for _ in range(num)]),
-                                desc="pretrain to the rewind step")
+                state = run.segment("pretrain", state=state, noise_keys=per_rate(noise_keys),
+                                    end=rewind_step, tags={"level": 0, "branch": "pretrain"},
+                                    member_tags=run_tags, splits=splits,
+                                    hparams=None if rates == 1 else optim.member_hparams(
+                                        recipe, rates * num,
+                                        learning_rate=[lr for lr in lrs for _ in range(num)]),
+                                    desc="pretrain to the rewind step")
             memo["state_k"] = state
         return memo["state_k"]
 
@@ -601,10 +597,10 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
         names = ["imp"] + [c for c in controls if c != "small_dense"] * (level > 0)
         member_tags = [{"branch": n, **({} if lr is None else {"learning_rate": lr}),
                         "replicate": r} for n in names for lr in lrs for r in range(num)]
-        level_dir = ckpt_root / f"level_{level:02d}"
+        level_name = f"level_{level:02d}"
+        level_dir = workdir / "checkpoints" / level_name
         # A finished level is restored without computing its start (no programs built).
-        done = common.finished_segment(executor, level_dir, end=end, log=log,
-                                       member_tags=member_tags)
+        done = run.finished(level_name, member_tags=member_tags)
         stored = _read_correlations(level_dir / "weight_correlation.json", member_tags)
         if done is not None and stored is not None:
             common.say(f"level {level}: finished, restored", progress)
@@ -645,12 +641,12 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
             hparams = None if sweep is None else optim.member_hparams(
                 recipe, len(member_tags), learning_rate=[t["learning_rate"] for t in member_tags])
             density = densities(masks)
-            final_all = segment(
-                executor, state=members, masks=member_masks,
+            final_all = run.segment(
+                level_name, state=members, masks=member_masks,
                 noise_keys=jnp.concatenate([level_noise_keys(noise_keys, level, name, sgd_noise)
                                             for name in names for _ in lrs]),
-                ckpt_dir=level_dir, tags={"level": level},
-                member_tags=member_tags, densities=densities(member_masks), hparams=hparams,
+                tags={"level": level}, member_tags=member_tags,
+                densities=densities(member_masks), hparams=hparams, splits=splits,
                 desc=f"level {level} ({100 * density[0]:.1f}%): {', '.join(names)}")
             corr = np.asarray(distributed.host(correlation(members.params, final_all.params,
                                                            member_masks)))
@@ -670,9 +666,9 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
         if level == 0:
             dense_final = final
         if "small_dense" in controls and level > 0:
-            _run_small_dense(config, executor, dataset, recipe, segment, keys, noise_keys,
+            _run_small_dense(run, splits, keys, noise_keys,
                              executor.shard(jax.tree.map(lambda x: x[recipe_run], masks)),
-                             selection, level_dir / "small_dense",
+                             selection, f"{level_name}/small_dense",
                              {"level": level, "branch": "small_dense"},
                              f"level {level} small_dense")
         previous = final
@@ -690,18 +686,17 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
     records = log.read()
     plots.plot_accuracy_vs_density(
         rows, workdir / "plots" / "accuracy_vs_density.png",
-        title=f"IMP on {config.model} / {plots.dataset_label(config.dataset)}: {num} replicates",
+        title=f"IMP on {spec.model_name} / {plots.dataset_label(dataset.name)}: {num} replicates",
     )
     plots.plot_level_curves(
         [r for r in records if r.get("branch") == "imp"],
         workdir / "plots" / "learning_curves_imp.png",
-        title=f"IMP learning curves ({config.model}, test accuracy, mean over replicates)",
+        title=f"IMP learning curves ({spec.model_name}, test accuracy, mean over replicates)",
     )
     return {**table, "num_replicates": num}
 
 
-def _pretrain_on_altered_data(config, executor, dataset, segment, init_state, init_keys,
-                              noise_keys, ckpt_root):
+def _pretrain_on_altered_data(config, run, splits, init_state, init_keys, noise_keys):
     """The dense net after ``config.pretrain`` on altered data, as step 0 of the real task.
 
     Trains a model of the altered data's classes (4 for rotation) from the
@@ -710,17 +705,16 @@ def _pretrain_on_altered_data(config, executor, dataset, segment, init_state, in
     (``checkpoints/pretrain_altered``). Then a new head for rotation
     (:func:`with_fresh_head`), the step set to 0 and a fresh optimiser state.
     """
+    executor, dataset = run.spec.executor, run.spec.dataset
     altered, steps = pretrain_dataset(config, dataset)
     kind = config.pretrain.kind
     model = common.build_model(config, altered)
     pre_executor = executor.like(model=model, dataset=altered)
-    num = int(init_keys.shape[0])
-    state = pre_executor.init(init_keys)
-    state = segment(pre_executor, state=state, masks=None,
-                    noise_keys=rng.stream(noise_keys, "pretrain"), end=steps,
-                    ckpt_dir=ckpt_root / "pretrain_altered",
-                    tags={"level": 0, "branch": "pretrain_altered", "pretext": kind},
-                    densities=np.ones(num), desc=f"pretrain on altered data ({kind})")
+    state = run.segment("pretrain_altered", state=pre_executor.init(init_keys),
+                        noise_keys=rng.stream(noise_keys, "pretrain"), end=steps,
+                        tags={"level": 0, "branch": "pretrain_altered", "pretext": kind},
+                        splits=splits, executor=pre_executor,
+                        desc=f"pretrain on altered data ({kind})")
     params = state.params
     if altered.num_classes != dataset.num_classes:
         params = with_fresh_head(params, init_state.params, leading_axes=1)
@@ -746,9 +740,10 @@ def _read_correlations(path: pathlib.Path, member_tags: list[dict]) -> np.ndarra
     return np.asarray(stored["correlation"], np.float64)
 
 
-def _run_small_dense(config, executor, dataset, recipe, segment, keys, noise_keys, masks,
-                     selection, cdir, ctags, desc) -> None:
+def _run_small_dense(run, splits, keys, noise_keys, masks, selection, name, ctags,
+                     desc) -> None:
     """Train an MLP whose kernel count matches the level's kept weights, from scratch."""
+    executor, dataset = run.spec.executor, run.spec.dataset
     first = jax.tree.map(lambda x: np.asarray(x[0]), distributed.host(masks))  # host: no compiles
     kept = sum(int(np.sum(m)) for m, s in zip(jax.tree.leaves(first), jax.tree.leaves(selection),
                                               strict=True) if s)
@@ -757,15 +752,11 @@ def _run_small_dense(config, executor, dataset, recipe, segment, keys, noise_key
                                 input_size=int(np.prod(dataset.input_shape)),
                                 num_classes=dataset.num_classes, target=kept)
     small = models.create("mlp", num_classes=dataset.num_classes, widths=widths)
-    small_executor = executor.like(model=small, recipe=recipe)
+    small_executor = executor.like(model=small, recipe=run.spec.recipe)
     num = int(keys.shape[0])
-    if common.finished_segment(small_executor, cdir, end=segment.keywords["end"],
-                               log=segment.keywords["log"],
-                               member_tags=[{"replicate": r} for r in range(num)], masks=False):
-        return  # its records are in the log
-    state = small_executor.init(rng.stream(keys, "small_dense"))
     count = masking.num_prunable(small_executor.abstract_params,
                                  masking.prunable(small_executor.abstract_params))
-    segment(small_executor, state=state, masks=None, noise_keys=noise_keys,
-            ckpt_dir=cdir, tags=ctags,
-            densities=np.full(num, count / total), desc=f"{desc} {widths}")
+    # Restored, not rebuilt, when finished: its records are in the log.
+    run.segment(name, state=lambda: small_executor.init(rng.stream(keys, "small_dense")),
+                noise_keys=noise_keys, tags=ctags, densities=np.full(num, count / total),
+                splits=splits, executor=small_executor, desc=f"{desc} {widths}")

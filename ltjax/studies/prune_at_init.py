@@ -96,6 +96,7 @@ import numpy as np
 
 from ltjax import data, masking, models, plots, pruning, results, rng, saliency, sanity, train, tree
 from ltjax.studies import common, imp_runs
+from ltjax.studies.spec import RunSpec
 
 # New methods go at the end: a method's index salts its shuffle ablation's key.
 METHODS = ("magnitude", "snip", "grasp", "synflow", "random", "oneshot_lth", "imp",
@@ -245,17 +246,14 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
             imp_runs.check_imp_compatible(config, config.imp_workdir)
             imp_runs.check_imp_finished(config.imp_workdir, dataset)
 
-    workdir, dataset, _, executor = common.setup(config, workdir, check=check, progress=progress)
-    per_epoch = executor.steps_per_epoch
-    end = common.steps(config.training_steps, per_epoch)
-    num = config.num_replicates
-    keys = rng.replicate_keys(config.seed, num)
-    init_keys, noise_keys = rng.init_and_noise(keys)
+    spec = RunSpec.from_config(config, check=check, progress=progress)
+    run = spec.open(workdir)
+    workdir, dataset, executor = run.workdir, spec.dataset, spec.executor
+    num = spec.num_replicates
+    keys = spec.replicate_keys()
+    init_keys, noise_keys = spec.keys()
     selection = masking.prunable(executor.abstract_state.params)
     model = executor.model
-    log = results.MetricsLog(workdir / "metrics.jsonl")
-    segment = common.segment_runner(config, executor, end=end, log=log, splits=["test"],
-                                    progress=progress)
     imp_masks = (_imp_level_masks(config, densities, jax.tree.map(
         lambda x: jnp.ones((num, *x.shape), bool), executor.abstract_state.params), selection)
         if "imp" in methods else {})
@@ -266,11 +264,10 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
     rows: list[dict] = []
 
     # The dense net: the source of oneshot_lth and lr_rewinding, and the reference accuracy.
-    dense = segment(executor, state=state0, masks=None, noise_keys=noise_keys,
-                    ckpt_dir=workdir / "checkpoints" / "dense",
-                    tags=common.member_tags_of([{"method": "dense", "density": 1.0,
-                                                 "ablation": "none"}])[0],
-                    densities=np.ones(num), desc=f"dense x{num}")
+    dense = run.segment("dense", state=state0, noise_keys=noise_keys,
+                        tags=common.member_tags_of([{"method": "dense", "density": 1.0,
+                                                     "ablation": "none"}])[0],
+                        desc=f"dense x{num}")
     dense_eval = executor.evaluate(dense, "test")
     rows += [{"method": "dense", "density": 1.0, "ablation": "none", "replicate": r,
               "kept_density": 1.0, "test_accuracy": float(dense_eval["accuracy"][r]),
@@ -394,11 +391,10 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
         batch_stats=tree.concat([start_stats[s] for s in member_sources]),
         opt_state=executor.fresh_opt_state(start))
     kept = np.asarray(jax.vmap(lambda m: masking.density(m, selection))(stacked_masks))
-    final = segment(executor, state=executor.shard(members), masks=stacked_masks,
-                    noise_keys=noise_keys[replicate_of], ckpt_dir=workdir / "checkpoints" /
-                    "pruned", tags={}, member_tags=common.member_tags_of(member_tags),
-                    densities=kept,
-                    desc=f"{len(member_tags)} pruned members")
+    final = run.segment("pruned", state=executor.shard(members), masks=stacked_masks,
+                        noise_keys=noise_keys[replicate_of],
+                        member_tags=common.member_tags_of(member_tags), densities=kept,
+                        desc=f"{len(member_tags)} pruned members")
     metrics = executor.evaluate(final, "test", stacked_masks)
     rows += [{**tag, "kept_density": float(kept[m]),
               "test_accuracy": float(metrics["accuracy"][m]),
@@ -408,7 +404,7 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
     results.write_csv(workdir / "layer_densities.csv", layer_rows)
     plots.plot_prune_at_init(
         rows, workdir / "plots" / "prune_at_init.png",
-        title=f"Pruning at init, {config.model} on {plots.dataset_label(config.dataset)}: "
+        title=f"Pruning at init, {spec.model_name} on {plots.dataset_label(dataset.name)}: "
               f"{num} replicates")
     return {**table, "num_replicates": num}
 

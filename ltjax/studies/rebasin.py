@@ -71,6 +71,7 @@ from ltjax import (
 from ltjax import executor as executor_lib
 from ltjax import tree as tree_lib
 from ltjax.studies import common
+from ltjax.studies.spec import RunSpec
 
 METHODS = ("weight", "activation", "ste")
 CORRECTIONS = ("none", "reset", "repair")
@@ -316,29 +317,20 @@ def run_rebasin(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
     """
     check_config(config)
     corrections = corrections_of(config)
-    workdir, dataset, recipe, executor = common.setup(config, workdir, progress=progress)
-    del recipe
+    run_spec = RunSpec.from_config(config, progress=progress)
+    run = run_spec.open(workdir)
+    workdir, dataset, executor, log = run.workdir, run_spec.dataset, run_spec.executor, run.log
     model = executor.model
     if "reset" in corrections and not models.has_batch_norm(executor.abstract_state.batch_stats):
         raise ValueError(f"config.corrections has 'reset' but {config.model} has no BatchNorm "
                          "statistics to recompute")
-    per_epoch = executor.steps_per_epoch
-    end = common.steps(config.training_steps, per_epoch)
-    num = config.num_replicates
-    init_keys, noise_keys = rng.init_and_noise(rng.replicate_keys(config.seed, num))
-    log = results.MetricsLog(workdir / "metrics.jsonl")
-    ckpt_root = workdir / "checkpoints"
-    eval_every = max(1, common.steps(config.eval_every, per_epoch))
-    ckpt_every = max(1, common.steps(config.checkpoint_every, per_epoch))
-    max_ckpts = config.get("max_checkpoints", common.MAX_CHECKPOINTS)
+    num = run_spec.num_replicates
+    init_keys, noise_keys = run_spec.keys()
 
     # 1. S networks from S initialisations, as one program.
     initial = executor.init(init_keys)
-    final = common.train_segment(
-        executor, state=initial, masks=None, noise_keys=noise_keys, end=end,
-        eval_every=eval_every, checkpoint_every=ckpt_every, ckpt_dir=ckpt_root / "dense",
-        log=log, tags={"branch": "dense"}, splits=["test"], densities=np.ones(num),
-        progress=progress, desc=f"train {config.model} x{num}", max_checkpoints=max_ckpts)
+    final = run.segment("dense", state=initial, noise_keys=noise_keys, tags={"branch": "dense"},
+                        desc=f"train {config.model} x{num}")
     nets = [(tree_lib.index(final.params, r), tree_lib.index(final.batch_stats, r))
             for r in range(num)]
     spec = models.permutation_spec(model, nets[0][0], nets[0][1] or None)
@@ -379,10 +371,7 @@ def run_rebasin(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
     # 4. Sparse re-basin.
     sparse_rows = []
     if sparse_density(config) > 0:
-        sparse_rows = _sparse_rebasin(config, executor, spec, nets, matched, initial,
-                                      noise_keys, log=log, ckpt_dir=ckpt_root / "sparse",
-                                      eval_every=eval_every, ckpt_every=ckpt_every,
-                                      max_ckpts=max_ckpts, progress=progress)
+        sparse_rows = _sparse_rebasin(config, run, spec, nets, matched, initial, noise_keys)
         results.write_csv(workdir / "sparse_results.csv", sparse_rows)
 
     records = log.read()
@@ -474,11 +463,11 @@ def _member_names(num: int, ticket: bool) -> list[str]:
     return names
 
 
-def _sparse_rebasin(config, executor, spec, nets, matched, initial, noise_keys, *, log,
-                    ckpt_dir, eval_every, ckpt_every, max_ckpts, progress) -> list[dict]:
+def _sparse_rebasin(config, run, spec, nets, matched, initial, noise_keys) -> list[dict]:
     """Train the ticket, permuted-mask and naive-mask networks as one masked program."""
     num = len(nets)
     sparse = config.sparse
+    executor, log = run.spec.executor, run.log
     per_epoch = executor.steps_per_epoch
     end = common.steps(sparse.get("training_steps") or config.training_steps, per_epoch)
     selection = masking.prunable(executor.abstract_state.params)
@@ -497,11 +486,8 @@ def _sparse_rebasin(config, executor, spec, nets, matched, initial, noise_keys, 
     state = executor.shard(jax.tree.map(lambda leaf: leaf[index], initial))
     state = state.replace(params=masking.apply(state.params, masks))
     tags = {"branch": "sparse"}
-    common.train_segment(
-        executor, state=state, masks=masks, noise_keys=noise_keys[index], end=end,
-        eval_every=eval_every, checkpoint_every=ckpt_every, ckpt_dir=ckpt_dir, log=log,
-        tags=tags, splits=["test"], densities=densities, progress=progress,
-        desc=f"sparse re-basin x{len(members)}", max_checkpoints=max_ckpts)
+    run.segment("sparse", state=state, masks=masks, noise_keys=noise_keys[index], end=end,
+                tags=tags, densities=densities, desc=f"sparse re-basin x{len(members)}")
     rows = []
     for r in common.final_records(log, tags, end):
         if r["split"] != "test":

@@ -87,10 +87,9 @@ class Run:
         executor = executor or spec.executor
         end = spec.training_steps if end is None else end
         if callable(state):
-            done = common.finished_segment(
-                executor, self.workdir / "checkpoints" / name, end=end, log=self.log,
-                member_tags=member_tags or [{"replicate": m} for m in range(num)],
-                masks=masks is not None)
+            done = self.finished(name, member_tags=member_tags or [
+                {"replicate": m} for m in range(num)], masks=masks is not None, end=end,
+                executor=executor)
             if done is not None:
                 if masks is not None and checkpoint.checksum(done[1]) != checkpoint.checksum(
                         masks):
@@ -105,10 +104,30 @@ class Run:
             executor, state=state, masks=masks, noise_keys=noise_keys,
             end=end, eval_every=spec.eval_every,
             checkpoint_every=spec.checkpoint_every, ckpt_dir=self.workdir / "checkpoints" / name,
-            log=self.log, tags=tags or {}, splits=splits or ["test"],
+            log=self.log, tags=tags or {}, splits=["test"] if splits is None else splits,
             densities=np.ones(num) if densities is None else densities,
             progress=spec.progress, desc=desc or name, max_checkpoints=spec.max_checkpoints,
             hparams=hparams, member_tags=member_tags, observer=observer, subsets=subsets)
+
+    def finished(self, name: str, *, member_tags: list[dict], masks: bool = True,
+                 end: int | None = None, executor: Any = None,
+                 ) -> tuple[train.TrainState, Any] | None:
+        """``(state, masks)`` of segment ``name`` if it reached ``end``, else None.
+
+        Restored onto the executor's abstract members: nothing is computed or
+        compiled (:func:`ltjax.studies.common.finished_segment`).
+
+        Args:
+          name: the segment's checkpoint folder under ``checkpoints/``.
+          member_tags: its members, as given to :meth:`segment`.
+          masks: whether it saved masks (False: a dense segment; masks come back None).
+          end: its last step (default the spec's ``training_steps``).
+          executor: its executor (default the spec's).
+        """
+        return common.finished_segment(
+            executor or self.spec.executor, self.workdir / "checkpoints" / name,
+            end=self.spec.training_steps if end is None else end, log=self.log,
+            member_tags=member_tags, masks=masks)
 
     def evaluate(self, state: train.TrainState, splits: list[str], masks: Any = None, *,
                  executor: Any = None) -> dict[str, dict[str, list[float]]]:

@@ -69,6 +69,7 @@ from ltjax import checkpoint, data, models, optim, plots, results, rng, train, t
 from ltjax import executor as executor_lib
 from ltjax import soups as soups_lib
 from ltjax.studies import common, imp_runs
+from ltjax.studies.spec import RunSpec
 
 SPLITS = ("validation", "test", "shifted")
 HEAD_MODES = ("interpolate", "fine_tuned")
@@ -267,8 +268,10 @@ def run_soups(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
       ValueError: no validation split, a bad grid, shift or WiSE-FT setting.
     """
     common.batch_stats_reset(config)  # checked before anything is written
-    workdir, dataset, recipe, executor = common.setup(config, workdir, progress=progress)
-    per_epoch = executor.steps_per_epoch
+    spec = RunSpec.from_config(config, progress=progress)
+    run = spec.open(workdir)
+    workdir, dataset, recipe, executor = run.workdir, spec.dataset, spec.recipe, spec.executor
+    per_epoch = spec.steps_per_epoch
     groups, ingredients = finetune_grid(config, recipe, per_epoch, dataset)
     _check_config(config, dataset, executor.abstract_state.params)
     model = executor.model
@@ -276,12 +279,7 @@ def run_soups(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
     shifted_executor = common.build_executor(
         config, common.build_model(config, dataset), dataclasses.replace(dataset, test=shifted),
         recipe)
-    log = results.MetricsLog(workdir / "metrics.jsonl")
-    ckpt_root = workdir / "checkpoints"
-    segment = dict(eval_every=max(1, common.steps(config.eval_every, per_epoch)),
-                   checkpoint_every=max(1, common.steps(config.checkpoint_every, per_epoch)),
-                   log=log, progress=progress,
-                   max_checkpoints=config.get("max_checkpoints", common.MAX_CHECKPOINTS))
+    log = run.log
 
     executors = {recipe: executor}  # one per recipe on the clean data: compiled programs shared
 
@@ -291,7 +289,7 @@ def run_soups(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
         return executors[r]
 
     # 1. pretrain (or load)
-    theta_0 = _pretrain(config, dataset, executor_for, ckpt_root, segment)
+    theta_0 = _pretrain(config, dataset, executor_for, run)
 
     # 2. fine-tune every group from theta_0: one program per augmentation setting, whose
     # members are every (learning rate, weight decay, label smoothing) x data order.
@@ -310,13 +308,12 @@ def run_soups(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
                 weight_decay=[g.recipe.weight_decay for g, _ in members],
                 label_smoothing=[g.recipe.label_smoothing for g, _ in members])
             state = program_executor.shard(_start_state(theta_0, program_executor, len(members)))
-            state = common.train_segment(
-                program_executor, state=state, masks=None, noise_keys=noise_keys, end=end,
-                hparams=hparams,
-                ckpt_dir=ckpt_root / f"finetune_augment_{int(augment)}" / f"run_{end}",
+            state = run.segment(
+                f"finetune_augment_{int(augment)}/run_{end}", state=state,
+                noise_keys=noise_keys, end=end, hparams=hparams,
                 tags={"branch": "finetune", "augment": bool(augment), "end": end},
-                splits=[], densities=np.ones(len(members)),  # evaluated once trained (step 3)
-                desc=f"fine-tune {len(members)} members for {epochs}", **segment)
+                splits=[],  # evaluated once trained (step 3)
+                executor=program_executor, desc=f"fine-tune {len(members)} members for {epochs}")
             for m, (group, order) in enumerate(members):
                 for ing in ingredients:
                     if (ing["group"], ing["steps"], ing["data_order"]) == (group.index, end, order):
@@ -382,7 +379,7 @@ def _shift_name(shift: Any) -> str:
     return f"test + N(0, {float(shift.amount):g}^2) noise"
 
 
-def _pretrain(config, dataset, executor_for, ckpt_root, segment) -> tuple[Any, Any]:
+def _pretrain(config, dataset, executor_for, run) -> tuple[Any, Any]:
     """theta_0 = ``(params, batch_stats)`` of the pretrained model (trained or loaded)."""
     pre = config.pretrain
     if pre.get("workdir"):
@@ -404,10 +401,9 @@ def _pretrain(config, dataset, executor_for, ckpt_root, segment) -> tuple[Any, A
     # is compiled once per model and process, which saves seconds on every resume).
     start = _start_state(models.init(executor.model, init_keys[0], dataset.input_shape),
                          executor, 1)
-    state = common.train_segment(
-        executor, state=executor.shard(start), masks=None, noise_keys=noise_keys, end=end,
-        ckpt_dir=ckpt_root / "pretrain", tags={"branch": "pretrain"},
-        splits=["validation", "test"], densities=np.ones(1), desc="pretrain", **segment)
+    state = run.segment("pretrain", state=executor.shard(start), noise_keys=noise_keys, end=end,
+                        tags={"branch": "pretrain"}, splits=["validation", "test"],
+                        executor=executor, desc="pretrain")
     return jax.device_get((tree.index(state.params, 0), tree.index(state.batch_stats, 0)))
 
 

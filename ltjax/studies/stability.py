@@ -54,6 +54,7 @@ import numpy as np
 
 from ltjax import interpolation, masking, plots, results, rewinding, rng, tree
 from ltjax.studies import common, imp_runs
+from ltjax.studies.spec import RunSpec
 
 STABLE_BELOW = 0.02  # Frankle et al. 2020: stable when the error barrier is under 2 %
 
@@ -159,20 +160,15 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
                     f"(its controls: {list(imp_configs[k].get('controls') or ())})")
             ks_and_runs[k] = run
 
-    workdir, dataset, recipe, executor = common.setup(
-        config, workdir, check=check, progress=progress)
-    per_epoch = executor.steps_per_epoch
-    end = common.steps(config.training_steps, per_epoch)
+    spec = RunSpec.from_config(config, check=check, progress=progress)
+    run = spec.open(workdir)
+    workdir, executor, log = run.workdir, spec.executor, run.log
+    num, copies = spec.num_replicates, config.num_copies
     ks = sorted(ks_and_runs)
-    num, copies = config.num_replicates, config.num_copies
     alphas = np.linspace(0.0, 1.0, config.num_alphas)
-    keys = rng.replicate_keys(config.seed, num)
-    init_keys, noise_keys = rng.init_and_noise(keys)
+    keys = spec.replicate_keys()
+    init_keys, noise_keys = spec.keys()
     copy_keys = copy_noise_keys(keys, copies)
-    log = results.MetricsLog(workdir / "metrics.jsonl")
-    ckpt_root = workdir / "checkpoints"
-    eval_every = max(1, common.steps(config.eval_every, per_epoch))
-    ckpt_every = max(1, common.steps(config.checkpoint_every, per_epoch))
 
     state = executor.init(init_keys)
     like = executor.shard(masking.ones_like(state.params))
@@ -181,12 +177,8 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     rows: list[dict] = []
     for k in ks:
         # The parent of every copy: the dense run (own noise) to step k.
-        state = common.train_segment(
-            executor, state=state, masks=None, noise_keys=noise_keys, end=k,
-            eval_every=eval_every, checkpoint_every=ckpt_every,
-            ckpt_dir=ckpt_root / f"parent_{k}", log=log, tags={"k": k, "branch": "parent"},
-            splits=["test"], densities=np.ones(num), progress=progress,
-            desc=f"parent to step {k}")
+        state = run.segment(f"parent_{k}", state=state, noise_keys=noise_keys, end=k,
+                            tags={"k": k, "branch": "parent"}, desc=f"parent to step {k}")
         masks, start = None, state
         density = np.ones(num)
         if ks_and_runs[k]:
@@ -203,12 +195,10 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
             start = ticket_start(executor, state, masks, imp_config)
         start = executor.shard(_repeat(start, copies))
         copy_masks = executor.shard(_repeat(masks, copies)) if masks is not None else None
-        final = common.train_segment(
-            executor, state=start, masks=copy_masks, noise_keys=copy_keys, end=end,
-            eval_every=eval_every, checkpoint_every=ckpt_every,
-            ckpt_dir=ckpt_root / f"copies_{k}", log=log, tags={"k": k, "branch": "copies"},
-            splits=["test"], densities=np.repeat(density, copies), progress=progress,
-            desc=f"{num}x{copies} copies from step {k}")
+        final = run.segment(f"copies_{k}", state=start, masks=copy_masks,
+                            noise_keys=copy_keys, tags={"k": k, "branch": "copies"},
+                            densities=np.repeat(density, copies),
+                            desc=f"{num}x{copies} copies from step {k}")
         rows += _pair_rows(executor, final, k=k, num=num, copies=copies, alphas=alphas,
                            splits=splits, log=log, config=config, reset=reset)
 
@@ -218,7 +208,7 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
         fields=("instability", "loss_barrier_chord", "loss_barrier_mean_ends", "accuracy_a",
                 "accuracy_b", "stable"))
     records = [r for r in log.read() if r.get("branch") == "path"]
-    name = f"{config.model} on {plots.dataset_label(config.dataset)}"
+    name = f"{spec.model_name} on {plots.dataset_label(spec.dataset.name)}"
     plots.plot_error_vs_alpha(records, workdir / "plots" / "error_vs_alpha.png",
                               title=f"{name}: error along the path between copies")
     plots.plot_instability_vs_k(rows, workdir / "plots" / "instability_vs_k.png",

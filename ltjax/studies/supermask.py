@@ -36,8 +36,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from ltjax import checkpoint, masking, plots, results, rng, supermasks, tree
+from ltjax import checkpoint, masking, plots, results, supermasks, tree
 from ltjax.studies import common, imp_runs
+from ltjax.studies.spec import RunSpec
 
 
 def _check_densities(config: Any) -> tuple[float, ...]:
@@ -74,32 +75,33 @@ def run_supermask(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
       ValueError: densities outside (0, 1], unknown weight inits (before any work).
     """
     densities, inits = _check_config(config)
-    workdir, dataset, recipe, base = common.setup(config, workdir, progress=progress)
-    selection = masking.prunable(base.abstract_params)
-    executor = base.like(reparam=supermasks.edge_popup(selection, weight_init="kaiming_normal"))
-    end = common.steps(config.training_steps, executor.steps_per_epoch)
-    num = config.num_replicates
-    init_keys, noise_keys = rng.init_and_noise(rng.replicate_keys(config.seed, num))
+    spec = RunSpec.from_config(config, progress=progress)
+    run = spec.open(workdir)
+    workdir, num = run.workdir, spec.num_replicates
+    selection = masking.prunable(spec.executor.abstract_params)
+    executor = spec.executor.like(
+        reparam=supermasks.edge_popup(selection, weight_init="kaiming_normal"))
+    init_keys, noise_keys = spec.keys()
     grid = [(i, d, r) for i in inits for d in densities for r in range(num)]
     replicate_of = np.array([r for _, _, r in grid])
-    state = jax.device_get(executor.init(init_keys[replicate_of]))
-    weights, kept = [], []
-    for m, (weight_init, density, _) in enumerate(grid):
-        init_weights = tree.index(state.frozen["weights"], m)
-        weights.append(supermasks.signed_constant(init_weights, selection)
-                       if weight_init == "signed_constant" else init_weights)
-        kept.append(supermasks.kept_counts(init_weights, selection, density))
-    state = executor.shard(state.replace(frozen={"weights": tree.stack(weights),
-                                                 "kept": tree.stack(kept)}))
-    log = results.MetricsLog(workdir / "metrics.jsonl")
-    segment = common.segment_runner(config, executor, end=end, log=log, splits=["test"],
-                                    progress=progress)
+
+    def start() -> Any:
+        """Each member's frozen weights (its init or their signed constant) and kept counts."""
+        state = jax.device_get(executor.init(init_keys[replicate_of]))
+        weights, kept = [], []
+        for m, (weight_init, density, _) in enumerate(grid):
+            init_weights = tree.index(state.frozen["weights"], m)
+            weights.append(supermasks.signed_constant(init_weights, selection)
+                           if weight_init == "signed_constant" else init_weights)
+            kept.append(supermasks.kept_counts(init_weights, selection, density))
+        return executor.shard(state.replace(frozen={"weights": tree.stack(weights),
+                                                    "kept": tree.stack(kept)}))
+
     tags = [{"density": d, "weight_init": i, "replicate": r} for i, d, r in grid]
-    final = segment(executor, state=state, masks=None, noise_keys=noise_keys[replicate_of],
-                    ckpt_dir=workdir / "checkpoints" / "edge_popup",
-                    tags={"method": "edge_popup"}, member_tags=common.member_tags_of(tags),
-                    densities=np.array([d for _, d, _ in grid]),
-                    desc=f"edge-popup: {len(grid)} members")
+    final = run.segment("edge_popup", state=start, noise_keys=noise_keys[replicate_of],
+                        tags={"method": "edge_popup"}, member_tags=common.member_tags_of(tags),
+                        densities=np.array([d for _, d, _ in grid]), executor=executor,
+                        desc=f"edge-popup: {len(grid)} members")
     metrics = executor.evaluate(final, "test")
     rows = [{"method": "edge_popup", **tag, "test_accuracy": float(metrics["accuracy"][m]),
              "test_loss": float(metrics["loss"][m])} for m, tag in enumerate(tags)]
@@ -107,8 +109,8 @@ def run_supermask(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
                                 by=("method", "density", "weight_init"),
                                 fields=("test_accuracy", "test_loss"))
     plots.plot_supermask(rows, workdir / "plots" / "supermask.png", by=("density", "weight_init"),
-                         title=f"Edge-popup, {config.model} on "
-                               f"{plots.dataset_label(config.dataset)}: {num} replicates")
+                         title=f"Edge-popup, {spec.model_name} on "
+                               f"{plots.dataset_label(spec.dataset.name)}: {num} replicates")
     return {**table, "num_replicates": num}
 
 
@@ -151,10 +153,10 @@ def run_zhou(config: Any, workdir: str | pathlib.Path, *, progress: bool = True)
         if not level_dir.is_dir():
             raise ValueError(f"config.imp_workdir={imp_workdir!r} has no finished level 0")
 
-    workdir, dataset, recipe, executor = common.setup(
-        config, workdir, check=check, progress=progress)
-    num = config.num_replicates
-    init_keys, _ = rng.init_and_noise(rng.replicate_keys(config.seed, num))
+    spec = RunSpec.from_config(config, check=check, progress=progress)
+    workdir = spec.open(workdir).workdir
+    executor, num = spec.executor, spec.num_replicates
+    init_keys, _ = spec.keys()
     start = executor.init(init_keys)
     with checkpoint.Checkpointer(level_dir) as ckpt:
         final, _, meta = ckpt.restore(ckpt.steps()[-1], like_state=start)
@@ -195,8 +197,8 @@ def run_zhou(config: Any, workdir: str | pathlib.Path, *, progress: bool = True)
                           for r in rows if r["method"] == "zhou"],
                          workdir / "plots" / "supermask.png", by=("density", "weight_init"),
                          dense=float(np.mean(baseline["trained"]["accuracy"])),
-                         title=f"Zhou et al. supermasks (untrained), {config.model} on "
-                               f"{plots.dataset_label(config.dataset)}: {num} replicates")
+                         title=f"Zhou et al. supermasks (untrained), {spec.model_name} on "
+                               f"{plots.dataset_label(spec.dataset.name)}: {num} replicates")
     return {**table, "num_replicates": num}
 
 
@@ -234,39 +236,39 @@ def run_learned(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
             raise ValueError("config.bernoulli_weight_inits must name at least one weight init")
         init_prob = config.get("init_prob", 0.5)
         members = [(i, init_prob) for i in inits]
-    workdir, dataset, recipe, base = common.setup(config, workdir, progress=progress)
-    selection = masking.prunable(base.abstract_params)
+    spec = RunSpec.from_config(config, progress=progress)
+    run = spec.open(workdir)
+    workdir, num = run.workdir, spec.num_replicates
+    selection = masking.prunable(spec.executor.abstract_params)
     if method == "dnw":
-        executor = base.like(reparam=supermasks.dnw(selection))
+        executor = spec.executor.like(reparam=supermasks.dnw(selection))
     else:
-        executor = base.like(reparam=supermasks.bernoulli_supermask(
+        executor = spec.executor.like(reparam=supermasks.bernoulli_supermask(
             selection, init_prob=init_prob, dynamic_scaling=config.get("dynamic_scaling", False)))
-    end = common.steps(config.training_steps, executor.steps_per_epoch)
-    num = config.num_replicates
-    init_keys, noise_keys = rng.init_and_noise(rng.replicate_keys(config.seed, num))
+    init_keys, noise_keys = spec.keys()
     grid = [(w, d, r) for w, d in members for r in range(num)]
     replicate_of = np.array([r for *_, r in grid])
-    state = jax.device_get(executor.init(init_keys[replicate_of]))
-    frozen = []
-    for m, (weight_init, density, _) in enumerate(grid):
-        mine = tree.index(state.frozen, m)
-        if method == "dnw":
-            mine = {"kept": supermasks.kept_counts(tree.index(state.params, m), selection,
-                                                   density)}
-        elif weight_init == "signed_constant":
-            mine = {**mine, "weights": supermasks.signed_std_constant(mine["weights"],
-                                                                      selection)}
-        frozen.append(mine)
-    state = executor.shard(state.replace(frozen=tree.stack(frozen)))
-    log = results.MetricsLog(workdir / "metrics.jsonl")
-    segment = common.segment_runner(config, executor, end=end, log=log, splits=["test"],
-                                    progress=progress)
+
+    def start() -> Any:
+        """Each member's frozen tree: DNW's kept counts, or the Bernoulli mask's weights."""
+        state = jax.device_get(executor.init(init_keys[replicate_of]))
+        frozen = []
+        for m, (weight_init, density, _) in enumerate(grid):
+            mine = tree.index(state.frozen, m)
+            if method == "dnw":
+                mine = {"kept": supermasks.kept_counts(tree.index(state.params, m), selection,
+                                                       density)}
+            elif weight_init == "signed_constant":
+                mine = {**mine, "weights": supermasks.signed_std_constant(mine["weights"],
+                                                                          selection)}
+            frozen.append(mine)
+        return executor.shard(state.replace(frozen=tree.stack(frozen)))
+
     tags = [{"density": d, "weight_init": w, "replicate": r} for w, d, r in grid]
-    final = segment(executor, state=state, masks=None, noise_keys=noise_keys[replicate_of],
-                    ckpt_dir=workdir / "checkpoints" / method, tags={"method": method},
-                    member_tags=common.member_tags_of(tags),
-                    densities=np.array([d for _, d, _ in grid]),
-                    desc=f"{method}: {len(grid)} members")
+    final = run.segment(method, state=start, noise_keys=noise_keys[replicate_of],
+                        tags={"method": method}, member_tags=common.member_tags_of(tags),
+                        densities=np.array([d for _, d, _ in grid]), executor=executor,
+                        desc=f"{method}: {len(grid)} members")
     metrics = executor.evaluate(final, "test")
     if method == "bernoulli":  # the kept share of each member's evaluation mask
         host = jax.device_get(final)
@@ -280,8 +282,8 @@ def run_learned(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
         "test_accuracy", "test_loss") + (() if method == "dnw" else ("density",)))
     name = "DNW" if method == "dnw" else "Learned Bernoulli supermask"
     plots.plot_supermask(rows, workdir / "plots" / "supermask.png", by=by[1:],
-                         title=f"{name}, {config.model} on "
-                               f"{plots.dataset_label(config.dataset)}: {num} replicates")
+                         title=f"{name}, {spec.model_name} on "
+                               f"{plots.dataset_label(spec.dataset.name)}: {num} replicates")
     return {**table, "num_replicates": num}
 
 

@@ -59,6 +59,7 @@ import numpy as np
 
 from ltjax import distributed, masking, plots, results
 from ltjax.studies import common, imp, imp_runs, stability
+from ltjax.studies.spec import RunSpec
 
 #: The fields of the stability study alone, of the IMP study alone, of this study alone.
 STABILITY_FIELDS = ("num_copies", "rewind_steps", "num_alphas", "path_splits", "alpha_chunk",
@@ -184,11 +185,10 @@ def run_transition(config: Any, workdir: str | pathlib.Path, *, progress: bool =
     Raises:
       ValueError: a bad field of any part (before any workdir is written).
     """
-    workdir, dataset, _, executor = common.setup(
-        config, workdir, check=lambda dataset: _check_config(config, dataset),
-        progress=progress)
-    per_epoch = executor.steps_per_epoch
-    end = common.steps(config.training_steps, per_epoch)
+    spec = RunSpec.from_config(config, check=lambda dataset: _check_config(config, dataset),
+                               progress=progress)
+    workdir, executor = spec.open(workdir).workdir, spec.executor
+    per_epoch, end = spec.steps_per_epoch, spec.training_steps
     imp_steps = _imp_steps(config, per_epoch, end)
 
     common.say("dense network: instability at every k", progress)
