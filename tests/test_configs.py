@@ -160,7 +160,7 @@ def test_print_config_prints_the_resolved_config_and_writes_nothing(tmp_path):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert "rewind_steps = ('0it', '10it')" in lines and "seed = 3" in lines
-    assert "model = 'resnet20'" in lines and "training_steps = '1ep'" in lines  # both variants
+    assert "model = 'resnet20'" in lines and "training_steps = '10it'" in lines  # both variants
     assert "recipe.batch_size = 128" in lines
     assert not (tmp_path / "w").exists()
 

@@ -100,6 +100,26 @@ def sample_resnet(config: ml_collections.ConfigDict, *, epochs: int, **model_kwa
     config.checkpoint_every = f"{max(1, epochs // 3)}ep"
 
 
+#: Training steps per segment of the ``:quick,sample`` runs that would take over 2 minutes
+#: cold on a 2-core CPU with a whole epoch (ResNet-20 on the sample: ~1 s per member-step;
+#: ``benchmarks/smoke_times.py``).
+SMOKE_STEPS = "10it"
+
+
+def smoke_steps(config: ml_collections.ConfigDict, steps: str = SMOKE_STEPS) -> None:
+    """Train, evaluate and checkpoint every ``steps``: a smoke run exercises the code, no more.
+
+    Example:
+        >>> config = ml_collections.ConfigDict({"training_steps": "1ep"})
+        >>> smoke_steps(config)
+        >>> config.training_steps, config.eval_every, config.checkpoint_every
+        ('10it', '10it', '10it')
+    """
+    config.training_steps = steps
+    config.eval_every = steps
+    config.checkpoint_every = steps
+
+
 def add_telemetry(config: ml_collections.ConfigDict) -> None:
     """The ``telemetry`` block of the dense study (the ``:telemetry`` variant).
 

@@ -3,7 +3,7 @@
 ``:sample``: two ResNet-20s on the 4000-image CIFAR-10 sample in
 ``$LTJAX_DATA_DIR``, 6 epochs, weight matching, 5 alphas, the naive and
 matched paths without correction, with BatchNorm statistics reset and with
-REPAIR, no sparse part (``:quick,sample``: 1 epoch).
+REPAIR, no sparse part (``:quick,sample``, a smoke run: 10 steps, no reset, 3 alphas).
 
     python -m experiments.rebasin --config=experiments/configs/rebasin_mlp_digits.py \\
         --workdir=runs/rebasin_digits
@@ -44,6 +44,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.alpha_chunk = 5
         config.matching.restarts = 1
         config.sparse.density = 0.0
+        if "quick" in chosen:  # a smoke run: under 2 minutes cold on a 2-core CPU
+            configs.smoke_steps(config)
+            config.corrections = ("none", "repair")
+            config.num_alphas = 3
+            config.alpha_chunk = 3
     elif "quick" in chosen:
         config.model_kwargs = ml_collections.ConfigDict({"widths": (64, 64)})
         config.num_replicates = 3

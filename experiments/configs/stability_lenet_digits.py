@@ -2,7 +2,8 @@
 
 ``:sample``: ResNet-20 on the 4000-image CIFAR-10 sample in ``$LTJAX_DATA_DIR``,
 1 initialisation x 2 copies, 6 epochs, k in {0, 1 epoch}, 5 alphas, BatchNorm
-statistics recomputed at each alpha (``:quick,sample``: 1 epoch, k in {0, 10it}).
+statistics recomputed at each alpha (``:quick,sample``, a smoke run: 10 steps,
+k in {0, 5it}, 3 alphas).
 
     python -m experiments.stability --config=experiments/configs/stability_lenet_digits.py \
         --workdir=runs/lmc_digits
@@ -35,6 +36,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.rewind_steps = ("0it", "10it") if quick else ("0it", "1ep")
         config.num_alphas = 5
         config.alpha_chunk = 5
+        if quick:  # a smoke run: under 2 minutes cold on a 2-core CPU
+            configs.smoke_steps(config)
+            config.rewind_steps = ("0it", "5it")
+            config.num_alphas = config.alpha_chunk = 3
     elif "quick" in chosen:
         config.num_replicates = 2
         config.num_copies = 2

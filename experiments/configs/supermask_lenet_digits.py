@@ -2,7 +2,7 @@
 
 ``:sample``: Conv-4 on the 4000-image CIFAR-10 sample in ``$LTJAX_DATA_DIR``
 (one of Ramanujan et al.'s CIFAR networks), SGD 0.1 with a cosine decay over
-6 epochs, densities {0.3, 0.5}, 1 replicate (``:quick,sample``: 1 epoch).
+6 epochs, densities {0.3, 0.5}, 1 replicate (``:quick,sample``, a smoke run: 10 steps).
 
     python -m experiments.supermask \\
         --config=experiments/configs/supermask_lenet_digits.py:quick --workdir=runs/supermask_q
@@ -38,6 +38,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.checkpoint_every = f"{max(1, epochs // 3)}ep"
         config.densities = (0.3, 0.5)
         config.num_replicates = 1
+        if "quick" in chosen:  # a smoke run: under 2 minutes cold on a 2-core CPU
+            configs.smoke_steps(config)
     elif "quick" in chosen:
         config.recipe.total_steps = "4ep"
         config.training_steps = "4ep"
