@@ -679,11 +679,7 @@ def train_segment(
                     f"{ckpt.directory} holds step {step}, beyond this segment's end {end}: "
                     "the workdir's files disagree (was a log deleted or another run's folder "
                     "copied in?); use a new workdir")
-            if masks is not None and checkpoint.checksum(saved_masks) != checkpoint.checksum(
-                    masks):
-                raise ValueError(
-                    f"{ckpt.directory} holds step {step} trained with other masks than this "
-                    "run gives the segment (the workdir's files disagree); use a new workdir")
+            check_same_masks(ckpt.directory, step, saved_masks, masks)
         log.keep_only(lambda r, s=step, f=found: not mine(r) or (f is not None and r["step"] <= s))
         if observer is not None:
             observer.drop_after(step if found is not None else start - 1, mine)
@@ -734,6 +730,18 @@ def train_segment(
         if start == end and found is None:
             ckpt.save(step, state=state, masks=masks, meta=meta(step))
     return state
+
+
+def check_same_masks(ckpt_dir: str | pathlib.Path, step: int, saved_masks: Any,
+                     masks: Any) -> None:
+    """Refuse a restored step saved with other masks than the caller gives its segment.
+
+    Raises:
+      ValueError: ``masks`` (not None) and ``saved_masks`` differ (by checksum).
+    """
+    if masks is not None and checkpoint.checksum(saved_masks) != checkpoint.checksum(masks):
+        raise ValueError(f"{ckpt_dir} holds step {step} trained with other masks than this run "
+                         "gives the segment (the workdir's files disagree); use a new workdir")
 
 
 def member_tags_of(rows: list[dict]) -> list[dict]:
@@ -794,7 +802,8 @@ def finished_segment(
 
         ```python
         done = finished_segment(executor, ckpt_dir, end=end, log=log, member_tags=tags)
-        state = done[0] if done else segment(executor, state=start_state(), ...)
+        # a study asks its run instead: run.finished(name, member_tags=tags), or hands
+        # run.segment(name, state=start_state, ...) the start-state function
         ```
     """
     ckpt_dir = pathlib.Path(ckpt_dir)

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ltjax import checkpoint, optim, results, train
+from ltjax import optim, results, train
 from ltjax.studies import common
 
 
@@ -91,12 +91,7 @@ class Run:
                 {"replicate": m} for m in range(num)], masks=masks is not None, end=end,
                 executor=executor)
             if done is not None:
-                if masks is not None and checkpoint.checksum(done[1]) != checkpoint.checksum(
-                        masks):
-                    raise ValueError(
-                        f"{self.workdir / 'checkpoints' / name} holds step {end} trained with "
-                        "other masks than this run gives the segment (the workdir's files "
-                        "disagree); use a new workdir")
+                common.check_same_masks(self.workdir / "checkpoints" / name, end, done[1], masks)
                 common.say(f"{desc or name}: finished (step {end}), restored", spec.progress)
                 return done[0]
             state = state()
