@@ -1218,6 +1218,31 @@ class DeviceSplit:
     augment: str | None
 
 
+def eval_batch_size(num_examples: int, max_batch_size: int) -> int:
+    """Rows per evaluation batch: ``num_examples`` in as few batches as ``max_batch_size``
+    allows, each as small as that allows (the padding is below one row per batch).
+
+    Padding to a multiple of ``max_batch_size`` itself would evaluate 1000 rows for
+    a 360-example split; this evaluates 360. Splits whose size is a multiple of
+    ``max_batch_size`` (MNIST's 10,000 test images in batches of 1000) keep it.
+
+    Raises:
+      ValueError: ``num_examples`` or ``max_batch_size`` below 1.
+
+    Example:
+        >>> from ltjax import data
+        >>> data.eval_batch_size(360, 1000), data.eval_batch_size(10_000, 1000)
+        (360, 1000)
+        >>> data.eval_batch_size(1137, 1000)      # 2 batches of 569 (1 padded row)
+        569
+    """
+    if num_examples < 1 or max_batch_size < 1:
+        raise ValueError(f"num_examples and max_batch_size must be >= 1, got {num_examples} "
+                         f"and {max_batch_size}")
+    num_batches = -(-num_examples // max_batch_size)
+    return -(-num_examples // num_batches)
+
+
 def device_split(split: Split, dataset: Dataset, *, pad_to: int = 1) -> DeviceSplit:
     """``split`` of ``dataset`` as a :class:`DeviceSplit`, rows padded to a multiple of ``pad_to``.
 

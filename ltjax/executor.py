@@ -165,7 +165,8 @@ class Executor:
       steps_per_call: steps per jitted call; default 500 for ``'scan_vmap'``
         and 1 for ``'unrolled_loop'`` (several unrolled steps per call add
         nothing on CPU, FACTS.md).
-      eval_batch_size: rows per evaluation batch.
+      eval_batch_size: at most this many rows per evaluation batch (a split is read in
+        as few batches as that allows, padded by less than a row per batch).
       devices: the devices of the member mesh (default: ``jax.devices()``, all
         devices of all processes; in one process, the local devices).
       materialize_inputs: force each conv input into memory in the training
@@ -368,10 +369,15 @@ class Executor:
             stacked = self.shard(stacked)
         return distributed.put(_pad(stacked, num, padded), sharding)
 
+    def split_eval_batch_size(self, split: str) -> int:
+        """Rows per evaluation batch of ``split``: at most ``eval_batch_size``, padding minimal
+        (:func:`ltjax.data.eval_batch_size`)."""
+        return data.eval_batch_size(len(self._host_splits[split]), self.eval_batch_size)
+
     def device_split(self, split: str, num_devices: int, for_eval: bool) -> data.DeviceSplit:
         """A split's arrays replicated on the first ``num_devices`` devices (kept by the executor).
 
-        For evaluation the rows are padded to a multiple of ``eval_batch_size``.
+        For evaluation the rows are padded to a multiple of :meth:`split_eval_batch_size`.
         """
         host = self._host_splits.get(split)
         if host is None:
@@ -381,7 +387,7 @@ class Executor:
             )
         key = (split, num_devices, for_eval)
         if key not in self._device_splits:
-            pad_to = self.eval_batch_size if for_eval else 1
+            pad_to = self.split_eval_batch_size(split) if for_eval else 1
             mesh = Mesh(np.array(self.devices[:num_devices]), ("seed",))
             self._device_splits[key] = distributed.put(
                 data.device_split(host, self.dataset, pad_to=pad_to), NamedSharding(mesh, P()))
@@ -617,7 +623,7 @@ class Executor:
         arrays = self.device_split(split, mesh.size, for_eval=True)
         unroll = self.strategy == "unrolled_loop"
         per_member = {"metrics": train.evaluate, "logits": train.predict}[output]
-        model, batch_size = self._program_model, self.eval_batch_size
+        model, batch_size = self._program_model, self.split_eval_batch_size(split)
 
         def one(params, batch_stats, arrays):
             return per_member(model, params, batch_stats, arrays, batch_size=batch_size,

@@ -475,3 +475,16 @@ def test_other_arrays_under_a_registered_name_are_refused(registry, tmp_path):
     data.register("blobs", **_blobs(1))  # a new process, other arrays, the same name
     with pytest.raises(ValueError, match="dataset_sha256"):
         common.prepare_workdir(tmp_path, config)
+
+
+def test_eval_batch_size_is_the_smallest_batch_in_the_fewest_batches():
+    # Oracle by search: among batch sizes <= max reading n in the fewest batches, the smallest.
+    for n in (1, 7, 359, 360, 361, 999, 1000, 1001, 1137, 10_000, 55_000):
+        for most in (1, 64, 128, 1000):
+            fewest = min(-(-n // b) for b in range(1, most + 1))
+            expected = min(b for b in range(1, most + 1) if -(-n // b) == fewest)
+            size = data.eval_batch_size(n, most)
+            assert size == expected, (n, most)
+            assert 0 <= size * fewest - n < fewest  # less than one padded row per batch
+    with pytest.raises(ValueError, match="max_batch_size must be >= 1"):
+        data.eval_batch_size(10, 0)

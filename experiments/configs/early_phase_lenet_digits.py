@@ -3,7 +3,7 @@
 ``:sample``: ResNet-20 on the 4000-image CIFAR-10 sample in ``$LTJAX_DATA_DIR``,
 IMP to level 2 (64 % density) run by the study, 6 epochs, k in {0, 1 epoch},
 four perturbations, 1 replicate (``:quick,sample``, a smoke run: level 1, 6 steps,
-k in {0, 3it}, two perturbations).
+k = 3it only, so one IMP run, two perturbations).
 
     python -m experiments.early_phase \\
         --config=experiments/configs/early_phase_lenet_digits.py:quick --workdir=runs/early_q
@@ -38,7 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.perturbations = ("none", "reinit", "shuffle_layer", "signs_k_magnitudes_fresh")
         if quick:  # a smoke run: under 2 minutes cold on a 2-core CPU
             configs.smoke_steps(config, "6it")
-            config.rewind_steps = ("0it", "3it")
+            config.rewind_steps = ("3it",)  # one k: one IMP run
             config.perturbations = ("none", "reinit")
     elif "quick" in chosen:
         config.training_steps = "3ep"

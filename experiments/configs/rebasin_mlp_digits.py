@@ -3,7 +3,8 @@
 ``:sample``: two ResNet-20s on the 4000-image CIFAR-10 sample in
 ``$LTJAX_DATA_DIR``, 6 epochs, weight matching, 5 alphas, the naive and
 matched paths without correction, with BatchNorm statistics reset and with
-REPAIR, no sparse part (``:quick,sample``, a smoke run: 10 steps, no reset, 3 alphas).
+REPAIR, no sparse part (``:quick,sample``, a smoke run: 10 steps, no reset, 3 alphas,
+REPAIR's statistics from 256 examples, the paths on test only).
 
     python -m experiments.rebasin --config=experiments/configs/rebasin_mlp_digits.py \\
         --workdir=runs/rebasin_digits
@@ -49,6 +50,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             config.corrections = ("none", "repair")
             config.num_alphas = 3
             config.alpha_chunk = 3
+            config.repair.num_examples = 256  # REPAIR's statistics from 2 batches of 128
+            config.path_splits = ("test",)  # each path on 3600 training images: half a minute
     elif "quick" in chosen:
         config.model_kwargs = ml_collections.ConfigDict({"widths": (64, 64)})
         config.num_replicates = 3

@@ -3,7 +3,7 @@
 ``:sample``: ResNet-20 on the 4000-image CIFAR-10 sample in ``$LTJAX_DATA_DIR``,
 1 initialisation x 2 copies, 6 epochs, k in {0, 1 epoch}, 5 alphas, BatchNorm
 statistics recomputed at each alpha (``:quick,sample``, a smoke run: 10 steps,
-k in {0, 5it}, 3 alphas).
+k in {0, 5it}, 3 alphas, BatchNorm statistics from 2 batches, the path on test only).
 
     python -m experiments.stability --config=experiments/configs/stability_lenet_digits.py \
         --workdir=runs/lmc_digits
@@ -40,6 +40,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             configs.smoke_steps(config)
             config.rewind_steps = ("0it", "5it")
             config.num_alphas = config.alpha_chunk = 3
+            config.reset_batches = "2"  # BatchNorm statistics at each alpha from 2 batches
+            config.path_splits = ("test",)  # the path on 3600 training images: a minute
     elif "quick" in chosen:
         config.num_replicates = 2
         config.num_copies = 2
