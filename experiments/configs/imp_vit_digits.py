@@ -12,8 +12,8 @@ positions, class token), LayerNorms and biases are never pruned
 Digits (8x8): patches of 2 (16 patches and the class token), 30 epochs per
 level, 6 levels (26 % of the prunable weights). ``:quick``: 2 levels of 2
 epochs, 1 replicate (a smoke run for the tests). ``:mnist``: MNIST with
-patches of 7 (16 patches; ``mnist/mnist.npz`` under ``$LTJAX_DATA_DIR``), 2
-epochs per level, 10 levels (0.8^10 = 10.7 % density), 1 replicate.
+patches of 7 (16 patches; ``mnist/mnist.npz`` under ``$LTJAX_DATA_DIR``), 1
+epoch per level (430 steps), 10 levels (0.8^10 = 10.7 % density), 1 replicate.
 
     python -m experiments.imp --config=experiments/configs/imp_vit_digits.py --workdir=runs/imp_vit
     python -m experiments.imp --config=experiments/configs/imp_vit_digits.py:mnist \\
@@ -64,7 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint_every = "10ep"
     config.levels = 6
     if "mnist" in chosen:
-        config.training_steps = "2ep"
+        config.training_steps = "1ep"
         config.eval_every = "1ep"
         config.checkpoint_every = "1ep"
         config.levels = 10

@@ -15,8 +15,8 @@ and the final LayerNorm's input, are not corrected). The
 :mod:`~experiments.configs.imp_vit_digits` recipe: Adam 1e-3, batch 128,
 patches of 2 on digits, 30 epochs, 2 models, 25 alphas, no sparse part.
 ``:quick``: a one-block ViT, 2 epochs, 5 alphas (a smoke run for the tests).
-``:mnist``: MNIST, patches of 7, 5 epochs, 15 alphas on 10,000 training and
-the 10,000 test images.
+``:mnist``: MNIST, patches of 7, 3 epochs, 15 alphas on the 10,000 test
+images.
 
     python -m experiments.rebasin --config=experiments/configs/rebasin_vit_digits.py \\
         --workdir=runs/rebasin_vit
@@ -48,7 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.num_alphas = config.alpha_chunk = 25
     if "mnist" in chosen:
         config.validation_size = 0
-        config.training_steps = "5ep"
+        config.training_steps = "3ep"
         config.eval_every = "1ep"
         config.checkpoint_every = "1ep"
         config.num_alphas = config.alpha_chunk = 15
