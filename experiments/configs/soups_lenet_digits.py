@@ -3,8 +3,9 @@
 ``:sample``: ResNet-20 on the 4000-image CIFAR-10 sample in ``$LTJAX_DATA_DIR``,
 pretrained 6 epochs on images rotated up to 30 degrees, fine-tuned with AdamW
 at 1e-3 and 3e-3 for 1 and 2 epochs (4 ingredients), the head ``fc``
-(``:quick,sample``, a smoke run: 10 steps of pretraining, 2 ingredients of 10 steps,
-BatchNorm statistics from 2 batches, 200 validation and 200 test images).
+(``:quick,sample``, a smoke run: 10 steps of pretraining, 2 ingredients of 6 steps,
+3 learned-soup steps, BatchNorm statistics from 2 batches, 200 validation and 200 test
+images).
 
     python -m experiments.soups --config=experiments/configs/soups_lenet_digits.py \
         --workdir=runs/soups_digits
@@ -62,7 +63,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.wise_ft.head = "fc"
         if quick:  # a smoke run: under 2 minutes cold on a 2-core CPU
             config.pretrain.steps = config.eval_every = config.checkpoint_every = "10it"
-            config.finetune.epochs = ("10it",)
+            config.finetune.epochs = ("6it",)
+            config.finetune.warmup = "2it"
+            config.learned_soup.num_steps = 3
             config.reset_batches = "2"  # BatchNorm statistics of each soup from 2 batches
             config.validation_size = config.test_size = 200  # every soup is evaluated thrice
     elif "quick" in chosen:

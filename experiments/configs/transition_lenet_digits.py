@@ -4,8 +4,8 @@ The MNIST config (:mod:`experiments.configs.transition_lenet_mnist`) on
 digits, 20 epochs (``:quick``: 4 epochs, 2 levels, k in {0, 1 epoch}).
 ``:sample``: ResNet-20 on the 4000-image CIFAR-10 sample in ``$LTJAX_DATA_DIR``
 with the LMC recipe scaled to 6 epochs, 1 initialisation x 2 copies, IMP to
-level 1 at k in {0, 1 epoch}, 5 alphas (``:quick,sample``, a smoke run: 4 steps, k in
-{0, 2it}, 3 alphas, BatchNorm statistics from 2 batches); the paper's setting needs full
+level 1 at k in {0, 1 epoch}, 5 alphas (``:quick,sample``, a smoke run: 4 steps, k = 2it
+only, 3 alphas, BatchNorm statistics from 2 batches); the paper's setting needs full
 CIFAR-10 and a GPU (docs/studies/stability.md).
 
     python -m experiments.transition \\
@@ -48,7 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.alpha_chunk = 5
         if quick:  # a smoke run of five studies' parts: under 2 minutes cold on a 2-core CPU
             configs.smoke_steps(config, "4it")
-            config.rewind_steps = config.imp_rewind_steps = ("0it", "2it")
+            config.rewind_steps = config.imp_rewind_steps = ("2it",)  # one k: one IMP run
             config.num_alphas = config.alpha_chunk = 3
             config.reset_batches = "2"  # BatchNorm statistics at each alpha from 2 batches
     elif "quick" in chosen:
