@@ -62,6 +62,7 @@ def test_table_matches_the_segments_own_evaluations(quick_run):
         assert {r["step"] for r in mine} == set(range(0, END + 1, 20))
         assert _value(row["steps_to_train_100"]) == _first(mine, "train", 1.0)
         assert _value(row["steps_to_test_95"]) == _first(mine, "test", 0.95)
+        assert int(row["reached_test_95"]) == (_first(mine, "test", 0.95) is not None)
         final = [r for r in mine if r["step"] == END and r["split"] == "test"]
         assert _value(row["final_test_accuracy"]) == pytest.approx(final[0]["accuracy"],
                                                                    abs=1e-6)

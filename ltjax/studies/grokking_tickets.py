@@ -142,8 +142,10 @@ def run_grokking_tickets(config: Any, workdir: str | pathlib.Path, *,
     final_test_accuracy, source_step``: ``density`` is the target (1 for
     dense), ``actual_density`` the masks' kept share; the steps are the first
     eval steps at 100 % train / ``target_accuracy`` test accuracy, None when
-    never reached; ``source_step`` the step of the weights the mask was taken
-    from; mean and std rows per arm and density), ``plots/grokking_tickets.png``
+    never reached, and ``reached_test_95`` 1 or 0; ``source_step`` the step of
+    the weights the mask was taken from), ``summary.csv`` (mean and std per arm
+    and density: the steps' over the members that reached them, and
+    ``reached_test_95``'s mean the share that did), ``plots/grokking_tickets.png``
     and ``checkpoints/``.
 
     Raises:
@@ -245,12 +247,13 @@ def run_grokking_tickets(config: Any, workdir: str | pathlib.Path, *,
                          "replicate": t["replicate"],
                          "steps_to_train_100": first_step(c["train"], 1.0),
                          "steps_to_test_95": first_step(c["test"], target),
+                         "reached_test_95": int(first_step(c["test"], target) is not None),
                          "final_test_accuracy": final[i], "actual_density": float(kept[i]),
                          "source_step": sources[i]})
     table = results.write_table(
         run.workdir / "results.csv", rows, by=("arm", "density"),
-        fields=("steps_to_train_100", "steps_to_test_95", "final_test_accuracy",
-                "actual_density"))
+        fields=("steps_to_train_100", "steps_to_test_95", "reached_test_95",
+                "final_test_accuracy", "actual_density"))
     curve_records = []
     for tags, mtags in (({"arm": "dense"}, replicates), ({"stage": "tickets"}, member_tags)):
         for t, c in zip(mtags, curves(records, tags, mtags), strict=True):
