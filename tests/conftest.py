@@ -150,14 +150,16 @@ def pytest_pyfunc_call(pyfuncitem):
     return True
 
 
-#: The slowest test files, longest first (``--durations`` of a CI run): pytest-xdist hands
-#: out whole files in collection order (``--dist loadfile``), so starting the long ones first
-#: keeps one worker from running a long file alone at the end.
+#: The slowest test files, longest first (summed ``--durations=0`` of a run on 7 December
+#: 2026): pytest-xdist hands out whole files in collection order (``--dist loadfile``), so
+#: starting the long ones first keeps one worker from running a long file alone at the end.
 SLOW_FILES_FIRST = (
-    "test_distributed.py", "test_train.py", "test_grokking_tickets.py", "test_early_phase.py",
-    "test_imp.py", "test_transition.py", "test_prune_at_init.py", "test_stability.py",
-    "test_studies.py", "test_invariants.py", "test_matching.py", "test_supermasks.py",
-    "test_notebook.py", "test_bn_only.py", "test_telemetry.py", "test_configs.py",
+    "test_distributed.py", "test_imp.py", "test_train.py", "test_studies.py",
+    "test_grokking_tickets.py", "test_early_phase.py", "test_invariants.py",
+    "test_vit_studies.py", "test_docstring_examples.py", "test_prune_at_init.py",
+    "test_matching.py", "test_transition.py", "test_configs.py", "test_models.py",
+    "test_supermasks.py", "test_executor.py", "test_readme.py", "test_bn_only.py",
+    "test_knowledge_evolution.py", "test_telemetry.py",
 )
 
 
