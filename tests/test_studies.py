@@ -334,3 +334,32 @@ def dense_data():
     from ltjax import data
 
     return data.load("digits")
+
+
+def test_a_finished_segment_restores_without_its_start_and_refuses_other_masks(tmp_path):
+    # Run.segment(state=<function>) over a finished segment restores it without calling the
+    # function, and refuses masks other than the ones it trained with (the lazy path's check).
+    import jax
+
+    from ltjax import masking
+    from ltjax.studies.spec import RunSpec
+
+    spec = RunSpec.from_config(_config(training_steps="4it", eval_every="2it",
+                                       checkpoint_every="2it", num_replicates=1),
+                               progress=False)
+    run = spec.open(tmp_path)
+    init_keys, noise_keys = spec.keys()
+    state = spec.executor.init(init_keys)
+    ones = masking.ones_like(state.params)
+    masks = jax.tree.map(lambda m: m.at[..., 0].set(False), ones)  # a planted mask
+    first = run.segment("s", state=lambda: state, noise_keys=noise_keys, masks=masks)
+
+    def never():
+        raise AssertionError("the start state of a finished segment was built")
+
+    again = run.segment("s", state=never, noise_keys=noise_keys, masks=masks)
+    for a, b in zip(jax.tree.leaves(jax.device_get(first)), jax.tree.leaves(
+            jax.device_get(again)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="trained with other masks"):
+        run.segment("s", state=never, noise_keys=noise_keys, masks=ones)
