@@ -80,9 +80,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from experiments import tune_allocator, use_compilation_cache  # noqa: E402
+from ltjax import cli  # noqa: E402
 
-tune_allocator()
+cli.tune_allocator()
 jax.config.update("jax_num_cpu_devices", 4)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 # One cache for the run: the first process (pytest-xdist's controller, or pytest alone)
@@ -95,7 +95,7 @@ if "LTJAX_TEST_CACHE_DIR" not in os.environ:
 # compile in under the users' 0.5 s threshold (test_stability + test_studies: 68 -> 52 s CPU).
 # The experiments the tests start as subprocesses (several processes, the CLI) read the same.
 os.environ["LTJAX_COMPILATION_CACHE_MIN_SECONDS"] = "0"
-_CACHE = use_compilation_cache(os.environ["LTJAX_TEST_CACHE_DIR"])
+_CACHE = cli.use_compilation_cache(os.environ["LTJAX_TEST_CACHE_DIR"])
 
 _SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
 if "LTJAX_DATA_DIR" not in os.environ and _SHARED.is_dir():
@@ -124,6 +124,33 @@ def drawn(monkeypatch):
 
     monkeypatch.setattr(plots, "_save", spy)
     return out
+
+
+@pytest.fixture
+def planted_match():
+    """``match(config) -> (executor, spec, params, shuffled, dataset)``: re-basin's matching of
+    a model to a copy of itself under a random (planted) permutation, asserted to undo it
+    exactly (the permutation's inverse is the oracle)."""
+    import chex
+
+    from ltjax import matching, models
+    from ltjax.studies import common, rebasin
+
+    def match(config):
+        dataset = common.build_dataset(config)
+        model = common.build_model(config, dataset)
+        executor = common.build_executor(config, model, dataset,
+                                         common.build_recipe(config, dataset))
+        params, _ = models.init(model, jax.random.key(0), dataset.input_shape)
+        spec = models.permutation_spec(model, params)
+        planted = matching.random_perms(jax.random.key(1), matching.check_spec(spec, params))
+        shuffled = matching.apply_permutation(spec, planted, params)
+        result = rebasin.match(config, executor, spec, (params, {}), (shuffled, {}))
+        chex.assert_trees_all_close(matching.apply_permutation(spec, result.perms, shuffled),
+                                    params)
+        return executor, spec, params, shuffled, dataset
+
+    return match
 
 
 def pytest_configure(config):

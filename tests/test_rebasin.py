@@ -30,18 +30,10 @@ def _config(**overrides):
 
 
 @pytest.mark.parametrize("method", rebasin.METHODS)
-def test_every_method_recovers_a_planted_permutation(method):
+def test_every_method_recovers_a_planted_permutation(method, planted_match):
     config = _config(method=method)
     config.matching.ste_steps = 2
-    dataset = common.build_dataset(config)
-    model = common.build_model(config, dataset)
-    executor = common.build_executor(config, model, dataset, common.build_recipe(config, dataset))
-    params, _ = models.init(model, jax.random.key(0), dataset.input_shape)
-    spec = models.permutation_spec(model, params)
-    planted = matching.random_perms(jax.random.key(1), matching.check_spec(spec, params))
-    shuffled = matching.apply_permutation(spec, planted, params)
-    result = rebasin.match(config, executor, spec, (params, {}), (shuffled, {}))
-    chex.assert_trees_all_close(matching.apply_permutation(spec, result.perms, shuffled), params)
+    executor, spec, params, shuffled, dataset = planted_match(config)
     if method == "activation":
         # The whole training set by default, in chunks: the same moments as one pass.
         whole = rebasin.activation_moments(executor, spec, (params, {}), (shuffled, {}),

@@ -9,7 +9,6 @@ the permutation invariance of the matched endpoint (re-basin).
 
 import math
 
-import chex
 import jax
 import pytest
 
@@ -69,17 +68,10 @@ def test_instability_of_two_identical_vit_copies_is_zero(tmp_path, monkeypatch):
         assert float(r["instability"]) == 0.0
 
 
-def test_rebasin_on_a_vit_recovers_a_planted_permutation_and_keeps_the_endpoint(tmp_path):
+def test_rebasin_on_a_vit_recovers_a_planted_permutation_and_keeps_the_endpoint(
+        tmp_path, planted_match):
     config = rebasin_vit_digits.get_config("quick")
-    dataset = common.build_dataset(config)
-    model = common.build_model(config, dataset)
-    executor = common.build_executor(config, model, dataset, common.build_recipe(config, dataset))
-    params, _ = models.init(model, jax.random.key(0), dataset.input_shape)
-    spec = models.permutation_spec(model, params)
-    planted = matching.random_perms(jax.random.key(1), matching.check_spec(spec, params))
-    shuffled = matching.apply_permutation(spec, planted, params)
-    result = rebasin.match(config, executor, spec, (params, {}), (shuffled, {}))
-    chex.assert_trees_all_close(matching.apply_permutation(spec, result.perms, shuffled), params)
+    _, spec, params, _, _ = planted_match(config)
 
     summary = rebasin.run_rebasin(config, tmp_path, progress=False)
     by = {(r["variant"], r["split"]): r for r in summary["rows"]}
