@@ -27,11 +27,11 @@ RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "compile_cache.j
 CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
-from experiments import tune_allocator, use_compilation_cache
-tune_allocator()
+from ltjax import cli
+cli.tune_allocator()
 cache = sys.argv[2]
 if cache != "off":
-    use_compilation_cache(cache, min_compile_seconds=0.0)
+    cli.use_compilation_cache(cache, min_compile_seconds=0.0)
 import jax, numpy as np
 from ltjax import data, executor as executor_lib, models, optim, rng
 name = sys.argv[1]

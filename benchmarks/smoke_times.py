@@ -35,14 +35,14 @@ GOAL_SECONDS = 120.0  # issue #34: every smoke variant under 2 minutes cold
 def smoke_commands() -> list[tuple[str, str]]:
     """``(study module, --config value)`` of every ``:quick`` and ``:quick,sample`` variant."""
     sys.path.insert(0, str(ROOT))
-    import experiments
+    from ltjax import cli
 
     out = []
     for path in sorted((ROOT / "experiments" / "configs").glob("*.py")):
         if path.stem == "__init__":
             continue
         variants = importlib.import_module(f"experiments.configs.{path.stem}").VARIANTS
-        study = experiments.config_study(str(path))
+        study = cli.config_study(str(path))
         relative = path.relative_to(ROOT)
         for chosen in (("quick",), ("quick", "sample")):
             if set(chosen) <= set(variants):

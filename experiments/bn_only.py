@@ -9,7 +9,7 @@ the output layer alone and as many random parameters, S replicates per arm.
 Re-running the same command on the same workdir resumes from the newest checkpoint.
 """
 
-import experiments
+from ltjax import cli
 from ltjax.studies import bn_only
 
 
@@ -27,4 +27,4 @@ def report(summary: dict) -> None:
 
 
 if __name__ == "__main__":
-    experiments.run_main(bn_only.run_bn_only, report)
+    cli.run_main(bn_only.run_bn_only, report)

@@ -8,7 +8,7 @@
 Re-running the same command on the same workdir resumes from the newest checkpoint.
 """
 
-import experiments
+from ltjax import cli
 from ltjax.studies import data_diet
 
 
@@ -30,4 +30,4 @@ def report(summary: dict) -> None:
 
 
 if __name__ == "__main__":
-    experiments.run_main(data_diet.run_data_diet, report)
+    cli.run_main(data_diet.run_data_diet, report)

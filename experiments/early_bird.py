@@ -9,7 +9,7 @@ scales, detect when the channel mask stops changing, retrain the ticket.
 Re-running the same command on the same workdir resumes from the newest checkpoint.
 """
 
-import experiments
+from ltjax import cli
 from ltjax.studies import early_bird
 
 
@@ -32,4 +32,4 @@ def _cell(mean: float | None, std: float | None) -> str:
 
 
 if __name__ == "__main__":
-    experiments.run_main(early_bird.run_early_bird, report)
+    cli.run_main(early_bird.run_early_bird, report)

@@ -12,7 +12,7 @@ Without ``--config.imp_workdir`` the study runs IMP itself into ``<workdir>/imp`
 Re-running the same command on the same workdir resumes from the newest checkpoint.
 """
 
-import experiments
+from ltjax import cli
 from ltjax.studies import early_phase
 
 
@@ -30,4 +30,4 @@ def report(summary: dict) -> None:
 
 
 if __name__ == "__main__":
-    experiments.run_main(early_phase.run_early_phase, report)
+    cli.run_main(early_phase.run_early_phase, report)

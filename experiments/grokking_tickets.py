@@ -8,7 +8,7 @@
 Re-running the same command on the same workdir resumes from the newest checkpoint.
 """
 
-import experiments
+from ltjax import cli
 from ltjax.studies import grokking_tickets
 
 
@@ -32,4 +32,4 @@ def report(summary: dict) -> None:
 
 
 if __name__ == "__main__":
-    experiments.run_main(grokking_tickets.run_grokking_tickets, report)
+    cli.run_main(grokking_tickets.run_grokking_tickets, report)

@@ -7,7 +7,7 @@
 Re-running the same command on the same workdir resumes without redoing finished levels.
 """
 
-import experiments
+from ltjax import cli
 from ltjax.studies import imp
 
 
@@ -29,4 +29,4 @@ def report(summary: dict) -> None:
 
 
 if __name__ == "__main__":
-    experiments.run_main(imp.run_imp, report)
+    cli.run_main(imp.run_imp, report)

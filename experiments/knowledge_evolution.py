@@ -9,7 +9,7 @@ reset hypothesis; the fit hypothesis becomes a slim network.
 Re-running the same command on the same workdir resumes from the newest checkpoint.
 """
 
-import experiments
+from ltjax import cli
 from ltjax.studies import knowledge_evolution
 
 
@@ -25,4 +25,4 @@ def report(summary: dict) -> None:
 
 
 if __name__ == "__main__":
-    experiments.run_main(knowledge_evolution.run_knowledge_evolution, report)
+    cli.run_main(knowledge_evolution.run_knowledge_evolution, report)

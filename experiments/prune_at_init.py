@@ -11,7 +11,7 @@ invert), S replicates at once.
 Re-running the same command on the same workdir resumes from the newest checkpoint.
 """
 
-import experiments
+from ltjax import cli
 from ltjax.studies import prune_at_init
 
 
@@ -27,4 +27,4 @@ def report(summary: dict) -> None:
 
 
 if __name__ == "__main__":
-    experiments.run_main(prune_at_init.run_prune_at_init, report)
+    cli.run_main(prune_at_init.run_prune_at_init, report)

@@ -8,7 +8,7 @@
 Re-running the same command on the same workdir resumes where it stopped.
 """
 
-import experiments
+from ltjax import cli
 from ltjax.studies import rebasin
 
 
@@ -28,4 +28,4 @@ def report(summary: dict) -> None:
 
 
 if __name__ == "__main__":
-    experiments.run_main(rebasin.run_rebasin, report)
+    cli.run_main(rebasin.run_rebasin, report)

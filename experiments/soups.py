@@ -8,7 +8,7 @@
 Re-running the same command on the same workdir resumes where it stopped.
 """
 
-import experiments
+from ltjax import cli
 from ltjax.studies import soups
 
 
@@ -28,5 +28,5 @@ def report(summary: dict) -> None:
 
 
 if __name__ == "__main__":
-    experiments.run_main(soups.run_soups, report,
+    cli.run_main(soups.run_soups, report,
                          replicates_fn=lambda config: config.finetune.data_orders)

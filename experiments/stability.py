@@ -8,7 +8,7 @@
 Re-running the same command on the same workdir resumes where it stopped.
 """
 
-import experiments
+from ltjax import cli
 from ltjax.studies import stability
 
 
@@ -25,5 +25,5 @@ def report(summary: dict) -> None:
 
 
 if __name__ == "__main__":
-    experiments.run_main(stability.run_stability, report,
+    cli.run_main(stability.run_stability, report,
                          replicates_fn=lambda config: config.num_replicates * config.num_copies)

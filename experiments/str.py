@@ -8,7 +8,7 @@ with the dense and one-shot magnitude + retraining baselines.
 Re-running the same command on the same workdir resumes from the newest checkpoint.
 """
 
-import experiments
+from ltjax import cli
 from ltjax.studies import soft_threshold
 
 
@@ -25,4 +25,4 @@ def report(summary: dict) -> None:
 
 
 if __name__ == "__main__":
-    experiments.run_main(soft_threshold.run_soft_threshold, report)
+    cli.run_main(soft_threshold.run_soft_threshold, report)

@@ -9,7 +9,7 @@ networks against standard training and the path between independently trained ne
 Re-running the same command on the same workdir resumes from the newest checkpoint.
 """
 
-import experiments
+from ltjax import cli
 from ltjax.studies import subspaces
 
 
@@ -33,4 +33,4 @@ def report(summary: dict) -> None:
 
 
 if __name__ == "__main__":
-    experiments.run_main(subspaces.run_subspaces, report)
+    cli.run_main(subspaces.run_subspaces, report)

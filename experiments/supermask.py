@@ -16,7 +16,7 @@ or (``--config.method=bernoulli`` / ``dnw``) Zhou et al.'s learned Bernoulli sup
 Re-running the same command on the same workdir resumes from the newest checkpoint.
 """
 
-import experiments
+from ltjax import cli
 from ltjax.studies import supermask
 
 
@@ -32,4 +32,4 @@ def report(summary: dict) -> None:
 
 
 if __name__ == "__main__":
-    experiments.run_main(supermask.run_supermask, report)
+    cli.run_main(supermask.run_supermask, report)

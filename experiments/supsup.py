@@ -12,7 +12,7 @@ network; tasks inferred from the entropy gradient of the masks in superposition.
 Re-running the same command on the same workdir resumes from the newest checkpoint.
 """
 
-import experiments
+from ltjax import cli
 from ltjax.studies import supsup
 
 
@@ -37,4 +37,4 @@ def report(summary: dict) -> None:
 
 
 if __name__ == "__main__":
-    experiments.run_main(supsup.run_supsup, report)
+    cli.run_main(supsup.run_supsup, report)

@@ -7,7 +7,7 @@
 Re-running the same command on the same workdir resumes from its checkpoints.
 """
 
-import experiments
+from ltjax import cli
 from ltjax.studies import dense
 
 
@@ -19,4 +19,4 @@ def report(summary: dict) -> None:
 
 
 if __name__ == "__main__":
-    experiments.run_main(dense.run_dense, report)
+    cli.run_main(dense.run_dense, report)

@@ -10,7 +10,7 @@ randomly pruned subnetworks at one extreme sparsity.
 Re-running the same command on the same workdir resumes where it stopped.
 """
 
-import experiments
+from ltjax import cli
 from ltjax.studies import transition
 
 
@@ -28,5 +28,5 @@ def report(summary: dict) -> None:
 
 
 if __name__ == "__main__":
-    experiments.run_main(transition.run_transition, report,
+    cli.run_main(transition.run_transition, report,
                          replicates_fn=lambda config: config.num_replicates * config.num_copies)

@@ -21,8 +21,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-import experiments
-from ltjax import data, masking, models, pruning
+from ltjax import cli, data, masking, models, pruning
 from ltjax.studies import common
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -100,8 +99,8 @@ def test_every_config_has_the_data_fields(path):
 # --------------------------------------------------------------------------- flags
 
 
-def _parse(*args: str) -> experiments.Flags:
-    return experiments.parse_flags(["prog", *args])
+def _parse(*args: str) -> cli.Flags:
+    return cli.parse_flags(["prog", *args])
 
 
 def test_list_fields_take_commas_with_one_rule():
@@ -117,9 +116,9 @@ def test_list_fields_take_commas_with_one_rule():
     got = _parse(f"--config={digits}supermask_lenet_digits.py", "--config.densities=0.1",
                  "--config.weight_inits=signed_constant", "--print_config").config
     assert got.densities == (0.1,) and got.weight_inits == ("signed_constant",)
-    assert experiments.parse_list("(1, 'a,b')") == (1, "a,b")
-    assert experiments.parse_list("reinit, 3,True") == ("reinit", 3, True)
-    assert experiments.parse_list("") == ()
+    assert cli.parse_list("(1, 'a,b')") == (1, "a,b")
+    assert cli.parse_list("reinit, 3,True") == ("reinit", 3, True)
+    assert cli.parse_list("") == ()
 
 
 def test_unknown_field_names_the_valid_ones_in_process():
@@ -219,7 +218,7 @@ def _readme_cases() -> list[tuple[list[str], list[str]]]:
         for flag_set in _flag_sets(section):
             fields = [f.removeprefix("--config.").partition("=")[0] for f in flag_set]
             base = next((c for c in commands + everywhere if all(
-                experiments.unknown_field(_base_config(c), f) is None for f in fields)), None)
+                cli.unknown_field(_base_config(c), f) is None for f in fields)), None)
             assert base is not None, f"README: no digits config has the fields of {flag_set}"
             for alternative in _alternatives(flag_set):
                 cases.append((base, alternative))
@@ -257,7 +256,7 @@ def test_readme_digits_commands_and_flag_examples_parse_and_fit():
         # The step fields a study checks against the run's length must fit the digits run.
         ks = [v for a in valued if a.split("=")[0] in ("--config.rewind_step",
                                                         "--config.rewind_steps")
-              for v in experiments.parse_list(a.split("=", 1)[1])]
+              for v in cli.parse_list(a.split("=", 1)[1])]
         if ks:
             dataset = common.build_dataset(config)
             per_epoch = len(dataset.train) // config.recipe.batch_size
@@ -345,10 +344,10 @@ def test_a_config_value_error_is_one_line_naming_the_field(tmp_path, capsys):
              "config error: config.training_steps='500': steps must be an int or a string"),
             (imp.run_imp, "imp_lenet_digits.py:quick", "pruning.fraction", 2.0,
              "config error: config.pruning: fraction must be a number in [0, 1), got 2.0")):
-        config = experiments.load_config(str(ROOT / "experiments/configs" / config))
+        config = cli.load_config(str(ROOT / "experiments/configs" / config))
         node, _, name = field.rpartition(".")
         setattr(config[node] if node else config, name, value)
-        with pytest.raises(SystemExit) as stop, experiments.one_line_errors(str(tmp_path)):
+        with pytest.raises(SystemExit) as stop, cli.one_line_errors(str(tmp_path)):
             run_fn(config, tmp_path / "w", progress=False)
         assert stop.value.code == 2
         assert capsys.readouterr().err.startswith(message)
@@ -361,23 +360,23 @@ def test_a_config_of_another_study_or_a_misspelt_path_is_named(tmp_path):
     assert proc.returncode == 1 and "is a config of experiments.prune_at_init, not of " \
         "experiments.imp: run python -m experiments.prune_at_init" in proc.stderr
     with pytest.raises(ValueError, match="did you mean .*configs/imp_lenet_digits.py"):
-        experiments.load_config(str(ROOT / "experiments/configs/imp_lenet_digit.py"))
-    assert experiments.config_study("experiments/configs/supermask_zhou_lenet_mnist.py") == \
+        cli.load_config(str(ROOT / "experiments/configs/imp_lenet_digit.py"))
+    assert cli.config_study("experiments/configs/supermask_zhou_lenet_mnist.py") == \
         "supermask"
-    assert experiments.config_study("experiments/configs/resnet20_cifar10.py:sample") == "train"
-    assert experiments.config_study(str(tmp_path / "imp_mine.py")) is None  # a user's own
-    assert "--print_config" in experiments.FLAGS_HELP
+    assert cli.config_study("experiments/configs/resnet20_cifar10.py:sample") == "train"
+    assert cli.config_study(str(tmp_path / "imp_mine.py")) is None  # a user's own
+    assert "--print_config" in cli.FLAGS_HELP
 
 
 def test_ctrl_c_and_errors_after_work_say_what_to_do(tmp_path, capsys):
     from ltjax.studies import common
 
-    with pytest.raises(SystemExit) as stop, experiments.one_line_errors("runs/x"):
+    with pytest.raises(SystemExit) as stop, cli.one_line_errors("runs/x"):
         raise KeyboardInterrupt
     assert stop.value.code == 130
     assert "rerun the same command to resume" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="inside"), experiments.one_line_errors("runs/x"):
-        common.prepare_workdir(tmp_path, experiments.load_config(
+    with pytest.raises(ValueError, match="inside"), cli.one_line_errors("runs/x"):
+        common.prepare_workdir(tmp_path, cli.load_config(
             str(ROOT / "experiments/configs/lenet_digits.py")))
         raise ValueError("inside the run: a bug keeps its traceback")
     common.release_workdir_locks()
@@ -385,7 +384,7 @@ def test_ctrl_c_and_errors_after_work_say_what_to_do(tmp_path, capsys):
 
 def test_a_compile_is_said_only_when_the_persistent_cache_did_not_serve_it():
     said: list[str] = []
-    experiments.report_slow_compiles(said.append, threshold=0.0)
+    cli.report_slow_compiles(said.append, threshold=0.0)
     try:
         def never_cached_before(x):  # a constant no other test compiles
             return jax.numpy.cos(x) * 0.318309886 + 0.5772156649
@@ -398,9 +397,9 @@ def test_a_compile_is_said_only_when_the_persistent_cache_did_not_serve_it():
         jax.clear_caches()  # as a new process: the program must come from the disk cache
         jax.jit(never_cached_before)(x).block_until_ready()
         assert not [line for line in said if "never_cached_before" in line]
-        experiments.report_slow_compiles(said.append, threshold=3600.0)
+        cli.report_slow_compiles(said.append, threshold=3600.0)
         jax.clear_caches()
         jax.jit(lambda y: y * 2.718281828 + 1.41421356)(x).block_until_ready()  # fast: unsaid
         assert not said
     finally:  # the listeners stay for the process: silence them for the next tests
-        experiments.report_slow_compiles(lambda line: None, threshold=float("inf"))
+        cli.report_slow_compiles(lambda line: None, threshold=float("inf"))

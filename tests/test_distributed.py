@@ -20,8 +20,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-import experiments
-from ltjax import distributed
+from ltjax import cli, distributed
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DENSE = ["experiments.train", "--config=experiments/configs/lenet_digits.py:quick",
@@ -144,17 +143,17 @@ def test_one_process_is_plain_jax(tmp_path):
 
 def test_flags():
     base = ["train", "--config=experiments/configs/lenet_digits.py:quick", "--workdir=/tmp/x"]
-    assert experiments.parse_flags(base).distributed is None
-    assert experiments.parse_flags([*base, "--distributed"]).distributed == {
+    assert cli.parse_flags(base).distributed is None
+    assert cli.parse_flags([*base, "--distributed"]).distributed == {
         "coordinator_address": None, "num_processes": None, "process_id": None,
         "timeout_s": 300}
-    assert experiments.parse_flags(
+    assert cli.parse_flags(
         [*base, "--coordinator_address=h:1", "--num_processes=2", "--process_id=1",
          "--distributed_timeout=9"]
     ).distributed == {"coordinator_address": "h:1", "num_processes": 2, "process_id": 1,
                       "timeout_s": 9}
     with pytest.raises(flags.Error, match="process_id=2 must be below --num_processes=2"):
-        experiments.parse_flags([*base, "--num_processes=2", "--process_id=2"])
+        cli.parse_flags([*base, "--num_processes=2", "--process_id=2"])
 
 
 def test_a_missing_process_ends_the_run_with_a_clear_error(tmp_path):

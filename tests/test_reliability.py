@@ -334,10 +334,10 @@ def test_metrics_log_warns_of_foreign_lines_and_leaves_an_unchanged_file_alone(
 def test_disk_errors_become_one_line_naming_the_file():
     import errno
 
-    from experiments import storage_error
+    from ltjax import cli
 
     full = OSError(errno.ENOSPC, "No space left on device", "runs/x/metrics.jsonl")
-    assert storage_error(full) == ("no space left on device while writing runs/x/metrics.jsonl;"
+    assert cli.storage_error(full) == ("no space left on device while writing runs/x/metrics.jsonl;"
                                    " free space and rerun the same command to resume")
     try:  # orbax's wrapping: the cause chain is searched
         try:
@@ -345,12 +345,12 @@ def test_disk_errors_become_one_line_naming_the_file():
         except OSError as err:
             raise RuntimeError("async save failed") from err
     except RuntimeError as wrapped:
-        assert storage_error(wrapped).startswith("no space left on device while writing")
-    assert storage_error(ValueError("RESOURCE_EXHAUSTED: No space left on device")) == (
+        assert cli.storage_error(wrapped).startswith("no space left on device while writing")
+    assert cli.storage_error(ValueError("RESOURCE_EXHAUSTED: No space left on device")) == (
         "no space left on device; free space and rerun the same command to resume")
-    assert "cannot write runs/x/config.json.tmp (Read-only file system)" in storage_error(
+    assert "cannot write runs/x/config.json.tmp (Read-only file system)" in cli.storage_error(
         OSError(errno.EROFS, "Read-only file system", "runs/x/config.json.tmp"))
-    assert storage_error(ValueError("learning_rate must be > 0")) is None
+    assert cli.storage_error(ValueError("learning_rate must be > 0")) is None
 
 
 def test_more_replicates_than_memory_holds_are_refused_before_the_workdir(tmp_path):

@@ -197,12 +197,12 @@ def test_divergence_is_flagged_once_in_the_log_and_warnings(tmp_path, caplog):
     dense.run_dense(_config(), tmp_path / "good", progress=False)
     assert common.read_warnings(tmp_path / "good") == []
     # The closing lines of a command-line run: the warnings, then what was written.
-    import experiments
+    from ltjax import cli
 
-    bad = experiments.closing_lines(tmp_path / "bad").splitlines()
+    bad = cli.closing_lines(tmp_path / "bad").splitlines()
     assert [line for line in bad if line.startswith("WARNING: diverged")] == [
         f"WARNING: {w['message']}" for w in warned]
-    good = experiments.closing_lines(tmp_path / "good").splitlines()
+    good = cli.closing_lines(tmp_path / "good").splitlines()
     assert len(good) == 1 and good[0].startswith(f"wrote {tmp_path / 'good'}: ")
     for name in ("config.json", "metrics.jsonl", "results.csv", "plots/learning_curve.png",
                  "checkpoints/"):

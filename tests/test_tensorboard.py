@@ -19,9 +19,8 @@ import numpy as np
 import pytest
 from absl import flags
 
-import experiments
 from experiments.configs import lenet_digits
-from ltjax import tensorboard
+from ltjax import cli, tensorboard
 from ltjax.studies import dense
 
 tensorboardX = pytest.importorskip("tensorboardX", reason="the [tensorboard] extra")
@@ -187,8 +186,8 @@ def test_missing_writer_is_one_clear_error_before_work(monkeypatch, tmp_path):
         tensorboard.require()
     config = [f"--config={REPO}/experiments/configs/lenet_digits.py:quick"]
     with pytest.raises(flags.Error, match=r"--tensorboard: .*ltjax\[tensorboard\]"):
-        experiments.parse_flags(["train", *config, f"--workdir={tmp_path}", "--tensorboard"])
-    assert experiments.parse_flags(["train", *config, "--print_config", "--tensorboard"])
+        cli.parse_flags(["train", *config, f"--workdir={tmp_path}", "--tensorboard"])
+    assert cli.parse_flags(["train", *config, "--print_config", "--tensorboard"])
     monkeypatch.setenv(tensorboard.ENV, "1")
     with pytest.raises(ImportError, match="tensorboard"):
         dense.run_dense(lenet_digits.get_config("quick"), tmp_path / "run", progress=False)
@@ -197,8 +196,8 @@ def test_missing_writer_is_one_clear_error_before_work(monkeypatch, tmp_path):
 
 def test_flag_parses():
     config = f"--config={REPO}/experiments/configs/lenet_digits.py:quick"
-    assert experiments.parse_flags(["train", config, "--workdir=/x", "--tensorboard"]).tensorboard
-    assert not experiments.parse_flags(["train", config, "--workdir=/x"]).tensorboard
+    assert cli.parse_flags(["train", config, "--workdir=/x", "--tensorboard"]).tensorboard
+    assert not cli.parse_flags(["train", config, "--workdir=/x"]).tensorboard
 
 
 def test_importing_ltjax_imports_no_writer():
