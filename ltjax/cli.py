@@ -308,6 +308,52 @@ def format_config(config: Any, prefix: str = "") -> str:
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs"
 
 
+def studies() -> tuple[str, ...]:
+    """The studies the ``ltjax`` command runs: the entry modules ``experiments/<study>.py``.
+
+    Example:
+        >>> from ltjax import cli
+        >>> "imp" in cli.studies() and "train" in cli.studies()
+        True
+    """
+    return tuple(sorted(p.stem for p in CONFIGS.parent.glob("*.py") if p.stem != "__init__"))
+
+
+def console_main(argv: Sequence[str] | None = None) -> None:
+    """The ``ltjax`` command: ``ltjax <study> [flags]`` is ``python -m experiments.<study>
+    [flags]`` (the same flags, output, files and exit codes).
+
+    ``ltjax`` alone or ``ltjax --help`` lists the studies; an unknown study exits 2 with
+    the closest name.
+
+    Args:
+      argv: the arguments after ``ltjax`` (default ``sys.argv[1:]``).
+
+    Example:
+        A shell runs ``ltjax imp --config=experiments/configs/imp_lenet_digits.py:quick
+        --workdir=runs/imp_q``; from Python, ``cli.console_main(["imp", "--config=...",
+        "--workdir=..."])``.
+    """
+    import runpy
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    names = studies()
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: ltjax <study> --config=<file>[:variants] --workdir=<folder> [flags]\n"
+              f"studies: {', '.join(names)}\n"
+              "`ltjax <study> --help` lists a study's flags; the same runs as "
+              "`python -m experiments.<study>`.")
+        raise SystemExit(0 if argv else 2)
+    study = argv[0]
+    if study not in names:
+        close = difflib.get_close_matches(study, names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        print(f"ltjax: no study {study!r}{hint} (one of {', '.join(names)})", file=sys.stderr)
+        raise SystemExit(2)
+    sys.argv = [f"ltjax {study}", *argv[1:]]  # argv[0] becomes the module's file, as -m
+    runpy.run_module(f"experiments.{study}", run_name="__main__", alter_sys=True)
+
+
 def config_study(spec: str) -> str | None:
     """The entry point (``experiments.<study>``) a bundled config file belongs to.
 
@@ -325,9 +371,9 @@ def config_study(spec: str) -> str | None:
     path = pathlib.Path(spec.partition(":")[0]).resolve()
     if path.parent != CONFIGS:
         return None
-    studies = sorted((p.stem for p in CONFIGS.parent.glob("*.py") if p.stem != "__init__"),
-                     key=len, reverse=True)
-    return next((study for study in studies if path.stem.startswith(f"{study}_")), "train")
+    longest_first = sorted(studies(), key=len, reverse=True)
+    return next((study for study in longest_first if path.stem.startswith(f"{study}_")),
+                "train")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -134,10 +134,11 @@ def test_unknown_field_names_the_valid_ones_in_process():
         _parse(spec)
 
 
-def _run(*args: str, cwd=ROOT, timeout=60) -> subprocess.CompletedProcess:
+def _run(*args: str, cwd=ROOT, timeout=60, module: bool = True) -> subprocess.CompletedProcess:
+    """``python -m <args>`` (``module=False``: ``python <args>``) from the repository root."""
     env = dict(os.environ, LTJAX_DATA_DIR=os.environ.get("LTJAX_DATA_DIR", "../shared/data"))
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    return subprocess.run([sys.executable, *(["-m"] if module else []), *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def test_unknown_field_exits_with_a_short_message(tmp_path):
@@ -403,3 +404,30 @@ def test_a_compile_is_said_only_when_the_persistent_cache_did_not_serve_it():
         assert not said
     finally:  # the listeners stay for the process: silence them for the next tests
         cli.report_slow_compiles(lambda line: None, threshold=float("inf"))
+
+
+def test_the_ltjax_command_is_python_m_experiments(tmp_path):
+    # `ltjax <study> ...` (console_main, as the installed script calls it) writes the same
+    # files and says the same as `python -m experiments.<study> ...`.
+    from importlib import metadata
+
+    (script,) = [e for e in metadata.entry_points(group="console_scripts") if e.name == "ltjax"]
+    assert script.value == "ltjax.cli:console_main"
+    flags_ = ["--config=experiments/configs/lenet_digits.py:quick", "--config.num_replicates=1",
+              "--config.training_steps=4it", "--config.eval_every=2it",
+              "--config.checkpoint_every=2it"]
+    command = ("-c", "from ltjax import cli; cli.console_main()")
+    by_module = _run("experiments.train", *flags_, f"--workdir={tmp_path / 'm'}")
+    by_command = _run(*command, "train", *flags_, f"--workdir={tmp_path / 'c'}", module=False)
+    assert by_module.returncode == by_command.returncode == 0, by_command.stderr[-2000:]
+    for name in ("results.csv", "metrics.jsonl"):
+        assert (tmp_path / "c" / name).read_bytes() == (tmp_path / "m" / name).read_bytes()
+    assert by_command.stdout.replace(str(tmp_path / "c"), "W") == by_module.stdout.replace(
+        str(tmp_path / "m"), "W")
+    wrong = _run(*command, "imp", "--config=experiments/configs/lenet_digits.py:quick",
+                 f"--workdir={tmp_path / 'x'}", module=False)
+    assert wrong.returncode == 1 and "is a config of experiments.train" in wrong.stderr
+    typo = _run(*command, "ipm", module=False)
+    assert typo.returncode == 2 and "no study 'ipm'; did you mean 'imp'?" in typo.stderr
+    listing = _run(*command, module=False)
+    assert listing.returncode == 2 and "studies: bn_only, data_diet," in listing.stdout
