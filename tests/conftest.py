@@ -95,6 +95,9 @@ if "LTJAX_TEST_CACHE_DIR" not in os.environ:
 # compile in under the users' 0.5 s threshold (test_stability + test_studies: 68 -> 52 s CPU).
 # The experiments the tests start as subprocesses (several processes, the CLI) read the same.
 os.environ["LTJAX_COMPILATION_CACHE_MIN_SECONDS"] = "0"
+# The entry points the tests start as subprocesses use the run's cache too (not the user's
+# ~/.cache/ltjax/jax): they share the programs the tests compiled, and leave nothing behind.
+os.environ["LTJAX_COMPILATION_CACHE"] = os.environ["LTJAX_TEST_CACHE_DIR"]
 _CACHE = cli.use_compilation_cache(os.environ["LTJAX_TEST_CACHE_DIR"])
 
 _SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"

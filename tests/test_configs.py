@@ -406,7 +406,7 @@ def test_a_compile_is_said_only_when_the_persistent_cache_did_not_serve_it():
         cli.report_slow_compiles(lambda line: None, threshold=float("inf"))
 
 
-def test_the_ltjax_command_is_python_m_experiments(tmp_path):
+def test_the_ltjax_command_is_python_m_experiments(tmp_path, capsys):
     # `ltjax <study> ...` (console_main, as the installed script calls it) writes the same
     # files and says the same as `python -m experiments.<study> ...`.
     from importlib import metadata
@@ -427,7 +427,9 @@ def test_the_ltjax_command_is_python_m_experiments(tmp_path):
     wrong = _run(*command, "imp", "--config=experiments/configs/lenet_digits.py:quick",
                  f"--workdir={tmp_path / 'x'}", module=False)
     assert wrong.returncode == 1 and "is a config of experiments.train" in wrong.stderr
-    typo = _run(*command, "ipm", module=False)
-    assert typo.returncode == 2 and "no study 'ipm'; did you mean 'imp'?" in typo.stderr
-    listing = _run(*command, module=False)
-    assert listing.returncode == 2 and "studies: bn_only, data_diet," in listing.stdout
+    with pytest.raises(SystemExit) as typo:  # refused before any module runs: in-process
+        cli.console_main(["ipm"])
+    assert typo.value.code == 2 and "no study 'ipm'; did you mean 'imp'?" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as listing:
+        cli.console_main([])
+    assert listing.value.code == 2 and "studies: bn_only, data_diet," in capsys.readouterr().out

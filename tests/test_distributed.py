@@ -37,7 +37,6 @@ def _env(devices: int) -> dict:
     env = dict(os.environ)
     env["XLA_FLAGS"] = " ".join(filter(None, [
         env.get("XLA_FLAGS", ""), f"--xla_force_host_platform_device_count={devices}"]))
-    env["LTJAX_COMPILATION_CACHE"] = os.environ.get("LTJAX_TEST_CACHE_DIR", "")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
 
