@@ -72,8 +72,11 @@ def percent_label(percent: float) -> str:
     return f"{percent:.3g}" if percent >= 10 else f"{percent:.2g}"
 
 
-def band_label(kind: str, count: int, unit: str = "replicates") -> str:
+def band_label(kind: str, count: int, unit: str = "replicates") -> str | None:
     """The legend text of a shaded band: ``kind`` is ``'std'`` (+-1 std) or ``'range'`` (min-max).
+
+    None for fewer than 2 samples: a band over one sample is empty, and its legend
+    entry is left out (no "±1 std over 1 replicates" beside nothing).
 
     Example:
         >>> from ltjax import plots
@@ -81,9 +84,11 @@ def band_label(kind: str, count: int, unit: str = "replicates") -> str:
         '±1 std over 4 replicates'
         >>> plots.band_label("range", 3, unit="pairs")
         'min-max over 3 pairs'
+        >>> print(plots.band_label("std", 1))
+        None
     """
     what = {"std": "±1 std", "range": "min-max"}[kind]
-    return f"{what} over {count} {unit}"
+    return f"{what} over {count} {unit}" if count >= 2 else None
 
 
 def mean_and_spread(records: Sequence[dict], *, x: str, y: str) -> tuple[np.ndarray, ...]:
@@ -201,7 +206,8 @@ def _style(ax, *, xlabel: str | None = None, ylabel: str | None = None,
       ylabel: its y label (None: keep it).
       bands: ``(text, alpha)`` per kind of shaded band on the axis: one
         legend entry each, after the lines', its swatch in the colours of the
-        bands of that kind drawn on the axis (grey when none is).
+        bands of that kind drawn on the axis (grey when none is); a text of
+        None (:func:`band_label` of one sample) gets no entry.
       legend: whether to draw a legend. It goes outside the axis, on its
         right, so it never covers the data (unless ``loc`` is given).
       fontsize: the legend's font size.
@@ -218,6 +224,8 @@ def _style(ax, *, xlabel: str | None = None, ylabel: str | None = None,
     if legend:
         handles, labels = ax.get_legend_handles_labels()
         for text, alpha in bands:
+            if text is None:
+                continue
             colors = list(dict.fromkeys(
                 matplotlib.colors.to_hex(c.get_facecolor()[0], keep_alpha=False)
                 for c in ax.collections if c.get_alpha() == alpha and len(c.get_facecolor())))

@@ -96,6 +96,14 @@ def test_shaded_bands_have_one_legend_entry_saying_what_they_are(tmp_path, figur
                                           "min-max over 5 replicates"]
     plots.plot_branch_curves(records, tmp_path / "b.png", key="member")
     assert _legend_texts(figures["b.png"].axes[0]) == ["a", "b", "min-max over 5 replicates"]
+    # One replicate: its bands are empty, so the legend names none.
+    plots.plot_accuracy_vs_density(_imp_rows(4, early_stop_differs=False, num=1),
+                                   tmp_path / "one.png")
+    assert _legend_texts(figures["one.png"].axes[0]) == ["imp", "reinit", "dense (level 0)"]
+    plots.plot_learning_curves([r for r in records if r["replicate"] == 0],
+                               tmp_path / "l1.png")
+    for ax in figures["l1.png"].axes:
+        assert not [t for t in _legend_texts(ax) if " over " in t]
 
 
 def test_early_stop_panel_only_when_early_stopping_changes_something(tmp_path, figures):
