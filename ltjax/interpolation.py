@@ -138,7 +138,7 @@ def _curve(alphas: Any, values: Any) -> tuple[np.ndarray, np.ndarray]:
 BASELINES = ("chord", "mean_ends")
 
 
-def barrier(alphas: Any, values: Any, *, baseline: str) -> tuple[np.ndarray, np.ndarray]:
+def barrier(alphas: Any, values: Any, *, baseline: str) -> tuple[Any, Any]:
     """The height of a curve above a baseline drawn from its endpoints.
 
     ``baseline='chord'``: ``max_alpha [v(alpha) - ((1 - alpha) v(0) + alpha v(1))]``
@@ -154,7 +154,8 @@ def barrier(alphas: Any, values: Any, *, baseline: str) -> tuple[np.ndarray, np.
       baseline: ``'chord'`` or ``'mean_ends'``.
 
     Returns:
-      ``(barrier [...], alpha_at_max [...])``: the height and the alpha where it peaks.
+      ``(barrier [...], alpha_at_max [...])``: the height and the alpha where it peaks,
+      arrays of the leading axes (NumPy scalars, ``np.float64``, for a 1-D curve).
 
     Example:
         >>> from ltjax import interpolation
@@ -178,7 +179,7 @@ def barrier(alphas: Any, values: Any, *, baseline: str) -> tuple[np.ndarray, np.
     return np.max(gap, axis=-1), alphas[np.argmax(gap, axis=-1)]
 
 
-def error_barrier(alphas: Any, errors: Any) -> tuple[np.ndarray, np.ndarray]:
+def error_barrier(alphas: Any, errors: Any) -> tuple[Any, Any]:
     """Frankle et al. 2020's error barrier (instability) of a curve.
 
     ``max_alpha err(alpha) - (err(0) + err(1)) / 2``: 0 when the path is no
@@ -191,7 +192,7 @@ def error_barrier(alphas: Any, errors: Any) -> tuple[np.ndarray, np.ndarray]:
         are batched: replicates, pairs...).
 
     Returns:
-      ``(barrier [...], alpha_at_max [...])``.
+      ``(barrier [...], alpha_at_max [...])`` as :func:`barrier` returns them.
 
     Example:
         >>> from ltjax import interpolation
@@ -203,7 +204,7 @@ def error_barrier(alphas: Any, errors: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def loss_barrier(alphas: Any, losses: Any, *,
-                 baseline: str = "chord") -> tuple[np.ndarray, np.ndarray]:
+                 baseline: str = "chord") -> tuple[Any, Any]:
     """Ainsworth et al. 2023's loss barrier of a curve.
 
     ``max_alpha L(alpha) - ((1 - alpha) L(0) + alpha L(1))`` (the paper's
