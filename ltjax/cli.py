@@ -31,6 +31,7 @@ import importlib.util
 import os
 import pathlib
 import re
+import runpy
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -334,8 +335,6 @@ def console_main(argv: Sequence[str] | None = None) -> None:
         --workdir=runs/imp_q``; from Python, ``cli.console_main(["imp", "--config=...",
         "--workdir=..."])``.
     """
-    import runpy
-
     argv = list(sys.argv[1:] if argv is None else argv)
     names = studies()
     if not argv or argv[0] in ("-h", "--help"):

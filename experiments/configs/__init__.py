@@ -106,6 +106,20 @@ def sample_resnet(config: ml_collections.ConfigDict, *, epochs: int, **model_kwa
 SMOKE_STEPS = "10it"
 
 
+def schedule(config: ml_collections.ConfigDict, training_steps: str,
+             every: str | None = None) -> None:
+    """Train for ``training_steps``; evaluate and checkpoint every ``every`` (default: at the end).
+
+    Example:
+        >>> config = ml_collections.ConfigDict({"training_steps": "1ep"})
+        >>> schedule(config, "30ep", every="10ep")
+        >>> config.training_steps, config.eval_every, config.checkpoint_every
+        ('30ep', '10ep', '10ep')
+    """
+    config.training_steps = training_steps
+    config.eval_every = config.checkpoint_every = every or training_steps
+
+
 def smoke_steps(config: ml_collections.ConfigDict, steps: str = SMOKE_STEPS) -> None:
     """Train, evaluate and checkpoint every ``steps``: a smoke run exercises the code, no more.
 
@@ -115,9 +129,7 @@ def smoke_steps(config: ml_collections.ConfigDict, steps: str = SMOKE_STEPS) -> 
         >>> config.training_steps, config.eval_every, config.checkpoint_every
         ('10it', '10it', '10it')
     """
-    config.training_steps = steps
-    config.eval_every = steps
-    config.checkpoint_every = steps
+    schedule(config, steps)
 
 
 def add_telemetry(config: ml_collections.ConfigDict) -> None:

@@ -59,18 +59,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.num_replicates = 1
     config.controls = ("reinit",)
     config.pruning.scope = "global"
-    config.training_steps = "30ep"
-    config.eval_every = "10ep"
-    config.checkpoint_every = "10ep"
+    configs.schedule(config, "30ep", every="10ep")
     config.levels = 6
     if "mnist" in chosen:
-        config.training_steps = "1ep"
-        config.eval_every = "1ep"
-        config.checkpoint_every = "1ep"
+        configs.schedule(config, "1ep")
         config.levels = 10
     if "quick" in chosen:
-        config.training_steps = "2ep"
-        config.eval_every = "1ep"
-        config.checkpoint_every = "1ep"
+        configs.schedule(config, "2ep", every="1ep")
         config.levels = 2
     return config

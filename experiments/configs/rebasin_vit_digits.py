@@ -42,20 +42,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.corrections = ("none",)
     config.num_replicates = 2
     config.sparse.density = 0.0
-    config.training_steps = "30ep"
-    config.eval_every = "10ep"
-    config.checkpoint_every = "10ep"
+    configs.schedule(config, "30ep", every="10ep")
     config.num_alphas = config.alpha_chunk = 25
     if "mnist" in chosen:
-        config.validation_size = 0
-        config.training_steps = "3ep"
-        config.eval_every = "1ep"
-        config.checkpoint_every = "1ep"
+        configs.schedule(config, "3ep", every="1ep")
         config.num_alphas = config.alpha_chunk = 15
         config.path_splits = ("test",)
     if "quick" in chosen:
-        config.training_steps = "2ep"
-        config.eval_every = "1ep"
-        config.checkpoint_every = "1ep"
+        configs.schedule(config, "2ep", every="1ep")
         config.num_alphas = config.alpha_chunk = 5
     return config

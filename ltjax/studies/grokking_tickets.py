@@ -243,11 +243,12 @@ def run_grokking_tickets(config: Any, workdir: str | pathlib.Path, *,
     for _, state, group_masks, tags, mtags, kept, sources in groups:
         final = run.evaluate(state, ["test"], group_masks)["test"]["accuracy"]
         for i, (t, c) in enumerate(zip(mtags, curves(records, tags, mtags), strict=True)):
+            to_target = first_step(c["test"], target)
             rows.append({"arm": t.get("arm", "dense"), "density": t.get("target_density", 1.0),
                          "replicate": t["replicate"],
                          "steps_to_train_100": first_step(c["train"], 1.0),
-                         "steps_to_test_95": first_step(c["test"], target),
-                         "reached_test_95": int(first_step(c["test"], target) is not None),
+                         "steps_to_test_95": to_target,
+                         "reached_test_95": int(to_target is not None),
                          "final_test_accuracy": final[i], "actual_density": float(kept[i]),
                          "source_step": sources[i]})
     table = results.write_table(

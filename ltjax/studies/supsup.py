@@ -192,13 +192,12 @@ def infer_tasks(model: Any, weights: PyTree, masks: PyTree, x: np.ndarray, y: np
     out = []
     for task, perm in enumerate(permutations):
         xt = supsup.permute_pixels(jnp.asarray(x), jnp.asarray(perm))
-        hits, correct = [], 0
-        for start in range(0, num, batch_size):
-            h, c = jax.device_get(program(weights, masks, xt[start:start + batch_size],
-                                          jnp.asarray(y[start:start + batch_size]), task))
-            hits.append(np.asarray(h))
-            correct += int(c)
-        hits = np.stack(hits)
+        # Every batch dispatched first, then one transfer: no host sync inside the loop.
+        outs = [program(weights, masks, xt[start:start + batch_size], y[start:start + batch_size],
+                        task) for start in range(0, num, batch_size)]
+        host = jax.device_get(outs)
+        hits = np.stack([np.asarray(h) for h, _ in host])
+        correct = sum(int(c) for _, c in host)
         out.append({"inferred_task_accuracy": float(hits[:, 0].mean()),
                     "inferred_task_accuracy_first": float(hits[:, 1].mean()),
                     "inferred_task_accuracy_binary": float(hits[:, 2].mean()) if binary else None,
