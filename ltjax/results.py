@@ -53,6 +53,20 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def as_logged(records: Sequence[dict]) -> list[dict]:
+    """``records`` as :class:`MetricsLog` writes them and reads them back.
+
+    JSON values (NumPy scalars as Python numbers, NaN and inf as None), keys sorted.
+
+    Example:
+        >>> import numpy as np
+        >>> from ltjax import results
+        >>> results.as_logged([{"split": "test", "loss": np.float32(0.5), "acc": float("nan")}])
+        [{'acc': None, 'loss': 0.5, 'split': 'test'}]
+    """
+    return [json.loads(json.dumps(_jsonable(r), sort_keys=True)) for r in records]
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically (tmp file, then rename)."""
     path = pathlib.Path(path)

@@ -127,7 +127,7 @@ def test_imp_rewinds_to_the_rotation_pretrained_state(tmp_path):
     init = executor.init(init_keys)
     altered, steps = imp.pretrain_dataset(config, dataset)
     pre_executor = executor.like(model=common.build_model(config, altered), dataset=altered)
-    pre, _ = common.finished_segment(pre_executor, tmp_path / "checkpoints" / "pretrain_altered",
+    pre, _, _ = common.finished_segment(pre_executor, tmp_path / "checkpoints" / "pretrain_altered",
                                      end=steps, log=results.MetricsLog(tmp_path / "metrics.jsonl"),
                                      member_tags=[{"replicate": r} for r in range(2)],
                                      masks=False)
@@ -147,7 +147,7 @@ def test_imp_rewinds_to_the_rotation_pretrained_state(tmp_path):
     # Level 0 (the dense run) and level 1 (the ticket) both start from the pretrained state.
     np.testing.assert_allclose(start_loss(0), executor.evaluate(expected, "test")["loss"],
                                rtol=1e-6)
-    _, masks = common.finished_segment(
+    _, masks, _ = common.finished_segment(
         executor, tmp_path / "checkpoints" / "level_01", end=36,
         log=results.MetricsLog(tmp_path / "metrics.jsonl"),
         member_tags=[{"branch": "imp", "replicate": r} for r in range(2)])

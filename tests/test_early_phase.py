@@ -143,7 +143,7 @@ def test_telemetry_of_the_dense_early_phase_and_the_perturbed_members(tmp_path, 
     def spy(executor, *, state, tags, **kwargs):
         out = original(executor, state=state, tags=tags, **kwargs)
         if "k" in tags:  # the study's segments, not its IMP run's
-            seen[tags["branch"], tags["k"]] = (jax.device_get(state), jax.device_get(out))
+            seen[tags["branch"], tags["k"]] = (jax.device_get(state), jax.device_get(out[0]))
         return out
 
     monkeypatch.setattr(common, "train_segment", spy)

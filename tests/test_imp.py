@@ -205,7 +205,7 @@ def _level_states(config, workdir):
     for level in (0, 1):
         tags = [{"branch": n, "learning_rate": lr, "replicate": r} for n in names[level]
                 for lr in (1.2e-3, 1.2e-2) for r in range(2)]
-        state, masks = common.finished_segment(
+        state, masks, _ = common.finished_segment(
             executor, workdir / "checkpoints" / f"level_{level:02d}", end=end, log=log,
             member_tags=tags)
         for m, t in enumerate(tags):

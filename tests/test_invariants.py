@@ -135,7 +135,7 @@ def _recording_segment(calls):
         out = original(executor, state=state, masks=masks, **kwargs)
         calls.append({"tags": dict(kwargs["tags"]), "start": jax.device_get(state),
                       "masks": None if masks is None else jax.device_get(masks),
-                      "end": jax.device_get(out)})
+                      "end": jax.device_get(out[0])})
         return out
 
     return recording

@@ -192,6 +192,67 @@ def test_a_restored_step_beyond_the_segments_end_or_of_other_masks_is_refused(
     assert (tmp_path / "metrics.jsonl").read_bytes() == before  # nothing appended
 
 
+def test_a_checkpoint_without_its_curves_is_refused_by_name(segment_parts, tmp_path):
+    """Checkpoints keep the segment's evaluated curves (tables never read the log): one
+    saved without them (an ltjax before 2026-12-07) is refused, resumed or restored."""
+    import shutil
+
+    executor = segment_parts[0]
+    _segment(segment_parts, tmp_path, end=2)
+    with checkpoint.Checkpointer(tmp_path / "ckpt") as ckpt:
+        like, _ = executor.abstract_members(2)
+        step, state, _, meta = ckpt.restore_latest(like_state=like)
+    assert step == 2 and [e["step"] for e in meta["curves"]] == [0, 2]
+    shutil.rmtree(tmp_path / "ckpt")
+    with checkpoint.Checkpointer(tmp_path / "ckpt") as ckpt:
+        ckpt.save(2, state=state, meta={k: v for k, v in meta.items() if k != "curves"})
+    with pytest.raises(ValueError, match="holds step 2 without its evaluated curves"):
+        _segment(segment_parts, tmp_path, end=4)
+    with pytest.raises(ValueError, match="holds step 2 without its evaluated curves"):
+        common.finished_segment(executor, tmp_path / "ckpt", end=2,
+                                log=results.MetricsLog(tmp_path / "metrics.jsonl"),
+                                member_tags=[{"replicate": r} for r in range(2)], masks=False)
+
+
+def test_a_path_is_evaluated_once_and_its_records_logged_once(tmp_path):
+    """common.path_once: evaluated on a first run, restored (not evaluated, not read from the
+    log) on a rerun; two splits' paths of the same pair keep each other's records; a killed
+    evaluation's records (logged, the checkpoint not saved) are replaced, not duplicated."""
+    log = results.MetricsLog(tmp_path / "metrics.jsonl")
+    alphas = [0.0, 0.5, 1.0]
+    tags = {"branch": "path", "pair": "0-1"}
+    calls = []
+
+    def curve(split, offset):
+        def evaluate():
+            calls.append(split)
+            return {split: {"accuracy": np.float32([0.5, 0.25, 0.75]) + offset,
+                            "loss": np.float32([1.0, 3.0, 2.0]) + offset}}
+        return evaluate
+
+    log.append([{**tags, "split": "test", "alpha": 0.0, "step": None, "loss": 9.0,
+                 "accuracy": 0.0}])  # a killed run's partial path
+    test, records = common.path_once(tmp_path, log, "paths/test", tags, alphas, ["test"],
+                                     curve("test", 0))
+    train, _ = common.path_once(tmp_path, log, "paths/train", tags, alphas, ["train"],
+                                curve("train", 1))
+    assert calls == ["test", "train"]
+    xs, accuracy, loss = test["test"]
+    assert xs.tolist() == alphas and accuracy.tolist() == [0.5, 0.25, 0.75]
+    assert loss.dtype == np.float64 and train["train"][2].tolist() == [2.0, 4.0, 3.0]
+    logged = log.read()
+    assert [(r["split"], r["alpha"], r["loss"]) for r in logged] == [
+        ("test", 0.0, 1.0), ("test", 0.5, 3.0), ("test", 1.0, 2.0),
+        ("train", 0.0, 2.0), ("train", 0.5, 4.0), ("train", 1.0, 3.0)]
+    assert records == logged[:3]
+    before = (tmp_path / "metrics.jsonl").read_bytes()
+    again, again_records = common.path_once(tmp_path, log, "paths/test", tags, alphas,
+                                            ["test"], curve("test", 5))
+    assert calls == ["test", "train"]  # restored, not evaluated
+    assert again["test"][1].tolist() == accuracy.tolist() and again_records == records
+    assert (tmp_path / "metrics.jsonl").read_bytes() == before
+
+
 def test_member_tags_may_not_shadow_the_records_own_fields(segment_parts, tmp_path):
     with pytest.raises(ValueError, match=r"record's own fields \['density'\]"):
         _segment(segment_parts, tmp_path, end=2,
@@ -242,10 +303,18 @@ def test_a_slow_segment_moves_one_chunk_per_call_and_a_kill_between_grid_steps_l
     calls.clear()
     resumed = run(tmp_path / "killed", 0.0)
     assert calls == [1, 1]
-    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed), strict=True):
+    for a, b in zip(jax.tree.leaves(whole[0]), jax.tree.leaves(resumed[0]), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert ((tmp_path / "killed" / "metrics.jsonl").read_bytes()
             == (tmp_path / "whole" / "metrics.jsonl").read_bytes())
+    # The curves a resumed segment returns are the whole run's (kept in its checkpoints),
+    # and both say what the log says.
+    logged = [r for r in results.MetricsLog(tmp_path / "whole" / "metrics.jsonl").read()
+              if r["split"] == "test"]
+    members = [{"replicate": r} for r in range(2)]
+    for curves in (whole[1], resumed[1]):
+        assert curves.records(members, {"branch": "a"}) == logged
+        assert curves.steps.tolist() == [0, 6]
 
 
 def test_a_pruned_segment_rerun_after_losing_its_checkpoints_logs_no_duplicates(tmp_path):

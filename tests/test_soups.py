@@ -491,17 +491,24 @@ def test_soups_study_end_to_end_and_resume(tmp_path, monkeypatch, drawn):
                                    rtol=1e-6)
 
     # Killed late in fine-tuning and in the evaluations: the last fine-tune segment has
-    # no checkpoint and no records, the greedy soup and half the WiSE-FT curves are
-    # missing. The same call resumes, training only that segment, to the same files.
+    # no checkpoint and no records, the greedy soup and the WiSE-FT curves from the third
+    # fine-tune on are missing (their checkpoints and records; the third's records were
+    # logged, its checkpoint not yet saved). The same call resumes, training only that
+    # segment, to the same files, and evaluates only what is missing, once.
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     last = max((tmp_path / "b" / "checkpoints" / "finetune_augment_0").iterdir())
     shutil.rmtree(last)
     end = int(last.name.split("_")[1])
+    checkpoints = tmp_path / "b" / "checkpoints"
+    shutil.rmtree(checkpoints / "evals" / "greedy")
+    for folder in (checkpoints / "wise_ft").iterdir():
+        if int(folder.name.split("_")[1]) >= 2:
+            shutil.rmtree(folder)
     log = results.MetricsLog(tmp_path / "b" / "metrics.jsonl")
     log.keep_only(lambda r: not (
         (r.get("branch") == "finetune" and r["end"] == end)
         or r.get("branch") == "greedy_step" or r.get("model") == "greedy"
-        or (r.get("branch") == "wise_ft" and r["ingredient"] >= 2)))
+        or (r.get("branch") == "wise_ft" and r["ingredient"] >= 3)))
     original, calls = executor_lib.Executor.train, []
 
     def counted(self, state, masks, noise_keys, *, num_steps, **kwargs):

@@ -116,7 +116,7 @@ def _capture_segments(monkeypatch, keep_all: bool = False) -> dict:
     def spy(executor, *, state, tags, **kwargs):
         out = original(executor, state=state, tags=tags, **kwargs)
         key = (tags["branch"], tags["k"]) if keep_all else tags["branch"]
-        seen[key] = (jax.device_get(state), jax.device_get(out))
+        seen[key] = (jax.device_get(state), jax.device_get(out[0]))
         return out
 
     monkeypatch.setattr(common, "train_segment", spy)

@@ -358,8 +358,13 @@ def test_a_finished_segment_restores_without_its_start_and_refuses_other_masks(t
         raise AssertionError("the start state of a finished segment was built")
 
     again = run.segment("s", state=never, noise_keys=noise_keys, masks=masks)
-    for a, b in zip(jax.tree.leaves(jax.device_get(first)), jax.tree.leaves(
-            jax.device_get(again)), strict=True):
+    for a, b in zip(jax.tree.leaves(jax.device_get(first.state)), jax.tree.leaves(
+            jax.device_get(again.state)), strict=True):
         np.testing.assert_array_equal(a, b)
+    # The restored segment's curves are the trained one's, as its records in the log say.
+    assert again.curves.steps.tolist() == first.curves.steps.tolist() == [0, 2, 4]
+    logged = [r for r in run.log.read() if r["split"] == "test"]
+    assert again.curves.records([{"replicate": 0}]) == first.curves.records(
+        [{"replicate": 0}]) == logged
     with pytest.raises(ValueError, match="trained with other masks"):
         run.segment("s", state=never, noise_keys=noise_keys, masks=ones)

@@ -143,7 +143,7 @@ def run_bn_only(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
         else:
             trainable = [batchnorm_only.trainable_count(reparams[arm], params)] * num
         final = run.segment(arm, state=start, noise_keys=noise_keys,
-                            tags={"arm": arm}, executor=arm_executor, desc=f"{arm} x{num}")
+                            tags={"arm": arm}, executor=arm_executor, desc=f"{arm} x{num}").state
         test = run.evaluate(final, ["test"], executor=arm_executor)["test"]
         trained = arm_executor.model_params(final)
         shares = {t: np.asarray(jax.vmap(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import errno
 import functools
 import hashlib
@@ -540,6 +541,85 @@ def layer_rates(pruning_config: Any, params: Any, prunable: Any) -> dict[str, fl
     return rates
 
 
+@dataclasses.dataclass(frozen=True)
+class Curves:
+    """A segment's evaluations as arrays: what its records in ``metrics.jsonl`` say.
+
+    :func:`train_segment` keeps them in every checkpoint it saves, so a resumed
+    or restored segment returns its whole curves too: a table is built from
+    these, never by parsing the log.
+
+    Attributes:
+      steps: the evaluated steps ``[E]`` (the start, multiples of ``eval_every``, the end).
+      metrics: ``{split: {'loss': [E, S], 'accuracy': [E, S]}}`` (float64, holding the
+        float32 evaluations exactly).
+      train_loss: the mean training loss since the previous evaluation ``[E, S]``
+        (NaN at the start, where nothing was trained).
+      density: the density written into each member's records ``[S]``.
+
+    Example:
+        >>> from ltjax.studies import common
+        >>> history = [{"step": 0, "train_loss": None,
+        ...             "splits": {"test": {"loss": [2.3, 2.2], "accuracy": [0.1, 0.2]}}},
+        ...            {"step": 10, "train_loss": [1.5, 1.0],
+        ...             "splits": {"test": {"loss": [1.2, 0.9], "accuracy": [0.6, 0.8]}}}]
+        >>> curves = common.Curves.from_history(history, density=[1.0, 0.5])
+        >>> curves.metrics["test"]["accuracy"].shape       # [E, S]
+        (2, 2)
+        >>> curves.series("test", "accuracy", member=1)
+        [(0, 0.2), (10, 0.8)]
+        >>> curves.final("test", "loss").tolist()
+        [1.2, 0.9]
+        >>> curves.records([{"replicate": 0}, {"replicate": 1}])[1]
+        {'replicate': 1, 'step': 0, 'split': 'test', 'loss': 2.2, 'accuracy': 0.2, 'density': 0.5}
+    """
+
+    steps: np.ndarray
+    metrics: dict[str, dict[str, np.ndarray]]
+    train_loss: np.ndarray
+    density: np.ndarray
+
+    @classmethod
+    def from_history(cls, history: list[dict], *, density: Any) -> Curves:
+        """The arrays of :func:`train_segment`'s evaluation history (checkpoint meta)."""
+        density = np.asarray(density, np.float64)
+        splits = list(history[0]["splits"]) if history else []
+        num = density.shape[0]
+
+        def rows(values: list) -> np.ndarray:
+            return np.asarray(values, np.float64).reshape(len(history), num)
+
+        return cls(
+            steps=np.array([e["step"] for e in history], np.int64),
+            metrics={split: {k: rows([e["splits"][split][k] for e in history])
+                             for k in ("loss", "accuracy")} for split in splits},
+            train_loss=rows([[np.nan] * num if e["train_loss"] is None else e["train_loss"]
+                             for e in history]),
+            density=density)
+
+    def series(self, split: str, metric: str, member: int) -> list[tuple[int, float]]:
+        """``(step, value)`` pairs of one member's ``metric`` on ``split``."""
+        return [(int(s), float(v)) for s, v in
+                zip(self.steps, self.metrics[split][metric][:, member], strict=True)]
+
+    def final(self, split: str, metric: str) -> np.ndarray:
+        """Every member's ``metric`` on ``split`` at the last evaluated step ``[S]``."""
+        return self.metrics[split][metric][-1]
+
+    def records(self, member_tags: Sequence[dict], tags: dict | None = None) -> list[dict]:
+        """The evaluations as the segment's records (its split rows of ``metrics.jsonl``).
+
+        For a figure or a table that takes records: ``{**tags, **member_tags[m],
+        'step', 'split', 'loss', 'accuracy', 'density'}`` per evaluation, split and
+        member, in the log's order.
+        """
+        return [{**(tags or {}), **t, "step": int(step), "split": split,
+                 "loss": float(values["loss"][e, m]), "accuracy": float(values["accuracy"][e, m]),
+                 "density": float(self.density[m])}
+                for e, step in enumerate(self.steps) for split, values in self.metrics.items()
+                for m, t in enumerate(member_tags)]
+
+
 def train_segment(
     executor: executor_lib.Executor, *, state: train.TrainState, masks: Any, noise_keys: Any,
     end: int, eval_every: int, checkpoint_every: int, ckpt_dir: str | pathlib.Path,
@@ -548,7 +628,7 @@ def train_segment(
     hparams: optim.Hyperparams | None = None, member_tags: list[dict] | None = None,
     observer: TelemetryObserver | None = None, subsets: Any = None,
     checkpoint_seconds: float | None = CHECKPOINT_SECONDS,
-) -> train.TrainState:
+) -> tuple[train.TrainState, Curves]:
     """Train from ``state`` (at its step) to ``end``, evaluating and checkpointing; resumable.
 
     The segment owns ``ckpt_dir`` and the records of ``log`` whose fields
@@ -599,7 +679,12 @@ def train_segment(
         (default :data:`CHECKPOINT_SECONDS`; None: only on ``checkpoint_every``'s steps).
 
     Returns:
-      The state at ``end``.
+      The state at ``end`` and the segment's :class:`Curves` (every evaluation from its
+      start; each checkpoint keeps them, so a resumed or restored segment gives them too).
+
+    Raises:
+      ValueError: a checkpoint of another config, other members or masks, one beyond
+        ``end``, or one saved before checkpoints kept their curves (2026-12-07).
     """
     num = int(np.shape(noise_keys)[0])
     start = int(np.asarray(distributed.host(state.step)).reshape(-1)[0])
@@ -635,12 +720,18 @@ def train_segment(
                  once={"kind": "divergence", "segment_start": start, **member},
                  step=step, split=splits[0], loss=float(losses[r]))
 
+    history: list[dict] = []  # every evaluation, in the checkpoints' meta (Curves)
+
     def evaluate(step: int, train_loss: np.ndarray | None) -> None:
         rows = []
+        entry = {"step": step, "splits": {},
+                 "train_loss": None if train_loss is None else [float(v) for v in train_loss]}
         for split in splits:
             metrics = executor.evaluate(state, split, masks)
             if split == splits[0]:
                 check_divergence(step, metrics["loss"])
+            entry["splits"][split] = {k: [float(v) for v in np.asarray(metrics[k])]
+                                      for k in ("loss", "accuracy")}
             rows += [{**tags, **member_tags[r], "step": step, "split": split,
                       "loss": metrics["loss"][r], "accuracy": metrics["accuracy"][r],
                       "density": float(densities[r])} for r in range(num)]
@@ -649,11 +740,13 @@ def train_segment(
                       "loss": train_loss[r], "accuracy": None, "density": float(densities[r])}
                      for r in range(num)]
         log.append(rows)
+        history.append(entry)
 
     fingerprint = config_fingerprint(log.path.parent)
 
     def meta(step: int) -> dict:
-        return {**tags, "step": step, "members": member_tags, "config": fingerprint}
+        return {**tags, "step": step, "members": member_tags, "config": fingerprint,
+                "densities": [float(d) for d in densities], "curves": history}
 
     observe_steps = set(observer.steps) if observer is not None else set()
 
@@ -680,16 +773,12 @@ def train_segment(
                     "the workdir's files disagree (was a log deleted or another run's folder "
                     "copied in?); use a new workdir")
             check_same_masks(ckpt.directory, step, saved_masks, masks)
+            history[:] = _saved_curves(ckpt, saved, step)
         log.keep_only(lambda r, s=step, f=found: not mine(r) or (f is not None and r["step"] <= s))
         if observer is not None:
             observer.drop_after(step if found is not None else start - 1, mine)
-        if found is not None and splits:  # the start losses, as the first evaluation logged
-            first = [r for r in log.read()
-                     if r.get("step") == start and r.get("split") == splits[0]]
-            for r_index, m in enumerate(member_tags):
-                for record in first:
-                    if all(record.get(k) == v for k, v in {**tags, **m}.items()):
-                        start_losses[r_index] = float(record["loss"])
+        if history and history[0]["step"] == start and splits:  # the start losses
+            start_losses.update(enumerate(history[0]["splits"][splits[0]]["loss"]))
         if found is None:
             evaluate(start, None)
             observe(start)
@@ -729,7 +818,18 @@ def train_segment(
         bar.close()
         if start == end and found is None:
             ckpt.save(step, state=state, masks=masks, meta=meta(step))
-    return state
+    return state, Curves.from_history(history, density=[float(d) for d in densities])
+
+
+def _saved_curves(ckpt: checkpoint.Checkpointer, saved: dict, step: int) -> list[dict]:
+    """The evaluation history a restored checkpoint kept (:class:`Curves`), checked."""
+    history = saved.get("curves")
+    if not isinstance(history, list) or any(e.get("step", step + 1) > step for e in history):
+        raise ValueError(
+            f"{ckpt.directory} holds step {step} without its evaluated curves (written by an "
+            "ltjax before 2026-12-07, when checkpoints began to keep them, or damaged); use "
+            "a new workdir")
+    return list(history)
 
 
 def check_same_masks(ckpt_dir: str | pathlib.Path, step: int, saved_masks: Any,
@@ -777,8 +877,8 @@ def _check_saved(ckpt: checkpoint.Checkpointer, saved: dict, fingerprint: str | 
 def finished_segment(
     executor: executor_lib.Executor, ckpt_dir: str | pathlib.Path, *, end: int,
     log: results.MetricsLog, member_tags: list[dict], masks: bool = True,
-) -> tuple[train.TrainState, Any] | None:
-    """The final state (and masks) of a :func:`train_segment` that reached ``end``, else None.
+) -> tuple[train.TrainState, Any, Curves] | None:
+    """The final state, masks and curves of a :func:`train_segment` that reached ``end``, else None.
 
     Restores onto :meth:`ltjax.executor.Executor.abstract_members`: nothing is
     computed or compiled, so a study re-run over finished work can skip
@@ -794,8 +894,9 @@ def finished_segment(
       masks: whether the segment saved masks (False: a dense segment, masks=None).
 
     Returns:
-      ``(state, masks)`` at ``end`` (masks None when ``masks=False``), or None
-      when the segment has not finished (then call :func:`train_segment`).
+      ``(state, masks, curves)`` at ``end`` (masks None when ``masks=False``;
+      :class:`Curves` from the checkpoint), or None when the segment has not
+      finished (then call :func:`train_segment`).
 
     Example:
         Not run here (it reads a segment's checkpoints in a workdir):
@@ -819,7 +920,8 @@ def finished_segment(
             return None
         _, state, saved_masks, saved = found
         _check_saved(ckpt, saved, config_fingerprint(log.path.parent), member_tags)
-    return state, saved_masks
+        history = _saved_curves(ckpt, saved, end)
+    return state, saved_masks, Curves.from_history(history, density=saved["densities"])
 
 
 class TelemetryObserver:
@@ -1056,27 +1158,91 @@ def final_records(log: results.MetricsLog, tags: dict, step: int) -> list[dict]:
             if r["step"] == step and all(r.get(k) == v for k, v in tags.items())]
 
 
-def stored_curve(records: list[dict], alphas: Any) -> tuple[np.ndarray, ...] | None:
-    """A path's ``(alphas, accuracy, loss)`` from its log records, if every alpha is there.
+def records_once(workdir: str | pathlib.Path, log: results.MetricsLog, name: str,
+                 compute: Callable[[], list[dict]], *, mine: Callable[[dict], bool],
+                 ) -> list[dict]:
+    """Records a study evaluates once (paths, soups): a rerun restores them, never the log.
 
-    Float64 arrays sorted by alpha: the values a freshly evaluated curve has
-    once converted with ``np.asarray(..., np.float64)``, so a resumed run
-    builds the same table.
+    The records go to the log and to a checkpoint (``checkpoints/<name>``: the
+    records in its checksummed meta, with the config's fingerprint), in that
+    order: a run killed between the two evaluates again, and the log's records
+    for which ``mine`` holds (the killed evaluation's) are dropped first, so the
+    log ends as an uninterrupted run's.
+
+    Args:
+      workdir: the study's workdir.
+      log: its metrics log.
+      name: the checkpoint's name under ``checkpoints/``.
+      compute: evaluates the records.
+      mine: whether a log record is one of these records.
+
+    Returns:
+      The records as the log holds them (:func:`ltjax.results.as_logged`), the same
+      whether evaluated now or restored.
 
     Example:
-        >>> from ltjax.studies import common
-        >>> records = [{"alpha": a, "accuracy": 0.5, "loss": 1.0} for a in (1.0, 0.0, 0.5)]
-        >>> alphas, accuracy, loss = common.stored_curve(records, [0.0, 0.5, 1.0])
-        >>> alphas.tolist(), accuracy.dtype
-        ([0.0, 0.5, 1.0], dtype('float64'))
-        >>> common.stored_curve(records, [0.0, 0.25]) is None     # an alpha is missing
-        True
+        Not run here (it writes into a prepared workdir):
 
-        A study passes its path's records from the log: ``stored_curve([r for r in
-        log.read() if is_mine(r)], np.linspace(0, 1, 30))``.
+        ```python
+        records = records_once(workdir, log, "evals/ensemble", evaluate_ensemble,
+                               mine=lambda r: r.get("model") == "ensemble")
+        ```
     """
-    wanted = {round(float(x), 6) for x in alphas}
-    if not records or not wanted <= {round(r["alpha"], 6) for r in records}:
-        return None
-    path = sorted(records, key=lambda r: r["alpha"])
-    return tuple(np.array([r[f] for r in path], np.float64) for f in ("alpha", "accuracy", "loss"))
+    fingerprint = config_fingerprint(workdir)
+    count = jax.ShapeDtypeStruct((), np.int32)
+    with checkpoint.Checkpointer(pathlib.Path(workdir) / "checkpoints" / name) as ckpt:
+        found = ckpt.restore_latest(like_state={"records": count})
+        if found is not None:
+            _, _, _, saved = found
+            _check_saved(ckpt, saved, fingerprint, [])
+            return saved["records"]
+        log.keep_only(lambda r: not mine(r))
+        records = results.as_logged(compute())
+        log.append(records)
+        ckpt.save(0, state={"records": np.int32(len(records))},
+                  meta={"config": fingerprint, "members": [], "records": records})
+    return records
+
+
+def path_once(workdir: str | pathlib.Path, log: results.MetricsLog, name: str, tags: dict,
+              alphas: Any, splits: Sequence[str], evaluate: Callable[[], dict],
+              ) -> tuple[dict, list[dict]]:
+    """An interpolation path's curves, evaluated once (:func:`records_once`).
+
+    Args:
+      workdir: the study's workdir.
+      log: its metrics log.
+      name: the checkpoint's name under ``checkpoints/``.
+      tags: the fields of the path's records (with ``splits``, they identify them in
+        the log).
+      alphas: the path's points ``[A]``.
+      splits: the splits evaluated.
+      evaluate: computes ``{split: {'accuracy': [A], 'loss': [A]}}`` on ``splits``.
+
+    Returns:
+      ``({split: (alphas, accuracy, loss)}, records)``: float64 arrays (the values the
+      log holds) and the path's records (``{**tags, 'split', 'alpha', 'step': None,
+      'loss', 'accuracy'}``), the same whether evaluated now or restored.
+
+    Example:
+        Not run here (it writes into a prepared workdir):
+
+        ```python
+        curves, records = path_once(workdir, log, "paths/pair_0-1", {"pair": "0-1"},
+                                    alphas, ["test"], lambda: {"test": on_path("test")})
+        alphas, accuracy, loss = curves["test"]
+        ```
+    """
+    alphas = [float(x) for x in alphas]
+
+    def compute() -> list[dict]:
+        curves = evaluate()
+        return [{**tags, "split": split, "alpha": x, "step": None,
+                 "loss": curves[split]["loss"][n], "accuracy": curves[split]["accuracy"][n]}
+                for split in splits for n, x in enumerate(alphas)]
+
+    records = records_once(workdir, log, name, compute, mine=lambda r: r.get("split") in splits
+                           and all(r.get(k) == v for k, v in tags.items()))
+    curves = {split: tuple(np.array([r[f] for r in records if r["split"] == split], np.float64)
+                           for f in ("alpha", "accuracy", "loss")) for split in splits}
+    return curves, records

@@ -156,7 +156,7 @@ def run_data_diet(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
         if score_step > 0:
             state = run.segment("score", state=state, noise_keys=s_noise, end=score_step,
                                 tags={"branch": "score"},
-                                desc=f"score runs to step {score_step}")
+                                desc=f"score runs to step {score_step}").state
         return _scores(score, executor, state, dataset)
 
     scores = common.computed_once(run.workdir, "scores", compute_scores,
@@ -181,7 +181,7 @@ def run_data_diet(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
 
     # 2. The full data, then each kept share's modes x replicates as one program.
     full = run.segment("full", state=executor.init(init_keys), noise_keys=noise_keys,
-                       tags={"kept": 1.0, "mode": "full"}, desc=f"full data x{num}")
+                       tags={"kept": 1.0, "mode": "full"}, desc=f"full data x{num}").state
     rows = _rows(run, full, 1.0, [{"mode": "full", "replicate": r} for r in range(num)], n)
     for share in kept_shares:
         size = int(round(share * n))
@@ -196,7 +196,7 @@ def run_data_diet(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
             f"kept_{share:g}", state=executor.init(init_keys[replicate_of]),
             noise_keys=noise_keys[replicate_of], tags={"kept": share},
             member_tags=member_tags, densities=np.full(len(member_tags), share),
-            subsets=subsets, desc=f"{100 * share:g} % kept: {', '.join(modes)} x{num}")
+            subsets=subsets, desc=f"{100 * share:g} % kept: {', '.join(modes)} x{num}").state
         rows += _rows(run, final, share, member_tags, size)
     table = results.write_table(run.workdir / "results.csv", rows, by=("kept", "mode"),
                                 fields=("num_examples", "test_accuracy", "test_loss"))

@@ -92,7 +92,7 @@ def run_dense(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
             log=results.MetricsLog(run.workdir / "telemetry.jsonl"),
             snapshot_dir=run.workdir / "telemetry_snapshots")
     final_state = run.segment("", state=start, noise_keys=noise_keys, tags=tags, splits=splits,
-                              observer=observer, desc=f"train {spec.model_name} x{num}")
+                              observer=observer, desc=f"train {spec.model_name} x{num}").state
     if observer is not None:
         member_tags = [{"replicate": r} for r in range(num)]
         observer.versus_final(final_state.params, tags=tags, member_tags=member_tags,

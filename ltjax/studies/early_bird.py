@@ -153,7 +153,7 @@ def run_early_bird(config: Any, workdir: str | pathlib.Path, *, progress: bool =
             if epoch > 0:  # resumes from the search's newest checkpoint
                 state = run.segment("search", state=state, noise_keys=noise_keys,
                                     end=min(epoch * per_epoch, end), tags={"branch": "search"},
-                                    executor=executor, desc=f"search to epoch {epoch}")
+                                    executor=executor, desc=f"search to epoch {epoch}").state
             params = jax.device_get(state.params)
             return np.stack([early_bird.mask_vector(tree.index(params, rep))
                              for rep in range(num)]).astype(np.float32)
@@ -164,7 +164,7 @@ def run_early_bird(config: Any, workdir: str | pathlib.Path, *, progress: bool =
         stored.update({(epoch, rep): found[rep] for rep in range(num)})
     # To the end (a partial last epoch), or restored when the loop already got there.
     search = run.segment("search", state=state, noise_keys=noise_keys, end=end,
-                         tags={"branch": "search"}, executor=executor, desc="search")
+                         tags={"branch": "search"}, executor=executor, desc="search").state
     full = executor.evaluate(search, "test")
 
     # 2. Masks, distances and the emergence epoch per ratio and replicate.
@@ -213,7 +213,7 @@ def run_early_bird(config: Any, workdir: str | pathlib.Path, *, progress: bool =
         final = run.segment(name, state=start, masks=masks,
                             noise_keys=noise_keys[replicate_of[index]], tags=segment_tags,
                             member_tags=[tags[m] for m in members], densities=kept[index],
-                            executor=executor, desc=desc)
+                            executor=executor, desc=desc).state
         accuracy[index] = np.asarray(executor.evaluate(final, "test", masks)["accuracy"])
     rows = [{"p": t["p"], "replicate": t["replicate"], "eb_epoch": t["eb_epoch"],
              "kept_channels": float(kept[m]), "eb_test_accuracy": float(accuracy[m]),

@@ -267,7 +267,7 @@ def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool 
     for k in ks:
         state = run.segment(f"parent_{k}", state=state, noise_keys=noise_keys, end=k,
                             tags={"k": k, "branch": "parent"}, desc=f"dense to step {k}",
-                            observer=parent_observer)
+                            observer=parent_observer).state
         masks = imp_runs.load_imp_masks(imp_runs_at[k], config.imp_level, like)
         density = np.asarray(densities(masks))
         member_params, effective, tags = [], [], []
@@ -290,7 +290,7 @@ def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool 
                             tags={"k": k, "branch": "perturbed"}, member_tags=tags,
                             densities=density[replicate_of],
                             desc=f"k={k}: {len(names)} perturbations x{num}",
-                            observer=members_observer)
+                            observer=members_observer).state
         if members_observer is not None:
             members_observer.versus_final(final.params, tags={"k": k, "branch": "perturbed"},
                                           member_tags=tags,

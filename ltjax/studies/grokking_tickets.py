@@ -112,25 +112,6 @@ def first_step(curve: list[tuple[int, float]], threshold: float) -> int | None:
     return next((s for s, a in sorted(curve) if a >= threshold), None)
 
 
-def curves(records: list[dict], tags: dict, member_tags: list[dict]) -> list[dict]:
-    """``{split: [(step, accuracy)]}`` per member, from a segment's own records.
-
-    The segment's evaluations are read back from ``metrics.jsonl``
-    (:attr:`ltjax.studies.runner.Run.log`): :meth:`~ltjax.studies.runner.Run.segment`
-    returns only the final state, and the step at which a threshold is crossed
-    needs the whole curve. Follow-up: have the runner return the evaluated
-    curves as arrays so that the table is built without reading the log.
-    """
-    out = [{split: [] for split in SPLITS} for _ in member_tags]
-    for r in records:
-        if r.get("split") not in SPLITS or not all(r.get(k) == v for k, v in tags.items()):
-            continue
-        for i, m in enumerate(member_tags):
-            if all(r.get(k) == v for k, v in m.items()):
-                out[i][r["split"]].append((int(r["step"]), float(r["accuracy"])))
-    return out
-
-
 @common.study_entry
 def run_grokking_tickets(config: Any, workdir: str | pathlib.Path, *,
                          progress: bool = True) -> dict:
@@ -177,8 +158,8 @@ def run_grokking_tickets(config: Any, workdir: str | pathlib.Path, *,
     start = executor.init(init_keys)
     dense = run.segment("dense", state=start, noise_keys=noise_keys, tags={"arm": "dense"},
                         splits=SPLITS, desc=f"dense x{num}")
-    dense_curves = curves(run.log.read(), {"arm": "dense"}, replicates)
-    memorised_at = [first_step(c["train"], 1.0) for c in dense_curves]
+    memorised_at = [first_step(dense.curves.series("train", "accuracy", r), 1.0)
+                    for r in range(num)]
     for r, m in enumerate(memorised_at):
         if m is None:
             common.warn(run.workdir, f"replicate {r}: the dense net never reached 100 % train "
@@ -195,7 +176,7 @@ def run_grokking_tickets(config: Any, workdir: str | pathlib.Path, *,
             noise_keys=noise_keys[idx], end=m,
             tags={"arm": "memorised_source", "source_step": m},
             member_tags=[replicates[r] for r in idx], splits=SPLITS,
-            desc=f"memorising weights to step {m} x{len(idx)}")
+            desc=f"memorising weights to step {m} x{len(idx)}").state
         parts.append(distributed.host(state.params))
         order += idx.tolist()
     memorised_params = jax.tree.map(lambda x: x[np.argsort(order)], tree.concat(parts))
@@ -211,7 +192,7 @@ def run_grokking_tickets(config: Any, workdir: str | pathlib.Path, *,
     random_keys = rng.stream(keys, "random_prune")
     member_tags, member_masks, member_sources = [], [], []
     for i, d in enumerate(densities):
-        general = oneshot(distributed.host(dense.params), density=d)
+        general = oneshot(distributed.host(dense.state.params), density=d)
         arms = {"generalised": general,
                 "memorised": oneshot(memorised_params, density=d),
                 "random": randomly(jax.vmap(lambda k, i=i: jax.random.fold_in(k, i))(
@@ -235,34 +216,34 @@ def run_grokking_tickets(config: Any, workdir: str | pathlib.Path, *,
         desc=f"{', '.join(ARMS)} at {len(densities)} densities x{num}")
 
     # 4. The table: steps from the segments' curves, final accuracy from the final states.
-    records = run.log.read()
     rows = []
-    groups = [("dense", dense, None, {"arm": "dense"}, replicates, [1.0] * num, [None] * num),
-              ("tickets", tickets, masks, {"stage": "tickets"}, member_tags, list(actual),
-               member_sources)]
-    for _, state, group_masks, tags, mtags, kept, sources in groups:
-        final = run.evaluate(state, ["test"], group_masks)["test"]["accuracy"]
-        for i, (t, c) in enumerate(zip(mtags, curves(records, tags, mtags), strict=True)):
-            to_target = first_step(c["test"], target)
+    groups = [(dense, replicates, [1.0] * num, [None] * num),
+              (tickets, member_tags, list(actual), member_sources)]
+    for segment, mtags, kept, sources in groups:
+        final = segment.curves.final("test", "accuracy")  # evaluated at the end
+        for i, t in enumerate(mtags):
+            to_target = first_step(segment.curves.series("test", "accuracy", i), target)
             rows.append({"arm": t.get("arm", "dense"), "density": t.get("target_density", 1.0),
                          "replicate": t["replicate"],
-                         "steps_to_train_100": first_step(c["train"], 1.0),
+                         "steps_to_train_100": first_step(
+                             segment.curves.series("train", "accuracy", i), 1.0),
                          "steps_to_test_95": to_target,
                          "reached_test_95": int(to_target is not None),
-                         "final_test_accuracy": final[i], "actual_density": float(kept[i]),
+                         "final_test_accuracy": float(final[i]), "actual_density": float(kept[i]),
                          "source_step": sources[i]})
     table = results.write_table(
         run.workdir / "results.csv", rows, by=("arm", "density"),
         fields=("steps_to_train_100", "steps_to_test_95", "reached_test_95",
                 "final_test_accuracy", "actual_density"))
     curve_records = []
-    for tags, mtags in (({"arm": "dense"}, replicates), ({"stage": "tickets"}, member_tags)):
-        for t, c in zip(mtags, curves(records, tags, mtags), strict=True):
+    for segment, mtags, _, _ in groups:
+        for i, t in enumerate(mtags):
             name = t.get("arm", "dense") + (
                 f" {100 * t['target_density']:g} %" if "target_density" in t else "")
             curve_records += [{"curve": name, "replicate": t["replicate"], "split": split,
                                "step": s, "accuracy": a}
-                              for split in SPLITS for s, a in c[split]]
+                              for split in SPLITS
+                              for s, a in segment.curves.series(split, "accuracy", i)]
     plots.plot_grokking_tickets(
         curve_records, run.workdir / "plots" / "grokking_tickets.png", key="curve",
         target=target, title=f"grokking tickets: {spec.model_name} on "

@@ -192,57 +192,51 @@ def small_dense_widths(
     return min((scaled(lo), scaled(hi)), key=lambda ws: abs(count(ws) - target))
 
 
-def _early_stop(records: list[dict]) -> dict:
+def _early_stop(curves: common.Curves, member: int) -> dict:
     """Early stopping as in the LTH paper: the eval step of minimum validation loss."""
-    validation = [r for r in records if r["split"] == "validation"]
-    if not validation:
+    if "validation" not in curves.metrics:
         return {}
-    best = min(validation, key=lambda r: (r["loss"], r["step"]))
-    test = {r["step"]: r for r in records if r["split"] == "test"}
+    loss = curves.metrics["validation"]["loss"][:, member]
+    best = int(np.lexsort((curves.steps, loss))[0])  # the lowest loss, the earliest step
     return {
-        "early_stop_step": best["step"],
-        "early_stop_validation_accuracy": best["accuracy"],
-        "early_stop_test_accuracy": test[best["step"]]["accuracy"],
-        "best_validation_accuracy": max(r["accuracy"] for r in validation),
+        "early_stop_step": int(curves.steps[best]),
+        "early_stop_validation_accuracy": float(
+            curves.metrics["validation"]["accuracy"][best, member]),
+        "early_stop_test_accuracy": float(curves.metrics["test"]["accuracy"][best, member]),
+        "best_validation_accuracy": float(curves.metrics["validation"]["accuracy"][:, member]
+                                          .max()),
     }
 
 
-def _summary_rows(log: results.MetricsLog, num: int, end: int,
-                  correlations: dict | None = None) -> list[dict]:
+def _summary_rows(segments: list[tuple[int, list[dict], common.Curves]],
+                  correlations: dict) -> list[dict]:
     """One row per (level, branch[, learning rate], replicate), in that order.
 
+    ``segments`` holds each trained segment's level, member tags and curves;
     ``correlations`` maps ``(level, branch, learning_rate, replicate)`` to the
     member's weight correlation (start vs trained weights); ``learning_rate``
     is None without a sweep, and the column only appears with a sweep.
     """
-    correlations = correlations or {}
-    records = [r for r in log.read()
-               if r.get("branch") not in (None, "pretrain", "pretrain_altered")]
     order = ("imp",) + CONTROLS
-    keys = sorted({(r["level"], r["branch"], r.get("learning_rate")) for r in records},
-                  key=lambda k: (k[0], order.index(k[1]), k[2] or 0.0))
+    members = [(level, t, curves, m) for level, member_tags, curves in segments
+               for m, t in enumerate(member_tags)]
     rows = []
-    for level, branch, lr in keys:
-        group = []
-        for rep in range(num):
-            mine = [r for r in records if (r["level"], r["branch"], r.get("learning_rate"),
-                                           r["replicate"]) == (level, branch, lr, rep)]
-            final = {r["split"]: r for r in mine if r["step"] == end}
-            if "test" not in final:
-                continue
-            row = {"level": level, "branch": branch}
-            if lr is not None:
-                row["learning_rate"] = lr
-            row.update({"replicate": rep, "density": final["test"]["density"],
-                        "test_accuracy": final["test"]["accuracy"],
-                        "test_loss": final["test"]["loss"]})
-            if "validation" in final:
-                row["validation_accuracy"] = final["validation"]["accuracy"]
-            row.update(_early_stop(mine))
-            if (level, branch, lr, rep) in correlations:
-                row["weight_correlation"] = correlations[level, branch, lr, rep]
-            group.append(row)
-        rows += group
+    for level, t, curves, m in sorted(members, key=lambda x: (
+            x[0], order.index(x[1]["branch"]), x[1].get("learning_rate") or 0.0,
+            x[1]["replicate"])):
+        lr = t.get("learning_rate")
+        row = {"level": level, "branch": t["branch"]}
+        if lr is not None:
+            row["learning_rate"] = lr
+        row.update({"replicate": t["replicate"], "density": float(curves.density[m]),
+                    "test_accuracy": float(curves.final("test", "accuracy")[m]),
+                    "test_loss": float(curves.final("test", "loss")[m])})
+        if "validation" in curves.metrics:
+            row["validation_accuracy"] = float(curves.final("validation", "accuracy")[m])
+        row.update(_early_stop(curves, m))
+        if (level, t["branch"], lr, t["replicate"]) in correlations:
+            row["weight_correlation"] = correlations[level, t["branch"], lr, t["replicate"]]
+        rows.append(row)
     return rows
 
 
@@ -519,7 +513,6 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
                                progress=progress)
     run = spec.open(workdir)
     workdir, dataset, recipe, executor = run.workdir, spec.dataset, spec.recipe, spec.executor
-    end, log = spec.training_steps, run.log
     rewind_step = common.steps(config.rewind_step, spec.steps_per_epoch)
 
     p = config.pruning
@@ -586,71 +579,73 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
                                     hparams=None if rates == 1 else optim.member_hparams(
                                         recipe, rates * num,
                                         learning_rate=[lr for lr in lrs for _ in range(num)]),
-                                    desc="pretrain to the rewind step")
+                                    desc="pretrain to the rewind step").state
             memo["state_k"] = state
         return memo["state_k"]
 
     dense_final = previous = masks = previous_masks = None
     distance_fn = jax.jit(lambda a, b: mask_distances(a, b, selection))
     distance_rows = []
+    def level_start(level: int, names: list[str], masks: Any) -> tuple[Any, Any]:
+        """The level's members (the IMP ticket and its controls) and their masks."""
+        state_k = pretrained()
+        branches = [("imp", rewound(state_k, masks), masks)]
+        for control in names[1:]:
+            if control == "reinit":
+                fresh = executor.init(per_rate(rng.stream(keys, "reinit")), masks)
+                # schedule resumes at k, as OpenLTH's randomly_reinitialize
+                branches.append((control, fresh.replace(step=state_k.step), masks))
+            elif control in ("random_layerwise", "random_global"):
+                scope = control.split("_")[1]
+                level_keys = jax.vmap(lambda k, lv=level: jax.random.fold_in(k, lv))(
+                    per_rate(rng.stream(keys, "random_prune")))
+                cmasks = jax.vmap(
+                    lambda k, m, s=scope: pruning.random_prune_like(k, m, selection, scope=s))(
+                        level_keys, masks)
+                branches.append((control, rewound(state_k, cmasks), cmasks))
+            elif control == "oneshot":
+                cmasks = jax.vmap(
+                    lambda p_, m: pruning.prune_to_match(pruning.magnitude_scores(p_), m,
+                                                         selection, scope=p.scope))(
+                        dense_final.params, masks)
+                branches.append((control, rewound(state_k, cmasks), cmasks))
+        repeat = len(lrs) // rates  # each branch's block once per rate
+        return (executor.shard(tree.concat([b[1] for b in branches for _ in range(repeat)])),
+                executor.shard(tree.concat([b[2] for b in branches for _ in range(repeat)])))
+
+    segments = []  # (level, member tags, curves) of every trained segment: the table's rows
     for level in range(config.levels + 1):
         names = ["imp"] + [c for c in controls if c != "small_dense"] * (level > 0)
         member_tags = [{"branch": n, **({} if lr is None else {"learning_rate": lr}),
                         "replicate": r} for n in names for lr in lrs for r in range(num)]
         level_name = f"level_{level:02d}"
-        level_dir = workdir / "checkpoints" / level_name
         # A finished level is restored without computing its start (no programs built).
         done = run.finished(level_name, member_tags=member_tags)
-        stored = _read_correlations(level_dir / "weight_correlation.json", member_tags)
-        if done is not None and stored is not None:
+        members = None
+        if done is not None:
             common.say(f"level {level}: finished, restored", progress)
-            final_all, member_masks = done
-            masks = executor.shard(jax.tree.map(lambda x: x[:rates * num], member_masks))
-            corr = stored
+            masks = executor.shard(jax.tree.map(lambda x: x[:rates * num], done.masks))
         else:
-            state_k = pretrained()
-            if level == 0:
-                masks = executor.shard(masking.ones_like(state_k.params))
-            else:
-                masks = executor.shard(prune_level(previous.params, masks))
+            masks = executor.shard(masking.ones_like(pretrained().params) if level == 0
+                                   else prune_level(previous.params, masks))
             # The level's IMP ticket and its controls train as the members of one program.
-            branches = [("imp", rewound(state_k, masks), masks)]
-            for control in names[1:]:
-                if control == "reinit":
-                    fresh = executor.init(per_rate(rng.stream(keys, "reinit")), masks)
-                    # schedule resumes at k, as OpenLTH's randomly_reinitialize
-                    branches.append((control, fresh.replace(step=state_k.step), masks))
-                elif control in ("random_layerwise", "random_global"):
-                    scope = control.split("_")[1]
-                    level_keys = jax.vmap(lambda k, lv=level: jax.random.fold_in(k, lv))(
-                        per_rate(rng.stream(keys, "random_prune")))
-                    cmasks = jax.vmap(
-                        lambda k, m, s=scope: pruning.random_prune_like(k, m, selection, scope=s))(
-                            level_keys, masks)
-                    branches.append((control, rewound(state_k, cmasks), cmasks))
-                elif control == "oneshot":
-                    cmasks = jax.vmap(
-                        lambda p_, m: pruning.prune_to_match(pruning.magnitude_scores(p_), m,
-                                                             selection, scope=p.scope))(
-                            dense_final.params, masks)
-                    branches.append((control, rewound(state_k, cmasks), cmasks))
-            repeat = len(lrs) // rates  # each branch's block once per rate
-            members = executor.shard(tree.concat([b[1] for b in branches for _ in range(repeat)]))
-            member_masks = executor.shard(tree.concat([b[2] for b in branches
-                                                       for _ in range(repeat)]))
+            members, member_masks = level_start(level, names, masks)
             hparams = None if sweep is None else optim.member_hparams(
                 recipe, len(member_tags), learning_rate=[t["learning_rate"] for t in member_tags])
-            density = densities(masks)
-            final_all = run.segment(
+            done = run.segment(
                 level_name, state=members, masks=member_masks,
                 noise_keys=jnp.concatenate([level_noise_keys(noise_keys, level, name, sgd_noise)
                                             for name in names for _ in lrs]),
                 tags={"level": level}, member_tags=member_tags,
                 densities=densities(member_masks), hparams=hparams, splits=splits,
-                desc=f"level {level} ({100 * density[0]:.1f}%): {', '.join(names)}")
-            corr = np.asarray(distributed.host(correlation(members.params, final_all.params,
-                                                           member_masks)))
-            _write_correlations(level_dir / "weight_correlation.json", member_tags, corr)
+                desc=f"level {level} ({100 * densities(masks)[0]:.1f}%): {', '.join(names)}")
+        segments.append((level, member_tags, done.curves))
+        corr = common.computed_once(  # a finished level's start is rebuilt only if missing
+            workdir, f"correlation_{level_name}",
+            lambda lv=level, n=names, m=masks, d=done, start=members: correlation(
+                (start if start is not None else level_start(lv, n, m)[0]).params,
+                d.state.params, d.masks),
+            like=jax.ShapeDtypeStruct((len(member_tags),), np.float32))
         correlations.update({(level, t["branch"], t.get("learning_rate"), t["replicate"]):
                              float(corr[m]) for m, t in enumerate(member_tags)})
         if level > 0:
@@ -662,18 +657,20 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
                                **{k: float(v[r]) for k, v in distance.items()}}
                               for r in range(num)]
         previous_masks = masks
-        final = executor.shard(jax.tree.map(lambda x: x[own], final_all))
+        final = executor.shard(jax.tree.map(lambda x: x[own], done.state))
         if level == 0:
             dense_final = final
         if "small_dense" in controls and level > 0:
-            _run_small_dense(run, splits, keys, noise_keys,
-                             executor.shard(jax.tree.map(lambda x: x[recipe_run], masks)),
-                             selection, f"{level_name}/small_dense",
-                             {"level": level, "branch": "small_dense"},
-                             f"level {level} small_dense")
+            small = _run_small_dense(
+                run, splits, keys, noise_keys,
+                executor.shard(jax.tree.map(lambda x: x[recipe_run], masks)), selection,
+                f"{level_name}/small_dense", {"level": level, "branch": "small_dense"},
+                f"level {level} small_dense")
+            segments.append((level, [{"branch": "small_dense", "replicate": r}
+                                     for r in range(num)], small.curves))
         previous = final
 
-    rows = _summary_rows(log, num, end, correlations)
+    rows = _summary_rows(segments, correlations)
     swept = ("learning_rate",) if any("learning_rate" in r for r in rows) else ()
     table = results.write_table(workdir / "results.csv", rows, by=("level", "branch", *swept))
     if distance_rows:
@@ -683,13 +680,13 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
     if sweep is not None and config.levels > 0:
         results.write_csv(workdir / "ticket_classes.csv", _ticket_classes(
             rows, num, similar=config.get("ticket_similar", sanity.SIMILAR_DROP["cifar10"])))
-    records = log.read()
     plots.plot_accuracy_vs_density(
         rows, workdir / "plots" / "accuracy_vs_density.png",
         title=f"IMP on {spec.model_name} / {plots.dataset_label(dataset.name)}: {num} replicates",
     )
     plots.plot_level_curves(
-        [r for r in records if r.get("branch") == "imp"],
+        [r for level, member_tags, curves in segments
+         for r in curves.records(member_tags, {"level": level}) if r["branch"] == "imp"],
         workdir / "plots" / "learning_curves_imp.png",
         title=f"IMP learning curves ({spec.model_name}, test accuracy, mean over replicates)",
     )
@@ -714,7 +711,7 @@ def _pretrain_on_altered_data(config, run, splits, init_state, init_keys, noise_
                         noise_keys=rng.stream(noise_keys, "pretrain"), end=steps,
                         tags={"level": 0, "branch": "pretrain_altered", "pretext": kind},
                         splits=splits, executor=pre_executor,
-                        desc=f"pretrain on altered data ({kind})")
+                        desc=f"pretrain on altered data ({kind})").state
     params = state.params
     if altered.num_classes != dataset.num_classes:
         params = with_fresh_head(params, init_state.params, leading_axes=1)
@@ -723,26 +720,12 @@ def _pretrain_on_altered_data(config, run, splits, init_state, init_keys, noise_
         opt_state=executor.fresh_opt_state(params)))
 
 
-def _write_correlations(path: pathlib.Path, member_tags: list[dict], corr: np.ndarray) -> None:
-    """A level's weight correlations, so a re-run of a finished level need not recompute them."""
-    results.write_json(path, {"members": member_tags, "correlation": [float(c) for c in corr]})
-
-
-def _read_correlations(path: pathlib.Path, member_tags: list[dict]) -> np.ndarray | None:
-    """The stored correlations of exactly these members, else None (recomputed)."""
-    try:
-        stored = results.read_json(path)
-    except (OSError, ValueError):
-        return None
-    if stored.get("members") != member_tags or len(stored.get("correlation", ())) != len(
-            member_tags):
-        return None
-    return np.asarray(stored["correlation"], np.float64)
-
-
 def _run_small_dense(run, splits, keys, noise_keys, masks, selection, name, ctags,
-                     desc) -> None:
-    """Train an MLP whose kernel count matches the level's kept weights, from scratch."""
+                     desc) -> Any:
+    """Train an MLP whose kernel count matches the level's kept weights, from scratch.
+
+    Returns its :class:`ltjax.studies.runner.Segment` (restored when finished).
+    """
     executor, dataset = run.spec.executor, run.spec.dataset
     first = jax.tree.map(lambda x: np.asarray(x[0]), distributed.host(masks))  # host: no compiles
     kept = sum(int(np.sum(m)) for m, s in zip(jax.tree.leaves(first), jax.tree.leaves(selection),
@@ -756,7 +739,7 @@ def _run_small_dense(run, splits, keys, noise_keys, masks, selection, name, ctag
     num = int(keys.shape[0])
     count = masking.num_prunable(small_executor.abstract_params,
                                  masking.prunable(small_executor.abstract_params))
-    # Restored, not rebuilt, when finished: its records are in the log.
-    run.segment(name, state=lambda: small_executor.init(rng.stream(keys, "small_dense")),
+    # Restored, not rebuilt, when finished.
+    return run.segment(name, state=lambda: small_executor.init(rng.stream(keys, "small_dense")),
                 noise_keys=noise_keys, tags=ctags, densities=np.full(num, count / total),
                 splits=splits, executor=small_executor, desc=f"{desc} {widths}")

@@ -216,7 +216,7 @@ def run_knowledge_evolution(config: Any, workdir: str | pathlib.Path, *,
                 lambda g=generation, p=previous: next_start(p, g)),
             noise_keys=noise_keys if generation == 1 else ke.generation_keys(
                 noise_keys, "knowledge_evolution", generation),
-            tags={"generation": generation}, desc=f"generation {generation} of {generations}")
+            tags={"generation": generation}, desc=f"generation {generation} of {generations}").state
         dense = executor.evaluate(final, "test")["accuracy"]
         fit = evaluate_slim(final)
         rows += [{"generation": generation, "replicate": r,

@@ -319,7 +319,7 @@ def run_rebasin(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
     corrections = corrections_of(config)
     run_spec = RunSpec.from_config(config, progress=progress)
     run = run_spec.open(workdir)
-    workdir, dataset, executor, log = run.workdir, run_spec.dataset, run_spec.executor, run.log
+    workdir, dataset, executor = run.workdir, run_spec.dataset, run_spec.executor
     model = executor.model
     if "reset" in corrections and not models.has_batch_norm(executor.abstract_state.batch_stats):
         raise ValueError(f"config.corrections has 'reset' but {config.model} has no BatchNorm "
@@ -329,8 +329,9 @@ def run_rebasin(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
 
     # 1. S networks from S initialisations, as one program.
     initial = executor.init(init_keys)
-    final = run.segment("dense", state=initial, noise_keys=noise_keys, tags={"branch": "dense"},
+    dense = run.segment("dense", state=initial, noise_keys=noise_keys, tags={"branch": "dense"},
                         desc=f"train {config.model} x{num}")
+    final = dense.state
     nets = [(tree_lib.index(final.params, r), tree_lib.index(final.batch_stats, r))
             for r in range(num)]
     spec = models.permutation_spec(model, nets[0][0], nets[0][1] or None)
@@ -349,8 +350,7 @@ def run_rebasin(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
     x_repair = train_sample(dataset, config.repair.num_examples, seed=config.seed + 1)
     alphas = np.linspace(0.0, 1.0, config.num_alphas)
     splits = list(config.path_splits)
-    rows = []
-    stored = [r for r in log.read() if r.get("branch") == "path"]  # finished by an earlier run
+    rows, path_records = [], []
     paths = [(j, variant, correction) for j in range(1, num) for variant in VARIANTS
              for correction in corrections]
     for j, variant, correction in tqdm.tqdm(
@@ -358,8 +358,10 @@ def run_rebasin(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
             disable=not progress):
         b = nets[j] if variant == "naive" else matched[j]["net"]
         tags = {"branch": "path", "pair": f"0-{j}", "variant": variant, "correction": correction}
-        curves = _evaluate_path(executor, config, log, stored, tags, nets[0], b, alphas=alphas,
-                                splits=splits, correction=correction, x_repair=x_repair)
+        curves, records = _evaluate_path(run, config, tags, nets[0], b, alphas=alphas,
+                                         splits=splits, correction=correction,
+                                         x_repair=x_repair)
+        path_records += records
         rows += [_path_row(*curves[split], tags, split, method=config.method)
                  for split in splits]
     means = results.write_table(
@@ -369,44 +371,38 @@ def run_rebasin(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
     summary = [{"pair": "mean", **r} for r in means] if num > 2 else rows
 
     # 4. Sparse re-basin.
-    sparse_rows = []
+    sparse_rows, sparse_records = [], []
     if sparse_density(config) > 0:
-        sparse_rows = _sparse_rebasin(config, run, spec, nets, matched, initial, noise_keys)
+        sparse_rows, sparse_records = _sparse_rebasin(config, run, spec, nets, matched,
+                                                      initial, noise_keys)
         results.write_csv(workdir / "sparse_results.csv", sparse_rows)
 
-    records = log.read()
     name = f"{config.model} on {plots.dataset_label(config.dataset)}"
     plots.plot_interpolation(
-        [r for r in records if r.get("branch") == "path"], workdir / "plots" / "interpolation.png",
+        path_records, workdir / "plots" / "interpolation.png",
         title=f"{name}: model 0 to model j, {config.method} matching", rows=rows)
     plots.plot_branch_curves(
-        [r for r in records if r.get("branch") == "dense"],
+        dense.curves.records([{"replicate": r} for r in range(num)], {"branch": "dense"}),
         workdir / "plots" / "learning_curves.png", key="branch",
         title=f"{name}: {num} initialisations")
     if sparse_rows:
         plots.plot_branch_curves(
             [{**r, "member": _member_names(num, config.sparse.get("ticket", True))[
-                r["replicate"]]} for r in records
-             if r.get("branch") == "sparse" and r["split"] == "test"],
+                r["replicate"]]} for r in sparse_records if r["split"] == "test"],
             workdir / "plots" / "sparse_rebasin.png", key="member",
             title=f"{name}: sparse re-basin at density {config.sparse.density:g}")
     return {"rows": summary, "sparse": sparse_rows}
 
 
-def _evaluate_path(executor, config, log, stored, tags, a, b, *, alphas, splits, correction,
-                   x_repair) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """One path on ``splits``: evaluated, or read from ``stored`` (the log's path records).
+def _evaluate_path(run, config, tags, a, b, *, alphas, splits, correction,
+                   x_repair) -> tuple[dict, list[dict]]:
+    """One path on ``splits``, evaluated once (:func:`ltjax.studies.common.path_once`).
 
     Returns:
-      ``{split: (alphas, accuracy, loss)}`` as float64 arrays (the values the
-      log holds, so a resumed run builds the same table).
+      ``({split: (alphas, accuracy, loss)}, records)``: float64 arrays and the
+      path's records.
     """
-    mine = [r for r in stored if all(r.get(k) == v for k, v in tags.items())]
-    out = {split: common.stored_curve([r for r in mine if r["split"] == split], alphas)
-           for split in splits}
-    if all(curve is not None for curve in out.values()):
-        return out
-    log.keep_only(lambda r: not all(r.get(k) == v for k, v in tags.items()))
+    executor = run.spec.executor
 
     def evaluate(t):
         out = {}
@@ -415,28 +411,29 @@ def _evaluate_path(executor, config, log, stored, tags, a, b, *, alphas, splits,
                 out[f"{split}/{key}"] = value
         return out
 
-    recompute = None
-    tree_a, tree_b = a, b
-    if correction == "reset":
-        reset = common.batch_stats_reset(config)
+    def path():
+        recompute = None
+        tree_a, tree_b = a, b
+        if correction == "reset":
+            reset = common.batch_stats_reset(config)
 
-        def recompute(t):
-            return (t[0], executor.recomputed_batch_stats(t[0], t[1], **reset))
-    elif correction == "repair":
-        model, eps = executor.model, config.repair.eps
-        tree_a = (*a, models.output_stats(model, _variables(*a), x_repair))
-        tree_b = (*b, models.output_stats(model, _variables(*b), x_repair))
-        recompute = models.repair_fn(model, x_repair, eps=eps)
-    curve = interpolation.evaluate_path(evaluate, tree_a, tree_b, alphas,
-                                    chunk_size=config.get("alpha_chunk") or len(alphas),
-                                    recompute_fn=recompute)
-    out = {split: (np.array([float(x) for x in alphas]),
-                   np.asarray(curve[f"{split}/accuracy"], np.float64),
-                   np.asarray(curve[f"{split}/loss"], np.float64)) for split in splits}
-    log.append([{**tags, "split": split, "alpha": float(x), "step": None,
-                 "loss": float(out[split][2][n]), "accuracy": float(out[split][1][n])}
-                for split in splits for n, x in enumerate(alphas)])
-    return out
+            def recompute(t):
+                return (t[0], executor.recomputed_batch_stats(t[0], t[1], **reset))
+        elif correction == "repair":
+            model, eps = executor.model, config.repair.eps
+            tree_a = (*a, models.output_stats(model, _variables(*a), x_repair))
+            tree_b = (*b, models.output_stats(model, _variables(*b), x_repair))
+            recompute = models.repair_fn(model, x_repair, eps=eps)
+        curve = interpolation.evaluate_path(evaluate, tree_a, tree_b, alphas,
+                                            chunk_size=config.get("alpha_chunk") or len(alphas),
+                                            recompute_fn=recompute)
+        return {split: {k: curve[f"{split}/{k}"] for k in ("accuracy", "loss")}
+                for split in splits}
+
+    return common.path_once(
+        run.workdir, run.log,
+        f"paths/{tags['variant']}_{tags['correction']}_pair_{tags['pair']}", tags, alphas,
+        splits, path)
 
 
 def _path_row(alphas, acc, loss, tags, split, *, method) -> dict:
@@ -463,11 +460,15 @@ def _member_names(num: int, ticket: bool) -> list[str]:
     return names
 
 
-def _sparse_rebasin(config, run, spec, nets, matched, initial, noise_keys) -> list[dict]:
-    """Train the ticket, permuted-mask and naive-mask networks as one masked program."""
+def _sparse_rebasin(config, run, spec, nets, matched, initial, noise_keys,
+                    ) -> tuple[list[dict], list[dict]]:
+    """Train the ticket, permuted-mask and naive-mask networks as one masked program.
+
+    Returns the table's rows (one per member) and the segment's records (for the figure).
+    """
     num = len(nets)
     sparse = config.sparse
-    executor, log = run.spec.executor, run.log
+    executor = run.spec.executor
     per_epoch = executor.steps_per_epoch
     end = common.steps(sparse.get("training_steps") or config.training_steps, per_epoch)
     selection = masking.prunable(executor.abstract_state.params)
@@ -486,14 +487,12 @@ def _sparse_rebasin(config, run, spec, nets, matched, initial, noise_keys) -> li
     state = executor.shard(jax.tree.map(lambda leaf: leaf[index], initial))
     state = state.replace(params=masking.apply(state.params, masks))
     tags = {"branch": "sparse"}
-    run.segment("sparse", state=state, masks=masks, noise_keys=noise_keys[index], end=end,
-                tags=tags, densities=densities, desc=f"sparse re-basin x{len(members)}")
-    rows = []
-    for r in common.final_records(log, tags, end):
-        if r["split"] != "test":
-            continue
-        branch, pair, model_index, _ = members[r["replicate"]]
-        rows.append({"branch": branch, "pair": pair, "init": f"model {model_index}",
-                     "replicate": r["replicate"], "density": r["density"], "step": end,
-                     "test_accuracy": r["accuracy"], "test_loss": r["loss"]})
-    return sorted(rows, key=lambda row: row["replicate"])
+    curves = run.segment("sparse", state=state, masks=masks, noise_keys=noise_keys[index],
+                         end=end, tags=tags, densities=densities,
+                         desc=f"sparse re-basin x{len(members)}").curves
+    rows = [{"branch": branch, "pair": pair, "init": f"model {model_index}", "replicate": m,
+             "density": float(curves.density[m]), "step": end,
+             "test_accuracy": float(curves.final("test", "accuracy")[m]),
+             "test_loss": float(curves.final("test", "loss")[m])}
+            for m, (branch, pair, model_index, _) in enumerate(members)]
+    return rows, curves.records([{"replicate": m} for m in range(len(members))], tags)

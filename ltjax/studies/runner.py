@@ -5,8 +5,11 @@ and its ``metrics.jsonl``; :meth:`Run.segment` trains one named segment of
 members (:func:`ltjax.studies.common.train_segment`: resumable, checked
 against the config's fingerprint and the segment's members and masks, with
 divergence warnings and progress) at the spec's evaluation and checkpoint
-cadence, and :meth:`Run.evaluate` gives the final metrics as arrays: tables
-are built from those, never from the log.
+cadence, and returns a :class:`Segment`: the final state, the masks and the
+evaluated curves as arrays (:class:`ltjax.studies.common.Curves`, kept in the
+checkpoints, so a resumed or finished segment returns them too);
+:meth:`Run.evaluate` gives other final metrics as arrays. Tables are built
+from those, never from the log (``metrics.jsonl`` is written, not read).
 
 Example (Colab):
     Not run here (it writes a workdir and compiles and trains a segment):
@@ -14,9 +17,10 @@ Example (Colab):
     ```python
     run = RunSpec.from_config(config).open("/tmp/run")
     init_keys, noise_keys = run.spec.keys()
-    final = run.segment("dense", state=run.spec.executor.init(init_keys),
+    dense = run.segment("dense", state=run.spec.executor.init(init_keys),
                         noise_keys=noise_keys, tags={"branch": "dense"})
-    run.evaluate(final, ["test"])["test"]["accuracy"]  # [S]
+    dense.curves.metrics["test"]["accuracy"]   # [E, S], at dense.curves.steps
+    run.evaluate(dense.state, ["train"])["train"]["accuracy"]  # [S]
     ```
 """
 
@@ -34,6 +38,15 @@ from ltjax.studies import common
 
 
 @dataclasses.dataclass(frozen=True)
+class Segment:
+    """What a trained (or restored) segment gives: its members' final state, masks, curves."""
+
+    state: train.TrainState  # stacked [S], at the segment's end
+    masks: Any  # stacked bool masks [S], or None (dense)
+    curves: common.Curves  # every evaluation from the segment's start, as arrays [E, S]
+
+
+@dataclasses.dataclass(frozen=True)
 class Run:
     """A study's run in its workdir: the spec, the workdir and its metrics log."""
 
@@ -42,9 +55,8 @@ class Run:
 
     @property
     def log(self) -> results.MetricsLog:
-        """The workdir's ``metrics.jsonl``, written by the segments. Tables come from the
-        arrays :meth:`evaluate` returns; the Grokking Tickets study still reads its
-        curves back from here (until :meth:`segment` returns them as arrays)."""
+        """The workdir's ``metrics.jsonl``, written by the segments (tables come from the
+        :class:`Segment` curves and :meth:`evaluate`, never from here)."""
         return results.MetricsLog(self.workdir / "metrics.jsonl")
 
     def segment(self, name: str, *, state: train.TrainState | Callable[[], train.TrainState],
@@ -53,7 +65,7 @@ class Run:
                 member_tags: list[dict] | None = None, densities: Any = None,
                 splits: list[str] | None = None, hparams: optim.Hyperparams | None = None,
                 subsets: Any = None, observer: common.TelemetryObserver | None = None,
-                executor: Any = None, desc: str | None = None) -> train.TrainState:
+                executor: Any = None, desc: str | None = None) -> Segment:
         """Train the members of segment ``name`` from ``state`` to ``end``; resumable.
 
         Checkpoints go to ``<workdir>/checkpoints/<name>``, at the spec's cadence
@@ -80,7 +92,7 @@ class Run:
           desc: the progress bar's label (default ``name``).
 
         Returns:
-          The members' state at ``end``.
+          The members' :class:`Segment` at ``end`` (state, masks, curves).
         """
         spec = self.spec
         num = int(np.shape(noise_keys)[0])
@@ -91,11 +103,12 @@ class Run:
                 {"replicate": m} for m in range(num)], masks=masks is not None, end=end,
                 executor=executor)
             if done is not None:
-                common.check_same_masks(self.workdir / "checkpoints" / name, end, done[1], masks)
+                common.check_same_masks(self.workdir / "checkpoints" / name, end, done.masks,
+                                        masks)
                 common.say(f"{desc or name}: finished (step {end}), restored", spec.progress)
-                return done[0]
+                return Segment(done.state, masks, done.curves)
             state = state()
-        return common.train_segment(
+        state, curves = common.train_segment(
             executor, state=state, masks=masks, noise_keys=noise_keys,
             end=end, eval_every=spec.eval_every,
             checkpoint_every=spec.checkpoint_every, ckpt_dir=self.workdir / "checkpoints" / name,
@@ -103,11 +116,12 @@ class Run:
             densities=np.ones(num) if densities is None else densities,
             progress=spec.progress, desc=desc or name, max_checkpoints=spec.max_checkpoints,
             hparams=hparams, member_tags=member_tags, observer=observer, subsets=subsets)
+        return Segment(state, masks, curves)
 
     def finished(self, name: str, *, member_tags: list[dict], masks: bool = True,
                  end: int | None = None, executor: Any = None,
-                 ) -> tuple[train.TrainState, Any] | None:
-        """``(state, masks)`` of segment ``name`` if it reached ``end``, else None.
+                 ) -> Segment | None:
+        """The :class:`Segment` ``name`` if it reached ``end``, else None.
 
         Restored onto the executor's abstract members: nothing is computed or
         compiled (:func:`ltjax.studies.common.finished_segment`).
@@ -119,10 +133,11 @@ class Run:
           end: its last step (default the spec's ``training_steps``).
           executor: its executor (default the spec's).
         """
-        return common.finished_segment(
+        done = common.finished_segment(
             executor or self.spec.executor, self.workdir / "checkpoints" / name,
             end=self.spec.training_steps if end is None else end, log=self.log,
             member_tags=member_tags, masks=masks)
+        return None if done is None else Segment(*done)
 
     def evaluate(self, state: train.TrainState, splits: list[str], masks: Any = None, *,
                  executor: Any = None) -> dict[str, dict[str, list[float]]]:

@@ -83,7 +83,7 @@ def run_soft_threshold(config: Any, workdir: str | pathlib.Path, *, progress: bo
     rows: list[dict] = []
 
     dense = run.segment("dense", state=executor.init(init_keys), noise_keys=noise_keys,
-                        tags={"method": "dense"}, desc=f"dense x{num}")
+                        tags={"method": "dense"}, desc=f"dense x{num}").state
     test = run.evaluate(dense, ["test"])["test"]
     rows += [{"method": "dense", "s_init": None, "weight_decay": recipe.weight_decay,
               "replicate": r, "sparsity": 0.0, "test_accuracy": test["accuracy"][r],
@@ -100,7 +100,7 @@ def run_soft_threshold(config: Any, workdir: str | pathlib.Path, *, progress: bo
             f"str_{i:02d}", state=str_executor.init(init_keys[replicate_of]),
             noise_keys=noise_keys[replicate_of], tags={"method": "str"}, member_tags=tags,
             hparams=optim.member_hparams(recipe, len(grid), weight_decay=[w for w, _ in grid]),
-            executor=str_executor, desc=f"STR s_init={s_init:g}: {len(grid)} members")
+            executor=str_executor, desc=f"STR s_init={s_init:g}: {len(grid)} members").state
         test = run.evaluate(final, ["test"], executor=str_executor)["test"]
         trainable = jax.device_get(final.params)
         for m, tag in enumerate(tags):
@@ -144,7 +144,7 @@ def _oneshot_baseline(run, dense, str_members, selection, noise_keys, scope) -> 
     kept = np.asarray(jax.vmap(lambda m: masking.density(m, selection))(masks))
     final = run.segment("oneshot", state=state, masks=masks, noise_keys=noise_keys[replicate_of],
                         tags={"method": "oneshot"}, member_tags=tags, densities=kept,
-                        desc=f"one-shot + retrain: {len(tags)} members")
+                        desc=f"one-shot + retrain: {len(tags)} members").state
     metrics = executor.evaluate(final, "test", masks)
     return [{"method": "oneshot", **tag, "sparsity": float(1.0 - kept[m]),
              "test_accuracy": float(metrics["accuracy"][m]),

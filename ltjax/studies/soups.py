@@ -313,7 +313,8 @@ def run_soups(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
                 noise_keys=noise_keys, end=end, hparams=hparams,
                 tags={"branch": "finetune", "augment": bool(augment), "end": end},
                 splits=[],  # evaluated once trained (step 3)
-                executor=program_executor, desc=f"fine-tune {len(members)} members for {epochs}")
+                executor=program_executor,
+                desc=f"fine-tune {len(members)} members for {epochs}").state
             for m, (group, order) in enumerate(members):
                 for ing in ingredients:
                     if (ing["group"], ing["steps"], ing["data_order"]) == (group.index, end, order):
@@ -323,38 +324,54 @@ def run_soups(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
     stacked = tree.stack(trees)
 
     # 3. evaluate ingredients, soups, ensemble
+    # Each evaluation once: a rerun restores its records (common.records_once), never the log.
     evaluator = _Evaluator(config, executor, shifted_executor)
-    _once(log, lambda r: r.get("branch") == "eval" and r["model"] == "ingredient", lambda: (
+
+    def once(name: str, compute: Callable[[], list[dict]], models: tuple[str, ...] = (),
+             branches: tuple[str, ...] = ()) -> list[dict]:
+        def mine(r: dict) -> bool:  # the evaluation's records (of models, or branches)
+            return (r.get("branch") == "eval" and r["model"] in (name, *models)
+                    or r.get("branch") in branches)
+
+        return common.records_once(workdir, log, f"evals/{name}", compute, mine=mine)
+
+    records = once("ingredient", models=("pretrained",), compute=lambda: (
         _eval_records("pretrained", evaluator.all_splits(tree.stack([theta_0])), 0)
         + _eval_records("ingredient", evaluator.all_splits(stacked), len(trees))))
-    val_acc = _ingredient_metric(log, len(trees), "validation")
-    _once(log, _is_soup("ensemble"), lambda: _eval_records(
+    val_acc = _ingredient_metric(records, len(trees), "validation")
+    records += once("ensemble", lambda: _eval_records(
         "ensemble", evaluator.ensemble(stacked, dataset, shifted), 0))
-    _once(log, _is_soup("uniform"), lambda: _eval_records(
+    records += once("uniform", lambda: _eval_records(
         "uniform", evaluator.all_splits(evaluator.recompute(
             tree.stack([soups_lib.uniform_soup(stacked, stacked=True)]))), 0))
-    _once(log, _is_soup("greedy"), lambda: _greedy(config, evaluator, trees, val_acc))
-    _once(log, _is_soup("learned"), lambda: _learned(config, evaluator, model, dataset, stacked))
+    records += once("greedy", lambda: _greedy(config, evaluator, trees, val_acc),
+                    branches=("greedy_step",))
+    records += once("learned", lambda: _learned(config, evaluator, model, dataset, stacked),
+                    branches=("learned_weights",))
 
     # 4. WiSE-FT curves
     alphas = np.linspace(0.0, 1.0, config.wise_ft.num_alphas)
-    done = {(r["ingredient"], r["head"]) for r in log.read() if r.get("branch") == "wise_ft"}
     head_modes = common.names_of(config.wise_ft.head_modes, field="wise_ft.head_modes",
                                  allowed=HEAD_MODES)
-    todo = [(i, mode) for i in range(len(trees)) for mode in head_modes
-            if (i, mode) not in done]
+    todo = [(i, mode) for i in range(len(trees)) for mode in head_modes]
     for i, mode in tqdm.tqdm(todo, disable=not progress, desc="WiSE-FT curves", leave=False):
-        curve = soups_lib.wise_ft_sweep(
-            evaluator.flat_all_splits, theta_0, trees[i], alphas,
-            keep_head=config.wise_ft.head if mode == "fine_tuned" else None,
-            recompute_fn=evaluator.recompute)
-        log.append([{"branch": "wise_ft", "ingredient": i, "head": mode, "split": split,
-                     "alpha": float(a), "step": None, "accuracy": curve[f"{split}/accuracy"][n],
+        def sweep(i=i, mode=mode) -> list[dict]:
+            curve = soups_lib.wise_ft_sweep(
+                evaluator.flat_all_splits, theta_0, trees[i], alphas,
+                keep_head=config.wise_ft.head if mode == "fine_tuned" else None,
+                recompute_fn=evaluator.recompute)
+            return [{"branch": "wise_ft", "ingredient": i, "head": mode, "split": split,
+                     "alpha": float(a), "step": None,
+                     "accuracy": curve[f"{split}/accuracy"][n],
                      "loss": curve[f"{split}/loss"][n]}
-                    for split in SPLITS for n, a in enumerate(alphas)])
+                    for split in SPLITS for n, a in enumerate(alphas)]
 
-    # Tables and figures, from the log only (a resumed run writes the same files).
-    records = log.read()
+        records += common.records_once(
+            workdir, log, f"wise_ft/ingredient_{i}_{mode}", sweep,
+            mine=lambda r, i=i, mode=mode: r.get("branch") == "wise_ft"
+            and (r["ingredient"], r["head"]) == (i, mode))
+
+    # Tables and figures, from the evaluations' records (the same on a resumed run).
     rows, summary = _model_rows(records, ingredients)
     results.write_csv(workdir / "results.csv", rows)
     results.write_csv(results.summary_path(workdir / "results.csv"), summary)
@@ -403,7 +420,7 @@ def _pretrain(config, dataset, executor_for, run) -> tuple[Any, Any]:
                          executor, 1)
     state = run.segment("pretrain", state=executor.shard(start), noise_keys=noise_keys, end=end,
                         tags={"branch": "pretrain"}, splits=["validation", "test"],
-                        executor=executor, desc="pretrain")
+                        executor=executor, desc="pretrain").state
     return jax.device_get((tree.index(state.params, 0), tree.index(state.batch_stats, 0)))
 
 
@@ -412,17 +429,6 @@ def _start_state(theta_0, executor: executor_lib.Executor, num: int) -> train.Tr
     params, batch_stats = jax.tree.map(lambda x: jnp.repeat(x[None], num, axis=0), theta_0)
     return train.TrainState(step=jnp.zeros((num,), jnp.int32), params=params,
                             batch_stats=batch_stats, opt_state=executor.fresh_opt_state(params))
-
-
-def _once(log: results.MetricsLog, mine: Callable[[dict], bool],
-          compute: Callable[[], list[dict]]) -> None:
-    """Append ``compute()`` unless the log already has records for which ``mine`` holds."""
-    if not any(mine(r) for r in log.read()):
-        log.append(compute())
-
-
-def _is_soup(name: str) -> Callable[[dict], bool]:
-    return lambda r: r.get("branch") == "eval" and r["model"] == name
 
 
 def _eval_records(name: str, metrics: dict, num: int, **extra) -> list[dict]:
@@ -434,9 +440,9 @@ def _eval_records(name: str, metrics: dict, num: int, **extra) -> list[dict]:
             for split in SPLITS for i in range(count)]
 
 
-def _ingredient_metric(log, num, split, key="accuracy") -> np.ndarray:
+def _ingredient_metric(records, num, split, key="accuracy") -> np.ndarray:
     values = np.full(num, np.nan)
-    for r in log.read():
+    for r in records:
         if r.get("branch") == "eval" and r["model"] == "ingredient" and r["split"] == split:
             values[r["ingredient"]] = r[key]
     return values

@@ -162,7 +162,7 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
 
     spec = RunSpec.from_config(config, check=check, progress=progress)
     run = spec.open(workdir)
-    workdir, executor, log = run.workdir, spec.executor, run.log
+    workdir, executor = run.workdir, spec.executor
     num, copies = spec.num_replicates, config.num_copies
     ks = sorted(ks_and_runs)
     alphas = np.linspace(0.0, 1.0, config.num_alphas)
@@ -175,10 +175,11 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
 
     splits = list(config.path_splits)
     rows: list[dict] = []
+    path_records: list[dict] = []
     for k in ks:
         # The parent of every copy: the dense run (own noise) to step k.
         state = run.segment(f"parent_{k}", state=state, noise_keys=noise_keys, end=k,
-                            tags={"k": k, "branch": "parent"}, desc=f"parent to step {k}")
+                            tags={"k": k, "branch": "parent"}, desc=f"parent to step {k}").state
         masks, start = None, state
         density = np.ones(num)
         if ks_and_runs[k]:
@@ -198,18 +199,20 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
         final = run.segment(f"copies_{k}", state=start, masks=copy_masks,
                             noise_keys=copy_keys, tags={"k": k, "branch": "copies"},
                             densities=np.repeat(density, copies),
-                            desc=f"{num}x{copies} copies from step {k}")
-        rows += _pair_rows(executor, final, k=k, num=num, copies=copies, alphas=alphas,
-                           splits=splits, log=log, config=config, reset=reset)
+                            desc=f"{num}x{copies} copies from step {k}").state
+        k_rows, k_records = _pair_rows(run, final, k=k, num=num, copies=copies,
+                                       alphas=alphas, splits=splits, config=config,
+                                       reset=reset)
+        rows += k_rows
+        path_records += k_records
 
     rows = sorted(rows, key=lambda r: (r["k"], r["split"]))  # stable: replicates, pairs in order
     table = results.write_table(
         workdir / "results.csv", rows, by=("k", "split"),
         fields=("instability", "loss_barrier_chord", "loss_barrier_mean_ends", "accuracy_a",
                 "accuracy_b", "stable"))
-    records = [r for r in log.read() if r.get("branch") == "path"]
     name = f"{spec.model_name} on {plots.dataset_label(spec.dataset.name)}"
-    plots.plot_error_vs_alpha(records, workdir / "plots" / "error_vs_alpha.png",
+    plots.plot_error_vs_alpha(path_records, workdir / "plots" / "error_vs_alpha.png",
                               title=f"{name}: error along the path between copies")
     plots.plot_instability_vs_k(rows, workdir / "plots" / "instability_vs_k.png",
                                 title=f"{name}: instability vs rewind step")
@@ -217,23 +220,18 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     return {**table, "num_pairs": sum((r["k"], r["split"]) == first for r in rows)}
 
 
-def _pair_rows(executor, final, *, k, num, copies, alphas, splits, log, config,
-               reset) -> list[dict]:
-    """Evaluate (or read back) every pair's path; one row per replicate, pair and split.
+def _pair_rows(run, final, *, k, num, copies, alphas, splits, config,
+               reset) -> tuple[list[dict], list[dict]]:
+    """Every pair's path, evaluated once (:func:`ltjax.studies.common.path_once`).
 
-    The log is read once, for the paths a previous run finished; rows come
-    from the curves' arrays (as float64, the values the log holds, so a
-    resumed run writes the same table).
+    Returns one row per replicate, pair and split, and the paths' records (for the figure).
     """
-    stored: dict[tuple, list[dict]] = {}
-    for r in log.read():
-        if r.get("branch") == "path" and r.get("k") == k:
-            stored.setdefault((r["replicate"], r["pair"], r["split"]), []).append(r)
+    executor = run.spec.executor
     recompute = None
     if jax.tree.leaves(final.batch_stats) and config.get("recompute_batch_stats", True):
         def recompute(t):
             return (t[0], executor.recomputed_batch_stats(t[0], t[1], **reset))
-    rows = []
+    rows, records = [], []
     for rep in range(num):
         for i, j in itertools.combinations(range(copies), 2):
             a = (tree.index(final.params, rep * copies + i),
@@ -242,29 +240,19 @@ def _pair_rows(executor, final, *, k, num, copies, alphas, splits, log, config,
                  tree.index(final.batch_stats, rep * copies + j))
             pair = f"{i}-{j}"
             for split in splits:
-                found = stored.get((rep, pair, split), [])
-                curve = common.stored_curve(found, alphas)
-                if curve is not None:
-                    xs, accuracy, loss = curve
-                else:
-                    if found:  # a partial path of a killed run: evaluated again from scratch
-                        log.keep_only(lambda r, rep=rep, pair=pair, split=split: not (
-                            r.get("branch") == "path" and r.get("k") == k
-                            and (r["replicate"], r["pair"], r["split"]) == (rep, pair, split)))
-                    curve = interpolation.evaluate_path(
-                        lambda t, s=split: executor.evaluate_params(t[0], t[1], s), a, b,
+                def evaluate(split=split, a=a, b=b):
+                    return {split: interpolation.evaluate_path(
+                        lambda t: executor.evaluate_params(t[0], t[1], split), a, b,
                         alphas, chunk_size=config.get("alpha_chunk", len(alphas)),
-                        recompute_fn=recompute)
-                    xs = np.array([float(x) for x in alphas])
-                    accuracy = np.asarray(curve["accuracy"], np.float64)
-                    loss = np.asarray(curve["loss"], np.float64)
-                    log.append([{"k": k, "branch": "path", "replicate": rep, "pair": pair,
-                                 "split": split, "alpha": float(x), "step": None,
-                                 "loss": float(loss[n]), "accuracy": float(accuracy[n])}
-                                for n, x in enumerate(xs)])
-                rows.append(_path_row(xs, accuracy, loss, k=k, rep=rep, pair=pair,
-                                      split=split))
-    return rows
+                        recompute_fn=recompute)}
+
+                curves, path_records = common.path_once(
+                    run.workdir, run.log, f"paths/k_{k}/replicate_{rep}_pair_{pair}_{split}",
+                    {"k": k, "branch": "path", "replicate": rep, "pair": pair}, alphas,
+                    [split], evaluate)
+                records += path_records
+                rows.append(_path_row(*curves[split], k=k, rep=rep, pair=pair, split=split))
+    return rows, records
 
 
 def _path_row(alphas, accuracy, loss, *, k, rep, pair, split) -> dict:

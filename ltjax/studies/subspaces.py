@@ -147,7 +147,7 @@ def run_subspaces(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
         if variant == "standard":
             final = run.segment("standard", state=executor.init(init_keys),
                                 noise_keys=noise_keys, tags={"variant": "standard"},
-                                desc=f"standard x{num}")
+                                desc=f"standard x{num}").state
             r_rows, r_summary = evaluate.standard(final, alphas)
         else:
             kind, layerwise = variant.removesuffix("_layerwise"), variant.endswith("_layerwise")
@@ -156,7 +156,7 @@ def run_subspaces(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
                 num_points=simplex_points if kind == "simplex" else None))
             final = run.segment(_slug(variant, beta), state=arm_executor.init(init_keys),
                                 noise_keys=noise_keys, tags={"variant": variant, "beta": beta},
-                                executor=arm_executor, desc=f"{variant} beta={beta:g} x{num}")
+                                executor=arm_executor, desc=f"{variant} beta={beta:g} x{num}").state
             r_rows, r_summary = evaluate.subspace(final, kind, alphas)
             r_rows = [{"variant": variant, "beta": beta, **r} for r in r_rows]
             r_summary = [{"variant": variant, "beta": beta, **r} for r in r_summary]

@@ -101,7 +101,7 @@ def run_supermask(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     final = run.segment("edge_popup", state=start, noise_keys=noise_keys[replicate_of],
                         tags={"method": "edge_popup"}, member_tags=common.member_tags_of(tags),
                         densities=np.array([d for _, d, _ in grid]), executor=executor,
-                        desc=f"edge-popup: {len(grid)} members")
+                        desc=f"edge-popup: {len(grid)} members").state
     metrics = executor.evaluate(final, "test")
     rows = [{"method": "edge_popup", **tag, "test_accuracy": float(metrics["accuracy"][m]),
              "test_loss": float(metrics["loss"][m])} for m, tag in enumerate(tags)]
@@ -268,7 +268,7 @@ def run_learned(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
     final = run.segment(method, state=start, noise_keys=noise_keys[replicate_of],
                         tags={"method": method}, member_tags=common.member_tags_of(tags),
                         densities=np.array([d for _, d, _ in grid]), executor=executor,
-                        desc=f"{method}: {len(grid)} members")
+                        desc=f"{method}: {len(grid)} members").state
     metrics = executor.evaluate(final, "test")
     if method == "bernoulli":  # the kept share of each member's evaluation mask
         host = jax.device_get(final)
