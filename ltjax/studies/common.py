@@ -1152,12 +1152,6 @@ def _mean_loss(pending: list[tuple[np.ndarray, int]]) -> np.ndarray:
     return sum(np.asarray(m, np.float64) * n for m, n in pending) / total
 
 
-def final_records(log: results.MetricsLog, tags: dict, step: int) -> list[dict]:
-    """The segment's records (fields equal to ``tags``) at ``step``."""
-    return [r for r in log.read()
-            if r["step"] == step and all(r.get(k) == v for k, v in tags.items())]
-
-
 def records_once(workdir: str | pathlib.Path, log: results.MetricsLog, name: str,
                  compute: Callable[[], list[dict]], *, mine: Callable[[dict], bool],
                  ) -> list[dict]:

@@ -138,8 +138,10 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     ``plots/error_vs_alpha.png`` and ``plots/instability_vs_k.png``.
 
     Returns:
-      ``{'rows', 'std', 'num_pairs'}``: the mean rows of ``summary.csv``, the
-      std rows in the same order, and how many pairs of copies each has.
+      ``{'rows', 'std', 'num_pairs', 'copies'}``: the mean rows of ``summary.csv``,
+      the std rows in the same order, how many pairs of copies each has, and
+      every trained copy's final test accuracy and density (``{'k', 'replicate',
+      'copy', 'test_accuracy', 'density'}``, by k, replicate and copy).
     """
     reset = common.batch_stats_reset(config)
     ks_and_runs: dict[int, str] = {}
@@ -176,6 +178,7 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     splits = list(config.path_splits)
     rows: list[dict] = []
     path_records: list[dict] = []
+    copy_rows: list[dict] = []
     for k in ks:
         # The parent of every copy: the dense run (own noise) to step k.
         state = run.segment(f"parent_{k}", state=state, noise_keys=noise_keys, end=k,
@@ -196,10 +199,15 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
             start = ticket_start(executor, state, masks, imp_config)
         start = executor.shard(_repeat(start, copies))
         copy_masks = executor.shard(_repeat(masks, copies)) if masks is not None else None
-        final = run.segment(f"copies_{k}", state=start, masks=copy_masks,
-                            noise_keys=copy_keys, tags={"k": k, "branch": "copies"},
-                            densities=np.repeat(density, copies),
-                            desc=f"{num}x{copies} copies from step {k}").state
+        trained = run.segment(f"copies_{k}", state=start, masks=copy_masks,
+                              noise_keys=copy_keys, tags={"k": k, "branch": "copies"},
+                              densities=np.repeat(density, copies),
+                              desc=f"{num}x{copies} copies from step {k}")
+        final = trained.state
+        copy_rows += [{"k": k, "replicate": m // copies, "copy": m % copies,
+                       "test_accuracy": float(trained.curves.final("test", "accuracy")[m]),
+                       "density": float(trained.curves.density[m])}
+                      for m in range(num * copies)]
         k_rows, k_records = _pair_rows(run, final, k=k, num=num, copies=copies,
                                        alphas=alphas, splits=splits, config=config,
                                        reset=reset)
@@ -217,7 +225,8 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     plots.plot_instability_vs_k(rows, workdir / "plots" / "instability_vs_k.png",
                                 title=f"{name}: instability vs rewind step")
     first = (rows[0]["k"], rows[0]["split"]) if rows else None
-    return {**table, "num_pairs": sum((r["k"], r["split"]) == first for r in rows)}
+    return {**table, "num_pairs": sum((r["k"], r["split"]) == first for r in rows),
+            "copies": copy_rows}
 
 
 def _pair_rows(run, final, *, k, num, copies, alphas, splits, config,

@@ -141,16 +141,6 @@ def _folder(text: str) -> str:
     return f"imp_{text}"
 
 
-def _copy_accuracies(workdir: pathlib.Path, end: int, copies: int) -> list[dict]:
-    """Each trained copy's final test accuracy: ``{'k', 'replicate', 'copy', 'test_accuracy'}``."""
-    rows = common.final_records(results.MetricsLog(workdir / "metrics.jsonl"),
-                                {"branch": "copies", "split": "test"}, end)
-    return sorted(({"k": r["k"], "replicate": r["replicate"] // copies,
-                    "copy": r["replicate"] % copies, "test_accuracy": r["accuracy"],
-                    "density": r.get("density", 1.0)} for r in rows),
-                  key=lambda r: (r["k"], r["replicate"], r["copy"]))
-
-
 def _accuracy_rows(parts: dict[str, list[dict]], dense: float, within: float,
                    instability: dict[str, list[dict]]) -> list[dict]:
     """``accuracy.csv``'s rows: one per (kind, k, replicate, copy)."""
@@ -192,7 +182,8 @@ def run_transition(config: Any, workdir: str | pathlib.Path, *, progress: bool =
     imp_steps = _imp_steps(config, per_epoch, end)
 
     common.say("dense network: instability at every k", progress)
-    stability.run_stability(stability_config(config), workdir / "dense", progress=progress)
+    copies = {"dense": stability.run_stability(stability_config(config), workdir / "dense",
+                                               progress=progress)["copies"]}
     for _, text in imp_steps:
         common.say(f"IMP rewinding to k = {text}, {config.levels} levels", progress)
         imp.run_imp(imp_config(config, text), workdir / _folder(text), progress=progress)
@@ -201,10 +192,10 @@ def run_transition(config: Any, workdir: str | pathlib.Path, *, progress: bool =
     for branch, kind in KINDS.items():
         common.say(f"{kind} subnetworks at level {config.levels}: instability at each k",
                    progress)
-        stability.run_stability(
+        copies[kind] = stability.run_stability(
             stability_config(config, rewind_steps=tuple(f"{k}it" for k, _ in imp_steps),
                              imp_workdir=runs, imp_level=config.levels, imp_branch=branch),
-            workdir / f"{kind}_subnetworks", progress=progress)
+            workdir / f"{kind}_subnetworks", progress=progress)["copies"]
 
     parts = {"dense": workdir / "dense", **{kind: workdir / f"{kind}_subnetworks"
                                             for kind in KINDS.values()}}
@@ -213,8 +204,6 @@ def run_transition(config: Any, workdir: str | pathlib.Path, *, progress: bool =
     for kind in parts:
         results.write_csv(workdir / f"{kind}_results.csv", tables[kind])
         results.write_csv(workdir / f"{kind}_summary.csv", summaries[kind])
-    copies = {kind: _copy_accuracies(folder, end, config.num_copies)
-              for kind, folder in parts.items()}
     first_k = min(c["k"] for c in copies["dense"])
     dense = float(np.mean([c["test_accuracy"] for c in copies["dense"] if c["k"] == first_k]))
     accuracy = _accuracy_rows({kind: copies[kind] for kind in KINDS.values()}, dense,
