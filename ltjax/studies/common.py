@@ -1124,8 +1124,8 @@ def computed_once(workdir: str | pathlib.Path, name: str, compute_fn: Callable[[
         if found is not None:
             _, arrays, _, saved = found
             _check_saved(ckpt, saved, fingerprint, [])
-            return jax.tree.map(np.asarray, jax.device_get(arrays))
-        arrays = jax.tree.map(np.asarray, jax.device_get(compute_fn()))
+            return jax.tree.map(np.asarray, distributed.host(arrays))
+        arrays = jax.tree.map(np.asarray, distributed.host(compute_fn()))
         ckpt.save(0, state=arrays, meta={"config": fingerprint, "members": []})
     return arrays
 

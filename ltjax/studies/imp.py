@@ -106,6 +106,7 @@ Example (Colab):
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from typing import Any
 
@@ -299,16 +300,24 @@ def _check_sweep(config: Any, controls: tuple[str, ...]) -> tuple[float, ...] | 
 
 
 def check_config(config: Any, dataset: Any) -> None:
-    """Everything :func:`run_imp` checks before it writes its workdir.
+    """Everything :func:`run_imp` checks before it writes its workdir (:meth:`ImpSpec.from_config`).
 
-    Controls, SGD noise, the level count, the learning-rate sweep, the
-    correlation share, the rewind step against the run length, the
-    small_dense control against the model, and the pruning settings
-    (:func:`check_pruning`). Studies that run their own IMP call it before
-    writing theirs.
+    Studies that run their own IMP call it before writing theirs.
 
     Raises:
       ValueError: naming the field and what was expected.
+    """
+    _study_fields(config, dataset)
+
+
+def _study_fields(config: Any, dataset: Any) -> dict:
+    """IMP's own fields of ``config``, parsed and checked against ``dataset``.
+
+    Controls, SGD noise, the level count, the learning-rate sweep, the
+    correlation share, the rewind step against the run length, the
+    small_dense control against the model, the pruning settings
+    (:func:`check_pruning`) and the pretraining (:func:`pretrain_dataset`):
+    :class:`ImpSpec`'s fields but the run and the pruning's resolved trees.
     """
     controls = common.names_of(config.controls, field="controls", allowed=CONTROLS)
     sgd_noise = config.get("sgd_noise", "paired")
@@ -316,7 +325,7 @@ def check_config(config: Any, dataset: Any) -> None:
         raise ValueError(f"config.sgd_noise must be one of {SGD_NOISE}, got {sgd_noise!r}")
     if config.levels < 0:
         raise ValueError(f"config.levels must be >= 0, got {config.levels}")
-    _check_sweep(config, controls)
+    sweep = _check_sweep(config, controls)
     correlation_p = config.get("correlation_p", 0.1)
     if not (isinstance(correlation_p, (int, float)) and 0.0 < correlation_p <= 1.0):
         raise ValueError(f"config.correlation_p must be a number in (0, 1], got {correlation_p!r}")
@@ -334,7 +343,91 @@ def check_config(config: Any, dataset: Any) -> None:
                          f"drop it with --config.controls={others}")
     if config.levels > 0:
         check_pruning(config, dataset)
-    pretrain_dataset(config, dataset)
+    pruning._check_fraction(config.pruning.fraction)
+    altered = pretrain_dataset(config, dataset)
+    return {"levels": int(config.levels), "controls": controls, "rewind_step": rewind_step,
+            "rewind_optimizer": bool(config.get("rewind_optimizer", False)),
+            "sgd_noise": sgd_noise, "learning_rates": sweep,
+            "ticket_masks": config.get("ticket_masks", "own_rate"),
+            "ticket_similar": float(config.get("ticket_similar",
+                                               sanity.SIMILAR_DROP["cifar10"])),
+            "correlation_p": float(correlation_p),
+            "pretrain": None if altered is None else PretrainSpec(
+                kind=config.pretrain.kind, dataset=altered[0], steps=altered[1],
+                model=common.build_model(config, altered[0]))}
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainSpec:
+    """``config.pretrain``: the altered data the dense net trains on before IMP."""
+
+    kind: str  # a kind of ltjax.data.altered_dataset
+    dataset: data.Dataset  # the altered dataset
+    steps: int  # steps on it (epochs count the real training set's batches)
+    model: Any  # the model for its classes (4 for rotation)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImpSpec:
+    """An IMP study, parsed and checked once at its entry (Frankle & Carbin 2019; OpenLTH).
+
+    Attributes:
+      run: what every study shares (:class:`ltjax.studies.spec.RunSpec`).
+      levels: pruning levels after the dense level 0.
+      controls: the controls trained beside the ticket at each level (:data:`CONTROLS`).
+      rewind_step: the rewind step k, in steps.
+      rewind_optimizer: rewind the optimiser state to k too (else a fresh one).
+      sgd_noise: ``'paired'`` or ``'fresh'`` (:func:`level_noise_keys`).
+      prunable: the bool tree of the pruned leaves (``pruning.include`` / ``exclude``).
+      prune_kw: :func:`ltjax.pruning.prune`'s ``fraction``, ``scope`` and resolved
+        ``layer_rates``.
+      learning_rates: the ticket sweep's rates (sorted), or None (no sweep).
+      ticket_masks: where each rate's masks come from (:data:`TICKET_MASKS`).
+      ticket_similar: Ma et al.'s "similar" accuracy drop.
+      correlation_p: the weight correlation's share ``p``.
+      pretrain: the pretraining on altered data (:class:`PretrainSpec`), or None.
+
+    Example:
+        The spec of the digits config, before any workdir exists:
+
+        >>> from experiments.configs import imp_lenet_digits
+        >>> from ltjax.studies.imp import ImpSpec
+        >>> spec = ImpSpec.from_config(imp_lenet_digits.get_config("quick"), progress=False)
+        >>> spec.levels, spec.controls, spec.rewind_step, spec.prune_kw["fraction"]
+        (2, ('reinit', 'random_layerwise', 'random_global', 'oneshot', 'small_dense'), 0, 0.2)
+    """
+
+    run: RunSpec
+    levels: int
+    controls: tuple[str, ...]
+    rewind_step: int
+    rewind_optimizer: bool
+    sgd_noise: str
+    prunable: Any
+    prune_kw: dict
+    learning_rates: tuple[float, ...] | None
+    ticket_masks: str
+    ticket_similar: float
+    correlation_p: float
+    pretrain: PretrainSpec | None
+
+    @classmethod
+    def from_config(cls, config: Any, *, progress: bool = True) -> ImpSpec:
+        """Parse and check ``config`` (the shared fields and IMP's); nothing is written.
+
+        Raises:
+          ValueError: an unknown control, a rewind step at or past the end, a
+            negative level count, bad pruning or pretraining settings (naming the field).
+        """
+        fields: dict = {}
+        run = RunSpec.from_config(config, check=lambda dataset: fields.update(
+            _study_fields(config, dataset)), progress=progress)
+        p, abstract = config.pruning, run.executor.abstract_params
+        prunable = masking.prunable(abstract, include=p.get("include") or None,
+                                    exclude=p.get("exclude") or None)
+        return cls(run=run, prunable=prunable, prune_kw=dict(
+            fraction=p.fraction, scope=p.scope,
+            layer_rates=common.layer_rates(p, abstract, prunable)), **fields)
 
 
 def pretrain_dataset(config: Any, dataset: data.Dataset) -> tuple[data.Dataset, int] | None:
@@ -505,22 +598,11 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
       ValueError: an unknown control, a rewind step at or past the end, a
         negative level count, bad pruning settings.
     """
-    controls = common.names_of(config.controls, field="controls", allowed=CONTROLS)
-    sweep = _check_sweep(config, controls)
-    correlation_p = config.get("correlation_p", 0.1)
-    sgd_noise = config.get("sgd_noise", "paired")
-    spec = RunSpec.from_config(config, check=lambda dataset: check_config(config, dataset),
-                               progress=progress)
+    imp_spec = ImpSpec.from_config(config, progress=progress)
+    spec, controls, sweep = imp_spec.run, imp_spec.controls, imp_spec.learning_rates
     run = spec.open(workdir)
     workdir, dataset, recipe, executor = run.workdir, spec.dataset, spec.recipe, spec.executor
-    rewind_step = common.steps(config.rewind_step, spec.steps_per_epoch)
-
-    p = config.pruning
-    selection = masking.prunable(executor.abstract_state.params, include=p.get("include") or None,
-                                 exclude=p.get("exclude") or None)
-    layer_rates = common.layer_rates(p, executor.abstract_state.params, selection)
-    prune_kw = dict(fraction=p.fraction, scope=p.scope, layer_rates=layer_rates)
-    pruning._check_fraction(p.fraction)  # fail before any training
+    rewind_step, selection = imp_spec.rewind_step, imp_spec.prunable
     num = spec.num_replicates
     keys = spec.replicate_keys()
     init_keys, noise_keys = spec.keys()
@@ -529,7 +611,7 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
     @jax.jit
     def prune_level(params, masks):
         return jax.vmap(lambda p_, m: pruning.prune(pruning.magnitude_scores(p_), m, selection,
-                                                   **prune_kw))(params, masks)
+                                                   **imp_spec.prune_kw))(params, masks)
 
     def densities(masks) -> np.ndarray:
         return np.asarray(distributed.host(jax.vmap(lambda m: masking.density(m, selection))(
@@ -537,14 +619,14 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
 
 
     def rewound(state_k, masks):
-        opt = None if config.get("rewind_optimizer", False) else executor.fresh_opt_state(
+        opt = None if imp_spec.rewind_optimizer else executor.fresh_opt_state(
             masking.apply(state_k.params, masks))
         return executor.shard(rewinding.rewind_state(state_k, masks, fresh_opt_state=opt))
 
     @jax.jit
     def correlation(start, trained, masks):
         return jax.vmap(lambda a, b, m: sanity.weight_correlation(
-            a, b, selection, p=correlation_p, masks=m))(start, trained, masks)
+            a, b, selection, p=imp_spec.correlation_p, masks=m))(start, trained, masks)
 
     correlations: dict = {}
     memo: dict = {}
@@ -553,8 +635,7 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
     first = 0 if sweep is None else sweep.index(float(recipe.learning_rate)) * num
     # 'own_rate': one IMP run per learning rate, each a block of num members (rate-major) of
     # every branch; otherwise one run, at the recipe's rate, its masks retrained at each rate.
-    rates = len(lrs) if sweep is not None and config.get(
-        "ticket_masks", "own_rate") == "own_rate" else 1
+    rates = len(lrs) if sweep is not None and imp_spec.ticket_masks == "own_rate" else 1
     own = slice(first, first + num) if rates == 1 else slice(0, rates * num)  # of the imp branch
     recipe_run = slice(0, num) if rates == 1 else slice(first, first + num)  # of own runs
 
@@ -565,8 +646,8 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
     def pretrained():  # the step-k state, computed only when a level must train
         if "state_k" not in memo:
             state = executor.init(init_keys)
-            if config.get("pretrain") is not None and config.pretrain.get("kind"):
-                state = _pretrain_on_altered_data(config, run, splits, state, init_keys,
+            if imp_spec.pretrain is not None:
+                state = _pretrain_on_altered_data(imp_spec, run, splits, state, init_keys,
                                                   noise_keys)
             if rates > 1:
                 state = executor.shard(per_rate(state))
@@ -606,7 +687,8 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
             elif control == "oneshot":
                 cmasks = jax.vmap(
                     lambda p_, m: pruning.prune_to_match(pruning.magnitude_scores(p_), m,
-                                                         selection, scope=p.scope))(
+                                                         selection,
+                                                         scope=imp_spec.prune_kw["scope"]))(
                         dense_final.params, masks)
                 branches.append((control, rewound(state_k, cmasks), cmasks))
         repeat = len(lrs) // rates  # each branch's block once per rate
@@ -614,7 +696,7 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
                 executor.shard(tree.concat([b[2] for b in branches for _ in range(repeat)])))
 
     segments = []  # (level, member tags, curves) of every trained segment: the table's rows
-    for level in range(config.levels + 1):
+    for level in range(imp_spec.levels + 1):
         names = ["imp"] + [c for c in controls if c != "small_dense"] * (level > 0)
         member_tags = [{"branch": n, **({} if lr is None else {"learning_rate": lr}),
                         "replicate": r} for n in names for lr in lrs for r in range(num)]
@@ -634,7 +716,8 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
                 recipe, len(member_tags), learning_rate=[t["learning_rate"] for t in member_tags])
             done = run.segment(
                 level_name, state=members, masks=member_masks,
-                noise_keys=jnp.concatenate([level_noise_keys(noise_keys, level, name, sgd_noise)
+                noise_keys=jnp.concatenate([level_noise_keys(noise_keys, level, name,
+                                                             imp_spec.sgd_noise)
                                             for name in names for _ in lrs]),
                 tags={"level": level}, member_tags=member_tags,
                 densities=densities(member_masks), hparams=hparams, splits=splits,
@@ -677,9 +760,9 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
         results.write_table(workdir / "mask_distance.csv", distance_rows,
                             by=("level", "previous_level"),
                             fields=("density", "hamming", "hamming_share", "iou"))
-    if sweep is not None and config.levels > 0:
+    if sweep is not None and imp_spec.levels > 0:
         results.write_csv(workdir / "ticket_classes.csv", _ticket_classes(
-            rows, num, similar=config.get("ticket_similar", sanity.SIMILAR_DROP["cifar10"])))
+            rows, num, similar=imp_spec.ticket_similar))
     plots.plot_accuracy_vs_density(
         rows, workdir / "plots" / "accuracy_vs_density.png",
         title=f"IMP on {spec.model_name} / {plots.dataset_label(dataset.name)}: {num} replicates",
@@ -693,7 +776,7 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
     return {**table, "num_replicates": num}
 
 
-def _pretrain_on_altered_data(config, run, splits, init_state, init_keys, noise_keys):
+def _pretrain_on_altered_data(imp_spec, run, splits, init_state, init_keys, noise_keys):
     """The dense net after ``config.pretrain`` on altered data, as step 0 of the real task.
 
     Trains a model of the altered data's classes (4 for rotation) from the
@@ -702,11 +785,9 @@ def _pretrain_on_altered_data(config, run, splits, init_state, init_keys, noise_
     (``checkpoints/pretrain_altered``). Then a new head for rotation
     (:func:`with_fresh_head`), the step set to 0 and a fresh optimiser state.
     """
-    executor, dataset = run.spec.executor, run.spec.dataset
-    altered, steps = pretrain_dataset(config, dataset)
-    kind = config.pretrain.kind
-    model = common.build_model(config, altered)
-    pre_executor = executor.like(model=model, dataset=altered)
+    executor, dataset, pretrain = run.spec.executor, run.spec.dataset, imp_spec.pretrain
+    altered, steps, kind = pretrain.dataset, pretrain.steps, pretrain.kind
+    pre_executor = executor.like(model=pretrain.model, dataset=altered)
     state = run.segment("pretrain_altered", state=pre_executor.init(init_keys),
                         noise_keys=rng.stream(noise_keys, "pretrain"), end=steps,
                         tags={"level": 0, "branch": "pretrain_altered", "pretext": kind},
