@@ -296,9 +296,9 @@ class Executor:
         return (jax.tree.map(stacked, self.abstract_state),
                 jax.tree.map(lambda x: stacked(x, jnp.bool_), self.abstract_params))
 
-    def _init_one(self, key: jax.Array) -> train.TrainState:
+    def _init_one(self, key: jax.Array, reparam_args: PyTree | None = None) -> train.TrainState:
         return train.init_state(self.model, self.recipe, key, self.dataset.input_shape,
-                                reparam=self.reparam)
+                                reparam=self.reparam, reparam_args=reparam_args)
 
     def _program(self, key: tuple, build: Callable[[], Callable]) -> Callable:
         if key not in self._programs:
@@ -395,10 +395,29 @@ class Executor:
 
     # -- init
 
-    def init(self, init_keys: jax.Array, masks: PyTree | None = None) -> train.TrainState:
-        """Fresh states ``[S]`` from ``init`` keys ``[S]`` (masked if masks ``[S]`` given)."""
-        fn = self._program(("init",), lambda: jax.jit(jax.vmap(self._init_one)))
-        state = fn(init_keys)
+    def init(self, init_keys: jax.Array, masks: PyTree | None = None, *,
+             reparam_args: PyTree | None = None) -> train.TrainState:
+        """Fresh states ``[S]`` from ``init`` keys ``[S]`` (masked if masks ``[S]`` given).
+
+        ``reparam_args``: the reparameterisation's per-member arguments, stacked
+        ``[S, ...]`` (:mod:`ltjax.reparam`; e.g.
+        :func:`ltjax.supermasks.edge_popup_args` per member, stacked): traced
+        inputs of one init program, so members of one program differ in them.
+        """
+        if reparam_args is None:
+            fn = self._program(("init",), lambda: jax.jit(jax.vmap(self._init_one)))
+            state = fn(init_keys)
+        else:
+            num = int(np.shape(init_keys)[0])
+            leading = {int(np.shape(x)[0]) if np.ndim(x) else None
+                       for x in jax.tree.leaves(reparam_args)}
+            if leading != {num}:
+                raise ValueError(f"reparam_args must be stacked over the {num} members (a "
+                                 f"leading axis of {num} on every leaf), got leading sizes "
+                                 f"{sorted(leading, key=str)}")
+            fn = self._program(("init", jax.tree.structure(reparam_args)),
+                               lambda: jax.jit(jax.vmap(self._init_one)))
+            state = fn(init_keys, reparam_args)
         if masks is not None:
             masking.check(masks, self.abstract_params, leading_axes=1)
             if self.reparam.is_identity:

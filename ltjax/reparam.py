@@ -10,7 +10,12 @@ Kusupati et al. 2020) and subspace endpoints mixed by a random weight
 (Wortsman et al. 2021). The protocol:
 
 - ``init(params, key) -> (trainable, frozen)``: from a fresh init of the model
-  (``key`` is the member's ``init`` key's ``'reparam'`` stream);
+  (``key`` is the member's ``init`` key's ``'reparam'`` stream); a
+  reparameterisation whose arguments may differ between the members of one
+  program (a density, a weight init) also takes ``init(params, key, args)``:
+  ``args`` is one member's pytree of arrays, traced, from
+  ``Executor.init(keys, reparam_args=...)`` (stacked ``[S]``), so members
+  differ without editing their states on the host;
 - ``apply(trainable, frozen, key, *, train) -> params``: the model's params;
   ``key`` is ``fold_in(stream(noise_key, 'reparam'), step)`` in training
   (so a resumed run is bit-identical) and None in evaluation, where
@@ -62,7 +67,8 @@ class Reparam:
 
     Attributes:
       name: a short name (shown in errors).
-      init: ``(params, key) -> (trainable, frozen)``.
+      init: ``(params, key) -> (trainable, frozen)``, or ``(params, key, args)`` with
+        one member's traced arguments (see the module doc).
       apply: ``(trainable, frozen, key, *, train) -> params``.
       labels: ``trainable -> tree of str`` optimiser groups, or None (all default).
       group_decay: the weight decay of each label other than frozen / default.

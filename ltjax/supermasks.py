@@ -150,6 +150,62 @@ def kept_counts(params: PyTree, prunable: PyTree, density: float) -> PyTree:
         kept_count(int(np.prod(np.shape(w))), density) if f else 0, jnp.int32), params, prunable)
 
 
+def edge_popup_args(params: PyTree, prunable: PyTree, *, density: float,
+                    weight_init: str) -> dict:
+    """One member's :func:`edge_popup` arguments (its density and weight init), exact, on the host.
+
+    Stack them over the members (:func:`ltjax.tree.stack`) and give them to
+    ``Executor.init(keys, reparam_args=...)``: members of one program then train
+    other densities and weight inits, the counts by the exact rule of
+    :func:`kept_counts`. Only the params' shapes are read.
+
+    Example:
+        >>> import jax, numpy as np
+        >>> from ltjax import masking, supermasks
+        >>> params = {"Dense_0": {"kernel": jax.ShapeDtypeStruct((4, 3), np.float32),
+        ...                       "bias": jax.ShapeDtypeStruct((3,), np.float32)}}
+        >>> args = supermasks.edge_popup_args(params, masking.prunable(params), density=0.3,
+        ...                                   weight_init="signed_constant")
+        >>> int(args["kept"]["Dense_0"]["kernel"]), bool(args["signed_constant"])
+        (4, True)
+    """
+    if weight_init not in WEIGHT_INITS:
+        raise ValueError(f"weight_init must be one of {WEIGHT_INITS}, got {weight_init!r}")
+    return {"kept": kept_counts(params, prunable, density),
+            "signed_constant": np.bool_(weight_init == "signed_constant")}
+
+
+def dnw_args(params: PyTree, prunable: PyTree, *, density: float) -> dict:
+    """One member's :func:`dnw` argument (its density), as :func:`edge_popup_args`.
+
+    Example:
+        >>> import jax, numpy as np
+        >>> from ltjax import masking, supermasks
+        >>> params = {"Dense_0": {"kernel": jax.ShapeDtypeStruct((4, 3), np.float32)}}
+        >>> int(supermasks.dnw_args(params, masking.prunable(params), density=0.5)["kept"]
+        ...     ["Dense_0"]["kernel"])
+        6
+    """
+    return {"kept": kept_counts(params, prunable, density)}
+
+
+def bernoulli_args(*, signed_constant: bool) -> dict:
+    """One member's :func:`bernoulli_supermask` argument (its weight init), as
+    :func:`edge_popup_args`.
+
+    Example:
+        >>> from ltjax import supermasks
+        >>> bool(supermasks.bernoulli_args(signed_constant=True)["signed_constant"])
+        True
+    """
+    return {"signed_constant": np.bool_(signed_constant)}
+
+
+def _where(condition: Any, on_true: PyTree, on_false: PyTree) -> PyTree:
+    """``on_true`` where the (traced) scalar ``condition`` holds, else ``on_false``, per leaf."""
+    return jax.tree.map(lambda a, b: jnp.where(condition, a, b), on_true, on_false)
+
+
 def _flags(prunable: PyTree, params: PyTree) -> list[bool]:
     if jax.tree.structure(prunable) != jax.tree.structure(params):
         raise ValueError(f"prunable must have the structure of the model's params; prunable has "
@@ -187,10 +243,9 @@ def edge_popup(prunable: PyTree, *, density: float = 0.5,
     leaves (``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, drawn from the member's
     reparam key, leaf ``i`` from ``fold_in(key, i)``) and zeros, labelled
     frozen, elsewhere. The frozen tree is ``{'weights': W, 'kept': counts}``:
-    per-member arrays, so a study may set each member's weights
-    (:func:`signed_constant` of the init or the init itself) and density
-    (:func:`kept_counts`) after ``executor.init``, and train several densities
-    and weight inits as members of one program. ``apply`` gives
+    per-member arrays: with :func:`edge_popup_args` per member (its density and
+    weight init, traced inputs of ``Executor.init(keys, reparam_args=...)``)
+    several densities and weight inits train as members of one program. ``apply`` gives
     ``W * (M + |S| - stop_gradient(|S|))`` on prunable leaves (value ``W * M``
     exactly, gradient ``sign(S) * W * g`` to the scores) and ``W`` elsewhere.
 
@@ -218,7 +273,8 @@ def edge_popup(prunable: PyTree, *, density: float = 0.5,
     if weight_init not in WEIGHT_INITS:
         raise ValueError(f"weight_init must be one of {WEIGHT_INITS}, got {weight_init!r}")
 
-    def init(params: PyTree, key: jax.Array) -> tuple[PyTree, PyTree]:
+    def init(params: PyTree, key: jax.Array, args: PyTree | None = None,
+             ) -> tuple[PyTree, PyTree]:
         flags = _flags(prunable, params)
         leaves = jax.tree.leaves(params)
         scores = []
@@ -229,8 +285,14 @@ def edge_popup(prunable: PyTree, *, density: float = 0.5,
                                                  jnp.float32, -bound, bound))
             else:
                 scores.append(jnp.zeros(np.shape(w), jnp.float32))
-        weights = signed_constant(params, prunable) if weight_init == "signed_constant" else params
-        frozen = {"weights": weights, "kept": kept_counts(params, prunable, density)}
+        if args is None:
+            weights = (signed_constant(params, prunable) if weight_init == "signed_constant"
+                       else params)
+            frozen = {"weights": weights, "kept": kept_counts(params, prunable, density)}
+        else:  # this member's own density and weight init (edge_popup_args)
+            frozen = {"weights": _where(args["signed_constant"],
+                                        signed_constant(params, prunable), params),
+                      "kept": args["kept"]}
         return jax.tree.unflatten(jax.tree.structure(params), scores), frozen
 
     def apply(trainable: PyTree, frozen: PyTree, key: jax.Array | None, *,
@@ -470,11 +532,16 @@ def bernoulli_supermask(prunable: PyTree, *, init_prob: float = 0.5,
     """
     logit = _logit(init_prob)
 
-    def init(params: PyTree, key: jax.Array) -> tuple[PyTree, PyTree]:
+    def init(params: PyTree, key: jax.Array, args: PyTree | None = None,
+             ) -> tuple[PyTree, PyTree]:
         flags = _flags(prunable, params)
         logits = [jnp.full(np.shape(w), logit if f else 0.0, jnp.float32)
                   for w, f in zip(jax.tree.leaves(params), flags, strict=True)]
-        weights = signed_std_constant(params, prunable) if signed_constant else params
+        if args is None:
+            weights = signed_std_constant(params, prunable) if signed_constant else params
+        else:  # this member's own weight init (bernoulli_args)
+            weights = _where(args["signed_constant"], signed_std_constant(params, prunable),
+                             params)
         frozen = {"weights": weights,
                   "eval_key": jax.random.key_data(rng.stream(key, "evaluate"))}
         return jax.tree.unflatten(jax.tree.structure(params), logits), frozen
@@ -558,10 +625,12 @@ def dnw(prunable: PyTree, *, density: float = 0.5) -> reparam.Reparam:
     """
     _check_density(density)
 
-    def init(params: PyTree, key: jax.Array) -> tuple[PyTree, PyTree]:
+    def init(params: PyTree, key: jax.Array, args: PyTree | None = None,
+             ) -> tuple[PyTree, PyTree]:
         del key
-        _flags(prunable, params)
-        return params, {"kept": kept_counts(params, prunable, density)}
+        _flags(prunable, params)  # args: this member's own density (dnw_args)
+        return params, {"kept": kept_counts(params, prunable, density) if args is None
+                        else args["kept"]}
 
     def apply(trainable: PyTree, frozen: PyTree, key: jax.Array | None, *,
               train: bool) -> PyTree:

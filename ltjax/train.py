@@ -128,19 +128,21 @@ def fresh_opt_state(recipe: optim.Recipe, trainable: PyTree, *,
 
 def init_state(
     model: Any, recipe: optim.Recipe, key: jax.Array, input_shape: tuple[int, ...], *,
-    reparam: reparam_lib.Reparam | None = None,
+    reparam: reparam_lib.Reparam | None = None, reparam_args: PyTree | None = None,
 ) -> TrainState:
     """A fresh train state of one member from its ``init`` key.
 
     The model is initialised from ``key``; the reparameterisation's
-    ``init`` gets ``rng.stream(key, 'reparam')``.
+    ``init`` gets ``rng.stream(key, 'reparam')`` and, when given, the
+    member's ``reparam_args`` (:mod:`ltjax.reparam`).
     """
     r = _reparam(reparam)
     params, batch_stats = models.init(model, key, input_shape)
     if r.is_identity:
         trainable, frozen = params, {}
     else:
-        trainable, frozen = r.init(params, rng.stream(key, "reparam"))
+        trainable, frozen = r.init(params, rng.stream(key, "reparam"),
+                                   *(() if reparam_args is None else (reparam_args,)))
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=trainable,

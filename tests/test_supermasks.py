@@ -108,20 +108,31 @@ def test_study_trains_scores_only_with_exact_masks_and_reruns(tmp_path):
     ep = executor_lib.Executor(executor.model, dataset, recipe, reparam=supermasks.edge_popup(
         selection, weight_init="kaiming_normal"))
     init_keys = rng.init_and_noise(rng.replicate_keys(config.seed, 2))[0]
-    start = ep.init(init_keys[np.array([0, 1] * 4)])
+    plain = jax.device_get(ep.init(init_keys[np.array([0, 1] * 4)]))  # the model's init
     with checkpoint.Checkpointer(tmp_path / "checkpoints" / "edge_popup") as ckpt:
-        final, _, meta = ckpt.restore(ckpt.steps()[-1], like_state=start)
+        final, _, meta = ckpt.restore(ckpt.steps()[-1], like_state=plain)
+    # The study's start: one init program, each member with its own density and weight init.
+    start = ep.init(init_keys[np.array([0, 1] * 4)], reparam_args=tree.stack([
+        supermasks.edge_popup_args(executor.abstract_params, selection,
+                                   density=t["target_density"], weight_init=t["weight_init"])
+        for t in meta["members"]]))
     final, start = jax.device_get(final), jax.device_get(start)
     x = np.asarray(dataset.test.x, np.float64).reshape(len(dataset.test.y), -1)
     x = (x - np.asarray(dataset.mean, np.float64).reshape(-1)) / np.asarray(
         dataset.std, np.float64).reshape(-1)
     for m, tag in enumerate(meta["members"]):
-        init = tree.index(start.frozen["weights"], m)
         weights = tree.index(final.frozen["weights"], m)
+        for a, b in zip(jax.tree.leaves(weights),
+                        jax.tree.leaves(tree.index(start.frozen["weights"], m)), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # frozen, bitwise
+        # The weights are the init or its signed constant (the init program of the plain
+        # reparameterisation is another program: its draws may differ in the last bit,
+        # never in sign).
+        init = tree.index(plain.frozen["weights"], m)
         want = (supermasks.signed_constant(init, selection)
                 if tag["weight_init"] == "signed_constant" else init)
         for a, b in zip(jax.tree.leaves(weights), jax.tree.leaves(want), strict=True):
-            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # frozen, bitwise
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2 ** -20, atol=0)
         scores = tree.index(final.params, m)
         assert not np.array_equal(np.asarray(scores["Dense_0"]["kernel"]),
                                   np.asarray(tree.index(start.params, m)["Dense_0"]["kernel"]))
@@ -395,6 +406,52 @@ def _two_members(digits, reparam_fn, num_steps=4, weight_decay=0.01):
     init_keys, noise_keys = rng.init_and_noise(rng.replicate_keys(0, 2))
     start = executor.init(init_keys)
     return executor, selection, start, noise_keys, num_steps
+
+
+@pytest.mark.parametrize("kind", ["edge_popup", "dnw", "bernoulli"])
+def test_members_of_one_init_program_take_their_own_reparam_arguments(digits, kind):
+    """``Executor.init(keys, reparam_args=...)``: each member's density / weight init is a
+    traced argument of one program, and gives the state a program of that member's
+    fixed arguments gives (the oracle: the reparameterisation built with them)."""
+    model = models.create("mlp", widths=(16,))
+    recipe = optim.Recipe(batch_size=32)
+    abstract = executor_lib.Executor(model, digits, recipe).abstract_params
+    selection = masking.prunable(abstract)
+    grid = [(0.3, "signed_constant"), (0.5, "kaiming_normal"), (0.05, "kaiming_normal")]
+    if kind == "edge_popup":
+        def build(d, w):
+            return supermasks.edge_popup(selection, density=d, weight_init=w)
+
+        def args_of(d, w):
+            return supermasks.edge_popup_args(abstract, selection, density=d, weight_init=w)
+    elif kind == "dnw":
+        def build(d, w):
+            return supermasks.dnw(selection, density=d)
+
+        def args_of(d, w):
+            return supermasks.dnw_args(abstract, selection, density=d)
+    else:
+        def build(d, w):
+            return supermasks.bernoulli_supermask(selection,
+                                                  signed_constant=w == "signed_constant")
+
+        def args_of(d, w):
+            return supermasks.bernoulli_args(signed_constant=w == "signed_constant")
+    keys, _ = rng.init_and_noise(rng.replicate_keys(0, len(grid)))
+    executor = executor_lib.Executor(model, digits, recipe, reparam=build(*grid[0]))
+    together = jax.device_get(executor.init(
+        keys, reparam_args=tree.stack([args_of(d, w) for d, w in grid])))
+    for m, (d, w) in enumerate(grid):
+        alone = jax.device_get(executor_lib.Executor(model, digits, recipe, reparam=build(
+            d, w)).init(keys[m:m + 1]))
+        for a, b in zip(jax.tree.leaves(tree.index(together, m)),
+                        jax.tree.leaves(tree.index(alone, 0)), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2 ** -20, atol=0)
+        if kind != "bernoulli":  # the kept counts by the exact rule, per member
+            counts = tree.index(together.frozen["kept"], m)
+            assert int(counts["Dense_0"]["kernel"]) == topk.count(64 * 16, d, rounding="ceil")
+    with pytest.raises(ValueError, match="reparam_args must be stacked over the 3 members"):
+        executor.init(keys, reparam_args=tree.stack([args_of(*grid[0])] * 2))
 
 
 def test_bernoulli_trains_logits_only_under_the_executor(digits):

@@ -85,17 +85,13 @@ def run_supermask(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     grid = [(i, d, r) for i in inits for d in densities for r in range(num)]
     replicate_of = np.array([r for _, _, r in grid])
 
+    # Each member's weight init (its init or their signed constant) and kept counts.
+    args = tree.stack([supermasks.edge_popup_args(spec.executor.abstract_params, selection,
+                                                  density=d, weight_init=i)
+                       for i, d, _ in grid])
+
     def start() -> Any:
-        """Each member's frozen weights (its init or their signed constant) and kept counts."""
-        state = jax.device_get(executor.init(init_keys[replicate_of]))
-        weights, kept = [], []
-        for m, (weight_init, density, _) in enumerate(grid):
-            init_weights = tree.index(state.frozen["weights"], m)
-            weights.append(supermasks.signed_constant(init_weights, selection)
-                           if weight_init == "signed_constant" else init_weights)
-            kept.append(supermasks.kept_counts(init_weights, selection, density))
-        return executor.shard(state.replace(frozen={"weights": tree.stack(weights),
-                                                    "kept": tree.stack(kept)}))
+        return executor.init(init_keys[replicate_of], reparam_args=args)
 
     tags = [{"density": d, "weight_init": i, "replicate": r} for i, d, r in grid]
     final = run.segment("edge_popup", state=start, noise_keys=noise_keys[replicate_of],
@@ -249,20 +245,15 @@ def run_learned(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
     grid = [(w, d, r) for w, d in members for r in range(num)]
     replicate_of = np.array([r for *_, r in grid])
 
+    # Each member's DNW density, or the Bernoulli mask's weight init.
+    args = tree.stack([
+        supermasks.dnw_args(spec.executor.abstract_params, selection, density=density)
+        if method == "dnw" else
+        supermasks.bernoulli_args(signed_constant=weight_init == "signed_constant")
+        for weight_init, density, _ in grid])
+
     def start() -> Any:
-        """Each member's frozen tree: DNW's kept counts, or the Bernoulli mask's weights."""
-        state = jax.device_get(executor.init(init_keys[replicate_of]))
-        frozen = []
-        for m, (weight_init, density, _) in enumerate(grid):
-            mine = tree.index(state.frozen, m)
-            if method == "dnw":
-                mine = {"kept": supermasks.kept_counts(tree.index(state.params, m), selection,
-                                                       density)}
-            elif weight_init == "signed_constant":
-                mine = {**mine, "weights": supermasks.signed_std_constant(mine["weights"],
-                                                                          selection)}
-            frozen.append(mine)
-        return executor.shard(state.replace(frozen=tree.stack(frozen)))
+        return executor.init(init_keys[replicate_of], reparam_args=args)
 
     tags = [{"density": d, "weight_init": w, "replicate": r} for w, d, r in grid]
     final = run.segment(method, state=start, noise_keys=noise_keys[replicate_of],
