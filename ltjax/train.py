@@ -216,6 +216,7 @@ def train_steps(
     hparams: optim.Hyperparams | None = None,
     reparam: reparam_lib.Reparam | None = None,
     subset: jax.Array | None = None,
+    perms: jax.Array | None = None,
 ) -> tuple[TrainState, jax.Array]:
     """``num_steps`` training steps of one member, as one ``lax.scan``.
 
@@ -243,6 +244,11 @@ def train_steps(
         (``subset[batch_indices(..., num_examples=n)]``; the data diet's pruned
         training sets). None: the whole split. The identity subset
         ``arange(N)`` gives the same batches as None.
+      perms: the epochs' permutations of the window, ``[E, n]``
+        (:func:`ltjax.data.batch_indices_in`: ``E = data.window_epochs(num_steps,
+        n // batch_size)`` epochs from the start step's, of ``stream(noise_key,
+        'order')``), computed once per epoch by a caller that trains in many
+        calls; None: computed here. The same batches either way.
 
     Returns:
       The new state and the training loss of each step, ``[num_steps]``.
@@ -262,11 +268,15 @@ def train_steps(
     order_key = rng.stream(noise_key, "order")
     augment_key = rng.stream(noise_key, "augment")
     reparam_key = rng.stream(noise_key, "reparam")
-    indices = data.batch_indices(
-        order_key, state.step, num_steps=num_steps,
-        num_examples=arrays.y.shape[0] if subset is None else subset.shape[0],
-        batch_size=recipe.batch_size,
-    )
+    if perms is None:
+        indices = data.batch_indices(
+            order_key, state.step, num_steps=num_steps,
+            num_examples=arrays.y.shape[0] if subset is None else subset.shape[0],
+            batch_size=recipe.batch_size,
+        )
+    else:
+        indices = data.batch_indices_in(perms, state.step, num_steps=num_steps,
+                                        batch_size=recipe.batch_size)
     if subset is not None:
         indices = subset[indices]
     augment = recipe.augment and arrays.augment == "cifar"

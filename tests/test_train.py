@@ -56,6 +56,37 @@ def test_vmapped_replicates_equal_single_runs(digits):
         assert int(state.step[i]) == 20
 
 
+def test_epoch_permutations_kept_between_calls_give_the_documented_batches(digits):
+    """The executor computes each epoch's permutation once and keeps it for the next call:
+    the window it hands a call gives exactly data.batch_indices' batches (the oracle),
+    whatever other keys, subsets and steps came between; and training in short calls
+    interleaved with other members' calls ends bitwise where one long call ends."""
+    model = models.create("mlp", widths=(8,))
+    executor = executor_lib.Executor(model, digits, _recipe(batch_size=64), steps_per_call=3)
+    per_epoch = len(digits.train) // 64  # 22 steps
+    init_a, noise_a = _keys(2)
+    init_b, noise_b = _keys(2, seed=5)
+    a, b = executor.init(init_a), executor.init(init_b)
+    for start, num in ((0, 3), (15, 3), (16, 40), (50, 1), (3, 2)):  # back and forth
+        for keys, name, n in ((noise_a, "a", len(digits.train)), (noise_b, "b", 500)):
+            window = executor._window_perms(keys, (name, 2, 1), n, start, num)
+            got = data.batch_indices_in(jnp.stack(window, axis=1)[1], start, num_steps=num,
+                                        batch_size=64)
+            want = data.batch_indices(rng.stream(keys[1], "order"), start, num_steps=num,
+                                      num_examples=n, batch_size=64)
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    subsets = np.tile(np.arange(300, dtype=np.int32), (2, 1))
+    for _ in range(16):  # 48 steps in calls of 3: across two epoch boundaries
+        a, _ = executor.train(a, None, noise_a, num_steps=3)
+        b, _ = executor.train(b, None, noise_b, num_steps=2, subsets=subsets)
+    whole = executor_lib.Executor(model, digits, _recipe(batch_size=64), steps_per_call=48)
+    alone, _ = whole.train(whole.init(init_a), None, noise_a, num_steps=48)
+    assert int(a.step[0]) == 48 > 2 * per_epoch
+    for x, y in zip(jax.tree.leaves(jax.device_get(a.params)),
+                    jax.tree.leaves(jax.device_get(alone.params)), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_pruned_weights_stay_zero_with_momentum_and_decay(digits):
     model = models.create("mlp", widths=(32,))
     executor = executor_lib.Executor(model, digits, _recipe(learning_rate=0.1, weight_decay=1e-2))
