@@ -26,8 +26,11 @@ import time
 
 import jax
 
-from ltjax import data, models, optim, rng
-from ltjax import executor as executor_lib
+from ltjax import models
+from ltjax.core import rng
+from ltjax.engine import executor as executor_lib
+from ltjax.engine import optim
+from ltjax.io import data
 
 #: Dense peak TFLOP/s by ``device_kind`` (vendor data sheets): fp32 without tensor
 #: cores for GPUs (JAX's default float32 matmul precision may use TF32 tensor cores,

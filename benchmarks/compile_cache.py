@@ -33,7 +33,11 @@ cache = sys.argv[2]
 if cache != "off":
     cli.use_compilation_cache(cache, min_compile_seconds=0.0)
 import jax, numpy as np
-from ltjax import data, executor as executor_lib, models, optim, rng
+from ltjax import models
+from ltjax.core import rng
+from ltjax.engine import executor as executor_lib
+from ltjax.engine import optim
+from ltjax.io import data
 name = sys.argv[1]
 shape, model = {"lenet": ((28, 28, 1), models.create("lenet_300_100")),
                 "resnet20": ((32, 32, 3), models.create("resnet20"))}[name]

@@ -2,7 +2,7 @@
 
 Bias-free LeNet-300-100 on MNIST shapes (random pixels), batch 128, SGD with
 momentum, S members at once on the executor: plain training of the weights
-(identity), edge-popup with :func:`ltjax.topk.mask` (32-pass
+(identity), edge-popup with :func:`ltjax.core.topk.mask` (32-pass
 bisection on the scores' bit patterns) and edge-popup with a sort-based
 threshold (``jnp.sort`` per layer per step, the slow way the spec measured),
 in one process, each timed over ``--steps`` steps after a warm-up call.
@@ -23,8 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ltjax import data, masking, models, optim, rng, supermasks, topk
-from ltjax import executor as executor_lib
+from ltjax import models
+from ltjax.core import masking, rng, topk
+from ltjax.engine import executor as executor_lib
+from ltjax.engine import optim
+from ltjax.io import data
+from ltjax.methods import supermasks
 
 
 def sort_top_k_mask(values: jax.Array, kept, *, ties: str = "first", alive=None) -> jax.Array:

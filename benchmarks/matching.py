@@ -2,7 +2,7 @@
 
 For MLP 784-512x3-10, ResNet-20 at width multipliers 4 and 16 (base widths
 64 and 256) and VGG-16 (CIFAR shapes), two independent He-normal inits are
-matched with :func:`ltjax.matching.weight_matching` (scipy solver): the
+matched with :func:`ltjax.core.matching.weight_matching` (scipy solver): the
 first call (with compilation) and the median of 3 further calls, the
 sweeps to converge, the objective, and the share of time spent building
 similarity matrices vs solving assignments.
@@ -34,7 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 
-from ltjax import matching, models, tree
+from ltjax import models
+from ltjax.core import matching, tree
 
 CASES = {
     "mlp_784_512x3_10": ("mlp", {"widths": (512, 512, 512)}, (28, 28, 1)),
@@ -56,7 +57,7 @@ def baseline_weight_matching(spec: matching.PermutationSpec, params_a, params_b,
                              seed: int = 0, max_iter: int = 100) -> dict:
     """The reference algorithm, eager: every similarity rebuilt at every step.
 
-    Sweep orders as :func:`ltjax.matching.weight_matching` restart 0 draws them.
+    Sweep orders as :func:`ltjax.core.matching.weight_matching` restart 0 draws them.
     """
     if any(not isinstance(e, str | None) for axes in spec.params.values() for e in axes):
         raise ValueError("the baseline handles plain axes only (no (name, repeats) entries)")

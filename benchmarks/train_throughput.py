@@ -56,8 +56,11 @@ def _child(args: argparse.Namespace) -> None:
 
     jax.config.update("jax_num_cpu_devices", args.devices)
 
-    from ltjax import data, models, optim, rng
-    from ltjax import executor as executor_lib
+    from ltjax import models
+    from ltjax.core import rng
+    from ltjax.engine import executor as executor_lib
+    from ltjax.engine import optim
+    from ltjax.io import data
 
     if args.model == "lenet":
         shape, n = (28, 28, 1), 60000

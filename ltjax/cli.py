@@ -4,8 +4,8 @@ Each entry point in ``experiments/`` is a few lines: its ``main`` is :func:`run_
 which parses the ``--config``, ``--workdir`` and ``--print_config`` flags
 (:func:`parse_flags`: an unknown field is refused with the valid ones, list fields take
 ``a,b``), the multi-process flags (``--distributed``, ``--coordinator_address``,
-``--num_processes``, ``--process_id``: :func:`ltjax.distributed.initialize`),
-``--tensorboard`` (a TensorBoard mirror of the workdir, :mod:`ltjax.tensorboard`), then
+``--num_processes``, ``--process_id``: :func:`ltjax.io.distributed.initialize`),
+``--tensorboard`` (a TensorBoard mirror of the workdir, :mod:`ltjax.io.tensorboard`), then
 sets up quiet logging, the allocator tuning (:func:`tune_allocator`), JAX's persistent
 compilation cache (:func:`use_compilation_cache`) and the CPU device count, runs the study
 and prints its summary. :func:`use_cpu_devices` (called there once the config is read)
@@ -387,7 +387,7 @@ class Flags:
     #: (``--distributed`` or any of its three flags), else None.
     distributed: dict | None = None
     #: ``--tensorboard``: mirror the workdir's metrics, config and figures to
-    #: ``<workdir>/tensorboard/`` at the end of the run (:mod:`ltjax.tensorboard`).
+    #: ``<workdir>/tensorboard/`` at the end of the run (:mod:`ltjax.io.tensorboard`).
     tensorboard: bool = False
 
 
@@ -482,7 +482,7 @@ def define_flags(flag_values: Any = None, *, argv: Sequence[str] | None = None) 
                               f"--num_processes={count.value}")
         multi_process = multi.value or any(v is not None for v in given.values())
         if tensorboard.value and not print_config.value:
-            from ltjax import tensorboard as tensorboard_lib
+            from ltjax.io import tensorboard as tensorboard_lib
 
             try:  # before any work: a missing writer is a flag error, not a late traceback
                 tensorboard_lib.require()
@@ -537,9 +537,9 @@ def run_main(run_fn: Callable[..., Any], report_fn: Callable[[Any], None], *,
     Flags: ``--config=<file>.py[:variant,...]`` with ``--config.<field>=<value>``
     overrides, ``--workdir``, ``--print_config`` (print the resolved config and
     exit without touching the workdir), ``--tensorboard`` (also write
-    ``<workdir>/tensorboard/``, :mod:`ltjax.tensorboard`), and for a multi-process run
+    ``<workdir>/tensorboard/``, :mod:`ltjax.io.tensorboard`), and for a multi-process run
     ``--distributed`` / ``--coordinator_address`` / ``--num_processes`` /
-    ``--process_id`` (:func:`ltjax.distributed.initialize`; every process runs
+    ``--process_id`` (:func:`ltjax.io.distributed.initialize`; every process runs
     the same command, process 0 writes the files and prints, the others show
     no progress). An unknown field, variant or bad value ends with a
     one-paragraph message, not a traceback.
@@ -596,8 +596,8 @@ def run_main(run_fn: Callable[..., Any], report_fn: Callable[[Any], None], *,
             print(format_config(flags.config))
             return
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-        if flags.tensorboard:  # the switch every study_entry reads (ltjax.tensorboard.ENV)
-            from ltjax import tensorboard
+        if flags.tensorboard:  # the switch every study_entry reads (ltjax.io.tensorboard.ENV)
+            from ltjax.io import tensorboard
 
             os.environ[tensorboard.ENV] = "1"
         use_compilation_cache()
@@ -609,7 +609,7 @@ def run_main(run_fn: Callable[..., Any], report_fn: Callable[[Any], None], *,
             report_fn(summary)
             print(closing_lines(flags.workdir) + _tensorboard_line(flags))
             return
-        from ltjax import distributed
+        from ltjax.io import distributed
 
         distributed.initialize(**flags.distributed)
         writer = distributed.is_writer()

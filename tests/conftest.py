@@ -113,7 +113,7 @@ def drawn(monkeypatch):
     plot should show (a check that fails on a wrong or empty plot, unlike
     ``path.exists()``).
     """
-    from ltjax import plots
+    from ltjax.studies import plots
 
     out: dict = {}
     original = plots._save
@@ -136,7 +136,8 @@ def planted_match():
     exactly (the permutation's inverse is the oracle)."""
     import chex
 
-    from ltjax import matching, models
+    from ltjax import models
+    from ltjax.core import matching
     from ltjax.studies import common, rebasin
 
     def match(config):

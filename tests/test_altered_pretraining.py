@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from experiments.configs import imp_lenet_digits
-from ltjax import data, masking, results, rng
-from ltjax import executor as executor_lib
+from ltjax.core import masking, rng
+from ltjax.engine import executor as executor_lib
+from ltjax.io import data, results
 from ltjax.studies import common, early_phase, imp
 
 

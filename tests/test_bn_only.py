@@ -5,8 +5,11 @@ import numpy as np
 import pytest
 
 from experiments.configs import bn_only_mlp_digits
-from ltjax import batchnorm_only, checkpoint, models, results, rng, tree
-from ltjax import executor as executor_lib
+from ltjax import models
+from ltjax.core import rng, tree
+from ltjax.engine import executor as executor_lib
+from ltjax.io import checkpoint, results
+from ltjax.methods import batchnorm_only
 from ltjax.studies import bn_only
 from ltjax.studies.spec import RunSpec
 

@@ -11,7 +11,8 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ltjax import checkpoint, train
+from ltjax.engine import train
+from ltjax.io import checkpoint
 
 
 def _state(num=4):

@@ -21,7 +21,9 @@ import numpy as np
 import pytest
 from absl import flags
 
-from ltjax import cli, data, masking, models, pruning
+from ltjax import cli, models
+from ltjax.core import masking, pruning
+from ltjax.io import data
 from ltjax.studies import common
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -87,7 +89,7 @@ def test_every_study_has_a_cifar_sample_variant():
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
 def test_every_config_has_the_data_fields(path):
-    # The fields are ltjax.data.load's keyword arguments, plus the dataset itself.
+    # The fields are ltjax.io.data.load's keyword arguments, plus the dataset itself.
     wanted = {"dataset"} | {n for n, p in inspect.signature(data.load).parameters.items()
                             if p.kind is inspect.Parameter.KEYWORD_ONLY}
     assert wanted == {"dataset", "data_dir", "validation_size", "validation_seed", "test_size"}

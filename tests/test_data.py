@@ -1,4 +1,4 @@
-"""Tests of ltjax.data: offline sources, splits, statistics and CIFAR augmentation."""
+"""Tests of ltjax.io.data: offline sources, splits, statistics and CIFAR augmentation."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ltjax import data
+from ltjax.io import data
 
 
 def _shared_dir() -> pathlib.Path | None:

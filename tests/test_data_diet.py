@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ltjax import data_diet
+from ltjax.methods import data_diet
 
 N, D, H, C, R = 13, 5, 7, 4, 3
 

@@ -12,8 +12,8 @@ import pytest
 from scipy import stats
 
 from experiments.configs import data_diet_lenet_digits, data_diet_lenet_mnist
-from ltjax import data, results
-from ltjax import executor as executor_lib
+from ltjax.engine import executor as executor_lib
+from ltjax.io import data, results
 from ltjax.studies import data_diet
 
 

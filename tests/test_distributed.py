@@ -1,4 +1,4 @@
-"""Multi-process runs (ltjax.distributed): 2 local CPU processes, one CPU device each.
+"""Multi-process runs (ltjax.io.distributed): 2 local CPU processes, one CPU device each.
 
 Each study runs as two processes joined by ``jax.distributed.initialize`` (gloo CPU
 collectives) through the entry points' ``--coordinator_address/--num_processes/--process_id``
@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 from absl import flags
 
-from ltjax import cli, distributed
+from ltjax import cli
+from ltjax.io import distributed
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DENSE = ["experiments.train", "--config=experiments/configs/lenet_digits.py:quick",

@@ -8,7 +8,7 @@ expected vs got).
 
 One module's examples::
 
-    python -m pytest tests/test_docstring_examples.py -n 0 -k "ltjax.masking"
+    python -m pytest tests/test_docstring_examples.py -n 0 -k "ltjax.core.masking"
 """
 
 import doctest

@@ -6,8 +6,12 @@ import numpy as np
 import pytest
 
 from experiments.configs import early_bird_mlp_digits
-from ltjax import checkpoint, early_bird, masking, models, optim, results, rng
-from ltjax import executor as executor_lib
+from ltjax import models
+from ltjax.core import masking, rng
+from ltjax.engine import executor as executor_lib
+from ltjax.engine import optim
+from ltjax.io import checkpoint, results
+from ltjax.methods import early_bird
 from ltjax.studies import common
 from ltjax.studies import early_bird as study
 from ltjax.studies.spec import RunSpec
@@ -94,7 +98,7 @@ def test_one_sgd_step_adds_the_l1_subgradient(digits):
 
 @pytest.fixture(scope="module")
 def digits():
-    from ltjax import data
+    from ltjax.io import data
     return data.load("digits")
 
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from experiments.configs import early_phase_lenet_digits
-from ltjax import masking, results
+from ltjax.core import masking
+from ltjax.io import results
 from ltjax.studies import common, early_phase, imp_runs
 from ltjax.studies.spec import RunSpec
 

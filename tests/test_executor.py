@@ -13,9 +13,12 @@ import optax
 import pytest
 from flax import linen as nn
 
-from ltjax import data, masking, models, optim, rng, train, tree
-from ltjax import executor as executor_lib
-from ltjax import reparam as reparam_lib
+from ltjax import models
+from ltjax.core import masking, rng, tree
+from ltjax.engine import executor as executor_lib
+from ltjax.engine import optim, train
+from ltjax.engine import reparam as reparam_lib
+from ltjax.io import data
 
 LR = 0.1
 

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from experiments.configs import grokking_tickets_transformer
-from ltjax import executor as executor_lib
-from ltjax import masking, models, results, topk
+from ltjax import models
+from ltjax.core import masking, topk
+from ltjax.engine import executor as executor_lib
+from ltjax.io import results
 from ltjax.studies import grokking_tickets
 
 
@@ -125,7 +127,7 @@ def test_bad_config_is_refused_before_the_workdir(tmp_path):
 
 
 def test_one_hot_pairs_encode_a_and_b_and_drop_the_equals_token():
-    from ltjax import data
+    from ltjax.io import data
     from ltjax.studies import grokking_tickets
 
     tokens = data.modular_arithmetic(op="add", p=5, train_share=0.4, seed=0)

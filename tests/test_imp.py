@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from experiments.configs import imp_lenet_digits
-from ltjax import data, results, rng, tree
-from ltjax import executor as executor_lib
+from ltjax.core import rng, tree
+from ltjax.engine import executor as executor_lib
+from ltjax.io import data, results
 from ltjax.studies import common, imp, imp_runs
 from ltjax.studies.spec import RunSpec
 
@@ -225,7 +226,7 @@ def _magnitude_pruned(masks, params):
 
 
 def test_learning_rate_sweep_members_classes_and_weight_correlation(tmp_path):
-    from ltjax import sanity
+    from ltjax.methods import sanity
 
     base = dict(levels=1, controls=("reinit", "small_dense"))
     imp.run_imp(_config(**base), tmp_path / "plain", progress=False)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ltjax import interpolation, masking
+from ltjax.core import interpolation, masking
 
 
 def _tree(seed):

@@ -30,8 +30,11 @@ import numpy as np
 import pytest
 
 from experiments.configs import imp_lenet_digits
-from ltjax import checkpoint, data, matching, models, optim, results, rng, train, tree
-from ltjax import executor as executor_lib
+from ltjax import models
+from ltjax.core import matching, rng, tree
+from ltjax.engine import executor as executor_lib
+from ltjax.engine import optim, train
+from ltjax.io import checkpoint, data, results
 from ltjax.studies import common, imp
 
 # --------------------------------------------------------------------------- fixtures

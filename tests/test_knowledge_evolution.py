@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from experiments.configs import knowledge_evolution_lenet_digits
-from ltjax import checkpoint, data, masking, models, results, rng, tree
-from ltjax import knowledge_evolution as ke
+from ltjax import models
+from ltjax.core import masking, rng, tree
+from ltjax.io import checkpoint, data, results
+from ltjax.methods import knowledge_evolution as ke
 from ltjax.studies import knowledge_evolution as study
 from ltjax.studies.spec import RunSpec
 

@@ -19,8 +19,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ltjax import early_bird, masking, pruning, subspaces, supsup, tree
-from ltjax import knowledge_evolution as ke
+from ltjax.core import masking, pruning, tree
+from ltjax.methods import early_bird, subspaces, supsup
+from ltjax.methods import knowledge_evolution as ke
 
 NAN = float("nan")
 SEL = {"k": True}

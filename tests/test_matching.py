@@ -11,7 +11,8 @@ import pytest
 import scipy.optimize
 from flax import linen as nn
 
-from ltjax import masking, matching, models, pruning, tree
+from ltjax import models
+from ltjax.core import masking, matching, pruning, tree
 
 # name, create kwargs, input shape: one of each bundled architecture, small where free
 # (ResNet-8 is the ResNet-20 code with one block per stage; specs of every registered
@@ -498,7 +499,7 @@ def test_permutation_spec_of_your_own_module_points_to_a_hand_written_spec():
         models.permutation_spec(module, params)
     message = str(info.value)
     assert "no permutation spec for TwoLayer" in message
-    assert "ltjax.matching.PermutationSpec" in message
+    assert "ltjax.core.matching.PermutationSpec" in message
     assert "Your own model, dataset or permutation spec" in message
     # The spec the message shows is the one this module needs.
     shown = message.split("e.g. ", 1)[1].split(", and check it", 1)[0]

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from ltjax import matching, models, tree
+from ltjax import models
+from ltjax.core import matching, tree
 
 CIFAR = (32, 32, 3)
 MNIST = (28, 28, 1)
@@ -451,7 +452,7 @@ class _UserMLP(nn.Module):
 
 def test_a_registered_model_runs_the_imp_study_with_its_controls(tmp_path, monkeypatch):
     from experiments.configs import imp_lenet_digits
-    from ltjax import results
+    from ltjax.io import results
     from ltjax.studies import imp
 
     for private in ("_REGISTRY", "_SPECS"):  # registration lasts for this test only

@@ -1,4 +1,4 @@
-"""ltjax.data.modular_arithmetic: exact enumeration against Python arithmetic, seeded splits,
+"""ltjax.io.data.modular_arithmetic: exact enumeration against Python arithmetic, seeded splits,
 names through data.load, token normalisation and bad input."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ltjax import data
+from ltjax.io import data
 
 _PYTHON = {
     "add": lambda a, b, p: (a + b) % p,

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from ltjax import optim
+from ltjax.engine import optim
 
 STEPS = 3
 

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ltjax import masking, perturbations
+from ltjax.core import masking
+from ltjax.methods import perturbations
 
 
 def _setup(seed=0, density=0.6):

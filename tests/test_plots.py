@@ -16,7 +16,7 @@ from experiments import imp as imp_experiment
 from experiments import prune_at_init as prune_at_init_experiment
 from experiments import stability as stability_experiment
 from experiments import supermask as supermask_experiment
-from ltjax import plots
+from ltjax.studies import plots
 
 
 @pytest.fixture
@@ -205,7 +205,7 @@ def test_stability_prune_at_init_and_supermask_reports_show_the_std(capsys):
 
 def test_zoomed_curves_say_the_first_evaluation_is_below_the_axis(tmp_path, monkeypatch):
     """The level and branch curves zoom on trained values and say where step 0 went."""
-    from ltjax import plots
+    from ltjax.studies import plots
 
     figures = []
     monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))

@@ -19,7 +19,8 @@ from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from ltjax import interpolation, masking, matching, models, pruning, soups
+from ltjax import models
+from ltjax.core import interpolation, masking, matching, pruning, soups
 
 Tree = dict[str, dict[str, np.ndarray]]
 
@@ -79,7 +80,7 @@ def _groups(params: Tree, scope: str) -> list[list[str]]:
 
 
 def _documented_rational(share: float) -> Fraction:
-    """``share`` read as the simplest rational that rounds to it (ltjax.topk.rational), as
+    """``share`` read as the simplest rational that rounds to it (ltjax.core.topk.rational), as
     far as counts of at most 10^4 can tell: a rational of denominator <= 10^4 that rounds to
     the float is that one (two of them differ by more than the float's rounding interval);
     if none does, no m / n (n <= 10^4) lies between the float and it, so the float's own

@@ -13,7 +13,9 @@ import optax
 import pytest
 
 from experiments.configs import prune_at_init_lenet_digits
-from ltjax import checkpoint, masking, pruning, results, rng, saliency, sanity, tree
+from ltjax.core import masking, pruning, rng, tree
+from ltjax.io import checkpoint, results
+from ltjax.methods import saliency, sanity
 from ltjax.studies import common, prune_at_init
 from ltjax.studies.spec import RunSpec
 
@@ -265,7 +267,7 @@ class _Killed(Exception):
 
 def test_killed_run_resumes_to_identical_results(study, tmp_path, monkeypatch):
     config, straight, _ = study
-    from ltjax import executor as executor_lib
+    from ltjax.engine import executor as executor_lib
 
     original = executor_lib.Executor.train
     calls = []

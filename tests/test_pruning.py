@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ltjax import masking, pruning, rewinding, tree
+from ltjax.core import masking, pruning, rewinding, tree
 
 SHAPES = {"Conv_0": {"kernel": (3, 3, 2, 4), "bias": (4,)},
           "Dense_0": {"kernel": (36, 10), "bias": (10,)},

@@ -13,7 +13,8 @@ import re
 
 import numpy as np
 
-from ltjax import masking, matching, results
+from ltjax.core import masking, matching
+from ltjax.io import results
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -153,7 +154,8 @@ def test_your_own_model_dataset_and_spec_snippet_runs():
 def test_your_model_in_every_study_snippet_runs(tmp_path, monkeypatch):
     import json
 
-    from ltjax import data, models
+    from ltjax import models
+    from ltjax.io import data
 
     for private in ("_REGISTRY", "_SPECS"):  # the registration lasts for this test only
         monkeypatch.setattr(models, private, dict(getattr(models, private)))
@@ -228,13 +230,26 @@ def test_readme_links_resolve():
             assert anchor in headings[path], f"README links to {target}: no such heading"
 
 
+def _layer_module(name: str):
+    """``ltjax.<name>`` or ``ltjax.<layer>.<name>``: a module as the README's task table names
+    it (imported from its layer folder, as the sentence above the table says)."""
+    for package in ("ltjax", "ltjax.core", "ltjax.io", "ltjax.engine", "ltjax.methods",
+                    "ltjax.studies"):
+        try:
+            return importlib.import_module(f"{package}.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"{package}.{name}":
+                raise
+    raise AssertionError(f"README task table: no module {name} in ltjax or its layers")
+
+
 def test_task_table_names_exist():
     names = [name for row in _table(_section(README, "Task → function"))
              for name in re.findall(r"`(\w[\w.]*)`", row[1])]
     assert len(names) >= 30
     for name in names:
         module, *attributes = name.split(".")
-        value = importlib.import_module(f"ltjax.{module}")
+        value = _layer_module(module)
         for attribute in attributes:
             assert hasattr(value, attribute), f"README task table: ltjax.{name} does not exist"
             value = getattr(value, attribute)

@@ -8,8 +8,10 @@ import pytest
 import scipy.optimize
 
 from experiments.configs import rebasin_mlp_digits
-from ltjax import executor as executor_lib
-from ltjax import matching, models, results
+from ltjax import models
+from ltjax.core import matching
+from ltjax.engine import executor as executor_lib
+from ltjax.io import results
 from ltjax.studies import common, rebasin
 
 

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from experiments.configs import early_phase_lenet_digits, lenet_digits
-from ltjax import checkpoint, data, results, rng
+from ltjax.core import rng
+from ltjax.io import checkpoint, data, results
 from ltjax.studies import common, early_phase
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -266,8 +267,9 @@ def test_a_slow_segment_moves_one_chunk_per_call_and_a_kill_between_grid_steps_l
     """Conv nets on CPU ('unrolled_loop') train seconds per step: each training call is one
     chunk, and a call ending ``checkpoint_seconds`` after the last save saves, so a kill
     inside a long checkpoint interval resumes from there, to the same numbers (#34.3)."""
-    from ltjax import models, optim
-    from ltjax.executor import Executor
+    from ltjax import models
+    from ltjax.engine import optim
+    from ltjax.engine.executor import Executor
 
     executor = Executor(models.create("mlp", widths=(8,)), data.synthetic((8, 8, 1), 64),
                         optim.Recipe(batch_size=16), strategy="unrolled_loop")

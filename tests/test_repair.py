@@ -1,4 +1,4 @@
-"""REPAIR: the affine math (ltjax.repair) and the forward passes (ltjax.models.repair)."""
+"""REPAIR: the affine math (ltjax.core.repair) and the forward passes (ltjax.models.repair)."""
 
 import chex
 import jax
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from ltjax import interpolation, models, repair
+from ltjax import models
+from ltjax.core import interpolation, repair
 
 
 def test_channel_stats_match_numpy():

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from ltjax import rng
+from ltjax.core import rng
 
 
 def test_replicate_keys_do_not_depend_on_count():
@@ -29,7 +29,7 @@ def test_streams_differ_and_are_stable_across_processes():
     init, noise = rng.init_and_noise(keys)
     assert not np.array_equal(jax.random.key_data(init), jax.random.key_data(noise))
     # The same name gives the same salt in a fresh interpreter (Python's string hash would not).
-    code = "from ltjax import rng; print(rng.stable_hash('noise'))"
+    code = "from ltjax.core import rng; print(rng.stable_hash('noise'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={"PYTHONHASHSEED": "random", "PATH": ""})
     assert int(out.stdout.strip()) == rng.stable_hash("noise")

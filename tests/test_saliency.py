@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ltjax import masking, pruning, saliency
+from ltjax.core import masking, pruning
+from ltjax.methods import saliency
 
 
 def _mlp_params(sizes, seed, scale=None):

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ltjax import masking, sanity, tree
+from ltjax.core import masking, tree
+from ltjax.methods import sanity
 
 SHAPES = {"Conv_0": {"kernel": (3, 3, 2, 4), "bias": (4,)},
           "Dense_0": {"kernel": (36, 10), "bias": (10,)},

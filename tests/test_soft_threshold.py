@@ -11,9 +11,11 @@ import numpy as np
 import optax
 import pytest
 
-from ltjax import masking, models, optim, tree
-from ltjax import reparam as reparam_lib
-from ltjax.soft_threshold import (
+from ltjax import models
+from ltjax.core import masking, tree
+from ltjax.engine import optim
+from ltjax.engine import reparam as reparam_lib
+from ltjax.methods.soft_threshold import (
     THRESHOLD_LABEL,
     calibrate_weight_decay,
     learned_densities,

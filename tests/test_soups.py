@@ -6,8 +6,11 @@ import numpy as np
 import optax
 import pytest
 
-from ltjax import data, interpolation, models, optim, soups, train, tree
-from ltjax import executor as executor_lib
+from ltjax import models
+from ltjax.core import interpolation, soups, tree
+from ltjax.engine import executor as executor_lib
+from ltjax.engine import optim, train
+from ltjax.io import data
 
 
 def _tree(seed, scale=1.0):
@@ -427,7 +430,7 @@ def test_finetune_grid_groups_static_recipes_and_orders_ingredients():
 def test_soups_study_end_to_end_and_resume(tmp_path, monkeypatch, drawn):
     import shutil
 
-    from ltjax import results
+    from ltjax.io import results
     from ltjax.studies import soups
 
     config = _study_config()
@@ -550,7 +553,7 @@ def test_study_bad_inputs(tmp_path):
 
 def test_pretrained_model_loads_from_a_dense_workdir(tmp_path):
     from experiments.configs import lenet_digits
-    from ltjax import checkpoint, results
+    from ltjax.io import checkpoint, results
     from ltjax.studies import common, soups
 
     # A dense-training workdir as experiments.train leaves it: config.json and a stacked

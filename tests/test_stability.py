@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from experiments.configs import imp_lenet_digits, stability_lenet_digits
-from ltjax import data, results, rng
+from ltjax.core import rng
+from ltjax.io import data, results
 from ltjax.studies import common, imp, imp_runs, stability
 
 
@@ -210,7 +211,7 @@ def test_stability_of_imp_subnetworks(tmp_path, monkeypatch):
 
 
 def test_ticket_start_keeps_the_step_k_optimiser_when_imp_rewound_it():
-    from ltjax import train
+    from ltjax.engine import train
 
     w = np.arange(6.0, dtype=np.float32).reshape(2, 3) - 2.5
     masks = {"w": np.array([[True, False, True], [False, True, True]])}

@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 
 from experiments.configs import str_lenet_digits
-from ltjax import checkpoint, masking, results, rng, soft_threshold
-from ltjax import executor as executor_lib
+from ltjax.core import masking, rng
+from ltjax.engine import executor as executor_lib
+from ltjax.io import checkpoint, results
+from ltjax.methods import soft_threshold
 from ltjax.studies import soft_threshold as str_study
 from ltjax.studies.spec import RunSpec
 

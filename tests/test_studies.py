@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from experiments.configs import lenet_digits
-from ltjax import executor as executor_lib
-from ltjax import results
+from ltjax.engine import executor as executor_lib
+from ltjax.io import results
 from ltjax.studies import common, dense
 
 
@@ -252,7 +252,7 @@ def test_bad_shared_fields_fail_before_any_work(tmp_path, monkeypatch, study):
 def test_telemetry_on_its_schedule_resumes_and_changes_no_training(tmp_path, monkeypatch):
     """Frankle et al. 2020's telemetry: on the schedule, exact at both ends, kill-safe."""
     from experiments.configs import add_telemetry
-    from ltjax import telemetry
+    from ltjax.methods import telemetry
 
     assert telemetry.schedule(46, dense_every=5, dense_until=20, every=10) == [
         0, 5, 10, 15, 20, 30, 40, 46]
@@ -301,7 +301,8 @@ def test_telemetry_on_its_schedule_resumes_and_changes_no_training(tmp_path, mon
                  ("cosine_final", "cosine_init")):
         assert value(a, 0) == pytest.approx(value(b, 46), rel=1e-5)
     # ||W_T - W_0|| of Dense_0 against NumPy, from the final checkpoint and a fresh init.
-    from ltjax import checkpoint, rng
+    from ltjax.core import rng
+    from ltjax.io import checkpoint
     executor = common.build_executor(_config(), common.build_model(_config(), dense_data()),
                                      dense_data(), common.build_recipe(_config(), dense_data()))
     start = executor.init(rng.init_and_noise(rng.replicate_keys(0, 2))[0])
@@ -331,7 +332,7 @@ def test_telemetry_on_its_schedule_resumes_and_changes_no_training(tmp_path, mon
 
 
 def dense_data():
-    from ltjax import data
+    from ltjax.io import data
 
     return data.load("digits")
 
@@ -341,7 +342,7 @@ def test_a_finished_segment_restores_without_its_start_and_refuses_other_masks(t
     # function, and refuses masks other than the ones it trained with (the lazy path's check).
     import jax
 
-    from ltjax import masking
+    from ltjax.core import masking
     from ltjax.studies.spec import RunSpec
 
     spec = RunSpec.from_config(_config(training_steps="4it", eval_every="2it",

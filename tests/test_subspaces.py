@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ltjax import rng, subspaces
+from ltjax.core import rng
+from ltjax.methods import subspaces
 
 
 def _params(key, scale=1.0):

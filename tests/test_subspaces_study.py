@@ -5,8 +5,11 @@ import numpy as np
 import pytest
 
 from experiments.configs import subspaces_mlp_digits
-from ltjax import checkpoint, models, results, rng, subspaces
-from ltjax import executor as executor_lib
+from ltjax import models
+from ltjax.core import rng
+from ltjax.engine import executor as executor_lib
+from ltjax.io import checkpoint, results
+from ltjax.methods import subspaces
 from ltjax.studies import subspaces as study
 from ltjax.studies.spec import RunSpec
 

@@ -9,8 +9,12 @@ import numpy as np
 import pytest
 
 from experiments.configs import supermask_lenet_digits
-from ltjax import checkpoint, data, masking, models, optim, results, rng, supermasks, topk, tree
-from ltjax import executor as executor_lib
+from ltjax import models
+from ltjax.core import masking, rng, topk, tree
+from ltjax.engine import executor as executor_lib
+from ltjax.engine import optim
+from ltjax.io import checkpoint, data, results
+from ltjax.methods import supermasks
 from ltjax.studies import supermask
 from ltjax.studies.spec import RunSpec
 

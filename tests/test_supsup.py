@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 
 from experiments.configs import supsup_lenet_digits, supsup_lenet_mnist
-from ltjax import data, masking, models, results, supsup
+from ltjax import models
+from ltjax.core import masking
+from ltjax.io import data, results
+from ltjax.methods import supsup
 from ltjax.studies import supsup as supsup_study
 
 

@@ -5,7 +5,7 @@ import csv
 import numpy as np
 import pytest
 
-from ltjax import results
+from ltjax.io import results
 
 
 def _planted(seed: int = 0) -> list[dict]:

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ltjax import telemetry
+from ltjax.methods import telemetry
 
 
 def _params(seed):
@@ -107,7 +107,9 @@ def test_hessian_top_eigenvalue_on_the_telemetry_schedule(tmp_path):
     Figure 3): rows against a dense ``jax.hessian`` + ``numpy.linalg.eigh`` oracle."""
     from experiments import configs
     from experiments.configs import lenet_digits
-    from ltjax import data, results, rng, train
+    from ltjax.core import rng
+    from ltjax.engine import train
+    from ltjax.io import data, results
     from ltjax.studies import common, dense
 
     config = lenet_digits.get_config("quick")

@@ -1,4 +1,4 @@
-"""The TensorBoard mirror (ltjax.tensorboard): event files read back against metrics.jsonl.
+"""The TensorBoard mirror (ltjax.io.tensorboard): event files read back against metrics.jsonl.
 
 One quick digits run with the mirror on (``$LTJAX_TENSORBOARD``, what ``--tensorboard``
 sets) and one without, shared by the tests. The event files are read with a TFRecord
@@ -20,7 +20,8 @@ import pytest
 from absl import flags
 
 from experiments.configs import lenet_digits
-from ltjax import cli, tensorboard
+from ltjax import cli
+from ltjax.io import tensorboard
 from ltjax.studies import dense
 
 tensorboardX = pytest.importorskip("tensorboardX", reason="the [tensorboard] extra")
@@ -201,7 +202,7 @@ def test_flag_parses():
 
 
 def test_importing_ltjax_imports_no_writer():
-    code = ("import sys, ltjax, ltjax.tensorboard, ltjax.studies.common, experiments; "
+    code = ("import sys, ltjax, ltjax.io.tensorboard, ltjax.studies.common, experiments; "
             "assert 'tensorboardX' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 

@@ -1,4 +1,4 @@
-"""ltjax.topk: exact counts and top-k masks against NumPy / Fraction oracles.
+"""ltjax.core.topk: exact counts and top-k masks against NumPy / Fraction oracles.
 
 Oracles: counts by Python's ``fractions`` on the decimal typed (``Fraction(str(x))``);
 masks by a sort of (value, position) pairs in plain Python or ``np.lexsort``; the
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ltjax import topk
+from ltjax.core import topk
 
 # --------------------------------------------------------------------------- rational
 

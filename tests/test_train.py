@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from ltjax import data, masking, models, optim, rng, train, tree
-from ltjax import executor as executor_lib
+from ltjax import models
+from ltjax.core import masking, rng, tree
+from ltjax.engine import executor as executor_lib
+from ltjax.engine import optim, train
+from ltjax.io import data
 
 
 @pytest.fixture(scope="module")
@@ -322,7 +325,7 @@ def test_batch_stats_reset_over_an_augmented_epoch_matches_numpy():
 def test_batchnorm_path_of_an_odd_number_of_alphas_evaluates_on_many_devices(digits):
     """11 interpolated BatchNorm nets, statistics recomputed (placed on fewer devices than the
     params): the path's metrics are each alpha's own, evaluated alone."""
-    from ltjax import interpolation, tree
+    from ltjax.core import interpolation, tree
 
     model = models.create("mlp_bn", widths=(8,))
     executor = executor_lib.Executor(model, digits, _recipe(batch_size=32))

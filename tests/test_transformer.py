@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 import scipy.special
 
-from ltjax import data, executor, masking, matching, models, optim, rng, tree
+from ltjax import models
+from ltjax.core import masking, matching, rng, tree
+from ltjax.engine import executor, optim
+from ltjax.io import data
 
 # Tiny sizes: d 8, 2 heads of 4, MLP 16; tokens of a vocabulary of 7 (6 answers + '=').
 TINY = {"d_model": 8, "num_heads": 2, "d_mlp": 16, "num_classes": 6}

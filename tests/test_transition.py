@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import transition_lenet_digits
-from ltjax import results
+from ltjax.io import results
 from ltjax.studies import imp_runs, transition
 
 

@@ -13,7 +13,9 @@ import jax
 import pytest
 
 from experiments.configs import imp_vit_digits, rebasin_vit_digits, stability_vit_digits
-from ltjax import matching, models, results
+from ltjax import models
+from ltjax.core import matching
+from ltjax.io import results
 from ltjax.studies import common, imp, rebasin, stability
 
 

@@ -12,7 +12,7 @@ split), sized for a CPU; :func:`sample_resnet` puts ResNet-20 with the LMC
 recipe on it.
 
 Every base config carries the data fields :data:`DATA_FIELDS` (those
-:func:`ltjax.studies.common.build_dataset` passes to :func:`ltjax.data.load`).
+:func:`ltjax.studies.common.build_dataset` passes to :func:`ltjax.io.data.load`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Iterable
 
 import ml_collections
 
-#: The data fields of every config: ``ltjax.data.load``'s arguments.
+#: The data fields of every config: ``ltjax.io.data.load``'s arguments.
 DATA_FIELDS: tuple[str, ...] = ("dataset", "data_dir", "validation_size", "validation_seed",
                                 "test_size")
 

@@ -35,7 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # layer_rates: 'regex:rate,...', each matching layer pruned on its own at its rate;
     # '@output' names the model's output layer (ltjax.models.output_layer: Dense_2 for LeNet,
     # fc for the ResNets, Dense_0 for VGG), skipped when it is not pruned. preset: '' or
-    # 'conv10_fc20' (ltjax.pruning.preset_rates; layer_rates override it).
+    # 'conv10_fc20' (ltjax.core.pruning.preset_rates; layer_rates override it).
     config.pruning = ml_collections.ConfigDict(dict(
         fraction=0.2, scope="layerwise", layer_rates="@output:0.1", include="", exclude="",
         preset="",

@@ -20,7 +20,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     ``'telemetry'``: Frankle et al. 2020's telemetry on its schedule (``config.telemetry``)."""
     chosen = configs.variants(arg, VARIANTS)
     config = ml_collections.ConfigDict()
-    config.dataset = "digits"  # a name of ltjax.data.NAMES or a path to an .npz file
+    config.dataset = "digits"  # a name of ltjax.io.data.NAMES or a path to an .npz file
     config.data_dir = ""  # "": $LTJAX_DATA_DIR, else ~/.cache/ltjax
     config.validation_size = 0  # training examples held out for validation
     config.validation_seed = 0

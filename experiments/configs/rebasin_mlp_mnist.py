@@ -28,7 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config; ``'quick'``: 1 epoch, 5 alphas, no sparse part; ``'ste_reference'``."""
     chosen = configs.variants(arg, VARIANTS)
     config = ml_collections.ConfigDict()
-    config.dataset = "mnist"  # a name of ltjax.data.NAMES or a path to an .npz file
+    config.dataset = "mnist"  # a name of ltjax.io.data.NAMES or a path to an .npz file
     config.data_dir = ""  # "": $LTJAX_DATA_DIR, else ~/.cache/ltjax
     config.validation_size = 0
     config.validation_seed = 0

@@ -34,9 +34,9 @@ kernel (its logits come from the token embedding, never pruned by default):
 :func:`output_layer` then names its last MLP layer, so name layers explicitly.
 
 Each model also defines its permutation spec (:func:`permutation_spec`, for
-:mod:`ltjax.matching`) and the layers REPAIR renormalises
+:mod:`ltjax.core.matching`) and the layers REPAIR renormalises
 (:func:`repair_layers`; :func:`output_stats` and :func:`repair` run the
-forward passes, :mod:`ltjax.repair` holds the math).
+forward passes, :mod:`ltjax.core.repair` holds the math).
 
 Example:
     >>> import jax, jax.numpy as jnp
@@ -66,8 +66,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from ltjax import matching
-from ltjax import repair as repair_math
+from ltjax.core import matching
+from ltjax.core import repair as repair_math
 from ltjax.models import common, conv, mlp, resnet, transformer, vgg
 from ltjax.models.conv import ConvN
 from ltjax.models.mlp import MLP, BatchNormMLP
@@ -117,7 +117,7 @@ def register(name: str, module: type[nn.Module], *, fixed: Mapping[str, Any] | N
     controls, checkpoints and plots included, and :func:`create` builds it.
     The module must be called as ``model(x, train=...)`` and return logits
     ``[B, num_classes]``, with a ``num_classes`` field; its prunable leaves
-    are the kernels (:func:`ltjax.masking.prunable`). Registration lasts for
+    are the kernels (:func:`ltjax.core.masking.prunable`). Registration lasts for
     the Python process: register before running a study (an experiment
     module run from the command line knows only the bundled models).
 
@@ -386,11 +386,11 @@ _SPECS = {MLP: mlp.permutation_spec, BatchNormMLP: mlp.batch_norm_permutation_sp
 
 def permutation_spec(model: nn.Module, params: Any, batch_stats: Any = None,
                      ) -> matching.PermutationSpec:
-    """The :class:`ltjax.matching.PermutationSpec` of a bundled model, checked.
+    """The :class:`ltjax.core.matching.PermutationSpec` of a bundled model, checked.
 
     Defined next to each model (``mlp.permutation_spec``, ...); this picks it
     by class and checks it against ``params`` (and ``batch_stats`` if given)
-    with :func:`ltjax.matching.check_spec`.
+    with :func:`ltjax.core.matching.check_spec`.
 
     Args:
       model: a module from :func:`create`.
@@ -399,7 +399,7 @@ def permutation_spec(model: nn.Module, params: Any, batch_stats: Any = None,
 
     Raises:
       TypeError: a model class without a spec (your own module): write its
-        :class:`ltjax.matching.PermutationSpec` by hand (the error shows one;
+        :class:`ltjax.core.matching.PermutationSpec` by hand (the error shows one;
         docs page data-and-models.md, "Your own model, dataset or permutation spec").
       ValueError: the spec does not fit ``params`` / ``batch_stats``.
 
@@ -417,7 +417,7 @@ def permutation_spec(model: nn.Module, params: Any, batch_stats: Any = None,
         raise TypeError(
             f"no permutation spec for {type(model).__name__}: only the bundled models have one "
             f"({', '.join(c.__name__ for c in _SPECS)}). For your own module, write a "
-            f"ltjax.matching.PermutationSpec naming which axis of which params leaf each "
+            f"ltjax.core.matching.PermutationSpec naming which axis of which params leaf each "
             f"permutation acts on, e.g. PermutationSpec(params={{'Dense_0/kernel': (None, 'h'), "
             f"'Dense_0/bias': ('h',), 'Dense_1/kernel': ('h', None), 'Dense_1/bias': (None,)}}), "
             f"and check it with matching.check_spec(spec, params); see docs/data-and-models.md, "
@@ -434,7 +434,7 @@ def activations(model: nn.Module, spec: matching.PermutationSpec, variables: Map
 
     Runs ``model.apply(variables, x, train=False)`` capturing the outputs
     (``[B, ..., n]``, units last) of the modules named in
-    ``spec.activations``, for :func:`ltjax.matching.activation_matching`.
+    ``spec.activations``, for :func:`ltjax.core.matching.activation_matching`.
     One convention for every bundled model: each named module's output feeds
     a ReLU (a hidden ``Dense_i`` of the MLP and Conv-n, a ``Conv_i`` of
     Conv-n, the ``BatchNorm_i`` after each VGG conv and of the BatchNorm MLP,
@@ -545,7 +545,7 @@ def output_stats(model: nn.Module, variables: Mapping, x: jax.Array, *,
     """Per-channel mean and std of each REPAIR layer's output on ``x`` (eval mode).
 
     One jitted forward pass ``model.apply(variables, x, train=False)`` that
-    reduces each listed layer's output with :func:`ltjax.repair.channel_stats`.
+    reduces each listed layer's output with :func:`ltjax.core.repair.channel_stats`.
     Run on the endpoints of a path, these are REPAIR's statistics to
     interpolate.
 
@@ -607,7 +607,7 @@ def repair(model: nn.Module, variables: Mapping, x: jax.Array, targets: Mapping,
     measured (after the corrections of the layers before it), the affine map
     onto ``targets[layer]`` is applied to the output the rest of the pass
     sees, and it is folded into the layer's params
-    (:func:`ltjax.repair.fold`). On ``x``, the returned network's layer
+    (:func:`ltjax.core.repair.fold`). On ``x``, the returned network's layer
     outputs then have the target means and (up to ``eps``) stds.
 
     Args:
@@ -616,7 +616,7 @@ def repair(model: nn.Module, variables: Mapping, x: jax.Array, targets: Mapping,
         (typically a point on an interpolation path).
       x: normalised training inputs ``[N, ...]``.
       targets: ``{layer: {'mean': [n], 'std': [n]}}``, e.g.
-        ``ltjax.repair.target_stats(alpha, output_stats(a), output_stats(b))``.
+        ``ltjax.core.repair.target_stats(alpha, output_stats(a), output_stats(b))``.
       eps: added to the measured variance.
 
     Returns:
@@ -633,7 +633,7 @@ def repair(model: nn.Module, variables: Mapping, x: jax.Array, targets: Mapping,
         >>> params_a, _ = models.init(model, jax.random.key(0), (4,))
         >>> x = jax.random.normal(jax.random.key(2), (16, 4))      # normalised training inputs
         >>> import jax.numpy as jnp
-        >>> from ltjax import interpolation, repair
+        >>> from ltjax.core import interpolation, repair
         >>> params_b, _ = models.init(model, jax.random.key(1), (4,))
         >>> stats_a = models.output_stats(model, {"params": params_a}, x)
         >>> stats_b = models.output_stats(model, {"params": params_b}, x)
@@ -650,7 +650,7 @@ def repair(model: nn.Module, variables: Mapping, x: jax.Array, targets: Mapping,
 
 def repair_fn(model: nn.Module, x: jax.Array, *, eps: float = repair_math.DEFAULT_EPS,
               ) -> Callable[[tuple], tuple]:
-    """A ``recompute_fn`` for :func:`ltjax.interpolation.evaluate_path` that applies REPAIR.
+    """A ``recompute_fn`` for :func:`ltjax.core.interpolation.evaluate_path` that applies REPAIR.
 
     The path's trees are ``(params, batch_stats, stats)`` with ``stats`` the
     endpoint's :func:`output_stats`: interpolating them gives each point of
@@ -671,7 +671,7 @@ def repair_fn(model: nn.Module, x: jax.Array, *, eps: float = repair_math.DEFAUL
         >>> params_a, _ = models.init(model, jax.random.key(0), (4,))
         >>> x = jax.random.normal(jax.random.key(2), (16, 4))      # normalised training inputs
         >>> import jax.numpy as jnp
-        >>> from ltjax import interpolation
+        >>> from ltjax.core import interpolation
         >>> params_b, _ = models.init(model, jax.random.key(1), (4,))
         >>> a = (params_a, {}, models.output_stats(model, {"params": params_a}, x))
         >>> b = (params_b, {}, models.output_stats(model, {"params": params_b}, x))

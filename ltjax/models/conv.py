@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import jax
 from flax import linen as nn
 
-from ltjax import matching
+from ltjax.core import matching
 from ltjax.models import _validate, common
 
 #: Conv channels per stage pair; stage ``i`` has two convolutions then a max-pool.

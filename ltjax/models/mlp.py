@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import jax
 from flax import linen as nn
 
-from ltjax import matching
+from ltjax.core import matching
 from ltjax.models import _validate, common
 
 

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from ltjax import matching
+from ltjax.core import matching
 from ltjax.models import _validate, common
 
 _PAD_1 = ((1, 1), (1, 1))  # torch's padding=1, also for stride 2 (Flax 'SAME' pads (0, 1))

@@ -7,7 +7,7 @@ pre-LayerNorm blocks (``use_layer_norm=False`` gives Nanda's LayerNorm-free
 residual stream). It reads int token ids ``[B, T]`` and returns the logits of
 the **last position** ``[B, num_classes]``: the answer token, so the
 classification loss on labels ``[B]`` trains it unchanged (Power et al. 2022's
-and Minegishi et al. 2023's modular arithmetic, :func:`ltjax.data.modular_arithmetic`).
+and Minegishi et al. 2023's modular arithmetic, :func:`ltjax.io.data.modular_arithmetic`).
 
 :class:`ViT` (Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words")
 reads NHWC images ``[B, H, W, C]``: non-overlapping ``patch_size`` patches,
@@ -29,7 +29,7 @@ Parameter layout (both models; ``Block_i`` for ``i < num_layers``)::
     ln_final/{scale,bias}     [d]
     unembed/kernel [d, C], bias [C]   (Transformer, untied) | head/... (ViT)
 
-Pruning convention: the default selection (:func:`ltjax.masking.prunable`:
+Pruning convention: the default selection (:func:`ltjax.core.masking.prunable`:
 leaves named ``kernel``) holds the attention kernels (query, key, value,
 out), the MLP kernels and the output layer (``unembed`` / ``head``, as every
 other bundled model's classifier); embeddings (leaves named ``embedding``:
@@ -39,7 +39,7 @@ selected. ``include``/``exclude`` narrow it among the kernels
 prunes only the MLPs); to prune an embedding, build the bool tree by hand.
 
 Heads are laid out on their own axis (``[d, H, hd]``) so that a
-:class:`ltjax.matching.PermutationSpec` can permute heads and the dimensions
+:class:`ltjax.core.matching.PermutationSpec` can permute heads and the dimensions
 within a head separately (:func:`permutation_spec`).
 """
 
@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from ltjax import matching
+from ltjax.core import matching
 from ltjax.models import _validate
 
 #: Kernels: LeCun normal (fan-in, truncated), Flax's default for dense layers.
@@ -198,10 +198,10 @@ class Transformer(nn.Module):
     ``tie_embeddings=True`` reads logits off the token embedding
     (``x @ embedding.T``) and keeps its first ``num_classes`` entries (the
     answer tokens come first in the vocabulary, as in
-    :func:`ltjax.data.modular_arithmetic`: numbers ``0..p-1``, then ``'='``).
+    :func:`ltjax.io.data.modular_arithmetic`: numbers ``0..p-1``, then ``'='``).
 
     Inputs must be integer token ids: token datasets are not normalised
-    (their ``mean``/``std`` are empty, and :func:`ltjax.data.normalize` then
+    (their ``mean``/``std`` are empty, and :func:`ltjax.io.data.normalize` then
     returns the ids unchanged); :func:`ltjax.models.init` builds int32 dummy
     tokens for this model (:attr:`input_dtype`). The sequence length is fixed
     by the input at init when positions are learned.
@@ -213,7 +213,7 @@ class Transformer(nn.Module):
         d_mlp: MLP hidden width (512).
         num_classes: logits (the answer tokens).
         vocab_size: input vocabulary; None: ``num_classes + 1`` (the answers
-            and ``'='``, the layout of :func:`ltjax.data.modular_arithmetic`).
+            and ``'='``, the layout of :func:`ltjax.io.data.modular_arithmetic`).
         positions: ``'learned'`` (``pos_embed/embedding`` ``[T, d]``) or
             ``'sinusoidal'`` (fixed, no params: the residual stream then has
             no permutation symmetry, see :func:`permutation_spec`).
@@ -474,7 +474,7 @@ def permutation_spec(model: Transformer, params: Any = None) -> matching.Permuta
     - ``'Block_i/mlp'`` (``d_mlp``): the MLP's hidden units.
 
     Within-head permutations are **shared by the heads of a block**: a
-    :class:`~ltjax.matching.PermutationSpec` gives each axis one permutation,
+    :class:`~ltjax.core.matching.PermutationSpec` gives each axis one permutation,
     and the kernels' ``[d, H, hd]`` layout permutes the head axis and the
     within-head axis separately. This is a subgroup of the full symmetry
     (each head may permute its own dimensions: ``H`` independent

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import jax
 from flax import linen as nn
 
-from ltjax import matching
+from ltjax.core import matching
 from ltjax.models import _validate, common
 
 #: OpenLTH's plans: ints are conv widths, ``'M'`` a 2x2 max-pool.

@@ -7,16 +7,16 @@ and data orders:
 
 ================== ============================================================
 ``full``           every parameter trains
-``batchnorm``      only BatchNorm's gamma and beta (:func:`ltjax.batchnorm_only.batchnorm_only`)
+``batchnorm``      only BatchNorm's gamma and beta (:func:`batchnorm_only.batchnorm_only`)
 ``batchnorm_output`` gamma, beta and the output layer
 ``output``         only the output layer
 ``random``         random non-BatchNorm entries, as many as ``batchnorm`` trains,
                    BatchNorm frozen; drawn by the rule ``config.random_control``:
                    ``'per_channel'`` (default, the paper's rule): 2 random kernel
                    entries of every output channel of each layer but the output
-                   one (:func:`ltjax.batchnorm_only.random_per_channel`);
+                   one (:func:`ltjax.methods.batchnorm_only.random_per_channel`);
                    ``'global'``: uniformly over all non-BatchNorm entries
-                   (:func:`ltjax.batchnorm_only.random_subset`)
+                   (:func:`ltjax.methods.batchnorm_only.random_subset`)
 ================== ============================================================
 
 Example (Colab):
@@ -43,9 +43,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from ltjax import batchnorm_only, models, plots, results
-from ltjax import reparam as reparam_lib
-from ltjax.studies import common
+from ltjax import models
+from ltjax.engine import reparam as reparam_lib
+from ltjax.io import results
+from ltjax.methods import batchnorm_only
+from ltjax.studies import common, plots
 from ltjax.studies.spec import RunSpec
 
 ARMS = ("full", "batchnorm", "batchnorm_output", "output", "random")
@@ -58,7 +60,7 @@ def random_control(config: Any) -> str:
     """``config.random_control`` (default ``'per_channel'``), checked.
 
     Raises:
-      ValueError: not one of :data:`ltjax.batchnorm_only.RANDOM_CONTROLS`.
+      ValueError: not one of :data:`ltjax.methods.batchnorm_only.RANDOM_CONTROLS`.
 
     Example:
         >>> import ml_collections

@@ -25,8 +25,11 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from ltjax import checkpoint, data, distributed, models, optim, pruning, results, train, tree
-from ltjax import executor as executor_lib
+from ltjax import models
+from ltjax.core import pruning, tree
+from ltjax.engine import executor as executor_lib
+from ltjax.engine import optim, train
+from ltjax.io import checkpoint, data, distributed, results
 
 
 def to_dict(config: ml_collections.ConfigDict | dict) -> dict:
@@ -66,7 +69,7 @@ def prepare_workdir(workdir: str | pathlib.Path, config: Any) -> pathlib.Path:
     removed; given another config, every file and folder of the old run is
     removed (only ``config.json`` and the lock stay), so nothing computed under
     the old config is read back under the new one. A dataset registered in
-    memory (:func:`ltjax.data.register`) adds its arrays' checksum to
+    memory (:func:`ltjax.io.data.register`) adds its arrays' checksum to
     ``config.json``: other arrays under the same name are another config.
 
     Raises:
@@ -191,13 +194,13 @@ def study_entry(run_fn: Callable) -> Callable:
 
     With ``$LTJAX_TENSORBOARD=1`` (the experiments' ``--tensorboard``) the outermost study
     checks that the writer is installed before any work and, once it returns, rebuilds
-    ``<workdir>/tensorboard/`` from the workdir's files (:func:`ltjax.tensorboard.write`).
+    ``<workdir>/tensorboard/`` from the workdir's files (:func:`ltjax.io.tensorboard.write`).
     """
 
     @functools.wraps(run_fn)
     def run(*args: Any, **kwargs: Any) -> Any:
         global _STUDY_DEPTH
-        from ltjax import tensorboard  # imports no writer library
+        from ltjax.io import tensorboard  # imports no writer library
 
         held = list(_HELD_LOCKS)
         mirror = _STUDY_DEPTH == 0 and tensorboard.enabled()
@@ -265,7 +268,7 @@ def steps(value: str | int, steps_per_epoch: int, *, field: str | None = None) -
 
 
 def build_recipe(config: Any, dataset: data.Dataset) -> optim.Recipe:
-    """The :class:`ltjax.optim.Recipe` of ``config.recipe`` (step strings resolved)."""
+    """The :class:`ltjax.engine.optim.Recipe` of ``config.recipe`` (step strings resolved)."""
     r = config.recipe
     if r.batch_size > len(dataset.train):
         raise ValueError(
@@ -294,7 +297,7 @@ def build_recipe(config: Any, dataset: data.Dataset) -> optim.Recipe:
 
 def build_executor(config: Any, model: Any, dataset: data.Dataset,
                    recipe: optim.Recipe) -> executor_lib.Executor:
-    """The :class:`ltjax.executor.Executor` with ``config.strategy`` / ``steps_per_call``."""
+    """The :class:`ltjax.engine.executor.Executor` with ``config.strategy`` / ``steps_per_call``."""
     return executor_lib.Executor(
         model, dataset, recipe, strategy=config.get("strategy", "auto"),
         steps_per_call=config.get("steps_per_call") or None,
@@ -498,9 +501,9 @@ OUTPUT_LAYER = "@output"
 
 
 def layer_rates(pruning_config: Any, params: Any, prunable: Any) -> dict[str, float]:
-    """The ``layer_rates`` of :func:`ltjax.pruning.prune` for a study's ``config.pruning``.
+    """The ``layer_rates`` of :func:`ltjax.core.pruning.prune` for a study's ``config.pruning``.
 
-    ``pruning_config.preset`` (:func:`ltjax.pruning.preset_rates`; ``''``:
+    ``pruning_config.preset`` (:func:`ltjax.core.pruning.preset_rates`; ``''``:
     none) gives every layer its preset rate; ``pruning_config.layer_rates``
     (:func:`parse_layer_rates`) then overrides the layers it matches. Its
     pattern ``'@output'`` is the model's output layer
@@ -512,14 +515,15 @@ def layer_rates(pruning_config: Any, params: Any, prunable: Any) -> dict[str, fl
     Args:
       pruning_config: has ``layer_rates`` and optionally ``preset``.
       params: the model's params (arrays or ``jax.ShapeDtypeStruct``), unstacked.
-      prunable: static bool tree from :func:`ltjax.masking.prunable`.
+      prunable: static bool tree from :func:`ltjax.core.masking.prunable`.
 
     Raises:
       ValueError: a bad ``layer_rates`` entry or an unknown preset.
 
     Example:
         >>> import jax, ml_collections
-        >>> from ltjax import masking, models
+        >>> from ltjax import models
+        >>> from ltjax.core import masking
         >>> from ltjax.studies import common
         >>> lenet = models.create("lenet_300_100")
         >>> lenet_params = jax.eval_shape(lambda k: models.init(lenet, k, (28, 28, 1))[0],
@@ -880,7 +884,7 @@ def finished_segment(
 ) -> tuple[train.TrainState, Any, Curves] | None:
     """The final state, masks and curves of a :func:`train_segment` that reached ``end``, else None.
 
-    Restores onto :meth:`ltjax.executor.Executor.abstract_members`: nothing is
+    Restores onto :meth:`ltjax.engine.executor.Executor.abstract_members`: nothing is
     computed or compiled, so a study re-run over finished work can skip
     building each segment's start state (and its programs). The checkpoint is
     checked as :func:`train_segment` would (checksums, config, members).
@@ -928,7 +932,7 @@ class TelemetryObserver:
     """Telemetry of a segment's members on a schedule (Frankle et al. 2020, Figure 3).
 
     At each step of ``steps`` it appends, per member, the quantities of
-    :func:`ltjax.telemetry.snapshot` (per prunable layer and ``'global'``; the
+    :func:`ltjax.methods.telemetry.snapshot` (per prunable layer and ``'global'``; the
     gradient is the training loss's on ``batch``, with BatchNorm in training
     mode) and the values of ``tracked`` weights to ``log`` in long format
     (``{**tags, **member, step, layer, quantity, value}``), and keeps the
@@ -936,7 +940,7 @@ class TelemetryObserver:
     against the final weights (:meth:`versus_final`). At each step of
     ``hessian_steps`` it logs the top eigenvalue of the Hessian of the training
     loss on the same ``batch`` (the paper's sharpness;
-    :func:`ltjax.telemetry.hessian_top_eigenvalue`, ``hessian_iterations``
+    :func:`ltjax.methods.telemetry.hessian_top_eigenvalue`, ``hessian_iterations``
     power iterations from the vector of ``fold_in(key(0), step)``, the same for
     every member) as rows of quantity ``'hessian_top_eigenvalue'``, layer
     ``'global'``.
@@ -944,12 +948,12 @@ class TelemetryObserver:
     Args:
       executor: the segment's executor.
       params_0: the members' initial model params ``[S, ...]``.
-      steps: the steps to observe (:func:`ltjax.telemetry.schedule`).
+      steps: the steps to observe (:func:`ltjax.methods.telemetry.schedule`).
       log: where the records go (e.g. ``<workdir>/telemetry.jsonl``).
       snapshot_dir: where the weights of each observed step go.
       batch: a fixed training batch ``(x, y)`` (raw, as stored) for the gradient.
       tracked: ``(layer, flat index)`` weights to follow
-        (:func:`ltjax.telemetry.tracked_indices`).
+        (:func:`ltjax.methods.telemetry.tracked_indices`).
       hessian_steps: the steps at which to log the Hessian's top eigenvalue
         (need not be among ``steps``).
       hessian_iterations: power iterations per eigenvalue.
@@ -971,7 +975,8 @@ class TelemetryObserver:
                  batch: tuple[np.ndarray, np.ndarray], tracked: list[tuple[str, int]],
                  hessian_steps: list[int] = (), hessian_iterations: int = 20,
                  masks: Any = None):
-        from ltjax import masking, telemetry
+        from ltjax.core import masking
+        from ltjax.methods import telemetry
 
         self.snapshot_steps = set(steps)
         self.hessian_steps = set(hessian_steps)
@@ -1054,11 +1059,11 @@ class TelemetryObserver:
                      keep_snapshots: bool = False) -> None:
         """The post-pass: each observed step's weights against the final ones, logged once.
 
-        Rows of :data:`ltjax.telemetry.FINAL_QUANTITIES` at every snapshot
+        Rows of :data:`ltjax.methods.telemetry.FINAL_QUANTITIES` at every snapshot
         step; then the snapshots are removed unless ``keep_snapshots``. Does
         nothing when the post-pass already ran (a rerun of a finished run).
         """
-        from ltjax import telemetry
+        from ltjax.methods import telemetry
 
         if any(r.get("quantity") in telemetry.FINAL_QUANTITIES and all(
                 r.get(k) == v for k, v in tags.items()) for r in self.log.read()):
@@ -1085,7 +1090,7 @@ class TelemetryObserver:
 
 def _member_rows(step: int, stacked: dict, tags: dict, member_tags: list[dict]) -> list[dict]:
     """Telemetry rows of every member from quantities stacked ``[S]`` (host arrays)."""
-    from ltjax import telemetry
+    from ltjax.methods import telemetry
 
     return [{**tags, **member, **row} for m, member in enumerate(member_tags)
             for row in telemetry.rows_of(step, jax.tree.map(lambda v, m=m: v[m], stacked))]
@@ -1096,7 +1101,7 @@ def computed_once(workdir: str | pathlib.Path, name: str, compute_fn: Callable[[
     """Arrays a study computes once and must not recompute on resume (e.g. example scores).
 
     Stored as checkpoint step 0 of ``<workdir>/checkpoints/<name>``, with the
-    workdir's config fingerprint and checksums (:mod:`ltjax.checkpoint`), so
+    workdir's config fingerprint and checksums (:mod:`ltjax.io.checkpoint`), so
     a rerun restores exactly what this config computed: a file of another
     config, or a damaged one, is never read back (damage is moved aside and
     the arrays recomputed).
@@ -1171,7 +1176,7 @@ def records_once(workdir: str | pathlib.Path, log: results.MetricsLog, name: str
       mine: whether a log record is one of these records.
 
     Returns:
-      The records as the log holds them (:func:`ltjax.results.as_logged`), the same
+      The records as the log holds them (:func:`ltjax.io.results.as_logged`), the same
       whether evaluated now or restored.
 
     Example:

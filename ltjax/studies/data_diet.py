@@ -7,13 +7,13 @@ with ``config.score='grand'``), averaged over those runs; keep a share
 skipping ``config.offset``; ``'easiest'``; ``'random'``); train each subset
 for the full-data step count (the paper's protocol), beside the full-data
 baseline. With ``config.label_noise`` > 0, a seeded share of the training
-labels is made wrong first (:func:`ltjax.data.random_labels` with
+labels is made wrong first (:func:`ltjax.io.data.random_labels` with
 ``exclude_true``; the test set keeps its labels), and ``noise.csv`` says how
 well the top-scored examples find them (the paper's Section 5). With GraNd at
 step 0, ``score_stats.csv`` holds the Spearman correlation of the scores with
 the input norm (Kirsch 2023: GraNd at initialisation tracks ``||x||``).
 Every mode x replicate of a kept share is a member of one program
-(:meth:`ltjax.executor.Executor.train`'s ``subsets``).
+(:meth:`ltjax.engine.executor.Executor.train`'s ``subsets``).
 
 Example (Colab):
     Not run here (a study trains for tens of seconds and writes its workdir):
@@ -38,8 +38,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from ltjax import data, data_diet, plots, results, rng, train
-from ltjax.studies import common
+from ltjax.core import rng
+from ltjax.engine import train
+from ltjax.io import data, results
+from ltjax.methods import data_diet
+from ltjax.studies import common, plots
 from ltjax.studies.spec import RunSpec
 
 MODES = ("hardest", "random", "easiest")
@@ -74,7 +77,7 @@ def with_label_noise(dataset: data.Dataset, *, share: float, seed: int) -> tuple
     """The dataset with ``ceil(share * N)`` training labels made wrong, and their indices.
 
     Paul et al. 2021, Section 5 (noisy labels score highest): the positions are
-    :func:`ltjax.data.random_labels`' draw with ``exclude_true`` (NumPy ``seed``,
+    :func:`ltjax.io.data.random_labels`' draw with ``exclude_true`` (NumPy ``seed``,
     a host-side ordering), so every corrupted label differs from the true one;
     validation and test keep their labels.
 
@@ -82,7 +85,7 @@ def with_label_noise(dataset: data.Dataset, *, share: float, seed: int) -> tuple
       the dataset and the corrupted indices, int ``[ceil(share * N)]``, sorted.
 
     Example:
-        >>> from ltjax import data
+        >>> from ltjax.io import data
         >>> from ltjax.studies import data_diet
         >>> ds = data.synthetic((8, 8, 1), 20, num_classes=3)     # 20 random 8 x 8 images
         >>> noisy, corrupted = data_diet.with_label_noise(ds, share=0.1, seed=0)

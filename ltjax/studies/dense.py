@@ -22,8 +22,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from ltjax import distributed, masking, models, plots, results, sanity, telemetry
-from ltjax.studies import common
+from ltjax import models
+from ltjax.core import masking
+from ltjax.io import distributed, results
+from ltjax.methods import sanity, telemetry
+from ltjax.studies import common, plots
 from ltjax.studies.spec import RunSpec
 
 
@@ -32,7 +35,7 @@ def eval_splits(config: Any, dataset) -> list[str]:
 
     Example:
         >>> import ml_collections
-        >>> from ltjax import data
+        >>> from ltjax.io import data
         >>> from ltjax.studies import dense
         >>> ds = data.synthetic((8, 8, 1), 4)                    # no validation split
         >>> dense.eval_splits(ml_collections.ConfigDict({"eval_train": True}), ds)
@@ -57,7 +60,7 @@ def run_dense(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
     Writes into ``workdir``: ``config.json``, ``metrics.jsonl`` (one record per
     replicate, split and eval step), ``results.csv`` (final metrics per
     replicate plus mean and std rows; ``weight_correlation`` is
-    :func:`ltjax.sanity.weight_correlation` ``R_p`` between the replicate's
+    :func:`ltjax.methods.sanity.weight_correlation` ``R_p`` between the replicate's
     init and trained weights, ``p = config.correlation_p``, default 0.1),
     ``plots/learning_curve.png`` and ``checkpoints/``. With a ``config.telemetry``
     block (the ``:telemetry`` variant, :func:`experiments.configs.add_telemetry`)

@@ -1,6 +1,6 @@
 """Early-Bird tickets: search with network slimming, detect emergence, retrain the ticket.
 
-You et al. 2020 ("Drawing Early-Bird Tickets", ICLR 2020; :mod:`ltjax.early_bird`).
+You et al. 2020 ("Drawing Early-Bird Tickets", ICLR 2020; :mod:`ltjax.methods.early_bird`).
 The search trains the replicates (members of one program) with the slimming
 L1 penalty on the BatchNorm scales for ``config.training_steps``; at the start
 of every epoch (epoch 0: the init) each replicate's |gamma| vector is
@@ -56,8 +56,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from ltjax import early_bird, models, plots, results, rng, tree
-from ltjax.studies import common
+from ltjax import models
+from ltjax.core import rng, tree
+from ltjax.io import results
+from ltjax.methods import early_bird
+from ltjax.studies import common, plots
 from ltjax.studies.spec import RunSpec
 
 #: How the tickets are retrained: ``'scratch'`` (full schedule) or ``'resume_schedule'``.

@@ -5,7 +5,7 @@ ICLR 2020), Section 4: at each rewind step k take the ticket IMP found rewinding
 (level ``config.imp_level``: the masks of an IMP run with ``rewind_step`` k),
 the dense network's weights at k (each replicate trained to k with its own SGD
 noise, as the stability study), apply every perturbation of
-``config.perturbations`` to the kept weights (:mod:`ltjax.perturbations`), and
+``config.perturbations`` to the kept weights (:mod:`ltjax.methods.perturbations`), and
 train all perturbations x replicates of a k as one program under k's masks
 from step k to the end, with a fresh optimiser state (IMP's default) and the
 replicate's own data order (so ``none``, the unperturbed member, is IMP's
@@ -61,8 +61,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from ltjax import distributed, masking, models, perturbations, plots, results, rewinding, rng, tree
-from ltjax.studies import common, dense, imp, imp_runs
+from ltjax import models
+from ltjax.core import masking, rewinding, rng, tree
+from ltjax.io import distributed, results
+from ltjax.methods import perturbations
+from ltjax.studies import common, dense, imp, imp_runs, plots
 from ltjax.studies.spec import RunSpec
 
 SOURCES = ("k", "init", "fresh")
@@ -119,7 +122,7 @@ def perturb(name: str, key: jax.Array, params_k: Any, masks: Any, *, params_0: A
       params_0: the weights at init (``init`` signs or magnitudes).
       fresh: a fresh init (``reinit``, ``fresh`` signs or magnitudes).
       prunable: static bools of the perturbed leaves.
-      stds: each layer's init std (:func:`ltjax.perturbations.init_stds`;
+      stds: each layer's init std (:func:`ltjax.methods.perturbations.init_stds`;
         needed by ``gaussian@<n>``).
 
     Returns:
@@ -142,7 +145,7 @@ def perturb(name: str, key: jax.Array, params_k: Any, masks: Any, *, params_0: A
         return perturbations.flip_signs(key, rewound, masks, prunable=prunable, **options)
     if stds is None:
         raise ValueError(f"perturb({name!r}): give stds, each layer's init std "
-                         "(ltjax.perturbations.init_stds)")
+                         "(ltjax.methods.perturbations.init_stds)")
     return perturbations.gaussian_noise(key, rewound, masks, prunable=prunable, stds=stds,
                                         **options)
 

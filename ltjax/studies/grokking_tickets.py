@@ -1,6 +1,6 @@
 """Grokking Tickets (Minegishi et al. 2023): lottery tickets of a grokked network grok faster.
 
-1. The dense network trains on modular arithmetic (:func:`ltjax.data.modular_arithmetic`)
+1. The dense network trains on modular arithmetic (:func:`ltjax.io.data.modular_arithmetic`)
    with AdamW and weight decay until it groks: train accuracy reaches 100 %
    early (memorisation) and test accuracy reaches ``config.target_accuracy``
    (95 %) much later (generalisation).
@@ -51,8 +51,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from ltjax import data, distributed, masking, plots, pruning, results, rng, tree
-from ltjax.studies import common
+from ltjax.core import masking, pruning, rng, tree
+from ltjax.io import data, distributed, results
+from ltjax.studies import common, plots
 from ltjax.studies.spec import RunSpec
 
 ARMS = ("generalised", "memorised", "random")  # the ticket segment's arms; "dense" besides
@@ -84,7 +85,7 @@ def one_hot_pairs(dataset: data.Dataset) -> data.Dataset:
     """Tokens ``[a, b, =]`` -> float32 ``[onehot_p(a), onehot_p(b)]`` (``2p`` features).
 
     Minegishi et al.'s MLP input (the ``'='`` token carries nothing); ``mean``
-    and ``std`` stay empty, so :func:`ltjax.data.normalize` leaves the codes as
+    and ``std`` stay empty, so :func:`ltjax.io.data.normalize` leaves the codes as
     they are.
     """
     p = dataset.num_classes

@@ -5,7 +5,7 @@ k (Frankle et al. 2020; k = 0 is the original reset):
 
 1. train the dense network to step k (the rewind point) and on to the end;
 2. prune ``fraction`` of the remaining prunable weights by magnitude
-   (:func:`ltjax.pruning.prune`: global or layerwise, per-layer rates);
+   (:func:`ltjax.core.pruning.prune`: global or layerwise, per-layer rates);
 3. reset the surviving weights to their step-k values, restart the optimiser
    (or rewind it too), resume the learning-rate schedule at k, train to the
    end; repeat from 2 for ``levels`` levels.
@@ -44,7 +44,7 @@ of ``'random_labels'`` (a share ``pretrain.share`` of the training labels
 redrawn, ``exclude_true`` to make every redrawn one wrong), ``'rotation'``
 (4-way rotation prediction with ``np.rot90``, a 4-class head) or ``'blur'``
 (x``blur_factor`` down by block means, then up), the dense network first trains
-``pretrain.steps`` on that data (:func:`ltjax.data.altered_dataset`; its own
+``pretrain.steps`` on that data (:func:`ltjax.io.data.altered_dataset`; its own
 noise stream, ``stream(noise, 'pretrain')``); that state is step 0 of the real
 task (fresh optimiser state, the schedule from 0), which trains on to the
 rewind step k as usual, and every level rewinds to it. The paper pretrains
@@ -61,7 +61,7 @@ measures the pretext task (records of branch ``pretrain_altered``).
 ``mask_distance.csv``: per level >= 1 and replicate, the Hamming distance
 (``hamming``, and as a share of the prunable weights) and the IoU between the
 ticket's masks at this level and at the previous one (level 0: all kept),
-with :func:`ltjax.masking.hamming` and :func:`ltjax.masking.iou`
+with :func:`ltjax.core.masking.hamming` and :func:`ltjax.core.masking.iou`
 (:func:`mask_distances`).
 
 Sanity checks (Ma et al. 2021; Liu et al. 2021):
@@ -78,14 +78,14 @@ Sanity checks (Ma et al. 2021; Liu et al. 2021):
   recipe's rate, and retrains those masks at every rate (another question:
   do the recipe's tickets survive other rates). ``results.csv`` gets
   a ``learning_rate`` column and ``ticket_classes.csv`` the verdict per
-  level of :func:`ltjax.sanity.classify_ticket` (jackpot / secondary prize /
+  level of :func:`ltjax.methods.sanity.classify_ticket` (jackpot / secondary prize /
   none, from the final test accuracies; ``config.ticket_similar`` is the
   paper's "similar" margin, 0.005). Needs the ``reinit`` and ``small_dense``
   controls (``small_dense`` trains at the recipe's learning rate only) unless
   ``levels=0``: then it is a dense learning-rate comparison (e.g. Liu et
   al.'s weight correlation at SGD 0.01 vs 0.1).
 - ``weight_correlation`` in ``results.csv``:
-  :func:`ltjax.sanity.weight_correlation` ``R_p`` between each member's start
+  :func:`ltjax.methods.sanity.weight_correlation` ``R_p`` between each member's start
   weights (theta_k under its mask) and its trained weights, among its kept
   weights, ``p = config.correlation_p`` (default 0.1).
 
@@ -114,28 +114,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ltjax import (
-    data,
-    distributed,
-    masking,
-    models,
-    optim,
-    plots,
-    pruning,
-    results,
-    rewinding,
-    rng,
-    sanity,
-    tree,
-)
-from ltjax.studies import common
+from ltjax import models
+from ltjax.core import masking, pruning, rewinding, rng, tree
+from ltjax.engine import optim
+from ltjax.io import data, distributed, results
+from ltjax.methods import sanity
+from ltjax.studies import common, plots
 from ltjax.studies.spec import RunSpec
 
 CONTROLS = ("reinit", "random_layerwise", "random_global", "oneshot", "small_dense")
 SGD_NOISE = ("paired", "fresh")
 #: ``config.ticket_masks``: each rate's own IMP run (Ma et al. 2021) or the recipe rate's masks.
 TICKET_MASKS = ("own_rate", "recipe_rate")
-#: ``config.pretrain.kind``: ``''`` (none) or a kind of :func:`ltjax.data.altered_dataset`.
+#: ``config.pretrain.kind``: ``''`` (none) or a kind of :func:`ltjax.io.data.altered_dataset`.
 PRETRAIN_KINDS = ("",) + data.ALTERED_KINDS
 
 
@@ -361,7 +352,7 @@ def _study_fields(config: Any, dataset: Any) -> dict:
 class PretrainSpec:
     """``config.pretrain``: the altered data the dense net trains on before IMP."""
 
-    kind: str  # a kind of ltjax.data.altered_dataset
+    kind: str  # a kind of ltjax.io.data.altered_dataset
     dataset: data.Dataset  # the altered dataset
     steps: int  # steps on it (epochs count the real training set's batches)
     model: Any  # the model for its classes (4 for rotation)
@@ -379,7 +370,7 @@ class ImpSpec:
       rewind_optimizer: rewind the optimiser state to k too (else a fresh one).
       sgd_noise: ``'paired'`` or ``'fresh'`` (:func:`level_noise_keys`).
       prunable: the bool tree of the pruned leaves (``pruning.include`` / ``exclude``).
-      prune_kw: :func:`ltjax.pruning.prune`'s ``fraction``, ``scope`` and resolved
+      prune_kw: :func:`ltjax.core.pruning.prune`'s ``fraction``, ``scope`` and resolved
         ``layer_rates``.
       learning_rates: the ticket sweep's rates (sorted), or None (no sweep).
       ticket_masks: where each rate's masks come from (:data:`TICKET_MASKS`).
@@ -444,7 +435,7 @@ def pretrain_dataset(config: Any, dataset: data.Dataset) -> tuple[data.Dataset, 
 
     Example:
         >>> import ml_collections
-        >>> from ltjax import data
+        >>> from ltjax.io import data
         >>> from ltjax.studies import imp
         >>> dataset = data.synthetic((8, 8, 1), 100, num_classes=3)    # 100 random 8 x 8 images
         >>> config = ml_collections.ConfigDict({"recipe": {"batch_size": 10},
@@ -529,9 +520,9 @@ def with_fresh_head(pretrained: Any, fresh: Any, *, leading_axes: int = 0) -> An
 def mask_distances(masks_a: Any, masks_b: Any, prunable: Any) -> dict[str, jax.Array]:
     """Hamming distance and IoU of two stacked masks ``[S, ...]``, per replicate ``[S]``.
 
-    ``hamming`` (positions that differ, :func:`ltjax.masking.hamming`),
+    ``hamming`` (positions that differ, :func:`ltjax.core.masking.hamming`),
     ``hamming_share`` (over the prunable weights) and ``iou``
-    (:func:`ltjax.masking.iou`); for the IMP masks of successive levels or
+    (:func:`ltjax.core.masking.iou`); for the IMP masks of successive levels or
     rewind points (Frankle, Schwab & Morcos 2020, Section 3). Jittable.
 
     Example:

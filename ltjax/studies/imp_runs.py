@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ltjax import checkpoint, results
+from ltjax.io import checkpoint, results
 from ltjax.studies import common
 
 

@@ -1,6 +1,6 @@
 """Knowledge Evolution: generations of training, each re-initialising the reset hypothesis.
 
-Taha, Shrivastava & Davis 2021 (CVPR; :mod:`ltjax.knowledge_evolution`). The
+Taha, Shrivastava & Davis 2021 (CVPR; :mod:`ltjax.methods.knowledge_evolution`). The
 replicates are the members of one program. Generation ``g`` (1 ..
 ``config.generations``):
 
@@ -9,12 +9,12 @@ replicates are the members of one program. Generation ``g`` (1 ..
    from step 0; the data order of generation 1 is the replicate's noise
    stream, later ones draw ``fold_in(stream(noise, 'knowledge_evolution'), g)``;
 2. evaluates the dense network and the fit hypothesis on the test split:
-   with KELS the slim net (:func:`ltjax.knowledge_evolution.extract_slim`,
+   with KELS the slim net (:func:`ltjax.methods.knowledge_evolution.extract_slim`,
    a smaller registry model: its own program), with WELS the dense network
    with the reset weights zeroed;
 3. re-initialises the reset part for generation ``g + 1``:
    ``where(M, W, W_fresh)`` with ``W_fresh`` the reference's draw
-   (:func:`ltjax.knowledge_evolution.reset_draw`: kernels
+   (:func:`ltjax.methods.knowledge_evolution.reset_draw`: kernels
    ``U[-1/sqrt(fan_in), 1/sqrt(fan_in)]``, biases 0) from
    ``fold_in(stream(init, 'ke_reinit'), g + 1)``; BatchNorm (params and
    statistics) carries over unchanged.
@@ -49,9 +49,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from ltjax import checkpoint, distributed, masking, models, plots, results, rng, tree
-from ltjax import knowledge_evolution as ke
-from ltjax.studies import common
+from ltjax import models
+from ltjax.core import masking, rng, tree
+from ltjax.io import checkpoint, distributed, results
+from ltjax.methods import knowledge_evolution as ke
+from ltjax.studies import common, plots
 from ltjax.studies.spec import RunSpec
 
 #: The columns of ``results.csv`` (plus the mean and std rows per generation).

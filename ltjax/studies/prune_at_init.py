@@ -26,16 +26,16 @@ initialisation theta_0 and the masked net is trained from theta_0:
 ``imp``          the IMP ticket of ``imp_workdir`` at the level nearest each density
 ``snip@random_labels``, ``grasp@random_labels``
                  SNIP / GraSP scored on the same batch with random labels
-                 (Su et al. 2020's sanity check; :func:`ltjax.sanity.corrupt_batch`)
+                 (Su et al. 2020's sanity check; :func:`ltjax.methods.sanity.corrupt_batch`)
 ``snip@random_pixels``, ``grasp@random_pixels``
                  ... with random labels and each image's pixels permuted
 ``smart_ratio``  Su et al. 2020's random ticket: a random mask of each layer
-                 with the smart-ratio count (:func:`ltjax.pruning.smart_ratio_prune`,
+                 with the smart-ratio count (:func:`ltjax.core.pruning.smart_ratio_prune`,
                  layers in forward order, the output layer at 30 %), theta_0
 ================ ============================================================
 
 All scores are taken in eval mode, in global scope (``config.scope``), with
-exact counts and deterministic ties (:func:`ltjax.pruning.prune_to_density`;
+exact counts and deterministic ties (:func:`ltjax.core.pruning.prune_to_density`;
 the reference's ``kthvalue`` with ``<=`` prunes every tied weight). The
 ablations (``config.ablations``):
 
@@ -52,14 +52,14 @@ reinit would be ``oneshot_lth``'s); ``invert``
 is defined for the score-at-init methods (magnitude, SNIP, GraSP, ``|GraSP|``,
 SynFlow), not for ``oneshot_lth`` or ``imp``. Inverted SynFlow negates the
 scores in each of the ``synflow_rounds`` rounds before ranking
-(:func:`ltjax.saliency.synflow_prune` with ``invert=True``), as the reference
+(:func:`ltjax.methods.saliency.synflow_prune` with ``invert=True``), as the reference
 (``prune.py:prune_loop`` calls ``pruner.invert()`` every round): each round
 keeps the lowest flow of the net that the previous round kept, which is not
 the one-shot inversion of one score. The scoring
 batch of replicate r is ``score_examples`` training examples drawn by its
 named stream ``score_batch`` (the reference draws a random, not class-balanced,
 subset of ``10 * classes`` examples). The corrupted batches are that batch,
-corrupted by :func:`ltjax.sanity.corrupt_batch` with replicate r's named
+corrupted by :func:`ltjax.methods.sanity.corrupt_batch` with replicate r's named
 stream ``score_corruption`` (the labels drawn once, shared by both
 corruptions); the reference draws a class-balanced batch of the corrupted
 training set (10 per random label).
@@ -94,8 +94,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ltjax import data, masking, models, plots, pruning, results, rng, saliency, sanity, train, tree
-from ltjax.studies import common, imp_runs
+from ltjax import models
+from ltjax.core import masking, pruning, rng, tree
+from ltjax.engine import train
+from ltjax.io import data, results
+from ltjax.methods import saliency, sanity
+from ltjax.studies import common, imp_runs, plots
 from ltjax.studies.spec import RunSpec
 
 # New methods go at the end: a method's index salts its shuffle ablation's key.

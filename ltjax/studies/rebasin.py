@@ -4,7 +4,7 @@ Ainsworth, Hayase & Srinivasa, "Git Re-Basin: Merging Models modulo
 Permutation Symmetries" (ICLR 2023). S networks are trained from different
 initialisations (and data orders) as one program; model 0 is the reference
 and every other model ``j`` is permuted onto it by ``config.method``
-(:mod:`ltjax.matching`):
+(:mod:`ltjax.core.matching`):
 
 - ``'weight'``: weight matching (Algorithm 1, coordinate descent over the
   permutations, each a linear assignment);
@@ -16,11 +16,11 @@ Each pair is then evaluated along the linear path between model 0 and model
 ``j``, unpermuted (``naive``) and permuted (``matched``), at
 ``config.num_alphas`` alphas on the train and test sets, with the loss
 barrier of Git Re-Basin and the error barrier of Frankle et al. (2020)
-(:mod:`ltjax.soups`). ``config.corrections`` lists how every point of a
+(:mod:`ltjax.core.soups`). ``config.corrections`` lists how every point of a
 path is evaluated: as interpolated (``'none'``); with its BatchNorm
 statistics recomputed on training data (``'reset'``); or REPAIRed
 (``'repair'``: Jordan et al., "REPAIR: REnormalizing Permuted Activations for
-Interpolation Repair", ICLR 2023; :mod:`ltjax.repair`, :func:`ltjax.models.repair`).
+Interpolation Repair", ICLR 2023; :mod:`ltjax.core.repair`, :func:`ltjax.models.repair`).
 
 Sparse re-basin (the question of Adnan et al., "Sparse Training from Random
 Initialization: Aligning Lottery Ticket Masks using Weight Symmetry",
@@ -56,21 +56,13 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from ltjax import (
-    data,
-    interpolation,
-    masking,
-    matching,
-    models,
-    plots,
-    pruning,
-    results,
-    rng,
-    train,
-)
-from ltjax import executor as executor_lib
-from ltjax import tree as tree_lib
-from ltjax.studies import common
+from ltjax import models
+from ltjax.core import interpolation, masking, matching, pruning, rng
+from ltjax.core import tree as tree_lib
+from ltjax.engine import executor as executor_lib
+from ltjax.engine import train
+from ltjax.io import data, results
+from ltjax.studies import common, plots
 from ltjax.studies.spec import RunSpec
 
 METHODS = ("weight", "activation", "ste")
@@ -145,7 +137,7 @@ def train_sample(dataset: data.Dataset, num_examples: int, *, seed: int) -> jax.
     """``num_examples`` normalised training inputs (all if fewer), in an order drawn from ``seed``.
 
     Example:
-        >>> from ltjax import data
+        >>> from ltjax.io import data
         >>> from ltjax.studies import rebasin
         >>> x = rebasin.train_sample(data.load("digits"), 500, seed=0)
         >>> x.shape, x.dtype
@@ -198,12 +190,12 @@ def match(config: Any, executor: executor_lib.Executor, spec: matching.Permutati
           a: tuple, b: tuple) -> matching.MatchResult:
     """Permutations of network ``b = (params, batch_stats)`` onto ``a`` by ``config.method``.
 
-    ``'weight'``: :func:`ltjax.matching.weight_matching` (``config.matching``
+    ``'weight'``: :func:`ltjax.core.matching.weight_matching` (``config.matching``
     ``max_iter``, ``restarts``); ``'activation'``:
-    :func:`ltjax.matching.activation_matching` on post-ReLU activations over
+    :func:`ltjax.core.matching.activation_matching` on post-ReLU activations over
     ``matching.num_examples`` training inputs (0: all, the reference's
     default), by ``matching.similarity`` (``'inner'``: ``E[A^T B]``;
-    ``'pearson'``); ``'ste'``: :func:`ltjax.matching.ste_matching` on
+    ``'pearson'``); ``'ste'``: :func:`ltjax.core.matching.ste_matching` on
     ``ste_steps`` training batches of ``ste_batch_size`` with
     ``ste_optimizer`` (``'sgd'``, momentum 0.9, the reference's; or
     ``'adam'``), keeping the projection of the lowest batch loss (Git
@@ -212,7 +204,7 @@ def match(config: Any, executor: executor_lib.Executor, spec: matching.Permutati
     Args:
       config: the study's config (``method``, ``seed``, ``matching``).
       executor: the executor (its model and dataset).
-      spec: the model's :class:`ltjax.matching.PermutationSpec`.
+      spec: the model's :class:`ltjax.core.matching.PermutationSpec`.
       a: the reference ``(params, batch_stats)``.
       b: the network to permute.
 
@@ -220,7 +212,7 @@ def match(config: Any, executor: executor_lib.Executor, spec: matching.Permutati
       ValueError: an unknown ``config.method``.
 
     Example:
-        Not run here (it needs the study's executor; :mod:`ltjax.matching` runs the matchers
+        Not run here (it needs the study's executor; :mod:`ltjax.core.matching` runs the matchers
         on small nets):
 
         ```python

@@ -33,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from ltjax import optim, results, train
+from ltjax.engine import optim, train
+from ltjax.io import results
 from ltjax.studies import common
 
 

@@ -3,7 +3,7 @@
 Kusupati et al. 2020 ("Soft Threshold Weight Reparameterization for Learnable
 Sparsity", ICML 2020): every prunable layer trains ``W`` and one threshold
 ``s_l``; the net runs on ``sign(W) * relu(|W| - sigmoid(s_l))``
-(:mod:`ltjax.soft_threshold`), and the weight decay on ``s`` drives the
+(:mod:`ltjax.methods.soft_threshold`), and the weight decay on ``s`` drives the
 sparsity. For each ``s_init`` (its own program: the reparameterisation is the
 program's) the weight decays x replicates are members with their own decay
 (the thresholds decay with the member's, as the reference's ``st_decay``
@@ -37,8 +37,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ltjax import masking, optim, plots, pruning, results, soft_threshold, tree
-from ltjax.studies import common
+from ltjax.core import masking, pruning, tree
+from ltjax.engine import optim
+from ltjax.io import results
+from ltjax.methods import soft_threshold
+from ltjax.studies import common, plots
 from ltjax.studies.spec import RunSpec
 
 

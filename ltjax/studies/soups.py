@@ -10,7 +10,7 @@
    grid ``config.finetune``: learning rate x weight decay x label smoothing x
    augmentation x epochs x data order. Learning rate, weight decay and label
    smoothing are per-member hyperparameters of the executor
-   (:class:`ltjax.optim.Hyperparams`), so every (learning rate, weight
+   (:class:`ltjax.engine.optim.Hyperparams`), so every (learning rate, weight
    decay, label smoothing, data order) of one augmentation setting trains
    as one program (members vmapped / sharded over devices), one program per
    augmentation setting and length. The optimiser is the paper's (AdamW,
@@ -22,7 +22,7 @@
    soups select on), test, and a shifted test set (``config.shift``: the
    test images rotated by a fixed angle, or Gaussian-noised; deterministic):
    the pretrained model, every ingredient, the uniform, greedy and learned
-   soups (:mod:`ltjax.soups`; the learned soup fits a weight per parameter
+   soups (:mod:`ltjax.core.soups`; the learned soup fits a weight per parameter
    tensor and a logit temperature with AdamW, as the reference's
    ``learned_bylayer.py``) and the output-space ensemble (mean of the
    ingredients' softmax outputs).
@@ -65,10 +65,13 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from ltjax import checkpoint, data, models, optim, plots, results, rng, train, tree
-from ltjax import executor as executor_lib
-from ltjax import soups as soups_lib
-from ltjax.studies import common, imp_runs
+from ltjax import models
+from ltjax.core import rng, tree
+from ltjax.core import soups as soups_lib
+from ltjax.engine import executor as executor_lib
+from ltjax.engine import optim, train
+from ltjax.io import checkpoint, data, results
+from ltjax.studies import common, imp_runs, plots
 from ltjax.studies.spec import RunSpec
 
 SPLITS = ("validation", "test", "shifted")
@@ -84,8 +87,8 @@ def shifted_split(split: data.Split, shift: Any) -> data.Split:
     """The distribution-shifted copy of ``split`` that ``config.shift`` names.
 
     ``kind='rotate'``: every image rotated by ``amount`` degrees
-    (:func:`ltjax.data.rotate`); ``kind='noise'``: Gaussian noise of std
-    ``amount`` in pixel units, seeded by ``seed`` (:func:`ltjax.data.add_noise`).
+    (:func:`ltjax.io.data.rotate`); ``kind='noise'``: Gaussian noise of std
+    ``amount`` in pixel units, seeded by ``seed`` (:func:`ltjax.io.data.add_noise`).
     """
     if shift.kind == "rotate":
         return data.rotate(split, degrees=float(shift.amount))
@@ -165,7 +168,7 @@ def run_recipe(recipe: optim.Recipe, end: int) -> optim.Recipe:
     """The recipe of a fine-tuning run of ``end`` steps: a cosine schedule decays over it.
 
     Example:
-        >>> from ltjax import optim
+        >>> from ltjax.engine import optim
         >>> from ltjax.studies import soups
         >>> recipe = optim.Recipe(optimizer="adam", learning_rate=1e-3, schedule="cosine",
         ...                       total_steps=10000)

@@ -29,8 +29,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from ltjax import data, optim, rng
-from ltjax import executor as executor_lib
+from ltjax.core import rng
+from ltjax.engine import executor as executor_lib
+from ltjax.engine import optim
+from ltjax.io import data
 from ltjax.studies import common
 
 
@@ -116,7 +118,7 @@ class RunSpec:
             progress=progress)
 
     def replicate_keys(self, num: int | None = None) -> jax.Array:
-        """The replicates' keys ``[num]`` (default S): :func:`ltjax.rng.replicate_keys`."""
+        """The replicates' keys ``[num]`` (default S): :func:`ltjax.core.rng.replicate_keys`."""
         return rng.replicate_keys(self.seed, num or self.num_replicates)
 
     def keys(self, num: int | None = None, stream: str | None = None,

@@ -6,7 +6,7 @@ augmentation: the copies' ``noise`` streams), train all S x C copies to the
 end as one program, then evaluate every pair of copies of an initialisation
 along the linear path between them at ``num_alphas`` evenly spaced alphas on
 the train and test sets. A pair's *instability* is its error barrier
-(:func:`ltjax.interpolation.error_barrier`: max error along the path minus the
+(:func:`ltjax.core.interpolation.error_barrier`: max error along the path minus the
 mean of the endpoint errors); the network is *stable* at k when it is below
 2 %.
 
@@ -52,8 +52,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ltjax import interpolation, masking, plots, results, rewinding, rng, tree
-from ltjax.studies import common, imp_runs
+from ltjax.core import interpolation, masking, rewinding, rng, tree
+from ltjax.io import results
+from ltjax.studies import common, imp_runs, plots
 from ltjax.studies.spec import RunSpec
 
 STABLE_BELOW = 0.02  # Frankle et al. 2020: stable when the error barrier is under 2 %

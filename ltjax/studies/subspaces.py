@@ -1,7 +1,7 @@
 """Learning neural network subspaces: lines, curves and simplexes against standard training.
 
 Wortsman, Horton, Guestrin, Farhadi & Rastegari 2021 ("Learning Neural
-Network Subspaces", ICML 2021; :mod:`ltjax.subspaces`). Arms
+Network Subspaces", ICML 2021; :mod:`ltjax.methods.subspaces`). Arms
 (``config.arms``), each one program (the reparameterisation is the
 program's) with the replicates as members, all from the same
 initialisations (a subspace's ``point_0`` is the standard net's init) and
@@ -18,7 +18,7 @@ Each learned subspace is evaluated at ``config.num_alphas`` evenly spaced
 alphas from ``point_0`` to ``point_1`` (a simplex along that edge), with
 BatchNorm statistics recomputed at every point for nets with BatchNorm; plus
 the endpoint ensemble (summed logits, as the reference), the error barrier
-along the path (:func:`ltjax.interpolation.error_barrier`) and the endpoints'
+along the path (:func:`ltjax.core.interpolation.error_barrier`) and the endpoints'
 cos^2.
 
 Example (Colab):
@@ -45,9 +45,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ltjax import executor as executor_lib
-from ltjax import interpolation, models, plots, results, subspaces, tree
-from ltjax.studies import common
+from ltjax import models
+from ltjax.core import interpolation, tree
+from ltjax.engine import executor as executor_lib
+from ltjax.io import results
+from ltjax.methods import subspaces
+from ltjax.studies import common, plots
 from ltjax.studies.spec import RunSpec
 
 VARIANTS = ("line", "line_layerwise", "curve", "curve_layerwise", "simplex",

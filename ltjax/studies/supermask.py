@@ -1,7 +1,7 @@
 """Supermasks: edge-popup over a grid of density x weight init, and Zhou et al.'s masks.
 
 Ramanujan et al. 2020 ("What's Hidden in a Randomly Weighted Neural
-Network?", :mod:`ltjax.supermasks`): the weights stay at their random init,
+Network?", :mod:`ltjax.methods.supermasks`): the weights stay at their random init,
 the scores learn which ``ceil(density * n)`` weights of each layer to keep.
 Every density x weight init (``signed_constant``, ``kaiming_normal``) x
 replicate is a member of one program: the members' frozen trees carry their
@@ -36,8 +36,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from ltjax import checkpoint, masking, plots, results, supermasks, tree
-from ltjax.studies import common, imp_runs
+from ltjax.core import masking, tree
+from ltjax.io import checkpoint, results
+from ltjax.methods import supermasks
+from ltjax.studies import common, imp_runs, plots
 from ltjax.studies.spec import RunSpec
 
 
@@ -114,15 +116,15 @@ def run_supermask(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
 def run_zhou(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Zhou et al. 2019's untrained supermasks from an IMP run's init and trained weights.
 
-    For each criterion of ``config.criteria`` (:data:`ltjax.supermasks.MASK_CRITERIA`)
+    For each criterion of ``config.criteria`` (:data:`ltjax.methods.supermasks.MASK_CRITERIA`)
     and density of ``config.densities``, the masks of
-    :func:`ltjax.supermasks.criterion_masks` from replicate r's init and its
+    :func:`ltjax.methods.supermasks.criterion_masks` from replicate r's init and its
     trained dense weights (level 0 of ``config.imp_workdir``, an IMP run of the
     same seed, model and data) are applied to the *init*, and the network is
     evaluated without any training. The kept weights (``config.weight_inits``)
     are the init's values (``'init'``) or Zhou's signed constant
     (``'signed_constant'``: ``sign(w) * std(layer)`` of the init,
-    :func:`ltjax.supermasks.signed_std_constant`, as the reference's
+    :func:`ltjax.methods.supermasks.signed_std_constant`, as the reference's
     ``get_init_loss_train_lottery.py --exp signed_constant``, ``np.std`` of
     each layer's initial weights; not edge-popup's ``sqrt(2 / fan_in)``).
     Also evaluated: the untrained dense init and the trained dense net.
@@ -206,12 +208,12 @@ BERNOULLI_WEIGHT_INITS = ("init", "signed_constant")
 def run_learned(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Zhou et al.'s learned Bernoulli supermask or DNW, as ``config.method`` says.
 
-    ``'bernoulli'`` (:func:`ltjax.supermasks.bernoulli_supermask`): one member
+    ``'bernoulli'`` (:func:`ltjax.methods.supermasks.bernoulli_supermask`): one member
     per weight init of ``config.get('bernoulli_weight_inits', ('init',
     'signed_constant'))`` x replicate, logits starting at
     ``config.get('init_prob', 0.5)``, ``config.get('dynamic_scaling', False)``;
     the row's ``density`` is the kept share of the member's evaluation mask.
-    ``'dnw'`` (:func:`ltjax.supermasks.dnw`): one member per density of
+    ``'dnw'`` (:func:`ltjax.methods.supermasks.dnw`): one member per density of
     ``config.densities`` x replicate, ``weight_init`` ``'dnw'``. Members of a
     replicate share its init and data order. ``results.csv``: ``method,
     density, weight_init, replicate, test_accuracy, test_loss`` (mean and std

@@ -1,8 +1,8 @@
 """SupSup on permuted-pixel tasks: one fixed random network, one supermask per task.
 
-Wortsman et al. 2020, "Supermasks in Superposition" (:mod:`ltjax.supsup`).
+Wortsman et al. 2020, "Supermasks in Superposition" (:mod:`ltjax.methods.supsup`).
 Every task x replicate is a member of *one* executor program: the model is
-:class:`ltjax.supsup.PermutedInput` around ``config.model``, and each member's
+:class:`ltjax.methods.supsup.PermutedInput` around ``config.model``, and each member's
 frozen tree holds its replicate's signed-constant weights (shared by all the
 tasks of the replicate) and its task's pixel permutation, so member (r, t)
 trains task t's scores on task t's permuted data. The tasks' permutations
@@ -53,8 +53,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ltjax import data, masking, models, plots, results, rng, supsup, tree
-from ltjax.studies import common
+from ltjax import models
+from ltjax.core import masking, rng, tree
+from ltjax.io import data, results
+from ltjax.methods import supsup
+from ltjax.studies import common, plots
 from ltjax.studies.spec import RunSpec
 
 PyTree = Any
@@ -90,7 +93,7 @@ def output_size(config: Any, dataset: data.Dataset) -> int:
 
     Example:
         >>> import ml_collections
-        >>> from ltjax import data
+        >>> from ltjax.io import data
         >>> from ltjax.studies import supsup
         >>> ds = data.synthetic((8, 8, 1), 4, num_classes=10)      # labels 0..9
         >>> config = ml_collections.ConfigDict({"model": "lenet_300_100", "output_size": 100})
@@ -113,7 +116,7 @@ def build_model(config: Any, dataset: data.Dataset) -> Any:
 
     Example:
         >>> import ml_collections
-        >>> from ltjax import data
+        >>> from ltjax.io import data
         >>> from ltjax.studies import supsup
         >>> ds = data.synthetic((8, 8, 1), 4, num_classes=10)      # labels 0..9
         >>> config = ml_collections.ConfigDict({"model": "lenet_300_100", "output_size": 100})

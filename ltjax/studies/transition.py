@@ -57,8 +57,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from ltjax import distributed, masking, plots, results
-from ltjax.studies import common, imp, imp_runs, stability
+from ltjax.core import masking
+from ltjax.io import distributed, results
+from ltjax.studies import common, imp, imp_runs, plots, stability
 from ltjax.studies.spec import RunSpec
 
 #: The fields of the stability study alone, of the IMP study alone, of this study alone.
