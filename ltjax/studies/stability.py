@@ -44,6 +44,7 @@ Example (Colab):
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import pathlib
 from typing import Any
@@ -127,6 +128,104 @@ def check_rewind_steps(config: Any, dataset: Any) -> list[int]:
     return ks
 
 
+@dataclasses.dataclass(frozen=True)
+class TicketSource:
+    """The IMP run whose subnetwork the copies at one k start from (``config.imp_workdir``)."""
+
+    workdir: str  # the IMP run's workdir
+    config: dict  # its config.json (checked compatible with this study's)
+    level: int  # the level whose masks are loaded
+    branch: str  # whose masks: 'imp' or one of its controls
+    prunable: Any  # the pruned leaves, by the IMP run's include / exclude
+
+
+@dataclasses.dataclass(frozen=True)
+class StabilitySpec:
+    """An instability study, parsed and checked once at its entry (Frankle et al. 2020).
+
+    Attributes:
+      run: what every study shares (:class:`ltjax.studies.spec.RunSpec`).
+      rewind_steps: the steps k the copies start from, sorted.
+      num_copies: copies per replicate (pairs: every two of them).
+      alphas: the interpolation path's points.
+      path_splits: the splits each path is evaluated on.
+      reset: BatchNorm statistics along the path (:func:`ltjax.studies.common.batch_stats_reset`).
+      recompute_batch_stats: recompute them at each point (BatchNorm models).
+      alpha_chunk: points evaluated per program call.
+      tickets: per k, the IMP subnetwork the copies start from (:class:`TicketSource`);
+        a k without one trains dense copies.
+
+    Example:
+        The spec of the digits config, before any workdir exists:
+
+        >>> from experiments.configs import stability_lenet_digits
+        >>> from ltjax.studies.stability import StabilitySpec
+        >>> spec = StabilitySpec.from_config(stability_lenet_digits.get_config("quick"),
+        ...                                  "/tmp/never_written", progress=False)
+        >>> spec.rewind_steps, spec.num_copies, len(spec.alphas), spec.tickets
+        ((0, 18), 2, 5, {})
+    """
+
+    run: RunSpec
+    rewind_steps: tuple[int, ...]
+    num_copies: int
+    alphas: tuple[float, ...]
+    path_splits: tuple[str, ...]
+    reset: dict
+    recompute_batch_stats: bool
+    alpha_chunk: int
+    tickets: dict[int, TicketSource]
+
+    @classmethod
+    def from_config(cls, config: Any, workdir: str | pathlib.Path, *,
+                    progress: bool = True) -> StabilitySpec:
+        """Parse and check ``config`` (and the IMP runs it names); nothing is written.
+
+        ``workdir`` resolves ``{workdir}`` in ``config.imp_workdir``.
+
+        Raises:
+          ValueError: bad rewind steps, copies, branch or BatchNorm reset, an IMP run that
+            is missing, unfinished, of another config or without the branch (naming it).
+        """
+        reset = common.batch_stats_reset(config)
+        parsed: dict = {}
+
+        def check(dataset) -> None:  # before the workdir is written
+            per_epoch = len(dataset.train) // config.recipe.batch_size
+            ks = check_rewind_steps(config, dataset)
+            branch = config.get("imp_branch", "imp")
+            tickets = {}
+            for k, imp_workdir in imp_runs.imp_workdirs(config, ks, per_epoch, workdir).items():
+                imp_config = imp_runs.check_imp_compatible(config, imp_workdir,
+                                                           dataset=dataset, rewind_step=k)
+                imp_runs.check_imp_level(imp_workdir, config.imp_level)
+                if branch != "imp" and branch not in (imp_config.get("controls") or ()):
+                    raise ValueError(
+                        f"imp_branch={branch!r}: the IMP run in {imp_workdir!r} has no such "
+                        f"control (its controls: {list(imp_config.get('controls') or ())})")
+                tickets[k] = (imp_workdir, imp_config)
+            parsed.update(ks=tuple(ks), tickets=tickets, branch=branch)
+
+        run = RunSpec.from_config(config, check=check, progress=progress)
+        abstract = run.executor.abstract_params
+
+        def source(imp_workdir: str, imp_config: dict) -> TicketSource:
+            pruning_config = imp_config.get("pruning") or {}
+            return TicketSource(
+                workdir=imp_workdir, config=imp_config, level=config.imp_level,
+                branch=parsed["branch"], prunable=masking.prunable(
+                    abstract, include=pruning_config.get("include") or None,
+                    exclude=pruning_config.get("exclude") or None))
+
+        alphas = np.linspace(0.0, 1.0, config.num_alphas)
+        return cls(run=run, rewind_steps=parsed["ks"], num_copies=int(config.num_copies),
+                   alphas=tuple(float(a) for a in alphas),
+                   path_splits=tuple(config.path_splits), reset=reset,
+                   recompute_batch_stats=bool(config.get("recompute_batch_stats", True)),
+                   alpha_chunk=int(config.get("alpha_chunk") or len(alphas)),
+                   tickets={k: source(*t) for k, t in parsed["tickets"].items()})
+
+
 @common.study_entry
 def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Run the instability study; resumable. See the module docstring.
@@ -144,31 +243,10 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
       every trained copy's final test accuracy and density (``{'k', 'replicate',
       'copy', 'test_accuracy', 'density'}``, by k, replicate and copy).
     """
-    reset = common.batch_stats_reset(config)
-    ks_and_runs: dict[int, str] = {}
-    imp_configs: dict[int, dict] = {}
-
-    def check(dataset) -> None:  # before the workdir is written
-        per_epoch = len(dataset.train) // config.recipe.batch_size
-        ks = check_rewind_steps(config, dataset)
-        ks_and_runs.update({k: "" for k in ks})
-        branch = config.get("imp_branch", "imp")
-        for k, run in imp_runs.imp_workdirs(config, ks, per_epoch, workdir).items():
-            imp_configs[k] = imp_runs.check_imp_compatible(config, run, dataset=dataset,
-                                                           rewind_step=k)
-            imp_runs.check_imp_level(run, config.imp_level)
-            if branch != "imp" and branch not in (imp_configs[k].get("controls") or ()):
-                raise ValueError(
-                    f"imp_branch={branch!r}: the IMP run in {run!r} has no such control "
-                    f"(its controls: {list(imp_configs[k].get('controls') or ())})")
-            ks_and_runs[k] = run
-
-    spec = RunSpec.from_config(config, check=check, progress=progress)
+    stability = StabilitySpec.from_config(config, workdir, progress=progress)
+    spec, copies = stability.run, stability.num_copies
     run = spec.open(workdir)
-    workdir, executor = run.workdir, spec.executor
-    num, copies = spec.num_replicates, config.num_copies
-    ks = sorted(ks_and_runs)
-    alphas = np.linspace(0.0, 1.0, config.num_alphas)
+    workdir, executor, num = run.workdir, spec.executor, spec.num_replicates
     keys = spec.replicate_keys()
     init_keys, noise_keys = spec.keys()
     copy_keys = copy_noise_keys(keys, copies)
@@ -176,28 +254,24 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     state = executor.init(init_keys)
     like = executor.shard(masking.ones_like(state.params))
 
-    splits = list(config.path_splits)
     rows: list[dict] = []
     path_records: list[dict] = []
     copy_rows: list[dict] = []
-    for k in ks:
+    for k in stability.rewind_steps:
         # The parent of every copy: the dense run (own noise) to step k.
         state = run.segment(f"parent_{k}", state=state, noise_keys=noise_keys, end=k,
                             tags={"k": k, "branch": "parent"}, desc=f"parent to step {k}").state
         masks, start = None, state
         density = np.ones(num)
-        if ks_and_runs[k]:
+        if k in stability.tickets:
             # The ticket as IMP trained it: step-k weights under the mask, and the
             # optimiser state IMP started from (fresh, or rewound with rewind_optimizer).
-            imp_config = imp_configs[k]
-            masks = executor.shard(imp_runs.load_imp_masks(ks_and_runs[k], config.imp_level, like,
-                                                  config.get("imp_branch", "imp")))
-            pruning_config = imp_config.get("pruning") or {}
-            selection = masking.prunable(executor.abstract_state.params,
-                                         include=pruning_config.get("include") or None,
-                                         exclude=pruning_config.get("exclude") or None)
-            density = np.asarray(jax.vmap(lambda m, s=selection: masking.density(m, s))(masks))
-            start = ticket_start(executor, state, masks, imp_config)
+            ticket = stability.tickets[k]
+            masks = executor.shard(imp_runs.load_imp_masks(ticket.workdir, ticket.level, like,
+                                                           ticket.branch))
+            density = np.asarray(jax.vmap(
+                lambda m, s=ticket.prunable: masking.density(m, s))(masks))
+            start = ticket_start(executor, state, masks, ticket.config)
         start = executor.shard(_repeat(start, copies))
         copy_masks = executor.shard(_repeat(masks, copies)) if masks is not None else None
         trained = run.segment(f"copies_{k}", state=start, masks=copy_masks,
@@ -209,9 +283,7 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
                        "test_accuracy": float(trained.curves.final("test", "accuracy")[m]),
                        "density": float(trained.curves.density[m])}
                       for m in range(num * copies)]
-        k_rows, k_records = _pair_rows(run, final, k=k, num=num, copies=copies,
-                                       alphas=alphas, splits=splits, config=config,
-                                       reset=reset)
+        k_rows, k_records = _pair_rows(run, stability, final, k=k)
         rows += k_rows
         path_records += k_records
 
@@ -230,17 +302,17 @@ def run_stability(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
             "copies": copy_rows}
 
 
-def _pair_rows(run, final, *, k, num, copies, alphas, splits, config,
-               reset) -> tuple[list[dict], list[dict]]:
+def _pair_rows(run, stability, final, *, k) -> tuple[list[dict], list[dict]]:
     """Every pair's path, evaluated once (:func:`ltjax.studies.common.path_once`).
 
     Returns one row per replicate, pair and split, and the paths' records (for the figure).
     """
-    executor = run.spec.executor
+    executor, num, copies = run.spec.executor, run.spec.num_replicates, stability.num_copies
+    alphas = np.asarray(stability.alphas)
     recompute = None
-    if jax.tree.leaves(final.batch_stats) and config.get("recompute_batch_stats", True):
+    if jax.tree.leaves(final.batch_stats) and stability.recompute_batch_stats:
         def recompute(t):
-            return (t[0], executor.recomputed_batch_stats(t[0], t[1], **reset))
+            return (t[0], executor.recomputed_batch_stats(t[0], t[1], **stability.reset))
     rows, records = [], []
     for rep in range(num):
         for i, j in itertools.combinations(range(copies), 2):
@@ -249,12 +321,11 @@ def _pair_rows(run, final, *, k, num, copies, alphas, splits, config,
             b = (tree.index(final.params, rep * copies + j),
                  tree.index(final.batch_stats, rep * copies + j))
             pair = f"{i}-{j}"
-            for split in splits:
+            for split in stability.path_splits:
                 def evaluate(split=split, a=a, b=b):
                     return {split: interpolation.evaluate_path(
                         lambda t: executor.evaluate_params(t[0], t[1], split), a, b,
-                        alphas, chunk_size=config.get("alpha_chunk", len(alphas)),
-                        recompute_fn=recompute)}
+                        alphas, chunk_size=stability.alpha_chunk, recompute_fn=recompute)}
 
                 curves, path_records = common.path_once(
                     run.workdir, run.log, f"paths/k_{k}/replicate_{rep}_pair_{pair}_{split}",
