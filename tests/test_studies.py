@@ -369,3 +369,62 @@ def test_a_finished_segment_restores_without_its_start_and_refuses_other_masks(t
         [{"replicate": 0}]) == logged
     with pytest.raises(ValueError, match="trained with other masks"):
         run.segment("s", state=never, noise_keys=noise_keys, masks=ones)
+
+
+class _SealedConfig:
+    """A study's config that refuses every read once sealed: what a study reads after its
+    spec exists is found (the spec is the one parse of the config, #30)."""
+
+    def __init__(self, config):
+        object.__setattr__(self, "_config", config)
+        object.__setattr__(self, "_sealed", False)
+
+    def _read(self, what):
+        if object.__getattribute__(self, "_sealed"):
+            raise AssertionError(f"config{what} read after the study's spec was built")
+        return object.__getattribute__(self, "_config")
+
+    def __getattr__(self, name):
+        return getattr(self._read(f".{name}"), name)
+
+    def __getitem__(self, key):
+        return self._read(f"[{key!r}]")[key]
+
+    def __contains__(self, key):
+        return key in self._read(f" contains {key!r}")
+
+
+@pytest.mark.parametrize("study", ["imp", "stability"])
+def test_a_study_reads_no_config_field_after_its_spec(tmp_path, monkeypatch, study):
+    from experiments.configs import imp_lenet_digits, stability_lenet_digits
+    from ltjax.studies import imp, stability
+
+    module, spec_cls, config = {
+        "imp": (imp, imp.ImpSpec, imp_lenet_digits.get_config("quick")),
+        "stability": (stability, stability.StabilitySpec,
+                      stability_lenet_digits.get_config("quick")),
+    }[study]
+    config.model, config.model_kwargs = "mlp", {"widths": (16,)}
+    config.training_steps = config.eval_every = config.checkpoint_every = "6it"
+    if study == "imp":
+        config.levels, config.controls = 1, ("reinit",)
+    else:
+        config.rewind_steps = ("0it",)
+    original = spec_cls.from_config.__func__
+    built = []
+
+    def then_sealed(cls, config, *args, **kwargs):
+        spec = original(cls, config, *args, **kwargs)
+        object.__setattr__(config, "_sealed", True)
+        built.append(spec)
+        return spec
+
+    monkeypatch.setattr(spec_cls, "from_config", classmethod(then_sealed))
+    run = getattr(module, f"run_{study}")
+    run(_SealedConfig(config), tmp_path, progress=False)
+    assert built and (tmp_path / "results.csv").exists()
+    # The proxy does catch a read after sealing (the test's own check).
+    sealed = _SealedConfig(config)
+    object.__setattr__(sealed, "_sealed", True)
+    with pytest.raises(AssertionError, match=r"config\.levels read after"):
+        sealed.levels
