@@ -427,4 +427,4 @@ def test_a_study_reads_no_config_field_after_its_spec(tmp_path, monkeypatch, stu
     sealed = _SealedConfig(config)
     object.__setattr__(sealed, "_sealed", True)
     with pytest.raises(AssertionError, match=r"config\.levels read after"):
-        sealed.levels
+        _ = sealed.levels
