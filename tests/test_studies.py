@@ -394,22 +394,29 @@ class _SealedConfig:
         return key in self._read(f" contains {key!r}")
 
 
-@pytest.mark.parametrize("study", ["imp", "stability"])
+@pytest.mark.parametrize("study", ["imp", "stability", "grokking_tickets"])
 def test_a_study_reads_no_config_field_after_its_spec(tmp_path, monkeypatch, study):
-    from experiments.configs import imp_lenet_digits, stability_lenet_digits
-    from ltjax.studies import imp, stability
+    from experiments.configs import (
+        grokking_tickets_mlp,
+        imp_lenet_digits,
+        stability_lenet_digits,
+    )
+    from ltjax.studies import grokking_tickets, imp, stability
 
     module, spec_cls, config = {
         "imp": (imp, imp.ImpSpec, imp_lenet_digits.get_config("quick")),
         "stability": (stability, stability.StabilitySpec,
                       stability_lenet_digits.get_config("quick")),
+        "grokking_tickets": (grokking_tickets, grokking_tickets.GrokkingSpec,
+                             grokking_tickets_mlp.get_config("quick")),
     }[study]
-    config.model, config.model_kwargs = "mlp", {"widths": (16,)}
     config.training_steps = config.eval_every = config.checkpoint_every = "6it"
     if study == "imp":
         config.levels, config.controls = 1, ("reinit",)
-    else:
+    elif study == "stability":
         config.rewind_steps = ("0it",)
+    if study != "grokking_tickets":
+        config.model, config.model_kwargs = "mlp", {"widths": (16,)}
     original = spec_cls.from_config.__func__
     built = []
 

@@ -113,6 +113,65 @@ def first_step(curve: list[tuple[int, float]], threshold: float) -> int | None:
     return next((s for s, a in sorted(curve) if a >= threshold), None)
 
 
+@dataclasses.dataclass(frozen=True)
+class GrokkingSpec:
+    """A Grokking Tickets study, parsed and checked once at its entry (Minegishi et al. 2023).
+
+    Attributes:
+      run: what every study shares (:class:`ltjax.studies.spec.RunSpec`; the dataset is
+        modular arithmetic, as one-hot pairs for ``input='one_hot'``).
+      densities: the tickets' target densities (kept shares of the prunable weights).
+      target_accuracy: the test accuracy that counts as grokked.
+      scope: how the tickets' masks rank magnitudes (:data:`ltjax.core.pruning.SCOPES`).
+      random_scope: how the random-pruning control draws its masks.
+      prunable: the pruned leaves (``pruning.include`` / ``exclude``).
+
+    Example:
+        The spec of the MLP's quick config, before any workdir exists:
+
+        >>> from experiments.configs import grokking_tickets_mlp
+        >>> from ltjax.studies.grokking_tickets import GrokkingSpec
+        >>> spec = GrokkingSpec.from_config(grokking_tickets_mlp.get_config("quick"),
+        ...                                 progress=False)
+        >>> spec.densities, spec.target_accuracy, spec.scope
+        ((0.4,), 0.95, 'global')
+    """
+
+    run: RunSpec
+    densities: tuple[float, ...]
+    target_accuracy: float
+    scope: str
+    random_scope: str
+    prunable: Any
+
+    @classmethod
+    def from_config(cls, config: Any, *, progress: bool = True) -> GrokkingSpec:
+        """Parse and check ``config``; nothing is written.
+
+        Raises:
+          ValueError: densities outside (0, 1), a bad target or scope, a dataset
+            that is not modular arithmetic (naming the field).
+        """
+        densities = check_config(config)
+
+        def check(dataset: data.Dataset) -> None:
+            if not dataset.name.startswith(data.MODULAR_PREFIX):
+                raise ValueError(f"grokking tickets train on modular arithmetic "
+                                 f"('modular_add:p=97,train_share=0.3'), got {dataset.name!r}")
+
+        run = RunSpec.from_config(
+            config, check=check, progress=progress,
+            transform=one_hot_pairs if config.get("input", "tokens") == "one_hot" else None)
+        p = config.get("pruning") or {}
+        return cls(run=run, densities=densities,
+                   target_accuracy=float(config.get("target_accuracy", 0.95)),
+                   scope=config.get("scope", "global"),
+                   random_scope=config.get("random_scope", "layerwise"),
+                   prunable=masking.prunable(run.executor.abstract_params,
+                                             include=p.get("include") or None,
+                                             exclude=p.get("exclude") or None))
+
+
 @common.study_entry
 def run_grokking_tickets(config: Any, workdir: str | pathlib.Path, *,
                          progress: bool = True) -> dict:
@@ -134,25 +193,13 @@ def run_grokking_tickets(config: Any, workdir: str | pathlib.Path, *,
       ValueError: densities outside (0, 1), a bad target or scope, a dataset
         that is not modular arithmetic (before any work).
     """
-    densities = check_config(config)
-    target = float(config.get("target_accuracy", 0.95))
-    scope, random_scope = config.get("scope", "global"), config.get("random_scope", "layerwise")
-
-    def check(dataset: data.Dataset) -> None:
-        if not dataset.name.startswith(data.MODULAR_PREFIX):
-            raise ValueError(f"grokking tickets train on modular arithmetic "
-                             f"('modular_add:p=97,train_share=0.3'), got {dataset.name!r}")
-
-    spec = RunSpec.from_config(
-        config, check=check, progress=progress,
-        transform=one_hot_pairs if config.get("input", "tokens") == "one_hot" else None)
+    grokking = GrokkingSpec.from_config(config, progress=progress)
+    spec, densities, target = grokking.run, grokking.densities, grokking.target_accuracy
+    scope, random_scope, selection = grokking.scope, grokking.random_scope, grokking.prunable
     run = spec.open(workdir)
     executor, num, end = spec.executor, spec.num_replicates, spec.training_steps
     keys = spec.replicate_keys()
     init_keys, noise_keys = spec.keys()
-    p = config.get("pruning") or {}
-    selection = masking.prunable(executor.abstract_params, include=p.get("include") or None,
-                                 exclude=p.get("exclude") or None)
     replicates = [{"replicate": r} for r in range(num)]
 
     # 1. The dense net, to the end (it should grok).
