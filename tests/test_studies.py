@@ -394,14 +394,15 @@ class _SealedConfig:
         return key in self._read(f" contains {key!r}")
 
 
-@pytest.mark.parametrize("study", ["imp", "stability", "grokking_tickets"])
+@pytest.mark.parametrize("study", ["imp", "stability", "grokking_tickets", "rebasin"])
 def test_a_study_reads_no_config_field_after_its_spec(tmp_path, monkeypatch, study):
     from experiments.configs import (
         grokking_tickets_mlp,
         imp_lenet_digits,
+        rebasin_mlp_digits,
         stability_lenet_digits,
     )
-    from ltjax.studies import grokking_tickets, imp, stability
+    from ltjax.studies import grokking_tickets, imp, rebasin, stability
 
     module, spec_cls, config = {
         "imp": (imp, imp.ImpSpec, imp_lenet_digits.get_config("quick")),
@@ -409,6 +410,7 @@ def test_a_study_reads_no_config_field_after_its_spec(tmp_path, monkeypatch, stu
                       stability_lenet_digits.get_config("quick")),
         "grokking_tickets": (grokking_tickets, grokking_tickets.GrokkingSpec,
                              grokking_tickets_mlp.get_config("quick")),
+        "rebasin": (rebasin, rebasin.RebasinSpec, rebasin_mlp_digits.get_config("quick")),
     }[study]
     config.training_steps = config.eval_every = config.checkpoint_every = "6it"
     if study == "imp":

@@ -1157,9 +1157,9 @@ def _mean_loss(pending: list[tuple[np.ndarray, int]]) -> np.ndarray:
     return sum(np.asarray(m, np.float64) * n for m, n in pending) / total
 
 
-def records_once(workdir: str | pathlib.Path, log: results.MetricsLog, name: str,
-                 compute: Callable[[], list[dict]], *, mine: Callable[[dict], bool],
-                 ) -> list[dict]:
+def records_once(workdir: str | pathlib.Path, log: results.MetricsLog | None, name: str,
+                 compute: Callable[[], list[dict]], *,
+                 mine: Callable[[dict], bool] | None = None) -> list[dict]:
     """Records a study evaluates once (paths, soups): a rerun restores them, never the log.
 
     The records go to the log and to a checkpoint (``checkpoints/<name>``: the
@@ -1170,10 +1170,11 @@ def records_once(workdir: str | pathlib.Path, log: results.MetricsLog, name: str
 
     Args:
       workdir: the study's workdir.
-      log: its metrics log.
+      log: its metrics log, or None (the records are kept in the checkpoint only, e.g.
+        a matching's permutations).
       name: the checkpoint's name under ``checkpoints/``.
       compute: evaluates the records.
-      mine: whether a log record is one of these records.
+      mine: whether a log record is one of these records (with a log).
 
     Returns:
       The records as the log holds them (:func:`ltjax.io.results.as_logged`), the same
@@ -1195,9 +1196,11 @@ def records_once(workdir: str | pathlib.Path, log: results.MetricsLog, name: str
             _, _, _, saved = found
             _check_saved(ckpt, saved, fingerprint, [])
             return saved["records"]
-        log.keep_only(lambda r: not mine(r))
+        if log is not None:
+            log.keep_only(lambda r: not mine(r))
         records = results.as_logged(compute())
-        log.append(records)
+        if log is not None:
+            log.append(records)
         ckpt.save(0, state={"records": np.int32(len(records))},
                   meta={"config": fingerprint, "members": [], "records": records})
     return records

@@ -48,6 +48,8 @@ Example (Colab):
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import pathlib
 from typing import Any
 
@@ -186,6 +188,93 @@ def activation_moments(executor: executor_lib.Executor, spec: matching.Permutati
     return moments
 
 
+@dataclasses.dataclass(frozen=True)
+class SparseSpec:
+    """``config.sparse``: sparse re-basin (a ticket's mask moved into each model's basin)."""
+
+    density: float  # the kept share of model 0's magnitude mask
+    scope: str  # how it ranks magnitudes (ltjax.core.pruning.SCOPES)
+    ticket: bool  # also train model 0's own ticket
+    end: int  # the sparse networks' training steps
+
+
+@dataclasses.dataclass(frozen=True)
+class RebasinSpec:
+    """A re-basin study, parsed and checked once at its entry (Ainsworth et al. 2023).
+
+    Attributes:
+      run: what every study shares (:class:`ltjax.studies.spec.RunSpec`).
+      method: ``'weight'``, ``'activation'`` or ``'ste'`` (:func:`match`).
+      seed: the matching's seed (the config's).
+      matching: the matching's settings (a frozen copy of ``config.matching``).
+      corrections: the paths' corrections (:data:`CORRECTIONS`).
+      reset: BatchNorm statistics along the path for ``'reset'``
+        (:func:`ltjax.studies.common.batch_stats_reset`).
+      repair_examples: training inputs of REPAIR's statistics.
+      repair_eps: REPAIR's epsilon.
+      alphas: the paths' points.
+      path_splits: the splits each path is evaluated on.
+      alpha_chunk: points evaluated per program call.
+      sparse: sparse re-basin (:class:`SparseSpec`), or None (off).
+
+    Example:
+        The spec of the digits config, before any workdir exists:
+
+        >>> from experiments.configs import rebasin_mlp_digits
+        >>> from ltjax.studies.rebasin import RebasinSpec
+        >>> spec = RebasinSpec.from_config(rebasin_mlp_digits.get_config("quick"),
+        ...                                progress=False)
+        >>> spec.method, spec.corrections, len(spec.alphas), spec.sparse is None
+        ('weight', ('none', 'repair'), 9, False)
+    """
+
+    run: RunSpec
+    method: str
+    seed: int
+    matching: Any
+    corrections: tuple[str, ...]
+    reset: dict
+    repair_examples: int
+    repair_eps: float
+    alphas: tuple[float, ...]
+    path_splits: tuple[str, ...]
+    alpha_chunk: int
+    sparse: SparseSpec | None
+
+    @classmethod
+    def from_config(cls, config: Any, *, progress: bool = True) -> RebasinSpec:
+        """Parse and check ``config`` (:func:`check_config`, and ``'reset'`` against the
+        model's BatchNorm); nothing is written.
+
+        Raises:
+          ValueError: see :func:`check_config`; ``'reset'`` for a model without BatchNorm.
+        """
+        check_config(config)
+        corrections = corrections_of(config)
+        run = RunSpec.from_config(config, progress=progress)
+        if "reset" in corrections and not models.has_batch_norm(
+                run.executor.abstract_state.batch_stats):
+            raise ValueError(f"config.corrections has 'reset' but {config.model} has no "
+                             "BatchNorm statistics to recompute")
+        sparse = None
+        if sparse_density(config) > 0:
+            block = config.sparse
+            sparse = SparseSpec(
+                density=float(block.density), scope=block.scope,
+                ticket=bool(block.get("ticket", True)),
+                end=common.steps(block.get("training_steps") or config.training_steps,
+                                 run.steps_per_epoch))
+        alphas = np.linspace(0.0, 1.0, config.num_alphas)
+        return cls(run=run, method=config.method, seed=config.seed,
+                   matching=copy.deepcopy(config.matching), corrections=corrections,
+                   reset=common.batch_stats_reset(config),
+                   repair_examples=int(config.repair.num_examples),
+                   repair_eps=float(config.repair.eps),
+                   alphas=tuple(float(a) for a in alphas),
+                   path_splits=tuple(config.path_splits),
+                   alpha_chunk=int(config.get("alpha_chunk") or len(alphas)), sparse=sparse)
+
+
 def match(config: Any, executor: executor_lib.Executor, spec: matching.PermutationSpec,
           a: tuple, b: tuple) -> matching.MatchResult:
     """Permutations of network ``b = (params, batch_stats)`` onto ``a`` by ``config.method``.
@@ -202,7 +291,8 @@ def match(config: Any, executor: executor_lib.Executor, spec: matching.Permutati
     Re-Basin, Ainsworth et al. 2023, sections 3.1-3.3).
 
     Args:
-      config: the study's config (``method``, ``seed``, ``matching``).
+      config: the study's config or its :class:`RebasinSpec` (``method``, ``seed``,
+        ``matching``).
       executor: the executor (its model and dataset).
       spec: the model's :class:`ltjax.core.matching.PermutationSpec`.
       a: the reference ``(params, batch_stats)``.
@@ -251,21 +341,23 @@ def match(config: Any, executor: executor_lib.Executor, spec: matching.Permutati
     raise ValueError(f"config.method must be one of {METHODS}, got {config.method!r}")
 
 
-def _load_or_match(config, executor, spec, a, b, *, path: pathlib.Path) -> dict:
-    """The pair's permutations, from ``path`` if a previous run matched it already.
+def _load_or_match(rebasin, run, spec, a, b, *, pair: str) -> dict:
+    """The pair's permutations: matched once (a checkpoint, restored on a rerun).
 
-    The file holds what the matching found, nothing of the machine (no wall time), so
-    the same command writes the same bytes.
+    ``perms/pair_<pair>.json`` is written from it on every run (an output, never read):
+    what the matching found, nothing of the machine (no wall time), so the same command
+    writes the same bytes.
     """
-    if path.exists():
-        saved = results.read_json(path)
-        return {"perms": {k: jnp.asarray(v, jnp.int32) for k, v in saved["perms"].items()},
-                "objective": saved["objective"]}
-    result = match(config, executor, spec, a, b)
-    perms = {k: np.asarray(v).tolist() for k, v in result.perms.items()}
-    results.write_json(path, {"method": config.method, "objective": result.objective,
-                              "iterations": result.iterations, "perms": perms})
-    return {"perms": result.perms, "objective": result.objective}
+    def compute() -> list[dict]:
+        result = match(rebasin, run.spec.executor, spec, a, b)
+        return [{"method": rebasin.method, "objective": result.objective,
+                 "iterations": result.iterations,
+                 "perms": {k: np.asarray(v).tolist() for k, v in result.perms.items()}}]
+
+    (found,) = common.records_once(run.workdir, None, f"matching/pair_{pair}", compute)
+    results.write_json(run.workdir / "perms" / f"pair_{pair}.json", found)
+    return {"perms": {k: jnp.asarray(v, jnp.int32) for k, v in found["perms"].items()},
+            "objective": found["objective"]}
 
 
 @common.study_entry
@@ -307,22 +399,18 @@ def run_rebasin(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
         [(r["variant"], r["error_barrier"]) for r in summary["rows"]][:2]
         ```
     """
-    check_config(config)
-    corrections = corrections_of(config)
-    run_spec = RunSpec.from_config(config, progress=progress)
+    rebasin = RebasinSpec.from_config(config, progress=progress)
+    run_spec = rebasin.run
     run = run_spec.open(workdir)
     workdir, dataset, executor = run.workdir, run_spec.dataset, run_spec.executor
     model = executor.model
-    if "reset" in corrections and not models.has_batch_norm(executor.abstract_state.batch_stats):
-        raise ValueError(f"config.corrections has 'reset' but {config.model} has no BatchNorm "
-                         "statistics to recompute")
     num = run_spec.num_replicates
     init_keys, noise_keys = run_spec.keys()
 
     # 1. S networks from S initialisations, as one program.
     initial = executor.init(init_keys)
     dense = run.segment("dense", state=initial, noise_keys=noise_keys, tags={"branch": "dense"},
-                        desc=f"train {config.model} x{num}")
+                        desc=f"train {run_spec.model_name} x{num}")
     final = dense.state
     nets = [(tree_lib.index(final.params, r), tree_lib.index(final.batch_stats, r))
             for r in range(num)]
@@ -331,62 +419,61 @@ def run_rebasin(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
     # 2. Match every model j to model 0.
     matched = {}
     for j in range(1, num):
-        common.say(f"matching model {j} to model 0 ({config.method} matching)", progress)
-        found = _load_or_match(config, executor, spec, nets[0], nets[j],
-                               path=workdir / "perms" / f"pair_0-{j}.json")
+        common.say(f"matching model {j} to model 0 ({rebasin.method} matching)", progress)
+        found = _load_or_match(rebasin, run, spec, nets[0], nets[j], pair=f"0-{j}")
         perms = found["perms"]
         matched[j] = {**found, "net": (matching.apply_permutation(spec, perms, nets[j][0]),
                                        matching.apply_permutation(spec, perms, nets[j][1]))}
 
     # 3. Naive and matched paths, with each correction.
-    x_repair = train_sample(dataset, config.repair.num_examples, seed=config.seed + 1)
-    alphas = np.linspace(0.0, 1.0, config.num_alphas)
-    splits = list(config.path_splits)
+    x_repair = train_sample(dataset, rebasin.repair_examples, seed=rebasin.seed + 1)
+    alphas = np.asarray(rebasin.alphas)
+    splits = list(rebasin.path_splits)
     rows, path_records = [], []
     paths = [(j, variant, correction) for j in range(1, num) for variant in VARIANTS
-             for correction in corrections]
+             for correction in rebasin.corrections]
     for j, variant, correction in tqdm.tqdm(
             paths, desc=f"interpolation paths ({len(alphas)} points each)", unit="path",
             disable=not progress):
         b = nets[j] if variant == "naive" else matched[j]["net"]
         tags = {"branch": "path", "pair": f"0-{j}", "variant": variant, "correction": correction}
-        curves, records = _evaluate_path(run, config, tags, nets[0], b, alphas=alphas,
+        curves, records = _evaluate_path(run, rebasin, tags, nets[0], b, alphas=alphas,
                                          splits=splits, correction=correction,
                                          x_repair=x_repair)
         path_records += records
-        rows += [_path_row(*curves[split], tags, split, method=config.method)
+        rows += [_path_row(*curves[split], tags, split, method=rebasin.method)
                  for split in splits]
     means = results.write_table(
         workdir / "results.csv", rows, by=("variant", "correction", "split"), stats=("mean",),
-        constants={"method": config.method},
+        constants={"method": rebasin.method},
         fields=[k for k in rows[0] if isinstance(rows[0][k], float | np.floating)])["rows"]
     summary = [{"pair": "mean", **r} for r in means] if num > 2 else rows
 
     # 4. Sparse re-basin.
     sparse_rows, sparse_records = [], []
-    if sparse_density(config) > 0:
-        sparse_rows, sparse_records = _sparse_rebasin(config, run, spec, nets, matched,
+    if rebasin.sparse is not None:
+        sparse_rows, sparse_records = _sparse_rebasin(rebasin.sparse, run, spec, nets, matched,
                                                       initial, noise_keys)
         results.write_csv(workdir / "sparse_results.csv", sparse_rows)
 
-    name = f"{config.model} on {plots.dataset_label(config.dataset)}"
+    name = f"{run_spec.model_name} on {plots.dataset_label(run_spec.config['dataset'])}"
     plots.plot_interpolation(
         path_records, workdir / "plots" / "interpolation.png",
-        title=f"{name}: model 0 to model j, {config.method} matching", rows=rows)
+        title=f"{name}: model 0 to model j, {rebasin.method} matching", rows=rows)
     plots.plot_branch_curves(
         dense.curves.records([{"replicate": r} for r in range(num)], {"branch": "dense"}),
         workdir / "plots" / "learning_curves.png", key="branch",
         title=f"{name}: {num} initialisations")
     if sparse_rows:
         plots.plot_branch_curves(
-            [{**r, "member": _member_names(num, config.sparse.get("ticket", True))[
+            [{**r, "member": _member_names(num, rebasin.sparse.ticket)[
                 r["replicate"]]} for r in sparse_records if r["split"] == "test"],
             workdir / "plots" / "sparse_rebasin.png", key="member",
-            title=f"{name}: sparse re-basin at density {config.sparse.density:g}")
+            title=f"{name}: sparse re-basin at density {rebasin.sparse.density:g}")
     return {"rows": summary, "sparse": sparse_rows}
 
 
-def _evaluate_path(run, config, tags, a, b, *, alphas, splits, correction,
+def _evaluate_path(run, rebasin, tags, a, b, *, alphas, splits, correction,
                    x_repair) -> tuple[dict, list[dict]]:
     """One path on ``splits``, evaluated once (:func:`ltjax.studies.common.path_once`).
 
@@ -407,17 +494,15 @@ def _evaluate_path(run, config, tags, a, b, *, alphas, splits, correction,
         recompute = None
         tree_a, tree_b = a, b
         if correction == "reset":
-            reset = common.batch_stats_reset(config)
-
             def recompute(t):
-                return (t[0], executor.recomputed_batch_stats(t[0], t[1], **reset))
+                return (t[0], executor.recomputed_batch_stats(t[0], t[1], **rebasin.reset))
         elif correction == "repair":
-            model, eps = executor.model, config.repair.eps
+            model, eps = executor.model, rebasin.repair_eps
             tree_a = (*a, models.output_stats(model, _variables(*a), x_repair))
             tree_b = (*b, models.output_stats(model, _variables(*b), x_repair))
             recompute = models.repair_fn(model, x_repair, eps=eps)
         curve = interpolation.evaluate_path(evaluate, tree_a, tree_b, alphas,
-                                            chunk_size=config.get("alpha_chunk") or len(alphas),
+                                            chunk_size=rebasin.alpha_chunk,
                                             recompute_fn=recompute)
         return {split: {k: curve[f"{split}/{k}"] for k in ("accuracy", "loss")}
                 for split in splits}
@@ -452,21 +537,17 @@ def _member_names(num: int, ticket: bool) -> list[str]:
     return names
 
 
-def _sparse_rebasin(config, run, spec, nets, matched, initial, noise_keys,
+def _sparse_rebasin(sparse, run, spec, nets, matched, initial, noise_keys,
                     ) -> tuple[list[dict], list[dict]]:
     """Train the ticket, permuted-mask and naive-mask networks as one masked program.
 
     Returns the table's rows (one per member) and the segment's records (for the figure).
     """
-    num = len(nets)
-    sparse = config.sparse
-    executor = run.spec.executor
-    per_epoch = executor.steps_per_epoch
-    end = common.steps(sparse.get("training_steps") or config.training_steps, per_epoch)
+    num, executor, end = len(nets), run.spec.executor, sparse.end
     selection = masking.prunable(executor.abstract_state.params)
     mask_0 = pruning.prune_to_density(pruning.magnitude_scores(nets[0][0]), selection,
-                                      density=float(sparse.density), scope=sparse.scope)
-    members = [("ticket", "0", 0, mask_0)] if sparse.get("ticket", True) else []
+                                      density=sparse.density, scope=sparse.scope)
+    members = [("ticket", "0", 0, mask_0)] if sparse.ticket else []
     for j in range(1, num):
         # perms map model j onto model 0 (unit perm[i] of j faces unit i of 0), so
         # model 0's mask lands in model j's basin by the inverse permutation.
