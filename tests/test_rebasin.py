@@ -141,6 +141,7 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match="'reset' but mlp has no BatchNorm"):
         rebasin.run_rebasin(_config(corrections=("none,reset",)), tmp_path / "c",
                             progress=False)
+    assert not (tmp_path / "c").exists()  # against the model, still before the workdir
     with pytest.raises(ValueError, match="num_replicates must be >= 2"):
         rebasin.run_rebasin(_config(num_replicates=1), tmp_path / "d", progress=False)
     with pytest.raises(ValueError, match="sparse.density"):
