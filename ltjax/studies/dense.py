@@ -94,8 +94,9 @@ def run_dense(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
             config, executor, start.params, total, spec.dataset,
             log=results.MetricsLog(run.workdir / "telemetry.jsonl"),
             snapshot_dir=run.workdir / "telemetry_snapshots")
-    final_state = run.segment("", state=start, noise_keys=noise_keys, tags=tags, splits=splits,
-                              observer=observer, desc=f"train {spec.model_name} x{num}").state
+    trained = run.segment("", state=start, noise_keys=noise_keys, tags=tags, splits=splits,
+                          observer=observer, desc=f"train {spec.model_name} x{num}")
+    final_state = trained.state
     if observer is not None:
         member_tags = [{"replicate": r} for r in range(num)]
         observer.versus_final(final_state.params, tags=tags, member_tags=member_tags,
@@ -106,7 +107,8 @@ def run_dense(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
         plots.plot_telemetry(telemetry_rows, run.workdir / "plots" / "telemetry.png",
                              title=f"{spec.model_name} on {plots.dataset_label(spec.dataset.name)}"
                                    f": telemetry, mean over {num} seeds")
-    final = run.evaluate(final_state, splits)  # from the final state's arrays, not the log
+    final = {split: {k: trained.curves.final(split, k).tolist() for k in ("accuracy", "loss")}
+             for split in splits}  # the segment's last evaluation (its curves), not the log
     selection = masking.prunable(executor.abstract_state.params)
     correlation = np.asarray(distributed.host(jax.jit(jax.vmap(
         lambda a, b: sanity.weight_correlation(a, b, selection, p=correlation_p)))(
@@ -117,7 +119,8 @@ def run_dense(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
              "weight_correlation": float(correlation[r])} for r in range(num)]
     results.write_table(run.workdir / "results.csv", rows, by=(), constants={"step": total})
     plots.plot_learning_curves(
-        run.log.read(), run.workdir / "plots" / "learning_curve.png", splits=splits,
+        trained.curves.records([{"replicate": r} for r in range(num)], tags),
+        run.workdir / "plots" / "learning_curve.png", splits=splits,
         note=plots.BATCH_NORM_INIT_NOTE if models.has_batch_norm(
             executor.abstract_state.batch_stats) else None,
         title=f"{spec.model_name} on {plots.dataset_label(spec.dataset.name)}: {num} seeds")
