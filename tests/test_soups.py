@@ -549,6 +549,13 @@ def test_study_bad_inputs(tmp_path):
     config.pretrain.rotation = -10.0
     with pytest.raises(ValueError, match="pretrain.rotation"):
         soups.run_soups(config, tmp_path / "d", progress=False)
+    config = _study_config()
+    config.pretrain.workdir = str(tmp_path / "no_dense_run")
+    with pytest.raises(ValueError, match="pretrain.workdir"):
+        soups.run_soups(config, tmp_path / "e", progress=False)
+    # Every field is checked before the workdir is written (the grid, the shift, WiSE-FT's
+    # head and the pretraining were checked after it until 2026-12-07).
+    assert not any((tmp_path / name).exists() for name in "abcde")
 
 
 def test_pretrained_model_loads_from_a_dense_workdir(tmp_path):

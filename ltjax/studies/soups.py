@@ -187,6 +187,17 @@ _MUST_MATCH = ("dataset", "validation_size", "validation_seed", "test_size", "mo
                "model_kwargs")
 
 
+def _pretrained_run(config: Any, workdir: str | pathlib.Path, replicate: int) -> dict:
+    """The config of the dense run ``workdir`` (``pretrain.workdir``), checked compatible,
+    with ``replicate`` in range."""
+    theirs = imp_runs.check_compatible(config, pathlib.Path(workdir), field="pretrain.workdir",
+                                       must_match=_MUST_MATCH)
+    num = int(theirs["num_replicates"])
+    if not 0 <= replicate < num:
+        raise ValueError(f"pretrain.replicate must be in [0, {num}) for that run, got {replicate}")
+    return theirs
+
+
 def load_pretrained(config: Any, dataset: data.Dataset, workdir: str | pathlib.Path,
                     replicate: int) -> tuple[Any, Any]:
     """``(params, batch_stats)`` of one replicate of a dense-training workdir's newest checkpoint.
@@ -200,11 +211,8 @@ def load_pretrained(config: Any, dataset: data.Dataset, workdir: str | pathlib.P
         a replicate out of range.
     """
     workdir = pathlib.Path(workdir)
-    theirs = imp_runs.check_compatible(config, workdir, field="pretrain.workdir",
-                                       must_match=_MUST_MATCH)
+    theirs = _pretrained_run(config, workdir, replicate)
     num = int(theirs["num_replicates"])
-    if not 0 <= replicate < num:
-        raise ValueError(f"pretrain.replicate must be in [0, {num}) for that run, got {replicate}")
     their_config = ml_collections.ConfigDict(theirs)
     their_recipe = common.build_recipe(their_config, dataset)
     executor = common.build_executor(their_config, common.build_model(their_config, dataset),
@@ -220,7 +228,10 @@ def load_pretrained(config: Any, dataset: data.Dataset, workdir: str | pathlib.P
                            tree.index(state.batch_stats, replicate)))
 
 
-def _check_config(config: Any, dataset: data.Dataset, abstract_params: Any) -> None:
+def _check_config(config: Any, dataset: data.Dataset, abstract_params: Any,
+                  steps_per_epoch: int) -> None:
+    """The study's own fields (the grid is :func:`finetune_grid`'s), before the workdir."""
+    _check_pretrain(config, steps_per_epoch)
     if dataset.validation is None or len(dataset.validation) == 0:
         raise ValueError("validation_size must be > 0: the held-out split that greedy and "
                          "learned soups select on is empty")
@@ -242,6 +253,20 @@ def _check_config(config: Any, dataset: data.Dataset, abstract_params: Any) -> N
                            abstract_params)
         except ValueError as err:
             raise ValueError(f"wise_ft.head: {err}") from None
+
+
+def _check_pretrain(config: Any, steps_per_epoch: int) -> None:
+    """``config.pretrain``: another run's workdir (compatible, the replicate in range), or
+    this study's own pretraining (rotation >= 0, at least one step)."""
+    pre = config.pretrain
+    if pre.get("workdir"):
+        _pretrained_run(config, pre.workdir, int(pre.get("replicate", 0)))
+        return
+    rotation = float(pre.get("rotation", 0.0))
+    if rotation < 0:
+        raise ValueError(f"pretrain.rotation must be >= 0 degrees, got {rotation}")
+    if common.steps(pre.steps, steps_per_epoch) < 1:
+        raise ValueError(f"pretrain.steps must be > 0, got {pre.steps!r}")
 
 
 # --------------------------------------------------------------------------- the study
@@ -272,11 +297,12 @@ def run_soups(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
     """
     common.batch_stats_reset(config)  # checked before anything is written
     spec = RunSpec.from_config(config, progress=progress)
-    run = spec.open(workdir)
-    workdir, dataset, recipe, executor = run.workdir, spec.dataset, spec.recipe, spec.executor
+    dataset, recipe, executor = spec.dataset, spec.recipe, spec.executor
     per_epoch = spec.steps_per_epoch
     groups, ingredients = finetune_grid(config, recipe, per_epoch, dataset)
-    _check_config(config, dataset, executor.abstract_state.params)
+    _check_config(config, dataset, executor.abstract_state.params, per_epoch)
+    run = spec.open(workdir)  # every field checked: a bad one leaves no workdir
+    workdir = run.workdir
     model = executor.model
     shifted = shifted_split(dataset.test, config.shift)
     shifted_executor = common.build_executor(
@@ -404,9 +430,7 @@ def _pretrain(config, dataset, executor_for, run) -> tuple[Any, Any]:
     pre = config.pretrain
     if pre.get("workdir"):
         return load_pretrained(config, dataset, pre.workdir, int(pre.get("replicate", 0)))
-    rotation = float(pre.get("rotation", 0.0))
-    if rotation < 0:
-        raise ValueError(f"pretrain.rotation must be >= 0 degrees, got {rotation}")
+    rotation = float(pre.get("rotation", 0.0))  # checked by _check_pretrain
     recipe = common.build_recipe(config, dataset)
     executor = executor_for(recipe)
     if rotation:
@@ -414,8 +438,6 @@ def _pretrain(config, dataset, executor_for, run) -> tuple[Any, Any]:
             dataset.train, degrees=(-rotation, rotation), seed=int(pre.get("rotation_seed", 0))))
         executor = common.build_executor(config, executor.model, rotated, recipe)
     end = common.steps(pre.steps, executor.steps_per_epoch)
-    if end < 1:
-        raise ValueError(f"pretrain.steps must be > 0, got {pre.steps!r}")
     init_keys, noise_keys = rng.init_and_noise(rng.replicate_keys(config.seed, 1))
     # executor.init(init_keys) without its vmapped init program (the same numbers; models.init
     # is compiled once per model and process, which saves seconds on every resume).
