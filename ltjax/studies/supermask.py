@@ -140,6 +140,8 @@ def run_zhou(config: Any, workdir: str | pathlib.Path, *, progress: bool = True)
                                allowed=tuple(supermasks.MASK_CRITERIA))
     if not criteria:
         raise ValueError("config.criteria must name at least one criterion")
+    kept_values = common.names_of(config.get("weight_inits", ("init",)), field="weight_inits",
+                                  allowed=("init", "signed_constant"))
     imp_workdir = config.get("imp_workdir") or ""
     level_dir = pathlib.Path(imp_workdir) / "checkpoints" / "level_00"
 
@@ -164,8 +166,6 @@ def run_zhou(config: Any, workdir: str | pathlib.Path, *, progress: bool = True)
                          f"expected the replicates 0..{num - 1}")
     init, trained = jax.device_get(start.params), jax.device_get(final.params)
     selection = masking.prunable(executor.abstract_params)
-    kept_values = common.names_of(config.get("weight_inits", ("init",)), field="weight_inits",
-                                  allowed=("init", "signed_constant"))
     grid = [(c, d, w, r) for c in criteria for d in densities for w in kept_values
             for r in range(num)]
     nets = []
