@@ -545,12 +545,13 @@ class Executor:
             state = self.shard(_first(state, num))
         return state, mean_loss
 
-    def _window_perms(self, noise_keys: jax.Array, members: tuple, num_examples: int,
+    def _window_perms(self, noise_keys: jax.Array, cache_key: tuple, num_examples: int,
                       start_step: int, num_steps: int) -> tuple[jax.Array, ...]:
         """The epochs' permutations (E arrays ``[S, n]``) of a window of training steps.
 
         The window is ``num_steps`` steps from ``start_step``; E is
-        :func:`ltjax.io.data.window_epochs`.
+        :func:`ltjax.io.data.window_epochs`; ``cache_key`` names the members (their noise
+        keys' bytes) and their placement (padded count, devices).
 
         Each epoch's permutation (:func:`ltjax.io.data.epoch_permutation` of the
         member's ``'order'`` stream) is computed once and kept while the next
@@ -563,15 +564,15 @@ class Executor:
         first = start_step // per_epoch
         window = range(first, first + data.window_epochs(num_steps, per_epoch))
         cache = {k: v for k, v in self._epoch_perms.items()
-                 if k[:2] == (members, num_examples) and k[2] >= first}
-        fn = self._program(("epoch_perm", members[1:], num_examples), lambda: jax.jit(jax.vmap(
+                 if k[:2] == (cache_key, num_examples) and k[2] >= first}
+        fn = self._program(("epoch_perm", cache_key[1:], num_examples), lambda: jax.jit(jax.vmap(
             lambda key, epoch: data.epoch_permutation(rng.stream(key, "order"), epoch,
                                                       num_examples), in_axes=(0, None))))
         for epoch in window:
-            if (members, num_examples, epoch) not in cache:
-                cache[members, num_examples, epoch] = fn(noise_keys, np.int32(epoch))
+            if (cache_key, num_examples, epoch) not in cache:
+                cache[cache_key, num_examples, epoch] = fn(noise_keys, np.int32(epoch))
         self._epoch_perms = cache  # this window's epochs and later ones: the next call's
-        return tuple(cache[members, num_examples, e] for e in window)
+        return tuple(cache[cache_key, num_examples, e] for e in window)
 
     def _all_true(self, num: int) -> PyTree:
         fn = self._program(("all_true", num), lambda: jax.jit(lambda: jax.tree.map(

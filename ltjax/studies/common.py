@@ -574,6 +574,8 @@ class Curves:
         [(0, 0.2), (10, 0.8)]
         >>> curves.final("test", "loss").tolist()
         [1.2, 0.9]
+        >>> curves.final_metrics("test")["accuracy"].dtype
+        dtype('float32')
         >>> curves.records([{"replicate": 0}, {"replicate": 1}])[1]
         {'replicate': 1, 'step': 0, 'split': 'test', 'loss': 2.2, 'accuracy': 0.2, 'density': 0.5}
     """
@@ -609,6 +611,11 @@ class Curves:
     def final(self, split: str, metric: str) -> np.ndarray:
         """Every member's ``metric`` on ``split`` at the last evaluated step ``[S]``."""
         return self.metrics[split][metric][-1]
+
+    def final_metrics(self, split: str) -> dict[str, np.ndarray]:
+        """The last evaluation on ``split`` as ``Executor.evaluate`` gives it (float32 ``[S]``):
+        a study needs no evaluation of its own for the state a segment ends with."""
+        return {k: self.metrics[split][k][-1].astype(np.float32) for k in ("accuracy", "loss")}
 
     def records(self, member_tags: Sequence[dict], tags: dict | None = None) -> list[dict]:
         """The evaluations as the segment's records (its split rows of ``metrics.jsonl``).

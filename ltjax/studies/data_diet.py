@@ -184,8 +184,8 @@ def run_data_diet(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
 
     # 2. The full data, then each kept share's modes x replicates as one program.
     full = run.segment("full", state=executor.init(init_keys), noise_keys=noise_keys,
-                       tags={"kept": 1.0, "mode": "full"}, desc=f"full data x{num}").state
-    rows = _rows(run, full, 1.0, [{"mode": "full", "replicate": r} for r in range(num)], n)
+                       tags={"kept": 1.0, "mode": "full"}, desc=f"full data x{num}")
+    rows = _rows(full.curves, 1.0, [{"mode": "full", "replicate": r} for r in range(num)], n)
     for share in kept_shares:
         size = int(round(share * n))
         member_tags = [{"mode": m, "replicate": r} for m in modes for r in range(num)]
@@ -199,8 +199,8 @@ def run_data_diet(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
             f"kept_{share:g}", state=executor.init(init_keys[replicate_of]),
             noise_keys=noise_keys[replicate_of], tags={"kept": share},
             member_tags=member_tags, densities=np.full(len(member_tags), share),
-            subsets=subsets, desc=f"{100 * share:g} % kept: {', '.join(modes)} x{num}").state
-        rows += _rows(run, final, share, member_tags, size)
+            subsets=subsets, desc=f"{100 * share:g} % kept: {', '.join(modes)} x{num}")
+        rows += _rows(final.curves, share, member_tags, size)
     table = results.write_table(run.workdir / "results.csv", rows, by=("kept", "mode"),
                                 fields=("num_examples", "test_accuracy", "test_loss"))
     plots.plot_data_diet(rows, run.workdir / "plots" / "data_diet.png",
@@ -211,8 +211,8 @@ def run_data_diet(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     return {**table, "num_replicates": num, **diagnostics}
 
 
-def _rows(run, state, share: float, member_tags: list[dict], size: int) -> list[dict]:
-    test = run.evaluate(state, ["test"])["test"]
+def _rows(curves, share: float, member_tags: list[dict], size: int) -> list[dict]:
+    test = {k: v.tolist() for k, v in curves.final_metrics("test").items()}
     return [{"kept": share, "mode": t["mode"], "replicate": t["replicate"], "num_examples": size,
              "test_accuracy": test["accuracy"][i], "test_loss": test["loss"][i]}
             for i, t in enumerate(member_tags)]

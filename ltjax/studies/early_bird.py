@@ -167,8 +167,8 @@ def run_early_bird(config: Any, workdir: str | pathlib.Path, *, progress: bool =
         stored.update({(epoch, rep): found[rep] for rep in range(num)})
     # To the end (a partial last epoch), or restored when the loop already got there.
     search = run.segment("search", state=state, noise_keys=noise_keys, end=end,
-                         tags={"branch": "search"}, executor=executor, desc="search").state
-    full = executor.evaluate(search, "test")
+                         tags={"branch": "search"}, executor=executor, desc="search")
+    full, search = search.curves.final_metrics("test"), search.state
 
     # 2. Masks, distances and the emergence epoch per ratio and replicate.
     distance_rows, tickets = [], []
@@ -216,8 +216,8 @@ def run_early_bird(config: Any, workdir: str | pathlib.Path, *, progress: bool =
         final = run.segment(name, state=start, masks=masks,
                             noise_keys=noise_keys[replicate_of[index]], tags=segment_tags,
                             member_tags=[tags[m] for m in members], densities=kept[index],
-                            executor=executor, desc=desc).state
-        accuracy[index] = np.asarray(executor.evaluate(final, "test", masks)["accuracy"])
+                            executor=executor, desc=desc)
+        accuracy[index] = final.curves.final_metrics("test")["accuracy"]
     rows = [{"p": t["p"], "replicate": t["replicate"], "eb_epoch": t["eb_epoch"],
              "kept_channels": float(kept[m]), "eb_test_accuracy": float(accuracy[m]),
              "full_test_accuracy": float(full["accuracy"][t["replicate"]]),

@@ -288,17 +288,17 @@ def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool 
         start = executor.shard(start.replace(
             params=params, opt_state=executor.fresh_opt_state(params)))
         members_observer = observer(start.params, f"perturbed_{k}", member_masks)
-        final = run.segment(f"perturbed_{k}", state=start, masks=member_masks,
-                            noise_keys=noise_keys[replicate_of],
-                            tags={"k": k, "branch": "perturbed"}, member_tags=tags,
-                            densities=density[replicate_of],
-                            desc=f"k={k}: {len(names)} perturbations x{num}",
-                            observer=members_observer).state
+        trained = run.segment(f"perturbed_{k}", state=start, masks=member_masks,
+                              noise_keys=noise_keys[replicate_of],
+                              tags={"k": k, "branch": "perturbed"}, member_tags=tags,
+                              densities=density[replicate_of],
+                              desc=f"k={k}: {len(names)} perturbations x{num}",
+                              observer=members_observer)
         if members_observer is not None:
-            members_observer.versus_final(final.params, tags={"k": k, "branch": "perturbed"},
-                                          member_tags=tags,
+            members_observer.versus_final(trained.state.params,
+                                          tags={"k": k, "branch": "perturbed"}, member_tags=tags,
                                           keep_snapshots=config.telemetry.keep_snapshots)
-        metrics = executor.evaluate(final, "test", member_masks)
+        metrics = trained.curves.final_metrics("test")
         effective = np.concatenate(effective)
         accuracy = {(t["perturbation"], t["replicate"]): float(metrics["accuracy"][m])
                     for m, t in enumerate(tags)}

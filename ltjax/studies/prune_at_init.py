@@ -271,8 +271,8 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
     dense = run.segment("dense", state=state0, noise_keys=noise_keys,
                         tags=common.member_tags_of([{"method": "dense", "density": 1.0,
                                                      "ablation": "none"}])[0],
-                        desc=f"dense x{num}").state
-    dense_eval = executor.evaluate(dense, "test")
+                        desc=f"dense x{num}")
+    dense_eval, dense = dense.curves.final_metrics("test"), dense.state
     rows += [{"method": "dense", "density": 1.0, "ablation": "none", "replicate": r,
               "kept_density": 1.0, "test_accuracy": float(dense_eval["accuracy"][r]),
               "test_loss": float(dense_eval["loss"][r])} for r in range(num)]
@@ -398,8 +398,8 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
     final = run.segment("pruned", state=executor.shard(members), masks=stacked_masks,
                         noise_keys=noise_keys[replicate_of],
                         member_tags=common.member_tags_of(member_tags), densities=kept,
-                        desc=f"{len(member_tags)} pruned members").state
-    metrics = executor.evaluate(final, "test", stacked_masks)
+                        desc=f"{len(member_tags)} pruned members")
+    metrics, final = final.curves.final_metrics("test"), final.state
     rows += [{**tag, "kept_density": float(kept[m]),
               "test_accuracy": float(metrics["accuracy"][m]),
               "test_loss": float(metrics["loss"][m])} for m, tag in enumerate(member_tags)]

@@ -86,8 +86,8 @@ def run_soft_threshold(config: Any, workdir: str | pathlib.Path, *, progress: bo
     rows: list[dict] = []
 
     dense = run.segment("dense", state=executor.init(init_keys), noise_keys=noise_keys,
-                        tags={"method": "dense"}, desc=f"dense x{num}").state
-    test = run.evaluate(dense, ["test"])["test"]
+                        tags={"method": "dense"}, desc=f"dense x{num}")
+    test = {k: v.tolist() for k, v in dense.curves.final_metrics("test").items()}
     rows += [{"method": "dense", "s_init": None, "weight_decay": recipe.weight_decay,
               "replicate": r, "sparsity": 0.0, "test_accuracy": test["accuracy"][r],
               "test_loss": test["loss"][r]} for r in range(num)]
@@ -99,12 +99,13 @@ def run_soft_threshold(config: Any, workdir: str | pathlib.Path, *, progress: bo
         str_executor = executor.like(
             recipe=recipe, reparam=soft_threshold.str_reparam(selection, s_init=s_init))
         tags = [{"s_init": s_init, "weight_decay": w, "replicate": r} for w, r in grid]
-        final = run.segment(
+        trained = run.segment(
             f"str_{i:02d}", state=str_executor.init(init_keys[replicate_of]),
             noise_keys=noise_keys[replicate_of], tags={"method": "str"}, member_tags=tags,
             hparams=optim.member_hparams(recipe, len(grid), weight_decay=[w for w, _ in grid]),
-            executor=str_executor, desc=f"STR s_init={s_init:g}: {len(grid)} members").state
-        test = run.evaluate(final, ["test"], executor=str_executor)["test"]
+            executor=str_executor, desc=f"STR s_init={s_init:g}: {len(grid)} members")
+        final = trained.state
+        test = {k: v.tolist() for k, v in trained.curves.final_metrics("test").items()}
         trainable = jax.device_get(final.params)
         for m, tag in enumerate(tags):
             one = tree.index(trainable, m)
@@ -116,7 +117,7 @@ def run_soft_threshold(config: Any, workdir: str | pathlib.Path, *, progress: bo
                            in soft_threshold.learned_densities(one, selection).items()]
 
     if oneshot:
-        rows += _oneshot_baseline(run, dense, str_members, selection, noise_keys, scope)
+        rows += _oneshot_baseline(run, dense.state, str_members, selection, noise_keys, scope)
     table = results.write_table(run.workdir / "results.csv", rows,
                                 by=("method", "s_init", "weight_decay"),
                                 fields=("sparsity", "test_accuracy", "test_loss"))
@@ -145,10 +146,11 @@ def _oneshot_baseline(run, dense, str_members, selection, noise_keys, scope) -> 
     state = executor.shard(start.replace(step=jnp.zeros(len(tags), jnp.int32), params=params,
                                          opt_state=executor.fresh_opt_state(params)))
     kept = np.asarray(jax.vmap(lambda m: masking.density(m, selection))(masks))
-    final = run.segment("oneshot", state=state, masks=masks, noise_keys=noise_keys[replicate_of],
-                        tags={"method": "oneshot"}, member_tags=tags, densities=kept,
-                        desc=f"one-shot + retrain: {len(tags)} members").state
-    metrics = executor.evaluate(final, "test", masks)
+    retrained = run.segment("oneshot", state=state, masks=masks,
+                            noise_keys=noise_keys[replicate_of], tags={"method": "oneshot"},
+                            member_tags=tags, densities=kept,
+                            desc=f"one-shot + retrain: {len(tags)} members")
+    metrics = retrained.curves.final_metrics("test")
     return [{"method": "oneshot", **tag, "sparsity": float(1.0 - kept[m]),
              "test_accuracy": float(metrics["accuracy"][m]),
              "test_loss": float(metrics["loss"][m])} for m, tag in enumerate(tags)]

@@ -99,8 +99,8 @@ def run_supermask(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     final = run.segment("edge_popup", state=start, noise_keys=noise_keys[replicate_of],
                         tags={"method": "edge_popup"}, member_tags=common.member_tags_of(tags),
                         densities=np.array([d for _, d, _ in grid]), executor=executor,
-                        desc=f"edge-popup: {len(grid)} members").state
-    metrics = executor.evaluate(final, "test")
+                        desc=f"edge-popup: {len(grid)} members")
+    metrics, final = final.curves.final_metrics("test"), final.state
     rows = [{"method": "edge_popup", **tag, "test_accuracy": float(metrics["accuracy"][m]),
              "test_loss": float(metrics["loss"][m])} for m, tag in enumerate(tags)]
     table = results.write_table(workdir / "results.csv", rows,
@@ -261,8 +261,8 @@ def run_learned(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
     final = run.segment(method, state=start, noise_keys=noise_keys[replicate_of],
                         tags={"method": method}, member_tags=common.member_tags_of(tags),
                         densities=np.array([d for _, d, _ in grid]), executor=executor,
-                        desc=f"{method}: {len(grid)} members").state
-    metrics = executor.evaluate(final, "test")
+                        desc=f"{method}: {len(grid)} members")
+    metrics, final = final.curves.final_metrics("test"), final.state
     if method == "bernoulli":  # the kept share of each member's evaluation mask
         host = jax.device_get(final)
         tags = [{**tag, "density": float(masking.density(supermasks.bernoulli_masks(

@@ -254,8 +254,8 @@ def run_supsup(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tru
     final = run.segment("supsup", state=state, noise_keys=member_noise,
                         tags={"method": "supsup"}, member_tags=tags, densities=start_density,
                         executor=executor,
-                        desc=f"supsup ({kind}): {num_tasks} tasks x {num} replicate(s)").state
-    metrics = executor.evaluate(final, "test")
+                        desc=f"supsup ({kind}): {num_tasks} tasks x {num} replicate(s)")
+    metrics, final = final.curves.final_metrics("test"), final.state
     host = jax.device_get(final)
     masks = masks_of(host.params)
     end_density = np.asarray(jax.vmap(lambda m: masking.density(m, selection))(masks))
