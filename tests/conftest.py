@@ -50,6 +50,7 @@ too). ``LTJAX_TEST_XLA_EMITTERS=default`` runs the whole suite with the default 
 """
 
 import atexit
+import contextlib
 import os
 import pathlib
 import shutil
@@ -179,6 +180,61 @@ def pytest_pyfunc_call(pyfuncitem):
         pytest.fail(f"under XLA:CPU's default emitters (subprocess):\n{proc.stdout[-6000:]}"
                     f"{proc.stderr[-2000:]}", pytrace=False)
     return True
+
+
+class SealedConfig:
+    """A study's config that refuses every read while sealed: what a study reads after its
+    spec exists is found (the spec is the one parse of the config, #30)."""
+
+    def __init__(self, config):
+        object.__setattr__(self, "_config", config)
+        object.__setattr__(self, "_sealed", False)
+        object.__setattr__(self, "specs_built", 0)
+
+    def _read(self, what):
+        if object.__getattribute__(self, "_sealed"):
+            raise AssertionError(f"config{what} read after the study's spec was built")
+        return object.__getattribute__(self, "_config")
+
+    def __getattr__(self, name):
+        return getattr(self._read(f".{name}"), name)
+
+    def __getitem__(self, key):
+        return self._read(f"[{key!r}]")[key]
+
+    def __contains__(self, key):
+        return key in self._read(f" contains {key!r}")
+
+
+@contextlib.contextmanager
+def sealed_after_spec(config, spec_cls):
+    """``config`` as a :class:`SealedConfig` that ``spec_cls.from_config`` seals once it has
+    built the spec (and unseals for the next run's spec): a study run on it fails on any
+    config read after its spec exists. Asserts on exit that a spec was built from it (else
+    the check would hold vacuously)."""
+    proxy = SealedConfig(config)
+    original = spec_cls.from_config.__func__
+
+    def then_sealed(cls, cfg, *args, **kwargs):
+        if cfg is proxy:
+            object.__setattr__(proxy, "_sealed", False)
+        spec = original(cls, cfg, *args, **kwargs)
+        if cfg is proxy:
+            object.__setattr__(proxy, "_sealed", True)
+            object.__setattr__(proxy, "specs_built", proxy.specs_built + 1)
+        return spec
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(spec_cls, "from_config", classmethod(then_sealed))
+        yield proxy
+    assert proxy.specs_built, f"no {spec_cls.__name__} was built from the sealed config"
+
+
+@pytest.fixture
+def sealed():
+    """``sealed(config, spec_cls)``: :func:`sealed_after_spec` for one test."""
+    with contextlib.ExitStack() as stack:
+        yield lambda config, spec_cls: stack.enter_context(sealed_after_spec(config, spec_cls))
 
 
 #: The slowest test files, longest first (summed ``--durations=0`` of a run on 7 December

@@ -11,6 +11,7 @@ import json
 import jax
 import numpy as np
 import pytest
+from conftest import sealed_after_spec
 
 from experiments.configs import grokking_tickets_transformer
 from ltjax import models
@@ -46,7 +47,8 @@ def quick_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("grok")
     config = grokking_tickets_transformer.get_config("quick")
     config.training_steps = f"{END}it"  # the dense nets memorise by step 140
-    summary = grokking_tickets.run_grokking_tickets(config, workdir, progress=False)
+    with sealed_after_spec(config, grokking_tickets.GrokkingSpec) as sealed:
+        summary = grokking_tickets.run_grokking_tickets(sealed, workdir, progress=False)
     return config, workdir, summary
 
 

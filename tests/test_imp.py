@@ -57,7 +57,7 @@ class _Killed(Exception):
     pass
 
 
-def test_imp_levels_controls_and_outputs(tmp_path, drawn, monkeypatch):
+def test_imp_levels_controls_and_outputs(tmp_path, drawn, monkeypatch, sealed):
     seen = []
     original = common.train_segment
 
@@ -70,7 +70,7 @@ def test_imp_levels_controls_and_outputs(tmp_path, drawn, monkeypatch):
     # sgd_noise='fresh' here ('paired', the default, runs in the other IMP tests).
     # small_dense (its own programs per level) runs in the learning-rate sweep test.
     config = _config(controls=imp.CONTROLS[:-1], rewind_step="1ep", sgd_noise="fresh")
-    summary = imp.run_imp(config, tmp_path, progress=False)
+    summary = imp.run_imp(sealed(config, imp.ImpSpec), tmp_path, progress=False)
     _check_fresh_noise(config, seen)
     rows = results.read_csv(tmp_path / "results.csv")
     per_rep = list(rows)

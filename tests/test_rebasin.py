@@ -46,7 +46,7 @@ def test_every_method_recovers_a_planted_permutation(method, planted_match):
         chex.assert_trees_all_close(whole, once, rtol=1e-5)
 
 
-def test_rebasin_end_to_end_and_resume(tmp_path, monkeypatch, drawn):
+def test_rebasin_end_to_end_and_resume(tmp_path, monkeypatch, drawn, sealed):
     config = _config()
     seen = []
     original_match = matching.weight_matching
@@ -56,7 +56,7 @@ def test_rebasin_end_to_end_and_resume(tmp_path, monkeypatch, drawn):
         return original_match(spec, params_a, params_b, **kwargs)
 
     monkeypatch.setattr(matching, "weight_matching", spy)
-    summary = rebasin.run_rebasin(config, tmp_path, progress=False)
+    summary = rebasin.run_rebasin(sealed(config, rebasin.RebasinSpec), tmp_path, progress=False)
     monkeypatch.setattr(matching, "weight_matching", original_match)
     rows = results.read_csv(tmp_path / "results.csv")
     assert len(rows) == 2 * 2 * 2  # variants x corrections x splits, one pair

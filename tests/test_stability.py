@@ -40,10 +40,11 @@ def test_copy_noise_keys_differ_and_do_not_depend_on_counts():
     np.testing.assert_array_equal(repeated["w"][3:], np.tile(stacked["w"][1], (3, 1)))
 
 
-def test_stability_run_end_to_end(tmp_path, monkeypatch, drawn):
+def test_stability_run_end_to_end(tmp_path, monkeypatch, drawn, sealed):
     config = _config()
     seen = _capture_segments(monkeypatch, keep_all=True)
-    summary = stability.run_stability(config, tmp_path, progress=False)
+    summary = stability.run_stability(sealed(config, stability.StabilitySpec), tmp_path,
+                                      progress=False)
     rows = results.read_csv(tmp_path / "results.csv")
     # 2 rewind steps x 2 replicates x 1 pair x 2 splits
     assert len(rows) == 2 * 2 * 1 * 2

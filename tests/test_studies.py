@@ -371,69 +371,21 @@ def test_a_finished_segment_restores_without_its_start_and_refuses_other_masks(t
         run.segment("s", state=never, noise_keys=noise_keys, masks=ones)
 
 
-class _SealedConfig:
-    """A study's config that refuses every read once sealed: what a study reads after its
-    spec exists is found (the spec is the one parse of the config, #30)."""
+def test_a_sealed_config_refuses_reads_once_its_spec_is_built():
+    """The check the study tests run on their configs (conftest's ``sealed``: imp, stability,
+    grokking tickets, re-basin): it catches a read after the spec, and a spec never built."""
+    from conftest import sealed_after_spec
 
-    def __init__(self, config):
-        object.__setattr__(self, "_config", config)
-        object.__setattr__(self, "_sealed", False)
+    from ltjax.studies.spec import RunSpec
 
-    def _read(self, what):
-        if object.__getattribute__(self, "_sealed"):
-            raise AssertionError(f"config{what} read after the study's spec was built")
-        return object.__getattribute__(self, "_config")
-
-    def __getattr__(self, name):
-        return getattr(self._read(f".{name}"), name)
-
-    def __getitem__(self, key):
-        return self._read(f"[{key!r}]")[key]
-
-    def __contains__(self, key):
-        return key in self._read(f" contains {key!r}")
-
-
-@pytest.mark.parametrize("study", ["imp", "stability", "grokking_tickets", "rebasin"])
-def test_a_study_reads_no_config_field_after_its_spec(tmp_path, monkeypatch, study):
-    from experiments.configs import (
-        grokking_tickets_mlp,
-        imp_lenet_digits,
-        rebasin_mlp_digits,
-        stability_lenet_digits,
-    )
-    from ltjax.studies import grokking_tickets, imp, rebasin, stability
-
-    module, spec_cls, config = {
-        "imp": (imp, imp.ImpSpec, imp_lenet_digits.get_config("quick")),
-        "stability": (stability, stability.StabilitySpec,
-                      stability_lenet_digits.get_config("quick")),
-        "grokking_tickets": (grokking_tickets, grokking_tickets.GrokkingSpec,
-                             grokking_tickets_mlp.get_config("quick")),
-        "rebasin": (rebasin, rebasin.RebasinSpec, rebasin_mlp_digits.get_config("quick")),
-    }[study]
-    config.training_steps = config.eval_every = config.checkpoint_every = "6it"
-    if study == "imp":
-        config.levels, config.controls = 1, ("reinit",)
-    elif study == "stability":
-        config.rewind_steps = ("0it",)
-    if study != "grokking_tickets":
-        config.model, config.model_kwargs = "mlp", {"widths": (16,)}
-    original = spec_cls.from_config.__func__
-    built = []
-
-    def then_sealed(cls, config, *args, **kwargs):
-        spec = original(cls, config, *args, **kwargs)
-        object.__setattr__(config, "_sealed", True)
-        built.append(spec)
-        return spec
-
-    monkeypatch.setattr(spec_cls, "from_config", classmethod(then_sealed))
-    run = getattr(module, f"run_{study}")
-    run(_SealedConfig(config), tmp_path, progress=False)
-    assert built and (tmp_path / "results.csv").exists()
-    # The proxy does catch a read after sealing (the test's own check).
-    sealed = _SealedConfig(config)
-    object.__setattr__(sealed, "_sealed", True)
-    with pytest.raises(AssertionError, match=r"config\.levels read after"):
-        _ = sealed.levels
+    config = lenet_digits.get_config("quick")
+    with sealed_after_spec(config, RunSpec) as proxy:
+        assert proxy.seed == config.seed  # before the spec: reads pass through
+        RunSpec.from_config(proxy, progress=False)
+        with pytest.raises(AssertionError, match=r"config\.seed read after"):
+            _ = proxy.seed
+        with pytest.raises(AssertionError, match=r"config\['model'\] read after"):
+            _ = proxy["model"]
+    with pytest.raises(AssertionError, match="no RunSpec was built"):
+        with sealed_after_spec(config, RunSpec):
+            pass
