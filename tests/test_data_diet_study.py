@@ -17,7 +17,7 @@ from ltjax.io import data, results
 from ltjax.studies import data_diet
 
 
-def test_study_trains_each_mode_on_its_scored_subset_and_reruns(tmp_path, monkeypatch):
+def test_study_trains_each_mode_on_its_scored_subset_and_reruns(tmp_path, monkeypatch, sealed):
     config = data_diet_lenet_digits.get_config("quick")
     config.model = "mlp"
     config.model_kwargs = {"widths": (32,)}
@@ -31,7 +31,8 @@ def test_study_trains_each_mode_on_its_scored_subset_and_reruns(tmp_path, monkey
                         **kwargs)
 
     monkeypatch.setattr(executor_lib.Executor, "train", spy)
-    summary = data_diet.run_data_diet(config, tmp_path, progress=False)
+    summary = data_diet.run_data_diet(sealed(config, data_diet.DataDietSpec), tmp_path,
+                                      progress=False)
     scores = np.load(tmp_path / "scores.npy")
     n = 1437  # digits' training split
     assert scores.shape == (n,) and np.all(scores >= 0) and np.all(scores <= np.sqrt(2))
@@ -77,7 +78,8 @@ def _small(**fields):
     return config
 
 
-def test_label_noise_corrupts_an_exact_share_and_precision_matches_numpy(tmp_path, monkeypatch):
+def test_label_noise_corrupts_an_exact_share_and_precision_matches_numpy(tmp_path, monkeypatch,
+                                                                       sealed):
     trained_labels, tested_labels = [], []
     original = executor_lib.Executor.train
 
@@ -89,7 +91,8 @@ def test_label_noise_corrupts_an_exact_share_and_precision_matches_numpy(tmp_pat
 
     monkeypatch.setattr(executor_lib.Executor, "train", spy)
     config = _small(label_noise=0.2, label_noise_seed=5)
-    summary = data_diet.run_data_diet(config, tmp_path, progress=False)
+    summary = data_diet.run_data_diet(sealed(config, data_diet.DataDietSpec), tmp_path,
+                                      progress=False)
     clean = data.load("digits")
     saved = np.load(tmp_path / "scores.npz")
     labels, scores = saved["labels"], saved["scores"]

@@ -49,29 +49,6 @@ MODES = ("hardest", "random", "easiest")
 SCORES = ("el2n", "grand")
 
 
-def check_config(config: Any) -> tuple[tuple[str, ...], tuple[float, ...]]:
-    """The modes and kept shares, checked (with the other fields) before any work."""
-    modes = common.names_of(config.modes, field="modes", allowed=MODES)
-    kept = tuple(float(k) for k in config.kept)
-    if not modes or not kept:
-        raise ValueError("config.modes and config.kept must each name at least one value")
-    if any(not 0.0 < k < 1.0 for k in kept):
-        raise ValueError(f"config.kept must be shares in (0, 1), got {config.kept}")
-    if config.score not in SCORES:
-        raise ValueError(f"config.score must be one of {SCORES}, got {config.score!r}")
-    if not isinstance(config.score_seeds, int) or config.score_seeds < 1:
-        raise ValueError(f"config.score_seeds must be an int >= 1, got {config.score_seeds!r}")
-    if not isinstance(config.offset, int) or config.offset < 0:
-        raise ValueError(f"config.offset must be an int >= 0, got {config.offset!r}")
-    noise = config.get("label_noise", 0.0)
-    if isinstance(noise, bool) or not isinstance(noise, int | float) or not 0.0 <= noise <= 1.0:
-        raise ValueError(f"config.label_noise must be a share in [0, 1], got {noise!r}")
-    seed = config.get("label_noise_seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"config.label_noise_seed must be an int >= 0, got {seed!r}")
-    return modes, kept
-
-
 def with_label_noise(dataset: data.Dataset, *, share: float, seed: int) -> tuple[
         data.Dataset, np.ndarray]:
     """The dataset with ``ceil(share * N)`` training labels made wrong, and their indices.
@@ -99,6 +76,101 @@ def with_label_noise(dataset: data.Dataset, *, share: float, seed: int) -> tuple
     return dataclasses.replace(dataset, train=train_split), corrupted
 
 
+@dataclasses.dataclass(frozen=True)
+class DataDietSpec:
+    """A data-diet study, parsed and checked once at its entry (Paul et al. 2021).
+
+    Attributes:
+      run: what every study shares (:class:`ltjax.studies.spec.RunSpec`; the dataset
+        with its corrupted labels when ``label_noise`` > 0).
+      modes: the subsets' selection rules (:data:`MODES`).
+      kept: the kept shares of the training examples, each in (0, 1).
+      score: ``'el2n'`` or ``'grand'``.
+      score_seeds: the dense runs whose scores are averaged.
+      score_step: the step the examples are scored at, in iterations.
+      offset: the hardest examples skipped before ``'hardest'`` keeps its share.
+      label_noise: the share of training labels made wrong (0: none).
+      corrupted: the indices of the corrupted training labels, int ``[M]`` (sorted).
+
+    Example:
+        The spec of the digits quick config, before any workdir exists:
+
+        >>> from experiments.configs import data_diet_lenet_digits
+        >>> from ltjax.studies.data_diet import DataDietSpec
+        >>> spec = DataDietSpec.from_config(data_diet_lenet_digits.get_config("quick"),
+        ...                                 progress=False)
+        >>> spec.modes, spec.kept, spec.score, spec.score_step
+        (('hardest', 'random', 'easiest'), (0.5,), 'el2n', 23)
+    """
+
+    run: RunSpec
+    modes: tuple[str, ...]
+    kept: tuple[float, ...]
+    score: str
+    score_seeds: int
+    score_step: int
+    offset: int
+    label_noise: float
+    corrupted: np.ndarray
+
+    @classmethod
+    def from_config(cls, config: Any, *, progress: bool = True) -> DataDietSpec:
+        """Parse and check ``config``; nothing is written.
+
+        Raises:
+          ValueError: unknown modes or score, kept shares outside (0, 1), an offset
+            that leaves fewer than ``kept`` examples, bad seeds or label noise.
+        """
+        modes = common.names_of(config.modes, field="modes", allowed=MODES)
+        kept = tuple(float(k) for k in config.kept)
+        if not modes or not kept:
+            raise ValueError("config.modes and config.kept must each name at least one value")
+        if any(not 0.0 < k < 1.0 for k in kept):
+            raise ValueError(f"config.kept must be shares in (0, 1), got {config.kept}")
+        if config.score not in SCORES:
+            raise ValueError(f"config.score must be one of {SCORES}, got {config.score!r}")
+        if not isinstance(config.score_seeds, int) or config.score_seeds < 1:
+            raise ValueError(f"config.score_seeds must be an int >= 1, got "
+                             f"{config.score_seeds!r}")
+        offset = config.offset
+        if not isinstance(offset, int) or offset < 0:
+            raise ValueError(f"config.offset must be an int >= 0, got {offset!r}")
+        noise = config.get("label_noise", 0.0)
+        if isinstance(noise, bool) or not isinstance(noise, int | float) or not 0.0 <= noise <= 1.0:
+            raise ValueError(f"config.label_noise must be a share in [0, 1], got {noise!r}")
+        noise_seed = config.get("label_noise_seed", 0)
+        if isinstance(noise_seed, bool) or not isinstance(noise_seed, int) or noise_seed < 0:
+            raise ValueError(f"config.label_noise_seed must be an int >= 0, got {noise_seed!r}")
+        batch_size = config.recipe.batch_size
+
+        def check(dataset: data.Dataset) -> None:
+            n = len(dataset.train)
+            for share in kept:
+                size = int(round(share * n))
+                if size < batch_size:
+                    raise ValueError(f"config.kept={share} keeps {size} examples, fewer than a "
+                                     f"batch ({batch_size})")
+                if "hardest" in modes and offset + size > n:
+                    raise ValueError(f"config.offset={offset} + {size} kept examples is "
+                                     f"more than the {n} training examples")
+
+        corrupted = np.zeros(0, np.int64)
+
+        def transform(dataset: data.Dataset) -> data.Dataset:
+            nonlocal corrupted
+            if noise == 0.0:
+                return dataset
+            dataset, corrupted = with_label_noise(dataset, share=noise, seed=noise_seed)
+            return dataset
+
+        run = RunSpec.from_config(config, check=check, progress=progress, transform=transform)
+        return cls(run=run, modes=modes, kept=kept, score=config.score,
+                   score_seeds=config.score_seeds,
+                   score_step=common.steps(config.score_step, run.steps_per_epoch,
+                                           field="score_step"),
+                   offset=offset, label_noise=float(noise), corrupted=corrupted)
+
+
 @common.study_entry
 def run_data_diet(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Score, prune and retrain for ``config.num_replicates`` replicates; resumable.
@@ -119,34 +191,10 @@ def run_data_diet(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
       ValueError: unknown modes or score, kept shares outside (0, 1), an offset
         that leaves fewer than ``kept`` examples, bad seeds (before any work).
     """
-    modes, kept_shares = check_config(config)
-
-    def check(dataset) -> None:
-        n = len(dataset.train)
-        for share in kept_shares:
-            size = int(round(share * n))
-            if size < config.recipe.batch_size:
-                raise ValueError(f"config.kept={share} keeps {size} examples, fewer than a "
-                                 f"batch ({config.recipe.batch_size})")
-            if "hardest" in modes and config.offset + size > n:
-                raise ValueError(f"config.offset={config.offset} + {size} kept examples is "
-                                 f"more than the {n} training examples")
-
-    noise = float(config.get("label_noise", 0.0))
-    corrupted = np.zeros(0, np.int64)
-
-    def transform(dataset: data.Dataset) -> data.Dataset:
-        nonlocal corrupted
-        if noise == 0.0:
-            return dataset
-        dataset, corrupted = with_label_noise(dataset, share=noise,
-                                              seed=config.get("label_noise_seed", 0))
-        return dataset
-
-    spec = RunSpec.from_config(config, check=check, progress=progress, transform=transform)
+    diet = DataDietSpec.from_config(config, progress=progress)
+    spec, modes, noise, corrupted = diet.run, diet.modes, diet.label_noise, diet.corrupted
     dataset, executor, num = spec.dataset, spec.executor, spec.num_replicates
-    score, score_seeds, offset = config.score, config.score_seeds, config.offset
-    score_step = common.steps(config.score_step, spec.steps_per_epoch, field="score_step")
+    score, score_step = diet.score, diet.score_step
     run = spec.open(workdir)
     n = len(dataset.train)
     keys = spec.replicate_keys()
@@ -154,7 +202,7 @@ def run_data_diet(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
 
     # 1. Scores: score_seeds dense runs to score_step, averaged.
     def compute_scores() -> np.ndarray:
-        s_init, s_noise = spec.keys(score_seeds, "score")
+        s_init, s_noise = spec.keys(diet.score_seeds, "score")
         state = executor.init(s_init)
         if score_step > 0:
             state = run.segment("score", state=state, noise_keys=s_noise, end=score_step,
@@ -186,11 +234,11 @@ def run_data_diet(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     full = run.segment("full", state=executor.init(init_keys), noise_keys=noise_keys,
                        tags={"kept": 1.0, "mode": "full"}, desc=f"full data x{num}")
     rows = _rows(full.curves, 1.0, [{"mode": "full", "replicate": r} for r in range(num)], n)
-    for share in kept_shares:
+    for share in diet.kept:
         size = int(round(share * n))
         member_tags = [{"mode": m, "replicate": r} for m in modes for r in range(num)]
         subsets = np.stack([
-            data_diet.select(scores, size, mode=t["mode"], offset=offset,
+            data_diet.select(scores, size, mode=t["mode"], offset=diet.offset,
                              key=jax.random.fold_in(rng.stream(keys[t["replicate"]], "subset"),
                                                     int(round(share * 1e6))))
             for t in member_tags])
