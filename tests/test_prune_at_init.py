@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import sealed_after_spec
 
 from experiments.configs import prune_at_init_lenet_digits
 from ltjax.core import masking, pruning, rng, tree
@@ -39,8 +40,9 @@ def _config(**overrides):
 def study(tmp_path_factory):
     config = _config()
     workdir = tmp_path_factory.mktemp("pai")
-    with contextlib.redirect_stdout(io.StringIO()) as said:  # the study's progress lines
-        summary = prune_at_init.run_prune_at_init(config, workdir, progress=True)
+    with (contextlib.redirect_stdout(io.StringIO()) as said,  # the study's progress lines
+          sealed_after_spec(config, prune_at_init.PruneAtInitSpec) as sealed):
+        summary = prune_at_init.run_prune_at_init(sealed, workdir, progress=True)
     return config, workdir, {**summary, "said": said.getvalue()}
 
 
@@ -327,7 +329,8 @@ def test_imp_tickets_come_from_the_imp_workdir_level_nearest_each_density(study,
 
     pai = _config(methods=("imp",), ablations=("none", "reinit"), densities=(0.8, 0.7),
                   imp_workdir=str(tmp_path / "imp"))
-    prune_at_init.run_prune_at_init(pai, tmp_path / "pai", progress=False)
+    with sealed_after_spec(pai, prune_at_init.PruneAtInitSpec) as sealed:
+        prune_at_init.run_prune_at_init(sealed, tmp_path / "pai", progress=False)
     rows = [r for r in results.read_csv(tmp_path / "pai" / "results.csv")
             if r["method"] == "imp"]
     for r in rows:  # 0.8 -> level 1 (80 %), 0.7 -> level 2 (64 %, nearer in log scale)

@@ -86,6 +86,7 @@ Example (Colab):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import pathlib
 from typing import Any
@@ -94,7 +95,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ltjax import models
 from ltjax.core import masking, pruning, rng, tree
 from ltjax.engine import train
 from ltjax.io import data, results
@@ -128,7 +128,8 @@ def ablations_of(method: str, ablations: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(a for a in ablations if a != "invert" or method in _INVERTIBLE)
 
 
-def _check_config(config: Any) -> tuple[tuple[str, ...], tuple[str, ...], tuple[float, ...]]:
+def _names_and_grid(config: Any) -> tuple[tuple[str, ...], tuple[str, ...], tuple[float, ...]]:
+    """The methods, ablations and densities, checked with the scalar fields (no dataset)."""
     try:
         methods = common.names_of(config.methods, field="methods", allowed=METHODS)
     except ValueError as error:
@@ -169,6 +170,79 @@ def _check_config(config: Any) -> tuple[tuple[str, ...], tuple[str, ...], tuple[
     return methods, ablations, densities
 
 
+@dataclasses.dataclass(frozen=True)
+class PruneAtInitSpec:
+    """A pruning-at-initialisation study, parsed and checked once at its entry.
+
+    Attributes:
+      run: what every study shares (:class:`ltjax.studies.spec.RunSpec`).
+      methods: the pruning methods (:data:`METHODS`), in the config's order.
+      ablations: the ablations (:data:`ABLATIONS`), ``'none'`` among them.
+      densities: the target densities, each in (0, 1], no duplicates.
+      score_examples: the training examples SNIP and GraSP score on.
+      synflow_rounds: SynFlow's pruning rounds.
+      grasp_temperature: GraSP's logit temperature.
+      scope: ``'global'`` or ``'layerwise'`` (:data:`ltjax.core.pruning.SCOPES`).
+      imp_workdir: the finished IMP run method ``'imp'`` reads its tickets from
+        (checked compatible), else None.
+      smart_layers: the prunable layers in forward order for ``'smart_ratio'``
+        (every density checked reachable), else None.
+
+    Example:
+        The spec of the digits quick config, before any workdir exists:
+
+        >>> from experiments.configs import prune_at_init_lenet_digits
+        >>> from ltjax.studies.prune_at_init import PruneAtInitSpec
+        >>> spec = PruneAtInitSpec.from_config(prune_at_init_lenet_digits.get_config("quick"),
+        ...                                    progress=False)
+        >>> len(spec.methods), spec.ablations, spec.densities
+        (13, ('none', 'shuffle', 'reinit', 'invert'), (0.1,))
+        >>> spec.smart_layers    # smart_ratio's layers in forward order
+        ('Dense_0/kernel', 'Dense_1/kernel', 'Dense_2/kernel')
+    """
+
+    run: RunSpec
+    methods: tuple[str, ...]
+    ablations: tuple[str, ...]
+    densities: tuple[float, ...]
+    score_examples: int
+    synflow_rounds: int
+    grasp_temperature: float
+    scope: str
+    imp_workdir: str | None
+    smart_layers: tuple[str, ...] | None
+
+    @classmethod
+    def from_config(cls, config: Any, *, progress: bool = True) -> PruneAtInitSpec:
+        """Parse and check ``config``; nothing is written.
+
+        Raises:
+          ValueError: unknown methods or ablations (the former ``oneshot`` is named
+            with its new name ``oneshot_lth``), densities outside (0, 1] (for
+            ``smart_ratio``: outside the range its ratios reach on the model),
+            ``score_examples`` or ``synflow_rounds`` below 1, method ``imp``
+            without a compatible ``imp_workdir``.
+        """
+        methods, ablations, densities = _names_and_grid(config)
+        imp_workdir = config.get("imp_workdir") or None
+
+        def check(dataset) -> None:
+            if config.score_examples > len(dataset.train):
+                raise ValueError(f"config.score_examples={config.score_examples} is more than "
+                                 f"the {len(dataset.train)} training examples")
+            if imp_workdir is not None:  # the IMP run's inits and levels, before the workdir
+                imp_runs.check_imp_compatible(config, imp_workdir)
+                imp_runs.check_imp_finished(imp_workdir, dataset)
+
+        run = RunSpec.from_config(config, check=check, progress=progress)
+        return cls(run=run, methods=methods, ablations=ablations, densities=densities,
+                   score_examples=config.score_examples, synflow_rounds=config.synflow_rounds,
+                   grasp_temperature=config.grasp_temperature, scope=config.scope,
+                   imp_workdir=imp_workdir,
+                   smart_layers=(_smart_ratio_layers(run, densities)
+                                 if "smart_ratio" in methods else None))
+
+
 def _loss(model: Any, params: Any, batch_stats: Any, x: jax.Array, y: jax.Array,
           temperature: float) -> jax.Array:
     """Mean cross-entropy of the eval-mode logits divided by ``temperature``."""
@@ -176,7 +250,7 @@ def _loss(model: Any, params: Any, batch_stats: Any, x: jax.Array, y: jax.Array,
     return jnp.mean(train.cross_entropy(logits / temperature, y))
 
 
-def _imp_level_masks(config: Any, densities: tuple[float, ...], like_masks: Any,
+def _imp_level_masks(imp_workdir: str, densities: tuple[float, ...], like_masks: Any,
                      selection: Any) -> dict[float, Any]:
     """Per target density: the masks ``[S]`` of the IMP level nearest to it (log scale).
 
@@ -189,10 +263,10 @@ def _imp_level_masks(config: Any, densities: tuple[float, ...], like_masks: Any,
     Raises:
       ValueError: a target density has no IMP level within that tolerance.
     """
-    root = pathlib.Path(config.imp_workdir) / "checkpoints"
+    root = pathlib.Path(imp_workdir) / "checkpoints"
     levels = sorted(int(p.name.split("_")[1]) for p in root.glob("level_*"))
     found = [(float(masking.density(jax.tree.map(lambda x: x[0], masks), selection)), masks)
-             for masks in (imp_runs.load_imp_masks(config.imp_workdir, level, like_masks)
+             for masks in (imp_runs.load_imp_masks(imp_workdir, level, like_masks)
                            for level in levels)]
     logs = np.log([f[0] for f in found])
     tolerance = (np.abs(np.diff(logs)).max() / 2 if len(found) > 1 else 0.0) + 1e-6
@@ -202,7 +276,7 @@ def _imp_level_masks(config: Any, densities: tuple[float, ...], like_masks: Any,
         if distance > tolerance:
             raise ValueError(
                 f"config.densities has {d:g}, but the IMP run in "
-                f"imp_workdir={config.imp_workdir!r} has levels at densities "
+                f"imp_workdir={imp_workdir!r} has levels at densities "
                 f"{[round(f[0], 4) for f in found]}: the nearest ({found[index][0]:.4g}) is "
                 f"more than half a pruning step away; run IMP to more levels or drop {d:g}")
         out[d] = found[index][1]
@@ -237,20 +311,8 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
         ``score_examples`` or ``synflow_rounds`` below 1, method ``imp``
         without a compatible ``imp_workdir`` (all before any work).
     """
-    methods, ablations, densities = _check_config(config)
-    smart_layers: list[tuple[str, ...]] = []
-
-    def check(dataset) -> None:
-        if config.score_examples > len(dataset.train):
-            raise ValueError(f"config.score_examples={config.score_examples} is more than the "
-                             f"{len(dataset.train)} training examples")
-        if "smart_ratio" in methods:  # the layers in forward order, each density reachable
-            smart_layers.append(_smart_ratio_layers(config, dataset, densities))
-        if "imp" in methods:  # the IMP run's inits and levels, before the workdir
-            imp_runs.check_imp_compatible(config, config.imp_workdir)
-            imp_runs.check_imp_finished(config.imp_workdir, dataset)
-
-    spec = RunSpec.from_config(config, check=check, progress=progress)
+    pai = PruneAtInitSpec.from_config(config, progress=progress)
+    spec, methods, ablations, densities = pai.run, pai.methods, pai.ablations, pai.densities
     run = spec.open(workdir)
     workdir, dataset, executor = run.workdir, spec.dataset, spec.executor
     num = spec.num_replicates
@@ -258,7 +320,7 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
     init_keys, noise_keys = spec.keys()
     selection = masking.prunable(executor.abstract_state.params)
     model = executor.model
-    imp_masks = (_imp_level_masks(config, densities, jax.tree.map(
+    imp_masks = (_imp_level_masks(pai.imp_workdir, densities, jax.tree.map(
         lambda x: jnp.ones((num, *x.shape), bool), executor.abstract_state.params), selection)
         if "imp" in methods else {})
 
@@ -279,7 +341,7 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
 
     # Scores at initialisation, per replicate (eval mode).
     batch_index = np.asarray(jax.vmap(lambda k: jax.random.choice(
-        k, len(dataset.train), (config.score_examples,), replace=False))(
+        k, len(dataset.train), (pai.score_examples,), replace=False))(
             rng.stream(keys, "score_batch")))
     score_x, score_y = dataset.train.x[batch_index], dataset.train.y[batch_index]
 
@@ -289,14 +351,14 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
             xb = data.normalize(xb, dataset.mean, dataset.std)
             snip = saliency.snip_scores(lambda q: _loss(model, q, b, xb, yb, 1.0), p)
             grasp = saliency.grasp_scores(
-                lambda q: _loss(model, q, b, xb, yb, config.grasp_temperature), p,
+                lambda q: _loss(model, q, b, xb, yb, pai.grasp_temperature), p,
                 prunable=selection)
             return {"magnitude": pruning.magnitude_scores(p), "snip": snip, "grasp": grasp,
                     "grasp_abs": jax.tree.map(jnp.abs, grasp)}
         return jax.vmap(one)(params, batch_stats, x, y)
 
     with common.timed(f"scores at init (magnitude, SNIP, GraSP, |GraSP|) on "
-                      f"{config.score_examples} examples x{num}", progress):
+                      f"{pai.score_examples} examples x{num}", progress):
         scores = jax.block_until_ready(scores_at_init(params0, batch_stats0, score_x, score_y))
     # Su et al. 2020: the same batch corrupted, scored by the same program.
     for corruption in dict.fromkeys(m.split("@")[1] for m in methods if m in _CORRUPTED):
@@ -314,7 +376,7 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
     @functools.partial(jax.jit, static_argnames=("density",))
     def prune_all(stacked_scores, density):
         return jax.vmap(lambda s: pruning.prune_to_density(
-            s, selection, density=density, scope=config.scope))(stacked_scores)
+            s, selection, density=density, scope=pai.scope))(stacked_scores)
 
     @jax.jit
     def shuffled(key, masks):
@@ -330,15 +392,15 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
         """Replicate-stacked iterative SynFlow masks (``invert``: every round inverted)."""
         return tree.stack([
             saliency.synflow_prune(synflow_forward[r], jax.tree.map(lambda x, r=r: x[r], params0),
-                                   selection, density=density, rounds=config.synflow_rounds,
-                                   scope=config.scope, invert=invert)
+                                   selection, density=density, rounds=pai.synflow_rounds,
+                                   scope=pai.scope, invert=invert)
             for r in range(num)])
 
     @functools.partial(jax.jit, static_argnames=("density",))
     def smart_ratio_masks(level_keys, density):
         one = jax.tree.map(lambda x: x[0], params0)
         return jax.vmap(lambda k: pruning.smart_ratio_prune(
-            k, one, selection, density=density, layers=smart_layers[0]))(level_keys)
+            k, one, selection, density=density, layers=pai.smart_layers))(level_keys)
 
     def base_masks(method: str, d_index: int, density: float) -> Any:
         """Replicate-stacked masks of one method at one density."""
@@ -413,21 +475,19 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
     return {**table, "num_replicates": num}
 
 
-def _smart_ratio_layers(config: Any, dataset: data.Dataset,
-                        densities: tuple[float, ...]) -> tuple[str, ...]:
+def _smart_ratio_layers(run: RunSpec, densities: tuple[float, ...]) -> tuple[str, ...]:
     """The model's prunable layers in forward order, every density checked reachable.
 
     Raises:
       ValueError: a density outside the smart ratio's range (names ``config.densities``).
     """
-    model = common.build_model(config, dataset)
-    params, stats = jax.eval_shape(lambda k: models.init(model, k, dataset.input_shape),
-                                   jax.random.key(0))
+    executor = run.executor
+    params, stats = executor.abstract_state.params, executor.abstract_state.batch_stats
     stats = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), stats)
     selection = masking.prunable(params)
-    ones = jnp.ones((1, *dataset.input_shape), jnp.float32)
+    ones = jnp.ones((1, *run.dataset.input_shape), jnp.float32)
     layers = pruning.forward_order(
-        lambda p: train.logits(model, p, stats, ones, train=False), params, selection)
+        lambda p: train.logits(executor.model, p, stats, ones, train=False), params, selection)
     sizes = dict(zip(tree.names(params), (int(np.prod(x.shape)) for x in jax.tree.leaves(params)),
                      strict=True))
     for d in densities:
@@ -435,7 +495,7 @@ def _smart_ratio_layers(config: Any, dataset: data.Dataset,
             pruning.smart_ratio_densities([sizes[n] for n in layers], d)
         except ValueError as error:
             raise ValueError(f"config.densities has {d:g}, which method 'smart_ratio' cannot "
-                             f"reach on {config.model}: {error}") from None
+                             f"reach on {run.model_name}: {error}") from None
     return layers
 
 
