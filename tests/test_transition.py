@@ -29,9 +29,10 @@ def _final_copies(folder, end):
             if r["branch"] == "copies" and r["step"] == end and r["split"] == "test"}
 
 
-def test_transition_end_to_end(tmp_path, drawn):
+def test_transition_end_to_end(tmp_path, drawn, sealed):
     config = _config()
-    summary = transition.run_transition(config, tmp_path, progress=False)
+    summary = transition.run_transition(sealed(config, transition.TransitionSpec), tmp_path,
+                                        progress=False)
     end, copies = 3 * (1437 // 60), config.num_copies  # 3 epochs of digits at batch 60
 
     # Each part ran in its own folder with its own study: the dense sweep, one IMP run per

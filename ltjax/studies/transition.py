@@ -50,6 +50,7 @@ Example (Colab):
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import pathlib
 from typing import Any
@@ -161,6 +162,69 @@ def _accuracy_rows(parts: dict[str, list[dict]], dense: float, within: float,
     return rows
 
 
+@dataclasses.dataclass(frozen=True)
+class TransitionSpec:
+    """An instability-transition study, parsed and checked once at its entry.
+
+    Its parts are other studies: the spec holds their configs, built once from
+    this one (each part parses its own spec when it runs).
+
+    Attributes:
+      run: what every study shares (:class:`ltjax.studies.spec.RunSpec`).
+      levels: the IMP level whose subnetworks are studied.
+      matching_within: the accuracy share within which a subnetwork matches the dense net.
+      imp_steps: ``(k in steps, k as written)`` of ``imp_rewind_steps``, sorted.
+      dense: the stability study of the dense network (every k of ``rewind_steps``).
+      imp_runs: ``(k as written, IMP config)`` per IMP run, as ``imp_steps``.
+      subnetworks: per kind (:data:`KINDS`' values), the stability study of the
+        level-``levels`` subnetworks of the IMP runs, each k from the run that rewound to k.
+      prunable: the pruned leaves (``pruning.include`` / ``exclude``) of the mask distances.
+
+    Example:
+        The spec of the digits quick config, before any workdir exists:
+
+        >>> from experiments.configs import transition_lenet_digits
+        >>> from ltjax.studies.transition import TransitionSpec
+        >>> spec = TransitionSpec.from_config(transition_lenet_digits.get_config("quick"),
+        ...                                   progress=False)
+        >>> spec.levels, spec.imp_steps, sorted(spec.subnetworks)
+        (2, ((0, '0it'), (23, '1ep')), ['imp', 'random'])
+    """
+
+    run: RunSpec
+    levels: int
+    matching_within: float
+    imp_steps: tuple[tuple[int, str], ...]
+    dense: Any
+    imp_runs: tuple[tuple[str, Any], ...]
+    subnetworks: dict[str, Any]
+    prunable: Any
+
+    @classmethod
+    def from_config(cls, config: Any, *, progress: bool = True) -> TransitionSpec:
+        """Parse and check ``config`` and every part's config; nothing is written.
+
+        Raises:
+          ValueError: a bad field of any part.
+        """
+        run = RunSpec.from_config(config, check=lambda dataset: _check_config(config, dataset),
+                                  progress=progress)
+        imp_steps = tuple(_imp_steps(config, run.steps_per_epoch, run.training_steps))
+        # relative to the subnetworks' own workdir: the whole folder can be moved or copied
+        runs = ",".join(f"{k}it={{workdir}}/../{_folder(text)}" for k, text in imp_steps)
+        p = config.pruning
+        return cls(
+            run=run, levels=config.levels, matching_within=config.matching_within,
+            imp_steps=imp_steps, dense=stability_config(config),
+            imp_runs=tuple((text, imp_config(config, text)) for _, text in imp_steps),
+            subnetworks={kind: stability_config(
+                config, rewind_steps=tuple(f"{k}it" for k, _ in imp_steps), imp_workdir=runs,
+                imp_level=config.levels, imp_branch=branch) for branch, kind in KINDS.items()},
+            prunable=masking.prunable(run.executor.abstract_params,
+                                      include=p.get("include") or None,
+                                      exclude=p.get("exclude") or None))
+
+
 @common.study_entry
 def run_transition(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Run the dense k-sweep, IMP per k, and the subnetworks' instability; resumable.
@@ -176,27 +240,20 @@ def run_transition(config: Any, workdir: str | pathlib.Path, *, progress: bool =
     Raises:
       ValueError: a bad field of any part (before any workdir is written).
     """
-    spec = RunSpec.from_config(config, check=lambda dataset: _check_config(config, dataset),
-                               progress=progress)
-    workdir, executor = spec.open(workdir).workdir, spec.executor
-    per_epoch, end = spec.steps_per_epoch, spec.training_steps
-    imp_steps = _imp_steps(config, per_epoch, end)
+    transition = TransitionSpec.from_config(config, progress=progress)
+    spec, levels = transition.run, transition.levels
+    workdir = spec.open(workdir).workdir
 
     common.say("dense network: instability at every k", progress)
-    copies = {"dense": stability.run_stability(stability_config(config), workdir / "dense",
+    copies = {"dense": stability.run_stability(transition.dense, workdir / "dense",
                                                progress=progress)["copies"]}
-    for _, text in imp_steps:
-        common.say(f"IMP rewinding to k = {text}, {config.levels} levels", progress)
-        imp.run_imp(imp_config(config, text), workdir / _folder(text), progress=progress)
-    # relative to the subnetworks' own workdir: the whole folder can be moved or copied
-    runs = ",".join(f"{k}it={{workdir}}/../{_folder(text)}" for k, text in imp_steps)
-    for branch, kind in KINDS.items():
-        common.say(f"{kind} subnetworks at level {config.levels}: instability at each k",
-                   progress)
-        copies[kind] = stability.run_stability(
-            stability_config(config, rewind_steps=tuple(f"{k}it" for k, _ in imp_steps),
-                             imp_workdir=runs, imp_level=config.levels, imp_branch=branch),
-            workdir / f"{kind}_subnetworks", progress=progress)["copies"]
+    for text, imp_run in transition.imp_runs:
+        common.say(f"IMP rewinding to k = {text}, {levels} levels", progress)
+        imp.run_imp(imp_run, workdir / _folder(text), progress=progress)
+    for kind, subnetworks in transition.subnetworks.items():
+        common.say(f"{kind} subnetworks at level {levels}: instability at each k", progress)
+        copies[kind] = stability.run_stability(subnetworks, workdir / f"{kind}_subnetworks",
+                                               progress=progress)["copies"]
 
     parts = {"dense": workdir / "dense", **{kind: workdir / f"{kind}_subnetworks"
                                             for kind in KINDS.values()}}
@@ -208,22 +265,22 @@ def run_transition(config: Any, workdir: str | pathlib.Path, *, progress: bool =
     first_k = min(c["k"] for c in copies["dense"])
     dense = float(np.mean([c["test_accuracy"] for c in copies["dense"] if c["k"] == first_k]))
     accuracy = _accuracy_rows({kind: copies[kind] for kind in KINDS.values()}, dense,
-                              config.matching_within, tables)
+                              transition.matching_within, tables)
     accuracy_summary = results.write_table(
         workdir / "accuracy.csv", accuracy, by=("kind", "k"), fields=(
             "test_accuracy", "density", "dense_test_accuracy", "matching", "instability",
             "stable"))
     results.write_csv(workdir / "mask_distance.csv",
-                      _mask_distances(executor, config, workdir, imp_steps))
+                      _mask_distances(transition, workdir))
 
     per_pair = [{**r, "kind": kind} for kind, rows in tables.items() for r in rows
                 if r["split"] == "test"]
-    name = f"{config.model} on {plots.dataset_label(config.dataset)}"
+    name = f"{spec.model_name} on {plots.dataset_label(spec.dataset.name)}"
     plots.plot_transition(
         per_pair, accuracy,
         workdir / "plots" / "transition.png", dense_accuracy=dense,
-        matching_within=config.matching_within,
-        title=f"{name}: instability and accuracy vs rewind step (level {config.levels})")
+        matching_within=transition.matching_within,
+        title=f"{name}: instability and accuracy vs rewind step (level {levels})")
 
     def means(rows: list[dict], key: str) -> dict[int, float]:
         return {int(r["k"]): float(r[key]) for r in rows
@@ -240,20 +297,16 @@ def run_transition(config: Any, workdir: str | pathlib.Path, *, progress: bool =
     }
 
 
-def _mask_distances(executor: Any, config: Any, workdir: pathlib.Path,
-                    imp_steps: list[tuple[int, str]]) -> list[dict]:
+def _mask_distances(transition: TransitionSpec, workdir: pathlib.Path) -> list[dict]:
     """Hamming distance and IoU between the level's IMP masks of every two rewind steps."""
-    params = executor.abstract_state.params
+    params = transition.run.executor.abstract_state.params
     like = jax.tree.map(lambda x: np.ones((1, *x.shape), bool), params)
-    p = config.pruning
-    selection = masking.prunable(params, include=p.get("include") or None,
-                                 exclude=p.get("exclude") or None)
-    masks = {k: imp_runs.load_imp_masks(workdir / _folder(text), config.levels, like)
-             for k, text in imp_steps}
+    masks = {k: imp_runs.load_imp_masks(workdir / _folder(text), transition.levels, like)
+             for k, text in transition.imp_steps}
     rows = []
     for k_a, k_b in itertools.combinations(sorted(masks), 2):
-        found = distributed.host(imp.mask_distances(masks[k_a], masks[k_b], selection))
-        for rep in range(config.num_replicates):
-            rows.append({"level": config.levels, "k_a": k_a, "k_b": k_b, "replicate": rep,
+        found = distributed.host(imp.mask_distances(masks[k_a], masks[k_b], transition.prunable))
+        for rep in range(transition.run.num_replicates):
+            rows.append({"level": transition.levels, "k_a": k_a, "k_b": k_b, "replicate": rep,
                          **{key: float(np.asarray(value)[rep]) for key, value in found.items()}})
     return rows
