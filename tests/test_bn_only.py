@@ -31,7 +31,8 @@ def _restored(config, workdir, arm):
     init_keys = rng.init_and_noise(rng.replicate_keys(config.seed, 2))[0]
     arm_executor = executor_lib.Executor(
         executor.model, dataset, recipe,
-        reparam=bn_only.arm_reparams(config, executor.abstract_params)[arm])
+        reparam=bn_only.arm_reparams(executor.abstract_params,
+                                     random_control=bn_only.random_control(config))[arm])
     like = arm_executor.init(init_keys)
     with checkpoint.Checkpointer(workdir / "checkpoints" / arm) as ckpt:
         final, _, _ = ckpt.restore(ckpt.steps()[-1], like_state=like)
@@ -44,9 +45,9 @@ def _column_counts(chosen) -> dict:
             for name, c in zip(tree.names(chosen), jax.tree.leaves(chosen), strict=True)}
 
 
-def test_arms_train_exactly_their_parameters(tmp_path):
+def test_arms_train_exactly_their_parameters(tmp_path, sealed):
     config = _config()
-    summary = bn_only.run_bn_only(config, tmp_path, progress=False)
+    summary = bn_only.run_bn_only(sealed(config, bn_only.BnOnlySpec), tmp_path, progress=False)
     rows = results.read_csv(tmp_path / "results.csv")
     count = {r["arm"]: int(r["trainable_params"]) for r in rows}
     bn, head = 2 * (32 + 16), 16 * 10 + 10

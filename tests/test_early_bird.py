@@ -116,9 +116,9 @@ def _config(**overrides):
     return config
 
 
-def test_study_masks_emergence_retrain_and_rerun(tmp_path):
+def test_study_masks_emergence_retrain_and_rerun(tmp_path, sealed):
     config = _config()
-    study.run_early_bird(config, tmp_path, progress=False)
+    study.run_early_bird(sealed(config, study.EarlyBirdSpec), tmp_path, progress=False)
     first = {n: (tmp_path / n).read_text() for n in ("results.csv", "mask_distance.csv")}
     rows = results.read_csv(tmp_path / "results.csv")
     run_spec = RunSpec.from_config(config, progress=False)

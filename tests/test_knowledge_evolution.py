@@ -230,9 +230,11 @@ class _Killed(Exception):
     pass
 
 
-def test_study_table_matches_an_independent_replay_and_resumes_exactly(tmp_path, monkeypatch):
+def test_study_table_matches_an_independent_replay_and_resumes_exactly(tmp_path, monkeypatch,
+                                                                       sealed):
     config = _config()
-    summary = study.run_knowledge_evolution(config, tmp_path / "run", progress=False)
+    summary = study.run_knowledge_evolution(sealed(config, study.KnowledgeEvolutionSpec),
+                                            tmp_path / "run", progress=False)
     rows = results.read_csv(tmp_path / "run" / "results.csv")
     assert list(rows[0]) == ["generation", "replicate", *study.FIELDS]
     members = list(rows)

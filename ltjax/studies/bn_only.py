@@ -36,6 +36,7 @@ Example (Colab):
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import re
 from typing import Any
@@ -77,25 +78,33 @@ def random_control(config: Any) -> str:
     return rule
 
 
-def arm_reparams(config: Any, params: Any) -> dict[str, reparam_lib.Reparam]:
+def arm_reparams(params: Any, *, random_control: str) -> dict[str, reparam_lib.Reparam]:
     """Each arm's reparameterisation for a model whose params look like ``params``.
 
-    The ``random`` arm follows ``config.random_control``; its per-channel
-    draw leaves out the output layer (no BatchNorm follows it), so it trains
-    exactly as many entries as ``batchnorm`` on ``mlp_bn`` and the ResNets.
+    The ``random`` arm follows ``random_control`` (the rule :func:`random_control`
+    reads); its per-channel draw leaves out the output layer (no BatchNorm follows
+    it), so it trains exactly as many entries as ``batchnorm`` on ``mlp_bn`` and the
+    ResNets.
+
+    Raises:
+      ValueError: ``random_control`` not one of
+        :data:`ltjax.methods.batchnorm_only.RANDOM_CONTROLS`.
 
     Example:
-        >>> import jax, ml_collections
+        >>> import jax
         >>> from ltjax import models
         >>> from ltjax.studies import bn_only
         >>> model = models.create("mlp_bn", widths=(8,), num_classes=3)
         >>> params = jax.eval_shape(lambda k: models.init(model, k, (4,))[0], jax.random.key(0))
-        >>> reparams = bn_only.arm_reparams(ml_collections.ConfigDict(), params)
+        >>> reparams = bn_only.arm_reparams(params, random_control="per_channel")
         >>> sorted(reparams), reparams["random"].name
         (['batchnorm', 'batchnorm_output', 'full', 'output', 'random'], 'random_per_channel(2)')
     """
+    if random_control not in batchnorm_only.RANDOM_CONTROLS:
+        raise ValueError(f"random_control must be one of {batchnorm_only.RANDOM_CONTROLS}, "
+                         f"got {random_control!r}")
     output = batchnorm_only.output_layer(params)
-    if random_control(config) == "per_channel":
+    if random_control == "per_channel":
         random = batchnorm_only.random_per_channel(
             PER_CHANNEL, exclude=f"{batchnorm_only.BATCHNORM_PATTERN}|^{re.escape(output)}/")
     else:
@@ -106,6 +115,58 @@ def arm_reparams(config: Any, params: Any) -> dict[str, reparam_lib.Reparam]:
             "batchnorm_output": batchnorm_only.batchnorm_only(output=output),
             "output": batchnorm_only.output_only(output),
             "random": random}
+
+
+@dataclasses.dataclass(frozen=True)
+class BnOnlySpec:
+    """A BatchNorm-only study, parsed and checked once at its entry (Frankle et al. 2021).
+
+    Attributes:
+      run: what every study shares (:class:`ltjax.studies.spec.RunSpec`; the model has
+        BatchNorm).
+      arms: the arms trained, in order (:data:`ARMS`).
+      random_control: how the ``random`` arm draws its entries (:func:`random_control`).
+      reparams: every arm's reparameterisation for the model (:func:`arm_reparams`).
+
+    Example:
+        The spec of the digits quick config, before any workdir exists:
+
+        >>> from experiments.configs import bn_only_mlp_digits
+        >>> from ltjax.studies.bn_only import BnOnlySpec
+        >>> spec = BnOnlySpec.from_config(bn_only_mlp_digits.get_config("quick"), progress=False)
+        >>> spec.arms
+        ('full', 'batchnorm', 'batchnorm_output', 'output', 'random')
+        >>> spec.random_control, spec.reparams["random"].name
+        ('per_channel', 'random_per_channel(2)')
+    """
+
+    run: RunSpec
+    arms: tuple[str, ...]
+    random_control: str
+    reparams: dict[str, reparam_lib.Reparam]
+
+    @classmethod
+    def from_config(cls, config: Any, *, progress: bool = True) -> BnOnlySpec:
+        """Parse and check ``config``; nothing is written.
+
+        Raises:
+          ValueError: unknown or no arms, an unknown ``random_control``, a model without
+            BatchNorm (naming the field).
+        """
+        arms = common.names_of(config.arms, field="arms", allowed=ARMS)
+        if not arms:
+            raise ValueError("config.arms must name at least one arm")
+        rule = random_control(config)
+
+        def check(dataset) -> None:
+            model = common.build_model(config, dataset)
+            if not models.has_batch_norm(model):
+                raise ValueError(f"config.model={config.model!r} has no BatchNorm; "
+                                 f"use e.g. 'mlp_bn'")
+
+        run = RunSpec.from_config(config, check=check, progress=progress)
+        return cls(run=run, arms=arms, random_control=rule, reparams=arm_reparams(
+            run.executor.abstract_params, random_control=rule))
 
 
 @common.study_entry
@@ -119,31 +180,20 @@ def run_bn_only(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
       ValueError: unknown arms or ``random_control``, or a model without
         BatchNorm (before any work).
     """
-    arms = common.names_of(config.arms, field="arms", allowed=ARMS)
-    if not arms:
-        raise ValueError("config.arms must name at least one arm")
-    random_control(config)
-
-    def check(dataset) -> None:
-        model = common.build_model(config, dataset)
-        if not models.has_batch_norm(model):
-            raise ValueError(f"config.model={config.model!r} has no BatchNorm; use e.g. 'mlp_bn'")
-
-    spec = RunSpec.from_config(config, check=check, progress=progress)
-    run = spec.open(workdir)
-    executor, num = spec.executor, spec.num_replicates
-    init_keys, noise_keys = spec.keys()
+    spec = BnOnlySpec.from_config(config, progress=progress)
+    run = spec.run.open(workdir)
+    executor, num = spec.run.executor, spec.run.num_replicates
+    init_keys, noise_keys = spec.run.keys()
     params = executor.abstract_params
-    reparams = arm_reparams(config, params)
     rows, gammas = [], {}
-    for arm in arms:
-        arm_executor = executor.like(recipe=spec.recipe, reparam=reparams[arm])
+    for arm in spec.arms:
+        arm_executor = executor.like(recipe=spec.run.recipe, reparam=spec.reparams[arm])
         start = arm_executor.init(init_keys)
         if arm == "random":  # each member's count of chosen entries
             trainable = [int(sum(np.sum(np.asarray(c[r])) for c in
                                  jax.tree.leaves(start.frozen["chosen"]))) for r in range(num)]
         else:
-            trainable = [batchnorm_only.trainable_count(reparams[arm], params)] * num
+            trainable = [batchnorm_only.trainable_count(spec.reparams[arm], params)] * num
         final = run.segment(arm, state=start, noise_keys=noise_keys,
                             tags={"arm": arm}, executor=arm_executor, desc=f"{arm} x{num}").state
         test = run.evaluate(final, ["test"], executor=arm_executor)["test"]
@@ -160,6 +210,6 @@ def run_bn_only(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
         "trainable_params", "test_accuracy", "test_loss",
         *(f"share_gamma_below_{t}" for t in THRESHOLDS)))
     plots.plot_gamma_histograms(gammas, run.workdir / "plots" / "gamma.png",
-                                title=f"|gamma| after training, {spec.model_name} on "
-                                      f"{plots.dataset_label(spec.dataset.name)}")
+                                title=f"|gamma| after training, {spec.run.model_name} on "
+                                      f"{plots.dataset_label(spec.run.dataset.name)}")
     return {**table, "num_replicates": num}

@@ -49,6 +49,7 @@ Example (Colab):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pathlib
 from typing import Any
@@ -65,27 +66,6 @@ from ltjax.studies.spec import RunSpec
 
 #: How the tickets are retrained: ``'scratch'`` (full schedule) or ``'resume_schedule'``.
 RETRAIN_MODES = ("scratch", "resume_schedule")
-
-
-def _check_config(config: Any) -> tuple[float, ...]:
-    try:
-        ratios = tuple(float(p) for p in config.ratios)
-    except (TypeError, ValueError):
-        raise ValueError(f"config.ratios must be numbers, got {config.ratios!r}") from None
-    if not ratios or any(not 0.0 < p < 1.0 for p in ratios) or len(set(ratios)) != len(ratios):
-        raise ValueError(f"config.ratios must be distinct shares of channels pruned in (0, 1), "
-                         f"got {config.ratios!r}")
-    if not (isinstance(config.window, int) and config.window >= 2):
-        raise ValueError(f"config.window must be an integer >= 2, got {config.window!r}")
-    if not 0.0 <= config.threshold <= 1.0:
-        raise ValueError(f"config.threshold must be in [0, 1] (the largest mask distance of an "
-                         f"emerged ticket), got {config.threshold!r}")
-    early_bird.slimming(config.slimming)  # validates the strength
-    if config.get("retrain", "scratch") not in RETRAIN_MODES:
-        raise ValueError(f"config.retrain must be one of {RETRAIN_MODES} ('scratch': the full "
-                         f"schedule; 'resume_schedule': from the Early-Bird epoch on), got "
-                         f"{config.retrain!r}")
-    return ratios
 
 
 def retrain_start_epoch(eb_epoch: int | None, mode: str) -> int:
@@ -111,6 +91,78 @@ def retrain_start_epoch(eb_epoch: int | None, mode: str) -> int:
     return eb_epoch if mode == "resume_schedule" and eb_epoch is not None else 0
 
 
+@dataclasses.dataclass(frozen=True)
+class EarlyBirdSpec:
+    """An Early-Bird study, parsed and checked once at its entry (You et al. 2020).
+
+    Attributes:
+      run: what every study shares (:class:`ltjax.studies.spec.RunSpec`; the model has
+        BatchNorm).
+      ratios: the pruning ratios p (distinct shares of channels pruned, in (0, 1)).
+      window: the masks a ticket's emergence compares (the newest and ``window - 1``
+        before it).
+      threshold: the largest mask distance of an emerged ticket.
+      slimming: the slimming L1 strength on the BatchNorm scales (as the config gives it).
+      retrain: how the tickets are retrained (:data:`RETRAIN_MODES`).
+
+    Example:
+        The spec of the digits quick config, before any workdir exists:
+
+        >>> from experiments.configs import early_bird_mlp_digits
+        >>> from ltjax.studies.early_bird import EarlyBirdSpec
+        >>> spec = EarlyBirdSpec.from_config(early_bird_mlp_digits.get_config("quick"),
+        ...                                  progress=False)
+        >>> spec.ratios, spec.window, spec.threshold, spec.retrain
+        ((0.3, 0.5, 0.7), 5, 0.1, 'scratch')
+    """
+
+    run: RunSpec
+    ratios: tuple[float, ...]
+    window: int
+    threshold: float
+    slimming: float
+    retrain: str
+
+    @classmethod
+    def from_config(cls, config: Any, *, progress: bool = True) -> EarlyBirdSpec:
+        """Parse and check ``config``; nothing is written.
+
+        Raises:
+          ValueError: ratios outside (0, 1) or repeated, a bad window or threshold, a
+            negative slimming strength, an unknown ``config.retrain``, a model without
+            BatchNorm (naming the field).
+        """
+        try:
+            ratios = tuple(float(p) for p in config.ratios)
+        except (TypeError, ValueError):
+            raise ValueError(f"config.ratios must be numbers, got {config.ratios!r}") from None
+        if (not ratios or any(not 0.0 < p < 1.0 for p in ratios)
+                or len(set(ratios)) != len(ratios)):
+            raise ValueError(f"config.ratios must be distinct shares of channels pruned in "
+                             f"(0, 1), got {config.ratios!r}")
+        if not (isinstance(config.window, int) and config.window >= 2):
+            raise ValueError(f"config.window must be an integer >= 2, got {config.window!r}")
+        if not 0.0 <= config.threshold <= 1.0:
+            raise ValueError(f"config.threshold must be in [0, 1] (the largest mask distance "
+                             f"of an emerged ticket), got {config.threshold!r}")
+        early_bird.slimming(config.slimming)  # validates the strength
+        retrain = config.get("retrain", "scratch")
+        if retrain not in RETRAIN_MODES:
+            raise ValueError(f"config.retrain must be one of {RETRAIN_MODES} ('scratch': the "
+                             f"full schedule; 'resume_schedule': from the Early-Bird epoch on), "
+                             f"got {config.retrain!r}")
+
+        def check(dataset) -> None:
+            model = common.build_model(config, dataset)
+            if not models.has_batch_norm(model):
+                raise ValueError(f"config.model={config.model!r} has no BatchNorm; "
+                                 f"use e.g. 'mlp_bn'")
+
+        run = RunSpec.from_config(config, check=check, progress=progress)
+        return cls(run=run, ratios=ratios, window=config.window,
+                   threshold=float(config.threshold), slimming=config.slimming, retrain=retrain)
+
+
 @common.study_entry
 def run_early_bird(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Search, detect and retrain Early-Bird tickets; write tables and a plot; resumable.
@@ -128,20 +180,13 @@ def run_early_bird(config: Any, workdir: str | pathlib.Path, *, progress: bool =
         negative slimming strength, an unknown ``config.retrain``, a model
         without BatchNorm (before any work).
     """
-    ratios = _check_config(config)
-
-    def check(dataset) -> None:
-        model = common.build_model(config, dataset)
-        if not models.has_batch_norm(model):
-            raise ValueError(f"config.model={config.model!r} has no BatchNorm; use e.g. 'mlp_bn'")
-
-    spec = RunSpec.from_config(config, check=check, progress=progress)
-    run = spec.open(workdir)
-    workdir = run.workdir
-    executor = spec.executor.like(reparam=early_bird.slimming(config.slimming))
-    per_epoch, end, num = spec.steps_per_epoch, spec.training_steps, spec.num_replicates
-    epochs = end // per_epoch
-    init_keys, noise_keys = spec.keys()
+    spec = EarlyBirdSpec.from_config(config, progress=progress)
+    run = spec.run.open(workdir)
+    workdir, window = run.workdir, spec.window
+    executor = spec.run.executor.like(reparam=early_bird.slimming(spec.slimming))
+    per_epoch, end = spec.run.steps_per_epoch, spec.run.training_steps
+    num, epochs = spec.run.num_replicates, end // per_epoch
+    init_keys, noise_keys = spec.run.keys()
 
     # 1. The search: |gamma| at the start of every epoch, computed once per epoch.
     state = executor.init(init_keys)
@@ -172,24 +217,22 @@ def run_early_bird(config: Any, workdir: str | pathlib.Path, *, progress: bool =
 
     # 2. Masks, distances and the emergence epoch per ratio and replicate.
     distance_rows, tickets = [], []
-    for p in ratios:
+    for p in spec.ratios:
         for rep in range(num):
             history = [early_bird.channel_keep(stored[(e, rep)], p) for e in range(epochs + 1)]
             for e in range(epochs + 1):
-                distances = early_bird.window_distances(history[: e + 1], config.window)
+                distances = early_bird.window_distances(history[: e + 1], window)
                 distance_rows.append({"p": p, "epoch": e, "replicate": rep, **{
                     f"distance_to_previous_{i + 1}": (distances[::-1][i] if i < len(distances)
                                                       else None)
-                    for i in range(config.window - 1)}})
-            eb = early_bird.emergence_epoch(history, window=config.window,
-                                            threshold=config.threshold)
+                    for i in range(window - 1)}})
+            eb = early_bird.emergence_epoch(history, window=window, threshold=spec.threshold)
             chosen = history[eb if eb is not None else epochs]
             tickets.append({"p": p, "replicate": rep, "eb_epoch": eb, "keep": chosen,
                             "overlap": 1.0 - early_bird.mask_distance(chosen, history[-1])})
 
     # 3. Retrain every ticket from a fresh init under its channel masks: from step 0, or
     # (resume_schedule) from its Early-Bird epoch's step, one segment per start epoch.
-    mode = config.get("retrain", "scratch")
     like = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), executor.abstract_params)
     member_masks = [early_bird.masks_from_channels(like, t["keep"]) for t in tickets]
     replicate_of = np.array([t["replicate"] for t in tickets])
@@ -198,13 +241,13 @@ def run_early_bird(config: Any, workdir: str | pathlib.Path, *, progress: bool =
     kept = np.array([float(np.mean(t["keep"])) for t in tickets])
     groups: dict[int, list[int]] = {}
     for m, t in enumerate(tickets):
-        groups.setdefault(retrain_start_epoch(t["eb_epoch"], mode), []).append(m)
+        groups.setdefault(retrain_start_epoch(t["eb_epoch"], spec.retrain), []).append(m)
     accuracy = np.zeros(len(tickets))
     for start_epoch, members in sorted(groups.items()):
         index = np.array(members)
         masks = executor.shard(tree.stack([member_masks[m] for m in members]))
         start = executor.init(retrain_keys[replicate_of[index]], masks)
-        if mode == "scratch":
+        if spec.retrain == "scratch":
             name, segment_tags, desc = "retrain", {"branch": "retrain"}, (
                 f"retrain {len(members)} tickets")
         else:  # the schedule (and the batch order) resume at the Early-Bird epoch
@@ -227,8 +270,8 @@ def run_early_bird(config: Any, workdir: str | pathlib.Path, *, progress: bool =
         "eb_epoch", "kept_channels", "eb_test_accuracy", "full_test_accuracy",
         "overlap_with_final_mask"))
     plots.plot_early_bird(distance_rows, workdir / "plots" / "early_bird.png",
-                          threshold=config.threshold,
-                          title=f"Early-Bird mask distance, {spec.model_name} on "
-                                f"{plots.dataset_label(spec.dataset.name)}")
+                          threshold=spec.threshold,
+                          title=f"Early-Bird mask distance, {spec.run.model_name} on "
+                                f"{plots.dataset_label(spec.run.dataset.name)}")
     return {**table, "num_replicates": num}
 

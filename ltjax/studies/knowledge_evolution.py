@@ -43,6 +43,7 @@ Example (Colab):
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from typing import Any
 
@@ -118,7 +119,7 @@ def load_split_masks(directory: str | pathlib.Path, like: Any) -> Any | None:
     return None if found is None else found[1]
 
 
-def _split_masks(config: Any, executor: Any, keys: jax.Array, split: str, split_rate: float,
+def _split_masks(executor: Any, keys: jax.Array, split: str, split_rate: float,
                  directory: pathlib.Path, fingerprint: str | None) -> Any:
     """Every replicate's split masks: restored when saved, else drawn and saved (step 0)."""
     num = int(keys.shape[0])
@@ -138,6 +139,48 @@ def _split_masks(config: Any, executor: Any, keys: jax.Array, split: str, split_
         ckpt.save(0, state=masks, meta={"split": split, "split_rate": split_rate,
                                         "config": fingerprint})
     return masks
+
+
+@dataclasses.dataclass(frozen=True)
+class KnowledgeEvolutionSpec:
+    """A Knowledge Evolution study, parsed and checked once at its entry (Taha et al. 2021).
+
+    Attributes:
+      run: what every study shares (:class:`ltjax.studies.spec.RunSpec`; the model
+        supports the split).
+      split: ``'kels'`` or ``'wels'`` (:data:`ltjax.methods.knowledge_evolution.SPLITS`).
+      split_rate: the fit share, in (0, 1].
+      generations: how many generations train (at least 1).
+
+    Example:
+        The spec of the digits quick config, before any workdir exists:
+
+        >>> from experiments.configs import knowledge_evolution_lenet_digits
+        >>> from ltjax.studies.knowledge_evolution import KnowledgeEvolutionSpec
+        >>> spec = KnowledgeEvolutionSpec.from_config(
+        ...     knowledge_evolution_lenet_digits.get_config("quick"), progress=False)
+        >>> spec.split, spec.split_rate, spec.generations, spec.run.training_steps
+        ('kels', 0.5, 2, 176)
+    """
+
+    run: RunSpec
+    split: str
+    split_rate: float
+    generations: int
+
+    @classmethod
+    def from_config(cls, config: Any, *, progress: bool = True) -> KnowledgeEvolutionSpec:
+        """Parse and check ``config``; nothing is written.
+
+        Raises:
+          ValueError: a bad ``split``, ``split_rate`` or ``generations``, or a model the
+            split does not support (naming the field).
+        """
+        split, split_rate, generations = check_config(config)
+        run = RunSpec.from_config(
+            config, check=lambda dataset: _check_model(config, dataset, split, split_rate),
+            progress=progress)
+        return cls(run=run, split=split, split_rate=split_rate, generations=generations)
 
 
 @common.study_entry
@@ -166,14 +209,13 @@ def run_knowledge_evolution(config: Any, workdir: str | pathlib.Path, *,
       ValueError: a bad ``split``, ``split_rate`` or ``generations``, or a
         model the split does not support (before the workdir is written).
     """
-    split, split_rate, generations = check_config(config)
-    spec = RunSpec.from_config(config, check=lambda d: _check_model(config, d, split, split_rate),
-                               progress=progress)
-    run = spec.open(workdir)
-    executor, dataset, num = spec.executor, spec.dataset, spec.num_replicates
-    keys = spec.replicate_keys()
-    init_keys, noise_keys = spec.keys()
-    masks = _split_masks(config, executor, keys, split, split_rate,
+    spec = KnowledgeEvolutionSpec.from_config(config, progress=progress)
+    run = spec.run.open(workdir)
+    executor, dataset, num = spec.run.executor, spec.run.dataset, spec.run.num_replicates
+    split, split_rate, generations = spec.split, spec.split_rate, spec.generations
+    keys = spec.run.replicate_keys()
+    init_keys, noise_keys = spec.run.keys()
+    masks = _split_masks(executor, keys, split, split_rate,
                          run.workdir / "checkpoints" / "split_masks",
                          common.config_fingerprint(run.workdir))
 
@@ -230,6 +272,6 @@ def run_knowledge_evolution(config: Any, workdir: str | pathlib.Path, *,
                                 fields=FIELDS)
     plots.plot_knowledge_evolution(
         rows, run.workdir / "plots" / "knowledge_evolution.png",
-        title=f"Knowledge Evolution ({split.upper()}, sr={split_rate:g}), {spec.model_name} on "
+        title=f"Knowledge Evolution ({split.upper()}, sr={split_rate:g}), {spec.run.model_name} on "
               f"{plots.dataset_label(dataset.name)}: {num} replicates")
     return {**table, "num_replicates": num}
