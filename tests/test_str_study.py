@@ -27,9 +27,10 @@ def _config(**overrides):
     return config
 
 
-def test_str_study_sparsity_baselines_and_rerun(tmp_path):
+def test_str_study_sparsity_baselines_and_rerun(tmp_path, sealed):
     config = _config()
-    str_study.run_soft_threshold(config, tmp_path, progress=False)
+    sealed_config = sealed(config, str_study.SoftThresholdSpec)
+    str_study.run_soft_threshold(sealed_config, tmp_path, progress=False)
     first = (tmp_path / "results.csv").read_text()
     rows = results.read_csv(tmp_path / "results.csv")
     assert {r["method"] for r in rows} == {"dense", "str", "oneshot"}
@@ -67,7 +68,7 @@ def test_str_study_sparsity_baselines_and_rerun(tmp_path):
     assert len(layers) == 3 * len(str_rows)
     assert (tmp_path / "plots" / "str.png").exists()
 
-    str_study.run_soft_threshold(config, tmp_path, progress=False)  # finished: restores, same files
+    str_study.run_soft_threshold(sealed_config, tmp_path, progress=False)  # finished: restores
     assert (tmp_path / "results.csv").read_text() == first
 
 
@@ -76,6 +77,7 @@ def test_str_study_sparsity_baselines_and_rerun(tmp_path):
     ({"s_inits": (float("nan"),)}, "config.s_inits"),
     ({"weight_decays": (1e-4, -1e-3)}, "config.weight_decays"),
     ({"weight_decays": ("a",)}, "must be numbers"),
+    ({"scope": "local"}, "config.scope"),  # the one-shot baseline's, checked before training
 ])
 def test_bad_config_is_refused_before_any_work(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):

@@ -33,9 +33,10 @@ def _np_logits(params, x):
     return h @ params["Dense_1"]["kernel"] + params["Dense_1"]["bias"]
 
 
-def test_subspaces_study_against_numpy_and_rerun(tmp_path):
+def test_subspaces_study_against_numpy_and_rerun(tmp_path, sealed):
     config = _config()
-    study.run_subspaces(config, tmp_path, progress=False)
+    sealed_config = sealed(config, study.SubspacesSpec)
+    study.run_subspaces(sealed_config, tmp_path, progress=False)
     names = ("results.csv", "summary.csv", "paths.csv", "paths_summary.csv")
     first = {n: (tmp_path / n).read_text() for n in names}
     rows = results.read_csv(tmp_path / "results.csv")
@@ -86,7 +87,7 @@ def test_subspaces_study_against_numpy_and_rerun(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert (tmp_path / "plots" / "subspaces.png").exists()
 
-    study.run_subspaces(config, tmp_path, progress=False)  # finished: restores, same files
+    study.run_subspaces(sealed_config, tmp_path, progress=False)  # finished: restores, same files
     assert {n: (tmp_path / n).read_text() for n in first} == first
 
 

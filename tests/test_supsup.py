@@ -238,8 +238,8 @@ def test_permute_pixels_and_the_wrapper_permute_positions_as_numpy():
     assert not selection["permutation"]
 
 
-def test_digits_quick_study_end_to_end_and_rerun_leaves_results_unchanged(tmp_path):
-    config = supsup_lenet_digits.get_config("quick")
+def test_digits_quick_study_end_to_end_and_rerun_leaves_results_unchanged(tmp_path, sealed):
+    config = sealed(supsup_lenet_digits.get_config("quick"), supsup_study.SupSupSpec)
     summary = supsup_study.run_supsup(config, tmp_path, progress=False)
     rows = results.read_csv(tmp_path / "results.csv")
     columns = ("task", "replicate", "test_accuracy", "inferred_task_accuracy",

@@ -29,6 +29,7 @@ Example (Colab):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pathlib
 from typing import Any
@@ -62,6 +63,55 @@ def _check_config(config: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return s_inits, decays
 
 
+@dataclasses.dataclass(frozen=True)
+class SoftThresholdSpec:
+    """An STR study, parsed and checked once at its entry (Kusupati et al. 2020).
+
+    Attributes:
+      run: what every study shares (:class:`ltjax.studies.spec.RunSpec`).
+      s_inits: the thresholds' initial values, one program each.
+      weight_decays: the members' weight decays (the thresholds' too).
+      oneshot_baseline: also prune the dense nets one-shot to each STR member's
+        sparsity and retrain them.
+      scope: how that baseline ranks magnitudes (:data:`ltjax.core.pruning.SCOPES`).
+      prunable: the leaves with a threshold, and pruned by the baseline (the
+        model's default selection).
+
+    Example:
+        The spec of the digits quick config, before any workdir exists:
+
+        >>> from experiments.configs import str_lenet_digits
+        >>> from ltjax.studies.soft_threshold import SoftThresholdSpec
+        >>> spec = SoftThresholdSpec.from_config(str_lenet_digits.get_config("quick"),
+        ...                                      progress=False)
+        >>> spec.s_inits, spec.weight_decays, spec.oneshot_baseline, spec.scope
+        ((-5.0,), (0.0001, 0.005), True, 'global')
+    """
+
+    run: RunSpec
+    s_inits: tuple[float, ...]
+    weight_decays: tuple[float, ...]
+    oneshot_baseline: bool
+    scope: str
+    prunable: Any
+
+    @classmethod
+    def from_config(cls, config: Any, *, progress: bool = True) -> SoftThresholdSpec:
+        """Parse and check ``config``; nothing is written.
+
+        Raises:
+          ValueError: empty or non-finite ``s_inits``, negative ``weight_decays``,
+            repeated values, or (with the one-shot baseline) an unknown ``scope``.
+        """
+        s_inits, decays = _check_config(config)
+        run = RunSpec.from_config(config, progress=progress)
+        scope, oneshot = config.scope, bool(config.get("oneshot_baseline", True))
+        if oneshot and scope not in pruning.SCOPES:
+            raise ValueError(f"config.scope must be one of {pruning.SCOPES}, got {scope!r}")
+        return cls(run=run, s_inits=s_inits, weight_decays=decays, oneshot_baseline=oneshot,
+                   scope=scope, prunable=masking.prunable(run.executor.abstract_params))
+
+
 @common.study_entry
 def run_soft_threshold(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Train STR on the grid and the baselines; write tables and a plot; resumable.
@@ -73,16 +123,14 @@ def run_soft_threshold(config: Any, workdir: str | pathlib.Path, *, progress: bo
     ``plots/str.png`` and ``checkpoints/``.
 
     Raises:
-      ValueError: empty or non-finite ``s_inits``, negative ``weight_decays``
-        (before any work).
+      ValueError: empty or non-finite ``s_inits``, negative ``weight_decays``, an
+        unknown ``scope`` (:meth:`SoftThresholdSpec.from_config`; before any work).
     """
-    s_inits, decays = _check_config(config)
-    spec = RunSpec.from_config(config, progress=progress)
-    scope, oneshot = config.scope, config.get("oneshot_baseline", True)
+    study = SoftThresholdSpec.from_config(config, progress=progress)
+    spec, selection = study.run, study.prunable
     run = spec.open(workdir)
     executor, recipe, num = spec.executor, spec.recipe, spec.num_replicates
     init_keys, noise_keys = spec.keys()
-    selection = masking.prunable(executor.abstract_params)
     rows: list[dict] = []
 
     dense = run.segment("dense", state=executor.init(init_keys), noise_keys=noise_keys,
@@ -92,10 +140,10 @@ def run_soft_threshold(config: Any, workdir: str | pathlib.Path, *, progress: bo
               "replicate": r, "sparsity": 0.0, "test_accuracy": test["accuracy"][r],
               "test_loss": test["loss"][r]} for r in range(num)]
 
-    grid = [(w, r) for w in decays for r in range(num)]
+    grid = [(w, r) for w in study.weight_decays for r in range(num)]
     replicate_of = np.array([r for _, r in grid])
     layer_rows, str_members = [], []
-    for i, s_init in enumerate(s_inits):
+    for i, s_init in enumerate(study.s_inits):
         str_executor = executor.like(
             recipe=recipe, reparam=soft_threshold.str_reparam(selection, s_init=s_init))
         tags = [{"s_init": s_init, "weight_decay": w, "replicate": r} for w, r in grid]
@@ -116,8 +164,9 @@ def run_soft_threshold(config: Any, workdir: str | pathlib.Path, *, progress: bo
             layer_rows += [{**tag, "layer": name, "layer_density": density} for name, density
                            in soft_threshold.learned_densities(one, selection).items()]
 
-    if oneshot:
-        rows += _oneshot_baseline(run, dense.state, str_members, selection, noise_keys, scope)
+    if study.oneshot_baseline:
+        rows += _oneshot_baseline(run, dense.state, str_members, selection, noise_keys,
+                                  study.scope)
     table = results.write_table(run.workdir / "results.csv", rows,
                                 by=("method", "s_init", "weight_decay"),
                                 fields=("sparsity", "test_accuracy", "test_loss"))

@@ -37,6 +37,7 @@ Example (Colab):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pathlib
 from typing import Any
@@ -114,6 +115,54 @@ def _slug(variant: str, beta: float | None) -> str:
     return variant if beta is None else f"{variant}_beta{beta:g}"
 
 
+@dataclasses.dataclass(frozen=True)
+class SubspacesSpec:
+    """A subspaces study, parsed and checked once at its entry (Wortsman et al. 2021).
+
+    Attributes:
+      run: what every study shares (:class:`ltjax.studies.spec.RunSpec`).
+      arms: ``(variant, beta)`` per arm, in order (:func:`parse_arms`; ``('standard',
+        None)`` for standard training).
+      alphas: the paths' points from ``point_0`` to ``point_1`` (float32 values; alpha =
+        0.5 among them).
+      simplex_points: a simplex's vertices (``config.simplex_points``; None: the default).
+      reset: how every point's BatchNorm statistics are recomputed
+        (:func:`ltjax.studies.common.batch_stats_reset`), or None (no BatchNorm).
+
+    Example:
+        The spec of the digits quick config, before any workdir exists:
+
+        >>> from experiments.configs import subspaces_mlp_digits
+        >>> from ltjax.studies.subspaces import SubspacesSpec
+        >>> spec = SubspacesSpec.from_config(subspaces_mlp_digits.get_config("quick"),
+        ...                                  progress=False)
+        >>> spec.arms[:2], spec.alphas, spec.reset     # an MLP: no BatchNorm to reset
+        ((('standard', None), ('line', 1.0)), (0.0, 0.25, 0.5, 0.75, 1.0), None)
+    """
+
+    run: RunSpec
+    arms: tuple[tuple[str, float | None], ...]
+    alphas: tuple[float, ...]
+    simplex_points: int | None
+    reset: dict | None
+
+    @classmethod
+    def from_config(cls, config: Any, *, progress: bool = True) -> SubspacesSpec:
+        """Parse and check ``config``; nothing is written.
+
+        Raises:
+          ValueError: a bad ``config.arms``, ``num_alphas``, ``simplex_points`` or
+            BatchNorm reset.
+        """
+        arms = _check_config(config)
+        reset = common.batch_stats_reset(config)
+        run = RunSpec.from_config(config, progress=progress)
+        alphas = np.linspace(0.0, 1.0, config.num_alphas).astype(np.float32)
+        return cls(run=run, arms=arms, alphas=tuple(float(a) for a in alphas),
+                   simplex_points=config.get("simplex_points"),
+                   reset=reset if models.has_batch_norm(run.executor.model) else None)
+
+
 @common.study_entry
 def run_subspaces(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Train every arm; write tables and a plot; resumable.
@@ -128,25 +177,21 @@ def run_subspaces(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     ``plots/subspaces.png`` and ``checkpoints/``.
 
     Raises:
-      ValueError: a bad ``config.arms``, ``num_alphas`` or ``simplex_points``
-        (before any work).
+      ValueError: a bad ``config.arms``, ``num_alphas``, ``simplex_points`` or
+        BatchNorm reset (:meth:`SubspacesSpec.from_config`; before any work).
     """
-    arms = _check_config(config)
-    reset = common.batch_stats_reset(config)
-    spec = RunSpec.from_config(config, progress=progress)
-    alphas = np.linspace(0.0, 1.0, config.num_alphas).astype(np.float32)
-    simplex_points = config.get("simplex_points")
+    study = SubspacesSpec.from_config(config, progress=progress)
+    spec, alphas = study.run, np.asarray(study.alphas, np.float32)
     run = spec.open(workdir)
     executor, num = spec.executor, spec.num_replicates
     init_keys, noise_keys = spec.keys()
-    has_bn = models.has_batch_norm(executor.model)
-    evaluate = _PathEvaluator(executor, reset if has_bn else None)
+    evaluate = _PathEvaluator(executor, study.reset)
 
     def init_fn(key):
         return models.init(executor.model, key, spec.dataset.input_shape)[0]
 
     rows, summary = [], []
-    for variant, beta in arms:
+    for variant, beta in study.arms:
         if variant == "standard":
             final = run.segment("standard", state=executor.init(init_keys),
                                 noise_keys=noise_keys, tags={"variant": "standard"},
@@ -156,7 +201,7 @@ def run_subspaces(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
             kind, layerwise = variant.removesuffix("_layerwise"), variant.endswith("_layerwise")
             arm_executor = executor.like(recipe=spec.recipe, reparam=subspaces.subspace_reparam(
                 init_fn, kind=kind, layerwise=layerwise, beta=beta,
-                num_points=simplex_points if kind == "simplex" else None))
+                num_points=study.simplex_points if kind == "simplex" else None))
             final = run.segment(_slug(variant, beta), state=arm_executor.init(init_keys),
                                 noise_keys=noise_keys, tags={"variant": variant, "beta": beta},
                                 executor=arm_executor, desc=f"{variant} beta={beta:g} x{num}").state

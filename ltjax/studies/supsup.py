@@ -46,6 +46,7 @@ Example (Colab):
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from typing import Any
 
@@ -55,6 +56,7 @@ import numpy as np
 
 from ltjax import models
 from ltjax.core import masking, rng, tree
+from ltjax.engine import executor as executor_lib
 from ltjax.io import data, results
 from ltjax.methods import supsup
 from ltjax.studies import common, plots
@@ -208,6 +210,71 @@ def infer_tasks(model: Any, weights: PyTree, masks: PyTree, x: np.ndarray, y: np
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class SupSupSpec:
+    """A SupSup study, parsed and checked once at its entry (Wortsman et al. 2020).
+
+    Attributes:
+      run: what every study shares (:class:`ltjax.studies.spec.RunSpec`).
+      mask: how scores become a task's mask (:data:`ltjax.methods.supsup.MASK_KINDS`).
+      num_tasks: the permuted-pixel tasks (T).
+      density: each layer's kept share under ``'top_k'`` masks (unused by ``'threshold'``).
+      inference_batch_size: test examples per task-inference batch.
+      binary: also infer tasks by the binary variant.
+      output_size: the network's outputs (:func:`output_size`).
+      model: ``config.model`` with ``output_size`` outputs (:func:`build_model`), unwrapped.
+      permutations: the tasks' pixel permutations ``[T, D]`` (:func:`task_permutations`).
+      prunable: the masked leaves of the wrapped model's params.
+      executor: the members' executor: :class:`ltjax.methods.supsup.PermutedInput`
+        around ``model``, with the task supermask reparameterisation.
+
+    Example:
+        The spec of the digits quick config, before any workdir exists:
+
+        >>> from experiments.configs import supsup_lenet_digits
+        >>> from ltjax.studies.supsup import SupSupSpec
+        >>> spec = SupSupSpec.from_config(supsup_lenet_digits.get_config("quick"),
+        ...                               progress=False)
+        >>> spec.mask, spec.num_tasks, spec.density, spec.output_size, spec.permutations.shape
+        ('threshold', 3, 0.5, 100, (3, 64))
+    """
+
+    run: RunSpec
+    mask: str
+    num_tasks: int
+    density: float
+    inference_batch_size: int
+    binary: bool
+    output_size: int
+    model: Any
+    permutations: np.ndarray
+    prunable: PyTree
+    executor: executor_lib.Executor
+
+    @classmethod
+    def from_config(cls, config: Any, *, progress: bool = True) -> SupSupSpec:
+        """Parse and check ``config``; nothing is written.
+
+        Raises:
+          ValueError: a bad ``mask``, ``num_tasks``, ``density``, ``inference_batch_size``
+            or ``output_size`` (naming the field).
+        """
+        kind, num_tasks, density, batch_size = _check_config(config)
+        fields: dict = {}
+        run = RunSpec.from_config(config, check=lambda dataset: fields.update(
+            output_size=output_size(config, dataset)), progress=progress)
+        model = build_model(config, run.dataset)
+        wrapped = run.executor.like(model=supsup.PermutedInput(model=model))
+        selection = masking.prunable(wrapped.abstract_params)
+        return cls(run=run, mask=kind, num_tasks=num_tasks, density=density,
+                   inference_batch_size=batch_size, binary=bool(config.get("binary", True)),
+                   model=model,
+                   permutations=task_permutations(config, run.dataset.input_shape),
+                   prunable=selection, executor=wrapped.like(
+                       reparam=supsup.task_supermask(selection, kind=kind, density=density)),
+                   **fields)
+
+
 @common.study_entry
 def run_supsup(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Train every task's supermask, infer tasks on the test sets; ``results.csv``, a plot.
@@ -220,19 +287,14 @@ def run_supsup(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tru
 
     Raises:
       ValueError: a bad ``mask``, ``num_tasks``, ``density``,
-        ``inference_batch_size`` or ``output_size`` (before any work).
+        ``inference_batch_size`` or ``output_size`` (:meth:`SupSupSpec.from_config`;
+        before any work).
     """
-    kind, num_tasks, density, batch_size = _check_config(config)
-    spec = RunSpec.from_config(config, check=lambda d: output_size(config, d),
-                               progress=progress)
-    dataset, num = spec.dataset, spec.num_replicates
-    model = build_model(config, dataset)
-    perms = task_permutations(config, dataset.input_shape)
-    binary = config.get("binary", True)
+    study = SupSupSpec.from_config(config, progress=progress)
+    spec, executor, selection = study.run, study.executor, study.prunable
+    kind, num_tasks, density = study.mask, study.num_tasks, study.density
     run = spec.open(workdir)
-    wrapped = spec.executor.like(model=supsup.PermutedInput(model=model))
-    selection = masking.prunable(wrapped.abstract_params)
-    executor = wrapped.like(reparam=supsup.task_supermask(selection, kind=kind, density=density))
+    dataset, num, perms = spec.dataset, spec.num_replicates, study.permutations
     init_keys, noise_keys = spec.keys()
     grid = [(r, t) for r in range(num) for t in range(num_tasks)]
     fold = jax.vmap(jax.random.fold_in)
@@ -259,8 +321,8 @@ def run_supsup(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tru
     host = jax.device_get(final)
     masks = masks_of(host.params)
     end_density = np.asarray(jax.vmap(lambda m: masking.density(m, selection))(masks))
-    common.say(f"inferring tasks on {num_tasks} test sets, batches of {batch_size}",
-               spec.progress)
+    common.say(f"inferring tasks on {num_tasks} test sets, batches of "
+               f"{study.inference_batch_size}", spec.progress)
     x = np.asarray(data.normalize(dataset.test.x, dataset.mean, dataset.std))
     y = np.asarray(dataset.test.y)
     inferred = []
@@ -268,10 +330,10 @@ def run_supsup(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tru
         members = np.arange(r * num_tasks, (r + 1) * num_tasks)
         stats = tree.index(host.batch_stats, r * num_tasks)
         inferred += infer_tasks(
-            model, tree.index(host.frozen["weights"], r * num_tasks)["model"],
+            study.model, tree.index(host.frozen["weights"], r * num_tasks)["model"],
             tree.index(masks, members)["model"], x, y, perms, prunable=selection["model"],
-            batch_size=batch_size, batch_stats=stats.get("model") if stats else None,
-            binary=binary)
+            batch_size=study.inference_batch_size,
+            batch_stats=stats.get("model") if stats else None, binary=study.binary)
     rows = [{"method": "supsup", "mask": kind, "task": t, "replicate": r,
              "density": float(end_density[m]), "test_accuracy": float(metrics["accuracy"][m]),
              **inferred[m]} for m, (r, t) in enumerate(grid)]
@@ -285,5 +347,5 @@ def run_supsup(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tru
                    else float(np.mean([r[f] for r in rows]))) for f in FIELDS}
     return {**table, "overall": overall,
             "num_replicates": num, "num_tasks": num_tasks, "mask": kind,
-            "output_size": output_size(config, dataset)}
+            "output_size": study.output_size}
 
