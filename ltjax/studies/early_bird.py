@@ -211,9 +211,9 @@ def run_early_bird(config: Any, workdir: str | pathlib.Path, *, progress: bool =
             like=jax.ShapeDtypeStruct((num, num_channels), np.float32))
         stored.update({(epoch, rep): found[rep] for rep in range(num)})
     # To the end (a partial last epoch), or restored when the loop already got there.
-    search = run.segment("search", state=state, noise_keys=noise_keys, end=end,
-                         tags={"branch": "search"}, executor=executor, desc="search")
-    full, search = search.curves.final_metrics("test"), search.state
+    full = run.segment("search", state=state, noise_keys=noise_keys, end=end,
+                       tags={"branch": "search"}, executor=executor,
+                       desc="search").curves.final_metrics("test")
 
     # 2. Masks, distances and the emergence epoch per ratio and replicate.
     distance_rows, tickets = [], []
