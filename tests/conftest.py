@@ -51,6 +51,7 @@ too). ``LTJAX_TEST_XLA_EMITTERS=default`` runs the whole suite with the default 
 
 import atexit
 import contextlib
+import copy
 import os
 import pathlib
 import shutil
@@ -204,6 +205,9 @@ class SealedConfig:
 
     def __contains__(self, key):
         return key in self._read(f" contains {key!r}")
+
+    def __deepcopy__(self, memo):  # a plain copy (e.g. the config of a study's own IMP run)
+        return copy.deepcopy(self._read(" deep-copied"), memo)
 
 
 @contextlib.contextmanager
