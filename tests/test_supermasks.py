@@ -165,6 +165,7 @@ def test_study_trains_scores_only_with_exact_masks_and_reruns(tmp_path, sealed):
     ({"densities": (0.0, 0.5)}, "config.densities"),
     ({"densities": (0.5, 0.5)}, "repeats"),
     ({"weight_inits": ("xavier",)}, "config.weight_inits"),
+    ({"method": "bernoulli", "init_prob": 1.5}, "init_prob must be a number in"),
 ])
 def test_bad_config_is_refused_before_any_work(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):
