@@ -206,8 +206,8 @@ class SealedConfig:
     def __contains__(self, key):
         return key in self._read(f" contains {key!r}")
 
-    def __deepcopy__(self, memo):  # a plain copy (e.g. the config of a study's own IMP run)
-        return copy.deepcopy(self._read(" deep-copied"), memo)
+    def __deepcopy__(self, memo):  # a copy is a read; it is the config itself, unsealed
+        return copy.deepcopy(self._read(" copied"), memo)
 
 
 @contextlib.contextmanager
