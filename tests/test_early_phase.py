@@ -34,12 +34,13 @@ def _config(**overrides):
     return config
 
 
-def test_early_phase_study_against_imp_rewound_to_each_k_and_closed_forms(tmp_path):
+def test_early_phase_study_against_imp_rewound_to_each_k_and_closed_forms(tmp_path, sealed):
     # Glorot init: sigma_l is the model's own init std, sqrt(2 / (fan_in + fan_out)), not He's.
     # Level 2: the level-1 masks come from the same dense run whatever k, level 2's do not.
     config = _config(imp_level=2, model_kwargs={"widths": (32, 16),
                                                 "kernel_init": "glorot_normal"})
-    early_phase.run_early_phase(config, tmp_path, progress=False)
+    sealed_config = sealed(config, early_phase.EarlyPhaseSpec)  # read once, by the spec
+    early_phase.run_early_phase(sealed_config, tmp_path, progress=False)
     first = (tmp_path / "results.csv").read_text()
     rows = _rows(tmp_path / "results.csv")
     assert {(r["k"], r["perturbation"]) for r in rows} == {
@@ -94,11 +95,11 @@ def test_early_phase_study_against_imp_rewound_to_each_k_and_closed_forms(tmp_pa
             assert ticket["effective_std"] == 0.0
     assert (tmp_path / "plots" / "perturbations.png").exists()
 
-    early_phase.run_early_phase(config, tmp_path, progress=False)  # finished: same files
+    early_phase.run_early_phase(sealed_config, tmp_path, progress=False)  # finished: same files
     assert (tmp_path / "results.csv").read_text() == first
 
 
-def test_one_imp_run_at_every_k_needs_imp_mask_at_any_k(tmp_path):
+def test_one_imp_run_at_every_k_needs_imp_mask_at_any_k(tmp_path, sealed):
     """An IMP run rewound to 0 used at k = 10 is refused unless asked for by name."""
     imp_dir = tmp_path / "study" / "imp_0it"
     config = _config(perturbations=("none",), rewind_steps=("0it",))
@@ -110,7 +111,8 @@ def test_one_imp_run_at_every_k_needs_imp_mask_at_any_k(tmp_path):
     assert not (tmp_path / "any_k").exists()
     config = _config(perturbations=("none",), rewind_steps=("0it", "10it"),
                      imp_workdir=str(imp_dir), imp_mask_at_any_k=True)
-    early_phase.run_early_phase(config, tmp_path / "any_k", progress=False)
+    early_phase.run_early_phase(sealed(config, early_phase.EarlyPhaseSpec), tmp_path / "any_k",
+                                progress=False)
     rows = _rows(tmp_path / "any_k" / "results.csv")
     assert sorted(r["k"] for r in rows) == [0, 0, 10, 10]
     assert not (tmp_path / "any_k" / "imp_10it").exists()
@@ -131,7 +133,8 @@ def test_bad_config_is_refused_before_any_work(tmp_path, overrides, match):
     assert not (tmp_path / "run").exists()
 
 
-def test_telemetry_of_the_dense_early_phase_and_the_perturbed_members(tmp_path, monkeypatch):
+def test_telemetry_of_the_dense_early_phase_and_the_perturbed_members(tmp_path, monkeypatch,
+                                                                      sealed):
     from experiments.configs import add_telemetry
 
     config = _config(perturbations=("none", "gaussian@1"))
@@ -148,7 +151,8 @@ def test_telemetry_of_the_dense_early_phase_and_the_perturbed_members(tmp_path, 
         return out
 
     monkeypatch.setattr(common, "train_segment", spy)
-    early_phase.run_early_phase(config, tmp_path, progress=False)
+    early_phase.run_early_phase(sealed(config, early_phase.EarlyPhaseSpec), tmp_path,
+                                progress=False)
     rows = results.read_csv(tmp_path / "telemetry.csv")
     end = 2 * (1437 // 60)  # 46 steps; the schedule: 0, 5, ..., 20, 30, 40, 46
 

@@ -98,9 +98,9 @@ def _config(**overrides):
     return config
 
 
-def test_study_trains_scores_only_with_exact_masks_and_reruns(tmp_path):
+def test_study_trains_scores_only_with_exact_masks_and_reruns(tmp_path, sealed):
     config = _config()
-    supermask.run_supermask(config, tmp_path, progress=False)
+    supermask.run_supermask(sealed(config, supermask.EdgePopupSpec), tmp_path, progress=False)
     first = (tmp_path / "results.csv").read_text()
     rows = results.read_csv(tmp_path / "results.csv")
     assert len(rows) == 2 * 2 * 2
@@ -165,6 +165,7 @@ def test_study_trains_scores_only_with_exact_masks_and_reruns(tmp_path):
     ({"densities": (0.0, 0.5)}, "config.densities"),
     ({"densities": (0.5, 0.5)}, "repeats"),
     ({"weight_inits": ("xavier",)}, "config.weight_inits"),
+    ({"method": "bernoulli", "init_prob": 1.5}, "init_prob must be a number in"),
 ])
 def test_bad_config_is_refused_before_any_work(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):
@@ -203,7 +204,7 @@ def test_zhou_criteria_keep_each_layers_top_scores(criterion):
     assert np.asarray(masks["Dense_1"]["bias"]).all()
 
 
-def test_zhou_study_evaluates_the_masked_untrained_init(tmp_path, monkeypatch):
+def test_zhou_study_evaluates_the_masked_untrained_init(tmp_path, monkeypatch, sealed):
     from experiments.configs import imp_lenet_digits
     from ltjax.studies import imp
 
@@ -225,7 +226,7 @@ def test_zhou_study_evaluates_the_masked_untrained_init(tmp_path, monkeypatch):
         return real(self, params, batch_stats, split)
 
     monkeypatch.setattr(executor_lib.Executor, "evaluate_params", evaluate_params)
-    supermask.run_zhou(config, tmp_path / "zhou", progress=False)
+    supermask.run_zhou(sealed(config, supermask.ZhouSpec), tmp_path / "zhou", progress=False)
     rows = results.read_csv(tmp_path / "zhou" / "results.csv")
     run_spec = RunSpec.from_config(config, progress=False)
     dataset, executor = run_spec.dataset, run_spec.executor
@@ -560,9 +561,9 @@ def test_dnw_trains_every_weight_under_the_executor(digits):
 
 
 @pytest.mark.parametrize("method", ["bernoulli", "dnw"])
-def test_learned_study_rows_are_the_checkpointed_networks(tmp_path, method):
+def test_learned_study_rows_are_the_checkpointed_networks(tmp_path, method, sealed):
     config = _config(method=method)
-    supermask.run_supermask(config, tmp_path, progress=False)
+    supermask.run_supermask(sealed(config, supermask.LearnedSpec), tmp_path, progress=False)
     first = (tmp_path / "results.csv").read_text()
     rows = results.read_csv(tmp_path / "results.csv")
     assert len(rows) == 2 * 2 and {r["method"] for r in rows} == {method}

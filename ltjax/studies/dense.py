@@ -16,6 +16,7 @@ Example (Colab):
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from typing import Any
 
@@ -89,9 +90,10 @@ def run_dense(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
     tags = {"level": 0, "branch": "dense"}
     start = executor.init(init_keys)
     observer = None
-    if config.get("telemetry") is not None:
+    telemetry_spec = TelemetrySpec.from_config(config, spec.dataset)
+    if telemetry_spec is not None:
         observer = telemetry_observer(
-            config, executor, start.params, total, spec.dataset,
+            telemetry_spec, executor, start.params, total, spec.dataset,
             log=results.MetricsLog(run.workdir / "telemetry.jsonl"),
             snapshot_dir=run.workdir / "telemetry_snapshots")
     trained = run.segment("", state=start, noise_keys=noise_keys, tags=tags, splits=splits,
@@ -127,13 +129,87 @@ def run_dense(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
     return {"final": final, "steps": total}
 
 
-def telemetry_observer(config: Any, executor: Any, params_0: Any, total: int, dataset: Any, *,
-                       log: results.MetricsLog, snapshot_dir: pathlib.Path,
+@dataclasses.dataclass(frozen=True)
+class TelemetrySpec:
+    """A config's ``telemetry`` block, checked and resolved to steps (:meth:`from_config`).
+
+    Attributes:
+      dense_every: log every this many steps up to ``dense_until``.
+      dense_until: the last step of the dense schedule.
+      every: log every this many steps after it.
+      batch_size: the fixed training batch's size (the gradient's, the Hessian's).
+      tracked: how many random weights are followed.
+      keep_snapshots: keep the weight snapshots after the post-pass.
+      hessian_steps: the steps of the Hessian's top eigenvalue, up to the end.
+      hessian_iterations: power iterations per eigenvalue.
+      seed: the config's seed (the tracked weights are drawn from ``key(seed)``).
+
+    Example:
+        >>> from experiments.configs import lenet_digits
+        >>> from ltjax.io import data
+        >>> from ltjax.studies import dense
+        >>> config = lenet_digits.get_config("quick,telemetry")
+        >>> t = dense.TelemetrySpec.from_config(config, data.load("digits"))
+        >>> t.dense_every, t.dense_until, t.hessian_steps  # past the end (46): skipped
+        (50, 2000, (0,))
+    """
+
+    dense_every: int
+    dense_until: int
+    every: int
+    batch_size: int
+    tracked: int
+    keep_snapshots: bool
+    hessian_steps: tuple[int, ...]
+    hessian_iterations: int
+    seed: int
+
+    @classmethod
+    def from_config(cls, config: Any, dataset: Any) -> TelemetrySpec | None:
+        """``config.telemetry`` checked and resolved against ``dataset``; None without a
+        telemetry block.
+
+        Raises:
+          ValueError: ``batch_size`` outside ``[1, train size]``, a Hessian step
+            that does not parse or is negative, ``hessian_iterations`` not an
+            int >= 1 (naming the field), a schedule step that does not parse.
+        """
+        t = config.get("telemetry")
+        if t is None:
+            return None
+        if not 1 <= t.batch_size <= len(dataset.train):
+            raise ValueError(f"config.telemetry.batch_size must be in [1, {len(dataset.train)}], "
+                             f"got {t.batch_size}")
+        per_epoch = len(dataset.train) // config.recipe.batch_size
+        total = common.steps(config.training_steps, per_epoch)
+        raw = t.get("hessian_steps", ())
+        raw = [raw] if isinstance(raw, str) else list(raw or ())
+        items = [v.strip() for item in raw for v in str(item).split(",") if v.strip()]
+        try:
+            steps = [common.steps(v, per_epoch) for v in items]
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"config.telemetry.hessian_steps: {error}") from None
+        if any(s < 0 for s in steps):
+            raise ValueError(f"config.telemetry.hessian_steps must be steps >= 0, got {items}")
+        iterations = t.get("hessian_iterations", 20)
+        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+            raise ValueError(f"config.telemetry.hessian_iterations must be an int >= 1, "
+                             f"got {iterations!r}")
+        return cls(dense_every=common.steps(t.dense_every, per_epoch),
+                   dense_until=common.steps(t.dense_until, per_epoch),
+                   every=common.steps(t.every, per_epoch), batch_size=t.batch_size,
+                   tracked=t.tracked, keep_snapshots=bool(t.keep_snapshots),
+                   hessian_steps=tuple(sorted({s for s in steps if s <= total})),
+                   hessian_iterations=iterations, seed=config.seed)
+
+
+def telemetry_observer(spec: TelemetrySpec, executor: Any, params_0: Any, total: int,
+                       dataset: Any, *, log: results.MetricsLog, snapshot_dir: pathlib.Path,
                        masks: Any = None) -> common.TelemetryObserver:
-    """The telemetry observer of ``config.telemetry`` for a segment of members.
+    """The telemetry observer of a :class:`TelemetrySpec` for a segment of members.
 
     Args:
-      config: a config with a ``telemetry`` block (checked by :func:`check_telemetry`).
+      spec: the config's telemetry block, resolved (:meth:`TelemetrySpec.from_config`).
       executor: the segment's executor.
       params_0: the reference weights ``[S, ...]`` of the members (their init,
         or the start of the segment), for distance, cosine and sign changes.
@@ -149,52 +225,29 @@ def telemetry_observer(config: Any, executor: Any, params_0: Any, total: int, da
         Not run here (it needs a study's executor and writes into its workdir):
 
         ```python
-        observer = telemetry_observer(config, executor, start.params, end, dataset,
+        spec = TelemetrySpec.from_config(config, dataset)
+        observer = telemetry_observer(spec, executor, start.params, end, dataset,
                                       log=log, snapshot_dir=workdir / "snapshots")
         ```
     """
-    t = config.telemetry
-    per_epoch = executor.steps_per_epoch
-    steps = telemetry.schedule(total, dense_every=common.steps(t.dense_every, per_epoch),
-                               dense_until=common.steps(t.dense_until, per_epoch),
-                               every=common.steps(t.every, per_epoch))
+    steps = telemetry.schedule(total, dense_every=spec.dense_every,
+                               dense_until=spec.dense_until, every=spec.every)
     selection = masking.prunable(executor.abstract_params)
     first = jax.tree.map(lambda x: x[0], params_0)  # the shapes: any member's params
-    tracked = telemetry.tracked_indices(first, jax.random.key(config.seed), t.tracked, selection)
+    tracked = telemetry.tracked_indices(first, jax.random.key(spec.seed), spec.tracked,
+                                        selection)
     return common.TelemetryObserver(
         executor, params_0, steps, log=log, snapshot_dir=snapshot_dir,
-        batch=(dataset.train.x[:t.batch_size], dataset.train.y[:t.batch_size]), tracked=tracked,
-        hessian_steps=check_telemetry(config, dataset),
-        hessian_iterations=t.get("hessian_iterations", 20), masks=masks)
+        batch=(dataset.train.x[:spec.batch_size], dataset.train.y[:spec.batch_size]),
+        tracked=tracked, hessian_steps=list(spec.hessian_steps),
+        hessian_iterations=spec.hessian_iterations, masks=masks)
 
 
 def check_telemetry(config: Any, dataset: Any) -> list[int]:
     """Check ``config.telemetry`` (if any); the Hessian's steps up to the end (later skipped).
 
     Raises:
-      ValueError: ``batch_size`` outside ``[1, train size]``, a Hessian step
-        that does not parse or is negative, or ``hessian_iterations`` not an
-        int >= 1 (naming the field).
+      ValueError: see :meth:`TelemetrySpec.from_config`.
     """
-    t = config.get("telemetry")
-    if t is None:
-        return []
-    if not 1 <= t.batch_size <= len(dataset.train):
-        raise ValueError(f"config.telemetry.batch_size must be in [1, {len(dataset.train)}], "
-                         f"got {t.batch_size}")
-    per_epoch = len(dataset.train) // config.recipe.batch_size
-    total = common.steps(config.training_steps, per_epoch)
-    raw = t.get("hessian_steps", ())
-    raw = [raw] if isinstance(raw, str) else list(raw or ())
-    items = [v.strip() for item in raw for v in str(item).split(",") if v.strip()]
-    try:
-        steps = [common.steps(v, per_epoch) for v in items]
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"config.telemetry.hessian_steps: {error}") from None
-    if any(s < 0 for s in steps):
-        raise ValueError(f"config.telemetry.hessian_steps must be steps >= 0, got {items}")
-    iterations = t.get("hessian_iterations", 20)
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"config.telemetry.hessian_iterations must be an int >= 1, "
-                         f"got {iterations!r}")
-    return sorted({s for s in steps if s <= total})
+    spec = TelemetrySpec.from_config(config, dataset)
+    return [] if spec is None else list(spec.hessian_steps)

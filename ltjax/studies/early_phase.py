@@ -53,6 +53,7 @@ Example (Colab):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pathlib
 import re
@@ -184,6 +185,99 @@ def _imp_config(config: Any, rewind_step: str) -> Any:
     return imp_config
 
 
+@dataclasses.dataclass(frozen=True)
+class OwnImpRun:
+    """An IMP run the study makes itself, into ``<workdir>/imp_<rewind_step>``."""
+
+    rewind_step: str  # k as written in config.rewind_steps
+    config: Any  # its config (:func:`_imp_config`), checked (:func:`imp.check_config`)
+
+
+@dataclasses.dataclass(frozen=True)
+class EarlyPhaseSpec:
+    """An early-phase study, parsed and checked once at its entry (Frankle et al. 2020).
+
+    Attributes:
+      run: what every study shares (:class:`ltjax.studies.spec.RunSpec`).
+      perturbations: the perturbation names (module doc), ``none`` among them.
+      imp_level: the IMP level whose masks are the tickets.
+      rewind_steps: the steps k, distinct and sorted.
+      imp_workdirs: per k, the finished IMP run ``config.imp_workdir`` gives; empty when
+        the study runs its own.
+      own_imp_runs: per k, the IMP run the study makes (:class:`OwnImpRun`); empty when
+        ``config.imp_workdir`` gives them.
+      prunable: the perturbed leaves (the model's prunable kernels).
+      telemetry: the telemetry block (:class:`ltjax.studies.dense.TelemetrySpec`), or None.
+
+    Example:
+        The spec of the digits config, before any workdir exists:
+
+        >>> from experiments.configs import early_phase_lenet_digits
+        >>> from ltjax.studies.early_phase import EarlyPhaseSpec
+        >>> spec = EarlyPhaseSpec.from_config(early_phase_lenet_digits.get_config("quick"),
+        ...                                   "/tmp/never_written", progress=False)
+        >>> spec.rewind_steps, spec.imp_level, spec.perturbations[:2]
+        ((0, 10), 2, ('none', 'reinit'))
+        >>> {k: run.rewind_step for k, run in spec.own_imp_runs.items()}, spec.imp_workdirs
+        ({0: '0it', 10: '10it'}, {})
+    """
+
+    run: RunSpec
+    perturbations: tuple[str, ...]
+    imp_level: int
+    rewind_steps: tuple[int, ...]
+    imp_workdirs: dict[int, str]
+    own_imp_runs: dict[int, OwnImpRun]
+    prunable: Any
+    telemetry: dense.TelemetrySpec | None
+
+    @classmethod
+    def from_config(cls, config: Any, workdir: str | pathlib.Path, *,
+                    progress: bool = True) -> EarlyPhaseSpec:
+        """Parse and check ``config`` (and the IMP runs it names or makes); nothing is written.
+
+        ``workdir`` resolves ``{workdir}`` in ``config.imp_workdir``.
+
+        Raises:
+          ValueError: an unknown perturbation or one out of range, no ``none``, a
+            rewind step outside ``[0, training_steps)``, a bad telemetry block, an IMP
+            workdir of other inits, rewound to another k (without ``imp_mask_at_any_k``)
+            or without ``imp_level`` (naming the field).
+        """
+        names = _check_config(config)
+        imp_workdirs: dict[int, str] = {}  # k -> the given IMP run of its ticket
+        own_runs: dict[int, OwnImpRun] = {}  # k -> the study's own IMP run
+        parsed: dict = {}
+
+        def check(dataset) -> None:
+            per_epoch = len(dataset.train) // config.recipe.batch_size
+            end = common.steps(config.training_steps, per_epoch)
+            ks = [common.steps(k, per_epoch) for k in config.rewind_steps]
+            if not ks or min(ks) < 0 or max(ks) >= end:
+                raise ValueError(f"config.rewind_steps {list(config.rewind_steps)} must be "
+                                 f"steps in [0, training_steps = {end}) (as steps: {ks})")
+            parsed["telemetry"] = dense.TelemetrySpec.from_config(config, dataset)
+            if not config.get("imp_workdir"):  # its own IMP runs, checked before any writing
+                for k, text in zip(ks, config.rewind_steps, strict=True):
+                    if k not in own_runs:
+                        imp_config = _imp_config(config, text)
+                        imp.check_config(imp_config, dataset)
+                        own_runs[k] = OwnImpRun(rewind_step=text, config=imp_config)
+                return
+            for k, run in imp_runs.imp_workdirs(config, sorted(set(ks)), per_epoch,
+                                                workdir).items():
+                imp_runs.check_imp_compatible(config, run, dataset=dataset, rewind_step=k)
+                imp_runs.check_imp_level(run, config.imp_level)
+                imp_workdirs[k] = run
+
+        run = RunSpec.from_config(config, check=check, progress=progress)
+        return cls(run=run, perturbations=names, imp_level=config.imp_level,
+                   rewind_steps=tuple(sorted({**imp_workdirs, **own_runs})),
+                   imp_workdirs=imp_workdirs, own_imp_runs=own_runs,
+                   prunable=masking.prunable(run.executor.abstract_params),
+                   telemetry=parsed["telemetry"])
+
+
 @common.study_entry
 def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Train every perturbation at every k; write tables and a plot; resumable.
@@ -205,73 +299,47 @@ def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool 
     panels).
 
     Raises:
-      ValueError: an unknown perturbation or one out of range, no ``none``, a
-        rewind step outside ``[0, training_steps)``, an IMP workdir of other
-        inits, rewound to another k (without ``imp_mask_at_any_k``) or without
-        ``imp_level`` (before any work).
+      ValueError: see :meth:`EarlyPhaseSpec.from_config` (before any work).
     """
-    names = _check_config(config)
-    imp_runs_at: dict[int, str | pathlib.Path] = {}  # k -> the IMP run of its ticket
-    own_runs: dict[int, str] = {}  # k -> rewind_step as written, for the study's own IMP runs
-
-    def check(dataset) -> None:
-        per_epoch = len(dataset.train) // config.recipe.batch_size
-        end = common.steps(config.training_steps, per_epoch)
-        ks = [common.steps(k, per_epoch) for k in config.rewind_steps]
-        if not ks or min(ks) < 0 or max(ks) >= end:
-            raise ValueError(f"config.rewind_steps {list(config.rewind_steps)} must be steps in "
-                             f"[0, training_steps = {end}) (as steps: {ks})")
-        dense.check_telemetry(config, dataset)
-        if not config.get("imp_workdir"):  # its own IMP runs, checked before any writing
-            for k, text in zip(ks, config.rewind_steps, strict=True):
-                if k not in own_runs:
-                    imp.check_config(_imp_config(config, text), dataset)
-                    own_runs[k] = text
-            return
-        for k, run in imp_runs.imp_workdirs(config, sorted(set(ks)), per_epoch, workdir).items():
-            imp_runs.check_imp_compatible(config, run, dataset=dataset, rewind_step=k)
-            imp_runs.check_imp_level(run, config.imp_level)
-            imp_runs_at[k] = run
-
-    spec = RunSpec.from_config(config, check=check, progress=progress)
+    early = EarlyPhaseSpec.from_config(config, workdir, progress=progress)
+    spec, names, selection = early.run, early.perturbations, early.prunable
+    watched = early.telemetry  # None: no telemetry
     run = spec.open(workdir)
     workdir, dataset, executor = run.workdir, spec.dataset, spec.executor
-    for k, text in own_runs.items():
-        imp_runs_at[k] = workdir / f"imp_{text}"
-        imp.run_imp(_imp_config(config, text), imp_runs_at[k], progress=progress)
+    imp_runs_at = dict(early.imp_workdirs)  # k -> the IMP run of its ticket
+    for k, own in early.own_imp_runs.items():
+        imp_runs_at[k] = workdir / f"imp_{own.rewind_step}"
+        imp.run_imp(own.config, imp_runs_at[k], progress=progress)
     end, num = spec.training_steps, spec.num_replicates
-    ks = sorted(imp_runs_at)
     keys = spec.replicate_keys()
     init_keys, noise_keys = spec.keys()
     perturb_keys = rng.stream(keys, "perturb")
     state = executor.init(init_keys)
     params_0 = state.params
     like = executor.shard(masking.ones_like(state.params))
-    selection = masking.prunable(executor.abstract_params)
     densities = jax.jit(jax.vmap(lambda m: masking.density(m, selection)))  # one program
     stds = perturbations.init_stds(
         lambda key: models.init(executor.model, key, dataset.input_shape)[0],
-        rng.stream(jax.random.key(config.seed), "init_stds"), prunable=selection)
+        rng.stream(jax.random.key(spec.seed), "init_stds"), prunable=selection)
     starts = {name: _starter(name, executor, dataset, selection, stds) for name in names}
-    watched = config.get("telemetry") is not None
     telemetry_log = results.MetricsLog(workdir / "telemetry.jsonl")
     snapshots = workdir / "telemetry_snapshots"
 
     def observer(params_0: Any, folder: str, masks: Any = None
                  ) -> common.TelemetryObserver | None:
-        if not watched:
+        if watched is None:
             return None
-        return dense.telemetry_observer(config, executor, params_0, end, dataset,
+        return dense.telemetry_observer(watched, executor, params_0, end, dataset,
                                         log=telemetry_log, snapshot_dir=snapshots / folder,
                                         masks=masks)
 
     parent_observer = observer(params_0, "parent")
     rows = []
-    for k in ks:
+    for k in early.rewind_steps:
         state = run.segment(f"parent_{k}", state=state, noise_keys=noise_keys, end=k,
                             tags={"k": k, "branch": "parent"}, desc=f"dense to step {k}",
                             observer=parent_observer).state
-        masks = imp_runs.load_imp_masks(imp_runs_at[k], config.imp_level, like)
+        masks = imp_runs.load_imp_masks(imp_runs_at[k], early.imp_level, like)
         density = np.asarray(densities(masks))
         member_params, effective, tags = [], [], []
         for name in names:
@@ -297,7 +365,7 @@ def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool 
         if members_observer is not None:
             members_observer.versus_final(trained.state.params,
                                           tags={"k": k, "branch": "perturbed"}, member_tags=tags,
-                                          keep_snapshots=config.telemetry.keep_snapshots)
+                                          keep_snapshots=watched.keep_snapshots)
         metrics = trained.curves.final_metrics("test")
         effective = np.concatenate(effective)
         accuracy = {(t["perturbation"], t["replicate"]): float(metrics["accuracy"][m])
@@ -310,17 +378,20 @@ def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool 
                  for m, t in enumerate(tags)]
     table = results.write_table(workdir / "results.csv", rows, by=("k", "perturbation"), fields=(
         "density", "effective_std", "test_accuracy", "test_accuracy_drop"))
-    if watched:
-        _write_telemetry(config, workdir, telemetry_log, snapshots / "parent")
+    label = f"{spec.model_name} on {plots.dataset_label(spec.dataset.name)}"
+    if watched is not None:
+        _write_telemetry(workdir, telemetry_log, snapshots / "parent",
+                         keep_snapshots=watched.keep_snapshots,
+                         title=f"{label}: the dense early phase, mean over {num} seeds")
     plots.plot_perturbations(rows, workdir / "plots" / "perturbations.png",
-                             title=f"Perturbations at k, {config.model} on "
-                                   f"{plots.dataset_label(config.dataset)} "
+                             title=f"Perturbations at k, {label} "
                                    f"at {100 * float(np.mean(density)):.1f} % density")
     return {**table, "num_replicates": num}
 
 
-def _write_telemetry(config: Any, workdir: pathlib.Path, log: results.MetricsLog,
-                     parent_snapshots: pathlib.Path) -> None:
+def _write_telemetry(workdir: pathlib.Path, log: results.MetricsLog,
+                     parent_snapshots: pathlib.Path, *, keep_snapshots: bool,
+                     title: str) -> None:
     """``telemetry.csv`` and ``plots/telemetry.png`` (the dense early phase, Figure 3 panels).
 
     The dense parent stops at the last k, so it has no final weights to
@@ -338,13 +409,11 @@ def _write_telemetry(config: Any, workdir: pathlib.Path, log: results.MetricsLog
             seen.add(key)
         rows.append(row)
     results.write_csv(workdir / "telemetry.csv", rows)
-    if not config.telemetry.keep_snapshots:
+    if not keep_snapshots:
         stale = list(parent_snapshots.glob("step_*.npz"))
         distributed.write(f"remove {parent_snapshots}", lambda: [p.unlink() for p in stale])
     plots.plot_telemetry([r for r in rows if r["branch"] == "parent"],
-                         workdir / "plots" / "telemetry.png",
-                         title=f"{config.model} on {plots.dataset_label(config.dataset)}: the "
-                               f"dense early phase, mean over {config.num_replicates} seeds")
+                         workdir / "plots" / "telemetry.png", title=title)
 
 
 def _starter(name: str, executor: Any, dataset: Any, selection: Any, stds: Any):

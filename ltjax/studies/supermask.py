@@ -30,6 +30,7 @@ Example (Colab):
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from typing import Any
 
@@ -65,6 +66,45 @@ def _check_config(config: Any) -> tuple[tuple[float, ...], tuple[str, ...]]:
     return densities, inits
 
 
+@dataclasses.dataclass(frozen=True)
+class EdgePopupSpec:
+    """An edge-popup study, parsed and checked once at its entry (Ramanujan et al. 2020).
+
+    Attributes:
+      run: what every study shares (:class:`ltjax.studies.spec.RunSpec`).
+      densities: the kept shares of each layer, distinct, in (0, 1].
+      weight_inits: the frozen weights' inits (:data:`ltjax.methods.supermasks.WEIGHT_INITS`).
+      prunable: the leaves the scores select from (the model's prunable kernels).
+
+    Example:
+        The spec of the digits config, before any workdir exists:
+
+        >>> from experiments.configs import supermask_lenet_digits
+        >>> from ltjax.studies.supermask import EdgePopupSpec
+        >>> spec = EdgePopupSpec.from_config(supermask_lenet_digits.get_config("quick"),
+        ...                                  progress=False)
+        >>> spec.densities, spec.weight_inits
+        ((0.1, 0.5), ('signed_constant', 'kaiming_normal'))
+    """
+
+    run: RunSpec
+    densities: tuple[float, ...]
+    weight_inits: tuple[str, ...]
+    prunable: Any
+
+    @classmethod
+    def from_config(cls, config: Any, *, progress: bool = True) -> EdgePopupSpec:
+        """Parse and check ``config``; nothing is written.
+
+        Raises:
+          ValueError: densities outside (0, 1] or repeated, unknown or no weight inits.
+        """
+        densities, inits = _check_config(config)
+        run = RunSpec.from_config(config, progress=progress)
+        return cls(run=run, densities=densities, weight_inits=inits,
+                   prunable=masking.prunable(run.executor.abstract_params))
+
+
 @common.study_entry
 def run_supermask(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Train edge-popup on the grid; write ``results.csv`` and a plot; resumable.
@@ -76,15 +116,15 @@ def run_supermask(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     Raises:
       ValueError: densities outside (0, 1], unknown weight inits (before any work).
     """
-    densities, inits = _check_config(config)
-    spec = RunSpec.from_config(config, progress=progress)
+    edge_popup = EdgePopupSpec.from_config(config, progress=progress)
+    spec, selection = edge_popup.run, edge_popup.prunable
     run = spec.open(workdir)
     workdir, num = run.workdir, spec.num_replicates
-    selection = masking.prunable(spec.executor.abstract_params)
     executor = spec.executor.like(
         reparam=supermasks.edge_popup(selection, weight_init="kaiming_normal"))
     init_keys, noise_keys = spec.keys()
-    grid = [(i, d, r) for i in inits for d in densities for r in range(num)]
+    grid = [(i, d, r) for i in edge_popup.weight_inits for d in edge_popup.densities
+            for r in range(num)]
     replicate_of = np.array([r for _, _, r in grid])
 
     # Each member's weight init (its init or their signed constant) and kept counts.
@@ -112,6 +152,74 @@ def run_supermask(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     return {**table, "num_replicates": num}
 
 
+@dataclasses.dataclass(frozen=True)
+class ZhouSpec:
+    """A study of Zhou et al. 2019's untrained supermasks, parsed and checked once at its entry.
+
+    Attributes:
+      run: what every study shares (:class:`ltjax.studies.spec.RunSpec`).
+      criteria: the mask criteria (:data:`ltjax.methods.supermasks.MASK_CRITERIA`).
+      densities: the kept shares of each layer, distinct, in (0, 1].
+      weight_inits: the kept weights' values, ``'init'`` or ``'signed_constant'``.
+      imp_workdir: the IMP run whose level 0 gives the trained weights.
+      level_dir: its level 0's checkpoints (checked: they hold the replicates 0..S-1).
+      prunable: the masked leaves (the model's prunable kernels).
+
+    Example:
+        Not run here (it needs a finished IMP run):
+
+        ```python
+        spec = ZhouSpec.from_config(config, progress=False)  # config.imp_workdir: an IMP run
+        spec.criteria, spec.densities, spec.level_dir
+        ```
+    """
+
+    run: RunSpec
+    criteria: tuple[str, ...]
+    densities: tuple[float, ...]
+    weight_inits: tuple[str, ...]
+    imp_workdir: str
+    level_dir: pathlib.Path
+    prunable: Any
+
+    @classmethod
+    def from_config(cls, config: Any, *, progress: bool = True) -> ZhouSpec:
+        """Parse and check ``config`` and the IMP run it names; nothing is written.
+
+        Raises:
+          ValueError: unknown or no criteria, densities outside (0, 1], no or an
+            incompatible ``imp_workdir``, or one whose level 0 holds other members.
+        """
+        densities = _check_densities(config)
+        criteria = common.names_of(config.criteria, field="criteria",
+                                   allowed=tuple(supermasks.MASK_CRITERIA))
+        if not criteria:
+            raise ValueError("config.criteria must name at least one criterion")
+        kept_values = common.names_of(config.get("weight_inits", ("init",)),
+                                      field="weight_inits", allowed=("init", "signed_constant"))
+        imp_workdir = config.get("imp_workdir") or ""
+        level_dir = pathlib.Path(imp_workdir) / "checkpoints" / "level_00"
+
+        def check(dataset) -> None:
+            if not imp_workdir:
+                raise ValueError("config.imp_workdir must name an IMP run (its level 0 gives "
+                                 "the trained weights)")
+            imp_runs.check_imp_compatible(config, imp_workdir)
+            if not level_dir.is_dir():
+                raise ValueError(f"config.imp_workdir={imp_workdir!r} has no finished level 0")
+
+        run = RunSpec.from_config(config, check=check, progress=progress)
+        with checkpoint.Checkpointer(level_dir) as ckpt:  # its meta only: nothing trains
+            _, _, meta = ckpt.restore(ckpt.steps()[-1], like_state=None)
+        order = [m["replicate"] for m in meta["members"]]
+        if order != list(range(run.num_replicates)):
+            raise ValueError(f"level 0 of {imp_workdir!r} holds members {meta['members']}, "
+                             f"expected the replicates 0..{run.num_replicates - 1}")
+        return cls(run=run, criteria=criteria, densities=densities, weight_inits=kept_values,
+                   imp_workdir=imp_workdir, level_dir=level_dir,
+                   prunable=masking.prunable(run.executor.abstract_params))
+
+
 @common.study_entry
 def run_zhou(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Zhou et al. 2019's untrained supermasks from an IMP run's init and trained weights.
@@ -132,40 +240,19 @@ def run_zhou(config: Any, workdir: str | pathlib.Path, *, progress: bool = True)
     test_accuracy, test_loss`` (mean and std rows); ``plots/supermask.png``.
 
     Raises:
-      ValueError: unknown criteria, densities outside (0, 1], no or an
-        incompatible ``imp_workdir`` (before any work).
+      ValueError: see :meth:`ZhouSpec.from_config` (before any work).
     """
-    densities = _check_densities(config)
-    criteria = common.names_of(config.criteria, field="criteria",
-                               allowed=tuple(supermasks.MASK_CRITERIA))
-    if not criteria:
-        raise ValueError("config.criteria must name at least one criterion")
-    kept_values = common.names_of(config.get("weight_inits", ("init",)), field="weight_inits",
-                                  allowed=("init", "signed_constant"))
-    imp_workdir = config.get("imp_workdir") or ""
-    level_dir = pathlib.Path(imp_workdir) / "checkpoints" / "level_00"
-
-    def check(dataset) -> None:
-        if not imp_workdir:
-            raise ValueError("config.imp_workdir must name an IMP run (its level 0 gives the "
-                             "trained weights)")
-        imp_runs.check_imp_compatible(config, imp_workdir)
-        if not level_dir.is_dir():
-            raise ValueError(f"config.imp_workdir={imp_workdir!r} has no finished level 0")
-
-    spec = RunSpec.from_config(config, check=check, progress=progress)
+    zhou = ZhouSpec.from_config(config, progress=progress)
+    spec, criteria, densities, kept_values = (zhou.run, zhou.criteria, zhou.densities,
+                                              zhou.weight_inits)
+    selection = zhou.prunable
     workdir = spec.open(workdir).workdir
     executor, num = spec.executor, spec.num_replicates
     init_keys, _ = spec.keys()
     start = executor.init(init_keys)
-    with checkpoint.Checkpointer(level_dir) as ckpt:
-        final, _, meta = ckpt.restore(ckpt.steps()[-1], like_state=start)
-    order = [m["replicate"] for m in meta["members"]]
-    if order != list(range(num)):
-        raise ValueError(f"level 0 of {imp_workdir!r} holds members {meta['members']}, "
-                         f"expected the replicates 0..{num - 1}")
+    with checkpoint.Checkpointer(zhou.level_dir) as ckpt:
+        final, _, _ = ckpt.restore(ckpt.steps()[-1], like_state=start)
     init, trained = jax.device_get(start.params), jax.device_get(final.params)
-    selection = masking.prunable(executor.abstract_params)
     grid = [(c, d, w, r) for c in criteria for d in densities for w in kept_values
             for r in range(num)]
     nets = []
@@ -204,6 +291,72 @@ def run_zhou(config: Any, workdir: str | pathlib.Path, *, progress: bool = True)
 BERNOULLI_WEIGHT_INITS = ("init", "signed_constant")
 
 
+@dataclasses.dataclass(frozen=True)
+class LearnedSpec:
+    """A learned-supermask study (Zhou et al.'s Bernoulli or DNW), parsed and checked once.
+
+    Attributes:
+      run: what every study shares (:class:`ltjax.studies.spec.RunSpec`).
+      method: ``'bernoulli'`` (the default) or ``'dnw'``.
+      members: each member's ``(weight init, density)`` but its replicate: DNW's
+        ``('dnw', density)`` per density of ``config.densities``, the Bernoulli mask's
+        ``(weight init, init_prob)`` per weight init of ``config.bernoulli_weight_inits``.
+      prunable: the masked leaves (the model's prunable kernels).
+      reparam: the members' reparameterisation (:func:`ltjax.methods.supermasks.dnw` or
+        :func:`ltjax.methods.supermasks.bernoulli_supermask` with ``init_prob`` and
+        ``dynamic_scaling``).
+
+    Example:
+        The spec of the digits config's DNW, before any workdir exists:
+
+        >>> from experiments.configs import supermask_lenet_digits
+        >>> from ltjax.studies.supermask import LearnedSpec
+        >>> config = supermask_lenet_digits.get_config("quick")
+        >>> config.method = "dnw"
+        >>> spec = LearnedSpec.from_config(config, progress=False)
+        >>> spec.method, spec.members
+        ('dnw', (('dnw', 0.1), ('dnw', 0.5)))
+    """
+
+    run: RunSpec
+    method: str
+    members: tuple[tuple[str, float], ...]
+    prunable: Any
+    reparam: Any
+
+    @classmethod
+    def from_config(cls, config: Any, *, progress: bool = True) -> LearnedSpec:
+        """Parse and check ``config``; nothing is written.
+
+        Raises:
+          ValueError: unknown or no weight inits, densities outside (0, 1],
+            ``init_prob`` outside (0, 1).
+        """
+        method = config.get("method", "bernoulli")
+        if method == "dnw":
+            densities = _check_densities(config)
+            members = tuple(("dnw", d) for d in densities)
+        else:
+            inits = common.names_of(config.get("bernoulli_weight_inits", BERNOULLI_WEIGHT_INITS),
+                                    field="bernoulli_weight_inits",
+                                    allowed=BERNOULLI_WEIGHT_INITS)
+            if not inits:
+                raise ValueError("config.bernoulli_weight_inits must name at least one weight "
+                                 "init")
+            init_prob = config.get("init_prob", 0.5)
+            members = tuple((i, init_prob) for i in inits)
+        run = RunSpec.from_config(config, progress=progress)
+        selection = masking.prunable(run.executor.abstract_params)
+        if method == "dnw":
+            reparam = supermasks.dnw(selection)
+        else:
+            reparam = supermasks.bernoulli_supermask(
+                selection, init_prob=init_prob,
+                dynamic_scaling=config.get("dynamic_scaling", False))
+        return cls(run=run, method=method, members=members, prunable=selection,
+                   reparam=reparam)
+
+
 @common.study_entry
 def run_learned(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Zhou et al.'s learned Bernoulli supermask or DNW, as ``config.method`` says.
@@ -220,29 +373,14 @@ def run_learned(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
     rows); ``plots/supermask.png``. Resumable.
 
     Raises:
-      ValueError: unknown weight inits, densities outside (0, 1], ``init_prob``
-        outside (0, 1) (before any work).
+      ValueError: see :meth:`LearnedSpec.from_config` (before any work).
     """
-    method = config.get("method", "bernoulli")
-    if method == "dnw":
-        densities = _check_densities(config)
-        members = [("dnw", d) for d in densities]
-    else:
-        inits = common.names_of(config.get("bernoulli_weight_inits", BERNOULLI_WEIGHT_INITS),
-                                field="bernoulli_weight_inits", allowed=BERNOULLI_WEIGHT_INITS)
-        if not inits:
-            raise ValueError("config.bernoulli_weight_inits must name at least one weight init")
-        init_prob = config.get("init_prob", 0.5)
-        members = [(i, init_prob) for i in inits]
-    spec = RunSpec.from_config(config, progress=progress)
+    learned = LearnedSpec.from_config(config, progress=progress)
+    spec, method, members, selection = (learned.run, learned.method, learned.members,
+                                        learned.prunable)
     run = spec.open(workdir)
     workdir, num = run.workdir, spec.num_replicates
-    selection = masking.prunable(spec.executor.abstract_params)
-    if method == "dnw":
-        executor = spec.executor.like(reparam=supermasks.dnw(selection))
-    else:
-        executor = spec.executor.like(reparam=supermasks.bernoulli_supermask(
-            selection, init_prob=init_prob, dynamic_scaling=config.get("dynamic_scaling", False)))
+    executor = spec.executor.like(reparam=learned.reparam)
     init_keys, noise_keys = spec.keys()
     grid = [(w, d, r) for w, d in members for r in range(num)]
     replicate_of = np.array([r for *_, r in grid])
