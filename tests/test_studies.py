@@ -61,8 +61,8 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch, caps
         tmp_path / "resumed" / "results.csv")
 
 
-def test_outputs_and_rerun_skips_finished_work(tmp_path, monkeypatch):
-    config = _config()
+def test_outputs_and_rerun_skips_finished_work(tmp_path, monkeypatch, sealed):
+    config = sealed(_config(), dense.DenseSpec)
     summary = dense.run_dense(config, tmp_path, progress=False)
     for name in ("config.json", "metrics.jsonl", "results.csv", "plots/learning_curve.png"):
         assert (tmp_path / name).exists(), name

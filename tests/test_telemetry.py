@@ -102,7 +102,7 @@ def test_hessian_top_eigenvalue_of_a_quadratic_is_its_largest_eigenvalue():
     np.testing.assert_allclose(np.asarray(hv["a"]), np.asarray(matrix)[:2, 0], rtol=1e-5)
 
 
-def test_hessian_top_eigenvalue_on_the_telemetry_schedule(tmp_path):
+def test_hessian_top_eigenvalue_on_the_telemetry_schedule(tmp_path, sealed):
     """The dense study logs the sharpness at ``telemetry.hessian_steps`` (Frankle et al. 2020,
     Figure 3): rows against a dense ``jax.hessian`` + ``numpy.linalg.eigh`` oracle."""
     from experiments import configs
@@ -120,7 +120,7 @@ def test_hessian_top_eigenvalue_on_the_telemetry_schedule(tmp_path):
     config.telemetry.update(dense_every="6it", dense_until="12it", every="6it", batch_size=32,
                             tracked=2, hessian_steps=("0it", "6it", "1ep"),
                             hessian_iterations=200)
-    dense.run_dense(config, tmp_path / "run", progress=False)
+    dense.run_dense(sealed(config, dense.DenseSpec), tmp_path / "run", progress=False)
     rows = [r for r in results.read_csv(tmp_path / "run" / "telemetry.csv")
             if r["quantity"] == "hessian_top_eigenvalue"]
     # 1ep (18 steps) is past the end (12): skipped. One global row per member and step.

@@ -25,29 +25,69 @@ import numpy as np
 
 from ltjax import models
 from ltjax.core import masking
-from ltjax.io import distributed, results
+from ltjax.io import data, distributed, results
 from ltjax.methods import sanity, telemetry
 from ltjax.studies import common, plots
 from ltjax.studies.spec import RunSpec
 
 
-def eval_splits(config: Any, dataset) -> list[str]:
+def eval_splits(dataset: data.Dataset, *, eval_train: bool = False) -> tuple[str, ...]:
     """The splits evaluated at every eval step: test, validation if carved, train if asked.
 
     Example:
-        >>> import ml_collections
         >>> from ltjax.io import data
         >>> from ltjax.studies import dense
         >>> ds = data.synthetic((8, 8, 1), 4)                    # no validation split
-        >>> dense.eval_splits(ml_collections.ConfigDict({"eval_train": True}), ds)
-        ['test', 'train']
+        >>> dense.eval_splits(ds, eval_train=True)
+        ('test', 'train')
     """
     splits = ["test"]
     if dataset.validation is not None:
         splits.append("validation")
-    if config.get("eval_train", False):
+    if eval_train:
         splits.append("train")
-    return splits
+    return tuple(splits)
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseSpec:
+    """A dense-training study, parsed and checked once at its entry.
+
+    Attributes:
+      run: what every study shares (:class:`ltjax.studies.spec.RunSpec`).
+      splits: the splits evaluated at every eval step (:func:`eval_splits`).
+      correlation_p: the share ``p`` of the weights' ``R_p`` correlation
+        (:func:`ltjax.methods.sanity.weight_correlation`) between init and trained weights.
+      telemetry: the telemetry block, resolved (:class:`TelemetrySpec`), or None.
+
+    Example:
+        The spec of the digits quick config, before any workdir exists:
+
+        >>> from experiments.configs import lenet_digits
+        >>> from ltjax.studies.dense import DenseSpec
+        >>> spec = DenseSpec.from_config(lenet_digits.get_config("quick"), progress=False)
+        >>> spec.splits, spec.correlation_p, spec.telemetry
+        (('test', 'train'), 0.1, None)
+    """
+
+    run: RunSpec
+    splits: tuple[str, ...]
+    correlation_p: float
+    telemetry: TelemetrySpec | None
+
+    @classmethod
+    def from_config(cls, config: Any, *, progress: bool = True) -> DenseSpec:
+        """Parse and check ``config``; nothing is written.
+
+        Raises:
+          ValueError: a bad shared field or telemetry block (naming the field).
+        """
+        found = {}
+        run = RunSpec.from_config(config, check=lambda dataset: found.update(
+            telemetry=TelemetrySpec.from_config(config, dataset)), progress=progress)
+        return cls(run=run, splits=eval_splits(run.dataset,
+                                               eval_train=config.get("eval_train", False)),
+                   correlation_p=config.get("correlation_p", 0.1), telemetry=found["telemetry"])
 
 
 @common.study_entry
@@ -80,20 +120,17 @@ def run_dense(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
     Returns:
       ``{'final': {split: {'accuracy': [S], 'loss': [S]}}, 'steps': total}``.
     """
-    spec = RunSpec.from_config(config, check=lambda dataset: check_telemetry(config, dataset),
-                               progress=progress)
-    splits = eval_splits(config, spec.dataset)
-    correlation_p = config.get("correlation_p", 0.1)
+    dense = DenseSpec.from_config(config, progress=progress)
+    spec, splits = dense.run, list(dense.splits)
     run = spec.open(workdir)
     num, total, executor = spec.num_replicates, spec.training_steps, spec.executor
     init_keys, noise_keys = spec.keys()
     tags = {"level": 0, "branch": "dense"}
     start = executor.init(init_keys)
     observer = None
-    telemetry_spec = TelemetrySpec.from_config(config, spec.dataset)
-    if telemetry_spec is not None:
+    if dense.telemetry is not None:
         observer = telemetry_observer(
-            telemetry_spec, executor, start.params, total, spec.dataset,
+            dense.telemetry, executor, start.params, total, spec.dataset,
             log=results.MetricsLog(run.workdir / "telemetry.jsonl"),
             snapshot_dir=run.workdir / "telemetry_snapshots")
     trained = run.segment("", state=start, noise_keys=noise_keys, tags=tags, splits=splits,
@@ -102,7 +139,7 @@ def run_dense(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
     if observer is not None:
         member_tags = [{"replicate": r} for r in range(num)]
         observer.versus_final(final_state.params, tags=tags, member_tags=member_tags,
-                              keep_snapshots=config.telemetry.keep_snapshots)
+                              keep_snapshots=dense.telemetry.keep_snapshots)
         telemetry_rows = [{k: r[k] for k in ("step", "replicate", "layer", "quantity", "value")}
                           for r in observer.log.read()]
         results.write_csv(run.workdir / "telemetry.csv", telemetry_rows)
@@ -113,7 +150,7 @@ def run_dense(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
              for split in splits}  # the segment's last evaluation (its curves), not the log
     selection = masking.prunable(executor.abstract_state.params)
     correlation = np.asarray(distributed.host(jax.jit(jax.vmap(
-        lambda a, b: sanity.weight_correlation(a, b, selection, p=correlation_p)))(
+        lambda a, b: sanity.weight_correlation(a, b, selection, p=dense.correlation_p)))(
             start.params, final_state.params)))
     rows = [{"replicate": r, "step": total,
              **{f"{split}_{k}": final[split][k][r] for split in splits
@@ -241,13 +278,3 @@ def telemetry_observer(spec: TelemetrySpec, executor: Any, params_0: Any, total:
         batch=(dataset.train.x[:spec.batch_size], dataset.train.y[:spec.batch_size]),
         tracked=tracked, hessian_steps=list(spec.hessian_steps),
         hessian_iterations=spec.hessian_iterations, masks=masks)
-
-
-def check_telemetry(config: Any, dataset: Any) -> list[int]:
-    """Check ``config.telemetry`` (if any); the Hessian's steps up to the end (later skipped).
-
-    Raises:
-      ValueError: see :meth:`TelemetrySpec.from_config`.
-    """
-    spec = TelemetrySpec.from_config(config, dataset)
-    return [] if spec is None else list(spec.hessian_steps)
