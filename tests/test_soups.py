@@ -427,13 +427,13 @@ def test_finetune_grid_groups_static_recipes_and_orders_ingredients():
         soups.finetune_grid(config, base, 100, dataset)
 
 
-def test_soups_study_end_to_end_and_resume(tmp_path, monkeypatch, drawn):
+def test_soups_study_end_to_end_and_resume(tmp_path, monkeypatch, drawn, sealed):
     import shutil
 
     from ltjax.io import results
     from ltjax.studies import soups
 
-    config = _study_config()
+    config = sealed(_study_config(), soups.SoupsSpec)  # no config read after the spec
     summary = soups.run_soups(config, tmp_path / "a", progress=False)
     rows = results.read_csv(tmp_path / "a" / "results.csv")
     models_ = [r["model"] for r in rows]
@@ -581,13 +581,17 @@ def test_pretrained_model_loads_from_a_dense_workdir(tmp_path):
         ckpt.save(36, state=state)
     dataset = data.load("digits", validation_size=300)
     config = _study_config()
-    loaded, batch_stats = soups.load_pretrained(config, dataset, tmp_path, 1)
+    source = soups.pretrained_run_config(config, tmp_path, 1)
+    assert source["validation_size"] == 300
+    loaded, batch_stats = soups.load_pretrained(source, dataset, tmp_path, 1)
     _assert_equal(loaded, tree.index(params, 1))
     assert batch_stats == {}
+    with pytest.raises(ValueError, match="no finished checkpoint"):
+        soups.load_pretrained(source, dataset, tmp_path / "nothing", 0)
     config.model_kwargs = {"widths": (8,)}
     with pytest.raises(ValueError, match="model_kwargs"):
-        soups.load_pretrained(config, dataset, tmp_path, 0)
+        soups.pretrained_run_config(config, tmp_path, 0)
     with pytest.raises(ValueError, match="pretrain.replicate"):
-        soups.load_pretrained(_study_config(), dataset, tmp_path, 2)
+        soups.pretrained_run_config(_study_config(), tmp_path, 2)
     with pytest.raises(ValueError, match="no run"):
-        soups.load_pretrained(_study_config(), dataset, tmp_path / "nothing", 0)
+        soups.pretrained_run_config(_study_config(), tmp_path / "nothing", 0)

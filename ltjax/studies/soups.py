@@ -83,18 +83,50 @@ SOUPS = ("uniform", "greedy", "learned", "ensemble")
 # --------------------------------------------------------------------------- config pieces
 
 
-def shifted_split(split: data.Split, shift: Any) -> data.Split:
-    """The distribution-shifted copy of ``split`` that ``config.shift`` names.
+@dataclasses.dataclass(frozen=True)
+class ShiftSpec:
+    """``config.shift``: the distribution shift of the test set (:func:`shifted_split`).
+
+    Attributes:
+      kind: ``'rotate'`` or ``'noise'`` (:data:`SHIFTS`).
+      amount: the rotation in degrees, or the noise's std in pixel units.
+      seed: the noise's seed.
+    """
+
+    kind: str
+    amount: float
+    seed: int = 0
+
+
+def shifted_split(split: data.Split, shift: ShiftSpec) -> data.Split:
+    """The distribution-shifted copy of ``split`` that ``shift`` names.
 
     ``kind='rotate'``: every image rotated by ``amount`` degrees
     (:func:`ltjax.io.data.rotate`); ``kind='noise'``: Gaussian noise of std
     ``amount`` in pixel units, seeded by ``seed`` (:func:`ltjax.io.data.add_noise`).
+
+    Example:
+        >>> import numpy as np
+        >>> from ltjax.io import data
+        >>> from ltjax.studies import soups
+        >>> image = np.arange(4, dtype=np.uint8).reshape(1, 2, 2, 1)    # [[0, 1], [2, 3]]
+        >>> split = data.Split(image, np.zeros(1, np.int32))
+        >>> soups.shifted_split(split, soups.ShiftSpec("rotate", 90.0)).x[0, :, :, 0]
+        array([[1, 3],
+               [0, 2]], dtype=uint8)
     """
     if shift.kind == "rotate":
-        return data.rotate(split, degrees=float(shift.amount))
+        return data.rotate(split, degrees=shift.amount)
     if shift.kind == "noise":
-        return data.add_noise(split, std=float(shift.amount), seed=int(shift.get("seed", 0)))
+        return data.add_noise(split, std=shift.amount, seed=shift.seed)
     raise ValueError(f"shift.kind must be one of {SHIFTS}, got {shift.kind!r}")
+
+
+def _shift_spec(shift: Any) -> ShiftSpec:
+    """``config.shift``, checked."""
+    if shift.kind not in SHIFTS:
+        raise ValueError(f"shift.kind must be one of {SHIFTS}, got {shift.kind!r}")
+    return ShiftSpec(kind=shift.kind, amount=float(shift.amount), seed=int(shift.get("seed", 0)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +140,7 @@ class Group:
 
 
 def finetune_grid(config: Any, base: optim.Recipe, steps_per_epoch: int,
-                  dataset: data.Dataset) -> tuple[list[Group], list[dict]]:
+                  dataset: data.Dataset) -> tuple[tuple[Group, ...], tuple[dict, ...]]:
     """The fine-tuning groups and the ingredients (one dict of hyperparameters each).
 
     Ingredient ``i`` enumerates groups (learning rate, weight decay, label
@@ -122,6 +154,17 @@ def finetune_grid(config: Any, base: optim.Recipe, steps_per_epoch: int,
     Raises:
       ValueError: an empty grid axis, repeated or non-positive epochs, fewer
         than one data order, augmentation on a dataset without one.
+
+    Example:
+        >>> from experiments.configs import soups_lenet_digits
+        >>> from ltjax.engine import optim
+        >>> from ltjax.io import data
+        >>> from ltjax.studies import soups
+        >>> config = soups_lenet_digits.get_config("quick")
+        >>> base = optim.Recipe(optimizer="adam", learning_rate=1e-3, batch_size=60)
+        >>> groups, ingredients = soups.finetune_grid(config, base, 18, data.load("digits"))
+        >>> len(groups), len(ingredients), groups[0].ends, groups[0].recipe.warmup_steps
+        (2, 8, (18, 36), 5)
     """
     ft = config.finetune
     axes = {name: tuple(ft[name]) for name in
@@ -134,19 +177,20 @@ def finetune_grid(config: Any, base: optim.Recipe, steps_per_epoch: int,
     if any(axes["augment"]) and dataset.augment is None:
         raise ValueError(f"finetune.augment=True has no effect on {dataset.name!r}: ltjax has "
                          "no augmentation for it (only CIFAR's crop + flip); use (False,)")
-    ends = [common.steps(e, steps_per_epoch) for e in axes["epochs"]]
+    ends = [common.steps(e, steps_per_epoch, field="finetune.epochs") for e in axes["epochs"]]
     if min(ends) < 1 or len(set(ends)) != len(ends):
         raise ValueError(f"finetune.epochs must be distinct positive lengths, got "
                          f"{list(axes['epochs'])} = {ends} steps")
     order = np.argsort(ends)
     ends_sorted = tuple(int(ends[i]) for i in order)
     epochs_sorted = tuple(axes["epochs"][i] for i in order)
+    schedule = ft.get("schedule", base.schedule)
     base = dataclasses.replace(
-        base, optimizer=ft.get("optimizer", base.optimizer),
-        schedule=ft.get("schedule", base.schedule),
-        warmup_steps=common.steps(ft.get("warmup", 0) or 0, steps_per_epoch),
+        base, optimizer=ft.get("optimizer", base.optimizer), schedule=schedule,
+        warmup_steps=common.steps(ft.get("warmup", 0) or 0, steps_per_epoch,
+                                  field="finetune.warmup"),
         weight_decay_mode=ft.get("weight_decay_mode") or None,
-        total_steps=max(ends) if ft.get("schedule", base.schedule) == "cosine" else 0,
+        total_steps=max(ends) if schedule == "cosine" else 0,
         lr_drop_steps=())  # checks the recipe at the longest run, before any training
     groups, ingredients = [], []
     for g, (lr, wd, ls, aug) in enumerate(itertools.product(
@@ -161,7 +205,7 @@ def finetune_grid(config: Any, base: optim.Recipe, steps_per_epoch: int,
                     "ingredient": len(ingredients), "group": g, "learning_rate": float(lr),
                     "weight_decay": float(wd), "label_smoothing": float(ls),
                     "augment": bool(aug), "epochs": epochs, "steps": end, "data_order": o})
-    return groups, ingredients
+    return tuple(groups), tuple(ingredients)
 
 
 def run_recipe(recipe: optim.Recipe, end: int) -> optim.Recipe:
@@ -187,9 +231,23 @@ _MUST_MATCH = ("dataset", "validation_size", "validation_seed", "test_size", "mo
                "model_kwargs")
 
 
-def _pretrained_run(config: Any, workdir: str | pathlib.Path, replicate: int) -> dict:
-    """The config of the dense run ``workdir`` (``pretrain.workdir``), checked compatible,
-    with ``replicate`` in range."""
+def pretrained_run_config(config: Any, workdir: str | pathlib.Path, replicate: int) -> dict:
+    """The config of the dense run ``workdir`` (``pretrain.workdir``), checked compatible
+    with ``config`` (its dataset, validation carve and model), with ``replicate`` in range.
+
+    Raises:
+      ValueError: no run there, a different dataset or model, a replicate out of range.
+
+    Example:
+        A workdir without ``config.json`` holds no run:
+
+        >>> from experiments.configs import soups_lenet_digits
+        >>> from ltjax.studies import soups
+        >>> soups.pretrained_run_config(soups_lenet_digits.get_config(), "runs/no_such_run", 0)
+        Traceback (most recent call last):
+        ...
+        ValueError: pretrain.workdir='runs/no_such_run' holds no run (no config.json)
+    """
     theirs = imp_runs.check_compatible(config, pathlib.Path(workdir), field="pretrain.workdir",
                                        must_match=_MUST_MATCH)
     num = int(theirs["num_replicates"])
@@ -198,22 +256,29 @@ def _pretrained_run(config: Any, workdir: str | pathlib.Path, replicate: int) ->
     return theirs
 
 
-def load_pretrained(config: Any, dataset: data.Dataset, workdir: str | pathlib.Path,
+def load_pretrained(source_config: dict, dataset: data.Dataset, workdir: str | pathlib.Path,
                     replicate: int) -> tuple[Any, Any]:
     """``(params, batch_stats)`` of one replicate of a dense-training workdir's newest checkpoint.
 
     The workdir is one of :func:`ltjax.studies.dense.run_dense`
-    (``python -m experiments.train``); its dataset, validation carve and
-    model must equal this study's.
+    (``python -m experiments.train``); ``source_config`` is its config as
+    :func:`pretrained_run_config` gives it (checked: the same dataset,
+    validation carve and model as the study's, ``replicate`` in range).
 
     Raises:
-      ValueError: no run there, a different dataset or model, no checkpoint,
-        a replicate out of range.
+      ValueError: no finished checkpoint.
+
+    Example:
+        Not run here (it needs a dense run's workdir):
+
+        ```python
+        source = soups.pretrained_run_config(config, "runs/dense", 1)
+        params, batch_stats = soups.load_pretrained(source, dataset, "runs/dense", 1)
+        ```
     """
     workdir = pathlib.Path(workdir)
-    theirs = _pretrained_run(config, workdir, replicate)
-    num = int(theirs["num_replicates"])
-    their_config = ml_collections.ConfigDict(theirs)
+    num = int(source_config["num_replicates"])
+    their_config = ml_collections.ConfigDict(source_config)
     their_recipe = common.build_recipe(their_config, dataset)
     executor = common.build_executor(their_config, common.build_model(their_config, dataset),
                                      dataset, their_recipe)
@@ -228,46 +293,200 @@ def load_pretrained(config: Any, dataset: data.Dataset, workdir: str | pathlib.P
                            tree.index(state.batch_stats, replicate)))
 
 
-def _check_config(config: Any, dataset: data.Dataset, abstract_params: Any,
-                  steps_per_epoch: int) -> None:
-    """The study's own fields (the grid is :func:`finetune_grid`'s), before the workdir."""
-    _check_pretrain(config, steps_per_epoch)
-    if dataset.validation is None or len(dataset.validation) == 0:
-        raise ValueError("validation_size must be > 0: the held-out split that greedy and "
-                         "learned soups select on is empty")
-    if config.shift.kind not in SHIFTS:
-        raise ValueError(f"shift.kind must be one of {SHIFTS}, got {config.shift.kind!r}")
-    wise = config.wise_ft
+@dataclasses.dataclass(frozen=True)
+class PretrainSpec:
+    """``config.pretrain``: where theta_0 comes from (another run's checkpoint, or trained here).
+
+    Attributes:
+      workdir: the dense-training workdir theta_0 is loaded from (``pretrain.workdir``), or
+        None: the study pretrains theta_0 itself.
+      replicate: the loaded replicate (``pretrain.replicate``; 0 when trained here).
+      source_config: that workdir's config (:func:`pretrained_run_config`), or None.
+      rotation: the pretraining images' rotations, each drawn in ``+-rotation`` degrees
+        (0: the clean images).
+      rotation_seed: the rotations' seed.
+      steps: the pretraining's steps (0 when loaded).
+      dataset: the rotated training images to pretrain on, or None (no rotation, or loaded).
+    """
+
+    workdir: pathlib.Path | None
+    replicate: int
+    source_config: dict | None
+    rotation: float
+    rotation_seed: int
+    steps: int
+    dataset: data.Dataset | None = None
+
+
+def _pretrain_spec(config: Any, steps_per_epoch: int) -> PretrainSpec:
+    """``config.pretrain``, checked: another run's workdir (compatible, the replicate in
+    range), or this study's own pretraining (rotation >= 0, at least one step); the rotated
+    data are not built here (:meth:`SoupsSpec.from_config` builds them once all is checked)."""
+    pre = config.pretrain
+    if pre.get("workdir"):
+        replicate = int(pre.get("replicate", 0))
+        return PretrainSpec(workdir=pathlib.Path(pre.workdir), replicate=replicate,
+                            source_config=pretrained_run_config(config, pre.workdir, replicate),
+                            rotation=0.0, rotation_seed=0, steps=0)
+    rotation = float(pre.get("rotation", 0.0))
+    if rotation < 0:
+        raise ValueError(f"pretrain.rotation must be >= 0 degrees, got {rotation}")
+    steps = common.steps(pre.steps, steps_per_epoch, field="pretrain.steps")
+    if steps < 1:
+        raise ValueError(f"pretrain.steps must be > 0, got {pre.steps!r}")
+    return PretrainSpec(workdir=None, replicate=0, source_config=None, rotation=rotation,
+                        rotation_seed=int(pre.get("rotation_seed", 0)), steps=steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class WiseFtSpec:
+    """``config.wise_ft``: the WiSE-FT curves from theta_0 to each fine-tune.
+
+    Attributes:
+      alphas: the curves' points, evenly spaced from 0 (theta_0) to 1 (the fine-tune).
+      head_modes: which curves (:data:`HEAD_MODES`): everything interpolated, and/or the
+        fine-tuned head kept.
+      head: the head's leaves for ``'fine_tuned'`` (``keep_head`` of
+        :func:`ltjax.core.soups.wise_ft`).
+    """
+
+    alphas: tuple[float, ...]
+    head_modes: tuple[str, ...]
+    head: str
+
+
+def _wise_ft_spec(wise: Any, abstract_params: Any) -> WiseFtSpec:
+    """``config.wise_ft``, checked (the head against the model's params)."""
     if wise.num_alphas < 2:
         raise ValueError(f"wise_ft.num_alphas must be >= 2, got {wise.num_alphas}")
     head_modes = common.names_of(wise.head_modes, field="wise_ft.head_modes", allowed=HEAD_MODES)
     if not head_modes:
         raise ValueError(f"wise_ft.head_modes must list at least one of {HEAD_MODES}")
-    granularity = config.learned_soup.get("granularity", "tensor")
-    if granularity not in soups_lib.GRANULARITIES:
-        raise ValueError(f"learned_soup.granularity must be one of {soups_lib.GRANULARITIES}, "
-                         f"got {granularity!r}")
     if "fine_tuned" in head_modes:
         try:
             jax.eval_shape(lambda p: soups_lib.wise_ft(0.5, p, p, keep_head=wise.head),
                            abstract_params)
         except ValueError as err:
             raise ValueError(f"wise_ft.head: {err}") from None
+    return WiseFtSpec(alphas=tuple(float(a) for a in np.linspace(0.0, 1.0, wise.num_alphas)),
+                      head_modes=head_modes, head=wise.head)
 
 
-def _check_pretrain(config: Any, steps_per_epoch: int) -> None:
-    """``config.pretrain``: another run's workdir (compatible, the replicate in range), or
-    this study's own pretraining (rotation >= 0, at least one step)."""
-    pre = config.pretrain
-    if pre.get("workdir"):
-        _pretrained_run(config, pre.workdir, int(pre.get("replicate", 0)))
-        return
-    rotation = float(pre.get("rotation", 0.0))
-    if rotation < 0:
-        raise ValueError(f"pretrain.rotation must be >= 0 degrees, got {rotation}")
-    if common.steps(pre.steps, steps_per_epoch) < 1:
-        raise ValueError(f"pretrain.steps must be > 0, got {pre.steps!r}")
+@dataclasses.dataclass(frozen=True)
+class LearnedSoupSpec:
+    """``config.learned_soup``: :func:`ltjax.core.soups.learned_soup`'s settings.
 
+    Attributes:
+      granularity: a weight per tensor, layer or model (:data:`ltjax.core.soups.GRANULARITIES`).
+      temperature: fit a logit temperature too.
+      num_steps: AdamW steps on the validation split.
+      learning_rate: their learning rate.
+      batch_size: validation examples per step, or None (all).
+      seed: the batches' seed.
+    """
+
+    granularity: str
+    temperature: bool
+    num_steps: int
+    learning_rate: float
+    batch_size: int | None
+    seed: int
+
+
+def _learned_soup_spec(learned: Any) -> LearnedSoupSpec:
+    """``config.learned_soup``, checked."""
+    granularity = learned.get("granularity", "tensor")
+    if granularity not in soups_lib.GRANULARITIES:
+        raise ValueError(f"learned_soup.granularity must be one of {soups_lib.GRANULARITIES}, "
+                         f"got {granularity!r}")
+    return LearnedSoupSpec(
+        granularity=granularity, temperature=bool(learned.get("temperature", True)),
+        num_steps=int(learned.num_steps), learning_rate=float(learned.learning_rate),
+        batch_size=int(learned.get("batch_size", 0)) or None, seed=int(learned.get("seed", 0)))
+
+
+@dataclasses.dataclass(frozen=True)
+class SoupsSpec:
+    """A soups / WiSE-FT study, parsed and checked once at its entry (Wortsman et al. 2022).
+
+    Attributes:
+      run: what every study shares (:class:`ltjax.studies.spec.RunSpec`; the dataset has
+        the validation split the greedy and learned soups select on).
+      groups: the fine-tuning groups (:func:`finetune_grid`).
+      ingredients: one dict of hyperparameters per fine-tune (:func:`finetune_grid`).
+      data_orders: the data orders of each group and length (``finetune.data_orders``).
+      pretrain: where theta_0 comes from (:class:`PretrainSpec`).
+      shift: the test set's distribution shift (:class:`ShiftSpec`).
+      shifted_test: the shifted test set (:func:`shifted_split`).
+      wise_ft: the WiSE-FT curves (:class:`WiseFtSpec`).
+      learned_soup: the learned soup's settings (:class:`LearnedSoupSpec`).
+      greedy_strict: the greedy soup keeps an ingredient only if validation accuracy rises
+        (else: does not fall, the paper's).
+      recompute_batch_stats: recompute the BatchNorm statistics of averaged models.
+      reset: how they are recomputed (:func:`ltjax.studies.common.batch_stats_reset`).
+
+    Example:
+        The spec of the digits quick config, before any workdir exists:
+
+        >>> from experiments.configs import soups_lenet_digits
+        >>> from ltjax.studies.soups import SoupsSpec
+        >>> spec = SoupsSpec.from_config(soups_lenet_digits.get_config("quick"), progress=False)
+        >>> len(spec.groups), len(spec.ingredients), spec.pretrain.steps, spec.pretrain.rotation
+        (2, 8, 36, 30.0)
+        >>> spec.shift
+        ShiftSpec(kind='rotate', amount=20.0, seed=0)
+        >>> spec.wise_ft.alphas, spec.wise_ft.head_modes
+        ((0.0, 0.5, 1.0), ('interpolate', 'fine_tuned'))
+    """
+
+    run: RunSpec
+    groups: tuple[Group, ...]
+    ingredients: tuple[dict, ...]
+    data_orders: int
+    pretrain: PretrainSpec
+    shift: ShiftSpec
+    shifted_test: data.Split
+    wise_ft: WiseFtSpec
+    learned_soup: LearnedSoupSpec
+    greedy_strict: bool
+    recompute_batch_stats: bool
+    reset: dict
+
+    @classmethod
+    def from_config(cls, config: Any, *, progress: bool = True) -> SoupsSpec:
+        """Parse and check ``config``; nothing is written.
+
+        The shared fields, the fine-tuning grid, the pretraining, the shift,
+        WiSE-FT and the learned soup are checked before the data the study
+        alters (the shifted test set, the rotated pretraining images) are built.
+
+        Raises:
+          ValueError: no validation split, a bad grid, pretraining, shift,
+            WiSE-FT or learned-soup setting (naming the field).
+        """
+        reset = common.batch_stats_reset(config)  # checked before anything is loaded
+        run = RunSpec.from_config(config, progress=progress)
+        dataset = run.dataset
+        groups, ingredients = finetune_grid(config, run.recipe, run.steps_per_epoch, dataset)
+        pretrain = _pretrain_spec(config, run.steps_per_epoch)
+        if dataset.validation is None or len(dataset.validation) == 0:
+            raise ValueError("validation_size must be > 0: the held-out split that greedy and "
+                             "learned soups select on is empty")
+        shift = _shift_spec(config.shift)
+        wise_ft = _wise_ft_spec(config.wise_ft, run.executor.abstract_state.params)
+        learned_soup = _learned_soup_spec(config.learned_soup)
+        if pretrain.rotation:
+            pretrain = dataclasses.replace(pretrain, dataset=dataclasses.replace(
+                dataset, train=data.rotate(dataset.train, degrees=(-pretrain.rotation,
+                                                                   pretrain.rotation),
+                                           seed=pretrain.rotation_seed)))
+        return cls(run=run, groups=groups, ingredients=ingredients,
+                   data_orders=int(config.finetune.data_orders), pretrain=pretrain, shift=shift,
+                   shifted_test=shifted_split(dataset.test, shift), wise_ft=wise_ft,
+                   learned_soup=learned_soup,
+                   greedy_strict=bool(config.get("greedy_strict", False)),
+                   recompute_batch_stats=bool(config.get("recompute_batch_stats", True)),
+                   reset=reset)
 
 # --------------------------------------------------------------------------- the study
 
@@ -293,37 +512,31 @@ def run_soups(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
       of ``wise_ft_summary.csv``.
 
     Raises:
-      ValueError: no validation split, a bad grid, shift or WiSE-FT setting.
+      ValueError: no validation split, a bad grid, pretraining, shift, WiSE-FT or
+        learned-soup setting (before any work: a bad one leaves no workdir).
     """
-    common.batch_stats_reset(config)  # checked before anything is written
-    spec = RunSpec.from_config(config, progress=progress)
+    study = SoupsSpec.from_config(config, progress=progress)
+    spec, groups, ingredients = study.run, study.groups, study.ingredients
+    run = spec.open(workdir)
+    workdir, log = run.workdir, run.log
     dataset, recipe, executor = spec.dataset, spec.recipe, spec.executor
-    per_epoch = spec.steps_per_epoch
-    groups, ingredients = finetune_grid(config, recipe, per_epoch, dataset)
-    _check_config(config, dataset, executor.abstract_state.params, per_epoch)
-    run = spec.open(workdir)  # every field checked: a bad one leaves no workdir
-    workdir = run.workdir
-    model = executor.model
-    shifted = shifted_split(dataset.test, config.shift)
-    shifted_executor = common.build_executor(
-        config, common.build_model(config, dataset), dataclasses.replace(dataset, test=shifted),
-        recipe)
-    log = run.log
+    model, shifted = executor.model, study.shifted_test
+    shifted_executor = executor.like(dataset=dataclasses.replace(dataset, test=shifted))
 
     executors = {recipe: executor}  # one per recipe on the clean data: compiled programs shared
 
     def executor_for(r: optim.Recipe) -> executor_lib.Executor:
         if r not in executors:
-            executors[r] = common.build_executor(config, model, dataset, r)
+            executors[r] = executor.like(recipe=r)
         return executors[r]
 
     # 1. pretrain (or load)
-    theta_0 = _pretrain(config, dataset, executor_for, run)
+    theta_0 = _pretrain(study.pretrain, spec, executor_for, run)
 
     # 2. fine-tune every group from theta_0: one program per augmentation setting, whose
     # members are every (learning rate, weight decay, label smoothing) x data order.
-    orders = config.finetune.data_orders
-    order_keys = rng.stream(rng.replicate_keys(config.seed, orders), "finetune")
+    orders = study.data_orders
+    order_keys = rng.stream(spec.replicate_keys(orders), "finetune")
     found: dict[int, Any] = {}
     for augment in dict.fromkeys(g.recipe.augment for g in groups):
         members = [(g, o) for g in groups if g.recipe.augment == augment for o in range(orders)]
@@ -354,7 +567,8 @@ def run_soups(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
 
     # 3. evaluate ingredients, soups, ensemble
     # Each evaluation once: a rerun restores its records (common.records_once), never the log.
-    evaluator = _Evaluator(config, executor, shifted_executor)
+    evaluator = _Evaluator(executor, shifted_executor,
+                           recompute_stats=study.recompute_batch_stats, reset=study.reset)
 
     def once(name: str, compute: Callable[[], list[dict]], models: tuple[str, ...] = (),
              branches: tuple[str, ...] = ()) -> list[dict]:
@@ -373,21 +587,21 @@ def run_soups(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
     records += once("uniform", lambda: _eval_records(
         "uniform", evaluator.all_splits(evaluator.recompute(
             tree.stack([soups_lib.uniform_soup(stacked, stacked=True)]))), 0))
-    records += once("greedy", lambda: _greedy(config, evaluator, trees, val_acc),
+    records += once("greedy", lambda: _greedy(evaluator, trees, val_acc,
+                                              strict=study.greedy_strict),
                     branches=("greedy_step",))
-    records += once("learned", lambda: _learned(config, evaluator, model, dataset, stacked),
-                    branches=("learned_weights",))
+    records += once("learned", lambda: _learned(study.learned_soup, evaluator, model, dataset,
+                                                stacked), branches=("learned_weights",))
 
     # 4. WiSE-FT curves
-    alphas = np.linspace(0.0, 1.0, config.wise_ft.num_alphas)
-    head_modes = common.names_of(config.wise_ft.head_modes, field="wise_ft.head_modes",
-                                 allowed=HEAD_MODES)
+    alphas, head_modes = np.asarray(study.wise_ft.alphas), study.wise_ft.head_modes
     todo = [(i, mode) for i in range(len(trees)) for mode in head_modes]
-    for i, mode in tqdm.tqdm(todo, disable=not progress, desc="WiSE-FT curves", leave=False):
+    for i, mode in tqdm.tqdm(todo, disable=not spec.progress, desc="WiSE-FT curves",
+                             leave=False):
         def sweep(i=i, mode=mode) -> list[dict]:
             curve = soups_lib.wise_ft_sweep(
                 evaluator.flat_all_splits, theta_0, trees[i], alphas,
-                keep_head=config.wise_ft.head if mode == "fine_tuned" else None,
+                keep_head=study.wise_ft.head if mode == "fine_tuned" else None,
                 recompute_fn=evaluator.recompute)
             return [{"branch": "wise_ft", "ingredient": i, "head": mode, "split": split,
                      "alpha": float(a), "step": None,
@@ -409,8 +623,8 @@ def run_soups(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
         workdir / "wise_ft.csv", wise_rows, by=("head",), stats=("mean",),
         fields=[k for k in wise_rows[0] if k not in ("ingredient", "head", "learning_rate",
                                                      "epochs")])["rows"]
-    title = (f"{config.model} on {plots.dataset_label(config.dataset)}, "
-             f"shifted: {_shift_name(config.shift)}")
+    title = (f"{spec.model_name} on {plots.dataset_label(dataset.name)}, "
+             f"shifted: {_shift_name(study.shift)}")
     plots.plot_soups(rows, workdir / "plots" / "soups.png",
                      title=f"{len(trees)} fine-tunes and their soups ({title})")
     plots.plot_wise_ft([r for r in records if r.get("branch") == "wise_ft"],
@@ -419,31 +633,29 @@ def run_soups(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
     return {"rows": summary, "wise_ft": wise_means}
 
 
-def _shift_name(shift: Any) -> str:
+def _shift_name(shift: ShiftSpec) -> str:
     if shift.kind == "rotate":
-        return f"test rotated {float(shift.amount):g} deg"
-    return f"test + N(0, {float(shift.amount):g}^2) noise"
+        return f"test rotated {shift.amount:g} deg"
+    return f"test + N(0, {shift.amount:g}^2) noise"
 
 
-def _pretrain(config, dataset, executor_for, run) -> tuple[Any, Any]:
+def _pretrain(pretrain: PretrainSpec, spec: RunSpec,
+              executor_for: Callable[[optim.Recipe], executor_lib.Executor],
+              run: Any) -> tuple[Any, Any]:
     """theta_0 = ``(params, batch_stats)`` of the pretrained model (trained or loaded)."""
-    pre = config.pretrain
-    if pre.get("workdir"):
-        return load_pretrained(config, dataset, pre.workdir, int(pre.get("replicate", 0)))
-    rotation = float(pre.get("rotation", 0.0))  # checked by _check_pretrain
-    recipe = common.build_recipe(config, dataset)
-    executor = executor_for(recipe)
-    if rotation:
-        rotated = dataclasses.replace(dataset, train=data.rotate(
-            dataset.train, degrees=(-rotation, rotation), seed=int(pre.get("rotation_seed", 0))))
-        executor = common.build_executor(config, executor.model, rotated, recipe)
-    end = common.steps(pre.steps, executor.steps_per_epoch)
-    init_keys, noise_keys = rng.init_and_noise(rng.replicate_keys(config.seed, 1))
+    if pretrain.workdir is not None:
+        return load_pretrained(pretrain.source_config, spec.dataset, pretrain.workdir,
+                               pretrain.replicate)
+    executor = executor_for(spec.recipe)
+    if pretrain.dataset is not None:  # the rotated images
+        executor = executor.like(dataset=pretrain.dataset)
+    init_keys, noise_keys = spec.keys(1)
     # executor.init(init_keys) without its vmapped init program (the same numbers; models.init
     # is compiled once per model and process, which saves seconds on every resume).
-    start = _start_state(models.init(executor.model, init_keys[0], dataset.input_shape),
+    start = _start_state(models.init(executor.model, init_keys[0], spec.dataset.input_shape),
                          executor, 1)
-    state = run.segment("pretrain", state=executor.shard(start), noise_keys=noise_keys, end=end,
+    state = run.segment("pretrain", state=executor.shard(start), noise_keys=noise_keys,
+                        end=pretrain.steps,
                         tags={"branch": "pretrain"}, splits=["validation", "test"],
                         executor=executor, desc="pretrain").state
     return jax.device_get((tree.index(state.params, 0), tree.index(state.batch_stats, 0)))
@@ -476,12 +688,14 @@ def _ingredient_metric(records, num, split, key="accuracy") -> np.ndarray:
 class _Evaluator:
     """Evaluation of stacked ``(params, batch_stats)`` on validation, test and shifted test."""
 
-    def __init__(self, config, executor, shifted_executor):
+    def __init__(self, executor: executor_lib.Executor,
+                 shifted_executor: executor_lib.Executor, *, recompute_stats: bool,
+                 reset: dict):
         self.executor = executor
         self.shifted_executor = shifted_executor
         self.bn = bool(jax.tree.leaves(executor.abstract_state.batch_stats))
-        self.recompute_stats = self.bn and config.get("recompute_batch_stats", True)
-        self.reset = common.batch_stats_reset(config)
+        self.recompute_stats = self.bn and recompute_stats
+        self.reset = reset
 
     def all_splits(self, stacked) -> dict[str, dict[str, np.ndarray]]:
         params, batch_stats = stacked
@@ -526,10 +740,9 @@ class _Evaluator:
         return out
 
 
-def _greedy(config, evaluator: _Evaluator, trees, val_acc) -> list[dict]:
+def _greedy(evaluator: _Evaluator, trees, val_acc, *, strict: bool) -> list[dict]:
     result = soups_lib.greedy_soup(
-        trees, evaluator.validation_accuracy, accuracies=val_acc,
-        strict=bool(config.get("greedy_strict", False)),
+        trees, evaluator.validation_accuracy, accuracies=val_acc, strict=strict,
         recompute_fn=evaluator.recompute_one)
     members = list(result.members)
     records = _eval_records("greedy", evaluator.all_splits(tree.stack([result.soup])), 0,
@@ -539,9 +752,9 @@ def _greedy(config, evaluator: _Evaluator, trees, val_acc) -> list[dict]:
     return records
 
 
-def _learned(config, evaluator: _Evaluator, model, dataset, stacked) -> list[dict]:
+def _learned(settings: LearnedSoupSpec, evaluator: _Evaluator, model, dataset,
+             stacked) -> list[dict]:
     """The learned soup: a weight per parameter tensor and a temperature, fitted on validation."""
-    cfg = config.learned_soup
     params, batch_stats = stacked
     mean, std = jnp.asarray(dataset.mean), jnp.asarray(dataset.std)
     stats_0 = tree.index(batch_stats, 0)
@@ -554,10 +767,9 @@ def _learned(config, evaluator: _Evaluator, model, dataset, stacked) -> list[dic
 
     heldout = (jnp.asarray(dataset.validation.x), jnp.asarray(dataset.validation.y))
     result = soups_lib.learned_soup(
-        params, loss_fn, heldout, stacked=True, granularity=cfg.get("granularity", "tensor"),
-        temperature=bool(cfg.get("temperature", True)),
-        num_steps=int(cfg.num_steps), learning_rate=float(cfg.learning_rate),
-        batch_size=int(cfg.get("batch_size", 0)) or None, seed=int(cfg.get("seed", 0)))
+        params, loss_fn, heldout, stacked=True, granularity=settings.granularity,
+        temperature=settings.temperature, num_steps=settings.num_steps,
+        learning_rate=settings.learning_rate, batch_size=settings.batch_size, seed=settings.seed)
     soup_stats = soups_lib.uniform_soup(batch_stats, stacked=True) if evaluator.bn else {}
     soup = evaluator.recompute_one((result.soup, soup_stats))
     records = _eval_records("learned", evaluator.all_splits(tree.stack([soup])), 0,
