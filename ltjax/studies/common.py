@@ -447,6 +447,10 @@ DIVERGENCE_FACTOR = 100.0
 #: Checkpoints a segment keeps: the newest step and the one before it (a newest step
 #: found damaged on resume falls back to it). The one default of ``max_checkpoints``.
 MAX_CHECKPOINTS = 2
+#: The share ``p`` of the weights in the ``R_p`` weight correlation
+#: (:func:`ltjax.methods.sanity.weight_correlation`) a study reports when its config sets
+#: no ``correlation_p`` (the dense and IMP studies).
+CORRELATION_P = 0.1
 #: A segment also saves a checkpoint after any training call that ends this many seconds or
 #: more after its last save (or its start): a slow run (conv nets on a CPU) that is killed
 #: loses about this much training, not everything since its last ``checkpoint_every`` step.

@@ -87,7 +87,8 @@ class DenseSpec:
             telemetry=TelemetrySpec.from_config(config, dataset)), progress=progress)
         return cls(run=run, splits=eval_splits(run.dataset,
                                                eval_train=config.get("eval_train", False)),
-                   correlation_p=config.get("correlation_p", 0.1), telemetry=found["telemetry"])
+                   correlation_p=config.get("correlation_p", common.CORRELATION_P),
+                   telemetry=found["telemetry"])
 
 
 @common.study_entry

@@ -61,8 +61,9 @@ INPUTS = ("tokens", "one_hot")
 SPLITS = ["test", "train"]
 
 
-def check_config(config: Any) -> tuple[float, ...]:
-    """The target densities, checked (with the other study fields) before any work."""
+def check_config(config: Any) -> tuple[tuple[float, ...], float, str]:
+    """The target densities, the target accuracy and the input encoding, checked (with the
+    other study fields) before any work."""
     densities = config.densities
     densities = (densities,) if isinstance(densities, int | float) else tuple(densities)
     if not densities or any(isinstance(d, bool) or not isinstance(d, int | float)
@@ -76,9 +77,10 @@ def check_config(config: Any) -> tuple[float, ...]:
         if config.get(field, "global") not in pruning.SCOPES:
             raise ValueError(f"config.{field} must be one of {pruning.SCOPES}, "
                              f"got {config.get(field)!r}")
-    if config.get("input", "tokens") not in INPUTS:
-        raise ValueError(f"config.input must be one of {INPUTS}, got {config.get('input')!r}")
-    return tuple(float(d) for d in densities)
+    encoding = config.get("input", "tokens")
+    if encoding not in INPUTS:
+        raise ValueError(f"config.input must be one of {INPUTS}, got {encoding!r}")
+    return tuple(float(d) for d in densities), float(target), encoding
 
 
 def one_hot_pairs(dataset: data.Dataset) -> data.Dataset:
@@ -152,7 +154,7 @@ class GrokkingSpec:
           ValueError: densities outside (0, 1), a bad target or scope, a dataset
             that is not modular arithmetic (naming the field).
         """
-        densities = check_config(config)
+        densities, target, encoding = check_config(config)
 
         def check(dataset: data.Dataset) -> None:
             if not dataset.name.startswith(data.MODULAR_PREFIX):
@@ -161,10 +163,10 @@ class GrokkingSpec:
 
         run = RunSpec.from_config(
             config, check=check, progress=progress,
-            transform=one_hot_pairs if config.get("input", "tokens") == "one_hot" else None)
+            transform=one_hot_pairs if encoding == "one_hot" else None)
         p = config.get("pruning") or {}
         return cls(run=run, densities=densities,
-                   target_accuracy=float(config.get("target_accuracy", 0.95)),
+                   target_accuracy=target,
                    scope=config.get("scope", "global"),
                    random_scope=config.get("random_scope", "layerwise"),
                    prunable=masking.prunable(run.executor.abstract_params,

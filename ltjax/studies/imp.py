@@ -258,8 +258,10 @@ def _ticket_classes(rows: list[dict], num: int, *, similar: float) -> list[dict]
     return out
 
 
-def _check_sweep(config: Any, controls: tuple[str, ...]) -> tuple[float, ...] | None:
-    """The ticket learning-rate sweep (sorted floats), or None; checked before any work."""
+def _check_sweep(config: Any, controls: tuple[str, ...]) -> tuple[tuple[float, ...] | None, str]:
+    """The ticket learning-rate sweep (sorted floats) or None, and the ticket masks' mode
+    (:data:`TICKET_MASKS`); checked before any work."""
+    mode = config.get("ticket_masks", "own_rate")
     lrs = config.get("ticket_learning_rates") or ()
     lrs = [lrs] if isinstance(lrs, str) else list(lrs)  # '0.01,0.1' or ('0.01,0.1',) from flags
     lrs = [v for item in lrs for v in (item.split(",") if isinstance(item, str) else [item])
@@ -270,7 +272,7 @@ def _check_sweep(config: Any, controls: tuple[str, ...]) -> tuple[float, ...] | 
         raise ValueError(f"config.ticket_learning_rates must be numbers, got "
                          f"{config.ticket_learning_rates!r}") from None
     if not lrs:
-        return None
+        return None, mode
     if any(v <= 0 for v in lrs):
         raise ValueError(f"config.ticket_learning_rates must be > 0, got {lrs}")
     if float(config.recipe.learning_rate) not in lrs:
@@ -280,14 +282,13 @@ def _check_sweep(config: Any, controls: tuple[str, ...]) -> tuple[float, ...] | 
     if missing and config.levels > 0:
         raise ValueError(f"config.ticket_learning_rates needs the controls {missing} "
                          "(Ma et al. 2021's conditions compare the ticket with both)")
-    mode = config.get("ticket_masks", "own_rate")
     if mode not in TICKET_MASKS:
         raise ValueError(f"config.ticket_masks must be one of {TICKET_MASKS}, got {mode!r}")
     if mode == "own_rate" and (config.get("pretrain") or {}).get("kind"):
         raise ValueError("config.ticket_masks='own_rate' runs IMP at each learning rate, "
                          "config.pretrain pretrains at the recipe's only: set "
                          "ticket_masks='recipe_rate' or drop the pretraining")
-    return lrs
+    return lrs, mode
 
 
 def check_config(config: Any, dataset: Any) -> None:
@@ -316,8 +317,8 @@ def _study_fields(config: Any, dataset: Any) -> dict:
         raise ValueError(f"config.sgd_noise must be one of {SGD_NOISE}, got {sgd_noise!r}")
     if config.levels < 0:
         raise ValueError(f"config.levels must be >= 0, got {config.levels}")
-    sweep = _check_sweep(config, controls)
-    correlation_p = config.get("correlation_p", 0.1)
+    sweep, ticket_masks = _check_sweep(config, controls)
+    correlation_p = config.get("correlation_p", common.CORRELATION_P)
     if not (isinstance(correlation_p, (int, float)) and 0.0 < correlation_p <= 1.0):
         raise ValueError(f"config.correlation_p must be a number in (0, 1], got {correlation_p!r}")
     per_epoch = len(dataset.train) // config.recipe.batch_size
@@ -339,7 +340,7 @@ def _study_fields(config: Any, dataset: Any) -> dict:
     return {"levels": int(config.levels), "controls": controls, "rewind_step": rewind_step,
             "rewind_optimizer": bool(config.get("rewind_optimizer", False)),
             "sgd_noise": sgd_noise, "learning_rates": sweep,
-            "ticket_masks": config.get("ticket_masks", "own_rate"),
+            "ticket_masks": ticket_masks,
             "ticket_similar": float(config.get("ticket_similar",
                                                sanity.SIMILAR_DROP["cifar10"])),
             "correlation_p": float(correlation_p),
