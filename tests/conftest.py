@@ -151,7 +151,8 @@ def planted_match():
         spec = models.permutation_spec(model, params)
         planted = matching.random_perms(jax.random.key(1), matching.check_spec(spec, params))
         shuffled = matching.apply_permutation(spec, planted, params)
-        result = rebasin.match(config, executor, spec, (params, {}), (shuffled, {}))
+        result = rebasin.match(rebasin.MatchingSpec.from_config(config), executor, spec,
+                               (params, {}), (shuffled, {}))
         chex.assert_trees_all_close(matching.apply_permutation(spec, result.perms, shuffled),
                                     params)
         return executor, spec, params, shuffled, dataset

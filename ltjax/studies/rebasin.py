@@ -48,7 +48,6 @@ Example (Colab):
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import pathlib
 from typing import Any
@@ -92,7 +91,7 @@ def corrections_of(config: Any) -> tuple[str, ...]:
     return value
 
 
-def check_config(config: Any) -> None:
+def check_config(config: Any) -> MatchingSpec:
     """Check the study's own fields before anything is written.
 
     Raises:
@@ -103,22 +102,12 @@ def check_config(config: Any) -> None:
     Example:
         >>> from experiments.configs import rebasin_mlp_digits
         >>> from ltjax.studies import rebasin
-        >>> rebasin.check_config(rebasin_mlp_digits.get_config("quick"))  # passes silently
+        >>> rebasin.check_config(rebasin_mlp_digits.get_config("quick")).method
+        'weight'
     """
-    if config.method not in METHODS:
-        raise ValueError(f"config.method must be one of {METHODS}, got {config.method!r}")
+    matching_spec = MatchingSpec.from_config(config)
     corrections_of(config)
     common.batch_stats_reset(config)
-    m = config.matching
-    if m.get("similarity", "inner") not in matching.SIMILARITIES:
-        raise ValueError(f"config.matching.similarity must be one of {matching.SIMILARITIES}, "
-                         f"got {m.similarity!r}")
-    if m.get("ste_optimizer", "adam") not in ("adam", "sgd"):
-        raise ValueError(f"config.matching.ste_optimizer must be 'adam' or 'sgd', "
-                         f"got {m.ste_optimizer!r}")
-    if not isinstance(m.get("num_examples", 0), int) or m.get("num_examples", 0) < 0:
-        raise ValueError(f"config.matching.num_examples must be an int >= 0 (0: the whole "
-                         f"training set), got {m.num_examples!r}")
     if config.num_replicates < 2:
         raise ValueError(f"config.num_replicates must be >= 2 (model 0 and one to match), "
                          f"got {config.num_replicates}")
@@ -127,6 +116,79 @@ def check_config(config: Any) -> None:
     density = sparse_density(config)
     if not 0.0 <= density < 1.0:
         raise ValueError(f"config.sparse.density must be in [0, 1) (0: off), got {density}")
+    return matching_spec
+
+
+@dataclasses.dataclass(frozen=True)
+class MatchingSpec:
+    """How model ``j`` is permuted onto model 0 (:func:`match`): ``config.method`` and the
+    fields of ``config.matching`` that method reads (the others None).
+
+    Attributes:
+      method: ``'weight'``, ``'activation'`` or ``'ste'`` (:data:`METHODS`).
+      seed: the matching's seed (the config's).
+      max_iter: weight matching's (and STE's projections') sweeps.
+      restarts: weight matching's random restarts (the best one kept).
+      num_examples: activation matching's training inputs (0: all).
+      similarity: activation matching's ``'inner'`` or ``'pearson'``.
+      ste_steps: STE's training batches.
+      ste_batch_size: STE's batch size.
+      ste_learning_rate: STE's learning rate.
+      ste_optimizer: STE's ``'adam'`` or ``'sgd'`` (momentum 0.9).
+
+    Example:
+        >>> from experiments.configs import rebasin_mlp_digits
+        >>> from ltjax.studies.rebasin import MatchingSpec
+        >>> m = MatchingSpec.from_config(rebasin_mlp_digits.get_config("quick"))
+        >>> m.method, m.max_iter, m.restarts, m.ste_steps      # weight matching: no STE
+        ('weight', 100, 2, None)
+    """
+
+    method: str
+    seed: int
+    max_iter: int | None = None
+    restarts: int | None = None
+    num_examples: int = 0
+    similarity: str = "inner"
+    ste_steps: int | None = None
+    ste_batch_size: int | None = None
+    ste_learning_rate: float | None = None
+    ste_optimizer: str = "adam"
+
+    @classmethod
+    def from_config(cls, config: Any) -> MatchingSpec:
+        """``config.method`` and ``config.matching``, checked.
+
+        Raises:
+          ValueError: an unknown method, similarity or STE optimiser, or
+            ``num_examples`` not an int >= 0 (naming the field).
+        """
+        method = config.method
+        if method not in METHODS:
+            raise ValueError(f"config.method must be one of {METHODS}, got {method!r}")
+        m = config.matching
+        similarity = m.get("similarity", cls.similarity)
+        if similarity not in matching.SIMILARITIES:
+            raise ValueError(f"config.matching.similarity must be one of "
+                             f"{matching.SIMILARITIES}, got {similarity!r}")
+        ste_optimizer = m.get("ste_optimizer", cls.ste_optimizer)
+        if ste_optimizer not in ("adam", "sgd"):
+            raise ValueError(f"config.matching.ste_optimizer must be 'adam' or 'sgd', "
+                             f"got {ste_optimizer!r}")
+        num_examples = m.get("num_examples", cls.num_examples)
+        if isinstance(num_examples, bool) or not isinstance(num_examples, int) or (
+                num_examples < 0):
+            raise ValueError(f"config.matching.num_examples must be an int >= 0 (0: the whole "
+                             f"training set), got {num_examples!r}")
+        ste = method == "ste"
+        return cls(method=method, seed=config.seed,
+                   max_iter=m.max_iter if method in ("weight", "ste") else None,
+                   restarts=m.restarts if method == "weight" else None,
+                   num_examples=num_examples, similarity=similarity,
+                   ste_steps=m.ste_steps if ste else None,
+                   ste_batch_size=m.ste_batch_size if ste else None,
+                   ste_learning_rate=m.ste_learning_rate if ste else None,
+                   ste_optimizer=ste_optimizer)
 
 
 def sparse_density(config: Any) -> float:
@@ -206,7 +268,7 @@ class RebasinSpec:
       run: what every study shares (:class:`ltjax.studies.spec.RunSpec`).
       method: ``'weight'``, ``'activation'`` or ``'ste'`` (:func:`match`).
       seed: the matching's seed (the config's).
-      matching: the matching's settings (a frozen copy of ``config.matching``).
+      matching: the matching's method and settings (:class:`MatchingSpec`).
       corrections: the paths' corrections (:data:`CORRECTIONS`).
       reset: BatchNorm statistics along the path for ``'reset'``
         (:func:`ltjax.studies.common.batch_stats_reset`).
@@ -231,7 +293,7 @@ class RebasinSpec:
     run: RunSpec
     method: str
     seed: int
-    matching: Any
+    matching: MatchingSpec
     corrections: tuple[str, ...]
     reset: dict
     repair_examples: int
@@ -249,7 +311,7 @@ class RebasinSpec:
         Raises:
           ValueError: see :func:`check_config`; ``'reset'`` for a model without BatchNorm.
         """
-        check_config(config)
+        matching_spec = check_config(config)
         corrections = corrections_of(config)
         run = RunSpec.from_config(config, progress=progress)
         if "reset" in corrections and not models.has_batch_norm(
@@ -266,7 +328,7 @@ class RebasinSpec:
                                  run.steps_per_epoch))
         alphas = np.linspace(0.0, 1.0, config.num_alphas)
         return cls(run=run, method=config.method, seed=config.seed,
-                   matching=copy.deepcopy(config.matching), corrections=corrections,
+                   matching=matching_spec, corrections=corrections,
                    reset=common.batch_stats_reset(config),
                    repair_examples=int(config.repair.num_examples),
                    repair_eps=float(config.repair.eps),
@@ -275,12 +337,12 @@ class RebasinSpec:
                    alpha_chunk=int(config.get("alpha_chunk") or len(alphas)), sparse=sparse)
 
 
-def match(config: Any, executor: executor_lib.Executor, spec: matching.PermutationSpec,
-          a: tuple, b: tuple) -> matching.MatchResult:
-    """Permutations of network ``b = (params, batch_stats)`` onto ``a`` by ``config.method``.
+def match(settings: MatchingSpec, executor: executor_lib.Executor,
+          spec: matching.PermutationSpec, a: tuple, b: tuple) -> matching.MatchResult:
+    """Permutations of network ``b = (params, batch_stats)`` onto ``a`` by ``settings.method``.
 
-    ``'weight'``: :func:`ltjax.core.matching.weight_matching` (``config.matching``
-    ``max_iter``, ``restarts``); ``'activation'``:
+    ``'weight'``: :func:`ltjax.core.matching.weight_matching` (``max_iter``,
+    ``restarts``); ``'activation'``:
     :func:`ltjax.core.matching.activation_matching` on post-ReLU activations over
     ``matching.num_examples`` training inputs (0: all, the reference's
     default), by ``matching.similarity`` (``'inner'``: ``E[A^T B]``;
@@ -291,35 +353,35 @@ def match(config: Any, executor: executor_lib.Executor, spec: matching.Permutati
     Re-Basin, Ainsworth et al. 2023, sections 3.1-3.3).
 
     Args:
-      config: the study's config or its :class:`RebasinSpec` (``method``, ``seed``,
-        ``matching``).
+      settings: the method and its settings (:class:`MatchingSpec`).
       executor: the executor (its model and dataset).
       spec: the model's :class:`ltjax.core.matching.PermutationSpec`.
       a: the reference ``(params, batch_stats)``.
       b: the network to permute.
 
     Raises:
-      ValueError: an unknown ``config.method``.
+      ValueError: an unknown ``settings.method``.
 
     Example:
         Not run here (it needs the study's executor; :mod:`ltjax.core.matching` runs the matchers
         on small nets):
 
         ```python
-        result = match(config, executor, spec, (params_0, {}), (params_1, {}))
+        result = match(MatchingSpec.from_config(config), executor, spec, (params_0, {}),
+                       (params_1, {}))
         aligned = matching.apply_permutation(spec, result.perms, params_1)
         ```
     """
-    m = config.matching
-    if config.method == "weight":
-        return matching.weight_matching(spec, a[0], b[0], seed=config.seed,
+    m = settings
+    if m.method == "weight":
+        return matching.weight_matching(spec, a[0], b[0], seed=m.seed,
                                         max_iter=m.max_iter, restarts=m.restarts)
-    if config.method == "activation":
+    if m.method == "activation":
         moments = activation_moments(executor, spec, a, b, num_examples=m.num_examples,
-                                     seed=config.seed)
+                                     seed=m.seed)
         return matching.activation_matching(spec, moments=moments,
-                                            similarity=m.get("similarity", "inner"))
-    if config.method == "ste":
+                                            similarity=m.similarity)
+    if m.method == "ste":
         dataset = executor.dataset
         has_bn = bool(jax.tree.leaves(a[1]))
         model = executor.model
@@ -328,17 +390,17 @@ def match(config: Any, executor: executor_lib.Executor, spec: matching.Permutati
             logits = train.logits(model, params, a[1], batch[0], train=has_bn)
             return train.cross_entropy(logits, batch[1]).mean()
 
-        index = data.batch_indices(rng.stream(jax.random.key(config.seed), "ste"), 0,
+        index = data.batch_indices(rng.stream(jax.random.key(m.seed), "ste"), 0,
                                    num_steps=m.ste_steps, num_examples=len(dataset.train),
                                    batch_size=m.ste_batch_size)
         batches = ((data.normalize(jnp.asarray(dataset.train.x[np.asarray(i)]), dataset.mean,
                                    dataset.std), jnp.asarray(dataset.train.y[np.asarray(i)]))
                    for i in index)
         return matching.ste_matching(spec, a[0], b[0], loss_fn, batches,
-                                     learning_rate=m.ste_learning_rate, seed=config.seed,
+                                     learning_rate=m.ste_learning_rate, seed=m.seed,
                                      max_iter=m.max_iter,
-                                     optimizer=m.get("ste_optimizer", "adam"))
-    raise ValueError(f"config.method must be one of {METHODS}, got {config.method!r}")
+                                     optimizer=m.ste_optimizer)
+    raise ValueError(f"settings.method must be one of {METHODS}, got {m.method!r}")
 
 
 def _load_or_match(rebasin, run, spec, a, b, *, pair: str) -> dict:
@@ -349,7 +411,7 @@ def _load_or_match(rebasin, run, spec, a, b, *, pair: str) -> dict:
     writes the same bytes.
     """
     def compute() -> list[dict]:
-        result = match(rebasin, run.spec.executor, spec, a, b)
+        result = match(rebasin.matching, run.spec.executor, spec, a, b)
         return [{"method": rebasin.method, "objective": result.objective,
                  "iterations": result.iterations,
                  "perms": {k: np.asarray(v).tolist() for k, v in result.perms.items()}}]
