@@ -194,9 +194,10 @@ def run_bn_only(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
                                  jax.tree.leaves(start.frozen["chosen"]))) for r in range(num)]
         else:
             trainable = [batchnorm_only.trainable_count(spec.reparams[arm], params)] * num
-        final = run.segment(arm, state=start, noise_keys=noise_keys,
-                            tags={"arm": arm}, executor=arm_executor, desc=f"{arm} x{num}").state
-        test = run.evaluate(final, ["test"], executor=arm_executor)["test"]
+        done = run.segment(arm, state=start, noise_keys=noise_keys,
+                           tags={"arm": arm}, executor=arm_executor, desc=f"{arm} x{num}")
+        final = done.state  # its last evaluation is the table's (not evaluated again)
+        test = {k: v.tolist() for k, v in done.curves.final_metrics("test").items()}
         trained = arm_executor.model_params(final)
         shares = {t: np.asarray(jax.vmap(
             lambda p, t=t: batchnorm_only.gamma_share_below(p, t))(trained)) for t in THRESHOLDS}

@@ -254,14 +254,14 @@ def run_knowledge_evolution(config: Any, workdir: str | pathlib.Path, *,
 
     rows, previous = [], None
     for generation in range(1, generations + 1):
-        final = run.segment(
+        done = run.segment(
             f"generation_{generation:02d}",
             state=(lambda: executor.init(init_keys)) if generation == 1 else (
                 lambda g=generation, p=previous: next_start(p, g)),
             noise_keys=noise_keys if generation == 1 else ke.generation_keys(
                 noise_keys, "knowledge_evolution", generation),
-            tags={"generation": generation}, desc=f"generation {generation} of {generations}").state
-        dense = executor.evaluate(final, "test")["accuracy"]
+            tags={"generation": generation}, desc=f"generation {generation} of {generations}")
+        final, dense = done.state, done.curves.final_metrics("test")["accuracy"]
         fit = evaluate_slim(final)
         rows += [{"generation": generation, "replicate": r,
                   "dense_test_accuracy": float(dense[r]), "slim_test_accuracy": float(fit[r]),

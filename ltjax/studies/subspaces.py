@@ -193,10 +193,11 @@ def run_subspaces(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
     rows, summary = [], []
     for variant, beta in study.arms:
         if variant == "standard":
-            final = run.segment("standard", state=executor.init(init_keys),
-                                noise_keys=noise_keys, tags={"variant": "standard"},
-                                desc=f"standard x{num}").state
-            r_rows, r_summary = evaluate.standard(final, alphas)
+            done = run.segment("standard", state=executor.init(init_keys),
+                               noise_keys=noise_keys, tags={"variant": "standard"},
+                               desc=f"standard x{num}")
+            r_rows, r_summary = evaluate.standard(done.state, done.curves.final_metrics("test"),
+                                                  alphas)
         else:
             kind, layerwise = variant.removesuffix("_layerwise"), variant.endswith("_layerwise")
             arm_executor = executor.like(recipe=spec.recipe, reparam=subspaces.subspace_reparam(
@@ -257,9 +258,10 @@ class _PathEvaluator:
         summed = logits[:count] + logits[count:]
         return (summed.argmax(-1) == self.labels[None]).mean(axis=1)
 
-    def standard(self, final: Any, alphas: np.ndarray) -> tuple[list[dict], list[dict]]:
-        """The standard nets' rows, and the independent pairs' paths."""
-        metrics = self.executor.evaluate(final, "test")
+    def standard(self, final: Any, metrics: dict[str, np.ndarray],
+                 alphas: np.ndarray) -> tuple[list[dict], list[dict]]:
+        """The standard nets' rows (their test ``metrics``, the segment's last evaluation),
+        and the independent pairs' paths."""
         num = metrics["accuracy"].shape[0]
         rows = [{"variant": "standard", "beta": None, "alpha": None, "replicate": r,
                  "test_accuracy": float(metrics["accuracy"][r]),
