@@ -354,6 +354,7 @@ def test_imp_tickets_come_from_the_imp_workdir_level_nearest_each_density(study,
     far = _config(methods=("imp",), densities=(0.1,), imp_workdir=str(tmp_path / "imp"))
     with pytest.raises(ValueError, match="more than half a pruning step away"):
         prune_at_init.run_prune_at_init(far, tmp_path / "far", progress=False)
+    assert not (tmp_path / "far").exists()  # refused before the workdir (after it until today)
     # A half-finished IMP run (its last level missing, or short of the end) is refused
     # before the workdir is written.
     shutil.copytree(tmp_path / "imp", tmp_path / "half")

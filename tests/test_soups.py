@@ -553,9 +553,14 @@ def test_study_bad_inputs(tmp_path):
     config.pretrain.workdir = str(tmp_path / "no_dense_run")
     with pytest.raises(ValueError, match="pretrain.workdir"):
         soups.run_soups(config, tmp_path / "e", progress=False)
+    config = _study_config()  # a cosine warm-up past the shorter run (18 steps), not the 36
+    config.finetune.schedule, config.finetune.warmup = "cosine", "25it"
+    with pytest.raises(ValueError, match=r"finetune.warmup \(25 steps\) must be shorter"):
+        soups.run_soups(config, tmp_path / "f", progress=False)
     # Every field is checked before the workdir is written (the grid, the shift, WiSE-FT's
-    # head and the pretraining were checked after it until 2026-12-07).
-    assert not any((tmp_path / name).exists() for name in "abcde")
+    # head and the pretraining were checked after it until 2026-12-07; a warm-up longer
+    # than a shorter run than the longest was refused after the pretraining).
+    assert not any((tmp_path / name).exists() for name in "abcdef")
 
 
 def test_pretrained_model_loads_from_a_dense_workdir(tmp_path):

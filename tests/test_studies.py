@@ -128,6 +128,12 @@ def test_unknown_dataset_and_model_are_named(tmp_path):
     with pytest.raises(ValueError, match="resnet"):
         dense.run_dense(_config(model="resnet7", model_kwargs={}), tmp_path / "b",
                         progress=False)
+    # The weight correlation's p is checked before the workdir (after the training until
+    # 2026-12-07: sanity.weight_correlation refused it at the end).
+    for bad in (2.0, 0.0, True):
+        with pytest.raises(ValueError, match=r"config\.correlation_p must be a number in"):
+            dense.run_dense(_config(correlation_p=bad), tmp_path / "c", progress=False)
+    assert not any((tmp_path / name).exists() for name in "abc")
 
 
 def test_config_name_lists_from_flags_are_split_and_checked():

@@ -382,6 +382,30 @@ def batch_stats_reset(config: Any) -> dict:
     return {"num_batches": num_batches, "augment": augment}
 
 
+#: The share ``p`` of the weights in the ``R_p`` weight correlation
+#: (:func:`ltjax.methods.sanity.weight_correlation`) a study reports when its config sets
+#: no ``correlation_p`` (the dense and IMP studies).
+CORRELATION_P = 0.1
+
+
+def correlation_p(config: Any) -> float:
+    """``config.correlation_p`` (default :data:`CORRELATION_P`), checked.
+
+    Raises:
+      ValueError: not a number in (0, 1] (naming ``config.correlation_p``).
+
+    Example:
+        >>> import ml_collections
+        >>> from ltjax.studies import common
+        >>> common.correlation_p(ml_collections.ConfigDict({}))
+        0.1
+    """
+    p = config.get("correlation_p", CORRELATION_P)
+    if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 < p <= 1.0:
+        raise ValueError(f"config.correlation_p must be a number in (0, 1], got {p!r}")
+    return float(p)
+
+
 def parse_layer_rates(spec: str | None) -> dict[str, float]:
     """``'Dense_2:0.1,Conv_.*:0.15'`` -> ``{'Dense_2': 0.1, 'Conv_.*': 0.15}``.
 
@@ -447,10 +471,6 @@ DIVERGENCE_FACTOR = 100.0
 #: Checkpoints a segment keeps: the newest step and the one before it (a newest step
 #: found damaged on resume falls back to it). The one default of ``max_checkpoints``.
 MAX_CHECKPOINTS = 2
-#: The share ``p`` of the weights in the ``R_p`` weight correlation
-#: (:func:`ltjax.methods.sanity.weight_correlation`) a study reports when its config sets
-#: no ``correlation_p`` (the dense and IMP studies).
-CORRELATION_P = 0.1
 #: A segment also saves a checkpoint after any training call that ends this many seconds or
 #: more after its last save (or its start): a slow run (conv nets on a CPU) that is killed
 #: loses about this much training, not everything since its last ``checkpoint_every`` step.

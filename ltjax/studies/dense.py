@@ -87,7 +87,7 @@ class DenseSpec:
             telemetry=TelemetrySpec.from_config(config, dataset)), progress=progress)
         return cls(run=run, splits=eval_splits(run.dataset,
                                                eval_train=config.get("eval_train", False)),
-                   correlation_p=config.get("correlation_p", common.CORRELATION_P),
+                   correlation_p=common.correlation_p(config),
                    telemetry=found["telemetry"])
 
 
@@ -233,9 +233,12 @@ class TelemetrySpec:
         if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
             raise ValueError(f"config.telemetry.hessian_iterations must be an int >= 1, "
                              f"got {iterations!r}")
-        return cls(dense_every=common.steps(t.dense_every, per_epoch),
-                   dense_until=common.steps(t.dense_until, per_epoch),
-                   every=common.steps(t.every, per_epoch), batch_size=t.batch_size,
+        return cls(dense_every=common.steps(t.dense_every, per_epoch,
+                                            field="telemetry.dense_every"),
+                   dense_until=common.steps(t.dense_until, per_epoch,
+                                            field="telemetry.dense_until"),
+                   every=common.steps(t.every, per_epoch, field="telemetry.every"),
+                   batch_size=t.batch_size,
                    tracked=t.tracked, keep_snapshots=bool(t.keep_snapshots),
                    hessian_steps=tuple(sorted({s for s in steps if s <= total})),
                    hessian_iterations=iterations, seed=config.seed)

@@ -61,9 +61,9 @@ INPUTS = ("tokens", "one_hot")
 SPLITS = ["test", "train"]
 
 
-def check_config(config: Any) -> tuple[tuple[float, ...], float, str]:
-    """The target densities, the target accuracy and the input encoding, checked (with the
-    other study fields) before any work."""
+def check_config(config: Any) -> dict:
+    """The study's own fields, checked before any work: ``densities``, ``target_accuracy``,
+    ``scope``, ``random_scope`` (:class:`GrokkingSpec`'s) and the ``input`` encoding."""
     densities = config.densities
     densities = (densities,) if isinstance(densities, int | float) else tuple(densities)
     if not densities or any(isinstance(d, bool) or not isinstance(d, int | float)
@@ -73,14 +73,16 @@ def check_config(config: Any) -> tuple[tuple[float, ...], float, str]:
     target = config.get("target_accuracy", 0.95)
     if isinstance(target, bool) or not isinstance(target, int | float) or not 0 < target <= 1:
         raise ValueError(f"config.target_accuracy must be in (0, 1], got {target!r}")
-    for field in ("scope", "random_scope"):
-        if config.get(field, "global") not in pruning.SCOPES:
-            raise ValueError(f"config.{field} must be one of {pruning.SCOPES}, "
-                             f"got {config.get(field)!r}")
+    scopes = {"scope": config.get("scope", "global"),
+              "random_scope": config.get("random_scope", "layerwise")}
+    for field, scope in scopes.items():
+        if scope not in pruning.SCOPES:
+            raise ValueError(f"config.{field} must be one of {pruning.SCOPES}, got {scope!r}")
     encoding = config.get("input", "tokens")
     if encoding not in INPUTS:
         raise ValueError(f"config.input must be one of {INPUTS}, got {encoding!r}")
-    return tuple(float(d) for d in densities), float(target), encoding
+    return {"densities": tuple(float(d) for d in densities), "target_accuracy": float(target),
+            **scopes, "input": encoding}
 
 
 def one_hot_pairs(dataset: data.Dataset) -> data.Dataset:
@@ -154,7 +156,8 @@ class GrokkingSpec:
           ValueError: densities outside (0, 1), a bad target or scope, a dataset
             that is not modular arithmetic (naming the field).
         """
-        densities, target, encoding = check_config(config)
+        fields = check_config(config)
+        encoding = fields.pop("input")
 
         def check(dataset: data.Dataset) -> None:
             if not dataset.name.startswith(data.MODULAR_PREFIX):
@@ -165,10 +168,7 @@ class GrokkingSpec:
             config, check=check, progress=progress,
             transform=one_hot_pairs if encoding == "one_hot" else None)
         p = config.get("pruning") or {}
-        return cls(run=run, densities=densities,
-                   target_accuracy=target,
-                   scope=config.get("scope", "global"),
-                   random_scope=config.get("random_scope", "layerwise"),
+        return cls(run=run, **fields,
                    prunable=masking.prunable(run.executor.abstract_params,
                                              include=p.get("include") or None,
                                              exclude=p.get("exclude") or None))

@@ -318,9 +318,7 @@ def _study_fields(config: Any, dataset: Any) -> dict:
     if config.levels < 0:
         raise ValueError(f"config.levels must be >= 0, got {config.levels}")
     sweep, ticket_masks = _check_sweep(config, controls)
-    correlation_p = config.get("correlation_p", common.CORRELATION_P)
-    if not (isinstance(correlation_p, (int, float)) and 0.0 < correlation_p <= 1.0):
-        raise ValueError(f"config.correlation_p must be a number in (0, 1], got {correlation_p!r}")
+    correlation_p = common.correlation_p(config)
     per_epoch = len(dataset.train) // config.recipe.batch_size
     end = common.steps(config.training_steps, per_epoch)
     rewind_step = common.steps(config.rewind_step, per_epoch)
@@ -343,7 +341,7 @@ def _study_fields(config: Any, dataset: Any) -> dict:
             "ticket_masks": ticket_masks,
             "ticket_similar": float(config.get("ticket_similar",
                                                sanity.SIMILAR_DROP["cifar10"])),
-            "correlation_p": float(correlation_p),
+            "correlation_p": correlation_p,
             "pretrain": None if altered is None else PretrainSpec(
                 kind=config.pretrain.kind, dataset=altered[0], steps=altered[1],
                 model=common.build_model(config, altered[0]))}

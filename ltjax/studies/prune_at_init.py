@@ -185,6 +185,8 @@ class PruneAtInitSpec:
       scope: ``'global'`` or ``'layerwise'`` (:data:`ltjax.core.pruning.SCOPES`).
       imp_workdir: the finished IMP run method ``'imp'`` reads its tickets from
         (checked compatible), else None.
+      imp_masks: per target density, the masks ``[S]`` of that run's level nearest to it
+        (each within half a pruning step), else None.
       smart_layers: the prunable layers in forward order for ``'smart_ratio'``
         (every density checked reachable), else None.
 
@@ -210,6 +212,7 @@ class PruneAtInitSpec:
     grasp_temperature: float
     scope: str
     imp_workdir: str | None
+    imp_masks: dict[float, Any] | None
     smart_layers: tuple[str, ...] | None
 
     @classmethod
@@ -235,10 +238,16 @@ class PruneAtInitSpec:
                 imp_runs.check_imp_finished(imp_workdir, dataset)
 
         run = RunSpec.from_config(config, check=check, progress=progress)
+        imp_masks = None
+        if imp_workdir is not None:  # the tickets, read (not trained) before the workdir
+            abstract = run.executor.abstract_state.params
+            imp_masks = _imp_level_masks(imp_workdir, densities, jax.tree.map(
+                lambda x: jnp.ones((run.num_replicates, *x.shape), bool), abstract),
+                masking.prunable(abstract))
         return cls(run=run, methods=methods, ablations=ablations, densities=densities,
                    score_examples=config.score_examples, synflow_rounds=config.synflow_rounds,
                    grasp_temperature=config.grasp_temperature, scope=config.scope,
-                   imp_workdir=imp_workdir,
+                   imp_workdir=imp_workdir, imp_masks=imp_masks,
                    smart_layers=(_smart_ratio_layers(run, densities)
                                  if "smart_ratio" in methods else None))
 
@@ -320,9 +329,7 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
     init_keys, noise_keys = spec.keys()
     selection = masking.prunable(executor.abstract_state.params)
     model = executor.model
-    imp_masks = (_imp_level_masks(pai.imp_workdir, densities, jax.tree.map(
-        lambda x: jnp.ones((num, *x.shape), bool), executor.abstract_state.params), selection)
-        if "imp" in methods else {})
+    imp_masks = pai.imp_masks or {}
 
     state0 = executor.init(init_keys)
     params0 = state0.params

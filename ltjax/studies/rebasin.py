@@ -122,7 +122,9 @@ def check_config(config: Any) -> MatchingSpec:
 @dataclasses.dataclass(frozen=True)
 class MatchingSpec:
     """How model ``j`` is permuted onto model 0 (:func:`match`): ``config.method`` and the
-    fields of ``config.matching`` that method reads (the others None).
+    fields of ``config.matching`` it reads (``max_iter``, ``restarts`` and the ``ste_*``
+    counts are None for a method that does not read them; ``num_examples``,
+    ``similarity`` and ``ste_optimizer`` are always checked and set).
 
     Attributes:
       method: ``'weight'``, ``'activation'`` or ``'ste'`` (:data:`METHODS`).

@@ -192,6 +192,12 @@ def finetune_grid(config: Any, base: optim.Recipe, steps_per_epoch: int,
         weight_decay_mode=ft.get("weight_decay_mode") or None,
         total_steps=max(ends) if schedule == "cosine" else 0,
         lr_drop_steps=())  # checks the recipe at the longest run, before any training
+    for epochs, end in zip(epochs_sorted, ends_sorted, strict=True):  # each run's schedule
+        try:
+            run_recipe(base, end)
+        except ValueError:
+            raise ValueError(f"finetune.warmup ({base.warmup_steps} steps) must be shorter than "
+                             f"every run of finetune.epochs ({epochs!r} = {end} steps)") from None
     groups, ingredients = [], []
     for g, (lr, wd, ls, aug) in enumerate(itertools.product(
             axes["learning_rate"], axes["weight_decay"], axes["label_smoothing"],
