@@ -3,6 +3,8 @@
 Edge-popup, Zhou et al.'s criteria and learned Bernoulli supermask, and DNW.
 """
 
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -266,6 +268,16 @@ def test_zhou_study_evaluates_the_masked_untrained_init(tmp_path, monkeypatch, s
         z = h - h.max(1, keepdims=True)
         loss = np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y])
         assert float(row["test_loss"]) == pytest.approx(loss, rel=1e-4)
+    # An IMP run whose level 0 saved no checkpoint: named, before the workdir (an IndexError
+    # until 2026-12-07).
+    shutil.copytree(tmp_path / "imp", tmp_path / "empty")
+    for step in (tmp_path / "empty" / "checkpoints" / "level_00").iterdir():
+        if step.name.isdigit():
+            shutil.rmtree(step)
+    config.imp_workdir = str(tmp_path / "empty")
+    with pytest.raises(ValueError, match="has no finished level 0"):
+        supermask.run_zhou(config, tmp_path / "zhou_empty", progress=False)
+    assert not (tmp_path / "zhou_empty").exists()
 
 
 # --------------------------------------------------------------------------- Bernoulli supermask

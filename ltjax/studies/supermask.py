@@ -210,6 +210,9 @@ class ZhouSpec:
 
         run = RunSpec.from_config(config, check=check, progress=progress)
         with checkpoint.Checkpointer(level_dir) as ckpt:  # its meta only: nothing trains
+            if not ckpt.steps():
+                raise ValueError(f"config.imp_workdir={imp_workdir!r} has no finished level 0 "
+                                 f"(no checkpoint in {level_dir})")
             _, _, meta = ckpt.restore(ckpt.steps()[-1], like_state=None)
         order = [m["replicate"] for m in meta["members"]]
         if order != list(range(run.num_replicates)):
