@@ -268,8 +268,6 @@ class RebasinSpec:
 
     Attributes:
       run: what every study shares (:class:`ltjax.studies.spec.RunSpec`).
-      method: ``'weight'``, ``'activation'`` or ``'ste'`` (:func:`match`).
-      seed: the matching's seed (the config's).
       matching: the matching's method and settings (:class:`MatchingSpec`).
       corrections: the paths' corrections (:data:`CORRECTIONS`).
       reset: BatchNorm statistics along the path for ``'reset'``
@@ -288,13 +286,11 @@ class RebasinSpec:
         >>> from ltjax.studies.rebasin import RebasinSpec
         >>> spec = RebasinSpec.from_config(rebasin_mlp_digits.get_config("quick"),
         ...                                progress=False)
-        >>> spec.method, spec.corrections, len(spec.alphas), spec.sparse is None
+        >>> spec.matching.method, spec.corrections, len(spec.alphas), spec.sparse is None
         ('weight', ('none', 'repair'), 9, False)
     """
 
     run: RunSpec
-    method: str
-    seed: int
     matching: MatchingSpec
     corrections: tuple[str, ...]
     reset: dict
@@ -329,8 +325,7 @@ class RebasinSpec:
                 end=common.steps(block.get("training_steps") or config.training_steps,
                                  run.steps_per_epoch))
         alphas = np.linspace(0.0, 1.0, config.num_alphas)
-        return cls(run=run, method=config.method, seed=config.seed,
-                   matching=matching_spec, corrections=corrections,
+        return cls(run=run, matching=matching_spec, corrections=corrections,
                    reset=common.batch_stats_reset(config),
                    repair_examples=int(config.repair.num_examples),
                    repair_eps=float(config.repair.eps),
@@ -414,7 +409,7 @@ def _load_or_match(rebasin, run, spec, a, b, *, pair: str) -> dict:
     """
     def compute() -> list[dict]:
         result = match(rebasin.matching, run.spec.executor, spec, a, b)
-        return [{"method": rebasin.method, "objective": result.objective,
+        return [{"method": rebasin.matching.method, "objective": result.objective,
                  "iterations": result.iterations,
                  "perms": {k: np.asarray(v).tolist() for k, v in result.perms.items()}}]
 
@@ -483,14 +478,14 @@ def run_rebasin(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
     # 2. Match every model j to model 0.
     matched = {}
     for j in range(1, num):
-        common.say(f"matching model {j} to model 0 ({rebasin.method} matching)", progress)
+        common.say(f"matching model {j} to model 0 ({rebasin.matching.method} matching)", progress)
         found = _load_or_match(rebasin, run, spec, nets[0], nets[j], pair=f"0-{j}")
         perms = found["perms"]
         matched[j] = {**found, "net": (matching.apply_permutation(spec, perms, nets[j][0]),
                                        matching.apply_permutation(spec, perms, nets[j][1]))}
 
     # 3. Naive and matched paths, with each correction.
-    x_repair = train_sample(dataset, rebasin.repair_examples, seed=rebasin.seed + 1)
+    x_repair = train_sample(dataset, rebasin.repair_examples, seed=rebasin.matching.seed + 1)
     alphas = np.asarray(rebasin.alphas)
     splits = list(rebasin.path_splits)
     rows, path_records = [], []
@@ -505,11 +500,11 @@ def run_rebasin(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
                                          splits=splits, correction=correction,
                                          x_repair=x_repair)
         path_records += records
-        rows += [_path_row(*curves[split], tags, split, method=rebasin.method)
+        rows += [_path_row(*curves[split], tags, split, method=rebasin.matching.method)
                  for split in splits]
     means = results.write_table(
         workdir / "results.csv", rows, by=("variant", "correction", "split"), stats=("mean",),
-        constants={"method": rebasin.method},
+        constants={"method": rebasin.matching.method},
         fields=[k for k in rows[0] if isinstance(rows[0][k], float | np.floating)])["rows"]
     summary = [{"pair": "mean", **r} for r in means] if num > 2 else rows
 
@@ -523,7 +518,7 @@ def run_rebasin(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
     name = f"{run_spec.model_name} on {plots.dataset_label(run_spec.config['dataset'])}"
     plots.plot_interpolation(
         path_records, workdir / "plots" / "interpolation.png",
-        title=f"{name}: model 0 to model j, {rebasin.method} matching", rows=rows)
+        title=f"{name}: model 0 to model j, {rebasin.matching.method} matching", rows=rows)
     plots.plot_branch_curves(
         dense.curves.records([{"replicate": r} for r in range(num)], {"branch": "dense"}),
         workdir / "plots" / "learning_curves.png", key="branch",

@@ -119,8 +119,9 @@ def _imp_steps(config: Any, per_epoch: int, end: int) -> list[tuple[int, str]]:
     return sorted(out.items())
 
 
-def _check_config(config: Any, dataset: Any) -> None:
-    """Every part's config, checked before any workdir is written."""
+def _parts(config: Any, dataset: Any) -> dict:
+    """Every part's config, built and checked before any workdir is written:
+    :class:`TransitionSpec`'s ``imp_steps``, ``dense`` and ``imp_runs``."""
     per_epoch = len(dataset.train) // config.recipe.batch_size
     end = common.steps(config.training_steps, per_epoch)
     within = config.get("matching_within")
@@ -133,9 +134,13 @@ def _check_config(config: Any, dataset: Any) -> None:
     if config.get("imp_workdir"):
         raise ValueError(f"config.imp_workdir={config.imp_workdir!r}: this study makes its own "
                          "IMP runs (one per k of config.imp_rewind_steps); leave it empty")
-    stability.check_rewind_steps(stability_config(config), dataset)
-    for _, text in _imp_steps(config, per_epoch, end):
-        imp.check_config(imp_config(config, text), dataset)
+    dense = stability_config(config)
+    stability.check_rewind_steps(dense, dataset)
+    imp_steps = tuple(_imp_steps(config, per_epoch, end))
+    imp_runs = tuple((text, imp_config(config, text)) for _, text in imp_steps)
+    for _, imp_run in imp_runs:
+        imp.check_config(imp_run, dataset)
+    return {"imp_steps": imp_steps, "dense": dense, "imp_runs": imp_runs}
 
 
 def _folder(text: str) -> str:
@@ -207,17 +212,16 @@ class TransitionSpec:
         Raises:
           ValueError: a bad field of any part.
         """
-        run = RunSpec.from_config(config, check=lambda dataset: _check_config(config, dataset),
-                                  progress=progress)
-        imp_steps = tuple(_imp_steps(config, run.steps_per_epoch, run.training_steps))
+        parts: dict = {}
+        run = RunSpec.from_config(config, check=lambda dataset: parts.update(
+            _parts(config, dataset)), progress=progress)
+        imp_steps = parts["imp_steps"]
         # relative to the subnetworks' own workdir: the whole folder can be moved or copied
         runs = ",".join(f"{k}it={{workdir}}/../{_folder(text)}" for k, text in imp_steps)
         p = config.pruning
         return cls(
             run=run, levels=config.levels, matching_within=config.matching_within,
-            imp_steps=imp_steps, dense=stability_config(config),
-            imp_runs=tuple((text, imp_config(config, text)) for _, text in imp_steps),
-            subnetworks={kind: stability_config(
+            **parts, subnetworks={kind: stability_config(
                 config, rewind_steps=tuple(f"{k}it" for k, _ in imp_steps), imp_workdir=runs,
                 imp_level=config.levels, imp_branch=branch) for branch, kind in KINDS.items()},
             prunable=masking.prunable(run.executor.abstract_params,
