@@ -44,7 +44,6 @@ from typing import Any
 import jax
 import numpy as np
 
-from ltjax import models
 from ltjax.engine import reparam as reparam_lib
 from ltjax.io import results
 from ltjax.methods import batchnorm_only
@@ -158,13 +157,8 @@ class BnOnlySpec:
             raise ValueError("config.arms must name at least one arm")
         rule = random_control(config)
 
-        def check(dataset) -> None:
-            model = common.build_model(config, dataset)
-            if not models.has_batch_norm(model):
-                raise ValueError(f"config.model={config.model!r} has no BatchNorm; "
-                                 f"use e.g. 'mlp_bn'")
-
-        run = RunSpec.from_config(config, check=check, progress=progress)
+        run = RunSpec.from_config(config, progress=progress)
+        run.require_batch_norm()
         return cls(run=run, arms=arms, random_control=rule, reparams=arm_reparams(
             run.executor.abstract_params, random_control=rule))
 

@@ -57,7 +57,6 @@ from typing import Any
 import jax
 import numpy as np
 
-from ltjax import models
 from ltjax.core import rng, tree
 from ltjax.io import results
 from ltjax.methods import early_bird
@@ -152,13 +151,8 @@ class EarlyBirdSpec:
                              f"full schedule; 'resume_schedule': from the Early-Bird epoch on), "
                              f"got {config.retrain!r}")
 
-        def check(dataset) -> None:
-            model = common.build_model(config, dataset)
-            if not models.has_batch_norm(model):
-                raise ValueError(f"config.model={config.model!r} has no BatchNorm; "
-                                 f"use e.g. 'mlp_bn'")
-
-        run = RunSpec.from_config(config, check=check, progress=progress)
+        run = RunSpec.from_config(config, progress=progress)
+        run.require_batch_norm()
         return cls(run=run, ratios=ratios, window=config.window,
                    threshold=float(config.threshold), slimming=config.slimming, retrain=retrain)
 

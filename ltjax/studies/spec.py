@@ -29,6 +29,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from ltjax import models
 from ltjax.core import rng
 from ltjax.engine import executor as executor_lib
 from ltjax.engine import optim
@@ -116,6 +117,16 @@ class RunSpec:
             checkpoint_every=resolved["checkpoint_every"] or 1,
             max_checkpoints=config.get("max_checkpoints", common.MAX_CHECKPOINTS),
             progress=progress)
+
+    def require_batch_norm(self) -> None:
+        """Refuse a model without BatchNorm (studies of its scales: BatchNorm-only, Early-Bird).
+
+        Raises:
+          ValueError: naming ``config.model``.
+        """
+        if not models.has_batch_norm(self.executor.model):
+            raise ValueError(f"config.model={self.model_name!r} has no BatchNorm; "
+                             f"use e.g. 'mlp_bn'")
 
     def replicate_keys(self, num: int | None = None) -> jax.Array:
         """The replicates' keys ``[num]`` (default S): :func:`ltjax.core.rng.replicate_keys`."""
