@@ -328,8 +328,6 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
     keys = spec.replicate_keys()
     init_keys, noise_keys = spec.keys()
     selection = masking.prunable(executor.abstract_state.params)
-    model = executor.model
-    imp_masks = pai.imp_masks or {}
 
     state0 = executor.init(init_keys)
     params0 = state0.params
@@ -346,104 +344,18 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
               "kept_density": 1.0, "test_accuracy": float(dense_eval["accuracy"][r]),
               "test_loss": float(dense_eval["loss"][r])} for r in range(num)]
 
-    # Scores at initialisation, per replicate (eval mode).
-    batch_index = np.asarray(jax.vmap(lambda k: jax.random.choice(
-        k, len(dataset.train), (pai.score_examples,), replace=False))(
-            rng.stream(keys, "score_batch")))
-    score_x, score_y = dataset.train.x[batch_index], dataset.train.y[batch_index]
-
-    @jax.jit
-    def scores_at_init(params, batch_stats, x, y):
-        def one(p, b, xb, yb):
-            xb = data.normalize(xb, dataset.mean, dataset.std)
-            snip = saliency.snip_scores(lambda q: _loss(model, q, b, xb, yb, 1.0), p)
-            grasp = saliency.grasp_scores(
-                lambda q: _loss(model, q, b, xb, yb, pai.grasp_temperature), p,
-                prunable=selection)
-            return {"magnitude": pruning.magnitude_scores(p), "snip": snip, "grasp": grasp,
-                    "grasp_abs": jax.tree.map(jnp.abs, grasp)}
-        return jax.vmap(one)(params, batch_stats, x, y)
-
-    with common.timed(f"scores at init (magnitude, SNIP, GraSP, |GraSP|) on "
-                      f"{pai.score_examples} examples x{num}", progress):
-        scores = jax.block_until_ready(scores_at_init(params0, batch_stats0, score_x, score_y))
-    # Su et al. 2020: the same batch corrupted, scored by the same program.
-    for corruption in dict.fromkeys(m.split("@")[1] for m in methods if m in _CORRUPTED):
-        bad_x, bad_y = jax.vmap(functools.partial(
-            sanity.corrupt_batch, corruption=corruption, num_classes=dataset.num_classes))(
-                rng.stream(keys, "score_corruption"), score_x, score_y)
-        with common.timed(f"scores at init on {corruption.replace('_', ' ')} (SNIP, GraSP) "
-                          f"x{num}", progress):
-            bad = jax.block_until_ready(scores_at_init(params0, batch_stats0, bad_x, bad_y))
-        scores |= {f"{m}@{corruption}": bad[m] for m in ("snip", "grasp")}
-    # After training: one mask, from theta_0 (the one-shot ticket) or theta_T (LR rewinding).
-    scores["oneshot_lth"] = jax.vmap(pruning.magnitude_scores)(dense.params)
-    scores["lr_rewinding"] = scores["oneshot_lth"]
-
-    @functools.partial(jax.jit, static_argnames=("density",))
-    def prune_all(stacked_scores, density):
-        return jax.vmap(lambda s: pruning.prune_to_density(
-            s, selection, density=density, scope=pai.scope))(stacked_scores)
-
-    @jax.jit
-    def shuffled(key, masks):
-        return jax.vmap(lambda k, m: pruning.random_prune_like(k, m, selection,
-                                                               scope="layerwise"))(key, masks)
-
-    ones = jnp.ones((1, *dataset.input_shape), jnp.float32)
-    synflow_forward = [_synflow_forward(model, jax.tree.map(lambda x, r=r: jnp.abs(x[r]),
-                                                            batch_stats0), ones)
-                       for r in range(num)]
-
-    def synflow_masks(density: float, invert: bool) -> Any:
-        """Replicate-stacked iterative SynFlow masks (``invert``: every round inverted)."""
-        return tree.stack([
-            saliency.synflow_prune(synflow_forward[r], jax.tree.map(lambda x, r=r: x[r], params0),
-                                   selection, density=density, rounds=pai.synflow_rounds,
-                                   scope=pai.scope, invert=invert)
-            for r in range(num)])
-
-    @functools.partial(jax.jit, static_argnames=("density",))
-    def smart_ratio_masks(level_keys, density):
-        one = jax.tree.map(lambda x: x[0], params0)
-        return jax.vmap(lambda k: pruning.smart_ratio_prune(
-            k, one, selection, density=density, layers=pai.smart_layers))(level_keys)
-
-    def base_masks(method: str, d_index: int, density: float) -> Any:
-        """Replicate-stacked masks of one method at one density."""
-        if method in scores:
-            return prune_all(scores[method], density)
-        if method == "smart_ratio":
-            return smart_ratio_masks(jax.vmap(lambda k: jax.random.fold_in(k, d_index))(
-                rng.stream(keys, "smart_ratio")), density)
-        if method == "random":
-            level_keys = jax.vmap(lambda k: jax.random.fold_in(k, d_index))(
-                rng.stream(keys, "random_prune"))
-            return prune_all(jax.vmap(pruning.random_scores)(level_keys, params0), density)
-        if method == "synflow":
-            return synflow_masks(density, invert=False)
-        return jax.tree.map(jnp.asarray, imp_masks[density])
-
+    scores = _scores(pai, keys, state0, dense.params, progress)
+    make = _Masks(pai, keys, params0, batch_stats0, scores)
     # Every (density, method, ablation) x replicate is a member: masks and start params.
-    member_tags, member_masks, member_sources = [], [], []
+    member_tags, member_masks, member_sources, layer_rows = [], [], [], []
     reinit_params = executor.init(rng.stream(keys, "reinit")).params
-    layer_rows = []
     for d_index, density in enumerate(densities):
         for method in methods:
             with common.timed(f"{method} masks at {100 * density:g} % density x{num}",
                               progress):
-                masks = jax.block_until_ready(base_masks(method, d_index, density))
+                masks = jax.block_until_ready(make.base(method, d_index, density))
             for ablation in ablations_of(method, ablations):
-                if ablation == "shuffle":
-                    salt = 1000 * METHODS.index(method) + d_index
-                    amasks = shuffled(jax.vmap(lambda k, s=salt: jax.random.fold_in(k, s))(
-                        rng.stream(keys, "shuffle")), masks)
-                elif ablation == "invert" and method == "synflow":
-                    amasks = synflow_masks(density, invert=True)
-                elif ablation == "invert":
-                    amasks = prune_all(pruning.inverted_scores(scores[method]), density)
-                else:
-                    amasks = masks
+                amasks = make.ablated(masks, method, ablation, d_index, density)
                 member_masks.append(amasks)
                 member_sources.append("reinit" if ablation == "reinit" else
                                       "trained" if method == "lr_rewinding" else "init")
@@ -480,6 +392,122 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
         title=f"Pruning at init, {spec.model_name} on {plots.dataset_label(dataset.name)}: "
               f"{num} replicates")
     return {**table, "num_replicates": num}
+
+
+def _scores(pai: PruneAtInitSpec, keys: jax.Array, state0: Any, dense_params: Any,
+            progress: bool) -> dict[str, Any]:
+    """Every score-based method's scores ``[S]``: at initialisation in eval mode (magnitude,
+    SNIP, GraSP, ``|GraSP|``; SNIP and GraSP on the corrupted batches too), and the dense
+    net's trained magnitudes (``oneshot_lth``, ``lr_rewinding``)."""
+    run = pai.run
+    dataset, model, num = run.dataset, run.executor.model, run.num_replicates
+    selection = masking.prunable(run.executor.abstract_state.params)
+    params0, batch_stats0 = state0.params, state0.batch_stats
+    batch_index = np.asarray(jax.vmap(lambda k: jax.random.choice(
+        k, len(dataset.train), (pai.score_examples,), replace=False))(
+            rng.stream(keys, "score_batch")))
+    score_x, score_y = dataset.train.x[batch_index], dataset.train.y[batch_index]
+
+    @jax.jit
+    def scores_at_init(params, batch_stats, x, y):
+        def one(p, b, xb, yb):
+            xb = data.normalize(xb, dataset.mean, dataset.std)
+            snip = saliency.snip_scores(lambda q: _loss(model, q, b, xb, yb, 1.0), p)
+            grasp = saliency.grasp_scores(
+                lambda q: _loss(model, q, b, xb, yb, pai.grasp_temperature), p,
+                prunable=selection)
+            return {"magnitude": pruning.magnitude_scores(p), "snip": snip, "grasp": grasp,
+                    "grasp_abs": jax.tree.map(jnp.abs, grasp)}
+        return jax.vmap(one)(params, batch_stats, x, y)
+
+    with common.timed(f"scores at init (magnitude, SNIP, GraSP, |GraSP|) on "
+                      f"{pai.score_examples} examples x{num}", progress):
+        scores = jax.block_until_ready(scores_at_init(params0, batch_stats0, score_x, score_y))
+    # Su et al. 2020: the same batch corrupted, scored by the same program.
+    for corruption in dict.fromkeys(m.split("@")[1] for m in pai.methods if m in _CORRUPTED):
+        bad_x, bad_y = jax.vmap(functools.partial(
+            sanity.corrupt_batch, corruption=corruption, num_classes=dataset.num_classes))(
+                rng.stream(keys, "score_corruption"), score_x, score_y)
+        with common.timed(f"scores at init on {corruption.replace('_', ' ')} (SNIP, GraSP) "
+                          f"x{num}", progress):
+            bad = jax.block_until_ready(scores_at_init(params0, batch_stats0, bad_x, bad_y))
+        scores |= {f"{m}@{corruption}": bad[m] for m in ("snip", "grasp")}
+    # After training: one mask, from theta_0 (the one-shot ticket) or theta_T (LR rewinding).
+    scores["oneshot_lth"] = jax.vmap(pruning.magnitude_scores)(dense_params)
+    scores["lr_rewinding"] = scores["oneshot_lth"]
+    return scores
+
+
+class _Masks:
+    """The replicate-stacked masks ``[S]`` of each method, density and ablation."""
+
+    def __init__(self, pai: PruneAtInitSpec, keys: jax.Array, params0: Any,
+                 batch_stats0: Any, scores: dict[str, Any]):
+        run = pai.run
+        self.pai, self.keys, self.params0, self.scores = pai, keys, params0, scores
+        self.selection = selection = masking.prunable(run.executor.abstract_state.params)
+        ones = jnp.ones((1, *run.dataset.input_shape), jnp.float32)
+        self.synflow_forward = [
+            _synflow_forward(run.executor.model, jax.tree.map(lambda x, r=r: jnp.abs(x[r]),
+                                                              batch_stats0), ones)
+            for r in range(run.num_replicates)]
+
+        @functools.partial(jax.jit, static_argnames=("density",))
+        def prune_all(stacked_scores, density):
+            return jax.vmap(lambda s: pruning.prune_to_density(
+                s, selection, density=density, scope=pai.scope))(stacked_scores)
+
+        @jax.jit
+        def shuffled(key, masks):
+            return jax.vmap(lambda k, m: pruning.random_prune_like(
+                k, m, selection, scope="layerwise"))(key, masks)
+
+        @functools.partial(jax.jit, static_argnames=("density",))
+        def smart_ratio_masks(level_keys, density):
+            one = jax.tree.map(lambda x: x[0], params0)
+            return jax.vmap(lambda k: pruning.smart_ratio_prune(
+                k, one, selection, density=density, layers=pai.smart_layers))(level_keys)
+
+        self.prune_all, self.shuffled, self.smart_ratio_masks = (
+            prune_all, shuffled, smart_ratio_masks)
+
+    def synflow(self, density: float, invert: bool) -> Any:
+        """Iterative SynFlow masks (``invert``: every round inverted)."""
+        return tree.stack([
+            saliency.synflow_prune(forward, jax.tree.map(lambda x, r=r: x[r], self.params0),
+                                   self.selection, density=density,
+                                   rounds=self.pai.synflow_rounds, scope=self.pai.scope,
+                                   invert=invert)
+            for r, forward in enumerate(self.synflow_forward)])
+
+    def base(self, method: str, d_index: int, density: float) -> Any:
+        """The masks of one method at one density (the ``'none'`` ablation)."""
+        if method in self.scores:
+            return self.prune_all(self.scores[method], density)
+        if method == "smart_ratio":
+            return self.smart_ratio_masks(jax.vmap(lambda k: jax.random.fold_in(k, d_index))(
+                rng.stream(self.keys, "smart_ratio")), density)
+        if method == "random":
+            level_keys = jax.vmap(lambda k: jax.random.fold_in(k, d_index))(
+                rng.stream(self.keys, "random_prune"))
+            return self.prune_all(jax.vmap(pruning.random_scores)(level_keys, self.params0),
+                                  density)
+        if method == "synflow":
+            return self.synflow(density, invert=False)
+        return jax.tree.map(jnp.asarray, self.pai.imp_masks[density])
+
+    def ablated(self, masks: Any, method: str, ablation: str, d_index: int,
+                density: float) -> Any:
+        """``masks`` (the method's at ``density``) under ``ablation``."""
+        if ablation == "shuffle":
+            salt = 1000 * METHODS.index(method) + d_index
+            return self.shuffled(jax.vmap(lambda k: jax.random.fold_in(k, salt))(
+                rng.stream(self.keys, "shuffle")), masks)
+        if ablation == "invert" and method == "synflow":
+            return self.synflow(density, invert=True)
+        if ablation == "invert":
+            return self.prune_all(pruning.inverted_scores(self.scores[method]), density)
+        return masks
 
 
 def _smart_ratio_layers(run: RunSpec, densities: tuple[float, ...]) -> tuple[str, ...]:
