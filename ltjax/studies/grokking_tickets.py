@@ -265,38 +265,49 @@ def run_grokking_tickets(config: Any, workdir: str | pathlib.Path, *,
         member_tags=member_tags, densities=np.array(actual), splits=SPLITS,
         desc=f"{', '.join(ARMS)} at {len(densities)} densities x{num}")
 
-    # 4. The table: steps from the segments' curves, final accuracy from the final states.
-    rows = []
-    groups = [(dense, replicates, [1.0] * num, [None] * num),
-              (tickets, member_tags, list(actual), member_sources)]
-    for segment, mtags, kept, sources in groups:
-        final = segment.curves.final("test", "accuracy")  # evaluated at the end
-        for i, t in enumerate(mtags):
-            to_target = first_step(segment.curves.series("test", "accuracy", i), target)
-            rows.append({"arm": t.get("arm", "dense"), "density": t.get("target_density", 1.0),
-                         "replicate": t["replicate"],
-                         "steps_to_train_100": first_step(
-                             segment.curves.series("train", "accuracy", i), 1.0),
-                         "steps_to_test_95": to_target,
-                         "reached_test_95": int(to_target is not None),
-                         "final_test_accuracy": float(final[i]), "actual_density": float(kept[i]),
-                         "source_step": sources[i]})
+    # 4. The table and the figure, from the segments' curves.
+    groups = [(dense.curves, replicates, [1.0] * num, [None] * num),
+              (tickets.curves, member_tags, list(actual), member_sources)]
     table = results.write_table(
-        run.workdir / "results.csv", rows, by=("arm", "density"),
+        run.workdir / "results.csv", _rows(groups, target), by=("arm", "density"),
         fields=("steps_to_train_100", "steps_to_test_95", "reached_test_95",
                 "final_test_accuracy", "actual_density"))
-    curve_records = []
-    for segment, mtags, _, _ in groups:
-        for i, t in enumerate(mtags):
-            name = t.get("arm", "dense") + (
-                f" {100 * t['target_density']:g} %" if "target_density" in t else "")
-            curve_records += [{"curve": name, "replicate": t["replicate"], "split": split,
-                               "step": s, "accuracy": a}
-                              for split in SPLITS
-                              for s, a in segment.curves.series(split, "accuracy", i)]
     plots.plot_grokking_tickets(
-        curve_records, run.workdir / "plots" / "grokking_tickets.png", key="curve",
+        _curve_records(groups), run.workdir / "plots" / "grokking_tickets.png", key="curve",
         target=target, title=f"grokking tickets: {spec.model_name} on "
                              f"{plots.dataset_label(spec.dataset.name)}, {num} replicates")
     return {**table, "num_replicates": num,
             "memorised_steps": memorised_at, "target_accuracy": target}
+
+
+def _rows(groups: list[tuple], target: float) -> list[dict]:
+    """``results.csv``'s rows: per member of each ``(curves, member tags, kept shares,
+    source steps)``, the steps to 100 % train and to ``target`` test accuracy, and the
+    final test accuracy (the segment's last evaluation)."""
+    rows = []
+    for curves, mtags, kept, sources in groups:
+        final = curves.final("test", "accuracy")
+        for i, t in enumerate(mtags):
+            to_target = first_step(curves.series("test", "accuracy", i), target)
+            rows.append({"arm": t.get("arm", "dense"), "density": t.get("target_density", 1.0),
+                         "replicate": t["replicate"],
+                         "steps_to_train_100": first_step(
+                             curves.series("train", "accuracy", i), 1.0),
+                         "steps_to_test_95": to_target,
+                         "reached_test_95": int(to_target is not None),
+                         "final_test_accuracy": float(final[i]), "actual_density": float(kept[i]),
+                         "source_step": sources[i]})
+    return rows
+
+
+def _curve_records(groups: list[tuple]) -> list[dict]:
+    """The figure's accuracy records, one curve per arm and density (as :func:`_rows`)."""
+    records = []
+    for curves, mtags, _, _ in groups:
+        for i, t in enumerate(mtags):
+            name = t.get("arm", "dense") + (
+                f" {100 * t['target_density']:g} %" if "target_density" in t else "")
+            records += [{"curve": name, "replicate": t["replicate"], "split": split,
+                         "step": s, "accuracy": a}
+                        for split in SPLITS for s, a in curves.series(split, "accuracy", i)]
+    return records
