@@ -522,7 +522,7 @@ def run_soups(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
         learned-soup setting (before any work: a bad one leaves no workdir).
     """
     study = SoupsSpec.from_config(config, progress=progress)
-    spec, groups, ingredients = study.run, study.groups, study.ingredients
+    spec, ingredients = study.run, study.ingredients
     run = spec.open(workdir)
     workdir, log = run.workdir, run.log
     dataset, recipe, executor = spec.dataset, spec.recipe, spec.executor
@@ -539,36 +539,8 @@ def run_soups(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
     # 1. pretrain (or load)
     theta_0 = _pretrain(study.pretrain, spec, executor_for, run)
 
-    # 2. fine-tune every group from theta_0: one program per augmentation setting, whose
-    # members are every (learning rate, weight decay, label smoothing) x data order.
-    orders = study.data_orders
-    order_keys = rng.stream(spec.replicate_keys(orders), "finetune")
-    found: dict[int, Any] = {}
-    for augment in dict.fromkeys(g.recipe.augment for g in groups):
-        members = [(g, o) for g in groups if g.recipe.augment == augment for o in range(orders)]
-        noise_keys = order_keys[np.array([o for _, o in members])]
-        for epochs, end in zip(groups[0].epochs, groups[0].ends, strict=True):
-            # Each length is its own run from theta_0 (its schedule spans the run).
-            program_executor = executor_for(run_recipe(members[0][0].recipe, end))
-            hparams = optim.member_hparams(
-                program_executor.recipe, len(members),
-                learning_rate=[g.recipe.learning_rate for g, _ in members],
-                weight_decay=[g.recipe.weight_decay for g, _ in members],
-                label_smoothing=[g.recipe.label_smoothing for g, _ in members])
-            state = program_executor.shard(_start_state(theta_0, program_executor, len(members)))
-            state = run.segment(
-                f"finetune_augment_{int(augment)}/run_{end}", state=state,
-                noise_keys=noise_keys, end=end, hparams=hparams,
-                tags={"branch": "finetune", "augment": bool(augment), "end": end},
-                splits=[],  # evaluated once trained (step 3)
-                executor=program_executor,
-                desc=f"fine-tune {len(members)} members for {epochs}").state
-            for m, (group, order) in enumerate(members):
-                for ing in ingredients:
-                    if (ing["group"], ing["steps"], ing["data_order"]) == (group.index, end, order):
-                        found[ing["ingredient"]] = jax.device_get(
-                            (tree.index(state.params, m), tree.index(state.batch_stats, m)))
-    trees = [found[i] for i in range(len(ingredients))]
+    # 2. fine-tune every group from theta_0: the ingredients' (params, batch_stats).
+    trees = _finetune(study, run, theta_0, executor_for)
     stacked = tree.stack(trees)
 
     # 3. evaluate ingredients, soups, ensemble
@@ -600,25 +572,8 @@ def run_soups(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
                                                 stacked), branches=("learned_weights",))
 
     # 4. WiSE-FT curves
-    alphas, head_modes = np.asarray(study.wise_ft.alphas), study.wise_ft.head_modes
-    todo = [(i, mode) for i in range(len(trees)) for mode in head_modes]
-    for i, mode in tqdm.tqdm(todo, disable=not spec.progress, desc="WiSE-FT curves",
-                             leave=False):
-        def sweep(i=i, mode=mode) -> list[dict]:
-            curve = soups_lib.wise_ft_sweep(
-                evaluator.flat_all_splits, theta_0, trees[i], alphas,
-                keep_head=study.wise_ft.head if mode == "fine_tuned" else None,
-                recompute_fn=evaluator.recompute)
-            return [{"branch": "wise_ft", "ingredient": i, "head": mode, "split": split,
-                     "alpha": float(a), "step": None,
-                     "accuracy": curve[f"{split}/accuracy"][n],
-                     "loss": curve[f"{split}/loss"][n]}
-                    for split in SPLITS for n, a in enumerate(alphas)]
-
-        records += common.records_once(
-            workdir, log, f"wise_ft/ingredient_{i}_{mode}", sweep,
-            mine=lambda r, i=i, mode=mode: r.get("branch") == "wise_ft"
-            and (r["ingredient"], r["head"]) == (i, mode))
+    head_modes = study.wise_ft.head_modes
+    records += _wise_ft_records(study, run, evaluator, theta_0, trees)
 
     # Tables and figures, from the evaluations' records (the same on a resumed run).
     rows, summary = _model_rows(records, ingredients)
@@ -637,6 +592,68 @@ def run_soups(config: Any, workdir: str | pathlib.Path, *, progress: bool = True
                        workdir / "plots" / "wise_ft.png", title=f"WiSE-FT ({title})",
                        ingredients=ingredients)
     return {"rows": summary, "wise_ft": wise_means}
+
+
+def _finetune(study: SoupsSpec, run: Any, theta_0: tuple[Any, Any],
+              executor_for: Callable[[optim.Recipe], executor_lib.Executor]) -> list[tuple]:
+    """Every ingredient's ``(params, batch_stats)``, fine-tuned from ``theta_0``, in
+    ingredient order: one program per augmentation setting and run length, whose members
+    are every (learning rate, weight decay, label smoothing) x data order."""
+    groups, ingredients, orders = study.groups, study.ingredients, study.data_orders
+    order_keys = rng.stream(study.run.replicate_keys(orders), "finetune")
+    found: dict[int, Any] = {}
+    for augment in dict.fromkeys(g.recipe.augment for g in groups):
+        members = [(g, o) for g in groups if g.recipe.augment == augment for o in range(orders)]
+        noise_keys = order_keys[np.array([o for _, o in members])]
+        for epochs, end in zip(groups[0].epochs, groups[0].ends, strict=True):
+            # Each length is its own run from theta_0 (its schedule spans the run).
+            program_executor = executor_for(run_recipe(members[0][0].recipe, end))
+            hparams = optim.member_hparams(
+                program_executor.recipe, len(members),
+                learning_rate=[g.recipe.learning_rate for g, _ in members],
+                weight_decay=[g.recipe.weight_decay for g, _ in members],
+                label_smoothing=[g.recipe.label_smoothing for g, _ in members])
+            state = program_executor.shard(_start_state(theta_0, program_executor, len(members)))
+            state = run.segment(
+                f"finetune_augment_{int(augment)}/run_{end}", state=state,
+                noise_keys=noise_keys, end=end, hparams=hparams,
+                tags={"branch": "finetune", "augment": bool(augment), "end": end},
+                splits=[],  # evaluated once trained (step 3)
+                executor=program_executor,
+                desc=f"fine-tune {len(members)} members for {epochs}").state
+            for m, (group, order) in enumerate(members):
+                for ing in ingredients:
+                    if (ing["group"], ing["steps"], ing["data_order"]) == (group.index, end, order):
+                        found[ing["ingredient"]] = jax.device_get(
+                            (tree.index(state.params, m), tree.index(state.batch_stats, m)))
+    return [found[i] for i in range(len(ingredients))]
+
+
+def _wise_ft_records(study: SoupsSpec, run: Any, evaluator: Any, theta_0: tuple[Any, Any],
+                     trees: list[tuple]) -> list[dict]:
+    """The WiSE-FT curves' records of every ingredient and head mode, each evaluated once
+    (:func:`ltjax.studies.common.records_once`; a rerun restores them)."""
+    alphas, head_modes = np.asarray(study.wise_ft.alphas), study.wise_ft.head_modes
+    records = []
+    todo = [(i, mode) for i in range(len(trees)) for mode in head_modes]
+    for i, mode in tqdm.tqdm(todo, disable=not study.run.progress, desc="WiSE-FT curves",
+                             leave=False):
+        def sweep(i=i, mode=mode) -> list[dict]:
+            curve = soups_lib.wise_ft_sweep(
+                evaluator.flat_all_splits, theta_0, trees[i], alphas,
+                keep_head=study.wise_ft.head if mode == "fine_tuned" else None,
+                recompute_fn=evaluator.recompute)
+            return [{"branch": "wise_ft", "ingredient": i, "head": mode, "split": split,
+                     "alpha": float(a), "step": None,
+                     "accuracy": curve[f"{split}/accuracy"][n],
+                     "loss": curve[f"{split}/loss"][n]}
+                    for split in SPLITS for n, a in enumerate(alphas)]
+
+        records += common.records_once(
+            run.workdir, run.log, f"wise_ft/ingredient_{i}_{mode}", sweep,
+            mine=lambda r, i=i, mode=mode: r.get("branch") == "wise_ft"
+            and (r["ingredient"], r["head"]) == (i, mode))
+    return records
 
 
 def _shift_name(shift: ShiftSpec) -> str:
