@@ -176,7 +176,7 @@ def run_early_bird(config: Any, workdir: str | pathlib.Path, *, progress: bool =
     """
     spec = EarlyBirdSpec.from_config(config, progress=progress)
     run = spec.run.open(workdir)
-    workdir, window = run.workdir, spec.window
+    workdir = run.workdir
     executor = spec.run.executor.like(reparam=early_bird.slimming(spec.slimming))
     per_epoch, end = spec.run.steps_per_epoch, spec.run.training_steps
     num, epochs = spec.run.num_replicates, end // per_epoch
@@ -210,20 +210,7 @@ def run_early_bird(config: Any, workdir: str | pathlib.Path, *, progress: bool =
                        desc="search").curves.final_metrics("test")
 
     # 2. Masks, distances and the emergence epoch per ratio and replicate.
-    distance_rows, tickets = [], []
-    for p in spec.ratios:
-        for rep in range(num):
-            history = [early_bird.channel_keep(stored[(e, rep)], p) for e in range(epochs + 1)]
-            for e in range(epochs + 1):
-                distances = early_bird.window_distances(history[: e + 1], window)
-                distance_rows.append({"p": p, "epoch": e, "replicate": rep, **{
-                    f"distance_to_previous_{i + 1}": (distances[::-1][i] if i < len(distances)
-                                                      else None)
-                    for i in range(window - 1)}})
-            eb = early_bird.emergence_epoch(history, window=window, threshold=spec.threshold)
-            chosen = history[eb if eb is not None else epochs]
-            tickets.append({"p": p, "replicate": rep, "eb_epoch": eb, "keep": chosen,
-                            "overlap": 1.0 - early_bird.mask_distance(chosen, history[-1])})
+    distance_rows, tickets = _tickets(spec, stored, num, epochs)
 
     # 3. Retrain every ticket from a fresh init under its channel masks: from step 0, or
     # (resume_schedule) from its Early-Bird epoch's step, one segment per start epoch.
@@ -268,4 +255,27 @@ def run_early_bird(config: Any, workdir: str | pathlib.Path, *, progress: bool =
                           title=f"Early-Bird mask distance, {spec.run.model_name} on "
                                 f"{plots.dataset_label(spec.run.dataset.name)}")
     return {**table, "num_replicates": num}
+
+
+def _tickets(spec: EarlyBirdSpec, stored: dict[tuple[int, int], np.ndarray], num: int,
+             epochs: int) -> tuple[list[dict], list[dict]]:
+    """``mask_distance.csv``'s rows and the tickets, per ratio and replicate, from the
+    ``|gamma|`` vectors ``stored[(epoch, replicate)]``: each epoch's distances to the
+    previous ``window - 1`` masks, the emergence epoch, its channel mask (the last
+    epoch's if none) and the mask's overlap with the last epoch's."""
+    window, distance_rows, tickets = spec.window, [], []
+    for p in spec.ratios:
+        for rep in range(num):
+            history = [early_bird.channel_keep(stored[(e, rep)], p) for e in range(epochs + 1)]
+            for e in range(epochs + 1):
+                distances = early_bird.window_distances(history[: e + 1], window)
+                distance_rows.append({"p": p, "epoch": e, "replicate": rep, **{
+                    f"distance_to_previous_{i + 1}": (distances[::-1][i] if i < len(distances)
+                                                      else None)
+                    for i in range(window - 1)}})
+            eb = early_bird.emergence_epoch(history, window=window, threshold=spec.threshold)
+            chosen = history[eb if eb is not None else epochs]
+            tickets.append({"p": p, "replicate": rep, "eb_epoch": eb, "keep": chosen,
+                            "overlap": 1.0 - early_bird.mask_distance(chosen, history[-1])})
+    return distance_rows, tickets
 
