@@ -187,6 +187,7 @@ class PruneAtInitSpec:
         (checked compatible), else None.
       imp_masks: per target density, the masks ``[S]`` of that run's level nearest to it
         (each within half a pruning step), else None.
+      prunable: the pruned leaves (the model's prunable kernels).
       smart_layers: the prunable layers in forward order for ``'smart_ratio'``
         (every density checked reachable), else None.
 
@@ -213,6 +214,7 @@ class PruneAtInitSpec:
     scope: str
     imp_workdir: str | None
     imp_masks: dict[float, Any] | None
+    prunable: Any
     smart_layers: tuple[str, ...] | None
 
     @classmethod
@@ -238,16 +240,15 @@ class PruneAtInitSpec:
                 imp_runs.check_imp_finished(imp_workdir, dataset)
 
         run = RunSpec.from_config(config, check=check, progress=progress)
-        imp_masks = None
+        abstract = run.executor.abstract_state.params
+        selection, imp_masks = masking.prunable(abstract), None
         if imp_workdir is not None:  # the tickets, read (not trained) before the workdir
-            abstract = run.executor.abstract_state.params
             imp_masks = _imp_level_masks(imp_workdir, densities, jax.tree.map(
-                lambda x: jnp.ones((run.num_replicates, *x.shape), bool), abstract),
-                masking.prunable(abstract))
+                lambda x: jnp.ones((run.num_replicates, *x.shape), bool), abstract), selection)
         return cls(run=run, methods=methods, ablations=ablations, densities=densities,
                    score_examples=config.score_examples, synflow_rounds=config.synflow_rounds,
                    grasp_temperature=config.grasp_temperature, scope=config.scope,
-                   imp_workdir=imp_workdir, imp_masks=imp_masks,
+                   imp_workdir=imp_workdir, imp_masks=imp_masks, prunable=selection,
                    smart_layers=(_smart_ratio_layers(run, densities)
                                  if "smart_ratio" in methods else None))
 
@@ -327,7 +328,7 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
     num = spec.num_replicates
     keys = spec.replicate_keys()
     init_keys, noise_keys = spec.keys()
-    selection = masking.prunable(executor.abstract_state.params)
+    selection = pai.prunable
 
     state0 = executor.init(init_keys)
     params0 = state0.params
@@ -401,7 +402,7 @@ def _scores(pai: PruneAtInitSpec, keys: jax.Array, state0: Any, dense_params: An
     net's trained magnitudes (``oneshot_lth``, ``lr_rewinding``)."""
     run = pai.run
     dataset, model, num = run.dataset, run.executor.model, run.num_replicates
-    selection = masking.prunable(run.executor.abstract_state.params)
+    selection = pai.prunable
     params0, batch_stats0 = state0.params, state0.batch_stats
     batch_index = np.asarray(jax.vmap(lambda k: jax.random.choice(
         k, len(dataset.train), (pai.score_examples,), replace=False))(
@@ -445,7 +446,7 @@ class _Masks:
                  batch_stats0: Any, scores: dict[str, Any]):
         run = pai.run
         self.pai, self.keys, self.params0, self.scores = pai, keys, params0, scores
-        self.selection = selection = masking.prunable(run.executor.abstract_state.params)
+        self.selection = selection = pai.prunable
         ones = jnp.ones((1, *run.dataset.input_shape), jnp.float32)
         self.synflow_forward = [
             _synflow_forward(run.executor.model, jax.tree.map(lambda x, r=r: jnp.abs(x[r]),

@@ -126,7 +126,8 @@ def _shift_spec(shift: Any) -> ShiftSpec:
     """``config.shift``, checked."""
     if shift.kind not in SHIFTS:
         raise ValueError(f"shift.kind must be one of {SHIFTS}, got {shift.kind!r}")
-    return ShiftSpec(kind=shift.kind, amount=float(shift.amount), seed=int(shift.get("seed", 0)))
+    return ShiftSpec(kind=shift.kind, amount=float(shift.amount),
+                     seed=int(shift.get("seed", ShiftSpec.seed)))
 
 
 @dataclasses.dataclass(frozen=True)

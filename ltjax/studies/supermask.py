@@ -163,6 +163,7 @@ class ZhouSpec:
       weight_inits: the kept weights' values, ``'init'`` or ``'signed_constant'``.
       imp_workdir: the IMP run whose level 0 gives the trained weights.
       level_dir: its level 0's checkpoints (checked: they hold the replicates 0..S-1).
+      level_step: the step of level 0's newest checkpoint (the trained weights).
       prunable: the masked leaves (the model's prunable kernels).
 
     Example:
@@ -180,6 +181,7 @@ class ZhouSpec:
     weight_inits: tuple[str, ...]
     imp_workdir: str
     level_dir: pathlib.Path
+    level_step: int
     prunable: Any
 
     @classmethod
@@ -213,13 +215,14 @@ class ZhouSpec:
             if not ckpt.steps():
                 raise ValueError(f"config.imp_workdir={imp_workdir!r} has no finished level 0 "
                                  f"(no checkpoint in {level_dir})")
-            _, _, meta = ckpt.restore(ckpt.steps()[-1], like_state=None)
+            level_step = ckpt.steps()[-1]
+            _, _, meta = ckpt.restore(level_step, like_state=None)
         order = [m["replicate"] for m in meta["members"]]
         if order != list(range(run.num_replicates)):
             raise ValueError(f"level 0 of {imp_workdir!r} holds members {meta['members']}, "
                              f"expected the replicates 0..{run.num_replicates - 1}")
         return cls(run=run, criteria=criteria, densities=densities, weight_inits=kept_values,
-                   imp_workdir=imp_workdir, level_dir=level_dir,
+                   imp_workdir=imp_workdir, level_dir=level_dir, level_step=level_step,
                    prunable=masking.prunable(run.executor.abstract_params))
 
 
@@ -254,7 +257,7 @@ def run_zhou(config: Any, workdir: str | pathlib.Path, *, progress: bool = True)
     init_keys, _ = spec.keys()
     start = executor.init(init_keys)
     with checkpoint.Checkpointer(zhou.level_dir) as ckpt:
-        final, _, _ = ckpt.restore(ckpt.steps()[-1], like_state=start)
+        final, _, _ = ckpt.restore(zhou.level_step, like_state=start)
     init, trained = jax.device_get(start.params), jax.device_get(final.params)
     grid = [(c, d, w, r) for c in criteria for d in densities for w in kept_values
             for r in range(num)]
