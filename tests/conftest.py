@@ -132,6 +132,47 @@ def drawn(monkeypatch):
 
 
 @pytest.fixture
+def on_training(monkeypatch):
+    """``on_training(before)``: call ``before(call)`` ahead of every training call of every
+    executor (a spy, a counter, a planted kill that raises); ``on_training(None)`` undoes it.
+
+    ``call`` has ``executor``, ``state``, ``masks``, ``num_steps`` and ``kwargs`` (hparams,
+    subsets). A call is :meth:`Executor.train`, or one program of
+    :meth:`Executor.train_and_evaluate` (``num_steps``: its intervals' steps; under
+    ``'unrolled_loop'`` that method calls ``train`` itself, which is the call seen).
+    """
+    import types
+
+    from ltjax.engine import executor as executor_lib
+
+    cls = executor_lib.Executor
+    train, train_and_evaluate = cls.train, cls.train_and_evaluate
+
+    def spied_train(self, state, masks, noise_keys, *, num_steps, **kwargs):
+        hook[0](types.SimpleNamespace(executor=self, state=state, masks=masks,
+                                      num_steps=num_steps, kwargs=kwargs))
+        return train(self, state, masks, noise_keys, num_steps=num_steps, **kwargs)
+
+    def spied_train_and_evaluate(self, state, masks, noise_keys, *, num_intervals, interval,
+                                 splits, **kwargs):
+        if self.strategy == "scan_vmap":
+            hook[0](types.SimpleNamespace(executor=self, state=state, masks=masks,
+                                          num_steps=num_intervals * interval, kwargs=kwargs))
+        return train_and_evaluate(self, state, masks, noise_keys, num_intervals=num_intervals,
+                                  interval=interval, splits=splits, **kwargs)
+
+    hook = [None]
+
+    def install(before):
+        hook[0] = before
+        monkeypatch.setattr(cls, "train", train if before is None else spied_train)
+        monkeypatch.setattr(cls, "train_and_evaluate", train_and_evaluate if before is None
+                            else spied_train_and_evaluate)
+
+    return install
+
+
+@pytest.fixture
 def planted_match():
     """``match(config) -> (executor, spec, params, shuffled, dataset)``: re-basin's matching of
     a model to a copy of itself under a random (planted) permutation, asserted to undo it

@@ -10,7 +10,6 @@ import pytest
 
 from experiments.configs import imp_lenet_digits
 from ltjax.core import masking, rng
-from ltjax.engine import executor as executor_lib
 from ltjax.io import data, results
 from ltjax.studies import common, early_phase, imp
 
@@ -175,24 +174,22 @@ class _Killed(Exception):
     pass
 
 
-def test_killed_pretraining_resumes_to_the_same_results(tmp_path, monkeypatch):
+def test_killed_pretraining_resumes_to_the_same_results(tmp_path, on_training):
     config = _config("random_labels", levels=0)
     config.pretrain.share = 0.5
     config.pretrain.exclude_true = True
     imp.run_imp(config, tmp_path / "straight", progress=False)
     calls = []
-    original = executor_lib.Executor.train
 
-    def dies(self, *args, **kwargs):
+    def dies(call):
         calls.append(1)
         if len(calls) == 2:  # the pretraining's second epoch (its first is checkpointed)
             raise _Killed
-        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(executor_lib.Executor, "train", dies)
+    on_training(dies)
     with pytest.raises(_Killed):
         imp.run_imp(config, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(executor_lib.Executor, "train", original)
+    on_training(None)
     imp.run_imp(config, tmp_path / "resumed", progress=False)
     assert (results.read_csv(tmp_path / "resumed" / "results.csv")
             == results.read_csv(tmp_path / "straight" / "results.csv"))

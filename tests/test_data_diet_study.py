@@ -12,25 +12,21 @@ import pytest
 from scipy import stats
 
 from experiments.configs import data_diet_lenet_digits, data_diet_lenet_mnist
-from ltjax.engine import executor as executor_lib
 from ltjax.io import data, results
 from ltjax.studies import data_diet
 
 
-def test_study_trains_each_mode_on_its_scored_subset_and_reruns(tmp_path, monkeypatch, sealed):
+def test_study_trains_each_mode_on_its_scored_subset_and_reruns(tmp_path, on_training, sealed):
     config = data_diet_lenet_digits.get_config("quick")
     config.model = "mlp"
     config.model_kwargs = {"widths": (32,)}
     seen = []
-    original = executor_lib.Executor.train
 
-    def spy(self, state, masks, noise_keys, *, num_steps, hparams=None, **kwargs):
-        if kwargs.get("subsets") is not None:
-            seen.append(np.asarray(kwargs["subsets"]))
-        return original(self, state, masks, noise_keys, num_steps=num_steps, hparams=hparams,
-                        **kwargs)
+    def spy(call):
+        if call.kwargs.get("subsets") is not None:
+            seen.append(np.asarray(call.kwargs["subsets"]))
 
-    monkeypatch.setattr(executor_lib.Executor, "train", spy)
+    on_training(spy)
     summary = data_diet.run_data_diet(sealed(config, data_diet.DataDietSpec), tmp_path,
                                       progress=False)
     scores = np.load(tmp_path / "scores.npy")
@@ -55,10 +51,10 @@ def test_study_trains_each_mode_on_its_scored_subset_and_reruns(tmp_path, monkey
     assert acc["easiest"] < acc["random"]  # the paper's finding, by a wide margin on digits
     assert summary["num_replicates"] == 2
 
-    def no_training(*args, **kwargs):
+    def no_training(call):
         raise AssertionError("a finished run must not train again")
 
-    monkeypatch.setattr(executor_lib.Executor, "train", no_training)
+    on_training(no_training)
     data_diet.run_data_diet(config, tmp_path, progress=False)
     assert results.read_csv(tmp_path / "results.csv") == rows
     bad = data_diet_lenet_digits.get_config("quick")
@@ -78,18 +74,15 @@ def _small(**fields):
     return config
 
 
-def test_label_noise_corrupts_an_exact_share_and_precision_matches_numpy(tmp_path, monkeypatch,
+def test_label_noise_corrupts_an_exact_share_and_precision_matches_numpy(tmp_path, on_training,
                                                                        sealed):
     trained_labels, tested_labels = [], []
-    original = executor_lib.Executor.train
 
-    def spy(self, state, masks, noise_keys, *, num_steps, hparams=None, **kwargs):
-        trained_labels.append(np.asarray(self.dataset.train.y))
-        tested_labels.append(np.asarray(self.dataset.test.y))
-        return original(self, state, masks, noise_keys, num_steps=num_steps, hparams=hparams,
-                        **kwargs)
+    def spy(call):
+        trained_labels.append(np.asarray(call.executor.dataset.train.y))
+        tested_labels.append(np.asarray(call.executor.dataset.test.y))
 
-    monkeypatch.setattr(executor_lib.Executor, "train", spy)
+    on_training(spy)
     config = _small(label_noise=0.2, label_noise_seed=5)
     summary = data_diet.run_data_diet(sealed(config, data_diet.DataDietSpec), tmp_path,
                                       progress=False)

@@ -180,18 +180,17 @@ def test_study_masks_emergence_retrain_and_rerun(tmp_path, sealed):
     assert {n: (tmp_path / n).read_text() for n in first} == first
 
 
-def test_resumed_retrain_trains_the_remaining_steps_at_the_schedules_rates(tmp_path, monkeypatch):
+def test_resumed_retrain_trains_the_remaining_steps_at_the_schedules_rates(tmp_path, monkeypatch,
+                                                                        on_training):
     # Every training call (host side: its members' step and length) and, inside it, every
     # learning rate the step function computes (a debug callback on optim.learning_rate_at).
     calls, current = [], {}
-    real_train, real_rate = executor_lib.Executor.train, optim.learning_rate_at
+    real_rate = optim.learning_rate_at
 
-    def train(self, state, masks, noise_keys, *, num_steps, **kwargs):
-        steps = np.asarray(jax.device_get(state.step)).reshape(-1)
+    def train(call):
+        steps = np.asarray(jax.device_get(call.state.step)).reshape(-1)
         current["pairs"] = pairs = set()
-        out = real_train(self, state, masks, noise_keys, num_steps=num_steps, **kwargs)
-        calls.append((masks is not None, steps, num_steps, pairs))
-        return out
+        calls.append((call.masks is not None, steps, call.num_steps, pairs))
 
     def rate(recipe, step, peak=None):
         lr = real_rate(recipe, step, peak)
@@ -200,7 +199,7 @@ def test_resumed_retrain_trains_the_remaining_steps_at_the_schedules_rates(tmp_p
             step, lr)
         return lr
 
-    monkeypatch.setattr(executor_lib.Executor, "train", train)
+    on_training(train)
     monkeypatch.setattr(optim, "learning_rate_at", rate)
     config = _config(retrain="resume_schedule", ratios=(0.3, 0.5))
     study.run_early_bird(config, tmp_path, progress=False)

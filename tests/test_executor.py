@@ -433,3 +433,59 @@ def test_model_is_not_replaced(digits):
     with pytest.raises(ValueError, match="materialize_inputs"):
         executor_lib.Executor(models.create("mlp", widths=(8,)), digits,
                               optim.Recipe(batch_size=16), materialize_inputs=True)
+
+
+def test_train_and_evaluate_is_train_then_evaluate_per_interval_in_one_transfer(
+        digits, monkeypatch):
+    # 3 members (padded to 4 on 4 devices), their own subsets and learning rates, intervals of
+    # 7 steps crossing epochs (subsets of 600: 18 steps per epoch): the oracle is train() for
+    # 7 steps, then evaluate(), per interval.
+    model = models.create("mlp", widths=(16,))
+    recipe = optim.Recipe(optimizer="sgd", learning_rate=0.1, momentum=0.9, batch_size=32)
+    executor = executor_lib.Executor(model, digits, recipe)
+    init_keys, noise_keys = _keys(3)
+    start = executor.init(init_keys)
+    subsets = np.stack([np.random.default_rng(r).permutation(len(digits.train))[:600]
+                        for r in range(3)])
+    hparams = optim.member_hparams(recipe, 3, learning_rate=[0.1, 0.05, 0.02])
+    kwargs = dict(hparams=hparams, subsets=subsets)
+    state, losses, metrics = executor.train_and_evaluate(
+        start, None, noise_keys, num_intervals=4, interval=7, splits=["test", "train"], **kwargs)
+    assert losses.shape == (4, 3) and metrics["train"]["accuracy"].shape == (4, 3)
+    oracle, want_losses = start, []
+    want = {s: {"loss": [], "accuracy": []} for s in ("test", "train")}
+    for _ in range(4):
+        oracle, loss = executor.train(oracle, None, noise_keys, num_steps=7, **kwargs)
+        want_losses.append(loss)
+        for split in want:
+            for k, v in executor.evaluate(oracle, split).items():
+                want[split][k].append(v)
+    # Two programs (one trains, one trains and evaluates): equal to float32 rounding of 28
+    # steps of a 16-unit MLP; an accuracy may move by one example (an argmax near-tie).
+    assert np.asarray(state.step).tolist() == [28] * 3
+    chex.assert_trees_all_close(state.params, oracle.params, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(losses, np.stack(want_losses), rtol=1e-5)
+    for split, values in want.items():
+        np.testing.assert_allclose(metrics[split]["loss"], np.stack(values["loss"]), rtol=1e-5)
+        n = len(getattr(digits, split).y)
+        assert np.abs(metrics[split]["accuracy"] - np.stack(values["accuracy"])).max() <= (
+            1.5 / n)
+    assert not np.allclose(metrics["test"]["loss"][0], metrics["test"]["loss"][-1])
+
+    # Two transfers per call however many intervals: the start step and keys (which pick the
+    # epochs' permutations), then the losses and metrics together.
+    executor.train_and_evaluate(start, None, noise_keys, num_intervals=4, interval=7,
+                                splits=["test", "train"])  # compile
+    calls, real = [], jax.device_get
+    monkeypatch.setattr(jax, "device_get", lambda x: calls.append(1) or real(x))
+    with jax.transfer_guard_device_to_host("disallow"):
+        executor.train_and_evaluate(start, None, noise_keys, num_intervals=4, interval=7,
+                                    splits=["test", "train"])
+    assert len(calls) == 2
+
+    with pytest.raises(ValueError, match="num_intervals must be an int >= 1, got 0"):
+        executor.train_and_evaluate(start, None, noise_keys, num_intervals=0, interval=7,
+                                    splits=["test"])
+    with pytest.raises(ValueError, match="splits must name .* got 'validation'"):
+        executor.train_and_evaluate(start, None, noise_keys, num_intervals=1, interval=7,
+                                    splits=["validation"])

@@ -16,7 +16,6 @@ from conftest import sealed_after_spec
 from experiments.configs import grokking_tickets_transformer
 from ltjax import models
 from ltjax.core import masking, topk
-from ltjax.engine import executor as executor_lib
 from ltjax.io import results
 from ltjax.studies import grokking_tickets
 
@@ -100,7 +99,7 @@ def test_masks_keep_exactly_the_target_count_and_the_memorised_source_step(quick
         assert _value(row["source_step"]) == END
 
 
-def test_rerun_skips_training(quick_run, monkeypatch):
+def test_rerun_skips_training(quick_run, on_training):
     config, workdir, summary = quick_run
     log = (workdir / "metrics.jsonl").read_text()
     table = (workdir / "results.csv").read_text()
@@ -108,7 +107,7 @@ def test_rerun_skips_training(quick_run, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a finished run trained again")
 
-    monkeypatch.setattr(executor_lib.Executor, "train", refuse)
+    on_training(refuse)
     again = grokking_tickets.run_grokking_tickets(config, workdir, progress=False)
     assert (workdir / "metrics.jsonl").read_text() == log
     assert (workdir / "results.csv").read_text() == table

@@ -118,30 +118,22 @@ def test_imp_levels_controls_and_outputs(tmp_path, drawn, monkeypatch, sealed):
     assert min(r["step"] for r in records if r["branch"] == "imp") == 18
 
 
-def test_killed_imp_resumes_to_the_same_results(tmp_path, monkeypatch):
+def test_killed_imp_resumes_to_the_same_results(tmp_path, monkeypatch, on_training):
     config = _config()
     imp.run_imp(config, tmp_path / "straight", progress=False)
 
     calls = []
-    original = executor_lib.Executor.train
 
-    def dies(self, *args, **kwargs):
+    def dies(call):
         calls.append(1)
         if len(calls) == 4:  # level 1's second interval (its first is checkpointed)
             raise _Killed
-        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(executor_lib.Executor, "train", dies)
+    on_training(dies)
     with pytest.raises(_Killed):
         imp.run_imp(config, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(executor_lib.Executor, "train", original)
     resumed_calls = []
-
-    def counts(self, *args, **kwargs):
-        resumed_calls.append(1)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(executor_lib.Executor, "train", counts)
+    on_training(lambda call: resumed_calls.append(1))
     imp.run_imp(config, tmp_path / "resumed", progress=False)
     straight_rows = results.read_csv(tmp_path / "straight" / "results.csv")
     assert results.read_csv(tmp_path / "resumed" / "results.csv") == straight_rows

@@ -295,7 +295,7 @@ class _Killed(Exception):
 
 
 def test_kill_between_metrics_append_and_checkpoint_save_resumes_identically(
-        imp_runs, tmp_path, monkeypatch):
+        imp_runs, tmp_path, monkeypatch, on_training):
     """Save #3 is level 0's final one (saves: pretrain 2; level 0: 4, 6; level 1: 4, 6): the
     step-6 records are in metrics.jsonl, checkpoint 6 is not. The resumed run must drop
     them, retrain 4 -> 6 only (from the restored step-4 params and Adam state), and end
@@ -323,14 +323,8 @@ def test_kill_between_metrics_append_and_checkpoint_save_resumes_identically(
     assert not (workdir / "results.csv").exists()
     monkeypatch.setattr(checkpoint.Checkpointer, "save", original_save)
 
-    original_train = executor_lib.Executor.train
     trained = []
-
-    def counting(self, state, masks, noise_keys, *, num_steps, **kwargs):
-        trained.append(num_steps)
-        return original_train(self, state, masks, noise_keys, num_steps=num_steps, **kwargs)
-
-    monkeypatch.setattr(executor_lib.Executor, "train", counting)
+    on_training(lambda call: trained.append(call.num_steps))
     imp.run_imp(config, workdir, progress=False)
     assert trained == [2, 2, 2]  # level 0: 4 -> 6; level 1: 2 -> 4 -> 6
     for name in ("config.json", "metrics.jsonl", "results.csv"):

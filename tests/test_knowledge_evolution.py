@@ -230,7 +230,7 @@ class _Killed(Exception):
     pass
 
 
-def test_study_table_matches_an_independent_replay_and_resumes_exactly(tmp_path, monkeypatch,
+def test_study_table_matches_an_independent_replay_and_resumes_exactly(tmp_path, on_training,
                                                                        sealed):
     config = _config()
     summary = study.run_knowledge_evolution(sealed(config, study.KnowledgeEvolutionSpec),
@@ -288,18 +288,17 @@ def test_study_table_matches_an_independent_replay_and_resumes_exactly(tmp_path,
     assert slim_g[0] < slim_g[-1]  # the slim net improves over generations
 
     # Killed in generation 2, resumed: the same table.
-    calls, original = [], type(executor).train
+    calls = []
 
-    def dies(self, *args, **kwargs):
+    def dies(call):
         calls.append(1)
         if len(calls) == 4:  # generation 1: 2 calls; generation 2: the second call
             raise _Killed
-        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(type(executor), "train", dies)
+    on_training(dies)
     with pytest.raises(_Killed):
         study.run_knowledge_evolution(config, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(type(executor), "train", original)
+    on_training(None)
     study.run_knowledge_evolution(config, tmp_path / "resumed", progress=False)
     assert ((tmp_path / "resumed" / "results.csv").read_text()
             == (tmp_path / "run" / "results.csv").read_text())

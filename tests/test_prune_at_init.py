@@ -267,23 +267,20 @@ class _Killed(Exception):
     pass
 
 
-def test_killed_run_resumes_to_identical_results(study, tmp_path, monkeypatch):
+def test_killed_run_resumes_to_identical_results(study, tmp_path, on_training):
     config, straight, _ = study
-    from ltjax.engine import executor as executor_lib
 
-    original = executor_lib.Executor.train
     calls = []
 
-    def dies(self, *args, **kwargs):
+    def dies(call):
         calls.append(1)
         if len(calls) == 4:  # the pruned members' second epoch (the first is checkpointed)
             raise _Killed
-        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(executor_lib.Executor, "train", dies)
+    on_training(dies)
     with pytest.raises(_Killed):
         prune_at_init.run_prune_at_init(config, tmp_path, progress=False)
-    monkeypatch.setattr(executor_lib.Executor, "train", original)
+    on_training(None)
     prune_at_init.run_prune_at_init(config, tmp_path, progress=False)
     for name in ("results.csv", "layer_densities.csv"):
         assert (tmp_path / name).read_text() == (straight / name).read_text(), name

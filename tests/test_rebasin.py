@@ -10,7 +10,6 @@ import scipy.optimize
 from experiments.configs import rebasin_mlp_digits
 from ltjax import models
 from ltjax.core import matching
-from ltjax.engine import executor as executor_lib
 from ltjax.io import results
 from ltjax.studies import common, rebasin
 
@@ -46,7 +45,7 @@ def test_every_method_recovers_a_planted_permutation(method, planted_match):
         chex.assert_trees_all_close(whole, once, rtol=1e-5)
 
 
-def test_rebasin_end_to_end_and_resume(tmp_path, monkeypatch, drawn, sealed):
+def test_rebasin_end_to_end_and_resume(tmp_path, monkeypatch, drawn, sealed, on_training):
     config = _config()
     seen = []
     original_match = matching.weight_matching
@@ -112,7 +111,7 @@ def test_rebasin_end_to_end_and_resume(tmp_path, monkeypatch, drawn, sealed):
     def refuse(*args, **kwargs):
         raise AssertionError("a finished run must not train or match again")
 
-    monkeypatch.setattr(executor_lib.Executor, "train", refuse)
+    on_training(refuse)
     monkeypatch.setattr(matching, "weight_matching", refuse)
     again = rebasin.run_rebasin(config, tmp_path, progress=False)
     assert again == summary

@@ -427,7 +427,7 @@ def test_finetune_grid_groups_static_recipes_and_orders_ingredients():
         soups.finetune_grid(config, base, 100, dataset)
 
 
-def test_soups_study_end_to_end_and_resume(tmp_path, monkeypatch, drawn, sealed):
+def test_soups_study_end_to_end_and_resume(tmp_path, monkeypatch, drawn, sealed, on_training):
     import shutil
 
     from ltjax.io import results
@@ -512,13 +512,9 @@ def test_soups_study_end_to_end_and_resume(tmp_path, monkeypatch, drawn, sealed)
         (r.get("branch") == "finetune" and r["end"] == end)
         or r.get("branch") == "greedy_step" or r.get("model") == "greedy"
         or (r.get("branch") == "wise_ft" and r["ingredient"] >= 3)))
-    original, calls = executor_lib.Executor.train, []
-
-    def counted(self, state, masks, noise_keys, *, num_steps, **kwargs):
-        calls.append((int(np.asarray(state.step)[0]), num_steps))
-        return original(self, state, masks, noise_keys, num_steps=num_steps, **kwargs)
-
-    monkeypatch.setattr(executor_lib.Executor, "train", counted)
+    calls = []
+    on_training(lambda call: calls.append((int(np.asarray(call.state.step)[0]),
+                                           call.num_steps)))
     resumed = soups.run_soups(config, tmp_path / "b", progress=False)
     # Only the killed run, the 2-epoch one, trains again: from theta_0, an epoch per call.
     assert calls == [(0, end // 2), (end // 2, end // 2)]

@@ -25,25 +25,23 @@ class _Killed(Exception):
 
 
 @pytest.mark.parametrize("checkpoint_every", ["1ep", "2ep"])
-def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch, capsys,
+def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, on_training, capsys,
                                                     checkpoint_every):
     config = _config(checkpoint_every=checkpoint_every, training_steps="3ep")
     straight = dense.run_dense(config, tmp_path / "straight", progress=False)
     assert capsys.readouterr().out == ""  # progress=False is silent
 
     calls = []
-    original = executor_lib.Executor.train
 
-    def dies_on_second_call(self, *args, **kwargs):
+    def dies_on_second_call(call):
         calls.append(1)
         if len(calls) == 2:
             raise _Killed
-        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(executor_lib.Executor, "train", dies_on_second_call)
+    on_training(dies_on_second_call)
     with pytest.raises(_Killed):
         dense.run_dense(config, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(executor_lib.Executor, "train", original)
+    on_training(None)
     capsys.readouterr()
     resumed = dense.run_dense(config, tmp_path / "resumed", progress=True)
     said = capsys.readouterr().out
@@ -61,7 +59,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch, caps
         tmp_path / "resumed" / "results.csv")
 
 
-def test_outputs_and_rerun_skips_finished_work(tmp_path, monkeypatch, sealed):
+def test_outputs_and_rerun_skips_finished_work(tmp_path, on_training, sealed):
     config = sealed(_config(), dense.DenseSpec)
     summary = dense.run_dense(config, tmp_path, progress=False)
     for name in ("config.json", "metrics.jsonl", "results.csv", "plots/learning_curve.png"):
@@ -80,10 +78,10 @@ def test_outputs_and_rerun_skips_finished_work(tmp_path, monkeypatch, sealed):
     np.testing.assert_allclose(float(std["test_accuracy"]), np.std(accuracies), rtol=1e-6)
     assert min(summary["final"]["test"]["accuracy"]) > 0.3  # chance is 0.1
 
-    def must_not_train(*args, **kwargs):
+    def must_not_train(call):
         raise AssertionError("a finished run must not train again")
 
-    monkeypatch.setattr(executor_lib.Executor, "train", must_not_train)
+    on_training(must_not_train)
     again = dense.run_dense(config, tmp_path, progress=False)
     assert again == summary
     assert results.MetricsLog(tmp_path / "metrics.jsonl").read() == records
@@ -100,22 +98,20 @@ def test_adding_seeds_keeps_existing_ones(tmp_path):
     assert rows["two"] == rows["four"]
 
 
-def test_workdir_of_another_config_is_refused(tmp_path, monkeypatch):
+def test_workdir_of_another_config_is_refused(tmp_path, on_training):
     dense.run_dense(_config(), tmp_path / "done", progress=False)
     with pytest.raises(ValueError, match="different config.*seed"):
         dense.run_dense(_config(seed=1), tmp_path / "done", progress=False)
     # A run stopped before its first checkpoint leaves nothing to lose: a corrected
     # config takes the workdir over, with the abandoned run's records dropped.
-    original = executor_lib.Executor.train
-
-    def killed(*args, **kwargs):
+    def killed(call):
         raise _Killed
 
-    monkeypatch.setattr(executor_lib.Executor, "train", killed)
+    on_training(killed)
     with pytest.raises(_Killed):
         dense.run_dense(_config(), tmp_path / "early", progress=False)
     assert (tmp_path / "early" / "metrics.jsonl").exists()  # the step-0 evaluation
-    monkeypatch.setattr(executor_lib.Executor, "train", original)
+    on_training(None)
     dense.run_dense(_config(seed=1), tmp_path / "early", progress=False)
     dense.run_dense(_config(seed=1), tmp_path / "fresh", progress=False)
     for name in ("metrics.jsonl", "results.csv", "config.json"):
@@ -255,7 +251,7 @@ def test_bad_shared_fields_fail_before_any_work(tmp_path, monkeypatch, study):
     assert len(ran) >= 4, ran  # every study has (nearly) all the shared fields
 
 
-def test_telemetry_on_its_schedule_resumes_and_changes_no_training(tmp_path, monkeypatch):
+def test_telemetry_on_its_schedule_resumes_and_changes_no_training(tmp_path, on_training):
     """Frankle et al. 2020's telemetry: on the schedule, exact at both ends, kill-safe."""
     from experiments.configs import add_telemetry
     from ltjax.methods import telemetry
@@ -320,18 +316,17 @@ def test_telemetry_on_its_schedule_resumes_and_changes_no_training(tmp_path, mon
         np.linalg.norm(w_t - w_0), rel=1e-5)
 
     # Killed in the middle, resumed: the same telemetry.csv.
-    calls, original = [], executor_lib.Executor.train
+    calls = []
 
-    def dies(self, *args, **kwargs):
+    def dies(call):
         calls.append(1)
         if len(calls) == 5:
             raise _Killed
-        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(executor_lib.Executor, "train", dies)
+    on_training(dies)
     with pytest.raises(_Killed):
         dense.run_dense(config(), tmp_path / "killed", progress=False)
-    monkeypatch.setattr(executor_lib.Executor, "train", original)
+    on_training(None)
     dense.run_dense(config(), tmp_path / "killed", progress=False)
     assert ((tmp_path / "killed" / "telemetry.csv").read_text()
             == (tmp_path / "observed" / "telemetry.csv").read_text())
@@ -395,3 +390,37 @@ def test_a_sealed_config_refuses_reads_once_its_spec_is_built():
     with pytest.raises(AssertionError, match="no RunSpec was built"):
         with sealed_after_spec(config, RunSpec):
             pass
+
+
+def test_a_segment_trains_and_evaluates_its_intervals_in_one_program_per_call(
+        tmp_path, monkeypatch):
+    # digits: 23 steps per epoch. Evaluations every epoch, checkpoints every 3, 104 steps: calls
+    # of 3 intervals (0 -> 69) and 1 (69 -> 92), then 12 steps trained alone and evaluated at
+    # the end; only the start is evaluated outside a training program.
+    fused, trained, evaluated = [], [], []
+    cls = executor_lib.Executor
+    real = cls.train_and_evaluate, cls.train, cls.evaluate
+    monkeypatch.setattr(cls, "train_and_evaluate", lambda self, *a, **k: fused.append(
+        (k["num_intervals"], k["interval"])) or real[0](self, *a, **k))
+    monkeypatch.setattr(cls, "train", lambda self, *a, **k: trained.append(
+        k["num_steps"]) or real[1](self, *a, **k))
+    monkeypatch.setattr(cls, "evaluate", lambda self, state, split, masks=None: evaluated.append(
+        split) or real[2](self, state, split, masks))
+    config = _config(eval_every="1ep", checkpoint_every="3ep", training_steps="104it")
+    dense.run_dense(config, tmp_path / "a", progress=False)
+    assert fused == [(3, 23), (1, 23)] and trained == [12]
+    assert evaluated == ["test", "train"] * 2  # the start, and step 104 after the part interval
+    records = results.MetricsLog(tmp_path / "a" / "metrics.jsonl").read()
+    assert sorted({r["step"] for r in records}) == [0, 23, 46, 69, 92, 104]
+
+    # At most IN_PROGRAM_STEPS per call (here 2 intervals): other programs, the same numbers
+    # to float32 rounding.
+    fused.clear()
+    monkeypatch.setattr(common, "IN_PROGRAM_STEPS", 46)
+    dense.run_dense(config, tmp_path / "b", progress=False)
+    assert fused == [(2, 23), (1, 23), (1, 23)]
+    again = results.MetricsLog(tmp_path / "b" / "metrics.jsonl").read()
+    assert [(r["step"], r["split"], r["replicate"]) for r in again] == [
+        (r["step"], r["split"], r["replicate"]) for r in records]
+    np.testing.assert_allclose([r["loss"] for r in again], [r["loss"] for r in records],
+                               rtol=1e-5)

@@ -52,8 +52,10 @@ strategy computes the same numbers (tests compare them).
 The executor owns its compiled programs (a dict on the instance: a deleted
 executor frees them and its device-resident data), dense and masked training
 share one program (dense = all-True masks), and training losses stay on the
-device until :meth:`Executor.train` returns (one host transfer per call, which
-is once per evaluation interval in the studies).
+device until :meth:`Executor.train` returns (one host transfer per call).
+:meth:`Executor.train_and_evaluate` trains and evaluates many evaluation
+intervals in one program under ``'scan_vmap'`` (one host transfer for all of
+them: how the studies' segments train dense nets).
 
 Example:
     >>> from ltjax import models
@@ -87,7 +89,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -157,6 +159,24 @@ def _map_local_members(fn: Callable, strategy: str, in_axes: tuple,
         return tree.stack(outs)
 
     return looped
+
+
+class _Placed(NamedTuple):
+    """A training call's arguments, checked and placed (:meth:`Executor._prepared`)."""
+
+    num: int  # S, the members given
+    mesh: Mesh
+    padded: int  # the members the programs run (copies of the last fill the gap)
+    smoothing: bool  # a member smooths its labels
+    with_subsets: bool
+    first_step: int
+    learning_rates: np.ndarray  # [S], for the error message of a non-finite loss
+    state: train.TrainState
+    masks: PyTree
+    noise_keys: jax.Array
+    hparams: optim.Hyperparams
+    subsets: jax.Array | None
+    perms: Callable[[int, int], tuple[jax.Array, ...]]  # (offset, steps) -> the window's
 
 
 class Executor:
@@ -484,13 +504,116 @@ class Executor:
             (checked once per call; the message names the members and the
             steps of the first chunk where it happened).
         """
+        if num_steps < 0:
+            raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+        run = self._prepared(state, masks, noise_keys, hparams, subsets)
+        state, chunks, done = run.state, [], 0
+        while done < num_steps:
+            chunk = min(self.steps_per_call, num_steps - done)
+            fn = self._program(("train", run.padded, run.mesh.size, chunk, run.smoothing,
+                                run.with_subsets),
+                               lambda c=chunk: self._build_train(run.mesh, c, run.with_subsets))
+            state, chunk_sum, chunk_finite = fn(state, run.masks, run.noise_keys, run.hparams,
+                                                run.subsets, run.perms(done, chunk))
+            chunks.append(((done, chunk), chunk_sum, chunk_finite))
+            done += chunk
+        if not chunks:
+            return self._unplaced(run, state), np.zeros(run.num, np.float64)
+        sums, finite = distributed.host(([c[1] for c in chunks], [c[2] for c in chunks]))
+        sums = self._checked_loss_sums(run, [c[0] for c in chunks], sums, finite)
+        return self._unplaced(run, state), sums.sum(axis=0) / num_steps
+
+    def train_and_evaluate(
+        self, state: train.TrainState, masks: PyTree | None, noise_keys: jax.Array, *,
+        num_intervals: int, interval: int, splits: list[str] | tuple[str, ...],
+        hparams: optim.Hyperparams | None = None, subsets: Any = None,
+    ) -> tuple[train.TrainState, np.ndarray, dict[str, dict[str, np.ndarray]]]:
+        """``num_intervals`` times: train ``interval`` steps, then evaluate on ``splits``.
+
+        Under ``'scan_vmap'`` this is one program (a ``lax.scan`` over the
+        intervals, each the training steps of :meth:`train` followed by the
+        evaluation of :meth:`evaluate`) and one host transfer, however many
+        intervals; under ``'unrolled_loop'`` (conv nets on a CPU, where XLA
+        runs convs in loops slowly) the same calls from the host. The
+        training is :meth:`train`'s (the same batches, keys and steps); the
+        evaluations are :meth:`evaluate`'s computed inside the training
+        program, equal to within float rounding (and bit for bit from one
+        call to another of the same shape).
+
+        Args:
+          state, masks, noise_keys, hparams, subsets: as :meth:`train`.
+          num_intervals: E, the number of evaluations (>= 1).
+          interval: the steps trained before each evaluation (>= 1).
+          splits: the splits evaluated after every interval.
+
+        Returns:
+          The state after ``E * interval`` steps, the mean training loss of each
+          interval ``[E, S]`` (float64), and ``{split: {'loss': [E, S],
+          'accuracy': [E, S]}}`` (float32, as :meth:`evaluate` gives them).
+
+        Raises:
+          FloatingPointError: as :meth:`train` (the interval where it happened).
+
+        Example:
+            >>> from ltjax import models
+            >>> from ltjax.core import rng
+            >>> from ltjax.engine import optim
+            >>> from ltjax.io import data
+            >>> from ltjax.engine.executor import Executor
+            >>> model, dataset = models.create("mlp", widths=(8,)), data.synthetic((8, 8, 1), 64)
+            >>> executor = Executor(model, dataset, optim.Recipe(batch_size=16))
+            >>> init_keys, noise_keys = rng.init_and_noise(rng.replicate_keys(0, 2))
+            >>> state = executor.init(init_keys)
+            >>> state, losses, metrics = executor.train_and_evaluate(
+            ...     state, None, noise_keys, num_intervals=3, interval=4, splits=["test"])
+            >>> losses.shape, metrics["test"]["accuracy"].shape      # [E, S]
+            ((3, 2), (3, 2))
+            >>> [int(s) for s in state.step]
+            [12, 12]
+        """
+        for name, value in (("num_intervals", num_intervals), ("interval", interval)):
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        splits = tuple(splits)
+        for split in splits:
+            if self._host_splits.get(split) is None:
+                raise ValueError(
+                    f"splits must name 'train', 'validation' or 'test' with data in "
+                    f"{self.dataset.name!r}; got {split!r}")
+        if self.strategy != "scan_vmap":  # no loop around convs on XLA:CPU: host calls
+            losses, metrics = [], {split: {"loss": [], "accuracy": []} for split in splits}
+            for _ in range(num_intervals):
+                state, loss = self.train(state, masks, noise_keys, num_steps=interval,
+                                         hparams=hparams, subsets=subsets)
+                losses.append(loss)
+                for split in splits:
+                    for k, v in self.evaluate(state, split, masks).items():
+                        metrics[split][k].append(v)
+            return state, np.stack(losses), {s: {k: np.stack(v) for k, v in m.items()}
+                                             for s, m in metrics.items()}
+        run = self._prepared(state, masks, noise_keys, hparams, subsets)
+        key = ("train_evaluate", run.padded, run.mesh.size, num_intervals, interval, splits,
+               run.smoothing, run.with_subsets)
+        fn = self._program(key, lambda: self._build_train_evaluate(
+            run.mesh, num_intervals, interval, splits, run.with_subsets))
+        state, sums, finite, metrics = fn(run.state, run.masks, run.noise_keys, run.hparams,
+                                          run.subsets, run.perms(0, num_intervals * interval))
+        sums, finite, metrics = distributed.host((sums, finite, metrics))  # the one transfer
+        spans = [(e * interval, interval) for e in range(num_intervals)]
+        mean_losses = self._checked_loss_sums(run, spans, np.asarray(sums).T,
+                                              np.asarray(finite).T) / interval
+        metrics = {split: {k: np.asarray(v)[:run.num].T for k, v in values.items()}
+                   for split, values in metrics.items()}
+        return self._unplaced(run, state), mean_losses, metrics
+
+    def _prepared(self, state: train.TrainState, masks: PyTree | None, noise_keys: jax.Array,
+                  hparams: optim.Hyperparams | None, subsets: Any) -> _Placed:
+        """Checked, completed (hparams, all-True masks) and placed training arguments."""
         num = _num_members(state)
         if noise_keys.shape != (num,):
             raise ValueError(f"noise_keys must have shape ({num},), got {noise_keys.shape}")
         if masks is not None:
             masking.check(masks, self.abstract_params, leading_axes=1)
-        if num_steps < 0:
-            raise ValueError(f"num_steps must be >= 0, got {num_steps}")
         if subsets is not None:
             subsets = self._checked_subsets(subsets, num)
         host = distributed.host(hparams) if hparams is not None else None
@@ -510,40 +633,40 @@ class Executor:
         first_step = int(np.asarray(steps).reshape(-1)[0])
         keys_id = np.asarray(key_data).tobytes()
         num_examples = len(self.dataset.train) if subsets is None else subsets.shape[1]
-        state, masks, noise_keys, hparams_dev, subsets = self._placed(
-            (state, masks, noise_keys, hparams, subsets), num, padded,
-            NamedSharding(mesh, P("seed")))
-        with_subsets = subsets is not None
-        loss_sums, finite, done = [], [], 0
-        while done < num_steps:
-            chunk = min(self.steps_per_call, num_steps - done)
-            perms = self._window_perms(noise_keys, (keys_id, padded, mesh.size), num_examples,
-                                       first_step + done, chunk)
-            fn = self._program(("train", padded, mesh.size, chunk, smoothing, with_subsets),
-                               lambda c=chunk: self._build_train(mesh, c, with_subsets))
-            state, chunk_sum, chunk_finite = fn(state, masks, noise_keys, hparams_dev, subsets,
-                                                perms)
-            loss_sums.append(chunk_sum)
-            finite.append(chunk_finite)
-            done += chunk
-        if finite:
-            finite_host, sums = distributed.host((finite, loss_sums))
-            finite_host = np.stack(finite_host)[:, :num]
-            if not finite_host.all():
-                chunk_index = int(np.nonzero(~finite_host.all(axis=1))[0][0])
-                bad = np.nonzero(~finite_host[chunk_index])[0].tolist()
-                lo = first_step + chunk_index * self.steps_per_call
-                hi = min(lo + self.steps_per_call, first_step + num_steps)
-                raise FloatingPointError(
-                    f"training loss is NaN/inf for member(s) {bad} between steps {lo} and {hi} "
-                    f"(learning_rate={[float(hparams.learning_rate[b]) for b in bad]}); "
-                    "lower the learning rate")
-            mean_loss = np.stack(sums).astype(np.float64)[:, :num].sum(axis=0) / num_steps
-        else:
-            mean_loss = np.zeros(num, np.float64)
-        if padded != num or mesh.size != self.mesh(num).size:
-            state = self.shard(_first(state, num))
-        return state, mean_loss
+        placed = self._placed((state, masks, noise_keys, hparams, subsets), num, padded,
+                              NamedSharding(mesh, P("seed")))
+
+        def perms(offset: int, num_steps: int) -> tuple[jax.Array, ...]:
+            return self._window_perms(placed[2], (keys_id, padded, mesh.size), num_examples,
+                                      first_step + offset, num_steps)
+
+        return _Placed(num, mesh, padded, smoothing, subsets is not None, first_step,
+                       np.asarray(hparams.learning_rate), *placed, perms)
+
+    def _checked_loss_sums(self, run: _Placed, spans: list[tuple[int, int]], sums: Any,
+                           finite: Any) -> np.ndarray:
+        """The calls' loss sums ``[C, S]`` (float64), refused if one is not finite.
+
+        ``spans``: ``(first step from the call's start, steps)`` of each of the C chunks or
+        intervals; ``sums`` and ``finite``: their host values ``[C, padded S]``.
+        """
+        finite = np.stack(finite)[:, :run.num]
+        if not finite.all():
+            index = int(np.nonzero(~finite.all(axis=1))[0][0])
+            bad = np.nonzero(~finite[index])[0].tolist()
+            lo = run.first_step + spans[index][0]
+            hi = lo + spans[index][1]
+            raise FloatingPointError(
+                f"training loss is NaN/inf for member(s) {bad} between steps {lo} and {hi} "
+                f"(learning_rate={[float(run.learning_rates[b]) for b in bad]}); "
+                "lower the learning rate")
+        return np.stack(sums).astype(np.float64)[:, :run.num]
+
+    def _unplaced(self, run: _Placed, state: train.TrainState) -> train.TrainState:
+        """A trained state back on the member mesh of its S members (the padding dropped)."""
+        if run.padded != run.num or run.mesh.size != self.mesh(run.num).size:
+            return self.shard(_first(state, run.num))
+        return state
 
     def _window_perms(self, noise_keys: jax.Array, cache_key: tuple, num_examples: int,
                       start_step: int, num_steps: int) -> tuple[jax.Array, ...]:
@@ -624,6 +747,51 @@ class Executor:
 
         return lambda state, masks, keys, hparams, subsets, perms: jitted(
             state, masks, keys, hparams, subsets, perms, arrays)
+
+    def _build_train_evaluate(self, mesh: Mesh, num_intervals: int, interval: int,
+                              splits: tuple[str, ...], with_subsets: bool) -> Callable:
+        """One program: ``num_intervals`` x (``interval`` training steps, then the evaluation
+        of every split), per member as :meth:`_build_train` and :meth:`_build_eval`."""
+        train_arrays = self.device_split("train", mesh.size, for_eval=False)
+        eval_arrays = {s: self.device_split(s, mesh.size, for_eval=True) for s in splits}
+        batch_sizes = {s: self.split_eval_batch_size(s) for s in splits}
+        model, recipe, reparam = self._program_model, self.recipe, self.reparam
+
+        def one(state, masks, key, hparams, subset, perms, train_arrays, eval_arrays):
+            perms = jnp.stack(perms)
+            first_epoch = state.step // (perms.shape[-1] // recipe.batch_size)
+
+            def train_then_evaluate(state, _):
+                state, losses = train.train_steps(
+                    model, recipe, train_arrays, state, masks, key, num_steps=interval,
+                    hparams=hparams, reparam=reparam, subset=subset, perms=perms,
+                    perms_epoch=first_epoch)
+                params = state.params if reparam.is_identity else train.model_params(
+                    state, masks, reparam=reparam)
+                metrics = {s: train.evaluate(model, params, state.batch_stats, eval_arrays[s],
+                                             batch_size=batch_sizes[s]) for s in splits}
+                return state, (losses.sum(), jnp.all(jnp.isfinite(losses)), metrics)
+
+            return jax.lax.scan(train_then_evaluate, state, None, length=num_intervals)
+
+        subset_axis = 0 if with_subsets else None
+        local = _map_local_members(one, self.strategy,
+                                   in_axes=(0, 0, 0, 0, subset_axis, 0, None, None),
+                                   block=self.member_block)
+        sharded = jax.shard_map(
+            local, mesh=mesh,
+            in_specs=(P("seed"), P("seed"), P("seed"), P("seed"),
+                      P("seed") if with_subsets else P(), P("seed"), P(), P()),
+            out_specs=(P("seed"), (P("seed"), P("seed"), P("seed"))), check_vma=False)
+
+        @jax.jit
+        def jitted(state, masks, keys, hparams, subsets, perms, train_arrays, eval_arrays):
+            state, (sums, finite, metrics) = sharded(state, masks, keys, hparams, subsets,
+                                                     perms, train_arrays, eval_arrays)
+            return state, sums, finite, metrics
+
+        return lambda state, masks, keys, hparams, subsets, perms: jitted(
+            state, masks, keys, hparams, subsets, perms, train_arrays, eval_arrays)
 
     # -- evaluate
 

@@ -221,6 +221,7 @@ def train_steps(
     reparam: reparam_lib.Reparam | None = None,
     subset: jax.Array | None = None,
     perms: jax.Array | None = None,
+    perms_epoch: jax.Array | int | None = None,
 ) -> tuple[TrainState, jax.Array]:
     """``num_steps`` training steps of one member, as one ``lax.scan``.
 
@@ -253,6 +254,8 @@ def train_steps(
         n // batch_size)`` epochs from the start step's, of ``stream(noise_key,
         'order')``), computed once per epoch by a caller that trains in many
         calls; None: computed here. The same batches either way.
+      perms_epoch: the epoch of ``perms[0]`` (default: the start step's); an
+        earlier one when ``perms`` cover a longer window that holds this one's.
 
     Returns:
       The new state and the training loss of each step, ``[num_steps]``.
@@ -280,7 +283,7 @@ def train_steps(
         )
     else:
         indices = data.batch_indices_in(perms, state.step, num_steps=num_steps,
-                                        batch_size=recipe.batch_size)
+                                        batch_size=recipe.batch_size, first_epoch=perms_epoch)
     if subset is not None:
         indices = subset[indices]
     augment = recipe.augment and arrays.augment == "cifar"

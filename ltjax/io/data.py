@@ -1327,13 +1327,15 @@ def window_epochs(num_steps: int, steps_per_epoch: int) -> int:
 
 
 def batch_indices_in(perms: jax.Array, start_step: jax.Array | int, *, num_steps: int,
-                     batch_size: int) -> jax.Array:
+                     batch_size: int, first_epoch: jax.Array | int | None = None) -> jax.Array:
     """:func:`batch_indices` from the epochs' permutations ``[E, n]`` (E: :func:`window_epochs`).
 
-    ``perms[e]`` is :func:`epoch_permutation` of epoch ``start_step //
-    steps_per_epoch + e``. A caller that trains in many short calls computes
-    each epoch's permutation once and hands the window's in (the executor
-    does: a permutation of 55,000 examples costs tens of milliseconds).
+    ``perms[e]`` is :func:`epoch_permutation` of epoch ``first_epoch + e``
+    (default ``first_epoch``: the start step's, ``start_step // steps_per_epoch``;
+    a later one's window lies inside a longer window's permutations). A caller
+    that trains in many short calls computes each epoch's permutation once and
+    hands the window's in (the executor does: a permutation of 55,000 examples
+    costs tens of milliseconds).
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -1348,7 +1350,8 @@ def batch_indices_in(perms: jax.Array, start_step: jax.Array | int, *, num_steps
     num_examples = perms.shape[-1]
     steps_per_epoch = num_examples // batch_size
     start_step = jnp.asarray(start_step, jnp.int32)
-    first_epoch = start_step // steps_per_epoch
+    if first_epoch is None:
+        first_epoch = start_step // steps_per_epoch
     steps = start_step + jnp.arange(num_steps, dtype=jnp.int32)
     epoch = steps // steps_per_epoch - first_epoch
     offset = (steps % steps_per_epoch) * batch_size

@@ -475,6 +475,12 @@ MAX_CHECKPOINTS = 2
 #: more after its last save (or its start): a slow run (conv nets on a CPU) that is killed
 #: loses about this much training, not everything since its last ``checkpoint_every`` step.
 CHECKPOINT_SECONDS = 120.0
+#: Under the executor's ``'scan_vmap'`` strategy a segment trains and evaluates whole
+#: evaluation intervals in one program (:meth:`ltjax.engine.executor.Executor.train_and_evaluate`)
+#: spanning at most this many steps (at least one interval), between its checkpoint and
+#: telemetry steps: one host transfer per call, and the time-based checkpoint still
+#: comes about every call (LeNet-300-100 on MNIST: ~20 s per 5000 steps on a 2-core CPU).
+IN_PROGRAM_STEPS = 5000
 RECORD_FIELDS = ("step", "split", "loss", "accuracy", "density")  # what a segment's record adds
 
 
@@ -678,11 +684,18 @@ def train_segment(
     times its loss at the start is flagged once with :func:`warn` (in the log
     and ``warnings.jsonl``; training goes on).
 
-    Training calls end at the eval, checkpoint and telemetry steps; under the
-    executor's ``'unrolled_loop'`` strategy (conv nets on a CPU: seconds per
-    step) each call is also at most one executor chunk (``steps_per_call``
-    steps, the programs and numbers of a longer call), so the progress bar
-    moves every chunk. After a call that ends ``checkpoint_seconds`` or more
+    Training calls end at the checkpoint and telemetry steps. Under the
+    executor's ``'scan_vmap'`` strategy (dense nets, any net on an accelerator)
+    whole evaluation intervals between them train and evaluate in one program
+    (:meth:`~ltjax.engine.executor.Executor.train_and_evaluate`, at most
+    :data:`IN_PROGRAM_STEPS` steps per call): one host transfer per call, not
+    one per evaluation; a part interval (a start or stop between evaluated
+    steps) trains alone and evaluates after. Under ``'unrolled_loop'`` (conv
+    nets on a CPU: seconds per step) calls also end at the evaluated steps and
+    are at most one executor chunk (``steps_per_call`` steps, the programs and
+    numbers of a longer call), so the progress bar moves every chunk. Where a
+    call ends depends on the config alone, so a resumed segment runs the
+    programs of an uninterrupted one. After a call that ends ``checkpoint_seconds`` or more
     after the last save, a checkpoint is saved whatever the step: a kill
     loses little even when ``checkpoint_every`` is the whole segment.
 
@@ -758,11 +771,16 @@ def train_segment(
     history: list[dict] = []  # every evaluation, in the checkpoints' meta (Curves)
 
     def evaluate(step: int, train_loss: np.ndarray | None) -> None:
+        record(step, {split: executor.evaluate(state, split, masks) for split in splits},
+               train_loss)
+
+    def record(step: int, evaluated: dict[str, dict[str, np.ndarray]],
+               train_loss: np.ndarray | None) -> None:
         rows = []
         entry = {"step": step, "splits": {},
                  "train_loss": None if train_loss is None else [float(v) for v in train_loss]}
         for split in splits:
-            metrics = executor.evaluate(state, split, masks)
+            metrics = evaluated[split]
             if split == splits[0]:
                 check_divergence(step, metrics["loss"])
             entry["splits"][split] = {k: [float(v) for v in np.asarray(metrics[k])]
@@ -829,19 +847,35 @@ def train_segment(
                                             for m, n in saved.get("pending_losses", [])]
         # Conv nets on CPU: one executor chunk per call (the same chunks as one longer call).
         most = executor.steps_per_call if executor.strategy == "unrolled_loop" else end - step
+        # Dense nets: whole evaluation intervals train and evaluate in one program per call.
+        in_program = executor.strategy == "scan_vmap"
         last_save = time.monotonic()
         while step < end:
-            target = min(end, (step // eval_every + 1) * eval_every,
-                         (step // checkpoint_every + 1) * checkpoint_every,
-                         *(s for s in observe_steps if s > step), step + most)
-            state, train_loss = executor.train(state, masks, noise_keys, num_steps=target - step,
-                                               hparams=hparams, subsets=subsets)
-            pending.append((train_loss, target - step))
-            bar.update(target - step)
-            step = target
-            if step % eval_every == 0 or step == end:
-                evaluate(step, _mean_loss(pending))
-                pending = []
+            stop = min(end, (step // checkpoint_every + 1) * checkpoint_every,
+                       *(s for s in observe_steps if s > step), step + most)
+            intervals = min((stop - step) // eval_every, max(1, IN_PROGRAM_STEPS // eval_every)
+                            ) if in_program and step % eval_every == 0 else 0
+            if intervals:  # an evaluated step: nothing pending
+                state, losses, evaluated = executor.train_and_evaluate(
+                    state, masks, noise_keys, num_intervals=intervals, interval=eval_every,
+                    splits=splits, hparams=hparams, subsets=subsets)
+                for e in range(intervals):
+                    record(step + (e + 1) * eval_every,
+                           {s: {k: v[e] for k, v in m.items()} for s, m in evaluated.items()},
+                           losses[e])
+                bar.update(intervals * eval_every)
+                step += intervals * eval_every
+            else:  # up to the next evaluated step, or a stop before it
+                target = min(stop, (step // eval_every + 1) * eval_every)
+                state, train_loss = executor.train(state, masks, noise_keys,
+                                                   num_steps=target - step, hparams=hparams,
+                                                   subsets=subsets)
+                pending.append((train_loss, target - step))
+                bar.update(target - step)
+                step = target
+                if step % eval_every == 0 or step == end:
+                    evaluate(step, _mean_loss(pending))
+                    pending = []
             observe(step)
             overdue = checkpoint_seconds is not None and (
                 time.monotonic() - last_save >= checkpoint_seconds)
