@@ -541,7 +541,11 @@ class Executor:
         call to another of the same shape).
 
         Args:
-          state, masks, noise_keys, hparams, subsets: as :meth:`train`.
+          state: stacked states ``[S]`` (as :meth:`train`).
+          masks: stacked masks ``[S]`` or None (as :meth:`train`).
+          noise_keys: ``noise`` keys ``[S]``.
+          hparams: per-member hyperparameters ``[S]`` or None (as :meth:`train`).
+          subsets: per-member training subsets ``[S, n]`` or None (as :meth:`train`).
           num_intervals: E, the number of evaluations (>= 1).
           interval: the steps trained before each evaluation (>= 1).
           splits: the splits evaluated after every interval.
