@@ -538,7 +538,10 @@ class Executor:
         training is :meth:`train`'s (the same batches, keys and steps); the
         evaluations are :meth:`evaluate`'s computed inside the training
         program, equal to within float rounding (and bit for bit from one
-        call to another of the same shape).
+        call to another of the same shape). The epochs' permutations of all
+        ``E * interval`` steps are held at once (:func:`ltjax.io.data.window_epochs`
+        epochs of the training split per member): keep a call to some epochs
+        (the studies' segments: :data:`ltjax.studies.common.IN_PROGRAM_STEPS`).
 
         Args:
           state: stacked states ``[S]`` (as :meth:`train`).

@@ -477,9 +477,10 @@ MAX_CHECKPOINTS = 2
 CHECKPOINT_SECONDS = 120.0
 #: Under the executor's ``'scan_vmap'`` strategy a segment trains and evaluates whole
 #: evaluation intervals in one program (:meth:`ltjax.engine.executor.Executor.train_and_evaluate`)
-#: spanning at most this many steps (at least one interval), between its checkpoint and
-#: telemetry steps: one host transfer per call, and the time-based checkpoint still
-#: comes about every call (LeNet-300-100 on MNIST: ~20 s per 5000 steps on a 2-core CPU).
+#: spanning at most this many steps, between its checkpoint and telemetry steps: one host
+#: transfer per call, the time-based checkpoint still about every call (LeNet-300-100 on
+#: MNIST: ~20 s per 5000 steps on a 2-core CPU), and the epochs' permutations such a call
+#: holds bounded. Longer evaluation intervals train in executor calls and evaluate after.
 IN_PROGRAM_STEPS = 5000
 RECORD_FIELDS = ("step", "split", "loss", "accuracy", "density")  # what a segment's record adds
 
@@ -690,7 +691,8 @@ def train_segment(
     (:meth:`~ltjax.engine.executor.Executor.train_and_evaluate`, at most
     :data:`IN_PROGRAM_STEPS` steps per call): one host transfer per call, not
     one per evaluation; a part interval (a start or stop between evaluated
-    steps) trains alone and evaluates after. Under ``'unrolled_loop'`` (conv
+    steps), or an interval longer than :data:`IN_PROGRAM_STEPS`, trains alone
+    and evaluates after. Under ``'unrolled_loop'`` (conv
     nets on a CPU: seconds per step) calls also end at the evaluated steps and
     are at most one executor chunk (``steps_per_call`` steps, the programs and
     numbers of a longer call), so the progress bar moves every chunk. Where a
@@ -853,7 +855,7 @@ def train_segment(
         while step < end:
             stop = min(end, (step // checkpoint_every + 1) * checkpoint_every,
                        *(s for s in observe_steps if s > step), step + most)
-            intervals = min((stop - step) // eval_every, max(1, IN_PROGRAM_STEPS // eval_every)
+            intervals = min((stop - step) // eval_every, IN_PROGRAM_STEPS // eval_every
                             ) if in_program and step % eval_every == 0 else 0
             if intervals:  # an evaluated step: nothing pending
                 state, losses, evaluated = executor.train_and_evaluate(
@@ -1068,7 +1070,9 @@ class TelemetryObserver:
 
         self._quantities = jax.jit(jax.vmap(one))
 
-        def sharpness(params, batch_stats, key):
+        def sharpness(params, batch_stats, step):
+            key = jax.random.fold_in(jax.random.key(0), step)
+
             def loss(p):
                 return train.cross_entropy(
                     train.logits(model, p, batch_stats, x, train=True), y).mean()
@@ -1092,8 +1096,7 @@ class TelemetryObserver:
         """Log the members' quantities at ``step`` and keep their weights."""
         rows = []
         if step in self.hessian_steps:
-            eigen = distributed.host(self._sharpness(
-                params, batch_stats, jax.random.fold_in(jax.random.key(0), step)))
+            eigen = distributed.host(self._sharpness(params, batch_stats, np.int32(step)))
             rows += _member_rows(step, eigen, tags, member_tags)
         if step not in self.snapshot_steps:
             self.log.append(rows)

@@ -274,9 +274,8 @@ def telemetry_observer(spec: TelemetrySpec, executor: Any, params_0: Any, total:
     steps = telemetry.schedule(total, dense_every=spec.dense_every,
                                dense_until=spec.dense_until, every=spec.every)
     selection = masking.prunable(executor.abstract_params)
-    first = jax.tree.map(lambda x: x[0], params_0)  # the shapes: any member's params
-    tracked = telemetry.tracked_indices(first, jax.random.key(spec.seed), spec.tracked,
-                                        selection)
+    tracked = telemetry.tracked_indices(executor.abstract_params, jax.random.key(spec.seed),
+                                        spec.tracked, selection)
     return common.TelemetryObserver(
         executor, params_0, steps, log=log, snapshot_dir=snapshot_dir,
         batch=(dataset.train.x[:spec.batch_size], dataset.train.y[:spec.batch_size]),
