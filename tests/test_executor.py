@@ -486,6 +486,6 @@ def test_train_and_evaluate_is_train_then_evaluate_per_interval_in_one_transfer(
     with pytest.raises(ValueError, match="num_intervals must be an int >= 1, got 0"):
         executor.train_and_evaluate(start, None, noise_keys, num_intervals=0, interval=7,
                                     splits=["test"])
-    with pytest.raises(ValueError, match="splits must name .* got 'validation'"):
+    with pytest.raises(ValueError, match="split must be one of .* got .validation."):
         executor.train_and_evaluate(start, None, noise_keys, num_intervals=1, interval=7,
                                     splits=["validation"])

@@ -407,17 +407,22 @@ class Executor:
         (:func:`ltjax.io.data.eval_batch_size`)."""
         return data.eval_batch_size(len(self._host_splits[split]), self.eval_batch_size)
 
-    def device_split(self, split: str, num_devices: int, for_eval: bool) -> data.DeviceSplit:
-        """A split's arrays replicated on the first ``num_devices`` devices (kept by the executor).
-
-        For evaluation the rows are padded to a multiple of :meth:`split_eval_batch_size`.
-        """
+    def _host_split(self, split: str) -> data.Split:
+        """The dataset's split named ``split``, refused unless it exists and holds data."""
         host = self._host_splits.get(split)
         if host is None:
             raise ValueError(
                 f"split must be one of 'train', 'validation', 'test' with data in "
                 f"{self.dataset.name!r}; got {split!r}"
             )
+        return host
+
+    def device_split(self, split: str, num_devices: int, for_eval: bool) -> data.DeviceSplit:
+        """A split's arrays replicated on the first ``num_devices`` devices (kept by the executor).
+
+        For evaluation the rows are padded to a multiple of :meth:`split_eval_batch_size`.
+        """
+        host = self._host_split(split)
         key = (split, num_devices, for_eval)
         if key not in self._device_splits:
             pad_to = self.split_eval_batch_size(split) if for_eval else 1
@@ -582,11 +587,8 @@ class Executor:
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         splits = tuple(splits)
-        for split in splits:
-            if self._host_splits.get(split) is None:
-                raise ValueError(
-                    f"splits must name 'train', 'validation' or 'test' with data in "
-                    f"{self.dataset.name!r}; got {split!r}")
+        for split in splits:  # before any work
+            self._host_split(split)
         if self.strategy != "scan_vmap":  # no loop around convs on XLA:CPU: host calls
             losses, metrics = [], {split: {"loss": [], "accuracy": []} for split in splits}
             for _ in range(num_intervals):

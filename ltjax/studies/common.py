@@ -692,12 +692,12 @@ def train_segment(
     :data:`IN_PROGRAM_STEPS` steps per call): one host transfer per call, not
     one per evaluation; a part interval (a start or stop between evaluated
     steps), or an interval longer than :data:`IN_PROGRAM_STEPS`, trains alone
-    and evaluates after. Under ``'unrolled_loop'`` (conv
-    nets on a CPU: seconds per step) calls also end at the evaluated steps and
-    are at most one executor chunk (``steps_per_call`` steps, the programs and
-    numbers of a longer call), so the progress bar moves every chunk. Where a
-    call ends depends on the config alone, so a resumed segment runs the
-    programs of an uninterrupted one. After a call that ends ``checkpoint_seconds`` or more
+    and evaluates after. Under ``'unrolled_loop'`` (conv nets on a CPU: seconds
+    per step) calls also end at the evaluated steps and are at most one
+    executor chunk (``steps_per_call`` steps, the programs and numbers of a
+    longer call), so the progress bar moves every chunk. Where a call ends
+    depends on the config alone, so a resumed segment runs the programs of an
+    uninterrupted one. After a call that ends ``checkpoint_seconds`` or more
     after the last save, a checkpoint is saved whatever the step: a kill
     loses little even when ``checkpoint_every`` is the whole segment.
 
