@@ -1,5 +1,6 @@
 """The executor's members and reparameterisations, and its runtime (programs, transfers)."""
 
+import dataclasses
 import functools
 import gc
 import math
@@ -392,10 +393,48 @@ def test_deleted_executor_is_collected(digits):
     assert ref() is None
 
 
+def test_equal_executors_share_programs_and_each_reads_its_own_data(digits, monkeypatch):
+    # Two datasets of one shape with other pixels and labels: an executor of each, equal
+    # otherwise, share the programs (one trace of the training and eval functions), and
+    # each trains and evaluates on its own data: the numbers of a program built for it alone.
+    rolled = dataclasses.replace(digits, train=data.Split(digits.train.x[::-1],
+                                                          digits.train.y[::-1]),
+                                 test=data.Split(digits.test.x[::-1], (digits.test.y + 1) % 10))
+    model, recipe = models.create("mlp", widths=(8,)), optim.Recipe(batch_size=32)
+    init_keys, noise_keys = _keys(2)
+
+    def run(dataset):
+        executor = executor_lib.Executor(model, dataset, recipe, steps_per_call=3)
+        state, _ = executor.train(executor.init(init_keys), None, noise_keys, num_steps=3)
+        return jax.tree.leaves(state.params), executor.evaluate(state, "test")
+
+    executor_lib.clear_shared_programs()
+    alone = run(rolled)  # built for the rolled dataset, nothing shared
+    executor_lib.clear_shared_programs()
+    traces = {"train": 0, "eval": 0}
+    for name, module, attr in (("train", train, "train_steps"), ("eval", train, "evaluate")):
+        original = getattr(module, attr)
+        monkeypatch.setattr(module, attr, lambda *a, _n=name, _f=original, **k: (
+            traces.__setitem__(_n, traces[_n] + 1), _f(*a, **k))[1])
+    first = run(digits)
+    shared = run(rolled)
+    assert traces == {"train": 1, "eval": 1}
+    for a, b in zip(alone[0], shared[0], strict=True):
+        np.testing.assert_array_equal(a, b)  # one program, so bit for bit
+    np.testing.assert_array_equal(alone[1]["loss"], shared[1]["loss"])
+    assert not np.array_equal(first[1]["loss"], shared[1]["loss"])  # the data differ
+    # Another recipe is another program.
+    other = executor_lib.Executor(model, digits, optim.Recipe(batch_size=32, learning_rate=0.05),
+                                  steps_per_call=3)
+    other.train(other.init(init_keys), None, noise_keys, num_steps=3)
+    assert traces["train"] == 2
+
+
 def test_dense_and_masked_share_one_program(digits, monkeypatch):
     traces = []
     original = train.train_steps
     monkeypatch.setattr(train, "train_steps", lambda *a, **k: traces.append(1) or original(*a, **k))
+    executor_lib.clear_shared_programs()  # programs an earlier test's equal executor built
     model = models.create("mlp", widths=(8,))
     executor = executor_lib.Executor(model, digits, optim.Recipe(batch_size=32),
                                      steps_per_call=2)

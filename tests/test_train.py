@@ -114,6 +114,7 @@ def test_new_mask_does_not_retrace(digits, monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(train, "train_steps", counting)
+    executor_lib.clear_shared_programs()  # programs an earlier test's equal executor built
     model = models.create("mlp", widths=(16,))
     executor = executor_lib.Executor(model, digits, _recipe(), steps_per_call=5)
     init_keys, noise_keys = _keys(2)

@@ -49,8 +49,13 @@ rolled scan is ~28x slower and vmapping conv seeds gives 0.25x, and
 ``'scan_vmap'`` otherwise (dense nets everywhere; convs on GPU/TPU). Every
 strategy computes the same numbers (tests compare them).
 
-The executor owns its compiled programs (a dict on the instance: a deleted
-executor frees them and its device-resident data), dense and masked training
+Compiled programs are shared by equal executors: every program is a function of
+the executor's configuration (model, recipe, reparameterisation, strategy, member
+block, devices, the dataset's shapes) and takes the data as arguments, so a process
+keeps the last :data:`SHARED_PROGRAMS` programs by that configuration and a new
+executor of an equal one (a study's next level, a test's next run) reuses them rather
+than tracing, lowering and compiling them again. A deleted executor frees its
+device-resident data (the programs hold no data and no executor). Dense and masked training
 share one program (dense = all-True masks), and training losses stay on the
 device until :meth:`Executor.train` returns (one host transfer per call).
 :meth:`Executor.train_and_evaluate` trains and evaluates many evaluation
@@ -86,6 +91,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
 from collections.abc import Callable
@@ -106,6 +112,15 @@ from ltjax.io import data, distributed
 PyTree = Any
 
 STRATEGIES = ("auto", "scan_vmap", "unrolled_loop")
+
+#: How many compiled programs a process keeps for reuse by equal executors (module doc).
+SHARED_PROGRAMS = 128
+_shared_programs: collections.OrderedDict[tuple, Callable] = collections.OrderedDict()
+
+
+def clear_shared_programs() -> None:
+    """Forget the programs kept for equal executors (each executor's own stay)."""
+    _shared_programs.clear()
 
 
 def choose_strategy(params: PyTree, backend: str | None = None) -> str:
@@ -262,6 +277,7 @@ class Executor:
         self._host_splits = {"train": dataset.train, "validation": dataset.validation,
                              "test": dataset.test}
         self._programs: dict[tuple, Callable] = {}
+        self._configuration = self._program_configuration()
         self._device_splits: dict[tuple, data.DeviceSplit] = {}
         # The epochs' permutations of the last training window (see _window_perms).
         self._epoch_perms: dict[tuple, jax.Array] = {}
@@ -330,12 +346,38 @@ class Executor:
                 jax.tree.map(lambda x: stacked(x, jnp.bool_), self.abstract_params))
 
     def _init_one(self, key: jax.Array, reparam_args: PyTree | None = None) -> train.TrainState:
-        return train.init_state(self.model, self.recipe, key, self.dataset.input_shape,
-                                reparam=self.reparam, reparam_args=reparam_args)
+        return _init_one(self.model, self.recipe, self.dataset.input_shape, self.reparam, key,
+                         reparam_args)
+
+    def _program_configuration(self) -> tuple | None:
+        """What every program of this executor is a function of (the data aside, which the
+        programs take as arguments), or None when something in it is not hashable."""
+        configuration = (
+            self.model, self._program_model, self.recipe, self.reparam, self.strategy,
+            self.steps_per_call, self.member_block, self.eval_batch_size, tuple(self.devices),
+            tuple(self.dataset.input_shape),
+            tuple(None if split is None else len(split) for split in self._host_splits.values()))
+        try:
+            hash(configuration)
+        except TypeError:
+            return None
+        return configuration
 
     def _program(self, key: tuple, build: Callable[[], Callable]) -> Callable:
+        """The program named ``key``: this executor's, an equal executor's (module doc), or
+        ``build()``. A built program must hold no executor and no data."""
         if key not in self._programs:
-            self._programs[key] = build()
+            shared = None if self._configuration is None else (self._configuration, key)
+            program = None if shared is None else _shared_programs.get(shared)
+            if program is None:
+                program = build()
+                if shared is not None:
+                    _shared_programs[shared] = program
+                    while len(_shared_programs) > SHARED_PROGRAMS:
+                        _shared_programs.popitem(last=False)
+            else:
+                _shared_programs.move_to_end(shared)
+            self._programs[key] = program
         return self._programs[key]
 
     # -- placement
@@ -443,7 +485,7 @@ class Executor:
         inputs of one init program, so members of one program differ in them.
         """
         if reparam_args is None:
-            fn = self._program(("init",), lambda: jax.jit(jax.vmap(self._init_one)))
+            fn = self._program(("init",), self._build_init)
             state = fn(init_keys)
         else:
             num = int(np.shape(init_keys)[0])
@@ -453,14 +495,17 @@ class Executor:
                 raise ValueError(f"reparam_args must be stacked over the {num} members (a "
                                  f"leading axis of {num} on every leaf), got leading sizes "
                                  f"{sorted(leading, key=str)}")
-            fn = self._program(("init", jax.tree.structure(reparam_args)),
-                               lambda: jax.jit(jax.vmap(self._init_one)))
+            fn = self._program(("init", jax.tree.structure(reparam_args)), self._build_init)
             state = fn(init_keys, reparam_args)
         if masks is not None:
             masking.check(masks, self.abstract_params, leading_axes=1)
             if self.reparam.is_identity:
                 state = state.replace(params=masking.apply(state.params, masks))
         return self.shard(state)
+
+    def _build_init(self) -> Callable:
+        return jax.jit(jax.vmap(functools.partial(
+            _init_one, self.model, self.recipe, self.dataset.input_shape, self.reparam)))
 
     def fresh_opt_state(self, trainable: PyTree) -> PyTree:
         """A fresh optimiser state ``[S]`` for stacked trainable trees ``[S, ...]``.
@@ -476,8 +521,9 @@ class Executor:
             >>> state = executor.init(rng.replicate_keys(0, 2))
             >>> state = state.replace(opt_state=executor.fresh_opt_state(state.params))
         """
+        recipe, reparam = self.recipe, self.reparam
         fn = self._program(("fresh_opt",), lambda: jax.jit(jax.vmap(
-            lambda t: train.fresh_opt_state(self.recipe, t, reparam=self.reparam))))
+            lambda t: train.fresh_opt_state(recipe, t, reparam=reparam))))
         return fn(trainable)
 
     # -- train
@@ -513,13 +559,14 @@ class Executor:
             raise ValueError(f"num_steps must be >= 0, got {num_steps}")
         run = self._prepared(state, masks, noise_keys, hparams, subsets)
         state, chunks, done = run.state, [], 0
+        arrays = self.device_split("train", run.mesh.size, for_eval=False)
         while done < num_steps:
             chunk = min(self.steps_per_call, num_steps - done)
             fn = self._program(("train", run.padded, run.mesh.size, chunk, run.smoothing,
                                 run.with_subsets),
                                lambda c=chunk: self._build_train(run.mesh, c, run.with_subsets))
             state, chunk_sum, chunk_finite = fn(state, run.masks, run.noise_keys, run.hparams,
-                                                run.subsets, run.perms(done, chunk))
+                                                run.subsets, run.perms(done, chunk), arrays)
             chunks.append(((done, chunk), chunk_sum, chunk_finite))
             done += chunk
         if not chunks:
@@ -605,8 +652,11 @@ class Executor:
                run.smoothing, run.with_subsets)
         fn = self._program(key, lambda: self._build_train_evaluate(
             run.mesh, num_intervals, interval, splits, run.with_subsets))
-        state, sums, finite, metrics = fn(run.state, run.masks, run.noise_keys, run.hparams,
-                                          run.subsets, run.perms(0, num_intervals * interval))
+        state, sums, finite, metrics = fn(
+            run.state, run.masks, run.noise_keys, run.hparams, run.subsets,
+            run.perms(0, num_intervals * interval),
+            self.device_split("train", run.mesh.size, for_eval=False),
+            {s: self.device_split(s, run.mesh.size, for_eval=True) for s in splits})
         sums, finite, metrics = distributed.host((sums, finite, metrics))  # the one transfer
         spans = [(e * interval, interval) for e in range(num_intervals)]
         mean_losses = self._checked_loss_sums(run, spans, np.asarray(sums).T,
@@ -707,8 +757,9 @@ class Executor:
         return tuple(cache[cache_key, num_examples, e] for e in window)
 
     def _all_true(self, num: int) -> PyTree:
+        abstract = self.abstract_params
         fn = self._program(("all_true", num), lambda: jax.jit(lambda: jax.tree.map(
-            lambda p: jnp.ones((num, *p.shape), bool), self.abstract_params)))
+            lambda p: jnp.ones((num, *p.shape), bool), abstract)))
         return fn()
 
     def _checked_subsets(self, subsets: Any, num: int) -> np.ndarray:
@@ -729,7 +780,8 @@ class Executor:
         return host.astype(np.int32)
 
     def _build_train(self, mesh: Mesh, num_steps: int, with_subsets: bool = False) -> Callable:
-        arrays = self.device_split("train", mesh.size, for_eval=False)
+        """``(state, masks, keys, hparams, subsets, perms, train arrays) -> (state, loss sums,
+        finite)``: ``num_steps`` steps of every member."""
         unroll = self.strategy == "unrolled_loop"
         model, recipe, reparam = self._program_model, self.recipe, self.reparam
 
@@ -754,15 +806,13 @@ class Executor:
             state, losses = sharded(state, masks, keys, hparams, subsets, perms, arrays)
             return state, losses.sum(axis=1), jnp.all(jnp.isfinite(losses), axis=1)
 
-        return lambda state, masks, keys, hparams, subsets, perms: jitted(
-            state, masks, keys, hparams, subsets, perms, arrays)
+        return jitted
 
     def _build_train_evaluate(self, mesh: Mesh, num_intervals: int, interval: int,
                               splits: tuple[str, ...], with_subsets: bool) -> Callable:
         """One program: ``num_intervals`` x (``interval`` training steps, then the evaluation
-        of every split), per member as :meth:`_build_train` and :meth:`_build_eval`."""
-        train_arrays = self.device_split("train", mesh.size, for_eval=False)
-        eval_arrays = {s: self.device_split(s, mesh.size, for_eval=True) for s in splits}
+        of every split), per member as :meth:`_build_train` and :meth:`_build_eval`; the
+        arguments of the training program, then the splits' arrays."""
         batch_sizes = {s: self.split_eval_batch_size(s) for s in splits}
         model, recipe, reparam = self._program_model, self.recipe, self.reparam
 
@@ -799,8 +849,7 @@ class Executor:
                                                      perms, train_arrays, eval_arrays)
             return state, sums, finite, metrics
 
-        return lambda state, masks, keys, hparams, subsets, perms: jitted(
-            state, masks, keys, hparams, subsets, perms, train_arrays, eval_arrays)
+        return jitted
 
     # -- evaluate
 
@@ -811,8 +860,9 @@ class Executor:
         """
         if self.reparam.is_identity:  # kept masked by the masked update
             return state.params
+        reparam = self.reparam
         fn = self._program(("model_params", masks is None), lambda: jax.jit(jax.vmap(
-            lambda s, m: train.model_params(s, m, reparam=self.reparam))))
+            lambda s, m: train.model_params(s, m, reparam=reparam))))
         return fn(state, masks)
 
     def evaluate(self, state: train.TrainState, split: str,
@@ -863,13 +913,12 @@ class Executor:
                                            NamedSharding(mesh, P("seed")))
         fn = self._program(("eval", padded, mesh.size, split, output),
                            lambda: self._build_eval(mesh, split, output))
-        out = fn(params, batch_stats)
+        out = fn(params, batch_stats, self.device_split(split, mesh.size, for_eval=True))
         return _first(out, num)
 
     def _build_eval(self, mesh: Mesh, split: str, output: str) -> Callable:
         """Per-member :func:`ltjax.engine.train.evaluate` (``'metrics'``) or ``predict``
-        (``'logits'``)."""
-        arrays = self.device_split(split, mesh.size, for_eval=True)
+        (``'logits'``): ``(params, batch_stats, the split's arrays) -> output``."""
         unroll = self.strategy == "unrolled_loop"
         per_member = {"metrics": train.evaluate, "logits": train.predict}[output]
         model, batch_size = self._program_model, self.split_eval_batch_size(split)
@@ -882,8 +931,7 @@ class Executor:
                                    block=self.member_block)
         sharded = jax.shard_map(local, mesh=mesh, in_specs=(P("seed"), P("seed"), P()),
                                 out_specs=P("seed"), check_vma=False)
-        jitted = jax.jit(sharded)
-        return lambda params, batch_stats: jitted(params, batch_stats, arrays)
+        return jax.jit(sharded)
 
     def recompute_batch_stats(self, state: train.TrainState, *, num_batches: int | None = 20,
                               batch_size: int | None = None, key: jax.Array | None = None,
@@ -977,6 +1025,12 @@ class Executor:
         stats = self._program(("recompute", augmented), build)(
             params, batch_stats, arrays, index, rng.stream(key, "augment"))
         return stats if padded == num else _first(stats, num)
+
+
+def _init_one(model: Any, recipe: optim.Recipe, input_shape: tuple, reparam: reparam_lib.Reparam,
+              key: jax.Array, reparam_args: PyTree | None = None) -> train.TrainState:
+    return train.init_state(model, recipe, key, input_shape, reparam=reparam,
+                            reparam_args=reparam_args)
 
 
 def _device_sets(stacked: PyTree) -> set[frozenset]:

@@ -107,6 +107,11 @@ def _same_masks(masks: PyTree, trainable: PyTree) -> PyTree:
     return masks
 
 
+# One record: executors with the default reparameterisation are equal (they share programs).
+_IDENTITY = Reparam(name="identity", init=_identity_init, apply=_identity_apply,
+                    trainable_masks=_same_masks)
+
+
 def identity() -> Reparam:
     """Ordinary training: the trainable tree is the params.
 
@@ -121,8 +126,7 @@ def identity() -> Reparam:
         It is the executor's default: ``Executor(model, dataset, recipe)`` is
         ``Executor(model, dataset, recipe, reparam=identity())``.
     """
-    return Reparam(name="identity", init=_identity_init, apply=_identity_apply,
-                   trainable_masks=_same_masks)
+    return _IDENTITY
 
 
 def freeze(pattern: str) -> Reparam:
