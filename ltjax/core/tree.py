@@ -180,3 +180,39 @@ def concat(trees: list[PyTree]) -> PyTree:
 def index(tree: PyTree, i: int) -> PyTree:
     """Leaf-wise ``x[i]``: replicate ``i`` of a stacked tree (or the rows of an index array)."""
     return jax.tree.map(lambda x: x[i], tree)
+
+
+class Static:
+    """A tree of hashable Python leaves (bools, numbers, strings) as a static jit argument.
+
+    Equal when the structure and the leaves are equal, so a module-level jitted function
+    taking, say, the prunable selection this way builds its program once per selection
+    and process, where a function jitted inside a call builds it at every call.
+
+    Example:
+        >>> import functools, jax, jax.numpy as jnp
+        >>> from ltjax.core import tree
+        >>> @functools.partial(jax.jit, static_argnames="prunable")
+        ... def kept(masks, *, prunable):
+        ...     return sum(m.sum() for m, s in zip(jax.tree.leaves(masks),
+        ...                                        jax.tree.leaves(prunable.value)) if s)
+        >>> masks = {"bias": jnp.ones(3, bool), "kernel": jnp.ones((2, 3), bool)}
+        >>> int(kept(masks, prunable=tree.Static({"bias": False, "kernel": True})))
+        6
+        >>> tree.Static({"a": True}) == tree.Static({"a": True}) != tree.Static({"a": False})
+        True
+    """
+
+    def __init__(self, value: PyTree):
+        self.value = value
+        self._key = (jax.tree.structure(value), tuple(jax.tree.leaves(value)))
+        hash(self._key)  # a leaf that is not hashable fails here, not inside jit
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Static) and self._key == other._key
+
+    def __repr__(self) -> str:
+        return f"Static({self.value!r})"

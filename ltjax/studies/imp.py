@@ -107,6 +107,7 @@ Example (Colab):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 from typing import Any
 
@@ -598,25 +599,16 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
     init_keys, noise_keys = spec.keys()
     splits = ["test"] + (["validation"] if dataset.validation is not None else [])
 
-    @jax.jit
-    def prune_level(params, masks):
-        return jax.vmap(lambda p_, m: pruning.prune(pruning.magnitude_scores(p_), m, selection,
-                                                   **imp_spec.prune_kw))(params, masks)
+    static = tree.Static(selection)
 
-    def densities(masks) -> np.ndarray:
+    def densities(masks) -> np.ndarray:  # eager: a jitted division may round otherwise
         return np.asarray(distributed.host(jax.vmap(lambda m: masking.density(m, selection))(
             masks)))
-
 
     def rewound(state_k, masks):
         opt = None if imp_spec.rewind_optimizer else executor.fresh_opt_state(
             masking.apply(state_k.params, masks))
         return executor.shard(rewinding.rewind_state(state_k, masks, fresh_opt_state=opt))
-
-    @jax.jit
-    def correlation(start, trained, masks):
-        return jax.vmap(lambda a, b, m: sanity.weight_correlation(
-            a, b, selection, p=imp_spec.correlation_p, masks=m))(start, trained, masks)
 
     correlations: dict = {}
     memo: dict = {}
@@ -655,7 +647,6 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
         return memo["state_k"]
 
     dense_final = previous = masks = previous_masks = None
-    distance_fn = jax.jit(lambda a, b: mask_distances(a, b, selection))
     distance_rows = []
     def level_start(level: int, names: list[str], masks: Any) -> tuple[Any, Any]:
         """The level's members (the IMP ticket and its controls) and their masks."""
@@ -699,7 +690,8 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
             masks = executor.shard(jax.tree.map(lambda x: x[:rates * num], done.masks))
         else:
             masks = executor.shard(masking.ones_like(pretrained().params) if level == 0
-                                   else prune_level(previous.params, masks))
+                                   else _pruned(previous.params, masks, prunable=static,
+                                                prune_kw=tree.Static(imp_spec.prune_kw)))
             # The level's IMP ticket and its controls train as the members of one program.
             members, member_masks = level_start(level, names, masks)
             hparams = None if sweep is None else optim.member_hparams(
@@ -715,14 +707,14 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
         segments.append((level, member_tags, done.curves))
         corr = common.computed_once(  # a finished level's start is rebuilt only if missing
             workdir, f"correlation_{level_name}",
-            lambda lv=level, n=names, m=masks, d=done, start=members: correlation(
+            lambda lv=level, n=names, m=masks, d=done, start=members: _correlations(
                 (start if start is not None else level_start(lv, n, m)[0]).params,
-                d.state.params, d.masks),
+                d.state.params, d.masks, prunable=static, p=imp_spec.correlation_p),
             like=jax.ShapeDtypeStruct((len(member_tags),), np.float32))
         correlations.update({(level, t["branch"], t.get("learning_rate"), t["replicate"]):
                              float(corr[m]) for m, t in enumerate(member_tags)})
         if level > 0:
-            distance = distributed.host(distance_fn(previous_masks, masks))
+            distance = distributed.host(_distances(previous_masks, masks, prunable=static))
             kept = densities(masks)[recipe_run]
             distance = {k: np.asarray(v)[recipe_run] for k, v in distance.items()}
             distance_rows += [{"level": level, "previous_level": level - 1, "replicate": r,
@@ -764,6 +756,26 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
         title=f"IMP learning curves ({spec.model_name}, test accuracy, mean over replicates)",
     )
     return {**table, "num_replicates": num}
+
+
+# A run's stacked programs, built once per selection and process (tree.Static).
+@functools.partial(jax.jit, static_argnames=("prunable", "prune_kw"))
+def _pruned(params: Any, masks: Any, *, prunable: tree.Static, prune_kw: tree.Static) -> Any:
+    """The next level's masks ``[S]``: magnitude pruning of the trained ``params`` ``[S]``."""
+    return jax.vmap(lambda p, m: pruning.prune(pruning.magnitude_scores(p), m, prunable.value,
+                                               **prune_kw.value))(params, masks)
+
+
+@functools.partial(jax.jit, static_argnames=("prunable", "p"))
+def _correlations(start: Any, trained: Any, masks: Any, *, prunable: tree.Static,
+                  p: float) -> jax.Array:
+    return jax.vmap(lambda a, b, m: sanity.weight_correlation(
+        a, b, prunable.value, p=p, masks=m))(start, trained, masks)
+
+
+@functools.partial(jax.jit, static_argnames="prunable")
+def _distances(masks_a: Any, masks_b: Any, *, prunable: tree.Static) -> dict[str, jax.Array]:
+    return mask_distances(masks_a, masks_b, prunable.value)
 
 
 def _pretrain_on_altered_data(imp_spec, run, splits, init_state, init_keys, noise_keys):
