@@ -20,7 +20,8 @@ def report(summary: dict) -> None:
         early = row.get("early_stop_test_accuracy")
         early = (f"{100 * early:8.2f} ± {100 * std['early_stop_test_accuracy']:5.2f}"
                  if early is not None else f"{'-':>16}")
-        lr = f"{row['learning_rate']:9.3g}" if "learning_rate" in row else f"{'-':>9}"
+        lr = row.get("learning_rate")  # None for the small dense control of a sweep
+        lr = f"{lr:9.3g}" if lr is not None else f"{'-':>9}"
         corr = row.get("weight_correlation")
         corr = f"{corr:6.3f}" if corr is not None else f"{'-':>6}"
         print(f"{row['level']:>5} {row['branch']:>17} {lr} {100 * row['density']:9.2f} "

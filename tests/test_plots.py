@@ -183,6 +183,21 @@ def test_imp_report_shows_mean_and_std_over_the_replicates(capsys):
     assert "97.50 ±  0.20" in out and "97.12 ±  0.31" in out
 
 
+def test_imp_report_of_a_learning_rate_sweep_prints_the_small_dense_rows(capsys):
+    # A swept run's table: the small dense control has no learning rate (None in its rows;
+    # the report crashed on it after the run had finished).
+    rows = [{"level": 1, "branch": "imp", "learning_rate": 0.012, "density": 0.8,
+             "test_accuracy": 0.9},
+            {"level": 1, "branch": "small_dense", "learning_rate": None, "density": 0.8,
+             "test_accuracy": 0.85}]
+    std = [{**row, "test_accuracy": 0.01} for row in rows]
+    imp_experiment.report({"rows": rows, "std": std, "num_replicates": 2})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].split()[:3] == ["1", "imp", "0.012"]
+    assert lines[3].split()[:3] == ["1", "small_dense", "-"]
+    assert "85.00 ±  1.00" in lines[3]
+
+
 def test_stability_prune_at_init_and_supermask_reports_show_the_std(capsys):
     row = {"k": 18, "split": "test", "instability": 0.031, "stable": 0.5, "accuracy_a": 0.93}
     std = {**row, "instability": 0.004, "accuracy_a": 0.01}

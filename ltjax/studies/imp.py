@@ -590,151 +590,194 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
         negative level count, bad pruning settings.
     """
     imp_spec = ImpSpec.from_config(config, progress=progress)
-    spec, controls, sweep = imp_spec.run, imp_spec.controls, imp_spec.learning_rates
-    run = spec.open(workdir)
-    workdir, dataset, recipe, executor = run.workdir, spec.dataset, spec.recipe, spec.executor
-    rewind_step, selection = imp_spec.rewind_step, imp_spec.prunable
-    num = spec.num_replicates
-    keys = spec.replicate_keys()
-    init_keys, noise_keys = spec.keys()
-    splits = ["test"] + (["validation"] if dataset.validation is not None else [])
-
-    static = tree.Static(selection)
-
-    def densities(masks) -> np.ndarray:  # eager: a jitted division may round otherwise
-        return np.asarray(distributed.host(jax.vmap(lambda m: masking.density(m, selection))(
-            masks)))
-
-    def rewound(state_k, masks):
-        opt = None if imp_spec.rewind_optimizer else executor.fresh_opt_state(
-            masking.apply(state_k.params, masks))
-        return executor.shard(rewinding.rewind_state(state_k, masks, fresh_opt_state=opt))
-
+    run = imp_spec.run.open(workdir)
+    levels = _Levels(imp_spec, run)
+    segments = []  # (level, member tags, curves) of every trained segment: the table's rows
     correlations: dict = {}
-    memo: dict = {}
+    distance_rows: list[dict] = []
+    previous = masks = None
+    for level in range(imp_spec.levels + 1):
+        names = ["imp"] + [c for c in imp_spec.controls if c != "small_dense"] * (level > 0)
+        member_tags = levels.member_tags(names)
+        level_name = f"level_{level:02d}"
+        previous_masks, members = masks, None
+        # A finished level is restored without computing its start (no programs built).
+        done = run.finished(level_name, member_tags=member_tags)
+        if done is not None:
+            common.say(f"level {level}: finished, restored", progress)
+            masks = levels.executor.shard(jax.tree.map(lambda x: x[:levels.rates * levels.num],
+                                                       done.masks))
+        else:
+            masks = levels.next_masks(level, previous, masks)
+            members, done = levels.train(level, names, member_tags, masks)
+        segments.append((level, member_tags, done.curves))
+        correlations.update(levels.correlations(level, names, member_tags, masks, done, members))
+        if level > 0:
+            distance_rows += levels.distance_rows(level, previous_masks, masks)
+        previous = levels.executor.shard(jax.tree.map(lambda x: x[levels.own], done.state))
+        if level == 0:
+            levels.dense_final = previous
+        if "small_dense" in imp_spec.controls and level > 0:
+            segments.append(levels.small_dense(level, masks))
+    return _write_outputs(imp_spec, run.workdir, segments, correlations, distance_rows)
 
-    lrs = sweep or (None,)
-    first = 0 if sweep is None else sweep.index(float(recipe.learning_rate)) * num
-    # 'own_rate': one IMP run per learning rate, each a block of num members (rate-major) of
-    # every branch; otherwise one run, at the recipe's rate, its masks retrained at each rate.
-    rates = len(lrs) if sweep is not None and imp_spec.ticket_masks == "own_rate" else 1
-    own = slice(first, first + num) if rates == 1 else slice(0, rates * num)  # of the imp branch
-    recipe_run = slice(0, num) if rates == 1 else slice(first, first + num)  # of own runs
 
-    def per_rate(x: Any) -> Any:
+class _Levels:
+    """IMP's members level by level: which members train (every learning rate's block of
+    replicates per branch), the step-k state, each level's ticket and controls as one
+    program, and what each level adds to the side tables."""
+
+    def __init__(self, imp_spec: ImpSpec, run: Any):
+        spec = imp_spec.run
+        self.imp_spec, self.run, self.executor = imp_spec, run, spec.executor
+        self.num = num = spec.num_replicates
+        self.keys = spec.replicate_keys()
+        self.init_keys, self.noise_keys = spec.keys()
+        self.splits = ["test"] + (["validation"] if spec.dataset.validation is not None else [])
+        self.selection, self.static = imp_spec.prunable, tree.Static(imp_spec.prunable)
+        sweep = imp_spec.learning_rates
+        self.lrs = sweep or (None,)
+        first = 0 if sweep is None else sweep.index(float(spec.recipe.learning_rate)) * num
+        # 'own_rate': one IMP run per learning rate, each a block of num members (rate-major)
+        # of every branch; otherwise one run, at the recipe's rate, its masks retrained at
+        # each rate.
+        self.rates = rates = (len(self.lrs) if sweep is not None
+                              and imp_spec.ticket_masks == "own_rate" else 1)
+        self.own = slice(first, first + num) if rates == 1 else slice(0, rates * num)  # imp's
+        self.recipe_run = slice(0, num) if rates == 1 else slice(first, first + num)  # of runs
+        self.dense_final = None  # level 0's trained tickets (the one-shot control's source)
+        self._state_k = None
+
+    def per_rate(self, x: Any) -> Any:
         """``x`` of ``num`` members, once per IMP run."""
-        return x if rates == 1 else tree.concat([x] * rates)
+        return x if self.rates == 1 else tree.concat([x] * self.rates)
 
-    def pretrained():  # the step-k state, computed only when a level must train
-        if "state_k" not in memo:
-            state = executor.init(init_keys)
+    def member_tags(self, names: list[str]) -> list[dict]:
+        return [{"branch": n, **({} if lr is None else {"learning_rate": lr}), "replicate": r}
+                for n in names for lr in self.lrs for r in range(self.num)]
+
+    def densities(self, masks: Any) -> np.ndarray:  # eager: a jitted division may round otherwise
+        return np.asarray(distributed.host(jax.vmap(
+            lambda m: masking.density(m, self.selection))(masks)))
+
+    def state_k(self) -> Any:
+        """The step-k state (computed only when a level must train)."""
+        if self._state_k is None:
+            imp_spec, run, executor, lrs = self.imp_spec, self.run, self.executor, self.lrs
+            state = executor.init(self.init_keys)
             if imp_spec.pretrain is not None:
-                state = _pretrain_on_altered_data(imp_spec, run, splits, state, init_keys,
-                                                  noise_keys)
-            if rates > 1:
-                state = executor.shard(per_rate(state))
-            if rewind_step > 0:
+                state = _pretrain_on_altered_data(imp_spec, run, self.splits, state,
+                                                  self.init_keys, self.noise_keys)
+            if self.rates > 1:
+                state = executor.shard(self.per_rate(state))
+            if imp_spec.rewind_step > 0:
                 run_tags = ([{"learning_rate": lr, "replicate": r} for lr in lrs
-                             for r in range(num)] if rates > 1 else None)
-                state = run.segment("pretrain", state=state, noise_keys=per_rate(noise_keys),
-                                    end=rewind_step, tags={"level": 0, "branch": "pretrain"},
-                                    member_tags=run_tags, splits=splits,
-                                    hparams=None if rates == 1 else optim.member_hparams(
-                                        recipe, rates * num,
-                                        learning_rate=[lr for lr in lrs for _ in range(num)]),
-                                    desc="pretrain to the rewind step").state
-            memo["state_k"] = state
-        return memo["state_k"]
+                             for r in range(self.num)] if self.rates > 1 else None)
+                state = run.segment(
+                    "pretrain", state=state, noise_keys=self.per_rate(self.noise_keys),
+                    end=imp_spec.rewind_step, tags={"level": 0, "branch": "pretrain"},
+                    member_tags=run_tags, splits=self.splits,
+                    hparams=None if self.rates == 1 else optim.member_hparams(
+                        run.spec.recipe, self.rates * self.num,
+                        learning_rate=[lr for lr in lrs for _ in range(self.num)]),
+                    desc="pretrain to the rewind step").state
+            self._state_k = state
+        return self._state_k
 
-    dense_final = previous = masks = previous_masks = None
-    distance_rows = []
-    def level_start(level: int, names: list[str], masks: Any) -> tuple[Any, Any]:
+    def rewound(self, state_k: Any, masks: Any) -> Any:
+        opt = None if self.imp_spec.rewind_optimizer else self.executor.fresh_opt_state(
+            masking.apply(state_k.params, masks))
+        return self.executor.shard(rewinding.rewind_state(state_k, masks, fresh_opt_state=opt))
+
+    def next_masks(self, level: int, previous: Any, masks: Any) -> Any:
+        """Level 0's all-True masks, else magnitude pruning of the previous level's tickets."""
+        return self.executor.shard(
+            masking.ones_like(self.state_k().params) if level == 0
+            else _pruned(previous.params, masks, prunable=self.static,
+                         prune_kw=tree.Static(self.imp_spec.prune_kw)))
+
+    def members(self, level: int, names: list[str], masks: Any) -> tuple[Any, Any]:
         """The level's members (the IMP ticket and its controls) and their masks."""
-        state_k = pretrained()
-        branches = [("imp", rewound(state_k, masks), masks)]
+        state_k, executor, selection = self.state_k(), self.executor, self.selection
+        branches = [("imp", self.rewound(state_k, masks), masks)]
         for control in names[1:]:
             if control == "reinit":
-                fresh = executor.init(per_rate(rng.stream(keys, "reinit")), masks)
+                fresh = executor.init(self.per_rate(rng.stream(self.keys, "reinit")), masks)
                 # schedule resumes at k, as OpenLTH's randomly_reinitialize
                 branches.append((control, fresh.replace(step=state_k.step), masks))
             elif control in ("random_layerwise", "random_global"):
                 scope = control.split("_")[1]
                 level_keys = jax.vmap(lambda k, lv=level: jax.random.fold_in(k, lv))(
-                    per_rate(rng.stream(keys, "random_prune")))
+                    self.per_rate(rng.stream(self.keys, "random_prune")))
                 cmasks = jax.vmap(
                     lambda k, m, s=scope: pruning.random_prune_like(k, m, selection, scope=s))(
                         level_keys, masks)
-                branches.append((control, rewound(state_k, cmasks), cmasks))
+                branches.append((control, self.rewound(state_k, cmasks), cmasks))
             elif control == "oneshot":
                 cmasks = jax.vmap(
                     lambda p_, m: pruning.prune_to_match(pruning.magnitude_scores(p_), m,
                                                          selection,
-                                                         scope=imp_spec.prune_kw["scope"]))(
-                        dense_final.params, masks)
-                branches.append((control, rewound(state_k, cmasks), cmasks))
-        repeat = len(lrs) // rates  # each branch's block once per rate
+                                                         scope=self.imp_spec.prune_kw["scope"]))(
+                        self.dense_final.params, masks)
+                branches.append((control, self.rewound(state_k, cmasks), cmasks))
+        repeat = len(self.lrs) // self.rates  # each branch's block once per rate
         return (executor.shard(tree.concat([b[1] for b in branches for _ in range(repeat)])),
                 executor.shard(tree.concat([b[2] for b in branches for _ in range(repeat)])))
 
-    segments = []  # (level, member tags, curves) of every trained segment: the table's rows
-    for level in range(imp_spec.levels + 1):
-        names = ["imp"] + [c for c in controls if c != "small_dense"] * (level > 0)
-        member_tags = [{"branch": n, **({} if lr is None else {"learning_rate": lr}),
-                        "replicate": r} for n in names for lr in lrs for r in range(num)]
-        level_name = f"level_{level:02d}"
-        # A finished level is restored without computing its start (no programs built).
-        done = run.finished(level_name, member_tags=member_tags)
-        members = None
-        if done is not None:
-            common.say(f"level {level}: finished, restored", progress)
-            masks = executor.shard(jax.tree.map(lambda x: x[:rates * num], done.masks))
-        else:
-            masks = executor.shard(masking.ones_like(pretrained().params) if level == 0
-                                   else _pruned(previous.params, masks, prunable=static,
-                                                prune_kw=tree.Static(imp_spec.prune_kw)))
-            # The level's IMP ticket and its controls train as the members of one program.
-            members, member_masks = level_start(level, names, masks)
-            hparams = None if sweep is None else optim.member_hparams(
-                recipe, len(member_tags), learning_rate=[t["learning_rate"] for t in member_tags])
-            done = run.segment(
-                level_name, state=members, masks=member_masks,
-                noise_keys=jnp.concatenate([level_noise_keys(noise_keys, level, name,
-                                                             imp_spec.sgd_noise)
-                                            for name in names for _ in lrs]),
-                tags={"level": level}, member_tags=member_tags,
-                densities=densities(member_masks), hparams=hparams, splits=splits,
-                desc=f"level {level} ({100 * densities(masks)[0]:.1f}%): {', '.join(names)}")
-        segments.append((level, member_tags, done.curves))
-        corr = common.computed_once(  # a finished level's start is rebuilt only if missing
-            workdir, f"correlation_{level_name}",
-            lambda lv=level, n=names, m=masks, d=done, start=members: _correlations(
-                (start if start is not None else level_start(lv, n, m)[0]).params,
-                d.state.params, d.masks, prunable=static, p=imp_spec.correlation_p),
-            like=jax.ShapeDtypeStruct((len(member_tags),), np.float32))
-        correlations.update({(level, t["branch"], t.get("learning_rate"), t["replicate"]):
-                             float(corr[m]) for m, t in enumerate(member_tags)})
-        if level > 0:
-            distance = distributed.host(_distances(previous_masks, masks, prunable=static))
-            kept = densities(masks)[recipe_run]
-            distance = {k: np.asarray(v)[recipe_run] for k, v in distance.items()}
-            distance_rows += [{"level": level, "previous_level": level - 1, "replicate": r,
-                               "density": float(kept[r]),
-                               **{k: float(v[r]) for k, v in distance.items()}}
-                              for r in range(num)]
-        previous_masks = masks
-        final = executor.shard(jax.tree.map(lambda x: x[own], done.state))
-        if level == 0:
-            dense_final = final
-        if "small_dense" in controls and level > 0:
-            small = _run_small_dense(
-                run, splits, keys, noise_keys,
-                executor.shard(jax.tree.map(lambda x: x[recipe_run], masks)), selection,
-                f"{level_name}/small_dense", {"level": level, "branch": "small_dense"},
-                f"level {level} small_dense")
-            segments.append((level, [{"branch": "small_dense", "replicate": r}
-                                     for r in range(num)], small.curves))
-        previous = final
+    def train(self, level: int, names: list[str], member_tags: list[dict],
+              masks: Any) -> tuple[Any, Any]:
+        """The level's start state and its trained segment: every branch as one program."""
+        members, member_masks = self.members(level, names, masks)
+        hparams = None if self.imp_spec.learning_rates is None else optim.member_hparams(
+            self.run.spec.recipe, len(member_tags),
+            learning_rate=[t["learning_rate"] for t in member_tags])
+        done = self.run.segment(
+            f"level_{level:02d}", state=members, masks=member_masks,
+            noise_keys=jnp.concatenate([level_noise_keys(self.noise_keys, level, name,
+                                                         self.imp_spec.sgd_noise)
+                                        for name in names for _ in self.lrs]),
+            tags={"level": level}, member_tags=member_tags,
+            densities=self.densities(member_masks), hparams=hparams, splits=self.splits,
+            desc=f"level {level} ({100 * self.densities(masks)[0]:.1f}%): {', '.join(names)}")
+        return members, done
 
+    def correlations(self, level: int, names: list[str], member_tags: list[dict], masks: Any,
+                     done: Any, members: Any) -> dict:
+        """Each member's weight correlation between its start and its trained weights."""
+        corr = common.computed_once(  # a finished level's start is rebuilt only if missing
+            self.run.workdir, f"correlation_level_{level:02d}",
+            lambda: _correlations(
+                (members if members is not None else self.members(level, names, masks)[0]
+                 ).params, done.state.params, done.masks, prunable=self.static,
+                p=self.imp_spec.correlation_p),
+            like=jax.ShapeDtypeStruct((len(member_tags),), np.float32))
+        return {(level, t["branch"], t.get("learning_rate"), t["replicate"]): float(corr[m])
+                for m, t in enumerate(member_tags)}
+
+    def distance_rows(self, level: int, previous_masks: Any, masks: Any) -> list[dict]:
+        """The recipe rate's mask distances from the previous level, per replicate."""
+        distance = distributed.host(_distances(previous_masks, masks, prunable=self.static))
+        kept = self.densities(masks)[self.recipe_run]
+        distance = {k: np.asarray(v)[self.recipe_run] for k, v in distance.items()}
+        return [{"level": level, "previous_level": level - 1, "replicate": r,
+                 "density": float(kept[r]), **{k: float(v[r]) for k, v in distance.items()}}
+                for r in range(self.num)]
+
+    def small_dense(self, level: int, masks: Any) -> tuple[int, list[dict], Any]:
+        """The level's small dense control, as a segment of the table."""
+        small = _run_small_dense(
+            self.run, self.splits, self.keys, self.noise_keys,
+            self.executor.shard(jax.tree.map(lambda x: x[self.recipe_run], masks)),
+            self.selection, f"level_{level:02d}/small_dense",
+            {"level": level, "branch": "small_dense"}, f"level {level} small_dense")
+        return level, [{"branch": "small_dense", "replicate": r}
+                       for r in range(self.num)], small.curves
+
+
+def _write_outputs(imp_spec: ImpSpec, workdir: pathlib.Path, segments: list, correlations: dict,
+                   distance_rows: list[dict]) -> dict:
+    """``results.csv`` (mean/std), the mask distances, the ticket classes and the plots."""
+    spec, num = imp_spec.run, imp_spec.run.num_replicates
     rows = _summary_rows(segments, correlations)
     swept = ("learning_rate",) if any("learning_rate" in r for r in rows) else ()
     table = results.write_table(workdir / "results.csv", rows, by=("level", "branch", *swept))
@@ -742,13 +785,13 @@ def run_imp(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) 
         results.write_table(workdir / "mask_distance.csv", distance_rows,
                             by=("level", "previous_level"),
                             fields=("density", "hamming", "hamming_share", "iou"))
-    if sweep is not None and imp_spec.levels > 0:
+    if imp_spec.learning_rates is not None and imp_spec.levels > 0:
         results.write_csv(workdir / "ticket_classes.csv", _ticket_classes(
             rows, num, similar=imp_spec.ticket_similar))
     plots.plot_accuracy_vs_density(
         rows, workdir / "plots" / "accuracy_vs_density.png",
-        title=f"IMP on {spec.model_name} / {plots.dataset_label(dataset.name)}: {num} replicates",
-    )
+        title=f"IMP on {spec.model_name} / {plots.dataset_label(spec.dataset.name)}: "
+              f"{num} replicates")
     plots.plot_level_curves(
         [r for level, member_tags, curves in segments
          for r in curves.records(member_tags, {"level": level}) if r["branch"] == "imp"],
