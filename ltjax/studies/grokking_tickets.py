@@ -196,74 +196,34 @@ def run_grokking_tickets(config: Any, workdir: str | pathlib.Path, *,
         that is not modular arithmetic (before any work).
     """
     grokking = GrokkingSpec.from_config(config, progress=progress)
-    spec, densities, target = grokking.run, grokking.densities, grokking.target_accuracy
-    scope, random_scope, selection = grokking.scope, grokking.random_scope, grokking.prunable
+    spec, target = grokking.run, grokking.target_accuracy
     run = spec.open(workdir)
-    executor, num, end = spec.executor, spec.num_replicates, spec.training_steps
-    keys = spec.replicate_keys()
+    executor, num = spec.executor, spec.num_replicates
     init_keys, noise_keys = spec.keys()
     replicates = [{"replicate": r} for r in range(num)]
 
     # 1. The dense net, to the end (it should grok).
-    start = executor.init(init_keys)
-    dense = run.segment("dense", state=start, noise_keys=noise_keys, tags={"arm": "dense"},
-                        splits=SPLITS, desc=f"dense x{num}")
+    dense = run.segment("dense", state=executor.init(init_keys), noise_keys=noise_keys,
+                        tags={"arm": "dense"}, splits=SPLITS, desc=f"dense x{num}")
     memorised_at = [first_step(dense.curves.series("train", "accuracy", r), 1.0)
                     for r in range(num)]
-    for r, m in enumerate(memorised_at):
-        if m is None:
-            common.warn(run.workdir, f"replicate {r}: the dense net never reached 100 % train "
-                        f"accuracy; its memorised ticket is taken at the end (step {end})",
-                        once={"kind": "never_memorised", "replicate": r})
-    source = [end if m is None else m for m in memorised_at]
-
+    source = _memorised_sources(run, memorised_at, spec.training_steps)
     # 2. The memorising weights: each replicate re-trained from its init to its step m_r.
-    parts, order = [], []
-    for m in sorted(set(source)):
-        idx = np.array([r for r in range(num) if source[r] == m])
-        state = run.segment(
-            f"memorised_source_{m}", state=executor.init(init_keys[idx]),
-            noise_keys=noise_keys[idx], end=m,
-            tags={"arm": "memorised_source", "source_step": m},
-            member_tags=[replicates[r] for r in idx], splits=SPLITS,
-            desc=f"memorising weights to step {m} x{len(idx)}").state
-        parts.append(distributed.host(state.params))
-        order += idx.tolist()
-    memorised_params = jax.tree.map(lambda x: x[np.argsort(order)], tree.concat(parts))
-
+    memorised_params = _memorising_weights(run, source, replicates)
     # 3. Masks at each density; every arm x density x replicate is a member of one segment.
-    @functools.partial(jax.jit, static_argnames=("density",))
-    def oneshot(params: Any, density: float) -> Any:  # masks [S] of the weights [S]
-        return jax.vmap(lambda w: pruning.prune_to_density(
-            pruning.magnitude_scores(w), selection, density=density, scope=scope))(params)
-
-    randomly = jax.jit(jax.vmap(lambda k, m: pruning.random_prune_like(
-        k, m, selection, scope=random_scope)))
-    random_keys = rng.stream(keys, "random_prune")
-    member_tags, member_masks, member_sources = [], [], []
-    for i, d in enumerate(densities):
-        general = oneshot(distributed.host(dense.state.params), density=d)
-        arms = {"generalised": general,
-                "memorised": oneshot(memorised_params, density=d),
-                "random": randomly(jax.vmap(lambda k, i=i: jax.random.fold_in(k, i))(
-                    random_keys), general)}
-        for arm in ARMS:
-            member_masks.append(arms[arm])
-            member_tags += [{"arm": arm, "target_density": d, "replicate": r}
-                            for r in range(num)]
-            member_sources += (list(source) if arm == "memorised"
-                               else [end] * num if arm == "generalised" else [None] * num)
-    masks = executor.shard(tree.concat(member_masks))
+    member_tags, masks, member_sources = _ticket_members(
+        grokking, distributed.host(dense.state.params), memorised_params, source)
+    masks = executor.shard(masks)
     kept_counts = np.asarray(distributed.host(jax.vmap(
-        lambda m: masking.num_kept(m, selection))(masks)))
-    total = masking.num_prunable(executor.abstract_params, selection)
+        lambda m: masking.num_kept(m, grokking.prunable))(masks)))
+    total = masking.num_prunable(executor.abstract_params, grokking.prunable)
     actual = [int(k) / total for k in kept_counts]  # exact shares, not float32
     replicate_of = np.array([t["replicate"] for t in member_tags])
     tickets = run.segment(
         "tickets", state=executor.init(init_keys[replicate_of], masks),
         noise_keys=noise_keys[replicate_of], masks=masks, tags={"stage": "tickets"},
         member_tags=member_tags, densities=np.array(actual), splits=SPLITS,
-        desc=f"{', '.join(ARMS)} at {len(densities)} densities x{num}")
+        desc=f"{', '.join(ARMS)} at {len(grokking.densities)} densities x{num}")
 
     # 4. The table and the figure, from the segments' curves.
     groups = [(dense.curves, replicates, [1.0] * num, [None] * num),
@@ -278,6 +238,74 @@ def run_grokking_tickets(config: Any, workdir: str | pathlib.Path, *,
                              f"{plots.dataset_label(spec.dataset.name)}, {num} replicates")
     return {**table, "num_replicates": num,
             "memorised_steps": memorised_at, "target_accuracy": target}
+
+
+def _memorised_sources(run: Any, memorised_at: list[int | None], end: int) -> list[int]:
+    """Each replicate's memorised ticket step: where its dense net first reached 100 % train
+    accuracy, else (warned once) the end."""
+    for r, m in enumerate(memorised_at):
+        if m is None:
+            common.warn(run.workdir, f"replicate {r}: the dense net never reached 100 % train "
+                        f"accuracy; its memorised ticket is taken at the end (step {end})",
+                        once={"kind": "never_memorised", "replicate": r})
+    return [end if m is None else m for m in memorised_at]
+
+
+def _memorising_weights(run: Any, source: list[int], replicates: list[dict]) -> Any:
+    """The replicates' weights ``[S]`` at their ``source`` steps (host arrays): each group of
+    replicates that memorised at one step re-trained from its init to that step."""
+    executor, num = run.spec.executor, run.spec.num_replicates
+    init_keys, noise_keys = run.spec.keys()
+    parts, order = [], []
+    for m in sorted(set(source)):
+        idx = np.array([r for r in range(num) if source[r] == m])
+        state = run.segment(
+            f"memorised_source_{m}", state=executor.init(init_keys[idx]),
+            noise_keys=noise_keys[idx], end=m,
+            tags={"arm": "memorised_source", "source_step": m},
+            member_tags=[replicates[r] for r in idx], splits=SPLITS,
+            desc=f"memorising weights to step {m} x{len(idx)}").state
+        parts.append(distributed.host(state.params))
+        order += idx.tolist()
+    return jax.tree.map(lambda x: x[np.argsort(order)], tree.concat(parts))
+
+
+def _ticket_members(grokking: GrokkingSpec, dense_params: Any, memorised_params: Any,
+                    source: list[int]) -> tuple[list[dict], Any, list[int | None]]:
+    """Every arm x density x replicate of the ticket segment: member tags, masks ``[M]``
+    and the step each mask was taken from (None: random)."""
+    num, end = grokking.run.num_replicates, grokking.run.training_steps
+    prunable = tree.Static(grokking.prunable)
+    random_keys = rng.stream(grokking.run.replicate_keys(), "random_prune")
+    member_tags, member_masks, member_sources = [], [], []
+    for i, d in enumerate(grokking.densities):
+        general = _oneshot(dense_params, prunable=prunable, density=d, scope=grokking.scope)
+        arms = {"generalised": general,
+                "memorised": _oneshot(memorised_params, prunable=prunable, density=d,
+                                      scope=grokking.scope),
+                "random": _randomly(jax.vmap(lambda k, i=i: jax.random.fold_in(k, i))(
+                    random_keys), general, prunable=prunable, scope=grokking.random_scope)}
+        for arm in ARMS:
+            member_masks.append(arms[arm])
+            member_tags += [{"arm": arm, "target_density": d, "replicate": r}
+                            for r in range(num)]
+            member_sources += (list(source) if arm == "memorised"
+                               else [end] * num if arm == "generalised" else [None] * num)
+    return member_tags, tree.concat(member_masks), member_sources
+
+
+@functools.partial(jax.jit, static_argnames=("prunable", "density", "scope"))
+def _oneshot(params: Any, *, prunable: tree.Static, density: float, scope: str) -> Any:
+    """One-shot magnitude masks ``[S]`` of the weights ``[S]`` at ``density``."""
+    return jax.vmap(lambda w: pruning.prune_to_density(
+        pruning.magnitude_scores(w), prunable.value, density=density, scope=scope))(params)
+
+
+@functools.partial(jax.jit, static_argnames=("prunable", "scope"))
+def _randomly(keys: jax.Array, masks: Any, *, prunable: tree.Static, scope: str) -> Any:
+    """Random masks ``[S]`` with the counts of ``masks`` ``[S]`` (per layer or in all)."""
+    return jax.vmap(lambda k, m: pruning.random_prune_like(
+        k, m, prunable.value, scope=scope))(keys, masks)
 
 
 def _rows(groups: list[tuple], target: float) -> list[dict]:
