@@ -176,13 +176,35 @@ def run_early_bird(config: Any, workdir: str | pathlib.Path, *, progress: bool =
     """
     spec = EarlyBirdSpec.from_config(config, progress=progress)
     run = spec.run.open(workdir)
-    workdir = run.workdir
     executor = spec.run.executor.like(reparam=early_bird.slimming(spec.slimming))
+    # 1. The search: |gamma| at the start of every epoch, computed once per epoch.
+    stored, full = _search(spec, run, executor)
+    # 2. Masks, distances and the emergence epoch per ratio and replicate.
+    epochs = spec.run.training_steps // spec.run.steps_per_epoch
+    distance_rows, tickets = _tickets(spec, stored, spec.run.num_replicates, epochs)
+    # 3. Retrain every ticket from a fresh init under its channel masks.
+    kept, accuracy = _retrain(spec, run, executor, tickets)
+    rows = [{"p": t["p"], "replicate": t["replicate"], "eb_epoch": t["eb_epoch"],
+             "kept_channels": float(kept[m]), "eb_test_accuracy": float(accuracy[m]),
+             "full_test_accuracy": float(full["accuracy"][t["replicate"]]),
+             "overlap_with_final_mask": t["overlap"]} for m, t in enumerate(tickets)]
+    results.write_csv(run.workdir / "mask_distance.csv", distance_rows)
+    table = results.write_table(run.workdir / "results.csv", rows, by=("p",), fields=(
+        "eb_epoch", "kept_channels", "eb_test_accuracy", "full_test_accuracy",
+        "overlap_with_final_mask"))
+    plots.plot_early_bird(distance_rows, run.workdir / "plots" / "early_bird.png",
+                          threshold=spec.threshold,
+                          title=f"Early-Bird mask distance, {spec.run.model_name} on "
+                                f"{plots.dataset_label(spec.run.dataset.name)}")
+    return {**table, "num_replicates": spec.run.num_replicates}
+
+
+def _search(spec: EarlyBirdSpec, run: Any, executor: Any) -> tuple[dict, dict]:
+    """The search run: ``|gamma|`` per replicate at the start of every epoch (checkpointed
+    once computed: ``stored[(epoch, replicate)]``) and the run's final test metrics."""
     per_epoch, end = spec.run.steps_per_epoch, spec.run.training_steps
     num, epochs = spec.run.num_replicates, end // per_epoch
     init_keys, noise_keys = spec.run.keys()
-
-    # 1. The search: |gamma| at the start of every epoch, computed once per epoch.
     state = executor.init(init_keys)
     shapes = dict(zip(tree.names(executor.abstract_params),
                       (x.shape for x in jax.tree.leaves(executor.abstract_params)), strict=True))
@@ -201,19 +223,23 @@ def run_early_bird(config: Any, workdir: str | pathlib.Path, *, progress: bool =
                              for rep in range(num)]).astype(np.float32)
 
         found = common.computed_once(
-            workdir, f"gammas_{epoch:04d}", gammas,
+            run.workdir, f"gammas_{epoch:04d}", gammas,
             like=jax.ShapeDtypeStruct((num, num_channels), np.float32))
         stored.update({(epoch, rep): found[rep] for rep in range(num)})
     # To the end (a partial last epoch), or restored when the loop already got there.
     full = run.segment("search", state=state, noise_keys=noise_keys, end=end,
                        tags={"branch": "search"}, executor=executor,
                        desc="search").curves.final_metrics("test")
+    return stored, full
 
-    # 2. Masks, distances and the emergence epoch per ratio and replicate.
-    distance_rows, tickets = _tickets(spec, stored, num, epochs)
 
-    # 3. Retrain every ticket from a fresh init under its channel masks: from step 0, or
-    # (resume_schedule) from its Early-Bird epoch's step, one segment per start epoch.
+def _retrain(spec: EarlyBirdSpec, run: Any, executor: Any,
+             tickets: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Every ticket retrained from a fresh init under its channel masks: from step 0, or
+    (``resume_schedule``) from its Early-Bird epoch's step, one segment per start epoch.
+    Returns each ticket's kept channel share and final test accuracy."""
+    per_epoch = spec.run.steps_per_epoch
+    init_keys, noise_keys = spec.run.keys()
     like = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), executor.abstract_params)
     member_masks = [early_bird.masks_from_channels(like, t["keep"]) for t in tickets]
     replicate_of = np.array([t["replicate"] for t in tickets])
@@ -242,19 +268,7 @@ def run_early_bird(config: Any, workdir: str | pathlib.Path, *, progress: bool =
                             member_tags=[tags[m] for m in members], densities=kept[index],
                             executor=executor, desc=desc)
         accuracy[index] = final.curves.final_metrics("test")["accuracy"]
-    rows = [{"p": t["p"], "replicate": t["replicate"], "eb_epoch": t["eb_epoch"],
-             "kept_channels": float(kept[m]), "eb_test_accuracy": float(accuracy[m]),
-             "full_test_accuracy": float(full["accuracy"][t["replicate"]]),
-             "overlap_with_final_mask": t["overlap"]} for m, t in enumerate(tickets)]
-    results.write_csv(workdir / "mask_distance.csv", distance_rows)
-    table = results.write_table(workdir / "results.csv", rows, by=("p",), fields=(
-        "eb_epoch", "kept_channels", "eb_test_accuracy", "full_test_accuracy",
-        "overlap_with_final_mask"))
-    plots.plot_early_bird(distance_rows, workdir / "plots" / "early_bird.png",
-                          threshold=spec.threshold,
-                          title=f"Early-Bird mask distance, {spec.run.model_name} on "
-                                f"{plots.dataset_label(spec.run.dataset.name)}")
-    return {**table, "num_replicates": num}
+    return kept, accuracy
 
 
 def _tickets(spec: EarlyBirdSpec, stored: dict[tuple[int, int], np.ndarray], num: int,
