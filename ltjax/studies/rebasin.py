@@ -461,8 +461,7 @@ def run_rebasin(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
     rebasin = RebasinSpec.from_config(config, progress=progress)
     run_spec = rebasin.run
     run = run_spec.open(workdir)
-    workdir, dataset, executor = run.workdir, run_spec.dataset, run_spec.executor
-    model = executor.model
+    workdir, executor = run.workdir, run_spec.executor
     num = run_spec.num_replicates
     init_keys, noise_keys = run_spec.keys()
 
@@ -473,35 +472,12 @@ def run_rebasin(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
     final = dense.state
     nets = [(tree_lib.index(final.params, r), tree_lib.index(final.batch_stats, r))
             for r in range(num)]
-    spec = models.permutation_spec(model, nets[0][0], nets[0][1] or None)
+    spec = models.permutation_spec(executor.model, nets[0][0], nets[0][1] or None)
 
     # 2. Match every model j to model 0.
-    matched = {}
-    for j in range(1, num):
-        common.say(f"matching model {j} to model 0 ({rebasin.matching.method} matching)", progress)
-        found = _load_or_match(rebasin, run, spec, nets[0], nets[j], pair=f"0-{j}")
-        perms = found["perms"]
-        matched[j] = {**found, "net": (matching.apply_permutation(spec, perms, nets[j][0]),
-                                       matching.apply_permutation(spec, perms, nets[j][1]))}
-
+    matched = _matched(rebasin, run, spec, nets, progress)
     # 3. Naive and matched paths, with each correction.
-    x_repair = train_sample(dataset, rebasin.repair_examples, seed=rebasin.matching.seed + 1)
-    alphas = np.asarray(rebasin.alphas)
-    splits = list(rebasin.path_splits)
-    rows, path_records = [], []
-    paths = [(j, variant, correction) for j in range(1, num) for variant in VARIANTS
-             for correction in rebasin.corrections]
-    for j, variant, correction in tqdm.tqdm(
-            paths, desc=f"interpolation paths ({len(alphas)} points each)", unit="path",
-            disable=not progress):
-        b = nets[j] if variant == "naive" else matched[j]["net"]
-        tags = {"branch": "path", "pair": f"0-{j}", "variant": variant, "correction": correction}
-        curves, records = _evaluate_path(run, rebasin, tags, nets[0], b, alphas=alphas,
-                                         splits=splits, correction=correction,
-                                         x_repair=x_repair)
-        path_records += records
-        rows += [_path_row(*curves[split], tags, split, method=rebasin.matching.method)
-                 for split in splits]
+    rows, path_records = _paths(rebasin, run, nets, matched, progress)
     means = results.write_table(
         workdir / "results.csv", rows, by=("variant", "correction", "split"), stats=("mean",),
         constants={"method": rebasin.matching.method},
@@ -530,6 +506,45 @@ def run_rebasin(config: Any, workdir: str | pathlib.Path, *, progress: bool = Tr
             workdir / "plots" / "sparse_rebasin.png", key="member",
             title=f"{name}: sparse re-basin at density {rebasin.sparse.density:g}")
     return {"rows": summary, "sparse": sparse_rows}
+
+
+def _matched(rebasin: RebasinSpec, run: Any, spec: Any, nets: list[tuple],
+             progress: bool) -> dict[int, dict]:
+    """Every model j >= 1 matched to model 0 (loaded when a run already matched it): the
+    matching's outputs and the permuted ``net`` (params, batch stats)."""
+    matched = {}
+    for j in range(1, len(nets)):
+        common.say(f"matching model {j} to model 0 ({rebasin.matching.method} matching)", progress)
+        found = _load_or_match(rebasin, run, spec, nets[0], nets[j], pair=f"0-{j}")
+        perms = found["perms"]
+        matched[j] = {**found, "net": (matching.apply_permutation(spec, perms, nets[j][0]),
+                                       matching.apply_permutation(spec, perms, nets[j][1]))}
+    return matched
+
+
+def _paths(rebasin: RebasinSpec, run: Any, nets: list[tuple], matched: dict[int, dict],
+           progress: bool) -> tuple[list[dict], list[dict]]:
+    """``results.csv``'s rows and the figure's records of every naive and matched path from
+    model 0 to model j, with each correction."""
+    x_repair = train_sample(run.spec.dataset, rebasin.repair_examples,
+                            seed=rebasin.matching.seed + 1)
+    alphas = np.asarray(rebasin.alphas)
+    splits = list(rebasin.path_splits)
+    rows, path_records = [], []
+    paths = [(j, variant, correction) for j in range(1, len(nets)) for variant in VARIANTS
+             for correction in rebasin.corrections]
+    for j, variant, correction in tqdm.tqdm(
+            paths, desc=f"interpolation paths ({len(alphas)} points each)", unit="path",
+            disable=not progress):
+        b = nets[j] if variant == "naive" else matched[j]["net"]
+        tags = {"branch": "path", "pair": f"0-{j}", "variant": variant, "correction": correction}
+        curves, records = _evaluate_path(run, rebasin, tags, nets[0], b, alphas=alphas,
+                                         splits=splits, correction=correction,
+                                         x_repair=x_repair)
+        path_records += records
+        rows += [_path_row(*curves[split], tags, split, method=rebasin.matching.method)
+                 for split in splits]
+    return rows, path_records
 
 
 def _evaluate_path(run, rebasin, tags, a, b, *, alphas, splits, correction,
