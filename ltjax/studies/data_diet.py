@@ -192,43 +192,16 @@ def run_data_diet(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
         that leaves fewer than ``kept`` examples, bad seeds (before any work).
     """
     diet = DataDietSpec.from_config(config, progress=progress)
-    spec, modes, noise, corrupted = diet.run, diet.modes, diet.label_noise, diet.corrupted
+    spec, modes, noise = diet.run, diet.modes, diet.label_noise
     dataset, executor, num = spec.dataset, spec.executor, spec.num_replicates
-    score, score_step = diet.score, diet.score_step
     run = spec.open(workdir)
     n = len(dataset.train)
     keys = spec.replicate_keys()
     init_keys, noise_keys = spec.keys()
 
-    # 1. Scores: score_seeds dense runs to score_step, averaged.
-    def compute_scores() -> np.ndarray:
-        s_init, s_noise = spec.keys(diet.score_seeds, "score")
-        state = executor.init(s_init)
-        if score_step > 0:
-            state = run.segment("score", state=state, noise_keys=s_noise, end=score_step,
-                                tags={"branch": "score"},
-                                desc=f"score runs to step {score_step}").state
-        return _scores(score, executor, state, dataset)
-
-    scores = common.computed_once(run.workdir, "scores", compute_scores,
-                                  like=jax.ShapeDtypeStruct((n,), np.float32))
-    results.save_npy(run.workdir / "scores.npy", scores)
-    norms = data_diet.input_norms(dataset.train.x, dataset.mean, dataset.std)
-    np.savez(run.workdir / "scores.npz", scores=scores, labels=np.asarray(dataset.train.y),
-             corrupted=corrupted, input_norm=norms)
-    diagnostics = {}
-    if noise > 0.0:
-        found = data_diet.noise_precision(scores, corrupted)
-        diagnostics["noise"] = {"score": score, "noise_share": noise,
-                                "num_corrupted": corrupted.size,
-                                "top_share": found["top_share"],
-                                "precision": found["precision"],
-                                "recall_at_top": found["recall"]}
-        results.write_csv(run.workdir / "noise.csv", [diagnostics["noise"]])
-    if score == "grand" and score_step == 0:
-        diagnostics["score_stats"] = {"score": score, "score_step": score_step,
-                                      "spearman_input_norm": data_diet.spearman(scores, norms)}
-        results.write_csv(run.workdir / "score_stats.csv", [diagnostics["score_stats"]])
+    # 1. Scores: score_seeds dense runs to score_step, averaged; their diagnostics.
+    scores, norms = _scored(diet, run)
+    diagnostics = _diagnostics(diet, run, scores, norms)
 
     # 2. The full data, then each kept share's modes x replicates as one program.
     full = run.segment("full", state=executor.init(init_keys), noise_keys=noise_keys,
@@ -253,10 +226,57 @@ def run_data_diet(config: Any, workdir: str | pathlib.Path, *, progress: bool = 
                                 fields=("num_examples", "test_accuracy", "test_loss"))
     plots.plot_data_diet(rows, run.workdir / "plots" / "data_diet.png",
                          title=f"data diet: {spec.model_name} on "
-                               f"{plots.dataset_label(dataset.name)}, {score} at "
-                               f"step {score_step}, {num} replicates"
+                               f"{plots.dataset_label(dataset.name)}, {diet.score} at "
+                               f"step {diet.score_step}, {num} replicates"
                                + (f", {100 * noise:g} % label noise" if noise else ""))
     return {**table, "num_replicates": num, **diagnostics}
+
+
+def _scored(diet: DataDietSpec, run: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The examples' scores ``[N]``: ``score_seeds`` dense runs to ``score_step``, averaged
+    (checkpointed once computed), and their input norms ``[N]``; written to ``scores.npy``
+    and, with the labels and the corrupted examples, ``scores.npz``."""
+    spec, score_step = diet.run, diet.score_step
+    executor, dataset = spec.executor, spec.dataset
+
+    def compute_scores() -> np.ndarray:
+        s_init, s_noise = spec.keys(diet.score_seeds, "score")
+        state = executor.init(s_init)
+        if score_step > 0:
+            state = run.segment("score", state=state, noise_keys=s_noise, end=score_step,
+                                tags={"branch": "score"},
+                                desc=f"score runs to step {score_step}").state
+        return _scores(diet.score, executor, state, dataset)
+
+    scores = common.computed_once(run.workdir, "scores", compute_scores,
+                                  like=jax.ShapeDtypeStruct((len(dataset.train),), np.float32))
+    results.save_npy(run.workdir / "scores.npy", scores)
+    norms = data_diet.input_norms(dataset.train.x, dataset.mean, dataset.std)
+    np.savez(run.workdir / "scores.npz", scores=scores, labels=np.asarray(dataset.train.y),
+             corrupted=diet.corrupted, input_norm=norms)
+    return scores, norms
+
+
+def _diagnostics(diet: DataDietSpec, run: Any, scores: np.ndarray, norms: np.ndarray) -> dict:
+    """With label noise, how precisely the top scores find the corrupted examples
+    (``noise.csv``); for GraNd at init, the scores' Spearman correlation with the input
+    norm (``score_stats.csv``)."""
+    noise, corrupted, score, score_step = (diet.label_noise, diet.corrupted, diet.score,
+                                           diet.score_step)
+    diagnostics = {}
+    if noise > 0.0:
+        found = data_diet.noise_precision(scores, corrupted)
+        diagnostics["noise"] = {"score": score, "noise_share": noise,
+                                "num_corrupted": corrupted.size,
+                                "top_share": found["top_share"],
+                                "precision": found["precision"],
+                                "recall_at_top": found["recall"]}
+        results.write_csv(run.workdir / "noise.csv", [diagnostics["noise"]])
+    if score == "grand" and score_step == 0:
+        diagnostics["score_stats"] = {"score": score, "score_step": score_step,
+                                      "spearman_input_norm": data_diet.spearman(scores, norms)}
+        results.write_csv(run.workdir / "score_stats.csv", [diagnostics["score_stats"]])
+    return diagnostics
 
 
 def _rows(curves, share: float, member_tags: list[dict], size: int) -> list[dict]:
