@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -219,39 +220,8 @@ def run_knowledge_evolution(config: Any, workdir: str | pathlib.Path, *,
                          run.workdir / "checkpoints" / "split_masks",
                          common.config_fingerprint(run.workdir))
 
-    if split == "kels":
-        slim = ke.slim_model(executor.model, split_rate=split_rate)
-        slim_executor = executor.like(model=slim)
-        slim_count = np.full(num, tree.count(slim_executor.abstract_params))
-    else:
-        host_masks = distributed.host(masks)
-        slim_count = np.array([sum(int(np.sum(m[r])) for m in jax.tree.leaves(host_masks))
-                               for r in range(num)])
-
-    def evaluate_slim(state) -> np.ndarray:
-        if split == "kels":
-            _, params, stats = ke.extract_slim(executor.model, state.params, state.batch_stats,
-                                               split_rate=split_rate,
-                                               input_shape=dataset.input_shape, leading_axes=1)
-            return slim_executor.evaluate_params(params, stats, "test")["accuracy"]
-        return executor.evaluate_params(masking.apply(state.params, masks), state.batch_stats,
-                                        "test")["accuracy"]
-
-    @jax.jit
-    def reinit(params, masks, fresh):
-        return jax.vmap(ke.ke_reinit)(params, masks, fresh)
-
-    abstract = executor.abstract_params
-    draw = jax.jit(jax.vmap(lambda k: ke.reset_draw(k, abstract)))
-
-    def next_start(previous, generation: int):
-        keys = ke.generation_keys(init_keys, "ke_reinit", generation)
-        fresh = executor.init(keys)  # step 0 and the state's layout; its params are not used
-        params = reinit(previous.params, masks, draw(keys))
-        state = fresh.replace(params=params, batch_stats=previous.batch_stats,
-                              opt_state=executor.fresh_opt_state(params))
-        return executor.shard(state)
-
+    slim_count, evaluate_slim = _fit_hypothesis(spec, masks)
+    next_start = _next_generation(executor, masks, init_keys)
     rows, previous = [], None
     for generation in range(1, generations + 1):
         done = run.segment(
@@ -275,3 +245,50 @@ def run_knowledge_evolution(config: Any, workdir: str | pathlib.Path, *,
         title=f"Knowledge Evolution ({split.upper()}, sr={split_rate:g}), {spec.run.model_name} on "
               f"{plots.dataset_label(dataset.name)}: {num} replicates")
     return {**table, "num_replicates": num}
+
+
+def _fit_hypothesis(spec: KnowledgeEvolutionSpec,
+                    masks: Any) -> tuple[np.ndarray, Callable[[Any], np.ndarray]]:
+    """The fit hypothesis's parameter count per replicate, and its test accuracy ``[S]`` of
+    trained states: KELS's slim net extracted, or WELS's dense net under the split masks."""
+    executor, num, split_rate = spec.run.executor, spec.run.num_replicates, spec.split_rate
+    if spec.split == "kels":
+        slim = ke.slim_model(executor.model, split_rate=split_rate)
+        slim_executor = executor.like(model=slim)
+        slim_count = np.full(num, tree.count(slim_executor.abstract_params))
+    else:
+        host_masks = distributed.host(masks)
+        slim_count = np.array([sum(int(np.sum(m[r])) for m in jax.tree.leaves(host_masks))
+                               for r in range(num)])
+
+    def evaluate_slim(state: Any) -> np.ndarray:
+        if spec.split == "kels":
+            _, params, stats = ke.extract_slim(executor.model, state.params, state.batch_stats,
+                                               split_rate=split_rate,
+                                               input_shape=spec.run.dataset.input_shape,
+                                               leading_axes=1)
+            return slim_executor.evaluate_params(params, stats, "test")["accuracy"]
+        return executor.evaluate_params(masking.apply(state.params, masks), state.batch_stats,
+                                        "test")["accuracy"]
+
+    return slim_count, evaluate_slim
+
+
+def _next_generation(executor: Any, masks: Any,
+                     init_keys: jax.Array) -> Callable[[Any, int], Any]:
+    """``(previous generation's trained state, generation) -> its start``: the fit
+    hypothesis kept, the rest re-drawn (:func:`ltjax.methods.knowledge_evolution.ke_reinit`),
+    BatchNorm statistics carried, a fresh optimiser at step 0."""
+    abstract = executor.abstract_params
+    reinit = jax.jit(jax.vmap(ke.ke_reinit))
+    draw = jax.jit(jax.vmap(lambda k: ke.reset_draw(k, abstract)))
+
+    def next_start(previous: Any, generation: int) -> Any:
+        keys = ke.generation_keys(init_keys, "ke_reinit", generation)
+        fresh = executor.init(keys)  # step 0 and the state's layout; its params are not used
+        params = reinit(previous.params, masks, draw(keys))
+        state = fresh.replace(params=params, batch_stats=previous.batch_stats,
+                              opt_state=executor.fresh_opt_state(params))
+        return executor.shard(state)
+
+    return next_start
