@@ -322,7 +322,7 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
         without a compatible ``imp_workdir`` (all before any work).
     """
     pai = PruneAtInitSpec.from_config(config, progress=progress)
-    spec, methods, ablations, densities = pai.run, pai.methods, pai.ablations, pai.densities
+    spec = pai.run
     run = spec.open(workdir)
     workdir, dataset, executor = run.workdir, spec.dataset, spec.executor
     num = spec.num_replicates
@@ -348,34 +348,12 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
     scores = _scores(pai, keys, state0, dense.params, progress)
     make = _Masks(pai, keys, params0, batch_stats0, scores)
     # Every (density, method, ablation) x replicate is a member: masks and start params.
-    member_tags, member_masks, member_sources, layer_rows = [], [], [], []
+    member_tags, member_masks, member_sources, layer_rows = _members(pai, make, progress)
     reinit_params = executor.init(rng.stream(keys, "reinit")).params
-    for d_index, density in enumerate(densities):
-        for method in methods:
-            with common.timed(f"{method} masks at {100 * density:g} % density x{num}",
-                              progress):
-                masks = jax.block_until_ready(make.base(method, d_index, density))
-            for ablation in ablations_of(method, ablations):
-                amasks = make.ablated(masks, method, ablation, d_index, density)
-                member_masks.append(amasks)
-                member_sources.append("reinit" if ablation == "reinit" else
-                                      "trained" if method == "lr_rewinding" else "init")
-                member_tags += [{"method": method, "density": density, "ablation": ablation,
-                                 "replicate": r} for r in range(num)]
-                layer_rows += _layer_densities(amasks, selection, method, density, ablation)
-
-    # Every member starts at step 0 with a fresh optimiser: from theta_0, a new init, or
-    # (lr_rewinding) the trained theta_T with its batch statistics, the schedule rewound.
     stacked_masks = executor.shard(tree.concat(member_masks))
-    start_params = {"init": params0, "reinit": reinit_params, "trained": dense.params}
-    start_stats = {"init": batch_stats0, "reinit": batch_stats0, "trained": dense.batch_stats}
-    start = executor.shard(tree.concat([start_params[s] for s in member_sources]))
-    start = masking.apply(start, stacked_masks)
+    members = _member_starts(executor, state0, reinit_params, dense, stacked_masks,
+                             member_sources)
     replicate_of = np.array([t["replicate"] for t in member_tags])
-    members = state0.replace(
-        step=jnp.zeros(len(member_tags), jnp.int32), params=start,
-        batch_stats=tree.concat([start_stats[s] for s in member_sources]),
-        opt_state=executor.fresh_opt_state(start))
     kept = np.asarray(jax.vmap(lambda m: masking.density(m, selection))(stacked_masks))
     final = run.segment("pruned", state=executor.shard(members), masks=stacked_masks,
                         noise_keys=noise_keys[replicate_of],
@@ -393,6 +371,44 @@ def run_prune_at_init(config: Any, workdir: str | pathlib.Path, *,
         title=f"Pruning at init, {spec.model_name} on {plots.dataset_label(dataset.name)}: "
               f"{num} replicates")
     return {**table, "num_replicates": num}
+
+
+def _members(pai: PruneAtInitSpec, make: _Masks,
+             progress: bool) -> tuple[list[dict], list[Any], list[str], list[dict]]:
+    """Every (density, method, ablation)'s masks ``[S]``: the members' tags, their masks,
+    where each starts (``'init'``, ``'reinit'``, ``'trained'``) and the layer densities."""
+    num = pai.run.num_replicates
+    member_tags, member_masks, member_sources, layer_rows = [], [], [], []
+    for d_index, density in enumerate(pai.densities):
+        for method in pai.methods:
+            with common.timed(f"{method} masks at {100 * density:g} % density x{num}",
+                              progress):
+                masks = jax.block_until_ready(make.base(method, d_index, density))
+            for ablation in ablations_of(method, pai.ablations):
+                amasks = make.ablated(masks, method, ablation, d_index, density)
+                member_masks.append(amasks)
+                member_sources.append("reinit" if ablation == "reinit" else
+                                      "trained" if method == "lr_rewinding" else "init")
+                member_tags += [{"method": method, "density": density, "ablation": ablation,
+                                 "replicate": r} for r in range(num)]
+                layer_rows += _layer_densities(amasks, pai.prunable, method, density, ablation)
+    return member_tags, member_masks, member_sources, layer_rows
+
+
+def _member_starts(executor: Any, state0: Any, reinit_params: Any, dense: Any,
+                   stacked_masks: Any, member_sources: list[str]) -> Any:
+    """The members' start states: at step 0 with a fresh optimiser, from theta_0, a new init,
+    or (lr_rewinding) the trained theta_T with its batch statistics, the schedule rewound."""
+    params0, batch_stats0 = state0.params, state0.batch_stats
+    start_params = {"init": params0, "reinit": reinit_params, "trained": dense.params}
+    start_stats = {"init": batch_stats0, "reinit": batch_stats0, "trained": dense.batch_stats}
+    start = executor.shard(tree.concat([start_params[s] for s in member_sources]))
+    start = masking.apply(start, stacked_masks)
+    num_members = len(member_sources) * state0.step.shape[0]  # a block of S per source
+    return state0.replace(
+        step=jnp.zeros(num_members, jnp.int32), params=start,
+        batch_stats=tree.concat([start_stats[s] for s in member_sources]),
+        opt_state=executor.fresh_opt_state(start))
 
 
 def _scores(pai: PruneAtInitSpec, keys: jax.Array, state0: Any, dense_params: Any,
