@@ -302,86 +302,124 @@ def run_early_phase(config: Any, workdir: str | pathlib.Path, *, progress: bool 
       ValueError: see :meth:`EarlyPhaseSpec.from_config` (before any work).
     """
     early = EarlyPhaseSpec.from_config(config, workdir, progress=progress)
-    spec, names, selection = early.run, early.perturbations, early.prunable
-    watched = early.telemetry  # None: no telemetry
-    run = spec.open(workdir)
-    workdir, dataset, executor = run.workdir, spec.dataset, spec.executor
-    imp_runs_at = dict(early.imp_workdirs)  # k -> the IMP run of its ticket
+    run = early.run.open(workdir)
+    imp_workdirs = dict(early.imp_workdirs)  # k -> the IMP run of its ticket: given, or made here
     for k, own in early.own_imp_runs.items():
-        imp_runs_at[k] = workdir / f"imp_{own.rewind_step}"
-        imp.run_imp(own.config, imp_runs_at[k], progress=progress)
-    end, num = spec.training_steps, spec.num_replicates
-    keys = spec.replicate_keys()
-    init_keys, noise_keys = spec.keys()
-    perturb_keys = rng.stream(keys, "perturb")
-    state = executor.init(init_keys)
-    params_0 = state.params
-    like = executor.shard(masking.ones_like(state.params))
-    densities = jax.jit(jax.vmap(lambda m: masking.density(m, selection)))  # one program
-    stds = perturbations.init_stds(
-        lambda key: models.init(executor.model, key, dataset.input_shape)[0],
-        rng.stream(jax.random.key(spec.seed), "init_stds"), prunable=selection)
-    starts = {name: _starter(name, executor, dataset, selection, stds) for name in names}
-    telemetry_log = results.MetricsLog(workdir / "telemetry.jsonl")
-    snapshots = workdir / "telemetry_snapshots"
-
-    def observer(params_0: Any, folder: str, masks: Any = None
-                 ) -> common.TelemetryObserver | None:
-        if watched is None:
-            return None
-        return dense.telemetry_observer(watched, executor, params_0, end, dataset,
-                                        log=telemetry_log, snapshot_dir=snapshots / folder,
-                                        masks=masks)
-
-    parent_observer = observer(params_0, "parent")
-    rows = []
+        imp_workdirs[k] = run.workdir / f"imp_{own.rewind_step}"
+        imp.run_imp(own.config, imp_workdirs[k], progress=progress)
+    members = _Members(early, run)
+    state, rows = members.init, []
     for k in early.rewind_steps:
-        state = run.segment(f"parent_{k}", state=state, noise_keys=noise_keys, end=k,
-                            tags={"k": k, "branch": "parent"}, desc=f"dense to step {k}",
-                            observer=parent_observer).state
-        masks = imp_runs.load_imp_masks(imp_runs_at[k], early.imp_level, like)
-        density = np.asarray(densities(masks))
-        member_params, effective, tags = [], [], []
-        for name in names:
-            name_keys = jax.vmap(lambda key, n=name, k=k: jax.random.fold_in(
-                rng.stream(key, n), k))(perturb_keys)
-            started, eff = starts[name](name_keys, state.params, masks, params_0)
-            member_params.append(started)
+        state = members.parent(k, state)
+        masks = imp_runs.load_imp_masks(imp_workdirs[k], early.imp_level, members.like)
+        density = np.asarray(members.densities(masks))
+        start, member_masks, effective = members.start(k, state, masks)
+        trained = members.train(k, start, member_masks, density)
+        rows += _rows(k, members.member_tags, density, effective,
+                      trained.curves.final_metrics("test")["accuracy"])
+    return _write_outputs(early, members, rows, density)  # the plot names the last k's density
+
+
+class _Members:
+    """The study's members k by k: the dense parent (one run, continued from k to k), and
+    at each k every perturbation x replicate (perturbation-major) started from the
+    parent under k's ticket masks and trained to the end as one program, each with
+    the telemetry a ``config.telemetry`` block asks for."""
+
+    def __init__(self, early: EarlyPhaseSpec, run: Any):
+        spec, selection = early.run, early.prunable
+        self.early, self.run, self.executor = early, run, spec.executor
+        self.names, self.num = early.perturbations, spec.num_replicates
+        self.member_tags = [{"perturbation": name, "replicate": r}
+                            for name in self.names for r in range(self.num)]
+        self.replicate_of = np.array([t["replicate"] for t in self.member_tags])
+        init_keys, self.noise_keys = spec.keys()
+        self.perturb_keys = rng.stream(spec.replicate_keys(), "perturb")
+        self.init = self.executor.init(init_keys)  # the parent at step 0
+        self.like = self.executor.shard(masking.ones_like(self.init.params))
+        self.densities = jax.jit(jax.vmap(lambda m: masking.density(m, selection)))  # one program
+        stds = perturbations.init_stds(
+            lambda key: models.init(self.executor.model, key, spec.dataset.input_shape)[0],
+            rng.stream(jax.random.key(spec.seed), "init_stds"), prunable=selection)
+        self.starts = {name: _starter(name, self.executor, spec.dataset, selection, stds)
+                       for name in self.names}
+        self.telemetry_log = results.MetricsLog(run.workdir / "telemetry.jsonl")
+        self.snapshots = run.workdir / "telemetry_snapshots"
+        self.parent_observer = self.observer(self.init.params, "parent")
+
+    def observer(self, params_0: Any, folder: str,
+                 masks: Any = None) -> common.TelemetryObserver | None:
+        """The telemetry of a segment against ``params_0`` (None without telemetry)."""
+        if self.early.telemetry is None:
+            return None
+        spec = self.early.run
+        return dense.telemetry_observer(self.early.telemetry, self.executor, params_0,
+                                        spec.training_steps, spec.dataset,
+                                        log=self.telemetry_log,
+                                        snapshot_dir=self.snapshots / folder, masks=masks)
+
+    def parent(self, k: int, state: Any) -> Any:
+        """The dense parent ``state`` (at the previous k) trained on to step ``k``."""
+        return self.run.segment(f"parent_{k}", state=state, noise_keys=self.noise_keys, end=k,
+                                tags={"k": k, "branch": "parent"}, desc=f"dense to step {k}",
+                                observer=self.parent_observer).state
+
+    def start(self, k: int, state_k: Any, masks: Any) -> tuple[Any, Any, np.ndarray]:
+        """The members' start state ``[P * S]`` (each perturbation of its replicate's parent
+        ``state_k`` ``[S]``, at k, with a fresh optimiser state), masks and effective stds."""
+        executor, started, effective = self.executor, [], []
+        for name in self.names:
+            name_keys = jax.vmap(lambda key, n=name: jax.random.fold_in(
+                rng.stream(key, n), k))(self.perturb_keys)
+            params, eff = self.starts[name](name_keys, state_k.params, masks, self.init.params)
+            started.append(params)
             effective.append(np.asarray(eff))
-            tags += [{"perturbation": name, "replicate": r} for r in range(num)]
-        params = tree.concat(member_params)
-        replicate_of = np.array([t["replicate"] for t in tags])
-        member_masks = executor.shard(tree.index(masks, replicate_of))
-        start = tree.index(state, replicate_of)
-        start = executor.shard(start.replace(
-            params=params, opt_state=executor.fresh_opt_state(params)))
-        members_observer = observer(start.params, f"perturbed_{k}", member_masks)
-        trained = run.segment(f"perturbed_{k}", state=start, masks=member_masks,
-                              noise_keys=noise_keys[replicate_of],
-                              tags={"k": k, "branch": "perturbed"}, member_tags=tags,
-                              densities=density[replicate_of],
-                              desc=f"k={k}: {len(names)} perturbations x{num}",
-                              observer=members_observer)
-        if members_observer is not None:
-            members_observer.versus_final(trained.state.params,
-                                          tags={"k": k, "branch": "perturbed"}, member_tags=tags,
-                                          keep_snapshots=watched.keep_snapshots)
-        metrics = trained.curves.final_metrics("test")
-        effective = np.concatenate(effective)
-        accuracy = {(t["perturbation"], t["replicate"]): float(metrics["accuracy"][m])
-                    for m, t in enumerate(tags)}
-        rows += [{"k": k, **t, "density": float(density[t["replicate"]]),
-                  "effective_std": float(effective[m]),
-                  "test_accuracy": accuracy[(t["perturbation"], t["replicate"])],
-                  "test_accuracy_drop": accuracy[("none", t["replicate"])]
-                  - accuracy[(t["perturbation"], t["replicate"])]}
-                 for m, t in enumerate(tags)]
+        params = tree.concat(started)
+        start = tree.index(state_k, self.replicate_of).replace(
+            params=params, opt_state=executor.fresh_opt_state(params))
+        return (executor.shard(start), executor.shard(tree.index(masks, self.replicate_of)),
+                np.concatenate(effective))
+
+    def train(self, k: int, start: Any, member_masks: Any, density: np.ndarray) -> Any:
+        """The members of k trained from k to the end as one program, each on its
+        replicate's data order; then their telemetry against their final weights."""
+        tags = {"k": k, "branch": "perturbed"}
+        observer = self.observer(start.params, f"perturbed_{k}", member_masks)
+        trained = self.run.segment(f"perturbed_{k}", state=start, masks=member_masks,
+                                   noise_keys=self.noise_keys[self.replicate_of], tags=tags,
+                                   member_tags=self.member_tags,
+                                   densities=density[self.replicate_of],
+                                   desc=f"k={k}: {len(self.names)} perturbations x{self.num}",
+                                   observer=observer)
+        if observer is not None:
+            observer.versus_final(trained.state.params, tags=tags, member_tags=self.member_tags,
+                                  keep_snapshots=self.early.telemetry.keep_snapshots)
+        return trained
+
+
+def _rows(k: int, member_tags: list[dict], density: np.ndarray, effective: np.ndarray,
+          accuracy: np.ndarray) -> list[dict]:
+    """The rows of k in ``results.csv``: each member's drop from its replicate's ``none``."""
+    by_member = {(t["perturbation"], t["replicate"]): float(accuracy[m])
+                 for m, t in enumerate(member_tags)}
+    return [{"k": k, **t, "density": float(density[t["replicate"]]),
+             "effective_std": float(effective[m]),
+             "test_accuracy": by_member[(t["perturbation"], t["replicate"])],
+             "test_accuracy_drop": by_member[("none", t["replicate"])]
+             - by_member[(t["perturbation"], t["replicate"])]}
+            for m, t in enumerate(member_tags)]
+
+
+def _write_outputs(early: EarlyPhaseSpec, members: _Members, rows: list[dict],
+                   density: np.ndarray) -> dict:
+    """``results.csv`` (mean/std), the telemetry table and plot, the perturbations plot."""
+    spec, workdir, num = early.run, members.run.workdir, early.run.num_replicates
     table = results.write_table(workdir / "results.csv", rows, by=("k", "perturbation"), fields=(
         "density", "effective_std", "test_accuracy", "test_accuracy_drop"))
     label = f"{spec.model_name} on {plots.dataset_label(spec.dataset.name)}"
-    if watched is not None:
-        _write_telemetry(workdir, telemetry_log, snapshots / "parent",
-                         keep_snapshots=watched.keep_snapshots,
+    if early.telemetry is not None:
+        _write_telemetry(workdir, members.telemetry_log, members.snapshots / "parent",
+                         keep_snapshots=early.telemetry.keep_snapshots,
                          title=f"{label}: the dense early phase, mean over {num} seeds")
     plots.plot_perturbations(rows, workdir / "plots" / "perturbations.png",
                              title=f"Perturbations at k, {label} "
