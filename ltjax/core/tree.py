@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -182,6 +183,7 @@ def index(tree: PyTree, i: int) -> PyTree:
     return jax.tree.map(lambda x: x[i], tree)
 
 
+@dataclasses.dataclass(frozen=True)
 class Static:
     """A tree of hashable Python leaves (bools, numbers, strings) as a static jit argument.
 
@@ -203,16 +205,10 @@ class Static:
         True
     """
 
-    def __init__(self, value: PyTree):
-        self.value = value
-        self._key = (jax.tree.structure(value), tuple(jax.tree.leaves(value)))
-        hash(self._key)  # a leaf that is not hashable fails here, not inside jit
+    value: PyTree = dataclasses.field(compare=False)
+    #: What equality and the hash compare: the structure and the leaves.
+    key: tuple = dataclasses.field(init=False, repr=False)
 
-    def __hash__(self) -> int:
-        return hash(self._key)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Static) and self._key == other._key
-
-    def __repr__(self) -> str:
-        return f"Static({self.value!r})"
+    def __post_init__(self):
+        object.__setattr__(self, "key", (jax.tree.structure(self.value),
+                                         tuple(jax.tree.leaves(self.value))))

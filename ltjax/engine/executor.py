@@ -273,7 +273,7 @@ class Executor:
         self.eval_batch_size = eval_batch_size
         self.steps_per_epoch = len(dataset.train) // recipe.batch_size
         #: Shapes and dtypes of one member's state (no member axis).
-        self.abstract_state = jax.eval_shape(self._init_one, jax.random.key(0))
+        self.abstract_state = jax.eval_shape(self._init_member(), jax.random.key(0))
         self._host_splits = {"train": dataset.train, "validation": dataset.validation,
                              "test": dataset.test}
         self._programs: dict[tuple, Callable] = {}
@@ -345,36 +345,31 @@ class Executor:
         return (jax.tree.map(stacked, self.abstract_state),
                 jax.tree.map(lambda x: stacked(x, jnp.bool_), self.abstract_params))
 
-    def _init_one(self, key: jax.Array, reparam_args: PyTree | None = None) -> train.TrainState:
-        return _init_one(self.model, self.recipe, self.dataset.input_shape, self.reparam, key,
-                         reparam_args)
+    def _init_member(self) -> Callable:
+        """``(key, reparam_args=None) -> one member's fresh state`` (holding no executor)."""
+        return functools.partial(_init_one, self.model, self.recipe, self.dataset.input_shape,
+                                 self.reparam)
 
-    def _program_configuration(self) -> tuple | None:
+    def _program_configuration(self) -> tuple:
         """What every program of this executor is a function of (the data aside, which the
-        programs take as arguments), or None when something in it is not hashable."""
-        configuration = (
+        programs take as arguments)."""
+        return (
             self.model, self._program_model, self.recipe, self.reparam, self.strategy,
             self.steps_per_call, self.member_block, self.eval_batch_size, tuple(self.devices),
             tuple(self.dataset.input_shape),
             tuple(None if split is None else len(split) for split in self._host_splits.values()))
-        try:
-            hash(configuration)
-        except TypeError:
-            return None
-        return configuration
 
     def _program(self, key: tuple, build: Callable[[], Callable]) -> Callable:
         """The program named ``key``: this executor's, an equal executor's (module doc), or
         ``build()``. A built program must hold no executor and no data."""
         if key not in self._programs:
-            shared = None if self._configuration is None else (self._configuration, key)
-            program = None if shared is None else _shared_programs.get(shared)
+            shared = (self._configuration, key)  # hashable: the model is a static jit argument
+            program = _shared_programs.get(shared)
             if program is None:
                 program = build()
-                if shared is not None:
-                    _shared_programs[shared] = program
-                    while len(_shared_programs) > SHARED_PROGRAMS:
-                        _shared_programs.popitem(last=False)
+                _shared_programs[shared] = program
+                while len(_shared_programs) > SHARED_PROGRAMS:
+                    _shared_programs.popitem(last=False)
             else:
                 _shared_programs.move_to_end(shared)
             self._programs[key] = program
@@ -504,8 +499,7 @@ class Executor:
         return self.shard(state)
 
     def _build_init(self) -> Callable:
-        return jax.jit(jax.vmap(functools.partial(
-            _init_one, self.model, self.recipe, self.dataset.input_shape, self.reparam)))
+        return jax.jit(jax.vmap(self._init_member()))
 
     def fresh_opt_state(self, trainable: PyTree) -> PyTree:
         """A fresh optimiser state ``[S]`` for stacked trainable trees ``[S, ...]``.
